@@ -20,6 +20,7 @@ type compressor struct {
 	zdecOnce sync.Once
 	zdec     *zstd.Decoder
 	zdecErr  error
+	zscratch []byte // decode target, used only by the read loop
 
 	zencOnce sync.Once
 	zenc     *zstd.Encoder
@@ -63,13 +64,16 @@ func (c *compressor) decompress(dst, p []byte, accepted uint32) ([]byte, error) 
 		if err != nil {
 			return dst, err
 		}
-		start := len(dst)
-		// With the cap limit, DecodeAll fails rather than grow past cap(out).
-		out, err := dec.DecodeAll(body, growTo(dst, start+c.maxDecoded)[:start])
-		if err != nil {
-			return dst[:start], fmt.Errorf("bad zstd payload: %v", err)
+		// With the cap limit, DecodeAll fails rather than grow past
+		// cap(zscratch), which is exactly the frame limit.
+		if c.zscratch == nil {
+			c.zscratch = make([]byte, 0, c.maxDecoded)
 		}
-		return out, nil
+		out, err := dec.DecodeAll(body, c.zscratch[:0])
+		if err != nil {
+			return dst, fmt.Errorf("bad zstd payload: %v", err)
+		}
+		return append(dst, out...), nil
 	}
 }
 

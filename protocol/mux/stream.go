@@ -627,11 +627,11 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 		st.mu.Unlock()
 		return st.streamError(frame.CodeProtocol, h.Type.String()+" before RESPONSE")
 	}
-	var violation string
+	var violation *frame.Error
 	switch h.Type {
 	case frame.TypeResponse:
 		if !st.local || st.headReceived {
-			violation = "unexpected RESPONSE"
+			violation = frame.Errorf(frame.CodeProtocol, "unexpected RESPONSE")
 			break
 		}
 		st.head = append(make([]byte, 0, len(p)), p...)
@@ -647,9 +647,9 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 		st.gotWSClose = true
 		h.Flags |= frame.FlagFin
 	}
-	if violation != "" {
+	if violation != nil {
 		st.mu.Unlock()
-		return st.streamError(frame.CodeProtocol, violation)
+		return st.streamError(violation.Code, violation.Reason)
 	}
 	if h.Has(frame.FlagFin) || h.Type == frame.TypeEnd {
 		st.remoteFin = true
@@ -664,14 +664,14 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 }
 
 // receivePayloadLocked charges a DATA or WS_MESSAGE frame to the receive
-// window and buffers its (decompressed) bytes. It returns a violation
-// message, or "" when the frame was accepted.
-func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) string {
+// window and buffers its (decompressed) bytes. It returns the stream error
+// to answer with, or nil when the frame was accepted.
+func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *frame.Error {
 	if st.mode != modeNone && st.mode != mode {
-		return "DATA and WS_MESSAGE mixed on one stream"
+		return frame.Errorf(frame.CodeProtocol, "DATA and WS_MESSAGE mixed on one stream")
 	}
 	if mode == modeData && len(p) == 0 && !h.Has(frame.FlagFin) {
-		return "" // empty DATA without FIN carries nothing
+		return nil // empty DATA without FIN carries nothing
 	}
 	st.mode = mode
 	st.compactLocked()
@@ -679,7 +679,7 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) strin
 	if h.Has(frame.FlagCompressed) {
 		out, err := st.s.comp.decompress(st.buf, p, st.s.cfg.Decompress)
 		if err != nil {
-			return err.Error()
+			return frame.Errorf(frame.CodeCompression, "%v", err)
 		}
 		st.buf = out
 	} else {
@@ -692,18 +692,18 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) strin
 		if len(st.frags) > 0 && (st.frags[len(st.frags)-1].flags&frame.FlagMore != 0) &&
 			(st.frags[len(st.frags)-1].flags&frame.FlagText) != (h.Flags&frame.FlagText) {
 			st.buf = st.buf[:start]
-			return "websocket fragments disagree on text/binary"
+			return frame.Errorf(frame.CodeProtocol, "websocket fragments disagree on text/binary")
 		}
 	}
 	if cost > st.recvCredit {
 		st.buf = st.buf[:start]
-		return "flow control window exceeded"
+		return frame.Errorf(frame.CodeFlowControl, "flow control window exceeded: %d bytes, %d allowed", cost, st.recvCredit)
 	}
 	st.recvCredit -= cost
 	if mode == modeWebSocket {
 		st.frags = append(st.frags, wsFrag{n: n, flags: h.Flags & (frame.FlagText | frame.FlagMore)})
 	}
-	return ""
+	return nil
 }
 
 // compactLocked moves unread bytes to the front of the buffer so that it
