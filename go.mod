@@ -1,7 +1,10 @@
 module github.com/ferry-vm/ferry
 
-go 1.25
+go 1.26.0
 
-require github.com/klauspost/compress v1.20.3
-
-require go.uber.org/goleak v1.3.0 // indirect
+require (
+	github.com/klauspost/compress v1.20.3
+	github.com/ulikunitz/xz v0.5.17
+	go.uber.org/goleak v1.3.0
+	golang.org/x/sys v0.49.0
+)
