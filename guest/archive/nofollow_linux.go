@@ -1,0 +1,5 @@
+package archive
+
+import "golang.org/x/sys/unix"
+
+const syscallNoFollow = unix.O_NOFOLLOW
