@@ -4,9 +4,16 @@ go 1.26.0
 
 require (
 	github.com/klauspost/compress v1.20.3
+	github.com/mdlayher/vsock v1.4.0
 	github.com/ulikunitz/xz v0.5.17
 	github.com/vishvananda/netlink v1.3.1
 	github.com/vishvananda/netns v0.0.5
 	go.uber.org/goleak v1.3.0
 	golang.org/x/sys v0.49.0
+)
+
+require (
+	github.com/mdlayher/socket v0.8.0 // indirect
+	golang.org/x/net v0.62.0 // indirect
+	golang.org/x/sync v0.24.0 // indirect
 )
