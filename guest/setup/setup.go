@@ -1,0 +1,321 @@
+// Package setup applies a validated configuration to the guest, phase by
+// phase: host name, network, volumes, code, input data, SSH keys. Each
+// phase is timestamped on the boot timeline, and a failure is reported as a
+// *PhaseError naming the phase and the configuration field at fault, so
+// init can answer the host instead of falling over.
+package setup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/guest/archive"
+	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/guest/network"
+)
+
+// PhaseError is a failed phase.
+type PhaseError struct {
+	Phase  string
+	Field  string
+	Err    error
+	Detail string
+}
+
+func (e *PhaseError) Error() string {
+	if e.Field == "" {
+		return e.Phase + ": " + e.Err.Error()
+	}
+	return e.Phase + ": " + e.Field + ": " + e.Err.Error()
+}
+func (e *PhaseError) Unwrap() error { return e.Err }
+
+// Paths says where things go; tests point them into a temporary directory.
+type Paths struct {
+	Root     string // prefix for /etc and /root (files written by init)
+	Code     string // where code is mounted or extracted
+	Data     string // where input data is extracted
+	DevRoot  string // /dev
+	SysBlock string // /sys/block, to find devices by serial
+}
+
+// DefaultPaths are the paths inside a VM.
+var DefaultPaths = Paths{Root: "/", Code: "/opt/code", Data: "/data", DevRoot: "/dev", SysBlock: "/sys/block"}
+
+// Options select what this environment can do.
+type Options struct {
+	Paths Paths
+	// System is true when init owns the machine (PID 1): it may set the host
+	// name, configure interfaces and mount devices.
+	System bool
+}
+
+// Result is what a successful setup produced.
+type Result struct {
+	CodeDir string   // directory holding the program
+	Mounts  []string // mount points, in mount order (unmount in reverse)
+}
+
+// Apply runs every phase. On error, Result still lists what was mounted so
+// the caller can unmount it.
+func Apply(ctx context.Context, log *slog.Logger, c *config.Config, opt Options, tl *boot.Timeline) (*Result, error) {
+	res := &Result{}
+	p := opt.Paths
+	if opt.System {
+		if c.Hostname != "" {
+			if err := network.SetHostname(c.Hostname); err != nil {
+				return res, &PhaseError{Phase: "hostname", Field: "hostname", Err: err}
+			}
+		}
+		if err := network.LoopbackUp(); err != nil {
+			return res, &PhaseError{Phase: "network", Field: "network", Err: err}
+		}
+		if c.Network != nil {
+			if err := network.Apply(c.Network); err != nil {
+				return res, networkError(err)
+			}
+		}
+		tl.Mark("network")
+	}
+	if err := network.WriteHosts(p.Root, c.Hostname); err != nil {
+		log.Warn("cannot write /etc/hosts", "err", err)
+	}
+	if c.Network != nil && len(c.Network.DNS) > 0 {
+		if err := network.WriteResolvConf(p.Root, c.Network.DNS); err != nil {
+			return res, networkError(err)
+		}
+	}
+	for i, v := range c.Volumes {
+		field := fmt.Sprintf("volumes[%d]", i)
+		if !opt.System {
+			return res, &PhaseError{Phase: "volumes", Field: field, Err: errors.New("volumes need init to run as PID 1")}
+		}
+		dev, err := findDevice(p, v.Device)
+		if err != nil {
+			return res, &PhaseError{Phase: "volumes", Field: field + ".device", Err: err}
+		}
+		if err := mountDevice(dev, v.Mount, v.FS, v.ReadOnly); err != nil {
+			return res, &PhaseError{Phase: "volumes", Field: field, Err: err}
+		}
+		res.Mounts = append(res.Mounts, v.Mount)
+	}
+	if len(c.Volumes) > 0 {
+		tl.Mark("volumes")
+	}
+	codeDir, mounted, err := prepareCode(ctx, p, c, opt.System)
+	if mounted != "" {
+		res.Mounts = append(res.Mounts, mounted)
+	}
+	if err != nil {
+		return res, err
+	}
+	res.CodeDir = codeDir
+	if err := checkEntrypoint(c, codeDir); err != nil {
+		return res, err
+	}
+	if c.InputData != nil {
+		src, err := sourcePath(p, *c.InputData)
+		if err != nil {
+			return res, &PhaseError{Phase: "data", Field: "input_data", Err: err}
+		}
+		if err := archive.ExtractZipFile(ctx, src, p.Data, archive.DefaultLimits); err != nil {
+			return res, &PhaseError{Phase: "data", Field: "input_data", Err: err}
+		}
+	}
+	tl.Mark("code")
+	if len(c.AuthorizedKeys) > 0 {
+		if err := writeAuthorizedKeys(p.Root, c.AuthorizedKeys); err != nil {
+			return res, &PhaseError{Phase: "ssh", Field: "authorized_keys", Err: err}
+		}
+	}
+	return res, nil
+}
+
+func networkError(err error) error {
+	var nerr *network.Error
+	if errors.As(err, &nerr) {
+		return &PhaseError{Phase: "network", Field: nerr.Field, Err: nerr.Err}
+	}
+	return &PhaseError{Phase: "network", Field: "network", Err: err}
+}
+
+// findDevice resolves vdb or serial:NAME to a /dev path.
+func findDevice(p Paths, device string) (string, error) {
+	if serial, ok := strings.CutPrefix(device, "serial:"); ok {
+		entries, err := os.ReadDir(p.SysBlock)
+		if err != nil {
+			return "", fmt.Errorf("listing block devices: %w", err)
+		}
+		for _, e := range entries {
+			b, err := os.ReadFile(filepath.Join(p.SysBlock, e.Name(), "serial"))
+			if err == nil && strings.TrimSpace(string(b)) == serial {
+				return filepath.Join(p.DevRoot, e.Name()), nil
+			}
+		}
+		return "", fmt.Errorf("no block device with serial %q", serial)
+	}
+	dev := filepath.Join(p.DevRoot, device)
+	st, err := os.Stat(dev)
+	if err != nil {
+		return "", fmt.Errorf("device %s: %w", device, errors.Unwrap(err))
+	}
+	if st.Mode()&os.ModeDevice == 0 {
+		return "", fmt.Errorf("%s is not a device", dev)
+	}
+	return dev, nil
+}
+
+// autoFS are tried in order when a volume names no filesystem.
+var autoFS = []string{"squashfs", "ext4", "vfat", "xfs", "btrfs"}
+
+func mountDevice(dev, target, fs string, readOnly bool) error {
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		return err
+	}
+	candidates := autoFS
+	if fs != "" {
+		candidates = []string{fs}
+	}
+	var errs []error
+	for _, t := range candidates {
+		var flags uintptr
+		if readOnly || t == "squashfs" {
+			flags |= unix.MS_RDONLY
+		}
+		if err := unix.Mount(dev, target, t, flags, ""); err == nil {
+			return nil
+		} else {
+			errs = append(errs, fmt.Errorf("as %s: %w", t, err))
+		}
+	}
+	return fmt.Errorf("cannot mount %s on %s: %w", dev, target, errors.Join(errs...))
+}
+
+func sourcePath(p Paths, s config.Source) (string, error) {
+	if s.Path != "" {
+		return s.Path, nil
+	}
+	return findDevice(p, s.Device)
+}
+
+// prepareCode makes the program available in a directory and returns it,
+// with the mount point it created, if any.
+func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (dir, mounted string, err error) {
+	fail := func(field string, err error) (string, string, error) {
+		return "", mounted, &PhaseError{Phase: "code", Field: field, Err: err}
+	}
+	switch c.Code.Encoding {
+	case config.EncodingDirectory:
+		st, err := os.Stat(c.Code.Path)
+		if err != nil || !st.IsDir() {
+			return fail("code.path", fmt.Errorf("%s is not a directory", c.Code.Path))
+		}
+		return c.Code.Path, "", nil
+	case config.EncodingSquashfs:
+		if !system {
+			return fail("code", errors.New("a squashfs code volume needs init to run as PID 1"))
+		}
+		src, err := sourcePath(p, c.Code.Source)
+		if err != nil {
+			return fail("code", err)
+		}
+		if err := mountDevice(src, p.Code, "squashfs", true); err != nil {
+			return fail("code", err)
+		}
+		return p.Code, p.Code, nil
+	case config.EncodingZip:
+		src, err := sourcePath(p, c.Code.Source)
+		if err != nil {
+			return fail("code", err)
+		}
+		if err := archive.ExtractZipFile(ctx, src, p.Code, archive.DefaultLimits); err != nil {
+			return fail("code", err)
+		}
+		return p.Code, "", nil
+	default: // plain
+		src, err := sourcePath(p, c.Code.Source)
+		if err != nil {
+			return fail("code", err)
+		}
+		if err := copyFile(src, filepath.Join(p.Code, filepath.Base(c.Entrypoint)), 0o755); err != nil {
+			return fail("code", err)
+		}
+		return p.Code, "", nil
+	}
+}
+
+// checkEntrypoint verifies the program's entry exists before it is started.
+func checkEntrypoint(c *config.Config, dir string) error {
+	if c.Interface == config.InterfaceASGI {
+		module, _, _ := strings.Cut(c.Entrypoint, ":")
+		rel := filepath.Join(strings.Split(module, ".")...)
+		for _, cand := range []string{rel + ".py", filepath.Join(rel, "__init__.py")} {
+			if _, err := os.Stat(filepath.Join(dir, cand)); err == nil {
+				return nil
+			}
+		}
+		if c.Packages != "" {
+			return nil // the module may live in the packages directory
+		}
+		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("module %s not found in the code (%s.py or %s/__init__.py)", module, rel, rel)}
+	}
+	path := c.Entrypoint
+	if !filepath.IsAbs(path) {
+		path = filepath.Join(dir, path)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("%s does not exist", c.Entrypoint)}
+	}
+	if st.IsDir() || st.Mode().Perm()&0o111 == 0 {
+		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("%s is not an executable file", c.Entrypoint)}
+	}
+	return nil
+}
+
+func copyFile(src, dst string, perm os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}
+
+// writeAuthorizedKeys writes root's authorized_keys with the permissions
+// sshd insists on.
+func writeAuthorizedKeys(root string, keys []string) error {
+	dir := filepath.Join(root, "root/.ssh")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return err
+	}
+	content := strings.Join(keys, "\n") + "\n"
+	path := filepath.Join(dir, "authorized_keys")
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		return err
+	}
+	return os.Chmod(path, 0o600)
+}

@@ -1,0 +1,90 @@
+package setup
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/config"
+)
+
+func testOptions(t *testing.T) Options {
+	root := t.TempDir()
+	return Options{Paths: Paths{Root: root, Code: filepath.Join(root, "opt/code"), Data: filepath.Join(root, "data"),
+		DevRoot: filepath.Join(root, "dev"), SysBlock: filepath.Join(root, "sys/block")}}
+}
+
+func TestDirectoryCodeAndKeys(t *testing.T) {
+	opt := testOptions(t)
+	code := t.TempDir()
+	os.WriteFile(filepath.Join(code, "main.py"), []byte("app = None\n"), 0o644)
+	c := &config.Config{ProgramID: "p", Interface: "asgi", Entrypoint: "main:app",
+		Code:           config.Code{Encoding: "directory", Source: config.Source{Path: code}},
+		AuthorizedKeys: []string{"ssh-ed25519 AAAA a@b"}}
+	var tl boot.Timeline
+	res, err := Apply(context.Background(), slog.New(slog.DiscardHandler), c, opt, &tl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CodeDir != code {
+		t.Fatalf("code dir %s", res.CodeDir)
+	}
+	st, err := os.Stat(filepath.Join(opt.Paths.Root, "root/.ssh/authorized_keys"))
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("authorized_keys %v %v", st, err)
+	}
+	dir, _ := os.Stat(filepath.Join(opt.Paths.Root, "root/.ssh"))
+	if dir.Mode().Perm() != 0o700 {
+		t.Fatalf(".ssh mode %v", dir.Mode())
+	}
+}
+
+func TestErrorsNamePhaseAndField(t *testing.T) {
+	opt := testOptions(t)
+	code := t.TempDir()
+	cases := map[string]struct {
+		c            config.Config
+		phase, field string
+	}{
+		"missing module": {config.Config{Interface: "asgi", Entrypoint: "app:app",
+			Code: config.Code{Encoding: "directory", Source: config.Source{Path: code}}}, "code", "entrypoint"},
+		"missing executable": {config.Config{Interface: "executable", Entrypoint: "server",
+			Code: config.Code{Encoding: "directory", Source: config.Source{Path: code}}}, "code", "entrypoint"},
+		"code dir missing": {config.Config{Interface: "asgi", Entrypoint: "main:app",
+			Code: config.Code{Encoding: "directory", Source: config.Source{Path: "/nonexistent/ferry"}}}, "code", "code.path"},
+		"zip missing": {config.Config{Interface: "asgi", Entrypoint: "main:app",
+			Code: config.Code{Encoding: "zip", Source: config.Source{Path: "/nonexistent.zip"}}}, "code", "code"},
+		"missing device": {config.Config{Interface: "asgi", Entrypoint: "main:app",
+			Code: config.Code{Encoding: "zip", Source: config.Source{Device: "vdq"}}}, "code", "code"},
+		"volume without pid 1": {config.Config{Interface: "asgi", Entrypoint: "main:app",
+			Volumes: []config.Volume{{Mount: "/data", Device: "vdc"}},
+			Code:    config.Code{Encoding: "directory", Source: config.Source{Path: code}}}, "volumes", "volumes[0]"},
+	}
+	for name, tc := range cases {
+		t.Run(name, func(t *testing.T) {
+			var tl boot.Timeline
+			_, err := Apply(context.Background(), slog.New(slog.DiscardHandler), &tc.c, opt, &tl)
+			var perr *PhaseError
+			if !errors.As(err, &perr) || perr.Phase != tc.phase || perr.Field != tc.field {
+				t.Fatalf("got %v, want phase %s field %s", err, tc.phase, tc.field)
+			}
+		})
+	}
+}
+
+func TestFindDeviceBySerial(t *testing.T) {
+	opt := testOptions(t)
+	os.MkdirAll(filepath.Join(opt.Paths.SysBlock, "vdc"), 0o755)
+	os.WriteFile(filepath.Join(opt.Paths.SysBlock, "vdc", "serial"), []byte("persist\n"), 0o644)
+	dev, err := findDevice(opt.Paths, "serial:persist")
+	if err != nil || dev != filepath.Join(opt.Paths.DevRoot, "vdc") {
+		t.Fatalf("got %s %v", dev, err)
+	}
+	if _, err := findDevice(opt.Paths, "serial:other"); err == nil {
+		t.Fatal("unknown serial found")
+	}
+}
