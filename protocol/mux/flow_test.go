@@ -237,6 +237,11 @@ func TestGoAwayDrainsOpenStreams(t *testing.T) {
 	}
 	shutdown := make(chan error, 1)
 	go func() { shutdown <- s.Shutdown(ctx) }()
+	select {
+	case <-c.GoAwayReceived():
+	case <-time.After(5 * time.Second):
+		t.Fatal("client never saw GOAWAY")
+	}
 
 	// New streams are refused once the client has seen GOAWAY.
 	deadline := time.Now().Add(5 * time.Second)

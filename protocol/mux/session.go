@@ -124,6 +124,7 @@ type Session struct {
 	comp *compressor
 
 	peerReady chan struct{} // closed when the peer's HELLO arrived
+	goneAway  chan struct{} // closed when the peer's GOAWAY arrived
 	peer      message.Hello // valid after peerReady
 	slots     chan struct{} // semaphore for streams we open (peer's MaxStreams)
 
@@ -171,6 +172,7 @@ func newSession(conn io.ReadWriteCloser, cfg Config) *Session {
 		w:         newWriter(conn),
 		comp:      newCompressor(cfg.MaxFrameSize),
 		peerReady: make(chan struct{}),
+		goneAway:  make(chan struct{}),
 		streams:   make(map[uint32]*Stream),
 		pings:     make(map[uint64]chan struct{}),
 		idle:      make(chan struct{}, 1),
@@ -219,6 +221,9 @@ func (s *Session) Handshake(ctx context.Context) (message.Hello, error) {
 
 // Done is closed when the session has closed.
 func (s *Session) Done() <-chan struct{} { return s.closed }
+
+// GoAwayReceived is closed when the peer has sent GOAWAY.
+func (s *Session) GoAwayReceived() <-chan struct{} { return s.goneAway }
 
 // Err returns why the session closed, or nil while it is open.
 func (s *Session) Err() error {
@@ -626,6 +631,9 @@ func (s *Session) handleGoAway(p []byte) *frame.Error {
 	}
 	remote := &ProtocolError{Code: g.Code, Reason: string(g.Message), Remote: true}
 	s.mu.Lock()
+	if !s.remoteGoAway {
+		close(s.goneAway)
+	}
 	s.remoteGoAway = true
 	s.goAwayRemote = remote
 	var refused []*Stream
