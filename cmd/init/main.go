@@ -1,26 +1,229 @@
 // Command init is Ferry's PID 1 inside a microVM. It mounts the system,
-// configures the network, starts the user's program and serves requests
-// from the host over the Ferry protocol.
+// loads the kernel modules it needs, listens on the transport named on the
+// kernel command line, takes its configuration from the host, starts the
+// user's program and serves requests; on SIGTERM or a GOAWAY from the host
+// it stops the program, unmounts and powers off.
 //
-// This build carries only the wire protocol (issue 2); booting, configuration
-// and the app runners arrive with the guest packages.
+// Run by hand (not as PID 1) it mounts nothing and never powers off, so the
+// app path can be exercised anywhere:
+//
+//	init -transport unix:/tmp/ferry.sock
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
 
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/bootparam"
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/guest/kmod"
+	"github.com/ferry-vm/ferry/guest/reaper"
+	"github.com/ferry-vm/ferry/guest/service"
+	"github.com/ferry-vm/ferry/guest/setup"
+	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
+const agent = "ferry-init/0.1"
+
 func main() {
-	version := flag.Bool("version", false, "print the version and protocol version, then exit")
+	pid1 := os.Getpid() == 1
+	var tl boot.Timeline
+	tl.Mark("kernel")
+
+	version := flag.Bool("version", false, "print the version and exit")
+	transportFlag := flag.String("transport", "", "vsock:PORT, serial:NAME, fd:N or unix:PATH (default: ferry.transport from the kernel command line)")
+	cmdlineFlag := flag.String("cmdline", "", "read ferry.* parameters from this string instead of /proc/cmdline")
+	debugFlag := flag.Bool("debug", false, "debug logs")
 	flag.Parse()
 	if *version {
-		fmt.Printf("ferry init (protocol version %d)\n", message.ProtocolVersion)
+		fmt.Printf("%s (protocol version %d)\n", agent, message.ProtocolVersion)
 		return
 	}
-	fmt.Fprintln(os.Stderr, "ferry init: the guest runtime is not implemented in this build yet; only -version works")
-	os.Exit(2)
+
+	cmdline := *cmdlineFlag
+	if cmdline == "" && pid1 {
+		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
+			cmdline = string(b)
+		}
+	}
+	params, paramErrs := bootparam.Parse(cmdline)
+	if *transportFlag != "" {
+		t, err := bootparam.ParseTransport(*transportFlag)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "init: -transport: %v\n", err)
+			if !pid1 {
+				os.Exit(2)
+			}
+		} else {
+			params.Transport = t
+		}
+	}
+	level := slog.LevelInfo
+	if params.Debug || *debugFlag {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level})).With("component", "init")
+	for _, err := range paramErrs {
+		log.Warn("ignoring kernel parameter", "err", err)
+	}
+
+	code := run(log, params, pid1, &tl)
+	if !pid1 {
+		os.Exit(code)
+	}
+	// PID 1 never exits: exiting would panic the kernel.
+	log.Info("powering off", "reboot", params.OnExit == bootparam.ActionReboot)
+	if err := boot.PowerOff(params.OnExit == bootparam.ActionReboot); err != nil {
+		log.Error("power off failed; halting here", "err", err)
+	}
+	for {
+		time.Sleep(time.Hour)
+	}
+}
+
+// run boots, serves and shuts down; it returns an exit code for dev mode.
+func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline) (code int) {
+	defer func() {
+		if r := recover(); r != nil {
+			log.Error("init panicked; shutting down cleanly", "panic", r, "stack", string(debug.Stack()))
+			code = 70
+		}
+	}()
+	if pid1 {
+		mounted, err := boot.MountSystem()
+		if err != nil {
+			log.Warn("some system mounts failed", "err", err)
+		}
+		log.Debug("mounted", "targets", strings.Join(mounted, " "))
+		tl.Mark("mounts")
+		loadModules(log, params.Transport)
+		tl.Mark("modules")
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	r, err := reaper.New(log)
+	if err != nil {
+		log.Error("cannot start the reaper", "err", err)
+		return 1
+	}
+	go r.Run(ctx)
+
+	setupOpt := setup.Options{Paths: setup.DefaultPaths, System: pid1}
+	if !pid1 {
+		// By hand: files go under a scratch directory, not the real /etc.
+		dir, err := os.MkdirTemp("", "ferry-init-")
+		if err != nil {
+			log.Error("cannot create a scratch directory", "err", err)
+			return 1
+		}
+		setupOpt.Paths = setup.Paths{Root: dir, Code: filepath.Join(dir, "code"), Data: filepath.Join(dir, "data"), DevRoot: "/dev", SysBlock: "/sys/block"}
+	}
+	svc := service.New(service.Options{
+		Log:      log,
+		Timeline: tl,
+		Setup:    setupOpt,
+		Agent:    agent,
+		Apps: map[string]app.Factory{
+			config.InterfaceExecutable: app.NewExecutableFactory(r, log),
+		},
+	})
+
+	l, err := transport.Listen(params.Transport)
+	if err != nil {
+		log.Error("cannot open the host transport", "transport", params.Transport.String(), "err", err)
+		if !pid1 {
+			return 1
+		}
+	} else {
+		log.Info("listening for the host", "transport", l.String(), "pid1", pid1)
+		tl.Mark("transport")
+		go func() {
+			defer func() {
+				if r := recover(); r != nil {
+					log.Error("service panicked", "panic", r, "stack", string(debug.Stack()))
+					svc.RequestShutdown("internal error")
+				}
+			}()
+			if err := svc.Serve(ctx, l); err != nil && ctx.Err() == nil {
+				log.Warn("transport closed", "err", err)
+			}
+		}()
+	}
+
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, syscall.SIGTERM, syscall.SIGINT)
+	select {
+	case sig := <-sigs:
+		log.Info("shutting down", "reason", sig.String())
+	case reason := <-svc.ShutdownRequested():
+		log.Info("shutting down", "reason", reason)
+	}
+	if err := svc.Stop(params.Grace); err != nil {
+		log.Warn("stopping the program", "err", err)
+	}
+	if l != nil {
+		l.Close()
+	}
+	if pid1 {
+		stopEverything(log, params.Grace)
+	}
+	cancel()
+	unix.Sync()
+	log.Info("stopped")
+	return 0
+}
+
+// stopEverything sends SIGTERM to every remaining process, waits briefly,
+// then SIGKILL.
+func stopEverything(log *slog.Logger, grace time.Duration) {
+	if err := reaper.KillAll(syscall.SIGTERM); err == nil {
+		time.Sleep(min(grace, 500*time.Millisecond))
+		_ = reaper.KillAll(syscall.SIGKILL)
+	} else if err != syscall.ESRCH {
+		log.Debug("signalling remaining processes", "err", err)
+	}
+}
+
+// loadModules loads what the transport and the usual devices need, when
+// the kernel has them as modules. Built-in or absent modules are fine.
+func loadModules(log *slog.Logger, t bootparam.Transport) {
+	var uts unix.Utsname
+	if err := unix.Uname(&uts); err != nil {
+		return
+	}
+	release := unix.ByteSliceToString(uts.Release[:])
+	idx, err := kmod.Open(filepath.Join("/lib/modules", release))
+	if err != nil {
+		log.Debug("no kernel modules to load", "err", err)
+		return
+	}
+	wanted := []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "squashfs", "overlay", "ext4"}
+	switch t.Kind {
+	case bootparam.TransportVsock:
+		wanted = append(wanted, "vmw_vsock_virtio_transport")
+	case bootparam.TransportSerial:
+		wanted = append(wanted, "virtio_console")
+	}
+	for _, m := range wanted {
+		if loaded, err := idx.Load(m); err != nil {
+			log.Debug("module not loaded", "module", m, "err", err)
+		} else if len(loaded) > 0 {
+			log.Debug("loaded modules", "modules", strings.Join(loaded, " "))
+		}
+	}
 }

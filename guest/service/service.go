@@ -1,0 +1,244 @@
+// Package service is init's conversation with the host: it accepts the
+// transport connection, runs the Ferry session, takes the one
+// configuration, applies it and answers with success or a structured
+// error plus the boot timeline, hands request streams to the app, and
+// drives the orderly shutdown. A bad configuration, a failed app or a
+// broken connection is answered and logged; the service keeps running.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/guest/setup"
+	"github.com/ferry-vm/ferry/guest/transport"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// Options configure the service.
+type Options struct {
+	Log      *slog.Logger
+	Timeline *boot.Timeline
+	Setup    setup.Options
+	// Apps maps an interface (asgi, executable) to its runner.
+	Apps  map[string]app.Factory
+	Agent string
+}
+
+// Service is init's host-facing side.
+type Service struct {
+	opt Options
+	log *slog.Logger
+
+	mu         sync.Mutex
+	configured bool
+	app        app.App
+	mounts     []string
+	session    *mux.Session
+
+	shutdown     chan string // reason; buffered
+	shutdownOnce sync.Once
+}
+
+// New returns a service.
+func New(opt Options) *Service {
+	return &Service{opt: opt, log: opt.Log, shutdown: make(chan string, 1)}
+}
+
+// ShutdownRequested receives a reason when the host asked to stop (GOAWAY)
+// or Shutdown was called.
+func (s *Service) ShutdownRequested() <-chan string { return s.shutdown }
+
+// RequestShutdown asks the service to begin shutdown (e.g. on SIGTERM).
+func (s *Service) RequestShutdown(reason string) {
+	s.shutdownOnce.Do(func() { s.shutdown <- reason })
+}
+
+// Serve accepts host connections one after another until ctx ends.
+func (s *Service) Serve(ctx context.Context, l transport.Listener) error {
+	for {
+		conn, err := l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if errors.Is(err, transport.ErrClosed) {
+				return err
+			}
+			s.log.Warn("accepting host connection failed", "transport", l.String(), "err", err)
+			select {
+			case <-time.After(100 * time.Millisecond):
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			continue
+		}
+		s.serveSession(ctx, conn)
+	}
+}
+
+func (s *Service) serveSession(ctx context.Context, conn interface {
+	Read([]byte) (int, error)
+	Write([]byte) (int, error)
+	Close() error
+}) {
+	var sess *mux.Session
+	sess = mux.Server(conn, mux.Config{
+		Agent:  s.opt.Agent,
+		Logger: s.log,
+		OnControl: func(t frame.Type, payload []byte) {
+			if t == frame.TypeConfig {
+				doc := append([]byte(nil), payload...)
+				go s.safely("configuration", func() { s.configure(ctx, sess, doc) })
+			}
+		},
+	})
+	s.mu.Lock()
+	s.session = sess
+	s.mu.Unlock()
+	defer sess.Close()
+	go func() {
+		select {
+		case <-sess.GoAwayReceived():
+			s.RequestShutdown("host sent GOAWAY")
+		case <-sess.Done():
+		}
+	}()
+	for {
+		st, err := sess.Accept(ctx)
+		if err != nil {
+			s.log.Info("host session ended", "err", err)
+			return
+		}
+		s.mu.Lock()
+		a := s.app
+		s.mu.Unlock()
+		if a == nil {
+			st.Reset(frame.CodeUnavailable, "program not configured or not running")
+			continue
+		}
+		go s.safely("stream", func() { a.Serve(ctx, st) })
+	}
+}
+
+// safely runs f, turning a panic into a log line (PID 1 must not die).
+func (s *Service) safely(what string, f func()) {
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("recovered from panic", "in", what, "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	f()
+}
+
+// configure applies the one configuration and answers CONFIG_RESULT.
+func (s *Service) configure(ctx context.Context, sess *mux.Session, doc []byte) {
+	result := s.apply(ctx, doc)
+	result.Timeline = s.opt.Timeline.Entries()
+	if result.OK {
+		s.log.Info("configured", "timeline", s.opt.Timeline.String())
+	} else {
+		s.log.Warn("configuration failed", "phase", string(result.Phase), "field", string(result.Field), "message", string(result.Message))
+	}
+	if err := sess.SendControlMessage(frame.TypeConfigResult, result); err != nil {
+		s.log.Warn("cannot send configuration result", "err", err)
+	}
+}
+
+func (s *Service) apply(ctx context.Context, doc []byte) *message.ConfigResult {
+	fail := func(phase, field string, err error) *message.ConfigResult {
+		return &message.ConfigResult{Phase: []byte(phase), Field: []byte(field), Message: []byte(err.Error())}
+	}
+	s.mu.Lock()
+	if s.configured {
+		s.mu.Unlock()
+		return fail("validate", "", errors.New("already configured: a VM takes one configuration"))
+	}
+	s.configured = true
+	s.mu.Unlock()
+
+	c, err := config.Parse(doc)
+	if err != nil {
+		var ferr *config.FieldError
+		if errors.As(err, &ferr) {
+			s.allowRetry()
+			return fail("validate", ferr.Field, errors.New(ferr.Message))
+		}
+		s.allowRetry()
+		return fail("validate", "", err)
+	}
+	s.opt.Timeline.Mark("config")
+	res, err := setup.Apply(ctx, s.log, c, s.opt.Setup, s.opt.Timeline)
+	s.mu.Lock()
+	s.mounts = append(s.mounts, res.Mounts...)
+	s.mu.Unlock()
+	if err != nil {
+		var perr *setup.PhaseError
+		if errors.As(err, &perr) {
+			r := fail(perr.Phase, perr.Field, perr.Err)
+			r.Detail = []byte(perr.Detail)
+			return r
+		}
+		return fail("setup", "", err)
+	}
+	factory := s.opt.Apps[c.Interface]
+	if factory == nil {
+		return fail("app", "interface", fmt.Errorf("no runner for interface %q in this init", c.Interface))
+	}
+	a, err := factory(ctx, c, res.CodeDir)
+	if err != nil {
+		return fail("app", "entrypoint", err)
+	}
+	s.mu.Lock()
+	s.app = a
+	s.mu.Unlock()
+	s.opt.Timeline.Mark("app")
+	return &message.ConfigResult{OK: true}
+}
+
+// allowRetry lets the host send a corrected configuration after one that
+// failed validation (nothing was applied yet).
+func (s *Service) allowRetry() {
+	s.mu.Lock()
+	s.configured = false
+	s.mu.Unlock()
+}
+
+// Stop stops the app within grace, tells the host, and unmounts volumes in
+// reverse order. It returns the errors met, all already logged.
+func (s *Service) Stop(grace time.Duration) error {
+	s.mu.Lock()
+	a, sess, mounts := s.app, s.session, s.mounts
+	s.app = nil
+	s.mu.Unlock()
+	if sess != nil {
+		_ = sess.GoAway(frame.CodeNoError, "guest shutting down")
+	}
+	var errs []error
+	if a != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), grace)
+		if err := a.Stop(ctx); err != nil {
+			errs = append(errs, err)
+		}
+		cancel()
+	}
+	if sess != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = sess.Shutdown(ctx)
+		cancel()
+	}
+	if err := boot.Unmount(mounts); err != nil {
+		errs = append(errs, err)
+	}
+	return errors.Join(errs...)
+}
