@@ -75,10 +75,11 @@ type Process struct {
 // StartProcess starts argv in dir with env, its output on init's
 // stdout/stderr (captured line by line once the app runners take over).
 func StartProcess(r *reaper.Reaper, log *slog.Logger, dir string, env []string, argv ...string) (*Process, error) {
-	cmd := exec.Command(argv[0], argv[1:]...)
-	if !filepath.IsAbs(argv[0]) {
-		cmd.Path = filepath.Join(dir, argv[0])
+	prog := argv[0]
+	if !filepath.IsAbs(prog) {
+		prog = filepath.Join(dir, prog) // relative to the code, never looked up in PATH
 	}
+	cmd := exec.Command(prog, argv[1:]...)
 	cmd.Dir, cmd.Env = dir, env
 	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
 	// Its own process group, so stopping it reaches its children too.

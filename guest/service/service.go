@@ -239,6 +239,8 @@ func (s *Service) Stop(grace time.Duration) error {
 	}
 	if err := boot.Unmount(mounts); err != nil {
 		errs = append(errs, err)
+	} else if len(mounts) > 0 {
+		s.log.Info("unmounted volumes", "targets", mounts)
 	}
 	return errors.Join(errs...)
 }
