@@ -31,6 +31,16 @@ func TestBenchPeer(t *testing.T) {
 	}
 	ctx := context.Background()
 	switch role {
+	case "rawecho":
+		buf := make([]byte, 1024)
+		for {
+			if _, err := io.ReadFull(conn, buf); err != nil {
+				break
+			}
+			if _, err := conn.Write(buf); err != nil {
+				break
+			}
+		}
 	case "server":
 		s := Server(conn, Config{})
 		serveEcho(ctx, s, 1024)
@@ -99,6 +109,22 @@ func BenchmarkRoundTrip1KiBPerSide(b *testing.B) {
 		b.ResetTimer()
 		for i := 0; i < b.N; i++ {
 			roundTrip(b, ctx, c, body, buf)
+		}
+	})
+	b.Run("raw-unix-baseline", func(b *testing.B) {
+		// The same 1 KiB each way with no protocol: the floor for the two
+		// cases above on this machine.
+		conn := startPeer(b, "rawecho")
+		buf := make([]byte, 1024)
+		b.ReportAllocs()
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if _, err := conn.Write(buf); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := io.ReadFull(conn, buf); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 	b.Run("server", func(b *testing.B) {
