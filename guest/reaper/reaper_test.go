@@ -11,19 +11,25 @@ import (
 	"time"
 )
 
+// startReaper runs a reaper until the test ends.
+func startReaper(t *testing.T) *Reaper {
+	r, err := New(slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go r.Run(ctx)
+	return r
+}
+
 // The reaper returns the exit status of the process it started, and reaps
 // the orphan that process leaves behind.
 func TestStatusesAndOrphans(t *testing.T) {
 	if _, err := exec.LookPath("sh"); err != nil {
 		t.Skip("needs sh")
 	}
-	r, err := New(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.Run(ctx)
+	r := startReaper(t)
 
 	// The child prints the pid of a background grandchild, then exits 3
 	// while the grandchild still runs: the grandchild becomes our orphan.
@@ -67,13 +73,7 @@ func TestStatusesAndOrphans(t *testing.T) {
 }
 
 func TestKilledProcessCode(t *testing.T) {
-	r, err := New(slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go r.Run(ctx)
+	r := startReaper(t)
 	cmd := exec.Command("sleep", "30")
 	done, err := r.Start(cmd)
 	if err != nil {

@@ -74,19 +74,23 @@ func roundTrip(b *testing.B, ctx context.Context, c *Session, body, buf []byte) 
 	if err := st.ReadResponse(ctx, &resp); err != nil {
 		b.Fatal(err)
 	}
+	if n := drain(b, st, buf); n != 1024 {
+		b.Fatalf("got %d response bytes", n)
+	}
+}
+
+// drain reads a stream's body to the end and returns its length.
+func drain(b *testing.B, st *Stream, buf []byte) int {
 	n := 0
 	for {
 		m, err := st.Read(buf)
 		n += m
 		if err == io.EOF {
-			break
+			return n
 		}
 		if err != nil {
 			b.Fatal(err)
 		}
-	}
-	if n != 1024 {
-		b.Fatalf("got %d response bytes", n)
 	}
 }
 

@@ -144,18 +144,7 @@ func BenchmarkRoundTrip1KiBPerSide(b *testing.B) {
 			if err := st.RequestHead(&req); err != nil {
 				b.Fatal(err)
 			}
-			n := 0
-			for {
-				m, err := st.Read(buf)
-				n += m
-				if err == io.EOF {
-					break
-				}
-				if err != nil {
-					b.Fatal(err)
-				}
-			}
-			if n != 1024 {
+			if n := drain(b, st, buf); n != 1024 {
 				b.Fatalf("request body %d bytes", n)
 			}
 			head := message.ResponseHead{Status: 200}
