@@ -156,6 +156,7 @@ func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline
 			defer func() {
 				if r := recover(); r != nil {
 					log.Error("service panicked", "panic", r, "stack", string(debug.Stack()))
+					svc.TellHost(fmt.Sprintf("init: internal error, shutting down: %v", r))
 					svc.RequestShutdown("internal error")
 				}
 			}()

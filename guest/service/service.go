@@ -92,14 +92,20 @@ func (s *Service) serveSession(ctx context.Context, conn interface {
 	Write([]byte) (int, error)
 	Close() error
 }) {
-	var sess *mux.Session
-	sess = mux.Server(conn, mux.Config{
+	// CONFIG frames arrive on the session's read loop, possibly before
+	// mux.Server has returned; they are handed over through a channel.
+	configs := make(chan []byte, 4)
+	sess := mux.Server(conn, mux.Config{
 		Agent:  s.opt.Agent,
 		Logger: s.log,
 		OnControl: func(t frame.Type, payload []byte) {
-			if t == frame.TypeConfig {
-				doc := append([]byte(nil), payload...)
-				go s.safely("configuration", func() { s.configure(ctx, sess, doc) })
+			if t != frame.TypeConfig {
+				return
+			}
+			select {
+			case configs <- append([]byte(nil), payload...):
+			default:
+				s.log.Warn("host sent configurations faster than they can be answered; dropping one")
 			}
 		},
 	})
@@ -107,6 +113,16 @@ func (s *Service) serveSession(ctx context.Context, conn interface {
 	s.session = sess
 	s.mu.Unlock()
 	defer sess.Close()
+	go func() {
+		for {
+			select {
+			case doc := <-configs:
+				s.safely("configuration", func() { s.configure(ctx, sess, doc) })
+			case <-sess.Done():
+				return
+			}
+		}
+	}()
 	go func() {
 		select {
 		case <-sess.GoAwayReceived():
@@ -131,14 +147,30 @@ func (s *Service) serveSession(ctx context.Context, conn interface {
 	}
 }
 
-// safely runs f, turning a panic into a log line (PID 1 must not die).
+// safely runs f, turning a panic into a log line and a LOG frame to the
+// host (PID 1 must not die).
 func (s *Service) safely(what string, f func()) {
 	defer func() {
 		if r := recover(); r != nil {
 			s.log.Error("recovered from panic", "in", what, "panic", r, "stack", string(debug.Stack()))
+			s.TellHost(fmt.Sprintf("init recovered from an internal error in %s: %v", what, r))
 		}
 	}()
 	f()
+}
+
+// TellHost sends a line from init itself to the host's logs, if connected.
+func (s *Service) TellHost(line string) {
+	s.mu.Lock()
+	sess := s.session
+	s.mu.Unlock()
+	if sess == nil {
+		return
+	}
+	l := message.Log{Source: []byte("init"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)}
+	if err := sess.SendControlMessage(frame.TypeLog, &l); err != nil {
+		s.log.Debug("cannot send log line to the host", "err", err)
+	}
 }
 
 // configure applies the one configuration and answers CONFIG_RESULT.
