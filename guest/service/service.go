@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"runtime/debug"
 	"sync"
@@ -87,11 +88,7 @@ func (s *Service) Serve(ctx context.Context, l transport.Listener) error {
 	}
 }
 
-func (s *Service) serveSession(ctx context.Context, conn interface {
-	Read([]byte) (int, error)
-	Write([]byte) (int, error)
-	Close() error
-}) {
+func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 	// CONFIG frames arrive on the session's read loop, possibly before
 	// mux.Server has returned; they are handed over through a channel.
 	configs := make(chan []byte, 4)

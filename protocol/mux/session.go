@@ -136,13 +136,12 @@ type Session struct {
 	lastPeerID   uint32 // highest id the peer opened
 	peerOpen     uint32 // streams the peer opened that are still open
 	localGoAway  bool
-	remoteGoAway bool
 	pings        map[uint64]chan struct{}
 	pingSeq      uint64
 	idle         chan struct{} // signalled when streams becomes empty
 	acceptCh     chan *Stream
 	closeErr     error
-	goAwayRemote *ProtocolError
+	goAwayRemote *ProtocolError // the peer's GOAWAY, once received
 
 	lastRecv    atomic.Int64 // unix nanos of the last frame received
 	closed      chan struct{}
@@ -266,7 +265,7 @@ func (s *Session) Open(ctx context.Context, head *message.RequestHead, body []by
 	switch {
 	case s.closeErr != nil:
 		err = s.closeErr
-	case s.remoteGoAway:
+	case s.goAwayRemote != nil:
 		err = ErrGoAway
 	case s.nextID > math.MaxUint32-2:
 		err = ErrStreamIDsExhausted
@@ -631,10 +630,9 @@ func (s *Session) handleGoAway(p []byte) *frame.Error {
 	}
 	remote := &ProtocolError{Code: g.Code, Reason: string(g.Message), Remote: true}
 	s.mu.Lock()
-	if !s.remoteGoAway {
+	if s.goAwayRemote == nil {
 		close(s.goneAway)
 	}
-	s.remoteGoAway = true
 	s.goAwayRemote = remote
 	var refused []*Stream
 	for id, st := range s.streams {
