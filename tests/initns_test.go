@@ -89,24 +89,51 @@ func startGuest(t *testing.T) *guest {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startGuestWith(t, guestOptions{bin: bin})
+}
+
+// guestOptions vary how init is started.
+type guestOptions struct {
+	bin     string // path of the init binary (inside root when root is set)
+	root    string // chroot directory; empty: the machine's root
+	cmdline string // extra kernel command-line parameters
+}
+
+func startGuestWith(t *testing.T, o guestOptions) *guest {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hostEnd, guestEnd := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
 	g := &guest{stderr: &syncBuffer{}, exited: make(chan error, 1), result: make(chan message.ConfigResult, 4)}
-	g.cmd = exec.Command(bin, "-cmdline", "ferry.transport=fd:3 ferry.grace=2s ferry.debug=1")
+	g.cmd = exec.Command(o.bin, "-cmdline", "ferry.transport=fd:3 ferry.grace=2s ferry.debug=1 "+o.cmdline)
 	g.cmd.ExtraFiles = []*os.File{guestEnd}
 	g.cmd.Stdout, g.cmd.Stderr = g.stderr, g.stderr
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
 		Pdeathsig:  syscall.SIGKILL,
+		Chroot:     o.root,
 	}
-	if err := g.cmd.Start(); err != nil {
+	if o.root != "" {
+		g.cmd.Dir = "/"
+	}
+	// Pdeathsig fires when the thread that forked init exits, and the
+	// namespace helpers discard the threads they lock. So init is started
+	// from a thread held locked until it exits.
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := g.cmd.Start()
+		started <- err
+		if err == nil {
+			g.exited <- g.cmd.Wait()
+		}
+	}()
+	if err := <-started; err != nil {
 		t.Fatal(err)
 	}
 	guestEnd.Close()
-	go func() { g.exited <- g.cmd.Wait() }()
 	conn, err := net.FileConn(hostEnd)
 	hostEnd.Close()
 	if err != nil {

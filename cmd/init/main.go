@@ -112,6 +112,17 @@ func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline
 		tl.Mark("mounts")
 		loadModules(log, params.Transport)
 		tl.Mark("modules")
+		if params.Overlay {
+			if err := boot.OverlayRoot(); err != nil {
+				log.Error("root stays as it is", "err", err)
+			} else {
+				if _, err := boot.MountSystem(); err != nil {
+					log.Warn("some system mounts failed on the overlay root", "err", err)
+				}
+				log.Info("root is a writable overlay on tmpfs")
+			}
+			tl.Mark("overlay")
+		}
 	}
 
 	ctx, cancel := context.WithCancel(context.Background())
