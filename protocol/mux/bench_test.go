@@ -11,30 +11,36 @@ import (
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
-// serveEcho answers every stream: it reads the request body and answers 200
-// with a body of respSize bytes.
+// serveEcho answers every stream accepted from s with sizedResponder.
 func serveEcho(ctx context.Context, s *Session, respSize int) {
-	resp := bytes.Repeat([]byte("r"), respSize)
-	buf := make([]byte, 32<<10)
+	h := sizedResponder(respSize)
 	for {
 		st, err := s.Accept(ctx)
 		if err != nil {
 			return
 		}
-		go func() {
-			var req message.RequestHead
-			if err := st.RequestHead(&req); err != nil {
-				st.Reset(1, err.Error())
-				return
+		go h(st)
+	}
+}
+
+// sizedResponder reads the request body and answers 200 with a body of
+// respSize bytes.
+func sizedResponder(respSize int) func(*Stream) {
+	resp := bytes.Repeat([]byte("r"), respSize)
+	return func(st *Stream) {
+		var req message.RequestHead
+		if err := st.RequestHead(&req); err != nil {
+			st.Reset(1, err.Error())
+			return
+		}
+		var buf [2048]byte
+		for {
+			if _, err := st.Read(buf[:]); err != nil {
+				break
 			}
-			for {
-				if _, err := st.Read(buf); err != nil {
-					break
-				}
-			}
-			head := message.ResponseHead{Status: 200}
-			st.WriteResponse(&head, resp, true)
-		}()
+		}
+		head := message.ResponseHead{Status: 200}
+		st.WriteResponse(&head, resp, true)
 	}
 }
 
@@ -51,7 +57,23 @@ var benchRequest = message.RequestHead{
 // BenchmarkRoundTrip1KiB measures one request/response exchange with a
 // 1 KiB body each way on a new stream, over a real unix socket pair.
 // allocs/op counts both sides (client and server run in this process).
+// The server side serves streams with Config.Handler.
 func BenchmarkRoundTrip1KiB(b *testing.B) {
+	c, _ := sessionPair(b, Config{}, Config{Handler: sizedResponder(1024)})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	body := bytes.Repeat([]byte("q"), 1024)
+	buf := make([]byte, 4096)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		roundTrip(b, ctx, c, body, buf)
+	}
+}
+
+// BenchmarkRoundTrip1KiBAccept is BenchmarkRoundTrip1KiB with the server
+// taking streams from Accept and starting a goroutine for each.
+func BenchmarkRoundTrip1KiBAccept(b *testing.B) {
 	c, s := sessionPair(b, Config{}, Config{})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()

@@ -42,8 +42,8 @@ func TestBenchPeer(t *testing.T) {
 			}
 		}
 	case "server":
-		s := Server(conn, Config{})
-		serveEcho(ctx, s, 1024)
+		s := Server(conn, Config{Handler: sizedResponder(1024)})
+		<-s.Done()
 	case "client":
 		c := Client(conn, Config{})
 		body := bytes.Repeat([]byte("q"), 1024)

@@ -78,6 +78,12 @@ type Config struct {
 	// the read loop: it must not block for long and must copy the payload
 	// if it keeps it.
 	OnControl func(t frame.Type, payload []byte)
+	// Handler, when set, serves each stream the peer opens, called from
+	// the read loop on a goroutine of its own (goroutines are reused);
+	// Accept is then not used. It saves the hand-off to an accepting
+	// goroutine and the stack growth of a fresh one, which matters for
+	// short requests. The handler owns the stream and must end it.
+	Handler func(*Stream)
 }
 
 func (c *Config) setDefaults() {
@@ -140,6 +146,7 @@ type Session struct {
 	pingSeq      uint64
 	idle         chan struct{} // signalled when streams becomes empty
 	acceptCh     chan *Stream
+	handlerIdle  chan *Stream // idle Config.Handler goroutines receive here
 	closeErr     error
 	goAwayRemote *ProtocolError // the peer's GOAWAY, once received
 
@@ -165,18 +172,19 @@ func Server(conn io.ReadWriteCloser, cfg Config) *Session {
 func newSession(conn io.ReadWriteCloser, cfg Config) *Session {
 	cfg.setDefaults()
 	s := &Session{
-		conn:      conn,
-		cfg:       cfg,
-		log:       cfg.Logger,
-		w:         newWriter(conn),
-		comp:      newCompressor(cfg.MaxFrameSize),
-		peerReady: make(chan struct{}),
-		goneAway:  make(chan struct{}),
-		streams:   make(map[uint32]*Stream),
-		pings:     make(map[uint64]chan struct{}),
-		idle:      make(chan struct{}, 1),
-		acceptCh:  make(chan *Stream, cfg.MaxStreams),
-		closed:    make(chan struct{}),
+		conn:        conn,
+		cfg:         cfg,
+		log:         cfg.Logger,
+		w:           newWriter(conn),
+		comp:        newCompressor(cfg.MaxFrameSize),
+		peerReady:   make(chan struct{}),
+		goneAway:    make(chan struct{}),
+		streams:     make(map[uint32]*Stream),
+		pings:       make(map[uint64]chan struct{}),
+		idle:        make(chan struct{}, 1),
+		acceptCh:    make(chan *Stream, cfg.MaxStreams),
+		handlerIdle: make(chan *Stream),
+		closed:      make(chan struct{}),
 	}
 	if cfg.Role == message.RoleClient {
 		s.nextID = 1
@@ -678,12 +686,16 @@ func (s *Session) handleRequest(h frame.Header, p []byte) *frame.Error {
 		return nil
 	}
 	st := newStream(s, h.StreamID, false)
-	st.head = append(make([]byte, 0, len(p)), p...)
+	st.setHead(p)
 	st.headReceived = true
 	st.remoteFin = h.Has(frame.FlagFin)
 	s.streams[st.id] = st
 	s.peerOpen++
 	s.mu.Unlock()
+	if s.cfg.Handler != nil {
+		s.dispatch(st)
+		return nil
+	}
 	s.acceptCh <- st // never blocks: capacity is MaxStreams
 	return nil
 }

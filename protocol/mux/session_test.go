@@ -2,8 +2,12 @@ package mux
 
 import (
 	"bytes"
+	"fmt"
 	"io"
+	"runtime"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -53,5 +57,78 @@ func TestRoundTripWithTrailers(t *testing.T) {
 	tr, err := st.Trailers()
 	if err != nil || len(tr) != 1 || string(tr[0].Value) != "42" {
 		t.Fatalf("trailers %v, %v", tr, err)
+	}
+}
+
+// With Config.Handler, streams are served without Accept, concurrently,
+// and handler goroutines are reused once they finish.
+func TestHandlerServesStreamsAndReusesGoroutines(t *testing.T) {
+	var mu sync.Mutex
+	running, peak, calls := 0, 0, 0
+	release := make(chan struct{})
+	handler := func(st *Stream) {
+		mu.Lock()
+		running++
+		calls++
+		peak = max(peak, running)
+		mu.Unlock()
+		body, _ := io.ReadAll(st)
+		if bytes.Equal(body, []byte("wait")) {
+			<-release
+		}
+		st.WriteResponse(&message.ResponseHead{Status: 200}, bytes.ToUpper(body), true)
+		mu.Lock()
+		running--
+		mu.Unlock()
+	}
+	c, _ := sessionPair(t, Config{}, Config{Handler: handler})
+	ctx := testContext(t)
+	get := func(body string) string {
+		st, err := c.Open(ctx, &message.RequestHead{Method: []byte("POST")}, []byte(body), true)
+		if err != nil {
+			t.Error(err)
+			return ""
+		}
+		var resp message.ResponseHead
+		if err := st.ReadResponse(ctx, &resp); err != nil {
+			t.Error(err)
+			return ""
+		}
+		b, _ := io.ReadAll(st)
+		return string(b)
+	}
+	// Three requests held open at once run concurrently.
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() { defer wg.Done(); get("wait") }()
+	}
+	for {
+		mu.Lock()
+		r := running
+		mu.Unlock()
+		if r == 3 {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(release)
+	wg.Wait()
+	// Sequential requests afterwards reuse the idle goroutines.
+	before := runtime.NumGoroutine()
+	for i := range 50 {
+		if got := get(fmt.Sprint("x", i)); got != fmt.Sprint("X", i) {
+			t.Fatalf("response %q", got)
+		}
+	}
+	// A request can arrive just before the previous handler goes idle, so
+	// allow a little growth; one goroutine per request would be 50.
+	if after := runtime.NumGoroutine(); after > before+3 {
+		t.Fatalf("goroutines grew from %d to %d over 50 sequential requests", before, after)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if peak != 3 || calls != 53 {
+		t.Fatalf("peak %d concurrent handlers, %d calls", peak, calls)
 	}
 }

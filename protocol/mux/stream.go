@@ -41,10 +41,12 @@ type Stream struct {
 	writable chan struct{} // signalled when the send window grows
 
 	// inbound, guarded by mu
-	head         []byte // REQUEST (accepted streams) or RESPONSE (opened streams)
+	head         []byte               // REQUEST (accepted streams) or RESPONSE (opened streams)
+	headInline   [inlineHeadSize]byte // holds head when it fits: one allocation less
 	headReceived bool
 	mode         int
-	buf          []byte // received body bytes; unread part is buf[off:]
+	buf          []byte  // received body bytes; unread part is buf[off:]
+	bufPooled    *[]byte // the pool's handle for buf, when buf came from it
 	off          int
 	frags        []wsFrag
 	trailers     []byte
@@ -73,6 +75,20 @@ func newStream(s *Session, id uint32, local bool) *Stream {
 		recvCredit: s.cfg.InitialWindow,
 		sendWindow: int64(s.peer.InitialWindow),
 	}
+}
+
+// inlineHeadSize is the largest head kept inside the Stream itself; a
+// typical API request or response head (a handful of headers) fits.
+const inlineHeadSize = 256
+
+// setHead keeps a copy of a received head.
+func (st *Stream) setHead(p []byte) {
+	if len(p) <= inlineHeadSize {
+		st.head = st.headInline[:len(p):len(p)]
+		copy(st.head, p)
+		return
+	}
+	st.head = append(make([]byte, 0, len(p)), p...)
 }
 
 // ID returns the stream id.
@@ -300,6 +316,11 @@ func (st *Stream) consumeLocked(n int, cost int) {
 	st.off += n
 	if st.off == len(st.buf) {
 		st.buf, st.off = st.buf[:0], 0
+		if st.remoteFin && st.bufPooled != nil {
+			// Nothing more will arrive: the buffer can serve another stream.
+			putRecvBuf(st.bufPooled, st.buf)
+			st.buf, st.bufPooled = nil, nil
+		}
 	}
 	if st.remoteFin || st.err != nil {
 		return
@@ -634,7 +655,7 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 			violation = frame.Errorf(frame.CodeProtocol, "unexpected RESPONSE")
 			break
 		}
-		st.head = append(make([]byte, 0, len(p)), p...)
+		st.setHead(p)
 		st.headReceived = true
 	case frame.TypeData:
 		violation = st.receivePayloadLocked(h, p, modeData)
@@ -674,6 +695,10 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 		return nil // empty DATA without FIN carries nothing
 	}
 	st.mode = mode
+	if st.buf == nil {
+		st.bufPooled = getRecvBuf()
+		st.buf = (*st.bufPooled)[:0]
+	}
 	st.compactLocked()
 	start := len(st.buf)
 	if h.Has(frame.FlagCompressed) {
@@ -732,4 +757,29 @@ func (st *Stream) handleReset(p []byte) *frame.Error {
 	st.wake()
 	st.maybeRemove()
 	return nil
+}
+
+// Receive buffers of small bodies are reused: most request and response
+// bodies are small, and a fresh buffer per stream is an allocation on
+// each side of every round trip.
+const (
+	recvBufSize    = 4 << 10  // capacity of a new pooled buffer
+	recvBufPoolMax = 64 << 10 // larger buffers are left to the GC
+)
+
+var recvBufPool = sync.Pool{New: func() any { b := make([]byte, 0, recvBufSize); return &b }}
+
+// getRecvBuf returns a pooled buffer's handle.
+func getRecvBuf() *[]byte {
+	return recvBufPool.Get().(*[]byte)
+}
+
+// putRecvBuf returns the buffer b (which may have grown from the one handle
+// held) to the pool, unless it grew too large.
+func putRecvBuf(handle *[]byte, b []byte) {
+	if cap(b) > recvBufPoolMax {
+		return
+	}
+	*handle = b[:0]
+	recvBufPool.Put(handle)
 }
