@@ -135,6 +135,9 @@ func flagNames(f frame.Flags) []string {
 
 // snake turns a Go field name into the snake_case name used in SPEC.md.
 func snake(s string) string {
+	if s == "OK" {
+		return "ok"
+	}
 	s = strings.NewReplacer("HTTP", "Http", "ID", "Id").Replace(s)
 	var out []rune
 	for i, r := range s {
