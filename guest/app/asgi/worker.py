@@ -1,0 +1,1110 @@
+"""Ferry's ASGI worker: one Python process of init's worker pool.
+
+init starts this script with a connected unix socket on file descriptor 3
+(``--fd``) and speaks the Ferry wire protocol (protocol/SPEC.md) over it:
+init is the client, this worker the server. After the HELLO exchange init
+sends one CONFIG frame, a JSON document::
+
+    {"app": "main:app", "code_dir": "/opt/code", "packages": "",
+     "worker": 1, "lifespan": "auto"}
+
+The worker imports the app, runs the ASGI lifespan startup, and answers
+CONFIG_RESULT (ok, or the phase, a message and the traceback). Then every
+stream init opens is one ASGI ``http`` or ``websocket`` connection: request
+bodies arrive as DATA frames and are handed to the app chunk by chunk,
+responses go back frame by frame as the app sends them, with per-stream flow
+control both ways. GOAWAY (or SIGTERM) lets in-flight requests finish, runs
+the lifespan shutdown and exits.
+
+Standard library only; uvloop is used when it can be imported. Nothing the
+app prints is touched: init captures stdout and stderr line by line.
+"""
+
+import asyncio
+import importlib
+import inspect
+import json
+import os
+import signal
+import socket
+import struct
+import sys
+import traceback
+
+AGENT = b"ferry-worker-py/0.1"
+PROTOCOL_VERSION = 1
+
+# Frame types (SPEC.md section 2.1).
+HELLO, PING, GOAWAY, CONFIG, CONFIG_RESULT, LOG = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
+REQUEST, RESPONSE, DATA, END, RESET, WINDOW_UPDATE, WS_MESSAGE, WS_CLOSE = range(0x10, 0x18)
+TYPE_NAMES = {
+    HELLO: "HELLO", PING: "PING", GOAWAY: "GOAWAY", CONFIG: "CONFIG",
+    CONFIG_RESULT: "CONFIG_RESULT", LOG: "LOG", REQUEST: "REQUEST",
+    RESPONSE: "RESPONSE", DATA: "DATA", END: "END", RESET: "RESET",
+    WINDOW_UPDATE: "WINDOW_UPDATE", WS_MESSAGE: "WS_MESSAGE", WS_CLOSE: "WS_CLOSE",
+}
+ALLOWED_FLAGS = {
+    HELLO: 0, PING: 0x04, GOAWAY: 0, CONFIG: 0, CONFIG_RESULT: 0, LOG: 0,
+    REQUEST: 0x01, RESPONSE: 0x01, DATA: 0x03, END: 0x01, RESET: 0,
+    WINDOW_UPDATE: 0, WS_MESSAGE: 0x1A, WS_CLOSE: 0x01,
+}
+
+# Flags (section 2.2).
+FIN, COMPRESSED, ACK, TEXT, MORE = 0x01, 0x02, 0x04, 0x08, 0x10
+FLAG_NAMES = {FIN: "FIN", COMPRESSED: "COMPRESSED", ACK: "ACK", TEXT: "TEXT", MORE: "MORE"}
+
+# Error codes (section 6).
+NO_ERROR, PROTOCOL_ERROR, INTERNAL_ERROR, FLOW_CONTROL_ERROR = 0, 1, 2, 3
+STREAM_CLOSED, FRAME_SIZE_ERROR, REFUSED_STREAM, CANCEL = 4, 5, 6, 7
+VERSION_MISMATCH, APP_ERROR, BODY_TOO_LARGE = 9, 12, 14
+
+HEADER = struct.Struct(">BBII")
+HEADER_SIZE = HEADER.size  # 10
+MIN_MAX_FRAME = 16 << 10
+MAX_MAX_FRAME = 16 << 20
+MAX_WINDOW = (1 << 31) - 1
+WS_FRAME_COST = 16
+
+# What this worker announces in its HELLO.
+MY_MAX_FRAME = 64 << 10
+MY_WINDOW = 256 << 10
+MY_MAX_STREAMS = 1024
+MAX_WS_MESSAGE = 16 << 20
+
+
+class ProtocolError(Exception):
+    """A violation that ends the connection (GOAWAY with code, then close)."""
+
+    def __init__(self, code, reason):
+        super().__init__(reason)
+        self.code = code
+
+
+# ---------------------------------------------------------------------------
+# Encoding: frames and the protobuf-wire subset of SPEC.md section 4.
+
+
+def frame(ftype, flags, stream, payload=b""):
+    return HEADER.pack(ftype, flags, stream, len(payload)) + payload
+
+
+def put_varint(out, v):
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+
+
+def put_uint(out, num, v):
+    if v:
+        put_varint(out, num << 3)
+        put_varint(out, v)
+
+
+def put_bytes(out, num, b, always=False):
+    if b or always:
+        put_varint(out, (num << 3) | 2)
+        put_varint(out, len(b))
+        out += b
+
+
+def put_headers(out, num, headers):
+    for name, value in headers:
+        put_bytes(out, num, bytes(name), True)
+        put_bytes(out, num, bytes(value), True)
+
+
+def fields(payload):
+    """Yields (number, value) for each field; value is int or memoryview."""
+    p = memoryview(payload)
+    i, n = 0, len(p)
+    while i < n:
+        key, i = get_varint(p, i)
+        num, wire = key >> 3, key & 7
+        if num == 0:
+            raise ValueError("field number 0")
+        if wire == 0:
+            v, i = get_varint(p, i)
+            yield num, v
+        elif wire == 2:
+            ln, i = get_varint(p, i)
+            if ln > n - i:
+                raise ValueError("truncated bytes field")
+            yield num, p[i:i + ln]
+            i += ln
+        else:
+            raise ValueError("wire type %d" % wire)
+
+
+def get_varint(p, i):
+    v = shift = 0
+    n = len(p)
+    while True:
+        if i >= n:
+            raise ValueError("truncated varint")
+        if shift >= 70:
+            raise ValueError("varint too long")
+        b = p[i]
+        i += 1
+        v |= (b & 0x7F) << shift
+        if b < 0x80:
+            if v >= 1 << 64:
+                raise ValueError("varint overflows 64 bits")
+            return v, i
+        shift += 7
+
+
+def _u32(v):
+    if not isinstance(v, int):
+        raise ValueError("expected a varint")
+    if v > 0xFFFFFFFF:
+        raise ValueError("value %d does not fit 32 bits" % v)
+    return v
+
+
+def _bytes(v):
+    if isinstance(v, int):
+        raise ValueError("expected bytes")
+    return bytes(v)
+
+
+# Message schemas: field number -> (name, kind); kind is u32, u64, bytes,
+# headers (repeated, pairs) or list (repeated bytes).
+SCHEMAS = {
+    "hello": {1: ("version", "u32"), 2: ("role", "u32"), 3: ("max_frame_size", "u32"),
+              4: ("initial_window", "u32"), 5: ("max_streams", "u32"),
+              6: ("compression", "u32"), 7: ("agent", "bytes")},
+    "request": {1: ("kind", "u32"), 2: ("http_version", "bytes"), 3: ("method", "bytes"),
+                4: ("scheme", "bytes"), 5: ("path", "bytes"), 6: ("raw_path", "bytes"),
+                7: ("query_string", "bytes"), 8: ("root_path", "bytes"),
+                9: ("headers", "headers"), 10: ("client_host", "bytes"),
+                11: ("client_port", "u32"), 12: ("server_host", "bytes"),
+                13: ("server_port", "u32"), 14: ("subprotocols", "list")},
+    "response": {1: ("status", "u32"), 2: ("headers", "headers"), 3: ("subprotocol", "bytes")},
+    "end": {1: ("trailers", "headers")},
+    "reset": {1: ("code", "u32"), 2: ("message", "bytes")},
+    "goaway": {1: ("last_stream_id", "u32"), 2: ("code", "u32"), 3: ("message", "bytes")},
+    "ws_close": {1: ("code", "u32"), 2: ("reason", "bytes")},
+    "log": {1: ("source", "bytes"), 2: ("origin", "u32"), 3: ("unix_nano", "u64"), 4: ("line", "bytes")},
+    "config_result": {1: ("ok", "u32"), 2: ("phase", "bytes"), 3: ("field", "bytes"),
+                      4: ("message", "bytes"), 5: ("detail", "bytes"), 6: ("timeline", "timeline")},
+}
+
+
+def decode(schema, payload):
+    """Decodes a payload into a dict of the fields present (SPEC.md 4)."""
+    spec = SCHEMAS[schema]
+    out = {}
+    for num, v in fields(payload):
+        f = spec.get(num)
+        if f is None:
+            continue  # unknown fields are skipped
+        name, kind = f
+        if kind == "u32":
+            out[name] = _u32(v)
+        elif kind == "u64":
+            if not isinstance(v, int):
+                raise ValueError("expected a varint")
+            out[name] = v
+        elif kind == "bytes":
+            out[name] = _bytes(v)
+        elif kind == "list":
+            out.setdefault(name, []).append(_bytes(v))
+        elif kind == "headers":
+            out.setdefault(name, []).append(_bytes(v))
+        elif kind == "timeline":
+            entry = {}
+            for n2, v2 in fields(_bytes(v)):
+                if n2 == 1:
+                    entry["phase"] = _bytes(v2)
+                elif n2 == 2:
+                    if not isinstance(v2, int):
+                        raise ValueError("expected a varint")
+                    entry["boot_nano"] = v2
+            out.setdefault(name, []).append(entry)
+    for name, kind in spec.values():
+        if kind == "headers" and name in out:
+            flat = out[name]
+            if len(flat) % 2:
+                raise ValueError("odd number of header occurrences")
+            out[name] = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+    return out
+
+
+def encode(schema, msg):
+    """Encodes a dict as a payload, fields in number order, zeros omitted."""
+    out = bytearray()
+    for num, (name, kind) in sorted(SCHEMAS[schema].items()):
+        v = msg.get(name)
+        if v is None:
+            continue
+        if kind in ("u32", "u64"):
+            put_uint(out, num, int(v))
+        elif kind == "bytes":
+            put_bytes(out, num, bytes(v))
+        elif kind == "list":
+            for item in v:
+                put_bytes(out, num, bytes(item), True)
+        elif kind == "headers":
+            put_headers(out, num, v)
+        elif kind == "timeline":
+            for entry in v:
+                inner = bytearray()
+                put_bytes(inner, 1, entry.get("phase", b""))
+                put_uint(inner, 2, entry.get("boot_nano", 0))
+                put_bytes(out, num, bytes(inner), True)
+    return bytes(out)
+
+
+# ---------------------------------------------------------------------------
+# ASGI: loading the app.
+
+
+class AppLoadError(Exception):
+    def __init__(self, phase, field, message, detail):
+        super().__init__(message)
+        self.phase, self.field, self.message, self.detail = phase, field, message, detail
+
+
+def load_app(spec, code_dir, packages):
+    """Imports module:attr.path with the code (then packages) first on sys.path."""
+    module_name, _, attrs = spec.partition(":")
+    if not module_name or not attrs:
+        raise AppLoadError("app", "entrypoint", "%r is not module:attribute" % spec, "")
+    for path in reversed([p for p in (code_dir, packages) if p]):
+        if path in sys.path:
+            sys.path.remove(path)
+        sys.path.insert(0, path)
+    if code_dir:
+        os.chdir(code_dir)
+    try:
+        obj = importlib.import_module(module_name)
+    except BaseException as e:  # SystemExit from a module is an import failure too
+        raise AppLoadError("app", "entrypoint", "cannot import %s: %s: %s" % (module_name, type(e).__name__, e),
+                           traceback.format_exc())
+    for attr in attrs.split("."):
+        try:
+            obj = getattr(obj, attr)
+        except AttributeError:
+            raise AppLoadError("app", "entrypoint", "module %s has no attribute %s" % (module_name, attrs), "")
+    if not callable(obj):
+        raise AppLoadError("app", "entrypoint", "%s is not callable" % spec, "")
+    return as_asgi3(obj)
+
+
+def as_asgi3(app):
+    """Wraps an ASGI 2 double callable; ASGI 3 apps are returned as they are."""
+    if inspect.isclass(app):
+        asgi3 = hasattr(app, "__await__")
+    elif inspect.isfunction(app) or inspect.ismethod(app):
+        asgi3 = inspect.iscoroutinefunction(app)
+    else:
+        call = getattr(app, "__call__", None)
+        asgi3 = inspect.iscoroutinefunction(call)
+        if not asgi3:
+            try:
+                asgi3 = len(inspect.signature(app).parameters) == 3
+            except (TypeError, ValueError):
+                asgi3 = True
+    if asgi3:
+        return app
+
+    async def asgi2_adapter(scope, receive, send):
+        instance = app(scope)
+        return await instance(receive, send)
+
+    return asgi2_adapter
+
+
+# ---------------------------------------------------------------------------
+# Streams.
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.3"}
+
+
+class Stream:
+    """One stream opened by init: an ASGI http or websocket connection."""
+
+    __slots__ = ("session", "id", "head", "websocket", "chunks", "buffered", "remote_fin",
+                 "reset_code", "readable", "send_window", "writable", "consumed",
+                 "response_started", "response_done", "pending_head", "local_fin",
+                 "accepted", "ws_closed_local", "ws_frags", "ws_close",
+                 "connect_sent", "body_done", "recv_credit", "task")
+
+    def __init__(self, session, sid, head, fin):
+        self.session = session
+        self.id = sid
+        self.head = head
+        self.websocket = head.get("kind", 0) == 1
+        self.chunks = []          # received body bytes (http) or fragments (websocket)
+        self.buffered = 0
+        self.remote_fin = fin
+        self.reset_code = None    # set when the stream was reset (by either side)
+        self.readable = asyncio.Event()
+        self.send_window = session.peer_window
+        self.writable = asyncio.Event()
+        self.consumed = 0
+        self.response_started = False
+        self.response_done = False
+        self.pending_head = None
+        self.local_fin = False
+        self.accepted = False
+        self.ws_closed_local = False
+        self.ws_frags = []        # (payload, text) of the message being received
+        self.ws_close = None      # (code, reason) received
+        self.connect_sent = False   # websocket.connect was delivered
+        self.body_done = False      # the final http.request (more_body False) was delivered
+        self.recv_credit = MY_WINDOW
+        self.task = None
+
+    # -- inbound (called by the session) --
+
+    def take_credit(self, cost):
+        """Charges received bytes to the window; False if the peer overran it."""
+        if cost > self.recv_credit:
+            self.reset(FLOW_CONTROL_ERROR, "flow control window exceeded")
+            return False
+        self.recv_credit -= cost
+        return True
+
+    def on_data(self, payload, fin):
+        if payload:
+            self.chunks.append(payload)
+            self.buffered += len(payload)
+        if fin:
+            self.remote_fin = True
+        self.readable.set()
+
+    def credit(self, n):
+        """Returns receive credit once half a window has been consumed."""
+        if self.remote_fin or self.reset_code is not None:
+            return
+        self.consumed += n
+        if self.consumed >= MY_WINDOW // 2:
+            inc, self.consumed = self.consumed, 0
+            self.recv_credit += inc
+            self.session.write(frame(WINDOW_UPDATE, 0, self.id, struct.pack(">I", inc)))
+
+    def on_reset(self, code):
+        if self.reset_code is None:
+            self.reset_code = code
+        self.readable.set()
+        self.writable.set()
+
+    # -- scope --
+
+    def scope(self):
+        h = self.head
+        client = None
+        if h.get("client_host"):
+            client = (h["client_host"].decode("utf-8", "replace"), h.get("client_port", 0))
+        server = None
+        if h.get("server_host"):
+            server = (h["server_host"].decode("utf-8", "replace"), h.get("server_port", 0))
+        path = h.get("path", b"/").decode("utf-8", "replace") or "/"
+        scope = {
+            "type": "websocket" if self.websocket else "http",
+            "asgi": ASGI_VERSION,
+            "http_version": h.get("http_version", b"1.1").decode("latin-1") or "1.1",
+            "scheme": h.get("scheme", b"").decode("latin-1") or ("ws" if self.websocket else "http"),
+            "path": path,
+            "raw_path": h.get("raw_path") or path.encode("utf-8"),
+            "query_string": h.get("query_string", b""),
+            "root_path": h.get("root_path", b"").decode("utf-8", "replace"),
+            "headers": h.get("headers", []),
+            "client": client,
+            "server": server,
+            "extensions": {},
+        }
+        if self.websocket:
+            scope["subprotocols"] = [p.decode("latin-1") for p in h.get("subprotocols", [])]
+            scope["extensions"] = {"websocket.http.response": {}}
+        else:
+            scope["method"] = h.get("method", b"GET").decode("latin-1") or "GET"
+        state = self.session.state
+        if state is not None:
+            scope["state"] = dict(state)
+        return scope
+
+    # -- http --
+
+    async def receive(self):
+        if self.websocket:
+            return await self.ws_receive()
+        while True:
+            if self.reset_code is not None or self.response_done:
+                return {"type": "http.disconnect"}
+            if self.chunks or (self.remote_fin and not self.body_done):
+                body = b"".join(self.chunks) if len(self.chunks) != 1 else self.chunks[0]
+                self.chunks.clear()
+                n, self.buffered = self.buffered, 0
+                self.body_done = self.remote_fin
+                self.credit(n)
+                return {"type": "http.request", "body": body, "more_body": not self.remote_fin}
+            self.readable.clear()
+            await self.readable.wait()
+
+    async def send(self, message):
+        if self.websocket:
+            return await self.ws_send(message)
+        t = message["type"]
+        if t == "http.response.start":
+            if self.response_started:
+                raise RuntimeError("http.response.start sent twice")
+            self.response_started = True
+            status = int(message["status"])
+            if not 100 <= status <= 999:
+                raise RuntimeError("invalid status %r" % status)
+            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
+            self.pending_head = encode("response", {"status": status, "headers": headers})
+            # Sent with the first body chunk when the app sends one right
+            # away, else on its own at the next turn of the loop.
+            self.session.loop.call_soon(self.flush_head)
+        elif t == "http.response.body":
+            if not self.response_started:
+                raise RuntimeError("http.response.body before http.response.start")
+            if self.response_done:
+                raise RuntimeError("http.response.body after the response ended")
+            if self.reset_code is not None:
+                return  # the client left; like uvicorn, the rest is dropped
+            more = message.get("more_body", False)
+            await self.send_body(message.get("body", b""), not more)
+            if not more:
+                self.finish_response()
+        else:
+            raise RuntimeError("unexpected ASGI message %r on an http connection" % t)
+
+    def take_head(self):
+        """The pending RESPONSE frame, if the head has not been sent yet."""
+        if self.pending_head is None:
+            return b""
+        head, self.pending_head = self.pending_head, None
+        return frame(RESPONSE, 0, self.id, head)
+
+    def flush_head(self):
+        if self.pending_head is not None and self.reset_code is None:
+            self.session.write(self.take_head())
+
+    async def send_body(self, body, fin):
+        """Sends body as DATA frames within the peer's window and frame size,
+        the pending head (if any) in the same write as the first frame."""
+        view = memoryview(body)
+        limit = self.session.peer_max_frame
+        while self.reset_code is None:
+            if not view:
+                if fin and self.pending_head is not None:
+                    head, self.pending_head = self.pending_head, None
+                    self.session.write(frame(RESPONSE, FIN, self.id, head))
+                    self.local_fin = True
+                elif fin:
+                    self.session.write(frame(DATA, FIN, self.id))
+                    self.local_fin = True
+                else:
+                    self.flush_head()
+                break
+            n = min(len(view), limit, self.send_window)
+            if n <= 0:
+                self.flush_head()
+                await self.wait_window()
+                continue
+            last = fin and n == len(view)
+            self.send_window -= n
+            self.session.write(self.take_head() + frame(DATA, FIN if last else 0, self.id, bytes(view[:n])))
+            view = view[n:]
+            if last:
+                self.local_fin = True
+                break
+        await self.session.drain()
+
+    async def wait_window(self):
+        self.writable.clear()
+        await self.writable.wait()
+
+    def finish_response(self):
+        self.response_done = True
+        if not self.remote_fin and self.reset_code is None:
+            # Response complete, request body not needed (SPEC.md 5.3).
+            self.session.write(frame(RESET, 0, self.id, encode("reset", {"code": NO_ERROR, "message": b"response complete"})))
+        self.readable.set()
+
+    # -- websocket --
+
+    async def ws_receive(self):
+        if not self.connect_sent:
+            self.connect_sent = True
+            return {"type": "websocket.connect"}
+        while True:
+            if self.chunks:
+                payload, text, more = self.chunks.pop(0)
+                self.ws_frags.append(payload)
+                self.credit(len(payload) + WS_FRAME_COST)
+                if more:
+                    if sum(len(f) for f in self.ws_frags) > MAX_WS_MESSAGE:
+                        self.reset(BODY_TOO_LARGE, "websocket message exceeds limit")
+                        return {"type": "websocket.disconnect", "code": 1009}
+                    continue
+                data = b"".join(self.ws_frags)
+                self.ws_frags = []
+                if text:
+                    return {"type": "websocket.receive", "text": data.decode("utf-8", "replace")}
+                return {"type": "websocket.receive", "bytes": data}
+            if self.ws_close is not None:
+                code, reason = self.ws_close
+                return {"type": "websocket.disconnect", "code": code, "reason": reason}
+            if self.reset_code is not None or self.remote_fin:
+                return {"type": "websocket.disconnect", "code": 1006}
+            self.readable.clear()
+            await self.readable.wait()
+
+    def on_ws_message(self, payload, flags):
+        self.chunks.append((payload, bool(flags & TEXT), bool(flags & MORE)))
+        self.readable.set()
+
+    def on_ws_close(self, code, reason):
+        self.ws_close = (code, reason)
+        self.remote_fin = True
+        if not self.ws_closed_local and self.reset_code is None:
+            # Answer with our own close (SPEC.md 5.5).
+            self.ws_closed_local = True
+            self.local_fin = True
+            self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code})))
+        self.readable.set()
+
+    async def ws_send(self, message):
+        t = message["type"]
+        if self.reset_code is not None or self.ws_closed_local:
+            if t == "websocket.close":
+                return
+            raise ConnectionClosed("websocket is closed")
+        if t == "websocket.accept":
+            if self.accepted or self.response_started:
+                raise RuntimeError("websocket.accept sent twice")
+            self.accepted = self.response_started = True
+            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
+            sub = message.get("subprotocol")
+            self.session.write(frame(RESPONSE, 0, self.id, encode("response", {
+                "status": 101, "headers": headers, "subprotocol": sub.encode() if sub else b""})))
+        elif t == "websocket.send":
+            if not self.accepted:
+                raise RuntimeError("websocket.send before websocket.accept")
+            if message.get("text") is not None:
+                await self.ws_send_message(message["text"].encode("utf-8"), True)
+            else:
+                await self.ws_send_message(bytes(message.get("bytes") or b""), False)
+        elif t == "websocket.close":
+            code = int(message.get("code", 1000) or 1000)
+            reason = (message.get("reason") or "").encode("utf-8")
+            self.ws_closed_local = True
+            self.local_fin = True
+            self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code, "reason": reason})))
+        elif t == "websocket.http.response.start":
+            if self.accepted or self.response_started:
+                raise RuntimeError("websocket.http.response.start after the handshake")
+            self.response_started = True
+            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
+            self.pending_head = encode("response", {"status": int(message["status"]), "headers": headers})
+        elif t == "websocket.http.response.body":
+            more = message.get("more_body", False)
+            await self.send_body(message.get("body", b""), not more)
+            if not more:
+                self.ws_closed_local = True
+        else:
+            raise RuntimeError("unexpected ASGI message %r on a websocket" % t)
+
+    async def ws_send_message(self, data, text):
+        view = memoryview(data)
+        limit = self.session.peer_max_frame
+        while True:
+            if self.reset_code is not None:
+                raise ConnectionClosed("websocket reset")
+            avail = self.send_window - WS_FRAME_COST
+            if avail < 0 or (avail == 0 and view):
+                await self.wait_window()
+                continue
+            n = min(len(view), limit, avail)
+            more = n < len(view)
+            self.send_window -= n + WS_FRAME_COST
+            self.session.write(frame(WS_MESSAGE, (TEXT if text else 0) | (MORE if more else 0), self.id, bytes(view[:n])))
+            view = view[n:]
+            if not more:
+                break
+        await self.session.drain()
+
+    def reset(self, code, msg):
+        if self.reset_code is None:
+            self.reset_code = code
+            self.session.write(frame(RESET, 0, self.id, encode("reset", {"code": code, "message": msg.encode()})))
+        self.readable.set()
+        self.writable.set()
+
+
+class ConnectionClosed(OSError):
+    """Raised by send() on a websocket that is closed or was reset."""
+
+
+# ---------------------------------------------------------------------------
+# The session.
+
+
+class Session(asyncio.Protocol):
+    def __init__(self, worker_done):
+        self.loop = asyncio.get_event_loop()
+        self.transport = None
+        self.inbuf = bytearray()
+        self.out = []
+        self.flush_scheduled = False
+        self.paused = False
+        self.drained = asyncio.Event()
+        self.drained.set()
+        self.peer = None
+        self.peer_max_frame = MIN_MAX_FRAME
+        self.peer_window = 0
+        self.streams = {}
+        self.last_peer_id = 0
+        self.app = None
+        self.state = None
+        self.lifespan = None
+        self.config_task = None
+        self.going_away = False
+        self.worker_done = worker_done
+        self.closed = False
+
+    # -- transport callbacks --
+
+    def connection_made(self, transport):
+        self.transport = transport
+        transport.write(frame(HELLO, 0, 0, encode("hello", {
+            "version": PROTOCOL_VERSION, "role": 2, "max_frame_size": MY_MAX_FRAME,
+            "initial_window": MY_WINDOW, "max_streams": MY_MAX_STREAMS, "agent": AGENT})))
+
+    def connection_lost(self, exc):
+        self.closed = True
+        for st in list(self.streams.values()):
+            st.on_reset(CANCEL)
+        self.streams.clear()
+        if not self.worker_done.done():
+            self.worker_done.set_result("init closed the connection")
+
+    def pause_writing(self):
+        self.paused = True
+        self.drained.clear()
+
+    def resume_writing(self):
+        self.paused = False
+        self.drained.set()
+
+    async def drain(self):
+        if self.paused:
+            await self.drained.wait()
+
+    def write(self, data):
+        """Queues bytes; everything queued in one loop iteration goes out in one write."""
+        if self.closed:
+            return
+        self.out.append(data)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self):
+        self.flush_scheduled = False
+        if self.out and not self.closed:
+            data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+            self.out.clear()
+            self.transport.write(data)
+
+    def data_received(self, data):
+        buf = self.inbuf
+        buf += data
+        pos = 0
+        n = len(buf)
+        try:
+            while n - pos >= HEADER_SIZE:
+                ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
+                if length > MY_MAX_FRAME:
+                    raise ProtocolError(FRAME_SIZE_ERROR, "frame of %d bytes exceeds the maximum %d" % (length, MY_MAX_FRAME))
+                if n - pos < HEADER_SIZE + length:
+                    break
+                start = pos + HEADER_SIZE
+                payload = bytes(buf[start:start + length])
+                pos = start + length
+                self.handle_frame(ftype, flags, sid, payload)
+        except ProtocolError as e:
+            self.fail(e.code, str(e))
+            return
+        del buf[:pos]
+
+    def fail(self, code, reason):
+        print("ferry worker: protocol error: %s" % reason, file=sys.stderr, flush=True)
+        self.write(frame(GOAWAY, 0, 0, encode("goaway", {"last_stream_id": self.last_peer_id, "code": code, "message": reason.encode()})))
+        self.flush()
+        self.closed = True
+        self.transport.close()
+
+    # -- frames --
+
+    def handle_frame(self, ftype, flags, sid, payload):
+        allowed = ALLOWED_FLAGS.get(ftype)
+        if allowed is None:
+            raise ProtocolError(PROTOCOL_ERROR, "unknown frame type 0x%02x" % ftype)
+        if flags & ~allowed:
+            raise ProtocolError(PROTOCOL_ERROR, "flags 0x%02x not allowed on %s" % (flags, TYPE_NAMES[ftype]))
+        if (ftype < 0x10) != (sid == 0):
+            raise ProtocolError(PROTOCOL_ERROR, "%s on stream %d" % (TYPE_NAMES[ftype], sid))
+        if self.peer is None:
+            if ftype != HELLO:
+                raise ProtocolError(PROTOCOL_ERROR, "first frame must be HELLO")
+            return self.on_hello(payload)
+        if ftype == DATA:
+            st = self.streams.get(sid)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            if flags & COMPRESSED:
+                return st.reset(PROTOCOL_ERROR, "compression was not negotiated")
+            if st.remote_fin:
+                return st.reset(STREAM_CLOSED, "DATA after FIN")
+            if st.websocket:
+                return st.reset(PROTOCOL_ERROR, "DATA on a websocket")
+            if st.take_credit(len(payload)):
+                st.on_data(payload, flags & FIN)
+            return
+        if ftype == REQUEST:
+            return self.on_request(flags, sid, payload)
+        if ftype == WINDOW_UPDATE:
+            if len(payload) != 4:
+                raise ProtocolError(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload must be 4 bytes")
+            st = self.streams.get(sid)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            inc = struct.unpack(">I", payload)[0]
+            if inc == 0 or st.send_window + inc > MAX_WINDOW:
+                return st.reset(FLOW_CONTROL_ERROR, "bad WINDOW_UPDATE")
+            st.send_window += inc
+            st.writable.set()
+            return
+        if ftype == PING:
+            if len(payload) != 8:
+                raise ProtocolError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
+            if not flags & ACK:
+                self.write(frame(PING, ACK, 0, payload))
+            return
+        if ftype == RESET:
+            try:
+                r = decode("reset", payload)
+            except ValueError as e:
+                raise ProtocolError(PROTOCOL_ERROR, "bad RESET: %s" % e)
+            st = self.streams.pop(sid, None)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            st.on_reset(r.get("code", 0) or CANCEL)
+            return
+        if ftype == END:
+            st = self.streams.get(sid)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            if st.remote_fin:
+                return st.reset(STREAM_CLOSED, "END after FIN")
+            return st.on_data(b"", True)
+        if ftype == WS_MESSAGE:
+            st = self.streams.get(sid)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            if flags & COMPRESSED:
+                return st.reset(PROTOCOL_ERROR, "compression was not negotiated")
+            if not st.websocket or st.remote_fin:
+                return st.reset(PROTOCOL_ERROR, "WS_MESSAGE on a stream that takes none")
+            if st.take_credit(len(payload) + WS_FRAME_COST):
+                st.on_ws_message(payload, flags)
+            return
+        if ftype == WS_CLOSE:
+            st = self.streams.get(sid)
+            if st is None:
+                return self.unknown_stream(ftype, sid)
+            try:
+                c = decode("ws_close", payload)
+            except ValueError:
+                return st.reset(PROTOCOL_ERROR, "bad WS_CLOSE")
+            return st.on_ws_close(c.get("code", 1000) or 1000, c.get("reason", b"").decode("utf-8", "replace"))
+        if ftype == GOAWAY:
+            self.going_away = True
+            self.loop.create_task(self.shutdown("init sent GOAWAY"))
+            return
+        if ftype == CONFIG:
+            if self.config_task is not None:
+                self.write(frame(CONFIG_RESULT, 0, 0, encode("config_result", {
+                    "phase": b"validate", "message": b"already configured"})))
+                return
+            self.config_task = self.loop.create_task(self.configure(payload))
+            return
+        if ftype == HELLO:
+            raise ProtocolError(PROTOCOL_ERROR, "second HELLO")
+        # RESPONSE (we never open streams), CONFIG_RESULT, LOG: not for a worker.
+        if sid:
+            return self.unknown_stream(ftype, sid)
+
+    def unknown_stream(self, ftype, sid):
+        if sid % 2 == 0 or sid > self.last_peer_id:
+            raise ProtocolError(PROTOCOL_ERROR, "%s on stream %d, which was never opened" % (TYPE_NAMES[ftype], sid))
+        if ftype not in (RESET, WINDOW_UPDATE):
+            self.write(frame(RESET, 0, sid, encode("reset", {"code": STREAM_CLOSED, "message": b"stream closed"})))
+
+    def on_hello(self, payload):
+        try:
+            h = decode("hello", payload)
+        except ValueError as e:
+            raise ProtocolError(PROTOCOL_ERROR, "bad HELLO: %s" % e)
+        if h.get("version") != PROTOCOL_VERSION:
+            raise ProtocolError(VERSION_MISMATCH, "peer speaks version %s" % h.get("version"))
+        if h.get("role") != 1:
+            raise ProtocolError(PROTOCOL_ERROR, "peer must be a client")
+        if not MIN_MAX_FRAME <= h.get("max_frame_size", 0) <= MAX_MAX_FRAME:
+            raise ProtocolError(PROTOCOL_ERROR, "bad max_frame_size")
+        if not 1 <= h.get("initial_window", 0) <= MAX_WINDOW:
+            raise ProtocolError(FLOW_CONTROL_ERROR, "bad initial_window")
+        self.peer = h
+        self.peer_max_frame = h["max_frame_size"]
+        self.peer_window = h["initial_window"]
+
+    def on_request(self, flags, sid, payload):
+        if sid % 2 == 0:
+            raise ProtocolError(PROTOCOL_ERROR, "REQUEST on stream %d, which is the worker's to open" % sid)
+        if sid <= self.last_peer_id:
+            raise ProtocolError(PROTOCOL_ERROR, "REQUEST reuses stream id %d" % sid)
+        self.last_peer_id = sid
+        if self.going_away or self.app is None or len(self.streams) >= MY_MAX_STREAMS:
+            reason = b"worker not ready" if self.app is None else b"worker busy or going away"
+            self.write(frame(RESET, 0, sid, encode("reset", {"code": REFUSED_STREAM, "message": reason})))
+            return
+        try:
+            head = decode("request", payload)
+        except ValueError as e:
+            self.write(frame(RESET, 0, sid, encode("reset", {"code": PROTOCOL_ERROR, "message": ("bad REQUEST: %s" % e).encode()})))
+            return
+        st = Stream(self, sid, head, bool(flags & FIN))
+        self.streams[sid] = st
+        st.task = self.loop.create_task(self.run_stream(st))
+
+    # -- running the app --
+
+    async def run_stream(self, st):
+        try:
+            await self.app(st.scope(), st.receive, st.send)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            self.app_failed(st, e)
+        else:
+            self.app_returned(st)
+        finally:
+            # The app is done with the stream; frames still in flight for it
+            # are answered STREAM_CLOSED, which the peer ignores.
+            if self.streams.get(st.id) is st:
+                del self.streams[st.id]
+
+    def app_failed(self, st, e):
+        if isinstance(e, asyncio.CancelledError) and st.reset_code is not None:
+            return
+        if isinstance(e, ConnectionClosed) and st.reset_code is not None:
+            return
+        print("ferry worker: exception in ASGI application\n" + "".join(traceback.format_exception(type(e), e, e.__traceback__)),
+              file=sys.stderr, end="", flush=True)
+        if st.reset_code is not None:
+            return
+        if st.websocket:
+            if not st.response_started and not st.ws_closed_local:
+                # Like a denial: the host answers the client 500.
+                st.response_started = True
+                self.write(frame(RESPONSE, 0, st.id, encode("response", {"status": 500, "headers": [(b"content-type", b"text/plain; charset=utf-8")]}))
+                           + frame(DATA, FIN, st.id, b"Internal Server Error"))
+            elif not st.ws_closed_local:
+                st.ws_closed_local = True
+                self.write(frame(WS_CLOSE, FIN, st.id, encode("ws_close", {"code": 1011, "reason": b"internal error"})))
+            return
+        if not st.response_started:
+            body = b"Internal Server Error"
+            self.write(frame(RESPONSE, 0, st.id, encode("response", {"status": 500, "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]}))
+                + frame(DATA, FIN, st.id, body))
+            st.response_started = True
+            st.local_fin = True
+            st.finish_response()
+        elif not st.response_done:
+            st.reset(APP_ERROR, "application error after the response started")
+
+    def app_returned(self, st):
+        if st.reset_code is not None:
+            return
+        if st.websocket:
+            if not st.response_started and not st.ws_closed_local:
+                # Returned without accepting: a denial (SPEC.md 5.2).
+                st.ws_closed_local = True
+                self.write(frame(WS_CLOSE, FIN, st.id, encode("ws_close", {"code": 1000})))
+            elif st.pending_head is not None or (st.response_started and not st.accepted and not st.ws_closed_local):
+                st.reset(APP_ERROR, "application returned without completing its denial response")
+            elif st.accepted and not st.ws_closed_local:
+                st.ws_closed_local = True
+                self.write(frame(WS_CLOSE, FIN, st.id, encode("ws_close", {"code": 1000})))
+            return
+        if not st.response_started:
+            print("ferry worker: ASGI application returned without starting a response", file=sys.stderr, flush=True)
+            self.app_failed_plain(st)
+        elif not st.response_done:
+            print("ferry worker: ASGI application returned without completing the response", file=sys.stderr, flush=True)
+            st.reset(APP_ERROR, "application returned without completing the response")
+
+    def app_failed_plain(self, st):
+        body = b"Internal Server Error"
+        self.write(frame(RESPONSE, 0, st.id, encode("response", {"status": 500, "headers": [
+            (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]}))
+            + frame(DATA, FIN, st.id, body))
+        st.response_started = True
+        st.local_fin = True
+        st.finish_response()
+
+    # -- configuration and lifespan --
+
+    async def configure(self, payload):
+        try:
+            try:
+                cfg = json.loads(payload)
+                app_spec = cfg["app"]
+            except (ValueError, KeyError, TypeError) as e:
+                raise AppLoadError("validate", "", "bad worker configuration: %s" % e, "")
+            app = load_app(app_spec, cfg.get("code_dir", ""), cfg.get("packages", ""))
+            self.lifespan = Lifespan(app)
+            await self.lifespan.startup(cfg.get("lifespan", "auto"))
+            self.state = self.lifespan.state
+            self.app = app
+            result = {"ok": 1}
+        except AppLoadError as e:
+            result = {"phase": e.phase.encode(), "field": e.field.encode(), "message": e.message.encode(),
+                      "detail": e.detail.encode()}
+            if e.detail:
+                print("ferry worker: %s\n%s" % (e.message, e.detail), file=sys.stderr, end="", flush=True)
+        self.write(frame(CONFIG_RESULT, 0, 0, encode("config_result", result)))
+
+    async def shutdown(self, reason):
+        self.going_away = True
+        # Let in-flight streams finish; init bounds how long with its grace period.
+        while self.streams:
+            await asyncio.sleep(0.01)
+        if self.lifespan is not None:
+            await self.lifespan.shutdown()
+        self.flush()
+        if not self.worker_done.done():
+            self.worker_done.set_result(reason)
+
+
+class Lifespan:
+    """Runs the ASGI lifespan protocol exactly as the spec says."""
+
+    def __init__(self, app):
+        self.app = app
+        self.state = {}
+        self.supported = True
+        self.to_app = asyncio.Queue()
+        self.from_app = asyncio.Queue()
+        self.task = None
+
+    async def startup(self, mode):
+        if mode == "off":
+            self.supported = False
+            return
+        scope = {"type": "lifespan", "asgi": ASGI_VERSION, "state": self.state}
+        self.task = asyncio.get_event_loop().create_task(self.run(scope))
+        await self.to_app.put({"type": "lifespan.startup"})
+        msg = await self.from_app.get()
+        if msg["type"] == "lifespan.startup.complete":
+            return
+        if msg["type"] == "lifespan.startup.failed":
+            raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: %s" % first_line(msg.get("message", "")),
+                               msg.get("message", ""))
+        # The app raised or returned before answering.
+        exc = msg.get("exc")
+        self.supported = False
+        if mode == "on":
+            raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: %s: %s" % (type(exc).__name__, exc) if exc else
+                               "the app does not support lifespan", msg.get("detail", ""))
+        if exc is not None:
+            print("ferry worker: ASGI 'lifespan' protocol appears unsupported (%s: %s); continuing without it"
+                  % (type(exc).__name__, exc), file=sys.stderr, flush=True)
+
+    async def run(self, scope):
+        try:
+            await self.app(scope, self.receive, self.send)
+        except BaseException as e:
+            if isinstance(e, (KeyboardInterrupt, SystemExit)):
+                raise
+            await self.from_app.put({"type": "lifespan.error", "exc": e, "detail": traceback.format_exc()})
+        else:
+            await self.from_app.put({"type": "lifespan.returned"})
+
+    async def receive(self):
+        return await self.to_app.get()
+
+    async def send(self, message):
+        await self.from_app.put(message)
+
+    async def shutdown(self):
+        if not self.supported or self.task is None or self.task.done():
+            return
+        await self.to_app.put({"type": "lifespan.shutdown"})
+        try:
+            msg = await asyncio.wait_for(self.from_app.get(), timeout=30)
+        except asyncio.TimeoutError:
+            print("ferry worker: lifespan shutdown timed out", file=sys.stderr, flush=True)
+            return
+        if msg["type"] == "lifespan.shutdown.failed":
+            print("ferry worker: lifespan shutdown failed: %s" % msg.get("message", ""), file=sys.stderr, flush=True)
+        elif msg["type"] == "lifespan.error":
+            print("ferry worker: lifespan shutdown raised:\n%s" % msg.get("detail", ""), file=sys.stderr, end="", flush=True)
+
+
+def first_line(s):
+    s = (s or "").strip()
+    lines = s.splitlines()
+    return lines[-1] if lines else "no message"
+
+
+# ---------------------------------------------------------------------------
+
+
+async def serve(fd):
+    loop = asyncio.get_event_loop()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    done = loop.create_future()
+    session = None
+
+    def make():
+        nonlocal session
+        session = Session(done)
+        return session
+
+    await loop.connect_accepted_socket(make, sock)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, lambda s=sig: loop.create_task(session.shutdown("signal %d" % s)))
+        except (NotImplementedError, RuntimeError):
+            pass
+    reason = await done
+    if session is not None and session.transport is not None:
+        session.flush()
+        session.transport.close()
+    return reason
+
+
+def main(argv):
+    fd = 3
+    if len(argv) >= 3 and argv[1] == "--fd":
+        fd = int(argv[2])
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    asyncio.run(serve(fd))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
