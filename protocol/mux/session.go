@@ -257,6 +257,16 @@ func (s *Session) NumStreams() int {
 // for the handshake and, when the peer's MaxStreams are all in use, for a
 // stream to finish.
 func (s *Session) Open(ctx context.Context, head *message.RequestHead, body []byte, endStream bool) (*Stream, error) {
+	return s.open(ctx, frameSpec{h: frame.Header{Type: frame.TypeRequest}, enc: head}, body, endStream)
+}
+
+// OpenRaw is Open with the REQUEST payload already encoded, e.g. the head
+// of a stream being relayed from another session (see Stream.Head).
+func (s *Session) OpenRaw(ctx context.Context, head []byte, body []byte, endStream bool) (*Stream, error) {
+	return s.open(ctx, frameSpec{h: frame.Header{Type: frame.TypeRequest}, payload: head}, body, endStream)
+}
+
+func (s *Session) open(ctx context.Context, head frameSpec, body []byte, endStream bool) (*Stream, error) {
 	if _, err := s.Handshake(ctx); err != nil {
 		return nil, err
 	}
@@ -290,7 +300,8 @@ func (s *Session) Open(ctx context.Context, head *message.RequestHead, body []by
 	s.mu.Unlock()
 	// Stream ids must reach the wire in increasing order: the REQUEST is
 	// queued before openMu is released.
-	rest, err := st.writeHead(frameSpec{h: frame.Header{Type: frame.TypeRequest, StreamID: st.id}, enc: head}, body, endStream)
+	head.h.StreamID = st.id
+	rest, err := st.writeHead(head, body, endStream)
 	s.openMu.Unlock()
 	if err == nil && len(rest) > 0 {
 		_, err = st.writeData(rest, endStream)

@@ -2,6 +2,7 @@ package mux
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"runtime"
@@ -9,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -130,5 +132,63 @@ func TestHandlerServesStreamsAndReusesGoroutines(t *testing.T) {
 	defer mu.Unlock()
 	if peak != 3 || calls != 53 {
 		t.Fatalf("peak %d concurrent handlers, %d calls", peak, calls)
+	}
+}
+
+// The raw variants pass heads through undecoded; TryRead never blocks;
+// Done and Err report how a stream ended.
+func TestRawHeadsTryReadAndDone(t *testing.T) {
+	c, s := sessionPair(t, Config{}, Config{})
+	ctx := testContext(t)
+	reqHead := (&message.RequestHead{Method: []byte("PUT"), Path: []byte("/raw")}).Append(nil)
+	st, err := c.OpenRaw(ctx, reqHead, []byte("abc"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(in.Head(), reqHead) {
+		t.Fatalf("head %x, want %x", in.Head(), reqHead)
+	}
+	buf := make([]byte, 16)
+	deadline := time.Now().Add(5 * time.Second)
+	var got []byte
+	for len(got) < 3 && time.Now().Before(deadline) {
+		n, err := in.TryRead(buf)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, buf[:n]...)
+	}
+	if string(got) != "abc" {
+		t.Fatalf("TryRead got %q", got)
+	}
+	if n, err := in.TryRead(buf); n != 0 || err != nil {
+		t.Fatalf("TryRead with nothing buffered: %d, %v", n, err)
+	}
+	respHead := (&message.ResponseHead{Status: 201}).Append(nil)
+	if err := in.WriteResponseRaw(respHead, []byte("ok"), false); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := st.ReadResponseRaw(ctx)
+	if err != nil || !bytes.Equal(raw, respHead) {
+		t.Fatalf("response head %x, %v", raw, err)
+	}
+	select {
+	case <-in.Done():
+		t.Fatal("Done before the stream ended")
+	default:
+	}
+	st.Reset(frame.CodeCancel, "client left")
+	select {
+	case <-in.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("Done not closed after the peer's reset")
+	}
+	var serr *StreamError
+	if err := in.Err(); !errors.As(err, &serr) || serr.Code != frame.CodeCancel || !serr.Remote {
+		t.Fatalf("Err after reset: %v", err)
 	}
 }

@@ -63,6 +63,7 @@ type Stream struct {
 	err           error // reset or session failure; ends both directions
 	writeErr      error // peer reset after finishing: only writes fail
 	removed       bool
+	doneCh        chan struct{} // closed on removal; created by Done
 	readDeadline  time.Time
 	writeDeadline time.Time
 }
@@ -189,31 +190,51 @@ func (st *Stream) RequestHead(h *message.RequestHead) error {
 // decodes it into h. A websocket denied before acceptance yields a
 // *WSCloseError.
 func (st *Stream) ReadResponse(ctx context.Context, h *message.ResponseHead) error {
+	raw, err := st.ReadResponseRaw(ctx)
+	if err != nil {
+		return err
+	}
+	return h.Unmarshal(raw)
+}
+
+// ReadResponseRaw is ReadResponse without decoding: it returns the RESPONSE
+// payload, valid for the stream's lifetime.
+func (st *Stream) ReadResponseRaw(ctx context.Context) ([]byte, error) {
 	if !st.local {
-		return errors.New("mux: ReadResponse on a stream the peer opened")
+		return nil, errors.New("mux: ReadResponse on a stream the peer opened")
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for !st.headReceived {
 		switch {
 		case st.gotWSClose:
-			return st.wsCloseErrorLocked()
+			return nil, st.wsCloseErrorLocked()
 		case st.err != nil:
-			return st.err
+			return nil, st.err
 		case st.remoteFin:
-			return &StreamError{StreamID: st.id, Code: frame.CodeProtocol, Message: "stream ended without a response", Remote: true}
+			return nil, &StreamError{StreamID: st.id, Code: frame.CodeProtocol, Message: "stream ended without a response", Remote: true}
 		}
 		if err := st.wait(ctx, &st.readable, st.readDeadline); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	return h.Unmarshal(st.head)
+	return st.head, nil
 }
 
 // WriteResponse sends the RESPONSE head of an accepted stream, followed in
 // the same write by as much of body as the send window allows (the rest is
 // written before it returns). With endStream the response ends after body.
 func (st *Stream) WriteResponse(h *message.ResponseHead, body []byte, endStream bool) error {
+	return st.writeResponse(frameSpec{h: frame.Header{Type: frame.TypeResponse, StreamID: st.id}, enc: h}, body, endStream)
+}
+
+// WriteResponseRaw is WriteResponse with the RESPONSE payload already
+// encoded, e.g. one relayed from another session (see ReadResponseRaw).
+func (st *Stream) WriteResponseRaw(head []byte, body []byte, endStream bool) error {
+	return st.writeResponse(frameSpec{h: frame.Header{Type: frame.TypeResponse, StreamID: st.id}, payload: head}, body, endStream)
+}
+
+func (st *Stream) writeResponse(head frameSpec, body []byte, endStream bool) error {
 	if st.local {
 		return errors.New("mux: WriteResponse on a stream this side opened")
 	}
@@ -228,7 +249,7 @@ func (st *Stream) WriteResponse(h *message.ResponseHead, body []byte, endStream 
 	}
 	st.responseSent = true
 	st.mu.Unlock()
-	rest, err := st.writeHead(frameSpec{h: frame.Header{Type: frame.TypeResponse, StreamID: st.id}, enc: h}, body, endStream)
+	rest, err := st.writeHead(head, body, endStream)
 	if err == nil && len(rest) > 0 {
 		_, err = st.writeData(rest, endStream)
 	}
@@ -308,6 +329,56 @@ func (st *Stream) Read(p []byte) (int, error) {
 			return 0, err
 		}
 	}
+}
+
+// TryRead is Read without waiting: it returns what is buffered (possibly
+// nothing, with a nil error), or io.EOF once the peer has finished and
+// everything was read. Relays use it to send a head together with the body
+// bytes that arrived with it.
+func (st *Stream) TryRead(p []byte) (int, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.mode == modeWebSocket {
+		return 0, errors.New("mux: TryRead on a websocket stream, use ReadMessage")
+	}
+	if n := len(st.buf) - st.off; n > 0 {
+		n = copy(p, st.buf[st.off:])
+		st.consumeLocked(n, n)
+		return n, nil
+	}
+	switch {
+	case st.remoteFin:
+		return 0, io.EOF
+	case st.err != nil:
+		return 0, st.err
+	}
+	return 0, nil
+}
+
+// Done returns a channel closed when the stream has ended: both sides
+// finished, or it was reset (by either side) or its session closed. Err
+// then tells which.
+func (st *Stream) Done() <-chan struct{} {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.doneCh == nil {
+		st.doneCh = make(chan struct{})
+		if st.removed {
+			close(st.doneCh)
+		}
+	}
+	return st.doneCh
+}
+
+// Err returns why the stream was abandoned: a *StreamError for a reset
+// (Remote tells who sent it), the session's error, or nil if it was not.
+func (st *Stream) Err() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.err != nil {
+		return st.err
+	}
+	return st.writeErr
 }
 
 // consumeLocked marks n buffered bytes as read and returns credit worth
@@ -600,6 +671,9 @@ func (st *Stream) maybeRemove() {
 	done := !st.removed && (st.err != nil || st.writeErr != nil || (st.localFin && st.remoteFin))
 	if done {
 		st.removed = true
+		if st.doneCh != nil {
+			close(st.doneCh)
+		}
 	}
 	st.mu.Unlock()
 	if done {
