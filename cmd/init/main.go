@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/app/asgi"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/bootparam"
 	"github.com/ferry-vm/ferry/guest/config"
@@ -151,6 +152,7 @@ func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline
 		Agent:    agent,
 		Apps: map[string]app.Factory{
 			config.InterfaceExecutable: app.NewExecutableFactory(r, log),
+			config.InterfaceASGI:       asgi.NewFactory(r, log),
 		},
 	})
 

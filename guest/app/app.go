@@ -5,16 +5,9 @@ package app
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"log/slog"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"sort"
 	"strconv"
-	"syscall"
-	"time"
 
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/reaper"
@@ -30,8 +23,9 @@ type App interface {
 	Stop(ctx context.Context) error
 }
 
-// Factory starts an App for a configuration.
-type Factory func(ctx context.Context, c *config.Config, codeDir string) (App, error)
+// Factory starts an App for a configuration. The program's output lines go
+// to out.
+type Factory func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error)
 
 // Env returns the program's environment: a minimal base, the configured
 // variables, and PORT for executables.
@@ -63,62 +57,6 @@ func Env(c *config.Config) []string {
 	return out
 }
 
-// Process is a running program started through the reaper.
-type Process struct {
-	cmd  *exec.Cmd
-	exit <-chan reaper.Exit
-	done chan struct{}
-	last reaper.Exit
-	log  *slog.Logger
-}
-
-// StartProcess starts argv in dir with env, its output on init's
-// stdout/stderr (captured line by line once the app runners take over).
-func StartProcess(r *reaper.Reaper, log *slog.Logger, dir string, env []string, argv ...string) (*Process, error) {
-	prog := argv[0]
-	if !filepath.IsAbs(prog) {
-		prog = filepath.Join(dir, prog) // relative to the code, never looked up in PATH
-	}
-	cmd := exec.Command(prog, argv[1:]...)
-	cmd.Dir, cmd.Env = dir, env
-	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
-	// Its own process group, so stopping it reaches its children too.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	exit, err := r.Start(cmd)
-	if err != nil {
-		return nil, fmt.Errorf("starting %s: %w", argv[0], err)
-	}
-	p := &Process{cmd: cmd, exit: exit, done: make(chan struct{}), log: log}
-	go func() {
-		p.last = <-exit
-		log.Info("program exited", "status", p.last.String())
-		close(p.done)
-	}()
-	return p, nil
-}
-
-// Done is closed when the process has exited.
-func (p *Process) Done() <-chan struct{} { return p.done }
-
-// Stop sends SIGTERM to the process group, waits until ctx ends, then
-// sends SIGKILL.
-func (p *Process) Stop(ctx context.Context) error {
-	pgid := p.cmd.Process.Pid
-	_ = syscall.Kill(-pgid, syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return nil
-	case <-ctx.Done():
-	}
-	_ = syscall.Kill(-pgid, syscall.SIGKILL)
-	select {
-	case <-p.done:
-		return errors.New("program did not stop in time and was killed")
-	case <-time.After(5 * time.Second):
-		return errors.New("program survived SIGKILL")
-	}
-}
-
 // Executable runs an executable program. Relaying streams to it over HTTP
 // arrives with the executable interface; until then streams are refused
 // with UNAVAILABLE and the program is reachable on its own network address.
@@ -133,11 +71,20 @@ func (e *Executable) Serve(_ context.Context, st *mux.Stream) {
 
 // NewExecutableFactory returns a Factory for executable programs.
 func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
-	return func(ctx context.Context, c *config.Config, codeDir string) (App, error) {
-		p, err := StartProcess(r, log, codeDir, Env(c), c.Entrypoint)
+	return func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error) {
+		p, err := StartProcess(r, log, ProcessSpec{Argv: []string{c.Entrypoint}, Dir: codeDir, Env: Env(c), Output: out})
 		if err != nil {
 			return nil, err
 		}
 		return &Executable{Process: p}, nil
 	}
 }
+
+// StartError is a program that could not start, reported to the host as a
+// structured configuration error: the phase and field at fault, a one-line
+// message and the detail (a traceback, the last output lines).
+type StartError struct {
+	Phase, Field, Message, Detail string
+}
+
+func (e *StartError) Error() string { return e.Message }

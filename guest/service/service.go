@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/applog"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/setup"
@@ -49,11 +50,48 @@ type Service struct {
 
 	shutdown     chan string // reason; buffered
 	shutdownOnce sync.Once
+
+	output  *applog.Ring
+	logMu   sync.Mutex // orders LOG frames and guards logSent
+	logSent uint64     // last output line sent to the host
 }
+
+// Output keeps this many recent lines of program output for hosts that
+// connect later.
+const (
+	outputLines = 1000
+	outputBytes = 256 << 10
+)
 
 // New returns a service.
 func New(opt Options) *Service {
-	return &Service{opt: opt, log: opt.Log, shutdown: make(chan string, 1)}
+	return &Service{opt: opt, log: opt.Log, shutdown: make(chan string, 1), output: applog.NewRing(outputLines, outputBytes)}
+}
+
+// Line takes one line of program output (it implements app.Output): it is
+// kept in the ring buffer and sent to the host as a LOG frame.
+func (s *Service) Line(source string, origin int, line []byte) {
+	e := s.output.Add(source, origin, time.Now().UnixNano(), line)
+	s.log.Debug("program output", "source", source, "origin", origin, "line", string(line))
+	s.mu.Lock()
+	sess := s.session
+	s.mu.Unlock()
+	if sess != nil {
+		s.sendOutput(sess, e.Seq-1)
+	}
+}
+
+// sendOutput sends the kept lines after seq that the host has not had yet.
+func (s *Service) sendOutput(sess *mux.Session, after uint64) {
+	s.logMu.Lock()
+	defer s.logMu.Unlock()
+	for _, e := range s.output.Since(max(after, s.logSent)) {
+		l := message.Log{Source: []byte(e.Source), Origin: uint32(e.Origin), UnixNano: uint64(e.UnixNano), Line: e.Line}
+		if err := sess.SendControlMessage(frame.TypeLog, &l); err != nil {
+			return
+		}
+		s.logSent = e.Seq
+	}
 }
 
 // ShutdownRequested receives a reason when the host asked to stop (GOAWAY)
@@ -110,6 +148,8 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 	s.session = sess
 	s.mu.Unlock()
 	defer sess.Close()
+	// Output printed while no host was connected.
+	go s.sendOutput(sess, 0)
 	go func() {
 		for {
 			select {
@@ -224,8 +264,12 @@ func (s *Service) apply(ctx context.Context, doc []byte) *message.ConfigResult {
 	if factory == nil {
 		return fail("app", "interface", fmt.Errorf("no runner for interface %q in this init", c.Interface))
 	}
-	a, err := factory(ctx, c, res.CodeDir)
+	a, err := factory(ctx, c, res.CodeDir, s)
 	if err != nil {
+		var serr *app.StartError
+		if errors.As(err, &serr) {
+			return &message.ConfigResult{Phase: []byte(serr.Phase), Field: []byte(serr.Field), Message: []byte(serr.Message), Detail: []byte(serr.Detail)}
+		}
 		return fail("app", "entrypoint", err)
 	}
 	s.mu.Lock()

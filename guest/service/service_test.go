@@ -31,7 +31,7 @@ func TestPanicIsRecoveredAndReported(t *testing.T) {
 	svc := New(Options{
 		Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{},
 		Setup: setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
-		Apps: map[string]app.Factory{config.InterfaceASGI: func(context.Context, *config.Config, string) (app.App, error) {
+		Apps: map[string]app.Factory{config.InterfaceASGI: func(context.Context, *config.Config, string, app.Output) (app.App, error) {
 			return panicky{}, nil
 		}},
 	})

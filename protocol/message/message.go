@@ -538,3 +538,23 @@ func (e *TimelineEntry) unmarshal(b []byte) error {
 	}
 	return it.Err()
 }
+
+// PeekRequestKind returns the kind of an encoded RequestHead without
+// decoding the rest: relays need only that to choose how to carry a stream.
+func PeekRequestKind(p []byte) (uint32, error) {
+	it := NewFields(p)
+	var f Field
+	kind := uint64(KindHTTP)
+	for it.Next(&f) {
+		if f.Num == 1 && f.Wire == wireVarint {
+			kind = f.Varint
+		}
+	}
+	if err := it.Err(); err != nil {
+		return 0, err
+	}
+	if kind > KindWebSocket {
+		return 0, malformed("request kind %d", kind)
+	}
+	return uint32(kind), nil
+}

@@ -1,0 +1,272 @@
+package asgi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/guest/reaper"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// DefaultPython is the interpreter used when the configuration names none:
+// Debian's, which has the distribution's ASGI packages.
+const DefaultPython = "/usr/bin/python3"
+
+// Options configure a pool.
+type Options struct {
+	App      string // module:attribute
+	CodeDir  string // first on sys.path, and the working directory
+	Packages string // second on sys.path, if set
+	Workers  int    // processes; 0 means one per CPU
+	Python   string // interpreter; DefaultPython if empty
+	Env      []string
+	// ScriptDir is where worker.py is written (a tmpfs in the guest);
+	// os.TempDir() if empty.
+	ScriptDir string
+	// StartTimeout bounds importing the app and its lifespan startup.
+	StartTimeout time.Duration
+	// WaitReady bounds how long a request waits for a worker while all are
+	// restarting.
+	WaitReady time.Duration
+	Reaper    *reaper.Reaper
+	Log       *slog.Logger
+	Output    app.Output
+}
+
+// Pool is a running set of ASGI workers; it implements app.App.
+type Pool struct {
+	opt      Options
+	log      *slog.Logger
+	script   string
+	workers  []*worker
+	tail     *outputTail
+	stopping atomic.Bool
+	cancel   context.CancelFunc
+
+	mu    sync.Mutex
+	ready chan struct{} // closed and replaced whenever a worker comes or goes
+}
+
+// NewFactory returns the app.Factory for interface "asgi".
+func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
+	return func(ctx context.Context, c *config.Config, codeDir string, out app.Output) (app.App, error) {
+		env := append(app.Env(c), "PYTHONUNBUFFERED=1")
+		return Start(ctx, Options{
+			App: c.Entrypoint, CodeDir: codeDir, Packages: c.Packages, Workers: c.Workers,
+			Python: c.Python, Env: env, Reaper: r, Log: log, Output: out,
+		})
+	}
+}
+
+// Start starts the workers and waits until every one has imported the app
+// and finished its lifespan startup. The first failure stops them all and
+// is returned as an *app.StartError carrying the worker's traceback.
+func Start(ctx context.Context, opt Options) (*Pool, error) {
+	if opt.Workers <= 0 {
+		opt.Workers = runtime.NumCPU()
+	}
+	if opt.Python == "" {
+		opt.Python = DefaultPython
+	}
+	if opt.ScriptDir == "" {
+		opt.ScriptDir = os.TempDir()
+	}
+	if opt.StartTimeout == 0 {
+		opt.StartTimeout = 2 * time.Minute
+	}
+	if opt.WaitReady == 0 {
+		opt.WaitReady = 30 * time.Second
+	}
+	if opt.Output == nil {
+		opt.Output = app.DiscardOutput{}
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	if _, err := os.Stat(opt.Python); err != nil {
+		return nil, &app.StartError{Phase: "app", Field: "python", Message: fmt.Sprintf("no Python interpreter at %s", opt.Python)}
+	}
+	script, err := writeWorkerScript(opt.ScriptDir)
+	if err != nil {
+		return nil, err
+	}
+	tail := &outputTail{lines: map[int][]string{}}
+	opt.Output = tail.tee(opt.Output)
+	runCtx, cancel := context.WithCancel(context.Background())
+	p := &Pool{opt: opt, log: opt.Log.With("app", opt.App), script: script, tail: tail, cancel: cancel, ready: make(chan struct{})}
+	for i := range opt.Workers {
+		p.workers = append(p.workers, &worker{pool: p, id: i + 1})
+	}
+	errs := make([]error, len(p.workers))
+	var wg sync.WaitGroup
+	for i, w := range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = w.start(ctx)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			p.stopping.Store(true)
+			stopCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
+			for _, w := range p.workers {
+				_ = w.stop(stopCtx)
+			}
+			stop()
+			cancel()
+			os.RemoveAll(strings.TrimSuffix(script, "/ferry_worker.py"))
+			return nil, err
+		}
+	}
+	for _, w := range p.workers {
+		go w.supervise(runCtx)
+	}
+	p.log.Info("ASGI workers ready", "workers", len(p.workers), "python", opt.Python)
+	return p, nil
+}
+
+// changed wakes requests waiting for a worker.
+func (p *Pool) changed() {
+	p.mu.Lock()
+	close(p.ready)
+	p.ready = make(chan struct{})
+	p.mu.Unlock()
+}
+
+// pick returns the least busy live worker and its session, counting the
+// new stream against it, waiting while none is live.
+func (p *Pool) pick(ctx context.Context) (*worker, *mux.Session, error) {
+	deadline := time.NewTimer(p.opt.WaitReady)
+	defer deadline.Stop()
+	for {
+		p.mu.Lock()
+		ready := p.ready
+		p.mu.Unlock()
+		var best *worker
+		var bestSess *mux.Session
+		var bestLoad int64
+		for _, w := range p.workers {
+			sess := w.session()
+			if sess == nil {
+				continue
+			}
+			if load := w.inflight.Load(); best == nil || load < bestLoad {
+				best, bestSess, bestLoad = w, sess, load
+			}
+		}
+		if best != nil {
+			best.inflight.Add(1)
+			return best, bestSess, nil
+		}
+		if p.stopping.Load() {
+			return nil, nil, errors.New("the program is stopping")
+		}
+		select {
+		case <-ready:
+		case <-deadline.C:
+			return nil, nil, fmt.Errorf("no ASGI worker came up within %s", p.opt.WaitReady)
+		case <-ctx.Done():
+			return nil, nil, ctx.Err()
+		}
+	}
+}
+
+// Serve relays one host stream to the least busy worker.
+func (p *Pool) Serve(ctx context.Context, host *mux.Stream) {
+	w, sess, err := p.pick(ctx)
+	if err != nil {
+		host.Reset(frame.CodeUnavailable, err.Error())
+		return
+	}
+	defer w.inflight.Add(-1)
+	w.mu.Lock()
+	proc := w.proc
+	w.mu.Unlock()
+	peer, err := app.OpenRelayed(ctx, sess, host)
+	if err != nil {
+		host.Reset(frame.CodeWorkerLost, fmt.Sprintf("worker %d: %v", w.id, err))
+		return
+	}
+	app.Relay(host, peer, w.lost(proc))
+}
+
+// Stop lets every worker finish its requests and run its lifespan shutdown
+// within ctx, then kills what remains.
+func (p *Pool) Stop(ctx context.Context) error {
+	p.stopping.Store(true)
+	defer p.cancel()
+	errs := make([]error, len(p.workers))
+	var wg sync.WaitGroup
+	for i, w := range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = w.stop(ctx)
+		}()
+	}
+	wg.Wait()
+	os.RemoveAll(strings.TrimSuffix(p.script, "/ferry_worker.py"))
+	return errors.Join(errs...)
+}
+
+// Workers returns the process ids of the live workers, by worker number
+// (0 for a worker that is down); for tests and status.
+func (p *Pool) Workers() []int {
+	pids := make([]int, len(p.workers))
+	for i, w := range p.workers {
+		w.mu.Lock()
+		if w.sess != nil && w.proc != nil {
+			pids[i] = w.proc.Pid()
+		}
+		w.mu.Unlock()
+	}
+	return pids
+}
+
+// outputTail keeps the last lines of each worker's output, to explain a
+// worker that dies while starting.
+type outputTail struct {
+	mu    sync.Mutex
+	lines map[int][]string
+}
+
+const tailLines = 40
+
+func (t *outputTail) tee(next app.Output) app.Output {
+	return teeOutput{t, next}
+}
+
+func (t *outputTail) recent(origin int) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines[origin], "\n")
+}
+
+type teeOutput struct {
+	t    *outputTail
+	next app.Output
+}
+
+func (o teeOutput) Line(source string, origin int, line []byte) {
+	o.t.mu.Lock()
+	l := append(o.t.lines[origin], string(line))
+	if len(l) > tailLines {
+		l = l[len(l)-tailLines:]
+	}
+	o.t.lines[origin] = l
+	o.t.mu.Unlock()
+	o.next.Line(source, origin, line)
+}

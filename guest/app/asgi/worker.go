@@ -1,0 +1,222 @@
+package asgi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// Restart backoff of a crashed worker.
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+	// stableAfter is how long a worker must have run for its backoff to
+	// start again from minBackoff.
+	stableAfter = 10 * time.Second
+)
+
+// worker is one Python process of the pool and its session.
+type worker struct {
+	pool     *Pool
+	id       int
+	inflight atomic.Int64
+
+	mu   sync.Mutex
+	sess *mux.Session  // nil while down
+	proc *app.Process // the current process
+}
+
+// workerConfig is the CONFIG document a worker receives.
+type workerConfig struct {
+	App      string `json:"app"`
+	CodeDir  string `json:"code_dir"`
+	Packages string `json:"packages,omitempty"`
+	Worker   int    `json:"worker"`
+	Lifespan string `json:"lifespan"`
+}
+
+// start launches the process and configures it; on success the worker
+// serves. The error carries the worker's traceback when the app failed.
+func (w *worker) start(ctx context.Context) error {
+	p := w.pool
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("worker %d: socket pair: %w", w.id, err)
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "worker-conn"), os.NewFile(uintptr(fds[1]), "worker-end")
+	proc, err := app.StartProcess(p.opt.Reaper, p.log, app.ProcessSpec{
+		Argv:       []string{p.opt.Python, "-u", p.script, "--fd", "3"},
+		Dir:        p.opt.CodeDir,
+		Env:        p.opt.Env,
+		ExtraFiles: []*os.File{theirs},
+		Output:     p.opt.Output,
+		Origin:     w.id,
+	})
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return fmt.Errorf("worker %d: %w", w.id, err)
+	}
+	conn, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		_ = proc.Signal(syscall.SIGKILL)
+		return fmt.Errorf("worker %d: %w", w.id, err)
+	}
+	results := make(chan message.ConfigResult, 1)
+	sess := mux.Client(conn, mux.Config{
+		Agent:  "ferry-init",
+		Logger: p.log.With("worker", w.id),
+		OnControl: func(t frame.Type, payload []byte) {
+			if t != frame.TypeConfigResult {
+				return
+			}
+			var r message.ConfigResult
+			if err := r.Unmarshal(append([]byte(nil), payload...)); err == nil {
+				select {
+				case results <- r:
+				default:
+				}
+			}
+		},
+	})
+	fail := func(err error) error {
+		sess.Close()
+		_ = proc.Signal(syscall.SIGKILL)
+		<-proc.Done()
+		return err
+	}
+	doc, _ := json.Marshal(workerConfig{App: p.opt.App, CodeDir: p.opt.CodeDir, Packages: p.opt.Packages, Worker: w.id, Lifespan: "auto"})
+	ctx, cancel := context.WithTimeout(ctx, p.opt.StartTimeout)
+	defer cancel()
+	if _, err := sess.Handshake(ctx); err != nil {
+		return fail(w.startError(proc, "the worker did not greet init", err))
+	}
+	if err := sess.SendControl(frame.TypeConfig, doc); err != nil {
+		return fail(w.startError(proc, "cannot configure the worker", err))
+	}
+	select {
+	case r := <-results:
+		if !r.OK {
+			return fail(&app.StartError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
+		}
+	case <-proc.Done():
+		return fail(w.startError(proc, "the worker exited while starting", errors.New(proc.Exit().String())))
+	case <-ctx.Done():
+		return fail(w.startError(proc, "the app did not start within "+p.opt.StartTimeout.String(), ctx.Err()))
+	}
+	w.mu.Lock()
+	w.sess, w.proc = sess, proc
+	w.mu.Unlock()
+	p.changed()
+	return nil
+}
+
+func (w *worker) startError(proc *app.Process, what string, err error) error {
+	return &app.StartError{Phase: "app", Field: "entrypoint", Message: fmt.Sprintf("worker %d: %s: %v", w.id, what, err),
+		Detail: w.pool.tail.recent(w.id)}
+}
+
+// supervise waits for the running process to exit and restarts it with
+// backoff until the pool stops.
+func (w *worker) supervise(ctx context.Context) {
+	p := w.pool
+	backoff := minBackoff
+	for {
+		w.mu.Lock()
+		proc, sess := w.proc, w.sess
+		w.mu.Unlock()
+		started := time.Now()
+		select {
+		case <-proc.Done():
+		case <-ctx.Done():
+			return
+		}
+		w.mu.Lock()
+		w.sess = nil
+		w.mu.Unlock()
+		sess.Close()
+		p.changed()
+		if p.stopping.Load() {
+			return
+		}
+		if time.Since(started) > stableAfter {
+			backoff = minBackoff
+		}
+		p.log.Warn("ASGI worker exited; restarting", "worker", w.id, "status", proc.Exit().String(), "in", backoff)
+		for {
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			backoff = min(backoff*2, maxBackoff)
+			if p.stopping.Load() {
+				return
+			}
+			err := w.start(ctx)
+			if err == nil {
+				p.log.Info("ASGI worker restarted", "worker", w.id)
+				break
+			}
+			p.log.Error("ASGI worker failed to restart", "worker", w.id, "err", err, "retry_in", backoff)
+		}
+	}
+}
+
+// session returns the worker's live session, or nil.
+func (w *worker) session() *mux.Session {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.sess
+}
+
+// lost explains a stream failure caused by the worker going away.
+func (w *worker) lost(proc *app.Process) app.LostFunc {
+	return func() (uint32, string) {
+		select {
+		case <-proc.Done():
+			return frame.CodeWorkerLost, fmt.Sprintf("worker %d exited (%s)", w.id, proc.Exit().String())
+		case <-time.After(200 * time.Millisecond):
+			return frame.CodeWorkerLost, fmt.Sprintf("worker %d closed its connection", w.id)
+		}
+	}
+}
+
+// stop asks the worker to finish (GOAWAY: in-flight requests complete, then
+// lifespan shutdown) and kills it when ctx ends first.
+func (w *worker) stop(ctx context.Context) error {
+	w.mu.Lock()
+	proc, sess := w.proc, w.sess
+	w.mu.Unlock()
+	if proc == nil {
+		return nil
+	}
+	if sess != nil {
+		_ = sess.GoAway(frame.CodeNoError, "stopping")
+	}
+	select {
+	case <-proc.Done():
+		return nil
+	case <-ctx.Done():
+	}
+	_ = proc.Signal(syscall.SIGKILL)
+	select {
+	case <-proc.Done():
+		return fmt.Errorf("worker %d did not stop in time and was killed", w.id)
+	case <-time.After(5 * time.Second):
+		return fmt.Errorf("worker %d survived SIGKILL", w.id)
+	}
+}

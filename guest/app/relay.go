@@ -1,0 +1,221 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// MaxWebSocketMessage bounds one relayed websocket message.
+const MaxWebSocketMessage = 16 << 20
+
+// relayBufSize is the copy buffer of each relay direction.
+const relayBufSize = 32 << 10
+
+var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
+
+// LostFunc explains why a peer stream failed when its whole session did
+// (the worker died): it returns the code and message for the host.
+type LostFunc func() (code uint32, message string)
+
+// OpenRelayed opens a stream on sess carrying host's REQUEST head and the
+// body bytes that already arrived with it, so that a short request crosses
+// in one write.
+func OpenRelayed(ctx context.Context, sess *mux.Session, host *mux.Stream) (*mux.Stream, error) {
+	buf := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(buf)
+	n, err := host.TryRead(*buf)
+	end := err == io.EOF
+	if err != nil && !end {
+		return nil, err
+	}
+	if end {
+		if tr, _ := host.Trailers(); len(tr) > 0 {
+			// Trailers need an END frame of their own.
+			peer, err := sess.OpenRaw(ctx, host.Head(), (*buf)[:n], false)
+			if err == nil {
+				err = peer.CloseWriteTrailers(tr)
+			}
+			return peer, err
+		}
+	}
+	return sess.OpenRaw(ctx, host.Head(), (*buf)[:n], end)
+}
+
+// Relay carries a stream between the host and a peer stream opened with
+// OpenRelayed (a worker's), both directions at once, until both are done:
+// request body or websocket messages toward the peer, the response head,
+// body, trailers or websocket messages back. A reset on either side is
+// passed to the other; a peer lost with its session is reported to the host
+// with lost's code and message.
+func Relay(host, peer *mux.Stream, lost LostFunc) {
+	kind, err := message.PeekRequestKind(host.Head())
+	if err != nil {
+		host.Reset(frame.CodeProtocol, "malformed request head: "+err.Error())
+		peer.Reset(frame.CodeCancel, "malformed request head")
+		return
+	}
+	ws := kind == message.KindWebSocket
+	respDone := make(chan struct{})
+	reqDone := make(chan struct{})
+	go func() {
+		defer close(reqDone)
+		if ws {
+			relayMessages(host, peer, nil)
+		} else {
+			relayRequestBody(host, peer, respDone)
+		}
+	}()
+	relayResponse(host, peer, ws, lost)
+	close(respDone)
+	<-reqDone
+}
+
+// relayRequestBody copies the host's request body to the peer, then waits
+// until the response is relayed, passing on a host reset (the client left)
+// as CANCEL so the app sees http.disconnect.
+func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
+	buf := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(buf)
+	for {
+		n, err := host.Read(*buf)
+		if n > 0 {
+			if _, werr := peer.Write((*buf)[:n]); werr != nil {
+				// The peer stopped reading (response complete, or reset):
+				// once the response is through, tell the host likewise.
+				<-respDone
+				host.Reset(frame.CodeNoError, "request body not needed")
+				return
+			}
+		}
+		if err == io.EOF {
+			tr, _ := host.Trailers()
+			_ = peer.CloseWriteTrailers(tr)
+			break
+		}
+		if err != nil {
+			peer.Reset(frame.CodeCancel, "client went away")
+			return
+		}
+	}
+	select {
+	case <-respDone:
+	case <-host.Done():
+		if host.Err() != nil {
+			peer.Reset(frame.CodeCancel, "client went away")
+		}
+	}
+}
+
+// relayResponse waits for the peer's answer and carries it to the host.
+func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
+	head, err := peer.ReadResponseRaw(context.Background())
+	if err != nil {
+		var denied *mux.WSCloseError
+		if errors.As(err, &denied) {
+			_ = host.CloseWebSocket(denied.Code, denied.Reason)
+			return
+		}
+		resetFromPeer(host, err, lost)
+		return
+	}
+	var resp message.ResponseHead
+	if ws {
+		if err := resp.Unmarshal(head); err != nil {
+			host.Reset(frame.CodeProtocol, "malformed response head from the app")
+			peer.Reset(frame.CodeProtocol, "malformed response head")
+			return
+		}
+	}
+	if ws && resp.Status == 101 {
+		if err := host.WriteResponseRaw(head, nil, false); err != nil {
+			peer.Reset(frame.CodeCancel, "client went away")
+			return
+		}
+		relayMessages(peer, host, lost)
+		return
+	}
+	buf := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(buf)
+	// The head goes out with whatever body arrived with it.
+	n, err := peer.TryRead(*buf)
+	end := err == io.EOF
+	if err != nil && !end {
+		resetFromPeer(host, err, lost)
+		return
+	}
+	tr, _ := peer.Trailers()
+	if werr := host.WriteResponseRaw(head, (*buf)[:n], end && len(tr) == 0); werr != nil {
+		peer.Reset(frame.CodeCancel, "client went away")
+		return
+	}
+	if end {
+		if len(tr) > 0 {
+			_ = host.CloseWriteTrailers(tr)
+		}
+		return
+	}
+	for {
+		n, err := peer.Read(*buf)
+		if n > 0 {
+			if _, werr := host.Write((*buf)[:n]); werr != nil {
+				peer.Reset(frame.CodeCancel, "client went away")
+				return
+			}
+		}
+		if err == io.EOF {
+			tr, _ := peer.Trailers()
+			_ = host.CloseWriteTrailers(tr)
+			return
+		}
+		if err != nil {
+			resetFromPeer(host, err, lost)
+			return
+		}
+	}
+}
+
+// relayMessages copies websocket messages from src to dst until src
+// closes, then closes dst with the same code and reason.
+func relayMessages(src, dst *mux.Stream, lost LostFunc) {
+	for {
+		text, msg, err := src.ReadMessage(MaxWebSocketMessage)
+		if err != nil {
+			var closed *mux.WSCloseError
+			switch {
+			case errors.As(err, &closed):
+				_ = dst.CloseWebSocket(closed.Code, closed.Reason)
+			case lost != nil:
+				resetFromPeer(dst, err, lost)
+			default:
+				dst.Reset(frame.CodeCancel, "client went away")
+			}
+			return
+		}
+		if err := dst.WriteMessage(text, msg); err != nil {
+			src.Reset(frame.CodeCancel, "other side went away")
+			return
+		}
+	}
+}
+
+// resetFromPeer passes a peer stream's failure to the host: the peer's own
+// reset as it is, a lost session as lost says.
+func resetFromPeer(host *mux.Stream, err error, lost LostFunc) {
+	var serr *mux.StreamError
+	if errors.As(err, &serr) && serr.Remote {
+		host.Reset(serr.Code, serr.Message)
+		return
+	}
+	if lost != nil {
+		code, msg := lost()
+		host.Reset(code, msg)
+		return
+	}
+	host.Reset(frame.CodeInternal, err.Error())
+}
