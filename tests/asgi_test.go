@@ -2,8 +2,17 @@ package tests
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
 const fastapiApp = `
@@ -46,5 +55,226 @@ func TestFastAPIJSONRoute(t *testing.T) {
 	r, err = request(ctx, d.sess, "GET", "/items/notanumber", nil, nil)
 	if err != nil || r.status != 422 {
 		t.Fatalf("validation error answered %v %v", r, err)
+	}
+}
+
+const starletteApp = `
+import asyncio, contextlib, hashlib
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+
+release = asyncio.Event()
+
+async def chunks(request):
+    async def gen():
+        for i in range(999):
+            yield b"chunk %04d\n" % i
+        await release.wait()          # the test reads the first chunk before this
+        yield b"chunk 0999\n"
+    return StreamingResponse(gen(), media_type="text/plain")
+
+async def do_release(request):
+    release.set()
+    return JSONResponse({"released": True})
+
+async def upload(request):
+    h, n = hashlib.sha256(), 0
+    async for chunk in request.stream():
+        h.update(chunk)
+        n += len(chunk)
+    with open("/proc/self/status") as f:
+        status = dict(line.split(":", 1) for line in f)
+    return JSONResponse({"bytes": n, "sha256": h.hexdigest(),
+                         "vmhwm_kib": int(status["VmHWM"].split()[0])})
+
+async def state(request):
+    return JSONResponse({"greeting": request.state.greeting, "root_path": request.scope["root_path"],
+                         "client": list(request.client), "asgi": request.scope["asgi"],
+                         "raw_path": request.scope["raw_path"].decode(),
+                         "query_string": request.scope["query_string"].decode()})
+
+async def echo(ws):
+    await ws.accept(subprotocol="echo.v1")
+    while True:
+        msg = await ws.receive()
+        if msg["type"] == "websocket.disconnect":
+            return
+        if msg.get("text") == "bye":
+            await ws.close(code=4001, reason="see you")
+            return
+        if msg.get("text") is not None:
+            await ws.send_text("echo: " + msg["text"])
+        else:
+            await ws.send_bytes(msg["bytes"][::-1])
+
+async def deny(ws):
+    await ws.close(code=4403)
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    yield {"greeting": "hello from lifespan"}
+
+app = Starlette(routes=[
+    Route("/chunks", chunks), Route("/release", do_release), Route("/upload", upload, methods=["POST"]),
+    Route("/state", state), WebSocketRoute("/ws", echo), WebSocketRoute("/deny", deny),
+], lifespan=lifespan)
+`
+
+func startStarlette(t *testing.T) *devInit {
+	requirePythonModules(t, "starlette")
+	code := writeApp(t, map[string]string{"main.py": starletteApp})
+	d := startDevInit(t)
+	d.mustConfigure(t, asgiConfig(code, "main:app", 1))
+	return d
+}
+
+// A StreamingResponse of 1,000 chunks arrives as a stream: the first chunk
+// is read while the app still holds back the last.
+func TestStreamingResponseArrivesChunkByChunk(t *testing.T) {
+	d := startStarlette(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := d.sess.Open(ctx, &message.RequestHead{Method: []byte("GET"), Path: []byte("/chunks")}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rh message.ResponseHead
+	if err := st.ReadResponse(ctx, &rh); err != nil || rh.Status != 200 {
+		t.Fatalf("response %+v %v", rh, err)
+	}
+	first := make([]byte, 11)
+	if _, err := io.ReadFull(st, first); err != nil || string(first) != "chunk 0000\n" {
+		t.Fatalf("first chunk %q %v", first, err)
+	}
+	// The app is now parked before its last chunk; release it.
+	r, err := request(ctx, d.sess, "GET", "/release", nil, nil)
+	if err != nil || r.status != 200 {
+		t.Fatalf("release: %v %v", r, err)
+	}
+	rest, err := io.ReadAll(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	all := append(first, rest...)
+	lines := strings.Split(strings.TrimSuffix(string(all), "\n"), "\n")
+	if len(lines) != 1000 || lines[999] != "chunk 0999" || lines[500] != "chunk 0500" {
+		t.Fatalf("got %d lines, last %q", len(lines), lines[len(lines)-1])
+	}
+}
+
+// A 100 MiB upload streams through init to the app with flow control: the
+// worker's peak memory stays far below the body's size.
+func TestLargeUploadKeepsWorkerMemoryBounded(t *testing.T) {
+	d := startStarlette(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	st, err := d.sess.Open(ctx, &message.RequestHead{Method: []byte("POST"), Path: []byte("/upload")}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const size = 100 << 20
+	h := sha256.New()
+	chunk := make([]byte, 64<<10)
+	for i := range chunk {
+		chunk[i] = byte(i * 7)
+	}
+	for sent := 0; sent < size; sent += len(chunk) {
+		chunk[0] = byte(sent >> 16)
+		h.Write(chunk)
+		if _, err := st.Write(chunk); err != nil {
+			t.Fatalf("upload after %d bytes: %v", sent, err)
+		}
+	}
+	if err := st.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	var rh message.ResponseHead
+	if err := st.ReadResponse(ctx, &rh); err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(st)
+	var got struct {
+		Bytes    int    `json:"bytes"`
+		SHA256   string `json:"sha256"`
+		VmHWMKiB int    `json:"vmhwm_kib"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatalf("%d %s", rh.Status, body)
+	}
+	if got.Bytes != size || got.SHA256 != hex.EncodeToString(h.Sum(nil)) {
+		t.Fatalf("app received %d bytes, sha256 %s", got.Bytes, got.SHA256)
+	}
+	t.Logf("worker peak RSS (VmHWM) after a 100 MiB upload: %d KiB", got.VmHWMKiB)
+	if got.VmHWMKiB > 64<<10 {
+		t.Fatalf("worker peak RSS %d KiB: the upload was buffered", got.VmHWMKiB)
+	}
+}
+
+// Lifespan state reaches requests, with the scope's other fields.
+func TestLifespanStateAndScope(t *testing.T) {
+	d := startStarlette(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := request(ctx, d.sess, "GET", "/state?x=1&y=%20", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := jsonBody(t, r)
+	asgi, _ := got["asgi"].(map[string]any)
+	if got["greeting"] != "hello from lifespan" || got["query_string"] != "x=1&y=%20" || got["raw_path"] != "/state" ||
+		asgi["version"] != "3.0" || got["client"].([]any)[0] != "127.0.0.1" {
+		t.Fatalf("scope seen by the app: %v", got)
+	}
+}
+
+// A websocket echoes text and binary messages and ends with the app's
+// close code; a websocket closed before accept is a denial.
+func TestWebSocketEchoAndClose(t *testing.T) {
+	d := startStarlette(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	open := func(path string) *mux.Stream {
+		st, err := d.sess.Open(ctx, &message.RequestHead{Kind: message.KindWebSocket, HTTPVersion: []byte("1.1"), Scheme: []byte("ws"),
+			Path: []byte(path), RawPath: []byte(path), Subprotocols: [][]byte{[]byte("echo.v1")}}, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	st := open("/ws")
+	var rh message.ResponseHead
+	if err := st.ReadResponse(ctx, &rh); err != nil || rh.Status != 101 || string(rh.Subprotocol) != "echo.v1" {
+		t.Fatalf("accept: %+v %v", rh, err)
+	}
+	if err := st.WriteMessage(true, []byte("héllo")); err != nil {
+		t.Fatal(err)
+	}
+	if text, msg, err := st.ReadMessage(1 << 20); err != nil || !text || string(msg) != "echo: héllo" {
+		t.Fatalf("text echo: %v %q %v", text, msg, err)
+	}
+	big := make([]byte, 200<<10) // several frames, more than one window
+	for i := range big {
+		big[i] = byte(i)
+	}
+	if err := st.WriteMessage(false, big); err != nil {
+		t.Fatal(err)
+	}
+	text, msg, err := st.ReadMessage(1 << 20)
+	if err != nil || text || len(msg) != len(big) || msg[0] != big[len(big)-1] || msg[len(msg)-1] != big[0] {
+		t.Fatalf("binary echo: text=%v len=%d %v", text, len(msg), err)
+	}
+	if err := st.WriteMessage(true, []byte("bye")); err != nil {
+		t.Fatal(err)
+	}
+	var closed *mux.WSCloseError
+	if _, _, err := st.ReadMessage(1 << 20); !errors.As(err, &closed) || closed.Code != 4001 || closed.Reason != "see you" {
+		t.Fatalf("close: %v", err)
+	}
+	st.CloseWebSocket(4001, "")
+
+	denied := open("/deny")
+	if err := denied.ReadResponse(ctx, &rh); !errors.As(err, &closed) || closed.Code != 4403 {
+		t.Fatalf("denial: %+v %v", rh, err)
 	}
 }
