@@ -278,3 +278,130 @@ func TestWebSocketEchoAndClose(t *testing.T) {
 		t.Fatalf("denial: %+v %v", rh, err)
 	}
 }
+
+// A Django project served through its ASGI application.
+func TestDjangoASGIView(t *testing.T) {
+	requirePythonModules(t, "django")
+	code := writeApp(t, map[string]string{
+		"mysite/__init__.py": "",
+		"mysite/settings.py": `
+SECRET_KEY = "test-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "mysite.urls"
+INSTALLED_APPS = []
+MIDDLEWARE = []
+DATABASES = {}
+USE_TZ = True
+`,
+		"mysite/urls.py": `
+from django.http import JsonResponse
+from django.urls import path
+
+async def hello(request, name):
+    return JsonResponse({"hello": name, "method": request.method, "q": request.GET.get("q")})
+
+urlpatterns = [path("hello/<str:name>", hello)]
+`,
+		"mysite/asgi.py": `
+import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+from django.core.asgi import get_asgi_application
+application = get_asgi_application()
+`,
+	})
+	d := startDevInit(t)
+	d.mustConfigure(t, asgiConfig(code, "mysite.asgi:application", 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := request(ctx, d.sess, "GET", "/hello/ferry?q=django", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := jsonBody(t, r); r.status != 200 || got["hello"] != "ferry" || got["q"] != "django" || got["method"] != "GET" {
+		t.Fatalf("Django answered %d %v", r.status, got)
+	}
+	if r, err := request(ctx, d.sess, "GET", "/nowhere", nil, nil); err != nil || r.status != 404 {
+		t.Fatalf("unknown path answered %v %v", r, err)
+	}
+}
+
+// An app that fails to import, and one whose lifespan startup fails, are
+// structured configuration errors carrying the traceback; init stays up.
+func TestAppStartFailuresAreStructuredErrors(t *testing.T) {
+	requirePythonModules(t, "starlette")
+	cases := []struct {
+		name, source, phase, message, inDetail string
+	}{
+		{"import error", "import json\nimport no_such_module_xyz\napp = None\n", "app",
+			"cannot import main: ModuleNotFoundError", "no_such_module_xyz"},
+		{"syntax error", "def broken(:\n", "app", "cannot import main: SyntaxError", "Traceback"},
+		{"missing attribute", "x = 1\n", "app", "module main has no attribute app", ""},
+		{"startup failure", `
+import contextlib
+from starlette.applications import Starlette
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    raise RuntimeError("database unreachable")
+    yield
+
+app = Starlette(lifespan=lifespan)
+`, "lifespan", "lifespan startup failed", "database unreachable"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code := writeApp(t, map[string]string{"main.py": c.source})
+			d := startDevInit(t)
+			r := d.configure(t, asgiConfig(code, "main:app", 2))
+			if r.OK || string(r.Phase) != c.phase || string(r.Field) != "entrypoint" || !strings.Contains(string(r.Message), c.message) {
+				t.Fatalf("result: ok=%v phase=%q field=%q message=%q", r.OK, r.Phase, r.Field, r.Message)
+			}
+			if !strings.Contains(string(r.Detail), c.inDetail) || (c.inDetail != "" && !strings.Contains(string(r.Detail), "Traceback")) {
+				t.Fatalf("detail lacks the traceback (%q):\n%s", c.inDetail, r.Detail)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := d.sess.Ping(ctx); err != nil {
+				t.Fatalf("init stopped answering: %v", err)
+			}
+		})
+	}
+}
+
+// An exception in a request before the response started is a plain 500
+// for the client; the traceback goes to the program's logs (LOG frames).
+func TestRequestExceptionIsA500WithoutTraceback(t *testing.T) {
+	requirePythonModules(t, "fastapi")
+	code := writeApp(t, map[string]string{"main.py": `
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/boom")
+async def boom():
+    print("about to fail")
+    raise ValueError("secret internal detail")
+`})
+	d := startDevInit(t)
+	d.mustConfigure(t, asgiConfig(code, "main:app", 1))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := request(ctx, d.sess, "GET", "/boom", nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.status != 500 || strings.Contains(string(r.body), "secret") || strings.Contains(string(r.body), "Traceback") {
+		t.Fatalf("client got %d %q", r.status, r.body)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		logs := strings.Join(d.logLines(), "\n")
+		if strings.Contains(logs, "stdout[1] about to fail") && strings.Contains(logs, "ValueError: secret internal detail") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("program output did not arrive as LOG frames:\n%s", logs)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
