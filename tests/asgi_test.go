@@ -6,11 +6,15 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -403,5 +407,125 @@ async def boom():
 			t.Fatalf("program output did not arrive as LOG frames:\n%s", logs)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+const poolApp = `
+import asyncio, os
+from starlette.applications import Starlette
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+async def work(request):
+    i = int(request.path_params["i"])
+    await asyncio.sleep(float(request.query_params.get("sleep", "0.01")))
+    return JSONResponse({"i": i, "pid": os.getpid()})
+
+app = Starlette(routes=[Route("/work/{i}", work)])
+`
+
+// 500 concurrent requests over one connection to 2 workers all come back
+// right; killing one worker mid-run resets only its streams, and the pool
+// replaces it.
+func TestWorkerPoolConcurrencyAndCrashRecovery(t *testing.T) {
+	requirePythonModules(t, "starlette")
+	code := writeApp(t, map[string]string{"main.py": poolApp})
+	d := startDevInit(t)
+	d.mustConfigure(t, asgiConfig(code, "main:app", 2))
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+
+	type outcome struct {
+		i, pid, code int
+		err          error
+	}
+	batch := func(n int, sleep string) []outcome {
+		out := make([]outcome, n)
+		var wg sync.WaitGroup
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				r, err := request(ctx, d.sess, "GET", fmt.Sprintf("/work/%d?sleep=%s", i, sleep), nil, nil)
+				out[i] = outcome{i: i, err: err, code: streamErrorCode(err)}
+				if err == nil {
+					var got struct{ I, Pid int }
+					if json.Unmarshal(r.body, &got) != nil || r.status != 200 || got.I != i {
+						out[i].err = fmt.Errorf("request %d answered %d %s", i, r.status, r.body)
+						return
+					}
+					out[i].pid = got.Pid
+				}
+			}()
+		}
+		wg.Wait()
+		return out
+	}
+
+	pids := map[int]int{}
+	for _, o := range batch(500, "0.01") {
+		if o.err != nil {
+			t.Fatal(o.err)
+		}
+		pids[o.pid]++
+	}
+	if len(pids) != 2 {
+		t.Fatalf("500 requests were served by %d workers: %v", len(pids), pids)
+	}
+	t.Logf("500 concurrent requests, per worker: %v", pids)
+	var victim, survivor int
+	for pid := range pids {
+		if victim == 0 {
+			victim = pid
+		} else {
+			survivor = pid
+		}
+	}
+
+	// 100 slow requests in flight on both workers; kill one worker.
+	results := make(chan []outcome, 1)
+	go func() { results <- batch(100, "2") }()
+	time.Sleep(time.Second)
+	if err := syscall.Kill(victim, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	var ok, lost int
+	for _, o := range <-results {
+		switch {
+		case o.err == nil && o.pid == survivor:
+			ok++
+		case o.code == int(frame.CodeWorkerLost):
+			lost++
+			if !strings.Contains(o.err.Error(), "killed") {
+				t.Errorf("reset does not say why: %v", o.err)
+			}
+		default:
+			t.Errorf("request %d: pid %d, err %v", o.i, o.pid, o.err)
+		}
+	}
+	t.Logf("after killing worker pid %d: %d requests answered by the survivor, %d reset with WORKER_LOST", victim, ok, lost)
+	if ok == 0 || lost == 0 || ok+lost != 100 {
+		t.Fatalf("ok %d, lost %d", ok, lost)
+	}
+
+	// The pool recovers: a new worker process serves requests again.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		seen := map[int]bool{}
+		failed := 0
+		for _, o := range batch(50, "0.05") {
+			if o.err != nil {
+				failed++
+				continue
+			}
+			seen[o.pid] = true
+		}
+		if failed == 0 && len(seen) == 2 && !seen[victim] {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pool did not recover: workers %v, %d failures", seen, failed)
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
