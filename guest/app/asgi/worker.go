@@ -34,7 +34,7 @@ type worker struct {
 	inflight atomic.Int64
 
 	mu   sync.Mutex
-	sess *mux.Session  // nil while down
+	sess *mux.Session // nil while down
 	proc *app.Process // the current process
 }
 
