@@ -113,7 +113,7 @@ func startDevInit(t *testing.T) *devInit {
 			d.cmd.Process.Kill()
 		}
 		d.sess.Close()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("FERRY_TEST_INIT_LOG") != "" {
 			t.Logf("init output:\n%s", d.stderr.String())
 		}
 	})
@@ -238,3 +238,5 @@ func jsonBody(t *testing.T, r *response) map[string]any {
 }
 
 var _ = bytes.Equal
+
+func chmodX(path string) error { return os.Chmod(path, 0o755) }

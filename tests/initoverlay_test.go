@@ -2,23 +2,44 @@ package tests
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
-// readOnlyRoot builds a minimal root filesystem holding only init (also
-// used as the "program", which exits at once) and bind-mounts it read-only
-// onto itself, as a VM's root image would be.
+// buildPortServer compiles the static test HTTP server once.
+var buildPortServer = sync.OnceValues(func() (string, error) {
+	dir, err := os.MkdirTemp("", "ferry-portserver-")
+	if err != nil {
+		return "", err
+	}
+	bin := filepath.Join(dir, "portserver")
+	cmd := exec.Command("go", "build", "-o", bin, "./testdata/portserver")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("building portserver: %v\n%s", err, out)
+	}
+	return bin, nil
+})
+
+// readOnlyRoot builds a minimal root filesystem holding only init and a
+// static HTTP server as the program, and bind-mounts it read-only onto
+// itself, as a VM's root image would be.
 func readOnlyRoot(t *testing.T) string {
 	t.Helper()
 	bin, err := buildInit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err := buildPortServer()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -28,8 +49,8 @@ func readOnlyRoot(t *testing.T) string {
 			t.Fatal(err)
 		}
 	}
-	for _, dst := range []string{"sbin/init", "code/app"} {
-		if out, err := exec.Command("cp", bin, filepath.Join(root, dst)).CombinedOutput(); err != nil {
+	for src, dst := range map[string]string{bin: "sbin/init", server: "code/app"} {
+		if out, err := exec.Command("cp", src, filepath.Join(root, dst)).CombinedOutput(); err != nil {
 			t.Fatalf("cp: %v %s", err, out)
 		}
 	}

@@ -5,13 +5,10 @@ package app
 
 import (
 	"context"
-	"log/slog"
 	"sort"
 	"strconv"
 
 	"github.com/ferry-vm/ferry/guest/config"
-	"github.com/ferry-vm/ferry/guest/reaper"
-	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
@@ -55,29 +52,6 @@ func Env(c *config.Config) []string {
 		out = append(out, k+"="+env[k])
 	}
 	return out
-}
-
-// Executable runs an executable program. Relaying streams to it over HTTP
-// arrives with the executable interface; until then streams are refused
-// with UNAVAILABLE and the program is reachable on its own network address.
-type Executable struct {
-	*Process
-}
-
-// Serve refuses the stream: see the type comment.
-func (e *Executable) Serve(_ context.Context, st *mux.Stream) {
-	st.Reset(frame.CodeUnavailable, "relaying requests to executables is not implemented yet")
-}
-
-// NewExecutableFactory returns a Factory for executable programs.
-func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
-	return func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error) {
-		p, err := StartProcess(r, log, ProcessSpec{Argv: []string{c.Entrypoint}, Dir: codeDir, Env: Env(c), Output: out})
-		if err != nil {
-			return nil, err
-		}
-		return &Executable{Process: p}, nil
-	}
 }
 
 // StartError is a program that could not start, reported to the host as a

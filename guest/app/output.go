@@ -3,6 +3,8 @@ package app
 import (
 	"bufio"
 	"io"
+	"strings"
+	"sync"
 )
 
 // MaxLineLength bounds one captured output line; longer lines are split.
@@ -40,4 +42,43 @@ func captureLines(r io.Reader, source string, origin int, out Output) {
 			return
 		}
 	}
+}
+
+// OutputTail keeps the last lines of each process's output, to explain a
+// program that fails to start.
+type OutputTail struct {
+	mu    sync.Mutex
+	lines map[int][]string
+}
+
+// tailLines is how many lines an OutputTail keeps per origin.
+const tailLines = 40
+
+// NewOutputTail returns an empty tail.
+func NewOutputTail() *OutputTail { return &OutputTail{lines: map[int][]string{}} }
+
+// Tee returns an Output that records lines here and passes them to next.
+func (t *OutputTail) Tee(next Output) Output { return teeOutput{t, next} }
+
+// Recent returns the kept lines of one origin, oldest first.
+func (t *OutputTail) Recent(origin int) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.Join(t.lines[origin], "\n")
+}
+
+type teeOutput struct {
+	t    *OutputTail
+	next Output
+}
+
+func (o teeOutput) Line(source string, origin int, line []byte) {
+	o.t.mu.Lock()
+	l := append(o.t.lines[origin], string(line))
+	if len(l) > tailLines {
+		l = l[len(l)-tailLines:]
+	}
+	o.t.lines[origin] = l
+	o.t.mu.Unlock()
+	o.next.Line(source, origin, line)
 }

@@ -50,7 +50,7 @@ type Pool struct {
 	log      *slog.Logger
 	script   string
 	workers  []*worker
-	tail     *outputTail
+	tail     *app.OutputTail
 	stopping atomic.Bool
 	cancel   context.CancelFunc
 
@@ -101,8 +101,8 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 	if err != nil {
 		return nil, err
 	}
-	tail := &outputTail{lines: map[int][]string{}}
-	opt.Output = tail.tee(opt.Output)
+	tail := app.NewOutputTail()
+	opt.Output = tail.Tee(opt.Output)
 	runCtx, cancel := context.WithCancel(context.Background())
 	p := &Pool{opt: opt, log: opt.Log.With("app", opt.App), script: script, tail: tail, cancel: cancel, ready: make(chan struct{})}
 	for i := range opt.Workers {
@@ -234,39 +234,4 @@ func (p *Pool) Workers() []int {
 		w.mu.Unlock()
 	}
 	return pids
-}
-
-// outputTail keeps the last lines of each worker's output, to explain a
-// worker that dies while starting.
-type outputTail struct {
-	mu    sync.Mutex
-	lines map[int][]string
-}
-
-const tailLines = 40
-
-func (t *outputTail) tee(next app.Output) app.Output {
-	return teeOutput{t, next}
-}
-
-func (t *outputTail) recent(origin int) string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return strings.Join(t.lines[origin], "\n")
-}
-
-type teeOutput struct {
-	t    *outputTail
-	next app.Output
-}
-
-func (o teeOutput) Line(source string, origin int, line []byte) {
-	o.t.mu.Lock()
-	l := append(o.t.lines[origin], string(line))
-	if len(l) > tailLines {
-		l = l[len(l)-tailLines:]
-	}
-	o.t.lines[origin] = l
-	o.t.mu.Unlock()
-	o.next.Line(source, origin, line)
 }

@@ -126,7 +126,7 @@ func (w *worker) start(ctx context.Context) error {
 
 func (w *worker) startError(proc *app.Process, what string, err error) error {
 	return &app.StartError{Phase: "app", Field: "entrypoint", Message: fmt.Sprintf("worker %d: %s: %v", w.id, what, err),
-		Detail: w.pool.tail.recent(w.id)}
+		Detail: w.pool.tail.Recent(w.id)}
 }
 
 // supervise waits for the running process to exit and restarts it with

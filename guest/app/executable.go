@@ -1,0 +1,463 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/guest/reaper"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// Executable timing.
+const (
+	// DefaultListenTimeout bounds how long a starting program may take to
+	// accept connections on its port.
+	DefaultListenTimeout = 60 * time.Second
+	execMinBackoff       = 100 * time.Millisecond
+	execMaxBackoff       = 10 * time.Second
+	execStableAfter      = 10 * time.Second
+	// execWaitReady bounds how long a request waits for a restarting
+	// program.
+	execWaitReady = 30 * time.Second
+)
+
+// ExecutableOptions configure an executable program.
+type ExecutableOptions struct {
+	Argv          []string
+	Dir           string
+	Env           []string
+	Port          int
+	ListenTimeout time.Duration
+	Reaper        *reaper.Reaper
+	Log           *slog.Logger
+	Output        Output
+}
+
+// Executable runs a program that serves HTTP/1.1 on PORT and relays each
+// stream to it as one HTTP request over a keep-alive connection pool.
+// Nothing is rewritten: redirects and encoded bodies pass through as the
+// program sent them. A connection upgrade (websocket) is passed through as
+// raw bytes in DATA frames once the program answers 101. A crashed program
+// is restarted with backoff.
+type Executable struct {
+	opt       ExecutableOptions
+	log       *slog.Logger
+	transport *http.Transport
+	stopping  atomic.Bool
+	stopCh    chan struct{}
+
+	mu    sync.Mutex
+	proc  *Process      // current process
+	addr  string        // host:port that accepted, while ready
+	ready chan struct{} // closed when the current process accepts connections
+}
+
+// NewExecutableFactory returns the Factory for interface "executable".
+func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
+	return func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error) {
+		port := c.Port
+		if port == 0 {
+			port = 8080
+		}
+		return StartExecutable(ctx, ExecutableOptions{
+			Argv: []string{c.Entrypoint}, Dir: codeDir, Env: Env(c), Port: port,
+			Reaper: r, Log: log, Output: out,
+		})
+	}
+}
+
+// StartExecutable starts the program and waits until it accepts
+// connections on its port; a program that exits first or never listens is
+// a *StartError with its last output lines.
+func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, error) {
+	if opt.ListenTimeout == 0 {
+		opt.ListenTimeout = DefaultListenTimeout
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	if opt.Output == nil {
+		opt.Output = DiscardOutput{}
+	}
+	tail := NewOutputTail()
+	opt.Output = tail.Tee(opt.Output)
+	e := &Executable{opt: opt, log: opt.Log.With("program", opt.Argv[0]), stopCh: make(chan struct{})}
+	e.transport = &http.Transport{
+		Proxy:               nil, // never an HTTP proxy from the environment
+		DialContext:         e.dial,
+		DisableCompression:  true, // bodies pass through encoded as they are
+		MaxIdleConnsPerHost: 256,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	if err := e.start(ctx); err != nil {
+		var serr *StartError
+		if errors.As(err, &serr) && serr.Detail == "" {
+			serr.Detail = tail.Recent(0)
+		}
+		return nil, err
+	}
+	go e.supervise()
+	return e, nil
+}
+
+// start launches the process and waits for its port.
+func (e *Executable) start(ctx context.Context) error {
+	p, err := StartProcess(e.opt.Reaper, e.log, ProcessSpec{Argv: e.opt.Argv, Dir: e.opt.Dir, Env: e.opt.Env, Output: e.opt.Output})
+	if err != nil {
+		return &StartError{Phase: "app", Field: "entrypoint", Message: err.Error()}
+	}
+	ready := make(chan struct{})
+	e.mu.Lock()
+	e.proc, e.addr, e.ready = p, "", ready
+	e.mu.Unlock()
+	addr, err := waitListening(ctx, p, e.opt.Port, e.opt.ListenTimeout)
+	if err != nil {
+		_ = p.Signal(syscall.SIGKILL)
+		return &StartError{Phase: "app", Field: "entrypoint", Message: err.Error()}
+	}
+	e.mu.Lock()
+	e.addr = addr
+	e.mu.Unlock()
+	close(ready)
+	e.log.Info("program listening", "addr", addr)
+	return nil
+}
+
+// waitListening polls the program's port on IPv4 and IPv6 loopback until
+// one accepts, the process exits, or the timeout passes.
+func waitListening(ctx context.Context, p *Process, port int, timeout time.Duration) (string, error) {
+	deadline := time.Now().Add(timeout)
+	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), net.JoinHostPort("::1", strconv.Itoa(port))}
+	var d net.Dialer
+	for {
+		for _, a := range addrs {
+			dctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+			c, err := d.DialContext(dctx, "tcp", a)
+			cancel()
+			if err == nil {
+				c.Close()
+				return a, nil
+			}
+		}
+		select {
+		case <-p.Done():
+			return "", fmt.Errorf("the program exited (%s) before accepting connections on port %d", p.Exit(), port)
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+		if time.Now().After(deadline) {
+			return "", fmt.Errorf("the program did not accept connections on port %d within %s", port, timeout)
+		}
+	}
+}
+
+// supervise restarts the program with backoff whenever it exits.
+func (e *Executable) supervise() {
+	backoff := execMinBackoff
+	for {
+		e.mu.Lock()
+		p := e.proc
+		e.mu.Unlock()
+		started := time.Now()
+		select {
+		case <-p.Done():
+		case <-e.stopCh:
+			return
+		}
+		e.transport.CloseIdleConnections()
+		if e.stopping.Load() {
+			return
+		}
+		if time.Since(started) > execStableAfter {
+			backoff = execMinBackoff
+		}
+		e.log.Warn("program exited; restarting", "status", p.Exit().String(), "in", backoff)
+		for {
+			select {
+			case <-time.After(backoff):
+			case <-e.stopCh:
+				return
+			}
+			backoff = min(backoff*2, execMaxBackoff)
+			ctx, cancel := context.WithCancel(context.Background())
+			go func() {
+				select {
+				case <-e.stopCh:
+					cancel()
+				case <-ctx.Done():
+				}
+			}()
+			err := e.start(ctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			e.log.Error("program failed to restart", "err", err, "retry_in", backoff)
+		}
+	}
+}
+
+// dial connects to the program's port, waiting while it restarts.
+func (e *Executable) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+	addr, err := e.waitReady(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+func (e *Executable) waitReady(ctx context.Context) (string, error) {
+	timer := time.NewTimer(execWaitReady)
+	defer timer.Stop()
+	for {
+		e.mu.Lock()
+		ready, addr := e.ready, e.addr
+		e.mu.Unlock()
+		select {
+		case <-ready:
+			if addr != "" {
+				return addr, nil
+			}
+		default:
+		}
+		if e.stopping.Load() {
+			return "", errors.New("the program is stopping")
+		}
+		select {
+		case <-ready:
+		case <-timer.C:
+			return "", fmt.Errorf("the program did not come back within %s", execWaitReady)
+		case <-ctx.Done():
+			return "", ctx.Err()
+		case <-e.stopCh:
+		}
+	}
+}
+
+// Hop-by-hop headers are the connection's, not the message's (RFC 9110
+// 7.6.1); they are not relayed.
+var hopByHop = map[string]bool{
+	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true,
+	"te": true, "trailer": true, "upgrade": true, "proxy-authenticate": true, "proxy-authorization": true,
+}
+
+// Serve relays one stream as an HTTP/1.1 request to the program.
+func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
+	var head message.RequestHead
+	if err := st.RequestHead(&head); err != nil {
+		st.Reset(frame.CodeProtocol, "malformed request head: "+err.Error())
+		return
+	}
+	if head.Kind == message.KindWebSocket {
+		st.Reset(frame.CodeProtocol, "an executable takes websockets as HTTP upgrades (kind http with Upgrade headers), relayed as raw bytes")
+		return
+	}
+	// The request is abandoned when the host resets the stream.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-st.Done():
+			if st.Err() != nil {
+				cancel()
+			}
+		case <-ctx.Done():
+		}
+	}()
+	req, upgrade, err := e.newRequest(ctx, &head, st)
+	if err != nil {
+		st.Reset(frame.CodeProtocol, err.Error())
+		return
+	}
+	resp, err := e.transport.RoundTrip(req)
+	if err != nil {
+		if ctx.Err() != nil {
+			return // the host went away
+		}
+		st.Reset(frame.CodeWorkerLost, "the program did not answer: "+err.Error())
+		return
+	}
+	defer resp.Body.Close()
+	rh := message.ResponseHead{Status: uint32(resp.StatusCode)}
+	switching := resp.StatusCode == http.StatusSwitchingProtocols && upgrade
+	for name, values := range resp.Header {
+		lname := strings.ToLower(name)
+		if hopByHop[lname] && !(switching && (lname == "connection" || lname == "upgrade")) {
+			continue
+		}
+		for _, v := range values {
+			rh.Headers = append(rh.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
+		}
+	}
+	if switching {
+		e.relayUpgrade(st, &rh, resp)
+		return
+	}
+	buf := relayBufs.Get().(*[]byte)
+	defer relayBufs.Put(buf)
+	if err := st.WriteResponse(&rh, nil, false); err != nil {
+		return
+	}
+	for {
+		n, err := resp.Body.Read(*buf)
+		if n > 0 {
+			if _, werr := st.Write((*buf)[:n]); werr != nil {
+				return // host reset: the deferred cancel and Close end the request
+			}
+		}
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			st.Reset(frame.CodeWorkerLost, "the program's response broke off: "+err.Error())
+			return
+		}
+	}
+	var trailers []message.HeaderField
+	for name, values := range resp.Trailer {
+		for _, v := range values {
+			trailers = append(trailers, message.HeaderField{Name: []byte(strings.ToLower(name)), Value: []byte(v)})
+		}
+	}
+	_ = st.CloseWriteTrailers(trailers)
+}
+
+// newRequest builds the HTTP request for a stream; upgrade reports a
+// connection upgrade (its bytes follow the 101, not as a body).
+func (e *Executable) newRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) (*http.Request, bool, error) {
+	target := string(head.RawPath)
+	if target == "" {
+		target = string(head.Path)
+	}
+	if target == "" || target[0] != '/' {
+		target = "/" + target
+	}
+	if len(head.QueryString) > 0 {
+		target += "?" + string(head.QueryString)
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil, false, fmt.Errorf("bad request target %q: %v", target, err)
+	}
+	u.Scheme, u.Host = "http", "program"
+	method := string(head.Method)
+	if method == "" {
+		method = http.MethodGet
+	}
+	req := (&http.Request{Method: method, URL: u, Header: http.Header{}, ContentLength: -1,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: "program"}).WithContext(ctx)
+	var connection, upgradeTo string
+	for _, h := range head.Headers {
+		name, value := strings.ToLower(string(h.Name)), string(h.Value)
+		switch name {
+		case "host":
+			req.Host = value
+			continue
+		case "content-length":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n < 0 {
+				return nil, false, fmt.Errorf("bad content-length %q", value)
+			}
+			req.ContentLength = n
+			continue
+		case "connection":
+			connection = value
+		case "upgrade":
+			upgradeTo = value
+		}
+		if hopByHop[name] && name != "connection" && name != "upgrade" && name != "te" {
+			continue
+		}
+		req.Header.Add(name, value)
+	}
+	upgrade := upgradeTo != "" && headerHasToken(connection, "upgrade")
+	if !upgrade {
+		req.Header.Del("connection")
+		req.Header.Del("upgrade")
+	}
+	switch {
+	case upgrade:
+		req.Body, req.ContentLength = http.NoBody, 0
+	case req.ContentLength == 0:
+		req.Body = http.NoBody
+	default:
+		if n, err := st.TryRead(nil); n == 0 && err == io.EOF {
+			req.Body, req.ContentLength = http.NoBody, 0
+		} else {
+			req.Body = io.NopCloser(st)
+		}
+	}
+	return req, upgrade, nil
+}
+
+func headerHasToken(v, token string) bool {
+	for _, t := range strings.Split(v, ",") {
+		if strings.EqualFold(strings.TrimSpace(t), token) {
+			return true
+		}
+	}
+	return false
+}
+
+// relayUpgrade answers 101 and then carries raw bytes both ways.
+func (e *Executable) relayUpgrade(st *mux.Stream, rh *message.ResponseHead, resp *http.Response) {
+	conn, ok := resp.Body.(io.ReadWriteCloser)
+	if !ok {
+		st.Reset(frame.CodeInternal, "upgraded connection is not writable")
+		return
+	}
+	if err := st.WriteResponse(rh, nil, false); err != nil {
+		return
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, err := io.Copy(conn, st)
+		if err != nil {
+			conn.Close()
+			return
+		}
+		if cw, ok := conn.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+		}
+	}()
+	_, err := io.Copy(st, conn)
+	if err != nil {
+		st.Reset(frame.CodeCancel, "upgraded connection failed: "+err.Error())
+	} else {
+		_ = st.CloseWrite()
+	}
+	conn.Close()
+	<-done
+}
+
+// Stop stops the program (SIGTERM, then SIGKILL when ctx ends).
+func (e *Executable) Stop(ctx context.Context) error {
+	if e.stopping.Swap(true) {
+		return nil
+	}
+	close(e.stopCh)
+	e.mu.Lock()
+	p := e.proc
+	e.mu.Unlock()
+	err := p.Stop(ctx)
+	e.transport.CloseIdleConnections()
+	return err
+}
