@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"syscall"
@@ -527,5 +529,65 @@ func TestWorkerPoolConcurrencyAndCrashRecovery(t *testing.T) {
 			t.Fatalf("pool did not recover: workers %v, %d failures", seen, failed)
 		}
 		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// An ASGI 2 double callable behind an attribute path, importing from the
+// packages directory; a client that leaves is an http.disconnect for the app.
+func TestASGI2AppPackagesAndDisconnect(t *testing.T) {
+	requirePythonModules(t, "asyncio")
+	packages := writeApp(t, map[string]string{"greetings.py": "WORD = 'bonjour'\n"})
+	code := writeApp(t, map[string]string{"main.py": `
+import asyncio, os, greetings
+
+class ASGI2:
+    def __init__(self, scope):
+        self.scope = scope
+
+    async def __call__(self, receive, send):
+        if self.scope["type"] != "http":
+            return
+        if self.scope["path"] == "/wait":
+            while True:   # never answers: waits for the client to leave
+                msg = await receive()
+                if msg["type"] == "http.disconnect":
+                    with open(os.environ["MARKER"], "w") as f:
+                        f.write("disconnected")
+                    return
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": greetings.WORD.encode()})
+
+class Holder:
+    app = ASGI2
+
+holder = Holder()
+`})
+	marker := filepath.Join(t.TempDir(), "disconnected")
+	cfg := asgiConfig(code, "main:holder.app", 1)
+	cfg["packages"] = packages
+	cfg["env"] = map[string]any{"MARKER": marker}
+	d := startDevInit(t)
+	d.mustConfigure(t, cfg)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	r, err := request(ctx, d.sess, "GET", "/", nil, nil)
+	if err != nil || r.status != 200 || string(r.body) != "bonjour" {
+		t.Fatalf("ASGI 2 app answered %+v %v", r, err)
+	}
+	st, err := d.sess.Open(ctx, &message.RequestHead{Method: []byte("GET"), Path: []byte("/wait")}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // let the app reach receive()
+	st.Reset(frame.CodeCancel, "client went away")
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if b, err := os.ReadFile(marker); err == nil && string(b) == "disconnected" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the app never saw http.disconnect")
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

@@ -146,9 +146,9 @@ func (p *Pool) changed() {
 	p.mu.Unlock()
 }
 
-// pick returns the least busy live worker and its session, counting the
-// new stream against it, waiting while none is live.
-func (p *Pool) pick(ctx context.Context) (*worker, *mux.Session, error) {
+// pick returns the least busy live worker with its session and process,
+// counting the new stream against it, waiting while none is live.
+func (p *Pool) pick(ctx context.Context) (*worker, *mux.Session, *app.Process, error) {
 	deadline := time.NewTimer(p.opt.WaitReady)
 	defer deadline.Stop()
 	for {
@@ -157,44 +157,42 @@ func (p *Pool) pick(ctx context.Context) (*worker, *mux.Session, error) {
 		p.mu.Unlock()
 		var best *worker
 		var bestSess *mux.Session
+		var bestProc *app.Process
 		var bestLoad int64
 		for _, w := range p.workers {
-			sess := w.session()
+			sess, proc := w.current()
 			if sess == nil {
 				continue
 			}
 			if load := w.inflight.Load(); best == nil || load < bestLoad {
-				best, bestSess, bestLoad = w, sess, load
+				best, bestSess, bestProc, bestLoad = w, sess, proc, load
 			}
 		}
 		if best != nil {
 			best.inflight.Add(1)
-			return best, bestSess, nil
+			return best, bestSess, bestProc, nil
 		}
 		if p.stopping.Load() {
-			return nil, nil, errors.New("the program is stopping")
+			return nil, nil, nil, errors.New("the program is stopping")
 		}
 		select {
 		case <-ready:
 		case <-deadline.C:
-			return nil, nil, fmt.Errorf("no ASGI worker came up within %s", p.opt.WaitReady)
+			return nil, nil, nil, fmt.Errorf("no ASGI worker came up within %s", p.opt.WaitReady)
 		case <-ctx.Done():
-			return nil, nil, ctx.Err()
+			return nil, nil, nil, ctx.Err()
 		}
 	}
 }
 
 // Serve relays one host stream to the least busy worker.
 func (p *Pool) Serve(ctx context.Context, host *mux.Stream) {
-	w, sess, err := p.pick(ctx)
+	w, sess, proc, err := p.pick(ctx)
 	if err != nil {
 		host.Reset(frame.CodeUnavailable, err.Error())
 		return
 	}
 	defer w.inflight.Add(-1)
-	w.mu.Lock()
-	proc := w.proc
-	w.mu.Unlock()
 	peer, err := app.OpenRelayed(ctx, sess, host)
 	if err != nil {
 		host.Reset(frame.CodeWorkerLost, fmt.Sprintf("worker %d: %v", w.id, err))

@@ -176,11 +176,12 @@ func (w *worker) supervise(ctx context.Context) {
 	}
 }
 
-// session returns the worker's live session, or nil.
-func (w *worker) session() *mux.Session {
+// current returns the worker's live session and its process; the session
+// is nil while the worker is down.
+func (w *worker) current() (*mux.Session, *app.Process) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return w.sess
+	return w.sess, w.proc
 }
 
 // lost explains a stream failure caused by the worker going away.
