@@ -56,6 +56,19 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/release":
             release.set()
             self.send(200, b"released")
+        elif self.path == "/upgrade":
+            # A made-up protocol after 101: upper-cases what it receives.
+            self.send_response(101)
+            self.send_header("Upgrade", "shout")
+            self.send_header("Connection", "Upgrade")
+            self.end_headers()
+            self.wfile.flush()
+            while True:
+                data = self.connection.recv(4096)
+                if not data:
+                    break
+                self.connection.sendall(data.upper())
+            self.close_connection = True
         elif self.path == "/crash":
             print("crashing on purpose", flush=True)
             os._exit(3)
@@ -134,6 +147,25 @@ func TestExecutableRelay(t *testing.T) {
 	}
 	if rest, err := io.ReadAll(st); err != nil || string(rest) != "part 4\n" {
 		t.Fatalf("last part %q %v", rest, err)
+	}
+
+	// An upgrade is passed through: after the 101, raw bytes both ways.
+	up, err := d.sess.Open(ctx, &message.RequestHead{Method: []byte("GET"), Path: []byte("/upgrade"), Headers: []message.HeaderField{
+		{Name: []byte("connection"), Value: []byte("Upgrade")}, {Name: []byte("upgrade"), Value: []byte("shout")}}}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := up.ReadResponse(ctx, &rh); err != nil || rh.Status != 101 {
+		t.Fatalf("upgrade answered %+v %v", rh, err)
+	}
+	up.Write([]byte("hello over raw bytes"))
+	echo := make([]byte, len("hello over raw bytes"))
+	if _, err := io.ReadFull(up, echo); err != nil || string(echo) != "HELLO OVER RAW BYTES" {
+		t.Fatalf("upgraded echo %q %v", echo, err)
+	}
+	up.CloseWrite()
+	if rest, err := io.ReadAll(up); err != nil || len(rest) != 0 {
+		t.Fatalf("after closing the upgraded stream: %q %v", rest, err)
 	}
 
 	// A crash resets the request in flight; the program comes back.
