@@ -42,9 +42,9 @@ vet:
 
 lint: vet
 
-demo:
-	@echo "make demo arrives with the host agent (issue 5); nothing to run yet." >&2
-	@exit 1
+## demo: serve examples/hello (FastAPI) through the host agent; prints a curl command
+demo: build
+	@examples/demo.sh
 
 clean:
 	rm -rf $(BIN)

@@ -2,25 +2,130 @@
 // of the addressed program and relays each request to it over the Ferry
 // protocol.
 //
-// This build carries only the wire protocol (issue 2); the agent itself
-// arrives with the host packages.
+//	host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at /
 package main
 
 import (
+	"context"
+	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
 	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
 
+	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/sandbox"
+	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
+const usage = `usage:
+  host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at / (like uvicorn main:app)
+  host-agent -version
+`
+
 func main() {
-	version := flag.Bool("version", false, "print the version and protocol version, then exit")
-	flag.Parse()
-	if *version {
-		fmt.Printf("ferry host-agent (protocol version %d)\n", message.ProtocolVersion)
-		return
+	if len(os.Args) < 2 {
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
 	}
-	fmt.Fprintln(os.Stderr, "ferry host-agent: not implemented in this build yet; only -version works")
-	os.Exit(2)
+	switch os.Args[1] {
+	case "-version", "--version", "version":
+		fmt.Printf("ferry host-agent (protocol version %d)\n", message.ProtocolVersion)
+	case "run":
+		os.Exit(run(os.Args[2:]))
+	default:
+		fmt.Fprint(os.Stderr, usage)
+		os.Exit(2)
+	}
+}
+
+func run(args []string) int {
+	fs := flag.NewFlagSet("run", flag.ExitOnError)
+	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
+	iface := fs.String("interface", "asgi", "asgi or executable")
+	workers := fs.Int("workers", 0, "ASGI worker processes (0: one per CPU)")
+	backendName := fs.String("backend", "sandbox", "VM backend: sandbox")
+	python := fs.String("python", "", "Python interpreter inside the VM (default /usr/bin/python3)")
+	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
+	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
+	debug := fs.Bool("debug", false, "debug logs (including init's console)")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	fs.Parse(args)
+	if fs.NArg() != 2 {
+		fs.Usage()
+		return 2
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	codeDir, err := filepath.Abs(fs.Arg(0))
+	if err != nil {
+		log.Error("code directory", "err", err)
+		return 2
+	}
+	if st, err := os.Stat(codeDir); err != nil || !st.IsDir() {
+		fmt.Fprintf(os.Stderr, "host-agent: %s is not a directory\n", fs.Arg(0))
+		return 2
+	}
+	if *initPath == "" {
+		exe, _ := os.Executable()
+		*initPath = filepath.Join(filepath.Dir(exe), "init")
+	}
+	var be backend.Backend
+	switch *backendName {
+	case "sandbox":
+		be = sandbox.New(log)
+	default:
+		fmt.Fprintf(os.Stderr, "host-agent: unknown backend %q (this build has: sandbox)\n", *backendName)
+		return 2
+	}
+	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python}
+	mgr := lifecycle.New(lifecycle.Options{Backend: be, InitPath: *initPath, Log: log,
+		OnOutput: func(id string, l message.Log) {
+			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+		}})
+
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("cannot listen", "addr", *listen, "err", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	start := time.Now()
+	inst, err := mgr.Get(ctx, prog)
+	if err != nil {
+		var berr *lifecycle.BootError
+		if errors.As(err, &berr) && berr.Detail != "" {
+			fmt.Fprintf(os.Stderr, "%s\n", berr.Detail)
+		}
+		log.Error("the program did not start", "err", err)
+		return 1
+	}
+	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
+	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), lifecycle.FormatTimeline(inst.Timeline))
+	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("serving", "err", err)
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	mgr.StopAll(stopCtx)
+	return 0
 }

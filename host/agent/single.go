@@ -1,0 +1,33 @@
+// Package agent is the host agent's HTTP front: it routes requests to
+// programs, starts their VMs through the lifecycle manager and relays
+// requests with the relay package.
+package agent
+
+import (
+	"log/slog"
+	"net/http"
+
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/relay"
+)
+
+// Single serves one program at the root of the listener, as
+// `host-agent run` does.
+type Single struct {
+	Manager *lifecycle.Manager
+	Program *lifecycle.Program
+	MaxBody int64
+	Log     *slog.Logger
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Log: s.Log}
+	inst, err := s.Manager.Get(r.Context(), s.Program)
+	if err != nil {
+		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", s.Program.ID, "err", err)
+		return
+	}
+	rq.Session = inst.Session
+	relay.Serve(w, r, rq)
+}

@@ -1,0 +1,275 @@
+// Package lifecycle starts and stops programs' VMs for the host agent: it
+// boots a VM through a backend, greets its init, sends the configuration
+// and keeps the session. Concurrent first requests share one boot
+// (single-flight); a VM that ends is forgotten, so the next request starts
+// a new one.
+package lifecycle
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// Program is what the agent knows about one program.
+type Program struct {
+	ID         string
+	Interface  string // asgi or executable
+	Entrypoint string
+	CodeDir    string
+	Workers    int
+	Python     string
+	Env        map[string]string
+}
+
+// Instance is a running VM of a program with its session to init.
+type Instance struct {
+	Program  *Program
+	VM       backend.VM
+	Session  *mux.Session
+	Timeline []message.TimelineEntry
+	Started  time.Time
+}
+
+// BootError is a VM that started but whose init refused the configuration
+// or whose app failed: the structured result from init.
+type BootError struct {
+	Phase, Field, Message, Detail string
+}
+
+func (e *BootError) Error() string {
+	return fmt.Sprintf("program failed to start (%s %s): %s", e.Phase, e.Field, e.Message)
+}
+
+// Options configure a Manager.
+type Options struct {
+	Backend     backend.Backend
+	InitPath    string
+	Log         *slog.Logger
+	BootTimeout time.Duration
+	OnOutput    func(programID string, l message.Log) // program output lines (LOG frames)
+}
+
+// Manager runs programs' VMs.
+type Manager struct {
+	opt Options
+	log *slog.Logger
+
+	mu       sync.Mutex
+	running  map[string]*Instance
+	starting map[string]*boot
+}
+
+type boot struct {
+	done chan struct{}
+	inst *Instance
+	err  error
+}
+
+// New returns a manager.
+func New(opt Options) *Manager {
+	if opt.BootTimeout == 0 {
+		opt.BootTimeout = 2 * time.Minute
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Manager{opt: opt, log: opt.Log, running: map[string]*Instance{}, starting: map[string]*boot{}}
+}
+
+// Get returns the program's running instance, starting one if needed.
+// Concurrent callers for the same program wait on one boot.
+func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
+	m.mu.Lock()
+	if inst := m.running[p.ID]; inst != nil {
+		m.mu.Unlock()
+		return inst, nil
+	}
+	b := m.starting[p.ID]
+	if b == nil {
+		b = &boot{done: make(chan struct{})}
+		m.starting[p.ID] = b
+		go m.boot(p, b)
+	}
+	m.mu.Unlock()
+	select {
+	case <-b.done:
+		return b.inst, b.err
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+}
+
+func (m *Manager) boot(p *Program, b *boot) {
+	ctx, cancel := context.WithTimeout(context.Background(), m.opt.BootTimeout)
+	defer cancel()
+	inst, err := m.start(ctx, p)
+	m.mu.Lock()
+	delete(m.starting, p.ID)
+	if err == nil {
+		m.running[p.ID] = inst
+	}
+	m.mu.Unlock()
+	b.inst, b.err = inst, err
+	close(b.done)
+	if err != nil {
+		m.log.Error("program did not start", "program", p.ID, "err", err)
+		return
+	}
+	go m.watch(inst)
+}
+
+// start boots a VM and configures its init.
+func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
+	started := time.Now()
+	log := m.log.With("program", p.ID)
+	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	results := make(chan message.ConfigResult, 1)
+	sess := mux.Client(vm.Conn(), mux.Config{
+		Agent:  "ferry-host-agent",
+		Logger: log,
+		OnControl: func(t frame.Type, payload []byte) {
+			switch t {
+			case frame.TypeConfigResult:
+				var r message.ConfigResult
+				if err := r.Unmarshal(append([]byte(nil), payload...)); err == nil {
+					select {
+					case results <- r:
+					default:
+					}
+				}
+			case frame.TypeLog:
+				var l message.Log
+				if err := l.Unmarshal(append([]byte(nil), payload...)); err == nil && m.opt.OnOutput != nil {
+					m.opt.OnOutput(p.ID, l)
+				}
+			}
+		},
+	})
+	fail := func(err error) (*Instance, error) {
+		sess.Close()
+		vm.Kill()
+		return nil, err
+	}
+	if _, err := sess.Handshake(ctx); err != nil {
+		return fail(fmt.Errorf("init did not answer (%s): %w", vm.Describe(), err))
+	}
+	doc, err := json.Marshal(guestConfig(p, vm.GuestCodeDir()))
+	if err != nil {
+		return fail(err)
+	}
+	if err := sess.SendControl(frame.TypeConfig, doc); err != nil {
+		return fail(err)
+	}
+	select {
+	case r := <-results:
+		if !r.OK {
+			return fail(&BootError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
+		}
+		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started}
+		log.Info("program started", "vm", vm.Describe(), "cold_start", time.Since(started).Round(time.Millisecond), "timeline", FormatTimeline(r.Timeline))
+		return inst, nil
+	case <-vm.Done():
+		return fail(fmt.Errorf("the VM ended while starting: %v", vm.Err()))
+	case <-ctx.Done():
+		return fail(fmt.Errorf("no configuration result within the boot timeout: %w", ctx.Err()))
+	}
+}
+
+// guestConfig is the CONFIG document for init.
+func guestConfig(p *Program, codeDir string) map[string]any {
+	c := map[string]any{
+		"program_id": p.ID, "interface": p.Interface, "entrypoint": p.Entrypoint,
+		"code": map[string]any{"encoding": "directory", "path": codeDir},
+	}
+	if p.Workers > 0 {
+		c["workers"] = p.Workers
+	}
+	if p.Python != "" {
+		c["python"] = p.Python
+	}
+	if len(p.Env) > 0 {
+		c["env"] = p.Env
+	}
+	return c
+}
+
+// watch forgets an instance once its VM or session ends.
+func (m *Manager) watch(inst *Instance) {
+	select {
+	case <-inst.VM.Done():
+	case <-inst.Session.Done():
+		inst.VM.Kill()
+	}
+	inst.Session.Close()
+	m.mu.Lock()
+	if m.running[inst.Program.ID] == inst {
+		delete(m.running, inst.Program.ID)
+	}
+	m.mu.Unlock()
+	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())
+}
+
+// Stop stops a program's VM gracefully: GOAWAY, init stops the app and
+// powers off; killed when ctx ends first.
+func (m *Manager) Stop(ctx context.Context, id string) error {
+	m.mu.Lock()
+	inst := m.running[id]
+	m.mu.Unlock()
+	if inst == nil {
+		return nil
+	}
+	_ = inst.Session.GoAway(frame.CodeNoError, "stopping")
+	select {
+	case <-inst.VM.Done():
+		return nil
+	case <-ctx.Done():
+		inst.VM.Kill()
+		<-inst.VM.Done()
+		return errors.New("the VM did not stop in time and was killed")
+	}
+}
+
+// StopAll stops every running program.
+func (m *Manager) StopAll(ctx context.Context) {
+	m.mu.Lock()
+	ids := make([]string, 0, len(m.running))
+	for id := range m.running {
+		ids = append(ids, id)
+	}
+	m.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = m.Stop(ctx, id) }()
+	}
+	wg.Wait()
+}
+
+// FormatTimeline renders init's boot timeline on one line.
+func FormatTimeline(tl []message.TimelineEntry) string {
+	var parts []string
+	var prev uint64
+	for i, e := range tl {
+		if i == 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", e.Phase, time.Duration(e.BootNano).Round(time.Millisecond)))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s +%s", e.Phase, time.Duration(e.BootNano-prev).Round(100*time.Microsecond)))
+		}
+		prev = e.BootNano
+	}
+	return strings.Join(parts, ", ")
+}

@@ -1,0 +1,214 @@
+// Package relay turns one incoming HTTP request into a Ferry stream to the
+// program's init and the stream's answer back into the HTTP response:
+// bodies streamed both ways with backpressure, the response flushed chunk
+// by chunk, a client that leaves reset as CANCEL. Errors the client sees
+// are short JSON with a request id; the detail goes to the agent's log.
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// hopByHop headers belong to one connection and are not relayed.
+var hopByHop = map[string]bool{
+	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true,
+	"te": true, "trailer": true, "upgrade": true, "proxy-authenticate": true, "proxy-authorization": true,
+}
+
+// Request describes where an HTTP request goes.
+type Request struct {
+	Session  *mux.Session
+	RootPath string // prefix the app is mounted under, e.g. /vm/hello
+	Path     string // the path below RootPath
+	RawPath  string // the same, percent-encoded as received
+	MaxBody  int64  // 0: unlimited
+	Log      *slog.Logger
+	ID       string // request id
+}
+
+// NewRequestID returns a random request id.
+func NewRequestID() string {
+	var b [8]byte
+	rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// Head builds the REQUEST head of r.
+func Head(r *http.Request, rq *Request) *message.RequestHead {
+	h := &message.RequestHead{
+		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
+		Path: []byte(rq.Path), RawPath: []byte(rq.RawPath), QueryString: []byte(r.URL.RawQuery),
+		RootPath: []byte(rq.RootPath),
+	}
+	if r.TLS != nil {
+		h.Scheme = []byte("https")
+	}
+	h.Headers = append(h.Headers, message.HeaderField{Name: []byte("host"), Value: []byte(r.Host)})
+	for name, values := range r.Header {
+		lname := strings.ToLower(name)
+		if lname == "host" {
+			continue
+		}
+		for _, v := range values {
+			h.Headers = append(h.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
+		}
+	}
+	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		h.ClientHost = []byte(host)
+		if p, err := strconv.Atoi(port); err == nil {
+			h.ClientPort = uint32(p)
+		}
+	}
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if host, port, err := net.SplitHostPort(a.String()); err == nil {
+			h.ServerHost = []byte(host)
+			if p, err := strconv.Atoi(port); err == nil {
+				h.ServerPort = uint32(p)
+			}
+		}
+	}
+	return h
+}
+
+func httpVersion(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 2:
+		return "2"
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0"
+	}
+	return "1.1"
+}
+
+// Serve relays r to a new stream on rq.Session and writes the answer to w.
+func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
+	ctx := r.Context()
+	head := Head(r, rq)
+	noBody := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
+	if rq.MaxBody > 0 && r.ContentLength > rq.MaxBody {
+		Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "content-length", r.ContentLength)
+		return
+	}
+	st, err := rq.Session.Open(ctx, head, nil, noBody)
+	if err != nil {
+		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
+		return
+	}
+	// A client that leaves resets the stream: the app sees http.disconnect.
+	stop := context.AfterFunc(ctx, func() { st.Reset(frame.CodeCancel, "client went away") })
+	defer stop()
+	tooLarge := make(chan struct{})
+	if !noBody {
+		go func() {
+			body := io.Reader(r.Body)
+			if rq.MaxBody > 0 {
+				body = io.LimitReader(r.Body, rq.MaxBody+1)
+			}
+			n, err := io.Copy(st, body)
+			switch {
+			case rq.MaxBody > 0 && n > rq.MaxBody:
+				close(tooLarge)
+				st.Reset(frame.CodeBodyTooLarge, "request body too large")
+			case err != nil:
+				st.Reset(frame.CodeCancel, "reading the request body: "+err.Error())
+			default:
+				_ = st.CloseWrite()
+			}
+		}()
+	}
+	var rh message.ResponseHead
+	if err := st.ReadResponse(ctx, &rh); err != nil {
+		select {
+		case <-tooLarge:
+			Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "limit", rq.MaxBody)
+			return
+		default:
+		}
+		if ctx.Err() != nil {
+			return
+		}
+		status, msg := statusFor(err)
+		Error(w, rq, status, msg, "err", err)
+		return
+	}
+	hdr := w.Header()
+	for _, f := range rh.Headers {
+		name := string(f.Name)
+		if hopByHop[name] {
+			continue
+		}
+		hdr.Add(name, string(f.Value))
+	}
+	hdr.Set("X-Request-Id", rq.ID)
+	w.WriteHeader(int(rh.Status))
+	flusher, _ := w.(http.Flusher)
+	if flusher != nil {
+		flusher.Flush() // the head reaches the client before the body
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := st.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				st.Reset(frame.CodeCancel, "client went away")
+				return
+			}
+			if flusher != nil && st.Buffered() == 0 {
+				flusher.Flush()
+			}
+		}
+		if err == io.EOF {
+			return
+		}
+		if err != nil {
+			if ctx.Err() == nil {
+				rq.Log.Warn("response broke off", "request_id", rq.ID, "err", err)
+			}
+			// Abort the HTTP response so the client sees it incomplete.
+			panic(http.ErrAbortHandler)
+		}
+	}
+}
+
+// statusFor maps a stream failure to an HTTP status and a short message.
+func statusFor(err error) (int, string) {
+	var serr *mux.StreamError
+	if errors.As(err, &serr) {
+		switch serr.Code {
+		case frame.CodeTimeout:
+			return http.StatusGatewayTimeout, "the program did not answer in time"
+		case frame.CodeBodyTooLarge:
+			return http.StatusRequestEntityTooLarge, "request body too large"
+		case frame.CodeUnavailable, frame.CodeRefusedStream:
+			return http.StatusServiceUnavailable, "the program is not available"
+		case frame.CodeWorkerLost:
+			return http.StatusBadGateway, "the program crashed while answering"
+		}
+	}
+	return http.StatusBadGateway, "the program failed to answer"
+}
+
+// Error writes a short JSON error with the request id and logs the detail.
+func Error(w http.ResponseWriter, rq *Request, status int, msg string, detail ...any) {
+	if rq.Log != nil {
+		rq.Log.Warn(msg, append([]any{"request_id", rq.ID, "status", status}, detail...)...)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("X-Request-Id", rq.ID)
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]string{"error": msg, "request_id": rq.ID})
+}
