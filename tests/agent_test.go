@@ -42,7 +42,7 @@ func freePort(t *testing.T) string {
 }
 
 // runAgent starts `host-agent run` on a program and waits until it serves.
-func runAgent(t *testing.T, args ...string) string {
+func runAgent(t *testing.T, args ...string) (string, *syncBuffer) {
 	t.Helper()
 	bin, err := buildAgent()
 	if err != nil {
@@ -88,7 +88,7 @@ func runAgent(t *testing.T, args ...string) string {
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("host-agent did not start serving\n%s", stderr.String())
 	}
-	return addr
+	return addr, stderr
 }
 
 // curl runs the real curl against the agent.
@@ -106,7 +106,7 @@ func curl(t *testing.T, args ...string) string {
 func TestAgentRunServesTheExample(t *testing.T) {
 	requirePythonModules(t, "fastapi")
 	requireTool(t, "curl")
-	addr := runAgent(t, "../examples/hello", "main:app")
+	addr, _ := runAgent(t, "../examples/hello", "main:app")
 	var got map[string]any
 	body := curl(t, "http://"+addr+"/")
 	if err := json.Unmarshal([]byte(body), &got); err != nil || got["message"] != "Hello from Ferry" {
@@ -117,5 +117,68 @@ func TestAgentRunServesTheExample(t *testing.T) {
 	}
 	if code := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "http://"+addr+"/missing"); code != "404" {
 		t.Fatalf("unknown route: %s", code)
+	}
+}
+
+const limitsApp = `
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/sleep":
+        while True:   # never answers; reports the disconnect
+            msg = await receive()
+            if msg["type"] == "http.disconnect":
+                print("app saw http.disconnect", flush=True)
+                return
+    size, more = 0, True
+    while more:
+        msg = await receive()
+        size += len(msg.get("body", b""))
+        more = msg.get("more_body", False)
+    print("app got", size, "bytes", flush=True)
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": str(size).encode()})
+`
+
+// Limits through the agent: a request past its time limit is a 504 and
+// the app sees http.disconnect; bodies over the limit are 413, with or
+// without a Content-Length; errors are JSON with a request id.
+func TestAgentTimeoutAndBodyLimit(t *testing.T) {
+	requirePythonModules(t, "asyncio")
+	requireTool(t, "curl")
+	code := writeApp(t, map[string]string{"main.py": limitsApp})
+	addr, agentLog := runAgent(t, "--timeout", "2s", "--max-body", "1000", "--workers", "1", code, "main:app")
+	url := "http://" + addr
+
+	out := curl(t, "-w", "\n%{http_code}", url+"/sleep")
+	i := strings.LastIndexByte(out, '\n')
+	body, code504 := out[:i], out[i+1:]
+	var errDoc map[string]string
+	if code504 != "504" || json.Unmarshal([]byte(body), &errDoc) != nil || errDoc["request_id"] == "" {
+		t.Fatalf("timeout answered %q", out)
+	}
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(agentLog.String(), "app saw http.disconnect") },
+		"the app did not see http.disconnect after the timeout")
+	if got := curl(t, "-w", " %{http_code}", "--data-binary", strings.Repeat("x", 999), url+"/up"); got != "999 200" {
+		t.Fatalf("body under the limit: %q", got)
+	}
+	if got := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "--data-binary", strings.Repeat("x", 1001), url+"/up"); got != "413" {
+		t.Fatalf("body over the limit with Content-Length: %s", got)
+	}
+	chunked := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "-H", "Transfer-Encoding: chunked", "--data-binary", strings.Repeat("y", 5000), url+"/up")
+	if chunked != "413" {
+		t.Fatalf("chunked body over the limit: %s", chunked)
+	}
+}
+
+// waitFor polls cond until it holds or patience runs out.
+func waitFor(t *testing.T, patience time.Duration, cond func() bool, msg string) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(msg)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

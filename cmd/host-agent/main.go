@@ -56,6 +56,7 @@ func run(args []string) int {
 	python := fs.String("python", "", "Python interpreter inside the VM (default /usr/bin/python3)")
 	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
+	timeout := fs.Duration("timeout", 0, "per-request time limit (504 beyond); 0: none")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
@@ -114,7 +115,7 @@ func run(args []string) int {
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), lifecycle.FormatTimeline(inst.Timeline))
-	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log}, ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)

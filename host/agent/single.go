@@ -6,6 +6,7 @@ package agent
 import (
 	"log/slog"
 	"net/http"
+	"time"
 
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/relay"
@@ -17,12 +18,13 @@ type Single struct {
 	Manager *lifecycle.Manager
 	Program *lifecycle.Program
 	MaxBody int64
+	Timeout time.Duration
 	Log     *slog.Logger
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Log: s.Log}
+	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Timeout: s.Timeout, Log: s.Log}
 	inst, err := s.Manager.Get(r.Context(), s.Program)
 	if err != nil {
 		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", s.Program.ID, "err", err)

@@ -17,6 +17,8 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -36,8 +38,12 @@ type Request struct {
 	Path     string // the path below RootPath
 	RawPath  string // the same, percent-encoded as received
 	MaxBody  int64  // 0: unlimited
-	Log      *slog.Logger
-	ID       string // request id
+	// Timeout bounds the whole exchange (the manifest's resources.seconds):
+	// past it the stream is reset with TIMEOUT (the app sees
+	// http.disconnect) and the client gets 504 if nothing was sent yet.
+	Timeout time.Duration
+	Log     *slog.Logger
+	ID      string // request id
 }
 
 // NewRequestID returns a random request id.
@@ -97,6 +103,12 @@ func httpVersion(r *http.Request) string {
 // Serve relays r to a new stream on rq.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	ctx := r.Context()
+	var timedOut atomic.Bool
+	if rq.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, rq.Timeout)
+		defer cancel()
+	}
 	head := Head(r, rq)
 	noBody := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
 	if rq.MaxBody > 0 && r.ContentLength > rq.MaxBody {
@@ -108,8 +120,16 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
 		return
 	}
-	// A client that leaves resets the stream: the app sees http.disconnect.
-	stop := context.AfterFunc(ctx, func() { st.Reset(frame.CodeCancel, "client went away") })
+	// A client that leaves, or the time limit, resets the stream: the app
+	// sees http.disconnect.
+	stop := context.AfterFunc(ctx, func() {
+		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			timedOut.Store(true)
+			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
+			return
+		}
+		st.Reset(frame.CodeCancel, "client went away")
+	})
 	defer stop()
 	tooLarge := make(chan struct{})
 	if !noBody {
@@ -137,6 +157,10 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 			Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "limit", rq.MaxBody)
 			return
 		default:
+		}
+		if timedOut.Load() {
+			Error(w, rq, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", rq.Timeout)
+			return
 		}
 		if ctx.Err() != nil {
 			return
