@@ -240,3 +240,8 @@ func jsonBody(t *testing.T, r *response) map[string]any {
 var _ = bytes.Equal
 
 func chmodX(path string) error { return os.Chmod(path, 0o755) }
+
+// fmtSscanPid reads the pid from a sandbox VM's description.
+func fmtSscanPid(describe string, pid *int) (int, error) {
+	return fmt.Sscanf(describe, "sandbox pid %d", pid)
+}

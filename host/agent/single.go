@@ -25,11 +25,12 @@ type Single struct {
 // ServeHTTP implements http.Handler.
 func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Timeout: s.Timeout, Log: s.Log}
-	inst, err := s.Manager.Get(r.Context(), s.Program)
+	inst, err := s.Manager.Acquire(r.Context(), s.Program)
 	if err != nil {
 		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", s.Program.ID, "err", err)
 		return
 	}
+	defer inst.Release()
 	rq.Session = inst.Session
 	relay.Serve(w, r, rq)
 }

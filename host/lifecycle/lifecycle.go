@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
@@ -23,7 +24,10 @@ import (
 
 // Program is what the agent knows about one program.
 type Program struct {
-	ID         string
+	ID string
+	// Persistent programs are started at once and restarted when they
+	// end; they are never stopped for being idle.
+	Persistent bool
 	Interface  string // asgi or executable
 	Entrypoint string
 	CodeDir    string
@@ -39,6 +43,15 @@ type Instance struct {
 	Session  *mux.Session
 	Timeline []message.TimelineEntry
 	Started  time.Time
+
+	inflight atomic.Int64
+	lastUsed atomic.Int64 // unix nanos when the last request ended
+}
+
+// Release marks the end of a request that Acquire counted.
+func (i *Instance) Release() {
+	i.lastUsed.Store(time.Now().UnixNano())
+	i.inflight.Add(-1)
 }
 
 // BootError is a VM that started but whose init refused the configuration
@@ -57,7 +70,17 @@ type Options struct {
 	InitPath    string
 	Log         *slog.Logger
 	BootTimeout time.Duration
-	OnOutput    func(programID string, l message.Log) // program output lines (LOG frames)
+	// IdleTimeout stops an on-demand program's VM after that long without
+	// requests (default 60 s; negative: never).
+	IdleTimeout time.Duration
+	// RestartBackoff is the first delay before restarting a persistent
+	// program that ended (default 1 s), doubling up to MaxRestartBackoff
+	// (default 1 min).
+	RestartBackoff, MaxRestartBackoff time.Duration
+	// OnOutput receives the program's output lines (LOG frames).
+	OnOutput func(programID string, l message.Log)
+	// OnBoot is told about every boot attempt's outcome (for metrics).
+	OnBoot func(programID string, took time.Duration, err error)
 }
 
 // Manager runs programs' VMs.
@@ -68,6 +91,9 @@ type Manager struct {
 	mu       sync.Mutex
 	running  map[string]*Instance
 	starting map[string]*boot
+
+	closed    chan struct{}
+	closeOnce sync.Once
 }
 
 type boot struct {
@@ -84,7 +110,121 @@ func New(opt Options) *Manager {
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
-	return &Manager{opt: opt, log: opt.Log, running: map[string]*Instance{}, starting: map[string]*boot{}}
+	if opt.IdleTimeout == 0 {
+		opt.IdleTimeout = 60 * time.Second
+	}
+	if opt.RestartBackoff == 0 {
+		opt.RestartBackoff = time.Second
+	}
+	if opt.MaxRestartBackoff == 0 {
+		opt.MaxRestartBackoff = time.Minute
+	}
+	m := &Manager{opt: opt, log: opt.Log, running: map[string]*Instance{}, starting: map[string]*boot{}, closed: make(chan struct{})}
+	if opt.IdleTimeout > 0 {
+		go m.idleLoop()
+	}
+	return m
+}
+
+// Acquire returns the program's running instance, starting one if needed,
+// and counts a request against it until Release. Concurrent callers for the
+// same program wait on one boot.
+func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
+	for {
+		inst, err := m.Get(ctx, p)
+		if err != nil {
+			return nil, err
+		}
+		m.mu.Lock()
+		live := m.running[p.ID] == inst
+		if live {
+			inst.inflight.Add(1)
+		}
+		m.mu.Unlock()
+		if live {
+			return inst, nil
+		}
+		// Stopped for idleness between Get and here: boot again.
+	}
+}
+
+// Running returns the ids of programs with a running VM.
+func (m *Manager) Running() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	ids := make([]string, 0, len(m.running))
+	for id := range m.running {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// idleLoop stops on-demand VMs that served nothing for IdleTimeout.
+func (m *Manager) idleLoop() {
+	tick := time.NewTicker(max(m.opt.IdleTimeout/4, 50*time.Millisecond))
+	defer tick.Stop()
+	for {
+		select {
+		case <-m.closed:
+			return
+		case <-tick.C:
+		}
+		now := time.Now().UnixNano()
+		var idle []*Instance
+		m.mu.Lock()
+		for id, inst := range m.running {
+			if inst.Program.Persistent || inst.inflight.Load() > 0 || now-inst.lastUsed.Load() < int64(m.opt.IdleTimeout) {
+				continue
+			}
+			delete(m.running, id) // new requests boot a new VM
+			idle = append(idle, inst)
+		}
+		m.mu.Unlock()
+		for _, inst := range idle {
+			m.log.Info("stopping idle program", "program", inst.Program.ID, "idle_for", m.opt.IdleTimeout)
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+				defer cancel()
+				_ = stopInstance(ctx, inst)
+			}()
+		}
+	}
+}
+
+// Persist keeps a persistent program running until ctx ends: started now,
+// restarted with exponential backoff whenever its VM ends.
+func (m *Manager) Persist(ctx context.Context, p *Program) {
+	backoff := m.opt.RestartBackoff
+	for {
+		inst, err := m.Get(ctx, p)
+		if err == nil {
+			started := time.Now()
+			select {
+			case <-inst.VM.Done():
+			case <-ctx.Done():
+				return
+			}
+			if time.Since(started) > 10*m.opt.MaxRestartBackoff {
+				backoff = m.opt.RestartBackoff
+			}
+			m.log.Warn("persistent program ended; restarting", "program", p.ID, "vm_err", inst.VM.Err(), "in", backoff)
+		} else if ctx.Err() != nil {
+			return
+		} else {
+			m.log.Error("persistent program failed to start", "program", p.ID, "err", err, "retry_in", backoff)
+		}
+		select {
+		case <-time.After(backoff):
+		case <-ctx.Done():
+			return
+		}
+		backoff = min(backoff*2, m.opt.MaxRestartBackoff)
+	}
+}
+
+// Close stops the manager's background work (not the VMs: see StopAll).
+func (m *Manager) Close() {
+	m.closeOnce.Do(func() { close(m.closed) })
 }
 
 // Get returns the program's running instance, starting one if needed.
@@ -113,7 +253,11 @@ func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
 func (m *Manager) boot(p *Program, b *boot) {
 	ctx, cancel := context.WithTimeout(context.Background(), m.opt.BootTimeout)
 	defer cancel()
+	began := time.Now()
 	inst, err := m.start(ctx, p)
+	if m.opt.OnBoot != nil {
+		m.opt.OnBoot(p.ID, time.Since(began), err)
+	}
 	m.mu.Lock()
 	delete(m.starting, p.ID)
 	if err == nil {
@@ -180,6 +324,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 			return fail(&BootError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
 		}
 		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started}
+		inst.lastUsed.Store(time.Now().UnixNano())
 		log.Info("program started", "vm", vm.Describe(), "cold_start", time.Since(started).Round(time.Millisecond), "timeline", FormatTimeline(r.Timeline))
 		return inst, nil
 	case <-vm.Done():
@@ -232,6 +377,12 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 	if inst == nil {
 		return nil
 	}
+	return stopInstance(ctx, inst)
+}
+
+// stopInstance sends GOAWAY (init stops the app and powers off) and waits
+// for the VM to end, killing it when ctx ends first.
+func stopInstance(ctx context.Context, inst *Instance) error {
 	_ = inst.Session.GoAway(frame.CodeNoError, "stopping")
 	select {
 	case <-inst.VM.Done():
