@@ -17,7 +17,6 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -103,7 +102,6 @@ func httpVersion(r *http.Request) string {
 // Serve relays r to a new stream on rq.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	ctx := r.Context()
-	var timedOut atomic.Bool
 	if rq.Timeout > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, rq.Timeout)
@@ -124,7 +122,6 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	// sees http.disconnect.
 	stop := context.AfterFunc(ctx, func() {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			timedOut.Store(true)
 			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
 			return
 		}
@@ -158,7 +155,10 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 			return
 		default:
 		}
-		if timedOut.Load() {
+		// The time limit, not the client leaving (the AfterFunc that resets
+		// the stream may not have run yet).
+		if r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
+			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
 			Error(w, rq, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", rq.Timeout)
 			return
 		}
