@@ -106,7 +106,8 @@ func curl(t *testing.T, args ...string) string {
 func TestAgentRunServesTheExample(t *testing.T) {
 	requirePythonModules(t, "fastapi")
 	requireTool(t, "curl")
-	addr, _ := runAgent(t, "../examples/hello", "main:app")
+	metricsAddr := freePort(t)
+	addr, _ := runAgent(t, "--metrics-listen", metricsAddr, "../examples/hello", "main:app")
 	var got map[string]any
 	body := curl(t, "http://"+addr+"/")
 	if err := json.Unmarshal([]byte(body), &got); err != nil || got["message"] != "Hello from Ferry" {
@@ -118,6 +119,44 @@ func TestAgentRunServesTheExample(t *testing.T) {
 	if code := curl(t, "-o", "/dev/null", "-w", "%{http_code}", "http://"+addr+"/missing"); code != "404" {
 		t.Fatalf("unknown route: %s", code)
 	}
+
+	// The metrics count what happened, and move with the next request.
+	if h := curl(t, "http://"+metricsAddr+"/healthz"); h != "ok\n" {
+		t.Fatalf("healthz: %q", h)
+	}
+	m := curl(t, "http://"+metricsAddr+"/metrics")
+	for series, want := range map[string]float64{
+		`ferry_requests_total{program="main",status="200"}`:    2,
+		`ferry_requests_total{program="main",status="404"}`:    1,
+		`ferry_cold_starts_total{program="main",result="ok"}`:  1,
+		`ferry_cold_start_seconds_count{program="main"}`:       1,
+		`ferry_request_duration_seconds_count{program="main"}`: 3,
+		`ferry_running_vms`: 1,
+	} {
+		if got := metricValue(t, m, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	curl(t, "http://"+addr+"/")
+	m = curl(t, "http://"+metricsAddr+"/metrics")
+	if got := metricValue(t, m, `ferry_requests_total{program="main",status="200"}`); got != 3 {
+		t.Errorf("requests counter did not move: %v", got)
+	}
+}
+
+// metricValue finds one series in Prometheus text output.
+func metricValue(t *testing.T, text, series string) float64 {
+	t.Helper()
+	for _, line := range strings.Split(text, "\n") {
+		if rest, ok := strings.CutPrefix(line, series+" "); ok {
+			var v float64
+			if _, err := fmt.Sscan(rest, &v); err == nil {
+				return v
+			}
+		}
+	}
+	t.Errorf("no series %s in /metrics", series)
+	return -1
 }
 
 const limitsApp = `

@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -58,6 +59,7 @@ func run(args []string) int {
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	timeout := fs.Duration("timeout", 0, "per-request time limit (504 beyond); 0: none")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
+	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics and /healthz on (off when empty)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
 	if fs.NArg() != 2 {
@@ -90,12 +92,23 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "host-agent: unknown backend %q (this build has: sandbox)\n", *backendName)
 		return 2
 	}
+	var mgr *lifecycle.Manager
+	met := metrics.New(func() int { return len(mgr.Running()) })
 	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python}
-	mgr := lifecycle.New(lifecycle.Options{Backend: be, InitPath: *initPath, Log: log,
+	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: *initPath, Log: log, OnBoot: met.Boot,
 		OnOutput: func(id string, l message.Log) {
 			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
 		}})
 
+	if *metricsListen != "" {
+		mln, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			log.Error("cannot listen for metrics", "addr", *metricsListen, "err", err)
+			return 1
+		}
+		go http.Serve(mln, met.Handler())
+		fmt.Printf("ferry: metrics on http://%s/metrics\n", mln.Addr())
+	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Error("cannot listen", "addr", *listen, "err", err)
@@ -115,7 +128,7 @@ func run(args []string) int {
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), lifecycle.FormatTimeline(inst.Timeline))
-	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
 )
 
@@ -20,10 +21,17 @@ type Single struct {
 	MaxBody int64
 	Timeout time.Duration
 	Log     *slog.Logger
+	Metrics *metrics.Metrics // optional
 }
 
 // ServeHTTP implements http.Handler.
 func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if s.Metrics != nil {
+		rec := &metrics.StatusRecorder{ResponseWriter: w}
+		start := time.Now()
+		defer func() { s.Metrics.Request(s.Program.ID, rec.Status, time.Since(start)) }()
+		w = rec
+	}
 	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Timeout: s.Timeout, Log: s.Log}
 	inst, err := s.Manager.Acquire(r.Context(), s.Program)
 	if err != nil {

@@ -1,0 +1,112 @@
+// Package metrics holds the host agent's Prometheus metrics: requests by
+// program and status, request latency, cold starts and their duration,
+// running VMs. Handler serves them at /metrics and a liveness answer at
+// /healthz.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics is one agent's set of metrics, on its own registry.
+type Metrics struct {
+	registry   *prometheus.Registry
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	coldStarts *prometheus.CounterVec
+	coldTime   *prometheus.HistogramVec
+}
+
+// New returns the metrics; running reports how many VMs run right now.
+func New(running func() int) *Metrics {
+	m := &Metrics{
+		registry: prometheus.NewRegistry(),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_requests_total", Help: "HTTP requests relayed, by program and response status.",
+		}, []string{"program", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ferry_request_duration_seconds", Help: "Time from request to the end of the response, by program.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
+		}, []string{"program"}),
+		coldStarts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_cold_starts_total", Help: "VM boots, by program and result (ok or error).",
+		}, []string{"program", "result"}),
+		coldTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ferry_cold_start_seconds", Help: "Time from starting a VM to its program being ready, by program.",
+			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
+		}, []string{"program"}),
+	}
+	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_running_vms", Help: "VMs running now."},
+			func() float64 { return float64(running()) }),
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Request records one relayed request.
+func (m *Metrics) Request(program string, status int, took time.Duration) {
+	m.requests.WithLabelValues(program, strconv.Itoa(status)).Inc()
+	m.latency.WithLabelValues(program).Observe(took.Seconds())
+}
+
+// Boot records one VM boot attempt.
+func (m *Metrics) Boot(program string, took time.Duration, err error) {
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.coldStarts.WithLabelValues(program, result).Inc()
+	if err == nil {
+		m.coldTime.WithLabelValues(program).Observe(took.Seconds())
+	}
+}
+
+// Handler serves /metrics and /healthz.
+func (m *Metrics) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Write([]byte("ok\n"))
+	})
+	return mux
+}
+
+// StatusRecorder wraps a ResponseWriter to learn the status sent; it keeps
+// streaming (Flush) working.
+type StatusRecorder struct {
+	http.ResponseWriter
+	Status int
+}
+
+// WriteHeader implements http.ResponseWriter.
+func (s *StatusRecorder) WriteHeader(code int) {
+	if s.Status == 0 {
+		s.Status = code
+	}
+	s.ResponseWriter.WriteHeader(code)
+}
+
+// Write implements http.ResponseWriter.
+func (s *StatusRecorder) Write(p []byte) (int, error) {
+	if s.Status == 0 {
+		s.Status = http.StatusOK
+	}
+	return s.ResponseWriter.Write(p)
+}
+
+// Flush implements http.Flusher.
+func (s *StatusRecorder) Flush() {
+	if f, ok := s.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// Unwrap lets http.ResponseController reach the underlying writer.
+func (s *StatusRecorder) Unwrap() http.ResponseWriter { return s.ResponseWriter }
