@@ -221,3 +221,114 @@ func waitFor(t *testing.T, patience time.Duration, cond func() bool, msg string)
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+const scopeApp = `
+import json
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    body = json.dumps({"root_path": scope["root_path"], "path": scope["path"], "raw_path": scope["raw_path"].decode(),
+                       "query": scope["query_string"].decode()}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+`
+
+// startServe runs `host-agent serve` on a configuration document.
+func startServe(t *testing.T, config string) (string, *syncBuffer) {
+	t.Helper()
+	bin, err := buildAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.json")
+	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	addr := freePort(t)
+	cmd := exec.Command(bin, "serve", "--config", path, "--listen", addr)
+	stderr := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = stderr, stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("host-agent output:\n%s", stderr.String())
+		}
+	})
+	waitFor(t, 30*time.Second, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "host-agent serve did not listen")
+	return addr, stderr
+}
+
+// host-agent serve routes /vm/{id}/ (with root_path) and host names to
+// programs, answers 404 for unknown ones and for programs not on HTTP, and
+// starts persistent programs at once.
+func TestAgentServeRoutesPrograms(t *testing.T) {
+	requirePythonModules(t, "fastapi")
+	requireTool(t, "curl")
+	scope := writeApp(t, map[string]string{"main.py": scopeApp})
+	hello, _ := filepath.Abs("../examples/hello")
+	config := fmt.Sprintf(`{"idle_timeout": "5m", "programs": {
+		"hello":  {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q}, "on": {"http": true}},
+		"scope":  {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+		           "resources": {"vcpus": 1, "seconds": 10}, "on": {"http": true}},
+		"hidden": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+		           "resources": {"vcpus": 1}, "on": {"http": false, "persistent": true}}}}`, hello, scope, scope)
+	addr, _ := startServe(t, config)
+	url := "http://" + addr
+
+	// The persistent program runs before any request.
+	waitFor(t, time.Minute, func() bool {
+		return metricValue(t, curl(t, url+"/metrics"), "ferry_running_vms") == 1
+	}, "the persistent program did not start")
+
+	var got map[string]any
+	if err := json.Unmarshal([]byte(curl(t, url+"/vm/hello/")), &got); err != nil || got["message"] != "Hello from Ferry" {
+		t.Fatalf("/vm/hello/: %v %v", got, err)
+	}
+	if err := json.Unmarshal([]byte(curl(t, url+"/vm/scope/a%20b/c?x=1")), &got); err != nil ||
+		got["root_path"] != "/vm/scope" || got["path"] != "/a b/c" || got["raw_path"] != "/a%20b/c" || got["query"] != "x=1" {
+		t.Fatalf("/vm/scope scope: %v %v", got, err)
+	}
+	if err := json.Unmarshal([]byte(curl(t, "-H", "Host: scope.example.org", url+"/by/host")), &got); err != nil ||
+		got["root_path"] != "" || got["path"] != "/by/host" {
+		t.Fatalf("host routing: %v %v", got, err)
+	}
+	for _, path := range []string{"/vm/nope/", "/vm/hidden/", "/elsewhere"} {
+		out := curl(t, "-w", "\n%{http_code}", url+path)
+		i := strings.LastIndexByte(out, '\n')
+		var errDoc map[string]string
+		if out[i+1:] != "404" || json.Unmarshal([]byte(out[:i]), &errDoc) != nil || errDoc["request_id"] == "" {
+			t.Errorf("%s answered %q", path, out)
+		}
+	}
+}
+
+// A bad configuration is refused at startup, naming the field.
+func TestAgentServeRejectsBadConfiguration(t *testing.T) {
+	bin, err := buildAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "agent.json")
+	os.WriteFile(path, []byte(`{"programs": {"ok": {"code": {"entrypoint": "main:app", "interface": "wsgi", "path": "."}, "on": {"http": true}}}}`), 0o644)
+	out, err := exec.Command(bin, "serve", "--config", path).CombinedOutput()
+	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "programs.ok.code.interface") {
+		t.Fatalf("bad configuration: %v\n%s", err, out)
+	}
+}

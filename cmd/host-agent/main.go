@@ -23,12 +23,14 @@ import (
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
 const usage = `usage:
   host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at / (like uvicorn main:app)
+  host-agent serve --config FILE [flags]       serve the programs of a configuration file
   host-agent -version
 `
 
@@ -42,6 +44,8 @@ func main() {
 		fmt.Printf("ferry host-agent (protocol version %d)\n", message.ProtocolVersion)
 	case "run":
 		os.Exit(run(os.Args[2:]))
+	case "serve":
+		os.Exit(serve(os.Args[2:]))
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -142,4 +146,98 @@ func run(args []string) int {
 	defer cancel()
 	mgr.StopAll(stopCtx)
 	return 0
+}
+
+func serve(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	configPath := fs.String("config", "", "configuration file (JSON: listen, idle_timeout, programs)")
+	listen := fs.String("listen", "", "address to serve HTTP on (overrides the configuration; default 127.0.0.1:8080)")
+	backendName := fs.String("backend", "sandbox", "VM backend: sandbox")
+	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
+	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
+	debug := fs.Bool("debug", false, "debug logs (including init's console)")
+	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
+	fs.Parse(args)
+	if *configPath == "" || fs.NArg() != 0 {
+		fs.Usage()
+		return 2
+	}
+	level := slog.LevelInfo
+	if *debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	cfg, err := manifest.Load(*configPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+		return 2
+	}
+	if *listen == "" {
+		*listen = cfg.Listen
+	}
+	if *listen == "" {
+		*listen = "127.0.0.1:8080"
+	}
+	be, err := newBackend(*backendName, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+		return 2
+	}
+	var mgr *lifecycle.Manager
+	met := metrics.New(func() int { return len(mgr.Running()) })
+	idle := cfg.IdleTimeout.Duration
+	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle,
+		OnOutput: func(id string, l message.Log) {
+			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+		}})
+	defer mgr.Close()
+	routes := map[string]*agent.Route{}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	for id, p := range cfg.Programs {
+		prog := &lifecycle.Program{ID: id, Interface: p.Code.Interface, Entrypoint: p.Code.Entrypoint, CodeDir: p.Code.Path,
+			Env: p.Variables, Persistent: p.On.Persistent, Workers: p.Resources.VCPUs}
+		routes[id] = &agent.Route{Program: prog, HTTP: p.On.HTTP, Timeout: time.Duration(p.Resources.Seconds) * time.Second}
+		if p.On.Persistent {
+			go mgr.Persist(ctx, prog)
+		}
+	}
+	ln, err := net.Listen("tcp", *listen)
+	if err != nil {
+		log.Error("cannot listen", "addr", *listen, "err", err)
+		return 1
+	}
+	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(routes), be.Name(), ln.Addr())
+	srv := &http.Server{Handler: &agent.Router{Routes: routes, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		srv.Shutdown(shut)
+	}()
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		log.Error("serving", "err", err)
+	}
+	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	mgr.StopAll(stopCtx)
+	return 0
+}
+
+// newBackend returns the named VM backend.
+func newBackend(name string, log *slog.Logger) (backend.Backend, error) {
+	switch name {
+	case "sandbox":
+		return sandbox.New(log), nil
+	}
+	return nil, fmt.Errorf("unknown backend %q (this build has: sandbox)", name)
+}
+
+// defaultInit is the init binary: the flag's, or init next to host-agent.
+func defaultInit(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	exe, _ := os.Executable()
+	return filepath.Join(filepath.Dir(exe), "init")
 }

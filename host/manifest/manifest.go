@@ -1,0 +1,194 @@
+// Package manifest reads the host agent's configuration: the programs it
+// serves, each described like the content of an Aleph PROGRAM message
+// (code, runtime, volumes, resources, variables, on, authorized_keys).
+// Every problem is an error naming the field at fault.
+package manifest
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"time"
+)
+
+// File is the agent's configuration file.
+type File struct {
+	Listen      string              `json:"listen,omitempty"`       // HTTP, default 127.0.0.1:8080
+	IdleTimeout Duration            `json:"idle_timeout,omitempty"` // default 60s
+	MaxRunning  int                 `json:"max_running,omitempty"`  // 0: no cap
+	Programs    map[string]*Program `json:"programs"`
+}
+
+// Program is one program's manifest.
+type Program struct {
+	Code           Code              `json:"code"`
+	Runtime        *Runtime          `json:"runtime,omitempty"`
+	Volumes        []Volume          `json:"volumes,omitempty"`
+	Resources      Resources         `json:"resources,omitempty"`
+	Variables      map[string]string `json:"variables,omitempty"`
+	On             On                `json:"on"`
+	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
+}
+
+// Code says where the program is and how it runs.
+type Code struct {
+	Encoding   string `json:"encoding"`   // plain (a directory here), zip, squashfs
+	Entrypoint string `json:"entrypoint"` // main:app, or an executable
+	Interface  string `json:"interface"`  // asgi or executable
+	Path       string `json:"path"`       // on this host; relative to the configuration file
+}
+
+// Runtime names the root filesystem and kernel (used by the qemu backend).
+type Runtime struct {
+	Rootfs string `json:"rootfs,omitempty"`
+	Kernel string `json:"kernel,omitempty"`
+}
+
+// Volume is an immutable or persistent volume.
+type Volume struct {
+	Mount      string `json:"mount"`
+	Immutable  string `json:"immutable,omitempty"` // path of an image on this host
+	Persistent bool   `json:"persistent,omitempty"`
+	Name       string `json:"name,omitempty"`
+	SizeMiB    int    `json:"size_mib,omitempty"`
+}
+
+// Resources bound the program.
+type Resources struct {
+	VCPUs   int `json:"vcpus,omitempty"`
+	Memory  int `json:"memory,omitempty"`  // MiB
+	Seconds int `json:"seconds,omitempty"` // per request
+}
+
+// On says how the program is triggered.
+type On struct {
+	HTTP       bool `json:"http"`
+	Persistent bool `json:"persistent,omitempty"`
+}
+
+// Duration is a time.Duration written as "60s" in JSON.
+type Duration struct{ time.Duration }
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return fmt.Errorf("want a duration like \"60s\"")
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("%q is not a duration like \"60s\"", s)
+	}
+	d.Duration = v
+	return nil
+}
+
+// FieldError is a problem at one field.
+type FieldError struct{ Field, Message string }
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+// idPattern is what a program id may look like: usable as a DNS label and
+// a path segment.
+var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
+
+// ValidID reports whether id is a safe program identifier.
+func ValidID(id string) bool { return idPattern.MatchString(id) }
+
+// Load reads and validates a configuration file; relative code paths are
+// resolved against its directory.
+func Load(path string) (*File, error) {
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	f, err := Parse(doc)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	base := filepath.Dir(path)
+	for _, p := range f.Programs {
+		if !filepath.IsAbs(p.Code.Path) {
+			p.Code.Path = filepath.Join(base, p.Code.Path)
+		}
+	}
+	return f, nil
+}
+
+// Parse decodes and validates a configuration document. Unknown fields are
+// errors.
+func Parse(doc []byte) (*File, error) {
+	dec := json.NewDecoder(bytes.NewReader(doc))
+	dec.DisallowUnknownFields()
+	var f File
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("configuration: %w", err)
+	}
+	if f.MaxRunning < 0 {
+		return nil, &FieldError{"max_running", "must not be negative"}
+	}
+	ids := make([]string, 0, len(f.Programs))
+	for id := range f.Programs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		if err := ValidateProgram(id, f.Programs[id]); err != nil {
+			return nil, err
+		}
+	}
+	return &f, nil
+}
+
+// ValidateProgram checks one manifest; errors name the field as
+// programs.ID.field.
+func ValidateProgram(id string, p *Program) error {
+	field := func(name string) string { return "programs." + id + "." + name }
+	if !ValidID(id) {
+		return &FieldError{"programs." + id, "a program id is 1-63 lower-case letters, digits and '-', not starting or ending with '-'"}
+	}
+	if p == nil {
+		return &FieldError{"programs." + id, "missing manifest"}
+	}
+	switch p.Code.Interface {
+	case "asgi", "executable":
+	case "":
+		return &FieldError{field("code.interface"), "required: asgi or executable"}
+	default:
+		return &FieldError{field("code.interface"), fmt.Sprintf("%q is not asgi or executable", p.Code.Interface)}
+	}
+	if p.Code.Entrypoint == "" {
+		return &FieldError{field("code.entrypoint"), "required"}
+	}
+	switch p.Code.Encoding {
+	case "", "plain", "directory":
+	default:
+		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
+	}
+	if p.Code.Path == "" {
+		return &FieldError{field("code.path"), "required: the program's directory on this host"}
+	}
+	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 {
+		return &FieldError{field("resources"), "values must not be negative"}
+	}
+	for i, v := range p.Volumes {
+		if v.Mount == "" || v.Mount[0] != '/' {
+			return &FieldError{fmt.Sprintf("%s[%d].mount", field("volumes"), i), "an absolute path is required"}
+		}
+		if v.Persistent && v.SizeMiB <= 0 {
+			return &FieldError{fmt.Sprintf("%s[%d].size_mib", field("volumes"), i), "a persistent volume needs a size"}
+		}
+	}
+	if !p.On.HTTP && !p.On.Persistent {
+		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent: it would never run"}
+	}
+	return nil
+}
+
+// ErrNoPrograms is returned by callers that need at least one program.
+var ErrNoPrograms = errors.New("the configuration lists no programs")
