@@ -3,6 +3,7 @@ module github.com/ferry-vm/ferry
 go 1.26.0
 
 require (
+	github.com/coder/websocket v1.8.15
 	github.com/klauspost/compress v1.20.3
 	github.com/mdlayher/vsock v1.4.0
 	github.com/prometheus/client_golang v1.25.0

@@ -332,3 +332,23 @@ func TestAgentServeRejectsBadConfiguration(t *testing.T) {
 		t.Fatalf("bad configuration: %v\n%s", err, out)
 	}
 }
+
+
+// A websocket through the agent to an ASGI program, with a real client.
+func TestAgentWebSocketEcho(t *testing.T) {
+	requirePythonModules(t, "fastapi", "websockets")
+	addr, _ := runAgent(t, "../examples/hello", "main:app")
+	script := `
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1]) as ws:
+        for m in ("hello", "ferry"):
+            await ws.send(m)
+            print(await ws.recv())
+asyncio.run(main())
+`
+	out, err := exec.Command(debianPython, "-c", script, "ws://"+addr+"/ws").CombinedOutput()
+	if err != nil || string(out) != "echo: hello\necho: ferry\n" {
+		t.Fatalf("websocket client: %v\n%s", err, out)
+	}
+}

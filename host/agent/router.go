@@ -64,7 +64,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer inst.Release()
 	rq.Session = inst.Session
-	relay.Serve(w, r, rq)
+	relay.ServeAny(w, r, rq, route.Program.Interface)
 }
 
 // match finds the program a request addresses.

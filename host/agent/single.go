@@ -40,5 +40,5 @@ func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer inst.Release()
 	rq.Session = inst.Session
-	relay.Serve(w, r, rq)
+	relay.ServeAny(w, r, rq, s.Program.Interface)
 }

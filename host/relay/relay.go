@@ -99,6 +99,20 @@ func httpVersion(r *http.Request) string {
 	return "1.1"
 }
 
+// ServeAny relays r as the program's interface needs: websockets are
+// terminated here for ASGI programs, upgrades pass through as raw bytes to
+// executables, everything else is Serve.
+func ServeAny(w http.ResponseWriter, r *http.Request, rq *Request, iface string) {
+	switch {
+	case IsWebSocket(r) && iface == "asgi":
+		ServeWebSocket(w, r, rq)
+	case IsUpgrade(r) && iface == "executable":
+		ServeUpgrade(w, r, rq)
+	default:
+		Serve(w, r, rq)
+	}
+}
+
 // Serve relays r to a new stream on rq.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	ctx := r.Context()
