@@ -333,7 +333,6 @@ func TestAgentServeRejectsBadConfiguration(t *testing.T) {
 	}
 }
 
-
 // A websocket through the agent to an ASGI program, with a real client.
 func TestAgentWebSocketEcho(t *testing.T) {
 	requirePythonModules(t, "fastapi", "websockets")
