@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
-	"github.com/ferry-vm/ferry/guest/applog"
+	"github.com/ferry-vm/ferry/internal/logring"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/setup"
@@ -51,7 +51,7 @@ type Service struct {
 	shutdown     chan string // reason; buffered
 	shutdownOnce sync.Once
 
-	output  *applog.Ring
+	output  *logring.Ring
 	logMu   sync.Mutex // orders LOG frames and guards logSent
 	logSent uint64     // last output line sent to the host
 }
@@ -65,7 +65,7 @@ const (
 
 // New returns a service.
 func New(opt Options) *Service {
-	return &Service{opt: opt, log: opt.Log, shutdown: make(chan string, 1), output: applog.NewRing(outputLines, outputBytes)}
+	return &Service{opt: opt, log: opt.Log, shutdown: make(chan string, 1), output: logring.NewRing(outputLines, outputBytes)}
 }
 
 // Line takes one line of program output (it implements app.Output): it is

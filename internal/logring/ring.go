@@ -1,8 +1,9 @@
-// Package applog keeps the program's recent output inside init: a ring
-// buffer of lines bounded by count and bytes, numbered so that lines a
-// host has not seen yet (it was not connected when they were printed) can
-// be sent when it connects.
-package applog
+// Package logring keeps a program's recent output lines: a ring buffer
+// bounded by count and bytes, its lines numbered so that a reader can ask
+// for what it has not seen yet. init keeps one to replay output to a host
+// that connects late; the host agent keeps one per program for
+// `program logs`.
+package logring
 
 import "sync"
 
