@@ -17,11 +17,11 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
-	"github.com/ferry-vm/ferry/internal/logring"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/guest/transport"
+	"github.com/ferry-vm/ferry/internal/logring"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
