@@ -227,6 +227,7 @@ import json
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
+    print("scope request for", scope["path"], flush=True)
     body = json.dumps({"root_path": scope["root_path"], "path": scope["path"], "raw_path": scope["raw_path"].decode(),
                        "query": scope["query_string"].decode()}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
@@ -234,7 +235,7 @@ async def app(scope, receive, send):
 `
 
 // startServe runs `host-agent serve` on a configuration document.
-func startServe(t *testing.T, config string) (string, *syncBuffer) {
+func startServe(t *testing.T, config string, extra ...string) (string, *syncBuffer) {
 	t.Helper()
 	bin, err := buildAgent()
 	if err != nil {
@@ -246,7 +247,10 @@ func startServe(t *testing.T, config string) (string, *syncBuffer) {
 		t.Fatal(err)
 	}
 	addr := freePort(t)
-	cmd := exec.Command(bin, "serve", "--config", path, "--listen", addr)
+	if len(extra) == 0 {
+		extra = []string{"--admin", filepath.Join(dir, "admin.sock")}
+	}
+	cmd := exec.Command(bin, append([]string{"serve", "--config", path, "--listen", addr}, extra...)...)
 	stderr := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
@@ -289,7 +293,8 @@ func TestAgentServeRoutesPrograms(t *testing.T) {
 		           "resources": {"vcpus": 1, "seconds": 10}, "on": {"http": true}},
 		"hidden": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
 		           "resources": {"vcpus": 1}, "on": {"http": false, "persistent": true}}}}`, hello, scope, scope)
-	addr, _ := startServe(t, config)
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	addr, _ := startServe(t, config, "--admin", sock)
 	url := "http://" + addr
 
 	// The persistent program runs before any request.
@@ -316,6 +321,45 @@ func TestAgentServeRoutesPrograms(t *testing.T) {
 		if out[i+1:] != "404" || json.Unmarshal([]byte(out[:i]), &errDoc) != nil || errDoc["request_id"] == "" {
 			t.Errorf("%s answered %q", path, out)
 		}
+	}
+
+	// The admin API: list, logs with the app's print(), stop, a duplicate
+	// deploy refused, delete.
+	bin, _ := buildAgent()
+	programCmd := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{"program", "--admin", sock}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	out, err := programCmd("list", "--json")
+	var list []map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &list) != nil || len(list) != 3 {
+		t.Fatalf("program list: %v %s", err, out)
+	}
+	if out, err := programCmd("list"); err != nil || !strings.Contains(out, "hidden") || !strings.Contains(out, "RUNNING") {
+		t.Fatalf("program list for people: %v %s", err, out)
+	}
+	if out, err := programCmd("logs", "scope"); err != nil || !strings.Contains(out, "stdout[1] scope request for /a b/c") {
+		t.Fatalf("program logs: %v %s", err, out)
+	}
+	if out, err := programCmd("stop", "scope"); err != nil || !strings.Contains(out, "running:    false") {
+		t.Fatalf("program stop: %v %s", err, out)
+	}
+	manifestPath := filepath.Join(t.TempDir(), "m.json")
+	os.WriteFile(manifestPath, []byte(fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q}, "on": {"http": true}}`, scope)), 0o644)
+	if out, err := programCmd("deploy", "scope", manifestPath); err == nil || !strings.Contains(out, "already deployed") {
+		t.Fatalf("duplicate deploy: %v %s", err, out)
+	}
+	if out, err := programCmd("deploy", "second", manifestPath); err != nil || !strings.Contains(out, "deployed second") {
+		t.Fatalf("deploy: %v %s", err, out)
+	}
+	if err := json.Unmarshal([]byte(curl(t, url+"/vm/second/x")), &got); err != nil || got["root_path"] != "/vm/second" {
+		t.Fatalf("deployed program: %v %v", got, err)
+	}
+	if out, err := programCmd("delete", "second"); err != nil {
+		t.Fatalf("delete: %v %s", err, out)
+	}
+	if code := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/second/x"); code != "404" {
+		t.Fatalf("deleted program answered %s", code)
 	}
 }
 
@@ -349,5 +393,35 @@ asyncio.run(main())
 	out, err := exec.Command(debianPython, "-c", script, "ws://"+addr+"/ws").CombinedOutput()
 	if err != nil || string(out) != "echo: hello\necho: ferry\n" {
 		t.Fatalf("websocket client: %v\n%s", err, out)
+	}
+}
+
+// The admin API on TCP needs a token, and refuses calls without it.
+func TestAdminAPIOnTCPNeedsAToken(t *testing.T) {
+	bin, err := buildAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path := filepath.Join(dir, "agent.json")
+	os.WriteFile(path, []byte(`{"programs": {}}`), 0o644)
+	out, err := exec.Command(bin, "serve", "--config", path, "--listen", freePort(t), "--admin", freePort(t), "--admin-token", "").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "needs a token") {
+		t.Fatalf("TCP admin without a token: %v\n%s", err, out)
+	}
+	adminAddr := freePort(t)
+	startServe(t, `{"programs": {}}`, "--admin", adminAddr, "--admin-token", "s3cret")
+	waitFor(t, 10*time.Second, func() bool {
+		c, err := net.Dial("tcp", adminAddr)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	}, "admin API did not listen")
+	if out, err := exec.Command(bin, "program", "--admin", adminAddr, "--token", "wrong", "list").CombinedOutput(); err == nil || !strings.Contains(string(out), "wrong admin token") {
+		t.Fatalf("wrong token: %v %s", err, out)
+	}
+	if out, err := exec.Command(bin, "program", "--admin", adminAddr, "--token", "s3cret", "list", "--json").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "[]" {
+		t.Fatalf("right token: %v %s", err, out)
 	}
 }

@@ -19,6 +19,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
@@ -31,6 +32,7 @@ import (
 const usage = `usage:
   host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at / (like uvicorn main:app)
   host-agent serve --config FILE [flags]       serve the programs of a configuration file
+  host-agent program COMMAND ...               manage a serving agent (list, status, deploy, stop, restart, logs, delete)
   host-agent -version
 `
 
@@ -46,6 +48,8 @@ func main() {
 		os.Exit(run(os.Args[2:]))
 	case "serve":
 		os.Exit(serve(os.Args[2:]))
+	case "program":
+		os.Exit(program(os.Args[2:]))
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -156,6 +160,8 @@ func serve(args []string) int {
 	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
+	adminAddr := fs.String("admin", admin.DefaultSocket, "admin API: a unix socket path, or host:port (TCP needs --admin-token)")
+	adminToken := fs.String("admin-token", os.Getenv("FERRY_ADMIN_TOKEN"), "bearer token the admin API requires (required on TCP)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
 	if *configPath == "" || fs.NArg() != 0 {
@@ -184,31 +190,35 @@ func serve(args []string) int {
 		return 2
 	}
 	var mgr *lifecycle.Manager
+	var programs *agent.Programs
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	idle := cfg.IdleTimeout.Duration
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle,
 		OnOutput: func(id string, l message.Log) {
-			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+			programs.Output(id, l)
+			log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
 		}})
 	defer mgr.Close()
-	routes := map[string]*agent.Route{}
+	programs = agent.NewPrograms(mgr)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	for id, p := range cfg.Programs {
-		prog := &lifecycle.Program{ID: id, Interface: p.Code.Interface, Entrypoint: p.Code.Entrypoint, CodeDir: p.Code.Path,
-			Env: p.Variables, Persistent: p.On.Persistent, Workers: p.Resources.VCPUs}
-		routes[id] = &agent.Route{Program: prog, HTTP: p.On.HTTP, Timeout: time.Duration(p.Resources.Seconds) * time.Second}
-		if p.On.Persistent {
-			go mgr.Persist(ctx, prog)
+		if err := programs.Deploy(id, p); err != nil {
+			fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+			return 2
 		}
+	}
+	if err := startAdmin(ctx, *adminAddr, *adminToken, programs, mgr, log); err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: admin API: %v\n", err)
+		return 1
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Error("cannot listen", "addr", *listen, "err", err)
 		return 1
 	}
-	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(routes), be.Name(), ln.Addr())
-	srv := &http.Server{Handler: &agent.Router{Routes: routes, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(programs.IDs()), be.Name(), ln.Addr())
+	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -23,11 +23,11 @@ type Route struct {
 // whose first label is the program id. /metrics and /healthz answer for the
 // agent itself; anything else is a 404 JSON error.
 type Router struct {
-	Routes  map[string]*Route
-	Manager *lifecycle.Manager
-	Metrics *metrics.Metrics
-	MaxBody int64
-	Log     *slog.Logger
+	Programs *Programs
+	Manager  *lifecycle.Manager
+	Metrics  *metrics.Metrics
+	MaxBody  int64
+	Log      *slog.Logger
 }
 
 // ServeHTTP implements http.Handler.
@@ -45,7 +45,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	route := rt.Routes[id]
+	route := rt.Programs.Route(id)
 	if route == nil || !route.HTTP {
 		relay.Error(w, rq, http.StatusNotFound, "no such program", "program", id)
 		return
@@ -83,7 +83,7 @@ func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok boo
 		host = h
 	}
 	if label, _, _ := strings.Cut(host, "."); label != "" {
-		if _, known := rt.Routes[label]; known {
+		if rt.Programs.Route(label) != nil {
 			return label, "", r.URL.Path, r.URL.EscapedPath(), true
 		}
 	}

@@ -148,6 +148,13 @@ func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 	}
 }
 
+// Instance returns the program's running instance, or nil.
+func (m *Manager) Instance(id string) *Instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.running[id]
+}
+
 // Running returns the ids of programs with a running VM.
 func (m *Manager) Running() []string {
 	m.mu.Lock()

@@ -1,0 +1,248 @@
+// Package admin is the host agent's management API and its client: list,
+// inspect, deploy, stop, restart and delete programs, and read their
+// logs. It listens on a unix socket by default; on TCP it requires a
+// bearer token.
+package admin
+
+import (
+	"context"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/manifest"
+)
+
+// DefaultSocket is where the admin API listens unless told otherwise.
+const DefaultSocket = "/run/ferry/agent.sock"
+
+// Status is one program as the API reports it.
+type Status struct {
+	ID         string `json:"id"`
+	Interface  string `json:"interface"`
+	Entrypoint string `json:"entrypoint"`
+	HTTP       bool   `json:"http"`
+	Persistent bool   `json:"persistent"`
+	Running    bool   `json:"running"`
+	VM         string `json:"vm,omitempty"`
+	Started    string `json:"started,omitempty"`
+	Timeline   string `json:"timeline,omitempty"`
+}
+
+// LogLine is one line of program output.
+type LogLine struct {
+	Time   string `json:"time"`
+	Source string `json:"source"`
+	Origin int    `json:"origin"`
+	Line   string `json:"line"`
+}
+
+// Server serves the API.
+type Server struct {
+	Programs *agent.Programs
+	Manager  *lifecycle.Manager
+	Token    string // required as "Authorization: Bearer TOKEN" when set
+	Log      *slog.Logger
+}
+
+// IsUnix reports whether addr names a unix socket (a path) rather than
+// host:port.
+func IsUnix(addr string) bool { return strings.Contains(addr, "/") }
+
+// Listen opens the API's listener: a unix socket (owner-only) or TCP, which
+// needs a token.
+func Listen(addr, token string) (net.Listener, error) {
+	if !IsUnix(addr) {
+		if token == "" {
+			return nil, errors.New("the admin API on TCP needs a token (--admin-token or FERRY_ADMIN_TOKEN)")
+		}
+		return net.Listen("tcp", addr)
+	}
+	if err := os.MkdirAll(filepath.Dir(addr), 0o755); err != nil {
+		return nil, err
+	}
+	if c, err := net.Dial("unix", addr); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("another agent is serving %s", addr)
+	}
+	os.Remove(addr) // stale socket of an agent that is gone
+	l, err := net.Listen("unix", addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(addr, 0o600); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
+
+// Handler returns the API.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /v1/programs", s.list)
+	mux.HandleFunc("GET /v1/programs/{id}", s.status)
+	mux.HandleFunc("PUT /v1/programs/{id}", s.deploy)
+	mux.HandleFunc("DELETE /v1/programs/{id}", s.delete)
+	mux.HandleFunc("POST /v1/programs/{id}/stop", s.stop)
+	mux.HandleFunc("POST /v1/programs/{id}/restart", s.restart)
+	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.Token != "" {
+			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
+				writeError(w, http.StatusUnauthorized, "missing or wrong admin token")
+				return
+			}
+		}
+		mux.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func writeError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+func (s *Server) describe(id string) (Status, bool) {
+	route := s.Programs.Route(id)
+	if route == nil {
+		return Status{}, false
+	}
+	p := route.Program
+	st := Status{ID: id, Interface: p.Interface, Entrypoint: p.Entrypoint, HTTP: route.HTTP, Persistent: p.Persistent}
+	if inst := s.Manager.Instance(id); inst != nil {
+		st.Running, st.VM = true, inst.VM.Describe()
+		st.Started = inst.Started.UTC().Format(time.RFC3339)
+		st.Timeline = lifecycle.FormatTimeline(inst.Timeline)
+	}
+	return st, true
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request) {
+	out := []Status{}
+	for _, id := range s.Programs.IDs() {
+		if st, ok := s.describe(id); ok {
+			out = append(out, st)
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) status(w http.ResponseWriter, r *http.Request) {
+	st, ok := s.describe(r.PathValue("id"))
+	if !ok {
+		writeError(w, http.StatusNotFound, "no such program")
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	var m manifest.Program
+	if err := dec.Decode(&m); err != nil {
+		writeError(w, http.StatusBadRequest, "manifest: "+err.Error())
+		return
+	}
+	if !filepath.IsAbs(m.Code.Path) {
+		writeError(w, http.StatusBadRequest, "programs."+id+".code.path: must be absolute when deploying over the API")
+		return
+	}
+	err := s.Programs.Deploy(id, &m)
+	var ferr *manifest.FieldError
+	switch {
+	case errors.As(err, &ferr):
+		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.Is(err, agent.ErrExists):
+		writeError(w, http.StatusConflict, err.Error())
+	case err != nil:
+		writeError(w, http.StatusInternalServerError, err.Error())
+	default:
+		s.Log.Info("program deployed", "program", id)
+		st, _ := s.describe(id)
+		writeJSON(w, http.StatusCreated, st)
+	}
+}
+
+func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := s.Programs.Delete(ctx, r.PathValue("id")); err != nil {
+		if errors.Is(err, agent.ErrNotFound) {
+			writeError(w, http.StatusNotFound, "no such program")
+			return
+		}
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deleted": r.PathValue("id")})
+}
+
+func (s *Server) stop(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	if s.Programs.Route(id) == nil {
+		writeError(w, http.StatusNotFound, "no such program")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
+	defer cancel()
+	if err := s.Manager.Stop(ctx, id); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	st, _ := s.describe(id)
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("id")
+	route := s.Programs.Route(id)
+	if route == nil {
+		writeError(w, http.StatusNotFound, "no such program")
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
+	defer cancel()
+	if err := s.Manager.Stop(ctx, id); err != nil {
+		writeError(w, http.StatusInternalServerError, err.Error())
+		return
+	}
+	if _, err := s.Manager.Get(ctx, route.Program); err != nil {
+		writeError(w, http.StatusBadGateway, "the program failed to start: "+err.Error())
+		return
+	}
+	st, _ := s.describe(id)
+	writeJSON(w, http.StatusOK, st)
+}
+
+func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
+	entries, err := s.Programs.Logs(r.PathValue("id"))
+	if err != nil {
+		writeError(w, http.StatusNotFound, "no such program")
+		return
+	}
+	out := make([]LogLine, 0, len(entries))
+	for _, e := range entries {
+		out = append(out, LogLine{Time: time.Unix(0, e.UnixNano).UTC().Format(time.RFC3339Nano), Source: e.Source, Origin: e.Origin, Line: string(e.Line)})
+	}
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,72 @@
+package admin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+)
+
+// Client calls the admin API.
+type Client struct {
+	Addr  string // unix socket path or host:port
+	Token string
+	http  *http.Client
+	base  string
+}
+
+// NewClient returns a client for addr.
+func NewClient(addr, token string) *Client {
+	c := &Client{Addr: addr, Token: token}
+	tr := &http.Transport{Proxy: nil}
+	if IsUnix(addr) {
+		tr.DialContext = func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", addr)
+		}
+		c.base = "http://agent"
+	} else {
+		c.base = "http://" + addr
+	}
+	c.http = &http.Client{Transport: tr, Timeout: 3 * time.Minute}
+	return c
+}
+
+// Do calls method path with an optional JSON body and decodes the answer
+// into out; an error status returns the API's error message.
+func (c *Client) Do(method, path string, body io.Reader, out any) error {
+	req, err := http.NewRequest(method, c.base+path, body)
+	if err != nil {
+		return err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return fmt.Errorf("cannot reach the agent's admin API at %s: %w", c.Addr, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return fmt.Errorf("%s", e.Error)
+		}
+		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(raw, out)
+}

@@ -1,0 +1,119 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/internal/logring"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// Programs is the set of deployed programs: their routes, their output
+// logs, and the supervision of persistent ones. It is safe for concurrent
+// use by the router and the admin API.
+type Programs struct {
+	Manager *lifecycle.Manager
+
+	mu     sync.RWMutex
+	routes map[string]*Route
+	logs   map[string]*logring.Ring
+	cancel map[string]context.CancelFunc // persistent supervisors
+}
+
+// Errors of Deploy and Delete.
+var (
+	ErrExists   = errors.New("a program with this id is already deployed")
+	ErrNotFound = errors.New("no such program")
+)
+
+// NewPrograms returns an empty set.
+func NewPrograms(m *lifecycle.Manager) *Programs {
+	return &Programs{Manager: m, routes: map[string]*Route{}, logs: map[string]*logring.Ring{}, cancel: map[string]context.CancelFunc{}}
+}
+
+// Route returns a program's route, or nil.
+func (ps *Programs) Route(id string) *Route {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	return ps.routes[id]
+}
+
+// IDs returns the deployed program ids, sorted.
+func (ps *Programs) IDs() []string {
+	ps.mu.RLock()
+	defer ps.mu.RUnlock()
+	ids := make([]string, 0, len(ps.routes))
+	for id := range ps.routes {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return ids
+}
+
+// Deploy adds a validated manifest; persistent programs start now.
+func (ps *Programs) Deploy(id string, m *manifest.Program) error {
+	if err := manifest.ValidateProgram(id, m); err != nil {
+		return err
+	}
+	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodeDir: m.Code.Path,
+		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs}
+	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.routes[id] != nil {
+		return ErrExists
+	}
+	ps.routes[id] = route
+	if ps.logs[id] == nil {
+		ps.logs[id] = logring.NewRing(2000, 1<<20)
+	}
+	if prog.Persistent {
+		ctx, cancel := context.WithCancel(context.Background())
+		ps.cancel[id] = cancel
+		go ps.Manager.Persist(ctx, prog)
+	}
+	return nil
+}
+
+// Delete stops a program and forgets it.
+func (ps *Programs) Delete(ctx context.Context, id string) error {
+	ps.mu.Lock()
+	route := ps.routes[id]
+	delete(ps.routes, id)
+	if cancel := ps.cancel[id]; cancel != nil {
+		cancel()
+		delete(ps.cancel, id)
+	}
+	delete(ps.logs, id)
+	ps.mu.Unlock()
+	if route == nil {
+		return ErrNotFound
+	}
+	return ps.Manager.Stop(ctx, id)
+}
+
+// Output records a line of a program's output (lifecycle's OnOutput).
+func (ps *Programs) Output(id string, l message.Log) {
+	ps.mu.RLock()
+	ring := ps.logs[id]
+	ps.mu.RUnlock()
+	if ring != nil {
+		ring.Add(string(l.Source), int(l.Origin), int64(l.UnixNano), l.Line)
+	}
+}
+
+// Logs returns the kept output lines of a program.
+func (ps *Programs) Logs(id string) ([]logring.Entry, error) {
+	ps.mu.RLock()
+	ring := ps.logs[id]
+	ps.mu.RUnlock()
+	if ring == nil {
+		return nil, ErrNotFound
+	}
+	return ring.Since(0), nil
+}
