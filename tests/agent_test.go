@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
@@ -423,5 +424,43 @@ func TestAdminAPIOnTCPNeedsAToken(t *testing.T) {
 	}
 	if out, err := exec.Command(bin, "program", "--admin", adminAddr, "--token", "s3cret", "list", "--json").CombinedOutput(); err != nil || strings.TrimSpace(string(out)) != "[]" {
 		t.Fatalf("right token: %v %s", err, out)
+	}
+}
+
+// A streaming response reaches curl chunk by chunk: curl prints the first
+// chunk while the app still holds back the last.
+func TestAgentStreamsToCurlChunkByChunk(t *testing.T) {
+	requirePythonModules(t, "starlette")
+	requireTool(t, "curl")
+	code := writeApp(t, map[string]string{"main.py": starletteApp})
+	addr, _ := runAgent(t, "--workers", "1", code, "main:app")
+	cmd := exec.Command("curl", "-sS", "-N", "--max-time", "60", "http://"+addr+"/chunks")
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	br := bufio.NewReader(stdout)
+	first, err := br.ReadString('\n')
+	if err != nil || first != "chunk 0000\n" {
+		t.Fatalf("first chunk %q %v", first, err)
+	}
+	// curl has the first chunk; the app is parked before the last.
+	if out := curl(t, "http://"+addr+"/release"); !strings.Contains(out, "released") {
+		t.Fatalf("release: %s", out)
+	}
+	rest, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(first+string(rest), "\n"), "\n")
+	if len(lines) != 1000 || lines[999] != "chunk 0999" {
+		t.Fatalf("curl got %d lines, last %q", len(lines), lines[len(lines)-1])
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("curl: %v", err)
 	}
 }
