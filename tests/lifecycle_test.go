@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"path/filepath"
@@ -160,4 +161,36 @@ func TestPersistentProgramComesBackAfterSIGKILL(t *testing.T) {
 	defer again.Release()
 	ping(t, again)
 	t.Logf("back %s after SIGKILL (backoff 200ms)", time.Since(killed).Round(time.Millisecond))
+}
+
+// At the cap on running VMs, the least recently used idle program makes
+// room; when every VM is busy the next boot is refused.
+func TestMaxRunningEvictsIdleAndRefusesWhenBusy(t *testing.T) {
+	m, be, a := newManager(t, lifecycle.Options{MaxRunning: 1})
+	b := &lifecycle.Program{ID: "lc-b", Interface: a.Interface, Entrypoint: a.Entrypoint, CodeDir: a.CodeDir, Workers: 1}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	instA, err := m.Acquire(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ping(t, instA)
+	instA.Release()
+	instB, err := m.Acquire(ctx, b) // A is idle: it makes room
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer instB.Release()
+	ping(t, instB)
+	select {
+	case <-instA.VM.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the idle program was not stopped to make room")
+	}
+	if _, err := m.Acquire(ctx, a); !errors.Is(err, lifecycle.ErrTooMany) { // B is busy
+		t.Fatalf("boot beyond the cap with every VM busy: %v", err)
+	}
+	if n := be.boots.Load(); n != 2 {
+		t.Fatalf("%d boots", n)
+	}
 }

@@ -193,7 +193,7 @@ func serve(args []string) int {
 	var programs *agent.Programs
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	idle := cfg.IdleTimeout.Duration
-	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle,
+	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle, MaxRunning: cfg.MaxRunning,
 		OnOutput: func(id string, l message.Log) {
 			programs.Output(id, l)
 			log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))

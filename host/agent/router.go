@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"net"
 	"net/http"
@@ -58,6 +59,10 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	rq.RootPath, rq.Path, rq.RawPath, rq.Timeout = root, path, rawPath, route.Timeout
 	inst, err := rt.Manager.Acquire(r.Context(), route.Program)
+	if errors.Is(err, lifecycle.ErrTooMany) {
+		relay.Error(w, rq, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", id)
+		return
+	}
 	if err != nil {
 		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", id, "err", err)
 		return

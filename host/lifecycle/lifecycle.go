@@ -77,6 +77,10 @@ type Options struct {
 	// program that ended (default 1 s), doubling up to MaxRestartBackoff
 	// (default 1 min).
 	RestartBackoff, MaxRestartBackoff time.Duration
+	// MaxRunning caps the VMs running (or booting) at once; 0: no cap.
+	// At the cap, the least recently used idle on-demand VM is stopped to
+	// make room; if there is none, Get fails with ErrTooMany.
+	MaxRunning int
 	// OnOutput receives the program's output lines (LOG frames).
 	OnOutput func(programID string, l message.Log)
 	// OnBoot is told about every boot attempt's outcome (for metrics).
@@ -234,6 +238,38 @@ func (m *Manager) Close() {
 	m.closeOnce.Do(func() { close(m.closed) })
 }
 
+// ErrTooMany is returned when the cap on running VMs is reached and every
+// running VM is busy or persistent.
+var ErrTooMany = errors.New("too many programs running on this node")
+
+// makeRoomLocked enforces MaxRunning before a boot: it stops the least
+// recently used idle on-demand VM if the cap is reached.
+func (m *Manager) makeRoomLocked() error {
+	if m.opt.MaxRunning <= 0 || len(m.running)+len(m.starting) < m.opt.MaxRunning {
+		return nil
+	}
+	var victim *Instance
+	for _, inst := range m.running {
+		if inst.Program.Persistent || inst.inflight.Load() > 0 {
+			continue
+		}
+		if victim == nil || inst.lastUsed.Load() < victim.lastUsed.Load() {
+			victim = inst
+		}
+	}
+	if victim == nil {
+		return ErrTooMany
+	}
+	delete(m.running, victim.Program.ID)
+	m.log.Info("stopping the least recently used program to make room", "program", victim.Program.ID, "max_running", m.opt.MaxRunning)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		_ = stopInstance(ctx, victim)
+	}()
+	return nil
+}
+
 // Get returns the program's running instance, starting one if needed.
 // Concurrent callers for the same program wait on one boot.
 func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
@@ -244,6 +280,10 @@ func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
 	}
 	b := m.starting[p.ID]
 	if b == nil {
+		if err := m.makeRoomLocked(); err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
 		b = &boot{done: make(chan struct{})}
 		m.starting[p.ID] = b
 		go m.boot(p, b)
