@@ -464,3 +464,44 @@ func TestAgentStreamsToCurlChunkByChunk(t *testing.T) {
 		t.Fatalf("curl: %v", err)
 	}
 }
+
+// Through the agent with real clients: 20 concurrent first requests cause
+// one boot; the idle program is stopped and the next request boots it
+// again without the client noticing.
+func TestAgentOneBootForConcurrentFirstRequestsThenIdleStop(t *testing.T) {
+	requirePythonModules(t, "asyncio")
+	requireTool(t, "curl")
+	code := writeApp(t, map[string]string{"main.py": scopeApp})
+	addr, _ := startServe(t, fmt.Sprintf(`{"idle_timeout": "1s", "programs": {
+		"burst": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+		          "resources": {"vcpus": 1}, "on": {"http": true}}}}`, code))
+	url := "http://" + addr
+	var wg sync.WaitGroup
+	codes := make([]string, 20)
+	for i := range codes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, _ := exec.Command("curl", "-sS", "--max-time", "120", "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/burst/").Output()
+			codes[i] = string(out)
+		}()
+	}
+	wg.Wait()
+	for i, c := range codes {
+		if c != "200" {
+			t.Fatalf("request %d: %q", i, c)
+		}
+	}
+	m := curl(t, url+"/metrics")
+	if boots := metricValue(t, m, `ferry_cold_starts_total{program="burst",result="ok"}`); boots != 1 {
+		t.Fatalf("%v boots for 20 concurrent first requests", boots)
+	}
+	waitFor(t, 30*time.Second, func() bool { return metricValue(t, curl(t, url+"/metrics"), "ferry_running_vms") == 0 },
+		"the idle program was not stopped")
+	if c := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/burst/again"); c != "200" {
+		t.Fatalf("request after the idle stop: %s", c)
+	}
+	if boots := metricValue(t, curl(t, url+"/metrics"), `ferry_cold_starts_total{program="burst",result="ok"}`); boots != 2 {
+		t.Fatalf("%v boots after the idle stop", boots)
+	}
+}
