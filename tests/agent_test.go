@@ -505,3 +505,43 @@ func TestAgentOneBootForConcurrentFirstRequestsThenIdleStop(t *testing.T) {
 		t.Fatalf("%v boots after the idle stop", boots)
 	}
 }
+
+// A persistent program killed with SIGKILL comes back by itself.
+func TestAgentPersistentProgramSurvivesSIGKILL(t *testing.T) {
+	requirePythonModules(t, "asyncio")
+	code := writeApp(t, map[string]string{"main.py": scopeApp})
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	startServe(t, fmt.Sprintf(`{"programs": {
+		"keeper": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+		           "resources": {"vcpus": 1}, "on": {"http": false, "persistent": true}}}}`, code), "--admin", sock)
+	bin, _ := buildAgent()
+	status := func() map[string]any {
+		out, err := exec.Command(bin, "program", "--admin", sock, "status", "keeper", "--json").Output()
+		var st map[string]any
+		if err != nil || json.Unmarshal(out, &st) != nil {
+			return nil
+		}
+		return st
+	}
+	var vm string
+	waitFor(t, time.Minute, func() bool {
+		st := status()
+		if st != nil && st["running"] == true {
+			vm = st["vm"].(string)
+		}
+		return vm != ""
+	}, "the persistent program did not start")
+	var pid int
+	if _, err := fmtSscanPid(vm, &pid); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	killed := time.Now()
+	waitFor(t, time.Minute, func() bool {
+		st := status()
+		return st != nil && st["running"] == true && st["vm"] != vm
+	}, "the persistent program did not come back")
+	t.Logf("%s killed; back as a new VM after %s (first backoff 1s)", vm, time.Since(killed).Round(time.Millisecond))
+}
