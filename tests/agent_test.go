@@ -545,3 +545,54 @@ func TestAgentPersistentProgramSurvivesSIGKILL(t *testing.T) {
 	}, "the persistent program did not come back")
 	t.Logf("%s killed; back as a new VM after %s (first backoff 1s)", vm, time.Since(killed).Round(time.Millisecond))
 }
+
+// A program with "environment": {"internet": true} gets a veth pair: its
+// own IPv4 and IPv6 addresses answer from the host.
+func TestAgentSandboxNetworking(t *testing.T) {
+	requireRoot(t)
+	requirePythonModules(t, "http.server")
+	code := writeApp(t, map[string]string{"server.py": `#!/usr/bin/python3
+import os, socket
+from http.server import ThreadingHTTPServer, BaseHTTPRequestHandler
+
+class H(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("hello over %s\n" % self.client_address[0]).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+class Server(ThreadingHTTPServer):
+    address_family = socket.AF_INET6
+    def server_bind(self):
+        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        super().server_bind()
+
+Server(("::", int(os.environ["PORT"])), H).serve_forever()
+`})
+	if err := chmodX(code + "/server.py"); err != nil {
+		t.Fatal(err)
+	}
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	addr, _ := startServe(t, fmt.Sprintf(`{"programs": {
+		"net": {"code": {"encoding": "plain", "entrypoint": "server.py", "interface": "executable", "path": %q},
+		        "environment": {"internet": true}, "on": {"http": true}}}}`, code), "--admin", sock)
+	if out := curl(t, "http://"+addr+"/vm/net/"); !strings.HasPrefix(out, "hello over") {
+		t.Fatalf("through the agent: %q", out)
+	}
+	bin, _ := buildAgent()
+	out, err := exec.Command(bin, "program", "--admin", sock, "status", "net", "--json").Output()
+	var st struct{ IPv4, IPv6 string }
+	if err != nil || json.Unmarshal(out, &st) != nil || st.IPv4 == "" || st.IPv6 == "" {
+		t.Fatalf("status: %v %s", err, out)
+	}
+	for _, a := range []string{st.IPv4, st.IPv6} {
+		ip, _, _ := strings.Cut(a, "/")
+		got := curl(t, "-g", "http://"+net.JoinHostPort(ip, "8080")+"/")
+		if !strings.HasPrefix(got, "hello over") {
+			t.Fatalf("%s answered %q", ip, got)
+		}
+		t.Logf("VM address %s answered: %s", ip, strings.TrimSpace(got))
+	}
+}

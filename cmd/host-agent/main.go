@@ -66,6 +66,7 @@ func run(args []string) int {
 	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	timeout := fs.Duration("timeout", 0, "per-request time limit (504 beyond); 0: none")
+	network := fs.Bool("network", false, "give the VM a network interface with IPv4 and IPv6 addresses")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
 	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics and /healthz on (off when empty)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
@@ -102,7 +103,7 @@ func run(args []string) int {
 	}
 	var mgr *lifecycle.Manager
 	met := metrics.New(func() int { return len(mgr.Running()) })
-	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python}
+	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network}
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: *initPath, Log: log, OnBoot: met.Boot,
 		OnOutput: func(id string, l message.Log) {
 			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)

@@ -97,7 +97,7 @@ func program(args []string) int {
 		err = c.Do(call.method, "/v1/programs/"+pos[1]+call.suffix, nil, &res)
 		out = res
 		if err == nil && !*asJSON {
-			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "started", "timeline"} {
+			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "ipv4", "ipv6", "started", "timeline"} {
 				if v, ok := res[k]; ok && v != "" {
 					fmt.Printf("%-11s %v\n", k+":", v)
 				}

@@ -38,6 +38,8 @@ type Status struct {
 	VM         string `json:"vm,omitempty"`
 	Started    string `json:"started,omitempty"`
 	Timeline   string `json:"timeline,omitempty"`
+	IPv4       string `json:"ipv4,omitempty"` // the VM's addresses, when it has a network
+	IPv6       string `json:"ipv6,omitempty"`
 }
 
 // LogLine is one line of program output.
@@ -131,6 +133,9 @@ func (s *Server) describe(id string) (Status, bool) {
 		st.Running, st.VM = true, inst.VM.Describe()
 		st.Started = inst.Started.UTC().Format(time.RFC3339)
 		st.Timeline = lifecycle.FormatTimeline(inst.Timeline)
+		if nw := inst.VM.Network(); nw != nil {
+			st.IPv4, st.IPv6 = nw.GuestIPv4, nw.GuestIPv6
+		}
 	}
 	return st, true
 }

@@ -18,8 +18,9 @@ type Spec struct {
 	InitPath string
 	// CodeDir is the program's code on the host.
 	CodeDir string
-	// Network gives the VM a network interface (veth or tap) when set.
-	Network *Network
+	// Network asks for a network interface (veth or tap) with addresses
+	// the backend allocates.
+	Network bool
 	// VCPUs and MemoryMiB are the VM's resources (advisory in the sandbox).
 	VCPUs, MemoryMiB int
 	// Log receives the backend's and the VM console's lines.
@@ -38,6 +39,8 @@ type VM interface {
 	Conn() io.ReadWriteCloser
 	// GuestCodeDir is where the program's code appears inside the VM.
 	GuestCodeDir() string
+	// Network is the VM's addressing, or nil when it has no network.
+	Network() *Network
 	// Done is closed when the VM has ended; Err then says how.
 	Done() <-chan struct{}
 	Err() error

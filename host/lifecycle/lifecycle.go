@@ -34,6 +34,8 @@ type Program struct {
 	Workers    int
 	Python     string
 	Env        map[string]string
+	// Network gives the VM an interface with IPv4 and IPv6 addresses.
+	Network bool
 }
 
 // Instance is a running VM of a program with its session to init.
@@ -324,7 +326,7 @@ func (m *Manager) boot(p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Log: log})
+	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -358,7 +360,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	if _, err := sess.Handshake(ctx); err != nil {
 		return fail(fmt.Errorf("init did not answer (%s): %w", vm.Describe(), err))
 	}
-	doc, err := json.Marshal(guestConfig(p, vm.GuestCodeDir()))
+	doc, err := json.Marshal(guestConfig(p, vm.GuestCodeDir(), vm.Network()))
 	if err != nil {
 		return fail(err)
 	}
@@ -382,7 +384,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 }
 
 // guestConfig is the CONFIG document for init.
-func guestConfig(p *Program, codeDir string) map[string]any {
+func guestConfig(p *Program, codeDir string, nw *backend.Network) map[string]any {
 	c := map[string]any{
 		"program_id": p.ID, "interface": p.Interface, "entrypoint": p.Entrypoint,
 		"code": map[string]any{"encoding": "directory", "path": codeDir},
@@ -395,6 +397,12 @@ func guestConfig(p *Program, codeDir string) map[string]any {
 	}
 	if len(p.Env) > 0 {
 		c["env"] = p.Env
+	}
+	if nw != nil {
+		c["network"] = map[string]any{
+			"ipv4": map[string]any{"address": nw.GuestIPv4, "gateway": hostAddr(nw.HostIPv4)},
+			"ipv6": map[string]any{"address": nw.GuestIPv6, "gateway": hostAddr(nw.HostIPv6)},
+		}
 	}
 	return c
 }
@@ -470,4 +478,10 @@ func FormatTimeline(tl []message.TimelineEntry) string {
 		prev = e.BootNano
 	}
 	return strings.Join(parts, ", ")
+}
+
+// hostAddr drops the prefix length of an address.
+func hostAddr(withPrefix string) string {
+	addr, _, _ := strings.Cut(withPrefix, "/")
+	return addr
 }

@@ -31,6 +31,7 @@ type Program struct {
 	Volumes        []Volume          `json:"volumes,omitempty"`
 	Resources      Resources         `json:"resources,omitempty"`
 	Variables      map[string]string `json:"variables,omitempty"`
+	Environment    Environment       `json:"environment,omitempty"`
 	On             On                `json:"on"`
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
 }
@@ -41,6 +42,13 @@ type Code struct {
 	Entrypoint string `json:"entrypoint"` // main:app, or an executable
 	Interface  string `json:"interface"`  // asgi or executable
 	Path       string `json:"path"`       // on this host; relative to the configuration file
+}
+
+// Environment is what the VM gets from the host.
+type Environment struct {
+	// Internet gives the VM a network interface with IPv4 and IPv6
+	// addresses (a veth pair in the sandbox, a tap device under QEMU).
+	Internet bool `json:"internet,omitempty"`
 }
 
 // Runtime names the root filesystem and kernel (used by the qemu backend).

@@ -62,6 +62,7 @@ type vm struct {
 	code    string
 	once    sync.Once
 	cleanup func()
+	network *backend.Network
 }
 
 // Start implements backend.Backend.
@@ -73,10 +74,11 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}
 	v := &vm{done: make(chan struct{}), code: spec.CodeDir, cleanup: func() {}}
+	index := b.seq.Add(1) // names this VM's directory and network
 	if b.Root {
 		// The code is seen by init through a read-only bind mount outside
 		// the paths init mounts over.
-		dir := filepath.Join(b.StateDir, fmt.Sprintf("%s-%d-%d", safeName(spec.ProgramID), os.Getpid(), b.seq.Add(1)))
+		dir := filepath.Join(b.StateDir, fmt.Sprintf("%s-%d-%d", safeName(spec.ProgramID), os.Getpid(), index))
 		code := filepath.Join(dir, "code")
 		if err := os.MkdirAll(code, 0o755); err != nil {
 			return nil, fmt.Errorf("sandbox: %w", err)
@@ -142,12 +144,29 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	v.conn = conn
+	if spec.Network {
+		if !b.Root {
+			if spec.Log != nil {
+				spec.Log.Warn("sandbox: networking needs root; the program runs without its own network")
+			}
+		} else {
+			nw, link, err := connect(index, cmd.Process.Pid)
+			if err != nil {
+				v.Kill()
+				conn.Close()
+				return nil, fmt.Errorf("sandbox: %w", err)
+			}
+			v.network = nw
+			go func() { <-v.done; disconnect(link) }()
+		}
+	}
 	return v, nil
 }
 
-func (v *vm) Conn() io.ReadWriteCloser { return v.conn }
-func (v *vm) GuestCodeDir() string     { return v.code }
-func (v *vm) Done() <-chan struct{}    { return v.done }
+func (v *vm) Conn() io.ReadWriteCloser  { return v.conn }
+func (v *vm) GuestCodeDir() string      { return v.code }
+func (v *vm) Network() *backend.Network { return v.network }
+func (v *vm) Done() <-chan struct{}     { return v.done }
 func (v *vm) Err() error {
 	select {
 	case <-v.done:
