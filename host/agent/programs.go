@@ -61,7 +61,8 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodeDir: m.Code.Path,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs, Network: m.Environment.Internet}
+		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs, Network: m.Environment.Internet,
+		AuthorizedKeys: m.AuthorizedKeys, Volumes: len(m.Volumes)}
 	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()

@@ -21,6 +21,9 @@ type Spec struct {
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
+	// Volumes is how many volumes the manifest declares (attached by
+	// backends that support them).
+	Volumes int
 	// VCPUs and MemoryMiB are the VM's resources (advisory in the sandbox).
 	VCPUs, MemoryMiB int
 	// Log receives the backend's and the VM console's lines.

@@ -36,6 +36,11 @@ type Program struct {
 	Env        map[string]string
 	// Network gives the VM an interface with IPv4 and IPv6 addresses.
 	Network bool
+	// AuthorizedKeys are written for root's SSH logins in the VM.
+	AuthorizedKeys []string
+	// Volumes counts the manifest's volumes; backends that cannot provide
+	// them refuse to start the program.
+	Volumes int
 }
 
 // Instance is a running VM of a program with its session to init.
@@ -326,7 +331,7 @@ func (m *Manager) boot(p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network, Log: log})
+	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network, Volumes: p.Volumes, Log: log})
 	if err != nil {
 		return nil, err
 	}
@@ -397,6 +402,9 @@ func guestConfig(p *Program, codeDir string, nw *backend.Network) map[string]any
 	}
 	if len(p.Env) > 0 {
 		c["env"] = p.Env
+	}
+	if len(p.AuthorizedKeys) > 0 {
+		c["authorized_keys"] = p.AuthorizedKeys
 	}
 	if nw != nil {
 		c["network"] = map[string]any{

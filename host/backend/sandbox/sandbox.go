@@ -70,6 +70,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if spec.InitPath == "" {
 		return nil, errors.New("sandbox: no init binary")
 	}
+	if spec.Volumes > 0 {
+		return nil, fmt.Errorf("sandbox: this backend provides no volumes (the program declares %d); use the qemu backend", spec.Volumes)
+	}
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}
