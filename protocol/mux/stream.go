@@ -311,24 +311,34 @@ func (st *Stream) Read(p []byte) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	for {
-		if st.mode == modeWebSocket {
-			return 0, errors.New("mux: Read on a websocket stream, use ReadMessage")
-		}
-		if n := len(st.buf) - st.off; n > 0 {
-			n = copy(p, st.buf[st.off:])
-			st.consumeLocked(n, n)
-			return n, nil
-		}
-		switch {
-		case st.remoteFin:
-			return 0, io.EOF
-		case st.err != nil:
-			return 0, st.err
+		if n, done, err := st.readNowLocked(p, "Read"); done {
+			return n, err
 		}
 		if err := st.wait(nil, &st.readable, st.readDeadline); err != nil {
 			return 0, err
 		}
 	}
+}
+
+// readNowLocked is what Read and TryRead do without waiting: copy out
+// buffered bytes, or report the end or the failure of the stream. done is
+// false when there is nothing to report yet.
+func (st *Stream) readNowLocked(p []byte, caller string) (n int, done bool, err error) {
+	if st.mode == modeWebSocket {
+		return 0, true, errors.New("mux: " + caller + " on a websocket stream, use ReadMessage")
+	}
+	if n := len(st.buf) - st.off; n > 0 {
+		n = copy(p, st.buf[st.off:])
+		st.consumeLocked(n, n)
+		return n, true, nil
+	}
+	switch {
+	case st.remoteFin:
+		return 0, true, io.EOF
+	case st.err != nil:
+		return 0, true, st.err
+	}
+	return 0, false, nil
 }
 
 // TryRead is Read without waiting: it returns what is buffered (possibly
@@ -338,21 +348,8 @@ func (st *Stream) Read(p []byte) (int, error) {
 func (st *Stream) TryRead(p []byte) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if st.mode == modeWebSocket {
-		return 0, errors.New("mux: TryRead on a websocket stream, use ReadMessage")
-	}
-	if n := len(st.buf) - st.off; n > 0 {
-		n = copy(p, st.buf[st.off:])
-		st.consumeLocked(n, n)
-		return n, nil
-	}
-	switch {
-	case st.remoteFin:
-		return 0, io.EOF
-	case st.err != nil:
-		return 0, st.err
-	}
-	return 0, nil
+	n, _, err := st.readNowLocked(p, "TryRead")
+	return n, err
 }
 
 // Done returns a channel closed when the stream has ended: both sides
