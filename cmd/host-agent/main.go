@@ -136,7 +136,7 @@ func run(args []string) int {
 		return 1
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
-	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), lifecycle.FormatTimeline(inst.Timeline))
+	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(inst.Timeline))
 	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second}
 	go func() {
 		<-ctx.Done()

@@ -147,21 +147,8 @@ func (t *Timeline) Entries() []message.TimelineEntry {
 	return append([]message.TimelineEntry(nil), t.entries...)
 }
 
-// String renders the timeline on one line: "kernel→init 812ms, mounts +3ms, …".
-func (t *Timeline) String() string {
-	entries := t.Entries()
-	var parts []string
-	var prev uint64
-	for i, e := range entries {
-		if i == 0 {
-			parts = append(parts, fmt.Sprintf("%s %s", e.Phase, time.Duration(e.BootNano).Round(time.Millisecond)))
-		} else {
-			parts = append(parts, fmt.Sprintf("%s +%s", e.Phase, time.Duration(e.BootNano-prev).Round(100*time.Microsecond)))
-		}
-		prev = e.BootNano
-	}
-	return strings.Join(parts, ", ")
-}
+// String renders the timeline on one line (message.FormatTimeline).
+func (t *Timeline) String() string { return message.FormatTimeline(t.Entries()) }
 
 // Unmount unmounts targets in reverse order, detaching what stays busy.
 func Unmount(targets []string) error {

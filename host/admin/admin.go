@@ -22,6 +22,7 @@ import (
 	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/protocol/message"
 )
 
 // DefaultSocket is where the admin API listens unless told otherwise.
@@ -132,7 +133,7 @@ func (s *Server) describe(id string) (Status, bool) {
 	if inst := s.Manager.Instance(id); inst != nil {
 		st.Running, st.VM = true, inst.VM.Describe()
 		st.Started = inst.Started.UTC().Format(time.RFC3339)
-		st.Timeline = lifecycle.FormatTimeline(inst.Timeline)
+		st.Timeline = message.FormatTimeline(inst.Timeline)
 		if nw := inst.VM.Network(); nw != nil {
 			st.IPv4, st.IPv6 = nw.GuestIPv4, nw.GuestIPv6
 		}

@@ -379,7 +379,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		}
 		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started}
 		inst.lastUsed.Store(time.Now().UnixNano())
-		log.Info("program started", "vm", vm.Describe(), "cold_start", time.Since(started).Round(time.Millisecond), "timeline", FormatTimeline(r.Timeline))
+		log.Info("program started", "vm", vm.Describe(), "cold_start", time.Since(started).Round(time.Millisecond), "timeline", message.FormatTimeline(r.Timeline))
 		return inst, nil
 	case <-vm.Done():
 		return fail(fmt.Errorf("the VM ended while starting: %v", vm.Err()))
@@ -471,21 +471,6 @@ func (m *Manager) StopAll(ctx context.Context) {
 		go func() { defer wg.Done(); _ = m.Stop(ctx, id) }()
 	}
 	wg.Wait()
-}
-
-// FormatTimeline renders init's boot timeline on one line.
-func FormatTimeline(tl []message.TimelineEntry) string {
-	var parts []string
-	var prev uint64
-	for i, e := range tl {
-		if i == 0 {
-			parts = append(parts, fmt.Sprintf("%s %s", e.Phase, time.Duration(e.BootNano).Round(time.Millisecond)))
-		} else {
-			parts = append(parts, fmt.Sprintf("%s +%s", e.Phase, time.Duration(e.BootNano-prev).Round(100*time.Microsecond)))
-		}
-		prev = e.BootNano
-	}
-	return strings.Join(parts, ", ")
 }
 
 // hostAddr drops the prefix length of an address.

@@ -1,5 +1,11 @@
 package message
 
+import (
+	"fmt"
+	"strings"
+	"time"
+)
+
 // ProtocolVersion is the version announced in HELLO. Peers with a different
 // version close the connection with VERSION_MISMATCH.
 const ProtocolVersion = 1
@@ -453,6 +459,23 @@ func (l *Log) Unmarshal(b []byte) error {
 type TimelineEntry struct {
 	Phase    []byte // field 1
 	BootNano uint64 // field 2
+}
+
+// FormatTimeline renders a boot timeline on one line, the first phase as
+// time since boot and each later one as the time it took:
+// "kernel 812ms, mounts +3ms, …".
+func FormatTimeline(entries []TimelineEntry) string {
+	var parts []string
+	var prev uint64
+	for i, e := range entries {
+		if i == 0 {
+			parts = append(parts, fmt.Sprintf("%s %s", e.Phase, time.Duration(e.BootNano).Round(time.Millisecond)))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s +%s", e.Phase, time.Duration(e.BootNano-prev).Round(100*time.Microsecond)))
+		}
+		prev = e.BootNano
+	}
+	return strings.Join(parts, ", ")
 }
 
 // ConfigResult answers a CONFIG frame. Error is empty on success.

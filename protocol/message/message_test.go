@@ -133,3 +133,10 @@ func FuzzLog(f *testing.F) {
 func FuzzConfigResult(f *testing.F) {
 	fuzzRoundTrip(f, &ConfigResult{OK: true, Phase: []byte("app"), Timeline: []TimelineEntry{{Phase: []byte("mounts"), BootNano: 5}}})
 }
+
+func TestFormatTimeline(t *testing.T) {
+	tl := []TimelineEntry{{Phase: []byte("kernel"), BootNano: 812_300_000}, {Phase: []byte("mounts"), BootNano: 815_340_000}, {Phase: []byte("app"), BootNano: 1_450_000_000}}
+	if got, want := FormatTimeline(tl), "kernel 812ms, mounts +3ms, app +634.7ms"; got != want {
+		t.Fatalf("FormatTimeline = %q, want %q", got, want)
+	}
+}
