@@ -18,6 +18,7 @@ import (
 
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/reaper"
+	"github.com/ferry-vm/ferry/internal/httphdr"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -251,13 +252,6 @@ func (e *Executable) waitReady(ctx context.Context) (string, error) {
 	}
 }
 
-// Hop-by-hop headers are the connection's, not the message's (RFC 9110
-// 7.6.1); they are not relayed.
-var hopByHop = map[string]bool{
-	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true,
-	"te": true, "trailer": true, "upgrade": true, "proxy-authenticate": true, "proxy-authorization": true,
-}
-
 // Serve relays one stream as an HTTP/1.1 request to the program.
 func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
 	var head message.RequestHead
@@ -299,7 +293,7 @@ func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
 	switching := resp.StatusCode == http.StatusSwitchingProtocols && upgrade
 	for name, values := range resp.Header {
 		lname := strings.ToLower(name)
-		if hopByHop[lname] && !(switching && (lname == "connection" || lname == "upgrade")) {
+		if httphdr.IsHopByHop(lname) && !(switching && (lname == "connection" || lname == "upgrade")) {
 			continue
 		}
 		for _, v := range values {
@@ -382,12 +376,12 @@ func (e *Executable) newRequest(ctx context.Context, head *message.RequestHead, 
 		case "upgrade":
 			upgradeTo = value
 		}
-		if hopByHop[name] && name != "connection" && name != "upgrade" && name != "te" {
+		if httphdr.IsHopByHop(name) && name != "connection" && name != "upgrade" && name != "te" {
 			continue
 		}
 		req.Header.Add(name, value)
 	}
-	upgrade := upgradeTo != "" && headerHasToken(connection, "upgrade")
+	upgrade := upgradeTo != "" && httphdr.HasToken(connection, "upgrade")
 	if !upgrade {
 		req.Header.Del("connection")
 		req.Header.Del("upgrade")
@@ -405,15 +399,6 @@ func (e *Executable) newRequest(ctx context.Context, head *message.RequestHead, 
 		}
 	}
 	return req, upgrade, nil
-}
-
-func headerHasToken(v, token string) bool {
-	for _, t := range strings.Split(v, ",") {
-		if strings.EqualFold(strings.TrimSpace(t), token) {
-			return true
-		}
-	}
-	return false
 }
 
 // relayUpgrade answers 101 and then carries raw bytes both ways.

@@ -24,12 +24,6 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// hopByHop headers belong to one connection and are not relayed.
-var hopByHop = map[string]bool{
-	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true,
-	"te": true, "trailer": true, "upgrade": true, "proxy-authenticate": true, "proxy-authorization": true,
-}
-
 // Request describes where an HTTP request goes.
 type Request struct {
 	Session  *mux.Session
@@ -183,16 +177,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		Error(w, rq, status, msg, "err", err)
 		return
 	}
-	hdr := w.Header()
-	for _, f := range rh.Headers {
-		name := string(f.Name)
-		if hopByHop[name] {
-			continue
-		}
-		hdr.Add(name, string(f.Value))
-	}
-	hdr.Set("X-Request-Id", rq.ID)
-	w.WriteHeader(int(rh.Status))
+	writeHead(w, rq, &rh)
 	flusher, _ := w.(http.Flusher)
 	if flusher != nil {
 		flusher.Flush() // the head reaches the client before the body

@@ -10,6 +10,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ferry-vm/ferry/internal/httphdr"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -20,21 +21,12 @@ const MaxWebSocketMessage = 16 << 20
 
 // IsUpgrade reports whether r asks to switch protocols.
 func IsUpgrade(r *http.Request) bool {
-	return r.Header.Get("Upgrade") != "" && headerHasToken(r.Header.Get("Connection"), "upgrade")
+	return r.Header.Get("Upgrade") != "" && httphdr.HasToken(r.Header.Get("Connection"), "upgrade")
 }
 
 // IsWebSocket reports whether r opens a websocket.
 func IsWebSocket(r *http.Request) bool {
 	return IsUpgrade(r) && strings.EqualFold(r.Header.Get("Upgrade"), "websocket")
-}
-
-func headerHasToken(v, token string) bool {
-	for _, t := range strings.Split(v, ",") {
-		if strings.EqualFold(strings.TrimSpace(t), token) {
-			return true
-		}
-	}
-	return false
 }
 
 // ServeWebSocket terminates a client websocket here and carries its
@@ -80,7 +72,7 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 		return
 	}
 	for _, f := range rh.Headers {
-		if name := string(f.Name); !hopByHop[name] && !strings.HasPrefix(name, "sec-websocket-") {
+		if name := string(f.Name); !httphdr.IsHopByHop(name) && !strings.HasPrefix(name, "sec-websocket-") {
 			w.Header().Add(name, string(f.Value))
 		}
 	}
@@ -202,7 +194,7 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, rq *Request) {
 // writeHead writes a response head from the program.
 func writeHead(w http.ResponseWriter, rq *Request, rh *message.ResponseHead) {
 	for _, f := range rh.Headers {
-		if name := string(f.Name); !hopByHop[name] {
+		if name := string(f.Name); !httphdr.IsHopByHop(name) {
 			w.Header().Add(name, string(f.Value))
 		}
 	}
