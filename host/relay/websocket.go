@@ -35,7 +35,6 @@ func IsWebSocket(r *http.Request) bool {
 // the client's handshake is answered; closes pass both ways with their code
 // and reason.
 func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
-	ctx := r.Context()
 	head := Head(r, rq)
 	head.Kind = message.KindWebSocket
 	head.Scheme = []byte("ws")
@@ -49,26 +48,8 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 			}
 		}
 	}
-	st, err := rq.Session.Open(ctx, head, nil, false)
-	if err != nil {
-		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
-		return
-	}
-	var rh message.ResponseHead
-	if err := st.ReadResponse(ctx, &rh); err != nil {
-		var denied *mux.WSCloseError
-		if errors.As(err, &denied) {
-			Error(w, rq, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
-			return
-		}
-		status, msg := statusFor(err)
-		Error(w, rq, status, msg, "err", err)
-		return
-	}
-	if rh.Status != http.StatusSwitchingProtocols {
-		// The app's own denial response (websocket.http.response).
-		writeHead(w, rq, &rh)
-		io.Copy(flushWriter{w}, st)
+	st, rh, switched := openSwitch(w, r, rq, head)
+	if !switched {
 		return
 	}
 	for _, f := range rh.Headers {
@@ -138,21 +119,8 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 // the program answers 101 the client connection is taken over and bytes
 // flow both ways in DATA frames.
 func ServeUpgrade(w http.ResponseWriter, r *http.Request, rq *Request) {
-	ctx := r.Context()
-	st, err := rq.Session.Open(ctx, Head(r, rq), nil, false)
-	if err != nil {
-		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
-		return
-	}
-	var rh message.ResponseHead
-	if err := st.ReadResponse(ctx, &rh); err != nil {
-		status, msg := statusFor(err)
-		Error(w, rq, status, msg, "err", err)
-		return
-	}
-	if rh.Status != http.StatusSwitchingProtocols {
-		writeHead(w, rq, &rh)
-		io.Copy(flushWriter{w}, st)
+	st, rh, switched := openSwitch(w, r, rq, Head(r, rq))
+	if !switched {
 		return
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
@@ -189,6 +157,37 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, rq *Request) {
 		tc.CloseWrite()
 	}
 	<-done
+}
+
+// openSwitch opens a stream for a protocol switch and waits for the
+// program's answer. Everything but a 101 is answered here: failures as JSON
+// errors (a websocket closed before accept as 403), any other status as
+// the program's own response. switched reports a 101.
+func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *message.RequestHead) (*mux.Stream, *message.ResponseHead, bool) {
+	ctx := r.Context()
+	st, err := rq.Session.Open(ctx, head, nil, false)
+	if err != nil {
+		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
+		return nil, nil, false
+	}
+	var rh message.ResponseHead
+	if err := st.ReadResponse(ctx, &rh); err != nil {
+		var denied *mux.WSCloseError
+		if errors.As(err, &denied) {
+			Error(w, rq, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
+			return nil, nil, false
+		}
+		status, msg := statusFor(err)
+		Error(w, rq, status, msg, "err", err)
+		return nil, nil, false
+	}
+	if rh.Status != http.StatusSwitchingProtocols {
+		// A refusal with a response of its own (websocket.http.response).
+		writeHead(w, rq, &rh)
+		io.Copy(flushWriter{w}, st)
+		return nil, nil, false
+	}
+	return st, &rh, true
 }
 
 // writeHead writes a response head from the program.
