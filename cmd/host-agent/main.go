@@ -75,11 +75,7 @@ func run(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	level := slog.LevelInfo
-	if *debug {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := newLogger(*debug)
 	codeDir, err := filepath.Abs(fs.Arg(0))
 	if err != nil {
 		log.Error("code directory", "err", err)
@@ -89,22 +85,15 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "host-agent: %s is not a directory\n", fs.Arg(0))
 		return 2
 	}
-	if *initPath == "" {
-		exe, _ := os.Executable()
-		*initPath = filepath.Join(filepath.Dir(exe), "init")
-	}
-	var be backend.Backend
-	switch *backendName {
-	case "sandbox":
-		be = sandbox.New(log)
-	default:
-		fmt.Fprintf(os.Stderr, "host-agent: unknown backend %q (this build has: sandbox)\n", *backendName)
+	be, err := newBackend(*backendName, log)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
 		return 2
 	}
 	var mgr *lifecycle.Manager
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network}
-	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: *initPath, Log: log, OnBoot: met.Boot,
+	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot,
 		OnOutput: func(id string, l message.Log) {
 			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
 		}})
@@ -138,18 +127,7 @@ func run(args []string) int {
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(inst.Timeline))
 	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second}
-	go func() {
-		<-ctx.Done()
-		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		srv.Shutdown(shut)
-	}()
-	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		log.Error("serving", "err", err)
-	}
-	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-	defer cancel()
-	mgr.StopAll(stopCtx)
+	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
 }
 
@@ -169,11 +147,7 @@ func serve(args []string) int {
 		fs.Usage()
 		return 2
 	}
-	level := slog.LevelInfo
-	if *debug {
-		level = slog.LevelDebug
-	}
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	log := newLogger(*debug)
 	cfg, err := manifest.Load(*configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
@@ -220,6 +194,22 @@ func serve(args []string) int {
 	}
 	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(programs.IDs()), be.Name(), ln.Addr())
 	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	serveUntilDone(ctx, srv, ln, mgr, log)
+	return 0
+}
+
+// newLogger logs text to stderr, with debug lines when asked.
+func newLogger(debug bool) *slog.Logger {
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+}
+
+// serveUntilDone serves HTTP until ctx ends (SIGINT, SIGTERM), lets
+// requests in flight finish, then stops every program's VM.
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, mgr *lifecycle.Manager, log *slog.Logger) {
 	go func() {
 		<-ctx.Done()
 		shut, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -232,7 +222,6 @@ func serve(args []string) int {
 	stopCtx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	mgr.StopAll(stopCtx)
-	return 0
 }
 
 // newBackend returns the named VM backend.
