@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -120,14 +120,9 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 	wg.Wait()
 	for _, err := range errs {
 		if err != nil {
-			p.stopping.Store(true)
 			stopCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
-			for _, w := range p.workers {
-				_ = w.stop(stopCtx)
-			}
+			_ = p.Stop(stopCtx)
 			stop()
-			cancel()
-			os.RemoveAll(strings.TrimSuffix(script, "/ferry_worker.py"))
 			return nil, err
 		}
 	}
@@ -216,7 +211,7 @@ func (p *Pool) Stop(ctx context.Context) error {
 		}()
 	}
 	wg.Wait()
-	os.RemoveAll(strings.TrimSuffix(p.script, "/ferry_worker.py"))
+	os.RemoveAll(filepath.Dir(p.script))
 	return errors.Join(errs...)
 }
 
