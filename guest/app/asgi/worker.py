@@ -921,13 +921,7 @@ class Session(asyncio.Protocol):
                 self.write(frame(WS_CLOSE, FIN, st.id, encode("ws_close", {"code": 1011, "reason": b"internal error"})))
             return
         if not st.response_started:
-            body = b"Internal Server Error"
-            self.write(frame(RESPONSE, 0, st.id, encode("response", {"status": 500, "headers": [
-                (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]}))
-                + frame(DATA, FIN, st.id, body))
-            st.response_started = True
-            st.local_fin = True
-            st.finish_response()
+            self.send_500(st)
         elif not st.response_done:
             st.reset(APP_ERROR, "application error after the response started")
 
@@ -947,12 +941,13 @@ class Session(asyncio.Protocol):
             return
         if not st.response_started:
             print("ferry worker: ASGI application returned without starting a response", file=sys.stderr, flush=True)
-            self.app_failed_plain(st)
+            self.send_500(st)
         elif not st.response_done:
             print("ferry worker: ASGI application returned without completing the response", file=sys.stderr, flush=True)
             st.reset(APP_ERROR, "application returned without completing the response")
 
-    def app_failed_plain(self, st):
+    def send_500(self, st):
+        """Answers a plain 500 to an http request the app failed to answer."""
         body = b"Internal Server Error"
         self.write(frame(RESPONSE, 0, st.id, encode("response", {"status": 500, "headers": [
             (b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]}))
