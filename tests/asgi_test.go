@@ -127,7 +127,7 @@ app = Starlette(routes=[
 ], lifespan=lifespan)
 `
 
-func startStarlette(t *testing.T) *devInit {
+func startStarlette(t *testing.T) *guest {
 	requirePythonModules(t, "starlette")
 	code := writeApp(t, map[string]string{"main.py": starletteApp})
 	d := startDevInit(t)

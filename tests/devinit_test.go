@@ -1,7 +1,6 @@
 package tests
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,45 +37,77 @@ func requirePythonModules(t *testing.T, modules ...string) {
 	}
 }
 
-// devInit is bin/init run by hand (not PID 1), talking to the test over an
-// inherited socket: the app path without namespaces or root.
-type devInit struct {
-	cmd    *exec.Cmd
-	sess   *mux.Session
-	stderr *syncBuffer
-	result chan message.ConfigResult
+// guest is bin/init started for a test, talking to it over an inherited
+// socket: by default as PID 1 of new PID, mount, UTS, IPC and network
+// namespaces; with guestOptions.dev by hand (not PID 1), the app path
+// without namespaces or root. It collects CONFIG_RESULT and LOG frames.
+type guest struct {
+	opt     guestOptions
+	cmd     *exec.Cmd
+	sess    *mux.Session
+	stderr  *syncBuffer
+	result  chan message.ConfigResult
+	done    chan struct{} // closed when init has exited
+	waitErr error         // how it exited, once done is closed
 
 	mu   sync.Mutex
 	logs []message.Log
 }
 
-func startDevInit(t *testing.T) *devInit {
+// guestOptions vary how init is started.
+type guestOptions struct {
+	bin     string // path of the init binary (inside root when root is set)
+	root    string // chroot directory; empty: the machine's root
+	cmdline string // extra kernel command-line parameters
+	dev     bool   // by hand: no namespaces, stopped with SIGTERM at the end
+}
+
+// startDevInit starts init by hand.
+func startDevInit(t *testing.T) *guest {
 	t.Helper()
 	bin, err := buildInit()
 	if err != nil {
 		t.Fatal(err)
 	}
+	return startGuestWith(t, guestOptions{bin: bin, dev: true})
+}
+
+func startGuestWith(t *testing.T, o guestOptions) *guest {
+	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	hostEnd, guestEnd := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	d := &devInit{stderr: &syncBuffer{}, result: make(chan message.ConfigResult, 4)}
-	d.cmd = exec.Command(bin, "-transport", "fd:3", "-debug")
-	d.cmd.ExtraFiles = []*os.File{guestEnd}
-	d.cmd.Stdout, d.cmd.Stderr = d.stderr, d.stderr
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	exited := make(chan struct{})
+	g := &guest{opt: o, stderr: &syncBuffer{}, result: make(chan message.ConfigResult, 4), done: make(chan struct{})}
+	if o.dev {
+		g.cmd = exec.Command(o.bin, "-transport", "fd:3", "-debug")
+		g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	} else {
+		g.cmd = exec.Command(o.bin, "-cmdline", "ferry.transport=fd:3 ferry.grace=2s ferry.debug=1 "+o.cmdline)
+		g.cmd.SysProcAttr = &syscall.SysProcAttr{
+			Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
+			Pdeathsig:  syscall.SIGKILL,
+			Chroot:     o.root,
+		}
+		if o.root != "" {
+			g.cmd.Dir = "/"
+		}
+	}
+	g.cmd.ExtraFiles = []*os.File{guestEnd}
+	g.cmd.Stdout, g.cmd.Stderr = g.stderr, g.stderr
+	// Pdeathsig fires when the thread that forked init exits, and the
+	// namespace helpers discard the threads they lock. So init is started
+	// from a thread held locked until it exits.
 	started := make(chan error, 1)
 	go func() {
-		// Pdeathsig fires when the forking thread exits: keep it alive.
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		err := d.cmd.Start()
+		err := g.cmd.Start()
 		started <- err
 		if err == nil {
-			d.cmd.Wait()
-			close(exited)
+			g.waitErr = g.cmd.Wait()
+			close(g.done)
 		}
 	}()
 	if err := <-started; err != nil {
@@ -88,73 +119,82 @@ func startDevInit(t *testing.T) *devInit {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d.sess = mux.Client(conn, mux.Config{OnControl: func(ft frame.Type, p []byte) {
+	g.sess = mux.Client(conn, mux.Config{OnControl: func(ft frame.Type, p []byte) {
 		switch ft {
 		case frame.TypeConfigResult:
 			var r message.ConfigResult
 			if err := r.Unmarshal(append([]byte(nil), p...)); err == nil {
-				d.result <- r
+				g.result <- r
 			}
 		case frame.TypeLog:
 			var l message.Log
 			if err := l.Unmarshal(append([]byte(nil), p...)); err == nil {
-				d.mu.Lock()
-				d.logs = append(d.logs, l)
-				d.mu.Unlock()
+				g.mu.Lock()
+				g.logs = append(g.logs, l)
+				g.mu.Unlock()
 			}
 		}
 	}})
 	t.Cleanup(func() {
-		// Init stops its program on SIGTERM; give it the grace period.
-		d.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(15 * time.Second):
-			d.cmd.Process.Kill()
+		if o.dev {
+			// Init stops its program on SIGTERM; give it the grace period.
+			g.cmd.Process.Signal(syscall.SIGTERM)
+			select {
+			case <-g.done:
+			case <-time.After(15 * time.Second):
+				g.cmd.Process.Kill()
+			}
+		} else {
+			g.cmd.Process.Kill()
 		}
-		d.sess.Close()
+		g.sess.Close()
 		if t.Failed() || os.Getenv("FERRY_TEST_INIT_LOG") != "" {
-			t.Logf("init output:\n%s", d.stderr.String())
+			t.Logf("init output:\n%s", g.stderr.String())
 		}
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	if _, err := d.sess.Handshake(ctx); err != nil {
-		t.Fatalf("handshake with init: %v\n%s", err, d.stderr.String())
+	if _, err := g.sess.Handshake(ctx); err != nil {
+		t.Fatalf("handshake with init: %v\n%s", err, g.stderr.String())
 	}
-	return d
+	return g
 }
 
-// configure sends a configuration and waits for its result.
-func (d *devInit) configure(t *testing.T, cfg map[string]any) message.ConfigResult {
+// configure sends a configuration and waits for its result: 30 s for init
+// alone, 3 minutes when it starts a program (by hand).
+func (g *guest) configure(t *testing.T, cfg map[string]any) message.ConfigResult {
 	t.Helper()
 	doc, _ := json.Marshal(cfg)
-	if err := d.sess.SendControl(frame.TypeConfig, doc); err != nil {
+	if err := g.sess.SendControl(frame.TypeConfig, doc); err != nil {
 		t.Fatal(err)
 	}
+	patience := 30 * time.Second
+	if g.opt.dev {
+		patience = 3 * time.Minute
+	}
 	select {
-	case r := <-d.result:
+	case r := <-g.result:
 		return r
-	case <-time.After(3 * time.Minute):
-		t.Fatalf("no configuration result\n%s", d.stderr.String())
+	case <-time.After(patience):
+		t.Fatalf("no configuration result\n%s", g.stderr.String())
 		return message.ConfigResult{}
 	}
 }
 
 // mustConfigure configures and fails the test unless it succeeded.
-func (d *devInit) mustConfigure(t *testing.T, cfg map[string]any) {
+func (g *guest) mustConfigure(t *testing.T, cfg map[string]any) {
 	t.Helper()
-	if r := d.configure(t, cfg); !r.OK {
-		t.Fatalf("configuration failed: %s / %s: %s\n%s\ninit output:\n%s", r.Phase, r.Field, r.Message, r.Detail, d.stderr.String())
+	if r := g.configure(t, cfg); !r.OK {
+		t.Fatalf("configuration failed: %s / %s: %s\n%s\ninit output:\n%s", r.Phase, r.Field, r.Message, r.Detail, g.stderr.String())
 	}
 }
 
 // logLines returns the program output received as LOG frames.
-func (d *devInit) logLines() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+func (g *guest) logLines() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
 	var out []string
-	for _, l := range d.logs {
+	for _, l := range g.logs {
 		out = append(out, fmt.Sprintf("%s[%d] %s", l.Source, l.Origin, l.Line))
 	}
 	return out
@@ -236,8 +276,6 @@ func jsonBody(t *testing.T, r *response) map[string]any {
 	}
 	return m
 }
-
-var _ = bytes.Equal
 
 func chmodX(path string) error { return os.Chmod(path, 0o755) }
 

@@ -57,16 +57,6 @@ func requireTool(t *testing.T, name string) string {
 	return p
 }
 
-// guest is bin/init running as PID 1 of new PID, mount, UTS, IPC and
-// network namespaces, with the transport on an inherited socket.
-type guest struct {
-	cmd    *exec.Cmd
-	sess   *mux.Session
-	stderr *syncBuffer
-	exited chan error
-	result chan message.ConfigResult
-}
-
 type syncBuffer struct {
 	mu sync.Mutex
 	b  bytes.Buffer
@@ -90,91 +80,6 @@ func startGuest(t *testing.T) *guest {
 		t.Fatal(err)
 	}
 	return startGuestWith(t, guestOptions{bin: bin})
-}
-
-// guestOptions vary how init is started.
-type guestOptions struct {
-	bin     string // path of the init binary (inside root when root is set)
-	root    string // chroot directory; empty: the machine's root
-	cmdline string // extra kernel command-line parameters
-}
-
-func startGuestWith(t *testing.T, o guestOptions) *guest {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	hostEnd, guestEnd := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	g := &guest{stderr: &syncBuffer{}, exited: make(chan error, 1), result: make(chan message.ConfigResult, 4)}
-	g.cmd = exec.Command(o.bin, "-cmdline", "ferry.transport=fd:3 ferry.grace=2s ferry.debug=1 "+o.cmdline)
-	g.cmd.ExtraFiles = []*os.File{guestEnd}
-	g.cmd.Stdout, g.cmd.Stderr = g.stderr, g.stderr
-	g.cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
-		Pdeathsig:  syscall.SIGKILL,
-		Chroot:     o.root,
-	}
-	if o.root != "" {
-		g.cmd.Dir = "/"
-	}
-	// Pdeathsig fires when the thread that forked init exits, and the
-	// namespace helpers discard the threads they lock. So init is started
-	// from a thread held locked until it exits.
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := g.cmd.Start()
-		started <- err
-		if err == nil {
-			g.exited <- g.cmd.Wait()
-		}
-	}()
-	if err := <-started; err != nil {
-		t.Fatal(err)
-	}
-	guestEnd.Close()
-	conn, err := net.FileConn(hostEnd)
-	hostEnd.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	g.sess = mux.Client(conn, mux.Config{OnControl: func(ft frame.Type, p []byte) {
-		if ft == frame.TypeConfigResult {
-			var r message.ConfigResult
-			if err := r.Unmarshal(append([]byte(nil), p...)); err == nil {
-				g.result <- r
-			}
-		}
-	}})
-	t.Cleanup(func() {
-		g.cmd.Process.Kill()
-		g.sess.Close()
-		if t.Failed() {
-			t.Logf("init output:\n%s", g.stderr.String())
-		}
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := g.sess.Handshake(ctx); err != nil {
-		t.Fatalf("handshake with init: %v\n%s", err, g.stderr.String())
-	}
-	return g
-}
-
-func (g *guest) configure(t *testing.T, cfg map[string]any) message.ConfigResult {
-	t.Helper()
-	doc, _ := json.Marshal(cfg)
-	if err := g.sess.SendControl(frame.TypeConfig, doc); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case r := <-g.result:
-		return r
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no configuration result\n%s", g.stderr.String())
-		return message.ConfigResult{}
-	}
 }
 
 // outside runs f on a thread in a fresh network namespace: the test's side
@@ -378,7 +283,8 @@ func TestInitAsPID1InNamespaces(t *testing.T) {
 	}
 	var exitErr error
 	select {
-	case exitErr = <-g.exited:
+	case <-g.done:
+		exitErr = g.waitErr
 	case <-time.After(30 * time.Second):
 		t.Fatal("init did not power off")
 	}
