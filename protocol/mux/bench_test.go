@@ -62,13 +62,7 @@ func BenchmarkRoundTrip1KiB(b *testing.B) {
 	c, _ := sessionPair(b, Config{}, Config{Handler: sizedResponder(1024)})
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	body := bytes.Repeat([]byte("q"), 1024)
-	buf := make([]byte, 4096)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for i := 0; i < b.N; i++ {
-		roundTrip(b, ctx, c, body, buf)
-	}
+	benchRoundTrips(b, ctx, c)
 }
 
 // BenchmarkRoundTrip1KiBAccept is BenchmarkRoundTrip1KiB with the server
@@ -78,6 +72,11 @@ func BenchmarkRoundTrip1KiBAccept(b *testing.B) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go serveEcho(ctx, s, 1024)
+	benchRoundTrips(b, ctx, c)
+}
+
+// benchRoundTrips times b.N round trips of 1 KiB each way on c.
+func benchRoundTrips(b *testing.B, ctx context.Context, c *Session) {
 	body := bytes.Repeat([]byte("q"), 1024)
 	buf := make([]byte, 4096)
 	b.ReportAllocs()

@@ -102,14 +102,7 @@ func BenchmarkRoundTrip1KiBPerSide(b *testing.B) {
 	b.Run("client", func(b *testing.B) {
 		c := Client(startPeer(b, "server"), Config{})
 		defer c.Close()
-		ctx := context.Background()
-		body := bytes.Repeat([]byte("q"), 1024)
-		buf := make([]byte, 4096)
-		b.ReportAllocs()
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			roundTrip(b, ctx, c, body, buf)
-		}
+		benchRoundTrips(b, context.Background(), c)
 	})
 	b.Run("raw-unix-baseline", func(b *testing.B) {
 		// The same 1 KiB each way with no protocol: the floor for the two

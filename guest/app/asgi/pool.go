@@ -108,17 +108,7 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 	for i := range opt.Workers {
 		p.workers = append(p.workers, &worker{pool: p, id: i + 1})
 	}
-	errs := make([]error, len(p.workers))
-	var wg sync.WaitGroup
-	for i, w := range p.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = w.start(ctx)
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
+	for _, err := range p.eachWorker(func(w *worker) error { return w.start(ctx) }) {
 		if err != nil {
 			stopCtx, stop := context.WithTimeout(context.Background(), 5*time.Second)
 			_ = p.Stop(stopCtx)
@@ -131,6 +121,22 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 	}
 	p.log.Info("ASGI workers ready", "workers", len(p.workers), "python", opt.Python)
 	return p, nil
+}
+
+// eachWorker runs f on every worker at once and returns their errors, by
+// worker.
+func (p *Pool) eachWorker(f func(*worker) error) []error {
+	errs := make([]error, len(p.workers))
+	var wg sync.WaitGroup
+	for i, w := range p.workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = f(w)
+		}()
+	}
+	wg.Wait()
+	return errs
 }
 
 // changed wakes requests waiting for a worker.
@@ -201,16 +207,7 @@ func (p *Pool) Serve(ctx context.Context, host *mux.Stream) {
 func (p *Pool) Stop(ctx context.Context) error {
 	p.stopping.Store(true)
 	defer p.cancel()
-	errs := make([]error, len(p.workers))
-	var wg sync.WaitGroup
-	for i, w := range p.workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[i] = w.stop(ctx)
-		}()
-	}
-	wg.Wait()
+	errs := p.eachWorker(func(w *worker) error { return w.stop(ctx) })
 	os.RemoveAll(filepath.Dir(p.script))
 	return errors.Join(errs...)
 }
