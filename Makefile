@@ -6,7 +6,7 @@ PKGS      := ./...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
-.PHONY: all build test bench fuzz fmt vet lint demo clean
+.PHONY: all build test bench fuzz fmt vet lint demo rootfs clean
 
 all: build
 
@@ -45,6 +45,10 @@ lint: vet
 ## demo: serve examples/hello (FastAPI) through the host agent; prints a curl command
 demo: build
 	@examples/demo.sh
+
+## rootfs: bootable image for the qemu backend in build/rootfs (root; cached)
+rootfs: build
+	rootfs/build.sh $(BIN)/init build/rootfs
 
 clean:
 	rm -rf $(BIN)

@@ -12,6 +12,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -57,6 +58,11 @@ func main() {
 
 	cmdline := *cmdlineFlag
 	if cmdline == "" && pid1 {
+		if _, err := os.Stat("/proc/cmdline"); err != nil {
+			// Started from an initramfs: nothing is mounted yet.
+			os.MkdirAll("/proc", 0o555)
+			unix.Mount("proc", "/proc", "proc", unix.MS_NOSUID|unix.MS_NODEV|unix.MS_NOEXEC, "")
+		}
 		if b, err := os.ReadFile("/proc/cmdline"); err == nil {
 			cmdline = string(b)
 		}
@@ -82,7 +88,23 @@ func main() {
 		log.Warn("ignoring kernel parameter", "err", err)
 	}
 
-	code := run(log, params, pid1, &tl)
+	if pid1 && params.Root != "" && boot.InInitramfs() {
+		// The initramfs stage: it returns only if the root image is unusable.
+		err := initramfsStage(log, params, cmdline, &tl)
+		log.Error("cannot start the root image; powering off", "root", params.Root, "err", err)
+		if err := boot.PowerOff(params.OnExit == bootparam.ActionReboot); err != nil {
+			log.Error("power off failed; halting here", "err", err)
+		}
+		for {
+			time.Sleep(time.Hour)
+		}
+	}
+	if earlier, err := boot.DecodeTimeline(os.Getenv(boot.TimelineEnv)); err == nil {
+		tl.Prepend(earlier)
+	}
+	os.Unsetenv(boot.TimelineEnv)
+
+	code := run(log, params, cmdline, pid1, &tl)
 	if !pid1 {
 		os.Exit(code)
 	}
@@ -97,7 +119,7 @@ func main() {
 }
 
 // run boots, serves and shuts down; it returns an exit code for dev mode.
-func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline) (code int) {
+func run(log *slog.Logger, params bootparam.Params, cmdline string, pid1 bool, tl *boot.Timeline) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error("init panicked; shutting down cleanly", "panic", r, "stack", string(debug.Stack()))
@@ -111,8 +133,9 @@ func run(log *slog.Logger, params bootparam.Params, pid1 bool, tl *boot.Timeline
 		}
 		log.Debug("mounted", "targets", strings.Join(mounted, " "))
 		tl.Mark("mounts")
-		loadModules(log, params.Transport)
-		tl.Mark("modules")
+		if loadModules(log, cmdline, params.Transport) {
+			tl.Mark("modules")
+		}
 		if params.Overlay {
 			if err := boot.OverlayRoot(); err != nil {
 				log.Error("root stays as it is", "err", err)
@@ -213,19 +236,43 @@ func stopEverything(log *slog.Logger, grace time.Duration) {
 	}
 }
 
+// initramfsStage runs when init is the initramfs's /init and
+// ferry.root names the root image: it mounts the early filesystems, loads
+// the modules (from the initramfs) that reach the root image, the network
+// and the host, then hands over to the image's /sbin/init. It returns only
+// on failure.
+func initramfsStage(log *slog.Logger, params bootparam.Params, cmdline string, tl *boot.Timeline) error {
+	for _, m := range boot.EarlyMounts {
+		os.MkdirAll(m.Target, 0o755)
+		if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil && !errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("mount %s: %w", m.Target, err)
+		}
+	}
+	tl.Mark("initramfs")
+	if !loadModules(log, cmdline, params.Transport) {
+		log.Warn("the initramfs has no kernel modules; relying on built-in drivers")
+	}
+	tl.Mark("modules")
+	log.Info("switching to the root image", "root", params.Root)
+	return boot.SwitchRoot(context.Background(), boot.RootOptions{Device: params.Root, FS: params.RootFS, Wait: 20 * time.Second}, tl)
+}
+
 // loadModules loads what the transport and the usual devices need, when
-// the kernel has them as modules. Built-in or absent modules are fine.
-func loadModules(log *slog.Logger, t bootparam.Transport) {
+// the kernel has them as modules, with the parameters the kernel command
+// line gives them. Built-in or absent modules are fine. It reports whether
+// there was a module index to load from.
+func loadModules(log *slog.Logger, cmdline string, t bootparam.Transport) bool {
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
-		return
+		return false
 	}
 	release := unix.ByteSliceToString(uts.Release[:])
 	idx, err := kmod.Open(filepath.Join("/lib/modules", release))
 	if err != nil {
 		log.Debug("no kernel modules to load", "err", err)
-		return
+		return false
 	}
+	idx.Params = func(module string) string { return bootparam.ModuleParams(cmdline, module) }
 	wanted := []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "squashfs", "overlay", "ext4"}
 	switch t.Kind {
 	case bootparam.TransportVsock:
@@ -240,4 +287,5 @@ func loadModules(log *slog.Logger, t bootparam.Transport) {
 			log.Debug("loaded modules", "modules", strings.Join(loaded, " "))
 		}
 	}
+	return true
 }

@@ -62,6 +62,11 @@ type Params struct {
 	Debug     bool          // ferry.debug=1: debug logs
 	OnExit    string        // ferry.shutdown=poweroff|reboot
 	Grace     time.Duration // ferry.grace=5s: how long the app gets to stop
+	// Root is the root image's device (vda, /dev/vda or serial:NAME). Set,
+	// init running from an initramfs loads the kernel modules, mounts
+	// this device read-only and hands over to its /sbin/init.
+	Root   string // ferry.root=
+	RootFS string // ferry.rootfstype=squashfs|ext4 (default: try each)
 }
 
 // Defaults returns the parameters used when the command line says nothing.
@@ -71,6 +76,28 @@ func Defaults() Params {
 		OnExit:    ActionPoweroff,
 		Grace:     5 * time.Second,
 	}
+}
+
+// ModuleParams returns the parameters the command line gives a kernel
+// module (words of the form module.key=value, with '-' and '_' alike in the
+// module name), joined by spaces as init_module wants them (values with spaces quoted). A loadable
+// module does not see these unless its loader passes them, as modprobe does.
+func ModuleParams(cmdline, module string) string {
+	module = strings.ReplaceAll(module, "-", "_")
+	var params []string
+	for _, word := range splitCmdline(cmdline) {
+		key, _, _ := strings.Cut(word, "=")
+		mod, param, ok := strings.Cut(key, ".")
+		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_") != module {
+			continue
+		}
+		word = strings.TrimPrefix(word, mod+".")
+		if k, v, ok := strings.Cut(word, "="); ok && strings.ContainsAny(v, " \t") {
+			word = k + `="` + v + `"` // the kernel's parser takes quoted values
+		}
+		params = append(params, word)
+	}
+	return strings.Join(params, " ")
 }
 
 // Parse reads ferry.* parameters from a kernel command line. It always
@@ -113,6 +140,13 @@ func (p *Params) set(key, value string) error {
 			return fmt.Errorf("want a duration between 0s and 10m, like 5s")
 		}
 		p.Grace = d
+	case "root":
+		if value == "" {
+			return fmt.Errorf("want a device: vda, /dev/vda or serial:NAME")
+		}
+		p.Root = value
+	case "rootfstype":
+		p.RootFS = value
 	default:
 		return fmt.Errorf("unknown parameter")
 	}

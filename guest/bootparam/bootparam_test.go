@@ -18,11 +18,11 @@ func TestDefaultsWhenNothingIsSaid(t *testing.T) {
 }
 
 func TestParseAll(t *testing.T) {
-	p, errs := Parse(`console=ttyS0 ferry.transport=serial:ferry ferry.overlay=1 ferry.debug ferry.shutdown=reboot ferry.grace=2s init=/sbin/init`)
+	p, errs := Parse(`console=ttyS0 ferry.transport=serial:ferry ferry.overlay=1 ferry.debug ferry.shutdown=reboot ferry.grace=2s ferry.root=serial:rootfs ferry.rootfstype=squashfs init=/sbin/init`)
 	if len(errs) != 0 {
 		t.Fatal(errs)
 	}
-	want := Params{Transport: Transport{Kind: TransportSerial, Name: "ferry"}, Overlay: true, Debug: true, OnExit: ActionReboot, Grace: 2 * time.Second}
+	want := Params{Transport: Transport{Kind: TransportSerial, Name: "ferry"}, Overlay: true, Debug: true, OnExit: ActionReboot, Grace: 2 * time.Second, Root: "serial:rootfs", RootFS: "squashfs"}
 	if !reflect.DeepEqual(p, want) {
 		t.Fatalf("got %+v want %+v", p, want)
 	}
@@ -68,5 +68,17 @@ func TestQuotedWords(t *testing.T) {
 	want := []string{"a", "b c", "d=e f", "ferry.transport=unix:/run/x"}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("got %q", got)
+	}
+}
+
+func TestModuleParamsAreTakenFromTheCommandLine(t *testing.T) {
+	cmdline := `console=ttyS0 virtio_mmio.device=512@0xfeb00e00:12 virtio-mmio.device=512@0xfeb00c00:11 virtio_mmiox.bad=1 ferry.debug "virtio_mmio.quoted=a b"`
+	got := ModuleParams(cmdline, "virtio-mmio")
+	want := `device=512@0xfeb00e00:12 device=512@0xfeb00c00:11 quoted="a b"`
+	if got != want {
+		t.Fatalf("got %q want %q", got, want)
+	}
+	if got := ModuleParams(cmdline, "squashfs"); got != "" {
+		t.Fatalf("squashfs got %q", got)
 	}
 }

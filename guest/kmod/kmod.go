@@ -42,6 +42,9 @@ type Index struct {
 	paths   map[string]string   // module name -> path relative to Dir
 	deps    map[string][]string // module name -> names of its direct and indirect dependencies, as listed
 	builtin map[string]bool
+	// Params, if set, gives the parameters to load a module with (as
+	// modprobe takes them from the kernel command line).
+	Params func(module string) string
 }
 
 // Open reads DIR/modules.dep and, if present, DIR/modules.builtin.
@@ -218,7 +221,11 @@ func (idx *Index) Load(names ...string) ([]string, error) {
 		if err != nil {
 			return done, err
 		}
-		if err := unix.InitModule(data, ""); err != nil && !errors.Is(err, unix.EEXIST) {
+		var params string
+		if idx.Params != nil {
+			params = idx.Params(name)
+		}
+		if err := unix.InitModule(data, params); err != nil && !errors.Is(err, unix.EEXIST) {
 			return done, fmt.Errorf("kmod: loading %s: %w", name, err)
 		}
 		done = append(done, name)

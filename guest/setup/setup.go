@@ -15,9 +15,8 @@ import (
 	"path/filepath"
 	"strings"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/ferry-vm/ferry/guest/archive"
+	"github.com/ferry-vm/ferry/guest/blockdev"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/network"
@@ -103,7 +102,7 @@ func Apply(ctx context.Context, log *slog.Logger, c *config.Config, opt Options,
 		if err != nil {
 			return res, &PhaseError{Phase: "volumes", Field: field + ".device", Err: err}
 		}
-		if err := mountDevice(dev, v.Mount, v.FS, v.ReadOnly); err != nil {
+		if err := blockdev.Mount(dev, v.Mount, v.FS, v.ReadOnly); err != nil {
 			return res, &PhaseError{Phase: "volumes", Field: field, Err: err}
 		}
 		res.Mounts = append(res.Mounts, v.Mount)
@@ -150,54 +149,7 @@ func networkError(err error) error {
 
 // findDevice resolves vdb or serial:NAME to a /dev path.
 func findDevice(p Paths, device string) (string, error) {
-	if serial, ok := strings.CutPrefix(device, "serial:"); ok {
-		entries, err := os.ReadDir(p.SysBlock)
-		if err != nil {
-			return "", fmt.Errorf("listing block devices: %w", err)
-		}
-		for _, e := range entries {
-			b, err := os.ReadFile(filepath.Join(p.SysBlock, e.Name(), "serial"))
-			if err == nil && strings.TrimSpace(string(b)) == serial {
-				return filepath.Join(p.DevRoot, e.Name()), nil
-			}
-		}
-		return "", fmt.Errorf("no block device with serial %q", serial)
-	}
-	dev := filepath.Join(p.DevRoot, device)
-	st, err := os.Stat(dev)
-	if err != nil {
-		return "", fmt.Errorf("device %s: %w", device, errors.Unwrap(err))
-	}
-	if st.Mode()&os.ModeDevice == 0 {
-		return "", fmt.Errorf("%s is not a device", dev)
-	}
-	return dev, nil
-}
-
-// autoFS are tried in order when a volume names no filesystem.
-var autoFS = []string{"squashfs", "ext4", "vfat", "xfs", "btrfs"}
-
-func mountDevice(dev, target, fs string, readOnly bool) error {
-	if err := os.MkdirAll(target, 0o755); err != nil {
-		return err
-	}
-	candidates := autoFS
-	if fs != "" {
-		candidates = []string{fs}
-	}
-	var errs []error
-	for _, t := range candidates {
-		var flags uintptr
-		if readOnly || t == "squashfs" {
-			flags |= unix.MS_RDONLY
-		}
-		if err := unix.Mount(dev, target, t, flags, ""); err == nil {
-			return nil
-		} else {
-			errs = append(errs, fmt.Errorf("as %s: %w", t, err))
-		}
-	}
-	return fmt.Errorf("cannot mount %s on %s: %w", dev, target, errors.Join(errs...))
+	return blockdev.Find(blockdev.Paths{Dev: p.DevRoot, SysBlock: p.SysBlock}, device)
 }
 
 func sourcePath(p Paths, s config.Source) (string, error) {
@@ -228,7 +180,7 @@ func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (d
 		if err != nil {
 			return fail("code", err)
 		}
-		if err := mountDevice(src, p.Code, "squashfs", true); err != nil {
+		if err := blockdev.Mount(src, p.Code, "squashfs", true); err != nil {
 			return fail("code", err)
 		}
 		return p.Code, p.Code, nil

@@ -75,16 +75,3 @@ func TestErrorsNamePhaseAndField(t *testing.T) {
 		})
 	}
 }
-
-func TestFindDeviceBySerial(t *testing.T) {
-	opt := testOptions(t)
-	os.MkdirAll(filepath.Join(opt.Paths.SysBlock, "vdc"), 0o755)
-	os.WriteFile(filepath.Join(opt.Paths.SysBlock, "vdc", "serial"), []byte("persist\n"), 0o644)
-	dev, err := findDevice(opt.Paths, "serial:persist")
-	if err != nil || dev != filepath.Join(opt.Paths.DevRoot, "vdc") {
-		t.Fatalf("got %s %v", dev, err)
-	}
-	if _, err := findDevice(opt.Paths, "serial:other"); err == nil {
-		t.Fatal("unknown serial found")
-	}
-}

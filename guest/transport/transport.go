@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -61,14 +62,27 @@ func Listen(t bootparam.Transport) (Listener, error) {
 		}
 		return &onceListener{conn: conn, name: t.String(), closed: make(chan struct{})}, nil
 	case bootparam.TransportSerial:
-		return &serialListener{path: serialPath(t.Name), name: t.String(), closed: make(chan struct{})}, nil
+		return &serialListener{port: t.Name, name: t.String(), closed: make(chan struct{})}, nil
 	}
 	return nil, fmt.Errorf("unknown transport %q", t.Kind)
 }
 
-func serialPath(name string) string {
+// serialPath finds a virtio-serial port by name. udev makes the
+// /dev/virtio-ports/NAME links; without udev the name is read from
+// /sys/class/virtio-ports/vportNpM/name and the device is /dev/vportNpM.
+func serialPath(sysClass, name string) string {
 	if filepath.IsAbs(name) {
 		return name
+	}
+	if _, err := os.Stat("/dev/virtio-ports/" + name); err == nil {
+		return "/dev/virtio-ports/" + name
+	}
+	ports, _ := os.ReadDir(sysClass)
+	for _, p := range ports {
+		b, err := os.ReadFile(filepath.Join(sysClass, p.Name(), "name"))
+		if err == nil && strings.TrimSpace(string(b)) == name {
+			return "/dev/" + p.Name()
+		}
 	}
 	return "/dev/virtio-ports/" + name
 }
@@ -124,14 +138,20 @@ func (o *onceListener) Close() error {
 }
 func (o *onceListener) String() string { return o.name }
 
-// serialListener opens the virtio-serial port; after the host side
-// disconnects, the port is opened again for the next session.
+// serialListener opens the virtio-serial port. A port reads as end of
+// file while no host is connected to its other end, so a connection is
+// handed out only once the host has sent its first bytes (the host speaks
+// first: HELLO); after the host disconnects, the port is opened again for
+// the next session.
 type serialListener struct {
-	path   string
+	port   string // name or /dev path
 	name   string
 	closed chan struct{}
 	once   sync.Once
 }
+
+// serialRetry is how often a port with no host (or no device yet) is retried.
+const serialRetry = 50 * time.Millisecond
 
 func (s *serialListener) Accept(ctx context.Context) (io.ReadWriteCloser, error) {
 	for {
@@ -140,19 +160,51 @@ func (s *serialListener) Accept(ctx context.Context) (io.ReadWriteCloser, error)
 			return nil, ErrClosed
 		default:
 		}
-		f, err := os.OpenFile(s.path, os.O_RDWR, 0)
-		if err == nil {
-			return f, nil
-		}
 		// The device appears once its driver has loaded.
+		if f, err := os.OpenFile(serialPath("/sys/class/virtio-ports", s.port), os.O_RDWR, 0); err == nil {
+			if conn := s.firstBytes(ctx, f); conn != nil {
+				return conn, nil
+			}
+		}
 		select {
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		case <-s.closed:
 			return nil, ErrClosed
-		case <-time.After(50 * time.Millisecond):
+		case <-time.After(serialRetry):
 		}
 	}
+}
+
+// firstBytes waits for the host's first bytes on an open port and returns
+// a connection that reads them first; nil (and f closed) if the port has
+// no host or ctx ends.
+func (s *serialListener) firstBytes(ctx context.Context, f *os.File) io.ReadWriteCloser {
+	stop := context.AfterFunc(ctx, func() { f.SetReadDeadline(time.Now()) })
+	defer stop()
+	buf := make([]byte, 4096)
+	n, _ := f.Read(buf)
+	if n == 0 {
+		f.Close()
+		return nil
+	}
+	f.SetReadDeadline(time.Time{})
+	return &prefixedConn{File: f, prefix: buf[:n]}
+}
+
+// prefixedConn is a port whose first bytes were already read.
+type prefixedConn struct {
+	*os.File
+	prefix []byte
+}
+
+func (p *prefixedConn) Read(b []byte) (int, error) {
+	if len(p.prefix) > 0 {
+		n := copy(b, p.prefix)
+		p.prefix = p.prefix[n:]
+		return n, nil
+	}
+	return p.File.Read(b)
 }
 
 func (s *serialListener) Close() error {

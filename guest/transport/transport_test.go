@@ -2,6 +2,7 @@ package transport
 
 import (
 	"context"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -72,7 +73,7 @@ func TestInheritedFD(t *testing.T) {
 func TestSerialWaitsForDevice(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vport1p1")
 	l, _ := Listen(bootparam.Transport{Kind: bootparam.TransportSerial, Name: path})
-	go func() { time.Sleep(60 * time.Millisecond); os.WriteFile(path, nil, 0o600) }()
+	go func() { time.Sleep(60 * time.Millisecond); os.WriteFile(path, []byte("hi"), 0o600) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	conn, err := l.Accept(ctx)
@@ -83,5 +84,61 @@ func TestSerialWaitsForDevice(t *testing.T) {
 	l.Close()
 	if _, err := l.Accept(context.Background()); err != ErrClosed {
 		t.Fatalf("Accept after Close: %v", err)
+	}
+}
+
+func TestSerialPortFoundByNameInSysfs(t *testing.T) {
+	sys := t.TempDir()
+	for port, name := range map[string]string{"vport1p1": "ferry", "vport1p2": "other"} {
+		os.MkdirAll(filepath.Join(sys, port), 0o755)
+		os.WriteFile(filepath.Join(sys, port, "name"), []byte(name+"\n"), 0o444)
+	}
+	if got := serialPath(sys, "ferry"); got != "/dev/vport1p1" {
+		t.Fatalf("by name: %s", got)
+	}
+	if got := serialPath(sys, "/dev/hvc1"); got != "/dev/hvc1" {
+		t.Fatalf("by path: %s", got)
+	}
+	// Unknown: the udev path, which Accept keeps trying until it appears.
+	if got := serialPath(sys, "missing"); got != "/dev/virtio-ports/missing" {
+		t.Fatalf("unknown: %s", got)
+	}
+}
+
+func TestSerialAcceptWaitsForTheHostsFirstBytes(t *testing.T) {
+	// A port with no host reads as end of file, as an empty file does.
+	port := filepath.Join(t.TempDir(), "vport1p1")
+	os.WriteFile(port, nil, 0o600)
+	l, err := Listen(bootparam.Transport{Kind: bootparam.TransportSerial, Name: port})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		time.Sleep(3 * serialRetry)
+		os.WriteFile(port, []byte("HELLO and more"), 0o600)
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	conn, err := l.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 5)
+	if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "HELLO" {
+		t.Fatalf("first read %q %v", buf[:n], err)
+	}
+	rest, _ := io.ReadAll(conn)
+	if string(rest) != " and more" {
+		t.Fatalf("rest %q", rest)
+	}
+
+	// With no host ever, Accept ends with its context.
+	os.WriteFile(port, nil, 0o600)
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel2()
+	if _, err := l.Accept(ctx2); err != context.DeadlineExceeded {
+		t.Fatalf("accept without a host: %v", err)
 	}
 }

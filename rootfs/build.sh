@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# rootfs/build.sh builds what the qemu backend boots:
+#
+#   OUT/rootfs.squashfs  Debian bookworm (minbase) with python3, the Debian
+#                        ASGI stack and ca-certificates; Ferry's init is
+#                        /sbin/init. zstd squashfs, mounted read-only.
+#   OUT/vmlinuz          the kernel of Debian's linux-image-cloud-amd64
+#   OUT/initrd.img       init plus the kernel modules it needs to reach the
+#                        root image (virtio, blk, net, console, vsock,
+#                        squashfs, overlay) with their modules.dep
+#   OUT/kernel.release   the kernel's release string
+#
+# Usage: rootfs/build.sh INIT_BINARY [OUT_DIR]   (as root; OUT_DIR defaults
+# to build/rootfs). Each output is rebuilt only when its inputs changed: the
+# Debian tree is keyed by this script and the package list, the squashfs and
+# the initrd by init's checksum as well. FERRY_MIRROR overrides the Debian
+# mirror (default: the first one in apt's sources).
+set -euo pipefail
+
+init_bin=${1:?usage: rootfs/build.sh INIT_BINARY [OUT_DIR]}
+out=${2:-build/rootfs}
+suite=bookworm
+packages=python3,python3-fastapi,python3-uvloop,ca-certificates
+# Bump when the debootstrap or trimming steps below change (the Debian tree
+# is cached by this, the suite and the packages).
+base_recipe=1
+# Modules init loads before the root is mounted, by name; their dependencies
+# come along from modules.dep.
+modules="virtio_mmio virtio_pci virtio_blk virtio_net virtio_console vmw_vsock_virtio_transport squashfs overlay"
+
+say() { printf 'rootfs: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "must run as root (debootstrap, device nodes)"
+for tool in debootstrap mksquashfs depmod cpio apt-get dpkg-deb sha256sum; do
+	command -v "$tool" >/dev/null || die "$tool is not installed (apt-get install debootstrap squashfs-tools kmod cpio)"
+done
+[ -x "$init_bin" ] || die "init binary $init_bin is not an executable"
+file_type=$(head -c 4 "$init_bin" | od -An -c | tr -d ' ')
+[ "$file_type" = '177ELF' ] || die "$init_bin is not an ELF binary"
+
+mirror=${FERRY_MIRROR:-$(grep -hoE '^(URIs: |deb )https?://[^ ]+' /etc/apt/sources.list /etc/apt/sources.list.d/* 2>/dev/null | grep -v security | head -1 | sed -E 's/^(URIs: |deb )//' || true)}
+mirror=${mirror:-http://deb.debian.org/debian}
+
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+script_sum=$(sha256sum "$0" | cut -c1-16)
+init_sum=$(sha256sum "$init_bin" | cut -c1-16)
+
+# 1. The Debian tree, trimmed. Slow (debootstrap), so cached by its inputs.
+base_key=$(printf '%s %s %s\n' "$base_recipe" "$suite" "$packages" | sha256sum | cut -c1-16)
+base=$out/base-$base_key
+if [ ! -e "$base/.complete" ]; then
+	say "debootstrap $suite ($packages) from $mirror"
+	rm -rf "$out"/base-*
+	debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" "$mirror" >"$out/debootstrap.log" 2>&1 ||
+		{ tail -20 "$out/debootstrap.log" >&2; die "debootstrap failed (log: $out/debootstrap.log)"; }
+	(
+		cd "$base.tmp"
+		rm -rf var/lib/apt/lists/* var/cache/apt/* var/cache/debconf/*-old var/log/* \
+			usr/share/doc/* usr/share/man/* usr/share/info/* usr/share/lintian usr/share/bug
+		find usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+		# A machine id is made per boot if anything needs one; the image has none.
+		: >etc/machine-id
+		# Mount points init uses.
+		mkdir -p code data proc sys dev run tmp
+	)
+	touch "$base.tmp/.complete"
+	mv "$base.tmp" "$base"
+fi
+
+# 2. The kernel: Debian's cloud kernel package, unpacked (cached by version).
+kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+[ -n "$kpkg" ] || die "cannot find the package linux-image-cloud-amd64 depends on (apt-get update?)"
+kdir=$out/kernel-$kpkg
+if [ ! -e "$kdir/.complete" ]; then
+	say "downloading $kpkg"
+	rm -rf "$out"/kernel-*
+	mkdir -p "$kdir.tmp"
+	(cd "$kdir.tmp" && apt-get download "$kpkg" >/dev/null 2>&1) || die "apt-get download $kpkg failed"
+	dpkg-deb -x "$kdir.tmp"/*.deb "$kdir.tmp/x"
+	touch "$kdir.tmp/.complete"
+	mv "$kdir.tmp" "$kdir"
+fi
+release=$(ls "$kdir/x/lib/modules" | head -1)
+[ -n "$release" ] || die "no modules directory in $kpkg"
+
+# 3. The initrd: init and the modules it needs, with a modules.dep.
+initrd_key=$(printf '%s %s %s %s\n' "$script_sum" "$init_sum" "$release" "$modules" | sha256sum | cut -c1-16)
+if [ "$(cat "$out/initrd.key" 2>/dev/null)" != "$initrd_key" ]; then
+	say "initrd for $release"
+	stage=$(mktemp -d)
+	trap 'rm -rf "$stage"' EXIT
+	full=$kdir/x/lib/modules/$release
+	[ -e "$full/modules.dep" ] || depmod -b "$kdir/x" -F "$kdir/x/boot/System.map-$release" "$release"
+	mkdir -p "$stage/lib/modules/$release" "$stage/dev" "$stage/proc" "$stage/sys" "$stage/newroot"
+	# The closure of the wanted modules over modules.dep.
+	wanted=$(awk -v want="$modules" '
+		function norm(p,  n) { n = p; sub(/.*\//, "", n); sub(/\.ko.*/, "", n); gsub(/-/, "_", n); return n }
+		BEGIN { n = split(want, w, " "); for (i = 1; i <= n; i++) need[w[i]] = 1 }
+		{ sub(/:$/, "", $1); name = norm($1); path[name] = $1; deps[name] = ""; for (i = 2; i <= NF; i++) deps[name] = deps[name] " " norm($i) }
+		END {
+			for (k in need) { if (!(k in path)) { print "missing " k > "/dev/stderr"; exit 1 } }
+			do { changed = 0; for (k in need) { m = split(deps[k], d, " "); for (i = 1; i <= m; i++) if (!(d[i] in need)) { need[d[i]] = 1; changed = 1 } } } while (changed)
+			for (k in need) print path[k]
+		}' "$full/modules.dep") || die "a wanted module is not in $kpkg"
+	for rel in $wanted; do
+		mkdir -p "$stage/lib/modules/$release/$(dirname "$rel")"
+		cp "$full/$rel" "$stage/lib/modules/$release/$rel"
+	done
+	cp "$full/modules.builtin" "$full/modules.builtin.modinfo" "$full/modules.order" "$stage/lib/modules/$release/" 2>/dev/null || true
+	depmod -b "$stage" -F "$kdir/x/boot/System.map-$release" "$release"
+	cp "$init_bin" "$stage/init"
+	mknod -m 600 "$stage/dev/console" c 5 1
+	(cd "$stage" && find . -mindepth 1 | LC_ALL=C sort | cpio --quiet -o -H newc -R 0:0) >"$out/initrd.img.tmp"
+	mv "$out/initrd.img.tmp" "$out/initrd.img"
+	cp "$kdir/x/boot/vmlinuz-$release" "$out/vmlinuz"
+	echo "$release" >"$out/kernel.release"
+	echo "$initrd_key" >"$out/initrd.key"
+	rm -rf "$stage"
+	trap - EXIT
+fi
+
+# 4. The root image: the Debian tree with init as /sbin/init.
+image_key=$(printf '%s %s %s\n' "$base_key" "$init_sum" "$script_sum" | sha256sum | cut -c1-16)
+if [ "$(cat "$out/rootfs.key" 2>/dev/null)" != "$image_key" ]; then
+	say "squashfs image"
+	install -m 0755 "$init_bin" "$base/sbin/init"
+	rm -f "$out/rootfs.squashfs.tmp"
+	mksquashfs "$base" "$out/rootfs.squashfs.tmp" -comp zstd -noappend -quiet -no-progress -e .complete >/dev/null
+	mv "$out/rootfs.squashfs.tmp" "$out/rootfs.squashfs"
+	echo "$image_key" >"$out/rootfs.key"
+fi
+say "ready in $out: rootfs.squashfs $(du -h "$out/rootfs.squashfs" | cut -f1), vmlinuz ($release), initrd.img $(du -h "$out/initrd.img" | cut -f1)"
