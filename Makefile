@@ -16,9 +16,10 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/init ./cmd/init
 	$(GO) build -trimpath -o $(BIN)/host-agent ./cmd/host-agent
 
-## test: vet, then every test with the race detector
+## test: vet, then every test with the race detector (the VM tests build
+## the root image with make rootfs on first use, as root)
 test: vet
-	$(GO) test -race -count=1 $(PKGS)
+	$(GO) test -race -count=1 -timeout 45m $(PKGS)
 
 ## bench: protocol benchmarks (round trip, bulk vs raw copy, 1,000 streams)
 bench:

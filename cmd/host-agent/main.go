@@ -22,6 +22,7 @@ import (
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/qemu"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -61,8 +62,10 @@ func run(args []string) int {
 	listen := fs.String("listen", "127.0.0.1:8080", "address to serve HTTP on")
 	iface := fs.String("interface", "asgi", "asgi or executable")
 	workers := fs.Int("workers", 0, "ASGI worker processes (0: one per CPU)")
-	backendName := fs.String("backend", "sandbox", "VM backend: sandbox")
+	bf := addBackendFlags(fs)
 	python := fs.String("python", "", "Python interpreter inside the VM (default /usr/bin/python3)")
+	vcpus := fs.Int("vcpus", 0, "the VM's vCPUs (qemu; default 1)")
+	memory := fs.Int("memory", 0, "the VM's memory in MiB (qemu; default 512)")
 	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	timeout := fs.Duration("timeout", 0, "per-request time limit (504 beyond); 0: none")
@@ -85,15 +88,16 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "host-agent: %s is not a directory\n", fs.Arg(0))
 		return 2
 	}
-	be, err := newBackend(*backendName, log)
+	be, err := bf.backend(log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
 		return 2
 	}
 	var mgr *lifecycle.Manager
 	met := metrics.New(func() int { return len(mgr.Running()) })
-	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network}
-	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot,
+	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network,
+		VCPUs: *vcpus, MemoryMiB: *memory}
+	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, BootTimeout: *bf.bootTimeout,
 		OnOutput: func(id string, l message.Log) {
 			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
 		}})
@@ -135,7 +139,7 @@ func serve(args []string) int {
 	fs := flag.NewFlagSet("serve", flag.ExitOnError)
 	configPath := fs.String("config", "", "configuration file (JSON: listen, idle_timeout, programs)")
 	listen := fs.String("listen", "", "address to serve HTTP on (overrides the configuration; default 127.0.0.1:8080)")
-	backendName := fs.String("backend", "sandbox", "VM backend: sandbox")
+	bf := addBackendFlags(fs)
 	initPath := fs.String("init", "", "init binary (default: init next to host-agent)")
 	maxBody := fs.Int64("max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
@@ -159,7 +163,7 @@ func serve(args []string) int {
 	if *listen == "" {
 		*listen = "127.0.0.1:8080"
 	}
-	be, err := newBackend(*backendName, log)
+	be, err := bf.backend(log)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
 		return 2
@@ -169,6 +173,7 @@ func serve(args []string) int {
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	idle := cfg.IdleTimeout.Duration
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle, MaxRunning: cfg.MaxRunning,
+		BootTimeout: *bf.bootTimeout,
 		OnOutput: func(id string, l message.Log) {
 			programs.Output(id, l)
 			log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
@@ -224,13 +229,41 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, mgr 
 	mgr.StopAll(stopCtx)
 }
 
-// newBackend returns the named VM backend.
-func newBackend(name string, log *slog.Logger) (backend.Backend, error) {
-	switch name {
+// backendFlags choose and configure the VM backend.
+type backendFlags struct {
+	name, images, kernel, initrd, rootfs, accel, stateDir *string
+	bootTimeout                                           *time.Duration
+}
+
+func addBackendFlags(fs *flag.FlagSet) *backendFlags {
+	return &backendFlags{
+		name:        fs.String("backend", "sandbox", "VM backend: sandbox (namespaces) or qemu (a microVM)"),
+		images:      fs.String("images", "build/rootfs", "qemu: directory with vmlinuz, initrd.img and rootfs.squashfs (make rootfs)"),
+		kernel:      fs.String("kernel", "", "qemu: kernel (default IMAGES/vmlinuz)"),
+		initrd:      fs.String("initrd", "", "qemu: initrd (default IMAGES/initrd.img)"),
+		rootfs:      fs.String("rootfs", "", "qemu: root image (default IMAGES/rootfs.squashfs)"),
+		accel:       fs.String("accel", "auto", "qemu: auto (KVM when usable), kvm or tcg"),
+		stateDir:    fs.String("state-dir", qemu.DefaultStateDir, "qemu: where code images and persistent volumes are kept"),
+		bootTimeout: fs.Duration("boot-timeout", 2*time.Minute, "how long a VM may take to boot and start its program"),
+	}
+}
+
+// backend returns the chosen VM backend.
+func (f *backendFlags) backend(log *slog.Logger) (backend.Backend, error) {
+	switch *f.name {
 	case "sandbox":
 		return sandbox.New(log), nil
+	case "qemu":
+		or := func(v, def string) string {
+			if v != "" {
+				return v
+			}
+			return filepath.Join(*f.images, def)
+		}
+		return qemu.New(qemu.Options{Kernel: or(*f.kernel, "vmlinuz"), Initrd: or(*f.initrd, "initrd.img"), Rootfs: or(*f.rootfs, "rootfs.squashfs"),
+			Accel: *f.accel, StateDir: *f.stateDir, Log: log})
 	}
-	return nil, fmt.Errorf("unknown backend %q (this build has: sandbox)", name)
+	return nil, fmt.Errorf("unknown backend %q (sandbox or qemu)", *f.name)
 }
 
 // defaultInit is the init binary: the flag's, or init next to host-agent.

@@ -99,8 +99,12 @@ func main() {
 			time.Sleep(time.Hour)
 		}
 	}
-	if earlier, err := boot.DecodeTimeline(os.Getenv(boot.TimelineEnv)); err == nil {
+	if earlier, err := boot.DecodeTimeline(os.Getenv(boot.TimelineEnv)); err == nil && len(earlier) > 0 {
+		// Handed over from the initramfs: this process started at the
+		// switch, not at the kernel's start.
+		tl = boot.Timeline{}
 		tl.Prepend(earlier)
+		tl.Mark("switch")
 	}
 	os.Unsetenv(boot.TimelineEnv)
 

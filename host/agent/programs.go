@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/internal/logring"
@@ -62,7 +63,13 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodeDir: m.Code.Path,
 		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs, Network: m.Environment.Internet,
-		AuthorizedKeys: m.AuthorizedKeys, Volumes: len(m.Volumes)}
+		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
+	if m.Runtime != nil {
+		prog.Rootfs, prog.Kernel = m.Runtime.Rootfs, m.Runtime.Kernel
+	}
+	for _, v := range m.Volumes {
+		prog.Volumes = append(prog.Volumes, backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Persistent, Name: v.Name, SizeMiB: v.SizeMiB})
+	}
 	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()

@@ -9,6 +9,8 @@ import (
 	"context"
 	"io"
 	"log/slog"
+
+	"github.com/ferry-vm/ferry/guest/config"
 )
 
 // Spec is what a backend needs to start one VM.
@@ -21,13 +23,37 @@ type Spec struct {
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
-	// Volumes is how many volumes the manifest declares (attached by
-	// backends that support them).
-	Volumes int
+	// Volumes are the manifest's volumes (attached by backends that
+	// support them; others refuse to start the program).
+	Volumes []Volume
 	// VCPUs and MemoryMiB are the VM's resources (advisory in the sandbox).
 	VCPUs, MemoryMiB int
-	// Log receives the backend's and the VM console's lines.
+	// Rootfs and Kernel override the backend's default root image and
+	// kernel (the manifest's runtime; qemu only).
+	Rootfs, Kernel string
+	// Log receives the backend's own lines.
 	Log *slog.Logger
+	// Console, if set, receives each line the VM prints on its console.
+	Console func(line string)
+}
+
+// Volume is one volume a program declares.
+type Volume struct {
+	Mount string // where the program sees it
+	// Image is an immutable volume's filesystem image on the host.
+	Image string
+	// Persistent volumes are kept between boots, per program and Name,
+	// created empty (ext4) at SizeMiB.
+	Persistent bool
+	Name       string
+	SizeMiB    int
+}
+
+// Guest says where the VM sees the program's code and volumes, in the
+// terms of init's configuration.
+type Guest struct {
+	Code    config.Code
+	Volumes []config.Volume
 }
 
 // Network is the addressing of a VM's interface, host side and guest side.
@@ -40,8 +66,8 @@ type Network struct {
 type VM interface {
 	// Conn is the byte stream to the VM's init (the Ferry session).
 	Conn() io.ReadWriteCloser
-	// GuestCodeDir is where the program's code appears inside the VM.
-	GuestCodeDir() string
+	// Guest is where the code and volumes appear inside the VM.
+	Guest() Guest
 	// Network is the VM's addressing, or nil when it has no network.
 	Network() *Network
 	// Done is closed when the VM has ended; Err then says how.

@@ -38,9 +38,13 @@ type Program struct {
 	Network bool
 	// AuthorizedKeys are written for root's SSH logins in the VM.
 	AuthorizedKeys []string
-	// Volumes counts the manifest's volumes; backends that cannot provide
+	// Volumes are the manifest's volumes; backends that cannot provide
 	// them refuse to start the program.
-	Volumes int
+	Volumes []backend.Volume
+	// VCPUs and MemoryMiB size the VM (0: the backend's default).
+	VCPUs, MemoryMiB int
+	// Rootfs and Kernel override the backend's image and kernel.
+	Rootfs, Kernel string
 }
 
 // Instance is a running VM of a program with its session to init.
@@ -331,7 +335,14 @@ func (m *Manager) boot(p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	vm, err := m.opt.Backend.Start(ctx, backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network, Volumes: p.Volumes, Log: log})
+	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network,
+		Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	if m.opt.OnOutput != nil {
+		spec.Console = func(line string) {
+			m.opt.OnOutput(p.ID, message.Log{Source: []byte("console"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
+		}
+	}
+	vm, err := m.opt.Backend.Start(ctx, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -363,9 +374,15 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		return nil, err
 	}
 	if _, err := sess.Handshake(ctx); err != nil {
+		// A VM that ended explains itself better than the closed session.
+		select {
+		case <-vm.Done():
+			return fail(fmt.Errorf("the VM ended before init answered (%s): %w", vm.Describe(), vm.Err()))
+		case <-time.After(2 * time.Second):
+		}
 		return fail(fmt.Errorf("init did not answer (%s): %w", vm.Describe(), err))
 	}
-	doc, err := json.Marshal(guestConfig(p, vm.GuestCodeDir(), vm.Network()))
+	doc, err := json.Marshal(guestConfig(p, vm.Guest(), vm.Network()))
 	if err != nil {
 		return fail(err)
 	}
@@ -389,10 +406,13 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 }
 
 // guestConfig is the CONFIG document for init.
-func guestConfig(p *Program, codeDir string, nw *backend.Network) map[string]any {
+func guestConfig(p *Program, g backend.Guest, nw *backend.Network) map[string]any {
 	c := map[string]any{
 		"program_id": p.ID, "interface": p.Interface, "entrypoint": p.Entrypoint,
-		"code": map[string]any{"encoding": "directory", "path": codeDir},
+		"code": g.Code,
+	}
+	if len(g.Volumes) > 0 {
+		c["volumes"] = g.Volumes
 	}
 	if p.Workers > 0 {
 		c["workers"] = p.Workers

@@ -23,7 +23,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
 )
 
 // DefaultStateDir holds the per-VM directories of the sandbox (the
@@ -70,8 +72,8 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if spec.InitPath == "" {
 		return nil, errors.New("sandbox: no init binary")
 	}
-	if spec.Volumes > 0 {
-		return nil, fmt.Errorf("sandbox: this backend provides no volumes (the program declares %d); use the qemu backend", spec.Volumes)
+	if len(spec.Volumes) > 0 {
+		return nil, fmt.Errorf("sandbox: this backend provides no volumes (the program declares %d); use the qemu backend", len(spec.Volumes))
 	}
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
@@ -153,21 +155,23 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 				spec.Log.Warn("sandbox: networking needs root; the program runs without its own network")
 			}
 		} else {
-			nw, link, err := connect(index, cmd.Process.Pid)
+			nw, link, err := hostnet.Veth(index, cmd.Process.Pid)
 			if err != nil {
 				v.Kill()
 				conn.Close()
 				return nil, fmt.Errorf("sandbox: %w", err)
 			}
 			v.network = nw
-			go func() { <-v.done; disconnect(link) }()
+			go func() { <-v.done; hostnet.Remove(link) }()
 		}
 	}
 	return v, nil
 }
 
-func (v *vm) Conn() io.ReadWriteCloser  { return v.conn }
-func (v *vm) GuestCodeDir() string      { return v.code }
+func (v *vm) Conn() io.ReadWriteCloser { return v.conn }
+func (v *vm) Guest() backend.Guest {
+	return backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: v.code}}}
+}
 func (v *vm) Network() *backend.Network { return v.network }
 func (v *vm) Done() <-chan struct{}     { return v.done }
 func (v *vm) Err() error {

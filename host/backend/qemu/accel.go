@@ -1,0 +1,91 @@
+package qemu
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// KVM ioctls (linux/kvm.h).
+const (
+	kvmGetAPIVersion = 0xAE00
+	kvmCreateVM      = 0xAE01
+	kvmAPIVersion    = 12
+)
+
+// ProbeKVM reports whether /dev/kvm can create a VM. A /dev/kvm that
+// exists is not enough: nested virtualization is often advertised and
+// unusable. The returned error says why KVM cannot be used.
+func ProbeKVM() error {
+	fd, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("opening /dev/kvm: %w", err)
+	}
+	defer unix.Close(fd)
+	version, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmGetAPIVersion, 0)
+	if errno != 0 {
+		return fmt.Errorf("KVM_GET_API_VERSION: %w", errno)
+	}
+	if version != kvmAPIVersion {
+		return fmt.Errorf("KVM API version %d, want %d", version, kvmAPIVersion)
+	}
+	vm, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCreateVM, 0)
+	if errno != 0 {
+		return fmt.Errorf("KVM_CREATE_VM: %w", errno)
+	}
+	unix.Close(int(vm))
+	return nil
+}
+
+// probeQEMUKVM starts the emulator paused with KVM and asks it to quit
+// over QMP. Creating the vCPU sets its registers and MSRs, which is where
+// a half-working nested KVM fails (QEMU aborts); exit status 0 means KVM
+// works for this emulator.
+func probeQEMUKVM(ctx context.Context, qemu string) error {
+	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, qemu, "-M", "microvm", "-accel", "kvm", "-cpu", "host", "-m", "64",
+		"-nodefaults", "-no-user-config", "-display", "none", "-S", "-qmp", "stdio")
+	cmd.Stdin = strings.NewReader(`{"execute":"qmp_capabilities"}` + "\n" + `{"execute":"quit"}` + "\n")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		msg := strings.TrimSpace(stderr.String())
+		if i := strings.IndexByte(msg, '\n'); i > 0 {
+			msg = msg[:i]
+		}
+		return fmt.Errorf("qemu with KVM: %w: %s", err, msg)
+	}
+	return nil
+}
+
+// hostTSCkHz reads the CPU clock from /proc/cpuinfo, for the guest's
+// tsc_early_khz: under software emulation the kernel's TSC calibration
+// can take long enough to hang a boot in four.
+func hostTSCkHz() (int, error) {
+	f, err := os.Open("/proc/cpuinfo")
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		key, value, ok := strings.Cut(sc.Text(), ":")
+		if ok && strings.TrimSpace(key) == "cpu MHz" {
+			mhz, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			if err != nil || mhz <= 0 {
+				return 0, fmt.Errorf("cpu MHz %q", value)
+			}
+			return int(mhz * 1000), nil
+		}
+	}
+	return 0, fmt.Errorf("no cpu MHz in /proc/cpuinfo")
+}

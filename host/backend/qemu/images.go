@@ -1,0 +1,106 @@
+package qemu
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+)
+
+// codeImage packs a program directory into a read-only squashfs for the
+// VM's code drive, under cacheDir. Images are named after a digest of the
+// tree (paths, modes, sizes, modification times), so an unchanged
+// directory is packed once.
+func codeImage(ctx context.Context, cacheDir, codeDir string) (string, error) {
+	digest, err := treeDigest(codeDir)
+	if err != nil {
+		return "", fmt.Errorf("code directory %s: %w", codeDir, err)
+	}
+	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
+		return "", err
+	}
+	image := filepath.Join(cacheDir, digest+".squashfs")
+	if _, err := os.Stat(image); err == nil {
+		return image, nil
+	}
+	tmp, err := os.CreateTemp(cacheDir, digest+".*.tmp")
+	if err != nil {
+		return "", err
+	}
+	tmp.Close()
+	defer os.Remove(tmp.Name())
+	cmd := exec.CommandContext(ctx, "mksquashfs", codeDir, tmp.Name(), "-noappend", "-comp", "zstd", "-all-root", "-quiet", "-no-progress")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("mksquashfs %s: %w: %s", codeDir, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(tmp.Name(), image); err != nil {
+		return "", err
+	}
+	return image, nil
+}
+
+// treeDigest sums what identifies a directory tree's content cheaply.
+func treeDigest(dir string) (string, error) {
+	h := sha256.New()
+	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, path)
+		fmt.Fprintf(h, "%q %o %d %d\n", rel, info.Mode(), info.Size(), info.ModTime().UnixNano())
+		return nil
+	})
+	if err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil))[:24], nil
+}
+
+// persistentVolume returns a program's persistent volume image, creating
+// it as an empty ext4 filesystem of sizeMiB on first use. An existing
+// image is kept as it is (its data is the point), even if the declared
+// size changed.
+func persistentVolume(ctx context.Context, dir, name string, sizeMiB int) (image string, created bool, err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", false, err
+	}
+	image = filepath.Join(dir, name+".ext4")
+	if _, err := os.Stat(image); err == nil {
+		return image, false, nil
+	}
+	tmp := image + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return "", false, err
+	}
+	defer os.Remove(tmp)
+	if err := f.Truncate(int64(sizeMiB) << 20); err != nil {
+		f.Close()
+		return "", false, err
+	}
+	f.Close()
+	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", truncate(name, 16), "-E", "lazy_itable_init=0,lazy_journal_init=0", tmp)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", false, fmt.Errorf("mkfs.ext4 for volume %s: %w: %s", name, err, strings.TrimSpace(string(out)))
+	}
+	if err := os.Rename(tmp, image); err != nil {
+		return "", false, err
+	}
+	return image, true, nil
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

@@ -1,0 +1,485 @@
+// Package qemu is the backend that boots each program in a real microVM:
+// qemu-system-x86_64 -M microvm with the root image read-only (init makes
+// it a tmpfs overlay), the program's code as a squashfs drive, its volumes
+// as further drives, the host transport over virtio-serial and, when the
+// program asks for the network, a tap device with the VM's addresses. KVM
+// is used when /dev/kvm works, software emulation (TCG) otherwise.
+package qemu
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
+)
+
+// Defaults.
+const (
+	DefaultStateDir  = "/var/lib/ferry/qemu" // code images, persistent volumes
+	DefaultRunDir    = "/run/ferry/qemu"     // per-VM sockets
+	DefaultMemoryMiB = 512
+	DefaultVCPUs     = 1
+	// PortName is the virtio-serial port init listens on.
+	PortName = "ferry"
+	// consoleTail is how many console lines an error about a VM carries.
+	consoleTail = 25
+)
+
+// Drive serials, as init finds the drives (/sys/block/*/serial).
+const (
+	rootSerial = "ferry-root"
+	codeSerial = "ferry-code"
+)
+
+// Options configure the backend.
+type Options struct {
+	QEMU   string // the emulator (default qemu-system-x86_64 on PATH)
+	Kernel string // vmlinuz
+	Initrd string // initrd.img with init and its modules
+	Rootfs string // root image (squashfs) with init as /sbin/init
+	// StateDir keeps packed code images and persistent volumes.
+	StateDir string
+	// RunDir holds the per-VM transport sockets.
+	RunDir string
+	// Accel is "auto" (KVM when it works, else TCG), "kvm" or "tcg".
+	Accel string
+	Log   *slog.Logger
+}
+
+// Backend boots VMs with QEMU.
+type Backend struct {
+	opt    Options
+	kvm    bool
+	tscKHz int
+	seq    atomic.Uint64
+}
+
+// New checks the emulator, kernel, initrd and image, and picks the
+// accelerator.
+func New(opt Options) (*Backend, error) {
+	if opt.QEMU == "" {
+		opt.QEMU = "qemu-system-x86_64"
+	}
+	path, err := exec.LookPath(opt.QEMU)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
+	}
+	opt.QEMU = path
+	for what, p := range map[string]string{"kernel": opt.Kernel, "initrd": opt.Initrd, "root image": opt.Rootfs} {
+		if err := checkFile(what, p); err != nil {
+			return nil, fmt.Errorf("qemu: %w (make rootfs builds them)", err)
+		}
+	}
+	if opt.StateDir == "" {
+		opt.StateDir = DefaultStateDir
+	}
+	if opt.RunDir == "" {
+		opt.RunDir = DefaultRunDir
+	}
+	if opt.Log == nil {
+		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	b := &Backend{opt: opt}
+	switch opt.Accel {
+	case "", "auto":
+		if err := usableKVM(opt.QEMU); err != nil {
+			opt.Log.Info("qemu: KVM is not usable; using software emulation (TCG), which is slow", "reason", err)
+		} else {
+			b.kvm = true
+		}
+	case "kvm":
+		if err := usableKVM(opt.QEMU); err != nil {
+			return nil, fmt.Errorf("qemu: KVM was asked for: %w", err)
+		}
+		b.kvm = true
+	case "tcg":
+	default:
+		return nil, fmt.Errorf("qemu: accelerator %q is not auto, kvm or tcg", opt.Accel)
+	}
+	if !b.kvm {
+		if b.tscKHz, err = hostTSCkHz(); err != nil {
+			opt.Log.Warn("qemu: cannot read the CPU clock; guests calibrate their TSC themselves", "err", err)
+		}
+	}
+	return b, nil
+}
+
+// usableKVM checks /dev/kvm, then the emulator with it.
+func usableKVM(qemu string) error {
+	if err := ProbeKVM(); err != nil {
+		return err
+	}
+	return probeQEMUKVM(context.Background(), qemu)
+}
+
+func checkFile(what, path string) error {
+	if path == "" {
+		return fmt.Errorf("no %s given", what)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if !st.Mode().IsRegular() {
+		return fmt.Errorf("%s %s is not a regular file", what, path)
+	}
+	return nil
+}
+
+// Name implements backend.Backend.
+func (b *Backend) Name() string { return "qemu" }
+
+// Accelerator says what VMs run on: "kvm" or "tcg".
+func (b *Backend) Accelerator() string {
+	if b.kvm {
+		return "kvm"
+	}
+	return "tcg"
+}
+
+// drive is one virtio-blk drive.
+type drive struct {
+	file, serial string
+	readOnly     bool
+}
+
+// Start implements backend.Backend: it prepares the drives and the
+// network, starts QEMU and waits for it to connect the transport socket.
+func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, error) {
+	kernel, rootfs := b.opt.Kernel, b.opt.Rootfs
+	if spec.Kernel != "" {
+		kernel = spec.Kernel
+	}
+	if spec.Rootfs != "" {
+		rootfs = spec.Rootfs
+	}
+	if err := checkFile("kernel", kernel); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	if err := checkFile("root image", rootfs); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	index := b.seq.Add(1)
+	v := &vm{done: make(chan struct{}), log: spec.Log, console: spec.Console}
+	if v.log == nil {
+		v.log = slog.New(slog.DiscardHandler)
+	}
+	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
+
+	// The code, packed once per content.
+	if spec.CodeDir != "" {
+		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodeDir)
+		if err != nil {
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+		drives = append(drives, drive{file: image, serial: codeSerial, readOnly: true})
+		v.guest.Code = config.Code{Encoding: config.EncodingSquashfs, Source: config.Source{Device: "serial:" + codeSerial}}
+	}
+	for i, vol := range spec.Volumes {
+		serial := fmt.Sprintf("ferry-vol%d", i)
+		gv := config.Volume{Mount: vol.Mount, Device: "serial:" + serial}
+		switch {
+		case vol.Image != "":
+			if err := checkFile(fmt.Sprintf("volume %d image", i), vol.Image); err != nil {
+				return nil, fmt.Errorf("qemu: %w", err)
+			}
+			drives = append(drives, drive{file: vol.Image, serial: serial, readOnly: true})
+			gv.ReadOnly = true
+		case vol.Persistent:
+			name := vol.Name
+			if name == "" {
+				name = fmt.Sprintf("volume%d", i)
+			}
+			image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "volumes", spec.ProgramID), name, vol.SizeMiB)
+			if err != nil {
+				return nil, fmt.Errorf("qemu: %w", err)
+			}
+			if created {
+				v.log.Info("created persistent volume", "volume", name, "image", image, "size_mib", vol.SizeMiB)
+			}
+			drives = append(drives, drive{file: image, serial: serial})
+			gv.FS = "ext4"
+		default:
+			return nil, fmt.Errorf("qemu: volume %d (%s) is neither an image nor persistent", i, vol.Mount)
+		}
+		v.guest.Volumes = append(v.guest.Volumes, gv)
+	}
+
+	// The transport: QEMU connects to a socket we listen on, so the host's
+	// first bytes wait in the socket until the guest opens its port.
+	if err := os.MkdirAll(b.opt.RunDir, 0o700); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	sock := filepath.Join(b.opt.RunDir, fmt.Sprintf("%d-%d.sock", os.Getpid(), index))
+	os.Remove(sock)
+	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
+	if err != nil {
+		return nil, fmt.Errorf("qemu: transport socket: %w", err)
+	}
+	cleanups := []func(){func() { ln.Close(); os.Remove(sock) }}
+	cleanup := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+
+	var extra []*os.File
+	if spec.Network {
+		nw, tap, name, err := hostnet.Tap(index)
+		if err != nil {
+			cleanup()
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+		cleanups = append(cleanups, func() { tap.Close(); hostnet.Remove(name) })
+		extra = append(extra, tap)
+		v.network = nw
+	}
+
+	args := b.args(spec, index, kernel, drives, sock, len(extra) > 0)
+	v.log.Debug("starting qemu", "args", strings.Join(args, " "))
+	cmd := exec.Command(b.opt.QEMU, args...)
+	cmd.ExtraFiles = extra
+	v.cmd = cmd
+	if err := startWithConsole(cmd, v); err != nil {
+		cleanup()
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	go func() {
+		<-v.done
+		cleanup()
+	}()
+
+	// Wait for QEMU to connect the transport, or to fail.
+	type accepted struct {
+		conn net.Conn
+		err  error
+	}
+	got := make(chan accepted, 1)
+	go func() {
+		c, err := ln.Accept()
+		got <- accepted{c, err}
+	}()
+	select {
+	case a := <-got:
+		if a.err != nil {
+			v.Kill()
+			return nil, fmt.Errorf("qemu: transport: %w", a.err)
+		}
+		v.conn = a.conn
+	case <-v.done:
+		return nil, fmt.Errorf("qemu: %w", v.Err())
+	case <-ctx.Done():
+		v.Kill()
+		return nil, fmt.Errorf("qemu: did not connect its transport: %w", ctx.Err())
+	}
+	v.log.Info("VM started", "vm", v.Describe(), "accel", b.Accelerator(), "vcpus", vcpus(spec), "memory_mib", memory(spec))
+	return v, nil
+}
+
+func vcpus(spec backend.Spec) int {
+	if spec.VCPUs > 0 {
+		return spec.VCPUs
+	}
+	return DefaultVCPUs
+}
+
+func memory(spec backend.Spec) int {
+	if spec.MemoryMiB > 0 {
+		return spec.MemoryMiB
+	}
+	return DefaultMemoryMiB
+}
+
+// KernelCmdline is the command line VMs boot with: the console on the
+// first serial port, a reboot (Firecracker's way to end; QEMU runs with
+// -no-reboot) on panic or when init is done, init's root image, overlay
+// and transport, and under TCG the host's TSC frequency.
+func (b *Backend) KernelCmdline() string {
+	words := []string{
+		"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off",
+		"ferry.root=serial:" + rootSerial, "ferry.rootfstype=squashfs", "ferry.overlay=1",
+		"ferry.transport=serial:" + PortName, "ferry.shutdown=reboot",
+	}
+	if !b.kvm && b.tscKHz > 0 {
+		words = append(words, fmt.Sprintf("tsc_early_khz=%d", b.tscKHz), "tsc=reliable")
+	}
+	return strings.Join(words, " ")
+}
+
+func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []drive, sock string, network bool) []string {
+	accel, cpu := "tcg", "max"
+	if b.kvm {
+		accel, cpu = "kvm", "host"
+	}
+	args := []string{
+		"-M", "microvm", "-accel", accel, "-cpu", cpu,
+		"-smp", fmt.Sprint(vcpus(spec)), "-m", fmt.Sprint(memory(spec)),
+		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(),
+		"-serial", "stdio",
+	}
+	for i, d := range drives {
+		id := fmt.Sprintf("drive%d", i)
+		opts := fmt.Sprintf("id=%s,file=%s,format=raw,if=none,cache=none,aio=threads", id, escapeOpt(d.file))
+		if d.readOnly {
+			opts += ",read-only=on"
+		}
+		args = append(args, "-drive", opts, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.serial))
+	}
+	args = append(args,
+		"-device", "virtio-serial-device",
+		"-chardev", fmt.Sprintf("socket,id=ferry,path=%s", escapeOpt(sock)),
+		"-device", "virtserialport,chardev=ferry,name="+PortName,
+	)
+	if network {
+		mac := fmt.Sprintf("52:54:00:%02x:%02x:%02x", byte(index>>16), byte(index>>8), byte(index))
+		args = append(args, "-netdev", "tap,id=net0,fd=3", "-device", "virtio-net-device,netdev=net0,mac="+mac)
+	}
+	return args
+}
+
+// escapeOpt doubles commas, QEMU's option separator.
+func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
+
+// startWithConsole starts QEMU with its stdout and stderr (the guest's
+// serial console, and QEMU's own messages) read line by line into v.
+// Started from a goroutine that keeps its OS thread: Pdeathsig fires when
+// the forking thread exits.
+func startWithConsole(cmd *exec.Cmd, v *vm) error {
+	r, w, err := os.Pipe()
+	if err != nil {
+		return err
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			started <- err
+			return
+		}
+		w.Close()
+		started <- nil
+		consoleDone := make(chan struct{})
+		go func() { v.readConsole(r); close(consoleDone) }()
+		err := cmd.Wait()
+		<-consoleDone
+		r.Close()
+		v.exited(err)
+	}()
+	if err := <-started; err != nil {
+		r.Close()
+		w.Close()
+		return err
+	}
+	return nil
+}
+
+// vm is one running QEMU.
+type vm struct {
+	cmd     *exec.Cmd
+	conn    net.Conn
+	guest   backend.Guest
+	network *backend.Network
+	log     *slog.Logger
+	console func(string)
+
+	mu   sync.Mutex
+	tail []string // the last console lines
+	err  error
+	done chan struct{}
+	kill sync.Once
+}
+
+func (v *vm) readConsole(r io.Reader) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 4096), 64<<10)
+	for sc.Scan() {
+		line := strings.TrimRight(sc.Text(), "\r")
+		v.mu.Lock()
+		v.tail = append(v.tail, line)
+		if len(v.tail) > consoleTail {
+			v.tail = v.tail[len(v.tail)-consoleTail:]
+		}
+		v.mu.Unlock()
+		v.log.Debug("console", "line", line)
+		if v.console != nil {
+			v.console(line)
+		}
+	}
+}
+
+func (v *vm) exited(err error) {
+	v.mu.Lock()
+	v.err = &ExitError{Err: err, Console: append([]string(nil), v.tail...)}
+	v.mu.Unlock()
+	if v.conn != nil {
+		v.conn.Close()
+	}
+	close(v.done)
+}
+
+// ExitError is how a VM ended: QEMU's exit status and the last lines of
+// its console, which say why when it ended early.
+type ExitError struct {
+	Err     error // nil when QEMU exited 0 (the guest rebooted or powered off)
+	Console []string
+}
+
+func (e *ExitError) Error() string {
+	status := "the VM stopped"
+	if e.Err != nil {
+		status = "qemu exited: " + e.Err.Error()
+	}
+	if len(e.Console) == 0 {
+		return status + " (no console output)"
+	}
+	return status + "; last console lines:\n  " + strings.Join(e.Console, "\n  ")
+}
+
+func (v *vm) Conn() io.ReadWriteCloser  { return v.conn }
+func (v *vm) Guest() backend.Guest      { return v.guest }
+func (v *vm) Network() *backend.Network { return v.network }
+func (v *vm) Done() <-chan struct{}     { return v.done }
+
+func (v *vm) Err() error {
+	select {
+	case <-v.done:
+		v.mu.Lock()
+		defer v.mu.Unlock()
+		return v.err
+	default:
+		return nil
+	}
+}
+
+func (v *vm) Kill() {
+	v.kill.Do(func() {
+		if v.cmd != nil && v.cmd.Process != nil {
+			v.cmd.Process.Kill()
+		}
+	})
+}
+
+func (v *vm) Describe() string {
+	if v.cmd == nil || v.cmd.Process == nil {
+		return "qemu"
+	}
+	return fmt.Sprintf("qemu pid %d", v.cmd.Process.Pid)
+}

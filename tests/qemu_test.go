@@ -1,0 +1,244 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+)
+
+// The qemu backend's tests boot real VMs: Debian's cloud kernel, the
+// initrd with init and its modules, and the bookworm root image that
+// `make rootfs` builds (cached in build/rootfs; about a minute the first
+// time). Without KVM they run under software emulation, where a boot with
+// FastAPI takes 10-20 s, so there are few of them and their timeouts are
+// generous.
+
+// buildImages runs `make rootfs` once per test binary.
+var buildImages = sync.OnceValues(func() (string, error) {
+	cmd := exec.Command("make", "-C", "..", "rootfs")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("make rootfs: %v\n%s", err, out)
+	}
+	return filepath.Abs("../build/rootfs")
+})
+
+func requireImages(t *testing.T) string {
+	t.Helper()
+	requireRoot(t)
+	for _, tool := range []string{"qemu-system-x86_64", "debootstrap", "mksquashfs", "depmod", "cpio", "mkfs.ext4", "e2fsck", "dumpe2fs", "ping"} {
+		requireTool(t, tool)
+	}
+	dir, err := buildImages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// volumeApp is the example app with two routes that keep a note on the
+// persistent volume.
+const volumeApp = `
+from pathlib import Path
+from fastapi import Request
+from fastapi.responses import PlainTextResponse
+from main import app
+
+NOTE = Path("/srv/state/note.txt")
+
+@app.post("/note")
+async def write_note(request: Request):
+    NOTE.write_bytes(await request.body())
+    return {"written": NOTE.stat().st_size}
+
+@app.get("/note", response_class=PlainTextResponse)
+async def read_note():
+    return NOTE.read_text() if NOTE.exists() else "no note"
+`
+
+// The example FastAPI program in a real VM through host-agent --backend
+// qemu: its JSON through the agent, its IPv6 address answering from the
+// host, a note written to a persistent volume in one boot and read back
+// in the next, and a clean ext4 after each graceful stop.
+func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
+	images := requireImages(t)
+	requireTool(t, "curl")
+	code := t.TempDir()
+	example, err := os.ReadFile("../examples/hello/main.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(code, "main.py"), example, 0o644)
+	os.WriteFile(filepath.Join(code, "volume_app.py"), []byte(volumeApp), 0o644)
+	state := t.TempDir()
+	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {"hello": {
+		"code": {"encoding": "plain", "entrypoint": "volume_app:app", "interface": "asgi", "path": %q},
+		"environment": {"internet": true},
+		"volumes": [{"mount": "/srv/state", "persistent": true, "name": "state", "size_mib": 32}],
+		"resources": {"vcpus": 1, "memory": 512},
+		"on": {"http": true}}}}`, code)
+	sock := filepath.Join(t.TempDir(), "admin.sock")
+	addr, logs := startServe(t, config, "--backend", "qemu", "--images", images, "--state-dir", state,
+		"--boot-timeout", "5m", "--admin", sock)
+	url := "http://" + addr + "/vm/hello"
+	volume := filepath.Join(state, "volumes", "hello", "state.ext4")
+	bin, _ := buildAgent()
+	programCmd := func(args ...string) string {
+		out, err := exec.Command(bin, append([]string{"program", "--admin", sock}, args...)...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("program %v: %v\n%s", args, err, out)
+		}
+		return string(out)
+	}
+
+	// First boot: the example's JSON, then a note on the volume.
+	began := time.Now()
+	if body := curl(t, "--max-time", "300", url+"/"); !strings.Contains(body, `"message":"Hello from Ferry"`) {
+		t.Fatalf("GET /: %s", body)
+	}
+	t.Logf("first boot and request: %s", time.Since(began).Round(time.Millisecond))
+	note := fmt.Sprintf("written in boot 1 at %d", time.Now().UnixNano())
+	if body := curl(t, "-X", "POST", "--data-binary", note, url+"/note"); !strings.Contains(body, fmt.Sprintf(`"written":%d`, len(note))) {
+		t.Fatalf("POST /note: %s", body)
+	}
+
+	// The VM's IPv6 address answers from the host side.
+	guest6 := guestIPv6(t)
+	if out, err := exec.Command("ping", "-6", "-c", "3", "-W", "10", guest6).CombinedOutput(); err != nil {
+		t.Fatalf("ping %s: %v\n%s", guest6, err, out)
+	}
+	status := programCmd("status", "hello", "--json")
+	if !strings.Contains(status, guest6) {
+		t.Errorf("status does not show the VM's address %s: %s", guest6, status)
+	}
+	timeline1 := timelineOf(t, status)
+
+	// A graceful stop: GOAWAY, init unmounts and reboots, QEMU exits.
+	stopped := time.Now()
+	programCmd("stop", "hello")
+	t.Logf("graceful stop: %s", time.Since(stopped).Round(time.Millisecond))
+	if strings.Contains(programCmd("status", "hello", "--json"), `"running": true`) {
+		t.Fatal("still running after stop")
+	}
+	requireCleanExt4(t, volume)
+
+	// Second boot, on demand: the note is still there.
+	if body := curl(t, "--max-time", "300", url+"/note"); body != note {
+		t.Fatalf("GET /note after a reboot: %q, want %q", body, note)
+	}
+	timeline2 := timelineOf(t, programCmd("status", "hello", "--json"))
+	programCmd("stop", "hello")
+	requireCleanExt4(t, volume)
+	t.Logf("boot timelines:\n  boot 1: %s\n  boot 2: %s", timeline1, timeline2)
+	// The console (kernel and init) is in the program's logs.
+	if out := programCmd("logs", "hello"); !strings.Contains(out, "ASGI workers ready") {
+		t.Errorf("the VM's console is not in the program's logs:\n%s", out)
+	}
+	_ = logs
+}
+
+// guestIPv6 finds the running VM's address: the tap device fyN carries the
+// host's fd00:f3:7:N::1/64, the guest has ::2.
+func guestIPv6(t *testing.T) string {
+	t.Helper()
+	links, err := netlink.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
+		if l.Type() != "tuntap" || !strings.HasPrefix(l.Attrs().Name, "fy") {
+			continue
+		}
+		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V6)
+		for _, a := range addrs {
+			if a.IP.IsPrivate() && strings.HasSuffix(a.IP.String(), "::1") {
+				return strings.TrimSuffix(a.IP.String(), "1") + "2"
+			}
+		}
+	}
+	t.Fatal("no tap device with a VM address")
+	return ""
+}
+
+func timelineOf(t *testing.T, statusJSON string) string {
+	t.Helper()
+	var st struct{ Timeline string }
+	if err := json.Unmarshal([]byte(statusJSON), &st); err != nil || st.Timeline == "" {
+		t.Fatalf("no timeline in %s (%v)", statusJSON, err)
+	}
+	return st.Timeline
+}
+
+// requireCleanExt4 checks an unmounted volume image: e2fsck finds nothing
+// to fix and the superblock says the filesystem was cleanly unmounted.
+func requireCleanExt4(t *testing.T, image string) {
+	t.Helper()
+	if out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn %s: %v\n%s", image, err, out)
+	}
+	out, err := exec.Command("dumpe2fs", "-h", image).CombinedOutput()
+	if err != nil {
+		t.Fatalf("dumpe2fs: %v\n%s", err, out)
+	}
+	if !strings.Contains(string(out), "Filesystem state:         clean") {
+		t.Fatalf("volume not clean:\n%s", out)
+	}
+}
+
+// A root image without init, a missing kernel and a kernel that is not a
+// kernel each give a clear error quickly instead of a hang.
+func TestQEMUBadImageOrKernelIsAClearError(t *testing.T) {
+	images := requireImages(t)
+	bin, err := buildAgent()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A wrong path: the agent refuses to start.
+	out, err := exec.Command(bin, "run", "--backend", "qemu", "--images", images, "--kernel", "/nonexistent/vmlinuz", "../examples/hello", "main:app").CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "kernel: stat /nonexistent/vmlinuz: no such file or directory") {
+		t.Fatalf("missing kernel: %v\n%s", err, out)
+	}
+
+	// An image without /sbin/init: init in the initrd says so and the VM
+	// powers off; the agent reports it with the console lines.
+	empty := t.TempDir()
+	os.MkdirAll(filepath.Join(empty, "sbin"), 0o755)
+	noInit := filepath.Join(t.TempDir(), "noinit.squashfs")
+	if out, err := exec.Command("mksquashfs", empty, noInit, "-quiet", "-no-progress").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v\n%s", err, out)
+	}
+	// Not a kernel at all.
+	notKernel := filepath.Join(t.TempDir(), "vmlinuz")
+	os.WriteFile(notKernel, []byte("this is not a kernel"), 0o644)
+
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"image without init", []string{"--rootfs", noInit}, "no /sbin/init"},
+		{"not a kernel", []string{"--kernel", notKernel}, "qemu exited"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			began := time.Now()
+			cmd := exec.Command(bin, append(append([]string{"run", "--backend", "qemu", "--images", images, "--boot-timeout", "3m",
+				"--state-dir", t.TempDir(), "--listen", "127.0.0.1:0"}, tc.args...), "../examples/hello", "main:app")...)
+			out, err := cmd.CombinedOutput()
+			took := time.Since(began)
+			if err == nil || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("want an error with %q, got %v:\n%s", tc.want, err, out)
+			}
+			if took > 2*time.Minute {
+				t.Fatalf("took %s, the boot timeout's length; want a quick failure", took)
+			}
+			t.Logf("failed in %s", took.Round(time.Millisecond))
+		})
+	}
+}
