@@ -70,7 +70,13 @@ if [ ! -e "$base/.complete" ]; then
 fi
 
 # 2. The kernel: Debian's cloud kernel package, unpacked (cached by version).
-kpkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}')
+kernel_package() { apt-cache depends linux-image-cloud-amd64 2>/dev/null | awk '/Depends: linux-image-/ {print $2; exit}'; }
+kpkg=$(kernel_package)
+if [ -z "$kpkg" ]; then
+	say "apt knows no linux-image-cloud-amd64; apt-get update"
+	apt-get update -qq >/dev/null 2>&1 || true
+	kpkg=$(kernel_package)
+fi
 [ -n "$kpkg" ] || die "cannot find the package linux-image-cloud-amd64 depends on (apt-get update?)"
 kdir=$out/kernel-$kpkg
 if [ ! -e "$kdir/.complete" ]; then

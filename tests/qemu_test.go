@@ -137,6 +137,13 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	programCmd("stop", "hello")
 	requireCleanExt4(t, volume)
 	t.Logf("boot timelines:\n  boot 1: %s\n  boot 2: %s", timeline1, timeline2)
+	// Each cold start's timeline is in the metrics, phase by phase.
+	metrics := curl(t, "http://"+addr+"/metrics")
+	for _, phase := range []string{"kernel", "modules", "root", "switch", "overlay", "network", "volumes", "code", "app"} {
+		if v := metricValue(t, metrics, fmt.Sprintf(`ferry_boot_phase_seconds_count{phase=%q,program="hello"}`, phase)); v != 2 {
+			t.Errorf("boot phase %s counted %v times, want 2", phase, v)
+		}
+	}
 	// The console (kernel and init) is in the program's logs.
 	if out := programCmd("logs", "hello"); !strings.Contains(out, "ASGI workers ready") {
 		t.Errorf("the VM's console is not in the program's logs:\n%s", out)

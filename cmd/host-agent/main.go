@@ -231,8 +231,8 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, mgr 
 
 // backendFlags choose and configure the VM backend.
 type backendFlags struct {
-	name, images, kernel, initrd, rootfs, accel, stateDir *string
-	bootTimeout                                           *time.Duration
+	name, images, kernel, initrd, rootfs, accel, transport, stateDir *string
+	bootTimeout                                                      *time.Duration
 }
 
 func addBackendFlags(fs *flag.FlagSet) *backendFlags {
@@ -243,6 +243,7 @@ func addBackendFlags(fs *flag.FlagSet) *backendFlags {
 		initrd:      fs.String("initrd", "", "qemu: initrd (default IMAGES/initrd.img)"),
 		rootfs:      fs.String("rootfs", "", "qemu: root image (default IMAGES/rootfs.squashfs)"),
 		accel:       fs.String("accel", "auto", "qemu: auto (KVM when usable), kvm or tcg"),
+		transport:   fs.String("vm-transport", "auto", "qemu: auto (vsock when the host has vhost-vsock), vsock or serial"),
 		stateDir:    fs.String("state-dir", qemu.DefaultStateDir, "qemu: where code images and persistent volumes are kept"),
 		bootTimeout: fs.Duration("boot-timeout", 2*time.Minute, "how long a VM may take to boot and start its program"),
 	}
@@ -261,7 +262,7 @@ func (f *backendFlags) backend(log *slog.Logger) (backend.Backend, error) {
 			return filepath.Join(*f.images, def)
 		}
 		return qemu.New(qemu.Options{Kernel: or(*f.kernel, "vmlinuz"), Initrd: or(*f.initrd, "initrd.img"), Rootfs: or(*f.rootfs, "rootfs.squashfs"),
-			Accel: *f.accel, StateDir: *f.stateDir, Log: log})
+			Accel: *f.accel, Transport: *f.transport, StateDir: *f.stateDir, Log: log})
 	}
 	return nil, fmt.Errorf("unknown backend %q (sandbox or qemu)", *f.name)
 }

@@ -94,8 +94,9 @@ type Options struct {
 	MaxRunning int
 	// OnOutput receives the program's output lines (LOG frames).
 	OnOutput func(programID string, l message.Log)
-	// OnBoot is told about every boot attempt's outcome (for metrics).
-	OnBoot func(programID string, took time.Duration, err error)
+	// OnBoot is told about every boot attempt's outcome (for metrics):
+	// how long it took and, when it succeeded, init's boot timeline.
+	OnBoot func(programID string, took time.Duration, timeline []message.TimelineEntry, err error)
 }
 
 // Manager runs programs' VMs.
@@ -314,7 +315,11 @@ func (m *Manager) boot(p *Program, b *boot) {
 	began := time.Now()
 	inst, err := m.start(ctx, p)
 	if m.opt.OnBoot != nil {
-		m.opt.OnBoot(p.ID, time.Since(began), err)
+		var timeline []message.TimelineEntry
+		if inst != nil {
+			timeline = inst.Timeline
+		}
+		m.opt.OnBoot(p.ID, time.Since(began), timeline, err)
 	}
 	m.mu.Lock()
 	delete(m.starting, p.ID)

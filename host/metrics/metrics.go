@@ -12,6 +12,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/ferry-vm/ferry/protocol/message"
 )
 
 // Metrics is one agent's set of metrics, on its own registry.
@@ -21,6 +23,7 @@ type Metrics struct {
 	latency    *prometheus.HistogramVec
 	coldStarts *prometheus.CounterVec
 	coldTime   *prometheus.HistogramVec
+	bootPhase  *prometheus.HistogramVec
 }
 
 // New returns the metrics; running reports how many VMs run right now.
@@ -41,8 +44,12 @@ func New(running func() int) *Metrics {
 			Name: "ferry_cold_start_seconds", Help: "Time from starting a VM to its program being ready, by program.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}, []string{"program"}),
+		bootPhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "ferry_boot_phase_seconds", Help: "Duration of each phase of init's boot timeline (kernel, modules, mounts, network, app...), by program.",
+			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
+		}, []string{"program", "phase"}),
 	}
-	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime,
+	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime, m.bootPhase,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_running_vms", Help: "VMs running now."},
 			func() float64 { return float64(running()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -55,15 +62,25 @@ func (m *Metrics) Request(program string, status int, took time.Duration) {
 	m.latency.WithLabelValues(program).Observe(took.Seconds())
 }
 
-// Boot records one VM boot attempt.
-func (m *Metrics) Boot(program string, took time.Duration, err error) {
+// Boot records one VM boot attempt, with the duration of each phase of
+// its timeline (each entry's time since the one before; the first is
+// counted from the kernel's start).
+func (m *Metrics) Boot(program string, took time.Duration, timeline []message.TimelineEntry, err error) {
 	result := "ok"
 	if err != nil {
 		result = "error"
 	}
 	m.coldStarts.WithLabelValues(program, result).Inc()
-	if err == nil {
-		m.coldTime.WithLabelValues(program).Observe(took.Seconds())
+	if err != nil {
+		return
+	}
+	m.coldTime.WithLabelValues(program).Observe(took.Seconds())
+	var prev uint64
+	for _, e := range timeline {
+		if e.BootNano >= prev {
+			m.bootPhase.WithLabelValues(program, string(e.Phase)).Observe(time.Duration(e.BootNano - prev).Seconds())
+		}
+		prev = e.BootNano
 	}
 }
 

@@ -9,6 +9,7 @@ package qemu
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -57,15 +58,19 @@ type Options struct {
 	RunDir string
 	// Accel is "auto" (KVM when it works, else TCG), "kvm" or "tcg".
 	Accel string
-	Log   *slog.Logger
+	// Transport is "auto" (vsock when the host has vhost-vsock, else
+	// virtio-serial), "vsock" or "serial".
+	Transport string
+	Log       *slog.Logger
 }
 
 // Backend boots VMs with QEMU.
 type Backend struct {
-	opt    Options
-	kvm    bool
-	tscKHz int
-	seq    atomic.Uint64
+	opt       Options
+	kvm       bool
+	tscKHz    int
+	transport string // TransportVsock or TransportSerial
+	seq       atomic.Uint64
 }
 
 // New checks the emulator, kernel, initrd and image, and picks the
@@ -109,6 +114,23 @@ func New(opt Options) (*Backend, error) {
 	case "tcg":
 	default:
 		return nil, fmt.Errorf("qemu: accelerator %q is not auto, kvm or tcg", opt.Accel)
+	}
+	switch opt.Transport {
+	case "", TransportAuto:
+		b.transport = TransportVsock
+		if err := vhostVsockUsable(); err != nil {
+			b.transport = TransportSerial
+			opt.Log.Debug("qemu: no vhost-vsock; using virtio-serial", "reason", err)
+		}
+	case TransportVsock:
+		if err := vhostVsockUsable(); err != nil {
+			return nil, fmt.Errorf("qemu: vsock was asked for: %w", err)
+		}
+		b.transport = TransportVsock
+	case TransportSerial:
+		b.transport = TransportSerial
+	default:
+		return nil, fmt.Errorf("qemu: transport %q is not auto, vsock or serial", opt.Transport)
 	}
 	if !b.kvm {
 		if b.tscKHz, err = hostTSCkHz(); err != nil {
@@ -219,18 +241,15 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		v.guest.Volumes = append(v.guest.Volumes, gv)
 	}
 
-	// The transport: QEMU connects to a socket we listen on, so the host's
-	// first bytes wait in the socket until the guest opens its port.
-	if err := os.MkdirAll(b.opt.RunDir, 0o700); err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
+	var tr transport = &vsockTransport{cid: vsockCID(index)}
+	if b.transport == TransportSerial {
+		st, err := newSerialTransport(b.opt.RunDir, index)
+		if err != nil {
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+		tr = st
 	}
-	sock := filepath.Join(b.opt.RunDir, fmt.Sprintf("%d-%d.sock", os.Getpid(), index))
-	os.Remove(sock)
-	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("qemu: transport socket: %w", err)
-	}
-	cleanups := []func(){func() { ln.Close(); os.Remove(sock) }}
+	cleanups := []func(){tr.close}
 	cleanup := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
@@ -249,7 +268,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		v.network = nw
 	}
 
-	args := b.args(spec, index, kernel, drives, sock, len(extra) > 0)
+	args := b.args(spec, index, kernel, drives, tr, len(extra) > 0)
 	v.log.Debug("starting qemu", "args", strings.Join(args, " "))
 	cmd := exec.Command(b.opt.QEMU, args...)
 	cmd.ExtraFiles = extra
@@ -263,30 +282,16 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		cleanup()
 	}()
 
-	// Wait for QEMU to connect the transport, or to fail.
-	type accepted struct {
-		conn net.Conn
-		err  error
-	}
-	got := make(chan accepted, 1)
-	go func() {
-		c, err := ln.Accept()
-		got <- accepted{c, err}
-	}()
-	select {
-	case a := <-got:
-		if a.err != nil {
-			v.Kill()
-			return nil, fmt.Errorf("qemu: transport: %w", a.err)
-		}
-		v.conn = a.conn
-	case <-v.done:
+	conn, err := tr.connect(ctx, v.done)
+	switch {
+	case errors.Is(err, errVMEnded):
 		return nil, fmt.Errorf("qemu: %w", v.Err())
-	case <-ctx.Done():
+	case err != nil:
 		v.Kill()
-		return nil, fmt.Errorf("qemu: did not connect its transport: %w", ctx.Err())
+		return nil, fmt.Errorf("qemu: connecting to init: %w", err)
 	}
-	v.log.Info("VM started", "vm", v.Describe(), "accel", b.Accelerator(), "vcpus", vcpus(spec), "memory_mib", memory(spec))
+	v.setConn(conn)
+	v.log.Info("VM started", "vm", v.Describe(), "accel", b.Accelerator(), "transport", b.transport, "vcpus", vcpus(spec), "memory_mib", memory(spec))
 	return v, nil
 }
 
@@ -308,11 +313,11 @@ func memory(spec backend.Spec) int {
 // first serial port, a reboot (Firecracker's way to end; QEMU runs with
 // -no-reboot) on panic or when init is done, init's root image, overlay
 // and transport, and under TCG the host's TSC frequency.
-func (b *Backend) KernelCmdline() string {
+func (b *Backend) KernelCmdline(transportParam string) string {
 	words := []string{
 		"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off",
 		"ferry.root=serial:" + rootSerial, "ferry.rootfstype=squashfs", "ferry.overlay=1",
-		"ferry.transport=serial:" + PortName, "ferry.shutdown=reboot",
+		transportParam, "ferry.shutdown=reboot",
 	}
 	if !b.kvm && b.tscKHz > 0 {
 		words = append(words, fmt.Sprintf("tsc_early_khz=%d", b.tscKHz), "tsc=reliable")
@@ -320,7 +325,7 @@ func (b *Backend) KernelCmdline() string {
 	return strings.Join(words, " ")
 }
 
-func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []drive, sock string, network bool) []string {
+func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []drive, tr transport, network bool) []string {
 	accel, cpu := "tcg", "max"
 	if b.kvm {
 		accel, cpu = "kvm", "host"
@@ -329,7 +334,7 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 		"-M", "microvm", "-accel", accel, "-cpu", cpu,
 		"-smp", fmt.Sprint(vcpus(spec)), "-m", fmt.Sprint(memory(spec)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(),
+		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(tr.kernelParam()),
 		"-serial", "stdio",
 	}
 	for i, d := range drives {
@@ -340,11 +345,7 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 		}
 		args = append(args, "-drive", opts, "-device", fmt.Sprintf("virtio-blk-device,drive=%s,serial=%s", id, d.serial))
 	}
-	args = append(args,
-		"-device", "virtio-serial-device",
-		"-chardev", fmt.Sprintf("socket,id=ferry,path=%s", escapeOpt(sock)),
-		"-device", "virtserialport,chardev=ferry,name="+PortName,
-	)
+	args = append(args, tr.qemuArgs()...)
 	if network {
 		mac := fmt.Sprintf("52:54:00:%02x:%02x:%02x", byte(index>>16), byte(index>>8), byte(index))
 		args = append(args, "-netdev", "tap,id=net0,fd=3", "-device", "virtio-net-device,netdev=net0,mac="+mac)
@@ -428,12 +429,22 @@ func (v *vm) readConsole(r io.Reader) {
 func (v *vm) exited(err error) {
 	v.mu.Lock()
 	v.err = &ExitError{Err: err, Console: append([]string(nil), v.tail...)}
+	conn := v.conn
 	v.mu.Unlock()
-	if v.conn != nil {
-		v.conn.Close()
+	if conn != nil {
+		conn.Close()
 	}
 	close(v.done)
 }
+
+func (v *vm) setConn(c net.Conn) {
+	v.mu.Lock()
+	v.conn = c
+	v.mu.Unlock()
+}
+
+// errVMEnded says the VM ended while the transport was being connected.
+var errVMEnded = errors.New("the VM ended")
 
 // ExitError is how a VM ended: QEMU's exit status and the last lines of
 // its console, which say why when it ended early.
@@ -453,7 +464,11 @@ func (e *ExitError) Error() string {
 	return status + "; last console lines:\n  " + strings.Join(e.Console, "\n  ")
 }
 
-func (v *vm) Conn() io.ReadWriteCloser  { return v.conn }
+func (v *vm) Conn() io.ReadWriteCloser {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.conn
+}
 func (v *vm) Guest() backend.Guest      { return v.guest }
 func (v *vm) Network() *backend.Network { return v.network }
 func (v *vm) Done() <-chan struct{}     { return v.done }

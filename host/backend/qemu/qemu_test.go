@@ -1,0 +1,128 @@
+package qemu
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/backend"
+)
+
+func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
+	b := &Backend{opt: Options{Initrd: "/img/initrd.img"}, tscKHz: 2596136}
+	drives := []drive{
+		{file: "/img/rootfs.squashfs", serial: rootSerial, readOnly: true},
+		{file: "/state/a,b.ext4", serial: "ferry-vol0"},
+	}
+	tr := &serialTransport{sock: "/run/ferry/qemu/1-1.sock"}
+	args := strings.Join(b.args(backend.Spec{VCPUs: 2, MemoryMiB: 256}, 7, "/img/vmlinuz", drives, tr, true), " ")
+	for _, want := range []string{
+		"-M microvm -accel tcg -cpu max -smp 2 -m 256",
+		"-no-reboot -kernel /img/vmlinuz -initrd /img/initrd.img",
+		"-drive id=drive0,file=/img/rootfs.squashfs,format=raw,if=none,cache=none,aio=threads,read-only=on -device virtio-blk-device,drive=drive0,serial=ferry-root",
+		// Commas in paths are doubled; a persistent volume is writable.
+		"-drive id=drive1,file=/state/a,,b.ext4,format=raw,if=none,cache=none,aio=threads -device virtio-blk-device,drive=drive1,serial=ferry-vol0",
+		"-chardev socket,id=ferry,path=/run/ferry/qemu/1-1.sock -device virtserialport,chardev=ferry,name=ferry",
+		"-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:07",
+		"ferry.transport=serial:ferry", "tsc_early_khz=2596136 tsc=reliable",
+	} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args lack %q:\n%s", want, args)
+		}
+	}
+	// With KVM: the host CPU, no TSC hints; vsock instead of the serial port.
+	b.kvm = true
+	args = strings.Join(b.args(backend.Spec{}, 1, "/k", drives[:1], &vsockTransport{cid: 42}, false), " ")
+	for _, want := range []string{"-accel kvm -cpu host -smp 1 -m 512", "-device vhost-vsock-device,guest-cid=42", "ferry.transport=vsock:52"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("args lack %q:\n%s", want, args)
+		}
+	}
+	for _, unwanted := range []string{"tsc_early_khz", "netdev", "virtserialport"} {
+		if strings.Contains(args, unwanted) {
+			t.Errorf("args have %q:\n%s", unwanted, args)
+		}
+	}
+}
+
+func TestVsockCIDsAreValidAndDistinct(t *testing.T) {
+	seen := map[uint32]bool{}
+	for i := uint64(1); i < 100; i++ {
+		cid := vsockCID(i)
+		if cid < 3 || seen[cid] {
+			t.Fatalf("index %d: cid %d", i, cid)
+		}
+		seen[cid] = true
+	}
+}
+
+func TestNewRefusesMissingFiles(t *testing.T) {
+	if _, err := exec.LookPath("qemu-system-x86_64"); err != nil {
+		t.Skip("needs qemu-system-x86_64 (installed by .ci/run)")
+	}
+	dir := t.TempDir()
+	os.WriteFile(filepath.Join(dir, "vmlinuz"), []byte("k"), 0o644)
+	os.WriteFile(filepath.Join(dir, "initrd.img"), []byte("i"), 0o644)
+	_, err := New(Options{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Rootfs: filepath.Join(dir, "rootfs.squashfs"), Accel: "tcg", Transport: "serial"})
+	if err == nil || !strings.Contains(err.Error(), "root image: stat") || !strings.Contains(err.Error(), "make rootfs") {
+		t.Fatalf("missing root image: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "rootfs.squashfs"), []byte("r"), 0o644)
+	if _, err := New(Options{Kernel: filepath.Join(dir, "vmlinuz"), Initrd: filepath.Join(dir, "initrd.img"), Rootfs: filepath.Join(dir, "rootfs.squashfs"), Accel: "warp"}); err == nil {
+		t.Fatal("unknown accelerator accepted")
+	}
+}
+
+func TestPersistentVolumeIsCreatedOnceAndKept(t *testing.T) {
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("needs mkfs.ext4 (e2fsprogs)")
+	}
+	dir := t.TempDir()
+	image, created, err := persistentVolume(context.Background(), dir, "state", 8)
+	if err != nil || !created {
+		t.Fatalf("first use: %v created=%v", err, created)
+	}
+	if st, _ := os.Stat(image); st.Size() != 8<<20 {
+		t.Fatalf("size %d", st.Size())
+	}
+	if out, err := exec.Command("e2fsck", "-fn", image).CombinedOutput(); err != nil {
+		t.Fatalf("not a clean ext4: %v\n%s", err, out)
+	}
+	// Data written since must survive: the image is not remade.
+	before, _ := os.Stat(image)
+	again, created, err := persistentVolume(context.Background(), dir, "state", 16)
+	after, _ := os.Stat(again)
+	if err != nil || created || again != image || !os.SameFile(before, after) || after.Size() != 8<<20 {
+		t.Fatalf("second use: %v created=%v", err, created)
+	}
+}
+
+func TestCodeImageIsPackedOncePerContent(t *testing.T) {
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("needs mksquashfs (squashfs-tools)")
+	}
+	code, cache := t.TempDir(), t.TempDir()
+	os.WriteFile(filepath.Join(code, "main.py"), []byte("app = None\n"), 0o644)
+	first, err := codeImage(context.Background(), cache, code)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, err := codeImage(context.Background(), cache, code)
+	if err != nil || again != first {
+		t.Fatalf("unchanged code packed again: %s %s %v", first, again, err)
+	}
+	later := time.Now().Add(time.Second)
+	os.WriteFile(filepath.Join(code, "main.py"), []byte("app = 1\n"), 0o644)
+	os.Chtimes(filepath.Join(code, "main.py"), later, later)
+	changed, err := codeImage(context.Background(), cache, code)
+	if err != nil || changed == first {
+		t.Fatalf("changed code not repacked: %s %v", changed, err)
+	}
+	if out, err := exec.Command("unsquashfs", "-l", changed).CombinedOutput(); err != nil || !strings.Contains(string(out), "main.py") {
+		t.Fatalf("image content: %v\n%s", err, out)
+	}
+}
