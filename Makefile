@@ -22,8 +22,10 @@ test: vet
 	$(GO) test -race -count=1 -timeout 45m $(PKGS)
 
 ## bench: protocol benchmarks (round trip, bulk vs raw copy, 1,000 streams)
+## and the relay hot path (HTTP -> agent -> session -> init -> ASGI worker)
 bench:
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./protocol/...
+	$(GO) test -run '^$$' -bench RelayASGIHello -benchmem -benchtime $(BENCHTIME) ./tests/
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)
 fuzz:

@@ -26,7 +26,7 @@ import (
 const debianPython = "/usr/bin/python3"
 
 // requirePythonModules skips unless Debian's python3 can import every module.
-func requirePythonModules(t *testing.T, modules ...string) {
+func requirePythonModules(t testing.TB, modules ...string) {
 	t.Helper()
 	if _, err := os.Stat(debianPython); err != nil {
 		t.Skipf("%s is missing (bash .ci/run installs it)", debianPython)
@@ -209,7 +209,7 @@ func asgiConfig(dir, entrypoint string, workers int) map[string]any {
 }
 
 // writeApp writes files into a new code directory.
-func writeApp(t *testing.T, files map[string]string) string {
+func writeApp(t testing.TB, files map[string]string) string {
 	t.Helper()
 	dir := t.TempDir()
 	for name, content := range files {
