@@ -7,7 +7,6 @@
 package qemu
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -17,11 +16,9 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
@@ -357,39 +354,14 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // startWithConsole starts QEMU with its stdout and stderr (the guest's
-// serial console, and QEMU's own messages) read line by line into v.
-// Started from a goroutine that keeps its OS thread: Pdeathsig fires when
-// the forking thread exits.
+// serial console, and QEMU's own messages) going line by line to v.
 func startWithConsole(cmd *exec.Cmd, v *vm) error {
-	r, w, err := os.Pipe()
-	if err != nil {
-		return err
-	}
-	cmd.Stdout, cmd.Stderr = w, w
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		w.Close()
-		started <- nil
-		consoleDone := make(chan struct{})
-		go func() { v.readConsole(r); close(consoleDone) }()
-		err := cmd.Wait()
-		<-consoleDone
-		r.Close()
+	console := &backend.LineWriter{Line: v.consoleLine}
+	cmd.Stdout, cmd.Stderr = console, console
+	return backend.StartPinned(cmd, func(err error) {
+		console.Flush()
 		v.exited(err)
-	}()
-	if err := <-started; err != nil {
-		r.Close()
-		w.Close()
-		return err
-	}
-	return nil
+	})
 }
 
 // vm is one running QEMU.
@@ -408,21 +380,17 @@ type vm struct {
 	kill sync.Once
 }
 
-func (v *vm) readConsole(r io.Reader) {
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 4096), 64<<10)
-	for sc.Scan() {
-		line := strings.TrimRight(sc.Text(), "\r")
-		v.mu.Lock()
-		v.tail = append(v.tail, line)
-		if len(v.tail) > consoleTail {
-			v.tail = v.tail[len(v.tail)-consoleTail:]
-		}
-		v.mu.Unlock()
-		v.log.Debug("console", "line", line)
-		if v.console != nil {
-			v.console(line)
-		}
+// consoleLine keeps a console line for errors and passes it on.
+func (v *vm) consoleLine(line string) {
+	v.mu.Lock()
+	v.tail = append(v.tail, line)
+	if len(v.tail) > consoleTail {
+		v.tail = v.tail[len(v.tail)-consoleTail:]
+	}
+	v.mu.Unlock()
+	v.log.Debug("console", "line", line)
+	if v.console != nil {
+		v.console(line)
 	}
 }
 

@@ -6,7 +6,6 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -114,30 +112,19 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	cmd.Dir = "/"
 	var console io.Writer = io.Discard
 	if spec.Log != nil {
-		console = &logWriter{log: spec.Log}
+		console = &backend.LineWriter{Line: func(line string) { spec.Log.Debug("console", "line", line) }}
 	}
 	cmd.Stdout, cmd.Stderr = console, console
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if b.Root {
-		cmd.SysProcAttr.Cloneflags = syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET
+		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET}
 	}
 	v.cmd = cmd
-	started := make(chan error, 1)
-	go func() {
-		// Pdeathsig fires when the thread that forked init exits, and Go
-		// retires threads: the forking thread stays locked until init ends.
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			started <- err
-			return
-		}
-		started <- nil
-		v.err = cmd.Wait()
+	err = backend.StartPinned(cmd, func(err error) {
+		v.err = err
 		v.cleanup()
 		close(v.done)
-	}()
-	if err := <-started; err != nil {
+	})
+	if err != nil {
 		hostEnd.Close()
 		v.cleanup()
 		return nil, fmt.Errorf("sandbox: starting init: %w", err)
@@ -194,32 +181,6 @@ func (v *vm) Describe() string {
 		return "sandbox"
 	}
 	return fmt.Sprintf("sandbox pid %d", v.cmd.Process.Pid)
-}
-
-// logWriter turns init's console output into log lines.
-type logWriter struct {
-	log *slog.Logger
-	mu  sync.Mutex
-	buf []byte
-}
-
-func (w *logWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		w.log.Debug("console", "line", string(w.buf[:i]))
-		w.buf = w.buf[i+1:]
-	}
-	if len(w.buf) > 64<<10 {
-		w.log.Debug("console", "line", string(w.buf))
-		w.buf = w.buf[:0]
-	}
-	return len(p), nil
 }
 
 // bindReadOnly bind-mounts src onto dst, read-only.
