@@ -17,6 +17,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -177,22 +178,37 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		Error(w, rq, status, msg, "err", err)
 		return
 	}
-	writeHead(w, rq, &rh)
-	flusher, _ := w.(http.Flusher)
-	if flusher != nil {
-		flusher.Flush() // the head reaches the client before the body
+	buf := bodyBuffers.Get().(*[]byte)
+	defer bodyBuffers.Put(buf)
+	// Whatever arrived with the head goes out with it. A body that is
+	// already complete (the common small response) is sent with a
+	// Content-Length in one write, without chunking or extra flushes.
+	n, err := st.TryRead(*buf)
+	if err == nil && n < len(*buf) {
+		if _, end := st.TryRead(nil); end == io.EOF {
+			err = io.EOF
+		}
 	}
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := st.Read(buf)
+	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+	}
+	writeHead(w, rq, &rh)
+	if err == io.EOF {
 		if n > 0 {
-			if _, werr := w.Write(buf[:n]); werr != nil {
+			w.Write((*buf)[:n])
+		}
+		return
+	}
+	flusher, _ := w.(http.Flusher)
+	for {
+		if n > 0 {
+			if _, werr := w.Write((*buf)[:n]); werr != nil {
 				st.Reset(frame.CodeCancel, "client went away")
 				return
 			}
-			if flusher != nil && st.Buffered() == 0 {
-				flusher.Flush()
-			}
+		}
+		if flusher != nil && (err != nil || st.Buffered() == 0) {
+			flusher.Flush() // the head, then each chunk, as soon as it is here
 		}
 		if err == io.EOF {
 			return
@@ -204,7 +220,28 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 			// Abort the HTTP response so the client sees it incomplete.
 			panic(http.ErrAbortHandler)
 		}
+		n, err = st.Read(*buf)
 	}
+}
+
+// bodyBuffers holds the buffers responses are copied through.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+
+// bodyAllowed reports whether a response to method with status carries a
+// body whose length the client should be told.
+func bodyAllowed(method string, status int) bool {
+	return method != http.MethodHead && status >= 200 && status != http.StatusNoContent && status != http.StatusNotModified
+}
+
+// hasHeader reports whether the response head has a field called name
+// (lower case).
+func hasHeader(rh *message.ResponseHead, name string) bool {
+	for _, f := range rh.Headers {
+		if strings.EqualFold(string(f.Name), name) {
+			return true
+		}
+	}
+	return false
 }
 
 // statusFor maps a stream failure to an HTTP status and a short message.
