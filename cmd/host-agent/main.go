@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -71,7 +72,7 @@ func run(args []string) int {
 	timeout := fs.Duration("timeout", 0, "per-request time limit (504 beyond); 0: none")
 	network := fs.Bool("network", false, "give the VM a network interface with IPv4 and IPv6 addresses")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
-	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics and /healthz on (off when empty)")
+	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty)")
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
 	if fs.NArg() != 2 {
@@ -108,7 +109,15 @@ func run(args []string) int {
 			log.Error("cannot listen for metrics", "addr", *metricsListen, "err", err)
 			return 1
 		}
-		go http.Serve(mln, met.Handler())
+		// The metrics listener is the operator's: it also serves Go's
+		// profiles (/debug/pprof/), which the benchmarks use.
+		mux := http.NewServeMux()
+		mux.Handle("/", met.Handler())
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		go http.Serve(mln, mux)
 		fmt.Printf("ferry: metrics on http://%s/metrics\n", mln.Addr())
 	}
 	ln, err := net.Listen("tcp", *listen)

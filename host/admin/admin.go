@@ -39,8 +39,19 @@ type Status struct {
 	VM         string `json:"vm,omitempty"`
 	Started    string `json:"started,omitempty"`
 	Timeline   string `json:"timeline,omitempty"`
-	IPv4       string `json:"ipv4,omitempty"` // the VM's addresses, when it has a network
-	IPv6       string `json:"ipv6,omitempty"`
+	// ColdStartSeconds is how long the running VM took to boot, and
+	// BootPhases the same boot phase by phase (init's timeline: each
+	// phase's time since the one before; the first is since boot).
+	ColdStartSeconds float64     `json:"cold_start_seconds,omitempty"`
+	BootPhases       []BootPhase `json:"boot_phases,omitempty"`
+	IPv4             string      `json:"ipv4,omitempty"` // the VM's addresses, when it has a network
+	IPv6             string      `json:"ipv6,omitempty"`
+}
+
+// BootPhase is one phase of a VM's boot timeline.
+type BootPhase struct {
+	Phase   string  `json:"phase"`
+	Seconds float64 `json:"seconds"`
 }
 
 // LogLine is one line of program output.
@@ -134,6 +145,12 @@ func (s *Server) describe(id string) (Status, bool) {
 		st.Running, st.VM = true, inst.VM.Describe()
 		st.Started = inst.Started.UTC().Format(time.RFC3339)
 		st.Timeline = message.FormatTimeline(inst.Timeline)
+		st.ColdStartSeconds = inst.ColdStart.Seconds()
+		var prev uint64
+		for _, e := range inst.Timeline {
+			st.BootPhases = append(st.BootPhases, BootPhase{Phase: string(e.Phase), Seconds: float64(e.BootNano-prev) / 1e9})
+			prev = e.BootNano
+		}
 		if nw := inst.VM.Network(); nw != nil {
 			st.IPv4, st.IPv6 = nw.GuestIPv4, nw.GuestIPv6
 		}

@@ -54,6 +54,9 @@ type Instance struct {
 	Session  *mux.Session
 	Timeline []message.TimelineEntry
 	Started  time.Time
+	// ColdStart is how long the boot took, from asking the backend for a
+	// VM to init's configuration result.
+	ColdStart time.Duration
 
 	inflight atomic.Int64
 	lastUsed atomic.Int64 // unix nanos when the last request ended
@@ -399,9 +402,9 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		if !r.OK {
 			return fail(&BootError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
 		}
-		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started}
+		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started, ColdStart: time.Since(started)}
 		inst.lastUsed.Store(time.Now().UnixNano())
-		log.Info("program started", "vm", vm.Describe(), "cold_start", time.Since(started).Round(time.Millisecond), "timeline", message.FormatTimeline(r.Timeline))
+		log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(r.Timeline))
 		return inst, nil
 	case <-vm.Done():
 		return fail(fmt.Errorf("the VM ended while starting: %v", vm.Err()))

@@ -115,23 +115,38 @@ def put_headers(out, num, headers):
 
 
 def fields(payload):
-    """Yields (number, value) for each field; value is int or memoryview."""
-    p = memoryview(payload)
+    """Yields (number, value) for each field; value is int or bytes.
+
+    This is the hot path of every request head, so one-byte keys and
+    lengths (all but the rarest) are decoded inline."""
+    p = bytes(payload)
     i, n = 0, len(p)
     while i < n:
-        key, i = get_varint(p, i)
+        key = p[i]
+        if key < 0x80:
+            i += 1
+        else:
+            key, i = get_varint(p, i)
         num, wire = key >> 3, key & 7
         if num == 0:
             raise ValueError("field number 0")
-        if wire == 0:
-            v, i = get_varint(p, i)
-            yield num, v
-        elif wire == 2:
-            ln, i = get_varint(p, i)
+        if wire == 2:
+            if i < n and p[i] < 0x80:
+                ln = p[i]
+                i += 1
+            else:
+                ln, i = get_varint(p, i)
             if ln > n - i:
                 raise ValueError("truncated bytes field")
             yield num, p[i:i + ln]
             i += ln
+        elif wire == 0:
+            if i < n and p[i] < 0x80:
+                v = p[i]
+                i += 1
+            else:
+                v, i = get_varint(p, i)
+            yield num, v
         else:
             raise ValueError("wire type %d" % wire)
 
@@ -165,7 +180,7 @@ def _u32(v):
 def _bytes(v):
     if isinstance(v, int):
         raise ValueError("expected bytes")
-    return bytes(v)
+    return v
 
 
 # Message schemas: field number -> (name, kind); kind is u32, u64, bytes,
@@ -192,25 +207,63 @@ SCHEMAS = {
 
 
 def decode(schema, payload):
-    """Decodes a payload into a dict of the fields present (SPEC.md 4)."""
+    """Decodes a payload into a dict of the fields present (SPEC.md 4).
+
+    The parsing loop of fields() is repeated inline: this runs for every
+    request head."""
     spec = SCHEMAS[schema]
     out = {}
-    for num, v in fields(payload):
+    pairs = None
+    p = bytes(payload)
+    i, n = 0, len(p)
+    while i < n:
+        key = p[i]
+        if key < 0x80:
+            i += 1
+        else:
+            key, i = get_varint(p, i)
+        num, wire = key >> 3, key & 7
+        if num == 0:
+            raise ValueError("field number 0")
+        if wire == 2:
+            if i < n and p[i] < 0x80:
+                ln = p[i]
+                i += 1
+            else:
+                ln, i = get_varint(p, i)
+            if ln > n - i:
+                raise ValueError("truncated bytes field")
+            v = p[i:i + ln]
+            i += ln
+        elif wire == 0:
+            if i < n and p[i] < 0x80:
+                v = p[i]
+                i += 1
+            else:
+                v, i = get_varint(p, i)
+        else:
+            raise ValueError("wire type %d" % wire)
         f = spec.get(num)
         if f is None:
             continue  # unknown fields are skipped
         name, kind = f
-        if kind == "u32":
+        if kind == "bytes":
+            if wire != 2:
+                raise ValueError("expected bytes")
+            out[name] = v
+        elif kind == "headers":
+            if wire != 2:
+                raise ValueError("expected bytes")
+            if pairs is None:
+                pairs = {}
+            pairs.setdefault(name, []).append(v)
+        elif kind == "u32":
             out[name] = _u32(v)
         elif kind == "u64":
-            if not isinstance(v, int):
+            if wire != 0:
                 raise ValueError("expected a varint")
             out[name] = v
-        elif kind == "bytes":
-            out[name] = _bytes(v)
         elif kind == "list":
-            out.setdefault(name, []).append(_bytes(v))
-        elif kind == "headers":
             out.setdefault(name, []).append(_bytes(v))
         elif kind == "timeline":
             entry = {}
@@ -222,12 +275,12 @@ def decode(schema, payload):
                         raise ValueError("expected a varint")
                     entry["boot_nano"] = v2
             out.setdefault(name, []).append(entry)
-    for name, kind in spec.values():
-        if kind == "headers" and name in out:
-            flat = out[name]
+    if pairs:
+        for name, flat in pairs.items():
             if len(flat) % 2:
                 raise ValueError("odd number of header occurrences")
-            out[name] = [(flat[i], flat[i + 1]) for i in range(0, len(flat), 2)]
+            it = iter(flat)
+            out[name] = list(zip(it, it))
     return out
 
 
@@ -253,6 +306,34 @@ def encode(schema, msg):
                 put_bytes(inner, 1, entry.get("phase", b""))
                 put_uint(inner, 2, entry.get("boot_nano", 0))
                 put_bytes(out, num, bytes(inner), True)
+    return bytes(out)
+
+
+def encode_response(status, headers, subprotocol=b""):
+    """encode("response", ...) for the hot path: status, then the header
+    fields (names and values as bytes), then the subprotocol."""
+    out = bytearray()
+    out.append(0x08)
+    put_varint(out, status)
+    for name, value in headers:
+        ln = len(name)
+        if ln < 0x80:
+            out.append(0x12)
+            out.append(ln)
+        else:
+            out.append(0x12)
+            put_varint(out, ln)
+        out += name
+        ln = len(value)
+        if ln < 0x80:
+            out.append(0x12)
+            out.append(ln)
+        else:
+            out.append(0x12)
+            put_varint(out, ln)
+        out += value
+    if subprotocol:
+        put_bytes(out, 3, subprotocol)
     return bytes(out)
 
 
@@ -455,8 +536,7 @@ class Stream:
             status = int(message["status"])
             if not 100 <= status <= 999:
                 raise RuntimeError("invalid status %r" % status)
-            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
-            self.pending_head = encode("response", {"status": status, "headers": headers})
+            self.pending_head = encode_response(status, [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())])
             # Sent with the first body chunk when the app sends one right
             # away, else on its own at the next turn of the loop.
             self.session.loop.call_soon(self.flush_head)

@@ -1,0 +1,228 @@
+package bench
+
+import (
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"time"
+)
+
+// containsWord reports whether key matches one of the comma-separated
+// patterns in list (a pattern matches when key contains it).
+func containsWord(list, key string) bool {
+	for _, p := range strings.Split(list, ",") {
+		if p = strings.TrimSpace(p); p != "" && strings.Contains(key, p) {
+			return true
+		}
+	}
+	return false
+}
+
+func formatKiB(k int64) string { return fmt.Sprintf("%.1f MiB", float64(k)/1024) }
+
+func us(d time.Duration) string {
+	if d >= 10*time.Millisecond {
+		return fmt.Sprintf("%.1f ms", float64(d)/1e6)
+	}
+	return fmt.Sprintf("%d µs", d.Microseconds())
+}
+
+func ms(d time.Duration) string { return fmt.Sprintf("%.1f ms", float64(d)/1e6) }
+
+// find returns the result of design under workload key with procs, if any.
+func (r *Report) find(design, key string, procs int) *Result {
+	for i := range r.Results {
+		x := &r.Results[i]
+		if x.Design == design && x.Workload.Key == key && x.Procs == procs && x.Err == nil {
+			return x
+		}
+	}
+	return nil
+}
+
+// memoryLine summarises the processes' memory: the peak of each process
+// (start -> peak when asked).
+func memoryLine(mem []ProcMemory, withStart bool) string {
+	var parts []string
+	for _, m := range mem {
+		if withStart {
+			parts = append(parts, fmt.Sprintf("%s %.1f→%.1f", m.Name, float64(m.StartKiB)/1024, float64(m.PeakKiB)/1024))
+		} else {
+			parts = append(parts, fmt.Sprintf("%s %.1f", m.Name, float64(m.PeakKiB)/1024))
+		}
+	}
+	return strings.Join(parts, ", ")
+}
+
+// Target is one goal of issue 7 and whether this run met it.
+type Target struct {
+	Goal     string
+	Measured string
+	Met      bool
+	Missing  bool // not measured in this run
+}
+
+// Targets evaluates the goals on this run's numbers.
+func (r *Report) Targets() []Target {
+	var out []Target
+	ratio := func(goal, design, versus, key string, procs int, min float64) {
+		b, a := r.find(design, key, procs), r.find(versus, key, procs)
+		if a == nil || b == nil {
+			out = append(out, Target{Goal: goal, Missing: true})
+			return
+		}
+		x := b.Load.rate() / a.Load.rate()
+		out = append(out, Target{Goal: goal, Met: x >= min,
+			Measured: fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", x, b.Load.rate(), a.Load.rate())})
+	}
+	for _, key := range []string{"hello", "fastapi"} {
+		for _, procs := range r.Config.Procs {
+			ratio(fmt.Sprintf("B ≥ 1.0× A req/s, %s, %d process(es)", key, procs), "B", "A", key, procs, 1.0)
+		}
+	}
+	for _, key := range []string{"hello", "fastapi"} {
+		for _, procs := range r.Config.Procs {
+			ratio(fmt.Sprintf("B ≥ 10× C req/s, %s, %d process(es)", key, procs), "B", "C", key, procs, 10)
+		}
+	}
+	for _, key := range []string{"hello-1conn", "fastapi-1conn"} {
+		b, a := r.find("B", key, 1), r.find("A", key, 1)
+		goal := fmt.Sprintf("B p50 within 100 µs of A, %s", key)
+		if a == nil || b == nil {
+			out = append(out, Target{Goal: goal, Missing: true})
+			continue
+		}
+		diff := b.Load.P50 - a.Load.P50
+		out = append(out, Target{Goal: goal, Met: diff <= 100*time.Microsecond,
+			Measured: fmt.Sprintf("+%s (%s vs %s)", us(diff), us(b.Load.P50), us(a.Load.P50))})
+	}
+	peak := func(name string) int64 {
+		var p int64
+		for _, x := range r.Results {
+			if x.Design != "B" {
+				continue
+			}
+			for _, m := range x.Memory {
+				if m.Name == name {
+					p = max(p, m.PeakKiB)
+				}
+			}
+		}
+		return p
+	}
+	for _, t := range []struct {
+		name  string
+		limit int64
+	}{{"init", 10 << 10}, {"host-agent", 30 << 10}} {
+		p := peak(t.name)
+		out = append(out, Target{Goal: fmt.Sprintf("%s peak RSS ≤ %d MiB (all B runs)", t.name, t.limit>>10),
+			Missing: p == 0, Met: p > 0 && p <= t.limit, Measured: formatKiB(p)})
+	}
+	for _, procs := range r.Config.Procs {
+		goal := fmt.Sprintf("memory flat during the 10 MiB uploads (each B process grows < 4 MiB), %d process(es)", procs)
+		up := r.find("B", "upload-10mib", procs)
+		if up == nil {
+			out = append(out, Target{Goal: goal, Missing: true})
+			continue
+		}
+		var worst int64
+		for _, m := range up.Memory {
+			worst = max(worst, m.PeakKiB-m.StartKiB)
+		}
+		out = append(out, Target{Goal: goal, Met: worst < 4<<10,
+			Measured: fmt.Sprintf("largest growth %s over %d uploads (%s)", formatKiB(worst), up.Load.Requests, memoryLine(up.Memory, true))})
+	}
+	for _, cs := range r.ColdStarts {
+		if cs.ID != "plain" {
+			continue
+		}
+		total := cs.Median(func(x ColdStartRun) time.Duration { return x.Total })
+		limit := time.Duration(float64(cs.BareImport)*1.2) + 30*time.Millisecond
+		out = append(out, Target{Goal: "cold start B ≤ 1.2 × bare import + 30 ms, plain ASGI", Met: total <= limit,
+			Measured: fmt.Sprintf("%s (limit %s; bare import %s)", ms(total), ms(limit), ms(cs.BareImport))})
+	}
+	return out
+}
+
+// Markdown writes the report as the tables of BENCHMARKS.md.
+func (r *Report) Markdown(w io.Writer) {
+	m := r.Machine
+	fmt.Fprintf(w, "Measured %s, in %s.\n\n", r.Started.UTC().Format("2006-01-02 15:04 MST"), r.Took.Round(time.Second))
+	fmt.Fprintf(w, "- Machine: %d cores, %s, %s RAM, Linux %s\n", m.Cores, m.Model, m.MemTotal, m.Kernel)
+	fmt.Fprintf(w, "- Software: %s; %s; %s\n", m.Go, m.Python, m.Wrk)
+	fmt.Fprintf(w, "- Load: wrk %s (one wrk thread; %d connections unless the workload says otherwise); websockets: a Go client; each run %s. Nothing is pinned to a core: the load generator and every process of the design share the %d cores.\n",
+		strings.Join(wrkArgs("URL", r.Config.Connections, r.Config.Duration, "report.lua")[:4], " "), r.Config.Connections, r.Config.Duration, m.Cores)
+	fmt.Fprintf(w, "- CPU is the user+system time of all the design's processes during the run; memory is the peak resident set of each process, sampled every %s (MiB).\n\n", sampleEvery)
+	for _, d := range Designs() {
+		fmt.Fprintf(w, "- **%s**: %s\n", d.Key, d.Name)
+	}
+	fmt.Fprintln(w)
+	seen := map[string]bool{}
+	for _, x := range r.Results {
+		if seen[x.Workload.Key] {
+			continue
+		}
+		seen[x.Workload.Key] = true
+		fmt.Fprintf(w, "### %s (`%s`, %d connections)\n\n", x.Workload.Name, x.Workload.Path, x.Workload.Conns)
+		fmt.Fprintln(w, "| procs | design | req/s | vs A | p50 | p99 | CPU s / 10k req | peak RSS per process (MiB) |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+		rows := []Result{}
+		for _, y := range r.Results {
+			if y.Workload.Key == x.Workload.Key {
+				rows = append(rows, y)
+			}
+		}
+		sort.SliceStable(rows, func(i, j int) bool { return rows[i].Procs < rows[j].Procs })
+		for _, y := range rows {
+			if y.Err != nil {
+				fmt.Fprintf(w, "| %d | %s | failed: %s | | | | | |\n", y.Procs, y.Design, strings.ReplaceAll(y.Err.Error(), "|", "/"))
+				continue
+			}
+			vs := ""
+			if a := r.find("A", y.Workload.Key, y.Procs); a != nil && a.Load.rate() > 0 {
+				vs = fmt.Sprintf("%.2f×", y.Load.rate()/a.Load.rate())
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %.2f | %s |\n", y.Procs, y.Design, y.Load.rate(), vs,
+				us(y.Load.P50), us(y.Load.P99), y.CPUPer10k(), memoryLine(y.Memory, y.Workload.Key == "upload-10mib"))
+		}
+		fmt.Fprintln(w)
+	}
+	if len(r.ColdStarts) > 0 {
+		fmt.Fprintln(w, "### Cold start (B): first request of a stopped program to its response")
+		fmt.Fprintln(w)
+		fmt.Fprintln(w, "| app | bare `python3 -c 'import MODULE'` | cold request (median) | of which boot | init's timeline (median per phase) | runs |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | --- | --- |")
+		for _, cs := range r.ColdStarts {
+			var phases, runs []string
+			for i, p := range cs.Phases {
+				if i == 0 {
+					continue // since boot: the host's uptime in the sandbox
+				}
+				phases = append(phases, fmt.Sprintf("%s %s", p.Phase, ms(seconds(p.Seconds))))
+			}
+			for _, x := range cs.Runs {
+				runs = append(runs, ms(x.Total))
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", cs.App.Module, ms(cs.BareImport),
+				ms(cs.Median(func(x ColdStartRun) time.Duration { return x.Total })),
+				ms(cs.Median(func(x ColdStartRun) time.Duration { return x.Boot })),
+				strings.Join(phases, ", "), strings.Join(runs, ", "))
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintln(w, "### Targets")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "| target | measured | |")
+	fmt.Fprintln(w, "| --- | --- | --- |")
+	for _, t := range r.Targets() {
+		verdict := "missed"
+		switch {
+		case t.Missing:
+			verdict, t.Measured = "not measured", "-"
+		case t.Met:
+			verdict = "met"
+		}
+		fmt.Fprintf(w, "| %s | %s | %s |\n", t.Goal, t.Measured, verdict)
+	}
+}
