@@ -21,9 +21,13 @@ build:
 test: vet
 	$(GO) test -race -count=1 -timeout 45m $(PKGS)
 
-## bench: protocol benchmarks (round trip, bulk vs raw copy, 1,000 streams)
-## and the relay hot path (HTTP -> agent -> session -> init -> ASGI worker)
-bench:
+## bench: Ferry against uvicorn and the per-request msgpack design
+## (BENCHMARKS.md; writes bench/results.md), then the Go benchmarks of the
+## protocol and the relay hot path
+BENCH_FLAGS ?=
+bench: build
+	$(GO) build -o $(BIN)/ferry-bench ./cmd/ferry-bench
+	$(BIN)/ferry-bench -out bench/results.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./protocol/...
 	$(GO) test -run '^$$' -bench RelayASGIHello -benchmem -benchtime $(BENCHTIME) ./tests/
 

@@ -15,7 +15,7 @@ import (
 const MaxWebSocketMessage = 16 << 20
 
 // relayBufSize is the copy buffer of each relay direction.
-const relayBufSize = 32 << 10
+const relayBufSize = 64 << 10
 
 var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
 

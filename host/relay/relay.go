@@ -225,7 +225,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 }
 
 // bodyBuffers holds the buffers responses are copied through.
-var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 32<<10); return &b }}
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // bodyAllowed reports whether a response to method with status carries a
 // body whose length the client should be told.

@@ -770,7 +770,7 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 		st.bufPooled = getRecvBuf()
 		st.buf = (*st.bufPooled)[:0]
 	}
-	st.compactLocked()
+	st.compactLocked(len(p))
 	start := len(st.buf)
 	if h.Has(frame.FlagCompressed) {
 		out, err := st.s.comp.decompress(st.buf, p, st.s.cfg.Decompress)
@@ -802,10 +802,12 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 	return nil
 }
 
-// compactLocked moves unread bytes to the front of the buffer so that it
-// never grows past what the window allows.
-func (st *Stream) compactLocked() {
-	if st.off > 0 && st.off >= len(st.buf)/2 {
+// compactLocked moves unread bytes to the front of the buffer when
+// incoming more bytes would not fit behind them, so that the buffer never
+// grows past what the window allows and bytes are moved only when that
+// saves growing it.
+func (st *Stream) compactLocked(incoming int) {
+	if st.off > 0 && len(st.buf)+incoming > cap(st.buf) {
 		n := copy(st.buf, st.buf[st.off:])
 		st.buf, st.off = st.buf[:n], 0
 	}
@@ -834,8 +836,8 @@ func (st *Stream) handleReset(p []byte) *frame.Error {
 // bodies are small, and a fresh buffer per stream is an allocation on
 // each side of every round trip.
 const (
-	recvBufSize    = 4 << 10  // capacity of a new pooled buffer
-	recvBufPoolMax = 64 << 10 // larger buffers are left to the GC
+	recvBufSize    = 4 << 10   // capacity of a new pooled buffer
+	recvBufPoolMax = 512 << 10 // larger buffers are left to the GC
 )
 
 var recvBufPool = sync.Pool{New: func() any { b := make([]byte, 0, recvBufSize); return &b }}

@@ -3,6 +3,7 @@ package mux
 import (
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -110,6 +111,15 @@ func (w *writer) write(frames []frameSpec, control bool) error {
 		}
 	default:
 		w.flushing = true
+		if len(w.buf) < directWriteMin {
+			// Let goroutines that are ready to run (other streams woken by
+			// the same read) queue their frames first: under load many
+			// small frames then share one syscall. When nothing else is
+			// ready this costs a trip through the scheduler, not a wait.
+			w.mu.Unlock()
+			runtime.Gosched()
+			w.mu.Lock()
+		}
 		w.flushLocked()
 	}
 	err := w.err
