@@ -144,7 +144,9 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 			if rq.MaxBody > 0 {
 				body = io.LimitReader(r.Body, rq.MaxBody+1)
 			}
-			n, err := io.Copy(st, body)
+			copyBuf := bodyBuffers.Get().(*[]byte)
+			n, err := io.CopyBuffer(st, body, *copyBuf)
+			bodyBuffers.Put(copyBuf)
 			switch {
 			case rq.MaxBody > 0 && n > rq.MaxBody:
 				close(tooLarge)

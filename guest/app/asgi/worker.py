@@ -730,7 +730,8 @@ class Session(asyncio.Protocol):
     def __init__(self, worker_done):
         self.loop = asyncio.get_event_loop()
         self.transport = None
-        self.inbuf = bytearray()
+        self.inbuf = bytearray()  # the start of an incomplete frame
+        self.need = 0             # bytes inbuf must hold to complete it
         self.out = []
         self.flush_scheduled = False
         self.paused = False
@@ -794,25 +795,35 @@ class Session(asyncio.Protocol):
             self.transport.write(data)
 
     def data_received(self, data):
-        buf = self.inbuf
-        buf += data
-        pos = 0
-        n = len(buf)
+        # Frames are cut out of the bytes read (one copy each). Only an
+        # incomplete frame at the end is kept, in inbuf, and parsing waits
+        # until the bytes it needs have arrived.
+        if self.inbuf:
+            self.inbuf += data
+            if len(self.inbuf) < self.need:
+                return
+            data = bytes(self.inbuf)
+            self.inbuf = bytearray()
+        pos, n = 0, len(data)
+        need = HEADER_SIZE
         try:
             while n - pos >= HEADER_SIZE:
-                ftype, flags, sid, length = HEADER.unpack_from(buf, pos)
+                ftype, flags, sid, length = HEADER.unpack_from(data, pos)
                 if length > MY_MAX_FRAME:
                     raise ProtocolError(FRAME_SIZE_ERROR, "frame of %d bytes exceeds the maximum %d" % (length, MY_MAX_FRAME))
-                if n - pos < HEADER_SIZE + length:
+                end = pos + HEADER_SIZE + length
+                if end > n:
+                    need = HEADER_SIZE + length
                     break
-                start = pos + HEADER_SIZE
-                payload = bytes(buf[start:start + length])
-                pos = start + length
+                payload = data[pos + HEADER_SIZE:end]
+                pos = end
                 self.handle_frame(ftype, flags, sid, payload)
         except ProtocolError as e:
             self.fail(e.code, str(e))
             return
-        del buf[:pos]
+        if pos < n:
+            self.inbuf = bytearray(memoryview(data)[pos:])
+            self.need = need
 
     def fail(self, code, reason):
         print("ferry worker: protocol error: %s" % reason, file=sys.stderr, flush=True)
