@@ -21,9 +21,12 @@ import (
 type ColdStart struct {
 	App        App
 	ID         string
-	BareImport time.Duration     // median
-	Runs       []ColdStartRun    // each measured cold start
-	Phases     []admin.BootPhase // median per phase, in timeline order
+	BareImport time.Duration // median
+	// UvicornStart is the median time from starting uvicorn (A) on the app
+	// to its first answer: what the same cold start costs without Ferry.
+	UvicornStart time.Duration
+	Runs         []ColdStartRun    // each measured cold start
+	Phases       []admin.BootPhase // median per phase, in timeline order
 }
 
 // ColdStartRun is one cold start: from the first request of a stopped
@@ -92,6 +95,9 @@ func measureColdStarts(ctx context.Context, cfg *Config) ([]ColdStart, error) {
 		if cs.BareImport, err = bareImport(ctx, cfg, a.app.Module, cfg.ColdStarts); err != nil {
 			return nil, err
 		}
+		if cs.UvicornStart, err = uvicornStart(ctx, cfg, a.app, cfg.ColdStarts); err != nil {
+			return nil, err
+		}
 		for i := 0; i < cfg.ColdStarts; i++ {
 			if err := stopProgram(ctx, adminClient, a.id); err != nil {
 				return nil, err
@@ -153,6 +159,51 @@ func bareImport(ctx context.Context, cfg *Config, module string, n int) (time.Du
 			return 0, fmt.Errorf("python3 -c 'import %s': %w: %s", module, err, out)
 		}
 		v = append(v, time.Since(t))
+	}
+	slices.Sort(v)
+	return percentile(v, 50), nil
+}
+
+// uvicornStart is the median time from starting uvicorn on app to its
+// first 200, polled every 2 ms.
+func uvicornStart(ctx context.Context, cfg *Config, app App, n int) (time.Duration, error) {
+	var v []time.Duration
+	client := &http.Client{Timeout: 5 * time.Second}
+	for i := 0; i < n; i++ {
+		port, err := freePort()
+		if err != nil {
+			return 0, err
+		}
+		t := time.Now()
+		c, err := launch(cfg, "A-coldstart.log", cfg.AppsDir, cfg.Python, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
+			"--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", strconv.Itoa(port), app.Module+":app")
+		if err != nil {
+			return 0, err
+		}
+		srv := &server{children: []*child{c}}
+		for {
+			resp, err := client.Get("http://127.0.0.1:" + strconv.Itoa(port) + app.Ready)
+			if err == nil {
+				resp.Body.Close()
+				if resp.StatusCode == http.StatusOK {
+					break
+				}
+			}
+			select {
+			case <-c.done:
+				return 0, fmt.Errorf("uvicorn exited before answering; see %s", filepath.Join(cfg.WorkDir, "A-coldstart.log"))
+			case <-ctx.Done():
+				srv.stop()
+				return 0, ctx.Err()
+			case <-time.After(2 * time.Millisecond):
+			}
+			if time.Since(t) > time.Minute {
+				srv.stop()
+				return 0, fmt.Errorf("uvicorn did not answer within a minute")
+			}
+		}
+		v = append(v, time.Since(t))
+		srv.stop()
 	}
 	slices.Sort(v)
 	return percentile(v, 50), nil

@@ -55,13 +55,19 @@ func parseStat(pid int, b []byte) (procInfo, error) {
 	return procInfo{PID: pid, PPID: ppid, Name: string(b[open+1 : end]), CPUTicks: utime + stime}, nil
 }
 
-// rssKiB returns VmRSS from /proc/PID/status in KiB.
-func rssKiB(pid int) (int64, error) {
+// rssKiB returns VmRSS and its anonymous part RssAnon (the rest is pages
+// of mapped files, mostly the program's own binary) from /proc/PID/status,
+// in KiB.
+func rssKiB(pid int) (rss, anon int64, err error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return statusField(b, "VmRSS")
+	if rss, err = statusField(b, "VmRSS"); err != nil {
+		return 0, 0, err
+	}
+	anon, _ = statusField(b, "RssAnon")
+	return rss, anon, nil
 }
 
 // statusField returns a "Name:  N kB" field of /proc/PID/status.
@@ -128,6 +134,8 @@ type ProcMemory struct {
 	PID      int
 	StartKiB int64 // when the run began
 	PeakKiB  int64 // the largest value sampled during the run
+	// PeakAnonKiB is the largest anonymous part (heap, stacks) sampled.
+	PeakAnonKiB int64
 }
 
 // usage samples a process tree during one run: CPU time used and the
@@ -178,7 +186,7 @@ func (u *usage) sample(first bool) {
 			u.startCPU[p.PID] = p.CPUTicks
 		}
 		u.lastCPU[p.PID] = p.CPUTicks
-		rss, err := rssKiB(p.PID)
+		rss, anon, err := rssKiB(p.PID)
 		if err != nil {
 			continue
 		}
@@ -188,6 +196,7 @@ func (u *usage) sample(first bool) {
 			u.mem[p.PID] = m
 		}
 		m.PeakKiB = max(m.PeakKiB, rss)
+		m.PeakAnonKiB = max(m.PeakAnonKiB, anon)
 	}
 }
 

@@ -97,27 +97,27 @@ func (r *Report) Targets() []Target {
 		out = append(out, Target{Goal: goal, Met: diff <= 100*time.Microsecond,
 			Measured: fmt.Sprintf("+%s (%s vs %s)", us(diff), us(b.Load.P50), us(a.Load.P50))})
 	}
-	peak := func(name string) int64 {
-		var p int64
+	peak := func(name string) (rss, anon int64) {
 		for _, x := range r.Results {
 			if x.Design != "B" {
 				continue
 			}
 			for _, m := range x.Memory {
 				if m.Name == name {
-					p = max(p, m.PeakKiB)
+					rss, anon = max(rss, m.PeakKiB), max(anon, m.PeakAnonKiB)
 				}
 			}
 		}
-		return p
+		return rss, anon
 	}
 	for _, t := range []struct {
 		name  string
 		limit int64
 	}{{"init", 10 << 10}, {"host-agent", 30 << 10}} {
-		p := peak(t.name)
+		p, anon := peak(t.name)
 		out = append(out, Target{Goal: fmt.Sprintf("%s peak RSS ≤ %d MiB (all B runs)", t.name, t.limit>>10),
-			Missing: p == 0, Met: p > 0 && p <= t.limit, Measured: formatKiB(p)})
+			Missing: p == 0, Met: p > 0 && p <= t.limit,
+			Measured: fmt.Sprintf("%s (anonymous: %s; the rest is the binary's pages)", formatKiB(p), formatKiB(anon))})
 	}
 	for _, procs := range r.Config.Procs {
 		goal := fmt.Sprintf("memory flat during the 10 MiB uploads (each B process grows < 4 MiB), %d process(es)", procs)
@@ -191,8 +191,8 @@ func (r *Report) Markdown(w io.Writer) {
 	if len(r.ColdStarts) > 0 {
 		fmt.Fprintln(w, "### Cold start (B): first request of a stopped program to its response")
 		fmt.Fprintln(w)
-		fmt.Fprintln(w, "| app | bare `python3 -c 'import MODULE'` | cold request (median) | of which boot | init's timeline (median per phase) | runs |")
-		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | --- | --- |")
+		fmt.Fprintln(w, "| app | bare `python3 -c 'import MODULE'` | uvicorn start to first answer (A) | Ferry cold request (B, median) | of which boot | init's timeline (median per phase) | B runs |")
+		fmt.Fprintln(w, "| --- | ---: | ---: | ---: | ---: | --- | --- |")
 		for _, cs := range r.ColdStarts {
 			var phases, runs []string
 			for i, p := range cs.Phases {
@@ -204,7 +204,7 @@ func (r *Report) Markdown(w io.Writer) {
 			for _, x := range cs.Runs {
 				runs = append(runs, ms(x.Total))
 			}
-			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s |\n", cs.App.Module, ms(cs.BareImport),
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s | %s | %s |\n", cs.App.Module, ms(cs.BareImport), ms(cs.UvicornStart),
 				ms(cs.Median(func(x ColdStartRun) time.Duration { return x.Total })),
 				ms(cs.Median(func(x ColdStartRun) time.Duration { return x.Boot })),
 				strings.Join(phases, ", "), strings.Join(runs, ", "))

@@ -80,6 +80,28 @@ func Relay(host, peer *mux.Stream, lost LostFunc) {
 // until the response is relayed, passing on a host reset (the client left)
 // as CANCEL so the app sees http.disconnect.
 func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
+	if _, err := host.TryRead(nil); err == io.EOF {
+		// The whole request has arrived (a GET: with its head), so no
+		// copy buffer is held while the response is relayed. The peer's
+		// side is ended here unless OpenRelayed did (then this fails
+		// harmlessly).
+		tr, _ := host.Trailers()
+		_ = peer.CloseWriteTrailers(tr)
+	} else {
+		copyRequestBody(host, peer, respDone)
+	}
+	select {
+	case <-respDone:
+	case <-host.Done():
+		if host.Err() != nil {
+			peer.Reset(frame.CodeCancel, "client went away")
+		}
+	}
+}
+
+// copyRequestBody copies the rest of the host's request body to the peer
+// and ends the peer's side with the host's trailers.
+func copyRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
 	buf := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(buf)
 	for {
@@ -96,18 +118,11 @@ func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
 		if err == io.EOF {
 			tr, _ := host.Trailers()
 			_ = peer.CloseWriteTrailers(tr)
-			break
+			return
 		}
 		if err != nil {
 			peer.Reset(frame.CodeCancel, "client went away")
 			return
-		}
-	}
-	select {
-	case <-respDone:
-	case <-host.Done():
-		if host.Err() != nil {
-			peer.Reset(frame.CodeCancel, "client went away")
 		}
 	}
 }
