@@ -152,7 +152,7 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "- Machine: %d cores, %s, %s RAM, Linux %s\n", m.Cores, m.Model, m.MemTotal, m.Kernel)
 	fmt.Fprintf(w, "- Software: %s; %s; %s\n", m.Go, m.Python, m.Wrk)
 	fmt.Fprintf(w, "- Load: wrk %s (one wrk thread; %d connections unless the workload says otherwise); websockets: a Go client; each run %s. Nothing is pinned to a core: the load generator and every process of the design share the %d cores.\n",
-		strings.Join(wrkArgs("URL", r.Config.Connections, r.Config.Duration, "report.lua")[:4], " "), r.Config.Connections, r.Config.Duration, m.Cores)
+		strings.Join(wrkArgs("URL", r.Config.Connections, r.Config.Duration, "report.lua"), " "), r.Config.Connections, r.Config.Duration, m.Cores)
 	fmt.Fprintf(w, "- CPU is the user+system time of all the design's processes during the run; memory is the peak resident set of each process, sampled every %s (MiB).\n\n", sampleEvery)
 	for _, d := range Designs() {
 		fmt.Fprintf(w, "- **%s**: %s\n", d.Key, d.Name)
