@@ -1,6 +1,8 @@
 package tests
 
 import (
+	"context"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -19,6 +21,46 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"hello"})
 `
 
+// startRelayBench serves plainHelloApp through the agent's handler, a
+// session and a real init (sandbox backend) with one ASGI worker, and
+// returns the server's URL and a keep-alive client with room for conns
+// idle connections. The program is booted before it returns.
+func startRelayBench(b *testing.B, conns int) (string, *http.Client) {
+	requirePythonModules(b, "asyncio")
+	initBin, err := buildInit()
+	if err != nil {
+		b.Fatal(err)
+	}
+	code := writeApp(b, map[string]string{"main.py": plainHelloApp})
+	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
+	b.Cleanup(mgr.Close)
+	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1, Python: debianPython}
+	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
+	b.Cleanup(func() { mgr.StopAll(context.Background()) })
+	b.Cleanup(srv.Close)
+	transport := srv.Client().Transport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = conns
+	client := &http.Client{Transport: transport}
+	if err := getHello(client, srv.URL); err != nil { // boots the program
+		b.Fatal(err)
+	}
+	return srv.URL, client
+}
+
+// getHello makes one request and checks its answer.
+func getHello(client *http.Client, url string) error {
+	resp, err := client.Get(url + "/")
+	if err != nil {
+		return err
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || string(body) != "hello" {
+		return fmt.Errorf("status %d body %q", resp.StatusCode, body)
+	}
+	return nil
+}
+
 // BenchmarkRelayASGIHello is one request through the whole hot path: Go's
 // HTTP client (keep-alive) -> the agent's handler and relay -> the mux
 // session -> init (a real process, started by the sandbox backend) -> a
@@ -28,72 +70,28 @@ async def app(scope, receive, send):
 //
 //	go test -run '^$' -bench RelayASGIHello -benchmem ./tests/
 func BenchmarkRelayASGIHello(b *testing.B) {
-	requirePythonModules(b, "asyncio")
-	initBin, err := buildInit()
-	if err != nil {
-		b.Fatal(err)
-	}
-	code := writeApp(b, map[string]string{"main.py": plainHelloApp})
-	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
-	defer mgr.Close()
-	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1, Python: debianPython}
-	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
-	defer srv.Close()
-	defer mgr.StopAll(b.Context())
-	client := srv.Client()
-	get := func() {
-		resp, err := client.Get(srv.URL + "/")
-		if err != nil {
-			b.Fatal(err)
-		}
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK || string(body) != "hello" {
-			b.Fatalf("status %d body %q", resp.StatusCode, body)
-		}
-	}
-	get() // boots the program
+	url, client := startRelayBench(b, 1)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {
-		get()
+		if err := getHello(client, url); err != nil {
+			b.Fatal(err)
+		}
 	}
 }
 
-// BenchmarkRelayASGIHelloParallel is BenchmarkRelayASGIHello with many
-// concurrent keep-alive clients (GOMAXPROCS x -cpu... goroutines, see
-// RunParallel): the throughput case, where frames of many streams share
-// each read and write.
+// BenchmarkRelayASGIHelloParallel is BenchmarkRelayASGIHello with 16 x
+// GOMAXPROCS concurrent keep-alive clients: the throughput case, where
+// frames of many streams share each read and write.
 func BenchmarkRelayASGIHelloParallel(b *testing.B) {
-	requirePythonModules(b, "asyncio")
-	initBin, err := buildInit()
-	if err != nil {
-		b.Fatal(err)
-	}
-	code := writeApp(b, map[string]string{"main.py": plainHelloApp})
-	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
-	defer mgr.Close()
-	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1, Python: debianPython}
-	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
-	defer srv.Close()
-	defer mgr.StopAll(b.Context())
-	transport := srv.Client().Transport.(*http.Transport).Clone()
-	transport.MaxIdleConnsPerHost = 64
-	client := &http.Client{Transport: transport}
+	url, client := startRelayBench(b, 64)
 	b.SetParallelism(16)
 	b.ReportAllocs()
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			resp, err := client.Get(srv.URL + "/")
-			if err != nil {
+			if err := getHello(client, url); err != nil {
 				b.Error(err)
-				return
-			}
-			body, _ := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if resp.StatusCode != http.StatusOK || string(body) != "hello" {
-				b.Errorf("status %d body %q", resp.StatusCode, body)
 				return
 			}
 		}

@@ -115,10 +115,11 @@ def put_headers(out, num, headers):
 
 
 def fields(payload):
-    """Yields (number, value) for each field; value is int or bytes.
-
-    This is the hot path of every request head, so one-byte keys and
-    lengths (all but the rarest) are decoded inline."""
+    """Returns [(number, value)] for the fields of payload; value is an int
+    (varint) or bytes. This is the hot path of every request head: one-byte
+    keys and lengths (all but the rarest) are decoded inline, and a list is
+    built rather than a generator resumed per field."""
+    out = []
     p = bytes(payload)
     i, n = 0, len(p)
     while i < n:
@@ -138,7 +139,7 @@ def fields(payload):
                 ln, i = get_varint(p, i)
             if ln > n - i:
                 raise ValueError("truncated bytes field")
-            yield num, p[i:i + ln]
+            out.append((num, p[i:i + ln]))
             i += ln
         elif wire == 0:
             if i < n and p[i] < 0x80:
@@ -146,9 +147,10 @@ def fields(payload):
                 i += 1
             else:
                 v, i = get_varint(p, i)
-            yield num, v
+            out.append((num, v))
         else:
             raise ValueError("wire type %d" % wire)
+    return out
 
 
 def get_varint(p, i):
@@ -207,52 +209,21 @@ SCHEMAS = {
 
 
 def decode(schema, payload):
-    """Decodes a payload into a dict of the fields present (SPEC.md 4).
-
-    The parsing loop of fields() is repeated inline: this runs for every
-    request head."""
+    """Decodes a payload into a dict of the fields present (SPEC.md 4)."""
     spec = SCHEMAS[schema]
     out = {}
     pairs = None
-    p = bytes(payload)
-    i, n = 0, len(p)
-    while i < n:
-        key = p[i]
-        if key < 0x80:
-            i += 1
-        else:
-            key, i = get_varint(p, i)
-        num, wire = key >> 3, key & 7
-        if num == 0:
-            raise ValueError("field number 0")
-        if wire == 2:
-            if i < n and p[i] < 0x80:
-                ln = p[i]
-                i += 1
-            else:
-                ln, i = get_varint(p, i)
-            if ln > n - i:
-                raise ValueError("truncated bytes field")
-            v = p[i:i + ln]
-            i += ln
-        elif wire == 0:
-            if i < n and p[i] < 0x80:
-                v = p[i]
-                i += 1
-            else:
-                v, i = get_varint(p, i)
-        else:
-            raise ValueError("wire type %d" % wire)
+    for num, v in fields(payload):
         f = spec.get(num)
         if f is None:
             continue  # unknown fields are skipped
         name, kind = f
         if kind == "bytes":
-            if wire != 2:
+            if v.__class__ is int:
                 raise ValueError("expected bytes")
             out[name] = v
         elif kind == "headers":
-            if wire != 2:
+            if v.__class__ is int:
                 raise ValueError("expected bytes")
             if pairs is None:
                 pairs = {}
@@ -260,7 +231,7 @@ def decode(schema, payload):
         elif kind == "u32":
             out[name] = _u32(v)
         elif kind == "u64":
-            if wire != 0:
+            if v.__class__ is not int:
                 raise ValueError("expected a varint")
             out[name] = v
         elif kind == "list":
