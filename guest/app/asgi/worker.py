@@ -286,23 +286,15 @@ def encode_response(status, headers, subprotocol=b""):
     out = bytearray()
     out.append(0x08)
     put_varint(out, status)
-    for name, value in headers:
-        ln = len(name)
-        if ln < 0x80:
+    for pair in headers:
+        for b in pair:  # the name, then the value: field 2 each
             out.append(0x12)
-            out.append(ln)
-        else:
-            out.append(0x12)
-            put_varint(out, ln)
-        out += name
-        ln = len(value)
-        if ln < 0x80:
-            out.append(0x12)
-            out.append(ln)
-        else:
-            out.append(0x12)
-            put_varint(out, ln)
-        out += value
+            ln = len(b)
+            if ln < 0x80:
+                out.append(ln)
+            else:
+                put_varint(out, ln)
+            out += b
     if subprotocol:
         put_bytes(out, 3, subprotocol)
     return bytes(out)
