@@ -133,6 +133,10 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 	sess := mux.Server(conn, mux.Config{
 		Agent:  s.opt.Agent,
 		Logger: s.log,
+		// Each stream is served on a reused goroutine, straight from the
+		// read loop: no hand-off to an accepting goroutine and no stack
+		// growth of a fresh one per request (which showed in profiles).
+		Handler: func(st *mux.Stream) { s.serveStream(ctx, st) },
 		OnControl: func(t frame.Type, payload []byte) {
 			if t != frame.TypeConfig {
 				return
@@ -167,21 +171,24 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 		case <-sess.Done():
 		}
 	}()
-	for {
-		st, err := sess.Accept(ctx)
-		if err != nil {
-			s.log.Info("host session ended", "err", err)
-			return
-		}
-		s.mu.Lock()
-		a := s.app
-		s.mu.Unlock()
-		if a == nil {
-			st.Reset(frame.CodeUnavailable, "program not configured or not running")
-			continue
-		}
-		go s.safely("stream", func() { a.Serve(ctx, st) })
+	select {
+	case <-sess.Done():
+		s.log.Info("host session ended", "err", sess.Err())
+	case <-ctx.Done():
+		s.log.Info("host session ended", "err", ctx.Err())
 	}
+}
+
+// serveStream hands a stream the host opened to the running program.
+func (s *Service) serveStream(ctx context.Context, st *mux.Stream) {
+	s.mu.Lock()
+	a := s.app
+	s.mu.Unlock()
+	if a == nil {
+		st.Reset(frame.CodeUnavailable, "program not configured or not running")
+		return
+	}
+	s.safely("stream", func() { a.Serve(ctx, st) })
 }
 
 // safely runs f, turning a panic into a log line and a LOG frame to the
