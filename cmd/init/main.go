@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -269,11 +268,8 @@ func stopEverything(log *slog.Logger, grace time.Duration) {
 // and the host, then hands over to the image's /sbin/init. It returns only
 // on failure.
 func initramfsStage(log *slog.Logger, params bootparam.Params, cmdline string, tl *boot.Timeline) error {
-	for _, m := range boot.EarlyMounts {
-		os.MkdirAll(m.Target, 0o755)
-		if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil && !errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("mount %s: %w", m.Target, err)
-		}
+	if err := boot.MountEarly(); err != nil {
+		return err
 	}
 	tl.Mark("initramfs")
 	if !loadModules(log, cmdline, params.Transport) {

@@ -51,17 +51,24 @@ func MountSystem() ([]string, error) {
 		if isMounted(m) {
 			continue
 		}
-		if err := os.MkdirAll(m.Target, 0o755); err != nil {
-			errs = append(errs, fmt.Errorf("mkdir %s: %w", m.Target, err))
-			continue
-		}
-		if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil {
-			errs = append(errs, fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err))
+		if err := m.mount(); err != nil {
+			errs = append(errs, err)
 			continue
 		}
 		mounted = append(mounted, m.Target)
 	}
 	return mounted, errors.Join(errs...)
+}
+
+// mount creates the mount point and mounts m on it.
+func (m Mount) mount() error {
+	if err := os.MkdirAll(m.Target, 0o755); err != nil {
+		return fmt.Errorf("mkdir %s: %w", m.Target, err)
+	}
+	if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil {
+		return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
+	}
+	return nil
 }
 
 func isMounted(m Mount) bool {

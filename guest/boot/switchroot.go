@@ -25,6 +25,16 @@ const TimelineEnv = "FERRY_BOOT_TIMELINE"
 // and find the root device. SwitchRoot moves them into the new root.
 var EarlyMounts = SystemMounts[:3] // /proc, /sys, /dev
 
+// MountEarly mounts EarlyMounts (one already there is fine).
+func MountEarly() error {
+	for _, m := range EarlyMounts {
+		if err := m.mount(); err != nil && !errors.Is(err, unix.EBUSY) {
+			return err
+		}
+	}
+	return nil
+}
+
 // InInitramfs reports whether the root filesystem is the kernel's initial
 // ramfs (rootfs, a ramfs or tmpfs), the only root SwitchRoot will empty.
 func InInitramfs() bool {
