@@ -164,7 +164,7 @@ func (r *Report) Markdown(w io.Writer) {
 			continue
 		}
 		seen[x.Workload.Key] = true
-		fmt.Fprintf(w, "### %s (`%s`, %d connections)\n\n", x.Workload.Name, x.Workload.Path, x.Workload.Conns)
+		fmt.Fprintf(w, "### %s (`%s`, %s)\n\n", x.Workload.Name, x.Workload.Path, plural(x.Workload.Conns, "connection"))
 		fmt.Fprintln(w, "| procs | design | req/s | vs A | p50 | p99 | CPU s / 10k req | peak RSS per process (MiB) |")
 		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
 		rows := []Result{}
@@ -225,4 +225,12 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %s | %s | %s |\n", t.Goal, t.Measured, verdict)
 	}
+}
+
+// plural is "1 connection", "32 connections".
+func plural(n int, word string) string {
+	if n == 1 {
+		return "1 " + word
+	}
+	return fmt.Sprintf("%d %ss", n, word)
 }
