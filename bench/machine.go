@@ -42,7 +42,7 @@ func DescribeMachine(ctx context.Context, python string) Machine {
 print("Python %s, uvicorn %s, httptools %s, uvloop %s, FastAPI %s, Starlette %s, msgpack %s" % (sys.version.split()[0],
     uvicorn.__version__, httptools.__version__, uvloop.__version__, fastapi.__version__, starlette.__version__,
     ".".join(map(str, msgpack.version))))`)
-	m.Wrk = commandLine(ctx, "wrk", "-v")
+	m.Wrk, _, _ = strings.Cut(commandLine(ctx, "wrk", "-v"), " Copyright")
 	return m
 }
 
