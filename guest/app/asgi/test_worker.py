@@ -64,6 +64,44 @@ def to_json(schema, msg):
     return out
 
 
+class Reassembly(unittest.TestCase):
+    """data_received must see the same frames however the bytes are cut."""
+
+    def frames_seen(self, chunks):
+        import asyncio
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            seen = []
+
+            class Recorder(worker.Session):
+                def handle_frame(self, ftype, flags, sid, payload):
+                    seen.append((ftype, flags, sid, bytes(payload)))
+
+            session = Recorder(loop.create_future())
+            for chunk in chunks:
+                session.data_received(chunk)
+            return seen, bytes(session.inbuf)
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def test_any_split_gives_the_same_frames(self):
+        want = [(worker.DATA, 0, 1, b"a" * 1000), (worker.PING, 0, 0, b"12345678"),
+                (worker.DATA, worker.FIN, 3, b""), (worker.DATA, 0, 5, bytes(range(256)) * 200)]
+        stream = b"".join(worker.frame(*f) for f in want)
+        for size in (1, 3, 7, 10, 11, 4096, 65536, len(stream)):
+            with self.subTest(chunk=size):
+                chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
+                seen, left = self.frames_seen(chunks)
+                self.assertEqual(seen, want)
+                self.assertEqual(left, b"")
+        # A frame cut short stays buffered until the rest arrives.
+        seen, left = self.frames_seen([stream[:-5]])
+        self.assertEqual(seen, want[:-1])
+        self.assertEqual(len(left), len(worker.frame(*want[-1])) - 5)
+
+
 class GoldenVectors(unittest.TestCase):
     def test_vectors(self):
         with open(VECTORS) as f:
