@@ -15,6 +15,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"embed"
 	"fmt"
@@ -22,6 +23,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 )
 
@@ -39,6 +41,7 @@ type Config struct {
 	Duration    time.Duration // of each load run
 	Connections int           // concurrent connections of the throughput runs
 	Procs       []int         // Python process counts to compare (1, 2)
+	Rounds      int           // interleaved rounds per workload; the median is reported
 	ColdStarts  int           // cold starts timed per app
 	Only        string        // run only the workloads whose key contains this (quick checks)
 
@@ -80,7 +83,8 @@ type Result struct {
 	Workload   Workload
 	Procs      int
 	Load       loadResult
-	CPUSeconds float64 // all of the design's processes during the run
+	Rates      []float64 // req/s of every round, in order (Load is the median round's)
+	CPUSeconds float64   // all of the design's processes during the run
 	Memory     []ProcMemory
 	Err        error
 }
@@ -103,31 +107,33 @@ type Report struct {
 	ColdStarts []ColdStart
 }
 
-// Run runs every design under every workload, then the cold starts.
+// Run runs every design under every workload, then the cold starts. The
+// designs are interleaved: for each workload, a round runs A, B and C one
+// after the other (in a rotating order), and the rounds are repeated, so
+// that the machine's drift and noise fall on all designs alike; each
+// design's result is its median round.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
 	start := time.Now()
 	cfg.AppsDir = filepath.Join(cfg.WorkDir, "apps")
 	if err := writeApps(cfg.AppsDir); err != nil {
 		return nil, err
 	}
+	cfg.Rounds = max(cfg.Rounds, 1)
 	rep := &Report{Machine: DescribeMachine(ctx, cfg.Python), Started: start, Config: cfg}
-	for _, d := range Designs() {
-		for _, procs := range cfg.Procs {
-			for _, app := range []App{plainApp, fastapiApp} {
-				var wls []Workload
-				for _, w := range Workloads(cfg.Connections) {
-					if w.App != app || (w.OneProcOnly && procs != 1) || (w.WS && !d.websockets) || !matches(cfg.Only, w.Key) {
-						continue
-					}
+	for _, procs := range cfg.Procs {
+		for _, app := range []App{plainApp, fastapiApp} {
+			var wls []Workload
+			for _, w := range Workloads(cfg.Connections) {
+				if w.App == app && (!w.OneProcOnly || procs == 1) && matches(cfg.Only, w.Key) {
 					wls = append(wls, w)
 				}
-				if len(wls) == 0 {
-					continue
-				}
-				rep.Results = append(rep.Results, runServer(ctx, &cfg, d, app, procs, wls)...)
-				if err := ctx.Err(); err != nil {
-					return rep, err
-				}
+			}
+			if len(wls) == 0 {
+				continue
+			}
+			rep.Results = append(rep.Results, runGroup(ctx, &cfg, app, procs, wls)...)
+			if err := ctx.Err(); err != nil {
+				return rep, err
 			}
 		}
 	}
@@ -146,39 +152,102 @@ func matches(only, key string) bool {
 	return only == "" || containsWord(only, key)
 }
 
-// runServer starts design d once and runs the workloads against it.
-func runServer(ctx context.Context, cfg *Config, d Design, app App, procs int, wls []Workload) []Result {
-	var out []Result
-	srv, err := d.start(ctx, cfg, app, procs)
-	if err != nil {
-		for _, w := range wls {
-			out = append(out, Result{Design: d.Key, Workload: w, Procs: procs, Err: err})
-			cfg.progress("%s %-14s procs=%d: %v", d.Key, w.Key, procs, err)
+// runGroup starts every design on app with procs Python processes (idle
+// servers cost nothing), runs the workloads in interleaved rounds and
+// returns each design's median round per workload.
+func runGroup(ctx context.Context, cfg *Config, app App, procs int, wls []Workload) []Result {
+	designs := Designs()
+	servers := make([]*server, len(designs))
+	startErr := make([]error, len(designs))
+	for i, d := range designs {
+		servers[i], startErr[i] = d.start(ctx, cfg, app, procs)
+		if startErr[i] == nil {
+			defer servers[i].stop()
+		} else {
+			cfg.progress("%s %s procs=%d: %v", d.Key, app.Module, procs, startErr[i])
 		}
-		return out
 	}
-	defer srv.stop()
+	var out []Result
 	for _, w := range wls {
-		r := Result{Design: d.Key, Workload: w, Procs: procs}
-		u := startUsage(srv.pids...)
-		if w.WS {
-			r.Load, r.Err = websocketEchoes(ctx, "ws"+srv.base[len("http"):]+w.Path, w.Conns, cfg.Duration)
-		} else {
-			r.Load, r.Err = runWrk(ctx, cfg.WorkDir, srv.base+w.Path, w.Conns, cfg.Duration, w.Lua)
+		rounds := make([][]Result, len(designs))
+		for round := 0; round < cfg.Rounds && ctx.Err() == nil; round++ {
+			for k := range designs {
+				i := (k + round) % len(designs) // rotate who goes first
+				d := designs[i]
+				if w.WS && !d.websockets {
+					continue
+				}
+				if startErr[i] != nil {
+					rounds[i] = append(rounds[i], Result{Design: d.Key, Workload: w, Procs: procs, Err: startErr[i]})
+					continue
+				}
+				r := measure(ctx, cfg, servers[i], d, w, procs)
+				rounds[i] = append(rounds[i], r)
+				if r.Err != nil {
+					cfg.progress("%s %-14s procs=%d round %d: %v", d.Key, w.Key, procs, round+1, r.Err)
+				} else {
+					cfg.progress("%s %-14s procs=%d round %d: %8.0f req/s  p50 %-8v p99 %-8v cpu/10k %.2fs", d.Key, w.Key, procs, round+1,
+						r.Load.rate(), r.Load.P50, r.Load.P99, r.CPUPer10k())
+				}
+			}
 		}
-		r.CPUSeconds, r.Memory = u.finish()
-		if r.Err == nil && (r.Load.Errors > 0 || r.Load.Non2xx > 0) {
-			r.Err = fmt.Errorf("%d errors, %d non-2xx answers", r.Load.Errors, r.Load.Non2xx)
-		}
-		out = append(out, r)
-		if r.Err != nil {
-			cfg.progress("%s %-14s procs=%d: %v", d.Key, w.Key, procs, r.Err)
-		} else {
-			cfg.progress("%s %-14s procs=%d: %8.0f req/s  p50 %-8v p99 %-8v cpu/10k %.2fs", d.Key, w.Key, procs,
-				r.Load.rate(), r.Load.P50, r.Load.P99, r.CPUPer10k())
+		for _, rs := range rounds {
+			if len(rs) > 0 {
+				out = append(out, medianRound(rs))
+			}
 		}
 	}
 	return out
+}
+
+// measure runs workload w once against srv.
+func measure(ctx context.Context, cfg *Config, srv *server, d Design, w Workload, procs int) Result {
+	r := Result{Design: d.Key, Workload: w, Procs: procs}
+	u := startUsage(srv.pids...)
+	if w.WS {
+		r.Load, r.Err = websocketEchoes(ctx, "ws"+srv.base[len("http"):]+w.Path, w.Conns, cfg.Duration)
+	} else {
+		r.Load, r.Err = runWrk(ctx, cfg.WorkDir, srv.base+w.Path, w.Conns, cfg.Duration, w.Lua)
+	}
+	r.CPUSeconds, r.Memory = u.finish()
+	if r.Err == nil && (r.Load.Errors > 0 || r.Load.Non2xx > 0) {
+		r.Err = fmt.Errorf("%d errors, %d non-2xx answers", r.Load.Errors, r.Load.Non2xx)
+	}
+	return r
+}
+
+// medianRound returns the round with the median rate, its memory widened
+// to all rounds (the start of the first, the peak of any), and every
+// round's rate. A failed round fails the result.
+func medianRound(rounds []Result) Result {
+	for _, r := range rounds {
+		if r.Err != nil {
+			return r
+		}
+	}
+	byRate := slices.Clone(rounds)
+	slices.SortFunc(byRate, func(a, b Result) int { return cmp.Compare(a.Load.rate(), b.Load.rate()) })
+	med := byRate[len(byRate)/2]
+	for _, r := range rounds {
+		med.Rates = append(med.Rates, r.Load.rate())
+	}
+	peaks := map[int]ProcMemory{}
+	for _, r := range rounds {
+		for _, m := range r.Memory {
+			p, seen := peaks[m.PID]
+			if !seen {
+				p = m
+			}
+			p.PeakKiB, p.PeakAnonKiB = max(p.PeakKiB, m.PeakKiB), max(p.PeakAnonKiB, m.PeakAnonKiB)
+			peaks[m.PID] = p
+		}
+	}
+	med.Memory = nil
+	for _, p := range peaks {
+		med.Memory = append(med.Memory, p)
+	}
+	slices.SortFunc(med.Memory, func(a, b ProcMemory) int { return a.PID - b.PID })
+	return med
 }
 
 func (cfg *Config) progress(format string, args ...any) {

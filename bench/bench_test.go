@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -166,5 +167,27 @@ async def app(scope, receive, send):
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d with no guest, want 502", resp.StatusCode)
+	}
+}
+
+func TestMedianRoundKeepsEveryRateAndWidensMemory(t *testing.T) {
+	round := func(reqs int64, start, peak int64) Result {
+		return Result{Design: "B", Load: loadResult{Requests: reqs, Seconds: 1},
+			Memory: []ProcMemory{{Name: "init", PID: 7, StartKiB: start, PeakKiB: peak, PeakAnonKiB: peak / 2}}}
+	}
+	got := medianRound([]Result{round(100, 5000, 6000), round(300, 6000, 9000), round(200, 6500, 7000)})
+	if got.Load.Requests != 200 {
+		t.Fatalf("median round has %d requests, want 200", got.Load.Requests)
+	}
+	if fmt.Sprint(got.Rates) != "[100 300 200]" {
+		t.Fatalf("rates %v, want every round in order", got.Rates)
+	}
+	if len(got.Memory) != 1 || got.Memory[0].StartKiB != 5000 || got.Memory[0].PeakKiB != 9000 || got.Memory[0].PeakAnonKiB != 4500 {
+		t.Fatalf("memory %+v, want the first start and the highest peak", got.Memory)
+	}
+	failed := round(50, 1, 1)
+	failed.Err = fmt.Errorf("wrk: connection refused")
+	if got := medianRound([]Result{round(100, 1, 1), failed}); got.Err == nil {
+		t.Fatal("a failed round did not fail the result")
 	}
 }

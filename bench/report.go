@@ -153,6 +153,7 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "- Software: %s; %s; %s\n", m.Go, m.Python, m.Wrk)
 	fmt.Fprintf(w, "- Load: wrk %s (one wrk thread; %d connections unless the workload says otherwise); websockets: a Go client; each run %s. Nothing is pinned to a core: the load generator and every process of the design share the %d cores.\n",
 		strings.Join(wrkArgs("URL", r.Config.Connections, r.Config.Duration, "report.lua"), " "), r.Config.Connections, r.Config.Duration, m.Cores)
+	fmt.Fprintf(w, "- Each workload runs in %d interleaved rounds: A, B and C one after the other, who goes first rotating; all three servers stay up meanwhile (idle). A row is the design's median round (its memory: over all rounds).\n", r.Config.Rounds)
 	fmt.Fprintf(w, "- CPU is the user+system time of all the design's processes during the run; memory is the peak resident set of each process, sampled every %s (MiB).\n\n", sampleEvery)
 	for _, d := range Designs() {
 		fmt.Fprintf(w, "- **%s**: %s\n", d.Key, d.Name)
@@ -165,8 +166,8 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		seen[x.Workload.Key] = true
 		fmt.Fprintf(w, "### %s (`%s`, %s)\n\n", x.Workload.Name, x.Workload.Path, plural(x.Workload.Conns, "connection"))
-		fmt.Fprintln(w, "| procs | design | req/s | vs A | p50 | p99 | CPU s / 10k req | peak RSS per process (MiB) |")
-		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+		fmt.Fprintln(w, "| procs | design | req/s | vs A | p50 | p99 | CPU s / 10k req | peak RSS per process (MiB) | every round's req/s |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- | --- |")
 		rows := []Result{}
 		for _, y := range r.Results {
 			if y.Workload.Key == x.Workload.Key {
@@ -176,15 +177,19 @@ func (r *Report) Markdown(w io.Writer) {
 		sort.SliceStable(rows, func(i, j int) bool { return rows[i].Procs < rows[j].Procs })
 		for _, y := range rows {
 			if y.Err != nil {
-				fmt.Fprintf(w, "| %d | %s | failed: %s | | | | | |\n", y.Procs, y.Design, strings.ReplaceAll(y.Err.Error(), "|", "/"))
+				fmt.Fprintf(w, "| %d | %s | failed: %s | | | | | | |\n", y.Procs, y.Design, strings.ReplaceAll(y.Err.Error(), "|", "/"))
 				continue
 			}
 			vs := ""
 			if a := r.find("A", y.Workload.Key, y.Procs); a != nil && a.Load.rate() > 0 {
 				vs = fmt.Sprintf("%.2f×", y.Load.rate()/a.Load.rate())
 			}
-			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %.2f | %s |\n", y.Procs, y.Design, y.Load.rate(), vs,
-				us(y.Load.P50), us(y.Load.P99), y.CPUPer10k(), memoryLine(y.Memory, y.Workload.Key == "upload-10mib"))
+			var rates []string
+			for _, x := range y.Rates {
+				rates = append(rates, fmt.Sprintf("%.0f", x))
+			}
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %.2f | %s | %s |\n", y.Procs, y.Design, y.Load.rate(), vs,
+				us(y.Load.P50), us(y.Load.P99), y.CPUPer10k(), memoryLine(y.Memory, y.Workload.Key == "upload-10mib"), strings.Join(rates, ", "))
 		}
 		fmt.Fprintln(w)
 	}

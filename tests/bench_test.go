@@ -14,7 +14,8 @@ import (
 )
 
 // TestBenchHarnessRunsAllThreeDesigns runs make bench's harness briefly
-// (hello world, one process, one cold start per app), so that `make bench`
+// (hello world, one process, two interleaved rounds, one cold start per
+// app), so that `make bench`
 // keeps working: uvicorn, Ferry and the msgpack design each answer wrk's
 // requests without errors, every process of each design is measured, and
 // the cold start comes with init's timeline.
@@ -33,7 +34,7 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 	}
 	var progress bytes.Buffer
 	cfg := bench.Config{Python: debianPython, HostAgent: agentBin, Init: filepath.Join(filepath.Dir(agentBin), "init"),
-		Self: self, WorkDir: t.TempDir(), Duration: time.Second, Connections: 8, Procs: []int{1}, ColdStarts: 1,
+		Self: self, WorkDir: t.TempDir(), Duration: time.Second, Rounds: 2, Connections: 8, Procs: []int{1}, ColdStarts: 1,
 		Only: "hello,cold", Progress: &progress}
 	rep, err := bench.Run(t.Context(), cfg)
 	t.Logf("progress:\n%s", progress.String())
@@ -46,8 +47,8 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 		if r.Err != nil {
 			t.Fatalf("%s %s: %v", r.Design, r.Workload.Key, r.Err)
 		}
-		if r.Load.Requests == 0 || r.CPUSeconds <= 0 {
-			t.Fatalf("%s %s: %d requests, %.2f CPU seconds", r.Design, r.Workload.Key, r.Load.Requests, r.CPUSeconds)
+		if r.Load.Requests == 0 || r.CPUSeconds <= 0 || len(r.Rates) != 2 {
+			t.Fatalf("%s %s: %d requests, %.2f CPU seconds, rounds %v", r.Design, r.Workload.Key, r.Load.Requests, r.CPUSeconds, r.Rates)
 		}
 		var names []string
 		for _, m := range r.Memory {

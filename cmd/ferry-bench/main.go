@@ -2,7 +2,7 @@
 // Ferry (B) and the per-request msgpack design (C) side by side on the same
 // app code, and writes the tables as Markdown.
 //
-//	ferry-bench [-out FILE] [-duration 5s] [-connections 32] [-procs 1,2]
+//	ferry-bench [-out FILE] [-duration 4s] [-rounds 3] [-connections 32] [-procs 1,2]
 //	ferry-bench msgpack-front --listen ADDR --socket PATH   (design C's host side)
 package main
 
@@ -41,7 +41,8 @@ func main() {
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
 	out := fs.String("out", "", "write the Markdown report to this file too")
-	duration := fs.Duration("duration", 5*time.Second, "length of each load run")
+	duration := fs.Duration("duration", 4*time.Second, "length of each load run")
+	rounds := fs.Int("rounds", 3, "interleaved rounds per workload (the median round is reported)")
 	conns := fs.Int("connections", 32, "connections of the throughput runs")
 	procs := fs.String("procs", "1,2", "Python process counts to compare")
 	coldStarts := fs.Int("cold-starts", 5, "cold starts timed per app (0: none)")
@@ -56,7 +57,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := bench.Config{Python: *python, Self: self, Duration: *duration, Connections: *conns,
+	cfg := bench.Config{Python: *python, Self: self, Duration: *duration, Rounds: *rounds, Connections: *conns,
 		ColdStarts: *coldStarts, Only: *only, Progress: os.Stderr, WorkDir: *workDir}
 	for _, p := range strings.Split(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
