@@ -159,12 +159,6 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 	defer relayBufs.Put(buf)
 	// The head goes out with whatever body arrived with it.
 	n, err := peer.TryRead(*buf)
-	if err == nil && n < len(*buf) {
-		// The body may have ended with the bytes just read.
-		if _, e := peer.TryRead(nil); e == io.EOF {
-			err = e
-		}
-	}
 	end := err == io.EOF
 	if err != nil && !end {
 		resetFromPeer(host, err, lost)

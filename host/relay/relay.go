@@ -189,11 +189,6 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	// already complete (the common small response) is sent with a
 	// Content-Length in one write, without chunking or extra flushes.
 	n, err := st.TryRead(*buf)
-	if err == nil && n < len(*buf) {
-		if _, end := st.TryRead(nil); end == io.EOF {
-			err = io.EOF
-		}
-	}
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
@@ -229,7 +224,8 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	}
 }
 
-// bodyBuffers holds the buffers responses are copied through.
+// bodyBuffers holds the buffers request and response bodies are copied
+// through.
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
 
 // bodyAllowed reports whether a response to method with status carries a

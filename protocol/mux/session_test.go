@@ -192,3 +192,33 @@ func TestRawHeadsTryReadAndDone(t *testing.T) {
 		t.Fatalf("Err after reset: %v", err)
 	}
 }
+
+// TryRead reports io.EOF together with the last bytes of a finished body,
+// so that a relay knows the body is complete without asking twice.
+func TestTryReadEndsWithTheLastBytes(t *testing.T) {
+	c, s := sessionPair(t, Config{}, Config{})
+	ctx := testContext(t)
+	head := (&message.RequestHead{Method: []byte("POST"), Path: []byte("/")}).Append(nil)
+	if _, err := c.OpenRaw(ctx, head, []byte("xyz"), true); err != nil {
+		t.Fatal(err)
+	}
+	in, err := s.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); in.Buffered() < 3; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the body did not arrive: %d bytes buffered", in.Buffered())
+		}
+	}
+	buf := make([]byte, 2)
+	if n, err := in.TryRead(buf); n != 2 || err != nil {
+		t.Fatalf("first TryRead: %d, %v; want 2 bytes and more to come", n, err)
+	}
+	if n, err := in.TryRead(buf); n != 1 || err != io.EOF || buf[0] != 'z' {
+		t.Fatalf("second TryRead: %d %q, %v; want the last byte with io.EOF", n, buf[:n], err)
+	}
+	if n, err := in.TryRead(buf); n != 0 || err != io.EOF {
+		t.Fatalf("after the end: %d, %v; want io.EOF", n, err)
+	}
+}

@@ -342,13 +342,17 @@ func (st *Stream) readNowLocked(p []byte, caller string) (n int, done bool, err 
 }
 
 // TryRead is Read without waiting: it returns what is buffered (possibly
-// nothing, with a nil error), or io.EOF once the peer has finished and
-// everything was read. Relays use it to send a head together with the body
-// bytes that arrived with it.
+// nothing, with a nil error), and io.EOF once the peer has finished and
+// everything was read, together with the last bytes when they are the
+// ones returned. Relays use it to send a head together with the body
+// bytes that arrived with it, and to know whether that body is complete.
 func (st *Stream) TryRead(p []byte) (int, error) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	n, _, err := st.readNowLocked(p, "TryRead")
+	if err == nil && n > 0 && st.remoteFin && st.off == len(st.buf) {
+		err = io.EOF // nothing follows the bytes just read
+	}
 	return n, err
 }
 
