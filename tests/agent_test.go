@@ -16,20 +16,14 @@ import (
 	"time"
 )
 
-// buildAgent compiles host-agent and init side by side, as make build does.
+// buildAgent compiles host-agent next to buildInit's init, as make build
+// lays them out (the agent finds init beside itself).
 var buildAgent = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ferry-agent-bin-")
+	initBin, err := buildInit()
 	if err != nil {
 		return "", err
 	}
-	for _, b := range []struct{ out, pkg string }{{"init", "../cmd/init"}, {"host-agent", "../cmd/host-agent"}} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return "", fmt.Errorf("building %s: %v\n%s", b.out, err, out)
-		}
-	}
-	return filepath.Join(dir, "host-agent"), nil
+	return goBuildInto(filepath.Dir(initBin), "host-agent", "../cmd/host-agent")
 })
 
 // freePort returns a loopback port nobody listens on right now.

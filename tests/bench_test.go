@@ -28,9 +28,9 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	self := filepath.Join(t.TempDir(), "ferry-bench")
-	if out, err := exec.Command("go", "build", "-o", self, "../cmd/ferry-bench").CombinedOutput(); err != nil {
-		t.Fatalf("building ferry-bench: %v\n%s", err, out)
+	self, err := goBuildInto(t.TempDir(), "ferry-bench", "../cmd/ferry-bench")
+	if err != nil {
+		t.Fatal(err)
 	}
 	var progress bytes.Buffer
 	cfg := bench.Config{Python: debianPython, HostAgent: agentBin, Init: filepath.Join(filepath.Dir(agentBin), "init"),

@@ -28,19 +28,31 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// buildInit compiles cmd/init once per test binary.
-var buildInit = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ferry-init-bin-")
+// goBuild compiles the package pkg (relative to tests/) statically into
+// a new temporary directory named after prefix and returns the binary's
+// path, called name.
+func goBuild(prefix, name, pkg string) (string, error) {
+	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
 		return "", err
 	}
-	bin := filepath.Join(dir, "init")
-	cmd := exec.Command("go", "build", "-o", bin, "../cmd/init")
+	return goBuildInto(dir, name, pkg)
+}
+
+// goBuildInto is goBuild into an existing directory.
+func goBuildInto(dir, name, pkg string) (string, error) {
+	bin := filepath.Join(dir, name)
+	cmd := exec.Command("go", "build", "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building init: %v\n%s", err, out)
+		return "", fmt.Errorf("building %s: %v\n%s", name, err, out)
 	}
 	return bin, nil
+}
+
+// buildInit compiles cmd/init once per test binary.
+var buildInit = sync.OnceValues(func() (string, error) {
+	return goBuild("ferry-init-bin-", "init", "../cmd/init")
 })
 
 func requireRoot(t *testing.T) {

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -17,17 +16,7 @@ import (
 
 // buildPortServer compiles the static test HTTP server once.
 var buildPortServer = sync.OnceValues(func() (string, error) {
-	dir, err := os.MkdirTemp("", "ferry-portserver-")
-	if err != nil {
-		return "", err
-	}
-	bin := filepath.Join(dir, "portserver")
-	cmd := exec.Command("go", "build", "-o", bin, "./testdata/portserver")
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("building portserver: %v\n%s", err, out)
-	}
-	return bin, nil
+	return goBuild("ferry-portserver-", "portserver", "./testdata/portserver")
 })
 
 // readOnlyRoot builds a minimal root filesystem holding only init and a
