@@ -175,8 +175,7 @@ func uvicornStart(ctx context.Context, cfg *Config, app App, n int) (time.Durati
 			return 0, err
 		}
 		t := time.Now()
-		c, err := launch(cfg, "A-coldstart.log", cfg.AppsDir, cfg.Python, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
-			"--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", strconv.Itoa(port), app.Module+":app")
+		c, err := launch(cfg, "A-coldstart.log", cfg.AppsDir, cfg.Python, uvicornArgs(app, port, 1)...)
 		if err != nil {
 			return 0, err
 		}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -139,18 +140,19 @@ type ProcMemory struct {
 }
 
 // usage samples a process tree during one run: CPU time used and the
-// resident memory of every process.
+// resident memory of every process. The tree is walked in /proc when the
+// run starts and when it ends; in between, only its processes are read.
 type usage struct {
 	roots []int
 	stop  chan struct{}
 	done  chan struct{}
 
-	mu        sync.Mutex
-	startCPU  map[int]uint64
-	lastCPU   map[int]uint64
-	mem       map[int]*ProcMemory
-	lastTree  []procInfo
-	sampleErr error
+	mu       sync.Mutex
+	pids     []int // the processes of the tree, in the order first seen
+	started  bool  // the first record (the start of the run) is done
+	startCPU map[int]uint64
+	lastCPU  map[int]uint64
+	mem      map[int]*ProcMemory
 }
 
 // sampleEvery is how often memory is sampled during a run.
@@ -159,7 +161,7 @@ const sampleEvery = 50 * time.Millisecond
 func startUsage(roots ...int) *usage {
 	u := &usage{roots: roots, stop: make(chan struct{}), done: make(chan struct{}),
 		startCPU: map[int]uint64{}, lastCPU: map[int]uint64{}, mem: map[int]*ProcMemory{}}
-	u.sample(true)
+	u.record(processTree(roots...))
 	go func() {
 		defer close(u.done)
 		t := time.NewTicker(sampleEvery)
@@ -169,21 +171,41 @@ func startUsage(roots ...int) *usage {
 			case <-u.stop:
 				return
 			case <-t.C:
-				u.sample(false)
+				u.record(u.known())
 			}
 		}
 	}()
 	return u
 }
 
-func (u *usage) sample(first bool) {
-	tree := processTree(u.roots...)
+// known reads the processes of the tree walked so far that still exist.
+func (u *usage) known() []procInfo {
+	u.mu.Lock()
+	pids := slices.Clone(u.pids)
+	u.mu.Unlock()
+	var out []procInfo
+	for _, pid := range pids {
+		if p, err := readProc(pid); err == nil {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+// record notes the CPU time and the memory of procs; a process seen for
+// the first time starts its CPU count here (or from zero at the end of
+// the run: it was born during it).
+func (u *usage) record(procs []procInfo) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.lastTree = tree
-	for _, p := range tree {
-		if first {
-			u.startCPU[p.PID] = p.CPUTicks
+	first := !u.started
+	u.started = true
+	for _, p := range procs {
+		if _, seen := u.lastCPU[p.PID]; !seen {
+			u.pids = append(u.pids, p.PID)
+			if first {
+				u.startCPU[p.PID] = p.CPUTicks
+			}
 		}
 		u.lastCPU[p.PID] = p.CPUTicks
 		rss, anon, err := rssKiB(p.PID)
@@ -205,7 +227,7 @@ func (u *usage) sample(first bool) {
 func (u *usage) finish() (cpuSeconds float64, mem []ProcMemory) {
 	close(u.stop)
 	<-u.done
-	u.sample(false)
+	u.record(processTree(u.roots...))
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var ticks uint64

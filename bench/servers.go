@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -135,13 +134,18 @@ func startUvicorn(ctx context.Context, cfg *Config, app App, procs int) (*server
 		return nil, err
 	}
 	logName := fmt.Sprintf("A-%s-%d.log", app.Module, procs)
-	cmd, err := launch(cfg, logName, cfg.AppsDir, cfg.Python, "-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
-		"--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--workers", strconv.Itoa(procs), app.Module+":app")
+	cmd, err := launch(cfg, logName, cfg.AppsDir, cfg.Python, uvicornArgs(app, port, procs)...)
 	if err != nil {
 		return nil, err
 	}
 	return ready(ctx, cfg, port, app, logName, cmd)
+}
+
+// uvicornArgs is design A's command line after the interpreter.
+func uvicornArgs(app App, port, procs int) []string {
+	return []string{"-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
+		"--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", strconv.Itoa(port),
+		"--workers", strconv.Itoa(procs), app.Module + ":app"}
 }
 
 func startFerry(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
@@ -191,6 +195,3 @@ func ready(ctx context.Context, cfg *Config, port int, app App, logName string, 
 	}
 	return s, nil
 }
-
-// errSkipped marks a workload a design does not do.
-var errSkipped = errors.New("not applicable")

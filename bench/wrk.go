@@ -18,9 +18,9 @@ import (
 const wrkReport = `
 done = function(summary, latency, requests)
   local e = summary.errors
-  io.write(string.format('FERRY-BENCH {"requests":%d,"duration_us":%d,"errors":%d,"non_2xx":%d,"p50_us":%d,"p99_us":%d,"mean_us":%.1f}\n',
+  io.write(string.format('FERRY-BENCH {"requests":%d,"duration_us":%d,"errors":%d,"non_2xx":%d,"p50_us":%d,"p99_us":%d}\n',
     summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99), latency.mean))
+    latency:percentile(50), latency:percentile(99)))
 end
 `
 
@@ -84,13 +84,12 @@ func parseWrk(out []byte) (loadResult, error) {
 			continue
 		}
 		var v struct {
-			Requests   int64   `json:"requests"`
-			DurationUS int64   `json:"duration_us"`
-			Errors     int64   `json:"errors"`
-			Non2xx     int64   `json:"non_2xx"`
-			P50        int64   `json:"p50_us"`
-			P99        int64   `json:"p99_us"`
-			Mean       float64 `json:"mean_us"`
+			Requests   int64 `json:"requests"`
+			DurationUS int64 `json:"duration_us"`
+			Errors     int64 `json:"errors"`
+			Non2xx     int64 `json:"non_2xx"`
+			P50        int64 `json:"p50_us"`
+			P99        int64 `json:"p99_us"`
 		}
 		if err := json.Unmarshal([]byte(rest), &v); err != nil {
 			return loadResult{}, fmt.Errorf("wrk summary %q: %w", rest, err)
