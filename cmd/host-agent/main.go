@@ -39,6 +39,7 @@ const usage = `usage:
 `
 
 func main() {
+	sandbox.RunStageIfRequested() // the sandbox's first stage is this binary, re-executed
 	if len(os.Args) < 2 {
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
@@ -242,6 +243,9 @@ func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, mgr 
 type backendFlags struct {
 	name, images, kernel, initrd, rootfs, accel, transport, stateDir *string
 	bootTimeout                                                      *time.Duration
+	sandboxRoot                                                      *string
+	sandboxUIDBase                                                   *uint
+	sandboxPids                                                      *int64
 }
 
 func addBackendFlags(fs *flag.FlagSet) *backendFlags {
@@ -255,6 +259,10 @@ func addBackendFlags(fs *flag.FlagSet) *backendFlags {
 		transport:   fs.String("vm-transport", "auto", "qemu: auto (vsock when the host has vhost-vsock), vsock or serial"),
 		stateDir:    fs.String("state-dir", qemu.DefaultStateDir, "qemu: where code images and persistent volumes are kept"),
 		bootTimeout: fs.Duration("boot-timeout", 2*time.Minute, "how long a VM may take to boot and start its program"),
+
+		sandboxRoot:    fs.String("sandbox-root", "/", "sandbox: the directory guests see as their root filesystem, read-only (an unpacked image, or the host's /)"),
+		sandboxUIDBase: fs.Uint("sandbox-uid-base", sandbox.DefaultUIDBase, "sandbox: first host uid of the guests' user namespaces (65536 ids per VM)"),
+		sandboxPids:    fs.Int64("sandbox-pids", sandbox.DefaultPids, "sandbox: most processes and threads per VM"),
 	}
 }
 
@@ -262,7 +270,15 @@ func addBackendFlags(fs *flag.FlagSet) *backendFlags {
 func (f *backendFlags) backend(log *slog.Logger) (backend.Backend, error) {
 	switch *f.name {
 	case "sandbox":
-		return sandbox.New(log), nil
+		b := sandbox.New(log)
+		b.RootDir, b.UIDBase, b.Pids = *f.sandboxRoot, uint32(*f.sandboxUIDBase), *f.sandboxPids
+		if fi, err := os.Stat(b.RootDir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--sandbox-root %s: not a directory", b.RootDir)
+		}
+		if err := b.CleanStale(); err != nil {
+			log.Warn("cleaning up after an earlier agent", "err", err)
+		}
+		return b, nil
 	case "qemu":
 		or := func(v, def string) string {
 			if v != "" {

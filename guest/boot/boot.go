@@ -40,7 +40,8 @@ var SystemMounts = []Mount{
 // MountSystem makes mount propagation private (so nothing leaks to a
 // parent namespace) and mounts SystemMounts, skipping those already
 // mounted. /proc counts as mounted only if it belongs to init's own PID
-// namespace. It returns the targets it mounted.
+// namespace, /sys only if it shows init's own network namespace. It
+// returns the targets it mounted.
 func MountSystem() ([]string, error) {
 	if err := unix.Mount("", "/", "", unix.MS_REC|unix.MS_PRIVATE, ""); err != nil {
 		return nil, fmt.Errorf("making mounts private: %w", err)
@@ -65,24 +66,69 @@ func (m Mount) mount() error {
 	if err := os.MkdirAll(m.Target, 0o755); err != nil {
 		return fmt.Errorf("mkdir %s: %w", m.Target, err)
 	}
-	if err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data); err != nil {
+	err := unix.Mount(m.Source, m.Target, m.FSType, m.Flags, m.Data)
+	if errors.Is(err, unix.EPERM) && m.Flags&unix.MS_RDONLY == 0 {
+		// In a user namespace (the sandbox backend) the kernel mounts a
+		// proc or sysfs only as restricted as the one already visible,
+		// which is read-only there.
+		err = unix.Mount(m.Source, m.Target, m.FSType, m.Flags|unix.MS_RDONLY, m.Data)
+	}
+	if err != nil {
 		return fmt.Errorf("mount %s on %s: %w", m.FSType, m.Target, err)
 	}
 	return nil
 }
 
 func isMounted(m Mount) bool {
-	if m.Target == "/proc" {
+	switch m.Target {
+	case "/proc":
 		// A /proc inherited from another PID namespace shows the wrong
 		// processes: it only counts if it knows us by our own pid.
 		self, err := os.Readlink("/proc/self")
 		return err == nil && self == strconv.Itoa(os.Getpid())
+	case "/sys":
+		// A sysfs shows the network devices of the namespace that mounted
+		// it: one inherited from the host (a sandbox's read-only view)
+		// only counts if it shows ours.
+		return sysfsIsOurs()
 	}
 	points, err := MountPoints()
 	if err != nil {
 		return false
 	}
 	return points[m.Target]
+}
+
+// sysfsIsOurs reports whether /sys is a sysfs listing the network
+// devices of init's own network namespace (/proc/net/dev).
+func sysfsIsOurs() bool {
+	var st unix.Statfs_t
+	if unix.Statfs("/sys", &st) != nil || st.Type != unix.SYSFS_MAGIC {
+		return false
+	}
+	entries, err := os.ReadDir("/sys/class/net")
+	if err != nil {
+		return false
+	}
+	inSys := map[string]bool{}
+	for _, e := range entries {
+		inSys[e.Name()] = true
+	}
+	dev, err := os.ReadFile("/proc/net/dev")
+	if err != nil {
+		return true // cannot tell: keep what is there
+	}
+	ours := 0
+	for _, line := range strings.Split(string(dev), "\n") {
+		name, _, found := strings.Cut(line, ":")
+		if name = strings.TrimSpace(name); found && name != "" {
+			if !inSys[name] {
+				return false
+			}
+			ours++
+		}
+	}
+	return ours == len(inSys)
 }
 
 // MountPoints returns the current mount points (from /proc/self/mountinfo).

@@ -2,6 +2,8 @@ package backend
 
 import (
 	"bytes"
+	"fmt"
+	"log/slog"
 	"os/exec"
 	"runtime"
 	"strings"
@@ -71,4 +73,58 @@ func (w *LineWriter) Flush() {
 		w.Line(strings.TrimRight(string(w.buf), "\r"))
 		w.buf = w.buf[:0]
 	}
+}
+
+// consoleTail is how many console lines a Console keeps.
+const consoleTail = 20
+
+// Console receives a VM's console output: each line goes to Log (at debug
+// level) and to Forward (the program's logs), and the last lines are kept
+// to explain a VM that ends early (Explain).
+type Console struct {
+	Log     *slog.Logger
+	Forward func(line string)
+
+	once  sync.Once
+	lines LineWriter
+	mu    sync.Mutex
+	tail  []string
+}
+
+// Write implements io.Writer.
+func (c *Console) Write(p []byte) (int, error) {
+	c.once.Do(func() { c.lines.Line = c.line })
+	return c.lines.Write(p)
+}
+
+// Flush passes on a last line that has no newline.
+func (c *Console) Flush() {
+	c.once.Do(func() { c.lines.Line = c.line })
+	c.lines.Flush()
+}
+
+func (c *Console) line(line string) {
+	c.mu.Lock()
+	c.tail = append(c.tail, line)
+	if len(c.tail) > consoleTail {
+		c.tail = c.tail[len(c.tail)-consoleTail:]
+	}
+	c.mu.Unlock()
+	if c.Log != nil {
+		c.Log.Debug("console", "line", line)
+	}
+	if c.Forward != nil {
+		c.Forward(line)
+	}
+}
+
+// Explain adds the last console lines to err, which says how the VM
+// ended.
+func (c *Console) Explain(err error) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err == nil || len(c.tail) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; last console lines:\n  %s", err, strings.Join(c.tail, "\n  "))
 }

@@ -36,14 +36,14 @@ func Addressing(n uint64) *backend.Network {
 func LinkName(n uint64) string { return fmt.Sprintf("fy%d", n%maxVMIndex+1) }
 
 // Veth creates a veth pair: the host end (named after the VM index) gets
-// the host addresses here; the other end is eth0 in the network namespace
-// of process pid, where init configures the guest addresses. It returns
-// the host end's name.
-func Veth(n uint64, pid int) (*backend.Network, string, error) {
+// the host addresses here; the other end is eth0 in the VM's network
+// namespace (netlink.NsFd or netlink.NsPid), where init configures the
+// guest addresses. It returns the host end's name.
+func Veth(n uint64, vmNetns any) (*backend.Network, string, error) {
 	nw := Addressing(n)
 	name := LinkName(n)
 	// The VM end is created directly inside the VM's namespace as eth0.
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: netlink.NsPid(pid)}
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: vmNetns}
 	if old, err := netlink.LinkByName(name); err == nil {
 		netlink.LinkDel(old) // left over from a VM that is gone
 	}

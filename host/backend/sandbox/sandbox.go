@@ -1,6 +1,24 @@
-// Package sandbox is the backend that runs init as PID 1 of fresh PID,
-// mount, UTS, IPC and network namespaces: no VM, the same contract. The
-// transport is a unix socket pair inherited as fd 3 (ferry.transport=fd:3).
+// Package sandbox is the backend that runs init as PID 1 of fresh Linux
+// namespaces instead of a VM: the same contract, isolated the way a
+// container runtime isolates (bubblewrap, nsjail, crun are the models).
+//
+// As root, each VM's guest root is an unprivileged host uid (a range of
+// 65536 ids per VM from Backend.UIDBase) through a user namespace; its
+// root filesystem is a read-only view of the host's / (or of
+// Backend.RootDir), with fresh /proc and /sys, a minimal /dev, tmpfs on
+// /tmp, /run and /root, an overlay over /etc whose writes stay in RAM, and
+// the code read-only at /opt/code. Memory, CPU and process limits come
+// from the program's resources through cgroups (v1 or v2). There is no
+// network but loopback unless the program asks for a veth pair. The
+// agent's environment is not passed on.
+//
+// The view is built by a stage: the agent's own binary re-executed in the
+// sandbox's outer user, mount and PID namespaces (StageArg0, see
+// RunStageIfRequested). It then starts init in inner namespaces nested in
+// those, whose mounts the kernel locks, and stays as init's parent. All
+// the mounts live in the sandbox's mount namespaces and vanish with them:
+// an agent killed with SIGKILL leaves no mount behind.
+//
 // Without root it falls back to running init as a plain child process (it
 // then mounts nothing and configures no network) and says so.
 package sandbox
@@ -9,44 +27,89 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 
+	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/cgroup"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
 )
 
-// DefaultStateDir holds the per-VM directories of the sandbox (the
-// read-only bind mounts of code). It must not be under a path init covers
-// with its own mounts (/tmp, /run, /dev, /proc, /sys).
-const DefaultStateDir = "/var/lib/ferry/sandbox"
+// Defaults of a Backend.
+const (
+	// DefaultStateDir is where agents before this design bound each
+	// VM's code in the host's mount namespace (CleanStale clears what
+	// dead ones left); the sandbox now keeps nothing on the host's disk.
+	DefaultStateDir = "/var/lib/ferry/sandbox"
+	// DefaultUIDBase is the first host uid (and gid) given to guests: VM
+	// slot n maps its ids 0–65535 to DefaultUIDBase + n×65536 onwards,
+	// far above the ids of the host's users.
+	DefaultUIDBase = 1_000_000_000
+	// DefaultMemoryMiB is a VM's memory limit when the program sets none
+	// (the qemu backend's default VM size).
+	DefaultMemoryMiB = 512
+	// DefaultPids bounds a VM's processes and threads.
+	DefaultPids = 1024
+)
+
+// idsPerVM is the size of each VM's uid and gid range; maxSlots bounds the
+// slots so that the highest id stays far below 2^32.
+const (
+	idsPerVM = 65536
+	maxSlots = 4096
+)
+
+// Guest paths of the sandbox's own files.
+const (
+	guestCodeDir = "/opt/code"
+	guestInit    = "/run/ferry/init"
+)
 
 // Backend is the sandbox backend.
 type Backend struct {
 	// Root says whether namespaces are used; New sets it from the
 	// effective uid.
 	Root bool
-	// StateDir is where per-VM directories are made (DefaultStateDir).
+	// StateDir is where older agents kept per-VM directories
+	// (DefaultStateDir), cleared by CleanStale.
 	StateDir string
+	// RootDir is the host directory the guest sees as its root,
+	// read-only: "/" (the default) or an unpacked image.
+	RootDir string
+	// UIDBase is the first host id of the guests' ranges (DefaultUIDBase).
+	UIDBase uint32
+	// Pids bounds each VM's processes and threads (DefaultPids).
+	Pids int64
+	// Log receives the backend's warnings.
+	Log *slog.Logger
 
-	seq atomic.Uint64
+	seq   atomic.Uint64
+	mu    sync.Mutex
+	slots map[int]bool // uid range slots in use
+	// noUserNS is set once the kernel refused a user namespace: later
+	// VMs run without one (and a warning said so).
+	noUserNS atomic.Bool
 }
 
 // New returns the backend, in namespace mode when running as root.
 func New(log *slog.Logger) *Backend {
-	b := &Backend{Root: os.Geteuid() == 0, StateDir: DefaultStateDir}
-	if !b.Root && log != nil {
-		log.Warn("not root: the sandbox backend runs init as a plain child process, without namespaces, mounts or network")
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	b := &Backend{Root: os.Geteuid() == 0, StateDir: DefaultStateDir, RootDir: "/", UIDBase: DefaultUIDBase, Pids: DefaultPids, Log: log}
+	if !b.Root {
+		log.Warn("not root: the sandbox backend runs init as a plain child process, without namespaces, mounts, limits or network")
 	}
 	return b
 }
@@ -54,15 +117,64 @@ func New(log *slog.Logger) *Backend {
 // Name implements backend.Backend.
 func (b *Backend) Name() string { return "sandbox" }
 
+// CleanStale removes what sandboxes of dead agents left on this host:
+// per-VM directories under StateDir with the code bind mounts that agents
+// before this design made in the host's mount namespace, and the cgroups
+// of agents that no longer run. An agent calls it before starting VMs;
+// what belongs to a living agent (several may share a host) is left.
+func (b *Backend) CleanStale() error {
+	if !b.Root {
+		return nil
+	}
+	var errs []error
+	entries, err := os.ReadDir(b.StateDir)
+	if err != nil && !errors.Is(err, os.ErrNotExist) {
+		errs = append(errs, err)
+	}
+	for _, e := range entries {
+		// Older agents' per-VM directories are PROGRAM-PID-INDEX.
+		parts := strings.Split(e.Name(), "-")
+		if !e.IsDir() || len(parts) < 3 || agentAlive(parts[len(parts)-2]) {
+			continue
+		}
+		dir := filepath.Join(b.StateDir, e.Name())
+		points, err := mountPointsUnder(dir)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for i := len(points) - 1; i >= 0; i-- { // deepest first
+			if err := unix.Unmount(points[i], unix.MNT_DETACH); err != nil {
+				errs = append(errs, fmt.Errorf("sandbox: unmounting stale %s: %w", points[i], err))
+			}
+		}
+		if err := os.RemoveAll(dir); err != nil {
+			errs = append(errs, fmt.Errorf("sandbox: removing stale %s: %w", dir, err))
+			continue
+		}
+		b.Log.Info("sandbox: removed what a dead agent left", "path", dir, "mounts", len(points))
+	}
+	if cgroup.Available() {
+		err := cgroup.Sweep(func(name string) bool {
+			pid, _, _ := strings.Cut(name, "-")
+			return !agentAlive(pid)
+		})
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// vm is one sandbox.
 type vm struct {
 	cmd     *exec.Cmd
 	conn    net.Conn
 	done    chan struct{}
 	err     error
-	code    string
 	once    sync.Once
-	cleanup func()
 	network *backend.Network
+	guest   backend.Guest
 }
 
 // Start implements backend.Backend.
@@ -76,135 +188,251 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}
-	v := &vm{done: make(chan struct{}), code: spec.CodeDir, cleanup: func() {}}
-	index := b.seq.Add(1) // names this VM's directory and network
-	if b.Root {
-		// The code is seen by init through a read-only bind mount outside
-		// the paths init mounts over.
-		dir := filepath.Join(b.StateDir, fmt.Sprintf("%s-%d-%d", safeName(spec.ProgramID), os.Getpid(), index))
-		code := filepath.Join(dir, "code")
-		if err := os.MkdirAll(code, 0o755); err != nil {
-			return nil, fmt.Errorf("sandbox: %w", err)
-		}
-		if err := bindReadOnly(spec.CodeDir, code); err != nil {
-			os.RemoveAll(dir)
-			return nil, fmt.Errorf("sandbox: code directory: %w", err)
-		}
-		v.code = code
-		v.cleanup = func() {
-			unix.Unmount(code, unix.MNT_DETACH)
-			os.RemoveAll(dir)
-		}
-	}
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		v.cleanup()
-		return nil, fmt.Errorf("sandbox: socket pair: %w", err)
-	}
-	hostEnd, guestEnd := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	defer guestEnd.Close()
-	cmdline := "ferry.transport=fd:3"
-	cmd := exec.Command(spec.InitPath, "-cmdline", cmdline)
 	if !b.Root {
-		cmd = exec.Command(spec.InitPath, "-transport", "fd:3")
+		return b.startPlain(spec)
 	}
+	return b.startIsolated(ctx, spec)
+}
+
+// startPlain runs init as an ordinary child process (not root).
+func (b *Backend) startPlain(spec backend.Spec) (backend.VM, error) {
+	hostEnd, guestEnd, err := socketPair()
+	if err != nil {
+		return nil, err
+	}
+	defer guestEnd.Close()
+	cmd := exec.Command(spec.InitPath, "-transport", fmt.Sprintf("fd:%d", stageTransportFD))
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.Dir = "/"
-	var console io.Writer = io.Discard
-	if spec.Log != nil {
-		console = &backend.LineWriter{Line: func(line string) { spec.Log.Debug("console", "line", line) }}
-	}
-	cmd.Stdout, cmd.Stderr = console, console
-	if b.Root {
-		cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET}
-	}
-	v.cmd = cmd
-	err = backend.StartPinned(cmd, func(err error) {
-		v.err = err
-		v.cleanup()
-		close(v.done)
-	})
-	if err != nil {
+	cmd.Env = initEnv()
+	out := console(spec)
+	cmd.Stdout, cmd.Stderr = out, out
+	v := &vm{cmd: cmd, done: make(chan struct{}),
+		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: spec.CodeDir}}}}
+	if err := backend.StartPinned(cmd, func(err error) { out.Flush(); v.err = out.Explain(err); close(v.done) }); err != nil {
 		hostEnd.Close()
-		v.cleanup()
 		return nil, fmt.Errorf("sandbox: starting init: %w", err)
 	}
-	conn, err := net.FileConn(hostEnd)
-	hostEnd.Close()
+	return v.connect(hostEnd)
+}
+
+// startIsolated runs the stage in new namespaces, puts it in its cgroup,
+// sends it the plan with the mounts of the root filesystem, the code and
+// init, waits for its report that init runs, and links the VM's network.
+func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend.VM, error) {
+	index := b.seq.Add(1) // names this VM's cgroup and network
+	slot, err := b.takeSlot()
 	if err != nil {
-		v.Kill()
+		return nil, err
+	}
+	var cleanups []func()
+	cleanup := func() {
+		for i := len(cleanups) - 1; i >= 0; i-- {
+			cleanups[i]()
+		}
+	}
+	cleanups = append(cleanups, func() { b.freeSlot(slot) })
+	fail := func(err error) (backend.VM, error) {
+		cleanup()
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	v.conn = conn
+
+	limits := cgroup.Limits{MemoryBytes: int64(orDefault(spec.MemoryMiB, DefaultMemoryMiB)) << 20, CPUs: float64(spec.VCPUs), Pids: b.Pids}
+	group, err := cgroup.New(cgroupName(spec.ProgramID, index), limits)
+	if err != nil {
+		return fail(err)
+	}
+	cleanups = append(cleanups, func() { deleteGroup(group, b.Log) })
+
+	hostEnd, guestEnd, err := socketPair()
+	if err != nil {
+		return fail(err)
+	}
+	defer guestEnd.Close()
+	ctrl, ctrlStage, err := controlPair()
+	if err != nil {
+		hostEnd.Close()
+		return fail(err)
+	}
+	defer ctrl.Close()
+	defer ctrlStage.Close()
+
+	userNS := !b.noUserNS.Load()
+	out := console(spec)
+	v := &vm{done: make(chan struct{}),
+		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: guestCodeDir}}}}
+	exited := func(err error) {
+		out.Flush()
+		v.err = out.Explain(err)
+		cleanup()
+		close(v.done)
+	}
+	start := func(userNS bool) error {
+		v.cmd = b.stageCommand(slot, userNS)
+		v.cmd.ExtraFiles = []*os.File{guestEnd, ctrlStage}
+		v.cmd.Stdout, v.cmd.Stderr = out, out
+		return backend.StartPinned(v.cmd, exited)
+	}
+	err = start(userNS)
+	if err != nil && userNS && userNSRefused(err) {
+		b.noUserNS.Store(true)
+		userNS = false
+		b.Log.Warn("sandbox: the kernel refuses user namespaces; guests run as the host's root inside their namespaces (read-only root view, but no uid isolation)", "err", err)
+		err = start(false)
+	}
+	if err != nil {
+		hostEnd.Close()
+		return fail(fmt.Errorf("starting the sandbox: %w", err))
+	}
+	ctrlStage.Close()
+	// From here the stage runs; cleanup runs when it exits.
+	abort := func(err error) (backend.VM, error) {
+		v.Kill()
+		hostEnd.Close()
+		<-v.done
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	pid := v.cmd.Process.Pid
+	if err := group.Add(pid); err != nil {
+		return abort(err)
+	}
+	mounts, err := b.planMounts(spec, pid, userNS)
+	defer func() {
+		for _, fd := range mounts {
+			if fd >= 0 {
+				unix.Close(fd)
+			}
+		}
+	}()
+	if err != nil {
+		return abort(err)
+	}
+	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS,
+		Args: []string{"init", "-cmdline", fmt.Sprintf("ferry.transport=fd:%d", stageTransportFD)}, Env: initEnv()}
+	if err := sendPlan(int(ctrl.Fd()), p, mounts); err != nil {
+		return abort(err)
+	}
+	netns, err := waitReport(ctx, ctrl)
+	if err != nil {
+		return abort(err)
+	}
+	defer unix.Close(netns)
 	if spec.Network {
-		if !b.Root {
-			if spec.Log != nil {
-				spec.Log.Warn("sandbox: networking needs root; the program runs without its own network")
-			}
-		} else {
-			nw, link, err := hostnet.Veth(index, cmd.Process.Pid)
-			if err != nil {
-				v.Kill()
-				conn.Close()
-				return nil, fmt.Errorf("sandbox: %w", err)
-			}
-			v.network = nw
-			go func() { <-v.done; hostnet.Remove(link) }()
+		nw, link, err := hostnet.Veth(index, netlink.NsFd(netns))
+		if err != nil {
+			return abort(err)
 		}
+		v.network = nw
+		go func() { <-v.done; hostnet.Remove(link) }()
 	}
-	return v, nil
+	go watchOOM(v.done, group, spec, limits)
+	return v.connect(hostEnd)
 }
 
-func (v *vm) Conn() io.ReadWriteCloser { return v.conn }
-func (v *vm) Guest() backend.Guest {
-	return backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: v.code}}}
+// stageCommand is the agent's own binary as the stage, in the sandbox's
+// outer user, mount and PID namespaces; with userNS, in a user namespace
+// whose ids 0–65535 are the slot's host ids.
+func (b *Backend) stageCommand(slot int, userNS bool) *exec.Cmd {
+	cmd := &exec.Cmd{Path: "/proc/self/exe", Args: []string{StageArg0}, Dir: "/", Env: initEnv()}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNS | syscall.CLONE_NEWPID}
+	if userNS {
+		uid := int(b.UIDBase) + slot*idsPerVM
+		cmd.SysProcAttr.Cloneflags |= syscall.CLONE_NEWUSER
+		cmd.SysProcAttr.UidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: idsPerVM}}
+		cmd.SysProcAttr.GidMappings = []syscall.SysProcIDMap{{ContainerID: 0, HostID: uid, Size: idsPerVM}}
+		cmd.SysProcAttr.GidMappingsEnableSetgroups = true
+		cmd.SysProcAttr.Credential = &syscall.Credential{Uid: 0, Gid: 0}
+	}
+	return cmd
 }
-func (v *vm) Network() *backend.Network { return v.network }
-func (v *vm) Done() <-chan struct{}     { return v.done }
-func (v *vm) Err() error {
+
+// waitReport waits for the stage's report, at most until ctx ends.
+func waitReport(ctx context.Context, ctrl *os.File) (int, error) {
+	type result struct {
+		netns int
+		err   error
+	}
+	got := make(chan result, 1)
+	go func() {
+		netns, err := receiveReport(int(ctrl.Fd()))
+		got <- result{netns, err}
+	}()
 	select {
-	case <-v.done:
-		return v.err
-	default:
-		return nil
-	}
-}
-func (v *vm) Kill() {
-	v.once.Do(func() {
-		if v.cmd.Process != nil {
-			v.cmd.Process.Kill()
+	case r := <-got:
+		return r.netns, r.err
+	case <-ctx.Done():
+		unix.Shutdown(int(ctrl.Fd()), unix.SHUT_RDWR) // ends the receive
+		if r := <-got; r.err == nil {
+			unix.Close(r.netns)
 		}
-	})
-}
-func (v *vm) Describe() string {
-	if v.cmd.Process == nil {
-		return "sandbox"
+		return -1, fmt.Errorf("the stage did not report: %w", ctx.Err())
 	}
-	return fmt.Sprintf("sandbox pid %d", v.cmd.Process.Pid)
 }
 
-// bindReadOnly bind-mounts src onto dst, read-only.
-func bindReadOnly(src, dst string) error {
-	if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
-		return err
+// planMounts returns the descriptors that travel with the plan: detached
+// mounts of the root filesystem, the code and init.
+func (b *Backend) planMounts(spec backend.Spec, pid int, userNS bool) ([]int, error) {
+	mounts := make([]int, planMounts)
+	for i := range mounts {
+		mounts[i] = -1
 	}
-	if err := unix.Mount("", dst, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
-		unix.Unmount(dst, unix.MNT_DETACH)
-		return err
+	var err error
+	if mounts[mountRoot], err = detachedTree(b.RootDir, true); err != nil {
+		return mounts, fmt.Errorf("root filesystem %s: %w", b.RootDir, err)
 	}
-	return nil
+	if mounts[mountCode], err = codeMount(spec.CodeDir, pid, userNS); err != nil {
+		return mounts, fmt.Errorf("code directory %s: %w", spec.CodeDir, err)
+	}
+	if mounts[mountInit], err = detachedTree(spec.InitPath, false); err != nil {
+		return mounts, fmt.Errorf("init binary %s: %w", spec.InitPath, err)
+	}
+	return mounts, nil
 }
 
-// safeName keeps letters, digits, '-' and '_' of a program id for a path.
-func safeName(id string) string {
-	b := []byte(id)
-	for i, c := range b {
-		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
-			b[i] = '_'
+// detachedTree returns a detached copy of the mount at path (with the
+// mounts below it when recursive), for the stage to attach in its view.
+func detachedTree(path string, recursive bool) (int, error) {
+	flags := uint(unix.OPEN_TREE_CLONE | unix.OPEN_TREE_CLOEXEC)
+	if recursive {
+		flags |= unix.AT_RECURSIVE
+	}
+	fd, err := unix.OpenTree(unix.AT_FDCWD, path, flags)
+	if err != nil {
+		return -1, fmt.Errorf("open_tree: %w", err)
+	}
+	return fd, nil
+}
+
+// codeMount returns a detached, read-only copy of the mount tree at dir.
+// With a user namespace (the process pid's), the copy is id-mapped into it:
+// files the host's root owns appear owned by the guest's root, so a code
+// directory only root may read (0700, as made by most tools) is readable
+// in the guest, and the guest can still not write it.
+func codeMount(dir string, pid int, userNS bool) (int, error) {
+	fd, err := unix.OpenTree(unix.AT_FDCWD, dir, unix.OPEN_TREE_CLONE|unix.OPEN_TREE_CLOEXEC|unix.AT_RECURSIVE)
+	if err != nil {
+		return -1, fmt.Errorf("open_tree: %w", err)
+	}
+	attr := &unix.MountAttr{Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV}
+	if userNS {
+		userns, err := unix.Open(fmt.Sprintf("/proc/%d/ns/user", pid), unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			unix.Close(fd)
+			return -1, err
 		}
+		defer unix.Close(userns)
+		idmapped := *attr
+		idmapped.Attr_set |= unix.MOUNT_ATTR_IDMAP
+		idmapped.Userns_fd = uint64(userns)
+		if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, &idmapped); err == nil {
+			return fd, nil
+		}
+		// The filesystem cannot be id-mapped: the guest sees the files
+		// with the permissions "others" have.
 	}
-	if len(b) == 0 || len(b) > 64 {
-		return "program"
+	if err := unix.MountSetattr(fd, "", unix.AT_EMPTY_PATH|unix.AT_RECURSIVE, attr); err != nil {
+		unix.Close(fd)
+		return -1, fmt.Errorf("mount_setattr: %w", err)
 	}
-	return string(b)
+	return fd, nil
 }
