@@ -111,6 +111,16 @@ func ServeAny(w http.ResponseWriter, r *http.Request, rq *Request, iface string)
 	}
 }
 
+// MaxHeaderBytes is the bound the agent's HTTP servers put on a request's
+// line and header fields (http.Server.MaxHeaderBytes: net/http answers
+// 431 beyond it, after reading at most 4 KiB more). A REQUEST head travels
+// in one frame, at most the peer's max frame size (init announces 64
+// KiB); 32 KiB, what nginx accepts by default (4 buffers of 8 KiB), keeps
+// heads of the usual shape well inside it. A head that still encodes
+// larger (the path is carried twice, decoded and raw) is refused by Serve
+// with 431 before anything is sent.
+const MaxHeaderBytes = 32 << 10
+
 // Serve relays r to a new stream on rq.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	ctx := r.Context()
@@ -126,6 +136,11 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		return
 	}
 	st, err := rq.Session.Open(ctx, head, nil, noBody)
+	if errors.Is(err, mux.ErrHeadTooLarge) {
+		// Refused before sending: the VM's session is untouched.
+		Error(w, rq, http.StatusRequestHeaderFieldsTooLarge, "request head too large", "err", err)
+		return
+	}
 	if err != nil {
 		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
 		return
