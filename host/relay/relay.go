@@ -198,6 +198,11 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		Error(w, rq, status, msg, "err", err)
 		return
 	}
+	if err := checkResponseHead(&rh); err != nil {
+		st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
+		Error(w, rq, http.StatusBadGateway, "the program sent an invalid response", "err", err)
+		return
+	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
 	// Whatever arrived with the head goes out with it. A body that is
@@ -207,6 +212,10 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
+	// The client gets the app's headers as sent: a nil Content-Type stops
+	// net/http from sniffing one when the app sent none (writeHead adds
+	// the app's own to it).
+	w.Header()["Content-Type"] = nil
 	writeHead(w, rq, &rh)
 	if err == io.EOF {
 		if n > 0 {
