@@ -28,6 +28,7 @@ import (
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
+	"github.com/ferry-vm/ferry/host/relay"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -140,7 +141,8 @@ func run(args []string) int {
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(inst.Timeline))
-	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second,
+		MaxHeaderBytes: relay.MaxHeaderBytes}
 	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
 }
@@ -208,7 +210,8 @@ func serve(args []string) int {
 		return 1
 	}
 	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(programs.IDs()), be.Name(), ln.Addr())
-	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second}
+	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second,
+		MaxHeaderBytes: relay.MaxHeaderBytes}
 	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
 }

@@ -307,6 +307,7 @@ func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
 	buf := relayBufs.Get().(*[]byte)
 	defer relayBufs.Put(buf)
 	if err := st.WriteResponse(&rh, nil, false); err != nil {
+		refuseOversized(st, err)
 		return
 	}
 	for {
@@ -330,7 +331,16 @@ func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
 			trailers = append(trailers, message.HeaderField{Name: []byte(strings.ToLower(name)), Value: []byte(v)})
 		}
 	}
-	_ = st.CloseWriteTrailers(trailers)
+	refuseOversized(st, st.CloseWriteTrailers(trailers))
+}
+
+// refuseOversized resets a stream whose response head or trailers the
+// program made too large for one frame (mux refused to send them): the
+// host answers 502 for this request only, and the session goes on.
+func refuseOversized(st *mux.Stream, err error) {
+	if errors.Is(err, mux.ErrHeadTooLarge) {
+		st.Reset(frame.CodeAppError, "the program's response head is too large: "+err.Error())
+	}
 }
 
 // newRequest builds the HTTP request for a stream; upgrade reports a
@@ -409,6 +419,7 @@ func (e *Executable) relayUpgrade(st *mux.Stream, rh *message.ResponseHead, resp
 		return
 	}
 	if err := st.WriteResponse(rh, nil, false); err != nil {
+		refuseOversized(st, err)
 		return
 	}
 	done := make(chan struct{})

@@ -166,6 +166,12 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 	}
 	tr, _ := peer.Trailers()
 	if werr := host.WriteResponseRaw(head, (*buf)[:n], end && len(tr) == 0); werr != nil {
+		if errors.Is(werr, mux.ErrHeadTooLarge) {
+			// Larger than the host's frames: a 502 for this request only.
+			host.Reset(frame.CodeAppError, "the app's response head is too large: "+werr.Error())
+			peer.Reset(frame.CodeCancel, "response head too large for the host")
+			return
+		}
 		peer.Reset(frame.CodeCancel, "client went away")
 		return
 	}

@@ -111,6 +111,20 @@ func ServeAny(w http.ResponseWriter, r *http.Request, rq *Request, iface string)
 	}
 }
 
+// MaxHeaderBytes is the bound the agent's HTTP servers put on a request's
+// line and header fields (http.Server.MaxHeaderBytes: net/http answers
+// 431 beyond it, after reading at most 4 KiB more). A REQUEST head travels
+// in one frame, at most the peer's max frame size (init announces 64
+// KiB); 32 KiB, what nginx accepts by default (4 buffers of 8 KiB), keeps
+// heads of the usual shape well inside it. A head that still encodes
+// larger (the path is carried twice, decoded and raw) is refused by Serve
+// with 431 before anything is sent.
+const MaxHeaderBytes = 32 << 10
+
+// bodyFailureWait bounds how long Serve waits, once the client's
+// connection has failed, to learn whether the request body broke off.
+const bodyFailureWait = 5 * time.Second
+
 // Serve relays r to a new stream on rq.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	ctx := r.Context()
@@ -119,6 +133,16 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		ctx, cancel = context.WithTimeout(ctx, rq.Timeout)
 		defer cancel()
 	}
+	if len(r.TransferEncoding) > 0 {
+		// net/http frames the body by its Transfer-Encoding and removes
+		// both Transfer-Encoding and Content-Length, so a request that
+		// carried both (which a proxy in front may have framed by its
+		// Content-Length) looks like any chunked request. RFC 9112 6.1
+		// requires closing the connection after answering such a request:
+		// every request with a chunked body closes it. (Go's fix for
+		// golang/go#80942 sets Request.Close for exactly that case.)
+		w.Header().Set("Connection", "close")
+	}
 	head := Head(r, rq)
 	noBody := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
 	if rq.MaxBody > 0 && r.ContentLength > rq.MaxBody {
@@ -126,6 +150,11 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		return
 	}
 	st, err := rq.Session.Open(ctx, head, nil, noBody)
+	if errors.Is(err, mux.ErrHeadTooLarge) {
+		// Refused before sending: the VM's session is untouched.
+		Error(w, rq, http.StatusRequestHeaderFieldsTooLarge, "request head too large", "err", err)
+		return
+	}
 	if err != nil {
 		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
 		return
@@ -140,34 +169,24 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		st.Reset(frame.CodeCancel, "client went away")
 	})
 	defer stop()
-	tooLarge := make(chan struct{})
+	var body *bodyCopy
 	if !noBody {
-		go func() {
-			body := io.Reader(r.Body)
-			if rq.MaxBody > 0 {
-				body = io.LimitReader(r.Body, rq.MaxBody+1)
-			}
-			copyBuf := bodyBuffers.Get().(*[]byte)
-			n, err := io.CopyBuffer(st, body, *copyBuf)
-			bodyBuffers.Put(copyBuf)
-			switch {
-			case rq.MaxBody > 0 && n > rq.MaxBody:
-				close(tooLarge)
-				st.Reset(frame.CodeBodyTooLarge, "request body too large")
-			case err != nil:
-				st.Reset(frame.CodeCancel, "reading the request body: "+err.Error())
-			default:
-				_ = st.CloseWrite()
-			}
-		}()
+		body = copyBody(r, st, rq.MaxBody)
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
-		select {
-		case <-tooLarge:
-			Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "limit", rq.MaxBody)
-			return
-		default:
+		if body != nil {
+			// When the client's connection failed, its body did too:
+			// wait for the copy to say how.
+			tooLarge, clientErr := body.outcome(r.Context().Err() != nil)
+			switch {
+			case tooLarge:
+				Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "limit", rq.MaxBody)
+				return
+			case clientErr != nil:
+				badRequestBody(w, rq, clientErr)
+				return
+			}
 		}
 		// The time limit, not the client leaving (the AfterFunc that resets
 		// the stream may not have run yet).
@@ -183,6 +202,11 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		Error(w, rq, status, msg, "err", err)
 		return
 	}
+	if err := checkResponseHead(&rh); err != nil {
+		st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
+		Error(w, rq, http.StatusBadGateway, "the program sent an invalid response", "err", err)
+		return
+	}
 	buf := bodyBuffers.Get().(*[]byte)
 	defer bodyBuffers.Put(buf)
 	// Whatever arrived with the head goes out with it. A body that is
@@ -192,6 +216,10 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
+	// The client gets the app's headers as sent: a nil Content-Type stops
+	// net/http from sniffing one when the app sent none (writeHead adds
+	// the app's own to it).
+	w.Header()["Content-Type"] = nil
 	writeHead(w, rq, &rh)
 	if err == io.EOF {
 		if n > 0 {
@@ -222,6 +250,98 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		}
 		n, err = st.Read(*buf)
 	}
+}
+
+// bodyCopy is the client's request body being copied to the stream in
+// the background.
+type bodyCopy struct {
+	done chan struct{} // closed when the copy has ended, before the stream is reset
+	// set before done is closed:
+	tooLarge  bool  // the body went past Request.MaxBody
+	clientErr error // reading the client's body failed: malformed, cut short, too slow
+}
+
+// copyBody starts copying r's body to st, ending st's side after it or
+// resetting st when it fails.
+func copyBody(r *http.Request, st *mux.Stream, maxBody int64) *bodyCopy {
+	b := &bodyCopy{done: make(chan struct{})}
+	go func() {
+		src := &clientBody{r: r.Body}
+		var in io.Reader = src
+		if maxBody > 0 {
+			in = io.LimitReader(src, maxBody+1)
+		}
+		buf := bodyBuffers.Get().(*[]byte)
+		n, err := io.CopyBuffer(st, in, *buf)
+		bodyBuffers.Put(buf)
+		var code uint32
+		var reason string
+		switch {
+		case maxBody > 0 && n > maxBody:
+			b.tooLarge = true
+			code, reason = frame.CodeBodyTooLarge, "request body too large"
+		case src.err != nil:
+			b.clientErr = src.err
+			code, reason = frame.CodeCancel, "the client's request body broke off: "+src.err.Error()
+		case err != nil:
+			code, reason = frame.CodeCancel, "relaying the request body: "+err.Error()
+		}
+		close(b.done)
+		if reason != "" {
+			st.Reset(code, reason)
+			return
+		}
+		_ = st.CloseWrite()
+	}()
+	return b
+}
+
+// outcome reports how the copy failed, if it has ended. With wait it
+// first gives the copy a moment to end (the client's connection failed,
+// so its body read is failing too).
+func (b *bodyCopy) outcome(wait bool) (tooLarge bool, clientErr error) {
+	if wait {
+		t := time.NewTimer(bodyFailureWait)
+		defer t.Stop()
+		select {
+		case <-b.done:
+		case <-t.C:
+		}
+	}
+	select {
+	case <-b.done:
+		return b.tooLarge, b.clientErr
+	default:
+		return false, nil
+	}
+}
+
+// clientBody remembers why reading the client's body failed, to tell the
+// client's fault from the stream's.
+type clientBody struct {
+	r   io.Reader
+	err error
+}
+
+func (c *clientBody) Read(p []byte) (int, error) {
+	n, err := c.r.Read(p)
+	if err != nil && err != io.EOF {
+		c.err = err
+	}
+	return n, err
+}
+
+// badRequestBody answers a request whose body could not be read: 400 (408
+// when it was too slow), and the connection is closed, since where the
+// next request would start on it is unknown.
+func badRequestBody(w http.ResponseWriter, rq *Request, err error) {
+	w.Header().Set("Connection", "close")
+	var nerr net.Error
+	if errors.As(err, &nerr) && nerr.Timeout() {
+		Error(w, rq, http.StatusRequestTimeout, "the request body did not arrive in time", "err", err)
+		return
+	}
+	Error(w, rq, http.StatusBadRequest, "malformed or incomplete request body", "err", err)
 }
 
 // bodyBuffers holds the buffers request and response bodies are copied

@@ -18,11 +18,22 @@ var (
 	ErrStreamIDsExhausted = errors.New("mux: stream ids exhausted, open a new session")
 	// ErrWriteClosed is returned by writes after the local side finished.
 	ErrWriteClosed = errors.New("mux: write after end of stream")
+	// ErrHeadTooLarge is returned (wrapped, with the sizes) by Open,
+	// WriteResponse and CloseWriteTrailers when the encoded head or
+	// trailers exceed the peer's maximum frame size. Nothing was sent: the
+	// session goes on, and the stream can still be answered or reset (an
+	// opened stream was never opened).
+	ErrHeadTooLarge = errors.New("mux: head exceeds the peer's maximum frame size")
 	// ErrTimeout is returned when a stream deadline passes.
 	ErrTimeout = timeoutError{}
 
 	errPeerNotReading = errors.New("mux: peer is not reading, control queue overflow")
 )
+
+// headTooLarge reports a head of n bytes refused against limit.
+func headTooLarge(t frame.Type, n int, limit uint32) error {
+	return fmt.Errorf("%w: %s of %d bytes, the peer accepts %d", ErrHeadTooLarge, t, n, limit)
+}
 
 type timeoutError struct{}
 

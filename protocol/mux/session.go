@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -522,8 +523,20 @@ func (s *Session) removeStream(st *Stream) {
 	}
 }
 
-// sendReset writes a RESET for a stream id from the read loop.
+// maxReasonSize bounds the human-readable message of a RESET: reasons may
+// quote what a peer sent (a request target, an error), and must never make
+// a frame the peer refuses.
+const maxReasonSize = 1 << 10
+
+// sendReset writes a RESET for a stream id.
 func (s *Session) sendReset(id, code uint32, msg string) {
+	if len(msg) > maxReasonSize {
+		n := maxReasonSize
+		for n > 0 && !utf8.RuneStart(msg[n]) {
+			n-- // cut between characters: the message is UTF-8
+		}
+		msg = msg[:n]
+	}
 	r := message.Reset{Code: code, Message: []byte(msg)}
 	_ = s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeReset, StreamID: id}, enc: &r}, true)
 }

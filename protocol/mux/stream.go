@@ -250,6 +250,13 @@ func (st *Stream) writeResponse(head frameSpec, body []byte, endStream bool) err
 	st.responseSent = true
 	st.mu.Unlock()
 	rest, err := st.writeHead(head, body, endStream)
+	if errors.Is(err, ErrHeadTooLarge) {
+		// Nothing was sent: the stream may still be answered.
+		st.mu.Lock()
+		st.responseSent = false
+		st.mu.Unlock()
+		return err
+	}
 	if err == nil && len(rest) > 0 {
 		_, err = st.writeData(rest, endStream)
 	}
@@ -258,10 +265,13 @@ func (st *Stream) writeResponse(head frameSpec, body []byte, endStream bool) err
 
 // writeHead writes a head frame and, in the same write, a first DATA frame
 // with as much of body as the window allows. It returns the part of body
-// still to be written.
+// still to be written. A head larger than the peer's frames is
+// ErrHeadTooLarge, with nothing sent and the stream as it was.
 func (st *Stream) writeHead(head frameSpec, body []byte, endStream bool) ([]byte, error) {
+	head.limit = st.s.peer.MaxFrameSize
 	frames := [2]frameSpec{head}
 	nf := 1
+	whole := body
 	st.mu.Lock()
 	if len(body) == 0 {
 		if endStream {
@@ -284,6 +294,13 @@ func (st *Stream) writeHead(head frameSpec, body []byte, endStream bool) ([]byte
 	fin := st.localFin
 	st.mu.Unlock()
 	err := st.s.w.write(frames[:nf], false)
+	if errors.Is(err, ErrHeadTooLarge) {
+		st.mu.Lock()
+		st.sendWindow += int64(len(whole) - len(body))
+		st.localFin = false
+		st.mu.Unlock()
+		return whole, err
+	}
 	if fin {
 		st.maybeRemove()
 	}
@@ -499,7 +516,8 @@ func (st *Stream) writeData(p []byte, fin bool) (int, error) {
 func (st *Stream) CloseWrite() error { return st.CloseWriteTrailers(nil) }
 
 // CloseWriteTrailers ends this side of the stream with an END frame carrying
-// trailers.
+// trailers. Trailers larger than the peer's frames are ErrHeadTooLarge,
+// with the stream still open.
 func (st *Stream) CloseWriteTrailers(trailers []message.HeaderField) error {
 	st.mu.Lock()
 	if err := st.writableLocked(); err != nil {
@@ -509,7 +527,14 @@ func (st *Stream) CloseWriteTrailers(trailers []message.HeaderField) error {
 	st.localFin = true
 	st.mu.Unlock()
 	end := message.End{Trailers: trailers}
-	err := st.s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeEnd, Flags: frame.FlagFin, StreamID: st.id}, enc: &end}, false)
+	err := st.s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeEnd, Flags: frame.FlagFin, StreamID: st.id}, enc: &end,
+		limit: st.s.peer.MaxFrameSize}, false)
+	if errors.Is(err, ErrHeadTooLarge) {
+		st.mu.Lock()
+		st.localFin = false
+		st.mu.Unlock()
+		return err
+	}
 	st.maybeRemove()
 	return err
 }

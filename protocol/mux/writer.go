@@ -61,12 +61,21 @@ type frameSpec struct {
 	h       frame.Header
 	payload []byte   // used when enc is nil
 	enc     appender // encodes the payload in place
+	// limit, when set, is the largest payload the peer accepts: a head
+	// (REQUEST, RESPONSE, END) that encodes larger fails the write with
+	// ErrHeadTooLarge, and none of the write's frames is queued.
+	limit uint32
 }
 
 // write queues frames (written back to back, nothing in between) and, unless
 // control is set, writes the queue if no other goroutine is writing. It
 // returns the connection's write error, if any.
 func (w *writer) write(frames []frameSpec, control bool) error {
+	for _, f := range frames {
+		if f.limit > 0 && f.enc == nil && len(f.payload) > int(f.limit) {
+			return headTooLarge(f.h.Type, len(f.payload), f.limit)
+		}
+	}
 	w.mu.Lock()
 	if !control {
 		for len(w.buf) >= writeBufferLimit && w.err == nil {
@@ -99,8 +108,13 @@ func (w *writer) write(frames []frameSpec, control bool) error {
 		w.mu.Unlock()
 		return err
 	}
+	start := len(w.buf)
 	for _, f := range frames {
-		w.appendLocked(f)
+		if n := w.appendLocked(f); f.limit > 0 && n > int(f.limit) {
+			w.dropFromLocked(start)
+			w.mu.Unlock()
+			return headTooLarge(f.h.Type, n, f.limit)
+		}
 	}
 	switch {
 	case w.flushing:
@@ -133,14 +147,15 @@ func (w *writer) writeOne(f frameSpec, control bool) error {
 	return w.write(frames[:], control)
 }
 
-// appendLocked encodes f at the end of the queue.
-func (w *writer) appendLocked(f frameSpec) {
+// appendLocked encodes f at the end of the queue and returns the length
+// of its payload.
+func (w *writer) appendLocked(f frameSpec) int {
 	start := len(w.buf)
 	if f.enc == nil {
 		f.h.Length = uint32(len(f.payload))
 		w.buf = frame.AppendHeader(w.buf, f.h)
 		w.buf = append(w.buf, f.payload...)
-		return
+		return len(f.payload)
 	}
 	w.buf = frame.AppendHeader(w.buf, f.h)
 	w.buf = f.enc.Append(w.buf)
@@ -149,6 +164,17 @@ func (w *writer) appendLocked(f frameSpec) {
 	h := f.h
 	h.Length = n
 	frame.AppendHeader(w.buf[start:start], h)
+	return int(n)
+}
+
+// dropFromLocked removes what was queued from offset start on (a refused
+// head). A queue that grew for it is not kept: a hostile head must not
+// leave its size behind in the session's buffers.
+func (w *writer) dropFromLocked(start int) {
+	w.buf = w.buf[:start]
+	if cap(w.buf) > 2*writeBufferLimit {
+		w.buf = append(make([]byte, 0, start), w.buf...)
+	}
 }
 
 // flushLocked writes queued frames until the queue is empty, releasing the

@@ -102,6 +102,61 @@ class Reassembly(unittest.TestCase):
         self.assertEqual(len(left), len(worker.frame(*want[-1])) - 5)
 
 
+class ResponseHeadSize(unittest.TestCase):
+    """A response head larger than init accepts in one frame resets that
+    stream only: it is never sent (init would drop the whole session)."""
+
+    def frames_written(self, headers, websocket=False):
+        import asyncio
+        loop = asyncio.new_event_loop()
+        try:
+            asyncio.set_event_loop(loop)
+            written = bytearray()
+
+            class Transport:
+                def write(self, data):
+                    written.extend(data)
+
+            session = worker.Session(loop.create_future())
+            session.transport = Transport()
+            session.peer_max_frame, session.peer_window = worker.MIN_MAX_FRAME, 1 << 16
+            st = session.streams[1] = worker.Stream(session, 1, {"kind": 1 if websocket else 0}, True)
+
+            async def respond():
+                if websocket:
+                    await st.send({"type": "websocket.accept", "headers": headers})
+                else:
+                    await st.send({"type": "http.response.start", "status": 200, "headers": headers})
+                    await st.send({"type": "http.response.body", "body": b"body"})
+                await asyncio.sleep(0)  # the loop's scheduled flushes
+
+            loop.run_until_complete(respond())
+            session.flush()
+            frames, pos = [], 0
+            while pos < len(written):
+                ftype, flags, sid, length = worker.HEADER.unpack_from(written, pos)
+                frames.append((ftype, flags, sid, bytes(written[pos + 10:pos + 10 + length])))
+                pos += 10 + length
+            return frames
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+    def test_too_large_head_resets_the_stream(self):
+        frames = self.frames_written([(b"x-big", b"b" * worker.MIN_MAX_FRAME)])
+        self.assertEqual([(t, sid) for t, _, sid, _ in frames], [(worker.RESET, 1)])
+        self.assertEqual(worker.decode("reset", frames[0][3])["code"], worker.APP_ERROR)
+
+    def test_too_large_websocket_accept_resets_the_stream(self):
+        frames = self.frames_written([(b"x-big", b"b" * worker.MIN_MAX_FRAME)], websocket=True)
+        self.assertEqual([(t, sid) for t, _, sid, _ in frames], [(worker.RESET, 1)])
+
+    def test_head_that_fits_is_sent(self):
+        frames = self.frames_written([(b"x-fits", b"f" * (worker.MIN_MAX_FRAME - 100))])
+        self.assertEqual([(t, fl, sid) for t, fl, sid, _ in frames], [(worker.RESPONSE, 0, 1), (worker.DATA, worker.FIN, 1)])
+        self.assertEqual(frames[1][3], b"body")
+
+
 class GoldenVectors(unittest.TestCase):
     def test_vectors(self):
         with open(VECTORS) as f:

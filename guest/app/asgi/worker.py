@@ -500,6 +500,8 @@ class Stream:
             if not 100 <= status <= 999:
                 raise RuntimeError("invalid status %r" % status)
             self.pending_head = encode_response(status, [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())])
+            if self.head_too_large(self.pending_head):
+                return
             # Sent with the first body chunk when the app sends one right
             # away, else on its own at the next turn of the loop.
             self.session.loop.call_soon(self.flush_head)
@@ -516,6 +518,19 @@ class Stream:
                 self.finish_response()
         else:
             raise RuntimeError("unexpected ASGI message %r on an http connection" % t)
+
+    def head_too_large(self, head):
+        """Refuses a response head larger than init accepts in one frame
+        (SPEC.md 5.6): the stream is reset, the host answers 502 for this
+        request only, and what the app sends next on it is dropped."""
+        limit = self.session.peer_max_frame
+        if len(head) <= limit:
+            return False
+        print("ferry worker: response head of %d bytes exceeds the %d bytes a frame carries; "
+              "the request is answered 502" % (len(head), limit), file=sys.stderr, flush=True)
+        self.pending_head = None
+        self.reset(APP_ERROR, "response head of %d bytes exceeds the maximum frame size %d" % (len(head), limit))
+        return True
 
     def take_head(self):
         """The pending RESPONSE frame, if the head has not been sent yet."""
@@ -625,8 +640,10 @@ class Stream:
             self.accepted = self.response_started = True
             headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
             sub = message.get("subprotocol")
-            self.session.write(frame(RESPONSE, 0, self.id, encode("response", {
-                "status": 101, "headers": headers, "subprotocol": sub.encode() if sub else b""})))
+            head = encode("response", {"status": 101, "headers": headers, "subprotocol": sub.encode() if sub else b""})
+            if self.head_too_large(head):
+                return
+            self.session.write(frame(RESPONSE, 0, self.id, head))
         elif t == "websocket.send":
             if not self.accepted:
                 raise RuntimeError("websocket.send before websocket.accept")
@@ -646,6 +663,8 @@ class Stream:
             self.response_started = True
             headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
             self.pending_head = encode("response", {"status": int(message["status"]), "headers": headers})
+            if self.head_too_large(self.pending_head):
+                return
         elif t == "websocket.http.response.body":
             more = message.get("more_body", False)
             await self.send_body(message.get("body", b""), not more)

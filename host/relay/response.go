@@ -1,0 +1,112 @@
+package relay
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// checkResponseHead checks a program's response head before any of it
+// reaches the client, so that what the agent sends is always one
+// well-framed HTTP/1.1 response: a proxy in front of Ferry must never
+// split the connection differently than the client does. It rejects
+//
+//   - a status outside 200-599: Serve never switches protocols (upgrades
+//     go through ServeWebSocket and ServeUpgrade), and an informational
+//     status cannot be the final answer;
+//   - a header name that is not a token, or a value with control
+//     characters (CR, LF and NUL included), which net/http would otherwise
+//     drop or rewrite silently;
+//   - a Content-Length that is not a non-negative decimal number, or
+//     several that differ (RFC 9110 8.6);
+//   - Content-Length together with Transfer-Encoding (RFC 9112 6.1).
+//
+// Identical Content-Length values ("5" twice, or "5, 5") are collapsed
+// into one field, as RFC 9110 8.6 allows. Transfer-Encoding alone is
+// left to the caller, which drops it with the other hop-by-hop fields
+// (net/http frames the body itself).
+func checkResponseHead(rh *message.ResponseHead) error {
+	if rh.Status < 200 || rh.Status > 599 {
+		return fmt.Errorf("status %d is not a final HTTP status", rh.Status)
+	}
+	var length []byte // the Content-Length value, canonical
+	transferEncoding := false
+	for _, f := range rh.Headers {
+		if !httpguts.ValidHeaderFieldName(string(f.Name)) {
+			return fmt.Errorf("header name %q is not a token", f.Name)
+		}
+		if !httpguts.ValidHeaderFieldValue(string(f.Value)) {
+			return fmt.Errorf("header %s has control characters in its value %q", f.Name, f.Value)
+		}
+		switch {
+		case bytes.EqualFold(f.Name, []byte("content-length")):
+			v, err := parseContentLength(f.Value)
+			if err != nil {
+				return err
+			}
+			if length != nil && !bytes.Equal(v, length) {
+				return fmt.Errorf("conflicting content-length values %s and %s", length, v)
+			}
+			length = v
+		case bytes.EqualFold(f.Name, []byte("transfer-encoding")):
+			transferEncoding = true
+		}
+	}
+	if length != nil && transferEncoding {
+		return fmt.Errorf("both content-length and transfer-encoding")
+	}
+	if length != nil {
+		collapseContentLength(rh, length)
+	}
+	return nil
+}
+
+// parseContentLength parses a Content-Length value, possibly a list of
+// identical values ("5, 5", what a proxy that merged two fields sends),
+// and returns the number in canonical form.
+func parseContentLength(v []byte) ([]byte, error) {
+	var canonical []byte
+	for elem := range bytes.SplitSeq(v, []byte(",")) {
+		elem = bytes.Trim(elem, " \t")
+		if len(elem) == 0 {
+			return nil, fmt.Errorf("content-length %q is not a number", v)
+		}
+		for _, c := range elem {
+			if c < '0' || c > '9' {
+				return nil, fmt.Errorf("content-length %q is not a non-negative number", v)
+			}
+		}
+		n, err := strconv.ParseInt(string(elem), 10, 64)
+		if err != nil {
+			return nil, fmt.Errorf("content-length %q is too large", v)
+		}
+		c := strconv.AppendInt(nil, n, 10)
+		if canonical != nil && !bytes.Equal(c, canonical) {
+			return nil, fmt.Errorf("conflicting content-length values in %q", v)
+		}
+		canonical = c
+	}
+	return canonical, nil
+}
+
+// collapseContentLength leaves one Content-Length field, the first, with
+// the canonical value. The header list is the caller's own decoded copy
+// and is edited in place.
+func collapseContentLength(rh *message.ResponseHead, length []byte) {
+	kept, seen := rh.Headers[:0], false
+	for _, f := range rh.Headers {
+		if bytes.EqualFold(f.Name, []byte("content-length")) {
+			if seen {
+				continue
+			}
+			seen = true
+			f.Value = length
+		}
+		kept = append(kept, f)
+	}
+	rh.Headers = kept
+}
