@@ -232,6 +232,13 @@ async def app(scope, receive, send):
 // startServe runs `host-agent serve` on a configuration document.
 func startServe(t *testing.T, config string, extra ...string) (string, *syncBuffer) {
 	t.Helper()
+	return startServeIn(t, nil, config, extra...)
+}
+
+// startServeIn runs `host-agent serve` inside the test's network namespace
+// ns (the machine's own when nil).
+func startServeIn(t *testing.T, ns *testNetns, config string, extra ...string) (string, *syncBuffer) {
+	t.Helper()
 	bin, err := buildAgent()
 	if err != nil {
 		t.Fatal(err)
@@ -245,7 +252,11 @@ func startServe(t *testing.T, config string, extra ...string) (string, *syncBuff
 	if len(extra) == 0 {
 		extra = []string{"--admin", filepath.Join(dir, "admin.sock")}
 	}
-	cmd := exec.Command(bin, append([]string{"serve", "--config", path, "--listen", addr}, extra...)...)
+	args := append([]string{"serve", "--config", path, "--listen", addr}, extra...)
+	cmd := exec.Command(bin, args...)
+	if ns != nil {
+		cmd = ns.command(bin, args...)
+	}
 	stderr := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = stderr, stderr
 	if err := cmd.Start(); err != nil {
@@ -264,13 +275,19 @@ func startServe(t *testing.T, config string, extra ...string) (string, *syncBuff
 			t.Logf("host-agent output:\n%s", stderr.String())
 		}
 	})
-	waitFor(t, 30*time.Second, func() bool {
+	listening := func() bool {
 		c, err := net.Dial("tcp", addr)
 		if err == nil {
 			c.Close()
 		}
 		return err == nil
-	}, "host-agent serve did not listen")
+	}
+	if ns != nil {
+		listening = func() bool {
+			return ns.command("curl", "-s", "-o", "/dev/null", "--max-time", "2", "http://"+addr+"/").Run() == nil
+		}
+	}
+	waitFor(t, 30*time.Second, listening, "host-agent serve did not listen")
 	return addr, stderr
 }
 
@@ -568,11 +585,14 @@ Server(("::", int(os.environ["PORT"])), H).serve_forever()
 	if err := chmodX(code + "/server.py"); err != nil {
 		t.Fatal(err)
 	}
+	// The agent runs in a namespace of the test's: the veth's host end is
+	// made there, and so is every packet to the VM's addresses.
+	ns := newTestNetns(t)
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	addr, _ := startServe(t, fmt.Sprintf(`{"programs": {
+	addr, _ := startServeIn(t, ns, fmt.Sprintf(`{"programs": {
 		"net": {"code": {"encoding": "plain", "entrypoint": "server.py", "interface": "executable", "path": %q},
 		        "environment": {"internet": true}, "on": {"http": true}}}}`, code), "--admin", sock)
-	if out := curl(t, "http://"+addr+"/vm/net/"); !strings.HasPrefix(out, "hello over") {
+	if out := ns.curl(t, "http://"+addr+"/vm/net/"); !strings.HasPrefix(out, "hello over") {
 		t.Fatalf("through the agent: %q", out)
 	}
 	bin, _ := buildAgent()
@@ -583,7 +603,7 @@ Server(("::", int(os.environ["PORT"])), H).serve_forever()
 	}
 	for _, a := range []string{st.IPv4, st.IPv6} {
 		ip, _, _ := strings.Cut(a, "/")
-		got := curl(t, "-g", "http://"+net.JoinHostPort(ip, "8080")+"/")
+		got := ns.curl(t, "-g", "http://"+net.JoinHostPort(ip, "8080")+"/")
 		if !strings.HasPrefix(got, "hello over") {
 			t.Fatalf("%s answered %q", ip, got)
 		}

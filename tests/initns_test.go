@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -91,7 +92,10 @@ func startGuest(t *testing.T) *guest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return startGuestWith(t, guestOptions{bin: bin})
+	// The machine's root is init's root here: ferry.overlay=1 makes it a
+	// tmpfs overlay, so what init writes (/etc/hosts, SSH keys, the
+	// program's files) stays in the guest and the host is left as it was.
+	return startGuestWith(t, guestOptions{bin: bin, cmdline: "ferry.overlay=1"})
 }
 
 // outside runs f on a thread in a fresh network namespace: the test's side
@@ -271,12 +275,17 @@ func TestInitAsPID1InNamespaces(t *testing.T) {
 		Hostname, Pid1, Env string
 		Pid                 int
 	}
-	raw, err := os.ReadFile(filepath.Join(code, "seen.json"))
+	// Written into the code directory, which on the overlay root is the
+	// guest's copy: read through init's root, and absent on the host.
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(g.cmd.Process.Pid), "root", code, "seen.json"))
 	if err != nil || json.Unmarshal(raw, &seen) != nil {
 		t.Fatalf("seen.json: %v %s", err, raw)
 	}
 	if seen.Hostname != "ferry-guest" || filepath.Base(seen.Pid1) != "init" || seen.Env != "hi" {
 		t.Fatalf("program saw %+v", seen)
+	}
+	if _, err := os.Stat(filepath.Join(code, "seen.json")); err == nil {
+		t.Errorf("the program's write reached the host's %s", code)
 	}
 
 	// The orphans were reaped: init has no zombie children.

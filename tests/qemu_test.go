@@ -84,8 +84,12 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 		"volumes": [{"mount": "/srv/state", "persistent": true, "name": "state", "size_mib": 32}],
 		"resources": {"vcpus": 1, "memory": 512},
 		"on": {"http": true}}}}`, code)
+	// The agent, its tap device and the ping run in a namespace of the
+	// test's: no packet to the VM's private address leaves it.
+	ns := newTestNetns(t)
+	curl := ns.curl
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	addr, logs := startServe(t, config, "--backend", "qemu", "--images", images, "--state-dir", state,
+	addr, logs := startServeIn(t, ns, config, "--backend", "qemu", "--images", images, "--state-dir", state,
 		"--boot-timeout", "5m", "--admin", sock)
 	url := "http://" + addr + "/vm/hello"
 	volume := filepath.Join(state, "volumes", "hello", "state.ext4")
@@ -110,8 +114,8 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	}
 
 	// The VM's IPv6 address answers from the host side.
-	guest6 := guestIPv6(t)
-	if out, err := exec.Command("ping", "-6", "-c", "3", "-W", "10", guest6).CombinedOutput(); err != nil {
+	guest6 := guestIPv6(t, ns)
+	if out, err := ns.command("ping", "-6", "-c", "3", "-W", "10", guest6).CombinedOutput(); err != nil {
 		t.Fatalf("ping %s: %v\n%s", guest6, err, out)
 	}
 	status := programCmd("status", "hello", "--json")
@@ -151,19 +155,16 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	_ = logs
 }
 
-// guestIPv6 finds the running VM's address: the tap device fyN carries the
-// host's fd00:f3:7:N::1/64, the guest has ::2.
-func guestIPv6(t *testing.T) string {
+// guestIPv6 finds the running VM's address: the tap device fyN in the
+// agent's namespace ns carries the host's fd00:f3:7:N::1/64, the guest
+// has ::2.
+func guestIPv6(t *testing.T, ns *testNetns) string {
 	t.Helper()
-	links, err := netlink.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, l := range links {
+	for _, l := range ns.links(t) {
 		if l.Type() != "tuntap" || !strings.HasPrefix(l.Attrs().Name, "fy") {
 			continue
 		}
-		addrs, _ := netlink.AddrList(l, netlink.FAMILY_V6)
+		addrs := ns.addrs(t, l, netlink.FAMILY_V6)
 		for _, a := range addrs {
 			if a.IP.IsPrivate() && strings.HasSuffix(a.IP.String(), "::1") {
 				return strings.TrimSuffix(a.IP.String(), "1") + "2"
