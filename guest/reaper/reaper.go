@@ -38,7 +38,9 @@ func (e Exit) Code() int {
 
 func (e Exit) String() string {
 	if e.Status.Signaled() {
-		return fmt.Sprintf("pid %d killed by %s", e.Pid, e.Status.Signal())
+		// "killed by signal 9 (killed)": the number for the reader who
+		// knows signals, the kernel's description for who does not.
+		return fmt.Sprintf("pid %d killed by signal %d (%s)", e.Pid, int(e.Status.Signal()), e.Status.Signal())
 	}
 	return fmt.Sprintf("pid %d exited with status %d", e.Pid, e.Status.ExitStatus())
 }

@@ -183,7 +183,7 @@ func watchOOM(done <-chan struct{}, g *cgroup.Group, spec backend.Spec, limits c
 		msg := fmt.Sprintf("out of memory: the kernel killed %d process(es) of this program for exceeding its memory limit of %d MiB (%d so far)", kills-seen, limits.MemoryBytes>>20, kills)
 		seen = kills
 		if spec.Log != nil {
-			spec.Log.Warn("sandbox: "+msg, "program", spec.ProgramID)
+			spec.Log.Warn("sandbox: " + msg)
 		}
 		if spec.Console != nil {
 			spec.Console("ferry: " + msg)

@@ -1,0 +1,184 @@
+package sandbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/backend"
+)
+
+// TestMain lets this test binary be the sandbox's stage, and its "init":
+// started as init (argv[0] "init"), it reports what it sees from inside
+// the sandbox on the transport (fd 3) and exits.
+func TestMain(m *testing.M) {
+	RunStageIfRequested()
+	if len(os.Args) > 0 && os.Args[0] == "init" {
+		os.Exit(probeFromInside())
+	}
+	os.Exit(m.Run())
+}
+
+// inside is what the fake init reports.
+type inside struct {
+	PID, UID              int
+	Env                   []string
+	WriteUsr, WriteEtc    string
+	WriteRoot, ReadShadow string
+	RemountRW, UnmountTmp string
+	BindRoot              string // a second view of its own root: allowed, but it stays read-only
+	BindRW, WriteThrough  string
+	RootEntries           []string
+	Code                  string
+	Cwd                   string
+}
+
+// probeFromInside tries what a hostile guest would and reports it.
+func probeFromInside() int {
+	errText := func(err error) string {
+		if err == nil {
+			return "ok"
+		}
+		return err.Error()
+	}
+	write := func(path string) string { return errText(os.WriteFile(path, []byte("x"), 0o644)) }
+	var r inside
+	r.PID, r.UID, r.Env = os.Getpid(), os.Getuid(), os.Environ()
+	r.WriteUsr, r.WriteEtc, r.WriteRoot = write("/usr/ferry-sandbox-test"), write("/etc/ferry-sandbox-test"), write("/root/ferry-sandbox-test")
+	_, err := os.ReadFile("/etc/shadow")
+	r.ReadShadow = errText(err)
+	r.RemountRW = errText(unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_BIND, ""))
+	r.UnmountTmp = errText(unix.Unmount("/tmp", unix.MNT_DETACH))
+	os.MkdirAll("/run/probe", 0o755)
+	r.BindRoot = errText(unix.Mount("/", "/run/probe", "", unix.MS_BIND|unix.MS_REC, ""))
+	r.BindRW = errText(unix.Mount("", "/run/probe", "", unix.MS_REMOUNT|unix.MS_BIND, ""))
+	r.WriteThrough = write("/run/probe/usr/ferry-sandbox-test")
+	if entries, err := os.ReadDir("/root"); err == nil {
+		for _, e := range entries {
+			r.RootEntries = append(r.RootEntries, e.Name())
+		}
+	}
+	code, err := os.ReadFile(filepath.Join(guestCodeDir, "marker"))
+	r.Code = string(code) + errText(err)
+	r.Cwd, _ = os.Getwd()
+	json.NewEncoder(os.NewFile(stageTransportFD, "transport")).Encode(r)
+	return 0
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("the sandbox's namespaces need root")
+	}
+}
+
+// The guest is root only inside: an unprivileged host uid with a
+// read-only root view it cannot remount or unmount, its own /etc and
+// /root, the code readable though only root may read it on the host, and
+// none of the agent's environment.
+func TestSandboxIsolation(t *testing.T) {
+	requireRoot(t)
+	code := t.TempDir() // 0700, owned by the host's root
+	if err := os.WriteFile(filepath.Join(code, "marker"), []byte("the code"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("FERRY_ADMIN_TOKEN", "secret-of-the-agent")
+	b := New(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx, backend.Spec{ProgramID: "probe", InitPath: os.Args[0], CodeDir: code, MemoryMiB: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	raw, err := io.ReadAll(vm.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r inside
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatalf("report %q: %v (%v)", raw, err, vm.Err())
+	}
+	t.Logf("from inside: %+v", r)
+	if r.PID != 1 || r.UID != 0 {
+		t.Errorf("init is pid %d uid %d inside, want pid 1 uid 0", r.PID, r.UID)
+	}
+	if r.WriteUsr == "ok" || r.ReadShadow == "ok" || r.RemountRW == "ok" || r.UnmountTmp == "ok" || r.BindRW == "ok" || r.WriteThrough == "ok" {
+		t.Errorf("the guest may write /usr (%s), read /etc/shadow (%s), remount / read-write (%s), unmount /tmp (%s), "+
+			"or make a bind of / (%s) writable (%s, write: %s)",
+			r.WriteUsr, r.ReadShadow, r.RemountRW, r.UnmountTmp, r.BindRoot, r.BindRW, r.WriteThrough)
+	}
+	if r.WriteEtc != "ok" || r.WriteRoot != "ok" {
+		t.Errorf("the guest's own /etc (%s) and /root (%s) are not writable", r.WriteEtc, r.WriteRoot)
+	}
+	for _, p := range []string{"/etc/ferry-sandbox-test", "/root/ferry-sandbox-test", "/usr/ferry-sandbox-test"} {
+		if _, err := os.Stat(p); err == nil {
+			os.Remove(p)
+			t.Errorf("the guest's write reached the host's %s", p)
+		}
+	}
+	if len(r.RootEntries) != 1 || r.RootEntries[0] != "ferry-sandbox-test" {
+		t.Errorf("the guest's /root holds %v, want only its own file", r.RootEntries)
+	}
+	if r.Code != "the code"+"ok" || r.Cwd != "/" {
+		t.Errorf("code %q, working directory %q", r.Code, r.Cwd)
+	}
+	for _, kv := range r.Env {
+		if strings.HasPrefix(kv, "FERRY_ADMIN_TOKEN") {
+			t.Errorf("the agent's environment reached the guest: %s", kv)
+		}
+	}
+	select {
+	case <-vm.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the sandbox did not end after init exited")
+	}
+	var exit interface{ ExitCode() int }
+	if err := vm.Err(); err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 0) {
+		t.Errorf("the sandbox ended with %v", err)
+	}
+}
+
+// A plan for a root that does not exist is a clear error, and nothing is
+// left running.
+func TestSandboxBadRootIsAnError(t *testing.T) {
+	requireRoot(t)
+	b := New(nil)
+	b.RootDir = filepath.Join(t.TempDir(), "no-such-root")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx, backend.Spec{ProgramID: "bad", InitPath: os.Args[0], CodeDir: t.TempDir()})
+	if err == nil {
+		vm.Kill()
+		t.Fatal("a sandbox started on a root that does not exist")
+	}
+	if !strings.Contains(err.Error(), "no-such-root") {
+		t.Errorf("the error does not name the root: %v", err)
+	}
+	if len(b.slots) != 0 {
+		t.Errorf("uid slots still taken after a failed start: %v", b.slots)
+	}
+}
+
+func TestAgentAlive(t *testing.T) {
+	for text, want := range map[string]bool{
+		"1":                       true,  // init: alive
+		"not-a-pid":               true,  // not ours
+		"0":                       true,  // not a pid of ours
+		"999999999":               false, // no such process
+		strconv.Itoa(os.Getpid()): false, // an earlier process with our pid
+	} {
+		if got := agentAlive(text); got != want {
+			t.Errorf("agentAlive(%q) = %v, want %v", text, got, want)
+		}
+	}
+}
