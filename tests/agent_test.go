@@ -309,9 +309,10 @@ func TestAgentServeRoutesPrograms(t *testing.T) {
 	addr, _ := startServe(t, config, "--admin", sock)
 	url := "http://" + addr
 
-	// The persistent program runs before any request.
+	// The persistent program runs before any request. (The metrics are on
+	// the admin API, not on the public listener.)
 	waitFor(t, time.Minute, func() bool {
-		return metricValue(t, curl(t, url+"/metrics"), "ferry_running_vms") == 1
+		return metricValue(t, curl(t, "--unix-socket", sock, "http://admin/metrics"), "ferry_running_vms") == 1
 	}, "the persistent program did not start")
 
 	var got map[string]any
@@ -483,9 +484,11 @@ func TestAgentOneBootForConcurrentFirstRequestsThenIdleStop(t *testing.T) {
 	requirePythonModules(t, "asyncio")
 	requireTool(t, "curl")
 	code := writeApp(t, map[string]string{"main.py": scopeApp})
+	metricsAddr := freePort(t)
 	addr, _ := startServe(t, fmt.Sprintf(`{"idle_timeout": "1s", "programs": {
 		"burst": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		          "resources": {"vcpus": 1}, "on": {"http": true}}}}`, code))
+		          "resources": {"vcpus": 1}, "on": {"http": true}}}}`, code),
+		"--admin", filepath.Join(t.TempDir(), "admin.sock"), "--metrics-listen", metricsAddr)
 	url := "http://" + addr
 	var wg sync.WaitGroup
 	codes := make([]string, 20)
@@ -503,16 +506,17 @@ func TestAgentOneBootForConcurrentFirstRequestsThenIdleStop(t *testing.T) {
 			t.Fatalf("request %d: %q", i, c)
 		}
 	}
-	m := curl(t, url+"/metrics")
+	metricsURL := "http://" + metricsAddr + "/metrics"
+	m := curl(t, metricsURL)
 	if boots := metricValue(t, m, `ferry_cold_starts_total{program="burst",result="ok"}`); boots != 1 {
 		t.Fatalf("%v boots for 20 concurrent first requests", boots)
 	}
-	waitFor(t, 30*time.Second, func() bool { return metricValue(t, curl(t, url+"/metrics"), "ferry_running_vms") == 0 },
+	waitFor(t, 30*time.Second, func() bool { return metricValue(t, curl(t, metricsURL), "ferry_running_vms") == 0 },
 		"the idle program was not stopped")
 	if c := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/burst/again"); c != "200" {
 		t.Fatalf("request after the idle stop: %s", c)
 	}
-	if boots := metricValue(t, curl(t, url+"/metrics"), `ferry_cold_starts_total{program="burst",result="ok"}`); boots != 2 {
+	if boots := metricValue(t, curl(t, metricsURL), `ferry_cold_starts_total{program="burst",result="ok"}`); boots != 2 {
 		t.Fatalf("%v boots after the idle stop", boots)
 	}
 }

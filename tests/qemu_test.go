@@ -142,7 +142,7 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	requireCleanExt4(t, volume)
 	t.Logf("boot timelines:\n  boot 1: %s\n  boot 2: %s", timeline1, timeline2)
 	// Each cold start's timeline is in the metrics, phase by phase.
-	metrics := curl(t, "http://"+addr+"/metrics")
+	metrics := curl(t, "--unix-socket", sock, "http://admin/metrics") // on the admin API, not the public listener
 	for _, phase := range []string{"kernel", "modules", "root", "switch", "overlay", "network", "volumes", "code", "app"} {
 		if v := metricValue(t, metrics, fmt.Sprintf(`ferry_boot_phase_seconds_count{phase=%q,program="hello"}`, phase)); v != 2 {
 			t.Errorf("boot phase %s counted %v times, want 2", phase, v)

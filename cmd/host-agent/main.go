@@ -10,6 +10,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -26,6 +27,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend/qemu"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/logsink"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
@@ -75,13 +77,22 @@ func run(args []string) int {
 	network := fs.Bool("network", false, "give the VM a network interface with IPv4 and IPv6 addresses")
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
 	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty)")
+	lf := addLimitFlags(fs)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
 	if fs.NArg() != 2 {
 		fs.Usage()
 		return 2
 	}
-	log := newLogger(*debug)
+	lim, err := lf.resolve(manifest.Limits{})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+		return 2
+	}
+	stderr := logsink.New(os.Stderr, 0)
+	defer stderr.Close(2 * time.Second)
+	log := newLogger(*debug, stderr)
+	lim.conn.Log = log
 	codeDir, err := filepath.Abs(fs.Arg(0))
 	if err != nil {
 		log.Error("code directory", "err", err)
@@ -101,26 +112,16 @@ func run(args []string) int {
 	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network,
 		VCPUs: *vcpus, MemoryMiB: *memory}
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, BootTimeout: *bf.bootTimeout,
+		OutputRate: lim.logRate, OnOutputDropped: met.OutputDropped,
 		OnOutput: func(id string, l message.Log) {
-			fmt.Fprintf(os.Stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+			fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
 		}})
 
 	if *metricsListen != "" {
-		mln, err := net.Listen("tcp", *metricsListen)
-		if err != nil {
+		if err := startMetrics(*metricsListen, met, lim.conn); err != nil {
 			log.Error("cannot listen for metrics", "addr", *metricsListen, "err", err)
 			return 1
 		}
-		// The metrics listener is the operator's: it also serves Go's
-		// profiles (/debug/pprof/), which the benchmarks use.
-		mux := http.NewServeMux()
-		mux.Handle("/", met.Handler())
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		go http.Serve(mln, mux)
-		fmt.Printf("ferry: metrics on http://%s/metrics\n", mln.Addr())
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -141,8 +142,9 @@ func run(args []string) int {
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(inst.Timeline))
-	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met}, ReadHeaderTimeout: 30 * time.Second,
-		MaxHeaderBytes: relay.MaxHeaderBytes}
+	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met,
+		Limiter: agent.NewLimiter(lim.requests)}, MaxHeaderBytes: relay.MaxHeaderBytes}
+	lim.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
 }
@@ -157,18 +159,28 @@ func serve(args []string) int {
 	debug := fs.Bool("debug", false, "debug logs (including init's console)")
 	adminAddr := fs.String("admin", admin.DefaultSocket, "admin API: a unix socket path, or host:port (TCP needs --admin-token)")
 	adminToken := fs.String("admin-token", os.Getenv("FERRY_ADMIN_TOKEN"), "bearer token the admin API requires (required on TCP)")
+	metricsListen := fs.String("metrics-listen", "", "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty; /metrics is also on the admin API)")
+	lf := addLimitFlags(fs)
 	fs.Usage = func() { fmt.Fprint(os.Stderr, usage); fs.PrintDefaults() }
 	fs.Parse(args)
 	if *configPath == "" || fs.NArg() != 0 {
 		fs.Usage()
 		return 2
 	}
-	log := newLogger(*debug)
 	cfg, err := manifest.Load(*configPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
 		return 2
 	}
+	lim, err := lf.resolve(cfg.Limits)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+		return 2
+	}
+	stderr := logsink.New(os.Stderr, 0)
+	defer stderr.Close(2 * time.Second)
+	log := newLogger(*debug, stderr)
+	lim.conn.Log = log
 	if *listen == "" {
 		*listen = cfg.Listen
 	}
@@ -185,13 +197,14 @@ func serve(args []string) int {
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	idle := cfg.IdleTimeout.Duration
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle, MaxRunning: cfg.MaxRunning,
-		BootTimeout: *bf.bootTimeout,
+		BootTimeout: *bf.bootTimeout, OutputRate: lim.logRate, OnOutputDropped: met.OutputDropped,
 		OnOutput: func(id string, l message.Log) {
 			programs.Output(id, l)
 			log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
 		}})
 	defer mgr.Close()
 	programs = agent.NewPrograms(mgr)
+	programs.Limits = lim.requests
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	for id, p := range cfg.Programs {
@@ -200,9 +213,15 @@ func serve(args []string) int {
 			return 2
 		}
 	}
-	if err := startAdmin(ctx, *adminAddr, *adminToken, programs, mgr, log); err != nil {
+	if err := startAdmin(ctx, *adminAddr, *adminToken, programs, mgr, met, lim.conn, log); err != nil {
 		fmt.Fprintf(os.Stderr, "host-agent: admin API: %v\n", err)
 		return 1
+	}
+	if *metricsListen != "" {
+		if err := startMetrics(*metricsListen, met, lim.conn); err != nil {
+			log.Error("cannot listen for metrics", "addr", *metricsListen, "err", err)
+			return 1
+		}
 	}
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
@@ -210,19 +229,104 @@ func serve(args []string) int {
 		return 1
 	}
 	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(programs.IDs()), be.Name(), ln.Addr())
-	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log}, ReadHeaderTimeout: 30 * time.Second,
+	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log},
 		MaxHeaderBytes: relay.MaxHeaderBytes}
+	lim.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
 }
 
-// newLogger logs text to stderr, with debug lines when asked.
-func newLogger(debug bool) *slog.Logger {
+// newLogger logs text to w (the agent's stderr, which never blocks it),
+// with debug lines when asked.
+func newLogger(debug bool, w io.Writer) *slog.Logger {
 	level := slog.LevelInfo
 	if debug {
 		level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// startMetrics serves the metrics, /healthz and Go's profiles on their own
+// listener, the operator's (the benchmarks use the profiles).
+func startMetrics(addr string, met *metrics.Metrics, lim agent.ConnLimits) error {
+	mln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/", met.Handler())
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	srv := &http.Server{Handler: mux}
+	lim.Apply(srv)
+	go srv.Serve(mln)
+	fmt.Printf("ferry: metrics on http://%s/metrics\n", mln.Addr())
+	return nil
+}
+
+// limits are the resolved limits of `run` and `serve`.
+type limits struct {
+	conn     agent.ConnLimits
+	requests agent.RequestLimits
+	logRate  float64
+}
+
+// limitFlags are the flags of the agent's limits.
+type limitFlags struct {
+	fs                                   *flag.FlagSet
+	maxConcurrent                        *int
+	queue, header, body, send, keepalive *time.Duration
+	logRate                              *float64
+}
+
+func addLimitFlags(fs *flag.FlagSet) *limitFlags {
+	return &limitFlags{
+		fs:            fs,
+		maxConcurrent: fs.Int("max-concurrent", agent.DefaultMaxConcurrent, "requests (websockets included) one program serves at once"),
+		queue:         fs.Duration("queue-timeout", agent.DefaultQueueTimeout, "how long a request past --max-concurrent waits before a 503 with Retry-After"),
+		header:        fs.Duration("header-timeout", agent.DefaultHeaderTimeout, "time to read a request head"),
+		body:          fs.Duration("body-timeout", agent.DefaultBodyTimeout, "longest wait for request body bytes (408 beyond)"),
+		send:          fs.Duration("send-timeout", agent.DefaultSendTimeout, "longest wait for the client to take response bytes"),
+		keepalive:     fs.Duration("keepalive-timeout", agent.DefaultKeepaliveTimeout, "how long an idle keep-alive connection is kept"),
+		logRate:       fs.Float64("log-rate", lifecycle.DefaultOutputRate, "lines of a program's output per second kept (the rest dropped and counted); negative: no limit"),
+	}
+}
+
+// resolve merges the limits: a flag given on the command line wins over
+// the configuration file's value, which wins over the default.
+func (f *limitFlags) resolve(file manifest.Limits) (limits, error) {
+	set := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { set[fl.Name] = true })
+	dur := func(name string, flagValue *time.Duration, fileValue manifest.Duration) time.Duration {
+		if !set[name] && fileValue.Duration > 0 {
+			return fileValue.Duration
+		}
+		return *flagValue
+	}
+	l := limits{
+		conn: agent.ConnLimits{Header: dur("header-timeout", f.header, file.HeaderTimeout), Body: dur("body-timeout", f.body, file.BodyTimeout),
+			Send: dur("send-timeout", f.send, file.SendTimeout), Keepalive: dur("keepalive-timeout", f.keepalive, file.KeepaliveTimeout)},
+		requests: agent.RequestLimits{MaxConcurrent: *f.maxConcurrent, QueueTimeout: dur("queue-timeout", f.queue, file.QueueTimeout)},
+		logRate:  *f.logRate,
+	}
+	if !set["max-concurrent"] && file.MaxConcurrent > 0 {
+		l.requests.MaxConcurrent = file.MaxConcurrent
+	}
+	if !set["log-rate"] && file.LogRate > 0 {
+		l.logRate = file.LogRate
+	}
+	if n := l.requests.MaxConcurrent; n < 1 || n > manifest.MaxConcurrentLimit {
+		return l, fmt.Errorf("--max-concurrent must be between 1 and %d", manifest.MaxConcurrentLimit)
+	}
+	for name, d := range map[string]time.Duration{"queue-timeout": l.requests.QueueTimeout, "header-timeout": l.conn.Header,
+		"body-timeout": l.conn.Body, "send-timeout": l.conn.Send, "keepalive-timeout": l.conn.Keepalive} {
+		if d <= 0 {
+			return l, fmt.Errorf("--%s must be positive", name)
+		}
+	}
+	return l, nil
 }
 
 // serveUntilDone serves HTTP until ctx ends (SIGINT, SIGTERM), lets

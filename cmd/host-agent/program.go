@@ -14,15 +14,19 @@ import (
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/metrics"
 )
 
-// startAdmin serves the admin API until ctx ends.
-func startAdmin(ctx context.Context, addr, token string, programs *agent.Programs, mgr *lifecycle.Manager, log *slog.Logger) error {
+// startAdmin serves the admin API (and the metrics) until ctx ends, with
+// the same connection limits as the public listener.
+func startAdmin(ctx context.Context, addr, token string, programs *agent.Programs, mgr *lifecycle.Manager, met *metrics.Metrics,
+	lim agent.ConnLimits, log *slog.Logger) error {
 	l, err := admin.Listen(addr, token)
 	if err != nil {
 		return err
 	}
-	srv := &http.Server{Handler: (&admin.Server{Programs: programs, Manager: mgr, Token: token, Log: log}).Handler()}
+	srv := &http.Server{Handler: (&admin.Server{Programs: programs, Manager: mgr, Token: token, Log: log, Metrics: met.Handler()}).Handler()}
+	lim.Apply(srv)
 	go srv.Serve(l)
 	go func() {
 		<-ctx.Done()

@@ -1,7 +1,7 @@
 // Package admin is the host agent's management API and its client: list,
 // inspect, deploy, stop, restart and delete programs, and read their
-// logs. It listens on a unix socket by default; on TCP it requires a
-// bearer token.
+// logs; the agent's metrics are served there too. It listens on a unix
+// socket by default; on TCP it requires a bearer token.
 package admin
 
 import (
@@ -68,6 +68,9 @@ type Server struct {
 	Manager  *lifecycle.Manager
 	Token    string // required as "Authorization: Bearer TOKEN" when set
 	Log      *slog.Logger
+	// Metrics, when set, serves GET /metrics and /healthz (behind the
+	// token like the rest).
+	Metrics http.Handler
 }
 
 // IsUnix reports whether addr names a unix socket (a path) rather than
@@ -112,16 +115,29 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/programs/{id}/stop", s.stop)
 	mux.HandleFunc("POST /v1/programs/{id}/restart", s.restart)
 	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
+	if s.Metrics != nil {
+		mux.Handle("GET /metrics", s.Metrics)
+		mux.Handle("GET /healthz", s.Metrics)
+	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.Token != "" {
-			got := strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if subtle.ConstantTimeCompare([]byte(got), []byte(s.Token)) != 1 {
-				writeError(w, http.StatusUnauthorized, "missing or wrong admin token")
-				return
-			}
+		if s.Token != "" && !authorized(r, s.Token) {
+			w.Header().Set("WWW-Authenticate", "Bearer")
+			writeError(w, http.StatusUnauthorized, "missing or wrong admin token")
+			return
 		}
 		mux.ServeHTTP(w, r)
 	})
+}
+
+// authorized reports whether r carries exactly "Authorization: Bearer
+// TOKEN" (one such header; the token compared in constant time).
+func authorized(r *http.Request, token string) bool {
+	values := r.Header.Values("Authorization")
+	if len(values) != 1 {
+		return false
+	}
+	got, ok := strings.CutPrefix(values[0], "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

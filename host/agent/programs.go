@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sort"
 	"sync"
 	"time"
@@ -19,11 +20,15 @@ import (
 // use by the router and the admin API.
 type Programs struct {
 	Manager *lifecycle.Manager
+	// Limits are the per-program request limits of programs whose
+	// manifest sets none (defaults filled in); set before Deploy.
+	Limits RequestLimits
 
-	mu     sync.RWMutex
-	routes map[string]*Route
-	logs   map[string]*logring.Ring
-	cancel map[string]context.CancelFunc // persistent supervisors
+	mu        sync.RWMutex
+	routes    map[string]*Route
+	logs      map[string]*logring.Ring
+	cancel    map[string]context.CancelFunc // persistent supervisors
+	supervise map[string]chan struct{}      // closed when a supervisor returned
 }
 
 // Errors of Deploy and Delete.
@@ -34,7 +39,8 @@ var (
 
 // NewPrograms returns an empty set.
 func NewPrograms(m *lifecycle.Manager) *Programs {
-	return &Programs{Manager: m, routes: map[string]*Route{}, logs: map[string]*logring.Ring{}, cancel: map[string]context.CancelFunc{}}
+	return &Programs{Manager: m, routes: map[string]*Route{}, logs: map[string]*logring.Ring{}, cancel: map[string]context.CancelFunc{},
+		supervise: map[string]chan struct{}{}}
 }
 
 // Route returns a program's route, or nil.
@@ -70,7 +76,16 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	for _, v := range m.Volumes {
 		prog.Volumes = append(prog.Volumes, backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Persistent, Name: v.Name, SizeMiB: v.SizeMiB})
 	}
-	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second}
+	limits := ps.Limits
+	if m.Limits != nil {
+		if m.Limits.MaxConcurrent > 0 {
+			limits.MaxConcurrent = m.Limits.MaxConcurrent
+		}
+		if m.Limits.QueueTimeout.Duration > 0 {
+			limits.QueueTimeout = m.Limits.QueueTimeout.Duration
+		}
+	}
+	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second, Limiter: NewLimiter(limits)}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ps.routes[id] != nil {
@@ -82,27 +97,44 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	}
 	if prog.Persistent {
 		ctx, cancel := context.WithCancel(context.Background())
-		ps.cancel[id] = cancel
-		go ps.Manager.Persist(ctx, prog)
+		done := make(chan struct{})
+		ps.cancel[id], ps.supervise[id] = cancel, done
+		go func() {
+			defer close(done)
+			ps.Manager.Persist(ctx, prog)
+		}()
 	}
 	return nil
 }
 
-// Delete stops a program and forgets it.
+// Delete stops a program and forgets it: its supervisor (if persistent)
+// ends, and its VM, or the boot in progress and its VM, is stopped before
+// Delete returns. Requests still holding the program cannot start it
+// again.
 func (ps *Programs) Delete(ctx context.Context, id string) error {
 	ps.mu.Lock()
 	route := ps.routes[id]
 	delete(ps.routes, id)
-	if cancel := ps.cancel[id]; cancel != nil {
-		cancel()
-		delete(ps.cancel, id)
-	}
+	cancel, supervised := ps.cancel[id], ps.supervise[id]
+	delete(ps.cancel, id)
+	delete(ps.supervise, id)
 	delete(ps.logs, id)
 	ps.mu.Unlock()
 	if route == nil {
 		return ErrNotFound
 	}
-	return ps.Manager.Stop(ctx, id)
+	if cancel != nil {
+		cancel()
+	}
+	err := ps.Manager.Remove(ctx, route.Program)
+	if supervised != nil {
+		select {
+		case <-supervised:
+		case <-ctx.Done():
+			return errors.Join(err, fmt.Errorf("the supervisor of %s did not stop: %w", id, ctx.Err()))
+		}
+	}
+	return err
 }
 
 // Output records a line of a program's output (lifecycle's OnOutput).

@@ -18,11 +18,15 @@ type Route struct {
 	Program *lifecycle.Program
 	HTTP    bool          // reachable over HTTP (the manifest's on.http)
 	Timeout time.Duration // per request (resources.seconds); 0: none
+	// Limiter bounds the program's requests in flight; nil: no bound.
+	Limiter *Limiter
 }
 
 // Router serves many programs: /vm/{id}/... (root_path /vm/{id}) and hosts
-// whose first label is the program id. /metrics and /healthz answer for the
-// agent itself; anything else is a 404 JSON error.
+// whose first label is the program id. /healthz answers "ok" for the agent
+// itself (for load balancers; it names no program); anything else is a 404
+// JSON error. The metrics, which name every program, are served on the
+// admin and metrics listeners only.
 type Router struct {
 	Programs *Programs
 	Manager  *lifecycle.Manager
@@ -36,19 +40,16 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rq := &relay.Request{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
-		switch {
-		case r.URL.Path == "/metrics" && rt.Metrics != nil:
-			rt.Metrics.Handler().ServeHTTP(w, r)
-		case r.URL.Path == "/healthz" && rt.Metrics != nil:
-			rt.Metrics.Handler().ServeHTTP(w, r)
-		default:
-			relay.Error(w, rq, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+		if r.URL.Path == "/healthz" {
+			metrics.Healthz(w, r)
+			return
 		}
+		reject(w, r, rq, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
 		return
 	}
 	route := rt.Programs.Route(id)
 	if route == nil || !route.HTTP {
-		relay.Error(w, rq, http.StatusNotFound, "no such program", "program", id)
+		reject(w, r, rq, http.StatusNotFound, "no such program", "program", id)
 		return
 	}
 	if rt.Metrics != nil {
@@ -58,18 +59,35 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w = rec
 	}
 	rq.RootPath, rq.Path, rq.RawPath, rq.Timeout = root, path, rawPath, route.Timeout
-	inst, err := rt.Manager.Acquire(r.Context(), route.Program)
+	serveProgram(w, r, rq, rt.Manager, route.Program, route.Limiter)
+}
+
+// serveProgram relays a request to a program within its limit of requests
+// in flight, starting its VM if needed.
+func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr *lifecycle.Manager, p *lifecycle.Program, lim *Limiter) {
+	if lim != nil {
+		if !lim.Acquire(r.Context()) {
+			if r.Context().Err() != nil {
+				return // the client left while waiting
+			}
+			reject(w, r, rq, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later",
+				"program", p.ID, "in_flight", lim.InFlight())
+			return
+		}
+		defer lim.Release()
+	}
+	inst, err := mgr.Acquire(r.Context(), p)
 	if errors.Is(err, lifecycle.ErrTooMany) {
-		relay.Error(w, rq, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", id)
+		reject(w, r, rq, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", p.ID)
 		return
 	}
 	if err != nil {
-		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", id, "err", err)
+		reject(w, r, rq, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
 		return
 	}
 	defer inst.Release()
 	rq.Session = inst.Session
-	relay.ServeAny(w, r, rq, route.Program.Interface)
+	relay.ServeAny(w, r, rq, p.Interface)
 }
 
 // match finds the program a request addresses.

@@ -22,6 +22,8 @@ type Single struct {
 	Timeout time.Duration
 	Log     *slog.Logger
 	Metrics *metrics.Metrics // optional
+	// Limiter bounds the requests in flight; nil: no bound.
+	Limiter *Limiter
 }
 
 // ServeHTTP implements http.Handler.
@@ -33,12 +35,5 @@ func (s *Single) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		w = rec
 	}
 	rq := &relay.Request{ID: relay.NewRequestID(), Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: s.MaxBody, Timeout: s.Timeout, Log: s.Log}
-	inst, err := s.Manager.Acquire(r.Context(), s.Program)
-	if err != nil {
-		relay.Error(w, rq, http.StatusBadGateway, "the program failed to start", "program", s.Program.ID, "err", err)
-		return
-	}
-	defer inst.Release()
-	rq.Session = inst.Session
-	relay.ServeAny(w, r, rq, s.Program.Interface)
+	serveProgram(w, r, rq, s.Manager, s.Program, s.Limiter)
 }

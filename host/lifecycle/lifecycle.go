@@ -2,7 +2,9 @@
 // boots a VM through a backend, greets its init, sends the configuration
 // and keeps the session. Concurrent first requests share one boot
 // (single-flight); a VM that ends is forgotten, so the next request starts
-// a new one.
+// a new one. Stopping or removing a program while it boots ends that boot
+// and its VM. A program's output is handed off the session's read loop and
+// rate-limited (output.go).
 package lifecycle
 
 import (
@@ -45,6 +47,8 @@ type Program struct {
 	VCPUs, MemoryMiB int
 	// Rootfs and Kernel override the backend's image and kernel.
 	Rootfs, Kernel string
+
+	removed bool // guarded by Manager.mu: Remove was called, no more boots
 }
 
 // Instance is a running VM of a program with its session to init.
@@ -60,6 +64,7 @@ type Instance struct {
 
 	inflight atomic.Int64
 	lastUsed atomic.Int64 // unix nanos when the last request ended
+	output   *outputPump  // nil without Options.OnOutput
 }
 
 // Release marks the end of a request that Acquire counted.
@@ -95,8 +100,17 @@ type Options struct {
 	// At the cap, the least recently used idle on-demand VM is stopped to
 	// make room; if there is none, Get fails with ErrTooMany.
 	MaxRunning int
-	// OnOutput receives the program's output lines (LOG frames).
-	OnOutput func(programID string, l message.Log)
+	// OnOutput receives the program's output lines (LOG frames and
+	// console lines), from a goroutine of each VM's own, never from the
+	// session's read loop: at most OutputRate lines per second (default
+	// DefaultOutputRate; negative: no limit), the others dropped, counted
+	// and reported by a line of source "ferry" every few seconds. When
+	// OnOutput is slow, the lines that find its queue full are dropped too.
+	OnOutput   func(programID string, l message.Log)
+	OutputRate float64
+	// OnOutputDropped is told how many output lines were dropped (for
+	// metrics), along with those reports.
+	OnOutputDropped func(programID string, n int)
 	// OnBoot is told about every boot attempt's outcome (for metrics):
 	// how long it took and, when it succeeded, init's boot timeline.
 	OnBoot func(programID string, took time.Duration, timeline []message.TimelineEntry, err error)
@@ -116,10 +130,20 @@ type Manager struct {
 }
 
 type boot struct {
-	done chan struct{}
-	inst *Instance
-	err  error
+	done   chan struct{}
+	inst   *Instance
+	err    error
+	cancel context.CancelFunc
+	// stopped (guarded by Manager.mu) is set by Stop during the boot: the
+	// boot is cancelled and a VM that got ready anyway is stopped.
+	stopped bool
 }
+
+// ErrStopped is the error of a boot that Stop or Remove ended.
+var ErrStopped = errors.New("the program was stopped while it was starting")
+
+// ErrRemoved is returned by Get for a program that was removed.
+var ErrRemoved = errors.New("the program was removed")
 
 // New returns a manager.
 func New(opt Options) *Manager {
@@ -234,7 +258,7 @@ func (m *Manager) Persist(ctx context.Context, p *Program) {
 				backoff = m.opt.RestartBackoff
 			}
 			m.log.Warn("persistent program ended; restarting", "program", p.ID, "vm_err", inst.VM.Err(), "in", backoff)
-		} else if ctx.Err() != nil {
+		} else if ctx.Err() != nil || errors.Is(err, ErrRemoved) {
 			return
 		} else {
 			m.log.Error("persistent program failed to start", "program", p.ID, "err", err, "retry_in", backoff)
@@ -286,22 +310,34 @@ func (m *Manager) makeRoomLocked() error {
 }
 
 // Get returns the program's running instance, starting one if needed.
-// Concurrent callers for the same program wait on one boot.
+// Concurrent callers for the same program wait on one boot. No boot starts
+// once ctx has ended or the program was removed.
 func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
 	m.mu.Lock()
+	if p.removed {
+		m.mu.Unlock()
+		return nil, ErrRemoved
+	}
 	if inst := m.running[p.ID]; inst != nil {
 		m.mu.Unlock()
 		return inst, nil
 	}
 	b := m.starting[p.ID]
 	if b == nil {
+		// Checked under mu: a supervisor whose context a Remove cancelled
+		// cannot start a boot that the Remove would not see.
+		if err := ctx.Err(); err != nil {
+			m.mu.Unlock()
+			return nil, err
+		}
 		if err := m.makeRoomLocked(); err != nil {
 			m.mu.Unlock()
 			return nil, err
 		}
-		b = &boot{done: make(chan struct{})}
+		bctx, cancel := context.WithTimeout(context.Background(), m.opt.BootTimeout)
+		b = &boot{done: make(chan struct{}), cancel: cancel}
 		m.starting[p.ID] = b
-		go m.boot(p, b)
+		go m.boot(bctx, p, b)
 	}
 	m.mu.Unlock()
 	select {
@@ -312,11 +348,29 @@ func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
 	}
 }
 
-func (m *Manager) boot(p *Program, b *boot) {
-	ctx, cancel := context.WithTimeout(context.Background(), m.opt.BootTimeout)
-	defer cancel()
+// boot runs one boot for Get; ctx is cancelled by Stop.
+func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
+	defer b.cancel()
 	began := time.Now()
 	inst, err := m.start(ctx, p)
+	m.mu.Lock()
+	delete(m.starting, p.ID)
+	stopped := b.stopped
+	if err == nil && !stopped {
+		m.running[p.ID] = inst
+	}
+	m.mu.Unlock()
+	if stopped {
+		if err == nil {
+			// Ready just as it was stopped: it never serves.
+			sctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			_ = stopInstance(sctx, inst)
+			cancel()
+			inst.Session.Close()
+			inst.output.close()
+		}
+		inst, err = nil, ErrStopped
+	}
 	if m.opt.OnBoot != nil {
 		var timeline []message.TimelineEntry
 		if inst != nil {
@@ -324,16 +378,14 @@ func (m *Manager) boot(p *Program, b *boot) {
 		}
 		m.opt.OnBoot(p.ID, time.Since(began), timeline, err)
 	}
-	m.mu.Lock()
-	delete(m.starting, p.ID)
-	if err == nil {
-		m.running[p.ID] = inst
-	}
-	m.mu.Unlock()
 	b.inst, b.err = inst, err
 	close(b.done)
 	if err != nil {
-		m.log.Error("program did not start", "program", p.ID, "err", err)
+		if stopped {
+			m.log.Info("program stopped while starting", "program", p.ID)
+		} else {
+			m.log.Error("program did not start", "program", p.ID, "err", err)
+		}
 		return
 	}
 	go m.watch(inst)
@@ -345,13 +397,16 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	log := m.log.With("program", p.ID)
 	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network,
 		Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	var output *outputPump
 	if m.opt.OnOutput != nil {
+		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
 		spec.Console = func(line string) {
-			m.opt.OnOutput(p.ID, message.Log{Source: []byte("console"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
+			output.line(message.Log{Source: []byte("console"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
 		}
 	}
 	vm, err := m.opt.Backend.Start(ctx, spec)
 	if err != nil {
+		output.close()
 		return nil, err
 	}
 	results := make(chan message.ConfigResult, 1)
@@ -369,9 +424,14 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 					}
 				}
 			case frame.TypeLog:
+				// On the read loop: a line over the rate costs no
+				// decoding, and none ever waits for OnOutput.
+				if output == nil || !output.admit() {
+					return
+				}
 				var l message.Log
-				if err := l.Unmarshal(append([]byte(nil), payload...)); err == nil && m.opt.OnOutput != nil {
-					m.opt.OnOutput(p.ID, l)
+				if err := l.Unmarshal(append([]byte(nil), payload...)); err == nil {
+					output.push(l)
 				}
 			}
 		},
@@ -379,9 +439,18 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	fail := func(err error) (*Instance, error) {
 		sess.Close()
 		vm.Kill()
+		select { // gone before Stop returns, as far as SIGKILL allows
+		case <-vm.Done():
+		case <-time.After(10 * time.Second):
+			log.Warn("the VM did not end after it was killed", "vm", vm.Describe())
+		}
+		output.close()
 		return nil, err
 	}
 	if _, err := sess.Handshake(ctx); err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fail(ErrStopped)
+		}
 		// A VM that ended explains itself better than the closed session.
 		select {
 		case <-vm.Done():
@@ -402,13 +471,16 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		if !r.OK {
 			return fail(&BootError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
 		}
-		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started, ColdStart: time.Since(started)}
+		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started, ColdStart: time.Since(started), output: output}
 		inst.lastUsed.Store(time.Now().UnixNano())
 		log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(r.Timeline))
 		return inst, nil
 	case <-vm.Done():
 		return fail(fmt.Errorf("the VM ended while starting: %v", vm.Err()))
 	case <-ctx.Done():
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fail(ErrStopped)
+		}
 		return fail(fmt.Errorf("no configuration result within the boot timeout: %w", ctx.Err()))
 	}
 }
@@ -451,6 +523,7 @@ func (m *Manager) watch(inst *Instance) {
 		inst.VM.Kill()
 	}
 	inst.Session.Close()
+	inst.output.close()
 	m.mu.Lock()
 	if m.running[inst.Program.ID] == inst {
 		delete(m.running, inst.Program.ID)
@@ -460,15 +533,38 @@ func (m *Manager) watch(inst *Instance) {
 }
 
 // Stop stops a program's VM gracefully: GOAWAY, init stops the app and
-// powers off; killed when ctx ends first.
+// powers off; killed when ctx ends first. A boot in progress is cancelled
+// (its VM killed) and waited for; its waiters get ErrStopped.
 func (m *Manager) Stop(ctx context.Context, id string) error {
 	m.mu.Lock()
 	inst := m.running[id]
+	b := m.starting[id]
+	if b != nil {
+		b.stopped = true
+		b.cancel()
+	}
 	m.mu.Unlock()
+	if b != nil {
+		select {
+		case <-b.done:
+		case <-ctx.Done():
+			return fmt.Errorf("the program's boot did not end in time: %w", ctx.Err())
+		}
+	}
 	if inst == nil {
 		return nil
 	}
 	return stopInstance(ctx, inst)
+}
+
+// Remove stops p's VM (or its boot) as Stop does, and makes every later Get
+// of p fail with ErrRemoved, so that no request or supervisor that still
+// holds p can start it again.
+func (m *Manager) Remove(ctx context.Context, p *Program) error {
+	m.mu.Lock()
+	p.removed = true
+	m.mu.Unlock()
+	return m.Stop(ctx, p.ID)
 }
 
 // stopInstance sends GOAWAY (init stops the app and powers off) and waits
@@ -485,12 +581,17 @@ func stopInstance(ctx context.Context, inst *Instance) error {
 	}
 }
 
-// StopAll stops every running program.
+// StopAll stops every running program, and ends the boots in progress.
 func (m *Manager) StopAll(ctx context.Context) {
 	m.mu.Lock()
-	ids := make([]string, 0, len(m.running))
+	ids := make([]string, 0, len(m.running)+len(m.starting))
 	for id := range m.running {
 		ids = append(ids, id)
+	}
+	for id := range m.starting {
+		if m.running[id] == nil {
+			ids = append(ids, id)
+		}
 	}
 	m.mu.Unlock()
 	var wg sync.WaitGroup

@@ -18,10 +18,50 @@ import (
 
 // File is the agent's configuration file.
 type File struct {
-	Listen      string              `json:"listen,omitempty"`       // HTTP, default 127.0.0.1:8080
-	IdleTimeout Duration            `json:"idle_timeout,omitempty"` // default 60s
-	MaxRunning  int                 `json:"max_running,omitempty"`  // 0: no cap
-	Programs    map[string]*Program `json:"programs"`
+	Listen      string   `json:"listen,omitempty"`       // HTTP, default 127.0.0.1:8080
+	IdleTimeout Duration `json:"idle_timeout,omitempty"` // default 60s
+	MaxRunning  int      `json:"max_running,omitempty"`  // 0: no cap
+	// Limits bound how the agent serves HTTP; zero fields take the
+	// defaults (see host/agent).
+	Limits   Limits              `json:"limits,omitempty"`
+	Programs map[string]*Program `json:"programs"`
+}
+
+// MaxConcurrentLimit is the largest per-program concurrency a
+// configuration may ask for: the streams one session to init carries at
+// once (init accepts 1,024). Beyond it requests would wait for a stream
+// with no bound, which is what the limit is there to prevent.
+const MaxConcurrentLimit = 1024
+
+// Limits bound the agent's HTTP serving, after nginx's directives of the
+// same purpose. Zero fields take the agent's defaults.
+type Limits struct {
+	// MaxConcurrent is how many requests (websockets included) one
+	// program serves at once; QueueTimeout how long a request past it
+	// waits for a slot before a 503 with Retry-After. A program's
+	// manifest may set its own.
+	MaxConcurrent int      `json:"max_concurrent,omitempty"`
+	QueueTimeout  Duration `json:"queue_timeout,omitempty"`
+	// HeaderTimeout bounds reading a request head (client_header_timeout),
+	// BodyTimeout each wait for request body bytes (client_body_timeout),
+	// SendTimeout each wait for the client to take response bytes
+	// (send_timeout), KeepaliveTimeout an idle keep-alive connection
+	// (keepalive_timeout). They apply to the public, admin and metrics
+	// listeners alike.
+	HeaderTimeout    Duration `json:"header_timeout,omitempty"`
+	BodyTimeout      Duration `json:"body_timeout,omitempty"`
+	SendTimeout      Duration `json:"send_timeout,omitempty"`
+	KeepaliveTimeout Duration `json:"keepalive_timeout,omitempty"`
+	// LogRate is how many lines of a program's output per second reach
+	// the agent's log and the program's log ring; the rest are dropped
+	// and counted.
+	LogRate float64 `json:"log_rate,omitempty"`
+}
+
+// ProgramLimits are the limits a program's manifest may set for itself.
+type ProgramLimits struct {
+	MaxConcurrent int      `json:"max_concurrent,omitempty"`
+	QueueTimeout  Duration `json:"queue_timeout,omitempty"`
 }
 
 // Program is one program's manifest.
@@ -34,6 +74,8 @@ type Program struct {
 	Environment    Environment       `json:"environment,omitempty"`
 	On             On                `json:"on"`
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
+	// Limits override the configuration's per-program limits.
+	Limits *ProgramLimits `json:"limits,omitempty"`
 }
 
 // Code says where the program is and how it runs.
@@ -140,6 +182,12 @@ func Parse(doc []byte) (*File, error) {
 	if f.MaxRunning < 0 {
 		return nil, &FieldError{"max_running", "must not be negative"}
 	}
+	if err := checkConcurrency("limits.max_concurrent", f.Limits.MaxConcurrent); err != nil {
+		return nil, err
+	}
+	if f.Limits.LogRate < 0 {
+		return nil, &FieldError{"limits.log_rate", "must not be negative"}
+	}
 	ids := make([]string, 0, len(f.Programs))
 	for id := range f.Programs {
 		ids = append(ids, id)
@@ -192,8 +240,21 @@ func ValidateProgram(id string, p *Program) error {
 			return &FieldError{fmt.Sprintf("%s[%d].size_mib", field("volumes"), i), "a persistent volume needs a size"}
 		}
 	}
+	if p.Limits != nil {
+		if err := checkConcurrency(field("limits.max_concurrent"), p.Limits.MaxConcurrent); err != nil {
+			return err
+		}
+	}
 	if !p.On.HTTP && !p.On.Persistent {
 		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent: it would never run"}
+	}
+	return nil
+}
+
+// checkConcurrency checks a max_concurrent value (0: the default).
+func checkConcurrency(field string, n int) error {
+	if n < 0 || n > MaxConcurrentLimit {
+		return &FieldError{field, fmt.Sprintf("must be between 1 and %d (0 or absent: the default)", MaxConcurrentLimit)}
 	}
 	return nil
 }

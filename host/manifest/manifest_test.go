@@ -35,3 +35,43 @@ func TestParseNamesTheFieldAtFault(t *testing.T) {
 		t.Error("bad duration accepted")
 	}
 }
+
+// Limits parse as durations and counts; a concurrency beyond what one
+// session to init carries, or negative, names its field.
+func TestLimits(t *testing.T) {
+	doc := `{"limits": {"max_concurrent": 100, "queue_timeout": "300ms", "header_timeout": "5s", "body_timeout": "20s",
+		"send_timeout": "30s", "keepalive_timeout": "1m", "log_rate": 50},
+		"programs": {"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true},
+		"limits": {"max_concurrent": 8, "queue_timeout": "1s"}}}}`
+	f, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, pl := f.Limits, f.Programs["a"].Limits
+	if l.MaxConcurrent != 100 || l.QueueTimeout.Milliseconds() != 300 || l.HeaderTimeout.Seconds() != 5 || l.BodyTimeout.Seconds() != 20 ||
+		l.SendTimeout.Seconds() != 30 || l.KeepaliveTimeout.Minutes() != 1 || l.LogRate != 50 {
+		t.Errorf("limits: %+v", l)
+	}
+	if pl == nil || pl.MaxConcurrent != 8 || pl.QueueTimeout.Seconds() != 1 {
+		t.Errorf("program limits: %+v", pl)
+	}
+	for doc, field := range map[string]string{
+		`{"limits": {"max_concurrent": 5000}, "programs": {}}`: "limits.max_concurrent",
+		`{"limits": {"max_concurrent": -1}, "programs": {}}`:   "limits.max_concurrent",
+		`{"limits": {"log_rate": -1}, "programs": {}}`:         "limits.log_rate",
+		`{"programs": {"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true},
+			"limits": {"max_concurrent": 1025}}}}`: "programs.a.limits.max_concurrent",
+	} {
+		var ferr *FieldError
+		if _, err := Parse([]byte(doc)); !errors.As(err, &ferr) || ferr.Field != field {
+			t.Errorf("want an error at %s, got %v", field, err)
+		}
+	}
+	if _, err := Parse([]byte(`{"limits": {"body_timeout": "slow"}, "programs": {}}`)); err == nil {
+		t.Error("bad duration accepted")
+	}
+	if _, err := Parse([]byte(`{"programs": {"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true},
+		"limits": {"header_timeout": "1s"}}}}`)); err == nil {
+		t.Error("a listener timeout accepted in a program's manifest")
+	}
+}

@@ -1,7 +1,7 @@
 // Package metrics holds the host agent's Prometheus metrics: requests by
 // program and status, request latency, cold starts and their duration,
-// running VMs. Handler serves them at /metrics and a liveness answer at
-// /healthz.
+// running VMs, dropped output lines. Handler serves them at /metrics and a
+// liveness answer at /healthz.
 package metrics
 
 import (
@@ -24,6 +24,7 @@ type Metrics struct {
 	coldStarts *prometheus.CounterVec
 	coldTime   *prometheus.HistogramVec
 	bootPhase  *prometheus.HistogramVec
+	logDropped *prometheus.CounterVec
 }
 
 // New returns the metrics; running reports how many VMs run right now.
@@ -49,7 +50,10 @@ func New(running func() int) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.001, 2, 16),
 		}, []string{"program", "phase"}),
 	}
-	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime, m.bootPhase,
+	m.logDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "ferry_program_log_lines_dropped_total", Help: "Lines of program output dropped (over the rate limit, or while the agent's output was slow), by program.",
+	}, []string{"program"})
+	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime, m.bootPhase, m.logDropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_running_vms", Help: "VMs running now."},
 			func() float64 { return float64(running()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -60,6 +64,11 @@ func New(running func() int) *Metrics {
 func (m *Metrics) Request(program string, status int, took time.Duration) {
 	m.requests.WithLabelValues(program, strconv.Itoa(status)).Inc()
 	m.latency.WithLabelValues(program).Observe(took.Seconds())
+}
+
+// OutputDropped records n lines of a program's output dropped.
+func (m *Metrics) OutputDropped(program string, n int) {
+	m.logDropped.WithLabelValues(program).Add(float64(n))
 }
 
 // Boot records one VM boot attempt, with the duration of each phase of
@@ -88,11 +97,14 @@ func (m *Metrics) Boot(program string, took time.Duration, timeline []message.Ti
 func (m *Metrics) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(m.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain")
-		w.Write([]byte("ok\n"))
-	})
+	mux.HandleFunc("/healthz", Healthz)
 	return mux
+}
+
+// Healthz answers that the agent is alive ("ok"), saying nothing else.
+func Healthz(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain")
+	w.Write([]byte("ok\n"))
 }
 
 // StatusRecorder wraps a ResponseWriter to learn the status sent; it keeps

@@ -1,0 +1,99 @@
+package logsink
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// lockedBuffer is a bytes.Buffer safe for the writer's goroutine and the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
+}
+
+// Writes reach the output in order, and Close waits for them.
+func TestWritesPassInOrder(t *testing.T) {
+	var out lockedBuffer
+	w := New(&out, 0)
+	var want strings.Builder
+	for i := range 100 {
+		line := fmt.Sprintf("line %d\n", i)
+		w.Write([]byte(line))
+		want.WriteString(line)
+	}
+	w.Close(5 * time.Second)
+	if out.String() != want.String() || w.Dropped() != 0 {
+		t.Fatalf("got %q, dropped %d", out.String(), w.Dropped())
+	}
+}
+
+// With its output on a pipe nobody reads, Write still returns at once; the
+// writes past the budget are dropped and counted, and reported once the
+// pipe is read again.
+func TestWriteNeverBlocksOnAStuckOutput(t *testing.T) {
+	r, pw, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	defer pw.Close()
+	w := New(pw, 4<<10)
+	line := []byte(strings.Repeat("x", 99) + "\n")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for range 20000 { // 2 MB: far more than the pipe and the budget hold
+			w.Write(line)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("Write blocked on a pipe nobody reads")
+	}
+	if w.Dropped() == 0 {
+		t.Fatal("nothing was dropped")
+	}
+	// Read the pipe: what was kept arrives, then the count of the dropped.
+	got := make(chan string, 1)
+	go func() {
+		var all bytes.Buffer
+		buf := make([]byte, 64<<10)
+		for !strings.Contains(all.String(), "log lines dropped") {
+			n, err := r.Read(buf)
+			all.Write(buf[:n])
+			if err != nil {
+				break
+			}
+		}
+		got <- all.String()
+	}()
+	select {
+	case s := <-got:
+		if !strings.Contains(s, "log lines dropped: the output did not keep up") || len(s) > 200<<10 {
+			t.Fatalf("%d bytes, notice missing or too much kept", len(s))
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("no notice of the dropped lines")
+	}
+	w.Close(time.Second)
+	// Writes after Close are dropped, not a panic.
+	w.Write(line)
+}
