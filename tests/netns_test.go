@@ -60,8 +60,9 @@ func (n *testNetns) curl(t *testing.T, args ...string) string {
 	return string(out)
 }
 
-// links lists the namespace's network links.
-func (n *testNetns) links(t *testing.T) []netlink.Link {
+// netlink returns a netlink handle inside the namespace, closed with the
+// test.
+func (n *testNetns) netlink(t *testing.T) *netlink.Handle {
 	t.Helper()
 	h, err := netns.GetFromPath(n.path)
 	if err != nil {
@@ -72,27 +73,6 @@ func (n *testNetns) links(t *testing.T) []netlink.Link {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nl.Close()
-	links, err := nl.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return links
-}
-
-// addrs lists a link's addresses of family in the namespace.
-func (n *testNetns) addrs(t *testing.T, l netlink.Link, family int) []netlink.Addr {
-	t.Helper()
-	h, err := netns.GetFromPath(n.path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	nl, err := netlink.NewHandleAt(h)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nl.Close()
-	addrs, _ := nl.AddrList(l, family)
-	return addrs
+	t.Cleanup(nl.Close)
+	return nl
 }

@@ -160,11 +160,16 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 // has ::2.
 func guestIPv6(t *testing.T, ns *testNetns) string {
 	t.Helper()
-	for _, l := range ns.links(t) {
+	nl := ns.netlink(t)
+	links, err := nl.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range links {
 		if l.Type() != "tuntap" || !strings.HasPrefix(l.Attrs().Name, "fy") {
 			continue
 		}
-		addrs := ns.addrs(t, l, netlink.FAMILY_V6)
+		addrs, _ := nl.AddrList(l, netlink.FAMILY_V6)
 		for _, a := range addrs {
 			if a.IP.IsPrivate() && strings.HasSuffix(a.IP.String(), "::1") {
 				return strings.TrimSuffix(a.IP.String(), "1") + "2"

@@ -4,7 +4,6 @@
 package boot
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"os"
@@ -13,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -133,39 +133,15 @@ func sysfsIsOurs() bool {
 
 // MountPoints returns the current mount points (from /proc/self/mountinfo).
 func MountPoints() (map[string]bool, error) {
-	f, err := os.Open("/proc/self/mountinfo")
+	mounts, err := mountinfo.GetMounts(nil)
 	if err != nil {
 		return nil, err
 	}
-	defer f.Close()
-	points := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Fields(sc.Text())
-		if len(fields) > 4 {
-			points[unescapeMount(fields[4])] = true
-		}
+	points := make(map[string]bool, len(mounts))
+	for _, m := range mounts {
+		points[m.Mountpoint] = true
 	}
-	return points, sc.Err()
-}
-
-// unescapeMount decodes the octal escapes mountinfo uses for spaces etc.
-func unescapeMount(s string) string {
-	if !strings.Contains(s, `\`) {
-		return s
-	}
-	var b strings.Builder
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\\' && i+3 < len(s) {
-			if v, err := strconv.ParseUint(s[i+1:i+4], 8, 8); err == nil {
-				b.WriteByte(byte(v))
-				i += 3
-				continue
-			}
-		}
-		b.WriteByte(s[i])
-	}
-	return b.String()
+	return points, nil
 }
 
 // Timeline records when each boot phase ended, in CLOCK_BOOTTIME (time

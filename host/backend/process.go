@@ -76,7 +76,7 @@ func (w *LineWriter) Flush() {
 }
 
 // consoleTail is how many console lines a Console keeps.
-const consoleTail = 20
+const consoleTail = 25
 
 // Console receives a VM's console output: each line goes to Log (at debug
 // level) and to Forward (the program's logs), and the last lines are kept
@@ -116,6 +116,13 @@ func (c *Console) line(line string) {
 	if c.Forward != nil {
 		c.Forward(line)
 	}
+}
+
+// Tail returns the last console lines.
+func (c *Console) Tail() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]string(nil), c.tail...)
 }
 
 // Explain adds the last console lines to err, which says how the VM

@@ -33,8 +33,6 @@ const (
 	DefaultVCPUs     = 1
 	// PortName is the virtio-serial port init listens on.
 	PortName = "ferry"
-	// consoleTail is how many console lines an error about a VM carries.
-	consoleTail = 25
 )
 
 // Drive serials, as init finds the drives (/sys/block/*/serial).
@@ -193,10 +191,11 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 	index := b.seq.Add(1)
-	v := &vm{done: make(chan struct{}), log: spec.Log, console: spec.Console}
-	if v.log == nil {
-		v.log = slog.New(slog.DiscardHandler)
+	log := spec.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
 	}
+	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
 	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
 
 	// The code, packed once per content.
@@ -354,12 +353,12 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 func escapeOpt(s string) string { return strings.ReplaceAll(s, ",", ",,") }
 
 // startWithConsole starts QEMU with its stdout and stderr (the guest's
-// serial console, and QEMU's own messages) going line by line to v.
+// serial console, and QEMU's own messages) going line by line to v's
+// console.
 func startWithConsole(cmd *exec.Cmd, v *vm) error {
-	console := &backend.LineWriter{Line: v.consoleLine}
-	cmd.Stdout, cmd.Stderr = console, console
+	cmd.Stdout, cmd.Stderr = v.console, v.console
 	return backend.StartPinned(cmd, func(err error) {
-		console.Flush()
+		v.console.Flush()
 		v.exited(err)
 	})
 }
@@ -371,32 +370,17 @@ type vm struct {
 	guest   backend.Guest
 	network *backend.Network
 	log     *slog.Logger
-	console func(string)
+	console *backend.Console
 
 	mu   sync.Mutex
-	tail []string // the last console lines
 	err  error
 	done chan struct{}
 	kill sync.Once
 }
 
-// consoleLine keeps a console line for errors and passes it on.
-func (v *vm) consoleLine(line string) {
-	v.mu.Lock()
-	v.tail = append(v.tail, line)
-	if len(v.tail) > consoleTail {
-		v.tail = v.tail[len(v.tail)-consoleTail:]
-	}
-	v.mu.Unlock()
-	v.log.Debug("console", "line", line)
-	if v.console != nil {
-		v.console(line)
-	}
-}
-
 func (v *vm) exited(err error) {
 	v.mu.Lock()
-	v.err = &ExitError{Err: err, Console: append([]string(nil), v.tail...)}
+	v.err = &ExitError{Err: err, Console: v.console.Tail()}
 	conn := v.conn
 	v.mu.Unlock()
 	if conn != nil {
