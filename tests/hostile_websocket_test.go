@@ -83,9 +83,10 @@ func wsHostileStatusKiB(pid int, field string) (int, error) {
 	return 0, fmt.Errorf("no %s in /proc/%d/status", field, pid)
 }
 
-// wsHostileFindProcs finds the host-agent listening on addr and the init
-// below it (a descendant named init, however the backend spawns it).
-func wsHostileFindProcs(t *testing.T, addr string) (agent, init wsHostileProc) {
+// wsHostileFindProcs finds the host-agent listening on addr, the init
+// below it (a descendant named init, however the backend spawns it) and
+// the Python workers below that.
+func wsHostileFindProcs(t *testing.T, addr string) (agent, init wsHostileProc, workers []wsHostileProc) {
 	t.Helper()
 	entries, err := os.ReadDir("/proc")
 	if err != nil {
@@ -123,21 +124,29 @@ func wsHostileFindProcs(t *testing.T, addr string) (agent, init wsHostileProc) {
 	if agentPID == 0 {
 		t.Fatalf("no host-agent process listening on %s", addr)
 	}
-	below := func(pid int) bool {
+	below := func(pid, ancestor int) bool {
 		for p := parent[pid]; p > 1; p = parent[p] {
-			if p == agentPID {
+			if p == ancestor {
 				return true
 			}
 		}
 		return false
 	}
+	agent = wsHostileProc{"host-agent", agentPID}
 	for pid, c := range comm {
-		if c == "init" && below(pid) {
-			return wsHostileProc{"host-agent", agentPID}, wsHostileProc{"init", pid}
+		if c == "init" && below(pid, agentPID) {
+			init = wsHostileProc{"init", pid}
 		}
 	}
-	t.Fatalf("no init below host-agent %d", agentPID)
-	return
+	if init.pid == 0 {
+		t.Fatalf("no init below host-agent %d", agentPID)
+	}
+	for pid, c := range comm {
+		if strings.HasPrefix(c, "python") && below(pid, init.pid) {
+			workers = append(workers, wsHostileProc{"worker", pid})
+		}
+	}
+	return agent, init, workers
 }
 
 // wsHostileSockets counts the sockets a process has open.
@@ -191,7 +200,7 @@ func TestHostileWebSocketMemoryStaysBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr, _ := runAgent(t, "--workers", "1", dir, "app:app")
-	agent, init := wsHostileFindProcs(t, addr)
+	agent, init, workers := wsHostileFindProcs(t, addr)
 	procs := []wsHostileProc{agent, init}
 	rss := func(p wsHostileProc) int {
 		v, err := wsHostileStatusKiB(p.pid, "VmRSS")
@@ -283,6 +292,11 @@ func TestHostileWebSocketMemoryStaysBounded(t *testing.T) {
 	t.Logf("in flight: %d of %d MiB written by the clients, %d of %d sends complete", written.Load()>>20, clients*msgSize>>20, sent.Load(), clients)
 	t.Logf("peak RSS (VmHWM): host-agent %d KiB, init %d KiB (largest sampled VmRSS: %d, %d KiB)",
 		hwm["host-agent"], hwm["init"], peakRSS["host-agent"], peakRSS["init"])
+	for _, w := range workers {
+		if v, err := wsHostileStatusKiB(w.pid, "VmHWM"); err == nil {
+			t.Logf("worker %d peak RSS (VmHWM): %d KiB", w.pid, v)
+		}
+	}
 	for _, p := range procs {
 		if hwm[p.name] > peakBoundKiB {
 			t.Errorf("%s peaked at %d KiB with %d × %d MiB messages in flight (bound %d KiB): messages were buffered whole",
@@ -301,7 +315,7 @@ func TestHostileWebSocketMemoryStaysBounded(t *testing.T) {
 	left := time.Now()
 	waitFor(t, time.Minute, func() bool { return wsHostileSockets(t, agent.pid) <= sockets-clients/2 },
 		"host-agent still holds the connections of clients that left")
-	t.Logf("the agent let go of the %d connections whose clients left in %v", clients/2, time.Since(left).Round(time.Millisecond))
+	t.Logf("the agent let go of the %d connections whose clients left in %v (sockets %d -> %d)", clients/2, time.Since(left).Round(time.Millisecond), sockets, wsHostileSockets(t, agent.pid))
 
 	// The app closes the other websockets without reading; their clients
 	// see the close, and the memory is given back.
