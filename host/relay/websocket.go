@@ -331,6 +331,10 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
+		// Nothing more goes either way: the stream ends here (with CANCEL
+		// if the program has not finished), or it stays open, holding
+		// init's relay, until the session ends.
+		st.Close()
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
 			Error(w, rq, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
@@ -344,6 +348,7 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 		// A refusal with a response of its own (websocket.http.response).
 		writeHead(w, rq, &rh)
 		io.Copy(flushWriter{w}, st)
+		st.Close()
 		return nil, nil, false
 	}
 	return st, &rh, true

@@ -19,10 +19,21 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
+// wsDenyingProgram is wsProgram whose program denies every websocket with
+// WS_CLOSE 1008 before accepting.
+func wsDenyingProgram(t *testing.T) (string, <-chan *mux.Stream) {
+	return wsServe(t, func(st *mux.Stream) { st.CloseWebSocket(1008, "not allowed") })
+}
+
 // wsProgram serves ServeWebSocket over a test HTTP server whose program is
 // a mux session in this process: it returns the server's ws:// URL and a
 // channel with each accepted program stream (answered 101).
 func wsProgram(t *testing.T) (string, <-chan *mux.Stream) {
+	return wsServe(t, func(st *mux.Stream) { st.WriteResponse(&message.ResponseHead{Status: 101}, nil, false) })
+}
+
+// wsServe is wsProgram with the program's answer to each stream.
+func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream) {
 	t.Helper()
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -45,7 +56,7 @@ func wsProgram(t *testing.T) (string, <-chan *mux.Stream) {
 			if err != nil {
 				return
 			}
-			st.WriteResponse(&message.ResponseHead{Status: 101}, nil, false)
+			answer(st)
 			streams <- st
 		}
 	}()
@@ -169,5 +180,23 @@ func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
 	}
 	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
 		t.Fatalf("client saw %v, want a close with 1009", err)
+	}
+}
+
+// A websocket the program denies ends its stream once the client has its
+// 403: nothing of it stays open in the agent or in init's relay.
+func TestWebSocketDeniedStreamEnds(t *testing.T) {
+	url, streams := wsDenyingProgram(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("dial: %v, %v; want 403", resp, err)
+	}
+	st := <-streams
+	select {
+	case <-st.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the denied websocket's stream is still open")
 	}
 }
