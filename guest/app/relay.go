@@ -11,9 +11,6 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// MaxWebSocketMessage bounds one relayed websocket message.
-const MaxWebSocketMessage = 16 << 20
-
 // relayBufSize is the copy buffer of each relay direction.
 const relayBufSize = 64 << 10
 
@@ -66,11 +63,25 @@ func Relay(host, peer *mux.Stream, lost LostFunc) {
 	go func() {
 		defer close(reqDone)
 		if ws {
-			relayMessages(host, peer, nil)
+			relayFragments(host, peer, nil, respDone)
 		} else {
 			relayRequestBody(host, peer, respDone)
 		}
 	}()
+	if ws {
+		// The host's reset (the client left) must reach the peer even
+		// while the relay toward it waits for window that the app, not
+		// receiving, never returns.
+		go func() {
+			select {
+			case <-host.Done():
+				if host.Err() != nil {
+					peer.Reset(frame.CodeCancel, "client went away")
+				}
+			case <-reqDone:
+			}
+		}()
+	}
 	relayResponse(host, peer, ws, lost)
 	close(respDone)
 	<-reqDone
@@ -152,7 +163,7 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 			peer.Reset(frame.CodeCancel, "client went away")
 			return
 		}
-		relayMessages(peer, host, lost)
+		relayFragments(peer, host, lost, nil)
 		return
 	}
 	buf := relayBufs.Get().(*[]byte)
@@ -201,11 +212,26 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 	}
 }
 
-// relayMessages copies websocket messages from src to dst until src
-// closes, then closes dst with the same code and reason.
-func relayMessages(src, dst *mux.Stream, lost LostFunc) {
+// relayFragments copies websocket messages from src to dst part by part
+// as they arrive, never a whole message: what crosses is bounded by the
+// windows of the two streams and one buffer, taken only while a message
+// is in transit. When src closes, dst is closed with the same code and
+// reason. When dst stops taking messages, src is reset once otherDone is
+// closed (the other direction has carried dst's close or failure first);
+// a nil otherDone resets it at once.
+func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct{}) {
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			relayBufs.Put(buf)
+		}
+	}()
 	for {
-		text, msg, err := src.ReadMessage(MaxWebSocketMessage)
+		var p []byte
+		if buf != nil {
+			p = *buf
+		}
+		n, text, more, err := src.ReadFragment(p)
 		if err != nil {
 			var closed *mux.WSCloseError
 			switch {
@@ -218,9 +244,21 @@ func relayMessages(src, dst *mux.Stream, lost LostFunc) {
 			}
 			return
 		}
-		if err := dst.WriteMessage(text, msg); err != nil {
+		if buf == nil {
+			// A message is arriving (p was empty: nothing was consumed).
+			buf = relayBufs.Get().(*[]byte)
+			continue
+		}
+		if _, err := dst.WriteFragment(text, more, (*buf)[:n]); err != nil {
+			if otherDone != nil {
+				<-otherDone
+			}
 			src.Reset(frame.CodeCancel, "other side went away")
 			return
+		}
+		if !more {
+			relayBufs.Put(buf)
+			buf = nil
 		}
 	}
 }

@@ -1,12 +1,15 @@
 package relay
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/coder/websocket"
 
@@ -16,7 +19,9 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// MaxWebSocketMessage bounds one websocket message relayed either way.
+// MaxWebSocketMessage bounds one message from a client (larger ones close
+// the websocket with 1009). Messages cross part by part, so this bounds no
+// buffer here; the program's messages reach the client however large.
 const MaxWebSocketMessage = 16 << 20
 
 // IsUpgrade reports whether r asks to switch protocols.
@@ -61,7 +66,8 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 	if len(rh.Subprotocol) > 0 {
 		opts.Subprotocols = []string{string(rh.Subprotocol)}
 	}
-	c, err := websocket.Accept(w, r, opts)
+	hw := &hijackRecorder{ResponseWriter: w}
+	c, err := websocket.Accept(hw, r, opts)
 	if err != nil {
 		st.Reset(frame.CodeCancel, "client websocket handshake failed")
 		return
@@ -69,50 +75,203 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 	c.SetReadLimit(MaxWebSocketMessage)
 	wsCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	stop := make(chan struct{})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		for {
-			typ, data, err := c.Read(wsCtx)
-			if err != nil {
-				if code := websocket.CloseStatus(err); code != -1 {
-					var ce websocket.CloseError
-					errors.As(err, &ce)
-					_ = st.CloseWebSocket(uint32(code), ce.Reason)
-				} else {
-					st.Reset(frame.CodeCancel, "client went away")
-				}
-				return
-			}
-			if err := st.WriteMessage(typ == websocket.MessageText, data); err != nil {
-				c.Close(websocket.StatusGoingAway, "program went away")
-				return
+		clientToProgram(wsCtx, c, st, hw.conn, stop)
+	}()
+	closed := programToClient(wsCtx, c, st)
+	// The program closed or failed: the client's messages are not
+	// wanted any more. A part waiting for window gives up (the write
+	// deadline), and the close handshake with the client drops the rest.
+	close(stop)
+	st.SetWriteDeadline(time.Now())
+	if closed != nil {
+		c.Close(websocket.StatusCode(closed.Code), closed.Reason)
+	} else {
+		c.Close(websocket.StatusInternalError, "program failed")
+	}
+	cancel()
+	<-done
+	if closed != nil {
+		// The answer to the program's close, unless the client's own
+		// close already was (then this is ErrWriteClosed).
+		_ = st.CloseWebSocket(closed.Code, closed.Reason)
+	}
+}
+
+// wsLivenessInterval is how often a client message waiting for window (the
+// program is not receiving) checks that its client is still connected.
+const wsLivenessInterval = 2 * time.Second
+
+// clientToProgram carries the client's messages to the program part by
+// part as they arrive, each part at most one buffer, so a message waiting
+// for a program that does not receive holds a window and a buffer here,
+// and the client's TCP connection is what waits. A client close is passed
+// on as WS_CLOSE, a client that leaves (or exceeds MaxWebSocketMessage:
+// 1009) ends the stream. Once stop is closed the program's side has ended:
+// nothing more is passed on.
+func clientToProgram(ctx context.Context, c *websocket.Conn, st *mux.Stream, conn net.Conn, stop <-chan struct{}) {
+	for {
+		typ, r, err := c.Reader(ctx)
+		var streamErr error
+		if err == nil {
+			buf := bodyBuffers.Get().(*[]byte)
+			err, streamErr = sendMessage(st, typ == websocket.MessageText, r, *buf, conn, stop)
+			bodyBuffers.Put(buf)
+			if err == nil && streamErr == nil {
+				continue
 			}
 		}
-	}()
+		switch {
+		case streamErr != nil:
+			// The program's side failed or ended: programToClient sees it.
+		case errors.Is(err, errClientGone):
+			st.Reset(frame.CodeCancel, "client went away")
+			c.CloseNow()
+		case websocket.CloseStatus(err) != -1:
+			var ce websocket.CloseError
+			errors.As(err, &ce)
+			_ = st.CloseWebSocket(uint32(ce.Code), ce.Reason)
+		case isStopped(stop):
+			// The read failed because the program's close ended the
+			// connection: the answer is ServeWebSocket's.
+		case errors.Is(err, websocket.ErrMessageTooBig):
+			_ = st.CloseWebSocket(uint32(websocket.StatusMessageTooBig), "message too big")
+		default:
+			st.Reset(frame.CodeCancel, "client went away")
+		}
+		return
+	}
+}
+
+// errClientGone reports a client connection closed while its message
+// waited for window.
+var errClientGone = errors.New("relay: client went away")
+
+// sendMessage copies one client message from r to st in parts of at most
+// len(buf) bytes. It returns what failed, if anything: reading the
+// message from the client (clientErr, errClientGone when the client left
+// while the message waited for window) or writing it to the stream
+// (streamErr).
+func sendMessage(st *mux.Stream, text bool, r io.Reader, buf []byte, conn net.Conn, stop <-chan struct{}) (clientErr, streamErr error) {
 	for {
-		text, data, err := st.ReadMessage(MaxWebSocketMessage)
+		// A part is sent when the buffer is full or the message complete:
+		// the app receives a message only whole, so waiting for more of it
+		// delays nothing.
+		n, err := io.ReadFull(r, buf)
+		last := err == io.EOF || err == io.ErrUnexpectedEOF
+		if err != nil && !last {
+			return err, nil
+		}
+		p := buf[:n]
+		for first := true; first || len(p) > 0; first = false {
+			if isStopped(stop) {
+				return nil, mux.ErrWriteClosed
+			}
+			st.SetWriteDeadline(time.Now().Add(wsLivenessInterval))
+			n, err := st.WriteFragment(text, !last, p)
+			p = p[n:]
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, mux.ErrTimeout) || isStopped(stop) {
+				return nil, err
+			}
+			if clientGone(conn) {
+				return errClientGone, nil
+			}
+		}
+		if last {
+			return nil, nil
+		}
+	}
+}
+
+// programToClient carries the program's messages to the client part by
+// part as they arrive, until the program closes (returned) or fails (nil).
+func programToClient(ctx context.Context, c *websocket.Conn, st *mux.Stream) *mux.WSCloseError {
+	var buf *[]byte
+	defer func() {
+		if buf != nil {
+			bodyBuffers.Put(buf)
+		}
+	}()
+	var w io.WriteCloser // the client message being written, after its first part
+	for {
+		var p []byte
+		if buf != nil {
+			p = *buf
+		}
+		n, text, more, err := st.ReadFragment(p)
 		if err != nil {
 			var closed *mux.WSCloseError
 			if errors.As(err, &closed) {
-				c.Close(websocket.StatusCode(closed.Code), closed.Reason)
-			} else {
-				c.Close(websocket.StatusInternalError, "program failed")
+				return closed
 			}
-			break
+			return nil
+		}
+		if buf == nil {
+			// A message is arriving: now it needs a buffer.
+			buf = bodyBuffers.Get().(*[]byte)
+			continue
 		}
 		typ := websocket.MessageBinary
 		if text {
 			typ = websocket.MessageText
 		}
-		if err := c.Write(wsCtx, typ, data); err != nil {
+		switch {
+		case w == nil && !more:
+			// A message in one part: one frame.
+			err = c.Write(ctx, typ, (*buf)[:n])
+		case w == nil:
+			if w, err = c.Writer(ctx, typ); err == nil {
+				_, err = w.Write((*buf)[:n])
+			}
+		default:
+			if _, err = w.Write((*buf)[:n]); err == nil && !more {
+				err = w.Close()
+				w = nil
+			}
+		}
+		if err != nil {
 			st.Reset(frame.CodeCancel, "client went away")
-			break
+			return nil
+		}
+		if !more {
+			bodyBuffers.Put(buf)
+			buf = nil
 		}
 	}
-	cancel()
-	<-done
 }
+
+// isStopped reports whether stop is closed.
+func isStopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
+}
+
+// hijackRecorder keeps the connection websocket.Accept takes over, so that
+// a client that leaves can be noticed while nothing reads from it.
+type hijackRecorder struct {
+	http.ResponseWriter
+	conn net.Conn
+}
+
+// Hijack takes over the connection and records it.
+func (h *hijackRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	c, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	h.conn = c
+	return c, brw, err
+}
+
+// Unwrap gives http.ResponseController the writer underneath.
+func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter }
 
 // ServeUpgrade passes a protocol switch through as raw bytes (executable
 // programs): the request goes as plain HTTP with its Upgrade headers; when
@@ -172,6 +331,10 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
+		// Nothing more goes either way: the stream ends here (with CANCEL
+		// if the program has not finished), or it stays open, holding
+		// init's relay, until the session ends.
+		st.Close()
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
 			Error(w, rq, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
@@ -185,6 +348,7 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 		// A refusal with a response of its own (websocket.http.response).
 		writeHead(w, rq, &rh)
 		io.Copy(flushWriter{w}, st)
+		st.Close()
 		return nil, nil, false
 	}
 	return st, &rh, true

@@ -4,8 +4,10 @@ Run by the Go test TestPythonFramingMatchesGoldenVectors; by hand:
     python3 guest/app/asgi/test_worker.py protocol/testdata/vectors.json
 """
 
+import asyncio
 import json
 import os
+import struct
 import sys
 import unittest
 
@@ -205,6 +207,117 @@ class GoldenVectors(unittest.TestCase):
 
     def test_unknown_fields_are_skipped(self):
         self.assertEqual(worker.decode("reset", b"\x08\x07\x78\x05\x12\x02hi"), {"code": 7, "message": b"hi"})
+
+
+class FakeTransport:
+    """What the worker writes toward init, kept for inspection."""
+
+    def __init__(self):
+        self.data = bytearray()
+        self.closed = False
+
+    def write(self, b):
+        self.data += b
+
+    def close(self):
+        self.closed = True
+
+    def is_closing(self):
+        return self.closed
+
+    def frames(self):
+        out, pos = [], 0
+        while pos < len(self.data):
+            t, fl, sid, length = worker.HEADER.unpack_from(self.data, pos)
+            out.append((t, fl, sid, bytes(self.data[pos + 10:pos + 10 + length])))
+            pos += 10 + length
+        return out
+
+
+class WebSocketFlow(unittest.TestCase):
+    """The worker's side of websockets, driven frame by frame as init would."""
+
+    def setUp(self):
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.addCleanup(self.loop.close)
+        self.addCleanup(asyncio.set_event_loop, None)
+        self.transport = FakeTransport()
+        self.session = worker.Session(self.loop.create_future())
+        self.session.connection_made(self.transport)
+        self.session.data_received(worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
+            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
+            "initial_window": 256 << 10, "max_streams": 100})))
+
+    def open_websocket(self, app):
+        self.session.app = app
+        self.session.data_received(worker.frame(worker.REQUEST, 0, 1, worker.encode("request", {"kind": 1, "path": b"/ws"})))
+        self.turn()
+
+    def turn(self, n=20):
+        for _ in range(n):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def send_fragment(self, payload, more):
+        self.session.data_received(worker.frame(worker.WS_MESSAGE, worker.MORE if more else 0, 1, payload))
+
+    def sent(self, ftype):
+        return [(fl, p) for t, fl, sid, p in self.transport.frames() if t == ftype and sid == 1]
+
+    def credit_returned(self):
+        return sum(struct.unpack(">I", p)[0] for _, p in self.sent(worker.WINDOW_UPDATE))
+
+    def test_message_waits_for_receive_and_too_big_closes_1009(self):
+        received, go = [], asyncio.Event()
+
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "websocket.accept"})
+            await go.wait()
+            received.append(await receive())
+
+        self.addCleanup(setattr, worker, "MAX_WS_MESSAGE", worker.MAX_WS_MESSAGE)
+        worker.MAX_WS_MESSAGE = 100 << 10
+        self.open_websocket(app)
+        for _ in range(3):
+            self.send_fragment(b"x" * (64 << 10), True)
+        self.turn()
+        # The app has not asked: nothing is taken, no credit goes back.
+        self.assertEqual(self.credit_returned(), 0)
+        go.set()
+        self.turn()
+        self.assertEqual([(m["type"], m["code"]) for m in received], [("websocket.disconnect", 1009)])
+        # The websocket is closed with 1009, not reset.
+        closes = [worker.decode("ws_close", p) for _, p in self.sent(worker.WS_CLOSE)]
+        self.assertEqual(closes, [{"code": 1009, "reason": b"message too big"}])
+        resets = [worker.decode("reset", p).get("code", 0) for _, p in self.sent(worker.RESET)]
+        self.assertNotIn(worker.BODY_TOO_LARGE, resets)
+        # Everything received was given back: the peer is not held up.
+        self.assertGreaterEqual(self.credit_returned(), 128 << 10)
+
+    def test_after_the_apps_close_nothing_is_held(self):
+        done = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "websocket.accept"})
+            await send({"type": "websocket.close", "code": 1000, "reason": "bye"})
+            await done.wait()
+
+        self.open_websocket(app)
+        # Parts of a message the app will never receive: their credit goes
+        # back at once, so init's relay toward the worker is not held up.
+        for _ in range(4):
+            self.send_fragment(b"y" * (60 << 10), True)
+        self.turn()
+        self.assertGreaterEqual(self.credit_returned(), 128 << 10)
+        # The app returns before init closed its side: RESET NO_ERROR
+        # after the WS_CLOSE tells it to stop sending.
+        done.set()
+        self.turn()
+        kinds = [t for t, fl, sid, p in self.transport.frames() if sid == 1 and t in (worker.WS_CLOSE, worker.RESET)]
+        self.assertEqual(kinds, [worker.WS_CLOSE, worker.RESET])
+        self.assertEqual(worker.decode("reset", self.sent(worker.RESET)[0][1]).get("code", 0), worker.NO_ERROR)
 
 
 if __name__ == "__main__":

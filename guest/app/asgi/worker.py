@@ -394,7 +394,7 @@ class Stream:
         self.local_fin = False
         self.accepted = False
         self.ws_closed_local = False
-        self.ws_frags = []        # (payload, text) of the message being received
+        self.ws_frags = []        # payloads of the message being received
         self.ws_close = None      # (code, reason) received
         self.connect_sent = False   # websocket.connect was delivered
         self.body_done = False      # the final http.request (more_body False) was delivered
@@ -591,15 +591,22 @@ class Stream:
         if not self.connect_sent:
             self.connect_sent = True
             return {"type": "websocket.connect"}
+        # A message is assembled only here, while the app waits for it:
+        # fragments that arrive meanwhile stay within the window, whose
+        # credit goes back as they are taken, so a message the app does
+        # not ask for waits in the client's TCP connection, not in memory.
+        size = sum(len(f) for f in self.ws_frags)
         while True:
-            if self.chunks:
+            if self.chunks and not self.ws_closed_local:
                 payload, text, more = self.chunks.pop(0)
-                self.ws_frags.append(payload)
                 self.credit(len(payload) + WS_FRAME_COST)
+                size += len(payload)
+                if size > MAX_WS_MESSAGE:
+                    self.ws_frags = []
+                    self.ws_close_local(1009, "message too big")
+                    return {"type": "websocket.disconnect", "code": 1009, "reason": "message too big"}
+                self.ws_frags.append(payload)
                 if more:
-                    if sum(len(f) for f in self.ws_frags) > MAX_WS_MESSAGE:
-                        self.reset(BODY_TOO_LARGE, "websocket message exceeds limit")
-                        return {"type": "websocket.disconnect", "code": 1009}
                     continue
                 data = b"".join(self.ws_frags)
                 self.ws_frags = []
@@ -615,8 +622,37 @@ class Stream:
             await self.readable.wait()
 
     def on_ws_message(self, payload, flags):
+        if self.ws_closed_local:
+            # Closed on this side: nothing more is received, and the credit
+            # goes back at once so that the peer is not held up until its
+            # own close.
+            self.credit(len(payload) + WS_FRAME_COST)
+            return
         self.chunks.append((payload, bool(flags & TEXT), bool(flags & MORE)))
         self.readable.set()
+
+    def ws_close_local(self, code, reason):
+        """Closes this side (WS_CLOSE) and drops what was received but not
+        delivered, returning its credit."""
+        self.ws_closed_local = True
+        self.local_fin = True
+        self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code, "reason": reason.encode("utf-8")})))
+        self.ws_drop_received()
+
+    def ws_drop_received(self):
+        dropped = sum(len(c[0]) + WS_FRAME_COST for c in self.chunks)
+        self.chunks.clear()
+        self.ws_frags = []
+        if dropped:
+            self.credit(dropped)
+
+    def ws_finished(self):
+        """The app is done with the websocket: a peer that has not closed
+        its side is told to stop sending (RESET NO_ERROR after our
+        WS_CLOSE), so that no relay waits for window that nobody returns."""
+        self.ws_drop_received()
+        if not self.remote_fin and self.reset_code is None:
+            self.reset(NO_ERROR, "websocket closed")
 
     def on_ws_close(self, code, reason):
         self.ws_close = (code, reason)
@@ -652,11 +688,7 @@ class Stream:
             else:
                 await self.ws_send_message(bytes(message.get("bytes") or b""), False)
         elif t == "websocket.close":
-            code = int(message.get("code", 1000) or 1000)
-            reason = (message.get("reason") or "").encode("utf-8")
-            self.ws_closed_local = True
-            self.local_fin = True
-            self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code, "reason": reason})))
+            self.ws_close_local(int(message.get("code", 1000) or 1000), message.get("reason") or "")
         elif t == "websocket.http.response.start":
             if self.accepted or self.response_started:
                 raise RuntimeError("websocket.http.response.start after the handshake")
@@ -973,6 +1005,8 @@ class Session(asyncio.Protocol):
             # are answered STREAM_CLOSED, which the peer ignores.
             if self.streams.get(st.id) is st:
                 del self.streams[st.id]
+            if st.websocket:
+                st.ws_finished()
             # A finished answer goes out now rather than at the end of the
             # loop iteration: with a slow app and a big batch of requests,
             # holding every answer until the whole batch is done leaves

@@ -1,0 +1,202 @@
+package relay
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// wsDenyingProgram is wsProgram whose program denies every websocket with
+// WS_CLOSE 1008 before accepting.
+func wsDenyingProgram(t *testing.T) (string, <-chan *mux.Stream) {
+	return wsServe(t, func(st *mux.Stream) { st.CloseWebSocket(1008, "not allowed") })
+}
+
+// wsProgram serves ServeWebSocket over a test HTTP server whose program is
+// a mux session in this process: it returns the server's ws:// URL and a
+// channel with each accepted program stream (answered 101).
+func wsProgram(t *testing.T) (string, <-chan *mux.Stream) {
+	return wsServe(t, func(st *mux.Stream) { st.WriteResponse(&message.ResponseHead{Status: 101}, nil, false) })
+}
+
+// wsServe is wsProgram with the program's answer to each stream.
+func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream) {
+	t.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{})
+	streams := make(chan *mux.Stream, 4)
+	go func() {
+		for {
+			st, err := program.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			answer(st)
+			streams <- st
+		}
+	}()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ServeWebSocket(w, r, &Request{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
+	}))
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		agent.Close()
+		program.Close()
+		srv.Close()
+	})
+	return "ws" + srv.URL[len("http"):], streams
+}
+
+func wsDial(t *testing.T, url string, dialed *net.TCPConn) *websocket.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	opts := &websocket.DialOptions{}
+	if dialed != nil {
+		opts.HTTPClient = &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+			if err == nil {
+				*dialed = *c.(*net.TCPConn)
+			}
+			return c, err
+		}}}
+	}
+	c, _, err := websocket.Dial(ctx, url, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.CloseNow() })
+	return c
+}
+
+// A 16 MiB client message to a program that does not receive: the agent
+// passes its first part on without having read the rest, so what it holds
+// is a buffer and a window, not the message.
+func TestWebSocketClientMessageIsNotBufferedWhole(t *testing.T) {
+	url, streams := wsProgram(t)
+	c := wsDial(t, url, nil)
+	st := <-streams
+	msg := make([]byte, 16<<20)
+	var ms runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	before := ms.HeapAlloc
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Write(ctx, websocket.MessageBinary, msg)
+	deadline := time.Now().Add(30 * time.Second)
+	for st.Buffered() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nothing of the message reached the program")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&ms)
+	if grown := int64(ms.HeapAlloc) - int64(before); grown > 8<<20 {
+		t.Fatalf("the heap grew by %d KiB while the message waited for the program: it was read whole", grown>>10)
+	}
+	runtime.KeepAlive(msg) // the client's copy counts in before, not as growth
+}
+
+// A client that vanishes while its message waits for a program that does
+// not receive is noticed (nothing reads from it): the program's stream is
+// reset.
+func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
+	url, streams := wsProgram(t)
+	var tcp net.TCPConn
+	c := wsDial(t, url, &tcp)
+	st := <-streams
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Write(ctx, websocket.MessageBinary, make([]byte, 16<<20))
+	// Once the window is full the agent waits and reads nothing more (if
+	// it still reads, the reset shows as a read error: either way the
+	// program's stream must end).
+	for deadline := time.Now().Add(30 * time.Second); st.Buffered() < mux.DefaultInitialWindow-1024; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the program's window did not fill: %d bytes", st.Buffered())
+		}
+	}
+	time.Sleep(100 * time.Millisecond)
+	tcp.SetLinger(0) // the connection is reset, as by a client that vanished
+	c.CloseNow()
+	select {
+	case <-st.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the program's stream is still open after its client left")
+	}
+	var serr *mux.StreamError
+	if err := st.Err(); !errors.As(err, &serr) || !serr.Remote {
+		t.Fatalf("program's stream ended with %v, want the agent's reset", err)
+	}
+}
+
+// A client message over MaxWebSocketMessage closes the websocket with 1009
+// on both sides; the program gets WS_CLOSE, not a reset.
+func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
+	url, streams := wsProgram(t)
+	c := wsDial(t, url, nil)
+	st := <-streams
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	go c.Write(ctx, websocket.MessageBinary, make([]byte, MaxWebSocketMessage+1))
+	buf := make([]byte, 64<<10)
+	for {
+		_, _, _, err := st.ReadFragment(buf)
+		if err == nil {
+			continue
+		}
+		var closed *mux.WSCloseError
+		if !errors.As(err, &closed) || closed.Code != uint32(websocket.StatusMessageTooBig) {
+			t.Fatalf("program saw %v, want a close with 1009", err)
+		}
+		break
+	}
+	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != websocket.StatusMessageTooBig {
+		t.Fatalf("client saw %v, want a close with 1009", err)
+	}
+}
+
+// A websocket the program denies ends its stream once the client has its
+// 403: nothing of it stays open in the agent or in init's relay.
+func TestWebSocketDeniedStreamEnds(t *testing.T) {
+	url, streams := wsDenyingProgram(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, resp, err := websocket.Dial(ctx, url, nil)
+	if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("dial: %v, %v; want 403", resp, err)
+	}
+	st := <-streams
+	select {
+	case <-st.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the denied websocket's stream is still open")
+	}
+}
