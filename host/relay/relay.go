@@ -216,10 +216,6 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
-	// The client gets the app's headers as sent: a nil Content-Type stops
-	// net/http from sniffing one when the app sent none (writeHead adds
-	// the app's own to it).
-	w.Header()["Content-Type"] = nil
 	writeHead(w, rq, &rh)
 	if err == io.EOF {
 		if n > 0 {

@@ -345,7 +345,13 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 		return nil, nil, false
 	}
 	if rh.Status != http.StatusSwitchingProtocols {
-		// A refusal with a response of its own (websocket.http.response).
+		// A refusal with a response of its own (websocket.http.response),
+		// held to the same rules as any response.
+		if err := checkResponseHead(&rh); err != nil {
+			st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
+			Error(w, rq, http.StatusBadGateway, "the program sent an invalid response", "err", err)
+			return nil, nil, false
+		}
 		writeHead(w, rq, &rh)
 		io.Copy(flushWriter{w}, st)
 		st.Close()
@@ -354,8 +360,11 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 	return st, &rh, true
 }
 
-// writeHead writes a response head from the program.
+// writeHead writes a response head from the program. The client gets the
+// app's headers as sent: a nil Content-Type stops net/http from sniffing
+// one when the app sent none (the app's own is added to it).
 func writeHead(w http.ResponseWriter, rq *Request, rh *message.ResponseHead) {
+	w.Header()["Content-Type"] = nil
 	for _, f := range rh.Headers {
 		if name := string(f.Name); !httphdr.IsHopByHop(name) {
 			w.Header().Add(name, string(f.Value))

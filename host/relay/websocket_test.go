@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
@@ -198,5 +199,36 @@ func TestWebSocketDeniedStreamEnds(t *testing.T) {
 	case <-st.Done():
 	case <-time.After(20 * time.Second):
 		t.Fatal("the denied websocket's stream is still open")
+	}
+}
+
+// A program's own refusal of a websocket (websocket.http.response) is held
+// to the rules of any response: an invalid head is a 502, and no
+// Content-Type is invented for one that sent none.
+func TestWebSocketRefusalResponseIsChecked(t *testing.T) {
+	for _, c := range []struct {
+		name        string
+		head        message.ResponseHead
+		status      int
+		contentType []string
+	}{
+		{"invalid", message.ResponseHead{Status: 403, Headers: []message.HeaderField{
+			{Name: []byte("content-length"), Value: []byte("5")}, {Name: []byte("content-length"), Value: []byte("7")}}}, http.StatusBadGateway, []string{"application/json"}},
+		{"no content type", message.ResponseHead{Status: 403}, http.StatusForbidden, nil},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			url, _ := wsServe(t, func(st *mux.Stream) {
+				st.WriteResponse(&c.head, []byte("nope!"), true)
+			})
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			_, resp, err := websocket.Dial(ctx, url, nil)
+			if err == nil || resp == nil {
+				t.Fatalf("dial: %v, %v; want a refusal", resp, err)
+			}
+			if resp.StatusCode != c.status || fmt.Sprint(resp.Header.Values("Content-Type")) != fmt.Sprint(c.contentType) {
+				t.Errorf("refusal answered %d with Content-Type %q, want %d with %q", resp.StatusCode, resp.Header.Values("Content-Type"), c.status, c.contentType)
+			}
+		})
 	}
 }

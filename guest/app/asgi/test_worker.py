@@ -319,6 +319,20 @@ class WebSocketFlow(unittest.TestCase):
         self.assertEqual(kinds, [worker.WS_CLOSE, worker.RESET])
         self.assertEqual(worker.decode("reset", self.sent(worker.RESET)[0][1]).get("code", 0), worker.NO_ERROR)
 
+    def test_a_long_close_reason_is_cut_not_sent_whole(self):
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "websocket.accept"})
+            # 200 characters of 3 bytes each: far over a frame's close reason.
+            await send({"type": "websocket.close", "code": 4000, "reason": "\u20ac" * 200})
+
+        self.open_websocket(app)
+        closes = [worker.decode("ws_close", p) for _, p in self.sent(worker.WS_CLOSE)]
+        self.assertEqual(len(closes), 1)
+        self.assertEqual(closes[0]["code"], 4000)
+        # Cut to at most 123 bytes on a character boundary (41 euro signs).
+        self.assertEqual(closes[0]["reason"].decode("utf-8"), "\u20ac" * 41)
+
 
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1])

@@ -70,6 +70,7 @@ MY_MAX_FRAME = 64 << 10
 MY_WINDOW = 256 << 10
 MY_MAX_STREAMS = 1024
 MAX_WS_MESSAGE = 16 << 20
+MAX_WS_CLOSE_REASON = 123  # bytes, RFC 6455 5.5
 
 
 class ProtocolError(Exception):
@@ -636,7 +637,10 @@ class Stream:
         delivered, returning its credit."""
         self.ws_closed_local = True
         self.local_fin = True
-        self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code, "reason": reason.encode("utf-8")})))
+        # A close reason is at most 123 bytes (RFC 6455 5.5): a longer one is
+        # cut on a character boundary rather than refused.
+        reason = reason.encode("utf-8")[:MAX_WS_CLOSE_REASON].decode("utf-8", "ignore").encode("utf-8")
+        self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code, "reason": reason})))
         self.ws_drop_received()
 
     def ws_drop_received(self):
