@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -36,54 +37,91 @@ func freePort(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// runAgent starts `host-agent run` on a program and waits until it serves.
-func runAgent(t *testing.T, args ...string) (string, *syncBuffer) {
+// agentOptions say how a test starts host-agent.
+type agentOptions struct {
+	ns     *testNetns // run inside this network namespace (nil: the machine's)
+	env    []string   // added to the agent's environment
+	stderr io.Writer  // where its stderr goes (default: agentProc.out)
+}
+
+// agentProc is a host-agent a test started; it is stopped (SIGTERM, then
+// SIGKILL) when the test ends, and its output shown if the test failed.
+type agentProc struct {
+	addr  string      // its HTTP listener
+	admin string      // serve: its admin socket, when the test did not name one
+	cmd   *exec.Cmd   // the agent itself
+	out   *syncBuffer // what it printed
+}
+
+// startAgent starts `host-agent MODE --listen ADDR ARGS...` and waits until
+// it says it serves.
+func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *agentProc {
 	t.Helper()
 	bin, err := buildAgent()
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
-	cmd := exec.Command(bin, append([]string{"run", "--listen", addr}, args...)...)
-	stderr := &syncBuffer{}
-	cmd.Stderr = stderr
-	stdout, err := cmd.StdoutPipe()
+	p := &agentProc{addr: freePort(t), out: &syncBuffer{}}
+	args = append([]string{mode, "--listen", p.addr}, args...)
+	p.cmd = exec.Command(bin, args...)
+	if opt.ns != nil {
+		p.cmd = opt.ns.command(bin, args...)
+	}
+	p.cmd.Env = append(os.Environ(), opt.env...)
+	p.cmd.Stderr = p.out
+	if opt.stderr != nil {
+		p.cmd.Stderr = opt.stderr
+	}
+	stdout, err := p.cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
+	p.cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		done := make(chan struct{})
-		go func() { cmd.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(20 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-		}
-		if t.Failed() {
-			t.Logf("host-agent stderr:\n%s", stderr.String())
-		}
-	})
-	serving := make(chan string, 1)
+	serving, exited := make(chan string, 1), make(chan struct{})
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			fmt.Fprintln(p.out, sc.Text())
 			if strings.HasPrefix(sc.Text(), "ferry: serving") {
-				serving <- sc.Text()
+				select {
+				case serving <- sc.Text():
+				default:
+				}
 			}
 		}
 	}()
+	go func() { p.cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(20 * time.Second):
+			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+			<-exited
+		}
+		if t.Failed() {
+			t.Logf("host-agent %s output:\n%s", mode, p.out.String())
+		}
+	})
 	select {
 	case line := <-serving:
 		t.Logf("%s", line)
+	case <-exited:
+		t.Fatalf("host-agent %s exited before serving:\n%s", mode, p.out.String())
 	case <-time.After(2 * time.Minute):
-		t.Fatalf("host-agent did not start serving\n%s", stderr.String())
+		t.Fatalf("host-agent %s did not start serving\n%s", mode, p.out.String())
 	}
-	return addr, stderr
+	return p
+}
+
+// runAgent starts `host-agent run` on a program and waits until it serves.
+func runAgent(t *testing.T, args ...string) (string, *syncBuffer) {
+	t.Helper()
+	p := startAgent(t, "run", agentOptions{}, args...)
+	return p.addr, p.out
 }
 
 // curl runs the real curl against the agent.
@@ -232,63 +270,27 @@ async def app(scope, receive, send):
 // startServe runs `host-agent serve` on a configuration document.
 func startServe(t *testing.T, config string, extra ...string) (string, *syncBuffer) {
 	t.Helper()
-	return startServeIn(t, nil, config, extra...)
+	p := serveAgent(t, config, agentOptions{}, extra...)
+	return p.addr, p.out
 }
 
-// startServeIn runs `host-agent serve` inside the test's network namespace
-// ns (the machine's own when nil).
-func startServeIn(t *testing.T, ns *testNetns, config string, extra ...string) (string, *syncBuffer) {
+// serveAgent runs `host-agent serve` on a configuration document, with an
+// admin socket of its own unless args name one.
+func serveAgent(t *testing.T, config string, opt agentOptions, args ...string) *agentProc {
 	t.Helper()
-	bin, err := buildAgent()
-	if err != nil {
-		t.Fatal(err)
-	}
 	dir := t.TempDir()
 	path := filepath.Join(dir, "agent.json")
 	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	addr := freePort(t)
-	if len(extra) == 0 {
-		extra = []string{"--admin", filepath.Join(dir, "admin.sock")}
+	admin := ""
+	if !slices.Contains(args, "--admin") {
+		admin = filepath.Join(dir, "admin.sock")
+		args = append(args, "--admin", admin)
 	}
-	args := append([]string{"serve", "--config", path, "--listen", addr}, extra...)
-	cmd := exec.Command(bin, args...)
-	if ns != nil {
-		cmd = ns.command(bin, args...)
-	}
-	stderr := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = stderr, stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("host-agent output:\n%s", stderr.String())
-		}
-	})
-	listening := func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}
-	if ns != nil {
-		listening = func() bool {
-			return ns.command("curl", "-s", "-o", "/dev/null", "--max-time", "2", "http://"+addr+"/").Run() == nil
-		}
-	}
-	waitFor(t, 30*time.Second, listening, "host-agent serve did not listen")
-	return addr, stderr
+	p := startAgent(t, "serve", opt, append([]string{"--config", path}, args...)...)
+	p.admin = admin
+	return p
 }
 
 // host-agent serve routes /vm/{id}/ (with root_path) and host names to
@@ -593,9 +595,9 @@ Server(("::", int(os.environ["PORT"])), H).serve_forever()
 	// made there, and so is every packet to the VM's addresses.
 	ns := newTestNetns(t)
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	addr, _ := startServeIn(t, ns, fmt.Sprintf(`{"programs": {
+	addr := serveAgent(t, fmt.Sprintf(`{"programs": {
 		"net": {"code": {"encoding": "plain", "entrypoint": "server.py", "interface": "executable", "path": %q},
-		        "environment": {"internet": true}, "on": {"http": true}}}}`, code), "--admin", sock)
+		        "environment": {"internet": true}, "on": {"http": true}}}}`, code), agentOptions{ns: ns}, "--admin", sock).addr
 	if out := ns.curl(t, "http://"+addr+"/vm/net/"); !strings.HasPrefix(out, "hello over") {
 		t.Fatalf("through the agent: %q", out)
 	}

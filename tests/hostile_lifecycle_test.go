@@ -2,12 +2,10 @@ package tests
 
 import (
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -24,48 +22,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": []})
     await send({"type": "http.response.body", "body": b"up"})
 `
-
-// lifecycleServe runs host-agent serve like startServe, and returns the
-// agent's process too.
-func lifecycleServe(t *testing.T, config string, extra ...string) (*exec.Cmd, *syncBuffer) {
-	t.Helper()
-	bin, err := buildAgent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "agent.json")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr := freePort(t)
-	cmd := exec.Command(bin, append([]string{"serve", "--config", path, "--listen", addr}, extra...)...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("host-agent output:\n%s", out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, "host-agent serve did not listen")
-	return cmd, out
-}
 
 // lifecycleChildren lists the processes whose parent is pid, as "pid
 // (command)".
@@ -90,10 +46,10 @@ func TestHostileLifecycleDeleteDuringBoot(t *testing.T) {
 	const importSeconds = 5
 	code := writeApp(t, map[string]string{"main.py": fmt.Sprintf(lifecycleSlowBootApp, importSeconds)})
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	agent, out := lifecycleServe(t, fmt.Sprintf(`{"programs": {
+	agent := serveAgent(t, fmt.Sprintf(`{"programs": {
 		"slowboot": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		             "resources": {"vcpus": 1}, "on": {"http": false, "persistent": true}}}}`, code), "--admin", sock)
-	pid := agent.Process.Pid
+		             "resources": {"vcpus": 1}, "on": {"http": false, "persistent": true}}}}`, code), agentOptions{}, "--admin", sock)
+	pid, out := agent.cmd.Process.Pid, agent.out
 
 	// The persistent program's VM is booting: its init is the agent's child.
 	waitFor(t, 30*time.Second, func() bool { return len(lifecycleChildren(pid)) > 0 }, "the persistent program's VM did not start booting")

@@ -1,15 +1,12 @@
 package tests
 
 import (
-	"bufio"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"strconv"
 	"strings"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 )
@@ -38,56 +35,6 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": str(printed[0]).encode()})
 `
 
-// outputRun starts host-agent run with its stderr on the given file (a
-// pipe's write end, which exec hands over as it is) and waits until it
-// serves.
-func outputRun(t *testing.T, stderr io.Writer, args ...string) string {
-	t.Helper()
-	bin, err := buildAgent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := freePort(t)
-	cmd := exec.Command(bin, append([]string{"run", "--listen", addr}, args...)...)
-	cmd.Stderr = stderr
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
-	})
-	serving := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.HasPrefix(sc.Text(), "ferry: serving") {
-				close(serving)
-			}
-		}
-	}()
-	select {
-	case <-serving:
-	case <-exited:
-		t.Fatal("host-agent run exited")
-	case <-time.After(2 * time.Minute):
-		t.Fatal("host-agent run did not start serving")
-	}
-	return addr
-}
-
 // outputGet fetches url with a bound on the whole exchange.
 func outputGet(url string, patience time.Duration) (string, error) {
 	resp, err := (&http.Client{Timeout: patience}).Get(url)
@@ -111,7 +58,7 @@ func TestHostileOutputNeverBlocksRequests(t *testing.T) {
 	// a closed read end would kill it with SIGPIPE instead.
 	t.Cleanup(func() { r.Close() })
 	code := writeApp(t, map[string]string{"main.py": outputFloodApp})
-	url := "http://" + outputRun(t, w, "--workers", "1", code, "main:app")
+	url := "http://" + startAgent(t, "run", agentOptions{stderr: w}, "--workers", "1", code, "main:app").addr
 	w.Close() // the agent has its own copy
 
 	if _, err := outputGet(url+"/flood?lines=100000", 30*time.Second); err != nil {
@@ -157,7 +104,7 @@ func TestHostileOutputFloodIsBounded(t *testing.T) {
 	stderr := &countingWriter{}
 	metricsAddr := freePort(t)
 	code := writeApp(t, map[string]string{"main.py": outputFloodApp})
-	url := "http://" + outputRun(t, stderr, "--workers", "1", "--metrics-listen", metricsAddr, code, "main:app")
+	url := "http://" + startAgent(t, "run", agentOptions{stderr: stderr}, "--workers", "1", "--metrics-listen", metricsAddr, code, "main:app").addr
 	before := stderr.n.Load()
 
 	const lines = 200000 // of 100 bytes: 20 MB

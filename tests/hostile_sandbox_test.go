@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -98,58 +97,6 @@ func sandboxFingerprint(t *testing.T, paths []string) map[string]string {
 	return out
 }
 
-// sandboxServed is a running `host-agent serve`.
-type sandboxServed struct {
-	addr  string // HTTP
-	admin string // admin socket
-	cmd   *exec.Cmd
-	out   *syncBuffer // stdout and stderr
-}
-
-// sandboxAgent runs `host-agent serve` on a configuration.
-func sandboxAgent(t *testing.T, config string, env []string, args ...string) *sandboxServed {
-	t.Helper()
-	bin, err := buildAgent()
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir := t.TempDir()
-	path := filepath.Join(dir, "agent.json")
-	if err := os.WriteFile(path, []byte(config), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	addr, admin := freePort(t), filepath.Join(dir, "admin.sock")
-	args = append([]string{"serve", "--config", path, "--listen", addr, "--admin", admin}, args...)
-	cmd := exec.Command(bin, args...)
-	cmd.Env = append(os.Environ(), env...)
-	out := &syncBuffer{}
-	cmd.Stdout, cmd.Stderr = out, out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	t.Cleanup(func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("host-agent output:\n%s", out.String())
-		}
-	})
-	waitFor(t, 30*time.Second, func() bool {
-		c, err := net.Dial("tcp", addr)
-		if err == nil {
-			c.Close()
-		}
-		return err == nil
-	}, "host-agent serve did not listen")
-	return &sandboxServed{addr: addr, admin: admin, cmd: cmd, out: out}
-}
-
 // sandboxGet returns the status and body of a GET.
 func sandboxGet(t *testing.T, url string) (int, string) {
 	t.Helper()
@@ -179,9 +126,9 @@ func TestSandboxKeepsTheHostUntouched(t *testing.T) {
 		t.Fatal(err)
 	}
 	const key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAISandboxProbeKeySandboxProbeKeySandbox1 probe"
-	agent := sandboxAgent(t, fmt.Sprintf(`{"programs": {"probe": {
+	agent := serveAgent(t, fmt.Sprintf(`{"programs": {"probe": {
 		"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		"authorized_keys": [%q], "on": {"http": true}}}}`, code, key), []string{"FERRY_ADMIN_TOKEN=agent-secret-token"})
+		"authorized_keys": [%q], "on": {"http": true}}}}`, code, key), agentOptions{env: []string{"FERRY_ADMIN_TOKEN=agent-secret-token"}})
 
 	status, body := sandboxGet(t, "http://"+agent.addr+"/vm/probe/")
 	if status != http.StatusOK {
@@ -252,11 +199,11 @@ async def app(scope, receive, send):
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"other"})
 `})
-	agent := sandboxAgent(t, fmt.Sprintf(`{"programs": {
+	agent := serveAgent(t, fmt.Sprintf(`{"programs": {
 		"hog": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
 		        "resources": {"vcpus": 1, "memory": 64}, "on": {"http": true}},
 		"other": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		          "on": {"http": true}}}}`, hog, other), nil)
+		          "on": {"http": true}}}}`, hog, other), agentOptions{})
 	url := "http://" + agent.addr + "/vm/"
 	if status, body := sandboxGet(t, url+"hog/"); status != 200 || body != "alive" {
 		t.Fatalf("hog before: %d %q", status, body)
@@ -296,7 +243,7 @@ async def app(scope, receive, send):
 	config := fmt.Sprintf(`{"programs": {"leak": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
 		"resources": {"memory": 128}, "on": {"http": true}}}}`, code)
 	mountsBefore := sandboxHostMounts(t)
-	agent := sandboxAgent(t, config, nil)
+	agent := serveAgent(t, config, agentOptions{})
 	if status, body := sandboxGet(t, "http://"+agent.addr+"/vm/leak/"); status != 200 || body != "up" {
 		t.Fatalf("program: %d %q", status, body)
 	}
@@ -319,7 +266,7 @@ async def app(scope, receive, send):
 	}
 	leftover := sandboxCgroupsOf(agent.cmd.Process.Pid)
 	t.Logf("cgroups the killed agent left: %v", leftover)
-	again := sandboxAgent(t, config, nil)
+	again := serveAgent(t, config, agentOptions{})
 	if status, body := sandboxGet(t, "http://"+again.addr+"/vm/leak/"); status != 200 || body != "up" {
 		t.Fatalf("program after the restart: %d %q", status, body)
 	}

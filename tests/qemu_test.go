@@ -89,8 +89,9 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	ns := newTestNetns(t)
 	curl := ns.curl
 	sock := filepath.Join(t.TempDir(), "admin.sock")
-	addr, logs := startServeIn(t, ns, config, "--backend", "qemu", "--images", images, "--state-dir", state,
+	agent := serveAgent(t, config, agentOptions{ns: ns}, "--backend", "qemu", "--images", images, "--state-dir", state,
 		"--boot-timeout", "5m", "--admin", sock)
+	addr := agent.addr
 	url := "http://" + addr + "/vm/hello"
 	volume := filepath.Join(state, "volumes", "hello", "state.ext4")
 	bin, _ := buildAgent()
@@ -152,7 +153,6 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	if out := programCmd("logs", "hello"); !strings.Contains(out, "ASGI workers ready") {
 		t.Errorf("the VM's console is not in the program's logs:\n%s", out)
 	}
-	_ = logs
 }
 
 // guestIPv6 finds the running VM's address: the tap device fyN in the

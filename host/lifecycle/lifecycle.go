@@ -524,12 +524,17 @@ func (m *Manager) watch(inst *Instance) {
 	}
 	inst.Session.Close()
 	inst.output.close()
+	m.forget(inst)
+	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())
+}
+
+// forget drops an instance whose VM has ended from the running ones.
+func (m *Manager) forget(inst *Instance) {
 	m.mu.Lock()
 	if m.running[inst.Program.ID] == inst {
 		delete(m.running, inst.Program.ID)
 	}
 	m.mu.Unlock()
-	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())
 }
 
 // Stop stops a program's VM gracefully: GOAWAY, init stops the app and
@@ -554,7 +559,11 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 	if inst == nil {
 		return nil
 	}
-	return stopInstance(ctx, inst)
+	err := stopInstance(ctx, inst)
+	// The VM has ended: it is no longer running when Stop returns, even if
+	// its watcher has not yet seen it.
+	m.forget(inst)
+	return err
 }
 
 // Remove stops p's VM (or its boot) as Stop does, and makes every later Get

@@ -243,3 +243,29 @@ func TestOutputNeverBlocksTheSessionAndIsRateLimited(t *testing.T) {
 		t.Fatalf("notice: %q", s)
 	}
 }
+
+// When Stop returns, the program is no longer running: its VM has ended
+// and the manager says so at once (the admin API reports from it).
+func TestStopReturnsWhenTheProgramIsNoLongerRunning(t *testing.T) {
+	be := newFakeBackend()
+	close(be.release)
+	m := newTestManager(t, be, Options{IdleTimeout: -1})
+	p := &Program{ID: "stopped", Interface: "asgi"}
+	for round := range 10 { // the fake backend holds 16 started VMs
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		inst, err := m.Acquire(ctx, p)
+		if err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		inst.Release()
+		if err := m.Stop(ctx, p.ID); err != nil {
+			cancel()
+			t.Fatal(err)
+		}
+		cancel()
+		if m.Instance(p.ID) != nil {
+			t.Fatalf("round %d: the program still counts as running after Stop returned", round)
+		}
+	}
+}
