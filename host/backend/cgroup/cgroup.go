@@ -157,7 +157,17 @@ func (g *Group) Delete() error {
 	if err != nil {
 		return fmt.Errorf("cgroup %s: %w", g.name, err)
 	}
+	removeEmptyParents()
 	return nil
+}
+
+// removeEmptyParents removes Parent where it holds no group any more, so
+// that the host is left as it was once the last VM is gone (the kernel
+// refuses while another agent's groups are in it).
+func removeEmptyParents() {
+	for _, dir := range parentDirs() {
+		os.Remove(dir)
+	}
 }
 
 // Sweep removes the groups under Parent for which stale reports true (an
@@ -181,6 +191,7 @@ func Sweep(stale func(name string) bool) error {
 			}
 		}
 	}
+	removeEmptyParents()
 	return errors.Join(errs...)
 }
 

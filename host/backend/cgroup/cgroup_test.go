@@ -78,7 +78,22 @@ func TestMemoryLimitKillsAndIsCounted(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, g.Name())); err == nil {
 			t.Errorf("%s remains after Delete", filepath.Join(dir, g.Name()))
 		}
+		if entries, _ := os.ReadDir(dir); !hasGroups(entries) {
+			if _, err := os.Stat(dir); err == nil {
+				t.Errorf("the empty parent %s remains after the last group's Delete", dir)
+			}
+		}
 	}
+}
+
+// hasGroups reports whether a cgroup directory's entries hold a group.
+func hasGroups(entries []os.DirEntry) bool {
+	for _, e := range entries {
+		if e.IsDir() {
+			return true
+		}
+	}
+	return false
 }
 
 // Sweep removes the groups it is told are stale, and only those.
