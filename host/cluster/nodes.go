@@ -1,0 +1,150 @@
+package cluster
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+
+	"github.com/canonical/go-dqlite/client"
+)
+
+// ErrNameTaken is a node name another node of the cluster has.
+var ErrNameTaken = errors.New("node name already taken")
+
+// NodeInfo is one node as the cluster knows it.
+type NodeInfo struct {
+	Name     string   `json:"name"`
+	Address  string   `json:"address"`
+	Capacity Capacity `json:"capacity"`
+	// Beat is the node's heartbeat counter: it goes up while the node is
+	// alive (compare two readings; clocks are never compared).
+	Beat int64 `json:"beat"`
+	// Role is the node's dqlite role (voter, stand-by, spare), or "gone"
+	// when it is no longer a member.
+	Role   string `json:"role"`
+	Leader bool   `json:"leader"`
+}
+
+// register records this node, or checks that its name is its own.
+func (n *Node) register(ctx context.Context) error {
+	return n.tx(ctx, func(tx *sql.Tx) error {
+		var addr string
+		err := tx.QueryRow(`SELECT address FROM nodes WHERE name = ?`, n.opt.Name).Scan(&addr)
+		switch {
+		case err == nil && addr != n.opt.Address:
+			return fmt.Errorf("cluster: %w: %s is the node at %s", ErrNameTaken, n.opt.Name, addr)
+		case err != nil && !errors.Is(err, sql.ErrNoRows):
+			return err
+		}
+		var other string
+		err = tx.QueryRow(`SELECT name FROM nodes WHERE address = ? AND name <> ?`, n.opt.Address, n.opt.Name).Scan(&other)
+		if err == nil {
+			return fmt.Errorf("cluster: the node at %s is registered as %s, not %s (its --node-name cannot change)", n.opt.Address, other, n.opt.Name)
+		}
+		_, err = tx.Exec(`INSERT INTO nodes (name, address, vcpus, memory_mib) VALUES (?, ?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib`,
+			n.opt.Name, n.opt.Address, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB)
+		return err
+	})
+}
+
+// Nodes returns the registered nodes with their dqlite roles.
+func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
+	var nodes []NodeInfo
+	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
+		nodes = nil
+		rows, err := db.QueryContext(ctx, `SELECT name, address, vcpus, memory_mib, beat FROM nodes ORDER BY name`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var ni NodeInfo
+			if err := rows.Scan(&ni.Name, &ni.Address, &ni.Capacity.VCPUs, &ni.Capacity.MemoryMiB, &ni.Beat); err != nil {
+				return err
+			}
+			nodes = append(nodes, ni)
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: listing nodes: %w", err)
+	}
+	members, err := n.members(ctx)
+	if err != nil {
+		return nodes, err
+	}
+	var leader string
+	if local, err := n.app.Client(ctx); err == nil {
+		if li, err := local.Leader(ctx); err == nil && li != nil {
+			leader = li.Address
+		}
+		local.Close()
+	}
+	for i := range nodes {
+		nodes[i].Role = "gone"
+		for _, m := range members {
+			if m.Address == nodes[i].Address {
+				nodes[i].Role = roleName(m.Role)
+			}
+		}
+		nodes[i].Leader = nodes[i].Address == leader
+	}
+	return nodes, nil
+}
+
+func roleName(r client.NodeRole) string {
+	switch r {
+	case client.Voter:
+		return "voter"
+	case client.StandBy:
+		return "stand-by"
+	case client.Spare:
+		return "spare"
+	}
+	return r.String()
+}
+
+// RemoveNode takes a node out of the cluster: its dqlite membership and
+// its record. Its persistent programs are placed elsewhere once its lease
+// runs out. A node removes itself with its own name before it is retired.
+func (n *Node) RemoveNode(ctx context.Context, name string) error {
+	var addr string
+	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
+		return db.QueryRowContext(ctx, `SELECT address FROM nodes WHERE name = ?`, name).Scan(&addr)
+	})
+	if errors.Is(err, sql.ErrNoRows) {
+		return fmt.Errorf("cluster: no node named %s", name)
+	}
+	if err != nil {
+		return err
+	}
+	members, err := n.members(ctx)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if m.Address != addr {
+			continue
+		}
+		if name == n.opt.Name {
+			if err := n.app.Handover(ctx); err != nil {
+				return fmt.Errorf("cluster: handing over before leaving: %w", err)
+			}
+		}
+		cli, err := n.leaderClient(ctx)
+		if err != nil {
+			return err
+		}
+		err = cli.Remove(ctx, m.ID)
+		cli.Close()
+		if err != nil {
+			return noQuorum(fmt.Errorf("cluster: removing %s from dqlite: %w", name, err))
+		}
+	}
+	return n.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`DELETE FROM nodes WHERE name = ?`, name)
+		return err
+	})
+}
