@@ -31,6 +31,7 @@ import (
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -133,8 +134,7 @@ func run(args []string) int {
 	start := time.Now()
 	inst, err := mgr.Get(ctx, prog)
 	if err != nil {
-		var berr *lifecycle.BootError
-		if errors.As(err, &berr) && berr.Detail != "" {
+		if berr, ok := errors.AsType[*contract.ConfigError](err); ok && berr.Detail != "" {
 			fmt.Fprintf(os.Stderr, "%s\n", berr.Detail)
 		}
 		log.Error("the program did not start", "err", err)

@@ -10,7 +10,7 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Spec is what a backend needs to start one VM.
@@ -52,8 +52,8 @@ type Volume struct {
 // Guest says where the VM sees the program's code and volumes, in the
 // terms of init's configuration.
 type Guest struct {
-	Code    config.Code
-	Volumes []config.Volume
+	Code    contract.Code
+	Volumes []contract.Volume
 }
 
 // Network is the addressing of a VM's interface, host side and guest side.

@@ -11,9 +11,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"time"
+
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // File is the agent's configuration file.
@@ -29,9 +30,9 @@ type File struct {
 
 // MaxConcurrentLimit is the largest per-program concurrency a
 // configuration may ask for: the streams one session to init carries at
-// once (init accepts 1,024). Beyond it requests would wait for a stream
+// once (contract.MaxStreams). Beyond it requests would wait for a stream
 // with no bound, which is what the limit is there to prevent.
-const MaxConcurrentLimit = 1024
+const MaxConcurrentLimit = contract.MaxStreams
 
 // Limits bound the agent's HTTP serving, after nginx's directives of the
 // same purpose. Zero fields take the agent's defaults.
@@ -143,13 +144,6 @@ type FieldError struct{ Field, Message string }
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
 
-// idPattern is what a program id may look like: usable as a DNS label and
-// a path segment.
-var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// ValidID reports whether id is a safe program identifier.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
-
 // Load reads and validates a configuration file; relative code paths are
 // resolved against its directory.
 func Load(path string) (*File, error) {
@@ -205,14 +199,14 @@ func Parse(doc []byte) (*File, error) {
 // programs.ID.field.
 func ValidateProgram(id string, p *Program) error {
 	field := func(name string) string { return "programs." + id + "." + name }
-	if !ValidID(id) {
+	if !contract.ValidID(id) {
 		return &FieldError{"programs." + id, "a program id is 1-63 lower-case letters, digits and '-', not starting or ending with '-'"}
 	}
 	if p == nil {
 		return &FieldError{"programs." + id, "missing manifest"}
 	}
 	switch p.Code.Interface {
-	case "asgi", "executable":
+	case contract.InterfaceASGI, contract.InterfaceExecutable:
 	case "":
 		return &FieldError{field("code.interface"), "required: asgi or executable"}
 	default:

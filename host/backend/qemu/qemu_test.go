@@ -126,3 +126,15 @@ func TestCodeImageIsPackedOncePerContent(t *testing.T) {
 		t.Fatalf("image content: %v\n%s", err, out)
 	}
 }
+
+// The kernel command line: the kernel's words, then init's parameters as
+// contract.BootParams renders them, then the TSC hint under TCG.
+func TestKernelCmdline(t *testing.T) {
+	b := &Backend{tscKHz: 2596136}
+	got := b.KernelCmdline((&serialTransport{}).guestTransport())
+	want := "console=ttyS0 quiet reboot=t panic=-1 pci=off ferry.root=serial:ferry-root ferry.rootfstype=squashfs ferry.overlay=1 " +
+		"ferry.transport=serial:ferry ferry.shutdown=reboot tsc_early_khz=2596136 tsc=reliable"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}

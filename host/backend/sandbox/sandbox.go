@@ -40,10 +40,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/cgroup"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Defaults of a Backend.
@@ -72,7 +72,7 @@ const (
 
 // Guest paths of the sandbox's own files.
 const (
-	guestCodeDir = "/opt/code"
+	guestCodeDir = contract.DefaultCodeDir
 	guestInit    = "/run/ferry/init"
 )
 
@@ -194,6 +194,13 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	return b.startIsolated(ctx, spec)
 }
 
+// initArgs are init's arguments in the sandbox: its boot parameters, the
+// transport being the inherited stageTransportFD.
+func initArgs() []string {
+	params := contract.BootParams{Transport: contract.Transport{Kind: contract.TransportFD, FD: stageTransportFD}}
+	return []string{"-cmdline", params.String()}
+}
+
 // startPlain runs init as an ordinary child process (not root).
 func (b *Backend) startPlain(spec backend.Spec) (backend.VM, error) {
 	hostEnd, guestEnd, err := socketPair()
@@ -201,14 +208,14 @@ func (b *Backend) startPlain(spec backend.Spec) (backend.VM, error) {
 		return nil, err
 	}
 	defer guestEnd.Close()
-	cmd := exec.Command(spec.InitPath, "-transport", fmt.Sprintf("fd:%d", stageTransportFD))
+	cmd := exec.Command(spec.InitPath, initArgs()...)
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.Dir = "/"
 	cmd.Env = initEnv()
 	out := console(spec)
 	cmd.Stdout, cmd.Stderr = out, out
 	v := &vm{cmd: cmd, done: make(chan struct{}),
-		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: spec.CodeDir}}}}
+		guest: backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: spec.CodeDir}}}}
 	if err := backend.StartPinned(cmd, func(err error) { out.Flush(); v.err = out.Explain(err); close(v.done) }); err != nil {
 		hostEnd.Close()
 		return nil, fmt.Errorf("sandbox: starting init: %w", err)
@@ -260,7 +267,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend
 	userNS := !b.noUserNS.Load()
 	out := console(spec)
 	v := &vm{done: make(chan struct{}),
-		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: guestCodeDir}}}}
+		guest: backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: guestCodeDir}}}}
 	exited := func(err error) {
 		out.Flush()
 		v.err = out.Explain(err)
@@ -307,8 +314,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend
 	if err != nil {
 		return abort(err)
 	}
-	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS,
-		Args: []string{"init", "-cmdline", fmt.Sprintf("ferry.transport=fd:%d", stageTransportFD)}, Env: initEnv()}
+	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS, Args: append([]string{"init"}, initArgs()...), Env: initEnv()}
 	if err := sendPlan(int(ctrl.Fd()), p, mounts); err != nil {
 		return abort(err)
 	}
