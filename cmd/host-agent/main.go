@@ -110,7 +110,7 @@ func run(args []string) int {
 	}
 	var mgr *lifecycle.Manager
 	met := metrics.New(func() int { return len(mgr.Running()) })
-	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network,
+	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodePath: codeDir, Workers: *workers, Python: *python, Network: *network,
 		VCPUs: *vcpus, MemoryMiB: *memory}
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, BootTimeout: *bf.bootTimeout,
 		OutputRate: lim.logRate, OnOutputDropped: met.OutputDropped,

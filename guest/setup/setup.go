@@ -9,7 +9,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -19,6 +18,7 @@ import (
 	"github.com/ferry-vm/ferry/guest/blockdev"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/network"
+	"github.com/ferry-vm/ferry/internal/filecopy"
 	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
@@ -169,12 +169,12 @@ func prepareCode(ctx context.Context, p Paths, c *contract.Config, system bool) 
 			return fail("code", err)
 		}
 		return p.Code, "", nil
-	default: // plain
+	default: // one file, named for its entrypoint
 		src, err := sourcePath(p, c.Code.Source)
 		if err != nil {
 			return fail("code", err)
 		}
-		if err := copyFile(src, filepath.Join(p.Code, filepath.Base(c.Entrypoint)), 0o755); err != nil {
+		if err := filecopy.Copy(src, filepath.Join(p.Code, contract.FileName(c.Interface, c.Entrypoint)), 0o755); err != nil {
 			return fail("code", err)
 		}
 		return p.Code, "", nil
@@ -208,26 +208,6 @@ func checkEntrypoint(c *contract.Config, dir string) error {
 		return contract.NewConfigError(contract.PhaseCode, "entrypoint", fmt.Errorf("%s is not an executable file", c.Entrypoint))
 	}
 	return nil
-}
-
-func copyFile(src, dst string, perm os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // writeAuthorizedKeys writes root's authorized_keys with the permissions

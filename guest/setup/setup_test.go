@@ -75,3 +75,35 @@ func TestErrorsNamePhaseAndField(t *testing.T) {
 		})
 	}
 }
+
+// A plain file lands in the code directory under the name its entrypoint
+// looks for: an ASGI module as module.py, an executable as itself.
+func TestPlainFileIsNamedForItsEntrypoint(t *testing.T) {
+	src := filepath.Join(t.TempDir(), "app-source")
+	if err := os.WriteFile(src, []byte("#!/bin/sh\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cases := []struct{ iface, entrypoint, want string }{
+		{contract.InterfaceASGI, "main:app", "main.py"},
+		{contract.InterfaceASGI, "pkg.web:app", "pkg/web.py"},
+		{contract.InterfaceExecutable, "server", "server"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.entrypoint, func(t *testing.T) {
+			opt := testOptions(t)
+			c := &contract.Config{ProgramID: "p", Interface: tc.iface, Entrypoint: tc.entrypoint,
+				Code: contract.Code{Encoding: contract.EncodingPlainFile, Source: contract.Source{Path: src}}}
+			var tl boot.Timeline
+			res, err := Apply(context.Background(), slog.New(slog.DiscardHandler), c, opt, &tl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.CodeDir != opt.Paths.Code {
+				t.Fatalf("code dir %s", res.CodeDir)
+			}
+			if _, err := os.Stat(filepath.Join(res.CodeDir, tc.want)); err != nil {
+				t.Fatalf("%s not in the code directory: %v", tc.want, err)
+			}
+		})
+	}
+}

@@ -12,12 +12,12 @@ import (
 
 // init gets a typed configuration built from the program and the VM: a
 // document contract.Parse accepts as it is, with the code where the VM
-// has it.
+// has it; a single code file is named for its entrypoint.
 func TestInitGetsTheProgramsConfiguration(t *testing.T) {
 	be := newFakeBackend()
 	close(be.release)
 	m := newTestManager(t, be, Options{})
-	p := &Program{ID: "typed", Interface: contract.InterfaceASGI, Entrypoint: "pkg.web:app", CodeDir: "/srv/web",
+	p := &Program{ID: "typed", Interface: contract.InterfaceASGI, Entrypoint: "pkg.web:app", CodePath: "/srv/web.py",
 		Workers: 2, Python: "/usr/bin/python3", Env: map[string]string{"GREETING": "hi"},
 		AuthorizedKeys: []string{"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0 me@host"}}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -28,8 +28,8 @@ func TestInitGetsTheProgramsConfiguration(t *testing.T) {
 	}
 	inst.Release()
 	vm := <-be.started
-	if vm.spec.CodeDir != "/srv/web" {
-		t.Errorf("backend got code %q", vm.spec.CodeDir)
+	if vm.spec.CodePath != "/srv/web.py" || vm.spec.CodeFile != "pkg/web.py" {
+		t.Errorf("backend got code %q as %q", vm.spec.CodePath, vm.spec.CodeFile)
 	}
 	c, err := contract.Parse(<-vm.config)
 	if err != nil {

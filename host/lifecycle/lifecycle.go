@@ -32,10 +32,12 @@ type Program struct {
 	Persistent bool
 	Interface  string // contract.InterfaceASGI or InterfaceExecutable
 	Entrypoint string
-	CodeDir    string
-	Workers    int
-	Python     string
-	Env        map[string]string
+	// CodePath is the code on the host: a directory, or a single file
+	// (which the VM sees under the name contract.FileName gives it).
+	CodePath string
+	Workers  int
+	Python   string
+	Env      map[string]string
 	// Network gives the VM an interface with IPv4 and IPv6 addresses.
 	Network bool
 	// AuthorizedKeys are written for root's SSH logins in the VM.
@@ -387,8 +389,8 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network,
-		Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
+		Network: p.Network, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
 	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)

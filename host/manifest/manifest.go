@@ -81,11 +81,30 @@ type Program struct {
 
 // Code says where the program is and how it runs.
 type Code struct {
-	Encoding   string `json:"encoding"`   // plain (a directory here), zip, squashfs
+	// Encoding is EncodingPlain (or EncodingDirectory, or empty): this
+	// agent serves code that is on this host, unpacked.
+	Encoding   string `json:"encoding"`
 	Entrypoint string `json:"entrypoint"` // main:app, or an executable
 	Interface  string `json:"interface"`  // asgi or executable
-	Path       string `json:"path"`       // on this host; relative to the configuration file
+	// Path is the code on this host (relative paths are relative to the
+	// configuration file): a directory, or a single file.
+	Path string `json:"path"`
 }
+
+// Code encodings this agent accepts. An Aleph PROGRAM message's
+// code.encoding says how the code object is stored: "plain" as it is,
+// "zip" or "squashfs" packed. Here the code is a path on this host, so
+// "plain" is unpacked code, a directory or one file (a Python module for
+// asgi, the program for an executable), and packed encodings are refused.
+// The VM gets it in its code directory either way: a directory's content,
+// or the one file named after its entrypoint (contract.FileName: main.py
+// for main:app). (In init's configuration, the contract, "plain" is
+// narrower: one file to copy, contract.EncodingPlainFile; the backends
+// hand over a directory or a squashfs image instead.)
+const (
+	EncodingPlain     = "plain"
+	EncodingDirectory = "directory" // a synonym of plain, for a directory
+)
 
 // Environment is what the VM gets from the host.
 type Environment struct {
@@ -216,12 +235,12 @@ func ValidateProgram(id string, p *Program) error {
 		return &FieldError{field("code.entrypoint"), "required"}
 	}
 	switch p.Code.Encoding {
-	case "", "plain", "directory":
+	case "", EncodingPlain, EncodingDirectory:
 	default:
 		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
 	}
 	if p.Code.Path == "" {
-		return &FieldError{field("code.path"), "required: the program's directory on this host"}
+		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
 	}
 	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}

@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
@@ -33,8 +34,9 @@ const (
 	// EncodingZip is a zip archive (file or device), extracted safely
 	// into the code directory.
 	EncodingZip = "zip"
-	// EncodingPlainFile ("plain") is one file (script or binary), copied
-	// into the code directory.
+	// EncodingPlainFile ("plain") is one file, a Python module or a
+	// program, copied into the code directory under the name FileName
+	// gives it.
 	EncodingPlainFile = "plain"
 )
 
@@ -313,6 +315,24 @@ func (a *Address) validate(field string, v4 bool) error {
 		}
 	}
 	return nil
+}
+
+// FileName is the name a program whose code is one file has in the code
+// directory, where its entrypoint looks for it: for asgi its module's file
+// (main.py for main:app, pkg/main.py for pkg.main:app), for an executable
+// the entrypoint itself when it is a relative path inside the directory
+// (server, bin/server), else its base name. init names an
+// EncodingPlainFile so, and the host's backends name a single code file
+// so in the directory or image they give the guest.
+func FileName(iface, entrypoint string) string {
+	if iface == InterfaceASGI {
+		module, _, _ := strings.Cut(entrypoint, ":")
+		return strings.ReplaceAll(module, ".", "/") + ".py"
+	}
+	if filepath.IsLocal(entrypoint) {
+		return path.Clean(entrypoint)
+	}
+	return path.Base(entrypoint)
 }
 
 // Prefix returns the parsed address (after Validate succeeded).

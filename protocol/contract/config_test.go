@@ -97,3 +97,20 @@ func TestValidID(t *testing.T) {
 		}
 	}
 }
+
+// A single code file is named after what the entrypoint looks for.
+func TestFileName(t *testing.T) {
+	cases := []struct{ iface, entrypoint, want string }{
+		{InterfaceASGI, "main:app", "main.py"},
+		{InterfaceASGI, "mysite.asgi:application", "mysite/asgi.py"},
+		{InterfaceExecutable, "server", "server"},
+		{InterfaceExecutable, "bin/./server", "bin/server"},
+		{InterfaceExecutable, "/usr/local/bin/server", "server"},
+		{InterfaceExecutable, "../server", "server"},
+	}
+	for _, c := range cases {
+		if got := FileName(c.iface, c.entrypoint); got != c.want {
+			t.Errorf("%s %s: got %q want %q", c.iface, c.entrypoint, got, c.want)
+		}
+	}
+}

@@ -198,9 +198,18 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
 	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
 
-	// The code, packed once per content.
-	if spec.CodeDir != "" {
-		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodeDir)
+	// The code, packed once per content: a directory's tree, or a single
+	// file under its name in the guest.
+	if spec.CodePath != "" {
+		single, err := spec.SingleFile()
+		if err != nil {
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+		name := ""
+		if single {
+			name = spec.CodeFile
+		}
+		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodePath, name)
 		if err != nil {
 			return nil, fmt.Errorf("qemu: %w", err)
 		}
