@@ -45,7 +45,7 @@ func newManager(t *testing.T, opt lifecycle.Options) (*lifecycle.Manager, *count
 		defer cancel()
 		m.StopAll(ctx)
 	})
-	return m, be, &lifecycle.Program{ID: "lc", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1}
+	return m, be, &lifecycle.Program{ID: "lc", Interface: "asgi", Entrypoint: "main:app", CodePath: code, Workers: 1}
 }
 
 // ping sends one request to the instance and checks the answer.
@@ -167,7 +167,7 @@ func TestPersistentProgramComesBackAfterSIGKILL(t *testing.T) {
 // room; when every VM is busy the next boot is refused.
 func TestMaxRunningEvictsIdleAndRefusesWhenBusy(t *testing.T) {
 	m, be, a := newManager(t, lifecycle.Options{MaxRunning: 1})
-	b := &lifecycle.Program{ID: "lc-b", Interface: a.Interface, Entrypoint: a.Entrypoint, CodeDir: a.CodeDir, Workers: 1}
+	b := &lifecycle.Program{ID: "lc-b", Interface: a.Interface, Entrypoint: a.Entrypoint, CodePath: a.CodePath, Workers: 1}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	instA, err := m.Acquire(ctx, a)

@@ -34,7 +34,7 @@ func startRelayBench(b *testing.B, conns int) (string, *http.Client) {
 	code := writeApp(b, map[string]string{"main.py": plainHelloApp})
 	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
 	b.Cleanup(mgr.Close)
-	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1, Python: debianPython}
+	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodePath: code, Workers: 1, Python: debianPython}
 	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
 	b.Cleanup(func() { mgr.StopAll(context.Background()) })
 	b.Cleanup(srv.Close)

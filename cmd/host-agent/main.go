@@ -31,6 +31,7 @@ import (
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -109,7 +110,7 @@ func run(args []string) int {
 	}
 	var mgr *lifecycle.Manager
 	met := metrics.New(func() int { return len(mgr.Running()) })
-	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodeDir: codeDir, Workers: *workers, Python: *python, Network: *network,
+	prog := &lifecycle.Program{ID: "main", Interface: *iface, Entrypoint: fs.Arg(1), CodePath: codeDir, Workers: *workers, Python: *python, Network: *network,
 		VCPUs: *vcpus, MemoryMiB: *memory}
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, BootTimeout: *bf.bootTimeout,
 		OutputRate: lim.logRate, OnOutputDropped: met.OutputDropped,
@@ -133,8 +134,7 @@ func run(args []string) int {
 	start := time.Now()
 	inst, err := mgr.Get(ctx, prog)
 	if err != nil {
-		var berr *lifecycle.BootError
-		if errors.As(err, &berr) && berr.Detail != "" {
+		if berr, ok := errors.AsType[*contract.ConfigError](err); ok && berr.Detail != "" {
 			fmt.Fprintf(os.Stderr, "%s\n", berr.Detail)
 		}
 		log.Error("the program did not start", "err", err)

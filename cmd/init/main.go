@@ -29,13 +29,12 @@ import (
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/app/asgi"
 	"github.com/ferry-vm/ferry/guest/boot"
-	"github.com/ferry-vm/ferry/guest/bootparam"
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/kmod"
 	"github.com/ferry-vm/ferry/guest/reaper"
 	"github.com/ferry-vm/ferry/guest/service"
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/guest/transport"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -89,9 +88,9 @@ func main() {
 			cmdline = string(b)
 		}
 	}
-	params, paramErrs := bootparam.Parse(cmdline)
+	params, paramErrs := contract.ParseBootParams(cmdline)
 	if *transportFlag != "" {
-		t, err := bootparam.ParseTransport(*transportFlag)
+		t, err := contract.ParseTransport(*transportFlag)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "init: -transport: %v\n", err)
 			if !pid1 {
@@ -114,7 +113,7 @@ func main() {
 		// The initramfs stage: it returns only if the root image is unusable.
 		err := initramfsStage(log, params, cmdline, &tl)
 		log.Error("cannot start the root image; powering off", "root", params.Root, "err", err)
-		if err := boot.PowerOff(params.OnExit == bootparam.ActionReboot); err != nil {
+		if err := boot.PowerOff(params.OnExit == contract.ActionReboot); err != nil {
 			log.Error("power off failed; halting here", "err", err)
 		}
 		for {
@@ -135,8 +134,8 @@ func main() {
 		os.Exit(code)
 	}
 	// PID 1 never exits: exiting would panic the kernel.
-	log.Info("powering off", "reboot", params.OnExit == bootparam.ActionReboot)
-	if err := boot.PowerOff(params.OnExit == bootparam.ActionReboot); err != nil {
+	log.Info("powering off", "reboot", params.OnExit == contract.ActionReboot)
+	if err := boot.PowerOff(params.OnExit == contract.ActionReboot); err != nil {
 		log.Error("power off failed; halting here", "err", err)
 	}
 	for {
@@ -145,7 +144,7 @@ func main() {
 }
 
 // run boots, serves and shuts down; it returns an exit code for dev mode.
-func run(log *slog.Logger, params bootparam.Params, cmdline string, pid1 bool, tl *boot.Timeline) (code int) {
+func run(log *slog.Logger, params contract.BootParams, cmdline string, pid1 bool, tl *boot.Timeline) (code int) {
 	defer func() {
 		if r := recover(); r != nil {
 			log.Error("init panicked; shutting down cleanly", "panic", r, "stack", string(debug.Stack()))
@@ -200,8 +199,8 @@ func run(log *slog.Logger, params bootparam.Params, cmdline string, pid1 bool, t
 		Setup:    setupOpt,
 		Agent:    agent,
 		Apps: map[string]app.Factory{
-			config.InterfaceExecutable: app.NewExecutableFactory(r, log),
-			config.InterfaceASGI:       asgi.NewFactory(r, log),
+			contract.InterfaceExecutable: app.NewExecutableFactory(r, log),
+			contract.InterfaceASGI:       asgi.NewFactory(r, log),
 		},
 	})
 
@@ -267,7 +266,7 @@ func stopEverything(log *slog.Logger, grace time.Duration) {
 // the modules (from the initramfs) that reach the root image, the network
 // and the host, then hands over to the image's /sbin/init. It returns only
 // on failure.
-func initramfsStage(log *slog.Logger, params bootparam.Params, cmdline string, tl *boot.Timeline) error {
+func initramfsStage(log *slog.Logger, params contract.BootParams, cmdline string, tl *boot.Timeline) error {
 	if err := boot.MountEarly(); err != nil {
 		return err
 	}
@@ -284,7 +283,7 @@ func initramfsStage(log *slog.Logger, params bootparam.Params, cmdline string, t
 // the kernel has them as modules, with the parameters the kernel command
 // line gives them. Built-in or absent modules are fine. It reports whether
 // there was a module index to load from.
-func loadModules(log *slog.Logger, cmdline string, t bootparam.Transport) bool {
+func loadModules(log *slog.Logger, cmdline string, t contract.Transport) bool {
 	var uts unix.Utsname
 	if err := unix.Uname(&uts); err != nil {
 		return false
@@ -295,12 +294,12 @@ func loadModules(log *slog.Logger, cmdline string, t bootparam.Transport) bool {
 		log.Debug("no kernel modules to load", "err", err)
 		return false
 	}
-	idx.Params = func(module string) string { return bootparam.ModuleParams(cmdline, module) }
+	idx.Params = func(module string) string { return kmod.CmdlineParams(cmdline, module) }
 	wanted := []string{"virtio_mmio", "virtio_pci", "virtio_blk", "virtio_net", "squashfs", "overlay", "ext4"}
 	switch t.Kind {
-	case bootparam.TransportVsock:
+	case contract.TransportVsock:
 		wanted = append(wanted, "vmw_vsock_virtio_transport")
-	case bootparam.TransportSerial:
+	case contract.TransportSerial:
 		wanted = append(wanted, "virtio_console")
 	}
 	for _, m := range wanted {

@@ -8,7 +8,7 @@ import (
 	"sort"
 	"strconv"
 
-	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
@@ -21,12 +21,14 @@ type App interface {
 }
 
 // Factory starts an App for a configuration. The program's output lines go
-// to out.
-type Factory func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error)
+// to out. A program that cannot start is a *contract.ConfigError: the
+// phase and field at fault, a one-line message and the detail (a
+// traceback, the last output lines).
+type Factory func(ctx context.Context, c *contract.Config, codeDir string, out Output) (App, error)
 
 // Env returns the program's environment: a minimal base, the configured
 // variables, and PORT for executables.
-func Env(c *config.Config) []string {
+func Env(c *contract.Config) []string {
 	env := map[string]string{
 		"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
 		"HOME": "/root",
@@ -35,7 +37,7 @@ func Env(c *config.Config) []string {
 	for k, v := range c.Env {
 		env[k] = v
 	}
-	if c.Interface == config.InterfaceExecutable {
+	if c.Interface == contract.InterfaceExecutable {
 		port := c.Port
 		if port == 0 {
 			port = 8080
@@ -53,12 +55,3 @@ func Env(c *config.Config) []string {
 	}
 	return out
 }
-
-// StartError is a program that could not start, reported to the host as a
-// structured configuration error: the phase and field at fault, a one-line
-// message and the detail (a traceback, the last output lines).
-type StartError struct {
-	Phase, Field, Message, Detail string
-}
-
-func (e *StartError) Error() string { return e.Message }

@@ -16,9 +16,9 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/reaper"
 	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -70,7 +70,7 @@ type Executable struct {
 
 // NewExecutableFactory returns the Factory for interface "executable".
 func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
-	return func(ctx context.Context, c *config.Config, codeDir string, out Output) (App, error) {
+	return func(ctx context.Context, c *contract.Config, codeDir string, out Output) (App, error) {
 		port := c.Port
 		if port == 0 {
 			port = 8080
@@ -84,7 +84,7 @@ func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
 
 // StartExecutable starts the program and waits until it accepts
 // connections on its port; a program that exits first or never listens is
-// a *StartError with its last output lines.
+// a *contract.ConfigError with its last output lines.
 func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, error) {
 	if opt.ListenTimeout == 0 {
 		opt.ListenTimeout = DefaultListenTimeout
@@ -106,8 +106,7 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 		IdleConnTimeout:     90 * time.Second,
 	}
 	if err := e.start(ctx); err != nil {
-		var serr *StartError
-		if errors.As(err, &serr) && serr.Detail == "" {
+		if serr, ok := errors.AsType[*contract.ConfigError](err); ok && serr.Detail == "" {
 			serr.Detail = tail.Recent(0)
 		}
 		return nil, err
@@ -120,7 +119,7 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 func (e *Executable) start(ctx context.Context) error {
 	p, err := StartProcess(e.opt.Reaper, e.log, ProcessSpec{Argv: e.opt.Argv, Dir: e.opt.Dir, Env: e.opt.Env, Output: e.opt.Output})
 	if err != nil {
-		return &StartError{Phase: "app", Field: "entrypoint", Message: err.Error()}
+		return contract.NewConfigError(contract.PhaseApp, "entrypoint", err)
 	}
 	ready := make(chan struct{})
 	e.mu.Lock()
@@ -129,7 +128,7 @@ func (e *Executable) start(ctx context.Context) error {
 	addr, err := waitListening(ctx, p, e.opt.Port, e.opt.ListenTimeout)
 	if err != nil {
 		_ = p.Signal(syscall.SIGKILL)
-		return &StartError{Phase: "app", Field: "entrypoint", Message: err.Error()}
+		return contract.NewConfigError(contract.PhaseApp, "entrypoint", err)
 	}
 	e.mu.Lock()
 	e.addr = addr

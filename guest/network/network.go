@@ -2,6 +2,7 @@
 // running ip: loopback up, the configured interface with its IPv4 and IPv6
 // addresses (IPv6 without duplicate-address-detection delay), MTU, default
 // routes for both families, the host name, /etc/resolv.conf and /etc/hosts.
+// A failure is a *contract.ConfigError naming the configuration field.
 package network
 
 import (
@@ -16,20 +17,17 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
-// Error is a network configuration failure at one configuration field.
-type Error struct {
-	Field string
-	Err   error
+// fail is a network configuration failure at one configuration field.
+func fail(field string, format string, args ...any) error {
+	return contract.NewConfigError(contract.PhaseNetwork, field, fmt.Errorf(format, args...))
 }
 
-func (e *Error) Error() string { return e.Field + ": " + e.Err.Error() }
-func (e *Error) Unwrap() error { return e.Err }
-
-func fail(field string, format string, args ...any) error {
-	return &Error{Field: field, Err: fmt.Errorf(format, args...)}
+// failHostname is a failure to set or write the host name.
+func failHostname(format string, args ...any) error {
+	return contract.NewConfigError(contract.PhaseHostname, "hostname", fmt.Errorf(format, args...))
 }
 
 // LoopbackUp brings lo up (the kernel creates it down).
@@ -45,10 +43,10 @@ func LoopbackUp() error {
 }
 
 // Apply configures the interface named in n (eth0 by default).
-func Apply(n *config.Network) error {
+func Apply(n *contract.Network) error {
 	name := n.Interface
 	if name == "" {
-		name = config.DefaultInterface
+		name = contract.DefaultInterface
 	}
 	link, err := netlink.LinkByName(name)
 	if err != nil {
@@ -71,7 +69,7 @@ func Apply(n *config.Network) error {
 	}
 	for _, fam := range []struct {
 		field string
-		addr  *config.Address
+		addr  *contract.Address
 	}{{"network.ipv4", n.IPv4}, {"network.ipv6", n.IPv6}} {
 		if fam.addr == nil {
 			continue
@@ -83,7 +81,7 @@ func Apply(n *config.Network) error {
 	return nil
 }
 
-func addAddress(link netlink.Link, field string, a *config.Address) error {
+func addAddress(link netlink.Link, field string, a *contract.Address) error {
 	pfx := a.Prefix()
 	addr := &netlink.Addr{IPNet: &net.IPNet{IP: pfx.Addr().AsSlice(), Mask: net.CIDRMask(pfx.Bits(), pfx.Addr().BitLen())}}
 	if pfx.Addr().Is6() {
@@ -119,7 +117,7 @@ func addAddress(link netlink.Link, field string, a *config.Address) error {
 // SetHostname sets the kernel host name.
 func SetHostname(name string) error {
 	if err := unix.Sethostname([]byte(name)); err != nil {
-		return fail("hostname", "sethostname: %v", err)
+		return failHostname("sethostname: %v", err)
 	}
 	return nil
 }
@@ -145,7 +143,7 @@ func WriteHosts(root, hostname string) error {
 		fmt.Fprintf(&b, "127.0.1.1\t%s\n", hostname)
 	}
 	if err := writeFile(filepath.Join(root, "etc/hosts"), b.String()); err != nil {
-		return fail("hostname", "%v", err)
+		return failHostname("%v", err)
 	}
 	return nil
 }

@@ -11,7 +11,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // inNewNetns runs f on a locked thread inside a fresh network namespace.
@@ -51,9 +51,9 @@ func TestApplyConfiguresBothFamilies(t *testing.T) {
 			t.Errorf("veth: %v", err)
 			return
 		}
-		n := &config.Network{
-			IPv4: &config.Address{Address: "10.7.0.2/24", Gateway: "10.7.0.1"},
-			IPv6: &config.Address{Address: "fd07::2/64", Gateway: "fd07::1"},
+		n := &contract.Network{
+			IPv4: &contract.Address{Address: "10.7.0.2/24", Gateway: "10.7.0.1"},
+			IPv6: &contract.Address{Address: "fd07::2/64", Gateway: "fd07::1"},
 			MTU:  1400,
 		}
 		if err := Apply(n); err != nil {
@@ -95,8 +95,8 @@ func TestApplyConfiguresBothFamilies(t *testing.T) {
 
 func TestMissingInterfaceNamesTheField(t *testing.T) {
 	inNewNetns(t, func() {
-		err := Apply(&config.Network{Interface: "eth9", IPv4: &config.Address{Address: "10.0.0.2/24"}})
-		nerr, ok := err.(*Error)
+		err := Apply(&contract.Network{Interface: "eth9", IPv4: &contract.Address{Address: "10.0.0.2/24"}})
+		nerr, ok := err.(*contract.ConfigError)
 		if !ok || nerr.Field != "network.interface" {
 			t.Errorf("got %v", err)
 		}

@@ -18,10 +18,10 @@ import (
 
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/boot"
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/internal/logring"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -131,8 +131,9 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 	// mux.Server has returned; they are handed over through a channel.
 	configs := make(chan []byte, 4)
 	sess := mux.Server(conn, mux.Config{
-		Agent:  s.opt.Agent,
-		Logger: s.log,
+		Agent:      s.opt.Agent,
+		Logger:     s.log,
+		MaxStreams: contract.MaxStreams,
 		// Each stream is served on a reused goroutine, straight from the
 		// read loop: no hand-off to an accepting goroutine and no stack
 		// growth of a fresh one per request (which showed in profiles).
@@ -219,39 +220,34 @@ func (s *Service) TellHost(line string) {
 
 // configure applies the one configuration and answers CONFIG_RESULT.
 func (s *Service) configure(ctx context.Context, sess *mux.Session, doc []byte) {
-	result := s.apply(ctx, doc)
-	result.Timeline = s.opt.Timeline.Entries()
-	if result.OK {
-		s.log.Info("configured", "timeline", s.opt.Timeline.String())
+	result := &message.ConfigResult{OK: true}
+	if err := s.apply(ctx, doc); err != nil {
+		result = err.Result()
+		s.log.Warn("configuration failed", "phase", err.Phase, "field", err.Field, "message", err.Message)
 	} else {
-		s.log.Warn("configuration failed", "phase", string(result.Phase), "field", string(result.Field), "message", string(result.Message))
+		s.log.Info("configured", "timeline", s.opt.Timeline.String())
 	}
+	result.Timeline = s.opt.Timeline.Entries()
 	if err := sess.SendControlMessage(frame.TypeConfigResult, result); err != nil {
 		s.log.Warn("cannot send configuration result", "err", err)
 	}
 }
 
-func (s *Service) apply(ctx context.Context, doc []byte) *message.ConfigResult {
-	fail := func(phase, field string, err error) *message.ConfigResult {
-		return &message.ConfigResult{Phase: []byte(phase), Field: []byte(field), Message: []byte(err.Error())}
-	}
+// apply validates and applies a configuration and starts its app; every
+// failure is a *contract.ConfigError naming the phase and field.
+func (s *Service) apply(ctx context.Context, doc []byte) *contract.ConfigError {
 	s.mu.Lock()
 	if s.configured {
 		s.mu.Unlock()
-		return fail("validate", "", errors.New("already configured: a VM takes one configuration"))
+		return &contract.ConfigError{Phase: contract.PhaseValidate, Message: "already configured: a VM takes one configuration"}
 	}
 	s.configured = true
 	s.mu.Unlock()
 
-	c, err := config.Parse(doc)
+	c, err := contract.Parse(doc)
 	if err != nil {
-		var ferr *config.FieldError
-		if errors.As(err, &ferr) {
-			s.allowRetry()
-			return fail("validate", ferr.Field, errors.New(ferr.Message))
-		}
 		s.allowRetry()
-		return fail("validate", "", err)
+		return contract.AsConfigError(err, contract.PhaseValidate, "")
 	}
 	s.opt.Timeline.Mark("config")
 	res, err := setup.Apply(ctx, s.log, c, s.opt.Setup, s.opt.Timeline)
@@ -259,31 +255,21 @@ func (s *Service) apply(ctx context.Context, doc []byte) *message.ConfigResult {
 	s.mounts = append(s.mounts, res.Mounts...)
 	s.mu.Unlock()
 	if err != nil {
-		var perr *setup.PhaseError
-		if errors.As(err, &perr) {
-			r := fail(perr.Phase, perr.Field, perr.Err)
-			r.Detail = []byte(perr.Detail)
-			return r
-		}
-		return fail("setup", "", err)
+		return contract.AsConfigError(err, contract.PhaseSetup, "")
 	}
 	factory := s.opt.Apps[c.Interface]
 	if factory == nil {
-		return fail("app", "interface", fmt.Errorf("no runner for interface %q in this init", c.Interface))
+		return contract.NewConfigError(contract.PhaseApp, "interface", fmt.Errorf("no runner for interface %q in this init", c.Interface))
 	}
 	a, err := factory(ctx, c, res.CodeDir, s)
 	if err != nil {
-		var serr *app.StartError
-		if errors.As(err, &serr) {
-			return &message.ConfigResult{Phase: []byte(serr.Phase), Field: []byte(serr.Field), Message: []byte(serr.Message), Detail: []byte(serr.Detail)}
-		}
-		return fail("app", "entrypoint", err)
+		return contract.AsConfigError(err, contract.PhaseApp, "entrypoint")
 	}
 	s.mu.Lock()
 	s.app = a
 	s.mu.Unlock()
 	s.opt.Timeline.Mark("app")
-	return &message.ConfigResult{OK: true}
+	return nil
 }
 
 // allowRetry lets the host send a corrected configuration after one that

@@ -11,8 +11,8 @@ import (
 
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/boot"
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/setup"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -31,7 +31,7 @@ func TestPanicIsRecoveredAndReported(t *testing.T) {
 	svc := New(Options{
 		Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{},
 		Setup: setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
-		Apps: map[string]app.Factory{config.InterfaceASGI: func(context.Context, *config.Config, string, app.Output) (app.App, error) {
+		Apps: map[string]app.Factory{contract.InterfaceASGI: func(context.Context, *contract.Config, string, app.Output) (app.App, error) {
 			return panicky{}, nil
 		}},
 	})

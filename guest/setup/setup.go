@@ -1,15 +1,14 @@
 // Package setup applies a validated configuration to the guest, phase by
 // phase: host name, network, volumes, code, input data, SSH keys. Each
 // phase is timestamped on the boot timeline, and a failure is reported as a
-// *PhaseError naming the phase and the configuration field at fault, so
-// init can answer the host instead of falling over.
+// *contract.ConfigError naming the phase and the configuration field at
+// fault, so init can answer the host instead of falling over.
 package setup
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -18,25 +17,10 @@ import (
 	"github.com/ferry-vm/ferry/guest/archive"
 	"github.com/ferry-vm/ferry/guest/blockdev"
 	"github.com/ferry-vm/ferry/guest/boot"
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/network"
+	"github.com/ferry-vm/ferry/internal/filecopy"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
-
-// PhaseError is a failed phase.
-type PhaseError struct {
-	Phase  string
-	Field  string
-	Err    error
-	Detail string
-}
-
-func (e *PhaseError) Error() string {
-	if e.Field == "" {
-		return e.Phase + ": " + e.Err.Error()
-	}
-	return e.Phase + ": " + e.Field + ": " + e.Err.Error()
-}
-func (e *PhaseError) Unwrap() error { return e.Err }
 
 // Paths says where things go; tests point them into a temporary directory.
 type Paths struct {
@@ -48,7 +32,7 @@ type Paths struct {
 }
 
 // DefaultPaths are the paths inside a VM.
-var DefaultPaths = Paths{Root: "/", Code: "/opt/code", Data: "/data", DevRoot: "/dev", SysBlock: "/sys/block"}
+var DefaultPaths = Paths{Root: "/", Code: contract.DefaultCodeDir, Data: "/data", DevRoot: "/dev", SysBlock: "/sys/block"}
 
 // Options select what this environment can do.
 type Options struct {
@@ -66,21 +50,21 @@ type Result struct {
 
 // Apply runs every phase. On error, Result still lists what was mounted so
 // the caller can unmount it.
-func Apply(ctx context.Context, log *slog.Logger, c *config.Config, opt Options, tl *boot.Timeline) (*Result, error) {
+func Apply(ctx context.Context, log *slog.Logger, c *contract.Config, opt Options, tl *boot.Timeline) (*Result, error) {
 	res := &Result{}
 	p := opt.Paths
 	if opt.System {
 		if c.Hostname != "" {
 			if err := network.SetHostname(c.Hostname); err != nil {
-				return res, &PhaseError{Phase: "hostname", Field: "hostname", Err: err}
+				return res, err
 			}
 		}
 		if err := network.LoopbackUp(); err != nil {
-			return res, &PhaseError{Phase: "network", Field: "network", Err: err}
+			return res, contract.NewConfigError(contract.PhaseNetwork, "network", err)
 		}
 		if c.Network != nil {
 			if err := network.Apply(c.Network); err != nil {
-				return res, networkError(err)
+				return res, err
 			}
 		}
 		tl.Mark("network")
@@ -90,20 +74,20 @@ func Apply(ctx context.Context, log *slog.Logger, c *config.Config, opt Options,
 	}
 	if c.Network != nil && len(c.Network.DNS) > 0 {
 		if err := network.WriteResolvConf(p.Root, c.Network.DNS); err != nil {
-			return res, networkError(err)
+			return res, err
 		}
 	}
 	for i, v := range c.Volumes {
 		field := fmt.Sprintf("volumes[%d]", i)
 		if !opt.System {
-			return res, &PhaseError{Phase: "volumes", Field: field, Err: errors.New("volumes need init to run as PID 1")}
+			return res, contract.NewConfigError(contract.PhaseVolumes, field, errors.New("volumes need init to run as PID 1"))
 		}
 		dev, err := findDevice(p, v.Device)
 		if err != nil {
-			return res, &PhaseError{Phase: "volumes", Field: field + ".device", Err: err}
+			return res, contract.NewConfigError(contract.PhaseVolumes, field+".device", err)
 		}
 		if err := blockdev.Mount(dev, v.Mount, v.FS, v.ReadOnly); err != nil {
-			return res, &PhaseError{Phase: "volumes", Field: field, Err: err}
+			return res, contract.NewConfigError(contract.PhaseVolumes, field, err)
 		}
 		res.Mounts = append(res.Mounts, v.Mount)
 	}
@@ -124,27 +108,19 @@ func Apply(ctx context.Context, log *slog.Logger, c *config.Config, opt Options,
 	if c.InputData != nil {
 		src, err := sourcePath(p, *c.InputData)
 		if err != nil {
-			return res, &PhaseError{Phase: "data", Field: "input_data", Err: err}
+			return res, contract.NewConfigError(contract.PhaseData, "input_data", err)
 		}
 		if err := archive.ExtractZipFile(ctx, src, p.Data, archive.DefaultLimits); err != nil {
-			return res, &PhaseError{Phase: "data", Field: "input_data", Err: err}
+			return res, contract.NewConfigError(contract.PhaseData, "input_data", err)
 		}
 	}
 	tl.Mark("code")
 	if len(c.AuthorizedKeys) > 0 {
 		if err := writeAuthorizedKeys(p.Root, c.AuthorizedKeys); err != nil {
-			return res, &PhaseError{Phase: "ssh", Field: "authorized_keys", Err: err}
+			return res, contract.NewConfigError(contract.PhaseSSH, "authorized_keys", err)
 		}
 	}
 	return res, nil
-}
-
-func networkError(err error) error {
-	var nerr *network.Error
-	if errors.As(err, &nerr) {
-		return &PhaseError{Phase: "network", Field: nerr.Field, Err: nerr.Err}
-	}
-	return &PhaseError{Phase: "network", Field: "network", Err: err}
 }
 
 // findDevice resolves vdb or serial:NAME to a /dev path.
@@ -152,7 +128,7 @@ func findDevice(p Paths, device string) (string, error) {
 	return blockdev.Find(blockdev.Paths{Dev: p.DevRoot, SysBlock: p.SysBlock}, device)
 }
 
-func sourcePath(p Paths, s config.Source) (string, error) {
+func sourcePath(p Paths, s contract.Source) (string, error) {
 	if s.Path != "" {
 		return s.Path, nil
 	}
@@ -161,18 +137,18 @@ func sourcePath(p Paths, s config.Source) (string, error) {
 
 // prepareCode makes the program available in a directory and returns it,
 // with the mount point it created, if any.
-func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (dir, mounted string, err error) {
+func prepareCode(ctx context.Context, p Paths, c *contract.Config, system bool) (dir, mounted string, err error) {
 	fail := func(field string, err error) (string, string, error) {
-		return "", mounted, &PhaseError{Phase: "code", Field: field, Err: err}
+		return "", mounted, contract.NewConfigError(contract.PhaseCode, field, err)
 	}
 	switch c.Code.Encoding {
-	case config.EncodingDirectory:
+	case contract.EncodingDirectory:
 		st, err := os.Stat(c.Code.Path)
 		if err != nil || !st.IsDir() {
 			return fail("code.path", fmt.Errorf("%s is not a directory", c.Code.Path))
 		}
 		return c.Code.Path, "", nil
-	case config.EncodingSquashfs:
+	case contract.EncodingSquashfs:
 		if !system {
 			return fail("code", errors.New("a squashfs code volume needs init to run as PID 1"))
 		}
@@ -184,7 +160,7 @@ func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (d
 			return fail("code", err)
 		}
 		return p.Code, p.Code, nil
-	case config.EncodingZip:
+	case contract.EncodingZip:
 		src, err := sourcePath(p, c.Code.Source)
 		if err != nil {
 			return fail("code", err)
@@ -193,12 +169,12 @@ func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (d
 			return fail("code", err)
 		}
 		return p.Code, "", nil
-	default: // plain
+	default: // one file, named for its entrypoint
 		src, err := sourcePath(p, c.Code.Source)
 		if err != nil {
 			return fail("code", err)
 		}
-		if err := copyFile(src, filepath.Join(p.Code, filepath.Base(c.Entrypoint)), 0o755); err != nil {
+		if err := filecopy.Copy(src, filepath.Join(p.Code, contract.FileName(c.Interface, c.Entrypoint)), 0o755); err != nil {
 			return fail("code", err)
 		}
 		return p.Code, "", nil
@@ -206,8 +182,8 @@ func prepareCode(ctx context.Context, p Paths, c *config.Config, system bool) (d
 }
 
 // checkEntrypoint verifies the program's entry exists before it is started.
-func checkEntrypoint(c *config.Config, dir string) error {
-	if c.Interface == config.InterfaceASGI {
+func checkEntrypoint(c *contract.Config, dir string) error {
+	if c.Interface == contract.InterfaceASGI {
 		module, _, _ := strings.Cut(c.Entrypoint, ":")
 		rel := filepath.Join(strings.Split(module, ".")...)
 		for _, cand := range []string{rel + ".py", filepath.Join(rel, "__init__.py")} {
@@ -218,7 +194,7 @@ func checkEntrypoint(c *config.Config, dir string) error {
 		if c.Packages != "" {
 			return nil // the module may live in the packages directory
 		}
-		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("module %s not found in the code (%s.py or %s/__init__.py)", module, rel, rel)}
+		return contract.NewConfigError(contract.PhaseCode, "entrypoint", fmt.Errorf("module %s not found in the code (%s.py or %s/__init__.py)", module, rel, rel))
 	}
 	path := c.Entrypoint
 	if !filepath.IsAbs(path) {
@@ -226,32 +202,12 @@ func checkEntrypoint(c *config.Config, dir string) error {
 	}
 	st, err := os.Stat(path)
 	if err != nil {
-		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("%s does not exist", c.Entrypoint)}
+		return contract.NewConfigError(contract.PhaseCode, "entrypoint", fmt.Errorf("%s does not exist", c.Entrypoint))
 	}
 	if st.IsDir() || st.Mode().Perm()&0o111 == 0 {
-		return &PhaseError{Phase: "code", Field: "entrypoint", Err: fmt.Errorf("%s is not an executable file", c.Entrypoint)}
+		return contract.NewConfigError(contract.PhaseCode, "entrypoint", fmt.Errorf("%s is not an executable file", c.Entrypoint))
 	}
 	return nil
-}
-
-func copyFile(src, dst string, perm os.FileMode) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
-		return err
-	}
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, perm)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		return err
-	}
-	return out.Close()
 }
 
 // writeAuthorizedKeys writes root's authorized_keys with the permissions

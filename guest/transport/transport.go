@@ -19,7 +19,7 @@ import (
 
 	"github.com/mdlayher/vsock"
 
-	"github.com/ferry-vm/ferry/guest/bootparam"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Listener yields host connections, one at a time.
@@ -31,15 +31,15 @@ type Listener interface {
 }
 
 // Listen opens the transport t.
-func Listen(t bootparam.Transport) (Listener, error) {
+func Listen(t contract.Transport) (Listener, error) {
 	switch t.Kind {
-	case bootparam.TransportVsock:
+	case contract.TransportVsock:
 		l, err := vsock.Listen(t.Port, nil)
 		if err != nil {
 			return nil, fmt.Errorf("vsock port %d: %w", t.Port, err)
 		}
 		return &netListener{l: l, name: t.String()}, nil
-	case bootparam.TransportUnix:
+	case contract.TransportUnix:
 		os.Remove(t.Path)
 		if err := os.MkdirAll(filepath.Dir(t.Path), 0o755); err != nil {
 			return nil, err
@@ -49,7 +49,7 @@ func Listen(t bootparam.Transport) (Listener, error) {
 			return nil, fmt.Errorf("unix socket %s: %w", t.Path, err)
 		}
 		return &netListener{l: l, name: t.String()}, nil
-	case bootparam.TransportFD:
+	case contract.TransportFD:
 		f := os.NewFile(uintptr(t.FD), "ferry-transport")
 		if f == nil {
 			return nil, fmt.Errorf("fd %d is not open", t.FD)
@@ -61,7 +61,7 @@ func Listen(t bootparam.Transport) (Listener, error) {
 			conn = c
 		}
 		return &onceListener{conn: conn, name: t.String(), closed: make(chan struct{})}, nil
-	case bootparam.TransportSerial:
+	case contract.TransportSerial:
 		return &serialListener{port: t.Name, name: t.String(), closed: make(chan struct{})}, nil
 	}
 	return nil, fmt.Errorf("unknown transport %q", t.Kind)

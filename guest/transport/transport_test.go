@@ -10,12 +10,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferry-vm/ferry/guest/bootparam"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 func TestUnixListener(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "sub", "ferry.sock")
-	l, err := Listen(bootparam.Transport{Kind: bootparam.TransportUnix, Path: path})
+	l, err := Listen(contract.Transport{Kind: contract.TransportUnix, Path: path})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +49,7 @@ func TestInheritedFD(t *testing.T) {
 	}
 	peer := os.NewFile(uintptr(fds[1]), "peer")
 	defer peer.Close()
-	l, err := Listen(bootparam.Transport{Kind: bootparam.TransportFD, FD: fds[0]})
+	l, err := Listen(contract.Transport{Kind: contract.TransportFD, FD: fds[0]})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestInheritedFD(t *testing.T) {
 
 func TestSerialWaitsForDevice(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vport1p1")
-	l, _ := Listen(bootparam.Transport{Kind: bootparam.TransportSerial, Name: path})
+	l, _ := Listen(contract.Transport{Kind: contract.TransportSerial, Name: path})
 	go func() { time.Sleep(60 * time.Millisecond); os.WriteFile(path, []byte("hi"), 0o600) }()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -109,7 +109,7 @@ func TestSerialAcceptWaitsForTheHostsFirstBytes(t *testing.T) {
 	// A port with no host reads as end of file, as an empty file does.
 	port := filepath.Join(t.TempDir(), "vport1p1")
 	os.WriteFile(port, nil, 0o600)
-	l, err := Listen(bootparam.Transport{Kind: bootparam.TransportSerial, Name: port})
+	l, err := Listen(contract.Transport{Kind: contract.TransportSerial, Name: port})
 	if err != nil {
 		t.Fatal(err)
 	}

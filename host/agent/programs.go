@@ -67,7 +67,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	if err := manifest.ValidateProgram(id, m); err != nil {
 		return err
 	}
-	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodeDir: m.Code.Path,
+	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
 		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs, Network: m.Environment.Internet,
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {

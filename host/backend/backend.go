@@ -7,10 +7,12 @@ package backend
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
+	"os"
 
-	"github.com/ferry-vm/ferry/guest/config"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Spec is what a backend needs to start one VM.
@@ -18,8 +20,13 @@ type Spec struct {
 	ProgramID string
 	// InitPath is the init binary (sandbox) or the root image's init.
 	InitPath string
-	// CodeDir is the program's code on the host.
-	CodeDir string
+	// CodePath is the program's code on the host: a directory, or a
+	// single file. The guest finds it in its code directory either way:
+	// a directory's content, or the file named CodeFile.
+	CodePath string
+	// CodeFile is the name a single code file gets in the guest's code
+	// directory, where the entrypoint looks for it (contract.FileName).
+	CodeFile string
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
@@ -37,6 +44,27 @@ type Spec struct {
 	Console func(line string)
 }
 
+// SingleFile reports whether the code is a single file rather than a
+// directory; anything else, or a single file without CodeFile, is an
+// error.
+func (s *Spec) SingleFile() (bool, error) {
+	if s.CodePath == "" {
+		return false, nil
+	}
+	st, err := os.Stat(s.CodePath)
+	switch {
+	case err != nil:
+		return false, fmt.Errorf("code: %w", err)
+	case st.IsDir():
+		return false, nil
+	case !st.Mode().IsRegular():
+		return false, fmt.Errorf("code %s is neither a directory nor a regular file", s.CodePath)
+	case s.CodeFile == "":
+		return false, fmt.Errorf("code %s is a single file, but its name in the guest is not set", s.CodePath)
+	}
+	return true, nil
+}
+
 // Volume is one volume a program declares.
 type Volume struct {
 	Mount string // where the program sees it
@@ -52,8 +80,8 @@ type Volume struct {
 // Guest says where the VM sees the program's code and volumes, in the
 // terms of init's configuration.
 type Guest struct {
-	Code    config.Code
-	Volumes []config.Volume
+	Code    contract.Code
+	Volumes []contract.Volume
 }
 
 // Network is the addressing of a VM's interface, host side and guest side.

@@ -9,7 +9,6 @@ package lifecycle
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -30,12 +30,14 @@ type Program struct {
 	// Persistent programs are started at once and restarted when they
 	// end; they are never stopped for being idle.
 	Persistent bool
-	Interface  string // asgi or executable
+	Interface  string // contract.InterfaceASGI or InterfaceExecutable
 	Entrypoint string
-	CodeDir    string
-	Workers    int
-	Python     string
-	Env        map[string]string
+	// CodePath is the code on the host: a directory, or a single file
+	// (which the VM sees under the name contract.FileName gives it).
+	CodePath string
+	Workers  int
+	Python   string
+	Env      map[string]string
 	// Network gives the VM an interface with IPv4 and IPv6 addresses.
 	Network bool
 	// AuthorizedKeys are written for root's SSH logins in the VM.
@@ -71,16 +73,6 @@ type Instance struct {
 func (i *Instance) Release() {
 	i.lastUsed.Store(time.Now().UnixNano())
 	i.inflight.Add(-1)
-}
-
-// BootError is a VM that started but whose init refused the configuration
-// or whose app failed: the structured result from init.
-type BootError struct {
-	Phase, Field, Message, Detail string
-}
-
-func (e *BootError) Error() string {
-	return fmt.Sprintf("program failed to start (%s %s): %s", e.Phase, e.Field, e.Message)
 }
 
 // Options configure a Manager.
@@ -391,12 +383,14 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 	go m.watch(inst)
 }
 
-// start boots a VM and configures its init.
+// start boots a VM and configures its init. A configuration that the
+// agent's own validation or init refused, or whose program failed to
+// start, is a *contract.ConfigError.
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodeDir: p.CodeDir, Network: p.Network,
-		Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
+		Network: p.Network, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
 	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
@@ -409,35 +403,37 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		output.close()
 		return nil, err
 	}
-	results := make(chan message.ConfigResult, 1)
-	sess := mux.Client(vm.Conn(), mux.Config{
+	// A VM that ends while init is being configured explains itself
+	// better than the closed session.
+	cctx, vmEnded := context.WithCancelCause(ctx)
+	defer vmEnded(nil)
+	go func() {
+		select {
+		case <-vm.Done():
+			cause := errors.New("the VM ended while starting")
+			if err := vm.Err(); err != nil {
+				cause = fmt.Errorf("%w: %w", cause, err)
+			}
+			vmEnded(cause)
+		case <-cctx.Done():
+		}
+	}()
+	sess, timeline, err := contract.Configure(cctx, vm.Conn(), mux.Config{
 		Agent:  "ferry-host-agent",
 		Logger: log,
 		OnControl: func(t frame.Type, payload []byte) {
-			switch t {
-			case frame.TypeConfigResult:
-				var r message.ConfigResult
-				if err := r.Unmarshal(append([]byte(nil), payload...)); err == nil {
-					select {
-					case results <- r:
-					default:
-					}
-				}
-			case frame.TypeLog:
-				// On the read loop: a line over the rate costs no
-				// decoding, and none ever waits for OnOutput.
-				if output == nil || !output.admit() {
-					return
-				}
-				var l message.Log
-				if err := l.Unmarshal(append([]byte(nil), payload...)); err == nil {
-					output.push(l)
-				}
+			// On the read loop: a line over the rate costs no decoding,
+			// and none ever waits for OnOutput.
+			if t != frame.TypeLog || output == nil || !output.admit() {
+				return
+			}
+			var l message.Log
+			if err := l.Unmarshal(append([]byte(nil), payload...)); err == nil {
+				output.push(l)
 			}
 		},
-	})
-	fail := func(err error) (*Instance, error) {
-		sess.Close()
+	}, guestConfig(p, vm.Guest(), vm.Network()))
+	if err != nil {
 		vm.Kill()
 		select { // gone before Stop returns, as far as SIGKILL allows
 		case <-vm.Done():
@@ -445,71 +441,35 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 			log.Warn("the VM did not end after it was killed", "vm", vm.Describe())
 		}
 		output.close()
-		return nil, err
-	}
-	if _, err := sess.Handshake(ctx); err != nil {
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return fail(ErrStopped)
+		if _, refused := errors.AsType[*contract.ConfigError](err); refused {
+			return nil, err
 		}
-		// A VM that ended explains itself better than the closed session.
-		select {
-		case <-vm.Done():
-			return fail(fmt.Errorf("the VM ended before init answered (%s): %w", vm.Describe(), vm.Err()))
-		case <-time.After(2 * time.Second):
+		switch ctx.Err() {
+		case context.Canceled:
+			return nil, ErrStopped
+		case context.DeadlineExceeded:
+			return nil, fmt.Errorf("init (%s) was not configured within the boot timeout: %w", vm.Describe(), err)
 		}
-		return fail(fmt.Errorf("init did not answer (%s): %w", vm.Describe(), err))
+		return nil, fmt.Errorf("init (%s): %w", vm.Describe(), err)
 	}
-	doc, err := json.Marshal(guestConfig(p, vm.Guest(), vm.Network()))
-	if err != nil {
-		return fail(err)
-	}
-	if err := sess.SendControl(frame.TypeConfig, doc); err != nil {
-		return fail(err)
-	}
-	select {
-	case r := <-results:
-		if !r.OK {
-			return fail(&BootError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
-		}
-		inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: r.Timeline, Started: started, ColdStart: time.Since(started), output: output}
-		inst.lastUsed.Store(time.Now().UnixNano())
-		log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(r.Timeline))
-		return inst, nil
-	case <-vm.Done():
-		return fail(fmt.Errorf("the VM ended while starting: %v", vm.Err()))
-	case <-ctx.Done():
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return fail(ErrStopped)
-		}
-		return fail(fmt.Errorf("no configuration result within the boot timeout: %w", ctx.Err()))
-	}
+	inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: timeline, Started: started, ColdStart: time.Since(started), output: output}
+	inst.lastUsed.Store(time.Now().UnixNano())
+	log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(timeline))
+	return inst, nil
 }
 
-// guestConfig is the CONFIG document for init.
-func guestConfig(p *Program, g backend.Guest, nw *backend.Network) map[string]any {
-	c := map[string]any{
-		"program_id": p.ID, "interface": p.Interface, "entrypoint": p.Entrypoint,
-		"code": g.Code,
-	}
-	if len(g.Volumes) > 0 {
-		c["volumes"] = g.Volumes
-	}
-	if p.Workers > 0 {
-		c["workers"] = p.Workers
-	}
-	if p.Python != "" {
-		c["python"] = p.Python
-	}
-	if len(p.Env) > 0 {
-		c["env"] = p.Env
-	}
-	if len(p.AuthorizedKeys) > 0 {
-		c["authorized_keys"] = p.AuthorizedKeys
+// guestConfig is init's configuration for p, with the code and volumes
+// where the VM has them.
+func guestConfig(p *Program, g backend.Guest, nw *backend.Network) *contract.Config {
+	c := &contract.Config{
+		ProgramID: p.ID, Interface: p.Interface, Entrypoint: p.Entrypoint,
+		Code: g.Code, Volumes: g.Volumes,
+		Workers: p.Workers, Python: p.Python, Env: p.Env, AuthorizedKeys: p.AuthorizedKeys,
 	}
 	if nw != nil {
-		c["network"] = map[string]any{
-			"ipv4": map[string]any{"address": nw.GuestIPv4, "gateway": hostAddr(nw.HostIPv4)},
-			"ipv6": map[string]any{"address": nw.GuestIPv6, "gateway": hostAddr(nw.HostIPv6)},
+		c.Network = &contract.Network{
+			IPv4: &contract.Address{Address: nw.GuestIPv4, Gateway: hostAddr(nw.HostIPv4)},
+			IPv6: &contract.Address{Address: nw.GuestIPv6, Gateway: hostAddr(nw.HostIPv6)},
 		}
 	}
 	return c

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -37,10 +38,11 @@ func (b *fakeBackend) Name() string { return "fake" }
 
 func (b *fakeBackend) Start(ctx context.Context, spec backend.Spec) (backend.VM, error) {
 	host, guest := net.Pipe()
-	v := &fakeVM{conn: host, done: make(chan struct{})}
+	v := &fakeVM{conn: host, done: make(chan struct{}), spec: spec, config: make(chan []byte, 1)}
 	configured := make(chan struct{}, 1)
-	sess := mux.Server(guest, mux.Config{OnControl: func(t frame.Type, _ []byte) {
+	sess := mux.Server(guest, mux.Config{OnControl: func(t frame.Type, p []byte) {
 		if t == frame.TypeConfig {
+			v.config <- append([]byte(nil), p...)
 			configured <- struct{}{}
 		}
 	}})
@@ -75,13 +77,17 @@ func (b *fakeBackend) Start(ctx context.Context, spec backend.Spec) (backend.VM,
 }
 
 type fakeVM struct {
-	conn net.Conn
-	done chan struct{}
-	once sync.Once
+	conn   net.Conn
+	done   chan struct{}
+	once   sync.Once
+	spec   backend.Spec
+	config chan []byte // the CONFIG document it received
 }
 
-func (v *fakeVM) Conn() io.ReadWriteCloser  { return v.conn }
-func (v *fakeVM) Guest() backend.Guest      { return backend.Guest{} }
+func (v *fakeVM) Conn() io.ReadWriteCloser { return v.conn }
+func (v *fakeVM) Guest() backend.Guest {
+	return backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: contract.DefaultCodeDir}}}
+}
 func (v *fakeVM) Network() *backend.Network { return nil }
 func (v *fakeVM) Done() <-chan struct{}     { return v.done }
 func (v *fakeVM) Err() error                { return nil }
@@ -128,7 +134,7 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 func TestRemoveDuringBootEndsTheVM(t *testing.T) {
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{})
-	p := &Program{ID: "slow", Persistent: true}
+	p := &Program{ID: "slow", Persistent: true, Interface: "asgi", Entrypoint: "main:app"}
 	ctx, cancel := context.WithCancel(context.Background())
 	supervised := make(chan struct{})
 	go func() { defer close(supervised); m.Persist(ctx, p) }()
@@ -169,7 +175,7 @@ func TestRemoveDuringBootEndsTheVM(t *testing.T) {
 func TestStopDuringBootEndsTheVMAndItsWaiters(t *testing.T) {
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{})
-	p := &Program{ID: "od"}
+	p := &Program{ID: "od", Interface: "asgi", Entrypoint: "main:app"}
 	got := make(chan error, 1)
 	go func() {
 		_, err := m.Acquire(context.Background(), p)
@@ -228,7 +234,7 @@ func TestOutputNeverBlocksTheSessionAndIsRateLimited(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inst, err := m.Acquire(ctx, &Program{ID: "loud"})
+	inst, err := m.Acquire(ctx, &Program{ID: "loud", Interface: "asgi", Entrypoint: "main:app"})
 	if err != nil {
 		t.Fatalf("the boot did not complete while OnOutput was stuck: %v", err)
 	}
@@ -250,7 +256,7 @@ func TestStopReturnsWhenTheProgramIsNoLongerRunning(t *testing.T) {
 	be := newFakeBackend()
 	close(be.release)
 	m := newTestManager(t, be, Options{IdleTimeout: -1})
-	p := &Program{ID: "stopped", Interface: "asgi"}
+	p := &Program{ID: "stopped", Interface: "asgi", Entrypoint: "main:app"}
 	for round := range 10 { // the fake backend holds 16 started VMs
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		inst, err := m.Acquire(ctx, p)

@@ -11,9 +11,10 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"time"
+
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // File is the agent's configuration file.
@@ -29,9 +30,9 @@ type File struct {
 
 // MaxConcurrentLimit is the largest per-program concurrency a
 // configuration may ask for: the streams one session to init carries at
-// once (init accepts 1,024). Beyond it requests would wait for a stream
+// once (contract.MaxStreams). Beyond it requests would wait for a stream
 // with no bound, which is what the limit is there to prevent.
-const MaxConcurrentLimit = 1024
+const MaxConcurrentLimit = contract.MaxStreams
 
 // Limits bound the agent's HTTP serving, after nginx's directives of the
 // same purpose. Zero fields take the agent's defaults.
@@ -80,11 +81,30 @@ type Program struct {
 
 // Code says where the program is and how it runs.
 type Code struct {
-	Encoding   string `json:"encoding"`   // plain (a directory here), zip, squashfs
+	// Encoding is EncodingPlain (or EncodingDirectory, or empty): this
+	// agent serves code that is on this host, unpacked.
+	Encoding   string `json:"encoding"`
 	Entrypoint string `json:"entrypoint"` // main:app, or an executable
 	Interface  string `json:"interface"`  // asgi or executable
-	Path       string `json:"path"`       // on this host; relative to the configuration file
+	// Path is the code on this host (relative paths are relative to the
+	// configuration file): a directory, or a single file.
+	Path string `json:"path"`
 }
+
+// Code encodings this agent accepts. An Aleph PROGRAM message's
+// code.encoding says how the code object is stored: "plain" as it is,
+// "zip" or "squashfs" packed. Here the code is a path on this host, so
+// "plain" is unpacked code, a directory or one file (a Python module for
+// asgi, the program for an executable), and packed encodings are refused.
+// The VM gets it in its code directory either way: a directory's content,
+// or the one file named after its entrypoint (contract.FileName: main.py
+// for main:app). (In init's configuration, the contract, "plain" is
+// narrower: one file to copy, contract.EncodingPlainFile; the backends
+// hand over a directory or a squashfs image instead.)
+const (
+	EncodingPlain     = "plain"
+	EncodingDirectory = "directory" // a synonym of plain, for a directory
+)
 
 // Environment is what the VM gets from the host.
 type Environment struct {
@@ -143,13 +163,6 @@ type FieldError struct{ Field, Message string }
 
 func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
 
-// idPattern is what a program id may look like: usable as a DNS label and
-// a path segment.
-var idPattern = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
-
-// ValidID reports whether id is a safe program identifier.
-func ValidID(id string) bool { return idPattern.MatchString(id) }
-
 // Load reads and validates a configuration file; relative code paths are
 // resolved against its directory.
 func Load(path string) (*File, error) {
@@ -205,14 +218,14 @@ func Parse(doc []byte) (*File, error) {
 // programs.ID.field.
 func ValidateProgram(id string, p *Program) error {
 	field := func(name string) string { return "programs." + id + "." + name }
-	if !ValidID(id) {
+	if !contract.ValidID(id) {
 		return &FieldError{"programs." + id, "a program id is 1-63 lower-case letters, digits and '-', not starting or ending with '-'"}
 	}
 	if p == nil {
 		return &FieldError{"programs." + id, "missing manifest"}
 	}
 	switch p.Code.Interface {
-	case "asgi", "executable":
+	case contract.InterfaceASGI, contract.InterfaceExecutable:
 	case "":
 		return &FieldError{field("code.interface"), "required: asgi or executable"}
 	default:
@@ -222,12 +235,12 @@ func ValidateProgram(id string, p *Program) error {
 		return &FieldError{field("code.entrypoint"), "required"}
 	}
 	switch p.Code.Encoding {
-	case "", "plain", "directory":
+	case "", EncodingPlain, EncodingDirectory:
 	default:
 		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
 	}
 	if p.Code.Path == "" {
-		return &FieldError{field("code.path"), "required: the program's directory on this host"}
+		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
 	}
 	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}

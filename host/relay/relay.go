@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -102,9 +103,9 @@ func httpVersion(r *http.Request) string {
 // executables, everything else is Serve.
 func ServeAny(w http.ResponseWriter, r *http.Request, rq *Request, iface string) {
 	switch {
-	case IsWebSocket(r) && iface == "asgi":
+	case IsWebSocket(r) && iface == contract.InterfaceASGI:
 		ServeWebSocket(w, r, rq)
-	case IsUpgrade(r) && iface == "executable":
+	case IsUpgrade(r) && iface == contract.InterfaceExecutable:
 		ServeUpgrade(w, r, rq)
 	default:
 		Serve(w, r, rq)

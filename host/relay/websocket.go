@@ -14,15 +14,11 @@ import (
 	"github.com/coder/websocket"
 
 	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
-
-// MaxWebSocketMessage bounds one message from a client (larger ones close
-// the websocket with 1009). Messages cross part by part, so this bounds no
-// buffer here; the program's messages reach the client however large.
-const MaxWebSocketMessage = 16 << 20
 
 // IsUpgrade reports whether r asks to switch protocols.
 func IsUpgrade(r *http.Request) bool {
@@ -72,7 +68,10 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 		st.Reset(frame.CodeCancel, "client websocket handshake failed")
 		return
 	}
-	c.SetReadLimit(MaxWebSocketMessage)
+	// A client message over the limit closes the websocket with 1009.
+	// Messages cross part by part, so this bounds no buffer here; the
+	// program's messages reach the client however large.
+	c.SetReadLimit(contract.MaxWebSocketMessage)
 	wsCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	stop := make(chan struct{})
@@ -109,7 +108,7 @@ const wsLivenessInterval = 2 * time.Second
 // part as they arrive, each part at most one buffer, so a message waiting
 // for a program that does not receive holds a window and a buffer here,
 // and the client's TCP connection is what waits. A client close is passed
-// on as WS_CLOSE, a client that leaves (or exceeds MaxWebSocketMessage:
+// on as WS_CLOSE, a client that leaves (or exceeds contract.MaxWebSocketMessage:
 // 1009) ends the stream. Once stop is closed the program's side has ended:
 // nothing more is passed on.
 func clientToProgram(ctx context.Context, c *websocket.Conn, st *mux.Stream, conn net.Conn, stop <-chan struct{}) {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -158,7 +159,7 @@ func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
 	}
 }
 
-// A client message over MaxWebSocketMessage closes the websocket with 1009
+// A client message over contract.MaxWebSocketMessage closes the websocket with 1009
 // on both sides; the program gets WS_CLOSE, not a reset.
 func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
 	url, streams := wsProgram(t)
@@ -166,7 +167,7 @@ func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
 	st := <-streams
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	go c.Write(ctx, websocket.MessageBinary, make([]byte, MaxWebSocketMessage+1))
+	go c.Write(ctx, websocket.MessageBinary, make([]byte, contract.MaxWebSocketMessage+1))
 	buf := make([]byte, 64<<10)
 	for {
 		_, _, _, err := st.ReadFragment(buf)

@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/reaper"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -60,7 +60,7 @@ type Pool struct {
 
 // NewFactory returns the app.Factory for interface "asgi".
 func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
-	return func(ctx context.Context, c *config.Config, codeDir string, out app.Output) (app.App, error) {
+	return func(ctx context.Context, c *contract.Config, codeDir string, out app.Output) (app.App, error) {
 		env := append(app.Env(c), "PYTHONUNBUFFERED=1")
 		return Start(ctx, Options{
 			App: c.Entrypoint, CodeDir: codeDir, Packages: c.Packages, Workers: c.Workers,
@@ -71,7 +71,7 @@ func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
 
 // Start starts the workers and waits until every one has imported the app
 // and finished its lifespan startup. The first failure stops them all and
-// is returned as an *app.StartError carrying the worker's traceback.
+// is returned as a *contract.ConfigError carrying the worker's traceback.
 func Start(ctx context.Context, opt Options) (*Pool, error) {
 	if opt.Workers <= 0 {
 		opt.Workers = runtime.NumCPU()
@@ -95,7 +95,7 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	if _, err := os.Stat(opt.Python); err != nil {
-		return nil, &app.StartError{Phase: "app", Field: "python", Message: fmt.Sprintf("no Python interpreter at %s", opt.Python)}
+		return nil, &contract.ConfigError{Phase: contract.PhaseApp, Field: "python", Message: fmt.Sprintf("no Python interpreter at %s", opt.Python)}
 	}
 	script, err := writeWorkerScript(opt.ScriptDir)
 	if err != nil {

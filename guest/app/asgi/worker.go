@@ -2,7 +2,6 @@ package asgi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -13,8 +12,8 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
-	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
@@ -75,58 +74,34 @@ func (w *worker) start(ctx context.Context) error {
 		_ = proc.Signal(syscall.SIGKILL)
 		return fmt.Errorf("worker %d: %w", w.id, err)
 	}
-	results := make(chan message.ConfigResult, 1)
-	sess := mux.Client(conn, mux.Config{
-		Agent:  "ferry-init",
-		Logger: p.log.With("worker", w.id),
-		OnControl: func(t frame.Type, payload []byte) {
-			if t != frame.TypeConfigResult {
-				return
-			}
-			var r message.ConfigResult
-			if err := r.Unmarshal(append([]byte(nil), payload...)); err == nil {
-				select {
-				case results <- r:
-				default:
-				}
-			}
-		},
-	})
-	fail := func(err error) error {
-		sess.Close()
+	ctx, cancel := context.WithTimeoutCause(ctx, p.opt.StartTimeout, fmt.Errorf("the app did not start within %s", p.opt.StartTimeout))
+	defer cancel()
+	// A worker that dies while starting says why (its exit status).
+	ctx, exited := context.WithCancelCause(ctx)
+	defer exited(nil)
+	go func() {
+		select {
+		case <-proc.Done():
+			exited(fmt.Errorf("the worker exited while starting (%s)", proc.Exit().String()))
+		case <-ctx.Done():
+		}
+	}()
+	doc := workerConfig{App: p.opt.App, CodeDir: p.opt.CodeDir, Packages: p.opt.Packages, Worker: w.id, Lifespan: "auto"}
+	sess, _, err := contract.Configure(ctx, conn, mux.Config{Agent: "ferry-init", Logger: p.log.With("worker", w.id)}, doc)
+	if err != nil {
 		_ = proc.Signal(syscall.SIGKILL)
 		<-proc.Done()
-		return err
-	}
-	doc, _ := json.Marshal(workerConfig{App: p.opt.App, CodeDir: p.opt.CodeDir, Packages: p.opt.Packages, Worker: w.id, Lifespan: "auto"})
-	ctx, cancel := context.WithTimeout(ctx, p.opt.StartTimeout)
-	defer cancel()
-	if _, err := sess.Handshake(ctx); err != nil {
-		return fail(w.startError(proc, "the worker did not greet init", err))
-	}
-	if err := sess.SendControl(frame.TypeConfig, doc); err != nil {
-		return fail(w.startError(proc, "cannot configure the worker", err))
-	}
-	select {
-	case r := <-results:
-		if !r.OK {
-			return fail(&app.StartError{Phase: string(r.Phase), Field: string(r.Field), Message: string(r.Message), Detail: string(r.Detail)})
+		if _, refused := errors.AsType[*contract.ConfigError](err); refused {
+			return err // the app's own failure, with its traceback
 		}
-	case <-proc.Done():
-		return fail(w.startError(proc, "the worker exited while starting", errors.New(proc.Exit().String())))
-	case <-ctx.Done():
-		return fail(w.startError(proc, "the app did not start within "+p.opt.StartTimeout.String(), ctx.Err()))
+		return &contract.ConfigError{Phase: contract.PhaseApp, Field: "entrypoint", Message: fmt.Sprintf("worker %d: %v", w.id, err),
+			Detail: p.tail.Recent(w.id), Err: err}
 	}
 	w.mu.Lock()
 	w.sess, w.proc = sess, proc
 	w.mu.Unlock()
 	p.changed()
 	return nil
-}
-
-func (w *worker) startError(proc *app.Process, what string, err error) error {
-	return &app.StartError{Phase: "app", Field: "entrypoint", Message: fmt.Sprintf("worker %d: %s: %v", w.id, what, err),
-		Detail: w.pool.tail.Recent(w.id)}
 }
 
 // supervise waits for the running process to exit and restarts it with

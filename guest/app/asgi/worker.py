@@ -69,6 +69,8 @@ WS_FRAME_COST = 16
 MY_MAX_FRAME = 64 << 10
 MY_WINDOW = 256 << 10
 MY_MAX_STREAMS = 1024
+# A client message over this closes the websocket with 1009, as the agent
+# does: protocol/contract's MaxWebSocketMessage (contract_test.go checks).
 MAX_WS_MESSAGE = 16 << 20
 MAX_WS_CLOSE_REASON = 123  # bytes, RFC 6455 5.5
 

@@ -14,6 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // maxVMIndex bounds VM indexes: n cycles through 1..16383.
@@ -42,8 +43,9 @@ func LinkName(n uint64) string { return fmt.Sprintf("fy%d", n%maxVMIndex+1) }
 func Veth(n uint64, vmNetns any) (*backend.Network, string, error) {
 	nw := Addressing(n)
 	name := LinkName(n)
-	// The VM end is created directly inside the VM's namespace as eth0.
-	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: "eth0", PeerNamespace: vmNetns}
+	// The VM end is created directly inside the VM's namespace, named as
+	// init expects when its configuration names no interface (eth0).
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: contract.DefaultInterface, PeerNamespace: vmNetns}
 	if old, err := netlink.LinkByName(name); err == nil {
 		netlink.LinkDel(old) // left over from a VM that is gone
 	}

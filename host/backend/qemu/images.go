@@ -10,16 +10,20 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+
+	"github.com/ferry-vm/ferry/internal/filecopy"
 )
 
-// codeImage packs a program directory into a read-only squashfs for the
-// VM's code drive, under cacheDir. Images are named after a digest of the
-// tree (paths, modes, sizes, modification times), so an unchanged
-// directory is packed once.
-func codeImage(ctx context.Context, cacheDir, codeDir string) (string, error) {
-	digest, err := treeDigest(codeDir)
+// codeImage packs a program's code into a read-only squashfs for the VM's
+// code drive, under cacheDir: the tree of the directory src, or, when
+// fileName is set, the single file src as fileName (which may have
+// directories, pkg/main.py) in an image of its own. Images are named
+// after a digest of the tree (paths, modes, sizes, modification times)
+// and of fileName, so unchanged code is packed once.
+func codeImage(ctx context.Context, cacheDir, src, fileName string) (string, error) {
+	digest, err := treeDigest(src, fileName)
 	if err != nil {
-		return "", fmt.Errorf("code directory %s: %w", codeDir, err)
+		return "", fmt.Errorf("code %s: %w", src, err)
 	}
 	if err := os.MkdirAll(cacheDir, 0o700); err != nil {
 		return "", err
@@ -34,9 +38,28 @@ func codeImage(ctx context.Context, cacheDir, codeDir string) (string, error) {
 	}
 	tmp.Close()
 	defer os.Remove(tmp.Name())
-	cmd := exec.CommandContext(ctx, "mksquashfs", codeDir, tmp.Name(), "-noappend", "-comp", "zstd", "-all-root", "-quiet", "-no-progress")
+	tree := src
+	if fileName != "" {
+		dir, err := os.MkdirTemp(cacheDir, digest+".*.tree")
+		if err != nil {
+			return "", err
+		}
+		defer os.RemoveAll(dir)
+		if err := os.Chmod(dir, 0o755); err != nil { // the image's root directory
+			return "", err
+		}
+		st, err := os.Stat(src)
+		if err != nil {
+			return "", fmt.Errorf("code %s: %w", src, err)
+		}
+		if err := filecopy.Copy(src, filepath.Join(dir, fileName), st.Mode().Perm()); err != nil {
+			return "", fmt.Errorf("code %s: %w", src, err)
+		}
+		tree = dir
+	}
+	cmd := exec.CommandContext(ctx, "mksquashfs", tree, tmp.Name(), "-noappend", "-comp", "zstd", "-all-root", "-quiet", "-no-progress")
 	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", fmt.Errorf("mksquashfs %s: %w: %s", codeDir, err, strings.TrimSpace(string(out)))
+		return "", fmt.Errorf("mksquashfs %s: %w: %s", src, err, strings.TrimSpace(string(out)))
 	}
 	if err := os.Rename(tmp.Name(), image); err != nil {
 		return "", err
@@ -44,9 +67,13 @@ func codeImage(ctx context.Context, cacheDir, codeDir string) (string, error) {
 	return image, nil
 }
 
-// treeDigest sums what identifies a directory tree's content cheaply.
-func treeDigest(dir string) (string, error) {
+// treeDigest sums what identifies a directory tree's content cheaply (or a
+// single file's, with the name it gets).
+func treeDigest(dir, fileName string) (string, error) {
 	h := sha256.New()
+	if fileName != "" {
+		fmt.Fprintf(h, "as %q\n", fileName)
+	}
 	err := filepath.WalkDir(dir, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
 			return err

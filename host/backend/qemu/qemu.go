@@ -20,9 +20,9 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Defaults.
@@ -198,18 +198,27 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
 	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
 
-	// The code, packed once per content.
-	if spec.CodeDir != "" {
-		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodeDir)
+	// The code, packed once per content: a directory's tree, or a single
+	// file under its name in the guest.
+	if spec.CodePath != "" {
+		single, err := spec.SingleFile()
+		if err != nil {
+			return nil, fmt.Errorf("qemu: %w", err)
+		}
+		name := ""
+		if single {
+			name = spec.CodeFile
+		}
+		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodePath, name)
 		if err != nil {
 			return nil, fmt.Errorf("qemu: %w", err)
 		}
 		drives = append(drives, drive{file: image, serial: codeSerial, readOnly: true})
-		v.guest.Code = config.Code{Encoding: config.EncodingSquashfs, Source: config.Source{Device: "serial:" + codeSerial}}
+		v.guest.Code = contract.Code{Encoding: contract.EncodingSquashfs, Source: contract.Source{Device: "serial:" + codeSerial}}
 	}
 	for i, vol := range spec.Volumes {
 		serial := fmt.Sprintf("ferry-vol%d", i)
-		gv := config.Volume{Mount: vol.Mount, Device: "serial:" + serial}
+		gv := contract.Volume{Mount: vol.Mount, Device: "serial:" + serial}
 		switch {
 		case vol.Image != "":
 			if err := checkFile(fmt.Sprintf("volume %d image", i), vol.Image); err != nil {
@@ -308,13 +317,13 @@ func memory(spec backend.Spec) int {
 // KernelCmdline is the command line VMs boot with: the console on the
 // first serial port, a reboot (Firecracker's way to end; QEMU runs with
 // -no-reboot) on panic or when init is done, init's root image, overlay
-// and transport, and under TCG the host's TSC frequency.
-func (b *Backend) KernelCmdline(transportParam string) string {
-	words := []string{
-		"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off",
-		"ferry.root=serial:" + rootSerial, "ferry.rootfstype=squashfs", "ferry.overlay=1",
-		transportParam, "ferry.shutdown=reboot",
+// and transport t, and under TCG the host's TSC frequency.
+func (b *Backend) KernelCmdline(t contract.Transport) string {
+	params := contract.BootParams{
+		Root: "serial:" + rootSerial, RootFS: "squashfs", Overlay: true,
+		Transport: t, OnExit: contract.ActionReboot,
 	}
+	words := []string{"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off", params.String()}
 	if !b.kvm && b.tscKHz > 0 {
 		words = append(words, fmt.Sprintf("tsc_early_khz=%d", b.tscKHz), "tsc=reliable")
 	}
@@ -330,7 +339,7 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 		"-M", "microvm", "-accel", accel, "-cpu", cpu,
 		"-smp", fmt.Sprint(vcpus(spec)), "-m", fmt.Sprint(memory(spec)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(tr.kernelParam()),
+		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(tr.guestTransport()),
 		"-serial", "stdio",
 	}
 	for i, d := range drives {

@@ -107,22 +107,75 @@ func TestCodeImageIsPackedOncePerContent(t *testing.T) {
 	}
 	code, cache := t.TempDir(), t.TempDir()
 	os.WriteFile(filepath.Join(code, "main.py"), []byte("app = None\n"), 0o644)
-	first, err := codeImage(context.Background(), cache, code)
+	first, err := codeImage(context.Background(), cache, code, "")
 	if err != nil {
 		t.Fatal(err)
 	}
-	again, err := codeImage(context.Background(), cache, code)
+	again, err := codeImage(context.Background(), cache, code, "")
 	if err != nil || again != first {
 		t.Fatalf("unchanged code packed again: %s %s %v", first, again, err)
 	}
 	later := time.Now().Add(time.Second)
 	os.WriteFile(filepath.Join(code, "main.py"), []byte("app = 1\n"), 0o644)
 	os.Chtimes(filepath.Join(code, "main.py"), later, later)
-	changed, err := codeImage(context.Background(), cache, code)
+	changed, err := codeImage(context.Background(), cache, code, "")
 	if err != nil || changed == first {
 		t.Fatalf("changed code not repacked: %s %v", changed, err)
 	}
 	if out, err := exec.Command("unsquashfs", "-l", changed).CombinedOutput(); err != nil || !strings.Contains(string(out), "main.py") {
 		t.Fatalf("image content: %v\n%s", err, out)
+	}
+}
+
+// A single file is packed alone, under the name the guest needs, with a
+// root directory the guest can enter; the same file under another name is
+// another image.
+func TestCodeImageOfASingleFile(t *testing.T) {
+	if _, err := exec.LookPath("mksquashfs"); err != nil {
+		t.Skip("needs mksquashfs (squashfs-tools)")
+	}
+	dir, cache := t.TempDir(), t.TempDir()
+	src := filepath.Join(dir, "app-source.py")
+	os.WriteFile(src, []byte("app = None\n"), 0o600)
+	os.WriteFile(filepath.Join(dir, "neighbour.py"), []byte("secret = 1\n"), 0o600)
+	image, err := codeImage(context.Background(), cache, src, "main.py")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command("unsquashfs", "-ll", image).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%v\n%s", err, out)
+	}
+	var entries []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		if f := strings.Fields(line); len(f) >= 6 && strings.HasPrefix(f[len(f)-1], "squashfs-root") {
+			entries = append(entries, f[0]+" "+f[len(f)-1])
+		}
+	}
+	want := []string{"drwxr-xr-x squashfs-root", "-rw------- squashfs-root/main.py"}
+	if strings.Join(entries, ",") != strings.Join(want, ",") {
+		t.Fatalf("image holds %q, want %q", entries, want)
+	}
+	nested, err := codeImage(context.Background(), cache, src, "pkg/web.py")
+	if err != nil || nested == image {
+		t.Fatalf("the same file under another name: %s %v", nested, err)
+	}
+	if out, err := exec.Command("unsquashfs", "-l", nested).CombinedOutput(); err != nil || !strings.Contains(string(out), "squashfs-root/pkg/web.py") {
+		t.Fatalf("nested name: %v\n%s", err, out)
+	}
+	if leftovers, _ := filepath.Glob(filepath.Join(cache, "*.tree")); len(leftovers) != 0 {
+		t.Fatalf("staging directories left behind: %v", leftovers)
+	}
+}
+
+// The kernel command line: the kernel's words, then init's parameters as
+// contract.BootParams renders them, then the TSC hint under TCG.
+func TestKernelCmdline(t *testing.T) {
+	b := &Backend{tscKHz: 2596136}
+	got := b.KernelCmdline((&serialTransport{}).guestTransport())
+	want := "console=ttyS0 quiet reboot=t panic=-1 pci=off ferry.root=serial:ferry-root ferry.rootfstype=squashfs ferry.overlay=1 " +
+		"ferry.transport=serial:ferry ferry.shutdown=reboot tsc_early_khz=2596136 tsc=reliable"
+	if got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
 	}
 }

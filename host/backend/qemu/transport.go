@@ -10,16 +10,18 @@ import (
 
 	"github.com/mdlayher/vsock"
 	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
-// VsockPort is the port init listens on with vsock (bootparam's default).
-const VsockPort = 52
+// VsockPort is the port init listens on with vsock.
+const VsockPort = contract.DefaultVsockPort
 
-// Transport kinds.
+// Transports Options.Transport may name.
 const (
-	TransportAuto   = "auto"   // vsock when /dev/vhost-vsock works, else serial
-	TransportVsock  = "vsock"  // vhost-vsock-device, init listens on VsockPort
-	TransportSerial = "serial" // a virtio-serial port whose socket QEMU connects to the agent
+	TransportAuto   = "auto"                   // vsock when /dev/vhost-vsock works, else serial
+	TransportVsock  = contract.TransportVsock  // vhost-vsock-device, init listens on VsockPort
+	TransportSerial = contract.TransportSerial // a virtio-serial port whose socket QEMU connects to the agent
 )
 
 // vhostVsockUsable reports whether the host can give VMs a vsock device.
@@ -35,7 +37,7 @@ func vhostVsockUsable() error {
 // transport is how the agent reaches init in one VM.
 type transport interface {
 	qemuArgs() []string
-	kernelParam() string // ferry.transport=...
+	guestTransport() contract.Transport // what init listens on (ferry.transport)
 	// connect returns the connection to init, giving up when the VM ends
 	// (vmDone) or ctx does.
 	connect(ctx context.Context, vmDone <-chan struct{}) (net.Conn, error)
@@ -71,7 +73,9 @@ func (s *serialTransport) qemuArgs() []string {
 	}
 }
 
-func (s *serialTransport) kernelParam() string { return "ferry.transport=serial:" + PortName }
+func (s *serialTransport) guestTransport() contract.Transport {
+	return contract.Transport{Kind: contract.TransportSerial, Name: PortName}
+}
 
 func (s *serialTransport) connect(ctx context.Context, vmDone <-chan struct{}) (net.Conn, error) {
 	type accepted struct {
@@ -113,8 +117,8 @@ func (v *vsockTransport) qemuArgs() []string {
 	return []string{"-device", fmt.Sprintf("vhost-vsock-device,guest-cid=%d", v.cid)}
 }
 
-func (v *vsockTransport) kernelParam() string {
-	return fmt.Sprintf("ferry.transport=vsock:%d", VsockPort)
+func (v *vsockTransport) guestTransport() contract.Transport {
+	return contract.Transport{Kind: contract.TransportVsock, Port: VsockPort}
 }
 
 func (v *vsockTransport) connect(ctx context.Context, vmDone <-chan struct{}) (net.Conn, error) {

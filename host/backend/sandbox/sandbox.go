@@ -40,10 +40,10 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/cgroup"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Defaults of a Backend.
@@ -72,7 +72,7 @@ const (
 
 // Guest paths of the sandbox's own files.
 const (
-	guestCodeDir = "/opt/code"
+	guestCodeDir = contract.DefaultCodeDir
 	guestInit    = "/run/ferry/init"
 )
 
@@ -188,27 +188,43 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}
-	if !b.Root {
-		return b.startPlain(spec)
+	single, err := spec.SingleFile()
+	if err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	return b.startIsolated(ctx, spec)
+	if !b.Root {
+		return b.startPlain(spec, single)
+	}
+	return b.startIsolated(ctx, spec, single)
 }
 
-// startPlain runs init as an ordinary child process (not root).
-func (b *Backend) startPlain(spec backend.Spec) (backend.VM, error) {
+// initArgs are init's arguments in the sandbox: its boot parameters, the
+// transport being the inherited stageTransportFD.
+func initArgs() []string {
+	params := contract.BootParams{Transport: contract.Transport{Kind: contract.TransportFD, FD: stageTransportFD}}
+	return []string{"-cmdline", params.String()}
+}
+
+// startPlain runs init as an ordinary child process (not root). The code
+// is used where it is; a single file, init copies into its own code
+// directory.
+func (b *Backend) startPlain(spec backend.Spec, single bool) (backend.VM, error) {
 	hostEnd, guestEnd, err := socketPair()
 	if err != nil {
 		return nil, err
 	}
 	defer guestEnd.Close()
-	cmd := exec.Command(spec.InitPath, "-transport", fmt.Sprintf("fd:%d", stageTransportFD))
+	code := contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: spec.CodePath}}
+	if single {
+		code.Encoding = contract.EncodingPlainFile
+	}
+	cmd := exec.Command(spec.InitPath, initArgs()...)
 	cmd.ExtraFiles = []*os.File{guestEnd}
 	cmd.Dir = "/"
 	cmd.Env = initEnv()
 	out := console(spec)
 	cmd.Stdout, cmd.Stderr = out, out
-	v := &vm{cmd: cmd, done: make(chan struct{}),
-		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: spec.CodeDir}}}}
+	v := &vm{cmd: cmd, done: make(chan struct{}), guest: backend.Guest{Code: code}}
 	if err := backend.StartPinned(cmd, func(err error) { out.Flush(); v.err = out.Explain(err); close(v.done) }); err != nil {
 		hostEnd.Close()
 		return nil, fmt.Errorf("sandbox: starting init: %w", err)
@@ -219,7 +235,9 @@ func (b *Backend) startPlain(spec backend.Spec) (backend.VM, error) {
 // startIsolated runs the stage in new namespaces, puts it in its cgroup,
 // sends it the plan with the mounts of the root filesystem, the code and
 // init, waits for its report that init runs, and links the VM's network.
-func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend.VM, error) {
+// The guest finds the code, a directory or a single file, in
+// guestCodeDir.
+func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single bool) (backend.VM, error) {
 	index := b.seq.Add(1) // names this VM's cgroup and network
 	slot, err := b.takeSlot()
 	if err != nil {
@@ -260,7 +278,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend
 	userNS := !b.noUserNS.Load()
 	out := console(spec)
 	v := &vm{done: make(chan struct{}),
-		guest: backend.Guest{Code: config.Code{Encoding: config.EncodingDirectory, Source: config.Source{Path: guestCodeDir}}}}
+		guest: backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: guestCodeDir}}}}
 	exited := func(err error) {
 		out.Flush()
 		v.err = out.Explain(err)
@@ -307,8 +325,10 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec) (backend
 	if err != nil {
 		return abort(err)
 	}
-	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS,
-		Args: []string{"init", "-cmdline", fmt.Sprintf("ferry.transport=fd:%d", stageTransportFD)}, Env: initEnv()}
+	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS, Args: append([]string{"init"}, initArgs()...), Env: initEnv()}
+	if single {
+		p.CodeFile = spec.CodeFile
+	}
 	if err := sendPlan(int(ctrl.Fd()), p, mounts); err != nil {
 		return abort(err)
 	}
@@ -380,8 +400,8 @@ func (b *Backend) planMounts(spec backend.Spec, pid int, userNS bool) ([]int, er
 	if mounts[mountRoot], err = detachedTree(b.RootDir, true); err != nil {
 		return mounts, fmt.Errorf("root filesystem %s: %w", b.RootDir, err)
 	}
-	if mounts[mountCode], err = codeMount(spec.CodeDir, pid, userNS); err != nil {
-		return mounts, fmt.Errorf("code directory %s: %w", spec.CodeDir, err)
+	if mounts[mountCode], err = codeMount(spec.CodePath, pid, userNS); err != nil {
+		return mounts, fmt.Errorf("code %s: %w", spec.CodePath, err)
 	}
 	if mounts[mountInit], err = detachedTree(spec.InitPath, false); err != nil {
 		return mounts, fmt.Errorf("init binary %s: %w", spec.InitPath, err)
@@ -403,7 +423,8 @@ func detachedTree(path string, recursive bool) (int, error) {
 	return fd, nil
 }
 
-// codeMount returns a detached, read-only copy of the mount tree at dir.
+// codeMount returns a detached, read-only copy of the mount tree at dir
+// (a directory, or a single file).
 // With a user namespace (the process pid's), the copy is id-mapped into it:
 // files the host's root owns appear owned by the guest's root, so a code
 // directory only root may read (0700, as made by most tools) is readable

@@ -39,6 +39,8 @@ type inside struct {
 	BindRW, WriteThrough  string
 	RootEntries           []string
 	Code                  string
+	CodeEntries           []string // what /opt/code holds
+	WriteCode             string   // creating a file beside the code
 	Cwd                   string
 }
 
@@ -69,6 +71,12 @@ func probeFromInside() int {
 	}
 	code, err := os.ReadFile(filepath.Join(guestCodeDir, "marker"))
 	r.Code = string(code) + errText(err)
+	if entries, err := os.ReadDir(guestCodeDir); err == nil {
+		for _, e := range entries {
+			r.CodeEntries = append(r.CodeEntries, e.Name())
+		}
+	}
+	r.WriteCode = write(filepath.Join(guestCodeDir, "added"))
 	r.Cwd, _ = os.Getwd()
 	json.NewEncoder(os.NewFile(stageTransportFD, "transport")).Encode(r)
 	return 0
@@ -92,23 +100,7 @@ func TestSandboxIsolation(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Setenv("FERRY_ADMIN_TOKEN", "secret-of-the-agent")
-	b := New(nil)
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	vm, err := b.Start(ctx, backend.Spec{ProgramID: "probe", InitPath: os.Args[0], CodeDir: code, MemoryMiB: 64})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer vm.Kill()
-	raw, err := io.ReadAll(vm.Conn())
-	if err != nil {
-		t.Fatal(err)
-	}
-	var r inside
-	if err := json.Unmarshal(raw, &r); err != nil {
-		t.Fatalf("report %q: %v (%v)", raw, err, vm.Err())
-	}
-	t.Logf("from inside: %+v", r)
+	r := probe(t, backend.Spec{ProgramID: "probe", InitPath: os.Args[0], CodePath: code, MemoryMiB: 64})
 	if r.PID != 1 || r.UID != 0 {
 		t.Errorf("init is pid %d uid %d inside, want pid 1 uid 0", r.PID, r.UID)
 	}
@@ -137,6 +129,29 @@ func TestSandboxIsolation(t *testing.T) {
 			t.Errorf("the agent's environment reached the guest: %s", kv)
 		}
 	}
+}
+
+// probe starts a sandbox whose init is this test binary's probe and
+// returns what it saw from inside, once the sandbox has ended.
+func probe(t *testing.T, spec backend.Spec) inside {
+	t.Helper()
+	b := New(nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	raw, err := io.ReadAll(vm.Conn())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r inside
+	if err := json.Unmarshal(raw, &r); err != nil {
+		t.Fatalf("report %q: %v (%v)", raw, err, vm.Err())
+	}
+	t.Logf("from inside: %+v", r)
 	select {
 	case <-vm.Done():
 	case <-time.After(30 * time.Second):
@@ -145,6 +160,28 @@ func TestSandboxIsolation(t *testing.T) {
 	var exit interface{ ExitCode() int }
 	if err := vm.Err(); err != nil && !(errors.As(err, &exit) && exit.ExitCode() == 0) {
 		t.Errorf("the sandbox ended with %v", err)
+	}
+	return r
+}
+
+// Code that is a single file appears alone in the guest's code directory,
+// under the name the spec gives it; its neighbours on the host stay out,
+// and nothing can be added beside it.
+func TestSandboxSingleFileCode(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "app-source.py"), []byte("the code"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "neighbour"), []byte("not the code"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := probe(t, backend.Spec{ProgramID: "probe", InitPath: os.Args[0], CodePath: filepath.Join(dir, "app-source.py"), CodeFile: "marker", MemoryMiB: 64})
+	if r.Code != "the code"+"ok" || len(r.CodeEntries) != 1 || r.CodeEntries[0] != "marker" {
+		t.Errorf("code %q, code directory %v; want only marker with the file's content", r.Code, r.CodeEntries)
+	}
+	if r.WriteCode == "ok" {
+		t.Error("the guest could add a file beside its code")
 	}
 }
 
@@ -156,7 +193,7 @@ func TestSandboxBadRootIsAnError(t *testing.T) {
 	b.RootDir = filepath.Join(t.TempDir(), "no-such-root")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	vm, err := b.Start(ctx, backend.Spec{ProgramID: "bad", InitPath: os.Args[0], CodeDir: t.TempDir()})
+	vm, err := b.Start(ctx, backend.Spec{ProgramID: "bad", InitPath: os.Args[0], CodePath: t.TempDir()})
 	if err == nil {
 		vm.Kill()
 		t.Fatal("a sandbox started on a root that does not exist")

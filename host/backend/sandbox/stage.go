@@ -27,10 +27,13 @@ type plan struct {
 	// CodeAt and InitAt are where the program's code and init's binary
 	// appear in the guest; both arrive as detached mounts with the plan,
 	// like the root filesystem.
-	CodeAt string   `json:"code_at"`
-	InitAt string   `json:"init_at"`
-	Args   []string `json:"args"`
-	Env    []string `json:"env"`
+	CodeAt string `json:"code_at"`
+	// CodeFile, when the code is a single file, is its name under
+	// CodeAt: the code's mount is that file's, in a directory of its own.
+	CodeFile string   `json:"code_file,omitempty"`
+	InitAt   string   `json:"init_at"`
+	Args     []string `json:"args"`
+	Env      []string `json:"env"`
 	// UserNS runs init in a user namespace nested in the stage's.
 	UserNS bool `json:"userns"`
 }
@@ -94,7 +97,7 @@ func runStage() int {
 	if err != nil {
 		return fail(err)
 	}
-	if err := buildRoot(mounts); err != nil {
+	if err := buildRoot(p, mounts); err != nil {
 		return fail(err)
 	}
 	if err := enterRoot(stageNewRoot); err != nil {
@@ -272,8 +275,9 @@ type mountStep struct {
 //	/run              tmpfs (init's binary at /run/ferry/init)
 //	/root             tmpfs, empty (the host's is never visible)
 //	/etc              overlay: the root filesystem's /etc below, the guest's writes in tmpfs above
-//	/opt/code         the program's code, read-only (on a tmpfs over /opt)
-func buildRoot(mounts []int) error {
+//	/opt/code         the program's code, read-only (on a read-only tmpfs over /opt): the code
+//	                  directory, or a directory holding only the code file
+func buildRoot(p *plan, mounts []int) error {
 	r := func(guestPath string) string { return filepath.Join(stageNewRoot, guestPath) }
 	const noSuidDev = unix.MS_NOSUID | unix.MS_NODEV
 	steps := []mountStep{
@@ -304,13 +308,25 @@ func buildRoot(mounts []int) error {
 		{"/etc", func() error { return overlayEtc(stageWorkspace, r("/etc")) }},
 		{"the code", func() error {
 			// On a tmpfs over /opt: the read-only root has no place for it.
-			if err := unix.Mount("tmpfs", r(filepath.Dir(guestCodeDir)), "tmpfs", noSuidDev, "mode=0755,size=64k"); err != nil {
+			opt := r(filepath.Dir(p.CodeAt))
+			if err := unix.Mount("tmpfs", opt, "tmpfs", noSuidDev, "mode=0755,size=64k"); err != nil {
 				return err
 			}
-			if err := os.Mkdir(r(guestCodeDir), 0o755); err != nil {
+			if err := os.Mkdir(r(p.CodeAt), 0o755); err != nil {
 				return err
 			}
-			return attach(mounts[mountCode], r(guestCodeDir))
+			target := r(p.CodeAt)
+			if p.CodeFile != "" {
+				target = filepath.Join(target, p.CodeFile)
+				if err := touch(target); err != nil {
+					return err
+				}
+			}
+			if err := attach(mounts[mountCode], target); err != nil {
+				return err
+			}
+			// Nothing else appears beside the code.
+			return unix.Mount("", opt, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|noSuidDev, "")
 		}},
 		{"init", func() error { // in /run, on the tmpfs mounted above
 			if err := touch(r(guestInit)); err != nil {

@@ -1,12 +1,14 @@
-// Package bootparam reads init's parameters from the kernel command line
-// (/proc/cmdline): which transport to serve the host on, whether to turn
-// the root filesystem into an overlay, debug logging and how to end.
+package contract
+
+// init's parameters on the kernel command line (/proc/cmdline): which
+// transport to serve the host on, whether to turn the root filesystem into
+// an overlay, debug logging and how to end. A backend renders them with
+// BootParams.String; init reads them with ParseBootParams.
 //
 // Parameters are words of the form ferry.KEY=VALUE; words without the ferry.
 // prefix belong to the kernel and are ignored. A bad value never stops the
-// boot: Parse keeps the default for that key and returns an error naming it,
-// which init logs.
-package bootparam
+// boot: ParseBootParams keeps the default for that key and returns an error
+// naming it, which init logs.
 
 import (
 	"fmt"
@@ -24,7 +26,7 @@ const (
 )
 
 // DefaultVsockPort is the port init listens on by default, as the reference
-// design's guest does.
+// design's guest does (Aleph's init1.py).
 const DefaultVsockPort = 52
 
 // Transport says where the host connects.
@@ -36,6 +38,7 @@ type Transport struct {
 	Path string // unix
 }
 
+// String renders t as ferry.transport takes it (vsock:52).
 func (t Transport) String() string {
 	switch t.Kind {
 	case TransportVsock:
@@ -55,8 +58,9 @@ const (
 	ActionReboot   = "reboot" // what Firecracker expects: its VMM exits on reboot
 )
 
-// Params are init's boot parameters.
-type Params struct {
+// BootParams are init's boot parameters. A zero field means "not given":
+// String leaves it out and init keeps its default (DefaultBootParams).
+type BootParams struct {
 	Transport Transport     // ferry.transport=vsock:PORT|serial:NAME|fd:N|unix:PATH
 	Overlay   bool          // ferry.overlay=1: writable tmpfs overlay over a read-only root
 	Debug     bool          // ferry.debug=1: debug logs
@@ -69,43 +73,57 @@ type Params struct {
 	RootFS string // ferry.rootfstype=squashfs|ext4 (default: try each)
 }
 
-// Defaults returns the parameters used when the command line says nothing.
-func Defaults() Params {
-	return Params{
+// DefaultBootParams returns the parameters used when the command line says
+// nothing.
+func DefaultBootParams() BootParams {
+	return BootParams{
 		Transport: Transport{Kind: TransportVsock, Port: DefaultVsockPort},
 		OnExit:    ActionPoweroff,
 		Grace:     5 * time.Second,
 	}
 }
 
-// ModuleParams returns the parameters the command line gives a kernel
-// module (words of the form module.key=value, with '-' and '_' alike in the
-// module name), joined by spaces as init_module wants them (values with spaces quoted). A loadable
-// module does not see these unless its loader passes them, as modprobe does.
-func ModuleParams(cmdline, module string) string {
-	module = strings.ReplaceAll(module, "-", "_")
-	var params []string
-	for _, word := range splitCmdline(cmdline) {
-		key, _, _ := strings.Cut(word, "=")
-		mod, param, ok := strings.Cut(key, ".")
-		if !ok || param == "" || strings.ReplaceAll(mod, "-", "_") != module {
-			continue
+// String renders the parameters that are set as ferry.* words for a
+// kernel command line (or init's -cmdline flag), in a fixed order; values
+// with blanks are quoted as the kernel expects.
+func (p BootParams) String() string {
+	var words []string
+	add := func(key, value string) {
+		if strings.ContainsAny(value, " \t") {
+			value = `"` + value + `"`
 		}
-		word = strings.TrimPrefix(word, mod+".")
-		if k, v, ok := strings.Cut(word, "="); ok && strings.ContainsAny(v, " \t") {
-			word = k + `="` + v + `"` // the kernel's parser takes quoted values
-		}
-		params = append(params, word)
+		words = append(words, "ferry."+key+"="+value)
 	}
-	return strings.Join(params, " ")
+	if p.Root != "" {
+		add("root", p.Root)
+	}
+	if p.RootFS != "" {
+		add("rootfstype", p.RootFS)
+	}
+	if p.Overlay {
+		add("overlay", "1")
+	}
+	if p.Transport.Kind != "" {
+		add("transport", p.Transport.String())
+	}
+	if p.Debug {
+		add("debug", "1")
+	}
+	if p.OnExit != "" {
+		add("shutdown", p.OnExit)
+	}
+	if p.Grace != 0 {
+		add("grace", p.Grace.String())
+	}
+	return strings.Join(words, " ")
 }
 
-// Parse reads ferry.* parameters from a kernel command line. It always
-// returns usable parameters; errs lists each parameter that was rejected
-// (the default stays in force for it).
-func Parse(cmdline string) (p Params, errs []error) {
-	p = Defaults()
-	for _, word := range splitCmdline(cmdline) {
+// ParseBootParams reads ferry.* parameters from a kernel command line. It
+// always returns usable parameters; errs lists each parameter that was
+// rejected (the default stays in force for it).
+func ParseBootParams(cmdline string) (p BootParams, errs []error) {
+	p = DefaultBootParams()
+	for _, word := range SplitCmdline(cmdline) {
 		key, value, _ := strings.Cut(word, "=")
 		if !strings.HasPrefix(key, "ferry.") {
 			continue
@@ -117,7 +135,7 @@ func Parse(cmdline string) (p Params, errs []error) {
 	return p, errs
 }
 
-func (p *Params) set(key, value string) error {
+func (p *BootParams) set(key, value string) error {
 	switch key {
 	case "transport":
 		t, err := ParseTransport(value)
@@ -198,9 +216,9 @@ func parseBool(value string, dst *bool) error {
 	return nil
 }
 
-// splitCmdline splits a command line into words as the kernel does: on
-// spaces, except inside double quotes, which are removed.
-func splitCmdline(s string) []string {
+// SplitCmdline splits a kernel command line into words as the kernel
+// does: on blanks, except inside double quotes, which are removed.
+func SplitCmdline(s string) []string {
 	var words []string
 	var cur strings.Builder
 	inQuote, inWord := false, false

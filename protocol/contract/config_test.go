@@ -1,4 +1,4 @@
-package config
+package contract
 
 import (
 	"errors"
@@ -61,8 +61,8 @@ func TestBadConfigsNameTheField(t *testing.T) {
 				t.Fatalf("test bug: %q not in the good config", c.from)
 			}
 			_, err := Parse([]byte(strings.Replace(good, c.from, c.to, 1)))
-			var ferr *FieldError
-			if !errors.As(err, &ferr) || ferr.Field != c.field {
+			var ferr *ConfigError
+			if !errors.As(err, &ferr) || ferr.Field != c.field || ferr.Phase != PhaseValidate {
 				t.Fatalf("got %v, want an error on field %s", err, c.field)
 			}
 		})
@@ -71,7 +71,7 @@ func TestBadConfigsNameTheField(t *testing.T) {
 
 func TestMissingFields(t *testing.T) {
 	_, err := Parse([]byte(`{"program_id": "x", "interface": "asgi", "entrypoint": "main:app", "code": {"encoding": "zip"}}`))
-	var ferr *FieldError
+	var ferr *ConfigError
 	if !errors.As(err, &ferr) || ferr.Field != "code" {
 		t.Fatalf("got %v", err)
 	}
@@ -80,5 +80,37 @@ func TestMissingFields(t *testing.T) {
 	}
 	if _, err := Parse([]byte(`{"program_id":"x"} {}`)); err == nil {
 		t.Fatal("trailing data accepted")
+	}
+}
+
+// Program ids are DNS labels: the host's manifests and init's
+// configuration accept the same ones.
+func TestValidID(t *testing.T) {
+	for _, id := range []string{"a", "hello", "my-app-2", strings.Repeat("x", 63)} {
+		if !ValidID(id) {
+			t.Errorf("%q refused", id)
+		}
+	}
+	for _, id := range []string{"", "-a", "a-", "Hello", "a_b", "a.b", "../etc", strings.Repeat("x", 64)} {
+		if ValidID(id) {
+			t.Errorf("%q accepted", id)
+		}
+	}
+}
+
+// A single code file is named after what the entrypoint looks for.
+func TestFileName(t *testing.T) {
+	cases := []struct{ iface, entrypoint, want string }{
+		{InterfaceASGI, "main:app", "main.py"},
+		{InterfaceASGI, "mysite.asgi:application", "mysite/asgi.py"},
+		{InterfaceExecutable, "server", "server"},
+		{InterfaceExecutable, "bin/./server", "bin/server"},
+		{InterfaceExecutable, "/usr/local/bin/server", "server"},
+		{InterfaceExecutable, "../server", "server"},
+	}
+	for _, c := range cases {
+		if got := FileName(c.iface, c.entrypoint); got != c.want {
+			t.Errorf("%s %s: got %q want %q", c.iface, c.entrypoint, got, c.want)
+		}
 	}
 }

@@ -1,9 +1,9 @@
-// Package config defines the configuration document the host sends in the
-// CONFIG frame — the boot contract between a runtime and Ferry's init — and
-// validates it. Every problem is reported as a *FieldError naming the
-// offending field, so the host can show exactly what to fix; nothing here
-// touches the system.
-package config
+package contract
+
+// The configuration document the host sends in the CONFIG frame, and its
+// validation. Every problem is a *ConfigError of phase "validate" naming
+// the offending field, so the host can show exactly what to fix; nothing
+// here touches the system.
 
 import (
 	"bytes"
@@ -12,22 +12,32 @@ import (
 	"fmt"
 	"net/netip"
 	"path"
+	"path/filepath"
 	"regexp"
 	"strings"
 )
 
-// Interfaces a program can have.
+// Code encodings: how the code named by Code.Source is laid out. The
+// names are those of an Aleph PROGRAM message's code.encoding, where
+// "plain" is one file as it is (the reference init runs it or writes it
+// to /opt/code), plus "directory" for code the guest already has as a
+// tree. (The agent's manifest says "plain" for unpacked code on the host,
+// a directory or one file; its backends turn that into a directory or a
+// squashfs drive here.)
 const (
-	InterfaceASGI       = "asgi"
-	InterfaceExecutable = "executable"
-)
-
-// Code encodings.
-const (
-	EncodingDirectory = "directory" // code is already a directory (bind mount, image)
-	EncodingSquashfs  = "squashfs"  // a squashfs block device, mounted read-only
-	EncodingZip       = "zip"       // a zip archive (file or device), extracted
-	EncodingPlain     = "plain"     // a single file (script or binary)
+	// EncodingDirectory is a directory the guest already has (the
+	// sandbox's bind mount); Source.Path names it.
+	EncodingDirectory = "directory"
+	// EncodingSquashfs is a squashfs image (a block device, or a file),
+	// mounted read-only at the code directory.
+	EncodingSquashfs = "squashfs"
+	// EncodingZip is a zip archive (file or device), extracted safely
+	// into the code directory.
+	EncodingZip = "zip"
+	// EncodingPlainFile ("plain") is one file, a Python module or a
+	// program, copied into the code directory under the name FileName
+	// gives it.
+	EncodingPlainFile = "plain"
 )
 
 // Config is the whole document.
@@ -84,26 +94,20 @@ type Address struct {
 	Gateway string `json:"gateway,omitempty"`
 }
 
-// FieldError is a configuration problem at one field.
-type FieldError struct {
-	Field   string // dotted path, e.g. network.ipv4.address
-	Message string
+// fieldErr is a validation problem at one field (a dotted path, such as
+// network.ipv4.address).
+func fieldErr(field, format string, args ...any) *ConfigError {
+	return &ConfigError{Phase: PhaseValidate, Field: field, Message: fmt.Sprintf(format, args...)}
 }
 
-func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
-
-func fieldErr(field, format string, args ...any) *FieldError {
-	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
-}
-
-// MaxSize bounds the configuration document.
-const MaxSize = 1 << 20
+// MaxConfigSize bounds the configuration document.
+const MaxConfigSize = 1 << 20
 
 // Parse decodes and validates a configuration document. Unknown fields are
 // errors (a typo must not be silently ignored).
 func Parse(doc []byte) (*Config, error) {
-	if len(doc) > MaxSize {
-		return nil, fieldErr("(document)", "%d bytes exceeds the %d-byte limit", len(doc), MaxSize)
+	if len(doc) > MaxConfigSize {
+		return nil, fieldErr("(document)", "%d bytes exceeds the %d-byte limit", len(doc), MaxConfigSize)
 	}
 	dec := json.NewDecoder(bytes.NewReader(doc))
 	dec.DisallowUnknownFields()
@@ -120,7 +124,7 @@ func Parse(doc []byte) (*Config, error) {
 	return &c, nil
 }
 
-// jsonError turns a decoding error into a FieldError naming the field.
+// jsonError turns a decoding error into a ConfigError naming the field.
 func jsonError(err error) error {
 	var typeErr *json.UnmarshalTypeError
 	if errors.As(err, &typeErr) {
@@ -134,7 +138,6 @@ func jsonError(err error) error {
 }
 
 var (
-	idPattern       = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
 	hostnamePattern = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?$`)
 	envNamePattern  = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
 	ifacePattern    = regexp.MustCompile(`^[a-z][a-z0-9]{0,14}$`)
@@ -146,7 +149,7 @@ var (
 
 // Validate checks every field and returns the first problem found.
 func (c *Config) Validate() error {
-	if !idPattern.MatchString(c.ProgramID) {
+	if !ValidID(c.ProgramID) {
 		return fieldErr("program_id", "%q is not a safe identifier (lower-case letters, digits and '-', at most 63)", c.ProgramID)
 	}
 	switch c.Interface {
@@ -213,7 +216,7 @@ func (c *Config) Validate() error {
 
 func (c *Code) validate() error {
 	switch c.Encoding {
-	case EncodingDirectory, EncodingSquashfs, EncodingZip, EncodingPlain:
+	case EncodingDirectory, EncodingSquashfs, EncodingZip, EncodingPlainFile:
 	default:
 		return fieldErr("code.encoding", "%q is not directory, squashfs, zip or plain", c.Encoding)
 	}
@@ -261,9 +264,6 @@ func (v *Volume) validate(field string, seen map[string]bool) error {
 	}
 	return nil
 }
-
-// DefaultInterface is the network interface configured when none is named.
-const DefaultInterface = "eth0"
 
 func (n *Network) validate() error {
 	if n.Interface != "" && !ifacePattern.MatchString(n.Interface) {
@@ -315,6 +315,24 @@ func (a *Address) validate(field string, v4 bool) error {
 		}
 	}
 	return nil
+}
+
+// FileName is the name a program whose code is one file has in the code
+// directory, where its entrypoint looks for it: for asgi its module's file
+// (main.py for main:app, pkg/main.py for pkg.main:app), for an executable
+// the entrypoint itself when it is a relative path inside the directory
+// (server, bin/server), else its base name. init names an
+// EncodingPlainFile so, and the host's backends name a single code file
+// so in the directory or image they give the guest.
+func FileName(iface, entrypoint string) string {
+	if iface == InterfaceASGI {
+		module, _, _ := strings.Cut(entrypoint, ":")
+		return strings.ReplaceAll(module, ".", "/") + ".py"
+	}
+	if filepath.IsLocal(entrypoint) {
+		return path.Clean(entrypoint)
+	}
+	return path.Base(entrypoint)
 }
 
 // Prefix returns the parsed address (after Validate succeeded).
