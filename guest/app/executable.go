@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-vm/ferry/guest/config"
 	"github.com/ferry-vm/ferry/guest/reaper"
 	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -29,9 +30,12 @@ const (
 	// DefaultListenTimeout bounds how long a starting program may take to
 	// accept connections on its port.
 	DefaultListenTimeout = 60 * time.Second
-	execMinBackoff       = 100 * time.Millisecond
-	execMaxBackoff       = 10 * time.Second
-	execStableAfter      = 10 * time.Second
+	// A program that exits is restarted after execMinBackoff, doubling up
+	// to execMaxBackoff while it keeps exiting, from execMinBackoff again
+	// once it has run for execStableAfter (README "Running the program").
+	execMinBackoff  = 100 * time.Millisecond
+	execMaxBackoff  = 10 * time.Second
+	execStableAfter = 10 * time.Second
 	// execWaitReady bounds how long a request waits for a restarting
 	// program.
 	execWaitReady = 30 * time.Second
@@ -60,7 +64,8 @@ type Executable struct {
 	log       *slog.Logger
 	transport *http.Transport
 	stopping  atomic.Bool
-	stopCh    chan struct{}
+	ctx       context.Context // ends when Stop is called
+	stop      context.CancelFunc
 
 	mu    sync.Mutex
 	proc  *Process      // current process
@@ -97,7 +102,8 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 	}
 	tail := NewOutputTail()
 	opt.Output = tail.Tee(opt.Output)
-	e := &Executable{opt: opt, log: opt.Log.With("program", opt.Argv[0]), stopCh: make(chan struct{})}
+	e := &Executable{opt: opt, log: opt.Log.With("program", opt.Argv[0])}
+	e.ctx, e.stop = context.WithCancel(context.Background())
 	e.transport = &http.Transport{
 		Proxy:               nil, // never an HTTP proxy from the environment
 		DialContext:         e.dial,
@@ -110,6 +116,7 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 		if errors.As(err, &serr) && serr.Detail == "" {
 			serr.Detail = tail.Recent(0)
 		}
+		e.stop()
 		return nil, err
 	}
 	go e.supervise()
@@ -168,50 +175,35 @@ func waitListening(ctx context.Context, p *Process, port int, timeout time.Durat
 	}
 }
 
-// supervise restarts the program with backoff whenever it exits.
+// supervise restarts the program with backoff whenever it exits, until
+// Stop.
 func (e *Executable) supervise() {
-	backoff := execMinBackoff
-	for {
-		e.mu.Lock()
-		p := e.proc
-		e.mu.Unlock()
-		started := time.Now()
-		select {
-		case <-p.Done():
-		case <-e.stopCh:
-			return
-		}
-		e.transport.CloseIdleConnections()
-		if e.stopping.Load() {
-			return
-		}
-		if time.Since(started) > execStableAfter {
-			backoff = execMinBackoff
-		}
-		e.log.Warn("program exited; restarting", "status", p.Exit().String(), "in", backoff)
-		for {
+	policy := supervise.Policy{Initial: execMinBackoff, Max: execMaxBackoff, ResetAfter: execStableAfter}
+	supervise.Run(e.ctx, policy, supervise.Task{
+		Running: true, // by StartExecutable
+		Start:   e.start,
+		Wait: func(ctx context.Context) error {
+			e.mu.Lock()
+			p := e.proc
+			e.mu.Unlock()
 			select {
-			case <-time.After(backoff):
-			case <-e.stopCh:
-				return
+			case <-p.Done():
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			backoff = min(backoff*2, execMaxBackoff)
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-e.stopCh:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			err := e.start(ctx)
-			cancel()
-			if err == nil {
-				break
+			e.transport.CloseIdleConnections()
+			if e.stopping.Load() {
+				return supervise.ErrStop
 			}
-			e.log.Error("program failed to restart", "err", err, "retry_in", backoff)
-		}
-	}
+			return errors.New(p.Exit().String())
+		},
+		Ended: func(how error, in time.Duration) {
+			e.log.Warn("program exited; restarting", "status", how.Error(), "in", in)
+		},
+		Failed: func(err error, in time.Duration) {
+			e.log.Error("program failed to restart", "err", err, "retry_in", in)
+		},
+	})
 }
 
 // dial connects to the program's port, waiting while it restarts.
@@ -247,7 +239,7 @@ func (e *Executable) waitReady(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("the program did not come back within %s", execWaitReady)
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-e.stopCh:
+		case <-e.ctx.Done():
 		}
 	}
 }
@@ -449,7 +441,7 @@ func (e *Executable) Stop(ctx context.Context) error {
 	if e.stopping.Swap(true) {
 		return nil
 	}
-	close(e.stopCh)
+	e.stop()
 	e.mu.Lock()
 	p := e.proc
 	e.mu.Unlock()

@@ -13,17 +13,18 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// Restart backoff of a crashed worker.
+// A worker that exits is restarted after minBackoff, doubling up to
+// maxBackoff while it keeps exiting, from minBackoff again once it has run
+// for stableAfter (README "Running the program").
 const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-	// stableAfter is how long a worker must have run for its backoff to
-	// start again from minBackoff.
+	minBackoff  = 100 * time.Millisecond
+	maxBackoff  = 5 * time.Second
 	stableAfter = 10 * time.Second
 )
 
@@ -133,47 +134,45 @@ func (w *worker) startError(proc *app.Process, what string, err error) error {
 // backoff until the pool stops.
 func (w *worker) supervise(ctx context.Context) {
 	p := w.pool
-	backoff := minBackoff
-	for {
-		w.mu.Lock()
-		proc, sess := w.proc, w.sess
-		w.mu.Unlock()
-		started := time.Now()
-		select {
-		case <-proc.Done():
-		case <-ctx.Done():
-			return
-		}
-		w.mu.Lock()
-		w.sess = nil
-		w.mu.Unlock()
-		sess.Close()
-		p.changed()
-		if p.stopping.Load() {
-			return
-		}
-		if time.Since(started) > stableAfter {
-			backoff = minBackoff
-		}
-		p.log.Warn("ASGI worker exited; restarting", "worker", w.id, "status", proc.Exit().String(), "in", backoff)
-		for {
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(backoff*2, maxBackoff)
+	policy := supervise.Policy{Initial: minBackoff, Max: maxBackoff, ResetAfter: stableAfter}
+	supervise.Run(ctx, policy, supervise.Task{
+		Running: true, // by Start
+		Start: func(ctx context.Context) error {
 			if p.stopping.Load() {
-				return
+				return supervise.ErrStop
 			}
-			err := w.start(ctx)
-			if err == nil {
-				p.log.Info("ASGI worker restarted", "worker", w.id)
-				break
+			if err := w.start(ctx); err != nil {
+				return err
 			}
-			p.log.Error("ASGI worker failed to restart", "worker", w.id, "err", err, "retry_in", backoff)
-		}
-	}
+			p.log.Info("ASGI worker restarted", "worker", w.id)
+			return nil
+		},
+		Wait: func(ctx context.Context) error {
+			w.mu.Lock()
+			proc, sess := w.proc, w.sess
+			w.mu.Unlock()
+			select {
+			case <-proc.Done():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			w.mu.Lock()
+			w.sess = nil
+			w.mu.Unlock()
+			sess.Close()
+			p.changed()
+			if p.stopping.Load() {
+				return supervise.ErrStop
+			}
+			return errors.New(proc.Exit().String())
+		},
+		Ended: func(how error, in time.Duration) {
+			p.log.Warn("ASGI worker exited; restarting", "worker", w.id, "status", how.Error(), "in", in)
+		},
+		Failed: func(err error, in time.Duration) {
+			p.log.Error("ASGI worker failed to restart", "worker", w.id, "err", err, "retry_in", in)
+		},
+	})
 }
 
 // current returns the worker's live session and its process; the session
