@@ -28,6 +28,7 @@ import (
 
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/app/asgi"
+	"github.com/ferry-vm/ferry/guest/app/executable"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/bootparam"
 	"github.com/ferry-vm/ferry/guest/config"
@@ -200,7 +201,7 @@ func run(log *slog.Logger, params bootparam.Params, cmdline string, pid1 bool, t
 		Setup:    setupOpt,
 		Agent:    agent,
 		Apps: map[string]app.Factory{
-			config.InterfaceExecutable: app.NewExecutableFactory(r, log),
+			config.InterfaceExecutable: executable.NewFactory(r, log),
 			config.InterfaceASGI:       asgi.NewFactory(r, log),
 		},
 	})

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/app/asgi/forward"
 	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -184,7 +185,7 @@ func (w *worker) current() (*mux.Session, *app.Process) {
 }
 
 // lost explains a stream failure caused by the worker going away.
-func (w *worker) lost(proc *app.Process) app.LostFunc {
+func (w *worker) lost(proc *app.Process) forward.LostFunc {
 	return func() (uint32, string) {
 		select {
 		case <-proc.Done():
