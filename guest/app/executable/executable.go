@@ -30,11 +30,6 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// bufSize is the buffer of a response body's copy to the host.
-const bufSize = 64 << 10
-
-var bufs = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
-
 // Timing.
 const (
 	// DefaultListenTimeout bounds how long a starting program may take to
@@ -306,8 +301,8 @@ func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 		e.relayUpgrade(st, &rh, resp)
 		return
 	}
-	buf := bufs.Get().(*[]byte)
-	defer bufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	if err := st.WriteResponse(&rh, nil, false); err != nil {
 		refuseOversized(st, err)
 		return

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -164,21 +163,9 @@ func start(t *testing.T, mode string, out app.Output) (*Program, error) {
 // to p.Serve.
 func host(t *testing.T, p *Program) *mux.Session {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		conns[i], err = net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	hostSess := mux.Client(conns[0], mux.Config{})
-	initSess := mux.Server(conns[1], mux.Config{Handler: func(st *mux.Stream) { p.Serve(context.Background(), st) }})
+	a, b := net.Pipe()
+	hostSess := mux.Client(a, mux.Config{})
+	initSess := mux.Server(b, mux.Config{Handler: func(st *mux.Stream) { p.Serve(context.Background(), st) }})
 	t.Cleanup(func() { hostSess.Close(); initSess.Close() })
 	return hostSess
 }

@@ -13,17 +13,12 @@ import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 
+	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
-
-// bufSize is the copy buffer of each direction.
-const bufSize = 64 << 10
-
-var bufs = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 
 // LostFunc explains why a peer stream failed when its whole session did
 // (the worker died): it returns the code and message for the host.
@@ -33,8 +28,8 @@ type LostFunc func() (code uint32, message string)
 // bytes that already arrived with it, so that a short request crosses in
 // one write.
 func Open(ctx context.Context, sess *mux.Session, host *mux.Stream) (*mux.Stream, error) {
-	buf := bufs.Get().(*[]byte)
-	defer bufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	n, err := host.TryRead(*buf)
 	end := err == io.EOF
 	if err != nil && !end {
@@ -122,8 +117,8 @@ func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
 // copyRequestBody copies the rest of the host's request body to the peer
 // and ends the peer's side with the host's trailers.
 func copyRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
-	buf := bufs.Get().(*[]byte)
-	defer bufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	for {
 		n, err := host.Read(*buf)
 		if n > 0 {
@@ -175,8 +170,8 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 		relayFragments(peer, host, lost, nil)
 		return
 	}
-	buf := bufs.Get().(*[]byte)
-	defer bufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	// The head goes out with whatever body arrived with it.
 	n, err := peer.TryRead(*buf)
 	end := err == io.EOF
@@ -232,7 +227,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 	var buf *[]byte
 	defer func() {
 		if buf != nil {
-			bufs.Put(buf)
+			app.ReturnCopyBuffer(buf)
 		}
 	}()
 	for {
@@ -255,7 +250,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 		}
 		if buf == nil {
 			// A message is arriving (p was empty: nothing was consumed).
-			buf = bufs.Get().(*[]byte)
+			buf = app.CopyBuffer()
 			continue
 		}
 		if _, err := dst.WriteFragment(text, more, (*buf)[:n]); err != nil {
@@ -266,7 +261,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 			return
 		}
 		if !more {
-			bufs.Put(buf)
+			app.ReturnCopyBuffer(buf)
 			buf = nil
 		}
 	}
