@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"reflect"
 	"strconv"
@@ -63,32 +62,35 @@ func (r *lineRecorder) get() []string {
 	return append([]string(nil), r.lines...)
 }
 
-// startReaper runs a reaper for the test's processes until the test ends.
-// It reaps every child of the test binary: start children through it.
-func startReaper(t *testing.T) *reaper.Reaper {
-	t.Helper()
-	if _, err := exec.LookPath("sh"); err != nil {
-		t.Skip("needs sh")
-	}
+// testReaper reaps the children of the test binary (every one: start
+// them through it).
+var testReaper *reaper.Reaper
+
+func TestMain(m *testing.M) {
 	r, err := reaper.New(slog.New(slog.DiscardHandler))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	go r.Run(context.Background())
+	testReaper = r
+	os.Exit(m.Run())
+}
+
+// startScript starts a shell script with the given body, its argv[0]
+// relative to its own new directory, as spec says otherwise.
+func startScript(t *testing.T, body string, spec ProcessSpec) *Process {
+	t.Helper()
+	spec.Dir = t.TempDir()
+	if err := os.WriteFile(filepath.Join(spec.Dir, "prog"), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	spec.Argv = append([]string{"prog"}, spec.Argv...)
+	p, err := StartProcess(testReaper, slog.New(slog.DiscardHandler), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	t.Cleanup(cancel)
-	go r.Run(ctx)
-	return r
-}
-
-// script writes a shell script into a new directory and returns the
-// directory and the script's name.
-func script(t *testing.T, body string) (dir, name string) {
-	t.Helper()
-	dir = t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "prog"), []byte("#!/bin/sh\n"+body), 0o755); err != nil {
-		t.Fatal(err)
-	}
-	return dir, "prog"
+	return p
 }
 
 func waitDone(t *testing.T, p *Process) {
@@ -104,15 +106,9 @@ func waitDone(t *testing.T, p *Process) {
 // before Done; it runs in its directory with its environment, its argv[0]
 // relative to that directory; Exit says how it ended.
 func TestProcessCapturesOutputAndExit(t *testing.T) {
-	r := startReaper(t)
-	dir, name := script(t, `echo "out $GREETING $1"; echo err >&2; printf 'no newline'; pwd >&2; exit 3`)
 	out := &lineRecorder{}
-	p, err := StartProcess(r, slog.New(slog.DiscardHandler), ProcessSpec{
-		Argv: []string{name, "arg"}, Dir: dir, Env: []string{"GREETING=hello"}, Output: out, Origin: 7,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startScript(t, `echo "out $GREETING $1"; echo err >&2; printf 'no newline'; pwd >&2; exit 3`,
+		ProcessSpec{Argv: []string{"arg"}, Env: []string{"GREETING=hello"}, Output: out, Origin: 7})
 	waitDone(t, p)
 	if code := p.Exit().Code(); code != 3 {
 		t.Fatalf("exit %s, want status 3", p.Exit())
@@ -121,7 +117,7 @@ func TestProcessCapturesOutputAndExit(t *testing.T) {
 	for _, l := range out.get() {
 		got[l] = true
 	}
-	realDir, _ := filepath.EvalSymlinks(dir)
+	realDir, _ := filepath.EvalSymlinks(p.cmd.Dir)
 	for _, want := range []string{"stdout 7 out hello arg", "stderr 7 err", "stdout 7 no newline", "stderr 7 " + realDir} {
 		if !got[want] {
 			t.Errorf("missing line %q in %q", want, out.get())
@@ -131,14 +127,9 @@ func TestProcessCapturesOutputAndExit(t *testing.T) {
 
 // A line longer than MaxLineLength comes in pieces of MaxLineLength.
 func TestProcessSplitsLongLines(t *testing.T) {
-	r := startReaper(t)
-	n := MaxLineLength + 100
-	dir, name := script(t, "head -c "+strconv.Itoa(n)+" /dev/zero | tr '\\0' x; echo")
 	out := &lineRecorder{}
-	p, err := StartProcess(r, slog.New(slog.DiscardHandler), ProcessSpec{Argv: []string{name}, Dir: dir, Output: out})
-	if err != nil {
-		t.Fatal(err)
-	}
+	n := MaxLineLength + 100
+	p := startScript(t, "head -c "+strconv.Itoa(n)+" /dev/zero | tr '\\0' x; echo", ProcessSpec{Output: out})
 	waitDone(t, p)
 	lines := out.get()
 	if len(lines) != 2 || len(lines[0]) != len("stdout 0 ")+MaxLineLength || len(lines[1]) != len("stdout 0 ")+100 {
@@ -156,8 +147,7 @@ func lengths(lines []string) []int {
 
 // A program that does not exist is an error, not a process.
 func TestStartProcessOfAMissingProgram(t *testing.T) {
-	r := startReaper(t)
-	_, err := StartProcess(r, slog.New(slog.DiscardHandler), ProcessSpec{Argv: []string{"missing"}, Dir: t.TempDir(), Output: DiscardOutput{}})
+	_, err := StartProcess(testReaper, slog.New(slog.DiscardHandler), ProcessSpec{Argv: []string{"missing"}, Dir: t.TempDir(), Output: DiscardOutput{}})
 	if err == nil || !strings.Contains(err.Error(), "starting missing") {
 		t.Fatalf("err %v", err)
 	}
@@ -166,15 +156,10 @@ func TestStartProcessOfAMissingProgram(t *testing.T) {
 // Stop ends the whole process group: SIGTERM first, then SIGKILL for a
 // process that ignores it once ctx ends.
 func TestProcessStop(t *testing.T) {
-	r := startReaper(t)
 	t.Run("SIGTERM", func(t *testing.T) {
 		// The child's own child is stopped with it (same process group).
-		dir, name := script(t, "sleep 60 & echo $!; wait")
 		out := &lineRecorder{}
-		p, err := StartProcess(r, slog.New(slog.DiscardHandler), ProcessSpec{Argv: []string{name}, Dir: dir, Output: out})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := startScript(t, "sleep 60 & echo $!; wait", ProcessSpec{Output: out})
 		grandchild := waitPid(t, out)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -187,16 +172,12 @@ func TestProcessStop(t *testing.T) {
 		waitGone(t, grandchild)
 	})
 	t.Run("SIGKILL", func(t *testing.T) {
-		dir, name := script(t, "trap '' TERM; echo $$; while :; do sleep 0.01; done")
 		out := &lineRecorder{}
-		p, err := StartProcess(r, slog.New(slog.DiscardHandler), ProcessSpec{Argv: []string{name}, Dir: dir, Output: out})
-		if err != nil {
-			t.Fatal(err)
-		}
+		p := startScript(t, "trap '' TERM; echo $$; while :; do sleep 0.01; done", ProcessSpec{Output: out})
 		waitPid(t, out) // the trap is set
 		ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
 		defer cancel()
-		err = p.Stop(ctx)
+		err := p.Stop(ctx)
 		if err == nil || !strings.Contains(err.Error(), "killed") {
 			t.Fatalf("Stop: %v, want killed", err)
 		}

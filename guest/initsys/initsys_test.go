@@ -1,7 +1,6 @@
 package initsys
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -10,7 +9,6 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -22,22 +20,22 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// syncBuffer is a log destination safe for init's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
+// logFile is a log destination for init's goroutines, read back whole.
+type logFile struct{ *os.File }
+
+func newLogFile(t *testing.T) logFile {
+	t.Helper()
+	f, err := os.Create(filepath.Join(t.TempDir(), "init.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return logFile{f}
 }
 
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+func (l logFile) String() string {
+	b, _ := os.ReadFile(l.Name())
+	return string(b)
 }
 
 func TestLoad(t *testing.T) {
@@ -60,8 +58,8 @@ func TestLoad(t *testing.T) {
 		{"a bad -transport as PID 1 is logged", Options{PID1: true, Cmdline: "ferry.transport=unix:/run/a.sock", Transport: "carrier-pigeon"}, "", unixAt("/run/a.sock"), false, "ignoring a bad flag"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			var logs syncBuffer
-			tc.opt.Stderr = &logs
+			logs := newLogFile(t)
+			tc.opt.Stderr = logs
 			tc.opt.Agent = "test"
 			var tl boot.Timeline
 			in, err := Load(tc.opt, &tl)
@@ -166,11 +164,11 @@ func TestResumeTimeline(t *testing.T) {
 
 // runByHand starts Run as init by hand, listening on a unix socket, and
 // returns the socket's path, init's logs and Run's exit code to come.
-func runByHand(t *testing.T, shutdown context.Context) (string, *syncBuffer, <-chan int) {
+func runByHand(t *testing.T, shutdown context.Context) (string, logFile, <-chan int) {
 	t.Helper()
 	t.Setenv("TMPDIR", t.TempDir())
 	sock := filepath.Join(t.TempDir(), "init.sock")
-	logs := &syncBuffer{}
+	logs := newLogFile(t)
 	var tl boot.Timeline
 	in, err := Load(Options{Transport: "unix:" + sock, Stderr: logs, Agent: "test-init"}, &tl)
 	if err != nil {
@@ -279,7 +277,7 @@ func TestRunByHandWithoutTransport(t *testing.T) {
 	if err := os.WriteFile(notADir, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	logs := &syncBuffer{}
+	logs := newLogFile(t)
 	in, err := Load(Options{Transport: "unix:" + filepath.Join(notADir, "init.sock"), Stderr: logs}, &boot.Timeline{})
 	if err != nil {
 		t.Fatal(err)

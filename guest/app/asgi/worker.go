@@ -20,15 +20,6 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// A worker that exits is restarted after minBackoff, doubling up to
-// maxBackoff while it keeps exiting, from minBackoff again once it has run
-// for stableAfter (README "Running the program").
-const (
-	minBackoff  = 100 * time.Millisecond
-	maxBackoff  = 5 * time.Second
-	stableAfter = 10 * time.Second
-)
-
 // worker is one Python process of the pool and its session.
 type worker struct {
 	pool     *Pool
@@ -135,7 +126,10 @@ func (w *worker) startError(proc *app.Process, what string, err error) error {
 // backoff until the pool stops.
 func (w *worker) supervise(ctx context.Context) {
 	p := w.pool
-	policy := supervise.Policy{Initial: minBackoff, Max: maxBackoff, ResetAfter: stableAfter}
+	// A worker that exits is restarted after 100 ms, doubling up to 5 s
+	// while it keeps exiting, from 100 ms again once it has run for 10 s
+	// (README "Running the program").
+	policy := supervise.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, ResetAfter: 10 * time.Second}
 	supervise.Run(ctx, policy, supervise.Task{
 		Running: true, // by Start
 		Start: func(ctx context.Context) error {

@@ -35,12 +35,6 @@ const (
 	// DefaultListenTimeout bounds how long a starting program may take to
 	// accept connections on its port.
 	DefaultListenTimeout = 60 * time.Second
-	// A program that exits is restarted after execMinBackoff, doubling up
-	// to execMaxBackoff while it keeps exiting, from execMinBackoff again
-	// once it has run for execStableAfter (README "Running the program").
-	execMinBackoff  = 100 * time.Millisecond
-	execMaxBackoff  = 10 * time.Second
-	execStableAfter = 10 * time.Second
 	// execWaitReady bounds how long a request waits for a restarting
 	// program.
 	execWaitReady = 30 * time.Second
@@ -183,7 +177,10 @@ func waitListening(ctx context.Context, p *app.Process, port int, timeout time.D
 // supervise restarts the program with backoff whenever it exits, until
 // Stop.
 func (e *Program) supervise() {
-	policy := supervise.Policy{Initial: execMinBackoff, Max: execMaxBackoff, ResetAfter: execStableAfter}
+	// A program that exits is restarted after 100 ms, doubling up to 10 s
+	// while it keeps exiting, from 100 ms again once it has run for 10 s
+	// (README "Running the program").
+	policy := supervise.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, ResetAfter: 10 * time.Second}
 	supervise.Run(e.ctx, policy, supervise.Task{
 		Running: true, // by Start
 		Start:   e.start,
