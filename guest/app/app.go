@@ -1,6 +1,9 @@
 // Package app defines how init runs the user's program and hands it
-// request streams. The ASGI worker pool and the executable relay implement
-// App; Process is the common part that starts and stops the program.
+// request streams, and holds what its two runners share: the App interface
+// and its Factory, the program's environment, starting and stopping its
+// processes (Process), and capturing their output a line at a time
+// (Output, OutputTail). The runners are its subpackages: asgi (a pool of
+// Python workers) and executable (a program serving HTTP on PORT).
 package app
 
 import (

@@ -1,7 +1,6 @@
 package backend
 
 import (
-	"bytes"
 	"fmt"
 	"log/slog"
 	"os/exec"
@@ -9,6 +8,9 @@ import (
 	"strings"
 	"sync"
 	"syscall"
+
+	"github.com/ferry-vm/ferry/internal/lines"
+	"github.com/ferry-vm/ferry/internal/logring"
 )
 
 // StartPinned starts cmd so that it is killed (SIGKILL) when the agent
@@ -35,48 +37,13 @@ func StartPinned(cmd *exec.Cmd, exited func(error)) error {
 	return <-started
 }
 
-// LineWriter splits a child's console output into lines (without the
-// newline or a trailing carriage return) and gives each to Line. A line
-// longer than 64 KiB is passed on in pieces.
-type LineWriter struct {
-	Line func(string)
-
-	mu  sync.Mutex
-	buf []byte
-}
-
-// Write implements io.Writer.
-func (w *LineWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		w.Line(strings.TrimRight(string(w.buf[:i]), "\r"))
-		w.buf = w.buf[i+1:]
-	}
-	if len(w.buf) > 64<<10 {
-		w.Line(string(w.buf))
-		w.buf = w.buf[:0]
-	}
-	return len(p), nil
-}
-
-// Flush passes on a last line that has no newline.
-func (w *LineWriter) Flush() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if len(w.buf) > 0 {
-		w.Line(strings.TrimRight(string(w.buf), "\r"))
-		w.buf = w.buf[:0]
-	}
-}
-
-// consoleTail is how many console lines a Console keeps.
-const consoleTail = 25
+// Console bounds: how many lines a Console keeps, and the longest line
+// it passes on whole (a longer one goes in pieces; the bound only limits
+// the memory a VM printing without newlines can take).
+const (
+	consoleTail     = 25
+	consoleLineSize = 64 << 10
+)
 
 // Console receives a VM's console output: each line goes to Log (at debug
 // level) and to Forward (the program's logs), and the last lines are kept
@@ -86,30 +53,34 @@ type Console struct {
 	Forward func(line string)
 
 	once  sync.Once
-	lines LineWriter
-	mu    sync.Mutex
-	tail  []string
+	lines *lines.Writer
+	tail  *logring.Ring
+}
+
+// init makes the line splitter and the tail on first use, so that a
+// Console is ready as a literal.
+func (c *Console) init() {
+	c.once.Do(func() {
+		c.lines = lines.NewWriter(lines.Options{Max: consoleLineSize, TrimCR: true}, c.line)
+		c.tail = logring.NewRing(consoleTail, consoleTail*consoleLineSize)
+	})
 }
 
 // Write implements io.Writer.
 func (c *Console) Write(p []byte) (int, error) {
-	c.once.Do(func() { c.lines.Line = c.line })
+	c.init()
 	return c.lines.Write(p)
 }
 
 // Flush passes on a last line that has no newline.
 func (c *Console) Flush() {
-	c.once.Do(func() { c.lines.Line = c.line })
+	c.init()
 	c.lines.Flush()
 }
 
-func (c *Console) line(line string) {
-	c.mu.Lock()
-	c.tail = append(c.tail, line)
-	if len(c.tail) > consoleTail {
-		c.tail = c.tail[len(c.tail)-consoleTail:]
-	}
-	c.mu.Unlock()
+func (c *Console) line(b []byte) {
+	c.tail.Add("console", 0, 0, b)
+	line := string(b)
 	if c.Log != nil {
 		c.Log.Debug("console", "line", line)
 	}
@@ -120,18 +91,23 @@ func (c *Console) line(line string) {
 
 // Tail returns the last console lines.
 func (c *Console) Tail() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return append([]string(nil), c.tail...)
+	c.init()
+	var tail []string
+	for _, e := range c.tail.Since(0) {
+		tail = append(tail, string(e.Line))
+	}
+	return tail
 }
 
 // Explain adds the last console lines to err, which says how the VM
 // ended.
 func (c *Console) Explain(err error) error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if err == nil || len(c.tail) == 0 {
+	if err == nil {
 		return err
 	}
-	return fmt.Errorf("%w; last console lines:\n  %s", err, strings.Join(c.tail, "\n  "))
+	tail := c.Tail()
+	if len(tail) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; last console lines:\n  %s", err, strings.Join(tail, "\n  "))
 }

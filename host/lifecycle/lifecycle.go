@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -234,34 +235,36 @@ func (m *Manager) idleLoop() {
 }
 
 // Persist keeps a persistent program running until ctx ends: started now,
-// restarted with exponential backoff whenever its VM ends.
+// restarted with exponential backoff whenever its VM ends (RestartBackoff
+// doubling to MaxRestartBackoff, from RestartBackoff again after a run of
+// ten times MaxRestartBackoff).
 func (m *Manager) Persist(ctx context.Context, p *Program) {
-	backoff := m.opt.RestartBackoff
-	for {
-		inst, err := m.Get(ctx, p)
-		if err == nil {
-			started := time.Now()
+	policy := supervise.Policy{Initial: m.opt.RestartBackoff, Max: m.opt.MaxRestartBackoff, ResetAfter: 10 * m.opt.MaxRestartBackoff}
+	var inst *Instance
+	supervise.Run(ctx, policy, supervise.Task{
+		Start: func(ctx context.Context) error {
+			i, err := m.Get(ctx, p)
+			if errors.Is(err, ErrRemoved) {
+				return supervise.ErrStop
+			}
+			inst = i
+			return err
+		},
+		Wait: func(ctx context.Context) error {
 			select {
 			case <-inst.VM.Done():
+				return inst.VM.Err()
 			case <-ctx.Done():
-				return
+				return ctx.Err()
 			}
-			if time.Since(started) > 10*m.opt.MaxRestartBackoff {
-				backoff = m.opt.RestartBackoff
-			}
-			m.log.Warn("persistent program ended; restarting", "program", p.ID, "vm_err", inst.VM.Err(), "in", backoff)
-		} else if ctx.Err() != nil || errors.Is(err, ErrRemoved) {
-			return
-		} else {
-			m.log.Error("persistent program failed to start", "program", p.ID, "err", err, "retry_in", backoff)
-		}
-		select {
-		case <-time.After(backoff):
-		case <-ctx.Done():
-			return
-		}
-		backoff = min(backoff*2, m.opt.MaxRestartBackoff)
-	}
+		},
+		Ended: func(vmErr error, in time.Duration) {
+			m.log.Warn("persistent program ended; restarting", "program", p.ID, "vm_err", vmErr, "in", in)
+		},
+		Failed: func(err error, in time.Duration) {
+			m.log.Error("persistent program failed to start", "program", p.ID, "err", err, "retry_in", in)
+		},
+	})
 }
 
 // Close stops the manager's background work (not the VMs: see StopAll).

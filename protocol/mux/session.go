@@ -261,12 +261,6 @@ func (s *Session) Open(ctx context.Context, head *message.RequestHead, body []by
 	return s.open(ctx, frameSpec{h: frame.Header{Type: frame.TypeRequest}, enc: head}, body, endStream)
 }
 
-// OpenRaw is Open with the REQUEST payload already encoded, e.g. the head
-// of a stream being relayed from another session (see Stream.Head).
-func (s *Session) OpenRaw(ctx context.Context, head []byte, body []byte, endStream bool) (*Stream, error) {
-	return s.open(ctx, frameSpec{h: frame.Header{Type: frame.TypeRequest}, payload: head}, body, endStream)
-}
-
 func (s *Session) open(ctx context.Context, head frameSpec, body []byte, endStream bool) (*Stream, error) {
 	if _, err := s.Handshake(ctx); err != nil {
 		return nil, err

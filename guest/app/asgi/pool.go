@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/app/asgi/forward"
 	"github.com/ferry-vm/ferry/guest/reaper"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -194,12 +195,12 @@ func (p *Pool) Serve(ctx context.Context, host *mux.Stream) {
 		return
 	}
 	defer w.inflight.Add(-1)
-	peer, err := app.OpenRelayed(ctx, sess, host)
+	peer, err := forward.Open(ctx, sess, host)
 	if err != nil {
 		host.Reset(frame.CodeWorkerLost, fmt.Sprintf("worker %d: %v", w.id, err))
 		return
 	}
-	app.Relay(host, peer, w.lost(proc))
+	forward.Stream(host, peer, w.lost(proc))
 }
 
 // Stop lets every worker finish its requests and run its lifespan shutdown

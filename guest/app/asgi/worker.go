@@ -12,18 +12,11 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/app/asgi/forward"
+	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/mux"
-)
-
-// Restart backoff of a crashed worker.
-const (
-	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
-	// stableAfter is how long a worker must have run for its backoff to
-	// start again from minBackoff.
-	stableAfter = 10 * time.Second
 )
 
 // worker is one Python process of the pool and its session.
@@ -108,47 +101,48 @@ func (w *worker) start(ctx context.Context) error {
 // backoff until the pool stops.
 func (w *worker) supervise(ctx context.Context) {
 	p := w.pool
-	backoff := minBackoff
-	for {
-		w.mu.Lock()
-		proc, sess := w.proc, w.sess
-		w.mu.Unlock()
-		started := time.Now()
-		select {
-		case <-proc.Done():
-		case <-ctx.Done():
-			return
-		}
-		w.mu.Lock()
-		w.sess = nil
-		w.mu.Unlock()
-		sess.Close()
-		p.changed()
-		if p.stopping.Load() {
-			return
-		}
-		if time.Since(started) > stableAfter {
-			backoff = minBackoff
-		}
-		p.log.Warn("ASGI worker exited; restarting", "worker", w.id, "status", proc.Exit().String(), "in", backoff)
-		for {
-			select {
-			case <-time.After(backoff):
-			case <-ctx.Done():
-				return
-			}
-			backoff = min(backoff*2, maxBackoff)
+	// A worker that exits is restarted after 100 ms, doubling up to 5 s
+	// while it keeps exiting, from 100 ms again once it has run for 10 s
+	// (README "Running the program").
+	policy := supervise.Policy{Initial: 100 * time.Millisecond, Max: 5 * time.Second, ResetAfter: 10 * time.Second}
+	supervise.Run(ctx, policy, supervise.Task{
+		Running: true, // by Start
+		Start: func(ctx context.Context) error {
 			if p.stopping.Load() {
-				return
+				return supervise.ErrStop
 			}
-			err := w.start(ctx)
-			if err == nil {
-				p.log.Info("ASGI worker restarted", "worker", w.id)
-				break
+			if err := w.start(ctx); err != nil {
+				return err
 			}
-			p.log.Error("ASGI worker failed to restart", "worker", w.id, "err", err, "retry_in", backoff)
-		}
-	}
+			p.log.Info("ASGI worker restarted", "worker", w.id)
+			return nil
+		},
+		Wait: func(ctx context.Context) error {
+			w.mu.Lock()
+			proc, sess := w.proc, w.sess
+			w.mu.Unlock()
+			select {
+			case <-proc.Done():
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+			w.mu.Lock()
+			w.sess = nil
+			w.mu.Unlock()
+			sess.Close()
+			p.changed()
+			if p.stopping.Load() {
+				return supervise.ErrStop
+			}
+			return errors.New(proc.Exit().String())
+		},
+		Ended: func(how error, in time.Duration) {
+			p.log.Warn("ASGI worker exited; restarting", "worker", w.id, "status", how.Error(), "in", in)
+		},
+		Failed: func(err error, in time.Duration) {
+			p.log.Error("ASGI worker failed to restart", "worker", w.id, "err", err, "retry_in", in)
+		},
+	})
 }
 
 // current returns the worker's live session and its process; the session
@@ -160,7 +154,7 @@ func (w *worker) current() (*mux.Session, *app.Process) {
 }
 
 // lost explains a stream failure caused by the worker going away.
-func (w *worker) lost(proc *app.Process) app.LostFunc {
+func (w *worker) lost(proc *app.Process) forward.LostFunc {
 	return func() (uint32, string) {
 		select {
 		case <-proc.Done():

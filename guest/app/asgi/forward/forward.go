@@ -1,31 +1,35 @@
-package app
+// Package forward carries a stream from one session to another, frame
+// payloads as they are: init's host session to an ASGI worker's session
+// and back. It is the only user of mux's pass-through twins (OpenRaw,
+// ReadResponseRaw, WriteResponseRaw).
+//
+// Transitional: it exists only because init sits in the middle of every
+// ASGI request. When the host talks to the workers directly (the open
+// "data plane" issue), this package and those twins go away; until then it
+// is kept working, not polished.
+package forward
 
 import (
 	"context"
 	"errors"
 	"io"
-	"sync"
 
+	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// relayBufSize is the copy buffer of each relay direction.
-const relayBufSize = 64 << 10
-
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, relayBufSize); return &b }}
-
 // LostFunc explains why a peer stream failed when its whole session did
 // (the worker died): it returns the code and message for the host.
 type LostFunc func() (code uint32, message string)
 
-// OpenRelayed opens a stream on sess carrying host's REQUEST head and the
-// body bytes that already arrived with it, so that a short request crosses
-// in one write.
-func OpenRelayed(ctx context.Context, sess *mux.Session, host *mux.Stream) (*mux.Stream, error) {
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
+// Open opens a stream on sess carrying host's REQUEST head and the body
+// bytes that already arrived with it, so that a short request crosses in
+// one write.
+func Open(ctx context.Context, sess *mux.Session, host *mux.Stream) (*mux.Stream, error) {
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	n, err := host.TryRead(*buf)
 	end := err == io.EOF
 	if err != nil && !end {
@@ -44,13 +48,13 @@ func OpenRelayed(ctx context.Context, sess *mux.Session, host *mux.Stream) (*mux
 	return sess.OpenRaw(ctx, host.Head(), (*buf)[:n], end)
 }
 
-// Relay carries a stream between the host and a peer stream opened with
-// OpenRelayed (a worker's), both directions at once, until both are done:
+// Stream carries a stream between the host and a peer stream opened with
+// Open (a worker's), both directions at once, until both are done:
 // request body or websocket messages toward the peer, the response head,
 // body, trailers or websocket messages back. A reset on either side is
 // passed to the other; a peer lost with its session is reported to the host
 // with lost's code and message.
-func Relay(host, peer *mux.Stream, lost LostFunc) {
+func Stream(host, peer *mux.Stream, lost LostFunc) {
 	kind, err := message.PeekRequestKind(host.Head())
 	if err != nil {
 		host.Reset(frame.CodeProtocol, "malformed request head: "+err.Error())
@@ -94,7 +98,7 @@ func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
 	if _, err := host.TryRead(nil); err == io.EOF {
 		// The whole request has arrived (a GET: with its head), so no
 		// copy buffer is held while the response is relayed. The peer's
-		// side is ended here unless OpenRelayed did (then this fails
+		// side is ended here unless Open did (then this fails
 		// harmlessly).
 		tr, _ := host.Trailers()
 		_ = peer.CloseWriteTrailers(tr)
@@ -113,8 +117,8 @@ func relayRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
 // copyRequestBody copies the rest of the host's request body to the peer
 // and ends the peer's side with the host's trailers.
 func copyRequestBody(host, peer *mux.Stream, respDone <-chan struct{}) {
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	for {
 		n, err := host.Read(*buf)
 		if n > 0 {
@@ -166,8 +170,8 @@ func relayResponse(host, peer *mux.Stream, ws bool, lost LostFunc) {
 		relayFragments(peer, host, lost, nil)
 		return
 	}
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	// The head goes out with whatever body arrived with it.
 	n, err := peer.TryRead(*buf)
 	end := err == io.EOF
@@ -223,7 +227,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 	var buf *[]byte
 	defer func() {
 		if buf != nil {
-			relayBufs.Put(buf)
+			app.ReturnCopyBuffer(buf)
 		}
 	}()
 	for {
@@ -246,7 +250,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 		}
 		if buf == nil {
 			// A message is arriving (p was empty: nothing was consumed).
-			buf = relayBufs.Get().(*[]byte)
+			buf = app.CopyBuffer()
 			continue
 		}
 		if _, err := dst.WriteFragment(text, more, (*buf)[:n]); err != nil {
@@ -257,7 +261,7 @@ func relayFragments(src, dst *mux.Stream, lost LostFunc, otherDone <-chan struct
 			return
 		}
 		if !more {
-			relayBufs.Put(buf)
+			app.ReturnCopyBuffer(buf)
 			buf = nil
 		}
 	}

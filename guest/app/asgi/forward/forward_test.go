@@ -1,4 +1,4 @@
-package app
+package forward
 
 import (
 	"bytes"
@@ -35,7 +35,7 @@ func socketPair(t *testing.T) (net.Conn, net.Conn) {
 }
 
 // relayedWebSocket sets up host -> init -> worker as in a VM: a websocket
-// stream opened by the host, relayed by Relay to a stream the worker
+// stream opened by the host, carried by Stream to a stream the worker
 // accepts with 101. It returns the host's and the worker's ends.
 func relayedWebSocket(t *testing.T) (hostEnd, workerEnd *mux.Stream) {
 	t.Helper()
@@ -58,11 +58,11 @@ func relayedWebSocket(t *testing.T) (hostEnd, workerEnd *mux.Stream) {
 		if err != nil {
 			return
 		}
-		peer, err := OpenRelayed(ctx, initPeer, host)
+		peer, err := Open(ctx, initPeer, host)
 		if err != nil {
 			return
 		}
-		Relay(host, peer, nil)
+		Stream(host, peer, nil)
 	}()
 	hostEnd, err := hostSess.Open(ctx, &message.RequestHead{Kind: message.KindWebSocket, Path: []byte("/ws")}, nil, false)
 	if err != nil {
@@ -85,7 +85,7 @@ func relayedWebSocket(t *testing.T) (hostEnd, workerEnd *mux.Stream) {
 // init forwards a message's fragments as they come: the worker gets the
 // first part before the host has sent the rest, and the parts make the
 // message whole.
-func TestRelayWebSocketForwardsFragmentsAsTheyCome(t *testing.T) {
+func TestWebSocketForwardsFragmentsAsTheyCome(t *testing.T) {
 	host, worker := relayedWebSocket(t)
 	first := bytes.Repeat([]byte("first part "), 3000)
 	if _, err := host.WriteFragment(true, true, first); err != nil {
@@ -120,7 +120,7 @@ func TestRelayWebSocketForwardsFragmentsAsTheyCome(t *testing.T) {
 // A worker that does not receive holds up the relay toward it; the host's
 // reset (the client left) still reaches it. And a worker that closes and
 // resets while the host's message waits: the host sees the close.
-func TestRelayWebSocketEndsWhileWorkerIsNotReceiving(t *testing.T) {
+func TestWebSocketEndsWhileWorkerIsNotReceiving(t *testing.T) {
 	t.Run("host reset reaches the worker", func(t *testing.T) {
 		host, worker := relayedWebSocket(t)
 		go host.WriteMessage(false, make([]byte, 4<<20))

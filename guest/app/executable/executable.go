@@ -1,4 +1,8 @@
-package app
+// Package executable runs a program that serves HTTP/1.1 on PORT (the
+// configuration's interface "executable") and relays each host stream to
+// it as one HTTP request over a keep-alive connection pool. A program that
+// exits is restarted with backoff; requests wait for it.
+package executable
 
 import (
 	"context"
@@ -16,29 +20,28 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/reaper"
 	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// Executable timing.
+// Timing.
 const (
 	// DefaultListenTimeout bounds how long a starting program may take to
 	// accept connections on its port.
 	DefaultListenTimeout = 60 * time.Second
-	execMinBackoff       = 100 * time.Millisecond
-	execMaxBackoff       = 10 * time.Second
-	execStableAfter      = 10 * time.Second
 	// execWaitReady bounds how long a request waits for a restarting
 	// program.
 	execWaitReady = 30 * time.Second
 )
 
-// ExecutableOptions configure an executable program.
-type ExecutableOptions struct {
+// Options configure an executable program.
+type Options struct {
 	Argv          []string
 	Dir           string
 	Env           []string
@@ -46,46 +49,47 @@ type ExecutableOptions struct {
 	ListenTimeout time.Duration
 	Reaper        *reaper.Reaper
 	Log           *slog.Logger
-	Output        Output
+	Output        app.Output
 }
 
-// Executable runs a program that serves HTTP/1.1 on PORT and relays each
+// Program runs a program that serves HTTP/1.1 on PORT and relays each
 // stream to it as one HTTP request over a keep-alive connection pool.
 // Nothing is rewritten: redirects and encoded bodies pass through as the
 // program sent them. A connection upgrade (websocket) is passed through as
 // raw bytes in DATA frames once the program answers 101. A crashed program
 // is restarted with backoff.
-type Executable struct {
-	opt       ExecutableOptions
+type Program struct {
+	opt       Options
 	log       *slog.Logger
 	transport *http.Transport
 	stopping  atomic.Bool
-	stopCh    chan struct{}
+	ctx       context.Context // ends when Stop is called
+	stop      context.CancelFunc
 
 	mu    sync.Mutex
-	proc  *Process      // current process
+	proc  *app.Process  // current process
 	addr  string        // host:port that accepted, while ready
 	ready chan struct{} // closed when the current process accepts connections
 }
 
-// NewExecutableFactory returns the Factory for interface "executable".
-func NewExecutableFactory(r *reaper.Reaper, log *slog.Logger) Factory {
-	return func(ctx context.Context, c *contract.Config, codeDir string, out Output) (App, error) {
+// NewFactory returns the app.Factory for interface "executable".
+func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
+	return func(ctx context.Context, c *contract.Config, codeDir string, out app.Output) (app.App, error) {
 		port := c.Port
 		if port == 0 {
 			port = 8080
 		}
-		return StartExecutable(ctx, ExecutableOptions{
-			Argv: []string{c.Entrypoint}, Dir: codeDir, Env: Env(c), Port: port,
+		return Start(ctx, Options{
+			Argv: []string{c.Entrypoint}, Dir: codeDir, Env: app.Env(c), Port: port,
 			Reaper: r, Log: log, Output: out,
 		})
 	}
 }
 
-// StartExecutable starts the program and waits until it accepts
-// connections on its port; a program that exits first or never listens is
-// a *contract.ConfigError with its last output lines.
-func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, error) {
+// Start starts the program and waits until it accepts connections on its
+// port; a program that exits first or never listens is an *contract.ConfigError
+// with its last output lines.
+func Start(ctx context.Context, opt Options) (*Program, error) {
 	if opt.ListenTimeout == 0 {
 		opt.ListenTimeout = DefaultListenTimeout
 	}
@@ -93,11 +97,12 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
 	if opt.Output == nil {
-		opt.Output = DiscardOutput{}
+		opt.Output = app.DiscardOutput{}
 	}
-	tail := NewOutputTail()
+	tail := app.NewOutputTail()
 	opt.Output = tail.Tee(opt.Output)
-	e := &Executable{opt: opt, log: opt.Log.With("program", opt.Argv[0]), stopCh: make(chan struct{})}
+	e := &Program{opt: opt, log: opt.Log.With("program", opt.Argv[0])}
+	e.ctx, e.stop = context.WithCancel(context.Background())
 	e.transport = &http.Transport{
 		Proxy:               nil, // never an HTTP proxy from the environment
 		DialContext:         e.dial,
@@ -106,9 +111,11 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 		IdleConnTimeout:     90 * time.Second,
 	}
 	if err := e.start(ctx); err != nil {
-		if serr, ok := errors.AsType[*contract.ConfigError](err); ok && serr.Detail == "" {
+		var serr *contract.ConfigError
+		if errors.As(err, &serr) && serr.Detail == "" {
 			serr.Detail = tail.Recent(0)
 		}
+		e.stop()
 		return nil, err
 	}
 	go e.supervise()
@@ -116,8 +123,8 @@ func StartExecutable(ctx context.Context, opt ExecutableOptions) (*Executable, e
 }
 
 // start launches the process and waits for its port.
-func (e *Executable) start(ctx context.Context) error {
-	p, err := StartProcess(e.opt.Reaper, e.log, ProcessSpec{Argv: e.opt.Argv, Dir: e.opt.Dir, Env: e.opt.Env, Output: e.opt.Output})
+func (e *Program) start(ctx context.Context) error {
+	p, err := app.StartProcess(e.opt.Reaper, e.log, app.ProcessSpec{Argv: e.opt.Argv, Dir: e.opt.Dir, Env: e.opt.Env, Output: e.opt.Output})
 	if err != nil {
 		return contract.NewConfigError(contract.PhaseApp, "entrypoint", err)
 	}
@@ -140,7 +147,7 @@ func (e *Executable) start(ctx context.Context) error {
 
 // waitListening polls the program's port on IPv4 and IPv6 loopback until
 // one accepts, the process exits, or the timeout passes.
-func waitListening(ctx context.Context, p *Process, port int, timeout time.Duration) (string, error) {
+func waitListening(ctx context.Context, p *app.Process, port int, timeout time.Duration) (string, error) {
 	deadline := time.Now().Add(timeout)
 	addrs := []string{net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), net.JoinHostPort("::1", strconv.Itoa(port))}
 	var d net.Dialer
@@ -167,54 +174,42 @@ func waitListening(ctx context.Context, p *Process, port int, timeout time.Durat
 	}
 }
 
-// supervise restarts the program with backoff whenever it exits.
-func (e *Executable) supervise() {
-	backoff := execMinBackoff
-	for {
-		e.mu.Lock()
-		p := e.proc
-		e.mu.Unlock()
-		started := time.Now()
-		select {
-		case <-p.Done():
-		case <-e.stopCh:
-			return
-		}
-		e.transport.CloseIdleConnections()
-		if e.stopping.Load() {
-			return
-		}
-		if time.Since(started) > execStableAfter {
-			backoff = execMinBackoff
-		}
-		e.log.Warn("program exited; restarting", "status", p.Exit().String(), "in", backoff)
-		for {
+// supervise restarts the program with backoff whenever it exits, until
+// Stop.
+func (e *Program) supervise() {
+	// A program that exits is restarted after 100 ms, doubling up to 10 s
+	// while it keeps exiting, from 100 ms again once it has run for 10 s
+	// (README "Running the program").
+	policy := supervise.Policy{Initial: 100 * time.Millisecond, Max: 10 * time.Second, ResetAfter: 10 * time.Second}
+	supervise.Run(e.ctx, policy, supervise.Task{
+		Running: true, // by Start
+		Start:   e.start,
+		Wait: func(ctx context.Context) error {
+			e.mu.Lock()
+			p := e.proc
+			e.mu.Unlock()
 			select {
-			case <-time.After(backoff):
-			case <-e.stopCh:
-				return
+			case <-p.Done():
+			case <-ctx.Done():
+				return ctx.Err()
 			}
-			backoff = min(backoff*2, execMaxBackoff)
-			ctx, cancel := context.WithCancel(context.Background())
-			go func() {
-				select {
-				case <-e.stopCh:
-					cancel()
-				case <-ctx.Done():
-				}
-			}()
-			err := e.start(ctx)
-			cancel()
-			if err == nil {
-				break
+			e.transport.CloseIdleConnections()
+			if e.stopping.Load() {
+				return supervise.ErrStop
 			}
-			e.log.Error("program failed to restart", "err", err, "retry_in", backoff)
-		}
-	}
+			return errors.New(p.Exit().String())
+		},
+		Ended: func(how error, in time.Duration) {
+			e.log.Warn("program exited; restarting", "status", how.Error(), "in", in)
+		},
+		Failed: func(err error, in time.Duration) {
+			e.log.Error("program failed to restart", "err", err, "retry_in", in)
+		},
+	})
 }
 
 // dial connects to the program's port, waiting while it restarts.
-func (e *Executable) dial(ctx context.Context, _, _ string) (net.Conn, error) {
+func (e *Program) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	addr, err := e.waitReady(ctx)
 	if err != nil {
 		return nil, err
@@ -223,7 +218,7 @@ func (e *Executable) dial(ctx context.Context, _, _ string) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", addr)
 }
 
-func (e *Executable) waitReady(ctx context.Context) (string, error) {
+func (e *Program) waitReady(ctx context.Context) (string, error) {
 	timer := time.NewTimer(execWaitReady)
 	defer timer.Stop()
 	for {
@@ -246,13 +241,13 @@ func (e *Executable) waitReady(ctx context.Context) (string, error) {
 			return "", fmt.Errorf("the program did not come back within %s", execWaitReady)
 		case <-ctx.Done():
 			return "", ctx.Err()
-		case <-e.stopCh:
+		case <-e.ctx.Done():
 		}
 	}
 }
 
 // Serve relays one stream as an HTTP/1.1 request to the program.
-func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
+func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 	var head message.RequestHead
 	if err := st.RequestHead(&head); err != nil {
 		st.Reset(frame.CodeProtocol, "malformed request head: "+err.Error())
@@ -303,8 +298,8 @@ func (e *Executable) Serve(ctx context.Context, st *mux.Stream) {
 		e.relayUpgrade(st, &rh, resp)
 		return
 	}
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
+	buf := app.CopyBuffer()
+	defer app.ReturnCopyBuffer(buf)
 	if err := st.WriteResponse(&rh, nil, false); err != nil {
 		refuseOversized(st, err)
 		return
@@ -344,7 +339,7 @@ func refuseOversized(st *mux.Stream, err error) {
 
 // newRequest builds the HTTP request for a stream; upgrade reports a
 // connection upgrade (its bytes follow the 101, not as a body).
-func (e *Executable) newRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) (*http.Request, bool, error) {
+func (e *Program) newRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) (*http.Request, bool, error) {
 	target := string(head.RawPath)
 	if target == "" {
 		target = string(head.Path)
@@ -411,7 +406,7 @@ func (e *Executable) newRequest(ctx context.Context, head *message.RequestHead, 
 }
 
 // relayUpgrade answers 101 and then carries raw bytes both ways.
-func (e *Executable) relayUpgrade(st *mux.Stream, rh *message.ResponseHead, resp *http.Response) {
+func (e *Program) relayUpgrade(st *mux.Stream, rh *message.ResponseHead, resp *http.Response) {
 	conn, ok := resp.Body.(io.ReadWriteCloser)
 	if !ok {
 		st.Reset(frame.CodeInternal, "upgraded connection is not writable")
@@ -444,11 +439,11 @@ func (e *Executable) relayUpgrade(st *mux.Stream, rh *message.ResponseHead, resp
 }
 
 // Stop stops the program (SIGTERM, then SIGKILL when ctx ends).
-func (e *Executable) Stop(ctx context.Context) error {
+func (e *Program) Stop(ctx context.Context) error {
 	if e.stopping.Swap(true) {
 		return nil
 	}
-	close(e.stopCh)
+	e.stop()
 	e.mu.Lock()
 	p := e.proc
 	e.mu.Unlock()

@@ -1,0 +1,204 @@
+package mux
+
+// A stream's body: reading what arrived (returning receive window to the
+// peer as it is read), writing DATA frames within the send window, and the
+// pooled receive buffers.
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"sync"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+)
+
+// writableLocked reports why nothing more may be written, if so.
+func (st *Stream) writableLocked() error {
+	switch {
+	case st.err != nil:
+		return st.err
+	case st.writeErr != nil:
+		return st.writeErr
+	case st.localFin:
+		return ErrWriteClosed
+	}
+	return nil
+}
+
+// Read reads body bytes. It returns io.EOF once the peer has finished and
+// every byte has been read; Trailers then returns its trailers.
+func (st *Stream) Read(p []byte) (int, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	for {
+		if n, done, err := st.readNowLocked(p, "Read"); done {
+			return n, err
+		}
+		if err := st.wait(nil, &st.readable, st.readDeadline); err != nil {
+			return 0, err
+		}
+	}
+}
+
+// readNowLocked is what Read and TryRead do without waiting: copy out
+// buffered bytes, or report the end or the failure of the stream. done is
+// false when there is nothing to report yet.
+func (st *Stream) readNowLocked(p []byte, caller string) (n int, done bool, err error) {
+	if st.mode == modeWebSocket {
+		return 0, true, errors.New("mux: " + caller + " on a websocket stream, use ReadMessage")
+	}
+	if n := len(st.buf) - st.off; n > 0 {
+		n = copy(p, st.buf[st.off:])
+		st.consumeLocked(n, n)
+		return n, true, nil
+	}
+	switch {
+	case st.remoteFin:
+		return 0, true, io.EOF
+	case st.err != nil:
+		return 0, true, st.err
+	}
+	return 0, false, nil
+}
+
+// TryRead is Read without waiting: it returns what is buffered (possibly
+// nothing, with a nil error), and io.EOF once the peer has finished and
+// everything was read, together with the last bytes when they are the
+// ones returned. Relays use it to send a head together with the body
+// bytes that arrived with it, and to know whether that body is complete.
+func (st *Stream) TryRead(p []byte) (int, error) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	n, _, err := st.readNowLocked(p, "TryRead")
+	if err == nil && n > 0 && st.remoteFin && st.off == len(st.buf) {
+		err = io.EOF // nothing follows the bytes just read
+	}
+	return n, err
+}
+
+// consumeLocked marks n buffered bytes as read and returns credit worth
+// cost bytes to the peer once half a window has been read.
+func (st *Stream) consumeLocked(n int, cost int) {
+	st.off += n
+	if st.off == len(st.buf) {
+		st.buf, st.off = st.buf[:0], 0
+		if st.remoteFin && st.bufPooled != nil {
+			// Nothing more will arrive: the buffer can serve another stream.
+			putRecvBuf(st.bufPooled, st.buf)
+			st.buf, st.bufPooled = nil, nil
+		}
+	}
+	if st.remoteFin || st.err != nil {
+		return
+	}
+	st.consumed += uint32(cost)
+	if st.consumed >= st.s.cfg.InitialWindow/2 {
+		inc := st.consumed
+		st.consumed = 0
+		st.recvCredit += inc
+		var p [4]byte
+		binary.BigEndian.PutUint32(p[:], inc)
+		_ = st.s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeWindowUpdate, StreamID: st.id}, payload: p[:]}, true)
+	}
+}
+
+// Buffered returns how many received bytes wait to be read. It never
+// exceeds the receive window the peer was granted.
+func (st *Stream) Buffered() int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return len(st.buf) - st.off
+}
+
+// Write sends p as DATA frames, waiting for send window as needed.
+func (st *Stream) Write(p []byte) (int, error) {
+	return st.writeData(p, false)
+}
+
+// WriteLast sends p as the last body bytes, ending the stream in the same
+// frame.
+func (st *Stream) WriteLast(p []byte) (int, error) {
+	return st.writeData(p, true)
+}
+
+func (st *Stream) writeData(p []byte, fin bool) (int, error) {
+	written := 0
+	for {
+		st.mu.Lock()
+		if err := st.writableLocked(); err != nil {
+			st.mu.Unlock()
+			return written, err
+		}
+		if len(p) == 0 {
+			if !fin {
+				st.mu.Unlock()
+				return written, nil
+			}
+			st.localFin = true
+			st.mu.Unlock()
+			err := st.s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeData, Flags: frame.FlagFin, StreamID: st.id}}, false)
+			st.maybeRemove()
+			return written, err
+		}
+		for st.sendWindow <= 0 && st.err == nil && st.writeErr == nil {
+			if err := st.wait(nil, &st.writable, st.writeDeadline); err != nil {
+				st.mu.Unlock()
+				return written, err
+			}
+		}
+		if err := st.writableLocked(); err != nil {
+			st.mu.Unlock()
+			return written, err
+		}
+		n := int(min(int64(len(p)), st.sendWindow, int64(st.s.peer.MaxFrameSize)))
+		st.sendWindow -= int64(n)
+		last := fin && n == len(p)
+		if last {
+			st.localFin = true
+		}
+		st.mu.Unlock()
+
+		var flags frame.Flags
+		if last {
+			flags = frame.FlagFin
+		}
+		if err := st.s.sendPayload(frame.Header{Type: frame.TypeData, Flags: flags, StreamID: st.id}, p[:n]); err != nil {
+			return written, err
+		}
+		written += n
+		p = p[n:]
+		if last {
+			st.maybeRemove()
+			return written, nil
+		}
+	}
+}
+
+// CloseWrite ends this side of the stream without trailers.
+func (st *Stream) CloseWrite() error { return st.CloseWriteTrailers(nil) }
+
+// Receive buffers of small bodies are reused: most request and response
+// bodies are small, and a fresh buffer per stream is an allocation on
+// each side of every round trip.
+const (
+	recvBufSize    = 4 << 10   // capacity of a new pooled buffer
+	recvBufPoolMax = 512 << 10 // larger buffers are left to the GC
+)
+
+var recvBufPool = sync.Pool{New: func() any { b := make([]byte, 0, recvBufSize); return &b }}
+
+// getRecvBuf returns a pooled buffer's handle.
+func getRecvBuf() *[]byte {
+	return recvBufPool.Get().(*[]byte)
+}
+
+// putRecvBuf returns the buffer b (which may have grown from the one handle
+// held) to the pool, unless it grew too large.
+func putRecvBuf(handle *[]byte, b []byte) {
+	if cap(b) > recvBufPoolMax {
+		return
+	}
+	*handle = b[:0]
+	recvBufPool.Put(handle)
+}

@@ -1,0 +1,163 @@
+package mux
+
+// A stream's side of the read loop: applying each frame the peer sent on
+// it, charging its payload to the receive window, and the peer's RESET.
+
+import (
+	"encoding/binary"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// streamError resets the stream for a peer's violation of stream rules.
+func (st *Stream) streamError(code uint32, msg string) *frame.Error {
+	st.Reset(code, msg)
+	return nil
+}
+
+// handleFrame applies one frame from the read loop. Stream-level violations
+// reset the stream; a non-nil result closes the session.
+func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
+	switch h.Type {
+	case frame.TypeReset:
+		return st.handleReset(p)
+	case frame.TypeWindowUpdate:
+		inc := binary.BigEndian.Uint32(p)
+		st.mu.Lock()
+		if inc == 0 || st.sendWindow+int64(inc) > maxWindow {
+			st.mu.Unlock()
+			return st.streamError(frame.CodeFlowControl, "bad window increment")
+		}
+		st.sendWindow += int64(inc)
+		st.mu.Unlock()
+		st.signal(&st.writable)
+		return nil
+	}
+
+	st.mu.Lock()
+	if st.remoteFin {
+		st.mu.Unlock()
+		return st.streamError(frame.CodeStreamClosed, h.Type.String()+" after end of stream")
+	}
+	if st.err != nil {
+		// Reset locally; frames still in flight are dropped.
+		st.mu.Unlock()
+		return nil
+	}
+	if st.local && !st.headReceived && h.Type != frame.TypeResponse && h.Type != frame.TypeWSClose {
+		st.mu.Unlock()
+		return st.streamError(frame.CodeProtocol, h.Type.String()+" before RESPONSE")
+	}
+	var violation *frame.Error
+	switch h.Type {
+	case frame.TypeResponse:
+		if !st.local || st.headReceived {
+			violation = frame.Errorf(frame.CodeProtocol, "unexpected RESPONSE")
+			break
+		}
+		st.setHead(p)
+		st.headReceived = true
+	case frame.TypeData:
+		violation = st.receivePayloadLocked(h, p, modeData)
+	case frame.TypeWSMessage:
+		violation = st.receivePayloadLocked(h, p, modeWebSocket)
+	case frame.TypeEnd:
+		st.trailers = append([]byte(nil), p...)
+	case frame.TypeWSClose:
+		st.wsClose = append([]byte(nil), p...)
+		st.gotWSClose = true
+		h.Flags |= frame.FlagFin
+	}
+	if violation != nil {
+		st.mu.Unlock()
+		return st.streamError(violation.Code, violation.Reason)
+	}
+	if h.Has(frame.FlagFin) || h.Type == frame.TypeEnd {
+		st.remoteFin = true
+	}
+	fin := st.remoteFin
+	st.mu.Unlock()
+	st.signal(&st.readable)
+	if fin {
+		st.maybeRemove()
+	}
+	return nil
+}
+
+// receivePayloadLocked charges a DATA or WS_MESSAGE frame to the receive
+// window and buffers its (decompressed) bytes. It returns the stream error
+// to answer with, or nil when the frame was accepted.
+func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *frame.Error {
+	if st.mode != modeNone && st.mode != mode {
+		return frame.Errorf(frame.CodeProtocol, "DATA and WS_MESSAGE mixed on one stream")
+	}
+	if mode == modeData && len(p) == 0 && !h.Has(frame.FlagFin) {
+		return nil // empty DATA without FIN carries nothing
+	}
+	st.mode = mode
+	if st.buf == nil {
+		st.bufPooled = getRecvBuf()
+		st.buf = (*st.bufPooled)[:0]
+	}
+	st.compactLocked(len(p))
+	start := len(st.buf)
+	if h.Has(frame.FlagCompressed) {
+		out, err := st.s.comp.decompress(st.buf, p, st.s.cfg.Decompress)
+		if err != nil {
+			return frame.Errorf(frame.CodeCompression, "%v", err)
+		}
+		st.buf = out
+	} else {
+		st.buf = append(st.buf, p...)
+	}
+	n := len(st.buf) - start
+	cost := uint32(n)
+	if mode == modeWebSocket {
+		cost += wsFrameCost
+		if len(st.frags) > 0 && (st.frags[len(st.frags)-1].flags&frame.FlagMore != 0) &&
+			(st.frags[len(st.frags)-1].flags&frame.FlagText) != (h.Flags&frame.FlagText) {
+			st.buf = st.buf[:start]
+			return frame.Errorf(frame.CodeProtocol, "websocket fragments disagree on text/binary")
+		}
+	}
+	if cost > st.recvCredit {
+		st.buf = st.buf[:start]
+		return frame.Errorf(frame.CodeFlowControl, "flow control window exceeded: %d bytes, %d allowed", cost, st.recvCredit)
+	}
+	st.recvCredit -= cost
+	if mode == modeWebSocket {
+		st.frags = append(st.frags, wsFrag{n: n, flags: h.Flags & (frame.FlagText | frame.FlagMore)})
+	}
+	return nil
+}
+
+// compactLocked moves unread bytes to the front of the buffer when
+// incoming more bytes would not fit behind them, so that the buffer never
+// grows past what the window allows and bytes are moved only when that
+// saves growing it.
+func (st *Stream) compactLocked(incoming int) {
+	if st.off > 0 && len(st.buf)+incoming > cap(st.buf) {
+		n := copy(st.buf, st.buf[st.off:])
+		st.buf, st.off = st.buf[:n], 0
+	}
+}
+
+func (st *Stream) handleReset(p []byte) *frame.Error {
+	var r message.Reset
+	if err := r.Unmarshal(p); err != nil {
+		return frame.Errorf(frame.CodeProtocol, "bad RESET on stream %d: %v", st.id, err)
+	}
+	serr := &StreamError{StreamID: st.id, Code: r.Code, Message: string(r.Message), Remote: true}
+	st.mu.Lock()
+	if st.remoteFin {
+		// The peer finished sending and only stops our direction.
+		st.writeErr = serr
+	} else if st.err == nil {
+		st.err = serr
+	}
+	st.mu.Unlock()
+	st.wake()
+	st.maybeRemove()
+	return nil
+}
