@@ -131,7 +131,10 @@ func run(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	start := time.Now()
-	inst, err := mgr.Get(ctx, prog)
+	inst, err := mgr.Acquire(ctx, prog)
+	if err == nil {
+		inst.Release() // booted; requests count themselves
+	}
 	if err != nil {
 		var berr *lifecycle.BootError
 		if errors.As(err, &berr) && berr.Detail != "" {

@@ -265,10 +265,12 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if _, err := s.Manager.Get(ctx, route.Program); err != nil {
+	inst, err := s.Manager.Acquire(ctx, route.Program)
+	if err != nil {
 		writeError(w, http.StatusBadGateway, "the program failed to start: "+err.Error())
 		return
 	}
+	inst.Release()
 	st, _ := s.describe(id)
 	writeJSON(w, http.StatusOK, st)
 }

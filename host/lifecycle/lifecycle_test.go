@@ -159,8 +159,8 @@ func TestRemoveDuringBootEndsTheVM(t *testing.T) {
 	if n != 1 {
 		t.Fatalf("%d VMs started, want 1", n)
 	}
-	if _, err := m.Get(context.Background(), p); !errors.Is(err, ErrRemoved) {
-		t.Fatalf("Get after Remove: %v", err)
+	if _, err := m.Acquire(context.Background(), p); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("Acquire after Remove: %v", err)
 	}
 }
 
