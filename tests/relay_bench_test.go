@@ -8,8 +8,8 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 )
 
@@ -35,7 +35,7 @@ func startRelayBench(b *testing.B, conns int) (string, *http.Client) {
 	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
 	b.Cleanup(mgr.Close)
 	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodeDir: code, Workers: 1, Python: debianPython}
-	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
+	srv := httptest.NewServer(&front.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
 	b.Cleanup(func() { mgr.StopAll(context.Background()) })
 	b.Cleanup(srv.Close)
 	transport := srv.Client().Transport.(*http.Transport).Clone()

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/manifest"
 )
 
@@ -29,8 +29,8 @@ func TestLimitFlagsResolve(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := limits{
-		conn:     agent.ConnLimits{Header: agent.DefaultHeaderTimeout, Body: 3 * time.Second, Send: agent.DefaultSendTimeout, Keepalive: 5 * time.Second},
-		requests: agent.RequestLimits{MaxConcurrent: 20, QueueTimeout: time.Second},
+		conn:     front.ConnLimits{Header: front.DefaultHeaderTimeout, Body: 3 * time.Second, Send: front.DefaultSendTimeout, Keepalive: 5 * time.Second},
+		requests: front.RequestLimits{MaxConcurrent: 20, QueueTimeout: time.Second},
 		logRate:  7,
 	}
 	if l != want {

@@ -22,10 +22,10 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/admin"
-	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/qemu"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/logsink"
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -145,8 +145,8 @@ func run(args []string) int {
 	}
 	fmt.Printf("ferry: serving %s (%s, %s backend) on http://%s/\n", fs.Arg(1), *iface, be.Name(), ln.Addr())
 	fmt.Printf("ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(inst.Timeline))
-	srv := &http.Server{Handler: &agent.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met,
-		Limiter: agent.NewLimiter(lim.requests)}, MaxHeaderBytes: relay.MaxHeaderBytes}
+	srv := &http.Server{Handler: &front.Single{Manager: mgr, Program: prog, MaxBody: *maxBody, Timeout: *timeout, Log: log, Metrics: met,
+		Limiter: front.NewLimiter(lim.requests)}, MaxHeaderBytes: relay.MaxHeaderBytes}
 	lim.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, mgr, log)
 	return 0
@@ -196,7 +196,7 @@ func serve(args []string) int {
 		return 2
 	}
 	var mgr *lifecycle.Manager
-	var programs *agent.Programs
+	var programs *front.Programs
 	met := metrics.New(func() int { return len(mgr.Running()) })
 	idle := cfg.IdleTimeout.Duration
 	mgr = lifecycle.New(lifecycle.Options{Backend: be, InitPath: defaultInit(*initPath), Log: log, OnBoot: met.Boot, IdleTimeout: idle, MaxRunning: cfg.MaxRunning,
@@ -206,7 +206,7 @@ func serve(args []string) int {
 			log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
 		}})
 	defer mgr.Close()
-	programs = agent.NewPrograms(mgr)
+	programs = front.NewPrograms(mgr)
 	programs.Limits = lim.requests
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -232,7 +232,7 @@ func serve(args []string) int {
 		return 1
 	}
 	fmt.Printf("ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(programs.IDs()), be.Name(), ln.Addr())
-	srv := &http.Server{Handler: &agent.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log},
+	srv := &http.Server{Handler: &front.Router{Programs: programs, Manager: mgr, Metrics: met, MaxBody: *maxBody, Log: log},
 		MaxHeaderBytes: relay.MaxHeaderBytes}
 	lim.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, mgr, log)
@@ -251,7 +251,7 @@ func newLogger(debug bool, w io.Writer) *slog.Logger {
 
 // startMetrics serves the metrics, /healthz and Go's profiles on their own
 // listener, the operator's (the benchmarks use the profiles).
-func startMetrics(addr string, met *metrics.Metrics, lim agent.ConnLimits) error {
+func startMetrics(addr string, met *metrics.Metrics, lim front.ConnLimits) error {
 	mln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return err
@@ -271,8 +271,8 @@ func startMetrics(addr string, met *metrics.Metrics, lim agent.ConnLimits) error
 
 // limits are the resolved limits of `run` and `serve`.
 type limits struct {
-	conn     agent.ConnLimits
-	requests agent.RequestLimits
+	conn     front.ConnLimits
+	requests front.RequestLimits
 	logRate  float64
 }
 
@@ -287,12 +287,12 @@ type limitFlags struct {
 func addLimitFlags(fs *flag.FlagSet) *limitFlags {
 	return &limitFlags{
 		fs:            fs,
-		maxConcurrent: fs.Int("max-concurrent", agent.DefaultMaxConcurrent, "requests (websockets included) one program serves at once"),
-		queue:         fs.Duration("queue-timeout", agent.DefaultQueueTimeout, "how long a request past --max-concurrent waits before a 503 with Retry-After"),
-		header:        fs.Duration("header-timeout", agent.DefaultHeaderTimeout, "time to read a request head"),
-		body:          fs.Duration("body-timeout", agent.DefaultBodyTimeout, "longest wait for request body bytes (408 beyond)"),
-		send:          fs.Duration("send-timeout", agent.DefaultSendTimeout, "longest wait for the client to take response bytes"),
-		keepalive:     fs.Duration("keepalive-timeout", agent.DefaultKeepaliveTimeout, "how long an idle keep-alive connection is kept"),
+		maxConcurrent: fs.Int("max-concurrent", front.DefaultMaxConcurrent, "requests (websockets included) one program serves at once"),
+		queue:         fs.Duration("queue-timeout", front.DefaultQueueTimeout, "how long a request past --max-concurrent waits before a 503 with Retry-After"),
+		header:        fs.Duration("header-timeout", front.DefaultHeaderTimeout, "time to read a request head"),
+		body:          fs.Duration("body-timeout", front.DefaultBodyTimeout, "longest wait for request body bytes (408 beyond)"),
+		send:          fs.Duration("send-timeout", front.DefaultSendTimeout, "longest wait for the client to take response bytes"),
+		keepalive:     fs.Duration("keepalive-timeout", front.DefaultKeepaliveTimeout, "how long an idle keep-alive connection is kept"),
 		logRate:       fs.Float64("log-rate", lifecycle.DefaultOutputRate, "lines of a program's output per second kept (the rest dropped and counted); negative: no limit"),
 	}
 }
@@ -309,9 +309,9 @@ func (f *limitFlags) resolve(file manifest.Limits) (limits, error) {
 		return *flagValue
 	}
 	l := limits{
-		conn: agent.ConnLimits{Header: dur("header-timeout", f.header, file.HeaderTimeout), Body: dur("body-timeout", f.body, file.BodyTimeout),
+		conn: front.ConnLimits{Header: dur("header-timeout", f.header, file.HeaderTimeout), Body: dur("body-timeout", f.body, file.BodyTimeout),
 			Send: dur("send-timeout", f.send, file.SendTimeout), Keepalive: dur("keepalive-timeout", f.keepalive, file.KeepaliveTimeout)},
-		requests: agent.RequestLimits{MaxConcurrent: *f.maxConcurrent, QueueTimeout: dur("queue-timeout", f.queue, file.QueueTimeout)},
+		requests: front.RequestLimits{MaxConcurrent: *f.maxConcurrent, QueueTimeout: dur("queue-timeout", f.queue, file.QueueTimeout)},
 		logRate:  *f.logRate,
 	}
 	if !set["max-concurrent"] && file.MaxConcurrent > 0 {

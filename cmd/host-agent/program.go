@@ -12,15 +12,15 @@ import (
 	"text/tabwriter"
 
 	"github.com/ferry-vm/ferry/host/admin"
-	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/metrics"
 )
 
 // startAdmin serves the admin API (and the metrics) until ctx ends, with
 // the same connection limits as the public listener.
-func startAdmin(ctx context.Context, addr, token string, programs *agent.Programs, mgr *lifecycle.Manager, met *metrics.Metrics,
-	lim agent.ConnLimits, log *slog.Logger) error {
+func startAdmin(ctx context.Context, addr, token string, programs *front.Programs, mgr *lifecycle.Manager, met *metrics.Metrics,
+	lim front.ConnLimits, log *slog.Logger) error {
 	l, err := admin.Listen(addr, token)
 	if err != nil {
 		return err

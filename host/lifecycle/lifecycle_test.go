@@ -57,7 +57,7 @@ func TestRemoveDuringBootEndsTheVM(t *testing.T) {
 	go func() { defer close(supervised); m.Persist(ctx, p) }()
 	vm := <-be.Started()
 
-	cancel() // what agent.Programs.Delete does, then Remove
+	cancel() // what front.Programs.Delete does, then Remove
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
 	if err := m.Remove(stopCtx, p); err != nil {

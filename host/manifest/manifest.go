@@ -22,7 +22,7 @@ type File struct {
 	IdleTimeout Duration `json:"idle_timeout,omitempty"` // default 60s
 	MaxRunning  int      `json:"max_running,omitempty"`  // 0: no cap
 	// Limits bound how the agent serves HTTP; zero fields take the
-	// defaults (see host/agent).
+	// defaults (see host/front).
 	Limits   Limits              `json:"limits,omitempty"`
 	Programs map[string]*Program `json:"programs"`
 }

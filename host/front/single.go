@@ -1,7 +1,7 @@
-// Package agent is the host agent's HTTP front: it routes requests to
+// Package front is the host agent's HTTP front: it routes requests to
 // programs, starts their VMs through the lifecycle manager and relays
 // requests with the relay package.
-package agent
+package front
 
 import (
 	"log/slog"
