@@ -1,3 +1,9 @@
+// Package front is the host agent's HTTP front: it routes each request to
+// a program (/vm/{id}, a host name whose first label is the id, or, for
+// host-agent run, one program at /), bounds the program's requests in
+// flight, acquires its VM through the lifecycle manager (booting it if
+// needed) and hands the request to the relay. It also holds the deployed
+// programs and the timeouts of the agent's listeners.
 package front
 
 import (
@@ -26,13 +32,17 @@ type Route struct {
 // whose first label is the program id. /healthz answers "ok" for the agent
 // itself (for load balancers; it names no program); anything else is a 404
 // JSON error. The metrics, which name every program, are served on the
-// admin and metrics listeners only.
+// admin and metrics listeners only. With Root set, every request goes to
+// that one program instead, as it came (host-agent run).
 type Router struct {
 	Programs *Programs
 	Manager  *lifecycle.Manager
-	Metrics  *metrics.Metrics
-	MaxBody  int64
+	Metrics  *metrics.Metrics // optional
+	MaxBody  int64            // bytes of a request body; 0: no limit
 	Log      *slog.Logger
+	// Root, when set, is the id of the program that gets every request at
+	// / (root_path empty, the path as received, /healthz included).
+	Root string
 }
 
 // ServeHTTP implements http.Handler.
@@ -92,6 +102,9 @@ func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr
 
 // match finds the program a request addresses.
 func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok bool) {
+	if rt.Root != "" {
+		return rt.Root, "", r.URL.Path, r.URL.EscapedPath(), true
+	}
 	if rest, has := strings.CutPrefix(r.URL.Path, "/vm/"); has {
 		id, path, _ = strings.Cut(rest, "/")
 		path = "/" + path

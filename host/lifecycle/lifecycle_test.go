@@ -34,6 +34,20 @@ func newTestManager(t *testing.T, be backend.Backend, opt Options) *Manager {
 	return m
 }
 
+// acquiring calls Acquire in the background and delivers its error (the
+// instance, if any, is released).
+func acquiring(m *Manager, p *Program) <-chan error {
+	got := make(chan error, 1)
+	go func() {
+		inst, err := m.Acquire(context.Background(), p)
+		if err == nil {
+			inst.Release()
+		}
+		got <- err
+	}()
+	return got
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -91,11 +105,7 @@ func TestStopDuringBootEndsTheVMAndItsWaiters(t *testing.T) {
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{})
 	p := &Program{ID: "od"}
-	got := make(chan error, 1)
-	go func() {
-		_, err := m.Acquire(context.Background(), p)
-		got <- err
-	}()
+	got := acquiring(m, p)
 	vm := <-be.Started()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

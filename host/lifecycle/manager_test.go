@@ -316,11 +316,7 @@ func TestRemoveDuringOnDemandBootLeavesNoVM(t *testing.T) {
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{IdleTimeout: -1})
 	p := &Program{ID: "gone"}
-	waiting := make(chan error, 1)
-	go func() {
-		_, err := m.Acquire(context.Background(), p)
-		waiting <- err
-	}()
+	waiting := acquiring(m, p)
 	vm := <-be.Started()
 	if err := m.Remove(timeout(t), p); err != nil {
 		t.Fatal(err)

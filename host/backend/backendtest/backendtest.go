@@ -8,6 +8,7 @@ package backendtest
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -161,6 +162,46 @@ func answerOK(st *mux.Stream) {
 		return
 	}
 	st.WriteResponse(&message.ResponseHead{Status: 200}, []byte("ok"), true)
+}
+
+// Seen is the request as a program behind Echo saw it.
+type Seen struct {
+	Method    string `json:"method"`
+	RootPath  string `json:"root_path"`
+	Path      string `json:"path"`
+	RawPath   string `json:"raw_path"`
+	Query     string `json:"query"`
+	Host      string `json:"host"`
+	BodyBytes int    `json:"body_bytes"`
+}
+
+// Echo is a Handler that answers 200 with the request as the program saw
+// it (Seen, as JSON). A request for /sleep is never answered: it waits for
+// the host to end its stream (the client left, the time limit).
+func Echo(st *mux.Stream) {
+	var h message.RequestHead
+	if err := st.RequestHead(&h); err != nil {
+		st.Reset(frame.CodeProtocol, "bad head")
+		return
+	}
+	if string(h.Path) == "/sleep" {
+		<-st.Done()
+		return
+	}
+	n, err := io.Copy(io.Discard, st)
+	if err != nil {
+		return
+	}
+	seen := Seen{Method: string(h.Method), RootPath: string(h.RootPath), Path: string(h.Path), RawPath: string(h.RawPath),
+		Query: string(h.QueryString), BodyBytes: int(n)}
+	for _, f := range h.Headers {
+		if string(f.Name) == "host" {
+			seen.Host = string(f.Value)
+		}
+	}
+	body, _ := json.Marshal(seen)
+	st.WriteResponse(&message.ResponseHead{Status: 200, Headers: []message.HeaderField{
+		{Name: []byte("content-type"), Value: []byte("application/json")}}}, body, true)
 }
 
 // VM is a fake VM.
