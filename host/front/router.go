@@ -47,19 +47,19 @@ type Router struct {
 
 // ServeHTTP implements http.Handler.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &relay.Request{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
+	ex := &relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
 		if r.URL.Path == "/healthz" {
 			metrics.Healthz(w, r)
 			return
 		}
-		reject(w, r, rq, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+		reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
 		return
 	}
 	route := rt.Programs.Route(id)
 	if route == nil || !route.HTTP {
-		reject(w, r, rq, http.StatusNotFound, "no such program", "program", id)
+		reject(w, r, ex, http.StatusNotFound, "no such program", "program", id)
 		return
 	}
 	if rt.Metrics != nil {
@@ -68,19 +68,19 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
 		w = rec
 	}
-	rq.RootPath, rq.Path, rq.RawPath, rq.Timeout = root, path, rawPath, route.Timeout
-	serveProgram(w, r, rq, rt.Manager, route.Program, route.Limiter)
+	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
+	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
 }
 
 // serveProgram relays a request to a program within its limit of requests
 // in flight, starting its VM if needed.
-func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr *lifecycle.Manager, p *lifecycle.Program, lim *Limiter) {
+func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mgr *lifecycle.Manager, p *lifecycle.Program, lim *Limiter) {
 	if lim != nil {
 		if !lim.Acquire(r.Context()) {
 			if r.Context().Err() != nil {
 				return // the client left while waiting
 			}
-			reject(w, r, rq, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later",
+			reject(w, r, ex, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later",
 				"program", p.ID, "in_flight", lim.InFlight())
 			return
 		}
@@ -88,16 +88,16 @@ func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr
 	}
 	inst, err := mgr.Acquire(r.Context(), p)
 	if errors.Is(err, lifecycle.ErrTooMany) {
-		reject(w, r, rq, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", p.ID)
+		reject(w, r, ex, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", p.ID)
 		return
 	}
 	if err != nil {
-		reject(w, r, rq, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
+		reject(w, r, ex, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
 		return
 	}
 	defer inst.Release()
-	rq.Session = inst.Session
-	relay.ServeAny(w, r, rq, p.Interface)
+	ex.Session = inst.Session
+	relay.ServeAny(w, r, ex, p.Interface)
 }
 
 // match finds the program a request addresses.

@@ -31,7 +31,7 @@ func newRelayFixture(t *testing.T, app func(*mux.Stream)) *relayFixture {
 	guest := mux.Server(b, mux.Config{Handler: app, KeepaliveInterval: -1})
 	host := mux.Client(a, mux.Config{KeepaliveInterval: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		Serve(w, r, &Request{Session: host, Path: r.URL.Path, RawPath: r.URL.EscapedPath(), Log: slog.New(slog.DiscardHandler), ID: "test"})
+		Serve(w, r, &Exchange{Session: host, Path: r.URL.Path, RawPath: r.URL.EscapedPath(), Log: slog.New(slog.DiscardHandler), ID: "test"})
 	}))
 	srv.Config.MaxHeaderBytes = MaxHeaderBytes
 	srv.Start()

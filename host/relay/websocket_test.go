@@ -62,7 +62,7 @@ func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream
 		}
 	}()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ServeWebSocket(w, r, &Request{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
+		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
 	}))
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
