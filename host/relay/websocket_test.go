@@ -129,6 +129,7 @@ func TestWebSocketClientMessageIsNotBufferedWhole(t *testing.T) {
 // not receive is noticed (nothing reads from it): the program's stream is
 // reset.
 func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
+	t.Parallel()
 	url, streams := wsProgram(t)
 	var tcp net.TCPConn
 	c := wsDial(t, url, &tcp)
@@ -161,6 +162,7 @@ func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
 // A client message over MaxWebSocketMessage closes the websocket with 1009
 // on both sides; the program gets WS_CLOSE, not a reset.
 func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
+	t.Parallel()
 	url, streams := wsProgram(t)
 	c := wsDial(t, url, nil)
 	st := <-streams
