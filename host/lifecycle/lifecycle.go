@@ -193,7 +193,9 @@ func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 	}
 }
 
-// Instance returns the program's running instance, or nil.
+// Instance returns the program's running instance, or nil, for reports:
+// it does not hold the VM, which may stop at any moment. To send it
+// requests, Acquire it.
 func (m *Manager) Instance(id string) *Instance {
 	m.mu.Lock()
 	defer m.mu.Unlock()
