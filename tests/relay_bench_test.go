@@ -8,9 +8,10 @@ import (
 	"net/http/httptest"
 	"testing"
 
-	"github.com/ferry-vm/ferry/host/agent"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/manifest"
 )
 
 const plainHelloApp = `
@@ -21,10 +22,11 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": b"hello"})
 `
 
-// startRelayBench serves plainHelloApp through the agent's handler, a
-// session and a real init (sandbox backend) with one ASGI worker, and
-// returns the server's URL and a keep-alive client with room for conns
-// idle connections. The program is booted before it returns.
+// startRelayBench serves plainHelloApp through the agent's router (the
+// program at /, as host-agent run serves it), a session and a real init
+// (sandbox backend) with one ASGI worker, and returns the server's URL
+// and a keep-alive client with room for conns idle connections. The
+// program is booted before it returns.
 func startRelayBench(b *testing.B, conns int) (string, *http.Client) {
 	requirePythonModules(b, "asyncio")
 	initBin, err := buildInit()
@@ -34,8 +36,13 @@ func startRelayBench(b *testing.B, conns int) (string, *http.Client) {
 	code := writeApp(b, map[string]string{"main.py": plainHelloApp})
 	mgr := lifecycle.New(lifecycle.Options{Backend: sandbox.New(nil), InitPath: initBin, IdleTimeout: -1})
 	b.Cleanup(mgr.Close)
-	prog := &lifecycle.Program{ID: "bench", Interface: "asgi", Entrypoint: "main:app", CodePath: code, Workers: 1, Python: debianPython}
-	srv := httptest.NewServer(&agent.Single{Manager: mgr, Program: prog, MaxBody: 1 << 20})
+	programs := front.NewPrograms(mgr)
+	workers := 1
+	if err := programs.Deploy("bench", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: code},
+		Resources: manifest.Resources{Workers: &workers}, Runtime: &manifest.Runtime{Python: debianPython}, On: manifest.On{HTTP: true}}); err != nil {
+		b.Fatal(err)
+	}
+	srv := httptest.NewServer(&front.Router{Programs: programs, Manager: mgr, MaxBody: 1 << 20, Root: "bench"})
 	b.Cleanup(func() { mgr.StopAll(context.Background()) })
 	b.Cleanup(srv.Close)
 	transport := srv.Client().Transport.(*http.Transport).Clone()

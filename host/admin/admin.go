@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -64,7 +64,7 @@ type LogLine struct {
 
 // Server serves the API.
 type Server struct {
-	Programs *agent.Programs
+	Programs *front.Programs
 	Manager  *lifecycle.Manager
 	Token    string // required as "Authorization: Bearer TOKEN" when set
 	Log      *slog.Logger
@@ -211,7 +211,7 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case errors.As(err, &ferr):
 		writeError(w, http.StatusBadRequest, err.Error())
-	case errors.Is(err, agent.ErrExists):
+	case errors.Is(err, front.ErrExists):
 		writeError(w, http.StatusConflict, err.Error())
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err.Error())
@@ -226,7 +226,7 @@ func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
 	if err := s.Programs.Delete(ctx, r.PathValue("id")); err != nil {
-		if errors.Is(err, agent.ErrNotFound) {
+		if errors.Is(err, front.ErrNotFound) {
 			writeError(w, http.StatusNotFound, "no such program")
 			return
 		}
@@ -265,10 +265,12 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return
 	}
-	if _, err := s.Manager.Get(ctx, route.Program); err != nil {
+	inst, err := s.Manager.Acquire(ctx, route.Program)
+	if err != nil {
 		writeError(w, http.StatusBadGateway, "the program failed to start: "+err.Error())
 		return
 	}
+	inst.Release()
 	st, _ := s.describe(id)
 	writeJSON(w, http.StatusOK, st)
 }

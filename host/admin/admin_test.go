@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/metrics"
 )
@@ -17,7 +17,7 @@ import (
 func TestTokenMustBeABearerToken(t *testing.T) {
 	mgr := lifecycle.New(lifecycle.Options{IdleTimeout: -1})
 	defer mgr.Close()
-	s := &Server{Programs: agent.NewPrograms(mgr), Manager: mgr, Token: "s3cret", Metrics: metrics.New(func() int { return 0 }).Handler()}
+	s := &Server{Programs: front.NewPrograms(mgr), Manager: mgr, Token: "s3cret", Metrics: metrics.New(func() int { return 0 }).Handler()}
 	h := s.Handler()
 	call := func(path string, auth ...string) (int, string) {
 		r := httptest.NewRequest("GET", path, nil)

@@ -15,7 +15,7 @@ import (
 // has it; a single code file is named for its entrypoint.
 func TestInitGetsTheProgramsConfiguration(t *testing.T) {
 	be := newFakeBackend()
-	close(be.release)
+	close(be.Gate)
 	m := newTestManager(t, be, Options{})
 	p := &Program{ID: "typed", Interface: contract.InterfaceASGI, Entrypoint: "pkg.web:app", CodePath: "/srv/web.py",
 		Workers: 2, Python: "/usr/bin/python3", Env: map[string]string{"GREETING": "hi"},
@@ -27,11 +27,11 @@ func TestInitGetsTheProgramsConfiguration(t *testing.T) {
 		t.Fatal(err)
 	}
 	inst.Release()
-	vm := <-be.started
-	if vm.spec.CodePath != "/srv/web.py" || vm.spec.CodeFile != "pkg/web.py" {
-		t.Errorf("backend got code %q as %q", vm.spec.CodePath, vm.spec.CodeFile)
+	vm := <-be.Started()
+	if vm.Spec.CodePath != "/srv/web.py" || vm.Spec.CodeFile != "pkg/web.py" {
+		t.Errorf("backend got code %q as %q", vm.Spec.CodePath, vm.Spec.CodeFile)
 	}
-	c, err := contract.Parse(<-vm.config)
+	c, err := contract.Parse(vm.Config())
 	if err != nil {
 		t.Fatalf("init would refuse the configuration: %v", err)
 	}
@@ -47,7 +47,7 @@ func TestInitGetsTheProgramsConfiguration(t *testing.T) {
 // the boot fails with the field at fault, and its VM is stopped.
 func TestInvalidConfigurationIsNotSent(t *testing.T) {
 	be := newFakeBackend()
-	close(be.release)
+	close(be.Gate)
 	m := newTestManager(t, be, Options{})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -56,11 +56,11 @@ func TestInvalidConfigurationIsNotSent(t *testing.T) {
 	if !ok || cerr.Phase != contract.PhaseValidate || cerr.Field != "entrypoint" {
 		t.Fatalf("got %v, want a validation error on entrypoint", err)
 	}
-	vm := <-be.started
-	if !vm.ended() {
+	vm := <-be.Started()
+	if !vm.Ended() {
 		t.Error("the VM of a refused configuration still runs")
 	}
-	if len(vm.config) != 0 {
-		t.Errorf("init received %q", <-vm.config)
+	if doc := vm.Config(); doc != nil {
+		t.Errorf("init received %q", doc)
 	}
 }

@@ -91,7 +91,7 @@ type Options struct {
 	RestartBackoff, MaxRestartBackoff time.Duration
 	// MaxRunning caps the VMs running (or booting) at once; 0: no cap.
 	// At the cap, the least recently used idle on-demand VM is stopped to
-	// make room; if there is none, Get fails with ErrTooMany.
+	// make room; if there is none, Acquire fails with ErrTooMany.
 	MaxRunning int
 	// OnOutput receives the program's output lines (LOG frames and
 	// console lines), from a goroutine of each VM's own, never from the
@@ -135,7 +135,7 @@ type boot struct {
 // ErrStopped is the error of a boot that Stop or Remove ended.
 var ErrStopped = errors.New("the program was stopped while it was starting")
 
-// ErrRemoved is returned by Get for a program that was removed.
+// ErrRemoved is returned by Acquire for a program that was removed.
 var ErrRemoved = errors.New("the program was removed")
 
 // New returns a manager.
@@ -163,11 +163,13 @@ func New(opt Options) *Manager {
 }
 
 // Acquire returns the program's running instance, starting one if needed,
-// and counts a request against it until Release. Concurrent callers for the
-// same program wait on one boot.
+// and counts the caller against it until Release: a counted instance is
+// never stopped for being idle nor to make room. Concurrent callers for
+// the same program wait on one boot. No boot starts once ctx has ended or
+// the program was removed (ErrRemoved).
 func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 	for {
-		inst, err := m.Get(ctx, p)
+		inst, err := m.get(ctx, p)
 		if err != nil {
 			return nil, err
 		}
@@ -180,11 +182,13 @@ func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 		if live {
 			return inst, nil
 		}
-		// Stopped for idleness between Get and here: boot again.
+		// Stopped for idleness between get and here: boot again.
 	}
 }
 
-// Instance returns the program's running instance, or nil.
+// Instance returns the program's running instance, or nil, for reports:
+// it does not hold the VM, which may stop at any moment. To send it
+// requests, Acquire it.
 func (m *Manager) Instance(id string) *Instance {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -243,7 +247,7 @@ func (m *Manager) Persist(ctx context.Context, p *Program) {
 	var inst *Instance
 	supervise.Run(ctx, policy, supervise.Task{
 		Start: func(ctx context.Context) error {
-			i, err := m.Get(ctx, p)
+			i, err := m.get(ctx, p) // persistent: never stopped for idleness, so not counted
 			if errors.Is(err, ErrRemoved) {
 				return supervise.ErrStop
 			}
@@ -304,10 +308,12 @@ func (m *Manager) makeRoomLocked() error {
 	return nil
 }
 
-// Get returns the program's running instance, starting one if needed.
+// get returns the program's running instance, starting one if needed.
 // Concurrent callers for the same program wait on one boot. No boot starts
-// once ctx has ended or the program was removed.
-func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
+// once ctx has ended or the program was removed. It does not count the
+// caller: an on-demand instance it returns may be stopped for idleness or
+// to make room at any moment, so callers outside Persist use Acquire.
+func (m *Manager) get(ctx context.Context, p *Program) (*Instance, error) {
 	m.mu.Lock()
 	if p.removed {
 		m.mu.Unlock()
@@ -343,7 +349,7 @@ func (m *Manager) Get(ctx context.Context, p *Program) (*Instance, error) {
 	}
 }
 
-// boot runs one boot for Get; ctx is cancelled by Stop.
+// boot runs one boot for get; ctx is cancelled by Stop.
 func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 	defer b.cancel()
 	began := time.Now()
@@ -529,9 +535,9 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 	return err
 }
 
-// Remove stops p's VM (or its boot) as Stop does, and makes every later Get
-// of p fail with ErrRemoved, so that no request or supervisor that still
-// holds p can start it again.
+// Remove stops p's VM (or its boot) as Stop does, and makes every later
+// Acquire of p fail with ErrRemoved, so that no request or supervisor that
+// still holds p can start it again.
 func (m *Manager) Remove(ctx context.Context, p *Program) error {
 	m.mu.Lock()
 	p.removed = true

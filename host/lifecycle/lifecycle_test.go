@@ -3,104 +3,21 @@ package lifecycle
 import (
 	"context"
 	"errors"
-	"fmt"
-	"io"
-	"net"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
-	"github.com/ferry-vm/ferry/protocol/contract"
-	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/protocol/message"
-	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// fakeBackend starts fake VMs: a mux server on the other end of a pipe
-// that greets, takes the configuration, and answers it only once the
-// test releases the boot. Before that it may send LOG frames.
-type fakeBackend struct {
-	release chan struct{} // closed: configurations are answered
-	logs    int           // LOG frames each VM sends after the configuration
-	mu      sync.Mutex
-	vms     []*fakeVM
-	started chan *fakeVM
-}
-
-func newFakeBackend() *fakeBackend {
-	return &fakeBackend{release: make(chan struct{}), started: make(chan *fakeVM, 16)}
-}
-
-func (b *fakeBackend) Name() string { return "fake" }
-
-func (b *fakeBackend) Start(ctx context.Context, spec backend.Spec) (backend.VM, error) {
-	host, guest := net.Pipe()
-	v := &fakeVM{conn: host, done: make(chan struct{}), spec: spec, config: make(chan []byte, 1)}
-	configured := make(chan struct{}, 1)
-	sess := mux.Server(guest, mux.Config{OnControl: func(t frame.Type, p []byte) {
-		if t == frame.TypeConfig {
-			v.config <- append([]byte(nil), p...)
-			configured <- struct{}{}
-		}
-	}})
-	go func() {
-		defer v.Kill()
-		select {
-		case <-configured:
-		case <-v.done:
-			return
-		}
-		for i := range b.logs {
-			sess.SendControlMessage(frame.TypeLog, &message.Log{Source: []byte("stdout"), Line: fmt.Appendf(nil, "line %d", i)})
-		}
-		select {
-		case <-b.release:
-		case <-v.done:
-			return
-		}
-		sess.SendControlMessage(frame.TypeConfigResult, &message.ConfigResult{OK: true})
-		select { // a GOAWAY powers the VM off, as init does
-		case <-sess.GoAwayReceived():
-		case <-sess.Done():
-		case <-v.done:
-		}
-	}()
-	go func() { <-v.done; sess.Close() }()
-	b.mu.Lock()
-	b.vms = append(b.vms, v)
-	b.mu.Unlock()
-	b.started <- v
-	return v, nil
-}
-
-type fakeVM struct {
-	conn   net.Conn
-	done   chan struct{}
-	once   sync.Once
-	spec   backend.Spec
-	config chan []byte // the CONFIG document it received
-}
-
-func (v *fakeVM) Conn() io.ReadWriteCloser { return v.conn }
-func (v *fakeVM) Guest() backend.Guest {
-	return backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: contract.DefaultCodeDir}}}
-}
-func (v *fakeVM) Network() *backend.Network { return nil }
-func (v *fakeVM) Done() <-chan struct{}     { return v.done }
-func (v *fakeVM) Err() error                { return nil }
-func (v *fakeVM) Kill()                     { v.once.Do(func() { v.conn.Close(); close(v.done) }) }
-func (v *fakeVM) Describe() string          { return "fake" }
-
-func (v *fakeVM) ended() bool {
-	select {
-	case <-v.done:
-		return true
-	default:
-		return false
-	}
+// newFakeBackend is a backend whose boots wait for the test to close its
+// Gate.
+func newFakeBackend() *backendtest.Backend {
+	return &backendtest.Backend{Gate: make(chan struct{})}
 }
 
 func newTestManager(t *testing.T, be backend.Backend, opt Options) *Manager {
@@ -118,6 +35,20 @@ func newTestManager(t *testing.T, be backend.Backend, opt Options) *Manager {
 	return m
 }
 
+// acquiring calls Acquire in the background and delivers its error (the
+// instance, if any, is released).
+func acquiring(m *Manager, p *Program) <-chan error {
+	got := make(chan error, 1)
+	go func() {
+		inst, err := m.Acquire(context.Background(), p)
+		if err == nil {
+			inst.Release()
+		}
+		got <- err
+	}()
+	return got
+}
+
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -132,24 +63,25 @@ func waitUntil(t *testing.T, what string, cond func() bool) {
 // Removing a persistent program while it boots ends that boot's VM; the
 // boot finishing later brings nothing back, and the supervisor stops.
 func TestRemoveDuringBootEndsTheVM(t *testing.T) {
+	t.Parallel()
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{})
-	p := &Program{ID: "slow", Persistent: true, Interface: "asgi", Entrypoint: "main:app"}
+	p := &Program{Interface: contract.InterfaceASGI, Entrypoint: "main:app", ID: "slow", Persistent: true}
 	ctx, cancel := context.WithCancel(context.Background())
 	supervised := make(chan struct{})
 	go func() { defer close(supervised); m.Persist(ctx, p) }()
-	vm := <-be.started
+	vm := <-be.Started()
 
-	cancel() // what agent.Programs.Delete does, then Remove
+	cancel() // what front.Programs.Delete does, then Remove
 	stopCtx, stopCancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer stopCancel()
 	if err := m.Remove(stopCtx, p); err != nil {
 		t.Fatal(err)
 	}
-	if !vm.ended() {
+	if !vm.Ended() {
 		t.Fatal("the booting VM still runs after Remove returned")
 	}
-	close(be.release) // the boot would have finished now
+	close(be.Gate) // the boot would have finished now
 	select {
 	case <-supervised:
 	case <-time.After(10 * time.Second):
@@ -159,35 +91,29 @@ func TestRemoveDuringBootEndsTheVM(t *testing.T) {
 	if r := m.Running(); len(r) != 0 {
 		t.Fatalf("running after Remove: %v", r)
 	}
-	be.mu.Lock()
-	n := len(be.vms)
-	be.mu.Unlock()
-	if n != 1 {
+	if n := be.Boots(); n != 1 {
 		t.Fatalf("%d VMs started, want 1", n)
 	}
-	if _, err := m.Get(context.Background(), p); !errors.Is(err, ErrRemoved) {
-		t.Fatalf("Get after Remove: %v", err)
+	if _, err := m.Acquire(context.Background(), p); !errors.Is(err, ErrRemoved) {
+		t.Fatalf("Acquire after Remove: %v", err)
 	}
 }
 
 // Stop during an on-demand boot ends the VM, and the requests waiting on
 // that boot get ErrStopped instead of an instance nobody tracks.
 func TestStopDuringBootEndsTheVMAndItsWaiters(t *testing.T) {
+	t.Parallel()
 	be := newFakeBackend()
 	m := newTestManager(t, be, Options{})
-	p := &Program{ID: "od", Interface: "asgi", Entrypoint: "main:app"}
-	got := make(chan error, 1)
-	go func() {
-		_, err := m.Acquire(context.Background(), p)
-		got <- err
-	}()
-	vm := <-be.started
+	p := &Program{Interface: contract.InterfaceASGI, Entrypoint: "main:app", ID: "od"}
+	got := acquiring(m, p)
+	vm := <-be.Started()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := m.Stop(ctx, "od"); err != nil {
 		t.Fatal(err)
 	}
-	if !vm.ended() {
+	if !vm.Ended() {
 		t.Fatal("the booting VM still runs after Stop returned")
 	}
 	select {
@@ -202,7 +128,7 @@ func TestStopDuringBootEndsTheVMAndItsWaiters(t *testing.T) {
 		t.Fatalf("running after Stop: %v", r)
 	}
 	// The next request boots again.
-	close(be.release)
+	close(be.Gate)
 	inst, err := m.Acquire(ctx, p)
 	if err != nil {
 		t.Fatal(err)
@@ -214,9 +140,10 @@ func TestStopDuringBootEndsTheVMAndItsWaiters(t *testing.T) {
 // the boot still completes, and the lines over the rate are counted and
 // reported as dropped once OnOutput moves again.
 func TestOutputNeverBlocksTheSessionAndIsRateLimited(t *testing.T) {
+	t.Parallel()
 	be := newFakeBackend()
-	be.logs = 5000
-	close(be.release)
+	be.Logs = 5000
+	close(be.Gate)
 	unblock := make(chan struct{})
 	var delivered, reported atomic.Int64
 	var notice atomic.Value
@@ -234,7 +161,7 @@ func TestOutputNeverBlocksTheSessionAndIsRateLimited(t *testing.T) {
 	})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	inst, err := m.Acquire(ctx, &Program{ID: "loud", Interface: "asgi", Entrypoint: "main:app"})
+	inst, err := m.Acquire(ctx, &Program{Interface: contract.InterfaceASGI, Entrypoint: "main:app", ID: "loud"})
 	if err != nil {
 		t.Fatalf("the boot did not complete while OnOutput was stuck: %v", err)
 	}
@@ -253,11 +180,12 @@ func TestOutputNeverBlocksTheSessionAndIsRateLimited(t *testing.T) {
 // When Stop returns, the program is no longer running: its VM has ended
 // and the manager says so at once (the admin API reports from it).
 func TestStopReturnsWhenTheProgramIsNoLongerRunning(t *testing.T) {
+	t.Parallel()
 	be := newFakeBackend()
-	close(be.release)
+	close(be.Gate)
 	m := newTestManager(t, be, Options{IdleTimeout: -1})
 	p := &Program{ID: "stopped", Interface: "asgi", Entrypoint: "main:app"}
-	for round := range 10 { // the fake backend holds 16 started VMs
+	for round := range 10 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		inst, err := m.Acquire(ctx, p)
 		if err != nil {

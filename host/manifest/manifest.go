@@ -19,11 +19,16 @@ import (
 
 // File is the agent's configuration file.
 type File struct {
+	// Root, when set, names the program that gets every request, at /
+	// (root_path empty) on any host: the one program of host-agent run
+	// (see OneProgram). A configuration file cannot set it.
+	Root string `json:"-"`
+
 	Listen      string   `json:"listen,omitempty"`       // HTTP, default 127.0.0.1:8080
 	IdleTimeout Duration `json:"idle_timeout,omitempty"` // default 60s
 	MaxRunning  int      `json:"max_running,omitempty"`  // 0: no cap
 	// Limits bound how the agent serves HTTP; zero fields take the
-	// defaults (see host/agent).
+	// defaults (see host/front).
 	Limits   Limits              `json:"limits,omitempty"`
 	Programs map[string]*Program `json:"programs"`
 }
@@ -113,10 +118,13 @@ type Environment struct {
 	Internet bool `json:"internet,omitempty"`
 }
 
-// Runtime names the root filesystem and kernel (used by the qemu backend).
+// Runtime names the root filesystem and kernel (used by the qemu backend)
+// and the Python interpreter inside the VM (asgi programs; init's default,
+// /usr/bin/python3, when empty).
 type Runtime struct {
 	Rootfs string `json:"rootfs,omitempty"`
 	Kernel string `json:"kernel,omitempty"`
+	Python string `json:"python,omitempty"`
 }
 
 // Volume is an immutable or persistent volume.
@@ -130,9 +138,26 @@ type Volume struct {
 
 // Resources bound the program.
 type Resources struct {
-	VCPUs   int `json:"vcpus,omitempty"`
-	Memory  int `json:"memory,omitempty"`  // MiB
-	Seconds int `json:"seconds,omitempty"` // per request
+	VCPUs  int `json:"vcpus,omitempty"`
+	Memory int `json:"memory,omitempty"` // MiB
+	// Seconds is the time limit of each request (fractions allowed); 0:
+	// none.
+	Seconds float64 `json:"seconds,omitempty"`
+	// Workers is how many ASGI worker processes init starts: absent, as
+	// many as VCPUs; 0, or absent without VCPUs, one per CPU of the VM.
+	Workers *int `json:"workers,omitempty"`
+}
+
+// Timeout returns the time limit of each request; 0: none.
+func (r Resources) Timeout() time.Duration { return time.Duration(r.Seconds * float64(time.Second)) }
+
+// WorkerCount returns the number of ASGI workers to ask init for; 0: one
+// per CPU of the VM.
+func (r Resources) WorkerCount() int {
+	if r.Workers != nil {
+		return *r.Workers
+	}
+	return r.VCPUs
 }
 
 // On says how the program is triggered.
@@ -242,7 +267,7 @@ func ValidateProgram(id string, p *Program) error {
 	if p.Code.Path == "" {
 		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
 	}
-	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 {
+	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 || p.Resources.WorkerCount() < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}
 	}
 	for i, v := range p.Volumes {
@@ -270,6 +295,19 @@ func checkConcurrency(field string, n int) error {
 		return &FieldError{field, fmt.Sprintf("must be between 1 and %d (0 or absent: the default)", MaxConcurrentLimit)}
 	}
 	return nil
+}
+
+// RunProgramID is the id of host-agent run's one program.
+const RunProgramID = "main"
+
+// OneProgram returns the configuration of host-agent run: p alone, as
+// RunProgramID, getting every request at / (File.Root). It is validated
+// as a configuration file's program would be.
+func OneProgram(p *Program) (*File, error) {
+	if err := ValidateProgram(RunProgramID, p); err != nil {
+		return nil, err
+	}
+	return &File{Root: RunProgramID, Programs: map[string]*Program{RunProgramID: p}}, nil
 }
 
 // ErrNoPrograms is returned by callers that need at least one program.

@@ -3,6 +3,7 @@ package manifest
 import (
 	"errors"
 	"testing"
+	"time"
 )
 
 func TestParseNamesTheFieldAtFault(t *testing.T) {
@@ -73,5 +74,50 @@ func TestLimits(t *testing.T) {
 	if _, err := Parse([]byte(`{"programs": {"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true},
 		"limits": {"header_timeout": "1s"}}}}`)); err == nil {
 		t.Error("a listener timeout accepted in a program's manifest")
+	}
+}
+
+// resources.workers falls back to vcpus only when absent; seconds may be
+// a fraction; runtime.python is kept.
+func TestWorkersTimeoutAndPython(t *testing.T) {
+	doc := `{"programs": {
+		"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true}, "resources": {"vcpus": 2}},
+		"b": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true}, "resources": {"vcpus": 2, "workers": 0, "seconds": 1.5}},
+		"c": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true}, "resources": {"workers": 3},
+		      "runtime": {"python": "/opt/python3"}}}}`
+	f, err := Parse([]byte(doc))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, b, c := f.Programs["a"].Resources, f.Programs["b"].Resources, f.Programs["c"]
+	if a.WorkerCount() != 2 || b.WorkerCount() != 0 || c.Resources.WorkerCount() != 3 {
+		t.Errorf("workers: %d %d %d, want 2 0 3", a.WorkerCount(), b.WorkerCount(), c.Resources.WorkerCount())
+	}
+	if a.Timeout() != 0 || b.Timeout() != 1500*time.Millisecond || c.Runtime.Python != "/opt/python3" {
+		t.Errorf("timeouts %v %v, python %q", a.Timeout(), b.Timeout(), c.Runtime.Python)
+	}
+	bad := `{"programs": {"a": {"code": {"entrypoint": "m:a", "interface": "asgi", "path": "x"}, "on": {"http": true}, "resources": {"workers": -1}}}}`
+	var ferr *FieldError
+	if _, err := Parse([]byte(bad)); !errors.As(err, &ferr) || ferr.Field != "programs.a.resources" {
+		t.Errorf("negative workers: %v", err)
+	}
+}
+
+// OneProgram is run's configuration: the program alone as RunProgramID,
+// served at the root, validated like any program; a file cannot ask for a
+// root.
+func TestOneProgram(t *testing.T) {
+	p := &Program{Code: Code{Entrypoint: "main:app", Interface: "asgi", Path: "/srv/app"}, On: On{HTTP: true}}
+	f, err := OneProgram(p)
+	if err != nil || f.Root != RunProgramID || len(f.Programs) != 1 || f.Programs[RunProgramID] != p {
+		t.Fatalf("%+v %v", f, err)
+	}
+	p.Code.Interface = "wsgi"
+	var ferr *FieldError
+	if _, err := OneProgram(p); !errors.As(err, &ferr) || ferr.Field != "programs.main.code.interface" {
+		t.Fatalf("a bad program: %v", err)
+	}
+	if f, err := Parse([]byte(`{"Root": "a", "root": "a", "programs": {}}`)); err == nil || (f != nil && f.Root != "") {
+		t.Fatalf("a configuration file set the root: %+v %v", f, err)
 	}
 }

@@ -1,8 +1,10 @@
-// Package relay turns one incoming HTTP request into a Ferry stream to the
-// program's init and the stream's answer back into the HTTP response:
-// bodies streamed both ways with backpressure, the response flushed chunk
-// by chunk, a client that leaves reset as CANCEL. Errors the client sees
-// are short JSON with a request id; the detail goes to the agent's log.
+// Package relay carries HTTP between a client of the agent and a program:
+// one incoming request becomes a Ferry stream to the program's init and
+// the stream's answer becomes the HTTP response, with bodies streamed both
+// ways with backpressure, the response flushed chunk by chunk, a client
+// that leaves reset as CANCEL; websockets and other upgrades too. Errors
+// the client sees are short JSON with a request id; the detail goes to the
+// agent's log. (In Ferry, "relay" means this: HTTP to a stream and back.)
 package relay
 
 import (
@@ -27,8 +29,10 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// Request describes where an HTTP request goes.
-type Request struct {
+// Exchange is one HTTP exchange as the relay carries it: the session it
+// goes to, the paths the program sees, its bounds, and the request id its
+// errors and log lines carry.
+type Exchange struct {
 	Session  *mux.Session
 	RootPath string // prefix the app is mounted under, e.g. /vm/hello
 	Path     string // the path below RootPath
@@ -52,11 +56,11 @@ func NewRequestID() string {
 }
 
 // Head builds the REQUEST head of r.
-func Head(r *http.Request, rq *Request) *message.RequestHead {
+func Head(r *http.Request, ex *Exchange) *message.RequestHead {
 	h := &message.RequestHead{
 		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
-		Path: []byte(rq.Path), RawPath: []byte(rq.RawPath), QueryString: []byte(r.URL.RawQuery),
-		RootPath: []byte(rq.RootPath),
+		Path: []byte(ex.Path), RawPath: []byte(ex.RawPath), QueryString: []byte(r.URL.RawQuery),
+		RootPath: []byte(ex.RootPath),
 	}
 	if r.TLS != nil {
 		h.Scheme = []byte("https")
@@ -101,14 +105,14 @@ func httpVersion(r *http.Request) string {
 // ServeAny relays r as the program's interface needs: websockets are
 // terminated here for ASGI programs, upgrades pass through as raw bytes to
 // executables, everything else is Serve.
-func ServeAny(w http.ResponseWriter, r *http.Request, rq *Request, iface string) {
+func ServeAny(w http.ResponseWriter, r *http.Request, ex *Exchange, iface string) {
 	switch {
 	case IsWebSocket(r) && iface == contract.InterfaceASGI:
-		ServeWebSocket(w, r, rq)
+		ServeWebSocket(w, r, ex)
 	case IsUpgrade(r) && iface == contract.InterfaceExecutable:
-		ServeUpgrade(w, r, rq)
+		ServeUpgrade(w, r, ex)
 	default:
-		Serve(w, r, rq)
+		Serve(w, r, ex)
 	}
 }
 
@@ -126,12 +130,12 @@ const MaxHeaderBytes = 32 << 10
 // connection has failed, to learn whether the request body broke off.
 const bodyFailureWait = 5 * time.Second
 
-// Serve relays r to a new stream on rq.Session and writes the answer to w.
-func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
+// Serve relays r to a new stream on ex.Session and writes the answer to w.
+func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	ctx := r.Context()
-	if rq.Timeout > 0 {
+	if ex.Timeout > 0 {
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, rq.Timeout)
+		ctx, cancel = context.WithTimeout(ctx, ex.Timeout)
 		defer cancel()
 	}
 	if len(r.TransferEncoding) > 0 {
@@ -144,20 +148,20 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		// golang/go#80942 sets Request.Close for exactly that case.)
 		w.Header().Set("Connection", "close")
 	}
-	head := Head(r, rq)
+	head := Head(r, ex)
 	noBody := r.ContentLength == 0 || r.Body == nil || r.Body == http.NoBody
-	if rq.MaxBody > 0 && r.ContentLength > rq.MaxBody {
-		Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "content-length", r.ContentLength)
+	if ex.MaxBody > 0 && r.ContentLength > ex.MaxBody {
+		Error(w, ex, http.StatusRequestEntityTooLarge, "request body too large", "content-length", r.ContentLength)
 		return
 	}
-	st, err := rq.Session.Open(ctx, head, nil, noBody)
+	st, err := ex.Session.Open(ctx, head, nil, noBody)
 	if errors.Is(err, mux.ErrHeadTooLarge) {
 		// Refused before sending: the VM's session is untouched.
-		Error(w, rq, http.StatusRequestHeaderFieldsTooLarge, "request head too large", "err", err)
+		Error(w, ex, http.StatusRequestHeaderFieldsTooLarge, "request head too large", "err", err)
 		return
 	}
 	if err != nil {
-		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
+		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		return
 	}
 	// A client that leaves, or the time limit, resets the stream: the app
@@ -172,7 +176,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	defer stop()
 	var body *bodyCopy
 	if !noBody {
-		body = copyBody(r, st, rq.MaxBody)
+		body = copyBody(r, st, ex.MaxBody)
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
@@ -182,10 +186,10 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 			tooLarge, clientErr := body.outcome(r.Context().Err() != nil)
 			switch {
 			case tooLarge:
-				Error(w, rq, http.StatusRequestEntityTooLarge, "request body too large", "limit", rq.MaxBody)
+				Error(w, ex, http.StatusRequestEntityTooLarge, "request body too large", "limit", ex.MaxBody)
 				return
 			case clientErr != nil:
-				badRequestBody(w, rq, clientErr)
+				badRequestBody(w, ex, clientErr)
 				return
 			}
 		}
@@ -193,19 +197,19 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		// the stream may not have run yet).
 		if r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
-			Error(w, rq, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", rq.Timeout)
+			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
 			return
 		}
 		if ctx.Err() != nil {
 			return
 		}
 		status, msg := statusFor(err)
-		Error(w, rq, status, msg, "err", err)
+		Error(w, ex, status, msg, "err", err)
 		return
 	}
 	if err := checkResponseHead(&rh); err != nil {
 		st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
-		Error(w, rq, http.StatusBadGateway, "the program sent an invalid response", "err", err)
+		Error(w, ex, http.StatusBadGateway, "the program sent an invalid response", "err", err)
 		return
 	}
 	buf := bodyBuffers.Get().(*[]byte)
@@ -217,7 +221,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
 		w.Header().Set("Content-Length", strconv.Itoa(n))
 	}
-	writeHead(w, rq, &rh)
+	writeHead(w, ex, &rh)
 	if err == io.EOF {
 		if n > 0 {
 			w.Write((*buf)[:n])
@@ -240,7 +244,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				rq.Log.Warn("response broke off", "request_id", rq.ID, "err", err)
+				ex.Log.Warn("response broke off", "request_id", ex.ID, "err", err)
 			}
 			// Abort the HTTP response so the client sees it incomplete.
 			panic(http.ErrAbortHandler)
@@ -254,7 +258,7 @@ func Serve(w http.ResponseWriter, r *http.Request, rq *Request) {
 type bodyCopy struct {
 	done chan struct{} // closed when the copy has ended, before the stream is reset
 	// set before done is closed:
-	tooLarge  bool  // the body went past Request.MaxBody
+	tooLarge  bool  // the body went past Exchange.MaxBody
 	clientErr error // reading the client's body failed: malformed, cut short, too slow
 }
 
@@ -331,14 +335,14 @@ func (c *clientBody) Read(p []byte) (int, error) {
 // badRequestBody answers a request whose body could not be read: 400 (408
 // when it was too slow), and the connection is closed, since where the
 // next request would start on it is unknown.
-func badRequestBody(w http.ResponseWriter, rq *Request, err error) {
+func badRequestBody(w http.ResponseWriter, ex *Exchange, err error) {
 	w.Header().Set("Connection", "close")
 	var nerr net.Error
 	if errors.As(err, &nerr) && nerr.Timeout() {
-		Error(w, rq, http.StatusRequestTimeout, "the request body did not arrive in time", "err", err)
+		Error(w, ex, http.StatusRequestTimeout, "the request body did not arrive in time", "err", err)
 		return
 	}
-	Error(w, rq, http.StatusBadRequest, "malformed or incomplete request body", "err", err)
+	Error(w, ex, http.StatusBadRequest, "malformed or incomplete request body", "err", err)
 }
 
 // bodyBuffers holds the buffers request and response bodies are copied
@@ -381,12 +385,12 @@ func statusFor(err error) (int, string) {
 }
 
 // Error writes a short JSON error with the request id and logs the detail.
-func Error(w http.ResponseWriter, rq *Request, status int, msg string, detail ...any) {
-	if rq.Log != nil {
-		rq.Log.Warn(msg, append([]any{"request_id", rq.ID, "status", status}, detail...)...)
+func Error(w http.ResponseWriter, ex *Exchange, status int, msg string, detail ...any) {
+	if ex.Log != nil {
+		ex.Log.Warn(msg, append([]any{"request_id", ex.ID, "status", status}, detail...)...)
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Request-Id", rq.ID)
+	w.Header().Set("X-Request-Id", ex.ID)
 	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]string{"error": msg, "request_id": rq.ID})
+	json.NewEncoder(w).Encode(map[string]string{"error": msg, "request_id": ex.ID})
 }

@@ -17,28 +17,47 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// relayFixture is Serve behind a real HTTP server, relaying to an
-// in-process guest session whose streams app answers.
+// relayFixture is a relay behind a real HTTP server, to an in-process
+// guest session whose streams an app answers.
 type relayFixture struct {
 	url   string
 	guest *mux.Session
 	host  *mux.Session
 }
 
+// fixture says how a relayFixture relays: the program's interface (for
+// ServeAny) and the exchange's root path and bounds.
+type fixture struct {
+	iface    string
+	rootPath string
+	maxBody  int64
+	timeout  time.Duration
+}
+
+// newRelayFixture relays with Serve, without bounds.
 func newRelayFixture(t *testing.T, app func(*mux.Stream)) *relayFixture {
+	return fixture{}.start(t, app)
+}
+
+// start serves ServeAny as fx says, to a guest session whose streams app
+// answers.
+func (fx fixture) start(t *testing.T, app func(*mux.Stream)) *relayFixture {
 	t.Helper()
 	a, b := net.Pipe()
 	guest := mux.Server(b, mux.Config{Handler: app, KeepaliveInterval: -1})
 	host := mux.Client(a, mux.Config{KeepaliveInterval: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		Serve(w, r, &Request{Session: host, Path: r.URL.Path, RawPath: r.URL.EscapedPath(), Log: slog.New(slog.DiscardHandler), ID: "test"})
+		ServeAny(w, r, &Exchange{Session: host, RootPath: fx.rootPath, Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: fx.maxBody,
+			Timeout: fx.timeout, Log: slog.New(slog.DiscardHandler), ID: "test"}, fx.iface)
 	}))
 	srv.Config.MaxHeaderBytes = MaxHeaderBytes
 	srv.Start()
 	t.Cleanup(func() {
-		srv.Close()
+		// The sessions first: a handler still waiting on a stream (a test
+		// that failed) then ends, and srv.Close does not wait for it.
 		host.Close()
 		guest.Close()
+		srv.Close()
 	})
 	return &relayFixture{url: srv.URL, guest: guest, host: host}
 }
@@ -155,6 +174,7 @@ func TestServeAnswers400ToAMalformedBody(t *testing.T) {
 // A request with both Content-Length and Transfer-Encoding is answered,
 // then its connection closed.
 func TestServeClosesAfterContentLengthWithTransferEncoding(t *testing.T) {
+	t.Parallel()
 	f := newRelayFixture(t, answer(&message.ResponseHead{Status: 200}, "ok"))
 	resp, closed := rawExchange(t, f.url, "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n", 10*time.Second)
 	if resp.StatusCode != 200 || !closed {

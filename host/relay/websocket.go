@@ -35,8 +35,8 @@ func IsWebSocket(r *http.Request) bool {
 // subprotocol, headers) or denies (403, or its own HTTP response) before
 // the client's handshake is answered; closes pass both ways with their code
 // and reason.
-func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
-	head := Head(r, rq)
+func ServeWebSocket(w http.ResponseWriter, r *http.Request, ex *Exchange) {
+	head := Head(r, ex)
 	head.Kind = message.KindWebSocket
 	head.Scheme = []byte("ws")
 	if r.TLS != nil {
@@ -49,7 +49,7 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, rq *Request) {
 			}
 		}
 	}
-	st, rh, switched := openSwitch(w, r, rq, head)
+	st, rh, switched := openSwitch(w, r, ex, head)
 	if !switched {
 		return
 	}
@@ -276,15 +276,15 @@ func (h *hijackRecorder) Unwrap() http.ResponseWriter { return h.ResponseWriter 
 // programs): the request goes as plain HTTP with its Upgrade headers; when
 // the program answers 101 the client connection is taken over and bytes
 // flow both ways in DATA frames.
-func ServeUpgrade(w http.ResponseWriter, r *http.Request, rq *Request) {
-	st, rh, switched := openSwitch(w, r, rq, Head(r, rq))
+func ServeUpgrade(w http.ResponseWriter, r *http.Request, ex *Exchange) {
+	st, rh, switched := openSwitch(w, r, ex, Head(r, ex))
 	if !switched {
 		return
 	}
 	conn, brw, err := http.NewResponseController(w).Hijack()
 	if err != nil {
 		st.Reset(frame.CodeCancel, "cannot take over the client connection")
-		Error(w, rq, http.StatusInternalServerError, "upgrade not possible", "err", err)
+		Error(w, ex, http.StatusInternalServerError, "upgrade not possible", "err", err)
 		return
 	}
 	defer conn.Close()
@@ -321,11 +321,11 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, rq *Request) {
 // program's answer. Everything but a 101 is answered here: failures as JSON
 // errors (a websocket closed before accept as 403), any other status as
 // the program's own response. switched reports a 101.
-func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *message.RequestHead) (*mux.Stream, *message.ResponseHead, bool) {
+func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *message.RequestHead) (*mux.Stream, *message.ResponseHead, bool) {
 	ctx := r.Context()
-	st, err := rq.Session.Open(ctx, head, nil, false)
+	st, err := ex.Session.Open(ctx, head, nil, false)
 	if err != nil {
-		Error(w, rq, http.StatusBadGateway, "program unreachable", "err", err)
+		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		return nil, nil, false
 	}
 	var rh message.ResponseHead
@@ -336,11 +336,11 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 		st.Close()
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
-			Error(w, rq, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
+			Error(w, ex, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
 			return nil, nil, false
 		}
 		status, msg := statusFor(err)
-		Error(w, rq, status, msg, "err", err)
+		Error(w, ex, status, msg, "err", err)
 		return nil, nil, false
 	}
 	if rh.Status != http.StatusSwitchingProtocols {
@@ -348,10 +348,10 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 		// held to the same rules as any response.
 		if err := checkResponseHead(&rh); err != nil {
 			st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
-			Error(w, rq, http.StatusBadGateway, "the program sent an invalid response", "err", err)
+			Error(w, ex, http.StatusBadGateway, "the program sent an invalid response", "err", err)
 			return nil, nil, false
 		}
-		writeHead(w, rq, &rh)
+		writeHead(w, ex, &rh)
 		io.Copy(flushWriter{w}, st)
 		st.Close()
 		return nil, nil, false
@@ -362,14 +362,14 @@ func openSwitch(w http.ResponseWriter, r *http.Request, rq *Request, head *messa
 // writeHead writes a response head from the program. The client gets the
 // app's headers as sent: a nil Content-Type stops net/http from sniffing
 // one when the app sent none (the app's own is added to it).
-func writeHead(w http.ResponseWriter, rq *Request, rh *message.ResponseHead) {
+func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead) {
 	w.Header()["Content-Type"] = nil
 	for _, f := range rh.Headers {
 		if name := string(f.Name); !httphdr.IsHopByHop(name) {
 			w.Header().Add(name, string(f.Value))
 		}
 	}
-	w.Header().Set("X-Request-Id", rq.ID)
+	w.Header().Set("X-Request-Id", ex.ID)
 	w.WriteHeader(int(rh.Status))
 }
 

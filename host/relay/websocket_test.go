@@ -63,7 +63,7 @@ func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream
 		}
 	}()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ServeWebSocket(w, r, &Request{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
+		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
 	}))
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
@@ -130,6 +130,7 @@ func TestWebSocketClientMessageIsNotBufferedWhole(t *testing.T) {
 // not receive is noticed (nothing reads from it): the program's stream is
 // reset.
 func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
+	t.Parallel()
 	url, streams := wsProgram(t)
 	var tcp net.TCPConn
 	c := wsDial(t, url, &tcp)
@@ -162,6 +163,7 @@ func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
 // A client message over contract.MaxWebSocketMessage closes the websocket with 1009
 // on both sides; the program gets WS_CLOSE, not a reset.
 func TestWebSocketOversizedClientMessageCloses1009(t *testing.T) {
+	t.Parallel()
 	url, streams := wsProgram(t)
 	c := wsDial(t, url, nil)
 	st := <-streams

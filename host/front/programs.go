@@ -1,4 +1,4 @@
-package agent
+package front
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"sort"
 	"sync"
-	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/lifecycle"
@@ -68,10 +67,10 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.VCPUs, Network: m.Environment.Internet,
+		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Internet,
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
-		prog.Rootfs, prog.Kernel = m.Runtime.Rootfs, m.Runtime.Kernel
+		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
 	}
 	for _, v := range m.Volumes {
 		prog.Volumes = append(prog.Volumes, backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Persistent, Name: v.Name, SizeMiB: v.SizeMiB})
@@ -85,7 +84,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 			limits.QueueTimeout = m.Limits.QueueTimeout.Duration
 		}
 	}
-	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: time.Duration(m.Resources.Seconds) * time.Second, Limiter: NewLimiter(limits)}
+	route := &Route{Program: prog, HTTP: m.On.HTTP, Timeout: m.Resources.Timeout(), Limiter: NewLimiter(limits)}
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	if ps.routes[id] != nil {

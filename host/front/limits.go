@@ -1,4 +1,4 @@
-package agent
+package front
 
 import (
 	"bufio"
@@ -121,7 +121,7 @@ func (l ConnLimits) serve(next http.Handler, w http.ResponseWriter, r *http.Requ
 	if bg != nil && !bg.eof.Load() {
 		if bg.timedOut.Load() && !sg.wrote {
 			w.Header().Set("Connection", "close")
-			relay.Error(w, &relay.Request{ID: relay.NewRequestID(), Log: l.Log}, http.StatusRequestTimeout,
+			relay.Error(w, &relay.Exchange{ID: relay.NewRequestID(), Log: l.Log}, http.StatusRequestTimeout,
 				"the request body did not arrive in time", "body_timeout", l.Body)
 		}
 		// The unread rest is discarded after the handler, for a while.
@@ -294,12 +294,12 @@ func (l *Limiter) InFlight() int { return len(l.slots) }
 // says when to retry; a request whose body was not read closes the
 // connection, so that net/http does not wait for that body before sending
 // the answer.
-func reject(w http.ResponseWriter, r *http.Request, rq *relay.Request, status int, msg string, detail ...any) {
+func reject(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, status int, msg string, detail ...any) {
 	if status == http.StatusServiceUnavailable {
 		w.Header().Set("Retry-After", retryAfter)
 	}
 	if r.Body != nil && r.Body != http.NoBody {
 		w.Header().Set("Connection", "close")
 	}
-	relay.Error(w, rq, status, msg, detail...)
+	relay.Error(w, ex, status, msg, detail...)
 }

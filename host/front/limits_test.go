@@ -1,4 +1,4 @@
-package agent
+package front
 
 import (
 	"bufio"
@@ -53,6 +53,7 @@ var okHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { 
 // An idle keep-alive connection is closed after Keepalive; a request head
 // that does not arrive within Header is closed too.
 func TestConnLimitsCloseIdleAndSlowHeads(t *testing.T) {
+	t.Parallel()
 	addr := limitedServer(t, ConnLimits{Keepalive: 300 * time.Millisecond, Header: 300 * time.Millisecond}, okHandler)
 
 	idle := dial(t, addr)
@@ -76,11 +77,13 @@ func TestConnLimitsCloseIdleAndSlowHeads(t *testing.T) {
 // the timeouts between its writes is sent whole: the timeouts bound each
 // wait, not the exchange.
 func TestConnLimitsBodyTimeout(t *testing.T) {
+	t.Parallel()
 	t.Run("stalled", testStalledBody)
 	t.Run("steady", testSteadyExchange)
 }
 
 func testStalledBody(t *testing.T) {
+	t.Parallel()
 	readErr := make(chan error, 1)
 	addr := limitedServer(t, ConnLimits{Body: 300 * time.Millisecond}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, err := io.ReadAll(r.Body)
@@ -98,6 +101,7 @@ func testStalledBody(t *testing.T) {
 }
 
 func testSteadyExchange(t *testing.T) {
+	t.Parallel()
 	lim := ConnLimits{Body: 400 * time.Millisecond, Send: 400 * time.Millisecond}
 	addr := limitedServer(t, lim, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(r.Body)
@@ -132,11 +136,13 @@ func testSteadyExchange(t *testing.T) {
 // after Send, instead of holding it; a hijacked connection (a websocket)
 // is not bound by the send timeout.
 func TestConnLimitsSendTimeout(t *testing.T) {
+	t.Parallel()
 	t.Run("stopped-reading", testClientStopsReading)
 	t.Run("hijacked", testHijackedSpared)
 }
 
 func testClientStopsReading(t *testing.T) {
+	t.Parallel()
 	writeErr := make(chan error, 1)
 	addr := limitedServer(t, ConnLimits{Send: 300 * time.Millisecond}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		chunk := make([]byte, 64<<10)
@@ -161,6 +167,7 @@ func testClientStopsReading(t *testing.T) {
 }
 
 func testHijackedSpared(t *testing.T) {
+	t.Parallel()
 	addr := limitedServer(t, ConnLimits{Send: 200 * time.Millisecond}, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {

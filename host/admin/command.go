@@ -1,42 +1,18 @@
-package main
+package admin
 
 import (
 	"bytes"
-	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
-	"log/slog"
-	"net/http"
+	"io"
 	"os"
 	"text/tabwriter"
-
-	"github.com/ferry-vm/ferry/host/admin"
-	"github.com/ferry-vm/ferry/host/agent"
-	"github.com/ferry-vm/ferry/host/lifecycle"
-	"github.com/ferry-vm/ferry/host/metrics"
 )
 
-// startAdmin serves the admin API (and the metrics) until ctx ends, with
-// the same connection limits as the public listener.
-func startAdmin(ctx context.Context, addr, token string, programs *agent.Programs, mgr *lifecycle.Manager, met *metrics.Metrics,
-	lim agent.ConnLimits, log *slog.Logger) error {
-	l, err := admin.Listen(addr, token)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: (&admin.Server{Programs: programs, Manager: mgr, Token: token, Log: log, Metrics: met.Handler()}).Handler()}
-	lim.Apply(srv)
-	go srv.Serve(l)
-	go func() {
-		<-ctx.Done()
-		srv.Close()
-	}()
-	log.Info("admin API listening", "addr", addr)
-	return nil
-}
-
-const programUsage = `usage: host-agent program [--admin ADDR] [--token T] [--json] COMMAND
+// commandUsage is the usage of `host-agent program`.
+const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--json] COMMAND
   list                 programs and whether they run
   status ID            one program
   deploy ID FILE       add a program from a manifest (JSON)
@@ -46,20 +22,33 @@ const programUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
   delete ID            stop and remove the program
 `
 
-func program(args []string) int {
-	fs := flag.NewFlagSet("program", flag.ExitOnError)
-	addr := fs.String("admin", admin.DefaultSocket, "admin API: unix socket path or host:port")
+// Command runs `host-agent program ARGS...`, the admin API's command-line
+// client: it calls the API of a serving agent and prints the answer (a
+// table or lines, or the JSON with --json) on stdout, errors on stderr. It
+// returns the exit status: 0, 1 when the call failed, 2 for a usage
+// error.
+func Command(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("program", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	addr := fs.String("admin", DefaultSocket, "admin API: unix socket path or host:port")
 	token := fs.String("token", os.Getenv("FERRY_ADMIN_TOKEN"), "admin token (TCP)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	fs.Usage = func() { fmt.Fprint(os.Stderr, programUsage); fs.PrintDefaults() }
+	fs.Usage = func() { fmt.Fprint(stderr, commandUsage); fs.PrintDefaults() }
 	// Flags may come before or after the command and its arguments.
-	fs.Parse(args)
 	var pos []string
-	for fs.NArg() > 0 {
+	for err := fs.Parse(args); ; err = fs.Parse(fs.Args()[1:]) {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			return 2
+		}
+		if fs.NArg() == 0 {
+			break
+		}
 		pos = append(pos, fs.Arg(0))
-		fs.Parse(fs.Args()[1:])
 	}
-	c := admin.NewClient(*addr, *token)
+	c := NewClient(*addr, *token)
 	need := func(n int) bool {
 		if len(pos) != n {
 			fs.Usage()
@@ -78,11 +67,11 @@ func program(args []string) int {
 		if !need(1) {
 			return 2
 		}
-		var list []admin.Status
+		var list []Status
 		err = c.Do("GET", "/v1/programs", nil, &list)
 		out = list
 		if err == nil && !*asJSON {
-			tw := tabwriter.NewWriter(os.Stdout, 2, 4, 2, ' ', 0)
+			tw := tabwriter.NewWriter(stdout, 2, 4, 2, ' ', 0)
 			fmt.Fprintln(tw, "ID\tINTERFACE\tENTRYPOINT\tHTTP\tPERSISTENT\tRUNNING\tVM")
 			for _, s := range list {
 				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%v\t%v\t%s\n", s.ID, s.Interface, s.Entrypoint, s.HTTP, s.Persistent, s.Running, s.VM)
@@ -103,7 +92,7 @@ func program(args []string) int {
 		if err == nil && !*asJSON {
 			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "ipv4", "ipv6", "started", "timeline"} {
 				if v, ok := res[k]; ok && v != "" {
-					fmt.Printf("%-11s %v\n", k+":", v)
+					fmt.Fprintf(stdout, "%-11s %v\n", k+":", v)
 				}
 			}
 			return 0
@@ -114,26 +103,26 @@ func program(args []string) int {
 		}
 		doc, rerr := os.ReadFile(pos[2])
 		if rerr != nil {
-			fmt.Fprintf(os.Stderr, "host-agent: %v\n", rerr)
+			fmt.Fprintf(stderr, "host-agent: %v\n", rerr)
 			return 1
 		}
-		var res admin.Status
+		var res Status
 		err = c.Do("PUT", "/v1/programs/"+pos[1], bytes.NewReader(doc), &res)
 		out = res
 		if err == nil && !*asJSON {
-			fmt.Printf("deployed %s (%s %s)\n", res.ID, res.Interface, res.Entrypoint)
+			fmt.Fprintf(stdout, "deployed %s (%s %s)\n", res.ID, res.Interface, res.Entrypoint)
 			return 0
 		}
 	case "logs":
 		if !need(2) {
 			return 2
 		}
-		var lines []admin.LogLine
+		var lines []LogLine
 		err = c.Do("GET", "/v1/programs/"+pos[1]+"/logs", nil, &lines)
 		out = lines
 		if err == nil && !*asJSON {
 			for _, l := range lines {
-				fmt.Printf("%s %s[%d] %s\n", l.Time, l.Source, l.Origin, l.Line)
+				fmt.Fprintf(stdout, "%s %s[%d] %s\n", l.Time, l.Source, l.Origin, l.Line)
 			}
 			return 0
 		}
@@ -142,10 +131,10 @@ func program(args []string) int {
 		return 2
 	}
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+		fmt.Fprintf(stderr, "host-agent: %v\n", err)
 		return 1
 	}
-	enc := json.NewEncoder(os.Stdout)
+	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	enc.Encode(out)
 	return 0

@@ -1,4 +1,10 @@
-package agent
+// Package front is the host agent's HTTP front: it routes each request to
+// a program (/vm/{id}, a host name whose first label is the id, or, for
+// host-agent run, one program at /), bounds the program's requests in
+// flight, acquires its VM through the lifecycle manager (booting it if
+// needed) and hands the request to the relay. It also holds the deployed
+// programs and the timeouts of the agent's listeners.
+package front
 
 import (
 	"errors"
@@ -26,30 +32,34 @@ type Route struct {
 // whose first label is the program id. /healthz answers "ok" for the agent
 // itself (for load balancers; it names no program); anything else is a 404
 // JSON error. The metrics, which name every program, are served on the
-// admin and metrics listeners only.
+// admin and metrics listeners only. With Root set, every request goes to
+// that one program instead, as it came (host-agent run).
 type Router struct {
 	Programs *Programs
 	Manager  *lifecycle.Manager
-	Metrics  *metrics.Metrics
-	MaxBody  int64
+	Metrics  *metrics.Metrics // optional
+	MaxBody  int64            // bytes of a request body; 0: no limit
 	Log      *slog.Logger
+	// Root, when set, is the id of the program that gets every request at
+	// / (root_path empty, the path as received, /healthz included).
+	Root string
 }
 
 // ServeHTTP implements http.Handler.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	rq := &relay.Request{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
+	ex := &relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
 		if r.URL.Path == "/healthz" {
 			metrics.Healthz(w, r)
 			return
 		}
-		reject(w, r, rq, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+		reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
 		return
 	}
 	route := rt.Programs.Route(id)
 	if route == nil || !route.HTTP {
-		reject(w, r, rq, http.StatusNotFound, "no such program", "program", id)
+		reject(w, r, ex, http.StatusNotFound, "no such program", "program", id)
 		return
 	}
 	if rt.Metrics != nil {
@@ -58,19 +68,19 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
 		w = rec
 	}
-	rq.RootPath, rq.Path, rq.RawPath, rq.Timeout = root, path, rawPath, route.Timeout
-	serveProgram(w, r, rq, rt.Manager, route.Program, route.Limiter)
+	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
+	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
 }
 
 // serveProgram relays a request to a program within its limit of requests
 // in flight, starting its VM if needed.
-func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr *lifecycle.Manager, p *lifecycle.Program, lim *Limiter) {
+func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mgr *lifecycle.Manager, p *lifecycle.Program, lim *Limiter) {
 	if lim != nil {
 		if !lim.Acquire(r.Context()) {
 			if r.Context().Err() != nil {
 				return // the client left while waiting
 			}
-			reject(w, r, rq, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later",
+			reject(w, r, ex, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later",
 				"program", p.ID, "in_flight", lim.InFlight())
 			return
 		}
@@ -78,20 +88,23 @@ func serveProgram(w http.ResponseWriter, r *http.Request, rq *relay.Request, mgr
 	}
 	inst, err := mgr.Acquire(r.Context(), p)
 	if errors.Is(err, lifecycle.ErrTooMany) {
-		reject(w, r, rq, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", p.ID)
+		reject(w, r, ex, http.StatusServiceUnavailable, "the node is at capacity; try again later", "program", p.ID)
 		return
 	}
 	if err != nil {
-		reject(w, r, rq, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
+		reject(w, r, ex, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
 		return
 	}
 	defer inst.Release()
-	rq.Session = inst.Session
-	relay.ServeAny(w, r, rq, p.Interface)
+	ex.Session = inst.Session
+	relay.ServeAny(w, r, ex, p.Interface)
 }
 
 // match finds the program a request addresses.
 func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok bool) {
+	if rt.Root != "" {
+		return rt.Root, "", r.URL.Path, r.URL.EscapedPath(), true
+	}
 	if rest, has := strings.CutPrefix(r.URL.Path, "/vm/"); has {
 		id, path, _ = strings.Cut(rest, "/")
 		path = "/" + path

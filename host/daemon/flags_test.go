@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"flag"
@@ -6,21 +6,21 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ferry-vm/ferry/host/agent"
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/manifest"
 )
 
 // A flag given on the command line wins over the configuration file,
 // which wins over the default; values out of range are refused.
 func TestLimitFlagsResolve(t *testing.T) {
-	parse := func(file manifest.Limits, args ...string) (limits, error) {
+	parse := func(file manifest.Limits, args ...string) (Limits, error) {
 		fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 		fs.SetOutput(io.Discard)
-		lf := addLimitFlags(fs)
+		f := ServeFlags(fs)
 		if err := fs.Parse(args); err != nil {
 			t.Fatal(err)
 		}
-		return lf.resolve(file)
+		return f.limits.resolve(fs, file)
 	}
 	file := manifest.Limits{MaxConcurrent: 100, QueueTimeout: manifest.Duration{Duration: time.Second},
 		KeepaliveTimeout: manifest.Duration{Duration: 5 * time.Second}, LogRate: 7}
@@ -28,10 +28,10 @@ func TestLimitFlagsResolve(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := limits{
-		conn:     agent.ConnLimits{Header: agent.DefaultHeaderTimeout, Body: 3 * time.Second, Send: agent.DefaultSendTimeout, Keepalive: 5 * time.Second},
-		requests: agent.RequestLimits{MaxConcurrent: 20, QueueTimeout: time.Second},
-		logRate:  7,
+	want := Limits{
+		Conn:     front.ConnLimits{Header: front.DefaultHeaderTimeout, Body: 3 * time.Second, Send: front.DefaultSendTimeout, Keepalive: 5 * time.Second},
+		Requests: front.RequestLimits{MaxConcurrent: 20, QueueTimeout: time.Second},
+		LogRate:  7,
 	}
 	if l != want {
 		t.Fatalf("got %+v\nwant %+v", l, want)

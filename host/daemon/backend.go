@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/qemu"
+	"github.com/ferry-vm/ferry/host/backend/sandbox"
+)
+
+// BackendOptions choose and configure the VM backend.
+type BackendOptions struct {
+	// Name is "sandbox" (namespaces) or "qemu" (a microVM).
+	Name string
+	// BootTimeout bounds a boot, from the backend's start to init's
+	// configuration result (the lifecycle manager's default when 0).
+	BootTimeout time.Duration
+
+	// Images is the directory of the qemu backend's vmlinuz, initrd.img
+	// and rootfs.squashfs; Kernel, Initrd and Rootfs override each.
+	Images, Kernel, Initrd, Rootfs string
+	// Accel is auto, kvm or tcg; Transport auto, vsock or serial.
+	Accel, Transport string
+	// StateDir keeps the qemu backend's code images and volumes.
+	StateDir string
+
+	// SandboxRoot is the directory sandboxed guests see as their root,
+	// read-only; SandboxUIDBase the first host uid of their user
+	// namespaces; SandboxPids the most processes and threads per VM. Zero
+	// values keep the sandbox's defaults.
+	SandboxRoot    string
+	SandboxUIDBase uint32
+	SandboxPids    int64
+}
+
+// newBackend returns the backend o chooses.
+func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
+	switch o.Name {
+	case "sandbox":
+		b := sandbox.New(log)
+		if o.SandboxRoot != "" {
+			b.RootDir = o.SandboxRoot
+		}
+		if o.SandboxUIDBase != 0 {
+			b.UIDBase = o.SandboxUIDBase
+		}
+		if o.SandboxPids != 0 {
+			b.Pids = o.SandboxPids
+		}
+		if fi, err := os.Stat(b.RootDir); err != nil || !fi.IsDir() {
+			return nil, fmt.Errorf("--sandbox-root %s: not a directory", b.RootDir)
+		}
+		if err := b.CleanStale(); err != nil {
+			log.Warn("cleaning up after an earlier agent", "err", err)
+		}
+		return b, nil
+	case "qemu":
+		or := func(v, def string) string {
+			if v != "" {
+				return v
+			}
+			return filepath.Join(o.Images, def)
+		}
+		return qemu.New(qemu.Options{Kernel: or(o.Kernel, "vmlinuz"), Initrd: or(o.Initrd, "initrd.img"), Rootfs: or(o.Rootfs, "rootfs.squashfs"),
+			Accel: o.Accel, Transport: o.Transport, StateDir: o.StateDir, Log: log})
+	}
+	return nil, fmt.Errorf("unknown backend %q (sandbox or qemu)", o.Name)
+}

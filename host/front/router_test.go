@@ -1,0 +1,232 @@
+package front
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/backend/backendtest"
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/host/metrics"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// frontFixture is a router in front of fake VMs.
+type frontFixture struct {
+	be       *backendtest.Backend
+	manager  *lifecycle.Manager
+	programs *Programs
+	metrics  *metrics.Metrics
+	url      string
+}
+
+// newFront serves a router (with root as its Root) over programs whose
+// VMs be starts.
+func newFront(t *testing.T, be *backendtest.Backend, opt lifecycle.Options, root string) *frontFixture {
+	t.Helper()
+	if be.Handler == nil {
+		be.Handler = backendtest.Echo
+	}
+	opt.Backend = be
+	if opt.IdleTimeout == 0 {
+		opt.IdleTimeout = -1
+	}
+	f := &frontFixture{be: be, manager: lifecycle.New(opt)}
+	f.programs = NewPrograms(f.manager)
+	f.metrics = metrics.New(func() int { return len(f.manager.Running()) })
+	srv := httptest.NewServer(&Router{Programs: f.programs, Manager: f.manager, Metrics: f.metrics, Log: slog.New(slog.DiscardHandler), Root: root})
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		srv.Close()
+		f.manager.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		f.manager.StopAll(ctx)
+	})
+	f.url = srv.URL
+	return f
+}
+
+// deploy adds a program; on says how it is triggered.
+func (f *frontFixture) deploy(t *testing.T, id string, on manifest.On) {
+	t.Helper()
+	if err := f.programs.Deploy(id, &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/" + id}, On: on}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get requests path (with Host host when set) and returns the status,
+// the program's echo (when 200) or the error document, and the response.
+func (f *frontFixture) get(t *testing.T, path, host string) (int, backendtest.Seen, map[string]string, *http.Response) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", f.url+path, nil)
+	if host != "" {
+		req.Host = host
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var seen backendtest.Seen
+	var doc map[string]string
+	if resp.StatusCode == 200 && resp.Header.Get("Content-Type") == "application/json" {
+		json.Unmarshal(body, &seen)
+	} else {
+		json.Unmarshal(body, &doc)
+	}
+	return resp.StatusCode, seen, doc, resp
+}
+
+// counted returns the metrics' text.
+func (f *frontFixture) counted(t *testing.T) string {
+	rec := httptest.NewRecorder()
+	f.metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	return rec.Body.String()
+}
+
+// Programs are reached at /vm/{id} (root_path /vm/{id}, the path below it
+// decoded and raw) and on host names whose first label is their id
+// (root_path empty); unknown programs and programs not on HTTP are 404
+// JSON errors; /healthz names no program. Each relayed request is counted
+// under its program.
+func TestRouterRoutesByPathAndHost(t *testing.T) {
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{}, "")
+	f.deploy(t, "hello", manifest.On{HTTP: true})
+	f.deploy(t, "hidden", manifest.On{Persistent: true})
+	for _, c := range []struct {
+		path, host string
+		want       backendtest.Seen
+	}{
+		{"/vm/hello/a%20b/c?x=1", "", backendtest.Seen{RootPath: "/vm/hello", Path: "/a b/c", RawPath: "/a%20b/c", Query: "x=1"}},
+		{"/vm/hello", "", backendtest.Seen{RootPath: "/vm/hello", Path: "/", RawPath: "/"}},
+		{"/x/y", "hello.example.org", backendtest.Seen{Path: "/x/y", RawPath: "/x/y"}},
+		{"/", "hello:8080", backendtest.Seen{Path: "/", RawPath: "/"}},
+	} {
+		status, seen, doc, _ := f.get(t, c.path, c.host)
+		c.want.Method, c.want.Host = "GET", seen.Host
+		if status != 200 || seen != c.want {
+			t.Errorf("%s (host %q): %d %+v %v, want %+v", c.path, c.host, status, seen, doc, c.want)
+		}
+	}
+	for _, c := range []struct{ path, host string }{{"/vm/hidden/", ""}, {"/vm/nope/", ""}, {"/", ""}, {"/vm/", ""}, {"/x", "nope.example.org"}} {
+		status, _, doc, resp := f.get(t, c.path, c.host)
+		if status != 404 || doc["error"] != "no such program" || doc["request_id"] == "" || resp.Header.Get("X-Request-Id") != doc["request_id"] {
+			t.Errorf("%s (host %q): %d %v", c.path, c.host, status, doc)
+		}
+	}
+	if status, _, _, resp := f.get(t, "/healthz", ""); status != 200 || resp.Header.Get("Content-Type") != "text/plain" {
+		t.Errorf("/healthz: %d", status)
+	}
+	m := f.counted(t)
+	if !strings.Contains(m, `ferry_requests_total{program="hello",status="200"} 4`) || strings.Contains(m, `program="nope"`) || strings.Contains(m, `program="hidden"`) {
+		t.Errorf("metrics:\n%s", m)
+	}
+}
+
+// With Root set, every request goes to that program as it came: root_path
+// empty, /vm/... and /healthz included.
+func TestRouterRootServesOneProgram(t *testing.T) {
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{}, "main")
+	f.deploy(t, "main", manifest.On{HTTP: true})
+	for _, path := range []string{"/", "/vm/other/x", "/healthz"} {
+		status, seen, doc, _ := f.get(t, path, "")
+		if status != 200 || seen.RootPath != "" || seen.Path != path {
+			t.Errorf("%s: %d %+v %v", path, status, seen, doc)
+		}
+	}
+	if m := f.counted(t); !strings.Contains(m, `ferry_requests_total{program="main",status="200"} 3`) {
+		t.Errorf("metrics:\n%s", m)
+	}
+}
+
+// A program that fails to start is a 502 for its request; a node at its
+// cap with every VM busy is a 503 with Retry-After.
+func TestRouterBootFailureAndCapacity(t *testing.T) {
+	broken := newFront(t, &backendtest.Backend{Refuse: &message.ConfigResult{Phase: []byte("app"), Message: []byte("no module named main")}},
+		lifecycle.Options{}, "")
+	broken.deploy(t, "broken", manifest.On{HTTP: true})
+	if status, _, doc, _ := broken.get(t, "/vm/broken/", ""); status != http.StatusBadGateway || doc["error"] != "the program failed to start" {
+		t.Fatalf("a program that fails to start: %d %v", status, doc)
+	}
+
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{MaxRunning: 1}, "")
+	f.deploy(t, "a", manifest.On{HTTP: true})
+	f.deploy(t, "b", manifest.On{HTTP: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	held := make(chan struct{})
+	go func() { // a request in flight holds a's VM
+		defer close(held)
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.url+"/vm/a/sleep", nil)
+		if resp, err := http.DefaultClient.Do(req); err == nil {
+			resp.Body.Close()
+		}
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for f.programs.Route("a").Limiter.InFlight() == 0 || f.manager.Instance("a") == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the held request did not reach a")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	status, _, doc, resp := f.get(t, "/vm/b/", "")
+	if status != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") != "1" || !strings.Contains(doc["error"], "capacity") {
+		t.Fatalf("a boot past the cap: %d %v", status, doc)
+	}
+	cancel()
+	<-held
+}
+
+// Deleting a program while a request waits on its boot leaves no VM: the
+// request gets a 502, the program is gone (404), and a persistent
+// program's supervision ends with it.
+func TestDeleteDuringBootLeavesNoVM(t *testing.T) {
+	be := &backendtest.Backend{Gate: make(chan struct{})}
+	f := newFront(t, be, lifecycle.Options{}, "")
+	f.deploy(t, "slow", manifest.On{HTTP: true})
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := http.Get(f.url + "/vm/slow/")
+		if err != nil {
+			answered <- 0
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	vm := <-be.Started()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := f.programs.Delete(ctx, "slow"); err != nil {
+		t.Fatal(err)
+	}
+	if !vm.Ended() {
+		t.Fatal("the booting VM still runs after Delete returned")
+	}
+	if status := <-answered; status != http.StatusBadGateway {
+		t.Fatalf("the request waiting on the boot got %d, want 502", status)
+	}
+	if status, _, _, _ := f.get(t, "/vm/slow/", ""); status != 404 {
+		t.Fatalf("after Delete: %d", status)
+	}
+
+	f.deploy(t, "always", manifest.On{Persistent: true})
+	vm = <-be.Started()
+	if err := f.programs.Delete(ctx, "always"); err != nil {
+		t.Fatal(err)
+	}
+	close(be.Gate)
+	time.Sleep(50 * time.Millisecond) // a supervisor still running would boot again now
+	if !vm.Ended() || be.Live() != 0 || be.Boots() != 2 || len(f.manager.Running()) != 0 {
+		t.Fatalf("after deleting a booting persistent program: ended %v, %d live, %d boots, running %v", vm.Ended(), be.Live(), be.Boots(), f.manager.Running())
+	}
+}
