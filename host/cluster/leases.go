@@ -239,19 +239,11 @@ func (s *Scheduler) read(ctx context.Context) ([]NodeInfo, map[string]Assignment
 			nodes = append(nodes, nd)
 		}
 		rows.Close()
-		rows, err = db.QueryContext(ctx, `SELECT program, node, token FROM assignments`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var a Assignment
-			if err := rows.Scan(&a.Program, &a.Node, &a.Token); err != nil {
-				return err
-			}
+		all, err := scanAssignments(ctx, db)
+		for _, a := range all {
 			current[a.Program] = a
 		}
-		return rows.Err()
+		return err
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("cluster: reading the placement: %w", err)
@@ -281,23 +273,30 @@ func (s *Scheduler) move(ctx context.Context, a Assignment, node string) error {
 func (n *Node) Assignments(ctx context.Context) ([]Assignment, error) {
 	var out []Assignment
 	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
-		out = nil
-		rows, err := db.QueryContext(ctx, `SELECT program, node, token FROM assignments ORDER BY program`)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		for rows.Next() {
-			var a Assignment
-			if err := rows.Scan(&a.Program, &a.Node, &a.Token); err != nil {
-				return err
-			}
-			out = append(out, a)
-		}
-		return rows.Err()
+		var err error
+		out, err = scanAssignments(ctx, db)
+		return err
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: listing assignments: %w", err)
 	}
 	return out, nil
+}
+
+// scanAssignments reads every assignment, by program.
+func scanAssignments(ctx context.Context, db *sql.DB) ([]Assignment, error) {
+	rows, err := db.QueryContext(ctx, `SELECT program, node, token FROM assignments ORDER BY program`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Assignment
+	for rows.Next() {
+		var a Assignment
+		if err := rows.Scan(&a.Program, &a.Node, &a.Token); err != nil {
+			return nil, err
+		}
+		out = append(out, a)
+	}
+	return out, rows.Err()
 }

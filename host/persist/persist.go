@@ -8,7 +8,8 @@ package persist
 import (
 	"context"
 	"log/slog"
-	"sort"
+	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -230,10 +231,5 @@ func (s *Supervisor) Token(programID string) (int64, bool) {
 func (s *Supervisor) Running() []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	ids := make([]string, 0, len(s.running))
-	for id := range s.running {
-		ids = append(ids, id)
-	}
-	sort.Strings(ids)
-	return ids
+	return slices.Sorted(maps.Keys(s.running))
 }
