@@ -59,8 +59,11 @@ vet:
 
 lint: vet
 
-## demo: serve examples/hello (FastAPI) through the host agent; prints a curl command
-demo: build
+## demo: serve examples/hello (FastAPI) through the host agent; prints a curl
+## command (installs the Debian packages it needs first, as root)
+demo:
+	@examples/demo-deps.sh
+	@$(MAKE) --no-print-directory build
 	@examples/demo.sh
 
 ## rootfs: bootable image for the qemu backend in build/rootfs (root; cached)

@@ -5,16 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 listen="${DEMO_LISTEN:-127.0.0.1:8080}"
 
-# The example needs Debian's FastAPI for /usr/bin/python3.
+# examples/demo-deps.sh (run by make demo first) installed Debian's FastAPI.
 if ! /usr/bin/python3 -c 'import fastapi' 2>/dev/null; then
-	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-		echo "demo: installing python3-fastapi and python3-uvloop (Debian packages)" >&2
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-fastapi python3-uvloop >/dev/null ||
-			{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-fastapi python3-uvloop >/dev/null; }
-	else
-		echo "demo: /usr/bin/python3 cannot import fastapi; install python3-fastapi (apt-get install python3-fastapi)" >&2
-		exit 1
-	fi
+	echo "demo: /usr/bin/python3 cannot import fastapi; install python3-fastapi (apt-get install python3-fastapi)" >&2
+	exit 1
 fi
 
 cat <<MSG

@@ -288,6 +288,10 @@ func serveAgent(t *testing.T, config string, opt agentOptions, args ...string) *
 		admin = filepath.Join(dir, "admin.sock")
 		args = append(args, "--admin", admin)
 	}
+	// The agent's state (its dqlite cluster of one) is the test's own.
+	if !slices.Contains(args, "--state-dir") {
+		args = append(args, "--state-dir", filepath.Join(dir, "state"))
+	}
 	p := startAgent(t, "serve", opt, append([]string{"--config", path}, args...)...)
 	p.admin = admin
 	return p

@@ -29,9 +29,9 @@ import (
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
-// goBuild compiles the package pkg (relative to tests/) statically into
-// a new temporary directory named after prefix and returns the binary's
-// path, called name.
+// goBuild compiles the package pkg (relative to tests/) into a new
+// temporary directory named after prefix and returns the binary's path,
+// called name.
 func goBuild(prefix, name, pkg string) (string, error) {
 	dir, err := os.MkdirTemp("", prefix)
 	if err != nil {
@@ -40,11 +40,17 @@ func goBuild(prefix, name, pkg string) (string, error) {
 	return goBuildInto(dir, name, pkg)
 }
 
-// goBuildInto is goBuild into an existing directory.
+// goBuildInto is goBuild into an existing directory. host-agent links
+// Debian's libdqlite with cgo (and the system SQLite, libsqlite3); every
+// other binary is static.
 func goBuildInto(dir, name, pkg string) (string, error) {
 	bin := filepath.Join(dir, name)
 	cmd := exec.Command("go", "build", "-o", bin, pkg)
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if name == "host-agent" {
+		cmd = exec.Command("go", "build", "-tags", "libsqlite3", "-o", bin, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s: %v\n%s", name, err, out)
 	}

@@ -93,7 +93,7 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 		"--boot-timeout", "5m", "--admin", sock)
 	addr := agent.addr
 	url := "http://" + addr + "/vm/hello"
-	volume := filepath.Join(state, "volumes", "hello", "state.ext4")
+	volume := filepath.Join(state, "qemu", "volumes", "hello", "state.ext4")
 	bin, _ := buildAgent()
 	programCmd := func(args ...string) string {
 		out, err := exec.Command(bin, append([]string{"program", "--admin", sock}, args...)...).CombinedOutput()

@@ -21,7 +21,8 @@ import (
 const usage = `usage:
   host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at / (like uvicorn main:app)
   host-agent serve --config FILE [flags]       serve the programs of a configuration file
-  host-agent program COMMAND ...               manage a serving agent (list, status, deploy, stop, restart, logs, delete)
+  host-agent program COMMAND ...               manage a serving agent (list, status, deploy, stop, restart, logs, delete, kv)
+  host-agent cluster COMMAND ...               the cluster of a serving agent (status, remove)
   host-agent -version
 `
 
@@ -40,6 +41,8 @@ func main() {
 		os.Exit(agent("serve", daemon.ServeFlags, os.Args[2:]))
 	case "program":
 		os.Exit(admin.Command(os.Args[2:], os.Stdout, os.Stderr))
+	case "cluster":
+		os.Exit(admin.ClusterCommand(os.Args[2:], os.Stdout, os.Stderr))
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)

@@ -19,6 +19,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -46,6 +47,10 @@ type Status struct {
 	BootPhases       []BootPhase `json:"boot_phases,omitempty"`
 	IPv4             string      `json:"ipv4,omitempty"` // the VM's addresses, when it has a network
 	IPv6             string      `json:"ipv6,omitempty"`
+	// Node is where a persistent program runs in the cluster, Token its
+	// fencing token there.
+	Node  string `json:"node,omitempty"`
+	Token int64  `json:"token,omitempty"`
 }
 
 // BootPhase is one phase of a VM's boot timeline.
@@ -71,6 +76,12 @@ type Server struct {
 	// Metrics, when set, serves GET /metrics and /healthz (behind the
 	// token like the rest).
 	Metrics http.Handler
+	// Deployer, when set, deploys and deletes (the cluster's catalog);
+	// otherwise Programs does.
+	Deployer Deployer
+	// Cluster, when set, serves the cluster's status, its key-value
+	// store and node removal.
+	Cluster ClusterView
 }
 
 // IsUnix reports whether addr names a unix socket (a path) rather than
@@ -115,6 +126,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/programs/{id}/stop", s.stop)
 	mux.HandleFunc("POST /v1/programs/{id}/restart", s.restart)
 	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
+	s.clusterRoutes(mux)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 		mux.Handle("GET /healthz", s.Metrics)
@@ -171,6 +183,9 @@ func (s *Server) describe(id string) (Status, bool) {
 			st.IPv4, st.IPv6 = nw.GuestIPv4, nw.GuestIPv6
 		}
 	}
+	if s.Cluster != nil && p.Persistent {
+		st.Node, st.Token = s.Cluster.Placement(id)
+	}
 	return st, true
 }
 
@@ -206,13 +221,20 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "programs."+id+".code.path: must be absolute when deploying over the API")
 		return
 	}
-	err := s.Programs.Deploy(id, &m)
+	var err error
+	if s.Deployer != nil {
+		err = s.Deployer.Deploy(r.Context(), id, &m)
+	} else {
+		err = s.Programs.Deploy(id, &m)
+	}
 	var ferr *manifest.FieldError
 	switch {
 	case errors.As(err, &ferr):
 		writeError(w, http.StatusBadRequest, err.Error())
 	case errors.Is(err, front.ErrExists):
 		writeError(w, http.StatusConflict, err.Error())
+	case errors.Is(err, cluster.ErrNoQuorum):
+		writeError(w, http.StatusServiceUnavailable, err.Error())
 	case err != nil:
 		writeError(w, http.StatusInternalServerError, err.Error())
 	default:
@@ -225,12 +247,16 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 func (s *Server) delete(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 30*time.Second)
 	defer cancel()
-	if err := s.Programs.Delete(ctx, r.PathValue("id")); err != nil {
+	del := s.Programs.Delete
+	if s.Deployer != nil {
+		del = s.Deployer.Delete
+	}
+	if err := del(ctx, r.PathValue("id")); err != nil {
 		if errors.Is(err, front.ErrNotFound) {
 			writeError(w, http.StatusNotFound, "no such program")
 			return
 		}
-		writeError(w, http.StatusInternalServerError, err.Error())
+		clusterError(w, err)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deleted": r.PathValue("id")})

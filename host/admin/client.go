@@ -70,3 +70,32 @@ func (c *Client) Do(method, path string, body io.Reader, out any) error {
 	}
 	return json.Unmarshal(raw, out)
 }
+
+// Get calls GET path and returns the answer's body as it is (a value of
+// the key-value store).
+func (c *Client) Get(path string) ([]byte, error) {
+	req, err := http.NewRequest("GET", c.base+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	if c.Token != "" {
+		req.Header.Set("Authorization", "Bearer "+c.Token)
+	}
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("cannot reach the agent's admin API at %s: %w", c.Addr, err)
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode >= 300 {
+		var e struct{ Error string }
+		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+			return nil, fmt.Errorf("%s", e.Error)
+		}
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
+	}
+	return raw, nil
+}

@@ -7,7 +7,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
+	"strconv"
+	"strings"
 	"text/tabwriter"
 )
 
@@ -20,6 +23,15 @@ const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
   restart ID           stop and start its VM
   logs ID              the program's recent output
   delete ID            stop and remove the program
+  kv get ID KEY        a value of the program's key-value store
+  kv put ID KEY VALUE  store a value (--fencing-token N: only while N is the program's token)
+  kv delete ID KEY     remove a key (--fencing-token N as for put)
+`
+
+// clusterUsage is the usage of `host-agent cluster`.
+const clusterUsage = `usage: host-agent cluster [--admin ADDR] [--token T] [--json] COMMAND
+  status               the nodes (address, capacity, role, leader, last heartbeat) and where persistent programs run
+  remove NAME          take a node out of the cluster (its persistent programs move once its lease runs out)
 `
 
 // Command runs `host-agent program ARGS...`, the admin API's command-line
@@ -28,12 +40,24 @@ const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
 // returns the exit status: 0, 1 when the call failed, 2 for a usage
 // error.
 func Command(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("program", flag.ContinueOnError)
+	return command("program", commandUsage, args, stdout, stderr)
+}
+
+// ClusterCommand runs `host-agent cluster ARGS...` as Command runs
+// program.
+func ClusterCommand(args []string, stdout, stderr io.Writer) int {
+	return command("cluster", clusterUsage, args, stdout, stderr)
+}
+
+// command runs the client of `host-agent NAME`.
+func command(name, usage string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	addr := fs.String("admin", DefaultSocket, "admin API: unix socket path or host:port")
 	token := fs.String("token", os.Getenv("FERRY_ADMIN_TOKEN"), "admin token (TCP)")
 	asJSON := fs.Bool("json", false, "print JSON")
-	fs.Usage = func() { fmt.Fprint(stderr, commandUsage); fs.PrintDefaults() }
+	fencing := fs.Int64("fencing-token", 0, "kv put and delete: the program's fencing token the write is valid under")
+	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	// Flags may come before or after the command and its arguments.
 	var pos []string
 	for err := fs.Parse(args); ; err = fs.Parse(fs.Args()[1:]) {
@@ -62,7 +86,35 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	}
 	var out any
 	var err error
-	switch verb := pos[0]; verb {
+	verb := pos[0]
+	if name == "cluster" {
+		verb = "cluster " + verb
+	}
+	switch verb {
+	case "cluster status":
+		if !need(1) {
+			return 2
+		}
+		var st ClusterStatus
+		err = c.Do("GET", "/v1/cluster", nil, &st)
+		out = st
+		if err == nil && !*asJSON {
+			printCluster(stdout, &st)
+			return 0
+		}
+	case "cluster remove":
+		if !need(2) {
+			return 2
+		}
+		var res map[string]string
+		err = c.Do("DELETE", "/v1/cluster/nodes/"+pos[1], nil, &res)
+		out = res
+		if err == nil && !*asJSON {
+			fmt.Fprintf(stdout, "removed %s\n", pos[1])
+			return 0
+		}
+	case "kv":
+		return kvCommand(c, pos, *fencing, stdout, stderr, fs.Usage)
 	case "list":
 		if !need(1) {
 			return 2
@@ -90,7 +142,7 @@ func Command(args []string, stdout, stderr io.Writer) int {
 		err = c.Do(call.method, "/v1/programs/"+pos[1]+call.suffix, nil, &res)
 		out = res
 		if err == nil && !*asJSON {
-			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "ipv4", "ipv6", "started", "timeline"} {
+			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "node", "token", "ipv4", "ipv6", "started", "timeline"} {
 				if v, ok := res[k]; ok && v != "" {
 					fmt.Fprintf(stdout, "%-11s %v\n", k+":", v)
 				}
@@ -137,5 +189,64 @@ func Command(args []string, stdout, stderr io.Writer) int {
 	enc := json.NewEncoder(stdout)
 	enc.SetIndent("", "  ")
 	enc.Encode(out)
+	return 0
+}
+
+// printCluster prints the cluster's status for people.
+func printCluster(w io.Writer, st *ClusterStatus) {
+	fmt.Fprintf(w, "node %s, leader %s, lease %s\n\n", st.Node, st.Leader, st.Lease)
+	tw := tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tADDRESS\tVCPUS\tMEMORY\tROLE\tLEADER\tLAST HEARTBEAT")
+	for _, n := range st.Nodes {
+		beat := "-"
+		if n.LastHeartbeat >= 0 {
+			beat = fmt.Sprintf("%.1fs ago", n.LastHeartbeat)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d MiB\t%s\t%v\t%s\n", n.Name, n.Address, n.Capacity.VCPUs, n.Capacity.MemoryMiB, n.Role, n.Leader, beat)
+	}
+	tw.Flush()
+	if len(st.Programs) > 0 {
+		fmt.Fprintln(w)
+		tw = tabwriter.NewWriter(w, 2, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "PERSISTENT PROGRAM\tNODE\tTOKEN")
+		for _, a := range st.Programs {
+			fmt.Fprintf(tw, "%s\t%s\t%d\n", a.Program, a.Node, a.Token)
+		}
+		tw.Flush()
+	}
+}
+
+// kvCommand runs `program kv get|put|delete ID KEY [VALUE]`.
+func kvCommand(c *Client, pos []string, fencing int64, stdout, stderr io.Writer, usage func()) int {
+	if len(pos) < 4 {
+		usage()
+		return 2
+	}
+	op, id, key := pos[1], pos[2], pos[3]
+	path := "/v1/programs/" + url.PathEscape(id) + "/kv/" + url.PathEscape(key)
+	if fencing != 0 {
+		path += "?token=" + strconv.FormatInt(fencing, 10)
+	}
+	var err error
+	switch {
+	case op == "get" && len(pos) == 4:
+		var value []byte
+		value, err = c.Get(path)
+		if err == nil {
+			stdout.Write(value)
+			return 0
+		}
+	case op == "put" && len(pos) == 5:
+		err = c.Do("PUT", path, strings.NewReader(pos[4]), nil)
+	case op == "delete" && len(pos) == 4:
+		err = c.Do("DELETE", path, nil, nil)
+	default:
+		usage()
+		return 2
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "host-agent: %v\n", err)
+		return 1
+	}
 	return 0
 }

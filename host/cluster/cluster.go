@@ -69,10 +69,11 @@ type Options struct {
 
 // Node is this agent's member of the cluster.
 type Node struct {
-	opt Options
-	log *slog.Logger
-	app *app.App
-	db  *sql.DB
+	opt  Options
+	log  *slog.Logger
+	app  *app.App
+	db   *sql.DB
+	slot int
 
 	closeOnce sync.Once
 	closeErr  error

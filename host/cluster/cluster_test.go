@@ -83,6 +83,13 @@ func TestThreeNodesShareTheirPrograms(t *testing.T) {
 	if _, err := nodes[2].PutProgram(ctx, "hello", []byte(`{"code":{}}`), SourceAPI, false); !errors.Is(err, ErrExists) {
 		t.Fatalf("a second deploy of the same id: %v, want ErrExists", err)
 	}
+	slots := map[int]bool{}
+	for _, n := range nodes {
+		slots[n.Slot()] = true
+	}
+	if len(slots) != 3 {
+		t.Errorf("the nodes' slots are not distinct: %d, %d, %d", nodes[0].Slot(), nodes[1].Slot(), nodes[2].Slot())
+	}
 	for _, n := range []*Node{nodes[0], nodes[2]} {
 		progs, rev, err := n.Programs(ctx)
 		if err != nil || len(progs) != 1 || progs[0].ID != "hello" || rev < 1 {

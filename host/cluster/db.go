@@ -22,6 +22,7 @@ var schema = []string{
 	`CREATE TABLE IF NOT EXISTS nodes (
 		name       TEXT PRIMARY KEY,
 		address    TEXT NOT NULL UNIQUE,
+		slot       INTEGER NOT NULL UNIQUE,
 		vcpus      INTEGER NOT NULL,
 		memory_mib INTEGER NOT NULL,
 		beat       INTEGER NOT NULL DEFAULT 0

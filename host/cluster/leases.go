@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -96,11 +97,13 @@ type Assignment struct {
 	Problem string `json:"problem,omitempty"`
 }
 
-// Scheduler places persistent programs; the leader runs one (Step), and
-// any node may to no effect but its writes: they are compare-and-swaps on
-// what it read. It is not safe for concurrent use.
+// Scheduler watches the nodes' heartbeats and places persistent programs:
+// the leader steps it (Step), the others only observe (Observe). A step by
+// a node that lost the leadership does no harm: its writes are
+// compare-and-swaps on what it read.
 type Scheduler struct {
 	n    *Node
+	mu   sync.Mutex
 	seen map[string]observed // node name -> its counter as last seen changing
 }
 
@@ -114,9 +117,47 @@ func (n *Node) NewScheduler() *Scheduler {
 	return &Scheduler{n: n, seen: map[string]observed{}}
 }
 
-// Forget drops what the scheduler observed (this node lost the
-// leadership; watching starts afresh when it gets it back).
-func (s *Scheduler) Forget() { clear(s.seen) }
+// Observe reads the nodes' heartbeat counters and notes, on this node's
+// monotonic clock, when each was last seen to change. Every node observes
+// (so that its status can say how long ago each node renewed); only the
+// leader places. A node is dead once two readings a whole lease apart
+// found its committed counter unchanged, whoever made them.
+func (s *Scheduler) Observe(ctx context.Context) error {
+	nodes, _, err := s.read(ctx)
+	if err != nil {
+		return err
+	}
+	s.observe(nodes, time.Now())
+	return nil
+}
+
+func (s *Scheduler) observe(nodes []NodeInfo, now time.Time) map[string]bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	alive := map[string]bool{}
+	for _, nd := range nodes {
+		o, ok := s.seen[nd.Name]
+		if !ok || o.beat != nd.Beat {
+			o = observed{beat: nd.Beat, at: now}
+			s.seen[nd.Name] = o
+		}
+		alive[nd.Name] = now.Sub(o.at) <= s.n.opt.Lease
+	}
+	return alive
+}
+
+// Silence returns, for each node observed, how long ago its heartbeat
+// counter was last seen to change.
+func (s *Scheduler) Silence() map[string]time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := map[string]time.Duration{}
+	now := time.Now()
+	for name, o := range s.seen {
+		out[name] = now.Sub(o.at)
+	}
+	return out
+}
 
 // Step observes the nodes' heartbeats and places the wanted programs: a
 // program not placed, or on a node dead for a whole lease, goes to the
@@ -129,15 +170,7 @@ func (s *Scheduler) Step(ctx context.Context, wanted []Want) ([]Assignment, erro
 	if err != nil {
 		return nil, err
 	}
-	alive := map[string]bool{}
-	for _, nd := range nodes {
-		o, ok := s.seen[nd.Name]
-		if !ok || o.beat != nd.Beat {
-			o = observed{beat: nd.Beat, at: now}
-			s.seen[nd.Name] = o
-		}
-		alive[nd.Name] = now.Sub(o.at) <= s.n.opt.Lease
-	}
+	alive := s.observe(nodes, now)
 	want := map[string]Want{}
 	for _, w := range wanted {
 		want[w.ID] = w

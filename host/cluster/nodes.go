@@ -42,12 +42,54 @@ func (n *Node) register(ctx context.Context) error {
 		if err == nil {
 			return fmt.Errorf("cluster: the node at %s is registered as %s, not %s (its --node-name cannot change)", n.opt.Address, other, n.opt.Name)
 		}
-		_, err = tx.Exec(`INSERT INTO nodes (name, address, vcpus, memory_mib) VALUES (?, ?, ?, ?)
+		// A node keeps its slot; a new one takes the lowest free.
+		err = tx.QueryRow(`SELECT slot FROM nodes WHERE name = ?`, n.opt.Name).Scan(&n.slot)
+		if errors.Is(err, sql.ErrNoRows) {
+			n.slot, err = freeSlot(tx)
+		}
+		if err != nil {
+			return err
+		}
+		if n.slot >= MaxSlots {
+			return fmt.Errorf("cluster: all %d node slots are taken", MaxSlots)
+		}
+		_, err = tx.Exec(`INSERT INTO nodes (name, address, slot, vcpus, memory_mib) VALUES (?, ?, ?, ?, ?)
 			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib`,
-			n.opt.Name, n.opt.Address, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB)
+			n.opt.Name, n.opt.Address, n.slot, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB)
 		return err
 	})
 }
+
+// freeSlot returns the lowest slot no node has.
+func freeSlot(tx *sql.Tx) (int, error) {
+	rows, err := tx.Query(`SELECT slot FROM nodes`)
+	if err != nil {
+		return 0, err
+	}
+	defer rows.Close()
+	taken := map[int]bool{}
+	for rows.Next() {
+		var slot int
+		if err := rows.Scan(&slot); err != nil {
+			return 0, err
+		}
+		taken[slot] = true
+	}
+	slot := 0
+	for taken[slot] {
+		slot++
+	}
+	return slot, rows.Err()
+}
+
+// MaxSlots bounds the nodes of a cluster.
+const MaxSlots = 64
+
+// Slot is the node's number in the cluster, unique among its nodes and
+// kept across restarts (0 to MaxSlots-1): several agents on one machine
+// derive their VMs' host network names, address ranges and uid ranges from
+// it so that they never collide.
+func (n *Node) Slot() int { return n.slot }
 
 // Nodes returns the registered nodes with their dqlite roles.
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {

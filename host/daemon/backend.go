@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
 	"github.com/ferry-vm/ferry/host/backend/qemu"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 )
@@ -25,8 +26,12 @@ type BackendOptions struct {
 	Images, Kernel, Initrd, Rootfs string
 	// Accel is auto, kvm or tcg; Transport auto, vsock or serial.
 	Accel, Transport string
-	// StateDir keeps the qemu backend's code images and volumes.
+	// StateDir is the agent's state directory: the qemu backend keeps its
+	// code images and volumes in StateDir/qemu.
 	StateDir string
+	// NodeSlot is the agent's slot in its cluster (0 for a lone agent):
+	// its VMs' network names, address ranges and uid ranges come from it.
+	NodeSlot int
 
 	// SandboxRoot is the directory sandboxed guests see as their root,
 	// read-only; SandboxUIDBase the first host uid of their user
@@ -42,6 +47,7 @@ func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
 	switch o.Name {
 	case "sandbox":
 		b := sandbox.New(log)
+		b.Slots = hostnet.NewPool(o.NodeSlot)
 		if o.SandboxRoot != "" {
 			b.RootDir = o.SandboxRoot
 		}
@@ -66,7 +72,7 @@ func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
 			return filepath.Join(o.Images, def)
 		}
 		return qemu.New(qemu.Options{Kernel: or(o.Kernel, "vmlinuz"), Initrd: or(o.Initrd, "initrd.img"), Rootfs: or(o.Rootfs, "rootfs.squashfs"),
-			Accel: o.Accel, Transport: o.Transport, StateDir: o.StateDir, Log: log})
+			Accel: o.Accel, Transport: o.Transport, StateDir: filepath.Join(o.StateDir, "qemu"), Slots: hostnet.NewPool(o.NodeSlot), Log: log})
 	}
 	return nil, fmt.Errorf("unknown backend %q (sandbox or qemu)", o.Name)
 }

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/logsink"
@@ -73,6 +74,11 @@ type Config struct {
 	// Stdout receives the lines saying where the agent serves (tests wait
 	// for "ferry: serving"), Stderr the log; nil: the process's own.
 	Stdout, Stderr io.Writer
+	// Cluster, when set (serve), keeps the agent's state in a dqlite
+	// cluster: programs deployed through the API survive restarts and are
+	// served by every node, persistent programs run exactly once across
+	// the nodes. run has none: its one program lives and dies with it.
+	Cluster *ClusterOptions
 }
 
 // Limits are an agent's resolved limits.
@@ -106,6 +112,7 @@ type agent struct {
 	metrics  *metrics.Metrics
 	programs *front.Programs
 	conn     front.ConnLimits
+	cluster  *clustered // serve: the cluster's part; nil for run
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -122,6 +129,19 @@ func Serve(ctx context.Context, cfg *Config) error {
 	sink := logsink.New(stderr, 0)
 	defer sink.Close(2 * time.Second)
 	a := &agent{cfg: cfg, log: newLogger(cfg.Debug, sink), stdout: stdout, backend: cfg.Backend}
+	var node *cluster.Node
+	if cfg.Cluster != nil {
+		var err error
+		if node, err = openCluster(ctx, *cfg.Cluster, a); err != nil {
+			return err
+		}
+		defer func() {
+			leave, cancel := context.WithTimeout(context.Background(), stopTimeout)
+			defer cancel()
+			node.Close(leave)
+		}()
+		cfg.BackendOptions.NodeSlot = node.Slot()
+	}
 	if a.backend == nil {
 		var err error
 		if a.backend, err = newBackend(cfg.BackendOptions, a.log); err != nil {
@@ -139,7 +159,17 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.programs = front.NewPrograms(a.manager)
 	a.programs.Limits = cfg.Limits.Requests
 	defer a.stopAll()
-	if err := a.deploy(); err != nil {
+	if node != nil {
+		a.programs.ClusterPersists = true
+		clusterCtx, stopCluster := context.WithCancel(ctx)
+		c, supervised, err := a.startCluster(clusterCtx, node)
+		if err != nil {
+			stopCluster()
+			return err
+		}
+		a.cluster = c
+		defer func() { stopCluster(); <-supervised }()
+	} else if err := a.deploy(); err != nil {
 		return &ConfigError{err}
 	}
 
@@ -169,8 +199,11 @@ func Serve(ctx context.Context, cfg *Config) error {
 	} else {
 		fmt.Fprintf(stdout, "ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(a.programs.IDs()), a.backend.Name(), ln.Addr())
 	}
-	srv := &http.Server{Handler: &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log,
-		Root: cfg.File.Root}, MaxHeaderBytes: relay.MaxHeaderBytes}
+	router := &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
+	if a.cluster != nil {
+		router.Owner = a.cluster.owner
+	}
+	srv := &http.Server{Handler: router, MaxHeaderBytes: relay.MaxHeaderBytes}
 	a.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, a.log)
 	return nil
@@ -243,8 +276,11 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	srv := &http.Server{Handler: (&admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log,
-		Metrics: a.metrics.Handler()}).Handler()}
+	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler()}
+	if a.cluster != nil {
+		api.Deployer, api.Cluster = a.cluster.catalog, a.cluster
+	}
+	srv := &http.Server{Handler: api.Handler()}
 	a.conn.Apply(srv)
 	go srv.Serve(l)
 	a.log.Info("admin API listening", "addr", a.cfg.Admin)

@@ -22,6 +22,10 @@ type Programs struct {
 	// Limits are the per-program request limits of programs whose
 	// manifest sets none (defaults filled in); set before Deploy.
 	Limits RequestLimits
+	// ClusterPersists says that the cluster's supervisor (host/persist)
+	// runs the persistent programs, on one node at a time: Deploy then
+	// starts no supervisor of its own. Set before Deploy.
+	ClusterPersists bool
 
 	mu        sync.RWMutex
 	routes    map[string]*Route
@@ -94,7 +98,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	if ps.logs[id] == nil {
 		ps.logs[id] = logring.NewRing(2000, 1<<20)
 	}
-	if prog.Persistent {
+	if prog.Persistent && !ps.ClusterPersists {
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan struct{})
 		ps.cancel[id], ps.supervise[id] = cancel, done

@@ -43,6 +43,11 @@ type Router struct {
 	// Root, when set, is the id of the program that gets every request at
 	// / (root_path empty, the path as received, /healthz included).
 	Root string
+	// Owner, when set, says where a persistent program runs in a cluster:
+	// here (under a valid lease), or on the node named. A persistent
+	// program is served only where it runs, so that it never runs twice;
+	// elsewhere the answer is a 503 naming its node.
+	Owner func(programID string) (here bool, node string)
 }
 
 // ServeHTTP implements http.Handler.
@@ -67,6 +72,15 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
 		w = rec
+	}
+	if route.Program.Persistent && rt.Owner != nil {
+		if here, node := rt.Owner(id); !here {
+			if node != "" {
+				w.Header().Set("X-Ferry-Node", node)
+			}
+			reject(w, r, ex, http.StatusServiceUnavailable, "this persistent program runs on another node", "program", id, "node", node)
+			return
+		}
 	}
 	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)

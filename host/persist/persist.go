@@ -23,11 +23,11 @@ type Store interface {
 	Lease() time.Duration
 }
 
-// Placer places the persistent programs on the leader
-// (*cluster.Scheduler, from Node.NewScheduler).
+// Placer watches the nodes and places the persistent programs on the
+// leader (*cluster.Scheduler, from Node.NewScheduler).
 type Placer interface {
 	Step(ctx context.Context, wanted []cluster.Want) ([]cluster.Assignment, error)
-	Forget()
+	Observe(ctx context.Context) error
 }
 
 // Runner starts and stops this node's copies of persistent programs (the
@@ -120,7 +120,9 @@ func (s *Supervisor) step(ctx context.Context, watchdog *time.Timer) {
 	watchdog.Reset(time.Until(lease.Until))
 	s.reconcile(ctx, lease)
 	if !s.opt.Store.IsLeader(ctx) {
-		s.opt.Placer.Forget()
+		if err := s.opt.Placer.Observe(ctx); err != nil {
+			s.log.Debug("persist: observing the nodes", "err", err)
+		}
 		return
 	}
 	placed, err := s.opt.Placer.Step(ctx, s.opt.Wanted())

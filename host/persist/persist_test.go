@@ -46,7 +46,7 @@ type fakePlacer struct{}
 func (fakePlacer) Step(context.Context, []cluster.Want) ([]cluster.Assignment, error) {
 	return nil, nil
 }
-func (fakePlacer) Forget() {}
+func (fakePlacer) Observe(context.Context) error { return nil }
 
 // fakeRunner records which copies run, and when each stopped.
 type fakeRunner struct {

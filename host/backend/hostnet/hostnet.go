@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"sync"
 	"syscall"
 
 	"github.com/vishvananda/netlink"
@@ -122,4 +123,50 @@ func Remove(name string) {
 	if l, err := netlink.LinkByName(name); err == nil {
 		netlink.LinkDel(l)
 	}
+}
+
+// SlotsPerNode is how many VMs one agent runs at once at most: agent
+// (cluster node) slot s owns VM indexes s×SlotsPerNode up to
+// (s+1)×SlotsPerNode-1, so the agents of one machine never share a link
+// name, an address range or (in the sandbox) a uid range.
+const SlotsPerNode = 256
+
+// Pool hands out the VM indexes of one agent: the lowest free one, kept
+// until the VM ends. It is safe for concurrent use.
+type Pool struct {
+	base int
+	mu   sync.Mutex
+	used map[int]bool
+}
+
+// NewPool returns the indexes of agent slot nodeSlot.
+func NewPool(nodeSlot int) *Pool {
+	return &Pool{base: nodeSlot * SlotsPerNode, used: map[int]bool{}}
+}
+
+// Take reserves the lowest free index.
+func (p *Pool) Take() (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := p.base; i < p.base+SlotsPerNode; i++ {
+		if !p.used[i] {
+			p.used[i] = true
+			return i, nil
+		}
+	}
+	return 0, fmt.Errorf("all %d VM slots of this agent are in use", SlotsPerNode)
+}
+
+// Release frees an index.
+func (p *Pool) Release(i int) {
+	p.mu.Lock()
+	delete(p.used, i)
+	p.mu.Unlock()
+}
+
+// InUse returns how many indexes are taken.
+func (p *Pool) InUse() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.used)
 }

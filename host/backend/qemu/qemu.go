@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"sync/atomic"
 
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
@@ -56,7 +55,10 @@ type Options struct {
 	// Transport is "auto" (vsock when the host has vhost-vsock, else
 	// virtio-serial), "vsock" or "serial".
 	Transport string
-	Log       *slog.Logger
+	// Slots hands out the VMs' indexes, which name their transports and
+	// networks (hostnet.NewPool(0) when nil: a lone agent).
+	Slots *hostnet.Pool
+	Log   *slog.Logger
 }
 
 // Backend boots VMs with QEMU.
@@ -65,7 +67,6 @@ type Backend struct {
 	kvm       bool
 	tscKHz    int
 	transport string // TransportVsock or TransportSerial
-	seq       atomic.Uint64
 }
 
 // New checks the emulator, kernel, initrd and image, and picks the
@@ -73,6 +74,9 @@ type Backend struct {
 func New(opt Options) (*Backend, error) {
 	if opt.QEMU == "" {
 		opt.QEMU = "qemu-system-x86_64"
+	}
+	if opt.Slots == nil {
+		opt.Slots = hostnet.NewPool(0)
 	}
 	path, err := exec.LookPath(opt.QEMU)
 	if err != nil {
@@ -190,7 +194,6 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if err := checkFile("root image", rootfs); err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	index := b.seq.Add(1)
 	log := spec.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -246,15 +249,21 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		v.guest.Volumes = append(v.guest.Volumes, gv)
 	}
 
+	slot, err := b.opt.Slots.Take()
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
+	index := uint64(slot)
 	var tr transport = &vsockTransport{cid: vsockCID(index)}
 	if b.transport == TransportSerial {
 		st, err := newSerialTransport(b.opt.RunDir, index)
 		if err != nil {
+			b.opt.Slots.Release(slot)
 			return nil, fmt.Errorf("qemu: %w", err)
 		}
 		tr = st
 	}
-	cleanups := []func(){tr.close}
+	cleanups := []func(){func() { b.opt.Slots.Release(slot) }, tr.close}
 	cleanup := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()

@@ -63,12 +63,10 @@ const (
 	DefaultPids = 1024
 )
 
-// idsPerVM is the size of each VM's uid and gid range; maxSlots bounds the
-// slots so that the highest id stays far below 2^32.
-const (
-	idsPerVM = 65536
-	maxSlots = 4096
-)
+// idsPerVM is the size of each VM's uid and gid range: VM slot n (from
+// the agent's hostnet.Pool; 64 agents of 256 slots at most) has the ids
+// from UIDBase + n×idsPerVM, which stay below 2^31.
+const idsPerVM = 65536
 
 // Guest paths of the sandbox's own files.
 const (
@@ -94,9 +92,11 @@ type Backend struct {
 	// Log receives the backend's warnings.
 	Log *slog.Logger
 
-	seq   atomic.Uint64
-	mu    sync.Mutex
-	slots map[int]bool // uid range slots in use
+	seq atomic.Uint64
+	// Slots hands out the VMs' slots, which name their uid ranges and
+	// networks (NewPool(0) when nil: a lone agent).
+	Slots *hostnet.Pool
+	once  sync.Once
 	// noUserNS is set once the kernel refused a user namespace: later
 	// VMs run without one (and a warning said so).
 	noUserNS atomic.Bool
@@ -238,10 +238,10 @@ func (b *Backend) startPlain(spec backend.Spec, single bool) (backend.VM, error)
 // The guest finds the code, a directory or a single file, in
 // guestCodeDir.
 func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single bool) (backend.VM, error) {
-	index := b.seq.Add(1) // names this VM's cgroup and network
-	slot, err := b.takeSlot()
+	index := b.seq.Add(1)         // names this VM's cgroup
+	slot, err := b.slots().Take() // its uid range and network
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	var cleanups []func()
 	cleanup := func() {
@@ -249,7 +249,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 			cleanups[i]()
 		}
 	}
-	cleanups = append(cleanups, func() { b.freeSlot(slot) })
+	cleanups = append(cleanups, func() { b.slots().Release(slot) })
 	fail := func(err error) (backend.VM, error) {
 		cleanup()
 		return nil, fmt.Errorf("sandbox: %w", err)
@@ -338,7 +338,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}
 	defer unix.Close(netns)
 	if spec.Network {
-		nw, link, err := hostnet.Veth(index, netlink.NsFd(netns))
+		nw, link, err := hostnet.Veth(uint64(slot), netlink.NsFd(netns))
 		if err != nil {
 			return abort(err)
 		}

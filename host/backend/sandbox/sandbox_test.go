@@ -201,8 +201,8 @@ func TestSandboxBadRootIsAnError(t *testing.T) {
 	if !strings.Contains(err.Error(), "no-such-root") {
 		t.Errorf("the error does not name the root: %v", err)
 	}
-	if len(b.slots) != 0 {
-		t.Errorf("uid slots still taken after a failed start: %v", b.slots)
+	if b.slots().InUse() != 0 {
+		t.Errorf("VM slots still taken after a failed start: %d", b.slots().InUse())
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/cgroup"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
 )
 
 // connect makes the host end of the session socket the VM's connection.
@@ -95,26 +96,14 @@ func console(spec backend.Spec) *backend.Console {
 	return &backend.Console{Log: spec.Log, Forward: spec.Console}
 }
 
-// takeSlot reserves the lowest free uid range.
-func (b *Backend) takeSlot() (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.slots == nil {
-		b.slots = map[int]bool{}
-	}
-	for i := 0; i < maxSlots; i++ {
-		if !b.slots[i] {
-			b.slots[i] = true
-			return i, nil
+// slots is the backend's pool of VM slots.
+func (b *Backend) slots() *hostnet.Pool {
+	b.once.Do(func() {
+		if b.Slots == nil {
+			b.Slots = hostnet.NewPool(0)
 		}
-	}
-	return 0, fmt.Errorf("sandbox: all %d uid ranges are in use", maxSlots)
-}
-
-func (b *Backend) freeSlot(i int) {
-	b.mu.Lock()
-	delete(b.slots, i)
-	b.mu.Unlock()
+	})
+	return b.Slots
 }
 
 // orDefault returns v, or def when v is not positive.
