@@ -47,10 +47,22 @@ type agentOptions struct {
 // agentProc is a host-agent a test started; it is stopped (SIGTERM, then
 // SIGKILL) when the test ends, and its output shown if the test failed.
 type agentProc struct {
-	addr  string      // its HTTP listener
-	admin string      // serve: its admin socket, when the test did not name one
-	cmd   *exec.Cmd   // the agent itself
-	out   *syncBuffer // what it printed
+	addr   string        // its HTTP listener
+	admin  string        // serve: its admin socket, when the test did not name one
+	cmd    *exec.Cmd     // the agent itself
+	out    *syncBuffer   // what it printed
+	exited chan struct{} // closed when it has exited
+}
+
+// stop ends the agent with SIGTERM (SIGKILL after 20 s) and waits for it.
+func (p *agentProc) stop() {
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.exited:
+	case <-time.After(20 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-p.exited
+	}
 }
 
 // startAgent starts `host-agent MODE --listen ADDR ARGS...` and waits until
@@ -81,6 +93,7 @@ func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *ag
 		t.Fatal(err)
 	}
 	serving, exited := make(chan string, 1), make(chan struct{})
+	p.exited = exited
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
@@ -95,13 +108,8 @@ func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *ag
 	}()
 	go func() { p.cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
-		p.cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-exited:
-		case <-time.After(20 * time.Second):
-			syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
-			<-exited
-		}
+		p.cmd.Process.Signal(syscall.SIGCONT) // in case the test stopped it
+		p.stop()
 		if t.Failed() {
 			t.Logf("host-agent %s output:\n%s", mode, p.out.String())
 		}

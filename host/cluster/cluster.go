@@ -74,6 +74,10 @@ type Node struct {
 	app  *app.App
 	db   *sql.DB
 	slot int
+	// memberList is the list of members the database driver tries, kept
+	// current by a goroutine that stopMembers ends.
+	memberList  *memberStore
+	stopMembers context.CancelFunc
 
 	closeOnce sync.Once
 	closeErr  error
@@ -115,7 +119,7 @@ func Open(ctx context.Context, opt Options) (*Node, error) {
 	if err := n.checkMembership(ctx); err != nil {
 		return fail(err)
 	}
-	if n.db, err = dq.Open(ctx, database); err != nil {
+	if n.db, err = n.openDB(ctx); err != nil {
 		return fail(fmt.Errorf("cluster: opening the database: %w", err))
 	}
 	if err := n.migrate(ctx); err != nil {
@@ -226,6 +230,9 @@ func (n *Node) Close(ctx context.Context) error {
 // halt stops the node at once, without handing anything over (as a crash
 // would).
 func (n *Node) halt() error {
+	if n.stopMembers != nil {
+		n.stopMembers()
+	}
 	if n.db != nil {
 		n.db.Close()
 	}

@@ -80,9 +80,17 @@ func New(opt Options) *Supervisor {
 }
 
 // Run renews the lease every tenth of its period and acts on it until ctx
-// ends; then it stops every copy.
+// ends; then it stops every copy. Placing (or, off the leader, watching
+// the nodes) runs beside it, so that a slow placement never delays a
+// renewal.
 func (s *Supervisor) Run(ctx context.Context) {
 	period := s.opt.Store.Lease() / 10
+	placing := make(chan struct{})
+	go func() {
+		defer close(placing)
+		s.place(ctx, period)
+	}()
+	defer func() { <-placing }()
 	tick := time.NewTicker(period)
 	defer tick.Stop()
 	// The watchdog fires when the lease runs out without a renewal: at
@@ -92,7 +100,7 @@ func (s *Supervisor) Run(ctx context.Context) {
 	defer watchdog.Stop()
 	defer s.stopAll("the agent is stopping")
 	for {
-		s.step(ctx, watchdog)
+		s.renew(ctx, watchdog)
 		select {
 		case <-ctx.Done():
 			return
@@ -103,10 +111,13 @@ func (s *Supervisor) Run(ctx context.Context) {
 	}
 }
 
-// step renews the lease, reconciles the copies with it and, on the
-// leader, places the programs.
-func (s *Supervisor) step(ctx context.Context, watchdog *time.Timer) {
-	lease, err := s.opt.Store.Heartbeat(ctx)
+// renew renews the lease (a renewal that takes a quarter of the lease is
+// given up, to try again at the next tick) and reconciles the copies with
+// it.
+func (s *Supervisor) renew(ctx context.Context, watchdog *time.Timer) {
+	hctx, cancel := context.WithTimeout(ctx, s.opt.Store.Lease()/4)
+	lease, err := s.opt.Store.Heartbeat(hctx)
+	cancel()
 	if err != nil {
 		if !s.Valid(time.Now()) {
 			s.expire()
@@ -119,24 +130,38 @@ func (s *Supervisor) step(ctx context.Context, watchdog *time.Timer) {
 	s.mu.Unlock()
 	watchdog.Reset(time.Until(lease.Until))
 	s.reconcile(ctx, lease)
-	if !s.opt.Store.IsLeader(ctx) {
-		if err := s.opt.Placer.Observe(ctx); err != nil {
-			s.log.Debug("persist: observing the nodes", "err", err)
+}
+
+// place places the programs while this node leads, and watches the nodes
+// otherwise, every period until ctx ends.
+func (s *Supervisor) place(ctx context.Context, period time.Duration) {
+	tick := time.NewTicker(period)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
 		}
-		return
-	}
-	placed, err := s.opt.Placer.Step(ctx, s.opt.Wanted())
-	if err != nil {
-		s.log.Warn("persist: placing programs", "err", err)
-		return
-	}
-	for _, a := range placed {
-		if a.Problem != "" {
-			s.log.Debug("persist: program not placed", "program", a.Program, "problem", a.Problem)
+		if !s.opt.Store.IsLeader(ctx) {
+			if err := s.opt.Placer.Observe(ctx); err != nil {
+				s.log.Debug("persist: observing the nodes", "err", err)
+			}
+			continue
 		}
-	}
-	if s.opt.OnPlacement != nil {
-		s.opt.OnPlacement(placed)
+		placed, err := s.opt.Placer.Step(ctx, s.opt.Wanted())
+		if err != nil {
+			s.log.Warn("persist: placing programs", "err", err)
+			continue
+		}
+		for _, a := range placed {
+			if a.Problem != "" {
+				s.log.Debug("persist: program not placed", "program", a.Program, "problem", a.Problem)
+			}
+		}
+		if s.opt.OnPlacement != nil {
+			s.opt.OnPlacement(placed)
+		}
 	}
 }
 
