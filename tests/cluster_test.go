@@ -169,12 +169,49 @@ func TestClusterThreeNodesShareDeploys(t *testing.T) {
 		}
 		t.Logf("%s served it %s after the deploy", n.name, time.Since(deployed).Round(time.Millisecond))
 	}
+	// A persistent program no node could hold is refused at deploy.
+	err = c.nodes[0].deploy(t, "huge", fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q},
+		"resources": {"vcpus": 1, "memory": 9999999}, "on": {"persistent": true}}`, code))
+	if err == nil || !strings.Contains(err.Error(), "no node of the cluster has") {
+		t.Errorf("an unplaceable persistent program: %v", err)
+	}
 	// Node 1 restarts with its state and a configuration without programs.
 	c.nodes[0].proc.stop()
 	c.start(c.nodes[0])
 	if status, body, err := c.nodes[0].get("shared"); err != nil || status != http.StatusOK {
 		t.Fatalf("after a restart: %d %s %v", status, body, err)
 	}
+	// A fourth and a fifth node join; one leaves and is removed.
+	for _, name := range []string{"node4", "node5"} {
+		node := &clusterNode{name: name, state: t.TempDir(), clusterAddr: freePort(t)}
+		c.nodes = append(c.nodes, node)
+		c.start(node)
+	}
+	waitFor(t, time.Minute, func() bool {
+		st, err := c.status(c.nodes[0])
+		return err == nil && len(st.Nodes) == 5
+	}, "five nodes")
+	st, _ := c.status(c.nodes[0])
+	roles := map[string]int{}
+	for _, n := range st.Nodes {
+		roles[n.Role]++
+	}
+	t.Logf("five nodes: %v", roles)
+	if roles["voter"] != 3 {
+		t.Errorf("roles with five nodes: %v, want three voters", roles)
+	}
+	if status, _, err := c.nodes[4].get("shared"); err != nil || status != http.StatusOK {
+		t.Errorf("the fifth node does not serve the shared program: %d %v", status, err)
+	}
+	c.nodes[4].proc.stop()
+	out, err = exec.Command(mustAgent(t), "cluster", "--admin", c.nodes[0].proc.admin, "remove", "node5").CombinedOutput()
+	if err != nil {
+		t.Fatalf("cluster remove: %v\n%s", err, out)
+	}
+	waitFor(t, 30*time.Second, func() bool {
+		st, err := c.status(c.nodes[0])
+		return err == nil && len(st.Nodes) == 4
+	}, "four nodes after the removal")
 }
 
 // mustAgent returns host-agent's path.
@@ -328,15 +365,34 @@ func TestClusterStoppedOwnerIsFencedOff(t *testing.T) {
 func TestClusterWithoutQuorum(t *testing.T) {
 	code := writeApp(t, map[string]string{"main.py": clusterApp})
 	c := newTestCluster(t, 3, fmt.Sprintf(`{"programs": {"ondemand": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q},
-		"on": {"http": true}}}}`, code))
+		"on": {"http": true}}, "keeper": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q},
+		"resources": {"vcpus": 1, "memory": 128}, "on": {"persistent": true}}}}`, code, code))
+	waitFor(t, time.Minute, func() bool { return len(running(c.nodes, "keeper")) == 1 }, "the persistent program did not start")
+	// The survivor is the node that runs the persistent program.
 	survivor := c.nodes[2]
+	for _, n := range c.nodes {
+		if on := running([]*clusterNode{n}, "keeper"); len(on) == 1 {
+			survivor = n
+		}
+	}
+	var others []*clusterNode
+	for _, n := range c.nodes {
+		if n != survivor {
+			others = append(others, n)
+		}
+	}
 	if status, _, err := survivor.get("ondemand"); err != nil || status != 200 {
 		t.Fatalf("before: %d %v", status, err)
 	}
-	for _, n := range c.nodes[:2] {
+	for _, n := range others {
 		syscall.Kill(n.proc.cmd.Process.Pid, syscall.SIGKILL)
 		<-n.proc.exited
 	}
+	lost := time.Now()
+	// Its lease can no longer be renewed: the survivor stops its copy.
+	waitFor(t, 30*time.Second, func() bool { return len(running([]*clusterNode{survivor}, "keeper")) == 0 },
+		"the persistent program still runs without a quorum")
+	t.Logf("the survivor stopped the persistent program %s after losing its quorum (lease %s)", time.Since(lost).Round(time.Millisecond), clusterLease)
 	began := time.Now()
 	err := survivor.deploy(t, "late", fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q}, "on": {"http": true}}`, code))
 	if err == nil || !strings.Contains(err.Error(), "no quorum") {

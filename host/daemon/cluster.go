@@ -168,7 +168,9 @@ func (c *clustered) assignment(id string) (cluster.Assignment, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if time.Since(c.placedRead) > time.Second {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// Briefly: a request or a status waits on it, and without a
+		// quorum nothing answers.
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		all, err := c.node.Assignments(ctx)
 		cancel()
 		if err == nil {
