@@ -10,8 +10,9 @@ export GOFLAGS := -tags=libsqlite3
 # go-dqlite v1.11.5, the version Debian's libdqlite 1.11.1 takes, races on
 # its own node store (YamlNodeStore.Get hands out the slice its connectors
 # sort concurrently), so the race detector would flag dqlite, not Ferry:
-# these packages are tested without -race.
-NORACE    := ./host/cluster/...
+# the packages that run dqlite in their own process are tested without
+# -race.
+NORACE    := ./host/cluster/... ./host/catalog/...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
@@ -28,7 +29,7 @@ build:
 ## test: vet, then every test with the race detector (the VM tests build
 ## the root image with make rootfs on first use, as root)
 test: vet
-	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v '/host/cluster')
+	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v -e '/host/cluster' -e '/host/catalog')
 	$(GO) test -count=1 -timeout 10m $(NORACE)
 
 ## bench: Ferry against uvicorn and the per-request msgpack design

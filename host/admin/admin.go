@@ -287,6 +287,22 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Minute)
 	defer cancel()
+	if s.Cluster != nil && route.Program.Persistent {
+		// Only where it runs, and by its supervisor: a copy started here
+		// by the API would be a second one.
+		here, node := s.Cluster.Owner(id)
+		if !here {
+			writeError(w, http.StatusConflict, fmt.Sprintf("this persistent program runs on node %q: restart it there", node))
+			return
+		}
+		if err := s.Manager.Stop(ctx, id); err != nil {
+			writeError(w, http.StatusInternalServerError, err.Error())
+			return
+		}
+		st, _ := s.describe(id)
+		writeJSON(w, http.StatusOK, st)
+		return
+	}
 	if err := s.Manager.Stop(ctx, id); err != nil {
 		writeError(w, http.StatusInternalServerError, err.Error())
 		return

@@ -29,6 +29,9 @@ type ClusterView interface {
 	// Placement is a persistent program's node and fencing token (empty
 	// when it is not placed, or not persistent).
 	Placement(id string) (node string, token int64)
+	// Owner says whether this node runs the persistent program (under a
+	// valid lease), or which node does.
+	Owner(id string) (here bool, node string)
 	// RemoveNode takes a node out of the cluster.
 	RemoveNode(ctx context.Context, name string) error
 	// KVGet, KVPut and KVDelete reach a program's key-value store; a

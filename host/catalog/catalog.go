@@ -37,6 +37,10 @@ type Catalog struct {
 	Node     *cluster.Node
 	Programs *front.Programs
 	Log      *slog.Logger
+	// Changed, when set, is told of every program this node redeployed
+	// or deleted (so that the copy of a persistent program it runs
+	// restarts as the program now is). Set before LoadFile.
+	Changed func(id string)
 
 	mu       sync.Mutex // serialises syncs
 	revision int64
@@ -182,6 +186,7 @@ func (c *Catalog) Sync(ctx context.Context) error {
 			if err := c.Programs.Delete(ctx, p.ID); err != nil && !errors.Is(err, front.ErrNotFound) {
 				errs = append(errs, err)
 			}
+			c.changed(p.ID)
 		}
 		if err := c.Programs.Deploy(p.ID, &m); err != nil {
 			errs = append(errs, fmt.Errorf("program %s: %w", p.ID, err))
@@ -198,10 +203,17 @@ func (c *Catalog) Sync(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 		delete(c.applied, id)
+		c.changed(id)
 		c.Log.Info("program deleted", "program", id)
 	}
 	c.revision, c.wanted = rev, wanted
 	return errors.Join(errs...)
+}
+
+func (c *Catalog) changed(id string) {
+	if c.Changed != nil {
+		c.Changed(id)
+	}
 }
 
 // Wanted returns the persistent programs with their resources, as of the

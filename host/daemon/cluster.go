@@ -138,11 +138,12 @@ type clustered struct {
 // until ctx ends; done is closed when the supervisor has stopped.
 func (a *agent) startCluster(ctx context.Context, node *cluster.Node) (*clustered, <-chan struct{}, error) {
 	c := &clustered{node: node, catalog: catalog.New(node, a.programs, a.log), placer: node.NewScheduler()}
+	c.supervisor = persist.New(persist.Options{Store: node, Placer: c.placer, Wanted: c.catalog.Wanted, Log: a.log,
+		Runner: &persistRunner{programs: a.programs, manager: a.manager, node: node.Name(), lease: node.Lease()}})
+	c.catalog.Changed = c.supervisor.Restart
 	if err := c.catalog.LoadFile(ctx, a.cfg.File.Programs); err != nil {
 		return nil, nil, err
 	}
-	c.supervisor = persist.New(persist.Options{Store: node, Placer: c.placer, Wanted: c.catalog.Wanted, Log: a.log,
-		Runner: &persistRunner{programs: a.programs, manager: a.manager, node: node.Name(), lease: node.Lease()}})
 	go c.catalog.Run(ctx)
 	done := make(chan struct{})
 	go func() {
@@ -152,9 +153,10 @@ func (a *agent) startCluster(ctx context.Context, node *cluster.Node) (*clustere
 	return c, done, nil
 }
 
-// owner says where a persistent program runs: here, under a valid lease,
-// or on the node the cluster assigned it to (front.Router.Owner).
-func (c *clustered) owner(id string) (bool, string) {
+// Owner says where a persistent program runs: here, under a valid lease,
+// or on the node the cluster assigned it to (front.Router.Owner,
+// admin.ClusterView).
+func (c *clustered) Owner(id string) (bool, string) {
 	if _, ok := c.supervisor.Token(id); ok {
 		return true, ""
 	}

@@ -201,7 +201,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	}
 	router := &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
 	if a.cluster != nil {
-		router.Owner = a.cluster.owner
+		router.Owner = a.cluster.Owner
 	}
 	srv := &http.Server{Handler: router, MaxHeaderBytes: relay.MaxHeaderBytes}
 	a.conn.Apply(srv)

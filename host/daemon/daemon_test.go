@@ -235,7 +235,7 @@ func TestServeRoutesTheConfigurationsPrograms(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "admin.sock")
-	cfg, err := flagConfig(t, ServeFlags, "--config", config, "--listen", "127.0.0.1:0", "--admin", sock)
+	cfg, err := flagConfig(t, ServeFlags, "--config", config, "--listen", "127.0.0.1:0", "--admin", sock, "--state-dir", filepath.Join(dir, "state"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -234,6 +234,19 @@ func (s *Supervisor) stopLocked(id string) {
 	}
 }
 
+// Restart stops this node's copy of the program, if it runs one; the
+// next renewal starts it again if the lease still gives it here, with
+// the program as it is deployed then (its manifest changed, or it was
+// deleted and the cluster no longer assigns it).
+func (s *Supervisor) Restart(programID string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.running[programID]; ok {
+		s.log.Info("persist: restarting the program's copy here", "program", programID)
+		s.stopLocked(programID)
+	}
+}
+
 // Valid reports whether this node's lease holds at now: the request path
 // serves a persistent program only while it does.
 func (s *Supervisor) Valid(now time.Time) bool {
