@@ -39,47 +39,25 @@ func NewClient(addr, token string) *Client {
 // Do calls method path with an optional JSON body and decodes the answer
 // into out; an error status returns the API's error message.
 func (c *Client) Do(method, path string, body io.Reader, out any) error {
+	raw, err := c.call(method, path, body)
+	if err != nil || out == nil {
+		return err
+	}
+	return json.Unmarshal(raw, out)
+}
+
+// call calls method path and returns the answer's body; an error status
+// returns the API's error message.
+func (c *Client) call(method, path string, body io.Reader) ([]byte, error) {
 	req, err := http.NewRequest(method, c.base+path, body)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if c.Token != "" {
 		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
-	}
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return fmt.Errorf("cannot reach the agent's admin API at %s: %w", c.Addr, err)
-	}
-	defer resp.Body.Close()
-	raw, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
-	if err != nil {
-		return err
-	}
-	if resp.StatusCode >= 300 {
-		var e struct{ Error string }
-		if json.Unmarshal(raw, &e) == nil && e.Error != "" {
-			return fmt.Errorf("%s", e.Error)
-		}
-		return fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(raw)))
-	}
-	if out == nil {
-		return nil
-	}
-	return json.Unmarshal(raw, out)
-}
-
-// Get calls GET path and returns the answer's body as it is (a value of
-// the key-value store).
-func (c *Client) Get(path string) ([]byte, error) {
-	req, err := http.NewRequest("GET", c.base+path, nil)
-	if err != nil {
-		return nil, err
-	}
-	if c.Token != "" {
-		req.Header.Set("Authorization", "Bearer "+c.Token)
 	}
 	resp, err := c.http.Do(req)
 	if err != nil {
@@ -99,3 +77,7 @@ func (c *Client) Get(path string) ([]byte, error) {
 	}
 	return raw, nil
 }
+
+// Get calls GET path and returns the answer's body as it is (a value of
+// the key-value store).
+func (c *Client) Get(path string) ([]byte, error) { return c.call("GET", path, nil) }

@@ -156,14 +156,23 @@ func (s *Server) kvGet(w http.ResponseWriter, r *http.Request) {
 	w.Write(v)
 }
 
-func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
+// kvWrite checks a write's program and reads its fencing token.
+func (s *Server) kvWrite(w http.ResponseWriter, r *http.Request) (string, int64, bool) {
 	id, ok := s.kvProgram(w, r)
 	if !ok {
-		return
+		return "", 0, false
 	}
 	token, err := fencingToken(r)
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err.Error())
+		return "", 0, false
+	}
+	return id, token, true
+}
+
+func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
+	id, token, ok := s.kvWrite(w, r)
+	if !ok {
 		return
 	}
 	value, err := io.ReadAll(io.LimitReader(r.Body, cluster.MaxValue+1))
@@ -183,13 +192,8 @@ func (s *Server) kvPut(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) kvDelete(w http.ResponseWriter, r *http.Request) {
-	id, ok := s.kvProgram(w, r)
+	id, token, ok := s.kvWrite(w, r)
 	if !ok {
-		return
-	}
-	token, err := fencingToken(r)
-	if err != nil {
-		writeError(w, http.StatusBadRequest, err.Error())
 		return
 	}
 	if err := s.Cluster.KVDelete(r.Context(), id, r.PathValue("key"), token); err != nil {
