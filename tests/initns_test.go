@@ -40,16 +40,17 @@ func goBuild(prefix, name, pkg string) (string, error) {
 	return goBuildInto(dir, name, pkg)
 }
 
-// goBuildInto is goBuild into an existing directory. host-agent links
-// Debian's libdqlite with cgo (and the system SQLite, libsqlite3); every
-// other binary is static.
+// goBuildInto is goBuild into an existing directory. init and the test
+// programs that run inside a guest are static; the host's binaries
+// (host-agent, ferry-bench) link Debian's libdqlite with cgo, and the
+// system SQLite (libsqlite3).
 func goBuildInto(dir, name, pkg string) (string, error) {
 	bin := filepath.Join(dir, name)
-	cmd := exec.Command("go", "build", "-o", bin, pkg)
-	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
-	if name == "host-agent" {
-		cmd = exec.Command("go", "build", "-tags", "libsqlite3", "-o", bin, pkg)
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	cmd := exec.Command("go", "build", "-tags", "libsqlite3", "-o", bin, pkg)
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=1")
+	if name == "init" || strings.HasPrefix(pkg, "./testdata/") {
+		cmd = exec.Command("go", "build", "-o", bin, pkg)
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	}
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return "", fmt.Errorf("building %s: %v\n%s", name, err, out)
