@@ -432,7 +432,8 @@ func TestAdminAPIOnTCPNeedsAToken(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "agent.json")
 	os.WriteFile(path, []byte(`{"programs": {}}`), 0o644)
-	out, err := exec.Command(bin, "serve", "--config", path, "--listen", freePort(t), "--admin", freePort(t), "--admin-token", "").CombinedOutput()
+	out, err := exec.Command(bin, "serve", "--config", path, "--listen", freePort(t), "--admin", freePort(t), "--admin-token", "",
+		"--state-dir", filepath.Join(dir, "state")).CombinedOutput()
 	if err == nil || !strings.Contains(string(out), "needs a token") {
 		t.Fatalf("TCP admin without a token: %v\n%s", err, out)
 	}

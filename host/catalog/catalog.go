@@ -25,12 +25,9 @@ import (
 // deploy on any node is served by all within about this long.
 const PollInterval = 500 * time.Millisecond
 
-// Defaults of a program's resources when its manifest names none, for
-// placing persistent programs (the backends' own defaults).
-const (
-	DefaultVCPUs     = 1
-	DefaultMemoryMiB = 512
-)
+// DefaultMemoryMiB is a persistent program's memory when its manifest
+// names none, for placing it (the backends' own default).
+const DefaultMemoryMiB = 512
 
 // Catalog is the bridge between the cluster's programs and the front's.
 type Catalog struct {
@@ -63,15 +60,23 @@ func New(node *cluster.Node, programs *front.Programs, log *slog.Logger) *Catalo
 // nodes' files, stay.
 func (c *Catalog) LoadFile(ctx context.Context, programs map[string]*manifest.Program) error {
 	for _, id := range slices.Sorted(maps.Keys(programs)) {
-		doc, err := json.Marshal(programs[id])
+		doc, err := storable(programs[id])
 		if err != nil {
-			return err
+			return fmt.Errorf("program %s: %w", id, err)
 		}
 		if _, err := c.Node.PutProgram(ctx, id, doc, cluster.SourceFile, true); err != nil {
 			return err
 		}
 	}
-	return c.Sync(ctx)
+	// A program this node cannot apply (another node's, say) is logged:
+	// the agent serves the others.
+	if err := c.Sync(ctx); err != nil {
+		if _, _, rerr := c.Node.Programs(ctx); rerr != nil {
+			return err
+		}
+		c.Log.Warn("catalog: some programs of the cluster are not served here", "err", err)
+	}
+	return nil
 }
 
 // Deploy adds a program to the cluster (ErrExists if its id is taken) and
@@ -85,7 +90,7 @@ func (c *Catalog) Deploy(ctx context.Context, id string, m *manifest.Program) er
 			return err
 		}
 	}
-	doc, err := json.Marshal(m)
+	doc, err := storable(m)
 	if err != nil {
 		return err
 	}
@@ -108,7 +113,7 @@ func (c *Catalog) fits(ctx context.Context, m *manifest.Program) error {
 	w := want("", m)
 	largest := cluster.Capacity{}
 	for _, n := range nodes {
-		if n.Capacity.VCPUs >= w.VCPUs && n.Capacity.MemoryMiB >= w.MemoryMiB {
+		if (n.Capacity.VCPUs == 0 || n.Capacity.VCPUs >= w.VCPUs) && n.Capacity.MemoryMiB >= w.MemoryMiB {
 			return nil
 		}
 		largest.VCPUs, largest.MemoryMiB = max(largest.VCPUs, n.Capacity.VCPUs), max(largest.MemoryMiB, n.Capacity.MemoryMiB)
@@ -224,12 +229,25 @@ func (c *Catalog) Wanted() []cluster.Want {
 	return slices.Clone(c.wanted)
 }
 
-// want is what placing a persistent program takes.
-func want(id string, m *manifest.Program) cluster.Want {
-	w := cluster.Want{ID: id, VCPUs: m.Resources.VCPUs, MemoryMiB: m.Resources.Memory}
-	if w.VCPUs <= 0 {
-		w.VCPUs = DefaultVCPUs
+// storable encodes a manifest for the cluster, checking that it reads
+// back: what one node stores, every node must be able to apply.
+func storable(m *manifest.Program) ([]byte, error) {
+	doc, err := json.Marshal(m)
+	if err != nil {
+		return nil, err
 	}
+	var back manifest.Program
+	if err := json.Unmarshal(doc, &back); err != nil {
+		return nil, fmt.Errorf("the manifest does not read back from its stored form: %w", err)
+	}
+	return doc, nil
+}
+
+// want is what placing a persistent program takes: its declared vCPUs
+// (none when it declares none: the sandbox then sets no CPU quota), and
+// its memory (the backends' default when it declares none).
+func want(id string, m *manifest.Program) cluster.Want {
+	w := cluster.Want{ID: id, VCPUs: max(m.Resources.VCPUs, 0), MemoryMiB: m.Resources.Memory}
 	if w.MemoryMiB <= 0 {
 		w.MemoryMiB = DefaultMemoryMiB
 	}

@@ -110,7 +110,7 @@ func Open(ctx context.Context, opt Options) (*Node, error) {
 	}
 	n := &Node{opt: opt, log: opt.Log, app: dq}
 	fail := func(err error) (*Node, error) {
-		dq.Close()
+		n.halt()
 		return nil, err
 	}
 	if err := dq.Ready(ctx); err != nil {
@@ -159,25 +159,38 @@ func stateDirError(opt Options, err error) error {
 }
 
 // checkMembership refuses a state directory from another cluster: a node
-// asked to join through members it does not know.
+// asked to join through members whose cluster does not count it. A join
+// address that does not answer (a member since removed) proves nothing
+// and is passed over.
 func (n *Node) checkMembership(ctx context.Context) error {
-	if len(n.opt.Join) == 0 {
-		return nil
-	}
-	members, err := n.members(ctx)
-	if err != nil {
-		return err
-	}
-	for _, m := range members {
-		if slices.Contains(n.opt.Join, m.Address) {
+	foreign := ""
+	for _, addr := range n.opt.Join {
+		actx, cancel := context.WithTimeout(ctx, attemptTimeout)
+		members, err := clusterOf(actx, addr)
+		cancel()
+		if err != nil {
+			continue
+		}
+		// By id and address: every cluster's first node has id 1.
+		if slices.ContainsFunc(members, func(m client.NodeInfo) bool { return m.ID == n.app.ID() && m.Address == n.opt.Address }) {
 			return nil
 		}
+		foreign = addr
 	}
-	var addrs []string
-	for _, m := range members {
-		addrs = append(addrs, m.Address)
+	if foreign != "" {
+		return fmt.Errorf("cluster: the state directory %s is of another cluster than the one %s belongs to; use a new --state-dir to join it", n.opt.Dir, foreign)
 	}
-	return fmt.Errorf("cluster: the state directory %s is of another cluster (members %v, none of %v); use a new --state-dir to join", n.opt.Dir, addrs, n.opt.Join)
+	return nil
+}
+
+// clusterOf asks the member at addr for its cluster's members.
+func clusterOf(ctx context.Context, addr string) ([]client.NodeInfo, error) {
+	cli, err := client.New(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	defer cli.Close()
+	return cli.Cluster(ctx)
 }
 
 // members returns the dqlite cluster's members, as the leader knows them.

@@ -140,6 +140,17 @@ func TestBadInputIsAClearError(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "did not become ready") {
 		t.Errorf("a join through an address nobody answers: %v", err)
 	}
+	// The state of a node of another cluster, asked to join this one.
+	otherDir, otherAddr := t.TempDir(), freeAddr(t)
+	other, err := Open(ctx, Options{Dir: otherDir, Name: "other", Address: otherAddr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close(ctx)
+	_, err = Open(ctx, Options{Dir: otherDir, Name: "other", Address: otherAddr, Join: []string{first}})
+	if err == nil || !strings.Contains(err.Error(), "of another cluster") {
+		t.Errorf("a state directory of another cluster: %v", err)
+	}
 	_, err = Open(ctx, Options{Dir: "/proc/ferry-state", Name: "ro", Address: freeAddr(t)})
 	if err == nil || !strings.Contains(err.Error(), "state directory") {
 		t.Errorf("an unusable state directory: %v", err)

@@ -32,10 +32,10 @@ func (n *Node) KVGet(ctx context.Context, program, key string) ([]byte, error) {
 	return v, nil
 }
 
-// KVPut stores a program's key. A write with a token (a persistent
-// program's fencing token, as given to it) is refused with ErrStaleToken
-// unless the token is the program's current one and this node holds it; a
-// write without one (token 0, an on-demand program) is not fenced.
+// KVPut stores a program's key. A persistent program's write must carry
+// its fencing token (as given to it): it is refused with ErrStaleToken
+// unless the token is the program's current one and this node holds it.
+// An on-demand program's write carries none (token 0) and is not fenced.
 func (n *Node) KVPut(ctx context.Context, program, key string, value []byte, token int64) error {
 	if len(value) > MaxValue {
 		return fmt.Errorf("cluster: the value of %s is %d bytes, more than %d", key, len(value), MaxValue)
@@ -72,12 +72,17 @@ func (n *Node) KVDelete(ctx context.Context, program, key string, token int64) e
 // fence checks, inside a write, that token is the program's current token
 // on this node (token 0 is not fenced).
 func (n *Node) fence(tx *sql.Tx, program string, token int64) error {
-	if token == 0 {
-		return nil
-	}
 	var node string
 	var current int64
 	err := tx.QueryRow(`SELECT node, token FROM assignments WHERE program = ?`, program).Scan(&node, &current)
+	if token == 0 {
+		if err == nil {
+			// A persistent program (it has an assignment): its writes
+			// carry its token, or a copy that lost it could still write.
+			return fmt.Errorf("%w (no token given; the program is persistent, its token is %d on %q)", ErrStaleToken, current, node)
+		}
+		return nil
+	}
 	if err != nil || node != n.opt.Name || current != token {
 		return fmt.Errorf("%w (token %d, the program's is %d on %q)", ErrStaleToken, token, current, node)
 	}

@@ -146,6 +146,29 @@ func (s *Scheduler) observe(nodes []NodeInfo, now time.Time) map[string]bool {
 	return alive
 }
 
+// silentFor returns how long a node's counter has been seen standing
+// still, starting to watch it now if it was never seen.
+func (s *Scheduler) silentFor(name string, now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	o, ok := s.seen[name]
+	if !ok {
+		o = observed{beat: -1, at: now}
+		s.seen[name] = o
+	}
+	return now.Sub(o.at)
+}
+
+// beatSeen returns a node's counter as last read (-1: never read).
+func (s *Scheduler) beatSeen(name string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if o, ok := s.seen[name]; ok {
+		return o.beat
+	}
+	return -1
+}
+
 // Silence returns, for each node observed, how long ago its heartbeat
 // counter was last seen to change.
 func (s *Scheduler) Silence() map[string]time.Duration {
@@ -165,12 +188,22 @@ func (s *Scheduler) Silence() map[string]time.Duration {
 // programs no longer wanted are ended. It returns every wanted program's
 // assignment.
 func (s *Scheduler) Step(ctx context.Context, wanted []Want) ([]Assignment, error) {
-	now := time.Now()
 	nodes, current, err := s.read(ctx)
 	if err != nil {
 		return nil, err
 	}
+	// The clock is read after the read: a counter's change is never timed
+	// before the commit it was read from.
+	now := time.Now()
 	alive := s.observe(nodes, now)
+	// A node with assignments but no record (removed from the cluster,
+	// maybe still running) is treated like one whose counter stopped when
+	// it was last seen, or now: its programs move a whole lease later.
+	for _, a := range current {
+		if _, known := alive[a.Node]; !known && a.Node != "" {
+			alive[a.Node] = s.silentFor(a.Node, now) <= s.n.opt.Lease
+		}
+	}
 	want := map[string]Want{}
 	for _, w := range wanted {
 		want[w.ID] = w
@@ -218,7 +251,8 @@ func (s *Scheduler) Step(ctx context.Context, wanted []Want) ([]Assignment, erro
 		target := ""
 		for name, l := range loads {
 			c := capacity[name]
-			if c.VCPUs-l.vcpus < w.VCPUs || c.MemoryMiB-l.mem < w.MemoryMiB {
+			// A node that declares no vCPUs bounds memory only.
+			if c.VCPUs > 0 && c.VCPUs-l.vcpus < w.VCPUs || c.MemoryMiB-l.mem < w.MemoryMiB {
 				continue
 			}
 			if target == "" {
@@ -296,8 +330,11 @@ func (s *Scheduler) move(ctx context.Context, a Assignment, node string) error {
 		if node != "" {
 			token++
 		}
-		_, err := tx.Exec(`UPDATE assignments SET node = ?, token = ? WHERE program = ? AND node = ? AND token = ?`,
-			node, token, a.Program, a.Node, a.Token)
+		// Only if the old node's counter is still what was read: an owner
+		// that renewed since keeps its program (and its fresh lease).
+		_, err := tx.Exec(`UPDATE assignments SET node = ?, token = ? WHERE program = ? AND node = ? AND token = ?
+			AND COALESCE((SELECT beat FROM nodes WHERE name = ?), -1) = ?`,
+			node, token, a.Program, a.Node, a.Token, a.Node, s.beatSeen(a.Node))
 		return err
 	})
 }

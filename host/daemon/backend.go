@@ -65,6 +65,12 @@ func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
 		}
 		return b, nil
 	case "qemu":
+		for _, old := range []string{"code", "volumes"} {
+			if fi, err := os.Stat(filepath.Join(o.StateDir, old)); err == nil && fi.IsDir() {
+				log.Warn("the state directory holds the qemu backend's files where earlier agents kept them; they are now under qemu/: move them there (persistent volumes in particular)",
+					"found", filepath.Join(o.StateDir, old), "now", filepath.Join(o.StateDir, "qemu", old))
+			}
+		}
 		or := func(v, def string) string {
 			if v != "" {
 				return v

@@ -7,7 +7,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -26,6 +25,18 @@ import (
 // STATE/cluster, the qemu backend's images and volumes in STATE/qemu.
 const DefaultStateDir = "/var/lib/ferry"
 
+// defaultStateDir is DefaultStateDir for root; an agent run by another
+// user keeps its state in its own ~/.local/state/ferry.
+func defaultStateDir() string {
+	if os.Geteuid() == 0 {
+		return DefaultStateDir
+	}
+	if home, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(home, ".local", "state", "ferry")
+	}
+	return DefaultStateDir
+}
+
 // ClusterOptions make serve's agent a node of a dqlite cluster (a lone
 // agent is a cluster of one).
 type ClusterOptions struct {
@@ -41,8 +52,8 @@ type ClusterOptions struct {
 	Listen string
 	// Join lists members of an existing cluster to join through.
 	Join []string
-	// Capacity is what the node offers its VMs (default: the machine's
-	// CPUs and memory).
+	// Capacity is what the node offers its persistent programs (default:
+	// the machine's memory, and vCPUs not bounded: CPUs are shared).
 	Capacity cluster.Capacity
 	// Lease is the lease period of persistent programs
 	// (cluster.DefaultLease when 0).
@@ -63,9 +74,6 @@ func openCluster(ctx context.Context, o ClusterOptions, a *agent) (*cluster.Node
 		if o.Listen, err = clusterAddress(dir); err != nil {
 			return nil, err
 		}
-	}
-	if o.Capacity.VCPUs <= 0 {
-		o.Capacity.VCPUs = runtime.NumCPU()
 	}
 	if o.Capacity.MemoryMiB <= 0 {
 		o.Capacity.MemoryMiB = machineMemoryMiB()

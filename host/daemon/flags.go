@@ -81,7 +81,7 @@ func ServeFlags(fs *flag.FlagSet) *Flags {
 	fs.StringVar(&c.NodeName, "node-name", "", "this node's name in the cluster, unique (default: the host name)")
 	fs.StringVar(&c.Listen, "cluster-listen", "", "host:port where this node listens for the other nodes (default: the address it had, or a free port on 127.0.0.1)")
 	fs.StringVar(&f.join, "cluster-join", "", "host:port,... of members of a cluster to join (a new node; a node with state rejoins by itself)")
-	fs.IntVar(&c.Capacity.VCPUs, "capacity-vcpus", 0, "vCPUs this node offers persistent programs (default: the machine's CPUs)")
+	fs.IntVar(&c.Capacity.VCPUs, "capacity-vcpus", 0, "vCPUs this node offers persistent programs (default: not bounded, CPUs are shared)")
 	fs.IntVar(&c.Capacity.MemoryMiB, "capacity-memory", 0, "MiB of memory this node offers persistent programs (default: the machine's)")
 	fs.DurationVar(&c.Lease, "lease", cluster.DefaultLease, "lease of persistent programs: a node that cannot renew it stops them, another takes them over one lease later")
 	return f
@@ -106,7 +106,7 @@ func (f *Flags) common() {
 	fs.StringVar(&b.Rootfs, "rootfs", "", "qemu: root image (default IMAGES/rootfs.squashfs)")
 	fs.StringVar(&b.Accel, "accel", "auto", "qemu: auto (KVM when usable), kvm or tcg")
 	fs.StringVar(&b.Transport, "vm-transport", "auto", "qemu: auto (vsock when the host has vhost-vsock), vsock or serial")
-	fs.StringVar(&b.StateDir, "state-dir", DefaultStateDir, "the agent's state: the cluster's (serve) in STATE/cluster, the qemu backend's code images and persistent volumes in STATE/qemu")
+	fs.StringVar(&b.StateDir, "state-dir", defaultStateDir(), "the agent's state: the cluster's (serve) in STATE/cluster, the qemu backend's code images and persistent volumes in STATE/qemu")
 	fs.DurationVar(&b.BootTimeout, "boot-timeout", 2*time.Minute, "how long a VM may take to boot and start its program")
 	fs.StringVar(&b.SandboxRoot, "sandbox-root", "/", "sandbox: the directory guests see as their root filesystem, read-only (an unpacked image, or the host's /)")
 	fs.UintVar(&f.uidBase, "sandbox-uid-base", sandbox.DefaultUIDBase, "sandbox: first host uid of the guests' user namespaces (65536 ids per VM)")
@@ -185,6 +185,9 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 		cfg.Listen = DefaultListen
 	}
 	cfg.Admin, cfg.AdminToken = f.admin, f.adminToken
+	if cfg.Admin != "" && !admin.IsUnix(cfg.Admin) && cfg.AdminToken == "" {
+		return nil, &ConfigError{errors.New("the admin API on TCP needs a token (--admin-token or FERRY_ADMIN_TOKEN)")}
+	}
 	c := f.cluster
 	c.StateDir = f.backend.StateDir
 	for _, addr := range strings.Split(f.join, ",") {

@@ -73,17 +73,53 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
 		w = rec
 	}
+	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
 	if route.Program.Persistent && rt.Owner != nil {
-		if here, node := rt.Owner(id); !here {
-			if node != "" {
-				w.Header().Set("X-Ferry-Node", node)
+		rt.servePersistent(w, r, ex, route)
+		return
+	}
+	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
+}
+
+// servePersistent serves a persistent program of a cluster: only where it
+// runs, on the VM its supervisor runs (a request never starts one: that
+// would be a second copy), and only while this node's lease holds, checked
+// again once the VM is held.
+func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, route *Route) {
+	p := route.Program
+	notHere := func(node string) {
+		if node != "" {
+			w.Header().Set("X-Ferry-Node", node)
+		}
+		reject(w, r, ex, http.StatusServiceUnavailable, "this persistent program does not run on this node", "program", p.ID, "node", node)
+	}
+	if here, node := rt.Owner(p.ID); !here {
+		notHere(node)
+		return
+	}
+	if lim := route.Limiter; lim != nil {
+		if !lim.Acquire(r.Context()) {
+			if r.Context().Err() == nil {
+				reject(w, r, ex, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later", "program", p.ID)
 			}
-			reject(w, r, ex, http.StatusServiceUnavailable, "this persistent program runs on another node", "program", id, "node", node)
 			return
 		}
+		defer lim.Release()
 	}
-	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
-	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
+	inst, err := rt.Manager.AcquireRunning(r.Context(), p)
+	if err != nil {
+		if r.Context().Err() == nil {
+			reject(w, r, ex, http.StatusServiceUnavailable, "the program is starting or restarting; try again later", "program", p.ID, "err", err)
+		}
+		return
+	}
+	defer inst.Release()
+	if here, node := rt.Owner(p.ID); !here { // the lease may have run out while waiting
+		notHere(node)
+		return
+	}
+	ex.Session = inst.Session
+	relay.ServeAny(w, r, ex, p.Interface)
 }
 
 // serveProgram relays a request to a program within its limit of requests

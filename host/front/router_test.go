@@ -230,3 +230,55 @@ func TestDeleteDuringBootLeavesNoVM(t *testing.T) {
 		t.Fatalf("after deleting a booting persistent program: ended %v, %d live, %d boots, running %v", vm.Ended(), be.Live(), be.Boots(), f.manager.Running())
 	}
 }
+
+// A persistent program of a cluster is served only where it runs, on the
+// VM its supervisor started: a request never boots one (it would be a
+// second copy), and another node's request is a 503 naming the owner.
+func TestPersistentProgramsAreNeverBootedByARequest(t *testing.T) {
+	be := &backendtest.Backend{}
+	be.Handler = backendtest.Echo
+	manager := lifecycle.New(lifecycle.Options{Backend: be, InitPath: "/nonexistent/init", IdleTimeout: -1})
+	t.Cleanup(func() {
+		manager.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		manager.StopAll(ctx)
+	})
+	programs := NewPrograms(manager)
+	programs.ClusterPersists = true
+	if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
+		On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
+		t.Fatal(err)
+	}
+	owner := "node2"
+	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
+		Owner: func(string) (bool, string) { return owner == "", owner }})
+	t.Cleanup(srv.Close)
+	get := func() (int, string) {
+		resp, err := http.Get(srv.URL + "/vm/keeper/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		return resp.StatusCode, resp.Header.Get("X-Ferry-Node")
+	}
+	if status, node := get(); status != http.StatusServiceUnavailable || node != "node2" {
+		t.Errorf("on another node's program: %d naming %q, want 503 naming node2", status, node)
+	}
+	owner = "" // this node holds it, but its supervisor has not started it
+	if status, _ := get(); status != http.StatusServiceUnavailable {
+		t.Errorf("with no VM running: %d, want 503", status)
+	}
+	if n := be.Boots(); n != 0 {
+		t.Fatalf("requests booted %d VMs of a persistent program", n)
+	}
+	// The supervisor's VM serves.
+	inst, err := manager.Acquire(context.Background(), programs.Route("keeper").Program)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.Release()
+	if status, _ := get(); status != http.StatusOK {
+		t.Errorf("with the supervisor's VM running: %d, want 200", status)
+	}
+}

@@ -186,6 +186,38 @@ func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 	}
 }
 
+// ErrNotRunning is AcquireRunning's answer for a program with no VM
+// running or booting.
+var ErrNotRunning = errors.New("the program is not running here")
+
+// AcquireRunning is Acquire for a program whose VMs only its supervisor
+// starts (a persistent program in a cluster): it takes the running
+// instance, or waits for a boot already under way, and never starts one
+// (ErrNotRunning).
+func (m *Manager) AcquireRunning(ctx context.Context, p *Program) (*Instance, error) {
+	for {
+		m.mu.Lock()
+		inst, b := m.running[p.ID], m.starting[p.ID]
+		if inst != nil {
+			inst.inflight.Add(1)
+			m.mu.Unlock()
+			return inst, nil
+		}
+		m.mu.Unlock()
+		if b == nil {
+			return nil, ErrNotRunning
+		}
+		select {
+		case <-b.done:
+			if b.err != nil {
+				return nil, b.err
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
 // Instance returns the program's running instance, or nil, for reports:
 // it does not hold the VM, which may stop at any moment. To send it
 // requests, Acquire it.

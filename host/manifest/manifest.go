@@ -170,6 +170,13 @@ type On struct {
 type Duration struct{ time.Duration }
 
 // UnmarshalJSON implements json.Unmarshaler.
+// MarshalJSON writes the duration as UnmarshalJSON reads it ("60s"), so
+// that a manifest survives a round trip (the cluster stores manifests as
+// JSON).
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(d.Duration.String())
+}
+
 func (d *Duration) UnmarshalJSON(b []byte) error {
 	var s string
 	if err := json.Unmarshal(b, &s); err != nil {

@@ -1,7 +1,9 @@
 package manifest
 
 import (
+	"encoding/json"
 	"errors"
+	"reflect"
 	"testing"
 	"time"
 )
@@ -119,5 +121,29 @@ func TestOneProgram(t *testing.T) {
 	}
 	if f, err := Parse([]byte(`{"Root": "a", "root": "a", "programs": {}}`)); err == nil || (f != nil && f.Root != "") {
 		t.Fatalf("a configuration file set the root: %+v %v", f, err)
+	}
+}
+
+// A manifest written back as JSON (the cluster stores them so) reads back
+// the same, per-program limits and their durations included.
+func TestManifestSurvivesARoundTrip(t *testing.T) {
+	f, err := Parse([]byte(`{"programs": {"web": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "/srv/web"},
+		"limits": {"max_concurrent": 8, "queue_timeout": "750ms"}, "on": {"http": true}},
+		"bare": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "/srv/bare"}, "limits": {"max_concurrent": 2}, "on": {"http": true}}}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for id, p := range f.Programs {
+		doc, err := json.Marshal(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var back Program
+		if err := json.Unmarshal(doc, &back); err != nil {
+			t.Fatalf("%s: %s does not read back: %v", id, doc, err)
+		}
+		if !reflect.DeepEqual(&back, p) {
+			t.Errorf("%s: round trip gave %+v, want %+v", id, back, *p)
+		}
 	}
 }

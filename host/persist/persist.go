@@ -62,6 +62,7 @@ type Supervisor struct {
 	lease    cluster.Lease
 	running  map[string]*copy         // program id -> this node's copy
 	stopping map[string]chan struct{} // program id -> a stopped copy's end
+	unplaced map[string]string        // program id -> why the leader could not place it
 }
 
 // copy is a program this node runs.
@@ -91,45 +92,54 @@ func (s *Supervisor) Run(ctx context.Context) {
 		s.place(ctx, period)
 	}()
 	defer func() { <-placing }()
-	tick := time.NewTicker(period)
-	defer tick.Stop()
-	// The watchdog fires when the lease runs out without a renewal: at
-	// that moment, not at the next tick, this node stops its copies.
-	watchdog := time.NewTimer(time.Hour)
+	// The watchdog stops this node's copies a tenth of the lease before
+	// the lease runs out (the time their VMs take to stop), whatever the
+	// renewal loop is doing then.
+	watchdog := time.AfterFunc(time.Hour, s.expire)
 	watchdog.Stop()
 	defer watchdog.Stop()
 	defer s.stopAll("the agent is stopping")
+	tick := time.NewTicker(period)
+	defer tick.Stop()
 	for {
 		s.renew(ctx, watchdog)
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-		case <-watchdog.C:
-			s.expire()
 		}
 	}
 }
 
-// renew renews the lease (a renewal that takes a quarter of the lease is
-// given up, to try again at the next tick) and reconciles the copies with
-// it.
+// renew renews the lease and reconciles the copies with it. A renewal is
+// given up after a quarter of the lease, or sooner when the current lease
+// would have to be given up before it could end.
 func (s *Supervisor) renew(ctx context.Context, watchdog *time.Timer) {
-	hctx, cancel := context.WithTimeout(ctx, s.opt.Store.Lease()/4)
-	lease, err := s.opt.Store.Heartbeat(hctx)
+	lease := s.opt.Store.Lease()
+	limit := lease / 4
+	s.mu.Lock()
+	if left := time.Until(s.stopAt(s.lease)); s.lease.Valid(time.Now()) && left < limit {
+		limit = max(left, lease/20)
+	}
+	s.mu.Unlock()
+	hctx, cancel := context.WithTimeout(ctx, limit)
+	renewed, err := s.opt.Store.Heartbeat(hctx)
 	cancel()
 	if err != nil {
-		if !s.Valid(time.Now()) {
-			s.expire()
-		}
 		s.log.Debug("persist: lease not renewed", "err", err)
 		return
 	}
 	s.mu.Lock()
-	s.lease = lease
+	s.lease = renewed
 	s.mu.Unlock()
-	watchdog.Reset(time.Until(lease.Until))
-	s.reconcile(ctx, lease)
+	watchdog.Reset(time.Until(s.stopAt(renewed)))
+	s.reconcile(ctx, renewed)
+}
+
+// stopAt is when the copies held under l must start stopping: a tenth of
+// the lease before it runs out.
+func (s *Supervisor) stopAt(l cluster.Lease) time.Time {
+	return l.Until.Add(-s.opt.Store.Lease() / 10)
 }
 
 // place places the programs while this node leads, and watches the nodes
@@ -154,15 +164,32 @@ func (s *Supervisor) place(ctx context.Context, period time.Duration) {
 			s.log.Warn("persist: placing programs", "err", err)
 			continue
 		}
-		for _, a := range placed {
-			if a.Problem != "" {
-				s.log.Debug("persist: program not placed", "program", a.Program, "problem", a.Problem)
-			}
-		}
+		s.reportUnplaced(placed)
 		if s.opt.OnPlacement != nil {
 			s.opt.OnPlacement(placed)
 		}
 	}
+}
+
+// reportUnplaced warns, once per program and reason, of the programs the
+// leader could not place.
+func (s *Supervisor) reportUnplaced(placed []cluster.Assignment) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.unplaced == nil {
+		s.unplaced = map[string]string{}
+	}
+	now := map[string]string{}
+	for _, a := range placed {
+		if a.Problem == "" {
+			continue
+		}
+		now[a.Program] = a.Problem
+		if s.unplaced[a.Program] != a.Problem {
+			s.log.Warn("persist: a persistent program cannot be placed", "program", a.Program, "problem", a.Problem)
+		}
+	}
+	s.unplaced = now
 }
 
 // reconcile starts what the lease gives this node and stops what it no
@@ -247,12 +274,13 @@ func (s *Supervisor) Restart(programID string) {
 	}
 }
 
-// Valid reports whether this node's lease holds at now: the request path
-// serves a persistent program only while it does.
+// Valid reports whether this node's lease holds at now (until its
+// copies must start stopping): the request path serves a persistent
+// program only while it does.
 func (s *Supervisor) Valid(now time.Time) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.lease.Valid(now)
+	return s.lease.Valid(now) && now.Before(s.stopAt(s.lease))
 }
 
 // Token returns the fencing token under which this node runs the program,
@@ -261,7 +289,7 @@ func (s *Supervisor) Token(programID string) (int64, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	c, ok := s.running[programID]
-	if !ok || !s.lease.Valid(time.Now()) {
+	if now := time.Now(); !ok || !s.lease.Valid(now) || !now.Before(s.stopAt(s.lease)) {
 		return 0, false
 	}
 	return c.token, true
