@@ -74,7 +74,9 @@ func measureColdStarts(ctx context.Context, cfg *Config) ([]ColdStart, error) {
 		return nil, err
 	}
 	sock := filepath.Join(cfg.WorkDir, "admin.sock")
-	agent, err := launch(cfg, "coldstart.log", cfg.WorkDir, cfg.HostAgent, "serve", "--config", confPath, "--admin", sock, "--init", cfg.Init)
+	// The agent's state (its cluster of one) lives in the work directory.
+	agent, err := launch(cfg, "coldstart.log", cfg.WorkDir, cfg.HostAgent, "serve", "--config", confPath, "--admin", sock, "--init", cfg.Init,
+		"--state-dir", filepath.Join(cfg.WorkDir, "state"))
 	if err != nil {
 		return nil, err
 	}
