@@ -16,7 +16,7 @@ NORACE    := ./host/cluster/... ./host/catalog/...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
-.PHONY: all build test bench fuzz fmt vet lint demo rootfs clean
+.PHONY: all build deps test bench fuzz fmt vet lint demo rootfs clean
 
 all: build
 
@@ -26,9 +26,14 @@ build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/init ./cmd/init
 	$(GO) build -trimpath -o $(BIN)/host-agent ./cmd/host-agent
 
+## deps: the Debian packages the tests need (installed when missing, as
+## root; .ci/deps)
+deps:
+	@.ci/deps
+
 ## test: vet, then every test with the race detector (the VM tests build
 ## the root image with make rootfs on first use, as root)
-test: vet
+test: deps vet
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v -e '/host/cluster' -e '/host/catalog')
 	$(GO) test -count=1 -timeout 10m $(NORACE)
 
