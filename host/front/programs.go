@@ -71,7 +71,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Internet,
+		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(),
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
 		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python

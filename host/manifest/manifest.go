@@ -111,13 +111,6 @@ const (
 	EncodingDirectory = "directory" // a synonym of plain, for a directory
 )
 
-// Environment is what the VM gets from the host.
-type Environment struct {
-	// Internet gives the VM a network interface with IPv4 and IPv6
-	// addresses (a veth pair in the sandbox, a tap device under QEMU).
-	Internet bool `json:"internet,omitempty"`
-}
-
 // Runtime names the root filesystem and kernel (used by the qemu backend)
 // and the Python interpreter inside the VM (asgi programs; init's default,
 // /usr/bin/python3, when empty).
@@ -243,6 +236,9 @@ func Parse(doc []byte) (*File, error) {
 			return nil, err
 		}
 	}
+	if err := uniqueHostPorts(f.Programs, ids); err != nil {
+		return nil, err
+	}
 	return &f, nil
 }
 
@@ -284,6 +280,9 @@ func ValidateProgram(id string, p *Program) error {
 		if v.Persistent && v.SizeMiB <= 0 {
 			return &FieldError{fmt.Sprintf("%s[%d].size_mib", field("volumes"), i), "a persistent volume needs a size"}
 		}
+	}
+	if err := p.Environment.validate(field("environment")); err != nil {
+		return err
 	}
 	if p.Limits != nil {
 		if err := checkConcurrency(field("limits.max_concurrent"), p.Limits.MaxConcurrent); err != nil {

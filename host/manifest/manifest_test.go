@@ -125,10 +125,11 @@ func TestOneProgram(t *testing.T) {
 }
 
 // A manifest written back as JSON (the cluster stores them so) reads back
-// the same, per-program limits and their durations included.
+// the same, per-program limits and their durations and ports included.
 func TestManifestSurvivesARoundTrip(t *testing.T) {
 	f, err := Parse([]byte(`{"programs": {"web": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "/srv/web"},
-		"limits": {"max_concurrent": 8, "queue_timeout": "750ms"}, "on": {"http": true}},
+		"limits": {"max_concurrent": 8, "queue_timeout": "750ms"}, "on": {"http": true},
+		"environment": {"internet": true, "allowed_ports": [22, {"port": 53, "protocol": "udp"}], "port_forwards": [{"host_port": 2222, "port": 22}]}},
 		"bare": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "/srv/bare"}, "limits": {"max_concurrent": 2}, "on": {"http": true}}}}`))
 	if err != nil {
 		t.Fatal(err)
