@@ -88,6 +88,8 @@ type Guest struct {
 type Network struct {
 	HostIPv4, GuestIPv4 string // with prefix length, e.g. 10.200.0.1/30
 	HostIPv6, GuestIPv6 string
+	// DNS are the resolvers the guest gets.
+	DNS []string
 }
 
 // VM is a running VM.

@@ -511,6 +511,7 @@ func guestConfig(p *Program, g backend.Guest, nw *backend.Network) *contract.Con
 		c.Network = &contract.Network{
 			IPv4: &contract.Address{Address: nw.GuestIPv4, Gateway: hostAddr(nw.HostIPv4)},
 			IPv6: &contract.Address{Address: nw.GuestIPv6, Gateway: hostAddr(nw.HostIPv6)},
+			DNS:  nw.DNS,
 		}
 	}
 	return c

@@ -58,7 +58,10 @@ type Options struct {
 	// Slots hands out the VMs' indexes, which name their transports and
 	// networks (hostnet.NewPool(0) when nil: a lone agent).
 	Slots *hostnet.Pool
-	Log   *slog.Logger
+	// Net links VMs that ask for a network (hostnet.New with the
+	// defaults when nil).
+	Net *hostnet.Host
+	Log *slog.Logger
 }
 
 // Backend boots VMs with QEMU.
@@ -78,6 +81,7 @@ func New(opt Options) (*Backend, error) {
 	if opt.Slots == nil {
 		opt.Slots = hostnet.NewPool(0)
 	}
+
 	path, err := exec.LookPath(opt.QEMU)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w (apt-get install qemu-system-x86)", err)
@@ -96,6 +100,9 @@ func New(opt Options) (*Backend, error) {
 	}
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
+	}
+	if opt.Net == nil {
+		opt.Net = hostnet.New(hostnet.Options{Log: opt.Log})
 	}
 	b := &Backend{opt: opt}
 	switch opt.Accel {
@@ -272,14 +279,19 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 
 	var extra []*os.File
 	if spec.Network {
-		nw, tap, name, err := hostnet.Tap(index)
+		link, tap, err := b.opt.Net.Tap(index)
 		if err != nil {
 			cleanup()
 			return nil, fmt.Errorf("qemu: %w", err)
 		}
-		cleanups = append(cleanups, func() { tap.Close(); hostnet.Remove(name) })
+		cleanups = append(cleanups, func() {
+			tap.Close()
+			if err := link.Remove(); err != nil {
+				v.log.Warn("qemu: removing the VM's network", "err", err)
+			}
+		})
 		extra = append(extra, tap)
-		v.network = nw
+		v.network = link.Network
 	}
 
 	args := b.args(spec, index, kernel, drives, tr, len(extra) > 0)

@@ -96,7 +96,10 @@ type Backend struct {
 	// Slots hands out the VMs' slots, which name their uid ranges and
 	// networks (NewPool(0) when nil: a lone agent).
 	Slots *hostnet.Pool
-	once  sync.Once
+	// Net links VMs that ask for a network (hostnet.New with the
+	// defaults when nil).
+	Net  *hostnet.Host
+	once sync.Once
 	// noUserNS is set once the kernel refused a user namespace: later
 	// VMs run without one (and a warning said so).
 	noUserNS atomic.Bool
@@ -338,12 +341,17 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}
 	defer unix.Close(netns)
 	if spec.Network {
-		nw, link, err := hostnet.Veth(uint64(slot), netlink.NsFd(netns))
+		link, err := b.Net.Veth(uint64(slot), netlink.NsFd(netns))
 		if err != nil {
 			return abort(err)
 		}
-		v.network = nw
-		go func() { <-v.done; hostnet.Remove(link) }()
+		v.network = link.Network
+		go func() {
+			<-v.done
+			if err := link.Remove(); err != nil {
+				b.Log.Warn("sandbox: removing a VM's network", "err", err)
+			}
+		}()
 	}
 	go watchOOM(v.done, group, spec, limits)
 	return v.connect(hostEnd)

@@ -102,6 +102,9 @@ func (b *Backend) slots() *hostnet.Pool {
 		if b.Slots == nil {
 			b.Slots = hostnet.NewPool(0)
 		}
+		if b.Net == nil {
+			b.Net = hostnet.New(hostnet.Options{Log: b.Log})
+		}
 	})
 	return b.Slots
 }
