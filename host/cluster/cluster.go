@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,6 +64,9 @@ type Options struct {
 	Capacity Capacity
 	// Lease is the lease period of persistent programs (DefaultLease).
 	Lease time.Duration
+	// IPv6Prefix is the node's routed prefix for its VMs (none when not
+	// valid); Open refuses one that overlaps another node's.
+	IPv6Prefix netip.Prefix
 	// Log receives the node's and dqlite's messages.
 	Log *slog.Logger
 }

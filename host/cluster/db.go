@@ -52,7 +52,7 @@ func (n *Node) migrate(ctx context.Context) error {
 				return fmt.Errorf("cluster: schema: %w", err)
 			}
 		}
-		return nil
+		return addColumns(tx)
 	})
 }
 

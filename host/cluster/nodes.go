@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/netip"
 
 	"github.com/canonical/go-dqlite/client"
 )
@@ -24,6 +25,59 @@ type NodeInfo struct {
 	// when it is no longer a member.
 	Role   string `json:"role"`
 	Leader bool   `json:"leader"`
+	// IPv6Prefix is the node's routed prefix for its VMs, if it has one.
+	IPv6Prefix string `json:"ipv6_prefix,omitempty"`
+}
+
+// addedColumns are the columns added to the tables after their first
+// version, with their definitions: a state directory of an earlier agent
+// gets them at migration.
+var addedColumns = []struct{ table, column, definition string }{
+	{"nodes", "ipv6_prefix", "TEXT NOT NULL DEFAULT ''"},
+}
+
+// addColumns adds the addedColumns a table lacks.
+func addColumns(tx *sql.Tx) error {
+	for _, c := range addedColumns {
+		var n int
+		if err := tx.QueryRow(`SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, c.table, c.column).Scan(&n); err != nil {
+			return fmt.Errorf("cluster: schema of %s: %w", c.table, err)
+		}
+		if n > 0 {
+			continue
+		}
+		if _, err := tx.Exec(fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", c.table, c.column, c.definition)); err != nil {
+			return fmt.Errorf("cluster: adding %s.%s: %w", c.table, c.column, err)
+		}
+	}
+	return nil
+}
+
+// ErrPrefixOverlap is a node's IPv6 prefix that overlaps another node's.
+var ErrPrefixOverlap = errors.New("IPv6 prefix overlaps another node's")
+
+// checkPrefix refuses this node's prefix when it overlaps the prefix of
+// another node of the cluster.
+func (n *Node) checkPrefix(tx *sql.Tx) error {
+	mine := n.opt.IPv6Prefix
+	if !mine.IsValid() {
+		return nil
+	}
+	rows, err := tx.Query(`SELECT name, ipv6_prefix FROM nodes WHERE name <> ? AND ipv6_prefix <> ''`, n.opt.Name)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, prefix string
+		if err := rows.Scan(&name, &prefix); err != nil {
+			return err
+		}
+		if p, err := netip.ParsePrefix(prefix); err == nil && p.Overlaps(mine) {
+			return fmt.Errorf("cluster: %w: %s of node %s contains or is part of %s", ErrPrefixOverlap, p, name, mine)
+		}
+	}
+	return rows.Err()
 }
 
 // register records this node, or checks that its name is its own.
@@ -53,9 +107,16 @@ func (n *Node) register(ctx context.Context) error {
 		if n.slot >= MaxSlots {
 			return fmt.Errorf("cluster: all %d node slots are taken", MaxSlots)
 		}
-		_, err = tx.Exec(`INSERT INTO nodes (name, address, slot, vcpus, memory_mib) VALUES (?, ?, ?, ?, ?)
-			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib`,
-			n.opt.Name, n.opt.Address, n.slot, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB)
+		if err := n.checkPrefix(tx); err != nil {
+			return err
+		}
+		prefix := ""
+		if n.opt.IPv6Prefix.IsValid() {
+			prefix = n.opt.IPv6Prefix.String()
+		}
+		_, err = tx.Exec(`INSERT INTO nodes (name, address, slot, vcpus, memory_mib, ipv6_prefix) VALUES (?, ?, ?, ?, ?, ?)
+			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, ipv6_prefix = excluded.ipv6_prefix`,
+			n.opt.Name, n.opt.Address, n.slot, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB, prefix)
 		return err
 	})
 }
@@ -96,14 +157,14 @@ func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	var nodes []NodeInfo
 	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
 		nodes = nil
-		rows, err := db.QueryContext(ctx, `SELECT name, address, vcpus, memory_mib, beat FROM nodes ORDER BY name`)
+		rows, err := db.QueryContext(ctx, `SELECT name, address, vcpus, memory_mib, beat, ipv6_prefix FROM nodes ORDER BY name`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
 			var ni NodeInfo
-			if err := rows.Scan(&ni.Name, &ni.Address, &ni.Capacity.VCPUs, &ni.Capacity.MemoryMiB, &ni.Beat); err != nil {
+			if err := rows.Scan(&ni.Name, &ni.Address, &ni.Capacity.VCPUs, &ni.Capacity.MemoryMiB, &ni.Beat, &ni.IPv6Prefix); err != nil {
 				return err
 			}
 			nodes = append(nodes, ni)
