@@ -3,6 +3,7 @@ package daemon
 import (
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"time"
@@ -32,6 +33,13 @@ type BackendOptions struct {
 	// NodeSlot is the agent's slot in its cluster (0 for a lone agent):
 	// its VMs' network names, address ranges and uid ranges come from it.
 	NodeSlot int
+	// IPv6Prefix is the node's routed prefix (--ipv6-prefix; none when
+	// not valid), Uplink its interface to the outside (--uplink; empty:
+	// the default route's), DNS the VMs' resolvers (--dns; nil: the
+	// host's).
+	IPv6Prefix netip.Prefix
+	Uplink     string
+	DNS        []netip.Addr
 
 	// SandboxRoot is the directory sandboxed guests see as their root,
 	// read-only; SandboxUIDBase the first host uid of their user
@@ -42,12 +50,17 @@ type BackendOptions struct {
 	SandboxPids    int64
 }
 
-// newBackend returns the backend o chooses.
-func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
+// netOptions are the options of the node's VM networking.
+func (o BackendOptions) netOptions(log *slog.Logger) hostnet.Options {
+	return hostnet.Options{IPv6Prefix: o.IPv6Prefix, Uplink: o.Uplink, DNS: o.DNS, NodeSlot: o.NodeSlot, Log: log}
+}
+
+// newBackend returns the backend o chooses, linking VMs through net.
+func newBackend(o BackendOptions, net *hostnet.Host, log *slog.Logger) (backend.Backend, error) {
 	switch o.Name {
 	case "sandbox":
 		b := sandbox.New(log)
-		b.Slots = hostnet.NewPool(o.NodeSlot)
+		b.Slots, b.Net = hostnet.NewPool(o.NodeSlot), net
 		if o.SandboxRoot != "" {
 			b.RootDir = o.SandboxRoot
 		}
@@ -78,7 +91,7 @@ func newBackend(o BackendOptions, log *slog.Logger) (backend.Backend, error) {
 			return filepath.Join(o.Images, def)
 		}
 		return qemu.New(qemu.Options{Kernel: or(o.Kernel, "vmlinuz"), Initrd: or(o.Initrd, "initrd.img"), Rootfs: or(o.Rootfs, "rootfs.squashfs"),
-			Accel: o.Accel, Transport: o.Transport, StateDir: filepath.Join(o.StateDir, "qemu"), Slots: hostnet.NewPool(o.NodeSlot), Log: log})
+			Accel: o.Accel, Transport: o.Transport, StateDir: filepath.Join(o.StateDir, "qemu"), Slots: hostnet.NewPool(o.NodeSlot), Net: net, Log: log})
 	}
 	return nil, fmt.Errorf("unknown backend %q (sandbox or qemu)", o.Name)
 }

@@ -81,7 +81,7 @@ func openCluster(ctx context.Context, o ClusterOptions, a *agent) (*cluster.Node
 	ctx, cancel := context.WithTimeout(ctx, openTimeout)
 	defer cancel()
 	node, err := cluster.Open(ctx, cluster.Options{Dir: dir, Name: o.NodeName, Address: o.Listen, Join: o.Join,
-		Capacity: o.Capacity, Lease: o.Lease, Log: a.log})
+		Capacity: o.Capacity, Lease: o.Lease, IPv6Prefix: a.cfg.BackendOptions.IPv6Prefix, Log: a.log})
 	if err != nil {
 		return nil, err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
 	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
@@ -143,10 +144,21 @@ func Serve(ctx context.Context, cfg *Config) error {
 		cfg.BackendOptions.NodeSlot = node.Slot()
 	}
 	if a.backend == nil {
+		net := hostnet.New(cfg.BackendOptions.netOptions(a.log))
 		var err error
-		if a.backend, err = newBackend(cfg.BackendOptions, a.log); err != nil {
+		if a.backend, err = newBackend(cfg.BackendOptions, net, a.log); err != nil {
 			return &ConfigError{err}
 		}
+		if usesNetwork(cfg) && os.Geteuid() == 0 {
+			if err := net.Open(); err != nil {
+				return err
+			}
+		}
+		defer func() {
+			if err := net.Close(); err != nil {
+				a.log.Warn("network: closing", "err", err)
+			}
+		}()
 	}
 	a.conn = cfg.Limits.Conn
 	a.conn.Log = a.log
@@ -207,6 +219,23 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, a.log)
 	return nil
+}
+
+// usesNetwork reports whether the agent prepares the node's network at
+// its start (otherwise the first VM with an interface does): when a
+// network flag is given or a program of its configuration asks for an
+// interface.
+func usesNetwork(cfg *Config) bool {
+	o := cfg.BackendOptions
+	if o.IPv6Prefix.IsValid() || o.Uplink != "" || o.DNS != nil {
+		return true
+	}
+	for _, p := range cfg.File.Programs {
+		if p.Environment.Interface() {
+			return true
+		}
+	}
+	return false
 }
 
 // newLogger logs text to w (the agent's stderr, which never blocks it),

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/admin"
+	"github.com/ferry-vm/ferry/host/backend/hostnet"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
@@ -39,6 +40,8 @@ type Flags struct {
 	backend BackendOptions
 	uidBase uint
 	limits  limitFlags
+	// the VMs' network
+	ipv6Prefix, dns string
 
 	// run: the one program
 	iface, python          string
@@ -112,7 +115,29 @@ func (f *Flags) common() {
 	fs.UintVar(&f.uidBase, "sandbox-uid-base", sandbox.DefaultUIDBase, "sandbox: first host uid of the guests' user namespaces (65536 ids per VM)")
 	fs.Int64Var(&b.SandboxPids, "sandbox-pids", sandbox.DefaultPids, "sandbox: most processes and threads per VM")
 
+	fs.StringVar(&f.ipv6Prefix, "ipv6-prefix", "", "network: the node's routed IPv6 prefix (a /115 or larger, e.g. a /64): each VM gets a /124 of it, answered for on the uplink (NDP proxy); default: private fd00:f3:7:N::/64 addresses")
+	fs.StringVar(&b.Uplink, "uplink", "", "network: the interface toward the outside, for NAT, port forwards and the NDP proxy (default: the default route's)")
+	fs.StringVar(&f.dns, "dns", "", "network: the VMs' DNS resolvers, comma-separated (default: the host's non-loopback ones from /etc/resolv.conf, else /run/systemd/resolve/resolv.conf)")
 	f.limits.register(fs)
+}
+
+// networkFlags reads the network flags into b.
+func (f *Flags) networkFlags(b *BackendOptions) error {
+	if f.ipv6Prefix != "" {
+		p, err := hostnet.ParsePrefix(f.ipv6Prefix)
+		if err != nil {
+			return fmt.Errorf("--ipv6-prefix: %w", err)
+		}
+		b.IPv6Prefix = p
+	}
+	if f.dns != "" {
+		dns, err := hostnet.ParseDNS(f.dns)
+		if err != nil {
+			return fmt.Errorf("--dns: %w", err)
+		}
+		b.DNS = dns
+	}
+	return nil
 }
 
 // Config returns the agent's Config from the parsed flags and the
@@ -157,7 +182,10 @@ func (f *Flags) runConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
-	cfg := f.shared(file, lim)
+	cfg, err := f.shared(file, lim)
+	if err != nil {
+		return nil, err
+	}
 	cfg.Listen, cfg.EchoOutput = f.listen, true
 	return cfg, nil
 }
@@ -176,7 +204,10 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, &ConfigError{err}
 	}
-	cfg := f.shared(file, lim)
+	cfg, err := f.shared(file, lim)
+	if err != nil {
+		return nil, err
+	}
 	cfg.Listen = f.listen
 	if cfg.Listen == "" {
 		cfg.Listen = file.Listen
@@ -203,15 +234,18 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 }
 
 // shared is the part of the Config run and serve share.
-func (f *Flags) shared(file *manifest.File, lim Limits) *Config {
+func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 	b := f.backend
 	b.SandboxUIDBase = uint32(f.uidBase)
+	if err := f.networkFlags(&b); err != nil {
+		return nil, &ConfigError{err}
+	}
 	initBin := f.initBin
 	if initBin == "" {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug}
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

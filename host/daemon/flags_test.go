@@ -1,8 +1,10 @@
 package daemon
 
 import (
+	"errors"
 	"flag"
 	"io"
+	"strings"
 	"testing"
 	"time"
 
@@ -39,6 +41,35 @@ func TestLimitFlagsResolve(t *testing.T) {
 	for _, args := range [][]string{{"--max-concurrent", "0"}, {"--max-concurrent", "2000"}, {"--queue-timeout", "0s"}, {"--send-timeout", "-1s"}} {
 		if _, err := parse(manifest.Limits{}, args...); err == nil {
 			t.Errorf("%v accepted", args)
+		}
+	}
+}
+
+// The network flags reach the backend's options; a bad prefix or resolver
+// is a configuration error naming its flag.
+func TestNetworkFlags(t *testing.T) {
+	code := t.TempDir()
+	cfg, err := flagConfig(t, RunFlags, "--ipv6-prefix", "2001:db8:7::/64", "--uplink", "eth1", "--dns", "192.0.2.53,2001:db8::53", code, "main:app")
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.BackendOptions
+	if o.IPv6Prefix.String() != "2001:db8:7::/64" || o.Uplink != "eth1" || len(o.DNS) != 2 || !usesNetwork(cfg) {
+		t.Fatalf("options %+v", o)
+	}
+	if cfg, _ := flagConfig(t, RunFlags, code, "main:app"); usesNetwork(cfg) {
+		t.Error("no network flag, no network program: the network is prepared at start")
+	}
+	for flagValue, want := range map[[2]string]string{
+		{"--ipv6-prefix", "2001:db8:7::1/64"}: "--ipv6-prefix: 2001:db8:7::1/64 has bits set",
+		{"--ipv6-prefix", "2001:db8:7::/120"}: "--ipv6-prefix: 2001:db8:7::/120 is too small",
+		{"--ipv6-prefix", "10.0.0.0/8"}:       "--ipv6-prefix: 10.0.0.0/8 is not an IPv6 prefix",
+		{"--dns", "192.0.2.53,dns.example"}:   `--dns: "dns.example" is not an IP address`,
+	} {
+		_, err := flagConfig(t, RunFlags, flagValue[0], flagValue[1], code, "main:app")
+		var cerr *ConfigError
+		if !errors.As(err, &cerr) || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("%v: %v, want %q", flagValue, err, want)
 		}
 	}
 }
