@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -212,7 +213,7 @@ func newWorld(t *testing.T) *world {
 }
 
 // serve listens on [::]:port inside n and answers each connection with
-// the address it sees the client at.
+// the address it sees the client at and its port: "client@port".
 func serve(t *testing.T, n *testNS, port int) {
 	t.Helper()
 	var ln net.Listener
@@ -229,7 +230,7 @@ func serve(t *testing.T, n *testNS, port int) {
 				return
 			}
 			addr := netip.MustParseAddrPort(c.RemoteAddr().String()).Addr().Unmap()
-			c.Write([]byte(addr.String() + "\n"))
+			fmt.Fprintf(c, "%s@%d\n", addr, port)
 			c.Close()
 		}
 	}()
@@ -256,8 +257,16 @@ func (n *testNS) dial(addr string) (string, error) {
 }
 
 // reaches asserts that a connection from n to addr completes and that
-// the server sees the client at want.
-func reaches(t *testing.T, n *testNS, addr, want string) {
+// the server (listening on addr's port) sees the client at client.
+func reaches(t *testing.T, n *testNS, addr, client string) {
+	t.Helper()
+	_, port, _ := net.SplitHostPort(addr)
+	answers(t, n, addr, client+"@"+port)
+}
+
+// answers asserts that a connection from n to addr completes and that
+// the server answers want ("client@port").
+func answers(t *testing.T, n *testNS, addr, want string) {
 	t.Helper()
 	seen, err := n.dial(addr)
 	if err != nil {
@@ -265,18 +274,36 @@ func reaches(t *testing.T, n *testNS, addr, want string) {
 		return
 	}
 	if seen != want {
-		t.Errorf("connect to %s: the server sees %s; want %s", addr, seen, want)
+		t.Errorf("connect to %s: the server answers %s; want %s", addr, seen, want)
 	}
 }
 
-// dropped asserts that a connection from n to addr times out: its packets
-// are dropped (a refusal would mean they got through).
-func dropped(t *testing.T, n *testNS, addr string) {
+// dropped asserts that connections from n to each of addrs time out:
+// their packets are dropped (a refusal would mean they got through). The
+// attempts run together, so the test waits dropWait once.
+func dropped(t *testing.T, n *testNS, addrs ...string) {
 	t.Helper()
-	seen, err := n.dial(addr)
-	var ne net.Error
-	if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
-		t.Errorf("connect to %s: seen %q, err %v; want it dropped (a timeout)", addr, seen, err)
+	errs := make([]error, len(addrs))
+	seen := make([]string, len(addrs))
+	var wg sync.WaitGroup
+	for i, addr := range addrs {
+		wg.Go(func() { seen[i], errs[i] = n.dial(addr) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Errorf("connect to %s: seen %q, err %v; want it dropped (a timeout)", addrs[i], seen[i], err)
+		}
+	}
+}
+
+// refused asserts that a connection from n to addr is refused: it got
+// through, and nothing listens where it arrived.
+func refused(t *testing.T, n *testNS, addr string) {
+	t.Helper()
+	if seen, err := n.dial(addr); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("connect to %s: seen %q, err %v; want connection refused", addr, seen, err)
 	}
 }
 
@@ -299,8 +326,7 @@ func TestEgress(t *testing.T) {
 	out4, out6 := net.JoinHostPort(outside4, "7000"), net.JoinHostPort(outside6, "7000")
 
 	// A Ferry link nobody registered forwards nothing.
-	dropped(t, w.vm, out4)
-	dropped(t, w.vm, out6)
+	dropped(t, w.vm, out4, out6)
 
 	vm := VM{Link: "fy1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true}
 	if err := f.AddVM(vm); err != nil {
@@ -314,8 +340,7 @@ func TestEgress(t *testing.T) {
 	if err := f.AddVM(vm); err != nil {
 		t.Fatal(err)
 	}
-	dropped(t, w.vm, out4)
-	dropped(t, w.vm, out6)
+	dropped(t, w.vm, out4, out6)
 }
 
 func TestInbound(t *testing.T) {
@@ -331,24 +356,41 @@ func TestInbound(t *testing.T) {
 	}
 	reaches(t, w.outside, net.JoinHostPort(vm6, "8080"), outside6)
 	reaches(t, w.outside, net.JoinHostPort(vm4, "8080"), outside4)
-	dropped(t, w.outside, net.JoinHostPort(vm6, "8081")) // only udp/8081 is allowed
-	dropped(t, w.outside, net.JoinHostPort(vm4, "8081"))
 	// The forward reaches the VM's 8081, and the VM sees the real client.
-	reaches(t, w.outside, net.JoinHostPort(uplink4, "9000"), outside4)
+	answers(t, w.outside, net.JoinHostPort(uplink4, "9000"), outside4+"@8081")
+	dropped(t, w.outside,
+		net.JoinHostPort(vm6, "8081"), net.JoinHostPort(vm4, "8081")) // only udp/8081 is allowed
 	// Without Internet the VM cannot reach out (it still answers).
-	dropped(t, w.vm, net.JoinHostPort(outside4, "7000"))
-	dropped(t, w.vm, net.JoinHostPort(outside6, "7000"))
+	dropped(t, w.vm, net.JoinHostPort(outside4, "7000"), net.JoinHostPort(outside6, "7000"))
+
+	// Another VM claiming this one's address or host port is refused,
+	// and this one keeps its rules.
+	for _, other := range []VM{
+		{Link: "fy2", IPv6: vm.IPv6},
+		{Link: "fy2", IPv4: netip.MustParseAddr("10.200.0.6"), Forwards: []Forward{{"tcp", 9000, 80}}},
+	} {
+		if err := f.AddVM(other); err == nil {
+			t.Errorf("AddVM(%+v) over fy1's address or port: no error", other)
+		}
+	}
+	reaches(t, w.outside, net.JoinHostPort(vm6, "8080"), outside6)
+
+	// Replacing the entry moves the forward to another VM port (the same
+	// key with another value, in one batch) and keeps the rest.
+	vm.Forwards = []Forward{{Proto: "tcp", HostPort: 9000, VMPort: 8080}}
+	if err := f.AddVM(vm); err != nil {
+		t.Fatal(err)
+	}
+	answers(t, w.outside, net.JoinHostPort(uplink4, "9000"), outside4+"@8080")
+	reaches(t, w.outside, net.JoinHostPort(vm4, "8080"), outside4)
 
 	if err := f.RemoveVM("fy1"); err != nil {
 		t.Fatal(err)
 	}
-	dropped(t, w.outside, net.JoinHostPort(vm6, "8080"))
-	dropped(t, w.outside, net.JoinHostPort(vm4, "8080"))
-	// No forward any more: the host itself answers 9000, and nothing
-	// listens there.
-	if seen, err := w.outside.dial(net.JoinHostPort(uplink4, "9000")); err == nil || !errors.Is(err, syscall.ECONNREFUSED) {
-		t.Errorf("host port 9000 after RemoveVM: seen %q, err %v; want connection refused", seen, err)
-	}
+	dropped(t, w.outside, net.JoinHostPort(vm6, "8080"), net.JoinHostPort(vm4, "8080"))
+	// No forward any more: the host itself gets port 9000, where nothing
+	// listens.
+	refused(t, w.outside, net.JoinHostPort(uplink4, "9000"))
 	if err := f.RemoveVM("fy1"); err != nil {
 		t.Errorf("RemoveVM of an unknown link: %v", err)
 	}
