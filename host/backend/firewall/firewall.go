@@ -149,7 +149,8 @@ type Firewall struct {
 
 // Open creates Ferry's table in the namespace, replacing a leftover one (a
 // crashed agent's) in the same atomic batch, so that no VM of a previous
-// run keeps any rule.
+// run keeps any rule. Two Opens must not run at the same time in one
+// process: the nftables library numbers new sets in a package variable.
 func Open(opt Options) (*Firewall, error) {
 	if err := checkIfname(opt.Uplink); err != nil {
 		return nil, fmt.Errorf("firewall: uplink: %w", err)
