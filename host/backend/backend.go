@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
@@ -30,6 +31,9 @@ type Spec struct {
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
+	// Firewall is what the interface admits: Internet, AllowedPorts and
+	// Forwards (the link and addresses are the backend's to fill in).
+	Firewall firewall.VM
 	// Volumes are the manifest's volumes (attached by backends that
 	// support them; others refuse to start the program).
 	Volumes []Volume

@@ -8,6 +8,7 @@ import (
 	"sync"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/internal/logring"
@@ -71,7 +72,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(),
+		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
 		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
@@ -159,4 +160,16 @@ func (ps *Programs) Logs(id string) ([]logring.Entry, error) {
 		return nil, ErrNotFound
 	}
 	return ring.Since(0), nil
+}
+
+// firewallOf is what a program's environment admits.
+func firewallOf(env manifest.Environment) firewall.VM {
+	vm := firewall.VM{Internet: env.Internet}
+	for _, p := range env.AllowedPorts {
+		vm.AllowedPorts = append(vm.AllowedPorts, firewall.Port{Proto: p.Proto(), Port: uint16(p.Port)})
+	}
+	for _, f := range env.PortForwards {
+		vm.Forwards = append(vm.Forwards, firewall.Forward{Proto: f.Proto(), HostPort: uint16(f.HostPort), VMPort: uint16(f.Port)})
+	}
+	return vm
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -39,8 +40,10 @@ type Program struct {
 	Workers  int
 	Python   string
 	Env      map[string]string
-	// Network gives the VM an interface with IPv4 and IPv6 addresses.
-	Network bool
+	// Network gives the VM an interface with IPv4 and IPv6 addresses;
+	// Firewall says what it admits (Internet, AllowedPorts, Forwards).
+	Network  bool
+	Firewall firewall.VM
 	// AuthorizedKeys are written for root's SSH logins in the VM.
 	AuthorizedKeys []string
 	// Volumes are the manifest's volumes; backends that cannot provide
@@ -431,7 +434,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
 	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
-		Network: p.Network, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
 	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)

@@ -7,17 +7,7 @@ import (
 	"testing"
 
 	"github.com/google/nftables"
-
-	"github.com/ferry-vm/ferry/host/backend/hostnet"
 )
-
-func TestLinkPrefixIsHostnets(t *testing.T) {
-	for _, n := range []uint64{0, 1, 16382, 1 << 20} {
-		if name := hostnet.LinkName(n); !strings.HasPrefix(name, LinkPrefix) {
-			t.Errorf("hostnet.LinkName(%d) = %q: the rules judge links starting with %q", n, name, LinkPrefix)
-		}
-	}
-}
 
 func TestValidate(t *testing.T) {
 	v4, v6 := netip.MustParseAddr("10.200.0.2"), netip.MustParseAddr("fd00:f3:7:1::2")

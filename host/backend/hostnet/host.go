@@ -12,6 +12,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
@@ -42,6 +43,7 @@ type Host struct {
 	opened bool
 	uplink netlink.Link // nil when the node has none
 	dns    []string
+	fw     *firewall.Firewall // nil without an uplink
 }
 
 // New returns a node's networking; nothing changes on the host before
@@ -94,6 +96,12 @@ func (h *Host) open() error {
 	if n > 0 {
 		log.Info("network: removed what an earlier agent's VMs left", "links_routes_proxies", n)
 	}
+	if uplink != nil {
+		// Its Open replaces a dead agent's table.
+		if h.fw, err = firewall.Open(firewall.Options{Uplink: name, Log: log}); err != nil {
+			return fmt.Errorf("network: %w", err)
+		}
+	}
 	dns := h.opt.DNS
 	if dns == nil {
 		if dns, err = HostResolvers(); err != nil {
@@ -109,12 +117,18 @@ func (h *Host) open() error {
 	return nil
 }
 
-// Close undoes what Open made that is the agent's alone.
+// Close deletes the node's firewall table (the sysctls stay as Open set
+// them). The node's VMs should have ended before.
 func (h *Host) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.opened = false
-	return nil
+	if h.fw == nil {
+		return nil
+	}
+	err := h.fw.Close()
+	h.fw = nil
+	return err
 }
 
 // Addressing returns the host and guest addresses of VM index n.
@@ -136,21 +150,23 @@ type Link struct {
 	// Network is the VM's addressing and resolvers.
 	Network *backend.Network
 
-	h       *Host
-	proxied netip.Addr // the VM's address the uplink answers for
-	once    sync.Once
+	h        *Host
+	proxied  netip.Addr // the VM's address the uplink answers for
+	filtered bool       // registered with the firewall
+	once     sync.Once
 }
 
 // Veth links VM index n with a veth pair: the host end (fyN) gets the
 // host addresses; the other end is eth0 in the VM's network namespace
 // (netlink.NsFd or netlink.NsPid), where init configures the guest
-// addresses.
-func (h *Host) Veth(n uint64, vmNetns any) (*Link, error) {
+// addresses. The firewall admits what fw says (its Internet,
+// AllowedPorts and Forwards; the link and addresses are filled in).
+func (h *Host) Veth(n uint64, vmNetns any, fw firewall.VM) (*Link, error) {
 	name := LinkName(n)
 	// The VM end is created directly inside the VM's namespace, named as
 	// init expects when its configuration names no interface (eth0).
 	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: name}, PeerName: contract.DefaultInterface, PeerNamespace: vmNetns}
-	return h.link(n, func() error {
+	return h.link(n, fw, func() error {
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("veth %s: %w", name, err)
 		}
@@ -160,8 +176,9 @@ func (h *Host) Veth(n uint64, vmNetns any) (*Link, error) {
 
 // Tap links VM index n with tap device fyN and returns the open tap (for
 // QEMU's -netdev tap,fd=). The device goes away when the file is closed
-// by everyone holding it, or with the Link's Remove.
-func (h *Host) Tap(n uint64) (*Link, *os.File, error) {
+// by everyone holding it, or with the Link's Remove. The firewall admits
+// what fw says, as for Veth.
+func (h *Host) Tap(n uint64, fw firewall.VM) (*Link, *os.File, error) {
 	name := LinkName(n)
 	tap := &netlink.Tuntap{
 		LinkAttrs:  netlink.LinkAttrs{Name: name},
@@ -170,7 +187,7 @@ func (h *Host) Tap(n uint64) (*Link, *os.File, error) {
 		Queues:     1,
 		NonPersist: true,
 	}
-	l, err := h.link(n, func() error {
+	l, err := h.link(n, fw, func() error {
 		if err := netlink.LinkAdd(tap); err != nil {
 			return fmt.Errorf("tap %s: %w", name, err)
 		}
@@ -189,9 +206,9 @@ func (h *Host) Tap(n uint64) (*Link, *os.File, error) {
 }
 
 // link makes VM index n's link with add, gives its host end the host
-// addresses and the uplink the NDP proxy entry; on an error nothing of
-// it is left.
-func (h *Host) link(n uint64, add func() error) (*Link, error) {
+// addresses, the uplink the NDP proxy entry and the firewall the VM's
+// entry; on an error nothing of it is left.
+func (h *Host) link(n uint64, fw firewall.VM, add func() error) (*Link, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if err := h.open(); err != nil {
@@ -223,11 +240,20 @@ func (h *Host) link(n uint64, add func() error) (*Link, error) {
 		}
 		l.proxied = guest
 	}
+	if h.fw != nil {
+		fw.Link = l.Name
+		fw.IPv4 = netip.MustParsePrefix(l.Network.GuestIPv4).Addr()
+		fw.IPv6 = netip.MustParsePrefix(l.Network.GuestIPv6).Addr()
+		if err := h.fw.AddVM(fw); err != nil {
+			return fail(err)
+		}
+		l.filtered = true
+	}
 	return l, nil
 }
 
-// Remove takes away what the node made for the link: the NDP proxy
-// entry and the link itself (a veth pair goes with its host end; the
+// Remove takes away what the node made for the link: the firewall's
+// entry, the NDP proxy entry and the link itself (a veth pair goes with its host end; the
 // sub-prefix's route with the address). It may be called more than once.
 func (l *Link) Remove() error {
 	var err error
@@ -241,6 +267,9 @@ func (l *Link) Remove() error {
 
 func (l *Link) remove() error {
 	var errs []error
+	if l.filtered && l.h.fw != nil {
+		errs = append(errs, l.h.fw.RemoveVM(l.Name))
+	}
 	if l.proxied.IsValid() && l.h.uplink != nil {
 		errs = append(errs, proxyNeighbour(l.h.uplink, l.proxied, true))
 	}

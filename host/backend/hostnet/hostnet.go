@@ -18,6 +18,7 @@ import (
 	"sync"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 )
 
 // maxVMIndex bounds VM indexes: n cycles through 1..16383.
@@ -37,8 +38,9 @@ func privateAddressing(n uint64) *backend.Network {
 	}
 }
 
-// LinkName is the host end's interface name for VM index n.
-func LinkName(n uint64) string { return fmt.Sprintf("fy%d", n%maxVMIndex+1) }
+// LinkName is the host end's interface name for VM index n: the
+// firewall judges the links whose names start with firewall.LinkPrefix.
+func LinkName(n uint64) string { return fmt.Sprintf("%s%d", firewall.LinkPrefix, n%maxVMIndex+1) }
 
 // SlotsPerNode is how many VMs one agent runs at once at most: agent
 // (cluster node) slot s owns VM indexes s×SlotsPerNode up to

@@ -10,8 +10,11 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+
+	"github.com/ferry-vm/ferry/host/backend/firewall"
 )
 
 func TestParsePrefix(t *testing.T) {
@@ -127,9 +130,10 @@ func inNetns(t *testing.T, f func()) {
 	f()
 }
 
-// A node with a routed prefix: Open sets the sysctls and removes what a
-// dead agent left; a tap gets its /124, the uplink answers for the VM's
-// address, and Remove takes both away.
+// A node with a routed prefix: Open sets the sysctls, removes what a dead
+// agent left and opens the firewall; a tap gets its /124, the uplink
+// answers for the VM's address, and Remove takes both away; Close
+// deletes the firewall's table.
 func TestHostLinksInANamespace(t *testing.T) {
 	inNetns(t, func() {
 		uplink := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}
@@ -165,7 +169,7 @@ func TestHostLinksInANamespace(t *testing.T) {
 			t.Error("a stale link of the node's is left")
 		}
 
-		link, tap, err := h.Tap(1)
+		link, tap, err := h.Tap(1, firewall.VM{Internet: true, AllowedPorts: []firewall.Port{{Proto: "tcp", Port: 80}}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -189,6 +193,12 @@ func TestHostLinksInANamespace(t *testing.T) {
 		if _, err := netlink.LinkByName(link.Name); err == nil {
 			t.Error("the tap is left")
 		}
+		if !hasFerryTable(t) {
+			t.Error("no firewall table while the node is open")
+		}
+		if err := h.Close(); err != nil || hasFerryTable(t) {
+			t.Errorf("Close: %v; the table left: %v", err, hasFerryTable(t))
+		}
 	})
 }
 
@@ -203,7 +213,7 @@ func TestHostWithoutUplink(t *testing.T) {
 			t.Fatalf("missing uplink: %v", err)
 		}
 		h := New(Options{DNS: []netip.Addr{}})
-		link, tap, err := h.Tap(0)
+		link, tap, err := h.Tap(0, firewall.VM{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,6 +237,26 @@ func proxies(t *testing.T, uplink netlink.Link) []string {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// hasFerryTable reports whether the firewall's table exists in the
+// caller's namespace.
+func hasFerryTable(t *testing.T) bool {
+	t.Helper()
+	conn, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	tables, err := conn.ListTablesOfFamily(nftables.TableFamilyINet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tb := range tables {
+		if tb.Name == firewall.TableName {
+			return true
+		}
+	}
+	return false
 }
 
 func linkIndex(t *testing.T, name string) int {

@@ -279,7 +279,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 
 	var extra []*os.File
 	if spec.Network {
-		link, tap, err := b.opt.Net.Tap(index)
+		link, tap, err := b.opt.Net.Tap(index, spec.Firewall)
 		if err != nil {
 			cleanup()
 			return nil, fmt.Errorf("qemu: %w", err)

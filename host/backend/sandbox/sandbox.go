@@ -341,7 +341,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}
 	defer unix.Close(netns)
 	if spec.Network {
-		link, err := b.Net.Veth(uint64(slot), netlink.NsFd(netns))
+		link, err := b.Net.Veth(uint64(slot), netlink.NsFd(netns), spec.Firewall)
 		if err != nil {
 			return abort(err)
 		}
