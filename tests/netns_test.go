@@ -1,8 +1,10 @@
 package tests
 
 import (
+	"net"
 	"os"
 	"os/exec"
+	"runtime"
 	"strconv"
 	"syscall"
 	"testing"
@@ -18,6 +20,7 @@ import (
 // address stays inside it and never touches the machine's own network.
 type testNetns struct {
 	path string // /proc/PID/ns/net of the holder
+	pid  int    // the holder
 }
 
 // newTestNetns makes a network namespace with its loopback up; it ends
@@ -33,7 +36,7 @@ func newTestNetns(t *testing.T) *testNetns {
 		t.Fatalf("unshare --net: %v", err)
 	}
 	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
-	n := &testNetns{path: "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net"}
+	n := &testNetns{path: "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net", pid: holder.Process.Pid}
 	ours, _ := os.Readlink("/proc/self/ns/net")
 	waitFor(t, 10*time.Second, func() bool {
 		theirs, err := os.Readlink(n.path)
@@ -75,4 +78,102 @@ func (n *testNetns) netlink(t *testing.T) *netlink.Handle {
 	}
 	t.Cleanup(nl.Close)
 	return nl
+}
+
+// run runs a command inside the namespace and fails the test if it fails.
+func (n *testNetns) run(t *testing.T, name string, args ...string) {
+	t.Helper()
+	if out, err := n.command(name, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%s %v in the test's namespace: %v\n%s", name, args, err, out)
+	}
+}
+
+// do runs f on a thread inside the namespace: sockets f opens (listeners,
+// dials) stay there for their whole life.
+func (n *testNetns) do(t *testing.T, f func()) {
+	t.Helper()
+	ns, err := netns.GetFromPath(n.path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Close()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(ns); err != nil {
+			t.Errorf("entering the test's namespace: %v", err)
+			return
+		}
+		f()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread() // else the thread ends with the goroutine
+		}
+	}()
+	<-done
+}
+
+// listen opens a listener inside the namespace, closed with the test.
+func (n *testNetns) listen(t *testing.T, network, addr string) net.Listener {
+	t.Helper()
+	var l net.Listener
+	var err error
+	n.do(t, func() { l, err = net.Listen(network, addr) })
+	if err != nil {
+		t.Fatalf("listening on %s %s in the test's namespace: %v", network, addr, err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// dial connects from inside the namespace.
+func (n *testNetns) dial(t *testing.T, network, addr string, timeout time.Duration) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	var err error
+	n.do(t, func() { c, err = net.DialTimeout(network, addr, timeout) })
+	return c, err
+}
+
+// upstream is the outside of an agent's namespace in tests: a namespace
+// linked to it by a veth pair (wan0 on the agent's side, the agent's
+// uplink; up0 on this side), which is the agent's default router for
+// IPv4 and IPv6.
+type upstream struct {
+	*testNetns
+	// Router4 and Router6 are up0's addresses; Uplink4 and Uplink6 the
+	// agent's wan0's.
+	Router4, Router6, Uplink4, Uplink6 string
+}
+
+// newUpstream links a new namespace to agent's as its upstream router.
+// With onLinkPrefix, it also reaches that prefix (the agent's
+// --ipv6-prefix) as on-link on up0, so that it sends neighbour
+// solicitations for the VMs' addresses, which the agent must answer (NDP
+// proxy).
+func newUpstream(t *testing.T, agent *testNetns, onLinkPrefix string) *upstream {
+	t.Helper()
+	requireTool(t, "ip")
+	up := &upstream{testNetns: newTestNetns(t), Router4: "192.0.2.1", Router6: "2001:db8:ff::1", Uplink4: "192.0.2.2", Uplink6: "2001:db8:ff::2"}
+	agent.run(t, "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "up0", "netns", strconv.Itoa(up.pid))
+	for _, side := range []struct {
+		ns           *testNetns
+		link, a4, a6 string
+	}{{agent, "wan0", up.Uplink4, up.Uplink6}, {up.testNetns, "up0", up.Router4, up.Router6}} {
+		side.ns.run(t, "ip", "addr", "add", side.a4+"/24", "dev", side.link)
+		side.ns.run(t, "ip", "addr", "add", side.a6+"/64", "dev", side.link, "nodad")
+		side.ns.run(t, "ip", "link", "set", side.link, "up")
+	}
+	agent.run(t, "ip", "route", "add", "default", "via", up.Router4)
+	agent.run(t, "ip", "-6", "route", "add", "default", "via", up.Router6, "dev", "wan0")
+	if onLinkPrefix != "" {
+		up.run(t, "ip", "-6", "route", "add", onLinkPrefix, "dev", "up0")
+	}
+	return up
 }

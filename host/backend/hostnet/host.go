@@ -215,7 +215,11 @@ func (h *Host) link(n uint64, fw firewall.VM, add func() error) (*Link, error) {
 		return nil, err
 	}
 	l := &Link{Name: LinkName(n), Network: h.Addressing(n), h: h}
-	l.Network.DNS = h.dns
+	if fw.Internet {
+		// A VM without internet could not reach them: it would only
+		// wait for their answers.
+		l.Network.DNS = h.dns
+	}
 	if old, err := netlink.LinkByName(l.Name); err == nil {
 		netlink.LinkDel(old) // left over from a VM that is gone
 	}

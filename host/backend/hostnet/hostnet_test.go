@@ -203,7 +203,8 @@ func TestHostLinksInANamespace(t *testing.T) {
 }
 
 // A node without an uplink links VMs reachable from the host; with a
-// prefix, it needs one.
+// prefix, it needs one. A VM without internet gets no resolver (it could
+// not reach it).
 func TestHostWithoutUplink(t *testing.T) {
 	inNetns(t, func() {
 		if err := New(Options{IPv6Prefix: netip.MustParsePrefix("2001:db8::/64")}).Open(); err == nil || !strings.Contains(err.Error(), "needs an uplink") {
@@ -212,13 +213,13 @@ func TestHostWithoutUplink(t *testing.T) {
 		if err := New(Options{Uplink: "nope0"}).Open(); err == nil || !strings.Contains(err.Error(), "nope0") {
 			t.Fatalf("missing uplink: %v", err)
 		}
-		h := New(Options{DNS: []netip.Addr{}})
+		h := New(Options{DNS: []netip.Addr{netip.MustParseAddr("192.0.2.53")}})
 		link, tap, err := h.Tap(0, firewall.VM{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		tap.Close()
-		if link.Network.GuestIPv6 != "fd00:f3:7:1::2/64" {
+		if link.Network.GuestIPv6 != "fd00:f3:7:1::2/64" || link.Network.DNS != nil {
 			t.Errorf("network %+v", link.Network)
 		}
 		link.Remove()
