@@ -132,8 +132,8 @@ func inNetns(t *testing.T, f func()) {
 
 // A node with a routed prefix: Open sets the sysctls, removes what a dead
 // agent left and opens the firewall; a tap gets its /124, the uplink
-// answers for the VM's address, and Remove takes both away; Close
-// deletes the firewall's table.
+// answers for the VM's address, and Remove takes both away; a VM the
+// firewall refuses leaves nothing; Close deletes the firewall's table.
 func TestHostLinksInANamespace(t *testing.T) {
 	inNetns(t, func() {
 		uplink := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "up0"}, PeerName: "up1"}
@@ -169,11 +169,20 @@ func TestHostLinksInANamespace(t *testing.T) {
 			t.Error("a stale link of the node's is left")
 		}
 
-		link, tap, err := h.Tap(1, firewall.VM{Internet: true, AllowedPorts: []firewall.Port{{Proto: "tcp", Port: 80}}})
+		forward := []firewall.Forward{{Proto: "tcp", HostPort: 8022, VMPort: 22}}
+		link, tap, err := h.Tap(1, firewall.VM{Internet: true, AllowedPorts: []firewall.Port{{Proto: "tcp", Port: 80}}, Forwards: forward})
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer tap.Close()
+		// A second VM forwarding the same host port is refused, and
+		// nothing of its link is left.
+		if _, _, err := h.Tap(2, firewall.VM{Forwards: forward}); err == nil {
+			t.Fatal("a second VM forwarding the same host port was linked")
+		}
+		if _, err := netlink.LinkByName(LinkName(2)); err == nil {
+			t.Error("the refused VM's tap is left")
+		}
 		if link.Network.GuestIPv6 != "2001:db8:1:2::22/124" || !reflect.DeepEqual(link.Network.DNS, []string{"192.0.2.53"}) {
 			t.Errorf("network %+v", link.Network)
 		}
