@@ -61,11 +61,29 @@ async def write_note(request: Request):
 @app.get("/note", response_class=PlainTextResponse)
 async def read_note():
     return NOTE.read_text() if NOTE.exists() else "no note"
+
+def get(host, port):
+    # A plain HTTP/1.0 GET by name: the guest's resolver, then TCP.
+    import socket
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0]
+    with socket.socket(family, kind, proto) as s:
+        s.settimeout(30)
+        s.connect(addr)
+        s.sendall(("GET / HTTP/1.0\r\nHost: %s\r\n\r\n" % host).encode())
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    return answer.split(b"\r\n\r\n", 1)[1].decode()
+
+@app.get("/fetch", response_class=PlainTextResponse)
+async def fetch(host: str, port: int):
+    import asyncio
+    return await asyncio.to_thread(get, host, port)
 `
 
 // The example FastAPI program in a real VM through host-agent --backend
-// qemu: its JSON through the agent, its IPv6 address answering from the
-// host, a note written to a persistent volume in one boot and read back
+// qemu: its JSON through the agent, a server outside reached by name
+// through NAT, its IPv6 address answering from the host, a note written to a persistent volume in one boot and read back
 // in the next, and a clean ext4 after each graceful stop.
 func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	images := requireImages(t)
@@ -85,12 +103,15 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 		"resources": {"vcpus": 1, "memory": 512},
 		"on": {"http": true}}}}`, code)
 	// The agent, its tap device and the ping run in a namespace of the
-	// test's: no packet to the VM's private address leaves it.
+	// test's: no packet to the VM's private address leaves it. Its
+	// upstream namespace is the VM's internet.
 	ns := newTestNetns(t)
+	up := newUpstream(t, ns, "")
+	serveOutside(t, up)
 	curl := ns.curl
 	sock := filepath.Join(t.TempDir(), "admin.sock")
 	agent := serveAgent(t, config, agentOptions{ns: ns}, "--backend", "qemu", "--images", images, "--state-dir", state,
-		"--boot-timeout", "5m", "--admin", sock)
+		"--boot-timeout", "5m", "--admin", sock, "--dns", up.Router4)
 	addr := agent.addr
 	url := "http://" + addr + "/vm/hello"
 	volume := filepath.Join(state, "qemu", "volumes", "hello", "state.ext4")
@@ -112,6 +133,12 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	note := fmt.Sprintf("written in boot 1 at %d", time.Now().UnixNano())
 	if body := curl(t, "-X", "POST", "--data-binary", note, url+"/note"); !strings.Contains(body, fmt.Sprintf(`"written":%d`, len(note))) {
 		t.Fatalf("POST /note: %s", body)
+	}
+
+	// Through the tap, the VM reaches the outside by name, NATed to the
+	// uplink's address.
+	if got := curl(t, url+"/fetch?host="+name4+"&port="+outsidePort); got != up.Uplink4 {
+		t.Errorf("the server outside saw %q, want the uplink's %s (NAT)", got, up.Uplink4)
 	}
 
 	// The VM's IPv6 address answers from the host side.
