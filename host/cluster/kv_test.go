@@ -137,12 +137,8 @@ func TestKVQuota(t *testing.T) {
 // upgraded when the node opens it, its keys kept.
 func TestKVMigratesAnOldSchema(t *testing.T) {
 	dir, addr := t.TempDir(), freeAddr(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	n, err := Open(ctx, Options{Dir: dir, Name: "solo", Address: addr, Capacity: Capacity{VCPUs: 1, MemoryMiB: 512}})
-	if err != nil {
-		t.Fatal(err)
-	}
+	ctx := context.Background()
+	n := testNode(t, "solo", dir, addr, Capacity{VCPUs: 1, MemoryMiB: 512})
 	for _, stmt := range []string{`DROP INDEX kv_expires`, `DROP TABLE kv`,
 		`CREATE TABLE kv (program TEXT NOT NULL, key TEXT NOT NULL, value BLOB NOT NULL, PRIMARY KEY (program, key))`,
 		`INSERT INTO kv (program, key, value) VALUES ('app', 'old', 'kept')`} {
@@ -150,7 +146,7 @@ func TestKVMigratesAnOldSchema(t *testing.T) {
 			t.Fatalf("%s: %v", stmt, err)
 		}
 	}
-	n.Close(ctx)
+	n.Close(ctx) // before the test's end: the directory opens again
 	again := testNode(t, "solo", dir, addr, Capacity{VCPUs: 1, MemoryMiB: 512})
 	if v, err := again.KVGet(ctx, "app", "old"); err != nil || string(v) != "kept" {
 		t.Fatalf("a key of the old schema: %q, %v", v, err)

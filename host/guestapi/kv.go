@@ -50,14 +50,23 @@ func badRequest(format string, a ...any) apiError {
 	return apiError{http.StatusBadRequest, "bad_request", fmt.Sprintf(format, a...)}
 }
 
-// get answers a key's value, as stored.
-func (h *handler) get(w http.ResponseWriter, r *http.Request, key string) {
+// keyCall answers the errors of a call on key that come before the
+// store's: a bad key, no store.
+func (h *handler) keyCall(w http.ResponseWriter, key string) bool {
 	if err := checkKey(key); err != nil {
 		writeError(w, badKey(err))
-		return
+		return false
 	}
 	if h.s.store == nil {
 		writeError(w, errNoStore)
+		return false
+	}
+	return true
+}
+
+// get answers a key's value, as stored.
+func (h *handler) get(w http.ResponseWriter, r *http.Request, key string) {
+	if !h.keyCall(w, key) {
 		return
 	}
 	v, err := h.s.store.KVGet(r.Context(), h.c.Program, key)
@@ -75,8 +84,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, key string) {
 
 // put stores the body under key, with ?ttl=SECONDS an expiry.
 func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
-	if err := checkKey(key); err != nil {
-		writeError(w, badKey(err))
+	if !h.keyCall(w, key) {
 		return
 	}
 	ttl, err := parseTTL(r.URL.Query().Get("ttl"))
@@ -88,10 +96,6 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 	tooBig := apiError{http.StatusRequestEntityTooLarge, "value_too_large", fmt.Sprintf("a value is at most %d bytes", limit)}
 	if r.ContentLength > int64(limit) {
 		writeError(w, tooBig)
-		return
-	}
-	if h.s.store == nil {
-		writeError(w, errNoStore)
 		return
 	}
 	value, err := io.ReadAll(io.LimitReader(r.Body, int64(limit)+1))
@@ -131,12 +135,7 @@ func parseTTL(v string) (time.Duration, error) {
 
 // delete removes a key.
 func (h *handler) delete(w http.ResponseWriter, r *http.Request, key string) {
-	if err := checkKey(key); err != nil {
-		writeError(w, badKey(err))
-		return
-	}
-	if h.s.store == nil {
-		writeError(w, errNoStore)
+	if !h.keyCall(w, key) {
 		return
 	}
 	if err := h.s.store.KVDelete(r.Context(), h.c.Program, key, h.token()); err != nil {
