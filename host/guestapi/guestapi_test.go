@@ -170,6 +170,7 @@ func TestBadKeys(t *testing.T) {
 	want(t, "the longest key", call(t, h, "PUT", "/v1/kv/"+strings.Repeat("k", MaxKey), "v"), 200, "")
 	want(t, "all the allowed bytes", call(t, h, "PUT", "/v1/kv/aZ09-._~:@", "v"), 200, "")
 	want(t, "a bad prefix", call(t, h, "GET", "/v1/kv?prefix=a/b", ""), 400, "bad_key")
+	want(t, "a prefix of a key", call(t, h, "GET", "/v1/kv?prefix=.", ""), 200, "")
 	want(t, "a bad limit", call(t, h, "GET", "/v1/kv?limit=0", ""), 400, "bad_request")
 }
 

@@ -162,8 +162,9 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 		if v == "" {
 			continue
 		}
-		if err := checkKey(v); err != nil {
-			writeError(w, badKey(fmt.Errorf("%s: %w", name, err)))
+		// A part of a key: its bytes, not its whole form ("." is a prefix).
+		if i := badByte(v); i >= 0 || len(v) > MaxKey {
+			writeError(w, badKey(fmt.Errorf("%s %.40q: want at most %d bytes of letters, digits and - . _ ~ : @", name, v, MaxKey)))
 			return
 		}
 	}
