@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/httpstream"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -57,49 +58,7 @@ func NewRequestID() string {
 
 // Head builds the REQUEST head of r.
 func Head(r *http.Request, ex *Exchange) *message.RequestHead {
-	h := &message.RequestHead{
-		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
-		Path: []byte(ex.Path), RawPath: []byte(ex.RawPath), QueryString: []byte(r.URL.RawQuery),
-		RootPath: []byte(ex.RootPath),
-	}
-	if r.TLS != nil {
-		h.Scheme = []byte("https")
-	}
-	h.Headers = append(h.Headers, message.HeaderField{Name: []byte("host"), Value: []byte(r.Host)})
-	for name, values := range r.Header {
-		lname := strings.ToLower(name)
-		if lname == "host" {
-			continue
-		}
-		for _, v := range values {
-			h.Headers = append(h.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
-		}
-	}
-	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		h.ClientHost = []byte(host)
-		if p, err := strconv.Atoi(port); err == nil {
-			h.ClientPort = uint32(p)
-		}
-	}
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if host, port, err := net.SplitHostPort(a.String()); err == nil {
-			h.ServerHost = []byte(host)
-			if p, err := strconv.Atoi(port); err == nil {
-				h.ServerPort = uint32(p)
-			}
-		}
-	}
-	return h
-}
-
-func httpVersion(r *http.Request) string {
-	switch {
-	case r.ProtoMajor == 2:
-		return "2"
-	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
-		return "1.0"
-	}
-	return "1.1"
+	return httpstream.RequestHead(r, ex.Path, ex.RawPath, ex.RootPath)
 }
 
 // ServeAny relays r as the program's interface needs: websockets are
