@@ -190,12 +190,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// context end.
 	stop := context.AfterFunc(ctx, func() { st.Reset(frame.CodeCancel, "the caller went away") })
 	defer stop()
-	var body *bodyCopy
+	var body *httpstream.BodyCopy
 	if !noBody {
 		// Full duplex: the host may answer before it has read everything.
 		_ = http.NewResponseController(w).EnableFullDuplex()
-		body = copyBody(r.Body, st)
-		defer body.wait()
+		body = httpstream.CopyBody(r.Body, st, contract.MaxAPIBody)
+		defer body.Wait()
 	}
 	defer st.Close()
 	hctx, cancel := context.WithTimeout(ctx, s.opt.HeadTimeout)
@@ -210,6 +210,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadGateway, "bad_answer", "the host sent an informational status as its answer")
 		return
 	}
+	w.Header()["Content-Type"] = nil // never sniffed: the host's head as it is
 	for _, f := range rh.Headers {
 		if name := string(f.Name); !httphdr.IsHopByHop(name) {
 			w.Header().Add(name, string(f.Value))
@@ -242,9 +243,13 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 // failed answers a call whose RESPONSE did not come.
-func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, body *bodyCopy, hctx context.Context, err error) {
+func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, body *httpstream.BodyCopy, hctx context.Context, err error) {
 	if body != nil {
-		if tooLarge, readErr := body.outcome(r.Context().Err() != nil); tooLarge {
+		var wait time.Duration
+		if r.Context().Err() != nil {
+			wait = time.Second // the caller's connection failed: so is its body
+		}
+		if tooLarge, readErr := body.Outcome(wait); tooLarge {
 			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the guest API's limit")
 			return
 		} else if readErr != nil {
@@ -278,75 +283,4 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, 
 		s.log.Warn("a guest API call failed", "path", r.URL.Path, "err", err)
 	}
 	writeError(w, status, code, msg)
-}
-
-// bodyCopy is a call's request body being copied to its stream.
-type bodyCopy struct {
-	done     chan struct{}
-	tooLarge bool  // set before done closes
-	readErr  error // the caller's body failed
-}
-
-// copyBody copies body to st in the background, ending st's side after it
-// or resetting st when it fails or passes contract.MaxAPIBody.
-func copyBody(body io.Reader, st *mux.Stream) *bodyCopy {
-	b := &bodyCopy{done: make(chan struct{})}
-	go func() {
-		src := &errReader{r: body}
-		n, err := io.Copy(st, io.LimitReader(src, contract.MaxAPIBody+1))
-		var code uint32
-		var reason string
-		switch {
-		case n > contract.MaxAPIBody:
-			b.tooLarge = true
-			code, reason = frame.CodeBodyTooLarge, "request body too large"
-		case src.err != nil:
-			b.readErr = src.err
-			code, reason = frame.CodeCancel, "the caller's request body broke off"
-		case err != nil:
-			code, reason = frame.CodeCancel, "sending the request body: "+err.Error()
-		}
-		close(b.done)
-		if reason != "" {
-			st.Reset(code, reason)
-			return
-		}
-		_ = st.CloseWrite()
-	}()
-	return b
-}
-
-// outcome reports how the copy failed, if it has ended; with wait it
-// gives the copy a moment to end first.
-func (b *bodyCopy) outcome(wait bool) (tooLarge bool, readErr error) {
-	if wait {
-		select {
-		case <-b.done:
-		case <-time.After(time.Second):
-		}
-	}
-	select {
-	case <-b.done:
-		return b.tooLarge, b.readErr
-	default:
-		return false, nil
-	}
-}
-
-// wait waits until the copy has stopped reading the request body (which
-// net/http forbids once the handler returned).
-func (b *bodyCopy) wait() { <-b.done }
-
-// errReader remembers why reading failed.
-type errReader struct {
-	r   io.Reader
-	err error
-}
-
-func (e *errReader) Read(p []byte) (int, error) {
-	n, err := e.r.Read(p)
-	if err != nil && err != io.EOF {
-		e.err = err
-	}
-	return n, err
 }
