@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,7 +20,7 @@ import (
 // POST /call?path=P&method=M relays its body to $FERRY_API_URL + P and
 // answers with what came back, as JSON.
 const callerApp = `
-import asyncio, json, os, urllib.error, urllib.parse, urllib.request
+import asyncio, concurrent.futures, json, os, urllib.error, urllib.parse, urllib.request
 
 def call(method, path, body):
     req = urllib.request.Request(os.environ["FERRY_API_URL"] + path, data=body or None, method=method)
@@ -39,7 +40,14 @@ async def app(scope, receive, send):
         if not m.get("more_body"):
             break
     q = urllib.parse.parse_qs(scope["query_string"].decode())
-    if scope["path"] == "/env":
+    if scope["path"] == "/flood":
+        # n calls at once from as many threads: how each was answered.
+        n = int(q["n"][0])
+        with concurrent.futures.ThreadPoolExecutor(n) as pool:
+            results = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: list(pool.map(lambda i: call("GET", "/v1/properties", b"")[0], range(n))))
+        out = json.dumps({"status": 200, "body": json.dumps(results)}).encode()
+    elif scope["path"] == "/env":
         out = json.dumps({"url": os.environ.get("FERRY_API_URL", "")}).encode()
     else:
         status, data, headers = await asyncio.to_thread(call, q.get("method", ["GET"])[0], q["path"][0], body)
@@ -62,8 +70,11 @@ func callAPI(t *testing.T, inst *lifecycle.Instance, method, path string, body [
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	target := "/call?method=" + method + "&path=" + path
-	if path == "" {
+	switch {
+	case path == "":
 		target = "/env"
+	case method == "FLOOD":
+		target = "/flood?n=" + path
 	}
 	r, err := request(ctx, inst.Session, "POST", target, nil, body)
 	if err != nil {
@@ -89,6 +100,19 @@ func newAPIManager(t *testing.T, api func(*lifecycle.Instance) http.Handler) (*l
 	return m, p
 }
 
+// bootAPI starts p's VM, released when the test ends.
+func bootAPI(t *testing.T, m *lifecycle.Manager, p *lifecycle.Program) *lifecycle.Instance {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	inst, err := m.Acquire(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(inst.Release)
+	return inst
+}
+
 // A program in a sandbox VM calls $FERRY_API_URL with urllib and gets
 // the answer of the handler the agent installed for its boot: the
 // handler knows which program calls, and bodies cross both ways.
@@ -106,13 +130,7 @@ func TestGuestAPIReachesTheHostHandler(t *testing.T) {
 			fmt.Fprintf(w, "%s %s %s?%s %d", id, r.Method, r.URL.Path, r.URL.RawQuery, len(body))
 		})
 	})
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	inst, err := m.Acquire(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Release()
+	inst := bootAPI(t, m, p)
 
 	env := callAPI(t, inst, "", "", nil)
 	if env.URL != contract.APIURL(contract.DefaultAPIAddress) {
@@ -132,15 +150,53 @@ func TestGuestAPIReachesTheHostHandler(t *testing.T) {
 // the host serves no guest API.
 func TestGuestAPIWithoutHandlerIs503(t *testing.T) {
 	m, p := newAPIManager(t, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	inst, err := m.Acquire(ctx, p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer inst.Release()
+	inst := bootAPI(t, m, p)
 	a := callAPI(t, inst, "GET", "/v1/properties", nil)
 	if a.Status != http.StatusServiceUnavailable || !strings.Contains(a.Body, guestlink.NoAPI) {
 		t.Errorf("a call without a host handler: %+v", a)
+	}
+}
+
+// A program that floods the API (200 calls at once from threads): the
+// agent's handler never runs more than contract.MaxAPIStreams calls of the
+// VM at once, every call is answered (200, or 503 "busy" when init has
+// too many in progress), and the VM and the API still answer afterwards.
+func TestGuestAPIFloodIsBounded(t *testing.T) {
+	var mu sync.Mutex
+	running, peak := 0, 0
+	m, p := newAPIManager(t, func(*lifecycle.Instance) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			mu.Lock()
+			running++
+			peak = max(peak, running)
+			mu.Unlock()
+			time.Sleep(20 * time.Millisecond) // hold the call, so that calls overlap
+			mu.Lock()
+			running--
+			mu.Unlock()
+			w.Write([]byte("{}"))
+		})
+	})
+	inst := bootAPI(t, m, p)
+	a := callAPI(t, inst, "FLOOD", "200", nil)
+	var statuses []int
+	if err := json.Unmarshal([]byte(a.Body), &statuses); err != nil || len(statuses) != 200 {
+		t.Fatalf("the flood's results %q: %v", a.Body, err)
+	}
+	counts := map[int]int{}
+	for _, st := range statuses {
+		counts[st]++
+	}
+	if counts[200]+counts[503] != 200 || counts[200] == 0 {
+		t.Errorf("statuses of the flood: %v, want only 200 and 503", counts)
+	}
+	mu.Lock()
+	if peak > contract.MaxAPIStreams {
+		t.Errorf("the agent served %d calls of one VM at once, more than %d", peak, contract.MaxAPIStreams)
+	}
+	t.Logf("flood of 200 calls: %v, at most %d at once on the host", counts, peak)
+	mu.Unlock()
+	if a := callAPI(t, inst, "GET", "/v1/properties", nil); a.Status != 200 {
+		t.Errorf("a call after the flood: %+v", a)
 	}
 }

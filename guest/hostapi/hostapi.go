@@ -12,7 +12,6 @@ package hostapi
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -136,13 +135,6 @@ func (s *Server) Close(ctx context.Context) error {
 	return err
 }
 
-// writeError writes the guest API's JSON error.
-func writeError(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
-}
-
 // ServeHTTP carries one call to the host and its answer back.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	select {
@@ -150,18 +142,18 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		defer func() { <-s.slots }()
 	default:
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "busy", "too many guest API calls at once")
+		httpstream.JSONError(w, http.StatusServiceUnavailable, "busy", "too many guest API calls at once")
 		return
 	}
 	if r.ContentLength > contract.MaxAPIBody {
 		w.Header().Set("Connection", "close")
-		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the guest API's limit")
+		httpstream.JSONError(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the guest API's limit")
 		return
 	}
 	sess := s.opt.Session()
 	if sess == nil || sess.Err() != nil {
 		w.Header().Set("Retry-After", "1")
-		writeError(w, http.StatusServiceUnavailable, "no_host", "not connected to the host agent")
+		httpstream.JSONError(w, http.StatusServiceUnavailable, "no_host", "not connected to the host agent")
 		return
 	}
 	if len(r.TransferEncoding) > 0 {
@@ -177,12 +169,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	st, err := sess.Open(ctx, head, nil, noBody)
 	switch {
 	case errors.Is(err, mux.ErrHeadTooLarge):
-		writeError(w, http.StatusRequestHeaderFieldsTooLarge, "head_too_large", "the request head is too large for the host")
+		httpstream.JSONError(w, http.StatusRequestHeaderFieldsTooLarge, "head_too_large", "the request head is too large for the host")
 		return
 	case err != nil:
 		if ctx.Err() == nil {
 			w.Header().Set("Retry-After", "1")
-			writeError(w, http.StatusServiceUnavailable, "no_host", "the host agent cannot be reached: "+err.Error())
+			httpstream.JSONError(w, http.StatusServiceUnavailable, "no_host", "the host agent cannot be reached: "+err.Error())
 		}
 		return
 	}
@@ -207,7 +199,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	if rh.Status < 200 {
 		st.Reset(frame.CodeProtocol, "the guest API answers with a final status")
-		writeError(w, http.StatusBadGateway, "bad_answer", "the host sent an informational status as its answer")
+		httpstream.JSONError(w, http.StatusBadGateway, "bad_answer", "the host sent an informational status as its answer")
 		return
 	}
 	w.Header()["Content-Type"] = nil // never sniffed: the host's head as it is
@@ -250,11 +242,11 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, 
 			wait = time.Second // the caller's connection failed: so is its body
 		}
 		if tooLarge, readErr := body.Outcome(wait); tooLarge {
-			writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the guest API's limit")
+			httpstream.JSONError(w, http.StatusRequestEntityTooLarge, "body_too_large", "the request body exceeds the guest API's limit")
 			return
 		} else if readErr != nil {
 			w.Header().Set("Connection", "close")
-			writeError(w, http.StatusBadRequest, "bad_body", "the request body could not be read: "+readErr.Error())
+			httpstream.JSONError(w, http.StatusBadRequest, "bad_body", "the request body could not be read: "+readErr.Error())
 			return
 		}
 	}
@@ -263,7 +255,7 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, 
 	}
 	if errors.Is(hctx.Err(), context.DeadlineExceeded) {
 		st.Reset(frame.CodeTimeout, "the host did not answer in time")
-		writeError(w, http.StatusGatewayTimeout, "timeout", "the host agent did not answer in time")
+		httpstream.JSONError(w, http.StatusGatewayTimeout, "timeout", "the host agent did not answer in time")
 		return
 	}
 	status, code, msg := http.StatusBadGateway, "host_failed", "the host agent failed to answer"
@@ -282,5 +274,5 @@ func (s *Server) failed(w http.ResponseWriter, r *http.Request, st *mux.Stream, 
 	} else if !errors.As(err, new(*mux.ProtocolError)) && !errors.Is(err, mux.ErrSessionClosed) {
 		s.log.Warn("a guest API call failed", "path", r.URL.Path, "err", err)
 	}
-	writeError(w, status, code, msg)
+	httpstream.JSONError(w, status, code, msg)
 }

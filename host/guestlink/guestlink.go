@@ -11,7 +11,6 @@ package guestlink
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -47,12 +46,10 @@ func Handler(h http.Handler, log *slog.Logger) func(*mux.Stream) {
 	return func(st *mux.Stream) { serve(h, log, st) }
 }
 
-// Error writes the guest API's JSON error: {"error": {"code", "message"}}
-// with status.
+// Error writes the guest API's JSON error, {"error": {"code", "message"}},
+// with status (httpstream.JSONError, which init's errors use too).
 func Error(w http.ResponseWriter, status int, code, msg string) {
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+	httpstream.JSONError(w, status, code, msg)
 }
 
 // serve answers one stream with h.
@@ -68,17 +65,8 @@ func serve(h http.Handler, log *slog.Logger, st *mux.Stream) {
 	}
 	// The call is abandoned when the guest resets the stream (the program
 	// left, or init gave up waiting).
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := httpstream.StreamContext(context.Background(), st)
 	defer cancel()
-	go func() {
-		select {
-		case <-st.Done():
-			if st.Err() != nil {
-				cancel()
-			}
-		case <-ctx.Done():
-		}
-	}()
 	req, _, err := httpstream.NewRequest(ctx, &head, st)
 	if err != nil {
 		st.Reset(frame.CodeProtocol, err.Error())

@@ -8,6 +8,7 @@ package httpstream
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -141,6 +142,32 @@ func NewRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) 
 		}
 	}
 	return req, upgrade, nil
+}
+
+// StreamContext returns a context derived from ctx that also ends when
+// st is reset (by either side) or its session closes, so that the work
+// serving st stops when its peer gives up; call cancel when done.
+func StreamContext(ctx context.Context, st *mux.Stream) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-st.Done():
+			if st.Err() != nil {
+				cancel()
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// JSONError writes the guest API's error (protocol/SPEC.md §5.7), the
+// same from init and from the agent: status, and the body
+// {"error": {"code": code, "message": msg}}.
+func JSONError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
 }
 
 // ResponseHead is the RESPONSE head for an HTTP status and header, names

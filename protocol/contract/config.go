@@ -56,8 +56,8 @@ type Config struct {
 	Workers        int               `json:"workers,omitempty"` // ASGI worker processes; 0 = number of CPUs
 	Python         string            `json:"python,omitempty"`  // interpreter; default /usr/bin/python3
 	Port           int               `json:"port,omitempty"`    // executable: PORT given to the program; default DefaultPort
-	// API is where init serves the guest API (a loopback IP:PORT);
-	// empty: DefaultAPIAddress. See APIAddress.
+	// API is where init serves the guest API (a loopback IP:PORT, not
+	// the executable's port); empty: DefaultAPIAddress.
 	API string `json:"api_address,omitempty"`
 }
 

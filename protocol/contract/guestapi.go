@@ -26,15 +26,6 @@ const (
 	MaxAPIBody = 2 << 20
 )
 
-// APIAddress returns where init serves the guest API: the configuration's
-// api_address, or DefaultAPIAddress.
-func (c *Config) APIAddress() string {
-	if c.API != "" {
-		return c.API
-	}
-	return DefaultAPIAddress
-}
-
 // validateAPI checks api_address: a loopback IP and a port, not the
 // executable's port.
 func (c *Config) validateAPI() error {

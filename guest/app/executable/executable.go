@@ -252,17 +252,8 @@ func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 		return
 	}
 	// The request is abandoned when the host resets the stream.
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := httpstream.StreamContext(ctx, st)
 	defer cancel()
-	go func() {
-		select {
-		case <-st.Done():
-			if st.Err() != nil {
-				cancel()
-			}
-		case <-ctx.Done():
-		}
-	}()
 	req, upgrade, err := httpstream.NewRequest(ctx, &head, st)
 	if err != nil {
 		st.Reset(frame.CodeProtocol, err.Error())
