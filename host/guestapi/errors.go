@@ -6,6 +6,7 @@ import (
 	"net/http"
 
 	"github.com/ferry-vm/ferry/host/cluster"
+	"github.com/ferry-vm/ferry/internal/httpstream"
 )
 
 // apiError is an answer of the API that is not a success: its status, a
@@ -42,12 +43,13 @@ func storeError(err error) apiError {
 	return apiError{http.StatusInternalServerError, "internal", err.Error()}
 }
 
-// writeError answers with e as JSON.
+// writeError answers with e as the guest API's JSON error, the same
+// from init and from the agent.
 func writeError(w http.ResponseWriter, e apiError) {
 	if e.status == http.StatusServiceUnavailable && w.Header().Get("Retry-After") == "" {
 		w.Header().Set("Retry-After", "1")
 	}
-	writeJSON(w, e.status, map[string]string{"error": e.message, "code": e.code})
+	httpstream.JSONError(w, e.status, e.code, e.message)
 }
 
 // writeJSON answers with v as JSON.

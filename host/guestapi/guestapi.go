@@ -13,8 +13,9 @@
 //	DELETE /v1/kv/{key}         remove a key
 //	GET    /v1/kv?prefix=P      list keys (after=K, limit=N to page)
 //
-// Errors are JSON objects {"error": message, "code": code} with the
-// statuses and codes of the Err* values below.
+// Errors are JSON objects {"error": {"code": code, "message": message}}
+// (httpstream.JSONError, as init's own), with a status and a code that
+// stays the same (errors.go).
 package guestapi
 
 import (

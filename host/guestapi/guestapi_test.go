@@ -47,9 +47,9 @@ type answer struct {
 
 // code is the error code of a JSON error answer.
 func (a answer) code() string {
-	var e struct{ Code string }
+	var e struct{ Error struct{ Code string } }
 	json.Unmarshal([]byte(a.body), &e)
-	return e.Code
+	return e.Error.Code
 }
 
 // call makes one call to h.
