@@ -159,7 +159,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.metrics = metrics.New(func() int { return len(a.manager.Running()) })
 	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
-		OnBoot: a.metrics.Boot, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
+		OnBoot: a.metrics.Boot, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
 	defer a.manager.Close()
 	a.programs = front.NewPrograms(a.manager)
