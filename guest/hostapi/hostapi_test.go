@@ -184,6 +184,10 @@ func TestBodyLimit(t *testing.T) {
 	if resp.StatusCode != http.StatusRequestEntityTooLarge || errorCode(t, resp) != "body_too_large" {
 		t.Errorf("a chunked body past the limit: %d", resp.StatusCode)
 	}
+	// The host's handler sees the reset a moment after the caller's 413.
+	for deadline := time.Now().Add(10 * time.Second); reset.Load() == nil && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
 	var serr *mux.StreamError
 	if err, _ := reset.Load().(error); !errors.As(err, &serr) || serr.Code != frame.CodeBodyTooLarge {
 		t.Errorf("the host's stream ended with %v, want BODY_TOO_LARGE", reset.Load())
