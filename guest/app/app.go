@@ -41,11 +41,7 @@ func Env(c *contract.Config) []string {
 		env[k] = v
 	}
 	if c.Interface == contract.InterfaceExecutable {
-		port := c.Port
-		if port == 0 {
-			port = 8080
-		}
-		env["PORT"] = strconv.Itoa(port)
+		env["PORT"] = strconv.Itoa(c.ExecutablePort())
 	}
 	keys := make([]string, 0, len(env))
 	for k := range env {

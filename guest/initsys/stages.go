@@ -203,11 +203,16 @@ func (in *Init) setupPaths() (setup.Paths, error) {
 
 // service makes the host-facing service with the app runners.
 func (in *Init) service(r *reaper.Reaper, paths setup.Paths) *service.Service {
+	api := contract.DefaultAPIAddress
+	if !in.PID1 {
+		api = "127.0.0.1:0" // the machine's loopback, shared with anything else
+	}
 	return service.New(service.Options{
-		Log:      in.Log,
-		Timeline: in.Timeline,
-		Setup:    setup.Options{Paths: paths, System: in.PID1},
-		Agent:    in.Agent,
+		APIAddress: api,
+		Log:        in.Log,
+		Timeline:   in.Timeline,
+		Setup:      setup.Options{Paths: paths, System: in.PID1},
+		Agent:      in.Agent,
 		Apps: map[string]app.Factory{
 			contract.InterfaceExecutable: executable.NewFactory(r, in.Log),
 			contract.InterfaceASGI:       asgi.NewFactory(r, in.Log),

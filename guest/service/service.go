@@ -7,17 +7,20 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"runtime/debug"
 	"sync"
 	"time"
 
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/hostapi"
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/internal/logring"
@@ -35,6 +38,10 @@ type Options struct {
 	// Apps maps an interface (asgi, executable) to its runner.
 	Apps  map[string]app.Factory
 	Agent string
+	// APIAddress is where the guest API is served when the configuration
+	// names no api_address (contract.DefaultAPIAddress when empty; init
+	// run by hand shares the machine's loopback and asks for any port).
+	APIAddress string
 }
 
 // Service is init's host-facing side.
@@ -47,6 +54,7 @@ type Service struct {
 	app        app.App
 	mounts     []string
 	session    *mux.Session
+	api        *hostapi.Server // nil until configured, or when it could not listen
 
 	shutdown     chan string // reason; buffered
 	shutdownOnce sync.Once
@@ -257,6 +265,7 @@ func (s *Service) apply(ctx context.Context, doc []byte) *contract.ConfigError {
 	if err != nil {
 		return contract.AsConfigError(err, contract.PhaseSetup, "")
 	}
+	s.startAPI(c)
 	factory := s.opt.Apps[c.Interface]
 	if factory == nil {
 		return contract.NewConfigError(contract.PhaseApp, "interface", fmt.Errorf("no runner for interface %q in this init", c.Interface))
@@ -272,6 +281,39 @@ func (s *Service) apply(ctx context.Context, doc []byte) *contract.ConfigError {
 	return nil
 }
 
+// startAPI starts serving the guest API and tells the program where, in
+// c.Env. An API that cannot listen is reported to the host; the program
+// starts without it (and without FERRY_API_URL).
+func (s *Service) startAPI(c *contract.Config) {
+	addr := c.API
+	if addr == "" {
+		addr = cmp.Or(s.opt.APIAddress, contract.DefaultAPIAddress)
+	}
+	api, err := hostapi.Listen(addr, hostapi.Options{Session: s.currentSession, Log: s.log.With("part", "guest-api")})
+	if err != nil {
+		s.log.Warn("cannot serve the guest API", "address", addr, "err", err)
+		s.TellHost(fmt.Sprintf("init cannot serve the guest API on %s: %v", addr, err))
+		return
+	}
+	s.mu.Lock()
+	s.api = api
+	s.mu.Unlock()
+	env := maps.Clone(c.Env)
+	if env == nil {
+		env = map[string]string{}
+	}
+	env[contract.APIURLEnv] = api.URL()
+	c.Env = env
+	s.log.Info("serving the guest API", "url", api.URL())
+}
+
+// currentSession is the session with the host, nil when there is none.
+func (s *Service) currentSession() *mux.Session {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.session
+}
+
 // allowRetry lets the host send a corrected configuration after one that
 // failed validation (nothing was applied yet).
 func (s *Service) allowRetry() {
@@ -284,8 +326,8 @@ func (s *Service) allowRetry() {
 // reverse order. It returns the errors met, all already logged.
 func (s *Service) Stop(grace time.Duration) error {
 	s.mu.Lock()
-	a, sess, mounts := s.app, s.session, s.mounts
-	s.app = nil
+	a, sess, mounts, api := s.app, s.session, s.mounts, s.api
+	s.app, s.api = nil, nil
 	s.mu.Unlock()
 	if sess != nil {
 		_ = sess.GoAway(frame.CodeNoError, "guest shutting down")
@@ -296,6 +338,12 @@ func (s *Service) Stop(grace time.Duration) error {
 		if err := a.Stop(ctx); err != nil {
 			errs = append(errs, err)
 		}
+		cancel()
+	}
+	if api != nil {
+		// After the app: its shutdown may still call the API.
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = api.Close(ctx)
 		cancel()
 	}
 	if sess != nil {

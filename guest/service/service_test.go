@@ -2,8 +2,11 @@ package service
 
 import (
 	"context"
+	"fmt"
+	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -30,11 +33,13 @@ func TestPanicIsRecoveredAndReported(t *testing.T) {
 	code := t.TempDir()
 	svc := New(Options{
 		Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{},
-		Setup: setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
+		Setup:      setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
+		APIAddress: "127.0.0.1:0", // the test machine's loopback
 		Apps: map[string]app.Factory{contract.InterfaceASGI: func(context.Context, *contract.Config, string, app.Output) (app.App, error) {
 			return panicky{}, nil
 		}},
 	})
+	defer svc.Stop(time.Second)
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -87,5 +92,92 @@ func writeFile(t *testing.T, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// idle is an app that serves nothing.
+type idle struct{}
+
+func (idle) Serve(_ context.Context, st *mux.Stream) { st.Reset(frame.CodeUnavailable, "") }
+func (idle) Stop(context.Context) error              { return nil }
+
+// The configured service serves the guest API before the app starts and
+// tells it where in FERRY_API_URL; a call reaches the host over the
+// current session, the one of a host that reconnected too.
+func TestGuestAPIFollowsTheHostSession(t *testing.T) {
+	code := t.TempDir()
+	writeFile(t, code+"/main.py", "app = None\n")
+	envs := make(chan map[string]string, 1)
+	svc := New(Options{
+		Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{},
+		Setup:      setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
+		APIAddress: "127.0.0.1:0",
+		Apps: map[string]app.Factory{contract.InterfaceASGI: func(_ context.Context, c *contract.Config, _ string, _ app.Output) (app.App, error) {
+			envs <- c.Env
+			return idle{}, nil
+		}},
+	})
+	defer svc.Stop(time.Second)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	connect := func(name string, configure bool) *mux.Session {
+		guestEnd, hostEnd := net.Pipe()
+		go svc.serveSession(ctx, guestEnd)
+		results := make(chan bool, 1)
+		host := mux.Client(hostEnd, mux.Config{
+			Handler: func(st *mux.Stream) {
+				st.WriteResponse(&message.ResponseHead{Status: 200}, []byte(name), true)
+			},
+			OnControl: func(ft frame.Type, p []byte) {
+				if ft == frame.TypeConfigResult {
+					var r message.ConfigResult
+					r.Unmarshal(p)
+					results <- r.OK
+				}
+			},
+		})
+		if configure {
+			doc := `{"program_id":"p","interface":"asgi","entrypoint":"main:app","code":{"encoding":"directory","path":"` + code + `"}, "env": {"FERRY_API_URL": "user value", "KEEP": "1"}}`
+			if err := host.SendControl(frame.TypeConfig, []byte(doc)); err != nil {
+				t.Fatal(err)
+			}
+			if ok := <-results; !ok {
+				t.Fatal("configuration failed")
+			}
+		}
+		return host
+	}
+	call := func(url string) string {
+		resp, err := http.Get(url + "/v1/properties")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Sprintf("%d %s", resp.StatusCode, b)
+	}
+	first := connect("first", true)
+	env := <-envs
+	url := env[contract.APIURLEnv]
+	if !strings.HasPrefix(url, "http://127.0.0.1:") || env["KEEP"] != "1" {
+		t.Fatalf("the app's environment %v", env)
+	}
+	if got := call(url); got != "200 first" {
+		t.Errorf("a call over the first session: %q", got)
+	}
+	first.Close()
+	second := connect("second", false)
+	defer second.Close()
+	if _, err := second.Handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The service takes the new session just after sending its HELLO.
+	got := call(url)
+	for deadline := time.Now().Add(10 * time.Second); strings.HasPrefix(got, "503") && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+		got = call(url)
+	}
+	if got != "200 second" {
+		t.Errorf("a call after the host reconnected: %q", got)
 	}
 }

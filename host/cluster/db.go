@@ -36,6 +36,7 @@ var schema = []string{
 		program TEXT NOT NULL,
 		key     TEXT NOT NULL,
 		value   BLOB NOT NULL,
+		expires INTEGER NOT NULL DEFAULT 0, -- Unix ms; 0: never
 		PRIMARY KEY (program, key)
 	)`,
 	`CREATE TABLE IF NOT EXISTS counters (
@@ -44,7 +45,22 @@ var schema = []string{
 	)`,
 }
 
-// migrate creates the tables (every node runs it; it is idempotent).
+// columns are the columns added to a table after it was first made, in
+// the order they were added: migrate adds those a database made by an
+// older agent lacks.
+var columns = []struct{ table, name, def string }{
+	{"kv", "expires", "INTEGER NOT NULL DEFAULT 0"},
+	{"nodes", "ipv6_prefix", "TEXT NOT NULL DEFAULT ''"},
+}
+
+// indexes are made after the columns they use.
+var indexes = []string{
+	`CREATE INDEX IF NOT EXISTS kv_expires ON kv (expires) WHERE expires != 0`,
+}
+
+// migrate creates the tables and brings those of an older agent's state
+// up to date (every node runs it; it is idempotent, and in one
+// transaction: a node that races it sees it done or not at all).
 func (n *Node) migrate(ctx context.Context) error {
 	return n.tx(ctx, func(tx *sql.Tx) error {
 		for _, stmt := range schema {
@@ -52,7 +68,23 @@ func (n *Node) migrate(ctx context.Context) error {
 				return fmt.Errorf("cluster: schema: %w", err)
 			}
 		}
-		return addColumns(tx)
+		for _, c := range columns {
+			var has int
+			if err := tx.QueryRow(`SELECT count(*) FROM pragma_table_info(?) WHERE name = ?`, c.table, c.name).Scan(&has); err != nil {
+				return fmt.Errorf("cluster: schema: the columns of %s: %w", c.table, err)
+			}
+			if has == 0 {
+				if _, err := tx.Exec(fmt.Sprintf(`ALTER TABLE %s ADD COLUMN %s %s`, c.table, c.name, c.def)); err != nil {
+					return fmt.Errorf("cluster: schema: adding %s.%s: %w", c.table, c.name, err)
+				}
+			}
+		}
+		for _, stmt := range indexes {
+			if _, err := tx.Exec(stmt); err != nil {
+				return fmt.Errorf("cluster: schema: %w", err)
+			}
+		}
+		return nil
 	})
 }
 

@@ -29,30 +29,6 @@ type NodeInfo struct {
 	IPv6Prefix string `json:"ipv6_prefix,omitempty"`
 }
 
-// addedColumns are the columns added to the tables after their first
-// version, with their definitions: a state directory of an earlier agent
-// gets them at migration.
-var addedColumns = []struct{ table, column, definition string }{
-	{"nodes", "ipv6_prefix", "TEXT NOT NULL DEFAULT ''"},
-}
-
-// addColumns adds the addedColumns a table lacks.
-func addColumns(tx *sql.Tx) error {
-	for _, c := range addedColumns {
-		var n int
-		if err := tx.QueryRow(`SELECT COUNT(*) FROM pragma_table_info(?) WHERE name = ?`, c.table, c.column).Scan(&n); err != nil {
-			return fmt.Errorf("cluster: schema of %s: %w", c.table, err)
-		}
-		if n > 0 {
-			continue
-		}
-		if _, err := tx.Exec(fmt.Sprintf("ALTER TABLE %s ADD COLUMN %s %s", c.table, c.column, c.definition)); err != nil {
-			return fmt.Errorf("cluster: adding %s.%s: %w", c.table, c.column, err)
-		}
-	}
-	return nil
-}
-
 // ErrPrefixOverlap is a node's IPv6 prefix that overlaps another node's.
 var ErrPrefixOverlap = errors.New("IPv6 prefix overlaps another node's")
 

@@ -153,6 +153,7 @@ func (a *agent) startCluster(ctx context.Context, node *cluster.Node) (*clustere
 		return nil, nil, err
 	}
 	go c.catalog.Run(ctx)
+	go node.SweepKeys(ctx, sweepPeriod)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

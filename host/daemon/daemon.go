@@ -26,6 +26,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
 	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
+	"github.com/ferry-vm/ferry/host/guestapi"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/logsink"
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -64,6 +65,9 @@ type Config struct {
 	// MetricsListen, when set, serves /metrics, /healthz and Go's
 	// profiles on a listener of their own.
 	MetricsListen string
+	// GuestAPI bounds each program's calls to the guest API and its
+	// store (zero fields: guestapi's defaults).
+	GuestAPI guestapi.Limits
 	// Admin is the admin API's address (a unix socket path or host:port;
 	// none when empty) and AdminToken its bearer token.
 	Admin, AdminToken string
@@ -114,6 +118,7 @@ type agent struct {
 	programs *front.Programs
 	conn     front.ConnLimits
 	cluster  *clustered // serve: the cluster's part; nil for run
+	guest    *guestAPI
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -160,12 +165,13 @@ func Serve(ctx context.Context, cfg *Config) error {
 			}
 		}()
 	}
+	a.guest = newGuestAPI(node, cfg.GuestAPI, a)
 	a.conn = cfg.Limits.Conn
 	a.conn.Log = a.log
 	a.metrics = metrics.New(func() int { return len(a.manager.Running()) })
 	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
-		OnBoot: a.metrics.Boot, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
+		OnBoot: a.metrics.Boot, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
 	defer a.manager.Close()
 	a.programs = front.NewPrograms(a.manager)

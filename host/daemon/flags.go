@@ -14,6 +14,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
+	"github.com/ferry-vm/ferry/host/guestapi"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 )
@@ -42,6 +43,7 @@ type Flags struct {
 	limits  limitFlags
 	// the VMs' network
 	ipv6Prefix, dns string
+	guest           guestapi.Limits
 
 	// run: the one program
 	iface, python          string
@@ -119,6 +121,25 @@ func (f *Flags) common() {
 	fs.StringVar(&b.Uplink, "uplink", "", "network: the interface toward the outside, for NAT, port forwards and the NDP proxy (default: the default route's)")
 	fs.StringVar(&f.dns, "dns", "", "network: the VMs' DNS resolvers, comma-separated (default: the host's non-loopback ones from /etc/resolv.conf, else /run/systemd/resolve/resolv.conf)")
 	f.limits.register(fs)
+	g := &f.guest
+	fs.Float64Var(&g.Rate, "guest-api-rate", guestapi.DefaultRate, "guest API calls per second one program makes, sustained (429 beyond)")
+	fs.IntVar(&g.Burst, "guest-api-burst", guestapi.DefaultBurst, "guest API calls one program makes at once above --guest-api-rate")
+	fs.IntVar(&g.MaxKeys, "kv-max-keys", guestapi.DefaultMaxKeys, "keys one program holds in its store")
+	fs.IntVar(&g.MaxValue, "kv-max-value", guestapi.DefaultMaxValue, fmt.Sprintf("largest value in bytes a program stores (at most %d)", cluster.MaxValue))
+	fs.Int64Var(&g.MaxBytes, "kv-max-bytes", guestapi.DefaultMaxBytes, "bytes of keys and values one program holds in its store")
+}
+
+// checkGuest refuses guest API limits that bound nothing or too much.
+func checkGuest(g guestapi.Limits) error {
+	switch {
+	case g.Rate <= 0 || g.Burst <= 0:
+		return errors.New("--guest-api-rate and --guest-api-burst must be positive")
+	case g.MaxKeys <= 0 || g.MaxBytes <= 0:
+		return errors.New("--kv-max-keys and --kv-max-bytes must be positive")
+	case g.MaxValue <= 0 || g.MaxValue > cluster.MaxValue:
+		return fmt.Errorf("--kv-max-value must be from 1 to %d", cluster.MaxValue)
+	}
+	return nil
 }
 
 // networkFlags reads the network flags into b.
@@ -146,6 +167,9 @@ func (f *Flags) networkFlags(b *BackendOptions) error {
 // says what is wrong; ErrUsage, that the arguments are not of the
 // command's form.
 func (f *Flags) Config(args []string) (*Config, error) {
+	if err := checkGuest(f.guest); err != nil {
+		return nil, &ConfigError{err}
+	}
 	if f.run {
 		return f.runConfig(args)
 	}
@@ -245,7 +269,7 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug}, nil
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/firewall"
+	"github.com/ferry-vm/ferry/host/guestlink"
 	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -110,6 +112,15 @@ type Options struct {
 	// OnBoot is told about every boot attempt's outcome (for metrics):
 	// how long it took and, when it succeeded, init's boot timeline.
 	OnBoot func(programID string, took time.Duration, timeline []message.TimelineEntry, err error)
+	// GuestAPI returns the handler of the guest API calls (streams init
+	// opens toward the host, protocol/SPEC.md §5.7) of one boot of a
+	// program. It is called once per boot, right after the backend
+	// started the VM and before init is configured (an app may call the
+	// API while it starts): only inst.Program and inst.VM are set then,
+	// and the handler must read nothing else of inst. nil: every call is
+	// answered 503 (guestlink.NoAPI). At most contract.MaxAPIStreams calls
+	// of one VM run at once.
+	GuestAPI func(inst *Instance) http.Handler
 }
 
 // Manager runs programs' VMs.
@@ -462,9 +473,16 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		case <-cctx.Done():
 		}
 	}()
+	inst := &Instance{Program: p, VM: vm, Started: started, output: output}
+	var api http.Handler
+	if m.opt.GuestAPI != nil {
+		api = m.opt.GuestAPI(inst)
+	}
 	sess, timeline, err := contract.Configure(cctx, vm.Conn(), mux.Config{
-		Agent:  "ferry-host-agent",
-		Logger: log,
+		Agent:      "ferry-host-agent",
+		Logger:     log,
+		MaxStreams: contract.MaxAPIStreams,
+		Handler:    guestlink.Handler(api, log),
 		OnControl: func(t frame.Type, payload []byte) {
 			// On the read loop: a line over the rate costs no decoding,
 			// and none ever waits for OnOutput.
@@ -496,7 +514,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		}
 		return nil, fmt.Errorf("init (%s): %w", vm.Describe(), err)
 	}
-	inst := &Instance{Program: p, VM: vm, Session: sess, Timeline: timeline, Started: started, ColdStart: time.Since(started), output: output}
+	inst.Session, inst.Timeline, inst.ColdStart = sess, timeline, time.Since(started)
 	inst.lastUsed.Store(time.Now().UnixNano())
 	log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(timeline))
 	return inst, nil

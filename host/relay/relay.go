@@ -23,6 +23,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/httpstream"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -57,49 +58,7 @@ func NewRequestID() string {
 
 // Head builds the REQUEST head of r.
 func Head(r *http.Request, ex *Exchange) *message.RequestHead {
-	h := &message.RequestHead{
-		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
-		Path: []byte(ex.Path), RawPath: []byte(ex.RawPath), QueryString: []byte(r.URL.RawQuery),
-		RootPath: []byte(ex.RootPath),
-	}
-	if r.TLS != nil {
-		h.Scheme = []byte("https")
-	}
-	h.Headers = append(h.Headers, message.HeaderField{Name: []byte("host"), Value: []byte(r.Host)})
-	for name, values := range r.Header {
-		lname := strings.ToLower(name)
-		if lname == "host" {
-			continue
-		}
-		for _, v := range values {
-			h.Headers = append(h.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
-		}
-	}
-	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		h.ClientHost = []byte(host)
-		if p, err := strconv.Atoi(port); err == nil {
-			h.ClientPort = uint32(p)
-		}
-	}
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if host, port, err := net.SplitHostPort(a.String()); err == nil {
-			h.ServerHost = []byte(host)
-			if p, err := strconv.Atoi(port); err == nil {
-				h.ServerPort = uint32(p)
-			}
-		}
-	}
-	return h
-}
-
-func httpVersion(r *http.Request) string {
-	switch {
-	case r.ProtoMajor == 2:
-		return "2"
-	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
-		return "1.0"
-	}
-	return "1.1"
+	return httpstream.RequestHead(r, ex.Path, ex.RawPath, ex.RootPath)
 }
 
 // ServeAny relays r as the program's interface needs: websockets are
@@ -174,16 +133,20 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		st.Reset(frame.CodeCancel, "client went away")
 	})
 	defer stop()
-	var body *bodyCopy
+	var body *httpstream.BodyCopy
 	if !noBody {
-		body = copyBody(r, st, ex.MaxBody)
+		body = httpstream.CopyBody(r.Body, st, ex.MaxBody)
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
 		if body != nil {
 			// When the client's connection failed, its body did too:
 			// wait for the copy to say how.
-			tooLarge, clientErr := body.outcome(r.Context().Err() != nil)
+			var wait time.Duration
+			if r.Context().Err() != nil {
+				wait = bodyFailureWait
+			}
+			tooLarge, clientErr := body.Outcome(wait)
 			switch {
 			case tooLarge:
 				Error(w, ex, http.StatusRequestEntityTooLarge, "request body too large", "limit", ex.MaxBody)
@@ -251,85 +214,6 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		}
 		n, err = st.Read(*buf)
 	}
-}
-
-// bodyCopy is the client's request body being copied to the stream in
-// the background.
-type bodyCopy struct {
-	done chan struct{} // closed when the copy has ended, before the stream is reset
-	// set before done is closed:
-	tooLarge  bool  // the body went past Exchange.MaxBody
-	clientErr error // reading the client's body failed: malformed, cut short, too slow
-}
-
-// copyBody starts copying r's body to st, ending st's side after it or
-// resetting st when it fails.
-func copyBody(r *http.Request, st *mux.Stream, maxBody int64) *bodyCopy {
-	b := &bodyCopy{done: make(chan struct{})}
-	go func() {
-		src := &clientBody{r: r.Body}
-		var in io.Reader = src
-		if maxBody > 0 {
-			in = io.LimitReader(src, maxBody+1)
-		}
-		buf := bodyBuffers.Get().(*[]byte)
-		n, err := io.CopyBuffer(st, in, *buf)
-		bodyBuffers.Put(buf)
-		var code uint32
-		var reason string
-		switch {
-		case maxBody > 0 && n > maxBody:
-			b.tooLarge = true
-			code, reason = frame.CodeBodyTooLarge, "request body too large"
-		case src.err != nil:
-			b.clientErr = src.err
-			code, reason = frame.CodeCancel, "the client's request body broke off: "+src.err.Error()
-		case err != nil:
-			code, reason = frame.CodeCancel, "relaying the request body: "+err.Error()
-		}
-		close(b.done)
-		if reason != "" {
-			st.Reset(code, reason)
-			return
-		}
-		_ = st.CloseWrite()
-	}()
-	return b
-}
-
-// outcome reports how the copy failed, if it has ended. With wait it
-// first gives the copy a moment to end (the client's connection failed,
-// so its body read is failing too).
-func (b *bodyCopy) outcome(wait bool) (tooLarge bool, clientErr error) {
-	if wait {
-		t := time.NewTimer(bodyFailureWait)
-		defer t.Stop()
-		select {
-		case <-b.done:
-		case <-t.C:
-		}
-	}
-	select {
-	case <-b.done:
-		return b.tooLarge, b.clientErr
-	default:
-		return false, nil
-	}
-}
-
-// clientBody remembers why reading the client's body failed, to tell the
-// client's fault from the stream's.
-type clientBody struct {
-	r   io.Reader
-	err error
-}
-
-func (c *clientBody) Read(p []byte) (int, error) {
-	n, err := c.r.Read(p)
-	if err != nil && err != io.EOF {
-		c.err = err
-	}
-	return n, err
 }
 
 // badRequestBody answers a request whose body could not be read: 400 (408

@@ -55,7 +55,10 @@ type Config struct {
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
 	Workers        int               `json:"workers,omitempty"` // ASGI worker processes; 0 = number of CPUs
 	Python         string            `json:"python,omitempty"`  // interpreter; default /usr/bin/python3
-	Port           int               `json:"port,omitempty"`    // executable: PORT given to the program; default 8080
+	Port           int               `json:"port,omitempty"`    // executable: PORT given to the program; default DefaultPort
+	// API is where init serves the guest API (a loopback IP:PORT, not
+	// the executable's port); empty: DefaultAPIAddress.
+	API string `json:"api_address,omitempty"`
 }
 
 // Code says where the program's code is.
@@ -211,7 +214,7 @@ func (c *Config) Validate() error {
 	if c.Port < 0 || c.Port > 65535 {
 		return fieldErr("port", "%d is not a TCP port", c.Port)
 	}
-	return nil
+	return c.validateAPI()
 }
 
 func (c *Code) validate() error {

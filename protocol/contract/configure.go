@@ -69,7 +69,13 @@ func Configure(ctx context.Context, conn io.ReadWriteCloser, cfg mux.Config, doc
 		return fail(fmt.Errorf("no HELLO from the peer: %w", ended(ctx, sess, err)))
 	}
 	if err := sess.SendControl(frame.TypeConfig, payload); err != nil {
-		return fail(fmt.Errorf("sending CONFIG: %w", err))
+		select {
+		case <-sess.Done():
+			// The peer may have read CONFIG and gone: that is a missing
+			// result, explained like one below.
+		default:
+			return fail(fmt.Errorf("sending CONFIG: %w", err))
+		}
 	}
 	select {
 	case r := <-results:

@@ -12,9 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -22,7 +20,7 @@ import (
 
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/reaper"
-	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/internal/httpstream"
 	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -75,12 +73,8 @@ type Program struct {
 // NewFactory returns the app.Factory for interface "executable".
 func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
 	return func(ctx context.Context, c *contract.Config, codeDir string, out app.Output) (app.App, error) {
-		port := c.Port
-		if port == 0 {
-			port = 8080
-		}
 		return Start(ctx, Options{
-			Argv: []string{c.Entrypoint}, Dir: codeDir, Env: app.Env(c), Port: port,
+			Argv: []string{c.Entrypoint}, Dir: codeDir, Env: app.Env(c), Port: c.ExecutablePort(),
 			Reaper: r, Log: log, Output: out,
 		})
 	}
@@ -258,18 +252,9 @@ func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 		return
 	}
 	// The request is abandoned when the host resets the stream.
-	ctx, cancel := context.WithCancel(ctx)
+	ctx, cancel := httpstream.StreamContext(ctx, st)
 	defer cancel()
-	go func() {
-		select {
-		case <-st.Done():
-			if st.Err() != nil {
-				cancel()
-			}
-		case <-ctx.Done():
-		}
-	}()
-	req, upgrade, err := e.newRequest(ctx, &head, st)
+	req, upgrade, err := httpstream.NewRequest(ctx, &head, st)
 	if err != nil {
 		st.Reset(frame.CodeProtocol, err.Error())
 		return
@@ -283,17 +268,8 @@ func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 		return
 	}
 	defer resp.Body.Close()
-	rh := message.ResponseHead{Status: uint32(resp.StatusCode)}
 	switching := resp.StatusCode == http.StatusSwitchingProtocols && upgrade
-	for name, values := range resp.Header {
-		lname := strings.ToLower(name)
-		if httphdr.IsHopByHop(lname) && !(switching && (lname == "connection" || lname == "upgrade")) {
-			continue
-		}
-		for _, v := range values {
-			rh.Headers = append(rh.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
-		}
-	}
+	rh := httpstream.ResponseHead(resp.StatusCode, resp.Header, switching)
 	if switching {
 		e.relayUpgrade(st, &rh, resp)
 		return
@@ -319,13 +295,7 @@ func (e *Program) Serve(ctx context.Context, st *mux.Stream) {
 			return
 		}
 	}
-	var trailers []message.HeaderField
-	for name, values := range resp.Trailer {
-		for _, v := range values {
-			trailers = append(trailers, message.HeaderField{Name: []byte(strings.ToLower(name)), Value: []byte(v)})
-		}
-	}
-	refuseOversized(st, st.CloseWriteTrailers(trailers))
+	refuseOversized(st, st.CloseWriteTrailers(httpstream.Trailers(resp.Trailer)))
 }
 
 // refuseOversized resets a stream whose response head or trailers the
@@ -335,74 +305,6 @@ func refuseOversized(st *mux.Stream, err error) {
 	if errors.Is(err, mux.ErrHeadTooLarge) {
 		st.Reset(frame.CodeAppError, "the program's response head is too large: "+err.Error())
 	}
-}
-
-// newRequest builds the HTTP request for a stream; upgrade reports a
-// connection upgrade (its bytes follow the 101, not as a body).
-func (e *Program) newRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) (*http.Request, bool, error) {
-	target := string(head.RawPath)
-	if target == "" {
-		target = string(head.Path)
-	}
-	if target == "" || target[0] != '/' {
-		target = "/" + target
-	}
-	if len(head.QueryString) > 0 {
-		target += "?" + string(head.QueryString)
-	}
-	u, err := url.ParseRequestURI(target)
-	if err != nil {
-		return nil, false, fmt.Errorf("bad request target %q: %v", target, err)
-	}
-	u.Scheme, u.Host = "http", "program"
-	method := string(head.Method)
-	if method == "" {
-		method = http.MethodGet
-	}
-	req := (&http.Request{Method: method, URL: u, Header: http.Header{}, ContentLength: -1,
-		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: "program"}).WithContext(ctx)
-	var connection, upgradeTo string
-	for _, h := range head.Headers {
-		name, value := strings.ToLower(string(h.Name)), string(h.Value)
-		switch name {
-		case "host":
-			req.Host = value
-			continue
-		case "content-length":
-			n, err := strconv.ParseInt(value, 10, 64)
-			if err != nil || n < 0 {
-				return nil, false, fmt.Errorf("bad content-length %q", value)
-			}
-			req.ContentLength = n
-			continue
-		case "connection":
-			connection = value
-		case "upgrade":
-			upgradeTo = value
-		}
-		if httphdr.IsHopByHop(name) && name != "connection" && name != "upgrade" && name != "te" {
-			continue
-		}
-		req.Header.Add(name, value)
-	}
-	upgrade := upgradeTo != "" && httphdr.HasToken(connection, "upgrade")
-	if !upgrade {
-		req.Header.Del("connection")
-		req.Header.Del("upgrade")
-	}
-	switch {
-	case upgrade:
-		req.Body, req.ContentLength = http.NoBody, 0
-	case req.ContentLength == 0:
-		req.Body = http.NoBody
-	default:
-		if n, err := st.TryRead(nil); n == 0 && err == io.EOF {
-			req.Body, req.ContentLength = http.NoBody, 0
-		} else {
-			req.Body = io.NopCloser(st)
-		}
-	}
-	return req, upgrade, nil
 }
 
 // relayUpgrade answers 101 and then carries raw bytes both ways.

@@ -221,6 +221,10 @@ type VM struct {
 	err        error
 }
 
+// Session is the fake init's end of the VM's session, for opening
+// streams toward the host as init does for the guest API.
+func (v *VM) Session() *mux.Session { return v.guest }
+
 // receive records the CONFIG document (the first one counts).
 func (v *VM) receive(p []byte) {
 	v.mu.Lock()

@@ -1,0 +1,199 @@
+// Package httpstream converts between net/http's requests and responses
+// and the heads of Ferry streams (protocol/SPEC.md §4.2, §4.3), for every
+// side that carries HTTP over a stream: the host agent's relay (a client's
+// request becomes a stream), init's executable runner (a stream becomes a
+// request to the program), and the guest API both ways (a program's call
+// becomes a stream init opens, and the host serves it as a request).
+package httpstream
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+
+	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// RequestHead builds the REQUEST head of r, with the path the receiver
+// sees (path percent-decoded, rawPath as received) and the prefix it is
+// mounted under (rootPath, empty for none).
+func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.RequestHead {
+	h := &message.RequestHead{
+		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
+		Path: []byte(path), RawPath: []byte(rawPath), QueryString: []byte(r.URL.RawQuery),
+		RootPath: []byte(rootPath),
+	}
+	if r.TLS != nil {
+		h.Scheme = []byte("https")
+	}
+	h.Headers = append(h.Headers, message.HeaderField{Name: []byte("host"), Value: []byte(r.Host)})
+	for name, values := range r.Header {
+		lname := strings.ToLower(name)
+		if lname == "host" {
+			continue
+		}
+		for _, v := range values {
+			h.Headers = append(h.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
+		}
+	}
+	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		h.ClientHost = []byte(host)
+		if p, err := strconv.Atoi(port); err == nil {
+			h.ClientPort = uint32(p)
+		}
+	}
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if host, port, err := net.SplitHostPort(a.String()); err == nil {
+			h.ServerHost = []byte(host)
+			if p, err := strconv.Atoi(port); err == nil {
+				h.ServerPort = uint32(p)
+			}
+		}
+	}
+	return h
+}
+
+func httpVersion(r *http.Request) string {
+	switch {
+	case r.ProtoMajor == 2:
+		return "2"
+	case r.ProtoMajor == 1 && r.ProtoMinor == 0:
+		return "1.0"
+	}
+	return "1.1"
+}
+
+// NewRequest builds the HTTP/1.1 request a stream's REQUEST head
+// describes, with the stream as its body, ready for a client transport
+// (URL with scheme http and host "program"; a server-side handler clears
+// them). Hop-by-hop headers are dropped, except Connection and Upgrade
+// when the request asks for an upgrade, which upgrade reports (its bytes
+// follow the 101, not as a body). A bad target or Content-Length is an
+// error.
+func NewRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) (req *http.Request, upgrade bool, err error) {
+	target := string(head.RawPath)
+	if target == "" {
+		target = string(head.Path)
+	}
+	if target == "" || target[0] != '/' {
+		target = "/" + target
+	}
+	if len(head.QueryString) > 0 {
+		target += "?" + string(head.QueryString)
+	}
+	u, err := url.ParseRequestURI(target)
+	if err != nil {
+		return nil, false, fmt.Errorf("bad request target %q: %v", target, err)
+	}
+	u.Scheme, u.Host = "http", "program"
+	method := string(head.Method)
+	if method == "" {
+		method = http.MethodGet
+	}
+	req = (&http.Request{Method: method, URL: u, Header: http.Header{}, ContentLength: -1,
+		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: "program"}).WithContext(ctx)
+	var connection, upgradeTo string
+	for _, h := range head.Headers {
+		name, value := strings.ToLower(string(h.Name)), string(h.Value)
+		switch name {
+		case "host":
+			req.Host = value
+			continue
+		case "content-length":
+			n, err := strconv.ParseInt(value, 10, 64)
+			if err != nil || n < 0 {
+				return nil, false, fmt.Errorf("bad content-length %q", value)
+			}
+			req.ContentLength = n
+			continue
+		case "connection":
+			connection = value
+		case "upgrade":
+			upgradeTo = value
+		}
+		if httphdr.IsHopByHop(name) && name != "connection" && name != "upgrade" && name != "te" {
+			continue
+		}
+		req.Header.Add(name, value)
+	}
+	upgrade = upgradeTo != "" && httphdr.HasToken(connection, "upgrade")
+	if !upgrade {
+		req.Header.Del("connection")
+		req.Header.Del("upgrade")
+	}
+	switch {
+	case upgrade:
+		req.Body, req.ContentLength = http.NoBody, 0
+	case req.ContentLength == 0:
+		req.Body = http.NoBody
+	default:
+		if n, err := st.TryRead(nil); n == 0 && err == io.EOF {
+			req.Body, req.ContentLength = http.NoBody, 0
+		} else {
+			req.Body = io.NopCloser(st)
+		}
+	}
+	return req, upgrade, nil
+}
+
+// StreamContext returns a context derived from ctx that also ends when
+// st is reset (by either side) or its session closes, so that the work
+// serving st stops when its peer gives up; call cancel when done.
+func StreamContext(ctx context.Context, st *mux.Stream) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-st.Done():
+			if st.Err() != nil {
+				cancel()
+			}
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// JSONError writes the guest API's error (protocol/SPEC.md §5.7), the
+// same from init and from the agent: status, and the body
+// {"error": {"code": code, "message": msg}}.
+func JSONError(w http.ResponseWriter, status int, code, msg string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": msg}})
+}
+
+// ResponseHead is the RESPONSE head for an HTTP status and header, names
+// in lower case, without the hop-by-hop fields (Connection and Upgrade
+// are kept when switching protocols).
+func ResponseHead(status int, header http.Header, switching bool) message.ResponseHead {
+	rh := message.ResponseHead{Status: uint32(status)}
+	for name, values := range header {
+		lname := strings.ToLower(name)
+		if httphdr.IsHopByHop(lname) && !(switching && (lname == "connection" || lname == "upgrade")) {
+			continue
+		}
+		for _, v := range values {
+			rh.Headers = append(rh.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
+		}
+	}
+	return rh
+}
+
+// Trailers is a header (an HTTP response's trailers) as a header list.
+func Trailers(h http.Header) []message.HeaderField {
+	var trailers []message.HeaderField
+	for name, values := range h {
+		for _, v := range values {
+			trailers = append(trailers, message.HeaderField{Name: []byte(strings.ToLower(name)), Value: []byte(v)})
+		}
+	}
+	return trailers
+}
