@@ -593,12 +593,7 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-class Server(ThreadingHTTPServer):
-    address_family = socket.AF_INET6
-    def server_bind(self):
-        self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        super().server_bind()
-
+` + dualStackServer + `
 Server(("::", int(os.environ["PORT"])), H).serve_forever()
 `})
 	if err := chmodX(code + "/server.py"); err != nil {

@@ -45,14 +45,20 @@ class H(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
+` + dualStackServer + `
+threading.Thread(target=Server(("::", 9090), H).serve_forever, daemon=True).start()
+Server(("::", int(os.environ["PORT"])), H).serve_forever()
+`
+
+// dualStackServer is the Python class of the test programs' HTTP servers:
+// one socket for IPv6 and IPv4 (an executable's, with socket and
+// ThreadingHTTPServer imported).
+const dualStackServer = `
 class Server(ThreadingHTTPServer):
     address_family = socket.AF_INET6
     def server_bind(self):
         self.socket.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
         super().server_bind()
-
-threading.Thread(target=Server(("::", 9090), H).serve_forever, daemon=True).start()
-Server(("::", int(os.environ["PORT"])), H).serve_forever()
 `
 
 // The test's outside: the names the DNS server in the upstream namespace
