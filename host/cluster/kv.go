@@ -290,7 +290,7 @@ func (n *Node) SweepKeys(ctx context.Context, period time.Duration) {
 
 // fence checks, inside a write, that token is the program's current token
 // on this node. Token 0 (an on-demand program's) is not fenced unless the
-// program is placed as persistent now: an ended assignment (node ”, the
+// program is placed as persistent now: an ended assignment (an empty node, the
 // row kept for its token) is a program no longer persistent, whose
 // on-demand VMs write without a token.
 func (n *Node) fence(tx *sql.Tx, program string, token int64) error {

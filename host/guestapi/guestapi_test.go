@@ -259,3 +259,29 @@ func TestRoutingErrors(t *testing.T) {
 	want(t, "no store", call(t, h, "GET", "/v1/kv/k", ""), 503, "no_store")
 	want(t, "no store, properties", call(t, h, "GET", "/v1/properties", ""), 200, "")
 }
+
+// Rewriting a key within the quota is bounded too: past the program's
+// bytes written per second (after a burst of its quota), writes are 429
+// with Retry-After; reads, and other programs, go on.
+func TestWriteRateBoundsRewrites(t *testing.T) {
+	s := New(Options{Store: testStore(t), Limits: Limits{MaxValue: 100, MaxBytes: 300, WriteRate: 1}})
+	h := s.Handler(Caller{Program: "rewriter"})
+	value := strings.Repeat("v", 100)
+	limited := 0
+	for range 10 {
+		a := call(t, h, "PUT", "/v1/kv/k", value)
+		if a.status == http.StatusTooManyRequests {
+			want(t, "a rewrite past the write rate", a, 429, "rate_limited")
+			if n, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || n < 1 {
+				t.Fatalf("Retry-After %q", a.header.Get("Retry-After"))
+			}
+			limited++
+		}
+	}
+	// A burst of the quota (300 bytes): 2 writes of 101, then 1 byte/s.
+	if limited < 7 {
+		t.Fatalf("%d of 10 rewrites of 101 bytes limited at 1 byte/s after 300, want 8", limited)
+	}
+	want(t, "a read", call(t, h, "GET", "/v1/kv/k", ""), 200, "")
+	want(t, "another program", call(t, s.Handler(Caller{Program: "calm"}), "PUT", "/v1/kv/k", value), 200, "")
+}

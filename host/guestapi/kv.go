@@ -107,6 +107,9 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 		writeError(w, tooBig)
 		return
 	}
+	if !admit(w, h.s.limiter(h.c.Program, time.Now()).bytes, len(key)+len(value), errWriteRate) {
+		return
+	}
 	l := h.s.limits
 	err = h.s.store.KVSet(r.Context(), h.c.Program, key, value, cluster.KVWrite{Token: h.token(), TTL: ttl,
 		Quota: cluster.Quota{Keys: l.MaxKeys, Bytes: l.MaxBytes}})
