@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -284,4 +285,25 @@ func TestWriteRateBoundsRewrites(t *testing.T) {
 	}
 	want(t, "a read", call(t, h, "GET", "/v1/kv/k", ""), 200, "")
 	want(t, "another program", call(t, s.Handler(Caller{Program: "calm"}), "PUT", "/v1/kv/k", value), 200, "")
+}
+
+// A call whose caller left (its program stopped, the stream reset) is no
+// fault of the host: nothing is logged as one.
+func TestCallerThatLeftIsNotAHostFault(t *testing.T) {
+	var logged strings.Builder
+	s := New(Options{Store: testStore(t), Log: slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	h := s.Handler(Caller{Program: "app"})
+	for _, method := range []string{"PUT", "GET", "DELETE"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		r := httptest.NewRequestWithContext(ctx, method, "/v1/kv/k", strings.NewReader("v"))
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	r := httptest.NewRequestWithContext(context.Background(), "GET", "/v1/kv?prefix=k", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx))
+	if logged.Len() > 0 {
+		t.Fatalf("calls whose caller left were logged as the host's faults:\n%s", logged.String())
+	}
 }

@@ -1,6 +1,7 @@
 package guestapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +72,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, key string) {
 	}
 	v, err := h.s.store.KVGet(r.Context(), h.c.Program, key)
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -114,7 +115,7 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 	err = h.s.store.KVSet(r.Context(), h.c.Program, key, value, cluster.KVWrite{Token: h.token(), TTL: ttl,
 		Quota: cluster.Quota{Keys: l.MaxKeys, Bytes: l.MaxBytes}})
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	e := cluster.KVEntry{Key: key, Size: len(value)}
@@ -142,7 +143,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request, key string) {
 		return
 	}
 	if err := h.s.store.KVDelete(r.Context(), h.c.Program, key, h.token()); err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -186,7 +187,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	}
 	keys, more, err := h.s.store.KVList(r.Context(), h.c.Program, prefix, after, limit)
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	out := listing{Keys: keys, More: more}
@@ -207,11 +208,12 @@ func (h *handler) token() int64 {
 	return 0
 }
 
-// storeError maps a store error, and logs those that are the host's
-// fault.
-func (h *handler) storeError(err error) apiError {
+// storeError maps a store error of r, and logs those that are the
+// host's fault (not a caller that left, its program stopped).
+func (h *handler) storeError(r *http.Request, err error) apiError {
 	e := storeError(err)
-	if e.status >= 500 && !errors.Is(err, cluster.ErrNoQuorum) {
+	left := r.Context().Err() != nil && errors.Is(err, context.Canceled)
+	if e.status >= 500 && !left && !errors.Is(err, cluster.ErrNoQuorum) {
 		h.s.log.Warn("guest API: store", "program", h.c.Program, "err", err)
 	}
 	return e
