@@ -168,6 +168,9 @@ func TestBadKeys(t *testing.T) {
 			want(t, method+" "+key, call(t, h, method, "/v1/kv/"+key, "v"), 400, "bad_key")
 		}
 	}
+	if a := call(t, h, "GET", "/v1/kv/%C3%A9", ""); !strings.Contains(a.body, "byte 0xc3 at 0") {
+		t.Fatalf("a key in UTF-8 is refused as %s, want its first byte named as it is (0xc3)", a.body)
+	}
 	want(t, "the longest key", call(t, h, "PUT", "/v1/kv/"+strings.Repeat("k", MaxKey), "v"), 200, "")
 	want(t, "all the allowed bytes", call(t, h, "PUT", "/v1/kv/aZ09-._~:@", "v"), 200, "")
 	want(t, "a bad prefix", call(t, h, "GET", "/v1/kv?prefix=a/b", ""), 400, "bad_key")

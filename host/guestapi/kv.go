@@ -25,7 +25,7 @@ func checkKey(key string) error {
 		return fmt.Errorf("key %q: not a key", key)
 	}
 	if i := badByte(key); i >= 0 {
-		return fmt.Errorf("key %.40q: byte %q at %d is not allowed (letters, digits and - . _ ~ : @)", key, key[i], i)
+		return fmt.Errorf("key %.40q: byte %s at %d is not allowed (letters, digits and - . _ ~ : @)", key, byteName(key[i]), i)
 	}
 	return nil
 }
@@ -41,6 +41,15 @@ func badByte(s string) int {
 		}
 	}
 	return -1
+}
+
+// byteName names c in a message: quoted when it is printable ASCII, in
+// hex otherwise (a byte of UTF-8 is not a character).
+func byteName(c byte) string {
+	if c >= 0x20 && c < 0x7f {
+		return strconv.QuoteRune(rune(c))
+	}
+	return fmt.Sprintf("%#x", c)
 }
 
 func badKey(err error) apiError {
