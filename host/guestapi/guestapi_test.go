@@ -194,14 +194,13 @@ func TestQuota(t *testing.T) {
 	want(t, "a third key after a delete", call(t, h, "PUT", "/v1/kv/k3", "v"), 200, "")
 }
 
-// A program past its rate gets 429 with Retry-After; another program's
-// calls still go through.
-func TestRateLimit(t *testing.T) {
-	s := New(Options{Store: testStore(t), Limits: Limits{Rate: 0.5, Burst: 3}})
-	flood, calm := s.Handler(Caller{Program: "flood"}), s.Handler(Caller{Program: "calm"})
+// limitedOf makes n calls and returns how many were answered 429, each
+// a rate_limited error with a Retry-After of a second or more.
+func limitedOf(t *testing.T, n int, call func() answer) int {
+	t.Helper()
 	limited := 0
-	for range 10 {
-		a := call(t, flood, "GET", "/v1/properties", "")
+	for range n {
+		a := call()
 		if a.status == http.StatusTooManyRequests {
 			want(t, "a call past the rate", a, 429, "rate_limited")
 			if n, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || n < 1 {
@@ -210,6 +209,15 @@ func TestRateLimit(t *testing.T) {
 			limited++
 		}
 	}
+	return limited
+}
+
+// A program past its rate gets 429 with Retry-After; another program's
+// calls still go through.
+func TestRateLimit(t *testing.T) {
+	s := New(Options{Store: testStore(t), Limits: Limits{Rate: 0.5, Burst: 3}})
+	flood, calm := s.Handler(Caller{Program: "flood"}), s.Handler(Caller{Program: "calm"})
+	limited := limitedOf(t, 10, func() answer { return call(t, flood, "GET", "/v1/properties", "") })
 	if limited < 6 {
 		t.Fatalf("%d of 10 calls limited at a burst of 3, want 7 or so", limited)
 	}
@@ -271,17 +279,7 @@ func TestWriteRateBoundsRewrites(t *testing.T) {
 	s := New(Options{Store: testStore(t), Limits: Limits{MaxValue: 100, MaxBytes: 300, WriteRate: 1}})
 	h := s.Handler(Caller{Program: "rewriter"})
 	value := strings.Repeat("v", 100)
-	limited := 0
-	for range 10 {
-		a := call(t, h, "PUT", "/v1/kv/k", value)
-		if a.status == http.StatusTooManyRequests {
-			want(t, "a rewrite past the write rate", a, 429, "rate_limited")
-			if n, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || n < 1 {
-				t.Fatalf("Retry-After %q", a.header.Get("Retry-After"))
-			}
-			limited++
-		}
-	}
+	limited := limitedOf(t, 10, func() answer { return call(t, h, "PUT", "/v1/kv/k", value) })
 	// A burst of the quota (300 bytes): 2 writes of 101, then 1 byte/s.
 	if limited < 7 {
 		t.Fatalf("%d of 10 rewrites of 101 bytes limited at 1 byte/s after 300, want 8", limited)
