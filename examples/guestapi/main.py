@@ -23,7 +23,7 @@ def call(method, path, body=None):
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return resp.status, resp.read()
-    except urllib.error.HTTPError as err:  # 4xx/5xx: a JSON {"error", "code"}
+    except urllib.error.HTTPError as err:  # 4xx/5xx: {"error": {"code", "message"}}
         return err.code, err.read()
 
 
@@ -32,7 +32,12 @@ def visit():
     # Not atomic: two requests at once may count one visit. Good enough
     # for a counter; a program that needs more keeps one worker.
     status, value = call("GET", "/v1/kv/visits")
-    visits = int(value) + 1 if status == 200 else 1
+    if status == 200:
+        visits = int(value) + 1
+    elif status == 404:  # no_such_key: the first visit
+        visits = 1
+    else:  # rate_limited, unavailable...: the count is there, unread
+        return {"error": json.loads(value)}
     status, answer = call("PUT", "/v1/kv/visits", str(visits).encode())
     if status != 200:
         return {"error": json.loads(answer)}

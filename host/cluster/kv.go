@@ -289,15 +289,21 @@ func (n *Node) SweepKeys(ctx context.Context, period time.Duration) {
 }
 
 // fence checks, inside a write, that token is the program's current token
-// on this node (token 0 is not fenced).
+// on this node. Token 0 (an on-demand program's) is not fenced unless the
+// program is placed as persistent now: an ended assignment (an empty node, the
+// row kept for its token) is a program no longer persistent, whose
+// on-demand VMs write without a token.
 func (n *Node) fence(tx *sql.Tx, program string, token int64) error {
 	var node string
 	var current int64
 	err := tx.QueryRow(`SELECT node, token FROM assignments WHERE program = ?`, program).Scan(&node, &current)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
 	if token == 0 {
-		if err == nil {
-			// A persistent program (it has an assignment): its writes
-			// carry its token, or a copy that lost it could still write.
+		if err == nil && node != "" {
+			// A persistent program (it is placed): its writes carry its
+			// token, or a copy that lost it could still write.
 			return fmt.Errorf("%w (no token given; the program is persistent, its token is %d on %q)", ErrStaleToken, current, node)
 		}
 		return nil

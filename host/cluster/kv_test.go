@@ -155,3 +155,62 @@ func TestKVMigratesAnOldSchema(t *testing.T) {
 		t.Fatalf("a write with a TTL after the migration: %v", err)
 	}
 }
+
+// A program that stopped being persistent (its assignment ended, the row
+// kept for its token) writes again as an on-demand program, without a
+// token; while it is placed, a write without its token is refused.
+func TestKVWritesOfAProgramNoLongerPersistent(t *testing.T) {
+	n := testNode(t, "solo", t.TempDir(), freeAddr(t), Capacity{VCPUs: 2, MemoryMiB: 1024})
+	ctx := context.Background()
+	if _, err := n.Heartbeat(ctx); err != nil {
+		t.Fatal(err)
+	}
+	sched := n.NewScheduler()
+	placed, err := sched.Step(ctx, []Want{{ID: "app", VCPUs: 1, MemoryMiB: 128}})
+	if err != nil || len(placed) != 1 || placed[0].Node != "solo" {
+		t.Fatalf("placement: %+v %v", placed, err)
+	}
+	if err := n.KVPut(ctx, "app", "k", []byte("v"), 0); !errors.Is(err, ErrStaleToken) {
+		t.Fatalf("a write without the token of a placed program: %v, want ErrStaleToken", err)
+	}
+	// Redeployed on demand: the scheduler no longer wants it.
+	if _, err := sched.Step(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.KVPut(ctx, "app", "k", []byte("v"), 0); err != nil {
+		t.Fatalf("a write of the program now on demand: %v", err)
+	}
+	if err := n.KVDelete(ctx, "app", "k", 0); err != nil {
+		t.Fatalf("a delete of the program now on demand: %v", err)
+	}
+	if err := n.KVPut(ctx, "app", "k", []byte("v"), 1); !errors.Is(err, ErrStaleToken) {
+		t.Fatalf("a write with the token of its ended assignment: %v, want ErrStaleToken", err)
+	}
+}
+
+// Writes that race are checked against the quota one after the other:
+// however many run at once, the program never holds more than its keys.
+func TestKVQuotaUnderConcurrentWrites(t *testing.T) {
+	n := testNode(t, "solo", t.TempDir(), freeAddr(t), Capacity{VCPUs: 1, MemoryMiB: 512})
+	ctx := context.Background()
+	q := Quota{Keys: 5, Bytes: 1 << 20}
+	errs := make(chan error, 40)
+	for i := range cap(errs) {
+		go func() {
+			errs <- n.KVSet(ctx, "app", fmt.Sprintf("k%02d", i), []byte("v"), KVWrite{Quota: q})
+		}()
+	}
+	stored := 0
+	for range cap(errs) {
+		err := <-errs
+		switch {
+		case err == nil:
+			stored++
+		case !errors.Is(err, ErrQuota):
+			t.Errorf("a racing write: %v", err)
+		}
+	}
+	if u, err := n.KVUsage(ctx, "app"); err != nil || u.Keys != 5 || stored != 5 {
+		t.Fatalf("%d writes succeeded, the program holds %+v (%v); want 5", stored, u, err)
+	}
+}

@@ -124,6 +124,7 @@ func (f *Flags) common() {
 	g := &f.guest
 	fs.Float64Var(&g.Rate, "guest-api-rate", guestapi.DefaultRate, "guest API calls per second one program makes, sustained (429 beyond)")
 	fs.IntVar(&g.Burst, "guest-api-burst", guestapi.DefaultBurst, "guest API calls one program makes at once above --guest-api-rate")
+	fs.Float64Var(&g.WriteRate, "kv-write-rate", guestapi.DefaultWriteRate, "bytes of keys and values one program writes per second, sustained, after a burst of --kv-max-bytes (429 beyond)")
 	fs.IntVar(&g.MaxKeys, "kv-max-keys", guestapi.DefaultMaxKeys, "keys one program holds in its store")
 	fs.IntVar(&g.MaxValue, "kv-max-value", guestapi.DefaultMaxValue, fmt.Sprintf("largest value in bytes a program stores (at most %d)", cluster.MaxValue))
 	fs.Int64Var(&g.MaxBytes, "kv-max-bytes", guestapi.DefaultMaxBytes, "bytes of keys and values one program holds in its store")
@@ -134,6 +135,8 @@ func checkGuest(g guestapi.Limits) error {
 	switch {
 	case g.Rate <= 0 || g.Burst <= 0:
 		return errors.New("--guest-api-rate and --guest-api-burst must be positive")
+	case g.WriteRate <= 0:
+		return errors.New("--kv-write-rate must be positive")
 	case g.MaxKeys <= 0 || g.MaxBytes <= 0:
 		return errors.New("--kv-max-keys and --kv-max-bytes must be positive")
 	case g.MaxValue <= 0 || g.MaxValue > cluster.MaxValue:

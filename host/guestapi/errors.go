@@ -24,6 +24,8 @@ func (e apiError) Error() string { return e.code + ": " + e.message }
 var (
 	errRate = apiError{http.StatusTooManyRequests, "rate_limited",
 		"too many calls from this program: wait for Retry-After seconds"}
+	errWriteRate = apiError{http.StatusTooManyRequests, "rate_limited",
+		"too many bytes written by this program: wait for Retry-After seconds"}
 	errNoStore = apiError{http.StatusServiceUnavailable, "no_store",
 		"this agent keeps no store (host-agent run); host-agent serve has one"}
 )

@@ -21,6 +21,7 @@ package guestapi
 import (
 	"context"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -38,6 +39,11 @@ const (
 	DefaultRate = 100
 	// DefaultBurst is the calls a program makes at once above the rate.
 	DefaultBurst = 200
+	// DefaultWriteRate is the bytes (keys and values) a program writes
+	// per second, sustained, after a burst of its MaxBytes: the quota
+	// bounds what a program holds, this what its rewrites cost, since
+	// every write is a Raft entry that every node stores.
+	DefaultWriteRate = 1 << 20
 	// DefaultMaxKeys is the most keys one program holds.
 	DefaultMaxKeys = 1000
 	// DefaultMaxValue is the largest value (the store's own bound).
@@ -66,6 +72,10 @@ type Limits struct {
 	// how many it makes at once; past them, calls are answered 429.
 	Rate  float64
 	Burst int
+	// WriteRate is the bytes of keys and values a program writes per
+	// second, sustained, after a burst of MaxBytes; past it, writes are
+	// answered 429.
+	WriteRate float64
 	// MaxKeys, MaxValue and MaxBytes are the program's quota: keys held,
 	// bytes in one value, bytes of keys and values in all.
 	MaxKeys  int
@@ -80,6 +90,9 @@ func (l Limits) withDefaults() Limits {
 	}
 	if l.Burst <= 0 {
 		l.Burst = DefaultBurst
+	}
+	if l.WriteRate <= 0 {
+		l.WriteRate = DefaultWriteRate
 	}
 	if l.MaxKeys <= 0 {
 		l.MaxKeys = DefaultMaxKeys
@@ -123,10 +136,11 @@ type Service struct {
 	swept    time.Time
 }
 
-// limiter is a program's rate limiter, shared by its VMs on this node.
+// limiter is a program's rate limiters, shared by its VMs on this node:
+// of its calls, and of the bytes it writes.
 type limiter struct {
-	*rate.Limiter
-	used time.Time
+	calls, bytes *rate.Limiter
+	used         time.Time
 }
 
 // New makes a Service.
@@ -158,9 +172,9 @@ type Caller struct {
 	FencingToken int64
 }
 
-// limiter returns the program's rate limiter, and forgets those unused
+// limiter returns the program's rate limiters, and forgets those unused
 // for long (they are full again by then).
-func (s *Service) limiter(program string, now time.Time) *rate.Limiter {
+func (s *Service) limiter(program string, now time.Time) *limiter {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if now.Sub(s.swept) > time.Minute {
@@ -173,11 +187,32 @@ func (s *Service) limiter(program string, now time.Time) *rate.Limiter {
 	}
 	l := s.limiters[program]
 	if l == nil {
-		l = &limiter{Limiter: rate.NewLimiter(rate.Limit(s.limits.Rate), s.limits.Burst)}
+		// A write is at most a key and a value: the burst always admits one.
+		burst := max(s.limits.MaxBytes, int64(MaxKey+s.limits.MaxValue))
+		l = &limiter{calls: rate.NewLimiter(rate.Limit(s.limits.Rate), s.limits.Burst),
+			bytes: rate.NewLimiter(rate.Limit(s.limits.WriteRate), int(min(burst, math.MaxInt32)))}
 		s.limiters[program] = l
 	}
 	l.used = now
-	return l.Limiter
+	return l
+}
+
+// admit takes n tokens from l now, or answers e (a 429) with the wait in
+// Retry-After and takes none.
+func admit(w http.ResponseWriter, l *rate.Limiter, n int, e apiError) bool {
+	now := time.Now()
+	res := l.ReserveN(now, n)
+	wait := res.DelayFrom(now)
+	if res.OK() && wait == 0 {
+		return true
+	}
+	res.CancelAt(now)
+	if !res.OK() {
+		wait = time.Second
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
+	writeError(w, e)
+	return false
 }
 
 // Handler serves the calls of one program.
@@ -194,12 +229,7 @@ type handler struct {
 // ServeHTTP routes a call (by hand, so that every answer, 404 and 405
 // included, is the API's JSON).
 func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	now := time.Now()
-	if res := h.s.limiter(h.c.Program, now).ReserveN(now, 1); res.DelayFrom(now) > 0 {
-		wait := res.DelayFrom(now)
-		res.CancelAt(now)
-		w.Header().Set("Retry-After", strconv.Itoa(int((wait+time.Second-1)/time.Second)))
-		writeError(w, errRate)
+	if !admit(w, h.s.limiter(h.c.Program, time.Now()).calls, 1, errRate) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), callTimeout)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -167,6 +168,9 @@ func TestBadKeys(t *testing.T) {
 			want(t, method+" "+key, call(t, h, method, "/v1/kv/"+key, "v"), 400, "bad_key")
 		}
 	}
+	if a := call(t, h, "GET", "/v1/kv/%C3%A9", ""); !strings.Contains(a.body, "byte 0xc3 at 0") {
+		t.Fatalf("a key in UTF-8 is refused as %s, want its first byte named as it is (0xc3)", a.body)
+	}
 	want(t, "the longest key", call(t, h, "PUT", "/v1/kv/"+strings.Repeat("k", MaxKey), "v"), 200, "")
 	want(t, "all the allowed bytes", call(t, h, "PUT", "/v1/kv/aZ09-._~:@", "v"), 200, "")
 	want(t, "a bad prefix", call(t, h, "GET", "/v1/kv?prefix=a/b", ""), 400, "bad_key")
@@ -190,14 +194,13 @@ func TestQuota(t *testing.T) {
 	want(t, "a third key after a delete", call(t, h, "PUT", "/v1/kv/k3", "v"), 200, "")
 }
 
-// A program past its rate gets 429 with Retry-After; another program's
-// calls still go through.
-func TestRateLimit(t *testing.T) {
-	s := New(Options{Store: testStore(t), Limits: Limits{Rate: 0.5, Burst: 3}})
-	flood, calm := s.Handler(Caller{Program: "flood"}), s.Handler(Caller{Program: "calm"})
+// limitedOf makes n calls and returns how many were answered 429, each
+// a rate_limited error with a Retry-After of a second or more.
+func limitedOf(t *testing.T, n int, call func() answer) int {
+	t.Helper()
 	limited := 0
-	for range 10 {
-		a := call(t, flood, "GET", "/v1/properties", "")
+	for range n {
+		a := call()
 		if a.status == http.StatusTooManyRequests {
 			want(t, "a call past the rate", a, 429, "rate_limited")
 			if n, err := strconv.Atoi(a.header.Get("Retry-After")); err != nil || n < 1 {
@@ -206,6 +209,15 @@ func TestRateLimit(t *testing.T) {
 			limited++
 		}
 	}
+	return limited
+}
+
+// A program past its rate gets 429 with Retry-After; another program's
+// calls still go through.
+func TestRateLimit(t *testing.T) {
+	s := New(Options{Store: testStore(t), Limits: Limits{Rate: 0.5, Burst: 3}})
+	flood, calm := s.Handler(Caller{Program: "flood"}), s.Handler(Caller{Program: "calm"})
+	limited := limitedOf(t, 10, func() answer { return call(t, flood, "GET", "/v1/properties", "") })
 	if limited < 6 {
 		t.Fatalf("%d of 10 calls limited at a burst of 3, want 7 or so", limited)
 	}
@@ -258,4 +270,41 @@ func TestRoutingErrors(t *testing.T) {
 	want(t, "an unknown path", call(t, h, "GET", "/v2/kv/k", ""), 404, "unknown_endpoint")
 	want(t, "no store", call(t, h, "GET", "/v1/kv/k", ""), 503, "no_store")
 	want(t, "no store, properties", call(t, h, "GET", "/v1/properties", ""), 200, "")
+}
+
+// Rewriting a key within the quota is bounded too: past the program's
+// bytes written per second (after a burst of its quota), writes are 429
+// with Retry-After; reads, and other programs, go on.
+func TestWriteRateBoundsRewrites(t *testing.T) {
+	s := New(Options{Store: testStore(t), Limits: Limits{MaxValue: 100, MaxBytes: 300, WriteRate: 1}})
+	h := s.Handler(Caller{Program: "rewriter"})
+	value := strings.Repeat("v", 100)
+	limited := limitedOf(t, 10, func() answer { return call(t, h, "PUT", "/v1/kv/k", value) })
+	// A burst of the quota (300 bytes): 2 writes of 101, then 1 byte/s.
+	if limited < 7 {
+		t.Fatalf("%d of 10 rewrites of 101 bytes limited at 1 byte/s after 300, want 8", limited)
+	}
+	want(t, "a read", call(t, h, "GET", "/v1/kv/k", ""), 200, "")
+	want(t, "another program", call(t, s.Handler(Caller{Program: "calm"}), "PUT", "/v1/kv/k", value), 200, "")
+}
+
+// A call whose caller left (its program stopped, the stream reset) is no
+// fault of the host: nothing is logged as one.
+func TestCallerThatLeftIsNotAHostFault(t *testing.T) {
+	var logged strings.Builder
+	s := New(Options{Store: testStore(t), Log: slog.New(slog.NewTextHandler(&logged, &slog.HandlerOptions{Level: slog.LevelWarn}))})
+	h := s.Handler(Caller{Program: "app"})
+	for _, method := range []string{"PUT", "GET", "DELETE"} {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		r := httptest.NewRequestWithContext(ctx, method, "/v1/kv/k", strings.NewReader("v"))
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+	r := httptest.NewRequestWithContext(context.Background(), "GET", "/v1/kv?prefix=k", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	h.ServeHTTP(httptest.NewRecorder(), r.WithContext(ctx))
+	if logged.Len() > 0 {
+		t.Fatalf("calls whose caller left were logged as the host's faults:\n%s", logged.String())
+	}
 }

@@ -1,6 +1,7 @@
 package guestapi
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -24,7 +25,7 @@ func checkKey(key string) error {
 		return fmt.Errorf("key %q: not a key", key)
 	}
 	if i := badByte(key); i >= 0 {
-		return fmt.Errorf("key %.40q: byte %q at %d is not allowed (letters, digits and - . _ ~ : @)", key, key[i], i)
+		return fmt.Errorf("key %.40q: byte %s at %d is not allowed (letters, digits and - . _ ~ : @)", key, byteName(key[i]), i)
 	}
 	return nil
 }
@@ -40,6 +41,15 @@ func badByte(s string) int {
 		}
 	}
 	return -1
+}
+
+// byteName names c in a message: quoted when it is printable ASCII, in
+// hex otherwise (a byte of UTF-8 is not a character).
+func byteName(c byte) string {
+	if c >= 0x20 && c < 0x7f {
+		return strconv.QuoteRune(rune(c))
+	}
+	return fmt.Sprintf("%#x", c)
 }
 
 func badKey(err error) apiError {
@@ -71,7 +81,7 @@ func (h *handler) get(w http.ResponseWriter, r *http.Request, key string) {
 	}
 	v, err := h.s.store.KVGet(r.Context(), h.c.Program, key)
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	w.Header().Set("Content-Type", "application/octet-stream")
@@ -107,11 +117,14 @@ func (h *handler) put(w http.ResponseWriter, r *http.Request, key string) {
 		writeError(w, tooBig)
 		return
 	}
+	if !admit(w, h.s.limiter(h.c.Program, time.Now()).bytes, len(key)+len(value), errWriteRate) {
+		return
+	}
 	l := h.s.limits
 	err = h.s.store.KVSet(r.Context(), h.c.Program, key, value, cluster.KVWrite{Token: h.token(), TTL: ttl,
 		Quota: cluster.Quota{Keys: l.MaxKeys, Bytes: l.MaxBytes}})
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	e := cluster.KVEntry{Key: key, Size: len(value)}
@@ -139,7 +152,7 @@ func (h *handler) delete(w http.ResponseWriter, r *http.Request, key string) {
 		return
 	}
 	if err := h.s.store.KVDelete(r.Context(), h.c.Program, key, h.token()); err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
@@ -183,7 +196,7 @@ func (h *handler) list(w http.ResponseWriter, r *http.Request) {
 	}
 	keys, more, err := h.s.store.KVList(r.Context(), h.c.Program, prefix, after, limit)
 	if err != nil {
-		writeError(w, h.storeError(err))
+		writeError(w, h.storeError(r, err))
 		return
 	}
 	out := listing{Keys: keys, More: more}
@@ -204,11 +217,12 @@ func (h *handler) token() int64 {
 	return 0
 }
 
-// storeError maps a store error, and logs those that are the host's
-// fault.
-func (h *handler) storeError(err error) apiError {
+// storeError maps a store error of r, and logs those that are the
+// host's fault (not a caller that left, its program stopped).
+func (h *handler) storeError(r *http.Request, err error) apiError {
 	e := storeError(err)
-	if e.status >= 500 && !errors.Is(err, cluster.ErrNoQuorum) {
+	left := r.Context().Err() != nil && errors.Is(err, context.Canceled)
+	if e.status >= 500 && !left && !errors.Is(err, cluster.ErrNoQuorum) {
 		h.s.log.Warn("guest API: store", "program", h.c.Program, "err", err)
 	}
 	return e

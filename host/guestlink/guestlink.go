@@ -6,7 +6,10 @@
 // guest-opened streams (contract.MaxAPIStreams); a request body is cut at
 // contract.MaxAPIBody; a handler that panics answers 500 (or resets the
 // stream when its answer had begun) and the agent goes on. Without a
-// handler every call is answered 503.
+// handler every call is answered 503. A guest that stalls, sending its
+// body or reading the answer, holds a handler until CallTimeout at most:
+// its reads and writes then fail (http.ResponseController's
+// SetReadDeadline and SetWriteDeadline move those deadlines).
 package guestlink
 
 import (
@@ -19,6 +22,7 @@ import (
 	"net/http"
 	"runtime/debug"
 	"strconv"
+	"time"
 
 	"github.com/ferry-vm/ferry/internal/httpstream"
 	"github.com/ferry-vm/ferry/protocol/contract"
@@ -26,6 +30,12 @@ import (
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
+
+// CallTimeout bounds, from the call's start, the handler's reads of the
+// request body and writes of its answer: the guest is a program's VM, a
+// stalled one must not hold the agent's goroutines and buffers. Init
+// bounds its callers' bodies to a minute (guest/hostapi): twice that.
+const CallTimeout = 2 * time.Minute
 
 // NoAPI is the message of the 503 a call gets from a host that serves no
 // guest API.
@@ -80,6 +90,9 @@ func serve(h http.Handler, log *slog.Logger, st *mux.Stream) {
 	if req.Body != http.NoBody {
 		req.Body = &limitedBody{r: st, left: contract.MaxAPIBody}
 	}
+	deadline := time.Now().Add(CallTimeout)
+	st.SetReadDeadline(deadline)
+	st.SetWriteDeadline(deadline)
 	w := &responseWriter{st: st, header: http.Header{}}
 	defer func() {
 		if r := recover(); r != nil {
@@ -96,8 +109,13 @@ func serve(h http.Handler, log *slog.Logger, st *mux.Stream) {
 			w.status = 0
 			Error(w, http.StatusInternalServerError, "internal", "the host's guest API failed")
 		}
-		if err := w.finish(); err != nil && ctx.Err() == nil {
-			log.Debug("guest API answer broke off", "path", req.URL.Path, "err", err)
+		if err := w.finish(); err != nil {
+			// Not NO_ERROR below: that would say the answer is whole.
+			st.Reset(frame.CodeCancel, "the answer broke off")
+			if ctx.Err() == nil {
+				log.Debug("guest API answer broke off", "path", req.URL.Path, "err", err)
+			}
+			return
 		}
 		// The answer is complete: a request body the handler did not read
 		// is not wanted (SPEC §5.3, RESET NO_ERROR after the response).
@@ -194,6 +212,14 @@ func (w *responseWriter) sendHead(body []byte, end bool) error {
 	}
 	return w.err
 }
+
+// SetReadDeadline makes the request body's reads fail with
+// mux.ErrTimeout after t (http.ResponseController).
+func (w *responseWriter) SetReadDeadline(t time.Time) error { return w.st.SetReadDeadline(t) }
+
+// SetWriteDeadline makes the answer's writes fail with mux.ErrTimeout
+// after t (http.ResponseController).
+func (w *responseWriter) SetWriteDeadline(t time.Time) error { return w.st.SetWriteDeadline(t) }
 
 // finish ends the answer.
 func (w *responseWriter) finish() error {

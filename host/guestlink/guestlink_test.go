@@ -255,3 +255,57 @@ func TestAnswerWithoutReadingTheBody(t *testing.T) {
 		t.Error("writing the rest of the body after the host's RESET succeeded")
 	}
 }
+
+// A guest that stops sending its body mid-way, or stops reading the
+// answer, cannot hold the handler: its reads and writes end at their
+// deadline, which the handler sets through http.ResponseController
+// (guestlink sets one of its own, CallTimeout, for every call).
+func TestStalledGuestEndsAtTheDeadlines(t *testing.T) {
+	ended := make(chan error, 2)
+	guest := pair(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		rc := http.NewResponseController(w)
+		if err := rc.SetReadDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+			ended <- err
+			return
+		}
+		if r.Method == http.MethodPut {
+			_, err := io.ReadAll(r.Body)
+			ended <- err
+			return
+		}
+		if err := rc.SetWriteDeadline(time.Now().Add(200 * time.Millisecond)); err != nil {
+			ended <- err
+			return
+		}
+		// More than the stream's window, to a guest that reads none of it.
+		_, err := w.Write(make([]byte, 4*mux.DefaultInitialWindow))
+		ended <- err
+	}))
+	ctx := testContext(t)
+	for _, method := range []string{"PUT", "GET"} {
+		st, err := guest.Open(ctx, &message.RequestHead{Method: []byte(method), Path: []byte("/v1/kv/k")}, []byte("a body never finished"), method == "GET")
+		if err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case err := <-ended:
+			if !errors.Is(err, mux.ErrTimeout) {
+				t.Errorf("%s: the handler ended with %v, want a timeout", method, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s: the handler is still held by a stalled guest", method)
+		}
+		if method == "GET" {
+			// The answer broke off: the guest is told, not left waiting.
+			select {
+			case <-st.Done():
+				var serr *mux.StreamError
+				if !errors.As(st.Err(), &serr) || serr.Code == frame.CodeNoError {
+					t.Errorf("an answer cut short ended with %v, want a reset that is not NO_ERROR", st.Err())
+				}
+			case <-ctx.Done():
+				t.Fatal("the stream of an answer cut short did not end")
+			}
+		}
+	}
+}
