@@ -37,11 +37,13 @@ test: deps vet
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v -e '/host/cluster' -e '/host/catalog')
 	$(GO) test -count=1 -timeout 10m $(NORACE)
 
-## bench: Ferry against uvicorn and the per-request msgpack design
-## (BENCHMARKS.md; writes bench/results.md), then the Go benchmarks of the
-## protocol and the relay hot path
+## bench: Ferry against uvicorn, nginx in front of uvicorn and the
+## per-request msgpack design (BENCHMARKS.md; writes bench/results.md), then
+## the Go benchmarks of the protocol and the relay hot path. Installs the
+## tests' Debian packages and, for the bench alone, nginx-light (as root).
 BENCH_FLAGS ?=
-bench: build
+bench: deps build
+	@.ci/deps nginx-light
 	$(GO) build -o $(BIN)/ferry-bench ./cmd/ferry-bench
 	$(BIN)/ferry-bench -out bench/results.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./protocol/...

@@ -2,6 +2,8 @@
 // by side in one run on one machine (see BENCHMARKS.md):
 //
 //   - A: uvicorn with httptools and uvloop serving the app directly;
+//   - A′: nginx in front of A's uvicorn, over a unix socket with keep-alive
+//     (the shape of the platforms that proxy to an HTTP server in a VM);
 //   - B: Ferry: host-agent (sandbox backend) -> init -> its ASGI worker pool;
 //   - C: the per-request msgpack design Ferry replaces (MsgpackFront and
 //     apps/../msgpack_guest.py).
@@ -36,6 +38,7 @@ type Config struct {
 	HostAgent string // bin/host-agent
 	Init      string // bin/init
 	Self      string // this program's binary, for C's front (msgpack-front)
+	Nginx     string // A′'s nginx: /usr/sbin/nginx (Debian's nginx-light)
 	WorkDir   string // scratch: the apps, logs, sockets
 
 	Duration    time.Duration // of each load run
@@ -85,16 +88,28 @@ type Result struct {
 	Load       loadResult
 	Rates      []float64 // req/s of every round, in order (Load is the median round's)
 	CPUSeconds float64   // all of the design's processes during the run
-	Memory     []ProcMemory
-	Err        error
+	// CPUByName is CPUSeconds split by process name (comm): "init" is B's
+	// init, "nginx" A′'s master and worker.
+	CPUByName map[string]float64
+	Memory    []ProcMemory
+	Err       error
 }
 
 // CPUPer10k is CPU seconds per 10,000 requests.
-func (r Result) CPUPer10k() float64 {
+func (r Result) CPUPer10k() float64 { return r.per10k(r.CPUSeconds) }
+
+// CPUPer10kOf is the CPU seconds of the processes named name (comm) per
+// 10,000 requests, and whether there was such a process.
+func (r Result) CPUPer10kOf(name string) (float64, bool) {
+	s, ok := r.CPUByName[name]
+	return r.per10k(s), ok
+}
+
+func (r Result) per10k(seconds float64) float64 {
 	if r.Load.Requests == 0 {
 		return 0
 	}
-	return r.CPUSeconds / float64(r.Load.Requests) * 10000
+	return seconds / float64(r.Load.Requests) * 10000
 }
 
 // Report is everything one run measured.
@@ -108,8 +123,8 @@ type Report struct {
 }
 
 // Run runs every design under every workload, then the cold starts. The
-// designs are interleaved: for each workload, a round runs A, B and C one
-// after the other (in a rotating order), and the rounds are repeated, so
+// designs are interleaved: for each workload, a round runs every design
+// one after the other (in a rotating order), and the rounds are repeated, so
 // that the machine's drift and noise fall on all designs alike; each
 // design's result is its median round.
 func Run(ctx context.Context, cfg Config) (*Report, error) {
@@ -119,7 +134,7 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 		return nil, err
 	}
 	cfg.Rounds = max(cfg.Rounds, 1)
-	rep := &Report{Machine: DescribeMachine(ctx, cfg.Python), Started: start, Config: cfg}
+	rep := &Report{Machine: DescribeMachine(ctx, cfg.Python, cfg.Nginx), Started: start, Config: cfg}
 	for _, procs := range cfg.Procs {
 		for _, app := range []App{plainApp, fastapiApp} {
 			var wls []Workload
@@ -209,7 +224,7 @@ func measure(ctx context.Context, cfg *Config, srv *server, d Design, w Workload
 	} else {
 		r.Load, r.Err = runWrk(ctx, cfg.WorkDir, srv.base+w.Path, w.Conns, cfg.Duration, w.Lua)
 	}
-	r.CPUSeconds, r.Memory = u.finish()
+	r.CPUSeconds, r.CPUByName, r.Memory = u.finish()
 	if r.Err == nil && (r.Load.Errors > 0 || r.Load.Non2xx > 0) {
 		r.Err = fmt.Errorf("%d errors, %d non-2xx answers", r.Load.Errors, r.Load.Non2xx)
 	}

@@ -177,7 +177,7 @@ func uvicornStart(ctx context.Context, cfg *Config, app App, n int) (time.Durati
 			return 0, err
 		}
 		t := time.Now()
-		c, err := launch(cfg, "A-coldstart.log", cfg.AppsDir, cfg.Python, uvicornArgs(app, port, 1)...)
+		c, err := launch(cfg, "A-coldstart.log", cfg.AppsDir, cfg.Python, uvicornArgs(app, loopbackListen(port), 1)...)
 		if err != nil {
 			return 0, err
 		}

@@ -17,10 +17,11 @@ type Machine struct {
 	Go       string
 	Python   string // interpreter and the versions of the Python packages used
 	Wrk      string
+	Nginx    string
 }
 
 // DescribeMachine collects the facts printed with the results.
-func DescribeMachine(ctx context.Context, python string) Machine {
+func DescribeMachine(ctx context.Context, python, nginx string) Machine {
 	m := Machine{Cores: runtime.NumCPU(), Go: runtime.Version()}
 	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, line := range strings.Split(string(b), "\n") {
@@ -43,6 +44,7 @@ print("Python %s, uvicorn %s, httptools %s, uvloop %s, FastAPI %s, Starlette %s,
     uvicorn.__version__, httptools.__version__, uvloop.__version__, fastapi.__version__, starlette.__version__,
     ".".join(map(str, msgpack.version))))`)
 	m.Wrk, _, _ = strings.Cut(commandLine(ctx, "wrk", "-v"), " Copyright")
+	m.Nginx = strings.TrimPrefix(commandLine(ctx, nginx, "-v"), "nginx version: ")
 	return m
 }
 

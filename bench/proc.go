@@ -152,6 +152,7 @@ type usage struct {
 	started  bool  // the first record (the start of the run) is done
 	startCPU map[int]uint64
 	lastCPU  map[int]uint64
+	names    map[int]string // comm, as first seen
 	mem      map[int]*ProcMemory
 }
 
@@ -160,7 +161,7 @@ const sampleEvery = 50 * time.Millisecond
 
 func startUsage(roots ...int) *usage {
 	u := &usage{roots: roots, stop: make(chan struct{}), done: make(chan struct{}),
-		startCPU: map[int]uint64{}, lastCPU: map[int]uint64{}, mem: map[int]*ProcMemory{}}
+		startCPU: map[int]uint64{}, lastCPU: map[int]uint64{}, names: map[int]string{}, mem: map[int]*ProcMemory{}}
 	u.record(processTree(roots...))
 	go func() {
 		defer close(u.done)
@@ -203,6 +204,7 @@ func (u *usage) record(procs []procInfo) {
 	for _, p := range procs {
 		if _, seen := u.lastCPU[p.PID]; !seen {
 			u.pids = append(u.pids, p.PID)
+			u.names[p.PID] = p.Name
 			if first {
 				u.startCPU[p.PID] = p.CPUTicks
 			}
@@ -223,20 +225,24 @@ func (u *usage) record(procs []procInfo) {
 }
 
 // finish stops sampling and returns the CPU seconds the tree used during
-// the run and every process's memory.
-func (u *usage) finish() (cpuSeconds float64, mem []ProcMemory) {
+// the run, the same split by process name (init's share of B: the
+// utime+stime of the sandbox's PID 1 before and after) and every process's
+// memory.
+func (u *usage) finish() (cpuSeconds float64, byName map[string]float64, mem []ProcMemory) {
 	close(u.stop)
 	<-u.done
 	u.record(processTree(u.roots...))
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	var ticks uint64
+	byName = map[string]float64{}
 	for pid, last := range u.lastCPU {
 		ticks += last - u.startCPU[pid]
+		byName[u.names[pid]] += float64(last-u.startCPU[pid]) / clockTicks
 	}
 	for _, m := range u.mem {
 		mem = append(mem, *m)
 	}
 	sort.Slice(mem, func(i, j int) bool { return mem[i].PID < mem[j].PID })
-	return float64(ticks) / clockTicks, mem
+	return float64(ticks) / clockTicks, byName, mem
 }

@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// Design is one of the three ways of serving the app that are compared.
+// Design is one of the ways of serving the app that are compared.
 type Design struct {
-	Key  string // A, B or C
+	Key  string // A, A′, B or C
 	Name string
 	// start runs the design on app with procs Python processes.
 	start func(ctx context.Context, cfg *Config, app App, procs int) (*server, error)
@@ -34,10 +34,11 @@ var (
 	fastapiApp = App{Module: "fastapi_app", Ready: "/items/1"}
 )
 
-// Designs returns A, B and C.
+// Designs returns A, A′, B and C.
 func Designs() []Design {
 	return []Design{
 		{Key: "A", Name: "uvicorn (httptools, uvloop)", start: startUvicorn, websockets: true},
+		{Key: "A′", Name: "nginx (one worker) in front of uvicorn, keep-alive over a unix socket", start: startNginx, websockets: true},
 		{Key: "B", Name: "Ferry (host-agent, sandbox, init, worker pool)", start: startFerry, websockets: true},
 		{Key: "C", Name: "per-request msgpack (Aleph-style)", start: startMsgpack},
 	}
@@ -134,18 +135,20 @@ func startUvicorn(ctx context.Context, cfg *Config, app App, procs int) (*server
 		return nil, err
 	}
 	logName := fmt.Sprintf("A-%s-%d.log", app.Module, procs)
-	cmd, err := launch(cfg, logName, cfg.AppsDir, cfg.Python, uvicornArgs(app, port, procs)...)
+	cmd, err := launch(cfg, logName, cfg.AppsDir, cfg.Python, uvicornArgs(app, loopbackListen(port), procs)...)
 	if err != nil {
 		return nil, err
 	}
 	return ready(ctx, cfg, port, app, logName, cmd)
 }
 
-// uvicornArgs is design A's command line after the interpreter.
-func uvicornArgs(app App, port, procs int) []string {
-	return []string{"-m", "uvicorn", "--http", "httptools", "--loop", "uvloop",
-		"--no-access-log", "--log-level", "warning", "--host", "127.0.0.1", "--port", strconv.Itoa(port),
-		"--workers", strconv.Itoa(procs), app.Module + ":app"}
+// uvicornArgs is design A's command line after the interpreter (A′'s too,
+// listening on a unix socket instead); listen is where it listens
+// (loopbackListen, or --uds PATH).
+func uvicornArgs(app App, listen []string, procs int) []string {
+	args := []string{"-m", "uvicorn", "--http", "httptools", "--loop", "uvloop", "--no-access-log", "--log-level", "warning"}
+	args = append(args, listen...)
+	return append(args, "--workers", strconv.Itoa(procs), app.Module+":app")
 }
 
 func startFerry(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {

@@ -1,8 +1,9 @@
 // Command ferry-bench runs the benchmark of BENCHMARKS.md: uvicorn (A),
-// Ferry (B) and the per-request msgpack design (C) side by side on the same
-// app code, and writes the tables as Markdown.
+// nginx in front of uvicorn (A′), Ferry (B) and the per-request msgpack
+// design (C) side by side on the same app code, and writes the tables as
+// Markdown.
 //
-//	ferry-bench [-out FILE] [-duration 4s] [-rounds 3] [-connections 32] [-procs 1,2]
+//	ferry-bench [-out FILE] [-duration 4s] [-rounds 3] [-connections 32] [-procs 1,2] [-only hello,cold]
 //	ferry-bench msgpack-front --listen ADDR --socket PATH   (design C's host side)
 package main
 
@@ -48,6 +49,7 @@ func run(ctx context.Context, args []string) error {
 	coldStarts := fs.Int("cold-starts", 5, "cold starts timed per app (0: none)")
 	only := fs.String("only", "", "comma-separated workload keys (substrings) to run, e.g. hello,cold")
 	python := fs.String("python", "/usr/bin/python3", "Python with Debian's uvicorn, FastAPI, uvloop, httptools and msgpack")
+	nginx := fs.String("nginx", "/usr/sbin/nginx", "nginx of design A′ (Debian's nginx-light)")
 	bin := fs.String("bin", "bin", "directory with host-agent and init")
 	workDir := fs.String("work", "", "scratch directory (default: a new temporary one)")
 	if err := fs.Parse(args); err != nil {
@@ -57,7 +59,7 @@ func run(ctx context.Context, args []string) error {
 	if err != nil {
 		return err
 	}
-	cfg := bench.Config{Python: *python, Self: self, Duration: *duration, Rounds: *rounds, Connections: *conns,
+	cfg := bench.Config{Python: *python, Nginx: *nginx, Self: self, Duration: *duration, Rounds: *rounds, Connections: *conns,
 		ColdStarts: *coldStarts, Only: *only, Progress: os.Stderr, WorkDir: *workDir}
 	for _, p := range strings.Split(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
