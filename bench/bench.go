@@ -199,9 +199,9 @@ func runGroup(ctx context.Context, cfg *Config, app App, procs int, wls []Worklo
 				r := measure(ctx, cfg, servers[i], d, w, procs)
 				rounds[i] = append(rounds[i], r)
 				if r.Err != nil {
-					cfg.progress("%s %-14s procs=%d round %d: %v", d.Key, w.Key, procs, round+1, r.Err)
+					cfg.progress("%-2s %-14s procs=%d round %d: %v", d.Key, w.Key, procs, round+1, r.Err)
 				} else {
-					cfg.progress("%s %-14s procs=%d round %d: %8.0f req/s  p50 %-8v p99 %-8v cpu/10k %.2fs", d.Key, w.Key, procs, round+1,
+					cfg.progress("%-2s %-14s procs=%d round %d: %8.0f req/s  p50 %-8v p99 %-8v cpu/10k %.2fs", d.Key, w.Key, procs, round+1,
 						r.Load.rate(), r.Load.P50, r.Load.P99, r.CPUPer10k())
 				}
 			}
