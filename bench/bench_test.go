@@ -106,24 +106,31 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 			t.Fatalf("%q: met %v missing %v (%s), want met %v missing %v", goal, tg.Met, tg.Missing, tg.Measured, met, missing)
 		}
 	}
-	check("1. B ≥ 1.0× A′ req/s, hello, 1 process(es)", true, false)
-	check("1. B ≥ 1.0× A′ req/s, hello, 2 process(es)", false, false)
-	check("1. B ≥ 0.6× A req/s, hello, 1 process(es)", true, false)
-	check("1. B ≥ 0.6× A req/s, hello, 2 process(es)", false, false)
-	check("2. B ≥ 1.0× A req/s, fastapi, 1 process(es)", false, false)
-	check("2. B ≥ 1.0× A req/s, fastapi, 2 process(es)", true, false)
-	check("3. B p50 ≤ A′ p50, hello-1conn", false, false)
-	check("3. B p50 ≤ A′ p50, fastapi-1conn", true, false)
-	check("4. B ≥ 0.5× A req/s, response-1mib, 1 process(es)", false, false)
-	check("4. B ≥ 0.5× A req/s, upload-10mib, 1 process(es)", true, false)
-	check("4. B ≥ 0.5× A req/s, upload-10mib, 2 process(es)", false, true)
-	check("4. memory flat during the 10 MiB uploads (each B process grows < 4 MiB), 1 process(es)", false, false)
-	check("5. init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)", true, false)  // 0.015 s
-	check("5. init CPU ≤ 0.02 s / 10k req, hello, 2 process(es)", false, false) // 0.025 s
-	check("issue 7: B ≥ 10× C req/s, hello, 1 process(es)", true, false)
-	check("issue 7: B ≥ 10× C req/s, fastapi, 1 process(es)", false, false)
-	check("issue 7: init peak RSS ≤ 10 MiB (all B runs)", true, false)
-	check("issue 7: host-agent peak RSS ≤ 30 MiB (all B runs)", false, false)
+	for _, c := range []struct {
+		goal         string
+		met, missing bool
+	}{
+		{"1. B ≥ 1.0× A′ req/s, hello, 1 process(es)", true, false},
+		{"1. B ≥ 1.0× A′ req/s, hello, 2 process(es)", false, false},
+		{"1. B ≥ 0.6× A req/s, hello, 1 process(es)", true, false},
+		{"1. B ≥ 0.6× A req/s, hello, 2 process(es)", false, false},
+		{"2. B ≥ 1.0× A req/s, fastapi, 1 process(es)", false, false},
+		{"2. B ≥ 1.0× A req/s, fastapi, 2 process(es)", true, false},
+		{"3. B p50 ≤ A′ p50, hello-1conn", false, false},
+		{"3. B p50 ≤ A′ p50, fastapi-1conn", true, false},
+		{"4. B ≥ 0.5× A req/s, response-1mib, 1 process(es)", false, false},
+		{"4. B ≥ 0.5× A req/s, upload-10mib, 1 process(es)", true, false},
+		{"4. B ≥ 0.5× A req/s, upload-10mib, 2 process(es)", false, true},
+		{"4. memory flat during the 10 MiB uploads (each B process grows < 4 MiB), 1 process(es)", false, false},
+		{"5. init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)", true, false},  // 0.015 s
+		{"5. init CPU ≤ 0.02 s / 10k req, hello, 2 process(es)", false, false}, // 0.025 s
+		{"issue 7: B ≥ 10× C req/s, hello, 1 process(es)", true, false},
+		{"issue 7: B ≥ 10× C req/s, fastapi, 1 process(es)", false, false},
+		{"issue 7: init peak RSS ≤ 10 MiB (all B runs)", true, false},
+		{"issue 7: host-agent peak RSS ≤ 30 MiB (all B runs)", false, false},
+	} {
+		check(c.goal, c.met, c.missing)
+	}
 
 	// A B without an init process measured (no such process) is not
 	// measured rather than met.
