@@ -79,12 +79,31 @@ def get(host, port):
 async def fetch(host: str, port: int):
     import asyncio
     return await asyncio.to_thread(get, host, port)
+
+def store(method, key, value=None):
+    # The guest API, with the standard library: FERRY_API_URL is init's.
+    import os, urllib.request
+    req = urllib.request.Request(os.environ["FERRY_API_URL"] + "/v1/kv/" + key, data=value, method=method)
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return resp.read()
+
+@app.put("/kv/{key}")
+async def put_key(key: str, request: Request):
+    import asyncio
+    await asyncio.to_thread(store, "PUT", key, await request.body())
+    return {"stored": key}
+
+@app.get("/kv/{key}", response_class=PlainTextResponse)
+async def get_key(key: str):
+    import asyncio
+    return (await asyncio.to_thread(store, "GET", key)).decode()
 `
 
 // The example FastAPI program in a real VM through host-agent --backend
 // qemu: its JSON through the agent, a server outside reached by name
-// through NAT, its IPv6 address answering from the host, a note written to a persistent volume in one boot and read back
-// in the next, and a clean ext4 after each graceful stop.
+// through NAT, its IPv6 address answering from the host, a note written
+// to a persistent volume and to the guest API's store in one boot and read
+// back in the next, and a clean ext4 after each graceful stop.
 func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	images := requireImages(t)
 	requireTool(t, "curl")
@@ -134,6 +153,11 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	if body := curl(t, "-X", "POST", "--data-binary", note, url+"/note"); !strings.Contains(body, fmt.Sprintf(`"written":%d`, len(note))) {
 		t.Fatalf("POST /note: %s", body)
 	}
+	// The guest API through the VM's virtio transport: a key stored now
+	// is read back in the next boot (it lives in the agent's store).
+	if body := curl(t, "-X", "PUT", "--data-binary", note, url+"/kv/note"); !strings.Contains(body, `"stored":"note"`) {
+		t.Fatalf("PUT /kv/note: %s", body)
+	}
 
 	// Through the tap, the VM reaches the outside by name, NATed to the
 	// uplink's address.
@@ -164,6 +188,9 @@ func TestQEMUServesTheExampleWithNetworkAndPersistentVolume(t *testing.T) {
 	// Second boot, on demand: the note is still there.
 	if body := curl(t, "--max-time", "300", url+"/note"); body != note {
 		t.Fatalf("GET /note after a reboot: %q, want %q", body, note)
+	}
+	if body := curl(t, url+"/kv/note"); body != note {
+		t.Fatalf("the guest API's key after a reboot: %q, want %q", body, note)
 	}
 	timeline2 := timelineOf(t, programCmd("status", "hello", "--json"))
 	programCmd("stop", "hello")
