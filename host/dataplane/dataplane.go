@@ -1,5 +1,5 @@
 // Package dataplane keeps the host's direct sessions with one VM's ASGI
-// workers (protocol/SPEC.md §9): it receives each worker's data channel
+// workers (protocol/SPEC.md §11): it receives each worker's data channel
 // from init over the VM's channel socket, greets the worker as the client
 // of a Ferry session, and hands requests the least busy live session. A
 // session leaves the set when it ends (its worker died) or says GOAWAY

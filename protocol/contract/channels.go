@@ -1,6 +1,6 @@
 package contract
 
-// Worker channels (protocol/SPEC.md §9): where the transport can carry
+// Worker channels (protocol/SPEC.md §11): where the transport can carry
 // more than one connection (the sandbox's unix sockets), each ASGI worker
 // gets a connection of its own to the host, its data channel, and the
 // host sends the worker's requests there directly instead of through

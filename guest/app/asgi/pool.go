@@ -45,7 +45,7 @@ type Options struct {
 	Output    app.Output
 	// Channels, when set, is the channel socket to the host: each start
 	// of a worker passes the host its data channel there, and the host
-	// sends it requests directly (SPEC.md §9); Serve remains for the
+	// sends it requests directly (SPEC.md §11); Serve remains for the
 	// streams that reach init.
 	Channels *contract.Channels
 }

@@ -17,7 +17,7 @@ control both ways. GOAWAY (or SIGTERM) lets in-flight requests finish, runs
 the lifespan shutdown and exits.
 
 With ``--data-fd N`` the worker also has a data channel: a connection whose
-other end init passed to the host (SPEC.md section 9). The worker is the
+other end init passed to the host (SPEC.md section 11). The worker is the
 server there too (its own HELLO) and serves the streams the host opens on
 it exactly as those of the control channel; it takes no CONFIG there. When
 init's GOAWAY (or SIGTERM) stops the worker, it first sends GOAWAY on the
