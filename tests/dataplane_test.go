@@ -58,6 +58,22 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": body})
 `
 
+// wsEcho sends "hello" and "ferry" over a websocket to url with a real
+// client (Python's websockets) and returns what it printed: each answer
+// on a line.
+func wsEcho(url string) ([]byte, error) {
+	const script = `
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1]) as ws:
+        for m in ("hello", "ferry"):
+            await ws.send(m)
+            print(await ws.recv())
+asyncio.run(main())
+`
+	return exec.Command(debianPython, "-c", script, url).CombinedOutput()
+}
+
 // dataPlaneAgent serves dataPlaneApp with two workers and returns its
 // address and a function reading the program's data plane status.
 func dataPlaneAgent(t *testing.T) (string, func() dataPlaneStatus) {
@@ -188,16 +204,7 @@ func TestDataPlaneServesWorkersDirectly(t *testing.T) {
 		t.Fatalf("stream: %d %q", s, body)
 	}
 	// A websocket, echoed by a worker.
-	script := `
-import asyncio, sys, websockets
-async def main():
-    async with websockets.connect(sys.argv[1]) as ws:
-        for m in ("hello", "ferry"):
-            await ws.send(m)
-            print(await ws.recv())
-asyncio.run(main())
-`
-	out, err := exec.Command(debianPython, "-c", script, "ws://"+addr+"/vm/dp/ws").CombinedOutput()
+	out, err := wsEcho("ws://" + addr + "/vm/dp/ws")
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	if err != nil || len(lines) != 2 || !strings.HasSuffix(lines[0], ": hello") || !strings.HasSuffix(lines[1], ": ferry") {
 		t.Fatalf("websocket client: %v\n%s", err, out)
