@@ -408,16 +408,7 @@ func TestAgentServeRejectsBadConfiguration(t *testing.T) {
 func TestAgentWebSocketEcho(t *testing.T) {
 	requirePythonModules(t, "fastapi", "websockets")
 	addr, _ := runAgent(t, "../examples/hello", "main:app")
-	script := `
-import asyncio, sys, websockets
-async def main():
-    async with websockets.connect(sys.argv[1]) as ws:
-        for m in ("hello", "ferry"):
-            await ws.send(m)
-            print(await ws.recv())
-asyncio.run(main())
-`
-	out, err := exec.Command(debianPython, "-c", script, "ws://"+addr+"/ws").CombinedOutput()
+	out, err := wsEcho("ws://" + addr + "/ws")
 	if err != nil || string(out) != "echo: hello\necho: ferry\n" {
 		t.Fatalf("websocket client: %v\n%s", err, out)
 	}

@@ -215,9 +215,30 @@ func (in *Init) service(r *reaper.Reaper, paths setup.Paths) *service.Service {
 		Agent:      in.Agent,
 		Apps: map[string]app.Factory{
 			contract.InterfaceExecutable: executable.NewFactory(r, in.Log),
-			contract.InterfaceASGI:       asgi.NewFactory(r, in.Log),
+			contract.InterfaceASGI:       asgi.NewFactory(r, in.Log, in.channels()),
 		},
 	})
+}
+
+// channels opens the channel socket the boot parameters name
+// (ferry.channels), over which the ASGI workers' data channels go to the
+// host; nil when there is none, or it is unusable (then logged: requests
+// reach the workers through init).
+func (in *Init) channels() *contract.Channels {
+	if in.Params.Channels <= 0 {
+		return nil
+	}
+	f := os.NewFile(uintptr(in.Params.Channels), "ferry-channels")
+	if f == nil {
+		in.Log.Warn("the channel socket is not open; ASGI requests go through init", "fd", in.Params.Channels)
+		return nil
+	}
+	ch, err := contract.NewChannels(f)
+	if err != nil {
+		in.Log.Warn("unusable channel socket; ASGI requests go through init", "fd", in.Params.Channels, "err", err)
+		return nil
+	}
+	return ch
 }
 
 // serve serves the host on l until ctx ends. A panic in the service is

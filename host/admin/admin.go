@@ -51,6 +51,10 @@ type Status struct {
 	// fencing token there.
 	Node  string `json:"node,omitempty"`
 	Token int64  `json:"token,omitempty"`
+	// DataPlane says how the running VM's requests travel: the worker
+	// sessions the agent holds and how many requests went to them
+	// directly or through init.
+	DataPlane *lifecycle.DataPlane `json:"data_plane,omitempty"`
 }
 
 // BootPhase is one phase of a VM's boot timeline.
@@ -182,6 +186,8 @@ func (s *Server) describe(id string) (Status, bool) {
 		if nw := inst.VM.Network(); nw != nil {
 			st.IPv4, st.IPv6 = nw.GuestIPv4, nw.GuestIPv6
 		}
+		dp := inst.DataPlane()
+		st.DataPlane = &dp
 	}
 	if s.Cluster != nil && p.Persistent {
 		st.Node, st.Token = s.Cluster.Placement(id)

@@ -114,6 +114,17 @@ type VM interface {
 	Describe() string
 }
 
+// ChannelVM is a VM whose transport carries a connection per ASGI worker
+// (the sandbox's unix sockets): init passes each worker's data channel
+// over the channel socket returned here, and the host sends the worker's
+// requests there directly (protocol/SPEC.md §11). The socket is closed when
+// the VM ends. A VM without it (qemu over virtio-serial) has its requests
+// routed by init.
+type ChannelVM interface {
+	VM
+	WorkerChannels() *contract.Channels
+}
+
 // Backend starts VMs.
 type Backend interface {
 	Name() string

@@ -118,7 +118,9 @@ func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *re
 		notHere(node)
 		return
 	}
-	ex.Session = inst.Session
+	sess, done := inst.Pick()
+	defer done()
+	ex.Session = sess
 	relay.ServeAny(w, r, ex, p.Interface)
 }
 
@@ -146,7 +148,9 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 		return
 	}
 	defer inst.Release()
-	ex.Session = inst.Session
+	sess, done := inst.Pick()
+	defer done()
+	ex.Session = sess
 	relay.ServeAny(w, r, ex, p.Interface)
 }
 

@@ -20,6 +20,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/firewall"
+	"github.com/ferry-vm/ferry/host/dataplane"
 	"github.com/ferry-vm/ferry/host/guestlink"
 	"github.com/ferry-vm/ferry/internal/supervise"
 	"github.com/ferry-vm/ferry/protocol/contract"
@@ -59,7 +60,9 @@ type Program struct {
 	removed bool // guarded by Manager.mu: Remove was called, no more boots
 }
 
-// Instance is a running VM of a program with its session to init.
+// Instance is a running VM of a program with its session to init and,
+// for an ASGI program on a backend whose VMs pass worker channels, the
+// sessions with its workers (the data plane).
 type Instance struct {
 	Program  *Program
 	VM       backend.VM
@@ -73,6 +76,51 @@ type Instance struct {
 	inflight atomic.Int64
 	lastUsed atomic.Int64 // unix nanos when the last request ended
 	output   *outputPump  // nil without Options.OnOutput
+	workers  *dataplane.Set
+	direct   atomic.Int64 // requests sent to a worker's session
+	viaInit  atomic.Int64 // requests sent to init's
+}
+
+// Pick returns the session one request goes to: the ASGI worker session
+// with the fewest requests outstanding, or init's session when no worker
+// session is live (executables, VMs without worker channels, a worker
+// restarting alone). done ends the request's count; call it once the
+// request's stream is finished.
+func (i *Instance) Pick() (sess *mux.Session, done func()) {
+	if i.workers != nil {
+		if sess, done := i.workers.Pick(); sess != nil {
+			i.direct.Add(1)
+			return sess, done
+		}
+	}
+	i.viaInit.Add(1)
+	return i.Session, func() {}
+}
+
+// DataPlane says how an instance's requests travel.
+type DataPlane struct {
+	// Workers is how many worker sessions are live.
+	Workers int `json:"workers"`
+	// Direct and ViaInit count the requests Pick sent to a worker's
+	// session and to init's.
+	Direct  int64 `json:"direct_requests"`
+	ViaInit int64 `json:"via_init_requests"`
+}
+
+// DataPlane returns the instance's worker sessions and request counts.
+func (i *Instance) DataPlane() DataPlane {
+	d := DataPlane{Direct: i.direct.Load(), ViaInit: i.viaInit.Load()}
+	if i.workers != nil {
+		d.Workers = i.workers.Len()
+	}
+	return d
+}
+
+// closeWorkers ends the instance's worker sessions.
+func (i *Instance) closeWorkers() {
+	if i.workers != nil {
+		i.workers.Close()
+	}
 }
 
 // Release marks the end of a request that Acquire counted.
@@ -414,6 +462,7 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 			_ = stopInstance(sctx, inst)
 			cancel()
 			inst.Session.Close()
+			inst.closeWorkers()
 			inst.output.close()
 		}
 		inst, err = nil, ErrStopped
@@ -474,12 +523,17 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		}
 	}()
 	inst := &Instance{Program: p, VM: vm, Started: started, output: output}
+	if cv, ok := vm.(backend.ChannelVM); ok && p.Interface == contract.InterfaceASGI && cv.WorkerChannels() != nil {
+		// Received from the start: init passes each worker's channel as
+		// the worker comes up, before it answers the configuration.
+		inst.workers = dataplane.New(cv.WorkerChannels(), dataplane.Options{Log: log, Agent: hostAgent})
+	}
 	var api http.Handler
 	if m.opt.GuestAPI != nil {
 		api = m.opt.GuestAPI(inst)
 	}
 	sess, timeline, err := contract.Configure(cctx, vm.Conn(), mux.Config{
-		Agent:      "ferry-host-agent",
+		Agent:      hostAgent,
 		Logger:     log,
 		MaxStreams: contract.MaxAPIStreams,
 		Handler:    guestlink.Handler(api, log),
@@ -497,6 +551,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	}, guestConfig(p, vm.Guest(), vm.Network()))
 	if err != nil {
 		vm.Kill()
+		inst.closeWorkers()
 		select { // gone before Stop returns, as far as SIGKILL allows
 		case <-vm.Done():
 		case <-time.After(10 * time.Second):
@@ -519,6 +574,9 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	log.Info("program started", "vm", vm.Describe(), "cold_start", inst.ColdStart.Round(time.Millisecond), "timeline", message.FormatTimeline(timeline))
 	return inst, nil
 }
+
+// hostAgent names the agent in the HELLO of its sessions.
+const hostAgent = "ferry-host-agent"
 
 // guestConfig is init's configuration for p, with the code and volumes
 // where the VM has them.
@@ -546,6 +604,7 @@ func (m *Manager) watch(inst *Instance) {
 		inst.VM.Kill()
 	}
 	inst.Session.Close()
+	inst.closeWorkers()
 	inst.output.close()
 	m.forget(inst)
 	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())

@@ -71,6 +71,10 @@ type BootParams struct {
 	// this device read-only and hands over to its /sbin/init.
 	Root   string // ferry.root=
 	RootFS string // ferry.rootfstype=squashfs|ext4 (default: try each)
+	// Channels is the inherited file descriptor of the channel socket
+	// (channels.go) on which init passes each ASGI worker's data channel
+	// to the host; 0: none, requests reach the workers through init.
+	Channels int // ferry.channels=N
 }
 
 // DefaultBootParams returns the parameters used when the command line says
@@ -105,6 +109,9 @@ func (p BootParams) String() string {
 	}
 	if p.Transport.Kind != "" {
 		add("transport", p.Transport.String())
+	}
+	if p.Channels > 0 {
+		add("channels", strconv.Itoa(p.Channels))
 	}
 	if p.Debug {
 		add("debug", "1")
@@ -165,6 +172,12 @@ func (p *BootParams) set(key, value string) error {
 		p.Root = value
 	case "rootfstype":
 		p.RootFS = value
+	case "channels":
+		fd, err := strconv.Atoi(value)
+		if err != nil || fd < 3 {
+			return fmt.Errorf("want an inherited file descriptor, 3 or more")
+		}
+		p.Channels = fd
 	default:
 		return fmt.Errorf("unknown parameter")
 	}

@@ -49,9 +49,9 @@ func TestTransports(t *testing.T) {
 }
 
 func TestBadValuesKeepDefaultsAndNameTheParameter(t *testing.T) {
-	p, errs := ParseBootParams("ferry.transport=tcp:1 ferry.overlay=maybe ferry.grace=forever ferry.colour=blue ferry.shutdown=halt")
-	if len(errs) != 5 {
-		t.Fatalf("want 5 errors, got %v", errs)
+	p, errs := ParseBootParams("ferry.transport=tcp:1 ferry.overlay=maybe ferry.grace=forever ferry.colour=blue ferry.shutdown=halt ferry.channels=1 ferry.channels=x")
+	if len(errs) != 7 {
+		t.Fatalf("want 7 errors, got %v", errs)
 	}
 	for _, e := range errs {
 		if !strings.Contains(e.Error(), "ferry.") {
@@ -77,7 +77,7 @@ func TestBootParamsStringRoundTrips(t *testing.T) {
 	cases := []BootParams{
 		{Transport: Transport{Kind: TransportSerial, Name: "ferry"}, Overlay: true, Debug: true, OnExit: ActionReboot, Grace: 2 * time.Second, Root: "serial:rootfs", RootFS: "squashfs"},
 		{Transport: Transport{Kind: TransportVsock, Port: 1024}, OnExit: ActionPoweroff, Grace: 5 * time.Second},
-		{Transport: Transport{Kind: TransportFD, FD: 3}, OnExit: ActionPoweroff, Grace: 5 * time.Second},
+		{Transport: Transport{Kind: TransportFD, FD: 3}, Channels: 4, OnExit: ActionPoweroff, Grace: 5 * time.Second},
 		{Transport: Transport{Kind: TransportUnix, Path: "/run/a dir/ferry.sock"}, OnExit: ActionPoweroff, Grace: 0},
 	}
 	for _, want := range cases {

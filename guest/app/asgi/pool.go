@@ -43,6 +43,11 @@ type Options struct {
 	Reaper    *reaper.Reaper
 	Log       *slog.Logger
 	Output    app.Output
+	// Channels, when set, is the channel socket to the host: each start
+	// of a worker passes the host its data channel there, and the host
+	// sends it requests directly (SPEC.md §11); Serve remains for the
+	// streams that reach init.
+	Channels *contract.Channels
 }
 
 // Pool is a running set of ASGI workers; it implements app.App.
@@ -59,13 +64,14 @@ type Pool struct {
 	ready chan struct{} // closed and replaced whenever a worker comes or goes
 }
 
-// NewFactory returns the app.Factory for interface "asgi".
-func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
+// NewFactory returns the app.Factory for interface "asgi"; channels, if
+// not nil, is the channel socket to the host (Options.Channels).
+func NewFactory(r *reaper.Reaper, log *slog.Logger, channels *contract.Channels) app.Factory {
 	return func(ctx context.Context, c *contract.Config, codeDir string, out app.Output) (app.App, error) {
 		env := append(app.Env(c), "PYTHONUNBUFFERED=1")
 		return Start(ctx, Options{
 			App: c.Entrypoint, CodeDir: codeDir, Packages: c.Packages, Workers: c.Workers,
-			Python: c.Python, Env: env, Reaper: r, Log: log, Output: out,
+			Python: c.Python, Env: env, Reaper: r, Log: log, Output: out, Channels: channels,
 		})
 	}
 }
@@ -187,7 +193,9 @@ func (p *Pool) pick(ctx context.Context) (*worker, *mux.Session, *app.Process, e
 	}
 }
 
-// Serve relays one host stream to the least busy worker.
+// Serve relays one host stream to the least busy worker: the streams
+// that reach init rather than a worker's data channel (no channel socket,
+// as over virtio-serial, or none of the workers' channels up at the host).
 func (p *Pool) Serve(ctx context.Context, host *mux.Stream) {
 	w, sess, proc, err := p.pick(ctx)
 	if err != nil {

@@ -334,5 +334,71 @@ class WebSocketFlow(unittest.TestCase):
         self.assertEqual(closes[0]["reason"].decode("utf-8"), "\u20ac" * 41)
 
 
+class DataChannel(unittest.TestCase):
+    """A worker's data channel (SPEC.md section 11) serves the host's
+    streams with the app its control channel configured, takes no CONFIG,
+    says GOAWAY when init stops the worker, and its loss ends only its own
+    streams."""
+
+    def setUp(self):
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.addCleanup(self.loop.close)
+        self.addCleanup(asyncio.set_event_loop, None)
+        self.done = self.loop.create_future()
+        hello = worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
+            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
+            "initial_window": 256 << 10, "max_streams": 100}))
+        self.control_out, self.data_out = FakeTransport(), FakeTransport()
+        self.control = worker.Session(self.done)
+        self.control.connection_made(self.control_out)
+        self.data = worker.Session(self.done, worker=self.control.worker, data=True)
+        self.data.connection_made(self.data_out)
+        for s in (self.control, self.data):
+            s.data_received(hello)
+
+    def turn(self, n=20):
+        for _ in range(n):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def test_serves_with_the_shared_app_and_refuses_config(self):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+
+        self.control.app = app
+        self.data.data_received(worker.frame(worker.CONFIG, 0, 0, b"{}"))
+        self.data.data_received(worker.frame(worker.REQUEST, worker.FIN, 1, worker.encode("request", {"path": b"/"})))
+        self.turn()
+        frames = self.data_out.frames()
+        results = [worker.decode("config_result", p) for t, fl, sid, p in frames if t == worker.CONFIG_RESULT]
+        self.assertEqual(len(results), 1)
+        self.assertFalse(results[0].get("ok"))
+        self.assertIn([worker.RESPONSE, worker.DATA], [[t for t, fl, sid, p in frames if sid == 1][:2]])
+        self.assertIsNone(self.control.config_task)
+
+    def test_init_goaway_says_goaway_on_the_data_channel_and_its_loss_is_not_the_end(self):
+        self.data.connection_lost(None)
+        self.assertFalse(self.done.done())
+        self.control.data_received(worker.frame(worker.GOAWAY, 0, 0, worker.encode("goaway", {"code": 0})))
+        self.turn()
+        self.assertTrue(self.done.done())
+
+    def test_goaway_reaches_the_host_first(self):
+        async def app(scope, receive, send):
+            pass
+
+        self.control.app = app  # configured: a refusal below is for stopping
+        self.control.data_received(worker.frame(worker.GOAWAY, 0, 0, worker.encode("goaway", {"code": 0})))
+        self.turn()
+        self.assertIn(worker.GOAWAY, [t for t, fl, sid, p in self.data_out.frames()])
+        self.assertTrue(self.done.done())
+        # Nothing new is taken on the data channel.
+        self.data.data_received(worker.frame(worker.REQUEST, worker.FIN, 1, worker.encode("request", {"path": b"/"})))
+        self.turn()
+        resets = [worker.decode("reset", p) for t, fl, sid, p in self.data_out.frames() if t == worker.RESET and sid == 1]
+        self.assertEqual([r.get("code") for r in resets], [worker.REFUSED_STREAM])
+
+
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1])

@@ -24,6 +24,7 @@ type worker struct {
 	pool     *Pool
 	id       int
 	inflight atomic.Int64
+	starts   uint32 // how many times start ran; only start touches it
 
 	mu   sync.Mutex
 	sess *mux.Session // nil while down
@@ -40,23 +41,43 @@ type workerConfig struct {
 }
 
 // start launches the process and configures it; on success the worker
-// serves. The error carries the worker's traceback when the app failed.
+// serves, and its data channel, if the pool has a channel socket, is
+// passed to the host. The error carries the worker's traceback when the
+// app failed.
 func (w *worker) start(ctx context.Context) error {
 	p := w.pool
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	w.starts++
+	ours, theirs, err := socketPair("worker-conn", "worker-end")
 	if err != nil {
-		return fmt.Errorf("worker %d: socket pair: %w", w.id, err)
+		return fmt.Errorf("worker %d: %w", w.id, err)
 	}
-	ours, theirs := os.NewFile(uintptr(fds[0]), "worker-conn"), os.NewFile(uintptr(fds[1]), "worker-end")
+	argv := []string{p.opt.Python, "-u", p.script, "--fd", "3"}
+	extra := []*os.File{theirs}
+	// The data channel: the worker's end is its fd 4, the host's end
+	// travels over the channel socket once the worker is configured.
+	var hostEnd *os.File
+	if p.opt.Channels != nil {
+		var workerEnd *os.File
+		if hostEnd, workerEnd, err = socketPair("worker-data", "worker-data-end"); err != nil {
+			ours.Close()
+			theirs.Close()
+			return fmt.Errorf("worker %d: %w", w.id, err)
+		}
+		defer hostEnd.Close() // init keeps no copy: the channel is the host's and the worker's
+		argv = append(argv, "--data-fd", "4")
+		extra = append(extra, workerEnd)
+	}
 	proc, err := app.StartProcess(p.opt.Reaper, p.log, app.ProcessSpec{
-		Argv:       []string{p.opt.Python, "-u", p.script, "--fd", "3"},
+		Argv:       argv,
 		Dir:        p.opt.CodeDir,
 		Env:        p.opt.Env,
-		ExtraFiles: []*os.File{theirs},
+		ExtraFiles: extra,
 		Output:     p.opt.Output,
 		Origin:     w.id,
 	})
-	theirs.Close()
+	for _, f := range extra {
+		f.Close()
+	}
 	if err != nil {
 		ours.Close()
 		return fmt.Errorf("worker %d: %w", w.id, err)
@@ -94,7 +115,24 @@ func (w *worker) start(ctx context.Context) error {
 	w.sess, w.proc = sess, proc
 	w.mu.Unlock()
 	p.changed()
+	if hostEnd != nil {
+		// A channel that cannot be passed leaves the worker served
+		// through init only (its data channel ends with our copy).
+		ch := contract.WorkerChannel{Worker: uint32(w.id), Start: w.starts}
+		if err := p.opt.Channels.Send(ch, hostEnd); err != nil {
+			p.log.Warn("cannot pass the worker's data channel to the host; it is served through init", "worker", w.id, "err", err)
+		}
+	}
 	return nil
+}
+
+// socketPair returns the two ends of a new stream socket, close-on-exec.
+func socketPair(name0, name1 string) (*os.File, *os.File, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("socket pair: %w", err)
+	}
+	return os.NewFile(uintptr(fds[0]), name0), os.NewFile(uintptr(fds[1]), name1), nil
 }
 
 // supervise waits for the running process to exit and restarts it with

@@ -1,9 +1,9 @@
 """Ferry's ASGI worker: one Python process of init's worker pool.
 
 init starts this script with a connected unix socket on file descriptor 3
-(``--fd``) and speaks the Ferry wire protocol (protocol/SPEC.md) over it:
-init is the client, this worker the server. After the HELLO exchange init
-sends one CONFIG frame, a JSON document::
+(``--fd``), its control channel, and speaks the Ferry wire protocol
+(protocol/SPEC.md) over it: init is the client, this worker the server.
+After the HELLO exchange init sends one CONFIG frame, a JSON document::
 
     {"app": "main:app", "code_dir": "/opt/code", "packages": "",
      "worker": 1, "lifespan": "auto"}
@@ -15,6 +15,15 @@ bodies arrive as DATA frames and are handed to the app chunk by chunk,
 responses go back frame by frame as the app sends them, with per-stream flow
 control both ways. GOAWAY (or SIGTERM) lets in-flight requests finish, runs
 the lifespan shutdown and exits.
+
+With ``--data-fd N`` the worker also has a data channel: a connection whose
+other end init passed to the host (SPEC.md section 11). The worker is the
+server there too (its own HELLO) and serves the streams the host opens on
+it exactly as those of the control channel; it takes no CONFIG there. When
+init's GOAWAY (or SIGTERM) stops the worker, it first sends GOAWAY on the
+data channel, so the host sends it nothing new, then waits for the streams
+of both channels. A data channel that ends (the host dropped it) resets its
+own streams only: the worker keeps serving through init.
 
 Standard library only; uvloop is used when it can be imported. Nothing the
 app prints is touched: init captures stdout and stderr line by line.
@@ -746,8 +755,25 @@ class ConnectionClosed(OSError):
 # The session.
 
 
+class Worker:
+    """What a worker's sessions (control and data channels) share: the app,
+    its lifespan and state, whether the worker is stopping, and the future
+    that ends the process."""
+
+    def __init__(self, done):
+        self.done = done
+        self.app = None
+        self.state = None
+        self.lifespan = None
+        self.stopping = False
+        self.sessions = []
+
+
 class Session(asyncio.Protocol):
-    def __init__(self, worker_done):
+    def __init__(self, worker_done, worker=None, data=False):
+        self.worker = worker if worker is not None else Worker(worker_done)
+        self.worker.sessions.append(self)
+        self.data = data  # a data channel: streams only, no CONFIG, its loss is not the worker's end
         self.loop = asyncio.get_event_loop()
         self.transport = None
         self.inbuf = bytearray()  # the start of an incomplete frame
@@ -762,13 +788,22 @@ class Session(asyncio.Protocol):
         self.peer_window = 0
         self.streams = {}
         self.last_peer_id = 0
-        self.app = None
-        self.state = None
-        self.lifespan = None
         self.config_task = None
         self.going_away = False
-        self.worker_done = worker_done
         self.closed = False
+
+    # The app and its state are the worker's, for every session.
+    @property
+    def app(self):
+        return self.worker.app
+
+    @app.setter
+    def app(self, app):
+        self.worker.app = app
+
+    @property
+    def state(self):
+        return self.worker.state
 
     # -- transport callbacks --
 
@@ -783,8 +818,10 @@ class Session(asyncio.Protocol):
         for st in list(self.streams.values()):
             st.on_reset(CANCEL)
         self.streams.clear()
-        if not self.worker_done.done():
-            self.worker_done.set_result("init closed the connection")
+        if self.data:
+            return
+        if not self.worker.done.done():
+            self.worker.done.set_result("init closed the connection")
 
     def pause_writing(self):
         self.paused = True
@@ -938,9 +975,14 @@ class Session(asyncio.Protocol):
             return st.on_ws_close(c.get("code", 1000) or 1000, c.get("reason", b"").decode("utf-8", "replace"))
         if ftype == GOAWAY:
             self.going_away = True
-            self.loop.create_task(self.shutdown("init sent GOAWAY"))
+            if not self.data:
+                self.loop.create_task(self.shutdown("init sent GOAWAY"))
             return
         if ftype == CONFIG:
+            if self.data:
+                self.write(frame(CONFIG_RESULT, 0, 0, encode("config_result", {
+                    "phase": b"validate", "message": b"a data channel takes no configuration"})))
+                return
             if self.config_task is not None:
                 self.write(frame(CONFIG_RESULT, 0, 0, encode("config_result", {
                     "phase": b"validate", "message": b"already configured"})))
@@ -982,7 +1024,7 @@ class Session(asyncio.Protocol):
         if sid <= self.last_peer_id:
             raise ProtocolError(PROTOCOL_ERROR, "REQUEST reuses stream id %d" % sid)
         self.last_peer_id = sid
-        if self.going_away or self.app is None or len(self.streams) >= MY_MAX_STREAMS:
+        if self.going_away or self.worker.stopping or self.app is None or len(self.streams) >= MY_MAX_STREAMS:
             reason = b"worker not ready" if self.app is None else b"worker busy or going away"
             self.write(frame(RESET, 0, sid, encode("reset", {"code": REFUSED_STREAM, "message": reason})))
             return
@@ -1086,10 +1128,11 @@ class Session(asyncio.Protocol):
             except (ValueError, KeyError, TypeError) as e:
                 raise AppLoadError("validate", "", "bad worker configuration: %s" % e, "")
             app = load_app(app_spec, cfg.get("code_dir", ""), cfg.get("packages", ""))
-            self.lifespan = Lifespan(app)
-            await self.lifespan.startup(cfg.get("lifespan", "auto"))
-            self.state = self.lifespan.state
-            self.app = app
+            w = self.worker
+            w.lifespan = Lifespan(app)
+            await w.lifespan.startup(cfg.get("lifespan", "auto"))
+            w.state = w.lifespan.state
+            w.app = app
             result = {"ok": 1}
         except AppLoadError as e:
             result = {"phase": e.phase.encode(), "field": e.field.encode(), "message": e.message.encode(),
@@ -1099,15 +1142,27 @@ class Session(asyncio.Protocol):
         self.write(frame(CONFIG_RESULT, 0, 0, encode("config_result", result)))
 
     async def shutdown(self, reason):
+        w = self.worker
+        if w.stopping:
+            return
+        w.stopping = True
         self.going_away = True
+        # The host sends nothing new on the data channels once told.
+        for s in w.sessions:
+            if s.data and not s.closed:
+                s.going_away = True
+                s.write(frame(GOAWAY, 0, 0, encode("goaway", {"last_stream_id": s.last_peer_id, "code": NO_ERROR,
+                                                             "message": b"worker stopping"})))
+                s.flush()
         # Let in-flight streams finish; init bounds how long with its grace period.
-        while self.streams:
+        while any(s.streams for s in w.sessions):
             await asyncio.sleep(0.01)
-        if self.lifespan is not None:
-            await self.lifespan.shutdown()
-        self.flush()
-        if not self.worker_done.done():
-            self.worker_done.set_result(reason)
+        if w.lifespan is not None:
+            await w.lifespan.shutdown()
+        for s in w.sessions:
+            s.flush()
+        if not w.done.done():
+            w.done.set_result(reason)
 
 
 class Lifespan:
@@ -1184,7 +1239,7 @@ def first_line(s):
 # ---------------------------------------------------------------------------
 
 
-async def serve(fd):
+async def serve(fd, data_fd=None):
     loop = asyncio.get_event_loop()
     sock = socket.socket(fileno=fd)
     sock.setblocking(False)
@@ -1197,28 +1252,38 @@ async def serve(fd):
         return session
 
     await loop.connect_accepted_socket(make, sock)
+    if data_fd is not None:
+        data = socket.socket(fileno=data_fd)
+        data.setblocking(False)
+        await loop.connect_accepted_socket(lambda: Session(done, worker=session.worker, data=True), data)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, lambda s=sig: loop.create_task(session.shutdown("signal %d" % s)))
         except (NotImplementedError, RuntimeError):
             pass
     reason = await done
-    if session is not None and session.transport is not None:
-        session.flush()
-        session.transport.close()
+    for s in session.worker.sessions:
+        if s.transport is not None:
+            s.flush()
+            s.transport.close()
     return reason
 
 
 def main(argv):
-    fd = 3
-    if len(argv) >= 3 and argv[1] == "--fd":
-        fd = int(argv[2])
+    fd, data_fd = 3, None
+    args = argv[1:]
+    while len(args) >= 2:
+        if args[0] == "--fd":
+            fd = int(args[1])
+        elif args[0] == "--data-fd":
+            data_fd = int(args[1])
+        args = args[2:]
     try:
         import uvloop
         uvloop.install()
     except ImportError:
         pass
-    asyncio.run(serve(fd))
+    asyncio.run(serve(fd, data_fd))
 
 
 if __name__ == "__main__":

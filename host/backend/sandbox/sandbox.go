@@ -171,13 +171,14 @@ func (b *Backend) CleanStale() error {
 
 // vm is one sandbox.
 type vm struct {
-	cmd     *exec.Cmd
-	conn    net.Conn
-	done    chan struct{}
-	err     error
-	once    sync.Once
-	network *backend.Network
-	guest   backend.Guest
+	cmd      *exec.Cmd
+	conn     net.Conn
+	channels *contract.Channels // the host's end of the channel socket
+	done     chan struct{}
+	err      error
+	once     sync.Once
+	network  *backend.Network
+	guest    backend.Guest
 }
 
 // Start implements backend.Backend.
@@ -202,9 +203,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 }
 
 // initArgs are init's arguments in the sandbox: its boot parameters, the
-// transport being the inherited stageTransportFD.
+// transport and the channel socket being inherited descriptors.
 func initArgs() []string {
-	params := contract.BootParams{Transport: contract.Transport{Kind: contract.TransportFD, FD: stageTransportFD}}
+	params := contract.BootParams{Transport: contract.Transport{Kind: contract.TransportFD, FD: initTransportFD}, Channels: initChannelsFD}
 	return []string{"-cmdline", params.String()}
 }
 
@@ -217,19 +218,26 @@ func (b *Backend) startPlain(spec backend.Spec, single bool) (backend.VM, error)
 		return nil, err
 	}
 	defer guestEnd.Close()
+	channels, guestChannels, err := contract.ChannelPair()
+	if err != nil {
+		hostEnd.Close()
+		return nil, fmt.Errorf("sandbox: %w", err)
+	}
+	defer guestChannels.Close()
 	code := contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: spec.CodePath}}
 	if single {
 		code.Encoding = contract.EncodingPlainFile
 	}
 	cmd := exec.Command(spec.InitPath, initArgs()...)
-	cmd.ExtraFiles = []*os.File{guestEnd}
+	cmd.ExtraFiles = []*os.File{guestEnd, guestChannels}
 	cmd.Dir = "/"
 	cmd.Env = initEnv()
 	out := console(spec)
 	cmd.Stdout, cmd.Stderr = out, out
-	v := &vm{cmd: cmd, done: make(chan struct{}), guest: backend.Guest{Code: code}}
-	if err := backend.StartPinned(cmd, func(err error) { out.Flush(); v.err = out.Explain(err); close(v.done) }); err != nil {
+	v := &vm{cmd: cmd, done: make(chan struct{}), guest: backend.Guest{Code: code}, channels: channels}
+	if err := backend.StartPinned(cmd, func(err error) { out.Flush(); v.err = out.Explain(err); channels.Close(); close(v.done) }); err != nil {
 		hostEnd.Close()
+		channels.Close()
 		return nil, fmt.Errorf("sandbox: starting init: %w", err)
 	}
 	return v.connect(hostEnd)
@@ -277,10 +285,17 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}
 	defer ctrl.Close()
 	defer ctrlStage.Close()
+	channels, guestChannels, err := contract.ChannelPair()
+	if err != nil {
+		hostEnd.Close()
+		return fail(err)
+	}
+	defer guestChannels.Close()
+	cleanups = append(cleanups, func() { channels.Close() })
 
 	userNS := !b.noUserNS.Load()
 	out := console(spec)
-	v := &vm{done: make(chan struct{}),
+	v := &vm{done: make(chan struct{}), channels: channels,
 		guest: backend.Guest{Code: contract.Code{Encoding: contract.EncodingDirectory, Source: contract.Source{Path: guestCodeDir}}}}
 	exited := func(err error) {
 		out.Flush()
@@ -290,7 +305,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}
 	start := func(userNS bool) error {
 		v.cmd = b.stageCommand(slot, userNS)
-		v.cmd.ExtraFiles = []*os.File{guestEnd, ctrlStage}
+		v.cmd.ExtraFiles = []*os.File{guestEnd, ctrlStage, guestChannels}
 		v.cmd.Stdout, v.cmd.Stderr = out, out
 		return backend.StartPinned(v.cmd, exited)
 	}

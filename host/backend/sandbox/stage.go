@@ -20,6 +20,15 @@ const StageArg0 = "ferry-sandbox-stage"
 const (
 	stageTransportFD = 3 // the guest's end of the session, passed on to init
 	stageControlFD   = 4 // a unix socket: the plan and its mounts arrive, the stage's report goes back
+	stageChannelsFD  = 5 // the guest's end of the channel socket, passed on to init
+)
+
+// init's file descriptors in the sandbox: its transport (fd:3) and its
+// channel socket (ferry.channels=4), over which it passes the ASGI
+// workers' data channels to the host.
+const (
+	initTransportFD = 3
+	initChannelsFD  = 4
 )
 
 // plan is what the stage builds: the guest's root view, then init.
@@ -143,7 +152,7 @@ func runStage() int {
 func initCommand(p *plan) *exec.Cmd {
 	cmd := &exec.Cmd{Path: p.InitAt, Args: p.Args, Env: p.Env, Dir: "/",
 		Stdout: os.Stdout, Stderr: os.Stderr,
-		ExtraFiles: []*os.File{os.NewFile(stageTransportFD, "transport")}}
+		ExtraFiles: []*os.File{os.NewFile(stageTransportFD, "transport"), os.NewFile(stageChannelsFD, "channels")}}
 	flags := uintptr(syscall.CLONE_NEWNS | syscall.CLONE_NEWPID | syscall.CLONE_NEWNET | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWCGROUP)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: flags, Pdeathsig: syscall.SIGKILL}
 	if p.UserNS {

@@ -18,6 +18,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/cgroup"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // connect makes the host end of the session socket the VM's connection.
@@ -32,10 +33,13 @@ func (v *vm) connect(hostEnd *os.File) (backend.VM, error) {
 	return v, nil
 }
 
-func (v *vm) Conn() io.ReadWriteCloser  { return v.conn }
-func (v *vm) Guest() backend.Guest      { return v.guest }
-func (v *vm) Network() *backend.Network { return v.network }
-func (v *vm) Done() <-chan struct{}     { return v.done }
+func (v *vm) Conn() io.ReadWriteCloser { return v.conn }
+
+// WorkerChannels implements backend.ChannelVM.
+func (v *vm) WorkerChannels() *contract.Channels { return v.channels }
+func (v *vm) Guest() backend.Guest               { return v.guest }
+func (v *vm) Network() *backend.Network          { return v.network }
+func (v *vm) Done() <-chan struct{}              { return v.done }
 func (v *vm) Err() error {
 	select {
 	case <-v.done:

@@ -3,10 +3,11 @@
 // and back. It is the only user of mux's pass-through twins (OpenRaw,
 // ReadResponseRaw, WriteResponseRaw).
 //
-// Transitional: it exists only because init sits in the middle of every
-// ASGI request. When the host talks to the workers directly (the open
-// "data plane" issue), this package and those twins go away; until then it
-// is kept working, not polished.
+// It is the fallback path (protocol/SPEC.md §11): where the host talks to
+// the workers directly over their data channels (the sandbox), init
+// relays only the ASGI streams that reach it while the host holds no
+// worker session; over virtio-serial (qemu), which carries one connection,
+// it relays every ASGI request.
 package forward
 
 import (

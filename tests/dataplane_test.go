@@ -1,0 +1,293 @@
+package tests
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// dataPlaneApp is a plain ASGI app whose answers say which worker
+// (process) served them: /pid; /hold waits until /release (every worker
+// sees the VM's /tmp) and counts itself in /held; /die kills its worker
+// in the middle of answering; /stream sends five chunks; /ws echoes.
+const dataPlaneApp = `import asyncio, os, signal, uuid
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            await send({"type": m["type"] + ".complete"})
+            if m["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            m = await receive()
+            if m["type"] == "websocket.disconnect":
+                return
+            await send({"type": "websocket.send", "text": "%d: %s" % (os.getpid(), m.get("text"))})
+    path = scope["path"]
+    body = str(os.getpid()).encode()
+    if path == "/hold":
+        open("/tmp/held-" + uuid.uuid4().hex, "w").close()
+        while not os.path.exists("/tmp/release"):
+            await asyncio.sleep(0.02)
+    elif path == "/held":
+        body = str(len([n for n in os.listdir("/tmp") if n.startswith("held-")])).encode()
+    elif path == "/release":
+        open("/tmp/release", "w").close()
+    elif path == "/die":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        os.kill(os.getpid(), signal.SIGKILL)
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        for i in range(5):
+            await send({"type": "http.response.body", "body": b"chunk %d\n" % i, "more_body": True})
+            await asyncio.sleep(0.01)
+        await send({"type": "http.response.body", "body": b""})
+        return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+`
+
+// wsEcho sends "hello" and "ferry" over a websocket to url with a real
+// client (Python's websockets) and returns what it printed: each answer
+// on a line.
+func wsEcho(url string) ([]byte, error) {
+	const script = `
+import asyncio, sys, websockets
+async def main():
+    async with websockets.connect(sys.argv[1]) as ws:
+        for m in ("hello", "ferry"):
+            await ws.send(m)
+            print(await ws.recv())
+asyncio.run(main())
+`
+	return exec.Command(debianPython, "-c", script, url).CombinedOutput()
+}
+
+// dataPlaneAgent serves dataPlaneApp with two workers and returns its
+// address and a function reading the program's data plane status.
+func dataPlaneAgent(t *testing.T) (string, func() dataPlaneStatus) {
+	t.Helper()
+	requirePythonModules(t, "asyncio")
+	code := writeApp(t, map[string]string{"main.py": dataPlaneApp})
+	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {
+		"dp": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+		       "resources": {"vcpus": 1, "workers": 2, "seconds": 60}, "on": {"http": true}}}}`, code)
+	p := serveAgent(t, config, agentOptions{})
+	bin := mustAgent(t)
+	status := func() dataPlaneStatus {
+		t.Helper()
+		out, err := exec.Command(bin, "program", "--admin", p.admin, "status", "dp", "--json").Output()
+		if err != nil {
+			t.Fatalf("program status: %v", err)
+		}
+		var st struct {
+			DataPlane *dataPlaneStatus `json:"data_plane"`
+		}
+		if err := json.Unmarshal(out, &st); err != nil || st.DataPlane == nil {
+			t.Fatalf("program status %s: %v", out, err)
+		}
+		return *st.DataPlane
+	}
+	return p.addr, status
+}
+
+// dataPlaneStatus is the data_plane of `program status --json`.
+type dataPlaneStatus struct {
+	Workers int   `json:"workers"`
+	Direct  int64 `json:"direct_requests"`
+	ViaInit int64 `json:"via_init_requests"`
+}
+
+// get fetches url and returns the status and body (status 0: the
+// request failed).
+func get(url string) (int, string) {
+	c := &http.Client{Timeout: 2 * time.Minute}
+	resp, err := c.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return 0, err.Error()
+	}
+	return resp.StatusCode, string(b)
+}
+
+// getAll fetches url n times at once and returns the bodies of the
+// answers, failing on any that is not a 200.
+func getAll(t *testing.T, url string, n int) []string {
+	t.Helper()
+	bodies := make([]string, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			status, body := get(url)
+			if status != 200 {
+				t.Errorf("%s: %d %s", url, status, body)
+			}
+			bodies[i] = body
+		}()
+	}
+	wg.Wait()
+	return bodies
+}
+
+// distinct returns the set of values.
+func distinct(vs []string) map[string]bool {
+	m := map[string]bool{}
+	for _, v := range vs {
+		m[v] = true
+	}
+	return m
+}
+
+// cpuTicks is a process's user and system CPU time, in clock ticks.
+func cpuTicks(t *testing.T, pid int) int {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	utime, _ := strconv.Atoi(f[11])
+	stime, _ := strconv.Atoi(f[12])
+	return utime + stime
+}
+
+// The agent sends an ASGI program's requests to its two workers directly,
+// none through init (the instance's counters say so, and init's CPU time
+// stays flat: logged, not asserted), spread over both; streaming responses
+// and websockets travel the same way.
+func TestDataPlaneServesWorkersDirectly(t *testing.T) {
+	requirePythonModules(t, "websockets")
+	addr, status := dataPlaneAgent(t)
+	url := "http://" + addr + "/vm/dp"
+	if s, body := get(url + "/pid"); s != 200 {
+		t.Fatalf("first request: %d %s", s, body)
+	}
+	waitFor(t, time.Minute, func() bool { return status().Workers == 2 }, "the agent did not hold both workers' sessions")
+	before := status()
+
+	_, init, workers := wsHostileFindProcs(t, addr)
+	if len(workers) != 2 {
+		t.Fatalf("%d workers", len(workers))
+	}
+	initCPU := cpuTicks(t, init.pid)
+	pids := map[string]bool{}
+	const rounds, width = 25, 16
+	for range rounds {
+		for pid := range distinct(getAll(t, url+"/pid", width)) {
+			pids[pid] = true
+		}
+	}
+	if len(pids) != 2 {
+		t.Errorf("answers came from %d processes, want both workers: %v", len(pids), pids)
+	}
+	t.Logf("init's CPU during %d requests: %d ticks", rounds*width, cpuTicks(t, init.pid)-initCPU)
+
+	// A streamed response, chunk by chunk.
+	if s, body := get(url + "/stream"); s != 200 || body != "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n" {
+		t.Fatalf("stream: %d %q", s, body)
+	}
+	// A websocket, echoed by a worker.
+	out, err := wsEcho("ws://" + addr + "/vm/dp/ws")
+	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+	if err != nil || len(lines) != 2 || !strings.HasSuffix(lines[0], ": hello") || !strings.HasSuffix(lines[1], ": ferry") {
+		t.Fatalf("websocket client: %v\n%s", err, out)
+	}
+	after := status()
+	if n := after.Direct - before.Direct; n != rounds*width+2 {
+		t.Errorf("%d requests went to the workers directly, want %d (%+v -> %+v)", n, rounds*width+2, before, after)
+	}
+	if after.ViaInit != before.ViaInit {
+		t.Errorf("requests went through init: %+v -> %+v", before, after)
+	}
+}
+
+// A worker killed in the middle of requests: only its requests fail (502),
+// the other worker's complete; init restarts it, the agent adds its new
+// session, and it serves again.
+func TestDataPlaneWorkerCrashResetsOnlyItsStreams(t *testing.T) {
+	addr, status := dataPlaneAgent(t)
+	url := "http://" + addr + "/vm/dp"
+	if s, body := get(url + "/pid"); s != 200 {
+		t.Fatalf("first request: %d %s", s, body)
+	}
+	waitFor(t, time.Minute, func() bool { return status().Workers == 2 }, "the agent did not hold both workers' sessions")
+
+	// Four held requests, two on each worker (fewest outstanding first).
+	type answer struct {
+		status int
+		body   string
+	}
+	const held = 4
+	answers := make(chan answer, held)
+	for i := range held {
+		go func() {
+			s, b := get(url + "/hold")
+			answers <- answer{s, b}
+		}()
+		// One at a time, so that they alternate between the workers.
+		waitFor(t, time.Minute, func() bool { _, n := get(url + "/held"); return n == strconv.Itoa(i+1) }, "a held request did not arrive")
+	}
+	// The next request goes to worker 1 (a tie: the first), which dies
+	// answering it.
+	if s, body := get(url + "/die"); s == 200 {
+		t.Fatalf("the dying worker's request: %d %q", s, body)
+	}
+	// init restarts it and passes its new channel.
+	waitFor(t, time.Minute, func() bool { return status().Workers == 2 }, "the restarted worker's session did not join")
+	if s, _ := get(url + "/release"); s != 200 {
+		t.Fatalf("release: %d", s)
+	}
+	var ok, failed []answer
+	for range held {
+		select {
+		case a := <-answers:
+			if a.status == 200 {
+				ok = append(ok, a)
+			} else {
+				failed = append(failed, a)
+			}
+		case <-time.After(2 * time.Minute):
+			t.Fatal("a held request never ended")
+		}
+	}
+	// Worker 1's two were reset with it, worker 2's completed.
+	if len(ok) != 2 || len(failed) != 2 || ok[0].body != ok[1].body {
+		t.Fatalf("completed %+v, failed %+v", ok, failed)
+	}
+	for _, a := range failed {
+		if a.status != http.StatusBadGateway {
+			t.Errorf("a request of the dead worker got %d %s, want 502", a.status, a.body)
+		}
+	}
+	survivor := ok[0].body
+	// Both serve again, the new worker a new process.
+	pids := map[string]bool{}
+	for range 10 {
+		for pid := range distinct(getAll(t, url+"/pid", 8)) {
+			pids[pid] = true
+		}
+	}
+	if len(pids) != 2 || !pids[survivor] {
+		t.Fatalf("after the restart, answers from %v (the survivor is %s)", pids, survivor)
+	}
+	if st := status(); st.ViaInit != 0 {
+		t.Logf("requests through init while the worker restarted: %+v", st)
+	}
+}
