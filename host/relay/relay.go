@@ -181,10 +181,11 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	// already complete (the common small response) is sent with a
 	// Content-Length in one write, without chunking or extra flushes.
 	n, err := st.TryRead(*buf)
+	contentLength := ""
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
-		w.Header().Set("Content-Length", strconv.Itoa(n))
+		contentLength = strconv.Itoa(n)
 	}
-	writeHead(w, ex, &rh)
+	writeHead(w, ex, &rh, contentLength)
 	if err == io.EOF {
 		if n > 0 {
 			w.Write((*buf)[:n])
