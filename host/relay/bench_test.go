@@ -30,19 +30,7 @@ func (w *benchWriter) Write(p []byte) (int, error) { w.n += len(p); return len(p
 // unix socket pair, the guest answering every request with "hello" and
 // a content-type, as a hello-world ASGI app does.
 func benchSessions(b *testing.B) *mux.Session {
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		b.Fatal(err)
-	}
-	var conns [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		conns[i], err = net.FileConn(f)
-		f.Close()
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
+	conns := unixPair(b)
 	rh := &message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-type"), Value: []byte("text/plain")}}}
 	guest := mux.Server(conns[1], mux.Config{KeepaliveInterval: -1, Handler: func(st *mux.Stream) {
 		st.WriteResponse(rh, []byte("hello"), true)
@@ -53,6 +41,26 @@ func benchSessions(b *testing.B) *mux.Session {
 		guest.Close()
 	})
 	return host
+}
+
+// unixPair returns the two ends of a connected unix stream socket pair
+// (a real socket, as between the agent and init).
+func unixPair(tb testing.TB) [2]net.Conn {
+	tb.Helper()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var conns [2]net.Conn
+	for i, fd := range fds {
+		f := os.NewFile(uintptr(fd), "socketpair")
+		conns[i], err = net.FileConn(f)
+		f.Close()
+		if err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return conns
 }
 
 // benchRequest is a browser-like GET as net/http hands it to a handler.
