@@ -98,7 +98,8 @@ func (l ConnLimits) Apply(srv *http.Server) {
 // deadlines renewed at each read and write.
 func (l ConnLimits) serve(next http.Handler, w http.ResponseWriter, r *http.Request) {
 	rc := http.NewResponseController(w)
-	sg := &sendGuard{ResponseWriter: w, rc: rc, timeout: l.Send}
+	// net/http has just set the write deadline (srv.WriteTimeout).
+	sg := &sendGuard{ResponseWriter: w, rc: rc, timeout: l.Send, renewed: time.Now()}
 	var bg *bodyGuard
 	if r.Body != nil && r.Body != http.NoBody {
 		bg = &bodyGuard{ReadCloser: r.Body, rc: rc, timeout: l.Body, sendTimeout: l.Send}
@@ -129,7 +130,7 @@ func (l ConnLimits) serve(next http.Handler, w http.ResponseWriter, r *http.Requ
 	}
 	// What net/http still writes after the handler (the buffered end of
 	// the response) gets a deadline of its own.
-	rc.SetWriteDeadline(time.Now().Add(l.Send))
+	sg.extend()
 }
 
 // bodyGuard renews the connection's read deadline before each read of the
@@ -187,7 +188,8 @@ func (b *bodyGuard) finish() {
 }
 
 // sendGuard renews the connection's write deadline before each write and
-// flush of the response, and notes whether anything was written and
+// flush of the response (unless it was set a moment ago: see extend), and
+// notes whether anything was written and
 // whether the connection was taken over (a websocket, an upgrade: net/http
 // clears the deadlines of a hijacked connection).
 type sendGuard struct {
@@ -195,10 +197,23 @@ type sendGuard struct {
 	rc      *http.ResponseController
 	timeout time.Duration
 
-	wrote, hijacked bool // handler goroutine only
+	// handler goroutine only:
+	renewed         time.Time // when the deadline was last set, timeout later
+	wrote, hijacked bool
 }
 
-func (s *sendGuard) extend() { s.rc.SetWriteDeadline(time.Now().Add(s.timeout)) }
+// extend sets the write deadline timeout from now, unless it was set less
+// than a 64th of the timeout ago: every write still gets at least 63/64
+// of the timeout, and the few writes of a short response (the head and
+// body, the end net/http flushes) do not move a timer each.
+func (s *sendGuard) extend() {
+	now := time.Now()
+	if now.Sub(s.renewed) < s.timeout/64 {
+		return
+	}
+	s.renewed = now
+	s.rc.SetWriteDeadline(now.Add(s.timeout))
+}
 
 // WriteHeader implements http.ResponseWriter.
 func (s *sendGuard) WriteHeader(code int) {

@@ -52,7 +52,12 @@ type Router struct {
 
 // ServeHTTP implements http.Handler.
 func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	ex := &relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
+	// The exchange and the metrics' status recorder: one allocation.
+	x := &struct {
+		ex  relay.Exchange
+		rec metrics.StatusRecorder
+	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
+	ex := &x.ex
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
 		if r.URL.Path == "/healthz" {
@@ -68,7 +73,8 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if rt.Metrics != nil {
-		rec := &metrics.StatusRecorder{ResponseWriter: w}
+		rec := &x.rec
+		rec.ResponseWriter = w
 		start := time.Now()
 		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
 		w = rec

@@ -123,22 +123,17 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		return
 	}
-	// A client that leaves, or the time limit, resets the stream: the app
-	// sees http.disconnect.
-	stop := context.AfterFunc(ctx, func() {
-		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
-			return
-		}
-		st.Reset(frame.CodeCancel, "client went away")
-	})
-	defer stop()
 	var body *httpstream.BodyCopy
 	if !noBody {
 		body = httpstream.CopyBody(r.Body, st, ex.MaxBody)
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
+		if ctx.Err() != nil {
+			// A client that left, or the time limit: the app sees
+			// http.disconnect, and a body still being copied stops.
+			resetForContext(ctx, st)
+		}
 		if body != nil {
 			// When the client's connection failed, its body did too:
 			// wait for the copy to say how.
@@ -156,14 +151,14 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 				return
 			}
 		}
-		// The time limit, not the client leaving (the AfterFunc that resets
-		// the stream may not have run yet).
+		// The time limit, not the client leaving.
 		if r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
 			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
 			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
 			return
 		}
 		if ctx.Err() != nil {
+			resetForContext(ctx, st) // (done above unless ctx ended since)
 			return
 		}
 		status, msg := statusFor(err)
@@ -181,16 +176,22 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	// already complete (the common small response) is sent with a
 	// Content-Length in one write, without chunking or extra flushes.
 	n, err := st.TryRead(*buf)
+	contentLength := ""
 	if err == io.EOF && bodyAllowed(r.Method, int(rh.Status)) && !hasHeader(&rh, "content-length") {
-		w.Header().Set("Content-Length", strconv.Itoa(n))
+		contentLength = strconv.Itoa(n)
 	}
-	writeHead(w, ex, &rh)
+	writeHead(w, ex, &rh, contentLength)
 	if err == io.EOF {
 		if n > 0 {
 			w.Write((*buf)[:n])
 		}
 		return
 	}
+	// The body streams from here on: a client that leaves, or the time
+	// limit, resets the stream whatever Serve waits for. (Until now the
+	// waits took ctx; a whole answer needs none of this.)
+	stop := context.AfterFunc(ctx, func() { resetForContext(ctx, st) })
+	defer stop()
 	flusher, _ := w.(http.Flusher)
 	for {
 		if n > 0 {
@@ -214,6 +215,16 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		}
 		n, err = st.Read(*buf)
 	}
+}
+
+// resetForContext resets st once ctx has ended: TIMEOUT past the time
+// limit, CANCEL for a client that went away.
+func resetForContext(ctx context.Context, st *mux.Stream) {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		st.Reset(frame.CodeTimeout, "request exceeded its time limit")
+		return
+	}
+	st.Reset(frame.CodeCancel, "client went away")
 }
 
 // badRequestBody answers a request whose body could not be read: 400 (408

@@ -3,10 +3,13 @@ package relay
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"strconv"
+	"strings"
 
 	"golang.org/x/net/http/httpguts"
 
+	"github.com/ferry-vm/ferry/internal/httphdr"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -109,4 +112,66 @@ func collapseContentLength(rh *message.ResponseHead, length []byte) {
 		kept = append(kept, f)
 	}
 	rh.Headers = kept
+}
+
+// writeHead writes a response head from the program, with contentLength
+// as its Content-Length unless empty. The client gets the app's headers
+// as sent: a nil Content-Type stops net/http from sniffing one when the
+// app sent none (the app's own is added to it). It is on every
+// response's path: the values share one string and one list, and the
+// usual names need no canonicalising.
+func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, contentLength string) {
+	size := 0
+	for _, f := range rh.Headers {
+		size += len(f.Value)
+	}
+	var all strings.Builder
+	all.Grow(size)
+	for _, f := range rh.Headers {
+		all.Write(f.Value)
+	}
+	values, lists := all.String(), make([]string, 0, len(rh.Headers)+2)
+	h := w.Header()
+	add := func(name, v string) {
+		if len(h[name]) > 0 { // a field sent more than once
+			h[name] = append(h[name], v)
+			return
+		}
+		lists = append(lists, v)
+		h[name] = lists[len(lists)-1 : len(lists) : len(lists)]
+	}
+	h["Content-Type"] = nil
+	for _, f := range rh.Headers {
+		v := values[:len(f.Value)]
+		values = values[len(f.Value):]
+		if httphdr.IsHopByHop(string(f.Name)) {
+			continue
+		}
+		name, ok := canonicalNames[string(f.Name)]
+		if !ok {
+			name = http.CanonicalHeaderKey(string(f.Name))
+		}
+		add(name, v)
+	}
+	if contentLength != "" {
+		h["Content-Length"] = nil
+		add("Content-Length", contentLength)
+	}
+	h["X-Request-Id"] = nil
+	add("X-Request-Id", ex.ID)
+	w.WriteHeader(int(rh.Status))
+}
+
+// canonicalNames maps the lower-case names of the usual response fields
+// to their canonical form (what http.CanonicalHeaderKey returns, without
+// its allocations).
+var canonicalNames = map[string]string{
+	"accept-ranges": "Accept-Ranges", "access-control-allow-origin": "Access-Control-Allow-Origin",
+	"age": "Age", "cache-control": "Cache-Control", "content-disposition": "Content-Disposition",
+	"content-encoding": "Content-Encoding", "content-language": "Content-Language", "content-length": "Content-Length",
+	"content-security-policy": "Content-Security-Policy", "content-type": "Content-Type", "date": "Date",
+	"etag": "Etag", "expires": "Expires", "last-modified": "Last-Modified", "link": "Link", "location": "Location",
+	"server": "Server", "set-cookie": "Set-Cookie", "strict-transport-security": "Strict-Transport-Security",
+	"vary": "Vary", "www-authenticate": "Www-Authenticate", "x-content-type-options": "X-Content-Type-Options",
+	"x-frame-options": "X-Frame-Options",
 }

@@ -1,6 +1,9 @@
 package relay
 
 import (
+	"net/http"
+	"net/http/httptest"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -72,5 +75,31 @@ func TestCheckResponseHead(t *testing.T) {
 				t.Fatalf("headers after the check %q, want %q", g, c.want)
 			}
 		})
+	}
+}
+
+// TestCanonicalNames checks the table of usual names against net/http.
+func TestCanonicalNames(t *testing.T) {
+	for lower, name := range canonicalNames {
+		if want := http.CanonicalHeaderKey(lower); name != want {
+			t.Errorf("%s: %s, want %s", lower, name, want)
+		}
+	}
+}
+
+// TestWriteHead checks the fields writeHead gives the client: repeated
+// fields kept in order, hop-by-hop ones dropped, unusual names
+// canonicalised, the request id and a Content-Length replacing the app's.
+func TestWriteHead(t *testing.T) {
+	rec := httptest.NewRecorder()
+	rh := &message.ResponseHead{Status: 201, Headers: []message.HeaderField{
+		{Name: []byte("set-cookie"), Value: []byte("a=1")}, {Name: []byte("x-odd-name"), Value: []byte("v")},
+		{Name: []byte("connection"), Value: []byte("close")}, {Name: []byte("set-cookie"), Value: []byte("b=2")},
+		{Name: []byte("x-request-id"), Value: []byte("the app's")}, {Name: []byte("content-length"), Value: []byte("9")},
+	}}
+	writeHead(rec, &Exchange{ID: "abc"}, rh, "3")
+	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"abc"}, "Content-Length": {"3"}, "Content-Type": nil}
+	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) {
+		t.Errorf("status %d header %v, want %v", rec.Code, rec.Result().Header, want)
 	}
 }

@@ -351,26 +351,12 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 			Error(w, ex, http.StatusBadGateway, "the program sent an invalid response", "err", err)
 			return nil, nil, false
 		}
-		writeHead(w, ex, &rh)
+		writeHead(w, ex, &rh, "")
 		io.Copy(flushWriter{w}, st)
 		st.Close()
 		return nil, nil, false
 	}
 	return st, &rh, true
-}
-
-// writeHead writes a response head from the program. The client gets the
-// app's headers as sent: a nil Content-Type stops net/http from sniffing
-// one when the app sent none (the app's own is added to it).
-func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead) {
-	w.Header()["Content-Type"] = nil
-	for _, f := range rh.Headers {
-		if name := string(f.Name); !httphdr.IsHopByHop(name) {
-			w.Header().Add(name, string(f.Value))
-		}
-	}
-	w.Header().Set("X-Request-Id", ex.ID)
-	w.WriteHeader(int(rh.Status))
 }
 
 // flushWriter flushes after every write, so streamed bodies stream.

@@ -8,9 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
-	"os"
 	"runtime"
-	"syscall"
 	"testing"
 	"time"
 
@@ -37,19 +35,7 @@ func wsProgram(t *testing.T) (string, <-chan *mux.Stream) {
 // wsServe is wsProgram with the program's answer to each stream.
 func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream) {
 	t.Helper()
-	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns [2]net.Conn
-	for i, fd := range fds {
-		f := os.NewFile(uintptr(fd), "socketpair")
-		conns[i], err = net.FileConn(f)
-		f.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
+	conns := unixPair(t)
 	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{})
 	streams := make(chan *mux.Stream, 4)
 	go func() {

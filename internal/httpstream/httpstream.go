@@ -24,41 +24,105 @@ import (
 
 // RequestHead builds the REQUEST head of r, with the path the receiver
 // sees (path percent-decoded, rawPath as received) and the prefix it is
-// mounted under (rootPath, empty for none).
+// mounted under (rootPath, empty for none). It is on every request's
+// path: the head, its header list and all its bytes are three
+// allocations, whatever the number of fields.
 func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.RequestHead {
-	h := &message.RequestHead{
-		HTTPVersion: []byte(httpVersion(r)), Method: []byte(r.Method), Scheme: []byte("http"),
-		Path: []byte(path), RawPath: []byte(rawPath), QueryString: []byte(r.URL.RawQuery),
-		RootPath: []byte(rootPath),
+	clientHost, clientPort := splitAddr(r.RemoteAddr)
+	var serverHost []byte // an IP's text, in a stack buffer
+	var serverHostBuf [64]byte
+	var serverPort uint32
+	switch a := r.Context().Value(http.LocalAddrContextKey).(type) {
+	case *net.TCPAddr: // the agent's listeners: no text to format and parse
+		serverHost, _ = a.IP.AppendText(serverHostBuf[:0]) // never fails
+		serverPort = uint32(a.Port)
+		if a.Zone != "" {
+			serverHost = append(append(serverHost, '%'), a.Zone...)
+		}
+	case net.Addr:
+		if host, port := splitAddr(a.String()); host != "" {
+			serverHost, serverPort = append(serverHostBuf[:0], host...), port
+		}
 	}
+	version, scheme := httpVersion(r), "http"
 	if r.TLS != nil {
-		h.Scheme = []byte("https")
+		scheme = "https"
 	}
-	h.Headers = append(h.Headers, message.HeaderField{Name: []byte("host"), Value: []byte(r.Host)})
+	// One arena holds every byte field; one slice every header field.
+	size := len(version) + len(r.Method) + len(scheme) + len(path) + len(rawPath) + len(r.URL.RawQuery) +
+		len(rootPath) + len(clientHost) + len(serverHost) + len("host") + len(r.Host)
+	fields := 1
 	for name, values := range r.Header {
-		lname := strings.ToLower(name)
-		if lname == "host" {
+		for _, v := range values {
+			size += len(name) + len(v)
+			fields++
+		}
+	}
+	a := arena(make([]byte, 0, size))
+	h := &message.RequestHead{
+		HTTPVersion: a.add(version), Method: a.add(r.Method), Scheme: a.add(scheme),
+		Path: a.add(path), RawPath: a.add(rawPath), QueryString: a.add(r.URL.RawQuery),
+		RootPath: a.add(rootPath), ClientHost: a.add(clientHost), ClientPort: clientPort,
+		ServerHost: a.addBytes(serverHost), ServerPort: serverPort,
+		Headers: make([]message.HeaderField, 0, fields),
+	}
+	h.Headers = append(h.Headers, message.HeaderField{Name: a.add("host"), Value: a.add(r.Host)})
+	for name, values := range r.Header {
+		if strings.EqualFold(name, "host") {
 			continue
 		}
 		for _, v := range values {
-			h.Headers = append(h.Headers, message.HeaderField{Name: []byte(lname), Value: []byte(v)})
-		}
-	}
-	if host, port, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		h.ClientHost = []byte(host)
-		if p, err := strconv.Atoi(port); err == nil {
-			h.ClientPort = uint32(p)
-		}
-	}
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if host, port, err := net.SplitHostPort(a.String()); err == nil {
-			h.ServerHost = []byte(host)
-			if p, err := strconv.Atoi(port); err == nil {
-				h.ServerPort = uint32(p)
-			}
+			h.Headers = append(h.Headers, message.HeaderField{Name: a.addLower(name), Value: a.add(v)})
 		}
 	}
 	return h
+}
+
+// arena hands out slices of one buffer, allocated at its final size.
+type arena []byte
+
+// add copies s into the arena and returns its copy (nil for "").
+func (a *arena) add(s string) []byte {
+	if s == "" {
+		return nil
+	}
+	start := len(*a)
+	*a = append(*a, s...)
+	return (*a)[start:len(*a):len(*a)]
+}
+
+// addBytes is add for bytes.
+func (a *arena) addBytes(b []byte) []byte {
+	if len(b) == 0 {
+		return nil
+	}
+	start := len(*a)
+	*a = append(*a, b...)
+	return (*a)[start:len(*a):len(*a)]
+}
+
+// addLower is add of s in lower case (ASCII: header names are tokens).
+func (a *arena) addLower(s string) []byte {
+	b := a.add(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return b
+}
+
+// splitAddr splits "host:port" without allocating; a malformed address
+// gives no host and port 0.
+func splitAddr(addr string) (host string, port uint32) {
+	host, p, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0
+	}
+	if n, err := strconv.ParseUint(p, 10, 16); err == nil {
+		port = uint32(n)
+	}
+	return host, port
 }
 
 func httpVersion(r *http.Request) string {

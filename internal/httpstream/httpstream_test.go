@@ -2,10 +2,12 @@ package httpstream
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -105,5 +107,51 @@ func TestStreamContext(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatal("the stream's context did not end on its reset")
+	}
+}
+
+// TestRequestHeadFields checks every field RequestHead fills in, the
+// server's address from a TCP listener (IPv6 with a zone too) and from
+// another kind of address, and header names in lower case with every
+// value kept.
+func TestRequestHeadFields(t *testing.T) {
+	for _, tc := range []struct {
+		local      net.Addr
+		host, port string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("10.0.0.7"), Port: 8080}, "10.0.0.7", "8080"},
+		{&net.TCPAddr{IP: net.ParseIP("fe80::1"), Port: 443, Zone: "eth0"}, "fe80::1%eth0", "443"},
+		{&net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, "", "0"},
+	} {
+		r := httptest.NewRequest("GET", "http://app.example/a%20b?q=1", nil)
+		r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, tc.local))
+		r.RemoteAddr = "[2001:db8::2]:5555"
+		r.Header = http.Header{"X-Many": {"1", "2"}, "content-TYPE": {"text/plain"}}
+		h := RequestHead(r, "/a b", "/a%20b", "/vm/app")
+		got := fmt.Sprintf("%s %s %s %s %s %s %s %s:%d %s:%d", h.HTTPVersion, h.Method, h.Scheme, h.Path, h.RawPath, h.QueryString, h.RootPath,
+			h.ClientHost, h.ClientPort, h.ServerHost, h.ServerPort)
+		want := "1.1 GET http /a b /a%20b q=1 /vm/app 2001:db8::2:5555 " + tc.host + ":" + tc.port
+		if got != want {
+			t.Errorf("head %q, want %q", got, want)
+		}
+		var fields []string
+		for _, f := range h.Headers {
+			fields = append(fields, string(f.Name)+"="+string(f.Value))
+		}
+		sort.Strings(fields)
+		if got, want := strings.Join(fields, " "), "content-type=text/plain host=app.example x-many=1 x-many=2"; got != want {
+			t.Errorf("headers %q, want %q", got, want)
+		}
+	}
+}
+
+// BenchmarkRequestHead builds the head of a browser-like request.
+func BenchmarkRequestHead(b *testing.B) {
+	r := httptest.NewRequest("GET", "http://app.example/items/42?full=1", nil)
+	r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 8080}))
+	r.Header = http.Header{"User-Agent": {"Mozilla/5.0"}, "Accept": {"*/*"}, "Accept-Encoding": {"gzip, deflate"}, "Cookie": {"a=1; b=2"}}
+	b.ReportAllocs()
+	for b.Loop() {
+		RequestHead(r, "/items/42", "/items/42", "")
 	}
 }
