@@ -47,6 +47,7 @@ bench: deps build
 	$(GO) build -o $(BIN)/ferry-bench ./cmd/ferry-bench
 	$(BIN)/ferry-bench -out bench/results.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./protocol/...
+	$(GO) test -run '^$$' -bench ServeHello -benchmem -benchtime $(BENCHTIME) ./host/relay/
 	$(GO) test -run '^$$' -bench RelayASGIHello -benchmem -benchtime $(BENCHTIME) ./tests/
 
 ## fuzz: run every fuzz target for FUZZTIME each (default 60s)

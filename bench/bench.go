@@ -47,6 +47,10 @@ type Config struct {
 	Rounds      int           // interleaved rounds per workload; the median is reported
 	ColdStarts  int           // cold starts timed per app
 	Only        string        // run only the workloads whose key contains this (quick checks)
+	// FrontProcs is GOMAXPROCS for the Go front ends (B's host-agent, C's
+	// msgpack-front): 1, like A′'s one nginx worker; 0 leaves Go's default
+	// (one per CPU).
+	FrontProcs int
 
 	Progress io.Writer // a line per run as it finishes
 	AppsDir  string    // set by Run: where the apps were written

@@ -84,12 +84,20 @@ func freePort() (int, error) {
 // launch starts a command in its own process group with its output in
 // logName under the work directory.
 func launch(cfg *Config, logName string, dir string, name string, args ...string) (*child, error) {
+	return launchEnv(cfg, nil, logName, dir, name, args...)
+}
+
+// launchEnv is launch with env added to the harness's environment.
+func launchEnv(cfg *Config, env []string, logName string, dir string, name string, args ...string) (*child, error) {
 	log, err := os.Create(filepath.Join(cfg.WorkDir, logName))
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(name, args...)
 	cmd.Dir = dir
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
@@ -157,12 +165,22 @@ func startFerry(ctx context.Context, cfg *Config, app App, procs int) (*server, 
 		return nil, err
 	}
 	logName := fmt.Sprintf("B-%s-%d.log", app.Module, procs)
-	cmd, err := launch(cfg, logName, cfg.AppsDir, cfg.HostAgent, "run", "--listen", "127.0.0.1:"+strconv.Itoa(port),
+	cmd, err := launchEnv(cfg, frontEnv(cfg), logName, cfg.AppsDir, cfg.HostAgent, "run", "--listen", "127.0.0.1:"+strconv.Itoa(port),
 		"--workers", strconv.Itoa(procs), "--python", cfg.Python, "--init", cfg.Init, cfg.AppsDir, app.Module+":app")
 	if err != nil {
 		return nil, err
 	}
 	return ready(ctx, cfg, port, app, logName, cmd)
+}
+
+// frontEnv is the environment of the Go front ends: GOMAXPROCS from
+// Config.FrontProcs (the agent gives init none of its environment, so
+// only the front itself is bound).
+func frontEnv(cfg *Config) []string {
+	if cfg.FrontProcs <= 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(cfg.FrontProcs)}
 }
 
 func startMsgpack(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
@@ -178,7 +196,7 @@ func startMsgpack(ctx context.Context, cfg *Config, app App, procs int) (*server
 	if err != nil {
 		return nil, err
 	}
-	front, err := launch(cfg, "C-front-"+logName, cfg.WorkDir, cfg.Self, "msgpack-front",
+	front, err := launchEnv(cfg, frontEnv(cfg), "C-front-"+logName, cfg.WorkDir, cfg.Self, "msgpack-front",
 		"--listen", "127.0.0.1:"+strconv.Itoa(port), "--socket", sock)
 	if err != nil {
 		syscall.Kill(-guest.cmd.Process.Pid, syscall.SIGKILL)

@@ -49,6 +49,7 @@ func run(ctx context.Context, args []string) error {
 	coldStarts := fs.Int("cold-starts", 5, "cold starts timed per app (0: none)")
 	only := fs.String("only", "", "comma-separated workload keys (substrings) to run, e.g. hello,cold")
 	python := fs.String("python", "/usr/bin/python3", "Python with Debian's uvicorn, FastAPI, uvloop, httptools and msgpack")
+	frontProcs := fs.Int("front-procs", 1, "GOMAXPROCS of the Go front ends (B's host-agent, C's front), like A′'s one nginx worker; 0: Go's default")
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "nginx of design A′ (Debian's nginx-light)")
 	bin := fs.String("bin", "bin", "directory with host-agent and init")
 	workDir := fs.String("work", "", "scratch directory (default: a new temporary one)")
@@ -60,7 +61,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg := bench.Config{Python: *python, Nginx: *nginx, Self: self, Duration: *duration, Rounds: *rounds, Connections: *conns,
-		ColdStarts: *coldStarts, Only: *only, Progress: os.Stderr, WorkDir: *workDir}
+		ColdStarts: *coldStarts, Only: *only, FrontProcs: *frontProcs, Progress: os.Stderr, WorkDir: *workDir}
 	for _, p := range strings.Split(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n < 1 {
