@@ -40,10 +40,9 @@ test: deps vet
 ## bench: Ferry against uvicorn, nginx in front of uvicorn and the
 ## per-request msgpack design (BENCHMARKS.md; writes bench/results.md), then
 ## the Go benchmarks of the protocol and the relay hot path. Installs the
-## tests' Debian packages and, for the bench alone, nginx-light (as root).
+## tests' Debian packages (nginx-light among them; as root).
 BENCH_FLAGS ?=
 bench: deps build
-	@.ci/deps nginx-light
 	$(GO) build -o $(BIN)/ferry-bench ./cmd/ferry-bench
 	$(BIN)/ferry-bench -out bench/results.md $(BENCH_FLAGS)
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime $(BENCHTIME) ./protocol/...

@@ -13,16 +13,20 @@ import (
 	"github.com/ferry-vm/ferry/bench"
 )
 
-// TestBenchHarnessRunsAllThreeDesigns runs make bench's harness briefly
-// (hello world, one process, two interleaved rounds, one cold start per
-// app), so that `make bench`
-// keeps working: uvicorn, Ferry and the msgpack design each answer wrk's
+// TestBenchHarnessRunsAllDesigns runs make bench's harness briefly (hello
+// world, one process, two interleaved rounds, one cold start per app), so
+// that `make bench` keeps working: uvicorn, nginx in front of it, Ferry
+// and the msgpack design each answer wrk's
 // requests without errors, every process of each design is measured, and
 // the cold start comes with init's timeline.
-func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
+func TestBenchHarnessRunsAllDesigns(t *testing.T) {
 	requirePythonModules(t, "uvicorn", "httptools", "uvloop", "msgpack", "fastapi")
 	if _, err := exec.LookPath("wrk"); err != nil {
 		t.Skip("wrk is missing (bash .ci/run installs it)")
+	}
+	const nginx = "/usr/sbin/nginx"
+	if _, err := os.Stat(nginx); err != nil {
+		t.Skip("nginx is missing for design A′ (bash .ci/run installs Debian's nginx-light)")
 	}
 	agentBin, err := buildAgent()
 	if err != nil {
@@ -33,7 +37,7 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 		t.Fatal(err)
 	}
 	var progress bytes.Buffer
-	cfg := bench.Config{Python: debianPython, HostAgent: agentBin, Init: filepath.Join(filepath.Dir(agentBin), "init"),
+	cfg := bench.Config{Python: debianPython, Nginx: nginx, HostAgent: agentBin, Init: filepath.Join(filepath.Dir(agentBin), "init"),
 		Self: self, WorkDir: t.TempDir(), Duration: time.Second, Rounds: 2, Connections: 8, Procs: []int{1}, ColdStarts: 1,
 		Only: "hello,cold", Progress: &progress}
 	rep, err := bench.Run(t.Context(), cfg)
@@ -41,7 +45,7 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][]string{"A": {"python3"}, "B": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}}
+	want := map[string][]string{"A": {"python3"}, "A′": {"nginx", "python3"}, "B": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}}
 	seen := map[string]bool{}
 	for _, r := range rep.Results {
 		if r.Err != nil {
@@ -61,7 +65,7 @@ func TestBenchHarnessRunsAllThreeDesigns(t *testing.T) {
 		}
 		seen[r.Design+" "+r.Workload.Key] = true
 	}
-	for _, d := range []string{"A", "B", "C"} {
+	for _, d := range []string{"A", "A′", "B", "C"} {
 		for _, w := range []string{"hello", "hello-1conn"} {
 			if !seen[d+" "+w] {
 				t.Fatalf("no result for %s %s", d, w)

@@ -229,7 +229,8 @@ func TestDataPlaneWorkerCrashResetsOnlyItsStreams(t *testing.T) {
 	}
 	waitFor(t, time.Minute, func() bool { return status().Workers == 2 }, "the agent did not hold both workers' sessions")
 
-	// Four held requests, two on each worker (fewest outstanding first).
+	// Four held requests, spread over the workers (fewest outstanding
+	// first).
 	type answer struct {
 		status int
 		body   string
@@ -267,9 +268,18 @@ func TestDataPlaneWorkerCrashResetsOnlyItsStreams(t *testing.T) {
 			t.Fatal("a held request never ended")
 		}
 	}
-	// Worker 1's two were reset with it, worker 2's completed.
-	if len(ok) != 2 || len(failed) != 2 || ok[0].body != ok[1].body {
-		t.Fatalf("completed %+v, failed %+v", ok, failed)
+	// The dead worker's requests were reset with it, the other worker's
+	// completed. Which worker each held request went to depends on the
+	// outstanding counts at the moment (the polls of /held count too), so
+	// the split is not fixed: each side must have some, and every completed
+	// request must be the survivor's.
+	if len(ok) == 0 || len(failed) == 0 {
+		t.Fatalf("completed %+v, failed %+v: want some of each", ok, failed)
+	}
+	for _, a := range ok[1:] {
+		if a.body != ok[0].body {
+			t.Fatalf("completed requests came from two workers, one of them dead: %+v", ok)
+		}
 	}
 	for _, a := range failed {
 		if a.status != http.StatusBadGateway {
