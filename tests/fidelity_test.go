@@ -50,10 +50,8 @@ var fidelityKnown = map[string]fidelityDifference{
 	"bad-version/framing":                {why: fidelityNetHTTPRefusal},
 	"bad-transfer-encoding/framing":      {why: fidelityNetHTTPRefusal},
 	"bad-transfer-encoding/status":       {why: "net/http answers a transfer coding it does not know with 501, as RFC 9112 6.1 recommends; uvicorn and hypercorn say 400"},
-	"streamed-chunks/framing":            {why: fidelityOwnFraming},
-	"streamed-chunks/headers":            {why: fidelityOwnFraming},
-	"no-content-type-streamed/framing":   {why: fidelityOwnFraming},
-	"no-content-type-streamed/headers":   {why: fidelityOwnFraming},
+	"streamed-chunks/framing":            {why: fidelityOwnFraming, timing: true},
+	"streamed-chunks/headers":            {why: fidelityOwnFraming, timing: true},
 	"app-keep-alive-header/headers":      {why: "Keep-Alive describes a connection (RFC 9110 7.6.1): the client's is Ferry's, with Ferry's timeouts, not the app's"},
 	"post-chunked/connection":            {why: fidelityChunkedCloses},
 	"post-chunked/headers":               {why: fidelityChunkedCloses},
@@ -88,7 +86,7 @@ var fidelityKnown = map[string]fidelityDifference{
 
 	// Pending: found by this harness, beyond issue 18's list; the front
 	// removes them or says why they stay.
-	"expect-100-not-read/interim":   {pending: true, why: "a 100 Continue goes out although the app answered without reading the body (the relay reads it at once)"},
+	"expect-100-not-read/*":         {pending: true, why: "the relay reads the body at once: a 100 Continue goes out unless the app's answer came first, and then net/http closes the connection, the body unread (Connection: close); uvicorn and hypercorn answer without a 100", timing: true},
 	"get-1.0-keep-alive/connection": {pending: true, why: "an HTTP/1.0 client's keep-alive is honoured; uvicorn and hypercorn close"},
 	"ws-app-rejects/body":           {pending: true, why: "a websocket the app refused gets Ferry's JSON error as its 403's body; uvicorn and hypercorn send none"},
 	"ws-app-rejects/connection":     {pending: true, why: "the connection stays open after the app refused a websocket (403); uvicorn and hypercorn close it"},
@@ -111,6 +109,9 @@ type fidelityDifference struct {
 	// pending: issue 18 removes it (the agent's HTTP front); listed until
 	// the fix lands, when the harness says to remove the entry.
 	pending bool
+	// timing: whether Ferry differs depends on timing (when the app's
+	// body ends), so the entry may go unused.
+	timing bool
 }
 
 // fidelityCase is one exchange on a fresh connection.
@@ -163,7 +164,8 @@ var fidelityCases = []fidelityCase{
 	{name: "status-299-no-reason", raw: "GET /respond?status=299 HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "streamed-chunks", raw: "GET /respond?chunks=3&body=abcdefghi HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "no-content-type", raw: "GET /respond?h=x-app:1&body=%3Chtml%3E%3C/html%3E HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
-	{name: "no-content-type-streamed", raw: "GET /respond?h=x-app:1&chunks=2&body=%3Chtml%3E%3C/html%3E HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
+	{name: "streamed-chunks-paused", raw: "GET /respond?chunks=3&pause=0.3&body=abcdefghi HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
+	{name: "no-content-type-streamed", raw: "GET /respond?h=x-app:1&chunks=2&pause=0.3&body=%3Chtml%3E%3C/html%3E HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "proxy-authenticate-407", raw: "GET /respond?status=407&h=proxy-authenticate:Basic%20realm=%22f%22&h=content-type:text/plain HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "upgrade-426", raw: "GET /respond?status=426&h=upgrade:HTTP/3.0&h=content-type:text/plain HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "app-connection-close", raw: "GET /respond?h=connection:close&h=content-type:text/plain HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
@@ -298,6 +300,7 @@ func TestFidelityUvicornHypercornFerry(t *testing.T) {
 	used := map[string]bool{}
 	var skipped []string
 	agreed, fully := 0, 0
+	var agreeing []string
 	for i, c := range fidelityCases {
 		uv, hc, fe := outcomes["uvicorn"][i].aspects(), outcomes["hypercorn"][i].aspects(), outcomes["ferry"][i].aspects()
 		set := map[string]bool{}
@@ -333,15 +336,19 @@ func TestFidelityUvicornHypercornFerry(t *testing.T) {
 		}
 		if all {
 			fully++
+			agreeing = append(agreeing, c.name)
 		}
 	}
-	for key := range fidelityKnown {
-		if !used[key] {
+	for key, d := range fidelityKnown {
+		if !used[key] && !d.timing {
 			t.Errorf("fidelityKnown[%q]: Ferry no longer differs there (or uvicorn and hypercorn no longer agree): remove it here and in README.md", key)
 		}
 	}
-	t.Logf("%d cases (%d where uvicorn and hypercorn agree on every aspect), %d aspects compared; %d not compared, uvicorn and hypercorn disagreeing:\n%s",
-		len(fidelityCases), fully, agreed, len(skipped), strings.Join(skipped, "\n"))
+	if fully < 40 {
+		t.Errorf("uvicorn and hypercorn agree on every aspect of %d cases only, issue 18 asks for 40", fully)
+	}
+	t.Logf("%d cases (%d where uvicorn and hypercorn agree on every aspect: %s), %d aspects compared; %d not compared, uvicorn and hypercorn disagreeing:\n%s",
+		len(fidelityCases), fully, strings.Join(agreeing, " "), agreed, len(skipped), strings.Join(skipped, "\n"))
 }
 
 // fidelityAppSource is the recorder app's source.
@@ -492,6 +499,7 @@ func fidelityExchange(addr string, c fidelityCase) fidelityOutcome {
 // fidelityProbe tells whether the server kept the connection open: a
 // request for /_fidelity/probe gets its answer, or the connection ends.
 func fidelityProbe(conn net.Conn, r *bufio.Reader) string {
+	conn.SetDeadline(time.Now().Add(fidelityPatience / 2))
 	if _, err := io.WriteString(conn, "GET /_fidelity/probe HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"); err != nil {
 		return "closed"
 	}

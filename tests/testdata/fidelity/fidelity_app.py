@@ -15,6 +15,7 @@ Routes:
                                      no content-type is added)
                       body=TEXT      the body (default "ok\\n")
                       chunks=N       the body in N pieces, no content-length
+                      pause=S        with chunks: S seconds between pieces
                       nolength=1     no content-length
                       read=0         answer without reading the request body
   anything else     200, content-type text/plain, "ok\\n"
@@ -24,6 +25,7 @@ leaves; ?ws=close closes before accepting (a rejection).
 Bytes are recorded as latin-1 text, so that JSON carries them exactly.
 """
 
+import asyncio
 import json
 from urllib.parse import parse_qsl
 
@@ -117,6 +119,9 @@ async def app(scope, receive, send):
         await send({"type": "http.response.body", "body": out})
         return
     size = -(-len(out) // chunks)
+    pause = float(query.get("pause", "0"))
     for i in range(chunks):
+        if i and pause:
+            await asyncio.sleep(pause)
         await send({"type": "http.response.body", "body": out[i * size:(i + 1) * size], "more_body": True})
     await send({"type": "http.response.body", "body": b""})
