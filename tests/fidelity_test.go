@@ -261,26 +261,30 @@ func TestFidelityUvicornHypercornFerry(t *testing.T) {
 	requirePythonModules(t, "uvicorn", "httptools", "websockets", "hypercorn")
 	dir := writeApp(t, map[string]string{"fidelity_app.py": fidelityAppSource(t)})
 
-	servers := []string{"uvicorn", "hypercorn", "ferry"}
+	servers := []string{"uvicorn", "hypercorn", "ferry"} // in this order below
 	addrs := map[string]string{}
 	// uvicorn as users get it by default: its "auto" picks httptools and
 	// websockets when installed, as Debian's python3-uvicorn recommends.
-	addrs["uvicorn"] = fidelityPython(t, "uvicorn", []string{"-m", "uvicorn", "--app-dir", dir,
-		"--http", "httptools", "--ws", "websockets", "--no-access-log", "--host", "127.0.0.1", "--port"}, "fidelity_app:app")
-	addrs["hypercorn"] = fidelityPython(t, "hypercorn", []string{"-m", "hypercorn", "--bind"}, filepath.Join(dir, "fidelity_app")+":app")
+	addrs["uvicorn"] = fidelityPython(t, "uvicorn", func(addr, port string) []string {
+		return []string{"-m", "uvicorn", "--app-dir", dir, "--http", "httptools", "--ws", "websockets",
+			"--no-access-log", "--host", "127.0.0.1", "--port", port, "fidelity_app:app"}
+	})
+	addrs["hypercorn"] = fidelityPython(t, "hypercorn", func(addr, port string) []string {
+		return []string{"-m", "hypercorn", "--bind", addr, filepath.Join(dir, "fidelity_app") + ":app"}
+	})
 	addrs["ferry"], _ = runAgent(t, "--workers", "1", dir, "fidelity_app:app")
 	for _, s := range servers {
 		fidelityTake(t, addrs[s]) // a first request: Ferry's cold start, every server's readiness
 	}
 
-	outcomes := map[string][]fidelityOutcome{}
+	// The servers run side by side, each its cases in order (the app's
+	// records are taken after each case).
+	outcomes := make([][]fidelityOutcome, len(servers))
 	var wg sync.WaitGroup
-	var mu sync.Mutex
-	for _, s := range servers {
+	for i, s := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			var out []fidelityOutcome
 			for _, c := range fidelityCases {
 				o := fidelityExchange(addrs[s], c)
 				app, err := fidelityTakeErr(addrs[s])
@@ -288,11 +292,8 @@ func TestFidelityUvicornHypercornFerry(t *testing.T) {
 					o.err += " (the app's records: " + err.Error() + ")"
 				}
 				o.app = app
-				out = append(out, o)
+				outcomes[i] = append(outcomes[i], o)
 			}
-			mu.Lock()
-			outcomes[s] = out
-			mu.Unlock()
 		}()
 	}
 	wg.Wait()
@@ -302,7 +303,7 @@ func TestFidelityUvicornHypercornFerry(t *testing.T) {
 	agreed, fully := 0, 0
 	var agreeing []string
 	for i, c := range fidelityCases {
-		uv, hc, fe := outcomes["uvicorn"][i].aspects(), outcomes["hypercorn"][i].aspects(), outcomes["ferry"][i].aspects()
+		uv, hc, fe := outcomes[0][i].aspects(), outcomes[1][i].aspects(), outcomes[2][i].aspects()
 		set := map[string]bool{}
 		for k := range uv {
 			set[k] = true
@@ -360,19 +361,14 @@ func fidelityAppSource(t *testing.T) string {
 	return string(b)
 }
 
-// fidelityPython starts Debian's python3 with args, a free loopback
-// address's port (uvicorn) or the whole address (hypercorn) and then last,
-// and waits until it accepts connections. It is killed with the test.
-func fidelityPython(t *testing.T, name string, args []string, last string) string {
+// fidelityPython starts Debian's python3 with the arguments args gives
+// for a free loopback address (and its port), and waits until it accepts
+// connections. It is killed with the test.
+func fidelityPython(t *testing.T, name string, args func(addr, port string) []string) string {
 	t.Helper()
 	addr := freePort(t)
 	_, port, _ := net.SplitHostPort(addr)
-	if name == "uvicorn" {
-		args = append(args, port, last)
-	} else {
-		args = append(args, addr, last)
-	}
-	cmd := exec.Command(debianPython, args...)
+	cmd := exec.Command(debianPython, args(addr, port)...)
 	out := &syncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
