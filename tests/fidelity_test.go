@@ -238,7 +238,7 @@ const (
 type fidelityResponse struct {
 	version  string // the status line's: its reason phrase is not compared (RFC 9112 4: clients ignore it)
 	status   int
-	headers  []string // "name: value", names lower-cased, sorted by name (order within a name kept), Date, Server and X-Request-Id left out
+	headers  []string // "name: value", names lower-cased (and the tokens of Connection and Upgrade), sorted by name (order within a name kept), Date, Server and X-Request-Id left out
 	framing  string   // "length", "chunked", "close" (read to EOF) or "none"
 	body     string   // the body, chunked framing undone
 	trailers []string
@@ -541,6 +541,8 @@ func fidelityReadResponse(r *bufio.Reader, head bool) (fidelityResponse, error) 
 			chunked = strings.Contains(strings.ToLower(value), "chunked")
 		case "date", "server", "x-request-id":
 			continue // the server's own: when, who, and Ferry's id of the request in its logs
+		case "connection", "upgrade": // tokens, whose case carries no meaning (RFC 9110 7.6.1, 7.8)
+			f = strings.ToLower(f)
 		}
 		resp.headers = append(resp.headers, f)
 	}
