@@ -95,7 +95,7 @@ var fidelityKnown = map[string]fidelityDifference{
 
 // The reasons several entries of fidelityKnown share.
 const (
-	fidelityNetHTTPRefusal = "net/http refuses the request before any handler runs, with a response of its own ended by closing the connection (no Content-Length); the status and the close are as uvicorn's"
+	fidelityNetHTTPRefusal = "net/http refuses the request before any handler runs, with a response of its own that ends where the connection closes (no Content-Length), where uvicorn and hypercorn send a length; the client reads the whole response either way"
 	fidelityNetHTTP10      = "net/http's status line answers an HTTP/1.0 request with HTTP/1.0, uvicorn and hypercorn with HTTP/1.1 (RFC 9110 2.5 prefers the latter, both are valid); net/http writes the line itself"
 	fidelityOwnFraming     = "the framing is Ferry's, per client connection: a body that came whole before the head went out gets a Content-Length, else it is chunked; the bytes are the app's"
 	fidelityChunkedCloses  = "a request with a chunked body closes its connection after the answer (Connection: close): net/http hides whether Content-Length came too, which RFC 9112 6.1 says must close"
