@@ -24,18 +24,18 @@ import (
 
 // The HTTP fidelity harness (issue 18): one ASGI app
 // (testdata/fidelity/fidelity_app.py) behind uvicorn, hypercorn and Ferry,
-// driven by the same raw bytes on a socket. Each case's outcome is cut into
-// aspects (interim responses, the status codes, the protocol versions of the status lines, the response headers, the
-// body, the framing, the trailers, whether the connection stayed open, a
-// websocket's first frame, and each field of what the app saw of each
-// request). An aspect is a requirement only where uvicorn and hypercorn
-// agree on it; there Ferry must agree too, or the aspect is in
-// fidelityKnown with its reason.
+// driven by the same raw bytes on a socket. Each case's outcome is cut
+// into aspects (interim responses, the status codes, the status lines'
+// versions, the response headers, the body, the framing, the trailers,
+// whether the connection stayed open, a websocket's first frame, and each
+// field of what the app saw of each request). An aspect is a requirement
+// only where uvicorn and hypercorn agree on it; there Ferry must agree
+// too, or the aspect is in fidelityKnown with its reason.
 
 // fidelityKnown are Ferry's differences from uvicorn and hypercorn where
 // these two agree, keyed "case/aspect" ("case/*": every aspect of the
-// case), each with its reason. README.md's
-// section "HTTP fidelity: what differs from uvicorn" lists the same keys
+// case), each with its reason. README.md's section "HTTP fidelity: what
+// differs from uvicorn" lists the same keys
 // (TestFidelityKnownDifferencesAreInTheREADME). An entry Ferry no longer
 // differs on fails the harness, so that the list stays exact.
 var fidelityKnown = map[string]fidelityDifference{
