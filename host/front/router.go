@@ -58,6 +58,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
+	relay.TrimFragment(r)
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
 		if r.URL.Path == "/healthz" {
@@ -160,16 +161,17 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 	relay.ServeAny(w, r, ex, p.Interface)
 }
 
-// match finds the program a request addresses.
+// match finds the program a request addresses, and the paths it sees:
+// decoded, and raw as the client sent it (relay.RawPath).
 func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok bool) {
 	if rt.Root != "" {
-		return rt.Root, "", r.URL.Path, r.URL.EscapedPath(), true
+		return rt.Root, "", r.URL.Path, relay.RawPath(r), true
 	}
 	if rest, has := strings.CutPrefix(r.URL.Path, "/vm/"); has {
 		id, path, _ = strings.Cut(rest, "/")
 		path = "/" + path
 		rawPath = "/"
-		if rawRest, has := strings.CutPrefix(r.URL.EscapedPath(), "/vm/"+id); has && rawRest != "" {
+		if rawRest, has := strings.CutPrefix(relay.RawPath(r), "/vm/"+id); has && rawRest != "" {
 			rawPath = rawRest
 		}
 		return id, "/vm/" + id, path, rawPath, id != ""
@@ -180,7 +182,7 @@ func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok boo
 	}
 	if label, _, _ := strings.Cut(host, "."); label != "" {
 		if rt.Programs.Route(label) != nil {
-			return label, "", r.URL.Path, r.URL.EscapedPath(), true
+			return label, "", r.URL.Path, relay.RawPath(r), true
 		}
 	}
 	return "", "", "", "", false
