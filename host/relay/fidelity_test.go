@@ -155,7 +155,7 @@ func TestServeResponseFieldsAsSent(t *testing.T) {
 // An invalid websocket handshake is refused as uvicorn refuses it (400,
 // or 426 for a bad Upgrade, with the websockets library's reason and
 // Connection: close) before the program hears of it; a valid one reaches
-// the program.
+// the program and is opened, over HTTP/1.0 too.
 func TestServeWebSocketChecksTheHandshake(t *testing.T) {
 	wsURL, streams := wsProgram(t)
 	url := "http://" + strings.TrimPrefix(wsURL, "ws://")
@@ -198,9 +198,12 @@ func TestServeWebSocketChecksTheHandshake(t *testing.T) {
 		default:
 		}
 	}
-	resp, _, _, _ := rawRequest(t, url, "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "+key+"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-	if resp.StatusCode != http.StatusSwitchingProtocols {
-		t.Errorf("valid handshake: %d", resp.StatusCode)
+	// A valid handshake, HTTP/1.0 too (uvicorn opens it as 1.1).
+	for _, version := range []string{"1.1", "1.0"} {
+		resp, _, _, _ := rawRequest(t, url, "GET /ws HTTP/"+version+"\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: "+key+"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			t.Errorf("valid handshake over HTTP/%s: %d", version, resp.StatusCode)
+		}
+		<-streams
 	}
-	<-streams
 }

@@ -68,6 +68,13 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		opts.Subprotocols = []string{string(rh.Subprotocol)}
 	}
 	hw := &hijackRecorder{ResponseWriter: w}
+	if !r.ProtoAtLeast(1, 1) {
+		// uvicorn opens an HTTP/1.0 client's valid handshake as HTTP/1.1
+		// (the app has accepted it already); the library refuses 1.0.
+		r11 := *r
+		r11.Proto, r11.ProtoMajor, r11.ProtoMinor = "HTTP/1.1", 1, 1
+		r = &r11
+	}
 	c, err := websocket.Accept(hw, r, opts)
 	if err != nil {
 		st.Reset(frame.CodeCancel, "client websocket handshake failed")
