@@ -58,17 +58,24 @@ func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.Reque
 	trailer := trailerValue(r.Trailer)
 	// One arena holds every byte field; one slice every header field.
 	size := len(version) + len(r.Method) + len(scheme) + len(path) + len(rawPath) + len(r.URL.RawQuery) +
-		len(rootPath) + len(clientHost) + len(serverHost) + len("host") + len(r.Host) +
-		len("transfer-encoding") + len("trailer") + len(trailer)
-	fields := 3
+		len(rootPath) + len(clientHost) + len(serverHost) + len("host") + len(r.Host)
+	fields := 1
 	for name, values := range r.Header {
 		for _, v := range values {
 			size += len(name) + len(v)
 			fields++
 		}
 	}
-	for _, v := range r.TransferEncoding {
-		size += len(v) + 2
+	if len(r.TransferEncoding) > 0 {
+		size += len("transfer-encoding")
+		for _, v := range r.TransferEncoding {
+			size += len(v) + len(", ")
+		}
+		fields++
+	}
+	if trailer != "" {
+		size += len("trailer") + len(trailer)
+		fields++
 	}
 	a := arena(make([]byte, 0, size))
 	h := &message.RequestHead{
