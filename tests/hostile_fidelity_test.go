@@ -14,10 +14,10 @@ import (
 // item 2): what the app sees of a request sent byte for byte, and what the
 // client gets of the app's response, as under uvicorn.
 
-// fidelityApp reports the scope it saw as JSON, answers /426, /407 and
+// edgeFidelityApp reports the scope it saw as JSON, answers /426, /407 and
 // /close with those fields, and counts the websockets it was asked to
 // accept (/ws-count).
-const fidelityApp = `
+const edgeFidelityApp = `
 import json
 
 state = {"ws": 0}
@@ -53,8 +53,8 @@ async def app(scope, receive, send):
     await send({"type": "http.response.body", "body": json.dumps(seen).encode()})
 `
 
-// fidelitySeen is what fidelityApp reports.
-type fidelitySeen struct {
+// edgeFidelitySeen is what edgeFidelityApp reports.
+type edgeFidelitySeen struct {
 	Method      string      `json:"method"`
 	Path        string      `json:"path"`
 	RawPath     string      `json:"raw_path"`
@@ -65,7 +65,7 @@ type fidelitySeen struct {
 }
 
 // header is the value of the app's header name, and whether it had one.
-func (s *fidelitySeen) header(name string) (string, bool) {
+func (s *edgeFidelitySeen) header(name string) (string, bool) {
 	for _, h := range s.Headers {
 		if h[0] == name {
 			return h[1], true
@@ -74,24 +74,24 @@ func (s *fidelitySeen) header(name string) (string, bool) {
 	return "", false
 }
 
-// fidelityAgent runs the agent on fidelityApp.
-func fidelityAgent(t *testing.T) string {
+// edgeFidelityAgent runs the agent on edgeFidelityApp.
+func edgeFidelityAgent(t *testing.T) string {
 	t.Helper()
 	requireRoot(t)
 	requirePythonModules(t, "asyncio", "json")
-	addr, _ := runAgent(t, "--workers", "1", writeApp(t, map[string]string{"main.py": fidelityApp}), "main:app")
+	addr, _ := runAgent(t, "--workers", "1", writeApp(t, map[string]string{"main.py": edgeFidelityApp}), "main:app")
 	return addr
 }
 
-// fidelityBody reads a response body framed by Content-Length or chunked
+// edgeFidelityBody reads a response body framed by Content-Length or chunked
 // (the agent sends a body that came whole with its head with a length, one
 // that came later chunked), leaving r after it.
-func fidelityBody(t *testing.T, headers []string, r *bufio.Reader) []byte {
+func edgeFidelityBody(t *testing.T, headers []string, r *bufio.Reader) []byte {
 	t.Helper()
-	te, _ := headerValue(headers, "Transfer-Encoding")
+	te, _ := edgeHeaderValue(headers, "Transfer-Encoding")
 	chunked := strings.EqualFold(te, "chunked")
 	var body io.Reader
-	if length, ok := headerValue(headers, "Content-Length"); chunked {
+	if length, ok := edgeHeaderValue(headers, "Content-Length"); chunked {
 		body = httputil.NewChunkedReader(r)
 	} else if ok {
 		n, err := strconv.ParseInt(length, 10, 64)
@@ -114,13 +114,13 @@ func fidelityBody(t *testing.T, headers []string, r *bufio.Reader) []byte {
 	return b
 }
 
-// fidelityRequest sends raw to the agent and returns the status line, the
+// edgeFidelityRequest sends raw to the agent and returns the status line, the
 // header lines and what the app saw (the JSON body).
-func fidelityRequest(t *testing.T, addr, raw string) (string, []string, *fidelitySeen) {
+func edgeFidelityRequest(t *testing.T, addr, raw string) (string, []string, *edgeFidelitySeen) {
 	t.Helper()
 	status, headers, r, _ := hostileHTTPRaw(t, addr, raw, false)
-	var seen fidelitySeen
-	body := fidelityBody(t, headers, r)
+	var seen edgeFidelitySeen
+	body := edgeFidelityBody(t, headers, r)
 	if err := json.Unmarshal(body, &seen); err != nil {
 		t.Fatalf("%q: %s %q: %v", raw, status, body, err)
 	}
@@ -128,7 +128,7 @@ func fidelityRequest(t *testing.T, addr, raw string) (string, []string, *fidelit
 }
 
 func TestHostileFidelityRequestAsSent(t *testing.T) {
-	addr := fidelityAgent(t)
+	addr := edgeFidelityAgent(t)
 	cases := []struct {
 		raw, path, rawPath, query string
 	}{
@@ -139,18 +139,18 @@ func TestHostileFidelityRequestAsSent(t *testing.T) {
 		{"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n", "*", "*", ""},
 	}
 	for _, c := range cases {
-		status, _, seen := fidelityRequest(t, addr, c.raw)
+		status, _, seen := edgeFidelityRequest(t, addr, c.raw)
 		if hostileHTTPStatus(status) != "200" || seen.Path != c.path || seen.RawPath != c.rawPath || seen.QueryString != c.query {
 			t.Errorf("%q: %s, app saw path %q raw_path %q query %q, want %q %q %q", c.raw, status, seen.Path, seen.RawPath, seen.QueryString,
 				c.path, c.rawPath, c.query)
 		}
 	}
 
-	_, _, seen := fidelityRequest(t, addr, "GET / HTTP/1.0\r\nX-A: 1\r\n\r\n")
+	_, _, seen := edgeFidelityRequest(t, addr, "GET / HTTP/1.0\r\nX-A: 1\r\n\r\n")
 	if _, ok := seen.header("host"); ok || seen.HTTPVersion != "1.0" {
 		t.Errorf("HTTP/1.0 without Host: the app saw %s with headers %q", seen.HTTPVersion, seen.Headers)
 	}
-	_, _, seen = fidelityRequest(t, addr, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
+	_, _, seen = edgeFidelityRequest(t, addr, "POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nTrailer: X-Sum\r\n\r\n"+
 		"3;ext=1\r\nabc\r\n0\r\nX-Sum: 9\r\n\r\n")
 	te, _ := seen.header("transfer-encoding")
 	tr, _ := seen.header("trailer")
@@ -160,7 +160,7 @@ func TestHostileFidelityRequestAsSent(t *testing.T) {
 }
 
 func TestHostileFidelityResponseAsSent(t *testing.T) {
-	addr := fidelityAgent(t)
+	addr := edgeFidelityAgent(t)
 	has := func(headers []string, want string) bool {
 		for _, h := range headers {
 			if strings.EqualFold(h, want) {
@@ -169,11 +169,11 @@ func TestHostileFidelityResponseAsSent(t *testing.T) {
 		}
 		return false
 	}
-	status, headers, _ := fidelityRequest(t, addr, "GET /426 HTTP/1.1\r\nHost: h\r\n\r\n")
+	status, headers, _ := edgeFidelityRequest(t, addr, "GET /426 HTTP/1.1\r\nHost: h\r\n\r\n")
 	if hostileHTTPStatus(status) != "426" || !has(headers, "Upgrade: TLS/1.3") || !has(headers, "Connection: Upgrade") {
 		t.Errorf("426: %s %q", status, headers)
 	}
-	status, headers, _ = fidelityRequest(t, addr, "GET /407 HTTP/1.1\r\nHost: h\r\n\r\n")
+	status, headers, _ = edgeFidelityRequest(t, addr, "GET /407 HTTP/1.1\r\nHost: h\r\n\r\n")
 	if hostileHTTPStatus(status) != "407" || !has(headers, `Proxy-Authenticate: Basic realm="p"`) {
 		t.Errorf("407: %s %q", status, headers)
 	}
@@ -181,30 +181,30 @@ func TestHostileFidelityResponseAsSent(t *testing.T) {
 	if hostileHTTPStatus(status) != "200" || !has(headers, "Connection: close") {
 		t.Errorf("the app's Connection: close: %s %q", status, headers)
 	}
-	fidelityBody(t, headers, r)
+	edgeFidelityBody(t, headers, r)
 	hostileHTTPExpectClose(t, r, conn)
-	if _, ok := headerValue(headers, "Content-Type"); !ok {
+	if _, ok := edgeHeaderValue(headers, "Content-Type"); !ok {
 		t.Errorf("the app's Content-Type is missing: %q", headers)
 	}
 }
 
 // An invalid websocket handshake is refused before the app hears of it.
 func TestHostileFidelityInvalidWebSocketHandshake(t *testing.T) {
-	addr := fidelityAgent(t)
+	addr := edgeFidelityAgent(t)
 	status, headers, r, conn := hostileHTTPRaw(t, addr, "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: short\r\nSec-WebSocket-Version: 13\r\n\r\n", false)
 	if hostileHTTPStatus(status) != "400" {
 		t.Errorf("invalid key: %s %q", status, headers)
 	}
-	fidelityBody(t, headers, r)
+	edgeFidelityBody(t, headers, r)
 	hostileHTTPExpectClose(t, r, conn)
-	if _, _, seen := fidelityRequest(t, addr, "GET /count HTTP/1.1\r\nHost: h\r\n\r\n"); seen.WS != 0 {
+	if _, _, seen := edgeFidelityRequest(t, addr, "GET /count HTTP/1.1\r\nHost: h\r\n\r\n"); seen.WS != 0 {
 		t.Errorf("the app was asked to accept %d invalid handshakes", seen.WS)
 	}
 }
 
-// headerValue is the value of the response header line name, if any.
-func headerValue(headers []string, name string) (string, bool) {
+// edgeHeaderValue is the value of the response header line name, if any.
+func edgeHeaderValue(headers []string, name string) (string, bool) {
 	for _, h := range headers {
 		if n, v, ok := strings.Cut(h, ":"); ok && strings.EqualFold(n, name) {
 			return strings.TrimSpace(v), true
