@@ -58,6 +58,13 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
+	if !asciiTarget(r.RequestURI) {
+		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
+		// answer 400 and close; net/http lets it through.
+		w.Header().Set("Connection", "close")
+		reject(w, r, ex, http.StatusBadRequest, "invalid request target: bytes outside ASCII")
+		return
+	}
 	relay.TrimFragment(r)
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
@@ -159,6 +166,16 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 	defer done()
 	ex.Session = sess
 	relay.ServeAny(w, r, ex, p.Interface)
+}
+
+// asciiTarget reports whether a request target has only ASCII bytes.
+func asciiTarget(target string) bool {
+	for i := 0; i < len(target); i++ {
+		if target[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // match finds the program a request addresses, and the paths it sees:

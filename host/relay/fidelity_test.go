@@ -207,3 +207,18 @@ func TestServeWebSocketChecksTheHandshake(t *testing.T) {
 		<-streams
 	}
 }
+
+// A websocket the program denies before accepting is a 403 as uvicorn
+// sends it: no body, the connection closed.
+func TestServeWebSocketDeniedAsUvicornDeniesIt(t *testing.T) {
+	wsURL, _ := wsDenyingProgram(t)
+	url := "http://" + strings.TrimPrefix(wsURL, "ws://")
+	resp, body, br, _ := rawRequest(t, url, "GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
+		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+	if resp.StatusCode != http.StatusForbidden || body != "" || !resp.Close || resp.Header.Get("Content-Type") != "" {
+		t.Errorf("denied: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("the connection stays open after the 403 (read %d, %v)", n, err)
+	}
+}

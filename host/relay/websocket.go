@@ -411,7 +411,14 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		st.Close()
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
-			Error(w, ex, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
+			// As uvicorn answers it: 403, no body, the connection closed.
+			if ex.Log != nil {
+				ex.Log.Info("websocket refused by the program", "request_id", ex.ID, "code", denied.Code)
+			}
+			w.Header().Set("Connection", "close")
+			w.Header().Set("X-Request-Id", ex.ID)
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusForbidden)
 			return nil, nil, false
 		}
 		status, msg := statusFor(err)
