@@ -221,7 +221,9 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if a.cluster != nil {
 		router.Owner = a.cluster.Owner
 	}
-	srv := &http.Server{Handler: router, MaxHeaderBytes: relay.MaxHeaderBytes}
+	// OPTIONS * goes to the program, as uvicorn gives it to an app (path
+	// "*"), not net/http's own answer.
+	srv := &http.Server{Handler: router, MaxHeaderBytes: relay.MaxHeaderBytes, DisableGeneralOptionsHandler: true}
 	a.conn.Apply(srv)
 	serveUntilDone(ctx, srv, ln, a.log)
 	return nil

@@ -58,6 +58,14 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
+	if !asciiTarget(r.RequestURI) {
+		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
+		// answer 400 and close; net/http lets it through.
+		w.Header().Set("Connection", "close")
+		reject(w, r, ex, http.StatusBadRequest, "invalid request target: bytes outside ASCII")
+		return
+	}
+	relay.TrimFragment(r)
 	id, root, path, rawPath, found := rt.match(r)
 	if !found {
 		if r.URL.Path == "/healthz" {
@@ -160,16 +168,27 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 	relay.ServeAny(w, r, ex, p.Interface)
 }
 
-// match finds the program a request addresses.
+// asciiTarget reports whether a request target has only ASCII bytes.
+func asciiTarget(target string) bool {
+	for i := 0; i < len(target); i++ {
+		if target[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+// match finds the program a request addresses, and the paths it sees:
+// decoded, and raw as the client sent it (relay.RawPath).
 func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok bool) {
 	if rt.Root != "" {
-		return rt.Root, "", r.URL.Path, r.URL.EscapedPath(), true
+		return rt.Root, "", r.URL.Path, relay.RawPath(r), true
 	}
 	if rest, has := strings.CutPrefix(r.URL.Path, "/vm/"); has {
 		id, path, _ = strings.Cut(rest, "/")
 		path = "/" + path
 		rawPath = "/"
-		if rawRest, has := strings.CutPrefix(r.URL.EscapedPath(), "/vm/"+id); has && rawRest != "" {
+		if rawRest, has := strings.CutPrefix(relay.RawPath(r), "/vm/"+id); has && rawRest != "" {
 			rawPath = rawRest
 		}
 		return id, "/vm/" + id, path, rawPath, id != ""
@@ -180,7 +199,7 @@ func (rt *Router) match(r *http.Request) (id, root, path, rawPath string, ok boo
 	}
 	if label, _, _ := strings.Cut(host, "."); label != "" {
 		if rt.Programs.Route(label) != nil {
-			return label, "", r.URL.Path, r.URL.EscapedPath(), true
+			return label, "", r.URL.Path, relay.RawPath(r), true
 		}
 	}
 	return "", "", "", "", false

@@ -1,10 +1,12 @@
 package front
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -280,5 +282,35 @@ func TestPersistentProgramsAreNeverBootedByARequest(t *testing.T) {
 	inst.Release()
 	if status, _ := get(); status != http.StatusOK {
 		t.Errorf("with the supervisor's VM running: %d, want 200", status)
+	}
+}
+
+// A request target with bytes outside ASCII (RFC 9112 §3.2) is a 400 and
+// the connection is closed, as uvicorn and hypercorn answer it; the
+// program never sees it.
+func TestRouterRefusesATargetOutsideASCII(t *testing.T) {
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{}, "main")
+	f.deploy(t, "main", manifest.On{HTTP: true})
+	conn, err := net.Dial("tcp", strings.TrimPrefix(f.url, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(conn, "GET /caf\xc3\xa9 HTTP/1.1\r\nHost: h\r\n\r\n")
+	br := bufio.NewReader(conn)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	if resp.StatusCode != http.StatusBadRequest || !resp.Close {
+		t.Errorf("status %d, close %v; want 400 and closed", resp.StatusCode, resp.Close)
+	}
+	if n, err := br.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Errorf("the connection stays open (read %d, %v)", n, err)
+	}
+	if status, seen, _, _ := f.get(t, "/caf%C3%A9", ""); status != 200 || seen.RawPath != "/caf%C3%A9" {
+		t.Errorf("the same path percent-encoded: %d %+v", status, seen)
 	}
 }

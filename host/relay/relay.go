@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,45 @@ func NewRequestID() string {
 	var b [8]byte
 	binary.LittleEndian.PutUint64(b[:], rand.Uint64())
 	return hex.EncodeToString(b[:])
+}
+
+// RawPath returns the path of r's target exactly as the client sent it,
+// without the query: what uvicorn gives an app as raw_path (net/http's
+// EscapedPath is a re-encoding, which differs for bytes such as "{" or
+// non-ASCII). An absolute-form target ("http://host/p?q") gives its path
+// ("/p"; "" when it has none), "*" (OPTIONS *) gives "*". It allocates
+// nothing.
+func RawPath(r *http.Request) string {
+	t := r.RequestURI
+	if t == "" { // a request not read by a server
+		return r.URL.EscapedPath()
+	}
+	if i := strings.IndexAny(t, "?#"); i >= 0 {
+		t = t[:i]
+	}
+	if t == "" || t[0] == '/' || t == "*" {
+		return t
+	}
+	if _, rest, ok := strings.Cut(t, "://"); ok { // absolute-form
+		if i := strings.IndexByte(rest, '/'); i >= 0 {
+			return rest[i:]
+		}
+		return ""
+	}
+	return t
+}
+
+// TrimFragment removes a fragment ("#…") from r's target, as uvicorn's
+// parser does: clients do not send one, but net/http keeps one it gets in
+// the path or the query. Most requests have none: this costs a search.
+func TrimFragment(r *http.Request) {
+	i := strings.IndexByte(r.RequestURI, '#')
+	if i < 0 {
+		return
+	}
+	if u, err := url.ParseRequestURI(r.RequestURI[:i]); err == nil {
+		r.URL = u
+	}
 }
 
 // Head builds the REQUEST head of r.

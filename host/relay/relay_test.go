@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bufio"
 	"errors"
 	"io"
 	"log/slog"
@@ -47,10 +46,12 @@ func (fx fixture) start(t *testing.T, app func(*mux.Stream)) *relayFixture {
 	guest := mux.Server(b, mux.Config{Handler: app, KeepaliveInterval: -1})
 	host := mux.Client(a, mux.Config{KeepaliveInterval: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ServeAny(w, r, &Exchange{Session: host, RootPath: fx.rootPath, Path: r.URL.Path, RawPath: r.URL.EscapedPath(), MaxBody: fx.maxBody,
+		TrimFragment(r)
+		ServeAny(w, r, &Exchange{Session: host, RootPath: fx.rootPath, Path: r.URL.Path, RawPath: RawPath(r), MaxBody: fx.maxBody,
 			Timeout: fx.timeout, Log: slog.New(slog.DiscardHandler), ID: "test"}, fx.iface)
 	}))
 	srv.Config.MaxHeaderBytes = MaxHeaderBytes
+	srv.Config.DisableGeneralOptionsHandler = true // as the agent's front
 	srv.Start()
 	t.Cleanup(func() {
 		// The sessions first: a handler still waiting on a stream (a test
@@ -142,22 +143,9 @@ func TestServeInventsNoContentType(t *testing.T) {
 // patience for the close.
 func rawExchange(t *testing.T, url, raw string, patience time.Duration) (*http.Response, bool) {
 	t.Helper()
-	conn, err := net.Dial("tcp", strings.TrimPrefix(url, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, raw)
-	br := bufio.NewReader(conn)
-	resp, err := http.ReadResponse(br, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	io.Copy(io.Discard, resp.Body)
-	resp.Body.Close()
+	resp, _, br, conn := rawRequest(t, url, raw)
 	conn.SetReadDeadline(time.Now().Add(patience))
-	_, err = br.ReadByte()
+	_, err := br.ReadByte()
 	var nerr net.Error
 	return resp, !(errors.As(err, &nerr) && nerr.Timeout())
 }

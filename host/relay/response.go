@@ -30,8 +30,7 @@ import (
 //
 // Identical Content-Length values ("5" twice, or "5, 5") are collapsed
 // into one field, as RFC 9110 8.6 allows. Transfer-Encoding alone is
-// left to the caller, which drops it with the other hop-by-hop fields
-// (net/http frames the body itself).
+// left to the caller, which drops it (net/http frames the body itself).
 func checkResponseHead(rh *message.ResponseHead) error {
 	if rh.Status < 200 || rh.Status > 599 {
 		return fmt.Errorf("status %d is not a final HTTP status", rh.Status)
@@ -116,8 +115,13 @@ func collapseContentLength(rh *message.ResponseHead, length []byte) {
 
 // writeHead writes a response head from the program, with contentLength
 // as its Content-Length unless empty. The client gets the app's headers
-// as sent: a nil Content-Type stops net/http from sniffing one when the
-// app sent none (the app's own is added to it). It is on every
+// as sent, as uvicorn sends them: the app is the origin server and the
+// agent its HTTP server, not a proxy, so no field is dropped as hop-by-hop
+// (Upgrade on a 426, Keep-Alive, Proxy-Authenticate on a 407 pass) but
+// Transfer-Encoding, since net/http frames the body itself; a Connection
+// field with "close" closes the client's connection after the response.
+// A nil Content-Type stops net/http from sniffing one when the app sent
+// none (the app's own is added to it). It is on every
 // response's path: the values share one string and one list, and the
 // usual names need no canonicalising.
 func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, contentLength string) {
@@ -141,11 +145,18 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 		h[name] = lists[len(lists)-1 : len(lists) : len(lists)]
 	}
 	h["Content-Type"] = nil
+	closing := false
 	for _, f := range rh.Headers {
 		v := values[:len(f.Value)]
 		values = values[len(f.Value):]
-		if httphdr.IsHopByHop(string(f.Name)) {
+		switch string(f.Name) {
+		case "transfer-encoding": // net/http frames the body itself
 			continue
+		case "connection":
+			if httphdr.HasToken(v, "close") {
+				closing = true
+				continue
+			}
 		}
 		name, ok := canonicalNames[string(f.Name)]
 		if !ok {
@@ -156,6 +167,11 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 	if contentLength != "" {
 		h["Content-Length"] = nil
 		add("Content-Length", contentLength)
+	}
+	if closing {
+		// net/http closes the connection after the response, and says
+		// so, only for a Connection field of exactly "close".
+		h["Connection"] = []string{"close"}
 	}
 	h["X-Request-Id"] = nil
 	add("X-Request-Id", ex.ID)

@@ -88,18 +88,44 @@ func TestCanonicalNames(t *testing.T) {
 }
 
 // TestWriteHead checks the fields writeHead gives the client: repeated
-// fields kept in order, hop-by-hop ones dropped, unusual names
-// canonicalised, the request id and a Content-Length replacing the app's.
+// fields kept in order, unusual names canonicalised, the request id and a
+// Content-Length replacing the app's; of the hop-by-hop fields only
+// Transfer-Encoding is dropped (net/http frames the body), and a
+// Connection with close becomes exactly "close" (what net/http closes on).
 func TestWriteHead(t *testing.T) {
 	rec := httptest.NewRecorder()
 	rh := &message.ResponseHead{Status: 201, Headers: []message.HeaderField{
 		{Name: []byte("set-cookie"), Value: []byte("a=1")}, {Name: []byte("x-odd-name"), Value: []byte("v")},
-		{Name: []byte("connection"), Value: []byte("close")}, {Name: []byte("set-cookie"), Value: []byte("b=2")},
+		{Name: []byte("connection"), Value: []byte("Close")}, {Name: []byte("set-cookie"), Value: []byte("b=2")},
 		{Name: []byte("x-request-id"), Value: []byte("the app's")}, {Name: []byte("content-length"), Value: []byte("9")},
+		{Name: []byte("keep-alive"), Value: []byte("timeout=5")}, {Name: []byte("transfer-encoding"), Value: []byte("chunked")},
 	}}
 	writeHead(rec, &Exchange{ID: "abc"}, rh, "3")
-	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"abc"}, "Content-Length": {"3"}, "Content-Type": nil}
+	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"abc"}, "Content-Length": {"3"},
+		"Content-Type": nil, "Connection": {"close"}, "Keep-Alive": {"timeout=5"}}
 	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) {
 		t.Errorf("status %d header %v, want %v", rec.Code, rec.Result().Header, want)
+	}
+
+	// A 426's Upgrade and Connection, a 407's Proxy-Authenticate: the
+	// app's, as it sent them.
+	for _, c := range []struct {
+		status uint32
+		fields []string
+		want   http.Header
+	}{
+		{426, []string{"upgrade", "TLS/1.2, HTTP/1.1", "connection", "Upgrade"}, http.Header{"Upgrade": {"TLS/1.2, HTTP/1.1"}, "Connection": {"Upgrade"}}},
+		{407, []string{"proxy-authenticate", `Basic realm="p"`}, http.Header{"Proxy-Authenticate": {`Basic realm="p"`}}},
+	} {
+		rec := httptest.NewRecorder()
+		rh := &message.ResponseHead{Status: c.status}
+		for i := 0; i < len(c.fields); i += 2 {
+			rh.Headers = append(rh.Headers, message.HeaderField{Name: []byte(c.fields[i]), Value: []byte(c.fields[i+1])})
+		}
+		writeHead(rec, &Exchange{ID: "abc"}, rh, "")
+		c.want["X-Request-Id"], c.want["Content-Type"] = []string{"abc"}, nil
+		if rec.Code != int(c.status) || !reflect.DeepEqual(rec.Result().Header, c.want) {
+			t.Errorf("status %d header %v, want %v", rec.Code, rec.Result().Header, c.want)
+		}
 	}
 }

@@ -3,6 +3,7 @@ package relay
 import (
 	"bufio"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -36,6 +37,10 @@ func IsWebSocket(r *http.Request) bool {
 // the client's handshake is answered; closes pass both ways with their code
 // and reason.
 func ServeWebSocket(w http.ResponseWriter, r *http.Request, ex *Exchange) {
+	if status, reason := checkHandshake(r); reason != "" {
+		refuseHandshake(w, ex, status, reason)
+		return
+	}
 	head := Head(r, ex)
 	head.Kind = message.KindWebSocket
 	head.Scheme = []byte("ws")
@@ -63,6 +68,13 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		opts.Subprotocols = []string{string(rh.Subprotocol)}
 	}
 	hw := &hijackRecorder{ResponseWriter: w}
+	if !r.ProtoAtLeast(1, 1) {
+		// uvicorn opens an HTTP/1.0 client's valid handshake as HTTP/1.1
+		// (the app has accepted it already); the library refuses 1.0.
+		r11 := *r
+		r11.Proto, r11.ProtoMajor, r11.ProtoMinor = "HTTP/1.1", 1, 1
+		r = &r11
+	}
 	c, err := websocket.Accept(hw, r, opts)
 	if err != nil {
 		st.Reset(frame.CodeCancel, "client websocket handshake failed")
@@ -98,6 +110,69 @@ func ServeWebSocket(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		// close already was (then this is ErrWriteClosed).
 		_ = st.CloseWebSocket(closed.Code, closed.Reason)
 	}
+}
+
+// checkHandshake checks a websocket opening handshake before the app
+// sees it, as uvicorn does (its websockets library's check_request, RFC
+// 6455 §4.2.1): a GET, one Upgrade field that is websocket, one
+// Sec-WebSocket-Key of 16 bytes in base64, one Sec-WebSocket-Version that
+// is 13. It returns the status and the reason of a refusal, in the
+// library's words; "" for a valid handshake. (The Connection field's
+// upgrade made it a websocket request.)
+func checkHandshake(r *http.Request) (status int, reason string) {
+	if r.Method != http.MethodGet {
+		return http.StatusBadRequest, "did not receive a valid HTTP request"
+	}
+	if up := r.Header["Upgrade"]; len(up) != 1 || !strings.EqualFold(strings.Trim(up[0], " \t"), "websocket") {
+		return http.StatusUpgradeRequired, "invalid Upgrade header: " + strings.Join(up, ", ")
+	}
+	one := func(name string) (string, string) {
+		switch v := r.Header.Values(name); {
+		case len(v) == 0:
+			return "", "missing " + name + " header"
+		case len(v) > 1:
+			return "", "invalid " + name + " header: more than one " + name + " header found"
+		case v[0] == "":
+			return "", "empty " + name + " header"
+		default:
+			return v[0], ""
+		}
+	}
+	key, reason := one("Sec-WebSocket-Key")
+	if reason != "" {
+		return http.StatusBadRequest, reason
+	}
+	if raw, err := base64.StdEncoding.DecodeString(key); err != nil || len(raw) != 16 {
+		return http.StatusBadRequest, "invalid Sec-WebSocket-Key header: " + key
+	}
+	version, reason := one("Sec-WebSocket-Version")
+	if reason != "" {
+		return http.StatusBadRequest, reason
+	}
+	if version != "13" {
+		return http.StatusBadRequest, "invalid Sec-WebSocket-Version header: " + version
+	}
+	return 0, ""
+}
+
+// refuseHandshake answers an invalid websocket handshake as uvicorn does:
+// status, a plain-text reason, and the connection closed (426 names the
+// protocol to upgrade to).
+func refuseHandshake(w http.ResponseWriter, ex *Exchange, status int, reason string) {
+	if ex.Log != nil {
+		ex.Log.Info("invalid websocket handshake", "request_id", ex.ID, "status", status, "reason", reason)
+	}
+	body := "Failed to open a WebSocket connection: " + reason + ".\n"
+	h := w.Header()
+	if status == http.StatusUpgradeRequired {
+		h.Set("Upgrade", "websocket")
+		body += "\nYou cannot access a WebSocket server directly with a browser. You need a WebSocket client.\n"
+	}
+	h.Set("Content-Type", "text/plain")
+	h.Set("Connection", "close")
+	h.Set("X-Request-Id", ex.ID)
+	w.WriteHeader(status)
+	io.WriteString(w, body)
 }
 
 // wsLivenessInterval is how often a client message waiting for window (the
@@ -336,7 +411,14 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		st.Close()
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
-			Error(w, ex, http.StatusForbidden, "websocket refused by the program", "code", denied.Code)
+			// As uvicorn answers it: 403, no body, the connection closed.
+			if ex.Log != nil {
+				ex.Log.Info("websocket refused by the program", "request_id", ex.ID, "code", denied.Code)
+			}
+			w.Header().Set("Connection", "close")
+			w.Header().Set("X-Request-Id", ex.ID)
+			w.Header().Set("Content-Length", "0")
+			w.WriteHeader(http.StatusForbidden)
 			return nil, nil, false
 		}
 		status, msg := statusFor(err)

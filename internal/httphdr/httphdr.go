@@ -6,21 +6,36 @@ package httphdr
 
 import "strings"
 
-// hopByHop are the connection's headers, not the message's (RFC 9110
-// 7.6.1), in lower case.
-var hopByHop = map[string]bool{
-	"connection": true, "keep-alive": true, "proxy-connection": true, "transfer-encoding": true,
-	"te": true, "trailer": true, "upgrade": true, "proxy-authenticate": true, "proxy-authorization": true,
+// IsHopByHop reports whether the lower-case header name is one of the
+// fields RFC 9110 §7.6.1 names as belonging to one connection:
+// Connection, Proxy-Connection, Keep-Alive, TE, Transfer-Encoding and
+// Upgrade. The fields a message's Connection header lists are hop-by-hop
+// too (see Listed); nothing else is (Proxy-Authenticate, which a 407
+// carries, and Trailer are the message's own).
+func IsHopByHop(name string) bool {
+	switch name {
+	case "connection", "proxy-connection", "keep-alive", "te", "transfer-encoding", "upgrade":
+		return true
+	}
+	return false
 }
 
-// IsHopByHop reports whether the lower-case header name is hop-by-hop.
-func IsHopByHop(name string) bool { return hopByHop[name] }
+// Listed reports whether the header name is among the options the
+// Connection field values list (RFC 9110 §7.6.1), ignoring case.
+func Listed(connection []string, name string) bool {
+	for _, v := range connection {
+		if HasToken(v, name) {
+			return true
+		}
+	}
+	return false
+}
 
 // HasToken reports whether a comma-separated header value contains token,
-// ignoring case and spaces.
+// ignoring case and spaces. It allocates nothing.
 func HasToken(value, token string) bool {
-	for _, t := range strings.Split(value, ",") {
-		if strings.EqualFold(strings.TrimSpace(t), token) {
+	for t := range strings.SplitSeq(value, ",") {
+		if strings.EqualFold(strings.Trim(t, " \t"), token) {
 			return true
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -24,9 +25,14 @@ import (
 
 // RequestHead builds the REQUEST head of r, with the path the receiver
 // sees (path percent-decoded, rawPath as received) and the prefix it is
-// mounted under (rootPath, empty for none). It is on every request's
-// path: the head, its header list and all its bytes are three
-// allocations, whatever the number of fields.
+// mounted under (rootPath, empty for none). The headers are the client's,
+// names in lower case, as uvicorn gives them to an app: host only when
+// the client sent one (net/http refuses an HTTP/1.1 request without; an
+// HTTP/1.0 request's empty Host cannot be told from none), and the fields
+// net/http takes out of the header to frame the body, transfer-encoding
+// and trailer, put back. It is on every request's path: the head, its
+// header list and all its bytes are three allocations, whatever the
+// number of fields (a declared trailer costs a few more).
 func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.RequestHead {
 	clientHost, clientPort := splitAddr(r.RemoteAddr)
 	var serverHost []byte // an IP's text, in a stack buffer
@@ -48,6 +54,8 @@ func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.Reque
 	if r.TLS != nil {
 		scheme = "https"
 	}
+	hasHost := r.Host != "" || r.ProtoAtLeast(1, 1)
+	trailer := trailerValue(r.Trailer)
 	// One arena holds every byte field; one slice every header field.
 	size := len(version) + len(r.Method) + len(scheme) + len(path) + len(rawPath) + len(r.URL.RawQuery) +
 		len(rootPath) + len(clientHost) + len(serverHost) + len("host") + len(r.Host)
@@ -58,6 +66,17 @@ func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.Reque
 			fields++
 		}
 	}
+	if len(r.TransferEncoding) > 0 {
+		size += len("transfer-encoding")
+		for _, v := range r.TransferEncoding {
+			size += len(v) + len(", ")
+		}
+		fields++
+	}
+	if trailer != "" {
+		size += len("trailer") + len(trailer)
+		fields++
+	}
 	a := arena(make([]byte, 0, size))
 	h := &message.RequestHead{
 		HTTPVersion: a.add(version), Method: a.add(r.Method), Scheme: a.add(scheme),
@@ -66,7 +85,9 @@ func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.Reque
 		ServerHost: a.addBytes(serverHost), ServerPort: serverPort,
 		Headers: make([]message.HeaderField, 0, fields),
 	}
-	h.Headers = append(h.Headers, message.HeaderField{Name: a.add("host"), Value: a.add(r.Host)})
+	if hasHost {
+		h.Headers = append(h.Headers, message.HeaderField{Name: a.add("host"), Value: a.add(r.Host)})
+	}
 	for name, values := range r.Header {
 		if strings.EqualFold(name, "host") {
 			continue
@@ -75,7 +96,37 @@ func RequestHead(r *http.Request, path, rawPath, rootPath string) *message.Reque
 			h.Headers = append(h.Headers, message.HeaderField{Name: a.addLower(name), Value: a.add(v)})
 		}
 	}
+	if len(r.TransferEncoding) > 0 {
+		// net/http accepts only "chunked", alone, and keeps it here.
+		start := len(a)
+		for i, v := range r.TransferEncoding {
+			if i > 0 {
+				a = append(a, ", "...)
+			}
+			a = append(a, v...)
+		}
+		value := a[start:len(a):len(a)]
+		h.Headers = append(h.Headers, message.HeaderField{Name: a.add("transfer-encoding"), Value: value})
+	}
+	if trailer != "" {
+		h.Headers = append(h.Headers, message.HeaderField{Name: a.add("trailer"), Value: a.add(trailer)})
+	}
 	return h
+}
+
+// trailerValue is the Trailer field net/http took out of the header into
+// the keys of r.Trailer: the names, in lower case, sorted (the order they
+// were sent in is lost), comma-separated; "" for none.
+func trailerValue(trailer http.Header) string {
+	if len(trailer) == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(trailer))
+	for name := range trailer {
+		names = append(names, strings.ToLower(name))
+	}
+	slices.Sort(names)
+	return strings.Join(names, ", ")
 }
 
 // arena hands out slices of one buffer, allocated at its final size.
@@ -165,6 +216,12 @@ func NewRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) 
 	req = (&http.Request{Method: method, URL: u, Header: http.Header{}, ContentLength: -1,
 		Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Host: "program"}).WithContext(ctx)
 	var connection, upgradeTo string
+	var listed []string // the Connection fields' values: the options they name are hop-by-hop
+	for _, h := range head.Headers {
+		if strings.EqualFold(string(h.Name), "connection") {
+			listed = append(listed, string(h.Value))
+		}
+	}
 	for _, h := range head.Headers {
 		name, value := strings.ToLower(string(h.Name)), string(h.Value)
 		switch name {
@@ -183,7 +240,8 @@ func NewRequest(ctx context.Context, head *message.RequestHead, st *mux.Stream) 
 		case "upgrade":
 			upgradeTo = value
 		}
-		if httphdr.IsHopByHop(name) && name != "connection" && name != "upgrade" && name != "te" {
+		if httphdr.IsHopByHop(name) && name != "connection" && name != "upgrade" && name != "te" ||
+			name != "upgrade" && httphdr.Listed(listed, name) {
 			continue
 		}
 		req.Header.Add(name, value)
@@ -235,13 +293,18 @@ func JSONError(w http.ResponseWriter, status int, code, msg string) {
 }
 
 // ResponseHead is the RESPONSE head for an HTTP status and header, names
-// in lower case, without the hop-by-hop fields (Connection and Upgrade
-// are kept when switching protocols).
+// in lower case, without the hop-by-hop fields (RFC 9110 §7.6.1: the fixed
+// set and those Connection lists). Connection and Upgrade are kept when
+// switching protocols, and Upgrade on a 426 (Upgrade Required), which RFC
+// 9110 §15.5.22 says must carry it.
 func ResponseHead(status int, header http.Header, switching bool) message.ResponseHead {
 	rh := message.ResponseHead{Status: uint32(status)}
+	listed := header["Connection"]
 	for name, values := range header {
 		lname := strings.ToLower(name)
-		if httphdr.IsHopByHop(lname) && !(switching && (lname == "connection" || lname == "upgrade")) {
+		keep := switching && (lname == "connection" || lname == "upgrade") ||
+			status == http.StatusUpgradeRequired && lname == "upgrade"
+		if !keep && (httphdr.IsHopByHop(lname) || httphdr.Listed(listed, lname)) {
 			continue
 		}
 		for _, v := range values {

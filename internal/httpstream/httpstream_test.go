@@ -80,6 +80,77 @@ func TestRequestCrossesAStream(t *testing.T) {
 	}
 }
 
+// Hop-by-hop is RFC 9110's: the fixed set and what Connection lists. A
+// 426 keeps its Upgrade, a 407 its Proxy-Authenticate, a request its
+// Proxy-Authorization; a field Connection names is dropped both ways.
+func TestHopByHopFields(t *testing.T) {
+	fields := func(rh message.ResponseHead) string {
+		var out []string
+		for _, f := range rh.Headers {
+			out = append(out, string(f.Name)+"="+string(f.Value))
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	for _, c := range []struct {
+		status int
+		header http.Header
+		want   string
+	}{
+		{426, http.Header{"Upgrade": {"TLS/1.2"}, "Connection": {"Upgrade"}}, "upgrade=TLS/1.2"},
+		{407, http.Header{"Proxy-Authenticate": {"Basic"}, "Keep-Alive": {"timeout=5"}}, "proxy-authenticate=Basic"},
+		{200, http.Header{"Connection": {"X-Private, close"}, "X-Private": {"1"}, "X-Public": {"2"}, "Trailer": {"X-T"}}, "trailer=X-T x-public=2"},
+	} {
+		if got := fields(ResponseHead(c.status, c.header, false)); got != c.want {
+			t.Errorf("%d %v: %q, want %q", c.status, c.header, got, c.want)
+		}
+	}
+
+	head := &message.RequestHead{Method: []byte("GET"), RawPath: []byte("/"), Headers: []message.HeaderField{
+		{Name: []byte("connection"), Value: []byte("X-Private")}, {Name: []byte("x-private"), Value: []byte("1")},
+		{Name: []byte("proxy-authorization"), Value: []byte("Basic x")}, {Name: []byte("te"), Value: []byte("trailers")},
+		{Name: []byte("keep-alive"), Value: []byte("timeout=5")}, {Name: []byte("content-length"), Value: []byte("0")},
+	}}
+	req, upgrade, err := NewRequest(context.Background(), head, nil)
+	if err != nil || upgrade {
+		t.Fatal(err, upgrade)
+	}
+	want := http.Header{"Proxy-Authorization": {"Basic x"}, "Te": {"trailers"}}
+	if fmt.Sprint(req.Header) != fmt.Sprint(want) {
+		t.Errorf("request header %v, want %v", req.Header, want)
+	}
+}
+
+// The app sees the request's header fields as the client sent them, as
+// under uvicorn: no host invented for an HTTP/1.0 request without one (an
+// HTTP/1.1 request's empty Host is kept), and the framing fields net/http
+// moves out of the header, transfer-encoding and trailer, put back.
+func TestRequestHeadHeadersAsSent(t *testing.T) {
+	fields := func(h *message.RequestHead) string {
+		var out []string
+		for _, f := range h.Headers {
+			out = append(out, string(f.Name)+"="+string(f.Value))
+		}
+		sort.Strings(out)
+		return strings.Join(out, " ")
+	}
+	r := httptest.NewRequest("GET", "/", nil)
+	r.Proto, r.ProtoMajor, r.ProtoMinor, r.Host = "HTTP/1.0", 1, 0, ""
+	r.Header = http.Header{"Accept": {"*/*"}}
+	if got := fields(RequestHead(r, "/", "/", "")); got != "accept=*/*" {
+		t.Errorf("HTTP/1.0 without Host: %q", got)
+	}
+	r.ProtoMinor = 1
+	if got := fields(RequestHead(r, "/", "/", "")); got != "accept=*/* host=" {
+		t.Errorf("HTTP/1.1 with an empty Host: %q", got)
+	}
+	r.Host, r.TransferEncoding = "h", []string{"chunked"}
+	r.Trailer = http.Header{"X-Sum": nil, "Expires": nil}
+	if got := fields(RequestHead(r, "/", "/", "")); got != "accept=*/* host=h trailer=expires, x-sum transfer-encoding=chunked" {
+		t.Errorf("chunked with trailers: %q", got)
+	}
+}
+
 // StreamContext ends when the stream is reset, not when it ends well.
 func TestStreamContext(t *testing.T) {
 	a, b := net.Pipe()
