@@ -52,7 +52,6 @@ var fidelityKnown = map[string]fidelityDifference{
 	"bad-transfer-encoding/status":        {why: "net/http answers a transfer coding it does not know with 501, as RFC 9112 6.1 recommends; uvicorn and hypercorn say 400"},
 	"streamed-chunks/framing":             {why: fidelityOwnFraming, timing: true},
 	"streamed-chunks/headers":             {why: fidelityOwnFraming, timing: true},
-	"app-keep-alive-header/headers":       {why: "Keep-Alive describes a connection (RFC 9110 7.6.1): the client's is Ferry's, with Ferry's timeouts, not the app's"},
 	"post-chunked/connection":             {why: fidelityChunkedCloses},
 	"post-chunked/headers":                {why: fidelityChunkedCloses},
 	"post-chunked-extensions/connection":  {why: fidelityChunkedCloses},
@@ -73,28 +72,11 @@ var fidelityKnown = map[string]fidelityDifference{
 	"get-1.0-streamed-response/version":   {why: fidelityNetHTTP10},
 
 	// Pending: issue 18's list, removed by the agent's HTTP front.
-	"get-1.0-no-host/app.0.headers":         {pending: true, why: "an empty host header is invented for a request without Host"},
-	"post-chunked/app.0.headers":            {pending: true, why: fidelityHiddenFraming},
-	"post-chunked-extensions/app.0.headers": {pending: true, why: fidelityHiddenFraming},
-	"post-chunked-upper-hex/app.0.headers":  {pending: true, why: fidelityHiddenFraming},
-	"post-chunked-empty/app.0.headers":      {pending: true, why: fidelityHiddenFraming},
-	"bad-chunk-size/app.0.headers":          {pending: true, why: fidelityHiddenFraming},
-	"proxy-authenticate-407/headers":        {pending: true, why: "the app's Proxy-Authenticate is dropped as hop-by-hop"},
-	"upgrade-426/headers":                   {pending: true, why: "the app's Upgrade on a 426 is dropped as hop-by-hop"},
-	"app-connection-close/headers":          {pending: true, why: "the app's Connection: close is dropped"},
-	"app-connection-close/connection":       {pending: true, why: "the app's Connection: close does not close the client connection"},
-	"target-options-star/*":                 {pending: true, why: "net/http answers OPTIONS * itself"},
-	"ws-bad-version/app.requests":           {pending: true, why: fidelityWSUnchecked},
-	"ws-missing-key/app.requests":           {pending: true, why: fidelityWSUnchecked},
-	"ws-missing-version/app.requests":       {pending: true, why: fidelityWSUnchecked},
 
 	// Pending: found by this harness, beyond issue 18's list; the front
 	// removes them or says why they stay.
 	"expect-100-not-read/*":         {pending: true, why: "the relay reads the body at once: a 100 Continue goes out unless the app's answer came first, and then net/http closes the connection, the body unread (Connection: close); uvicorn and hypercorn answer without a 100", timing: true},
 	"get-1.0-keep-alive/connection": {pending: true, why: "an HTTP/1.0 client's keep-alive is honoured; uvicorn and hypercorn close"},
-	"ws-app-rejects/body":           {pending: true, why: "a websocket the app refused gets Ferry's JSON error as its 403's body; uvicorn and hypercorn send none"},
-	"ws-app-rejects/connection":     {pending: true, why: "the connection stays open after the app refused a websocket (403); uvicorn and hypercorn close it"},
-	"target-utf8-bytes/*":           {pending: true, why: "a target with non-ASCII bytes reaches the app; uvicorn and hypercorn answer 400 (RFC 9112 3.2: the target is ASCII)"},
 }
 
 // The reasons several entries of fidelityKnown share.
