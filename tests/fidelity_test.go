@@ -71,12 +71,8 @@ var fidelityKnown = map[string]fidelityDifference{
 	"get-1.0-keep-alive/version":          {why: fidelityNetHTTP10},
 	"get-1.0-streamed-response/version":   {why: fidelityNetHTTP10},
 
-	// Pending: issue 18's list, removed by the agent's HTTP front.
-
-	// Pending: found by this harness, beyond issue 18's list; the front
-	// removes them or says why they stay.
-	"expect-100-not-read/*":         {pending: true, why: "the relay reads the body at once: a 100 Continue goes out unless the app's answer came first, and then net/http closes the connection, the body unread (Connection: close); uvicorn and hypercorn answer without a 100", timing: true},
-	"get-1.0-keep-alive/connection": {pending: true, why: "an HTTP/1.0 client's keep-alive is honoured; uvicorn and hypercorn close"},
+	"expect-100-not-read/*":         {why: fidelityEagerBody, timing: true},
+	"get-1.0-keep-alive/connection": {why: "an HTTP/1.0 client that asks for keep-alive keeps its connection (RFC 9112 9.3 allows it; net/http honours it); uvicorn and hypercorn close it. Closing would cost such clients a connection per request for no gain"},
 }
 
 // The reasons several entries of fidelityKnown share.
@@ -85,8 +81,7 @@ const (
 	fidelityNetHTTP10      = "net/http's status line answers an HTTP/1.0 request with HTTP/1.0, uvicorn and hypercorn with HTTP/1.1 (RFC 9110 2.5 prefers the latter, both are valid); net/http writes the line itself"
 	fidelityOwnFraming     = "the framing is Ferry's, per client connection: a body that came whole before the head went out gets a Content-Length, else it is chunked; the bytes are the app's"
 	fidelityChunkedCloses  = "a request with a chunked body closes its connection after the answer (Connection: close): net/http hides whether Content-Length came too, which RFC 9112 6.1 says must close"
-	fidelityHiddenFraming  = "net/http hides the request's Transfer-Encoding (and Trailer) from the app"
-	fidelityWSUnchecked    = "an invalid websocket handshake reaches the app before it is validated"
+	fidelityEagerBody      = "the agent forwards a request body as it arrives, before the app asks for it, so net/http sends 100 Continue unless the app's answer came first (then it closes the connection, the body unread); uvicorn sends 100 only when the app first reads the body. Waiting for the app's first read would need a signal from the worker that the protocol does not have"
 )
 
 // fidelityDifference is why Ferry differs on one aspect of one case.
