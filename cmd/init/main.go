@@ -35,13 +35,15 @@ func main() {
 	transport := flag.String("transport", "", "vsock:PORT, serial:NAME, fd:N or unix:PATH (default: ferry.transport from the kernel command line)")
 	cmdline := flag.String("cmdline", "", "read ferry.* parameters from this string instead of /proc/cmdline")
 	debug := flag.Bool("debug", false, "debug logs")
+	hostUDS := flag.String("host-uds", "", "stand-in for the vsock device, as Firecracker's uds_path: connections to host port P go to the unix socket PATH_P (turns on the reference runtime's mode)")
+	alephShell := flag.Bool("aleph-shell", false, "serve the reference protocol's !command instructions")
 	flag.Parse()
 	if *version {
 		fmt.Printf("%s (protocol version %d)\n", agent, message.ProtocolVersion)
 		return
 	}
 
-	in, err := initsys.Load(initsys.Options{PID1: os.Getpid() == 1, Cmdline: *cmdline, Transport: *transport, Debug: *debug, Agent: agent}, &tl)
+	in, err := initsys.Load(initsys.Options{PID1: os.Getpid() == 1, Cmdline: *cmdline, Transport: *transport, Debug: *debug, Agent: agent, HostUDS: *hostUDS, AlephShell: *alephShell}, &tl)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "init: %v\n", err)
 		os.Exit(2)

@@ -66,6 +66,12 @@ type Options struct {
 	Debug bool
 	// Agent is init's name and version, told to the host.
 	Agent string
+	// HostUDS, if set, stands for the VM's vsock device toward the host,
+	// as Firecracker's uds_path: connections to host port P go to the
+	// unix socket HostUDS_P. It turns on the reference runtime's mode.
+	HostUDS string
+	// AlephShell enables the reference protocol's shell commands.
+	AlephShell bool
 	// Stderr receives the logs; os.Stderr if nil.
 	Stderr io.Writer
 }
@@ -85,6 +91,14 @@ type Init struct {
 	Timeline *boot.Timeline
 	// Agent is init's name and version.
 	Agent string
+	// Aleph is the reference runtime's mode (docs/aleph-compat.md): PID
+	// 1 without ferry.* parameters, or a -host-uds. init signals the
+	// supervisor it is ready, bridges the guest API and prints the
+	// program's output on its console.
+	Aleph bool
+	// HostUDS and AlephShell are Options'.
+	HostUDS    string
+	AlephShell bool
 }
 
 // Load reads the boot parameters: the kernel command line as PID 1
@@ -99,6 +113,10 @@ func Load(opt Options, tl *boot.Timeline) (*Init, error) {
 		cmdline = readKernelCmdline()
 	}
 	params, paramErrs := contract.ParseBootParams(cmdline)
+	reference := opt.PID1 && !hasFerryParams(cmdline)
+	if reference {
+		referenceDefaults(&params)
+	}
 	var flagErr error
 	if opt.Transport != "" {
 		t, err := contract.ParseTransport(opt.Transport)
@@ -126,7 +144,11 @@ func Load(opt Options, tl *boot.Timeline) (*Init, error) {
 	for _, err := range paramErrs {
 		log.Warn("ignoring kernel parameter", "err", err)
 	}
-	return &Init{PID1: opt.PID1, Cmdline: cmdline, Params: params, Log: log, Timeline: tl, Agent: opt.Agent}, nil
+	if reference {
+		log.Info("no ferry.* kernel parameters: booting as the reference runtime's init", "transport", params.Transport.String())
+	}
+	return &Init{PID1: opt.PID1, Cmdline: cmdline, Params: params, Log: log, Timeline: tl, Agent: opt.Agent,
+		Aleph: reference || opt.HostUDS != "", HostUDS: opt.HostUDS, AlephShell: opt.AlephShell}, nil
 }
 
 // readKernelCmdline returns /proc/cmdline, mounting /proc if an

@@ -102,6 +102,7 @@ func (in *Init) Run(shutdown context.Context) (code int) {
 		return 1
 	}
 	svc := in.service(r, paths)
+	var front *alephFront
 	l, err := transport.Listen(in.Params.Transport)
 	if err != nil {
 		in.Log.Error("cannot open the host transport", "transport", in.Params.Transport.String(), "err", err)
@@ -109,6 +110,9 @@ func (in *Init) Run(shutdown context.Context) (code int) {
 			return 1
 		}
 	} else {
+		if sniffs(in.Params.Transport) {
+			l, front = in.listenAleph(ctx, svc, paths, l)
+		}
 		in.serve(ctx, svc, l)
 	}
 	select {
@@ -118,6 +122,7 @@ func (in *Init) Run(shutdown context.Context) (code int) {
 		in.Log.Info("shutting down", "reason", reason)
 	}
 	in.stop(svc, l)
+	front.close()
 	cancel()
 	unix.Sync()
 	in.Log.Info("stopped")
@@ -213,6 +218,7 @@ func (in *Init) service(r *reaper.Reaper, paths setup.Paths) *service.Service {
 		Timeline:   in.Timeline,
 		Setup:      setup.Options{Paths: paths, System: in.PID1},
 		Agent:      in.Agent,
+		Console:    in.console(),
 		Apps: map[string]app.Factory{
 			contract.InterfaceExecutable: executable.NewFactory(r, in.Log),
 			contract.InterfaceASGI:       asgi.NewFactory(r, in.Log, in.channels()),

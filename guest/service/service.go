@@ -38,6 +38,10 @@ type Options struct {
 	// Apps maps an interface (asgi, executable) to its runner.
 	Apps  map[string]app.Factory
 	Agent string
+	// Console, when set, also receives each line of program output, as
+	// "source: line" (the reference runtime's programs print to the VM's
+	// console, which its supervisor reads).
+	Console io.Writer
 	// APIAddress is where the guest API is served when the configuration
 	// names no api_address (contract.DefaultAPIAddress when empty; init
 	// run by hand shares the machine's loopback and asks for any port).
@@ -81,6 +85,9 @@ func New(opt Options) *Service {
 func (s *Service) Line(source string, origin int, line []byte) {
 	e := s.output.Add(source, origin, time.Now().UnixNano(), line)
 	s.log.Debug("program output", "source", source, "origin", origin, "line", string(line))
+	if s.opt.Console != nil {
+		s.opt.Console.Write(append(append([]byte(source+": "), line...), '\n'))
+	}
 	s.mu.Lock()
 	sess := s.session
 	s.mu.Unlock()
@@ -186,6 +193,22 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
 	case <-ctx.Done():
 		s.log.Info("host session ended", "err", ctx.Err())
 	}
+}
+
+// ServeStream hands a stream to the running program as if the host had
+// opened it (init's other front ends: the reference protocol).
+func (s *Service) ServeStream(ctx context.Context, st *mux.Stream) { s.serveStream(ctx, st) }
+
+// ApplyDocument applies a configuration document (JSON, contract.Config)
+// exactly as one arriving in a CONFIG frame, for init's other front ends;
+// nil is success.
+func (s *Service) ApplyDocument(ctx context.Context, doc []byte) *contract.ConfigError {
+	if err := s.apply(ctx, doc); err != nil {
+		s.log.Warn("configuration failed", "phase", err.Phase, "field", err.Field, "message", err.Message)
+		return err
+	}
+	s.log.Info("configured", "timeline", s.opt.Timeline.String())
+	return nil
 }
 
 // serveStream hands a stream the host opened to the running program.
@@ -327,7 +350,7 @@ func (s *Service) allowRetry() {
 func (s *Service) Stop(grace time.Duration) error {
 	s.mu.Lock()
 	a, sess, mounts, api := s.app, s.session, s.mounts, s.api
-	s.app, s.api = nil, nil
+	s.app, s.api, s.mounts = nil, nil, nil
 	s.mu.Unlock()
 	if sess != nil {
 		_ = sess.GoAway(frame.CodeNoError, "guest shutting down")
