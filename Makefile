@@ -16,7 +16,7 @@ NORACE    := ./host/cluster/... ./host/catalog/...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
-.PHONY: all build deps test bench fuzz fmt vet lint demo rootfs clean
+.PHONY: all build deps test bench fuzz fmt vet lint demo rootfs rootfs-aleph clean
 
 all: build
 
@@ -77,6 +77,11 @@ demo:
 ## rootfs: bootable image for the qemu backend in build/rootfs (root; cached)
 rootfs: build
 	rootfs/build.sh $(BIN)/init build/rootfs
+
+## rootfs-aleph: the same image in the reference runtime's layout, for
+## aleph-vm's supervisor (build/rootfs/rootfs-aleph.squashfs; root; cached)
+rootfs-aleph: build
+	FERRY_LAYOUT=aleph rootfs/build.sh $(BIN)/init build/rootfs
 
 clean:
 	rm -rf $(BIN)

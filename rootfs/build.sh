@@ -10,6 +10,15 @@
 #                        squashfs, overlay) with their modules.dep
 #   OUT/kernel.release   the kernel's release string
 #
+# With FERRY_LAYOUT=aleph (make rootfs-aleph) it builds instead
+#   OUT/rootfs-aleph.squashfs  the same Debian tree in the layout of the
+#                        reference runtime's image (aleph-vm's
+#                        runtimes/aleph-debian-12-python): Ferry's init as
+#                        /sbin/init in place of init0.sh and init1.py, and
+#                        the mount points and directories those use. For
+#                        aleph-vm's supervisor under Firecracker, which boots
+#                        its own kernel with no initrd (rootfs/README.md).
+#
 # Usage: rootfs/build.sh INIT_BINARY [OUT_DIR]   (as root; OUT_DIR defaults
 # to build/rootfs). Each output is rebuilt only when its inputs changed: the
 # Debian tree is keyed by this script and the package list, the squashfs and
@@ -20,6 +29,8 @@ set -euo pipefail
 init_bin=${1:?usage: rootfs/build.sh INIT_BINARY [OUT_DIR]}
 out=${2:-build/rootfs}
 suite=bookworm
+layout=${FERRY_LAYOUT:-ferry}
+case $layout in ferry | aleph) ;; *) printf 'rootfs: error: FERRY_LAYOUT=%s: want ferry or aleph\n' "$layout" >&2; exit 1 ;; esac
 packages=python3,python3-fastapi,python3-uvloop,ca-certificates
 # Bump when the debootstrap or trimming steps below change (the Debian tree
 # is cached by this, the suite and the packages).
@@ -67,6 +78,31 @@ if [ ! -e "$base/.complete" ]; then
 	)
 	touch "$base.tmp/.complete"
 	mv "$base.tmp" "$base"
+fi
+
+# The reference layout: the tree with init as /sbin/init and the reference's
+# directories added as pseudo files (the cached tree stays as it is):
+# init0.sh's overlay mount points, /opt/code (the code drive), /opt/packages
+# and /opt/aleph/libs (init1.py's sys.path and init0.sh's PYTHONPATH, where
+# an operator puts the SDK), /data (input and output data) and /etc/ferry
+# (where /etc/ferry/aleph-shell enables shell commands). mksquashfs's
+# default compression (gzip), as the reference's create_disk_image.sh.
+if [ "$layout" = aleph ]; then
+	image_key=$(printf '%s %s %s aleph\n' "$base_key" "$init_sum" "$script_sum" | sha256sum | cut -c1-16)
+	if [ "$(cat "$out/rootfs-aleph.key" 2>/dev/null)" != "$image_key" ]; then
+		say "squashfs image in the reference layout"
+		install -m 0755 "$init_bin" "$base/sbin/init"
+		pseudo=()
+		for dir in /overlay /mnt /mnt/rom /opt /opt/code /opt/packages /opt/aleph /opt/aleph/libs /data /etc/ferry; do
+			[ -d "$base$dir" ] || pseudo+=(-p "$dir d 755 0 0")
+		done
+		rm -f "$out/rootfs-aleph.squashfs.tmp"
+		mksquashfs "$base" "$out/rootfs-aleph.squashfs.tmp" -noappend -quiet -no-progress "${pseudo[@]}" -e .complete >/dev/null
+		mv "$out/rootfs-aleph.squashfs.tmp" "$out/rootfs-aleph.squashfs"
+		echo "$image_key" >"$out/rootfs-aleph.key"
+	fi
+	say "ready in $out: rootfs-aleph.squashfs $(du -h "$out/rootfs-aleph.squashfs" | cut -f1)"
+	exit 0
 fi
 
 # 2. The kernel: Debian's cloud kernel package, unpacked (cached by version).

@@ -617,3 +617,57 @@ func TestAlephBadEntrypoint(t *testing.T) {
 	}
 	<-g.done
 }
+
+// TestAlephRootfsLayout checks the image `make rootfs-aleph` builds by
+// listing it: Ferry's init at /sbin/init and the reference's directories.
+func TestAlephRootfsLayout(t *testing.T) {
+	requireRoot(t)
+	for _, tool := range []string{"debootstrap", "mksquashfs", "unsquashfs", "depmod", "cpio"} {
+		requireTool(t, tool)
+	}
+	if out, err := exec.Command("make", "-C", "..", "rootfs-aleph").CombinedOutput(); err != nil {
+		t.Fatalf("make rootfs-aleph: %v\n%s", err, out)
+	}
+	image := "../build/rootfs/rootfs-aleph.squashfs"
+	out, err := exec.Command("unsquashfs", "-lls", image).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unsquashfs: %v\n%s", err, out)
+	}
+	entries := map[string]string{}
+	for _, line := range strings.Split(string(out), "\n") {
+		fields := strings.Fields(line)
+		for i, f := range fields {
+			if name, ok := strings.CutPrefix(f, "squashfs-root"); ok && name != "" {
+				entries[name] = fields[0]
+				if i+2 < len(fields) && fields[i+1] == "->" {
+					entries[name] += " -> " + fields[i+2]
+				}
+			}
+		}
+	}
+	if entries["/sbin"] != "lrwxrwxrwx -> usr/sbin" || !strings.HasPrefix(entries["/usr/sbin/init"], "-rwx") {
+		t.Fatalf("/sbin %q, /usr/sbin/init %q", entries["/sbin"], entries["/usr/sbin/init"])
+	}
+	for _, dir := range []string{"/overlay", "/mnt", "/mnt/rom", "/opt/code", "/opt/packages", "/opt/aleph/libs", "/data", "/etc/ferry", "/proc", "/sys", "/dev", "/run", "/tmp", "/root"} {
+		if !strings.HasPrefix(entries[dir], "d") {
+			t.Errorf("%s is %q in the image, want a directory", dir, entries[dir])
+		}
+	}
+	for _, absent := range []string{"/root/init1.py", "/etc/ferry/aleph-shell"} {
+		if _, ok := entries[absent]; ok {
+			t.Errorf("%s is in the image", absent)
+		}
+	}
+	// /sbin/init is the init just built.
+	init, err := exec.Command("unsquashfs", "-cat", image, "usr/sbin/init").Output()
+	if err != nil {
+		t.Fatalf("unsquashfs -cat: %v", err)
+	}
+	built, err := os.ReadFile("../bin/init")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(init, built) {
+		t.Fatalf("/sbin/init in the image (%d bytes) is not bin/init (%d bytes)", len(init), len(built))
+	}
+}
