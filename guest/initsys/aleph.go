@@ -53,7 +53,7 @@ func sniffs(t contract.Transport) bool {
 
 // isFerry reports whether a connection's first byte is Ferry's: its
 // first frame is HELLO, whose type byte (0x01) no connection of the
-// reference protocol begins with (protocol/SPEC.md §3.4).
+// reference protocol begins with (protocol/SPEC.md §3.5).
 func isFerry(first byte) bool { return first == byte(frame.TypeHello) }
 
 // alephFront is the reference protocol's side of init: the server, and
