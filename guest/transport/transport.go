@@ -189,22 +189,7 @@ func (s *serialListener) firstBytes(ctx context.Context, f *os.File) io.ReadWrit
 		return nil
 	}
 	f.SetReadDeadline(time.Time{})
-	return &prefixedConn{File: f, prefix: buf[:n]}
-}
-
-// prefixedConn is a port whose first bytes were already read.
-type prefixedConn struct {
-	*os.File
-	prefix []byte
-}
-
-func (p *prefixedConn) Read(b []byte) (int, error) {
-	if len(p.prefix) > 0 {
-		n := copy(b, p.prefix)
-		p.prefix = p.prefix[n:]
-		return n, nil
-	}
-	return p.File.Read(b)
+	return &peeked{ReadWriteCloser: f, first: buf[:n]}
 }
 
 func (s *serialListener) Close() error {
