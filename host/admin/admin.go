@@ -63,14 +63,6 @@ type BootPhase struct {
 	Seconds float64 `json:"seconds"`
 }
 
-// LogLine is one line of program output.
-type LogLine struct {
-	Time   string `json:"time"`
-	Source string `json:"source"`
-	Origin int    `json:"origin"`
-	Line   string `json:"line"`
-}
-
 // Server serves the API.
 type Server struct {
 	Programs *front.Programs
@@ -321,17 +313,4 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	inst.Release()
 	st, _ := s.describe(id)
 	writeJSON(w, http.StatusOK, st)
-}
-
-func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
-	entries, err := s.Programs.Logs(r.PathValue("id"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, "no such program")
-		return
-	}
-	out := make([]LogLine, 0, len(entries))
-	for _, e := range entries {
-		out = append(out, LogLine{Time: time.Unix(0, e.UnixNano).UTC().Format(time.RFC3339Nano), Source: e.Source, Origin: e.Origin, Line: string(e.Line)})
-	}
-	writeJSON(w, http.StatusOK, out)
 }
