@@ -171,7 +171,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.metrics = metrics.New(func() int { return len(a.manager.Running()) })
 	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
-		OnBoot: a.metrics.Boot, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
+		OnBoot: a.booted, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
 	defer a.manager.Close()
 	a.programs = front.NewPrograms(a.manager)
@@ -265,6 +265,19 @@ func (a *agent) output(stderr io.Writer, id string, l message.Log) {
 		return
 	}
 	a.log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
+}
+
+// booted takes a boot attempt's outcome: counted in the metrics, and a
+// line of source "ferry" in the program's output, so that a reader of its
+// logs (`program logs -f`) sees where one VM's lines end and the next's
+// begin.
+func (a *agent) booted(id string, took time.Duration, timeline []message.TimelineEntry, err error) {
+	a.metrics.Boot(id, took, timeline, err)
+	line := fmt.Sprintf("VM started: cold start %s (%s)", took.Round(time.Millisecond), message.FormatTimeline(timeline))
+	if err != nil {
+		line = fmt.Sprintf("VM failed to start after %s: %v", took.Round(time.Millisecond), err)
+	}
+	a.programs.Output(id, message.Log{Source: []byte("ferry"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
 }
 
 // deploy adds the configuration's programs, in the order of their ids;
