@@ -56,7 +56,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &struct {
 		ex  relay.Exchange
 		rec metrics.StatusRecorder
-	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
+	}{ex: relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
 	if !asciiTarget(r.RequestURI) {
 		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
