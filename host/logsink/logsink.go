@@ -3,7 +3,8 @@
 // budget of bytes, for a goroutine of its own to pass on; what does not fit
 // is dropped, counted, and reported by a line once the output moves again.
 // A stderr on a pipe that nobody reads then costs lost lines, never a
-// stuck request.
+// stuck request. Recent, a slog.Handler in front of the agent's own,
+// keeps its last warnings and errors for the status page.
 package logsink
 
 import (
