@@ -73,6 +73,8 @@ type Config struct {
 	Admin, AdminToken string
 	// Debug logs at debug level (init's console included).
 	Debug bool
+	// LogJSON logs slog's JSON, one object a line, instead of its text.
+	LogJSON bool
 	// EchoOutput prints the programs' output on Stderr as "[program
 	// source origin] line" (run); otherwise it goes to the debug log.
 	EchoOutput bool
@@ -117,7 +119,8 @@ type agent struct {
 	metrics  *metrics.Metrics
 	programs *front.Programs
 	conn     front.ConnLimits
-	cluster  *clustered // serve: the cluster's part; nil for run
+	cluster  *clustered      // serve: the cluster's part; nil for run
+	recent   *logsink.Recent // the log's last warnings and errors
 	guest    *guestAPI
 }
 
@@ -134,7 +137,8 @@ func Serve(ctx context.Context, cfg *Config) error {
 	}
 	sink := logsink.New(stderr, 0)
 	defer sink.Close(2 * time.Second)
-	a := &agent{cfg: cfg, log: newLogger(cfg.Debug, sink), stdout: stdout, backend: cfg.Backend}
+	a := &agent{cfg: cfg, stdout: stdout, backend: cfg.Backend}
+	a.log, a.recent = newLogger(cfg, sink)
 	var node *cluster.Node
 	if cfg.Cluster != nil {
 		var err error
@@ -246,14 +250,20 @@ func usesNetwork(cfg *Config) bool {
 	return false
 }
 
-// newLogger logs text to w (the agent's stderr, which never blocks it),
-// with debug lines when asked.
-func newLogger(debug bool, w io.Writer) *slog.Logger {
-	level := slog.LevelInfo
-	if debug {
-		level = slog.LevelDebug
+// newLogger logs text or JSON to w (the agent's stderr, which never
+// blocks it), with debug lines when asked; recent keeps its last warnings
+// and errors (the status page's).
+func newLogger(cfg *Config, w io.Writer) (log *slog.Logger, recent *logsink.Recent) {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if cfg.Debug {
+		opts.Level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogJSON {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	recent = logsink.NewRecent(h, slog.LevelWarn, 0)
+	return slog.New(recent), recent
 }
 
 // output takes a line of a program's output: kept for the admin API's
