@@ -84,7 +84,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec := &x.rec
 		rec.ResponseWriter = w
 		start := time.Now()
-		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
+		defer func() {
+			rt.Metrics.Request(metrics.RequestRecord{Program: id, Method: r.Method, Path: r.URL.Path, Status: rec.Status, Took: time.Since(start), ID: ex.ID})
+		}()
 		w = rec
 	}
 	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
