@@ -32,6 +32,7 @@ import (
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/host/statuspage"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -336,7 +337,8 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler()}
+	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler(),
+		Observed: a.observed}
 	if a.cluster != nil {
 		api.Deployer, api.Cluster = a.cluster.catalog, a.cluster
 	}
@@ -345,6 +347,18 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	go srv.Serve(l)
 	a.log.Info("admin API listening", "addr", a.cfg.Admin)
 	return func() { srv.Close() }, nil
+}
+
+// observed is what the status page shows of the agent beyond the admin
+// API's own view: the backend, recent requests, the log's last warnings
+// and errors, the cold-start histograms.
+func (a *agent) observed() statuspage.View {
+	v := statuspage.View{Backend: a.backend.Name(), Requests: a.metrics.Recent(), Errors: a.recent.Records()}
+	var err error
+	if v.ColdStarts, err = a.metrics.ColdStarts(); err != nil {
+		a.log.Warn("status page: cold starts", "err", err)
+	}
+	return v
 }
 
 // startMetrics serves the metrics, /healthz and Go's profiles on their own

@@ -3,8 +3,8 @@ package metrics
 import (
 	"errors"
 	"fmt"
-	"math"
 	"io"
+	"math"
 	"net/http/httptest"
 	"strings"
 	"testing"
