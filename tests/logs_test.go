@@ -17,10 +17,7 @@ import (
 func TestAgentLogsFollowAcrossARestart(t *testing.T) {
 	requirePythonModules(t, "json")
 	requireTool(t, "curl")
-	app := writeApp(t, map[string]string{"main.py": scopeApp})
-	config := fmt.Sprintf(`{"programs": {"talk": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		"resources": {"vcpus": 1}, "on": {"http": true}}}}`, app)
-	agent := serveAgent(t, config, agentOptions{})
+	agent := serveAgent(t, asgiPrograms(writeApp(t, map[string]string{"main.py": scopeApp}), "talk"), agentOptions{})
 	url := "http://" + agent.addr + "/vm/talk"
 	curl(t, url+"/before")
 
@@ -100,11 +97,8 @@ async def app(scope, receive, send):
 func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 	requirePythonModules(t, "json")
 	requireTool(t, "curl")
-	app := writeApp(t, map[string]string{"main.py": idApp})
-	config := fmt.Sprintf(`{"programs": {"ids": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
-		"resources": {"vcpus": 1}, "on": {"http": true}}}}`, app)
 	stderr := &syncBuffer{}
-	agent := serveAgent(t, config, agentOptions{stderr: stderr}, "--log-format", "json")
+	agent := serveAgent(t, asgiPrograms(writeApp(t, map[string]string{"main.py": idApp}), "ids"), agentOptions{stderr: stderr}, "--log-format", "json")
 	url := "http://" + agent.addr
 
 	// get returns the response's X-Request-Id and body.
@@ -164,4 +158,15 @@ func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 			t.Errorf("not a slog JSON record: %q (%v)", line, err)
 		}
 	}
+}
+
+// asgiPrograms is a configuration of on-demand ASGI programs (main:app,
+// one vCPU, on HTTP) of the code in dir, one for each id.
+func asgiPrograms(dir string, ids ...string) string {
+	var programs []string
+	for _, id := range ids {
+		programs = append(programs, fmt.Sprintf(`%q: {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
+			"resources": {"vcpus": 1}, "on": {"http": true}}`, id, dir))
+	}
+	return `{"programs": {` + strings.Join(programs, ", ") + `}}`
 }

@@ -2,7 +2,6 @@ package tests
 
 import (
 	"context"
-	"fmt"
 	"image"
 	"image/png"
 	"os"
@@ -31,10 +30,7 @@ func TestStatusPageInChromium(t *testing.T) {
 	requirePythonModules(t, "json")
 	requireTool(t, "curl")
 	chromium := requireTool(t, "chromium")
-	app := writeApp(t, map[string]string{"main.py": scopeApp})
-	config := fmt.Sprintf(`{"programs": {
-		"talk": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q}, "resources": {"vcpus": 1}, "on": {"http": true}},
-		"quiet": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q}, "resources": {"vcpus": 1}, "on": {"http": true}}}}`, app, app)
+	config := asgiPrograms(writeApp(t, map[string]string{"main.py": scopeApp}), "talk", "quiet")
 	adminAddr := freePort(t)
 	agent := serveAgent(t, config, agentOptions{}, "--admin", adminAddr, "--admin-token", "s3cret")
 	curl(t, "http://"+agent.addr+"/vm/talk/hello")
