@@ -70,11 +70,10 @@ func New(running func() int) *Metrics {
 }
 
 // Request records one relayed request: counted, and kept among the
-// recent ones (its Time set to now).
+// recent ones.
 func (m *Metrics) Request(r RequestRecord) {
 	m.requests.WithLabelValues(r.Program, strconv.Itoa(r.Status)).Inc()
 	m.latency.WithLabelValues(r.Program).Observe(r.Took.Seconds())
-	r.Time = time.Now()
 	m.recent.add(r)
 }
 

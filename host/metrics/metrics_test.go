@@ -46,7 +46,7 @@ func TestRecentRequests(t *testing.T) {
 		t.Fatalf("recent before any request: %+v", got)
 	}
 	for i := range RecentRequests + 3 {
-		m.Request(RequestRecord{Program: "web", Method: "GET", Path: fmt.Sprint("/", i), Status: 200, ID: fmt.Sprint("id", i)})
+		m.Request(RequestRecord{Time: time.Now(), Program: "web", Method: "GET", Path: fmt.Sprint("/", i), Status: 200, ID: fmt.Sprint("id", i)})
 	}
 	got := m.Recent()
 	if len(got) != RecentRequests || got[0].Path != fmt.Sprint("/", RecentRequests+2) || got[len(got)-1].Path != "/3" || got[0].Time.IsZero() {

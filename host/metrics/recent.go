@@ -12,7 +12,7 @@ const RecentRequests = 50
 
 // RequestRecord is one relayed request.
 type RequestRecord struct {
-	Time    time.Time // when it ended (Request sets it)
+	Time    time.Time // when it started
 	Program string
 	Method  string
 	Path    string
