@@ -268,14 +268,19 @@ func newLogger(cfg *Config, w io.Writer) (log *slog.Logger, recent *logsink.Rece
 }
 
 // output takes a line of a program's output: kept for the admin API's
-// logs, and printed (run) or logged at debug level.
+// logs, and printed (run; a record of the JSON log with --log-format
+// json) or logged at debug level.
 func (a *agent) output(stderr io.Writer, id string, l message.Log) {
 	a.programs.Output(id, l)
+	level := slog.LevelDebug
 	if a.cfg.EchoOutput {
-		fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
-		return
+		if !a.cfg.LogJSON {
+			fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+			return
+		}
+		level = slog.LevelInfo
 	}
-	a.log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
+	a.log.Log(context.Background(), level, "program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
 }
 
 // booted takes a boot attempt's outcome: counted in the metrics, and a
