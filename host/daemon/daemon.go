@@ -136,7 +136,11 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	sink := logsink.New(stderr, 0)
+	newSink := logsink.New
+	if cfg.LogJSON {
+		newSink = logsink.NewJSON
+	}
+	sink := newSink(stderr, 0)
 	defer sink.Close(2 * time.Second)
 	a := &agent{cfg: cfg, stdout: stdout, backend: cfg.Backend}
 	a.log, a.recent = newLogger(cfg, sink)
