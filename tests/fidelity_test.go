@@ -72,6 +72,7 @@ var fidelityKnown = map[string]fidelityDifference{
 	"get-1.0-streamed-response/version":   {why: fidelityNetHTTP10},
 
 	"expect-100-not-read/*":         {why: fidelityEagerBody, timing: true},
+	"client-request-id/headers":     {why: "the agent names a request by the X-Request-Id its client sent, when well-formed, and gives it back in the response, so that the client, the agent's log and the app (which sees the header too) name the request alike; uvicorn and hypercorn add no header"},
 	"get-1.0-keep-alive/connection": {why: "an HTTP/1.0 client that asks for keep-alive keeps its connection (RFC 9112 9.3 allows it; net/http honours it); uvicorn and hypercorn close it. Closing would cost such clients a connection per request for no gain"},
 }
 
@@ -145,6 +146,8 @@ var fidelityCases = []fidelityCase{
 	{name: "status-304", raw: "GET /respond?status=304&nolength=1&body=&h=etag:%22v1%22 HTTP/1.1\r\nHost: fidelity.test\r\nIf-None-Match: \"v1\"\r\n\r\n"},
 	{name: "status-299-no-reason", raw: "GET /respond?status=299 HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "streamed-chunks", raw: "GET /respond?chunks=3&body=abcdefghi HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
+	{name: "app-request-id", raw: "GET /respond?h=x-request-id:app-id-1&h=content-type:text/plain&body=x HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
+	{name: "client-request-id", raw: "GET / HTTP/1.1\r\nHost: fidelity.test\r\nX-Request-Id: client-id-1\r\n\r\n"},
 	{name: "no-content-type", raw: "GET /respond?h=x-app:1&body=%3Chtml%3E%3C/html%3E HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "streamed-chunks-paused", raw: "GET /respond?chunks=3&pause=0.3&body=abcdefghi HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
 	{name: "no-content-type-streamed", raw: "GET /respond?h=x-app:1&chunks=2&pause=0.3&body=%3Chtml%3E%3C/html%3E HTTP/1.1\r\nHost: fidelity.test\r\n\r\n"},
@@ -222,7 +225,7 @@ const (
 type fidelityResponse struct {
 	version  string // the status line's: its reason phrase is not compared (RFC 9112 4: clients ignore it)
 	status   int
-	headers  []string // "name: value", names lower-cased (and the tokens of Connection and Upgrade), sorted by name (order within a name kept), Date, Server and X-Request-Id left out
+	headers  []string // "name: value", names lower-cased (and the tokens of Connection and Upgrade), sorted by name (order within a name kept), Date, Server and Ferry's own X-Request-Id left out
 	framing  string   // "length", "chunked", "close" (read to EOF) or "none"
 	body     string   // the body, chunked framing undone
 	trailers []string
@@ -523,8 +526,12 @@ func fidelityReadResponse(r *bufio.Reader, head bool) (fidelityResponse, error) 
 			length, _ = strconv.Atoi(value)
 		case "transfer-encoding":
 			chunked = strings.Contains(strings.ToLower(value), "chunked")
-		case "date", "server", "x-request-id":
-			continue // the server's own: when, who, and Ferry's id of the request in its logs
+		case "date", "server":
+			continue // the server's own: when, who
+		case "x-request-id":
+			if fidelityFerryID(value) {
+				continue // the id Ferry gave the request (in its log), where neither the client nor the app gave one
+			}
 		case "connection", "upgrade": // tokens, whose case carries no meaning (RFC 9110 7.6.1, 7.8)
 			f = strings.ToLower(f)
 		}
@@ -742,4 +749,19 @@ func TestFidelityKnownDifferencesAreInTheREADME(t *testing.T) {
 			t.Errorf("README.md's table lists %q, fidelityKnown does not", key)
 		}
 	}
+}
+
+// fidelityFerryID reports whether a response's X-Request-Id is one the
+// agent made up (host/relay's NewRequestID: 16 hex digits), not the
+// app's or the client's.
+func fidelityFerryID(v string) bool {
+	if len(v) != 16 {
+		return false
+	}
+	for _, c := range v {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

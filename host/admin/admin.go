@@ -1,7 +1,9 @@
 // Package admin is the host agent's management API and its client: list,
-// inspect, deploy, stop, restart and delete programs, and read their
-// logs; the agent's metrics are served there too. It listens on a unix
-// socket by default; on TCP it requires a bearer token.
+// inspect, deploy, stop, restart and delete programs, and read or follow
+// their logs; the agent's metrics and its status page (GET /status) are
+// served there too. It listens on a unix socket by default; on TCP it
+// requires a bearer token (the status page also takes it as a Basic
+// password, so that a browser can ask for it).
 package admin
 
 import (
@@ -23,6 +25,7 @@ import (
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/host/statuspage"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -63,14 +66,6 @@ type BootPhase struct {
 	Seconds float64 `json:"seconds"`
 }
 
-// LogLine is one line of program output.
-type LogLine struct {
-	Time   string `json:"time"`
-	Source string `json:"source"`
-	Origin int    `json:"origin"`
-	Line   string `json:"line"`
-}
-
 // Server serves the API.
 type Server struct {
 	Programs *front.Programs
@@ -86,6 +81,10 @@ type Server struct {
 	// Cluster, when set, serves the cluster's status, its key-value
 	// store and node removal.
 	Cluster ClusterView
+	// Observed, when set, gives the status page what the agent observed:
+	// its backend, recent requests, log warnings and errors, cold-start
+	// histograms (the rest of the View is the API's own).
+	Observed func() statuspage.View
 }
 
 // IsUnix reports whether addr names a unix socket (a path) rather than
@@ -130,14 +129,18 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/programs/{id}/stop", s.stop)
 	mux.HandleFunc("POST /v1/programs/{id}/restart", s.restart)
 	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
+	mux.HandleFunc("GET /status", s.statusPage)
 	s.clusterRoutes(mux)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 		mux.Handle("GET /healthz", s.Metrics)
 	}
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if s.Token != "" && !authorized(r, s.Token) {
+		if s.Token != "" && !authorized(r, s.Token, r.URL.Path == "/status") {
 			w.Header().Set("WWW-Authenticate", "Bearer")
+			if r.URL.Path == "/status" {
+				w.Header().Add("WWW-Authenticate", `Basic realm="ferry admin token", charset="UTF-8"`)
+			}
 			writeError(w, http.StatusUnauthorized, "missing or wrong admin token")
 			return
 		}
@@ -146,13 +149,18 @@ func (s *Server) Handler() http.Handler {
 }
 
 // authorized reports whether r carries exactly "Authorization: Bearer
-// TOKEN" (one such header; the token compared in constant time).
-func authorized(r *http.Request, token string) bool {
+// TOKEN" (one such header; the token compared in constant time), or,
+// where basic is allowed (the status page, for browsers), HTTP Basic
+// credentials whose password is the token (any user name).
+func authorized(r *http.Request, token string, basic bool) bool {
 	values := r.Header.Values("Authorization")
 	if len(values) != 1 {
 		return false
 	}
 	got, ok := strings.CutPrefix(values[0], "Bearer ")
+	if !ok && basic {
+		_, got, ok = r.BasicAuth()
+	}
 	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
@@ -321,17 +329,4 @@ func (s *Server) restart(w http.ResponseWriter, r *http.Request) {
 	inst.Release()
 	st, _ := s.describe(id)
 	writeJSON(w, http.StatusOK, st)
-}
-
-func (s *Server) logs(w http.ResponseWriter, r *http.Request) {
-	entries, err := s.Programs.Logs(r.PathValue("id"))
-	if err != nil {
-		writeError(w, http.StatusNotFound, "no such program")
-		return
-	}
-	out := make([]LogLine, 0, len(entries))
-	for _, e := range entries {
-		out = append(out, LogLine{Time: time.Unix(0, e.UnixNano).UTC().Format(time.RFC3339Nano), Source: e.Source, Origin: e.Origin, Line: string(e.Line)})
-	}
-	writeJSON(w, http.StatusOK, out)
 }

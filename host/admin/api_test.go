@@ -263,6 +263,8 @@ func TestCommand(t *testing.T) {
 		{[]string{"restart", "web"}, 0, "running:    true"},
 		{[]string{"status", "web", "--json"}, 0, `"running": true`},
 		{[]string{"logs", "web"}, 0, "stdout[0] line 0"},
+		{[]string{"logs", "--since", "1h", "web"}, 0, "stdout[0] line 0"},
+		{[]string{"logs", "--since", "soon", "web"}, 2, "invalid value"},
 		{[]string{"stop", "web"}, 0, "running:    false"},
 		{[]string{"delete", "web"}, 0, "deleted:    web"},
 		{[]string{"status", "web"}, 1, "host-agent: no such program"},

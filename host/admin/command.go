@@ -21,7 +21,8 @@ const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
   deploy ID FILE       add a program from a manifest (JSON)
   stop ID              stop its VM (the next request starts it again)
   restart ID           stop and start its VM
-  logs ID              the program's recent output
+  logs [-f] [--since DURATION] ID
+                       the program's recent output (-f: then follow it, across restarts, until interrupted)
   delete ID            stop and remove the program
   kv get ID KEY        a value of the program's key-value store
   kv put ID KEY VALUE  store a value (--fencing-token N: only while N is the program's token)
@@ -57,6 +58,8 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 	token := fs.String("token", os.Getenv("FERRY_ADMIN_TOKEN"), "admin token (TCP)")
 	asJSON := fs.Bool("json", false, "print JSON")
 	fencing := fs.Int64("fencing-token", 0, "kv put and delete: the program's fencing token the write is valid under")
+	follow := fs.Bool("f", false, "logs: follow the output as it comes (NDJSON with --json)")
+	since := fs.Duration("since", 0, "logs: only lines at most this old (e.g. 30s, 5m)")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	// Flags may come before or after the command and its arguments.
 	var pos []string
@@ -169,12 +172,16 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		if !need(2) {
 			return 2
 		}
+		path := logsPath(pos[1], *since, *follow)
+		if *follow {
+			return followLogs(c, path, *asJSON, stdout, stderr)
+		}
 		var lines []LogLine
-		err = c.Do("GET", "/v1/programs/"+pos[1]+"/logs", nil, &lines)
+		err = c.Do("GET", path, nil, &lines)
 		out = lines
 		if err == nil && !*asJSON {
 			for _, l := range lines {
-				fmt.Fprintf(stdout, "%s %s[%d] %s\n", l.Time, l.Source, l.Origin, l.Line)
+				printLogLine(stdout, l)
 			}
 			return 0
 		}

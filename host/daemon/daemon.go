@@ -32,6 +32,7 @@ import (
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/host/statuspage"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -73,6 +74,8 @@ type Config struct {
 	Admin, AdminToken string
 	// Debug logs at debug level (init's console included).
 	Debug bool
+	// LogJSON logs slog's JSON, one object a line, instead of its text.
+	LogJSON bool
 	// EchoOutput prints the programs' output on Stderr as "[program
 	// source origin] line" (run); otherwise it goes to the debug log.
 	EchoOutput bool
@@ -117,7 +120,8 @@ type agent struct {
 	metrics  *metrics.Metrics
 	programs *front.Programs
 	conn     front.ConnLimits
-	cluster  *clustered // serve: the cluster's part; nil for run
+	cluster  *clustered      // serve: the cluster's part; nil for run
+	recent   *logsink.Recent // the log's last warnings and errors
 	guest    *guestAPI
 }
 
@@ -132,9 +136,14 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if stderr == nil {
 		stderr = os.Stderr
 	}
-	sink := logsink.New(stderr, 0)
+	newSink := logsink.New
+	if cfg.LogJSON {
+		newSink = logsink.NewJSON
+	}
+	sink := newSink(stderr, 0)
 	defer sink.Close(2 * time.Second)
-	a := &agent{cfg: cfg, log: newLogger(cfg.Debug, sink), stdout: stdout, backend: cfg.Backend}
+	a := &agent{cfg: cfg, stdout: stdout, backend: cfg.Backend}
+	a.log, a.recent = newLogger(cfg, sink)
 	var node *cluster.Node
 	if cfg.Cluster != nil {
 		var err error
@@ -171,7 +180,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.metrics = metrics.New(func() int { return len(a.manager.Running()) })
 	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
-		OnBoot: a.metrics.Boot, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
+		OnBoot: a.booted, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
 	defer a.manager.Close()
 	a.programs = front.NewPrograms(a.manager)
@@ -246,25 +255,49 @@ func usesNetwork(cfg *Config) bool {
 	return false
 }
 
-// newLogger logs text to w (the agent's stderr, which never blocks it),
-// with debug lines when asked.
-func newLogger(debug bool, w io.Writer) *slog.Logger {
-	level := slog.LevelInfo
-	if debug {
-		level = slog.LevelDebug
+// newLogger logs text or JSON to w (the agent's stderr, which never
+// blocks it), with debug lines when asked; recent keeps its last warnings
+// and errors (the status page's).
+func newLogger(cfg *Config, w io.Writer) (log *slog.Logger, recent *logsink.Recent) {
+	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
+	if cfg.Debug {
+		opts.Level = slog.LevelDebug
 	}
-	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+	var h slog.Handler = slog.NewTextHandler(w, opts)
+	if cfg.LogJSON {
+		h = slog.NewJSONHandler(w, opts)
+	}
+	recent = logsink.NewRecent(h, slog.LevelWarn, 0)
+	return slog.New(recent), recent
 }
 
 // output takes a line of a program's output: kept for the admin API's
-// logs, and printed (run) or logged at debug level.
+// logs, and printed (run; a record of the JSON log with --log-format
+// json) or logged at debug level.
 func (a *agent) output(stderr io.Writer, id string, l message.Log) {
 	a.programs.Output(id, l)
+	level := slog.LevelDebug
 	if a.cfg.EchoOutput {
-		fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
-		return
+		if !a.cfg.LogJSON {
+			fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+			return
+		}
+		level = slog.LevelInfo
 	}
-	a.log.Debug("program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
+	a.log.Log(context.Background(), level, "program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
+}
+
+// booted takes a boot attempt's outcome: counted in the metrics, and a
+// line of source "ferry" in the program's output, so that a reader of its
+// logs (`program logs -f`) sees where one VM's lines end and the next's
+// begin.
+func (a *agent) booted(id string, took time.Duration, timeline []message.TimelineEntry, err error) {
+	a.metrics.Boot(id, took, timeline, err)
+	line := fmt.Sprintf("VM started: cold start %s (%s)", took.Round(time.Millisecond), message.FormatTimeline(timeline))
+	if err != nil {
+		line = fmt.Sprintf("VM failed to start after %s: %v", took.Round(time.Millisecond), err)
+	}
+	a.programs.Output(id, message.Log{Source: []byte("ferry"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
 }
 
 // deploy adds the configuration's programs, in the order of their ids;
@@ -313,7 +346,8 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler()}
+	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler(),
+		Observed: a.observed}
 	if a.cluster != nil {
 		api.Deployer, api.Cluster = a.cluster.catalog, a.cluster
 	}
@@ -322,6 +356,18 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	go srv.Serve(l)
 	a.log.Info("admin API listening", "addr", a.cfg.Admin)
 	return func() { srv.Close() }, nil
+}
+
+// observed is what the status page shows of the agent beyond the admin
+// API's own view: the backend, recent requests, the log's last warnings
+// and errors, the cold-start histograms.
+func (a *agent) observed() statuspage.View {
+	v := statuspage.View{Backend: a.backend.Name(), Requests: a.metrics.Recent(), Errors: a.recent.Records()}
+	var err error
+	if v.ColdStarts, err = a.metrics.ColdStarts(); err != nil {
+		a.log.Warn("status page: cold starts", "err", err)
+	}
+	return v
 }
 
 // startMetrics serves the metrics, /healthz and Go's profiles on their own

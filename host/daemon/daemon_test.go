@@ -284,6 +284,7 @@ func TestConfigErrors(t *testing.T) {
 		{"run with a bad interface", RunFlags, []string{"--interface", "wsgi", code, "main:app"}, "programs.main.code.interface"},
 		{"run with negative workers", RunFlags, []string{"--workers", "-1", code, "main:app"}, "programs.main.resources"},
 		{"run with a bad limit", RunFlags, []string{"--max-concurrent", "0", code, "main:app"}, "--max-concurrent"},
+		{"run with an unknown log format", RunFlags, []string{"--log-format", "xml", code, "main:app"}, "--log-format"},
 		{"serve with a bad manifest", ServeFlags, []string{"--config", bad}, "programs.a.code.interface"},
 	} {
 		_, err := flagConfig(t, tc.register, tc.args...)

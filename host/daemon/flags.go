@@ -38,6 +38,7 @@ type Flags struct {
 	maxBody int64
 	metrics string
 	debug   bool
+	logFmt  string
 	backend BackendOptions
 	uidBase uint
 	limits  limitFlags
@@ -98,6 +99,7 @@ func (f *Flags) common() {
 	fs.StringVar(&f.initBin, "init", "", "init binary (default: init next to host-agent)")
 	fs.Int64Var(&f.maxBody, "max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logs (including init's console)")
+	fs.StringVar(&f.logFmt, "log-format", "text", "the agent's log on stderr: text, or json (one slog JSON object a line)")
 	metricsHelp := "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty)"
 	if !f.run {
 		metricsHelp = "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty; /metrics is also on the admin API)"
@@ -264,6 +266,9 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 	b := f.backend
 	b.SandboxUIDBase = uint32(f.uidBase)
+	if f.logFmt != "text" && f.logFmt != "json" {
+		return nil, &ConfigError{fmt.Errorf("--log-format %q: text or json", f.logFmt)}
+	}
 	if err := f.networkFlags(&b); err != nil {
 		return nil, &ConfigError{err}
 	}
@@ -272,7 +277,7 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest}, nil
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, LogJSON: f.logFmt == "json", GuestAPI: f.guest}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

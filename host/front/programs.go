@@ -153,13 +153,24 @@ func (ps *Programs) Output(id string, l message.Log) {
 
 // Logs returns the kept output lines of a program.
 func (ps *Programs) Logs(id string) ([]logring.Entry, error) {
+	ring, err := ps.LogRing(id)
+	if err != nil {
+		return nil, err
+	}
+	return ring.Since(0), nil
+}
+
+// LogRing returns the ring of a program's output, to read or follow: one
+// per deployed program, kept across its VMs' restarts until it is
+// deleted.
+func (ps *Programs) LogRing(id string) (*logring.Ring, error) {
 	ps.mu.RLock()
 	ring := ps.logs[id]
 	ps.mu.RUnlock()
 	if ring == nil {
 		return nil, ErrNotFound
 	}
-	return ring.Since(0), nil
+	return ring, nil
 }
 
 // firewallOf is what a program's environment admits.

@@ -56,7 +56,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	x := &struct {
 		ex  relay.Exchange
 		rec metrics.StatusRecorder
-	}{ex: relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}}
+	}{ex: relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
 	if !asciiTarget(r.RequestURI) {
 		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
@@ -84,7 +84,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec := &x.rec
 		rec.ResponseWriter = w
 		start := time.Now()
-		defer func() { rt.Metrics.Request(id, rec.Status, time.Since(start)) }()
+		defer func() {
+			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: rec.Status, Took: time.Since(start), ID: ex.ID})
+		}()
 		w = rec
 	}
 	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout

@@ -3,10 +3,12 @@
 // budget of bytes, for a goroutine of its own to pass on; what does not fit
 // is dropped, counted, and reported by a line once the output moves again.
 // A stderr on a pipe that nobody reads then costs lost lines, never a
-// stuck request.
+// stuck request. Recent, a slog.Handler in front of the agent's own,
+// keeps its last warnings and errors for the status page.
 package logsink
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"sync"
@@ -21,6 +23,7 @@ const DefaultBudget = 256 << 10
 type Writer struct {
 	out    io.Writer
 	budget int
+	json   bool // the notice of dropped writes is a slog JSON record
 
 	mu      sync.Mutex
 	queue   [][]byte
@@ -35,11 +38,17 @@ type Writer struct {
 
 // New returns a Writer passing writes on to out; budget bounds the bytes
 // it holds (DefaultBudget when not positive).
-func New(out io.Writer, budget int) *Writer {
+func New(out io.Writer, budget int) *Writer { return newWriter(out, budget, false) }
+
+// NewJSON is New for a log of slog JSON records (one a line): its notice
+// of dropped writes is such a record too.
+func NewJSON(out io.Writer, budget int) *Writer { return newWriter(out, budget, true) }
+
+func newWriter(out io.Writer, budget int, json bool) *Writer {
 	if budget <= 0 {
 		budget = DefaultBudget
 	}
-	w := &Writer{out: out, budget: budget, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	w := &Writer{out: out, budget: budget, json: json, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go w.run()
 	return w
 }
@@ -102,11 +111,26 @@ func (w *Writer) run() {
 				w.out.Write(p)
 			}
 			if dropped > 0 {
-				fmt.Fprintf(w.out, "ferry: %d log lines dropped: the output did not keep up\n", dropped)
+				w.out.Write(w.notice(dropped))
 			}
 		}
 		if !open {
 			return
 		}
 	}
+}
+
+// notice is the line that reports n dropped writes.
+func (w *Writer) notice(n int64) []byte {
+	const msg = "log lines dropped: the output did not keep up"
+	if !w.json {
+		return fmt.Appendf(nil, "ferry: %d %s\n", n, msg)
+	}
+	rec, _ := json.Marshal(struct {
+		Time    time.Time `json:"time"`
+		Level   string    `json:"level"`
+		Msg     string    `json:"msg"`
+		Dropped int64     `json:"dropped"`
+	}{time.Now(), "WARN", msg, n})
+	return append(rec, '\n')
 }

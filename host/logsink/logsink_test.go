@@ -3,6 +3,7 @@ package logsink
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -48,13 +49,28 @@ func TestWritesPassInOrder(t *testing.T) {
 // writes past the budget are dropped and counted, and reported once the
 // pipe is read again.
 func TestWriteNeverBlocksOnAStuckOutput(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		new    func(io.Writer, int) *Writer
+		notice string
+	}{
+		{"text", New, "ferry: "},
+		{"json", NewJSON, `{"time":`},
+	} {
+		t.Run(c.name, func(t *testing.T) { testStuckOutput(t, c.new, c.notice) })
+	}
+}
+
+// testStuckOutput is TestWriteNeverBlocksOnAStuckOutput with a Writer of
+// newWriter, whose notice of the dropped lines starts with notice.
+func testStuckOutput(t *testing.T, newWriter func(io.Writer, int) *Writer, notice string) {
 	r, pw, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer r.Close()
 	defer pw.Close()
-	w := New(pw, 4<<10)
+	w := newWriter(pw, 4<<10)
 	line := []byte(strings.Repeat("x", 99) + "\n")
 	done := make(chan struct{})
 	go func() {
@@ -87,8 +103,12 @@ func TestWriteNeverBlocksOnAStuckOutput(t *testing.T) {
 	}()
 	select {
 	case s := <-got:
-		if !strings.Contains(s, "log lines dropped: the output did not keep up") || len(s) > 200<<10 {
+		i := strings.Index(s, "log lines dropped: the output did not keep up")
+		if i < 0 || len(s) > 200<<10 {
 			t.Fatalf("%d bytes, notice missing or too much kept", len(s))
+		}
+		if start := strings.LastIndexByte(s[:i], '\n') + 1; !strings.HasPrefix(s[start:], notice) {
+			t.Fatalf("the notice %q does not start with %q", s[start:i], notice)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("no notice of the dropped lines")

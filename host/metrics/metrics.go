@@ -1,10 +1,12 @@
 // Package metrics holds the host agent's Prometheus metrics: requests by
 // program and status, request latency, cold starts and their duration,
 // running VMs, dropped output lines. Handler serves them at /metrics and a
-// liveness answer at /healthz.
+// liveness answer at /healthz. For the status page it also keeps the last
+// requests (Recent) and reads back the cold-start histograms (ColdStarts).
 package metrics
 
 import (
+	"math"
 	"net/http"
 	"strconv"
 	"time"
@@ -25,7 +27,14 @@ type Metrics struct {
 	coldTime   *prometheus.HistogramVec
 	bootPhase  *prometheus.HistogramVec
 	logDropped *prometheus.CounterVec
+	recent     recentRequests
 }
+
+// coldStartName is the cold-start histogram's name; inf the bound of its
+// last bucket.
+const coldStartName = "ferry_cold_start_seconds"
+
+var inf = math.Inf(1)
 
 // New returns the metrics; running reports how many VMs run right now.
 func New(running func() int) *Metrics {
@@ -42,7 +51,7 @@ func New(running func() int) *Metrics {
 			Name: "ferry_cold_starts_total", Help: "VM boots, by program and result (ok or error).",
 		}, []string{"program", "result"}),
 		coldTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
-			Name: "ferry_cold_start_seconds", Help: "Time from starting a VM to its program being ready, by program.",
+			Name: coldStartName, Help: "Time from starting a VM to its program being ready, by program.",
 			Buckets: prometheus.ExponentialBuckets(0.01, 2, 14),
 		}, []string{"program"}),
 		bootPhase: prometheus.NewHistogramVec(prometheus.HistogramOpts{
@@ -60,10 +69,12 @@ func New(running func() int) *Metrics {
 	return m
 }
 
-// Request records one relayed request.
-func (m *Metrics) Request(program string, status int, took time.Duration) {
-	m.requests.WithLabelValues(program, strconv.Itoa(status)).Inc()
-	m.latency.WithLabelValues(program).Observe(took.Seconds())
+// Request records one relayed request: counted, and kept among the
+// recent ones.
+func (m *Metrics) Request(r RequestRecord) {
+	m.requests.WithLabelValues(r.Program, strconv.Itoa(r.Status)).Inc()
+	m.latency.WithLabelValues(r.Program).Observe(r.Took.Seconds())
+	m.recent.add(r)
 }
 
 // OutputDropped records n lines of a program's output dropped.

@@ -2,7 +2,9 @@ package metrics
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"math"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -34,5 +36,47 @@ func TestBootRecordsEachPhaseOfTheTimeline(t *testing.T) {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("missing %s", want)
 		}
+	}
+}
+
+// The last requests are kept, newest first, at most RecentRequests.
+func TestRecentRequests(t *testing.T) {
+	m := New(func() int { return 0 })
+	if got := m.Recent(); len(got) != 0 {
+		t.Fatalf("recent before any request: %+v", got)
+	}
+	for i := range RecentRequests + 3 {
+		m.Request(RequestRecord{Time: time.Now(), Program: "web", Method: "GET", Path: fmt.Sprint("/", i), Status: 200, ID: fmt.Sprint("id", i)})
+	}
+	got := m.Recent()
+	if len(got) != RecentRequests || got[0].Path != fmt.Sprint("/", RecentRequests+2) || got[len(got)-1].Path != "/3" || got[0].Time.IsZero() {
+		t.Fatalf("kept %d, newest %+v, oldest %+v", len(got), got[0], got[len(got)-1])
+	}
+}
+
+// ColdStarts reads back each program's cold-start histogram, a count per
+// bucket (not cumulative), the last one +Inf.
+func TestColdStartHistograms(t *testing.T) {
+	m := New(func() int { return 0 })
+	for _, took := range []time.Duration{15 * time.Millisecond, 15 * time.Millisecond, 300 * time.Millisecond, time.Hour} {
+		m.Boot("web", took, nil, nil)
+	}
+	m.Boot("web", time.Second, nil, errors.New("failed")) // not a cold start
+	hs, err := m.ColdStarts()
+	if err != nil || len(hs) != 1 {
+		t.Fatalf("%+v, %v", hs, err)
+	}
+	h := hs[0]
+	counts := map[float64]uint64{}
+	var total uint64
+	for _, b := range h.Buckets {
+		counts[b.UpperBound] += b.Count
+		total += b.Count
+	}
+	if h.Program != "web" || h.Count != 4 || total != 4 || counts[0.02] != 2 || counts[0.32] != 1 || counts[math.Inf(1)] != 1 {
+		t.Fatalf("histogram %+v", h)
+	}
+	if last := h.Buckets[len(h.Buckets)-1]; !math.IsInf(last.UpperBound, 1) {
+		t.Fatalf("last bucket %+v", last)
 	}
 }

@@ -57,6 +57,34 @@ func NewRequestID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// RequestID returns a request's id: the client's X-Request-Id when it sent
+// one, once, and it is well-formed (wellFormedID), so that the id a proxy
+// or client gave carries through to the agent's log and the app (which
+// sees the client's headers); otherwise a new one.
+func RequestID(r *http.Request) string {
+	if ids := r.Header["X-Request-Id"]; len(ids) == 1 && wellFormedID(ids[0]) {
+		return ids[0]
+	}
+	return NewRequestID()
+}
+
+// wellFormedID reports whether an incoming request id is 1 to 128
+// characters among letters, digits and -_.:+=/@ (UUIDs, hex, base64,
+// the ids of the usual proxies): nothing a log line or header could
+// trip on.
+func wellFormedID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || strings.IndexByte("-_.:+=/@", c) >= 0) {
+			return false
+		}
+	}
+	return true
+}
+
 // RawPath returns the path of r's target exactly as the client sent it,
 // without the query: what uvicorn gives an app as raw_path (net/http's
 // EscapedPath is a re-encoding, which differs for bytes such as "{" or

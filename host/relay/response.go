@@ -120,6 +120,7 @@ func collapseContentLength(rh *message.ResponseHead, length []byte) {
 // (Upgrade on a 426, Keep-Alive, Proxy-Authenticate on a 407 pass) but
 // Transfer-Encoding, since net/http frames the body itself; a Connection
 // field with "close" closes the client's connection after the response.
+// X-Request-Id is the request's id unless the app sent its own.
 // A nil Content-Type stops net/http from sniffing one when the app sent
 // none (the app's own is added to it). It is on every
 // response's path: the values share one string and one list, and the
@@ -173,8 +174,13 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 		// so, only for a Connection field of exactly "close".
 		h["Connection"] = []string{"close"}
 	}
-	h["X-Request-Id"] = nil
-	add("X-Request-Id", ex.ID)
+	if ids := h["X-Request-Id"]; len(ids) > 0 {
+		// The app's own passes as it sent it (as under uvicorn), and
+		// names the request in the agent's log from now on.
+		ex.ID = ids[0]
+	} else {
+		add("X-Request-Id", ex.ID)
+	}
 	w.WriteHeader(int(rh.Status))
 }
 

@@ -89,7 +89,8 @@ func TestCanonicalNames(t *testing.T) {
 
 // TestWriteHead checks the fields writeHead gives the client: repeated
 // fields kept in order, unusual names canonicalised, the request id and a
-// Content-Length replacing the app's; of the hop-by-hop fields only
+// Content-Length replacing the app's (the app's own X-Request-Id kept, and
+// then the request's id in the log); of the hop-by-hop fields only
 // Transfer-Encoding is dropped (net/http frames the body), and a
 // Connection with close becomes exactly "close" (what net/http closes on).
 func TestWriteHead(t *testing.T) {
@@ -100,11 +101,12 @@ func TestWriteHead(t *testing.T) {
 		{Name: []byte("x-request-id"), Value: []byte("the app's")}, {Name: []byte("content-length"), Value: []byte("9")},
 		{Name: []byte("keep-alive"), Value: []byte("timeout=5")}, {Name: []byte("transfer-encoding"), Value: []byte("chunked")},
 	}}
-	writeHead(rec, &Exchange{ID: "abc"}, rh, "3")
-	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"abc"}, "Content-Length": {"3"},
+	ex := &Exchange{ID: "abc"}
+	writeHead(rec, ex, rh, "3")
+	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"the app's"}, "Content-Length": {"3"},
 		"Content-Type": nil, "Connection": {"close"}, "Keep-Alive": {"timeout=5"}}
-	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) {
-		t.Errorf("status %d header %v, want %v", rec.Code, rec.Result().Header, want)
+	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) || ex.ID != "the app's" {
+		t.Errorf("status %d header %v, want %v; request id %q", rec.Code, rec.Result().Header, want, ex.ID)
 	}
 
 	// A 426's Upgrade and Connection, a 407's Proxy-Authenticate: the
@@ -126,6 +128,32 @@ func TestWriteHead(t *testing.T) {
 		c.want["X-Request-Id"], c.want["Content-Type"] = []string{"abc"}, nil
 		if rec.Code != int(c.status) || !reflect.DeepEqual(rec.Result().Header, c.want) {
 			t.Errorf("status %d header %v, want %v", rec.Code, rec.Result().Header, c.want)
+		}
+	}
+}
+
+// A request's id is the client's X-Request-Id when it sent one that is
+// well-formed, once; otherwise a new one.
+func TestRequestID(t *testing.T) {
+	for _, c := range []struct {
+		sent []string
+		kept bool
+	}{
+		{nil, false},
+		{[]string{"0f8fad5b-d9cb-469f-a165-70867728950e"}, true},
+		{[]string{"Root=1-67891233-abcdef012345678912345678"}, true},
+		{[]string{"a"}, true},
+		{[]string{""}, false},
+		{[]string{"two words"}, false},
+		{[]string{"line\nbreak"}, false},
+		{[]string{strings.Repeat("x", 129)}, false},
+		{[]string{"one", "two"}, false},
+	} {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header["X-Request-Id"] = c.sent
+		got := RequestID(r)
+		if kept := len(c.sent) == 1 && got == c.sent[0]; kept != c.kept || got == "" {
+			t.Errorf("sent %q: id %q, kept %v, want kept %v", c.sent, got, kept, c.kept)
 		}
 	}
 }
