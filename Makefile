@@ -45,7 +45,7 @@ NORACE    := ./host/cluster/... ./host/catalog/...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
-.PHONY: all build deps gocheck goenv test bench fuzz fmt vet lint demo rootfs deb clean
+.PHONY: all build deps debtools gocheck goenv test bench fuzz fmt vet lint demo rootfs deb clean
 
 all: build
 
@@ -75,7 +75,7 @@ goenv:
 ## need when missing (as root), vets, then runs every test with the race
 ## detector (the VM tests build the root image with make rootfs on first
 ## use, as root). The Go modules are fetched as the build needs them.
-test: gocheck deps vet
+test: gocheck deps debtools vet
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v -e '/host/cluster' -e '/host/catalog')
 	$(GO) test -count=1 -timeout 10m $(NORACE)
 
@@ -115,6 +115,27 @@ demo:
 	@examples/demo-deps.sh
 	@$(MAKE) --no-print-directory build
 	@examples/demo.sh
+
+## deb: the Debian package of bin/init, bin/host-agent, the ferry-agent
+## systemd service, its default configuration and the root image builder
+## (packaging/nfpm.yaml), as DEB_DIR/ferry_VERSION_amd64.deb, with nfpm
+## (debtools)
+DEB_DIR     ?= build
+DEB_VERSION ?= 0.0~git$(shell git log -1 --format=%cd.%h --date=format:%Y%m%d 2>/dev/null || echo 0)
+deb: build debtools
+	@mkdir -p $(DEB_DIR)
+	FERRY_VERSION='$(DEB_VERSION)' $(NFPM) package --config packaging/nfpm.yaml --packager deb --target $(DEB_DIR)/ferry_$(DEB_VERSION)_amd64.deb
+
+## debtools: nfpm, the packager, at its pinned version, built into bin/ by
+## go install (a tool, not a dependency of Ferry's module); make test
+## builds it so that the package's test downloads nothing
+NFPM_VERSION := v2.45.2
+NFPM         := $(BIN)/nfpm-$(NFPM_VERSION)
+debtools: $(NFPM)
+$(NFPM):
+	@mkdir -p $(BIN)
+	GOBIN=$(abspath $(BIN)) $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	mv $(BIN)/nfpm $@
 
 ## rootfs: bootable image for the qemu backend in build/rootfs (root; cached)
 rootfs: build
