@@ -45,7 +45,7 @@ NORACE    := ./host/cluster/... ./host/catalog/...
 FUZZTIME  ?= 60s
 BENCHTIME ?= 2s
 
-.PHONY: all build deps debtools gocheck goenv test bench fuzz fmt vet lint demo rootfs deb clean
+.PHONY: all build deps debtools gocheck goenv test test-only bench fuzz fmt vet lint demo rootfs deb clean
 
 all: build
 
@@ -72,10 +72,16 @@ goenv:
 	@$(GO) env GOROOT GOPATH GOCACHE GOMODCACHE GOENV GOTELEMETRYDIR | sed 's/^/env=/'
 
 ## test: the test command, alone: installs the Debian packages the tests
-## need when missing (as root), vets, then runs every test with the race
-## detector (the VM tests build the root image with make rootfs on first
-## use, as root). The Go modules are fetched as the build needs them.
+## need when missing (as root), builds nfpm, vets, then runs every test
+## (test-only) and, as root, checks they left the host as they found it
+## (.ci/host-state). The Go modules are fetched as the build needs them.
 test: gocheck deps debtools vet
+	@.ci/host-state around $(MAKE) --no-print-directory test-only
+
+## test-only: every test with the race detector (the VM tests build the
+## root image with make rootfs on first use, as root), nothing installed
+## first
+test-only:
 	$(GO) test -race -count=1 -timeout 45m $$($(GO) list $(PKGS) | grep -v -e '/host/cluster' -e '/host/catalog')
 	$(GO) test -count=1 -timeout 10m $(NORACE)
 
