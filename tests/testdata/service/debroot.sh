@@ -44,8 +44,16 @@ chroot "$root" dpkg-query -W -f '${Package} ${Status}\n' ferry
 chroot "$root" sh -c 'cat /var/lib/dpkg/info/ferry.conffiles' | sed 's/^/conffile /'
 echo "== systemd-analyze verify"
 if chroot "$root" sh -c 'command -v systemd-analyze' >/dev/null; then
-	chroot "$root" systemd-analyze verify /lib/systemd/system/ferry-agent.service
-	echo "verify: ok"
+	# verify exits 0 on a line it ignores (a bad Type=, say), saying so:
+	# anything it says is a failure.
+	if ! said=$(chroot "$root" systemd-analyze verify /lib/systemd/system/ferry-agent.service 2>&1); then
+		said="failed: $said"
+	fi
+	if [ -z "$said" ]; then
+		echo "verify: ok"
+	else
+		printf 'verify: %s\n' "$said"
+	fi
 else
 	echo "verify: skipped, no systemd-analyze"
 fi
