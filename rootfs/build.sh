@@ -39,8 +39,38 @@ base_recipe=1
 # come along from modules.dep.
 modules="virtio_mmio virtio_pci virtio_blk virtio_net virtio_console vmw_vsock_virtio_transport squashfs overlay"
 
-say() { printf 'rootfs: %s\n' "$*" >&2; }
+# Progress: every line carries the time since the start; a long step
+# (debootstrap, the kernel's download, mksquashfs) says how far it is
+# every FERRY_PROGRESS_EVERY seconds (default 10) and how long it took.
+started_ns=$(date +%s%N)
+elapsed() { local ms=$((($(date +%s%N) - started_ns) / 1000000)); printf '%d.%ds' $((ms / 1000)) $((ms % 1000 / 100)); }
+say() { printf 'rootfs: [%s] %s\n' "$(elapsed)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
+bytes() { numfmt --to=iec-i --suffix=B "${1:-0}"; }
+# tree_bytes DIR...: the bytes of the files under DIR (0 when missing).
+tree_bytes() { du -sb "$@" 2>/dev/null | awk '{n += $1} END {print n + 0}'; }
+# step LABEL STATUS CMD...: runs CMD; while it runs, says LABEL and what
+# the function STATUS prints every FERRY_PROGRESS_EVERY seconds; then how
+# long it took. Returns CMD's status.
+step() {
+	local label=$1 status=$2 every=${FERRY_PROGRESS_EVERY:-10} t0 pid rc=0 i
+	shift 2
+	t0=$(date +%s%N)
+	say "$label: started"
+	"$@" &
+	pid=$!
+	while kill -0 "$pid" 2>/dev/null; do
+		for ((i = 0; i < every * 5; i++)); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.2
+		done
+		kill -0 "$pid" 2>/dev/null && say "$label: $($status)"
+	done
+	wait "$pid" || rc=$?
+	local ms=$((($(date +%s%N) - t0) / 1000000))
+	((rc == 0)) && say "$label: done in $((ms / 1000)).$((ms % 1000 / 100))s"
+	return "$rc"
+}
 
 [ "$(id -u)" = 0 ] || die "must run as root (debootstrap, device nodes)"
 for tool in debootstrap mksquashfs depmod cpio apt-get dpkg-deb sha256sum; do
@@ -64,8 +94,16 @@ base=$out/base-$base_key
 if [ ! -e "$base/.complete" ]; then
 	say "debootstrap $suite ($packages) from $mirror"
 	rm -rf "$out"/base-*
-	debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" "$mirror" >"$out/debootstrap.log" 2>&1 ||
+	# debootstrap's own last step (I: Retrieving, Extracting, Unpacking,
+	# Configuring...), the packages downloaded so far and the tree's size.
+	debootstrap_status() {
+		local last
+		last=$(grep -E '^I: ' "$out/debootstrap.log" 2>/dev/null | tail -1 | cut -c4-)
+		printf '%s; downloaded %s; tree %s' "${last:-resolving}" "$(bytes "$(tree_bytes "$base.tmp"/var/cache/apt/archives)")" "$(bytes "$(tree_bytes "$base.tmp")")"
+	}
+	step debootstrap debootstrap_status debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" "$mirror" >"$out/debootstrap.log" 2>&1 ||
 		{ tail -20 "$out/debootstrap.log" >&2; die "debootstrap failed (log: $out/debootstrap.log)"; }
+	say "debootstrap: downloaded $(bytes "$(tree_bytes "$base.tmp"/var/cache/apt/archives)"), tree $(bytes "$(tree_bytes "$base.tmp")")"
 	(
 		cd "$base.tmp"
 		rm -rf var/lib/apt/lists/* var/cache/apt/* var/cache/debconf/*-old var/log/* \
@@ -116,10 +154,14 @@ fi
 [ -n "$kpkg" ] || die "cannot find the package linux-image-cloud-amd64 depends on (apt-get update?)"
 kdir=$out/kernel-$kpkg
 if [ ! -e "$kdir/.complete" ]; then
-	say "downloading $kpkg"
+	ksize=$(apt-cache show --no-all-versions "$kpkg" 2>/dev/null | awk '/^Size:/ {print $2; exit}')
+	say "downloading $kpkg ($(bytes "${ksize:-0}"))"
 	rm -rf "$out"/kernel-*
 	mkdir -p "$kdir.tmp"
-	(cd "$kdir.tmp" && apt-get download "$kpkg" >/dev/null 2>&1) || die "apt-get download $kpkg failed"
+	kernel_status() { printf '%s of %s' "$(bytes "$(tree_bytes "$kdir.tmp")")" "$(bytes "${ksize:-0}")"; }
+	kernel_download() { cd "$kdir.tmp" && apt-get download "$kpkg" >/dev/null 2>&1; }
+	step "kernel download" kernel_status kernel_download || die "apt-get download $kpkg failed"
+	say "kernel download: $(bytes "$(tree_bytes "$kdir.tmp")")"
 	dpkg-deb -x "$kdir.tmp"/*.deb "$kdir.tmp/x"
 	touch "$kdir.tmp/.complete"
 	mv "$kdir.tmp" "$kdir"
@@ -130,7 +172,7 @@ release=$(ls "$kdir/x/lib/modules" | head -1)
 # 3. The initrd: init and the modules it needs, with a modules.dep.
 initrd_key=$(printf '%s %s %s %s\n' "$script_sum" "$init_sum" "$release" "$modules" | sha256sum | cut -c1-16)
 if [ "$(cat "$out/initrd.key" 2>/dev/null)" != "$initrd_key" ]; then
-	say "initrd for $release"
+	say "initrd for $release: started"
 	stage=$(mktemp -d)
 	trap 'rm -rf "$stage"' EXIT
 	full=$kdir/x/lib/modules/$release
@@ -161,15 +203,18 @@ if [ "$(cat "$out/initrd.key" 2>/dev/null)" != "$initrd_key" ]; then
 	echo "$initrd_key" >"$out/initrd.key"
 	rm -rf "$stage"
 	trap - EXIT
+	say "initrd: done, $(bytes "$(tree_bytes "$out/initrd.img")")"
 fi
 
 # 4. The root image: the Debian tree with init as /sbin/init.
 image_key=$(printf '%s %s %s\n' "$base_key" "$init_sum" "$script_sum" | sha256sum | cut -c1-16)
 if [ "$(cat "$out/rootfs.key" 2>/dev/null)" != "$image_key" ]; then
-	say "squashfs image"
 	install -m 0755 "$init_bin" "$base/sbin/init"
 	rm -f "$out/rootfs.squashfs.tmp"
-	mksquashfs "$base" "$out/rootfs.squashfs.tmp" -comp zstd -noappend -quiet -no-progress -e .complete >/dev/null
+	tree=$(tree_bytes "$base")
+	say "squashfs image of a $(bytes "$tree") tree"
+	squashfs_status() { printf 'image %s so far (tree %s)' "$(bytes "$(tree_bytes "$out/rootfs.squashfs.tmp")")" "$(bytes "$tree")"; }
+	step mksquashfs squashfs_status mksquashfs "$base" "$out/rootfs.squashfs.tmp" -comp zstd -noappend -quiet -no-progress -e .complete >/dev/null
 	mv "$out/rootfs.squashfs.tmp" "$out/rootfs.squashfs"
 	echo "$image_key" >"$out/rootfs.key"
 fi

@@ -72,7 +72,7 @@ func requireRoot(t *testing.T) {
 func requireTool(t *testing.T, name string) string {
 	p, err := exec.LookPath(name)
 	if err != nil {
-		t.Skipf("needs %s (installed by .ci/run)", name)
+		t.Skipf("needs %s (make test installs it: .ci/deps)", name)
 	}
 	return p
 }

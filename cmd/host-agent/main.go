@@ -20,7 +20,7 @@ import (
 
 const usage = `usage:
   host-agent run [flags] CODE_DIR ENTRYPOINT   serve one program at / (like uvicorn main:app)
-  host-agent serve --config FILE [flags]       serve the programs of a configuration file
+  host-agent serve --config FILE [flags]       serve the programs of a configuration file (SIGHUP re-reads it)
   host-agent program COMMAND ...               manage a serving agent (list, status, deploy, stop, restart, logs, delete, kv)
   host-agent cluster COMMAND ...               the cluster of a serving agent (status, remove)
   host-agent -version
@@ -50,7 +50,8 @@ func main() {
 }
 
 // agent parses the flags of run or serve and runs the agent until SIGINT
-// or SIGTERM; it returns the exit status.
+// or SIGTERM (then it drains); serve re-reads its configuration on SIGHUP.
+// It returns the exit status.
 func agent(name string, register func(*flag.FlagSet) *daemon.Flags, args []string) int {
 	fs := flag.NewFlagSet(name, flag.ExitOnError)
 	flags := register(fs)
@@ -64,6 +65,12 @@ func agent(name string, register func(*flag.FlagSet) *daemon.Flags, args []strin
 	if err == nil {
 		ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 		defer stop()
+		if cfg.ConfigPath != "" {
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			cfg.Reload = hup
+		}
 		err = daemon.Serve(ctx, cfg)
 	}
 	if err == nil {

@@ -51,6 +51,11 @@ type Config struct {
 	// File lists the programs, the idle timeout and the cap on running
 	// VMs; File.Root names the program served at / (host-agent run).
 	File *manifest.File
+	// ConfigPath is the configuration file File was read from (serve);
+	// each value received on Reload (host-agent maps SIGHUP to it) reads
+	// it again and applies its programs' changes.
+	ConfigPath string
+	Reload     <-chan os.Signal
 	// Listen is the public HTTP address.
 	Listen string
 	// BackendOptions choose the VM backend, unless Backend is set (tests).
@@ -123,6 +128,7 @@ type agent struct {
 	cluster  *clustered      // serve: the cluster's part; nil for run
 	recent   *logsink.Recent // the log's last warnings and errors
 	guest    *guestAPI
+	notify   notifier // the service manager (systemd), when it listens
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -144,6 +150,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	defer sink.Close(2 * time.Second)
 	a := &agent{cfg: cfg, stdout: stdout, backend: cfg.Backend}
 	a.log, a.recent = newLogger(cfg, sink)
+	a.notify = notifier{log: a.log}
 	var node *cluster.Node
 	if cfg.Cluster != nil {
 		var err error
@@ -218,6 +225,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
 	}
+	status := fmt.Sprintf("serving on http://%s/", ln.Addr())
 	if cfg.File.Root != "" {
 		if err := a.startRoot(ctx, sink, ln.Addr()); err != nil {
 			ln.Close()
@@ -225,6 +233,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 		}
 	} else {
 		fmt.Fprintf(stdout, "ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(a.programs.IDs()), a.backend.Name(), ln.Addr())
+		status = fmt.Sprintf("serving on http://%s/vm/{program}/", ln.Addr())
 	}
 	router := &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
 	if a.cluster != nil {
@@ -234,7 +243,14 @@ func Serve(ctx context.Context, cfg *Config) error {
 	// "*"), not net/http's own answer.
 	srv := &http.Server{Handler: router, MaxHeaderBytes: relay.MaxHeaderBytes, DisableGeneralOptionsHandler: true}
 	a.conn.Apply(srv)
-	serveUntilDone(ctx, srv, ln, a.log)
+	// Ready once the listener is open and the program served at / has
+	// booted: the connections systemd's dependents make from now on are
+	// accepted and served.
+	a.notify.ready(status)
+	if cfg.Reload != nil {
+		go a.reloadLoop(ctx, cfg.File, status)
+	}
+	serveUntilDone(ctx, srv, ln, a.log, a.notify)
 	return nil
 }
 
@@ -392,18 +408,30 @@ func (a *agent) startMetrics() (stop func(), err error) {
 }
 
 // serveUntilDone serves HTTP until ctx ends (SIGINT, SIGTERM). Then the
-// listener closes, idle connections with it, and the requests in flight
-// are given drainTimeout while the caller stops the VMs (a VM's program
-// gets init's grace period to finish what it serves).
-func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, log *slog.Logger) {
+// service manager hears STOPPING=1, the listener closes, idle connections
+// with it, and the requests in flight are given drainTimeout to finish
+// against their running VMs; only then does it return and the caller stop
+// the VMs (a VM's program gets init's grace period). Websockets, which
+// net/http no longer tracks once upgraded, end with their VM.
+func serveUntilDone(ctx context.Context, srv *http.Server, ln net.Listener, log *slog.Logger, notify notifier) {
+	drained := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
+		defer close(drained)
+		notify.stopping()
+		log.Info("stopping: draining the requests in flight, then stopping the VMs", "drain_timeout", drainTimeout, "stop_timeout", stopTimeout)
 		shut, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		defer cancel()
-		srv.Shutdown(shut)
+		if err := srv.Shutdown(shut); err != nil {
+			log.Warn("stopping: requests still in flight after the drain timeout are cut", "err", err)
+		}
 	})
 	defer stop()
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		log.Error("serving", "err", err)
+	}
+	// Serve returns as soon as Shutdown starts: wait for the drain.
+	if ctx.Err() != nil {
+		<-drained
 	}
 }
 

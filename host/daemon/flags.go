@@ -245,6 +245,7 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 		cfg.Listen = DefaultListen
 	}
 	cfg.Admin, cfg.AdminToken = f.admin, f.adminToken
+	cfg.ConfigPath = f.configFile
 	if cfg.Admin != "" && !admin.IsUnix(cfg.Admin) && cfg.AdminToken == "" {
 		return nil, &ConfigError{errors.New("the admin API on TCP needs a token (--admin-token or FERRY_ADMIN_TOKEN)")}
 	}

@@ -135,6 +135,9 @@ type Options struct {
 	InitPath    string
 	Log         *slog.Logger
 	BootTimeout time.Duration
+	// BootProgress is how often a boot in progress is reported in the log
+	// (default DefaultBootProgress; negative: never).
+	BootProgress time.Duration
 	// IdleTimeout stops an on-demand program's VM after that long without
 	// requests (default 60 s; negative: never).
 	IdleTimeout time.Duration
@@ -202,6 +205,9 @@ var ErrRemoved = errors.New("the program was removed")
 
 // New returns a manager.
 func New(opt Options) *Manager {
+	if opt.BootProgress == 0 {
+		opt.BootProgress = DefaultBootProgress
+	}
 	if opt.BootTimeout == 0 {
 		opt.BootTimeout = 2 * time.Minute
 	}
@@ -495,10 +501,15 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	log := m.log.With("program", p.ID)
 	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
 		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	progress := startBootProgress(log, m.opt.Backend.Name(), m.opt.BootProgress)
+	defer progress.done()
 	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
-		spec.Console = func(line string) {
+	}
+	spec.Console = func(line string) {
+		progress.consoleLine(line)
+		if output != nil {
 			output.line(message.Log{Source: []byte("console"), UnixNano: uint64(time.Now().UnixNano()), Line: []byte(line)})
 		}
 	}
@@ -507,6 +518,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		output.close()
 		return nil, err
 	}
+	progress.started(vm.Describe())
 	// A VM that ends while init is being configured explains itself
 	// better than the closed session.
 	cctx, vmEnded := context.WithCancelCause(ctx)

@@ -1,0 +1,74 @@
+package lifecycle
+
+import (
+	"bytes"
+	"context"
+	"log/slog"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/protocol/contract"
+)
+
+// lockedBuffer is a log a test reads while the manager writes it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// A boot is reported while it happens: "booting", "VM started", then
+// "still booting" with the time so far and what it waits for, for as long
+// as init has not answered; "program started" with init's timeline after.
+func TestBootIsReportedWhileItHappens(t *testing.T) {
+	be := newFakeBackend()
+	logs := &lockedBuffer{}
+	m := newTestManager(t, be, Options{BootProgress: 10 * time.Millisecond, Log: slog.New(slog.NewTextHandler(logs, nil))})
+	p := &Program{ID: "slow", Interface: contract.InterfaceASGI, Entrypoint: "main:app"}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	acquired := make(chan error, 1)
+	go func() {
+		inst, err := m.Acquire(ctx, p)
+		if err == nil {
+			inst.Release()
+		}
+		acquired <- err
+	}()
+	<-be.Started()
+	for !strings.Contains(logs.String(), "still booting") {
+		select {
+		case <-ctx.Done():
+			t.Fatalf("no progress while the boot was held:\n%s", logs.String())
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	close(be.Gate)
+	if err := <-acquired; err != nil {
+		t.Fatal(err)
+	}
+	got := logs.String()
+	order := []string{`msg=booting program=slow backend=fake`, `msg="VM started" program=slow vm="fake vm"`,
+		`msg="still booting" program=slow elapsed=`, `waiting_for="init: kernel`, `msg="program started" program=slow`}
+	at := 0
+	for _, want := range order {
+		i := strings.Index(got[at:], want)
+		if i < 0 {
+			t.Fatalf("no %q after the previous report in:\n%s", want, got)
+		}
+		at += i
+	}
+}
