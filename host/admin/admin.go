@@ -23,6 +23,7 @@ import (
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/host/trigger"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -55,6 +56,9 @@ type Status struct {
 	// sessions the agent holds and how many requests went to them
 	// directly or through init.
 	DataPlane *lifecycle.DataPlane `json:"data_plane,omitempty"`
+	// Triggers are the program's schedule and subscriptions, with its
+	// last deliveries of events (when it has any).
+	Triggers *trigger.Record `json:"triggers,omitempty"`
 }
 
 // BootPhase is one phase of a VM's boot timeline.
@@ -86,6 +90,9 @@ type Server struct {
 	// Cluster, when set, serves the cluster's status, its key-value
 	// store and node removal.
 	Cluster ClusterView
+	// Events, when set, takes posted events (POST /v1/events) and shows
+	// each program's deliveries in its status.
+	Events Events
 }
 
 // IsUnix reports whether addr names a unix socket (a path) rather than
@@ -131,6 +138,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("POST /v1/programs/{id}/restart", s.restart)
 	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
 	s.clusterRoutes(mux)
+	s.eventRoutes(mux)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 		mux.Handle("GET /healthz", s.Metrics)
@@ -192,6 +200,7 @@ func (s *Server) describe(id string) (Status, bool) {
 	if s.Cluster != nil && p.Persistent {
 		st.Node, st.Token = s.Cluster.Placement(id)
 	}
+	st.Triggers = s.triggers(id)
 	return st, true
 }
 

@@ -116,6 +116,7 @@ type Dispatcher struct {
 // program is one deployed program's triggers and deliveries.
 type program struct {
 	persistent bool
+	schedule   string
 	subs       []manifest.Subscription
 	stop       context.CancelFunc // its schedule's loop; nil: none
 	records    []Delivery         // oldest first, at most Keep
@@ -169,7 +170,7 @@ func (d *Dispatcher) Changed(id string, m *manifest.Program) {
 		p = &program{}
 		d.programs[id] = p
 	}
-	p.persistent, p.subs = m.On.Persistent, m.On.Message
+	p.persistent, p.schedule, p.subs = m.On.Persistent, m.On.Schedule, m.On.Message
 	if m.On.Schedule == "" || d.ctx.Err() != nil {
 		return
 	}
@@ -226,8 +227,11 @@ func (d *Dispatcher) Post(topic string, body json.RawMessage) (Posted, error) {
 	return out, nil
 }
 
-// Record is a program's deliveries as status shows them.
+// Record is a program's triggers and deliveries as status shows them.
 type Record struct {
+	// Schedule and Message are its on.schedule and on.message.
+	Schedule string                  `json:"schedule,omitempty"`
+	Message  []manifest.Subscription `json:"message,omitempty"`
 	// Pending counts the deliveries queued, in progress or waiting to
 	// retry.
 	Pending int `json:"pending"`
@@ -244,7 +248,7 @@ func (d *Dispatcher) Deliveries(id string) (Record, bool) {
 	if p == nil {
 		return Record{}, false
 	}
-	r := Record{Pending: p.pending, Deliveries: make([]Delivery, 0, len(p.records))}
+	r := Record{Schedule: p.schedule, Message: p.subs, Pending: p.pending, Deliveries: make([]Delivery, 0, len(p.records))}
 	for i := len(p.records) - 1; i >= 0; i-- {
 		r.Deliveries = append(r.Deliveries, p.records[i])
 	}
