@@ -32,6 +32,7 @@ import (
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/host/trigger"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -119,6 +120,7 @@ type agent struct {
 	conn     front.ConnLimits
 	cluster  *clustered // serve: the cluster's part; nil for run
 	guest    *guestAPI
+	triggers *trigger.Dispatcher
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -177,6 +179,13 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.programs = front.NewPrograms(a.manager)
 	a.programs.Limits = cfg.Limits.Requests
 	defer a.stopAll()
+	// Events are served by the router (made below, before the schedules
+	// start and the admin API takes events); they end before the VMs.
+	var router *front.Router
+	a.triggers = trigger.New(trigger.Options{Serve: func(w http.ResponseWriter, r *http.Request, id string) { router.ServeProgram(w, r, id) },
+		Fires: a.fires, Log: a.log})
+	a.programs.Changed = a.triggers.Changed
+	defer a.closeTriggers()
 	if node != nil {
 		a.programs.ClusterPersists = true
 		clusterCtx, stopCluster := context.WithCancel(ctx)
@@ -190,6 +199,12 @@ func Serve(ctx context.Context, cfg *Config) error {
 	} else if err := a.deploy(); err != nil {
 		return &ConfigError{err}
 	}
+
+	router = &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
+	if a.cluster != nil {
+		router.Owner = a.cluster.Owner
+	}
+	a.triggers.Start()
 
 	if cfg.Admin != "" {
 		stop, err := a.startAdmin()
@@ -216,10 +231,6 @@ func Serve(ctx context.Context, cfg *Config) error {
 		}
 	} else {
 		fmt.Fprintf(stdout, "ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(a.programs.IDs()), a.backend.Name(), ln.Addr())
-	}
-	router := &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
-	if a.cluster != nil {
-		router.Owner = a.cluster.Owner
 	}
 	// OPTIONS * goes to the program, as uvicorn gives it to an app (path
 	// "*"), not net/http's own answer.
@@ -313,7 +324,8 @@ func (a *agent) startAdmin() (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler()}
+	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler(),
+		Events: a.triggers}
 	if a.cluster != nil {
 		api.Deployer, api.Cluster = a.cluster.catalog, a.cluster
 	}
@@ -366,4 +378,29 @@ func (a *agent) stopAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	a.manager.StopAll(ctx)
+}
+
+// fires says whether this agent fires a program's schedule
+// (trigger.Options.Fires): in a cluster, a persistent program's on the
+// node that runs it, any other's on the Raft leader alone; without a
+// cluster (run), always.
+func (a *agent) fires(ctx context.Context, id string, persistent bool) bool {
+	if a.cluster == nil {
+		return true
+	}
+	if persistent {
+		here, _ := a.cluster.Owner(id)
+		return here
+	}
+	return a.cluster.node.IsLeader(ctx)
+}
+
+// closeTriggers stops the schedules and the deliveries of events (those
+// in progress are cancelled) before the VMs stop.
+func (a *agent) closeTriggers() {
+	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
+	defer cancel()
+	if err := a.triggers.Close(ctx); err != nil {
+		a.log.Warn("stopping", "err", err)
+	}
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/internal/supervise"
+	"github.com/robfig/cron/v3"
 )
 
 // EventPath is the path a program receives its events at, as POST
@@ -111,12 +112,14 @@ type Dispatcher struct {
 
 	mu       sync.Mutex
 	programs map[string]*program
+	started  bool // schedules fire (Start)
 }
 
 // program is one deployed program's triggers and deliveries.
 type program struct {
 	persistent bool
 	schedule   string
+	sched      cron.Schedule // schedule parsed; nil: none
 	subs       []manifest.Subscription
 	stop       context.CancelFunc // its schedule's loop; nil: none
 	records    []Delivery         // oldest first, at most Keep
@@ -127,7 +130,8 @@ type program struct {
 var ErrTopic = fmt.Errorf("an event's topic is a string of 1 to %d bytes", manifest.MaxTopic)
 
 // New returns a dispatcher; it follows programs as Changed tells it of
-// them, until Close.
+// them, fires their schedules once started (Start), and delivers until
+// Close.
 func New(o Options) *Dispatcher {
 	if o.Attempts <= 0 {
 		o.Attempts = DefaultAttempts
@@ -170,22 +174,46 @@ func (d *Dispatcher) Changed(id string, m *manifest.Program) {
 		p = &program{}
 		d.programs[id] = p
 	}
-	p.persistent, p.schedule, p.subs = m.On.Persistent, m.On.Schedule, m.On.Message
-	if m.On.Schedule == "" || d.ctx.Err() != nil {
+	p.persistent, p.schedule, p.subs, p.sched = m.On.Persistent, m.On.Schedule, m.On.Message, nil
+	if m.On.Schedule != "" {
+		sched, err := manifest.ParseSchedule(m.On.Schedule)
+		if err != nil { // validated with the manifest: not expected
+			d.opt.Log.Error("trigger: schedule", "program", id, "schedule", m.On.Schedule, "err", err)
+		}
+		p.sched = sched
+	}
+	if d.started {
+		d.startSchedule(id, p)
+	}
+}
+
+// Start fires the schedules, those of the programs followed so far and
+// of those to come. The agent starts it once it can serve events.
+func (d *Dispatcher) Start() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.started {
 		return
 	}
-	sched, err := manifest.ParseSchedule(m.On.Schedule)
-	if err != nil { // validated with the manifest: not expected
-		d.opt.Log.Error("trigger: schedule", "program", id, "schedule", m.On.Schedule, "err", err)
+	d.started = true
+	for id, p := range d.programs {
+		d.startSchedule(id, p)
+	}
+}
+
+// startSchedule starts the loop of p's schedule, if it has one (d.mu
+// held).
+func (d *Dispatcher) startSchedule(id string, p *program) {
+	if p.sched == nil || d.ctx.Err() != nil {
 		return
 	}
 	ctx, stop := context.WithCancel(d.ctx)
 	p.stop = stop
 	d.wg.Add(1)
-	go func() {
+	go func(spec string, sched cron.Schedule, persistent bool) {
 		defer d.wg.Done()
-		d.runSchedule(ctx, id, m.On.Schedule, sched, m.On.Persistent)
-	}()
+		d.runSchedule(ctx, id, spec, sched, persistent)
+	}(p.schedule, p.sched, p.persistent)
 }
 
 // Posted is what Post did with an event.

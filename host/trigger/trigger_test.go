@@ -199,8 +199,8 @@ func TestFailuresAreRecorded(t *testing.T) {
 	}
 }
 
-// A schedule fires at each of its times (here every second) with the
-// scheduled time in whole seconds; a program deleted stops it and its
+// A schedule fires at each of its times (here every second), once the
+// dispatcher has started, with the scheduled time in whole seconds; a program deleted stops it and its
 // record goes; Fires can keep it from firing here.
 func TestScheduleFires(t *testing.T) {
 	var here sync.Map
@@ -211,6 +211,11 @@ func TestScheduleFires(t *testing.T) {
 	here.Store("elsewhere", false)
 	d.Changed("tick", on(manifest.On{Triggers: manifest.Triggers{Schedule: "* * * * * *"}}))
 	d.Changed("elsewhere", on(manifest.On{Triggers: manifest.Triggers{Schedule: "@every 1s"}}))
+	time.Sleep(1500 * time.Millisecond)
+	if f.count("tick") != 0 {
+		t.Fatal("a schedule fired before Start")
+	}
+	d.Start()
 	waitFor(t, "three ticks", func() bool { return f.count("tick") >= 3 })
 	got := f.received("tick")
 	for i, g := range got[:3] {
