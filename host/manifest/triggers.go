@@ -2,7 +2,8 @@ package manifest
 
 import (
 	"fmt"
-	"sort"
+	"maps"
+	"slices"
 	"strings"
 
 	"github.com/robfig/cron/v3"
@@ -75,12 +76,7 @@ func (s Subscription) validate(field string) error {
 	if len(s) == 0 {
 		return &FieldError{field, "a subscription names at least one field to match (e.g. {\"topic\": \"orders\"})"}
 	}
-	keys := make([]string, 0, len(s))
-	for k := range s {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
+	for _, k := range slices.Sorted(maps.Keys(s)) {
 		v := s[k]
 		switch k {
 		case "topic":
