@@ -64,6 +64,39 @@ async def app(scope, receive, send):
 `
 )
 
+// eventsExecutable is eventsApp as an executable: Python's standard
+// library serving HTTP/1.1 on $PORT.
+const eventsExecutable = `#!/usr/bin/python3
+import json, os
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+events = []
+
+class H(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def send(self, status, body):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        if self.path != "/_ferry/event":
+            return self.send(404, b"{}")
+        ev = json.loads(body)
+        ev["header"] = self.headers.get("X-Ferry-Event", "")
+        events.append(ev)
+        self.send(200, b"{}")
+
+    def do_GET(self):
+        self.send(200, json.dumps(events).encode())
+
+HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+`
+
 // receivedEvent is one event as eventsApp kept it.
 type receivedEvent struct {
 	ID       string          `json:"id"`
@@ -78,8 +111,8 @@ type receivedEvent struct {
 
 // Triggers beyond HTTP, on the sandbox backend with real apps: a program
 // scheduled every second receives an event every second; a posted event
-// reaches a subscribed program (booted for it) and not an unsubscribed
-// one; programs without a handler get their failures recorded while the
+// reaches the subscribed programs (booted for it; an ASGI app and an
+// executable) and not an unsubscribed one; programs without a handler get their failures recorded while the
 // agent serves on; the event path is not reachable from outside.
 func TestTriggersScheduleAndMessages(t *testing.T) {
 	requirePythonModules(t, "fastapi")
@@ -87,15 +120,20 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 	events := writeApp(t, map[string]string{"main.py": eventsApp})
 	noHandler := writeApp(t, map[string]string{"main.py": noHandlerApp})
 	raising := writeApp(t, map[string]string{"main.py": raisingApp})
+	exe := writeApp(t, map[string]string{"server.py": eventsExecutable})
+	if err := chmodX(exe + "/server.py"); err != nil {
+		t.Fatal(err)
+	}
 	program := func(code, on string) string {
 		return fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q}, "resources": {"vcpus": 1, "workers": 1, "seconds": 30}, "on": %s}`, code, on)
 	}
-	config := fmt.Sprintf(`{"idle_timeout": "5m", "programs": {"ticker": %s, "orders": %s, "bystander": %s, "nohandler": %s, "raising": %s}}`,
+	config := fmt.Sprintf(`{"idle_timeout": "5m", "programs": {"ticker": %s, "orders": %s, "bystander": %s, "nohandler": %s, "raising": %s,
+		"exe": {"code": {"entrypoint": "server.py", "interface": "executable", "path": %q}, "on": {"http": true, "message": [{"topic": "orders"}]}}}}`,
 		program(events, `{"http": true, "schedule": "* * * * * *"}`),
 		program(events, `{"http": true, "message": [{"topic": "orders"}]}`),
 		program(events, `{"http": true, "message": [{"topic": "invoices"}]}`),
 		program(noHandler, `{"http": false, "message": [{"topic": "orders"}]}`),
-		program(raising, `{"http": false, "message": [{"topic": "orders"}]}`))
+		program(raising, `{"http": false, "message": [{"topic": "orders"}]}`), exe)
 	agent := serveAgent(t, config, agentOptions{})
 	url := "http://" + agent.addr
 	bin := mustAgent(t)
@@ -155,7 +193,7 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 			Event    string
 			Programs []string
 		}
-		if err != nil || json.Unmarshal([]byte(out), &posted) != nil || strings.Join(posted.Programs, ",") != "nohandler,orders,raising" {
+		if err != nil || json.Unmarshal([]byte(out), &posted) != nil || strings.Join(posted.Programs, ",") != "exe,nohandler,orders,raising" {
 			t.Fatalf("program event: %v %s", err, out)
 		}
 		var evs []receivedEvent
@@ -164,6 +202,11 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 		if len(evs) != 1 || evs[0].ID != posted.Event || evs[0].Type != "message" || evs[0].Topic != "orders" ||
 			json.Unmarshal(evs[0].Body, &body) != nil || body["order"] != 42 || len(body) != 1 || evs[0].Header != "message" {
 			t.Fatalf("orders received %+v", evs)
+		}
+		// The executable gets the same event, as an HTTP/1.1 POST.
+		waitFor(t, 2*time.Minute, func() bool { evs = received("exe"); return len(evs) > 0 }, "the executable got no event")
+		if len(evs) != 1 || evs[0].ID != posted.Event || evs[0].Topic != "orders" || evs[0].Header != "message" {
+			t.Fatalf("exe received %+v", evs)
 		}
 		waitFor(t, time.Minute, func() bool {
 			st := status("orders")

@@ -157,6 +157,9 @@ func (d *Dispatcher) attempt(ctx context.Context, id string, ev *Event, n int, b
 	if err != nil {
 		return 0, err.Error()
 	}
+	// As a client's request carries it, so that an executable reads the
+	// body by its length.
+	r.Header.Set("Content-Length", strconv.Itoa(len(body)))
 	r.Header.Set("Content-Type", "application/json")
 	r.Header.Set(HeaderEvent, ev.Kind)
 	r.Header.Set(HeaderEventID, ev.ID)
