@@ -254,3 +254,53 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 		}
 	})
 }
+
+// In a cluster of three, a schedule fires on one node only: an on-demand
+// program's on the Raft leader, a persistent program's on the node that
+// runs it; the other nodes deliver nothing and boot nothing for it.
+func TestTriggersScheduleFiresOnOneNodeOfACluster(t *testing.T) {
+	code := writeApp(t, map[string]string{"main.py": eventsApp})
+	program := func(on string) string {
+		return fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q}, "resources": {"vcpus": 1, "workers": 1, "memory": 256}, "on": %s}`, code, on)
+	}
+	c := newTestCluster(t, 3, fmt.Sprintf(`{"idle_timeout": "5m", "programs": {"tick": %s, "ptick": %s}}`,
+		program(`{"http": true, "schedule": "* * * * * *"}`), program(`{"http": true, "persistent": true, "schedule": "* * * * * *"}`)))
+	deliveries := func(n *clusterNode, id string) int {
+		var st admin.Status
+		if err := n.client.Do("GET", "/v1/programs/"+id, nil, &st); err != nil || st.Triggers == nil {
+			t.Fatalf("%s's status of %s: %v %+v", n.name, id, err, st)
+		}
+		ok := 0
+		for _, d := range st.Triggers.Deliveries {
+			if d.OK {
+				ok++
+			}
+		}
+		return ok
+	}
+	waitFor(t, 3*time.Minute, func() bool {
+		return deliveries(c.nodes[0], "tick")+deliveries(c.nodes[1], "tick") >= 5 &&
+			deliveries(c.nodes[0], "ptick")+deliveries(c.nodes[1], "ptick") >= 5
+	}, "five deliveries of each program")
+	st, err := c.status(c.nodes[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	owner := ""
+	for _, a := range st.Programs {
+		if a.Program == "ptick" {
+			owner = a.Node
+		}
+	}
+	for _, n := range c.nodes {
+		for id, firing := range map[string]string{"tick": st.Leader, "ptick": owner} {
+			got := deliveries(n, id)
+			if n.name == firing && got < 5 || n.name != firing && got != 0 {
+				t.Errorf("%s delivered %d events of %s (it fires on %s)", n.name, got, id, firing)
+			}
+		}
+	}
+	if got := running(c.nodes, "tick"); len(got) != 1 || got[0] != st.Leader {
+		t.Errorf("tick runs on %v, want the leader %s alone", got, st.Leader)
+	}
+}

@@ -121,6 +121,7 @@ type agent struct {
 	cluster  *clustered // serve: the cluster's part; nil for run
 	guest    *guestAPI
 	triggers *trigger.Dispatcher
+	leader   leaderCache // whether this node leads the cluster, for fires
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -378,29 +379,4 @@ func (a *agent) stopAll() {
 	ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 	defer cancel()
 	a.manager.StopAll(ctx)
-}
-
-// fires says whether this agent fires a program's schedule
-// (trigger.Options.Fires): in a cluster, a persistent program's on the
-// node that runs it, any other's on the Raft leader alone; without a
-// cluster (run), always.
-func (a *agent) fires(ctx context.Context, id string, persistent bool) bool {
-	if a.cluster == nil {
-		return true
-	}
-	if persistent {
-		here, _ := a.cluster.Owner(id)
-		return here
-	}
-	return a.cluster.node.IsLeader(ctx)
-}
-
-// closeTriggers stops the schedules and the deliveries of events (those
-// in progress are cancelled) before the VMs stop.
-func (a *agent) closeTriggers() {
-	ctx, cancel := context.WithTimeout(context.Background(), drainTimeout)
-	defer cancel()
-	if err := a.triggers.Close(ctx); err != nil {
-		a.log.Warn("stopping", "err", err)
-	}
 }
