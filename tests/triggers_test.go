@@ -235,6 +235,14 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 		if out, err := programCmd("status", "raising"); err != nil || !strings.Contains(out, "message:orders  failed 500  4") {
 			t.Errorf("program status for people: %v\n%s", err, out)
 		}
+		// Counted in the metrics.
+		m := curl(t, "--unix-socket", agent.admin, "http://admin/metrics")
+		for _, want := range []string{`ferry_event_deliveries_total{kind="message",program="nohandler",result="failed"} 1`,
+			`ferry_event_deliveries_total{kind="message",program="orders",result="ok"} 1`} {
+			if !strings.Contains(m, want) {
+				t.Errorf("metrics: no %s", want)
+			}
+		}
 		// The agent serves on.
 		if got := strings.TrimSpace(curl(t, url+"/healthz")); got != "ok" {
 			t.Errorf("/healthz: %q", got)

@@ -184,7 +184,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	// start and the admin API takes events); they end before the VMs.
 	var router *front.Router
 	a.triggers = trigger.New(trigger.Options{Serve: func(w http.ResponseWriter, r *http.Request, id string) { router.ServeProgram(w, r, id) },
-		Fires: a.fires, Log: a.log})
+		Fires: a.fires, OnDelivery: a.countDelivery(), Log: a.log})
 	a.programs.Changed = a.triggers.Changed
 	defer a.closeTriggers()
 	if node != nil {

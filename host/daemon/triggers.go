@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync"
 	"time"
+
+	"github.com/ferry-vm/ferry/host/trigger"
 )
 
 // fires says whether this agent fires a program's schedule
@@ -19,6 +21,13 @@ func (a *agent) fires(ctx context.Context, id string, persistent bool) bool {
 		return here
 	}
 	return a.leader.get(ctx, a.cluster.node.IsLeader)
+}
+
+// countDelivery returns the trigger.Options.OnDelivery that counts
+// deliveries in the metrics.
+func (a *agent) countDelivery() func(string, trigger.Delivery) {
+	counter := a.metrics.Deliveries()
+	return func(id string, d trigger.Delivery) { counter.Add(id, d.Kind, d.Result()) }
 }
 
 // closeTriggers stops the schedules and the deliveries of events (those

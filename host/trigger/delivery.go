@@ -17,12 +17,15 @@ import (
 
 // Delivery is the outcome of one event sent to one program.
 type Delivery struct {
-	Event   string    `json:"event"`           // the event's id
-	Time    time.Time `json:"time"`            // the event's time
-	Trigger string    `json:"trigger"`         // "schedule" or "message:TOPIC"
-	OK      bool      `json:"ok"`              // the program answered 2xx
-	Status  int       `json:"status"`          // the last attempt's HTTP status; 0: no answer
-	Error   string    `json:"error,omitempty"` // why it failed
+	Event   string    `json:"event"`   // the event's id
+	Time    time.Time `json:"time"`    // the event's time
+	Kind    string    `json:"type"`    // KindSchedule or KindMessage
+	Trigger string    `json:"trigger"` // "schedule" or "message:TOPIC"
+	OK      bool      `json:"ok"`      // the program answered 2xx
+	// Dropped says the event was not sent: too many were pending.
+	Dropped bool   `json:"dropped,omitempty"`
+	Status  int    `json:"status"`          // the last attempt's HTTP status; 0: no answer
+	Error   string `json:"error,omitempty"` // why it failed
 	// Attempts is how many requests were made, Seconds how long from the
 	// first to the outcome.
 	Attempts int     `json:"attempts"`
@@ -63,7 +66,7 @@ func (d *Dispatcher) dispatch(id string, ev *Event) {
 	}
 	if p.pending >= d.opt.MaxPending {
 		d.mu.Unlock()
-		d.record(id, Delivery{Event: ev.ID, Time: ev.Time, Trigger: trigger(ev),
+		d.record(id, Delivery{Event: ev.ID, Time: ev.Time, Kind: ev.Kind, Trigger: trigger(ev), Dropped: true,
 			Error: fmt.Sprintf("dropped: %d deliveries already pending", d.opt.MaxPending)})
 		return
 	}
@@ -88,9 +91,24 @@ func trigger(ev *Event) string {
 	return KindSchedule
 }
 
+// Result is the delivery's outcome in a word: "ok", "failed" or
+// "dropped".
+func (rec Delivery) Result() string {
+	switch {
+	case rec.OK:
+		return "ok"
+	case rec.Dropped:
+		return "dropped"
+	}
+	return "failed"
+}
+
 // record keeps a delivery in the program's record (dropping the oldest
-// beyond Keep) and logs it.
+// beyond Keep), logs it and tells OnDelivery.
 func (d *Dispatcher) record(id string, rec Delivery) {
+	if d.opt.OnDelivery != nil {
+		d.opt.OnDelivery(id, rec)
+	}
 	if rec.OK {
 		d.opt.Log.Debug("trigger: delivered", "program", id, "event", rec.Event, "trigger", rec.Trigger, "attempts", rec.Attempts)
 	} else {
@@ -113,7 +131,7 @@ func (d *Dispatcher) record(id string, rec Delivery) {
 // that will not pass (retryable), the attempts run out, or ctx ends.
 func (d *Dispatcher) deliver(ctx context.Context, id string, ev *Event) Delivery {
 	body, _ := json.Marshal(ev) // an Event always encodes
-	rec := Delivery{Event: ev.ID, Time: ev.Time, Trigger: trigger(ev)}
+	rec := Delivery{Event: ev.ID, Time: ev.Time, Kind: ev.Kind, Trigger: trigger(ev)}
 	start := time.Now()
 	defer func() { rec.Seconds = time.Since(start).Seconds() }()
 	for n := 1; ; n++ {

@@ -99,7 +99,10 @@ type Options struct {
 	// per program (DefaultMaxPending when 0): beyond, an event is
 	// recorded as dropped.
 	Keep, MaxPending int
-	Log              *slog.Logger
+	// OnDelivery, when set, is told of every delivery done (the agent's
+	// metrics).
+	OnDelivery func(id string, d Delivery)
+	Log        *slog.Logger
 }
 
 // Dispatcher follows the deployed programs' triggers and delivers their

@@ -245,12 +245,19 @@ func TestScheduleFires(t *testing.T) {
 }
 
 // A program's record keeps the last Keep deliveries, newest first; past
-// MaxPending deliveries in progress, an event is recorded as dropped.
+// MaxPending deliveries in progress, an event is recorded as dropped;
+// OnDelivery hears of each.
 func TestRecordBoundsAndPending(t *testing.T) {
 	release := make(chan struct{})
-	d, f := newDispatcher(t, Options{Keep: 3, MaxPending: 2})
+	var mu sync.Mutex
+	results := map[string]int{}
+	d, f := newDispatcher(t, Options{Keep: 3, MaxPending: 2, OnDelivery: func(id string, dl Delivery) {
+		mu.Lock()
+		results[id+" "+dl.Kind+" "+dl.Result()]++
+		mu.Unlock()
+	}})
 	d.Changed("p", on(manifest.On{Triggers: manifest.Triggers{Message: []manifest.Subscription{{"topic": "t"}}}}))
-	f.handlers["p"] = func(w http.ResponseWriter, r *http.Request) { <-release }
+	f.handlers["p"] = func(w http.ResponseWriter, r *http.Request) { <-release; w.WriteHeader(200) }
 	var ids []string
 	for range 3 {
 		p, _ := d.Post("t", nil)
@@ -275,6 +282,11 @@ func TestRecordBoundsAndPending(t *testing.T) {
 	r, _ = d.Deliveries("p")
 	if len(r.Deliveries) != 3 || r.Deliveries[0].Event != ids[5] || r.Deliveries[1].Event != ids[4] || r.Deliveries[2].Event != ids[3] {
 		t.Errorf("record: %+v", r.Deliveries)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if results["p message dropped"] != 1 || results["p message ok"] != 5 || len(results) != 2 {
+		t.Errorf("OnDelivery heard %v", results)
 	}
 }
 
