@@ -26,6 +26,7 @@ import (
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/statuspage"
+	"github.com/ferry-vm/ferry/host/trigger"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -58,6 +59,9 @@ type Status struct {
 	// sessions the agent holds and how many requests went to them
 	// directly or through init.
 	DataPlane *lifecycle.DataPlane `json:"data_plane,omitempty"`
+	// Triggers are the program's schedule and subscriptions, with its
+	// last deliveries of events (when it has any).
+	Triggers *trigger.Record `json:"triggers,omitempty"`
 }
 
 // BootPhase is one phase of a VM's boot timeline.
@@ -85,6 +89,9 @@ type Server struct {
 	// its backend, recent requests, log warnings and errors, cold-start
 	// histograms (the rest of the View is the API's own).
 	Observed func() statuspage.View
+	// Events, when set, takes posted events (POST /v1/events) and shows
+	// each program's deliveries in its status.
+	Events Events
 }
 
 // IsUnix reports whether addr names a unix socket (a path) rather than
@@ -131,6 +138,7 @@ func (s *Server) Handler() http.Handler {
 	mux.HandleFunc("GET /v1/programs/{id}/logs", s.logs)
 	mux.HandleFunc("GET /status", s.statusPage)
 	s.clusterRoutes(mux)
+	s.eventRoutes(mux)
 	if s.Metrics != nil {
 		mux.Handle("GET /metrics", s.Metrics)
 		mux.Handle("GET /healthz", s.Metrics)
@@ -200,6 +208,7 @@ func (s *Server) describe(id string) (Status, bool) {
 	if s.Cluster != nil && p.Persistent {
 		st.Node, st.Token = s.Cluster.Placement(id)
 	}
+	st.Triggers = s.triggers(id)
 	return st, true
 }
 

@@ -23,6 +23,7 @@ const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
   restart ID           stop and start its VM
   logs [-f] [--since DURATION] ID
                        the program's recent output (-f: then follow it, across restarts, until interrupted)
+  event TOPIC [JSON]   post an event to the programs subscribed to TOPIC (JSON: its body)
   delete ID            stop and remove the program
   kv get ID KEY        a value of the program's key-value store
   kv put ID KEY VALUE  store a value (--fencing-token N: only while N is the program's token)
@@ -150,6 +151,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 					fmt.Fprintf(stdout, "%-11s %v\n", k+":", v)
 				}
 			}
+			printTriggers(stdout, res["triggers"])
 			return 0
 		}
 	case "deploy":
@@ -166,6 +168,18 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		out = res
 		if err == nil && !*asJSON {
 			fmt.Fprintf(stdout, "deployed %s (%s %s)\n", res.ID, res.Interface, res.Entrypoint)
+			return 0
+		}
+	case "event":
+		if len(pos) != 2 && len(pos) != 3 {
+			fs.Usage()
+			return 2
+		}
+		var res map[string]any
+		res, err = postEvent(c, pos[1:])
+		out = res
+		if err == nil && !*asJSON {
+			fmt.Fprintf(stdout, "event %v to %v\n", res["event"], res["programs"])
 			return 0
 		}
 	case "logs":

@@ -33,6 +33,7 @@ import (
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
 	"github.com/ferry-vm/ferry/host/statuspage"
+	"github.com/ferry-vm/ferry/host/trigger"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -129,6 +130,8 @@ type agent struct {
 	recent   *logsink.Recent // the log's last warnings and errors
 	guest    *guestAPI
 	notify   notifier // the service manager (systemd), when it listens
+	triggers *trigger.Dispatcher
+	leader   leaderCache // whether this node leads the cluster, for fires
 }
 
 // Serve runs the agent cfg describes until ctx ends (or it cannot start:
@@ -193,6 +196,13 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.programs = front.NewPrograms(a.manager)
 	a.programs.Limits = cfg.Limits.Requests
 	defer a.stopAll()
+	// Events are served by the router (made below, before the schedules
+	// start and the admin API takes events); they end before the VMs.
+	var router *front.Router
+	a.triggers = trigger.New(trigger.Options{Serve: func(w http.ResponseWriter, r *http.Request, id string) { router.ServeProgram(w, r, id) },
+		Fires: a.fires, OnDelivery: a.countDelivery(), Log: a.log})
+	a.programs.Changed = a.triggers.Changed
+	defer a.closeTriggers()
 	if node != nil {
 		a.programs.ClusterPersists = true
 		clusterCtx, stopCluster := context.WithCancel(ctx)
@@ -206,6 +216,12 @@ func Serve(ctx context.Context, cfg *Config) error {
 	} else if err := a.deploy(); err != nil {
 		return &ConfigError{err}
 	}
+
+	router = &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
+	if a.cluster != nil {
+		router.Owner = a.cluster.Owner
+	}
+	a.triggers.Start()
 
 	if cfg.Admin != "" {
 		stop, err := a.startAdmin()
@@ -234,10 +250,6 @@ func Serve(ctx context.Context, cfg *Config) error {
 	} else {
 		fmt.Fprintf(stdout, "ferry: serving %d programs (%s backend) on http://%s/vm/{program}/\n", len(a.programs.IDs()), a.backend.Name(), ln.Addr())
 		status = fmt.Sprintf("serving on http://%s/vm/{program}/", ln.Addr())
-	}
-	router := &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
-	if a.cluster != nil {
-		router.Owner = a.cluster.Owner
 	}
 	// OPTIONS * goes to the program, as uvicorn gives it to an app (path
 	// "*"), not net/http's own answer.
@@ -363,7 +375,7 @@ func (a *agent) startAdmin() (stop func(), err error) {
 		return nil, err
 	}
 	api := &admin.Server{Programs: a.programs, Manager: a.manager, Token: a.cfg.AdminToken, Log: a.log, Metrics: a.metrics.Handler(),
-		Observed: a.observed}
+		Observed: a.observed, Events: a.triggers}
 	if a.cluster != nil {
 		api.Deployer, api.Cluster = a.cluster.catalog, a.cluster
 	}

@@ -27,6 +27,11 @@ type Programs struct {
 	// runs the persistent programs, on one node at a time: Deploy then
 	// starts no supervisor of its own. Set before Deploy.
 	ClusterPersists bool
+	// Changed, when set, is told of every deploy (with the manifest) and
+	// delete (nil), in the order of the changes: host/trigger follows the
+	// programs' schedules with it. It is called with the set locked and
+	// must not call back into it. Set before Deploy.
+	Changed func(id string, m *manifest.Program)
 
 	mu        sync.RWMutex
 	routes    map[string]*Route
@@ -108,6 +113,9 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 			ps.Manager.Persist(ctx, prog)
 		}()
 	}
+	if ps.Changed != nil {
+		ps.Changed(id, m)
+	}
 	return nil
 }
 
@@ -123,6 +131,9 @@ func (ps *Programs) Delete(ctx context.Context, id string) error {
 	delete(ps.cancel, id)
 	delete(ps.supervise, id)
 	delete(ps.logs, id)
+	if route != nil && ps.Changed != nil {
+		ps.Changed(id, nil)
+	}
 	ps.mu.Unlock()
 	if route == nil {
 		return ErrNotFound

@@ -80,6 +80,10 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		reject(w, r, ex, http.StatusNotFound, "no such program", "program", id)
 		return
 	}
+	if reserved(path) {
+		reject(w, r, ex, http.StatusNotFound, "reserved for the agent's events", "program", id, "path", path)
+		return
+	}
 	if rt.Metrics != nil {
 		rec := &x.rec
 		rec.ResponseWriter = w

@@ -153,10 +153,12 @@ func (r Resources) WorkerCount() int {
 	return r.VCPUs
 }
 
-// On says how the program is triggered.
+// On says how the program is triggered: HTTP requests, a persistent VM,
+// and the events of its Triggers (on.schedule, on.message).
 type On struct {
 	HTTP       bool `json:"http"`
 	Persistent bool `json:"persistent,omitempty"`
+	Triggers
 }
 
 // Duration is a time.Duration written as "60s" in JSON.
@@ -289,8 +291,11 @@ func ValidateProgram(id string, p *Program) error {
 			return err
 		}
 	}
-	if !p.On.HTTP && !p.On.Persistent {
-		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent: it would never run"}
+	if err := p.On.Triggers.validate(field("on")); err != nil {
+		return err
+	}
+	if !p.On.HTTP && !p.On.Persistent && !p.On.Triggered() {
+		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent nor triggered by a schedule or messages: it would never run"}
 	}
 	return nil
 }

@@ -80,3 +80,21 @@ func TestColdStartHistograms(t *testing.T) {
 		t.Fatalf("last bucket %+v", last)
 	}
 }
+
+func TestDeliveriesAreCounted(t *testing.T) {
+	m := New(func() int { return 0 })
+	d := m.Deliveries()
+	d.Add("tick", "schedule", "ok")
+	d.Add("tick", "schedule", "ok")
+	d.Add("orders", "message", "failed")
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`ferry_event_deliveries_total{kind="schedule",program="tick",result="ok"} 2`,
+		`ferry_event_deliveries_total{kind="message",program="orders",result="failed"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+}

@@ -29,28 +29,34 @@ type Policy struct {
 	ResetAfter time.Duration
 }
 
-// backoff is the delay state of one supervised task.
-type backoff struct {
-	p    Policy
-	next time.Duration
+// Delay returns the delay before the n-th try after a failure (n from
+// 1): Initial, doubling with each one, capped at Max. Run's restarts
+// follow it, and so do retries elsewhere (host/trigger's deliveries).
+func (p Policy) Delay(n int) time.Duration {
+	d := p.Initial
+	for i := 1; i < n && d < p.Max; i++ {
+		d *= 2
+	}
+	return min(d, p.Max)
 }
 
-// delay returns the delay before the coming restart and doubles the one
-// after it, up to Max.
+// backoff is the delay state of one supervised task.
+type backoff struct {
+	p Policy
+	n int // restarts since the last long run
+}
+
+// delay returns the delay before the coming restart: the policy's next.
 func (b *backoff) delay() time.Duration {
-	if b.next == 0 {
-		b.next = b.p.Initial
-	}
-	d := b.next
-	b.next = min(2*d, b.p.Max)
-	return d
+	b.n++
+	return b.p.Delay(b.n)
 }
 
 // ran tells b that the task ran for d before ending: a run longer than
 // ResetAfter makes the next delay Initial.
 func (b *backoff) ran(d time.Duration) {
 	if d > b.p.ResetAfter {
-		b.next = b.p.Initial
+		b.n = 0
 	}
 }
 

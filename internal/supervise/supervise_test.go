@@ -249,3 +249,14 @@ func TestRunWithTheRealClock(t *testing.T) {
 		t.Fatal("Run slept on after cancel")
 	}
 }
+
+// Delay doubles from Initial and stops at Max.
+func TestPolicyDelay(t *testing.T) {
+	p := Policy{Initial: time.Second, Max: 5 * time.Second}
+	want := []time.Duration{time.Second, 2 * time.Second, 4 * time.Second, 5 * time.Second, 5 * time.Second}
+	for i, w := range want {
+		if got := p.Delay(i + 1); got != w {
+			t.Errorf("Delay(%d) = %s, want %s", i+1, got, w)
+		}
+	}
+}

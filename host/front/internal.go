@@ -1,0 +1,40 @@
+package front
+
+import (
+	"net/http"
+	"strings"
+
+	"github.com/ferry-vm/ferry/host/relay"
+)
+
+// ReservedPrefix starts the paths where programs receive what the agent
+// itself sends them (host/trigger's events): requests from outside to a
+// path under it are refused (404) before they reach a program, so that a
+// program can trust what arrives there.
+const ReservedPrefix = "/_ferry/"
+
+// reserved reports whether a program's path is under ReservedPrefix.
+func reserved(path string) bool { return strings.HasPrefix(path, ReservedPrefix) }
+
+// ServeProgram serves a request the agent makes itself (the events of
+// host/trigger) to program id exactly as a routed request is served: under
+// the program's limit of requests in flight and its time limit, its VM
+// booted on demand, a persistent program of a cluster only where it runs
+// (503 elsewhere). Unlike ServeHTTP it does not look at on.http (a program
+// reached only by its triggers gets them) and records no HTTP metrics.
+// The program sees r's URL path with an empty root_path; the answer, or
+// the agent's JSON error (404 for an unknown program), goes to w.
+func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string) {
+	ex := &relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
+	route := rt.Programs.Route(id)
+	if route == nil {
+		reject(w, r, ex, http.StatusNotFound, "no such program", "program", id)
+		return
+	}
+	ex.Path, ex.RawPath, ex.Timeout = r.URL.Path, r.URL.EscapedPath(), route.Timeout
+	if route.Program.Persistent && rt.Owner != nil {
+		rt.servePersistent(w, r, ex, route)
+		return
+	}
+	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
+}
