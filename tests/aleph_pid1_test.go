@@ -1,0 +1,295 @@
+package tests
+
+// Ferry's init as PID 1 under the reference runtime's supervisor (issue
+// 19, docs/aleph-compat.md): what init does only as PID 1 of its own
+// namespaces, booted with Firecracker's kernel command line and no ferry.*
+// parameter — the host name set from vm_hash, a volume mounted from the
+// drive the document names, and on halt, after the two lines the
+// supervisor waits for, the volume unmounted and init ending the VM.
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/moby/sys/mountinfo"
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/internal/filecopy"
+)
+
+// firecrackerArgs is the kernel command line aleph-vm gives its VMs
+// (src/aleph/vm/hypervisors/firecracker/config.py BootSource.args): no
+// ferry.* parameter, so init boots in the reference mode.
+const firecrackerArgs = "reboot=k panic=1 pci=off noapic nomodules random.trust_cpu=on ro"
+
+// guestShare is where the stand-in for the vsock device's sockets appears
+// inside the guest (alephvm's -share).
+const guestShare = "/tmp/vsock"
+
+// referenceHostname is the host name init1.py's setup_system derives from
+// vm_hash, computed by its own lines of Python.
+func referenceHostname(t *testing.T, vmHash string) string {
+	t.Helper()
+	script := `import base64, sys
+item_hash_binary = base64.b16decode(sys.argv[1].encode().upper())
+print(base64.b32encode(item_hash_binary).decode().strip("=").lower())`
+	out, err := exec.Command(debianPython, "-c", script, vmHash).Output()
+	if err != nil {
+		t.Fatalf("computing the reference's host name: %v", err)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// describe lists mounts as "SOURCE on TARGET type FS".
+func describe(ms []*mountinfo.Info) string {
+	var parts []string
+	for _, m := range ms {
+		parts = append(parts, fmt.Sprintf("%s on %s type %s", m.Source, m.Mountpoint, m.FSType))
+	}
+	return "[" + strings.Join(parts, "; ") + "]"
+}
+
+// mountsAt returns the mounts of a mount namespace, read from an open
+// /proc/PID/mountinfo (which keeps the namespace alive), whose mount point
+// is target.
+func mountsAt(t *testing.T, f *os.File, target string) []*mountinfo.Info {
+	t.Helper()
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		t.Fatal(err)
+	}
+	all, err := mountinfo.GetMountsFromReader(f, mountinfo.SingleEntryFilter(target))
+	if err != nil {
+		t.Fatalf("reading init's mounts: %v", err)
+	}
+	return all
+}
+
+// alephVolume is an ext4 image on a loop device, for the guest's drive.
+type alephVolume struct {
+	dev          string // /dev/loopN
+	major, minor uint32
+}
+
+func newAlephVolume(t *testing.T) alephVolume {
+	t.Helper()
+	mkfs := requireTool(t, "mkfs.ext4")
+	losetup := requireTool(t, "losetup")
+	img := filepath.Join(t.TempDir(), "volume.ext4")
+	if out, err := exec.Command("truncate", "-s", "16M", img).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v %s", err, out)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	out, err := exec.Command(losetup, "--find", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device available: %v", err)
+	}
+	v := alephVolume{dev: strings.TrimSpace(string(out))}
+	t.Cleanup(func() { exec.Command(losetup, "-d", v.dev).Run() })
+	var st unix.Stat_t
+	if err := unix.Stat(v.dev, &st); err != nil {
+		t.Fatal(err)
+	}
+	v.major, v.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	return v
+}
+
+// startAlephVM starts init as PID 1 of new PID, mount, UTS, IPC and
+// network namespaces, behind alephvm (the VM's drives and vsock device),
+// with Firecracker's kernel command line; the supervisor's sockets are set
+// up as startAlephGuest's. drive is the volume seen as /dev/vdc.
+func startAlephVM(t *testing.T, drive alephVolume) *alephGuest {
+	t.Helper()
+	requirePythonModules(t, "fastapi")
+	initBin, err := buildInit()
+	if err != nil {
+		t.Fatal(err)
+	}
+	vmBin, err := goBuild("ferry-alephvm-", "alephvm", "./testdata/alephvm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Outside /tmp, which the guest covers with its own.
+	dir := varTempDir(t)
+	share, layer := filepath.Join(dir, "vsock"), filepath.Join(dir, "devlayer")
+	for _, d := range []string{share, layer} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bin := filepath.Join(dir, "init")
+	if err := filecopy.Copy(initBin, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	g := &alephGuest{sup: supervisor{uds: filepath.Join(share, "v.sock")}, guest: filepath.Join(share, "guest.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+	g.readyL, err = net.Listen("unix", g.sup.uds+"_52")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { g.readyL.Close() })
+	firecrackerVsock(t, g.sup.uds, g.guest)
+	g.cmd = exec.Command(vmBin, "-layer", layer, "-drive", fmt.Sprintf("vdc=%d:%d", drive.major, drive.minor), "-share", share+"="+guestShare, "--",
+		bin, "-cmdline", firecrackerArgs, "-transport", "unix:"+guestShare+"/guest.sock", "-host-uds", guestShare+"/v.sock", "-debug")
+	g.cmd.Stdout, g.cmd.Stderr = g.out, g.out
+	g.cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
+		Pdeathsig:  syscall.SIGKILL,
+	}
+	// Pdeathsig fires when the thread that forked exits: start init from
+	// a thread held until it exits (as startGuestWith).
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := g.cmd.Start()
+		started <- err
+		if err == nil {
+			g.err = g.cmd.Wait()
+			close(g.done)
+		}
+	}()
+	if err := <-started; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-g.done:
+		default:
+			g.cmd.Process.Kill() // PID 1: its namespace goes with it
+			<-g.done
+		}
+		if t.Failed() || os.Getenv("FERRY_TEST_INIT_LOG") != "" {
+			t.Logf("init output:\n%s", g.out.String())
+		}
+	})
+	return g
+}
+
+func TestAlephAsPID1(t *testing.T) {
+	requireRoot(t)
+	e2fsck := requireTool(t, "e2fsck")
+	debugfs := requireTool(t, "debugfs")
+	vol := newAlephVolume(t)
+	g := startAlephVM(t, vol)
+	pid := g.cmd.Process.Pid
+
+	if v := g.sup.waitForInit(t, g.readyL); v != "2.0.0" {
+		t.Fatalf("ready signal announces version %q, want 2.0.0", v)
+	}
+	apiL, err := net.Listen("unix", g.sup.uds+"_53")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer apiL.Close()
+	go http.Serve(apiL, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte(`{"from":"the supervisor"}`))
+	}))
+
+	// The drive as program.py names it: the third drive, vdc, read-write.
+	const volumeMount = "/mnt/persistent"
+	doc := configDoc("2.0.0", "zip", zipOf(t, map[string]string{"main.py": alephApp}), "main:app", map[string]any{
+		"volumes":   []any{map[string]any{"mount": volumeMount, "device": "vdc", "read_only": false}},
+		"variables": map[string]string{"GREETING": "hello PID 1", "TEST_VOLUME": volumeMount},
+	})
+	if reply := g.sup.configure(t, doc); reply["success"] != true {
+		t.Fatalf("configuration failed: %v", reply)
+	}
+
+	// init's mount namespace, held open: its mounts can be read until the
+	// end, even after init is gone.
+	mounts, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mounts.Close()
+	if m := mountsAt(t, mounts, volumeMount); len(m) != 1 || m[0].FSType != "ext4" || m[0].Source != "/dev/vdc" {
+		t.Fatalf("the volume is not mounted as the drive's ext4: %s", describe(m))
+	}
+
+	t.Run("variables and hostname", func(t *testing.T) {
+		r := g.sup.runCode(t, "GET", "/env", "", nil, nil)
+		var seen map[string]string
+		if err := json.Unmarshal(r.body, &seen); err != nil || r.status != 200 {
+			t.Fatalf("%d %s %v", r.status, r.body, err)
+		}
+		want := referenceHostname(t, vmHash)
+		if seen["hostname"] != want || seen["address"] != want {
+			t.Errorf("the app sees host name %q and ALEPH_ADDRESS_TO_USE %q, want the reference's %q", seen["hostname"], seen["address"], want)
+		}
+		if seen["greeting"] != "hello PID 1" || seen["version"] != "2.0.0" || seen["api_socket"] != "/tmp/socat-socket" {
+			t.Errorf("the app sees %v", seen)
+		}
+		if filepath.Base(seen["pid1"]) != "init" {
+			t.Errorf("PID 1 is %q, not init", seen["pid1"])
+		}
+	})
+	t.Run("guest API bridge", func(t *testing.T) {
+		r := g.sup.runCode(t, "GET", "/api", "", nil, nil)
+		if r.status != 200 || string(r.body) != `{"from":"the supervisor"}` {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+	t.Run("write on the volume", func(t *testing.T) {
+		if r := g.sup.runCode(t, "GET", "/persist", "", nil, nil); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+	})
+
+	// Halt (MicroVM.shutdown): the ack, STOP, STOPZ. When the first line
+	// arrives the volume is already unmounted: the supervisor kills the VM
+	// a second after the second.
+	c, br := g.sup.dial(t, []byte("halt"))
+	defer c.Close()
+	msg, err := br.ReadString('\n')
+	if err != nil || msg != "STOP\n" {
+		t.Fatalf("halt answered %q %v", msg, err)
+	}
+	if m := mountsAt(t, mounts, volumeMount); len(m) != 0 {
+		t.Errorf("the volume is still mounted when halt is answered: %s", describe(m))
+	}
+	if msg2, err := br.ReadString('\n'); msg2 != "STOPZ\n" {
+		t.Fatalf("halt's second line %q %v", msg2, err)
+	}
+	var exitErr error
+	select {
+	case <-g.done:
+		exitErr = g.err
+	case <-time.After(60 * time.Second):
+		t.Fatal("init did not end the VM after halt")
+	}
+	// A reboot, as Firecracker needs (it has no power-off): in a PID
+	// namespace, its init is killed by SIGHUP.
+	var ee *exec.ExitError
+	if !errors.As(exitErr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGHUP {
+		t.Fatalf("init ended with %v, want the reboot of its PID namespace (SIGHUP)", exitErr)
+	}
+	if m := mountsAt(t, mounts, volumeMount); len(m) != 0 {
+		t.Errorf("the volume is still mounted in init's namespace after it ended: %s", describe(m))
+	}
+	mounts.Close() // the namespace goes
+
+	if out, err := exec.Command(e2fsck, "-n", "-f", vol.dev).CombinedOutput(); err != nil {
+		t.Fatalf("volume not clean after halt: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(debugfs, "-R", "cat /written-by-app", vol.dev).Output(); err != nil || string(out) != "persisted\n" {
+		t.Fatalf("the app's file on the volume: %q %v", out, err)
+	}
+	for _, want := range []string{"booting as the reference runtime's init", "ready signal sent", "unmounted volumes", "powering off"} {
+		if !strings.Contains(g.out.String(), want) {
+			t.Errorf("init's log lacks %q", want)
+		}
+	}
+}
