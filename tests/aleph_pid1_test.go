@@ -9,7 +9,6 @@ package tests
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -17,14 +16,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/moby/sys/mountinfo"
-	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/internal/filecopy"
 )
@@ -76,42 +73,11 @@ func mountsAt(t *testing.T, f *os.File, target string) []*mountinfo.Info {
 	return all
 }
 
-// alephVolume is an ext4 image on a loop device, for the guest's drive.
-type alephVolume struct {
-	dev          string // /dev/loopN
-	major, minor uint32
-}
-
-func newAlephVolume(t *testing.T) alephVolume {
-	t.Helper()
-	mkfs := requireTool(t, "mkfs.ext4")
-	losetup := requireTool(t, "losetup")
-	img := filepath.Join(t.TempDir(), "volume.ext4")
-	if out, err := exec.Command("truncate", "-s", "16M", img).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v %s", err, out)
-	}
-	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs: %v %s", err, out)
-	}
-	out, err := exec.Command(losetup, "--find", "--show", img).Output()
-	if err != nil {
-		t.Skipf("no loop device available: %v", err)
-	}
-	v := alephVolume{dev: strings.TrimSpace(string(out))}
-	t.Cleanup(func() { exec.Command(losetup, "-d", v.dev).Run() })
-	var st unix.Stat_t
-	if err := unix.Stat(v.dev, &st); err != nil {
-		t.Fatal(err)
-	}
-	v.major, v.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
-	return v
-}
-
 // startAlephVM starts init as PID 1 of new PID, mount, UTS, IPC and
 // network namespaces, behind alephvm (the VM's drives and vsock device),
 // with Firecracker's kernel command line; the supervisor's sockets are set
 // up as startAlephGuest's. drive is the volume seen as /dev/vdc.
-func startAlephVM(t *testing.T, drive alephVolume) *alephGuest {
+func startAlephVM(t *testing.T, drive loopVolume) *alephGuest {
 	t.Helper()
 	requirePythonModules(t, "fastapi")
 	initBin, err := buildInit()
@@ -148,20 +114,7 @@ func startAlephVM(t *testing.T, drive alephVolume) *alephGuest {
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
 		Pdeathsig:  syscall.SIGKILL,
 	}
-	// Pdeathsig fires when the thread that forked exits: start init from
-	// a thread held until it exits (as startGuestWith).
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := g.cmd.Start()
-		started <- err
-		if err == nil {
-			g.err = g.cmd.Wait()
-			close(g.done)
-		}
-	}()
-	if err := <-started; err != nil {
+	if err := startLocked(g.cmd, func(err error) { g.err = err; close(g.done) }); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -182,7 +135,7 @@ func TestAlephAsPID1(t *testing.T) {
 	requireRoot(t)
 	e2fsck := requireTool(t, "e2fsck")
 	debugfs := requireTool(t, "debugfs")
-	vol := newAlephVolume(t)
+	vol := newLoopVolume(t)
 	g := startAlephVM(t, vol)
 	pid := g.cmd.Process.Pid
 
@@ -263,18 +216,15 @@ func TestAlephAsPID1(t *testing.T) {
 	if msg2, err := br.ReadString('\n'); msg2 != "STOPZ\n" {
 		t.Fatalf("halt's second line %q %v", msg2, err)
 	}
-	var exitErr error
 	select {
 	case <-g.done:
-		exitErr = g.err
 	case <-time.After(60 * time.Second):
 		t.Fatal("init did not end the VM after halt")
 	}
 	// A reboot, as Firecracker needs (it has no power-off): in a PID
 	// namespace, its init is killed by SIGHUP.
-	var ee *exec.ExitError
-	if !errors.As(exitErr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGHUP {
-		t.Fatalf("init ended with %v, want the reboot of its PID namespace (SIGHUP)", exitErr)
+	if !killedBy(g.err, syscall.SIGHUP) {
+		t.Fatalf("init ended with %v, want the reboot of its PID namespace (SIGHUP)", g.err)
 	}
 	if m := mountsAt(t, mounts, volumeMount); len(m) != 0 {
 		t.Errorf("the volume is still mounted in init's namespace after it ended: %s", describe(m))
