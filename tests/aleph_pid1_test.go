@@ -76,8 +76,8 @@ func mountsAt(t *testing.T, f *os.File, target string) []*mountinfo.Info {
 // startAlephVM starts init as PID 1 of new PID, mount, UTS, IPC and
 // network namespaces, behind alephvm (the VM's drives and vsock device),
 // with Firecracker's kernel command line; the supervisor's sockets are set
-// up as startAlephGuest's. drive is the volume seen as /dev/vdc.
-func startAlephVM(t *testing.T, drive loopVolume) *alephGuest {
+// up as startAlephGuest's. drives are the VM's drives by name (vdb ...).
+func startAlephVM(t *testing.T, drives map[string]loopVolume) *alephGuest {
 	t.Helper()
 	requirePythonModules(t, "fastapi")
 	initBin, err := buildInit()
@@ -107,8 +107,12 @@ func startAlephVM(t *testing.T, drive loopVolume) *alephGuest {
 	}
 	t.Cleanup(func() { g.readyL.Close() })
 	firecrackerVsock(t, g.sup.uds, g.guest)
-	g.cmd = exec.Command(vmBin, "-layer", layer, "-drive", fmt.Sprintf("vdc=%d:%d", drive.major, drive.minor), "-share", share+"="+guestShare, "--",
-		bin, "-cmdline", firecrackerArgs, "-transport", "unix:"+guestShare+"/guest.sock", "-host-uds", guestShare+"/v.sock", "-debug")
+	args := []string{"-layer", layer, "-share", share + "=" + guestShare}
+	for name, d := range drives {
+		args = append(args, "-drive", fmt.Sprintf("%s=%d:%d", name, d.major, d.minor))
+	}
+	args = append(args, "--", bin, "-cmdline", firecrackerArgs, "-transport", "unix:"+guestShare+"/guest.sock", "-host-uds", guestShare+"/v.sock", "-debug")
+	g.cmd = exec.Command(vmBin, args...)
 	g.cmd.Stdout, g.cmd.Stderr = g.out, g.out
 	g.cmd.SysProcAttr = &syscall.SysProcAttr{
 		Cloneflags: syscall.CLONE_NEWPID | syscall.CLONE_NEWNS | syscall.CLONE_NEWUTS | syscall.CLONE_NEWIPC | syscall.CLONE_NEWNET,
@@ -131,12 +135,43 @@ func startAlephVM(t *testing.T, drive loopVolume) *alephGuest {
 	return g
 }
 
+// squashfsDrive attaches a squashfs image of files.
+func squashfsDrive(t *testing.T, files map[string]string) loopVolume {
+	t.Helper()
+	mksquashfs := requireTool(t, "mksquashfs")
+	dir := t.TempDir()
+	src := filepath.Join(dir, "src")
+	for name, content := range files {
+		path := filepath.Join(src, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	img := filepath.Join(dir, "image.squashfs")
+	if out, err := exec.Command(mksquashfs, src, img, "-quiet", "-noappend").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v %s", err, out)
+	}
+	return attachLoop(t, img)
+}
+
+// TestAlephAsPID1 is a squashfs program as aleph-vm's supervisor boots it
+// (program.py get_volumes_for_program): rootfs vda, the code drive vdb
+// mounted at /opt/code, then the program's volumes, here a persistent ext4
+// on vdc and a read-only squashfs on vdd.
 func TestAlephAsPID1(t *testing.T) {
 	requireRoot(t)
 	e2fsck := requireTool(t, "e2fsck")
 	debugfs := requireTool(t, "debugfs")
-	vol := newLoopVolume(t)
-	g := startAlephVM(t, vol)
+	persistent := newLoopVolume(t)
+	drives := map[string]loopVolume{
+		"vdb": squashfsDrive(t, map[string]string{"main.py": alephApp}),
+		"vdc": persistent,
+		"vdd": squashfsDrive(t, map[string]string{"shared/hello.txt": "read-only data\n"}),
+	}
+	g := startAlephVM(t, drives)
 	pid := g.cmd.Process.Pid
 
 	if v := g.sup.waitForInit(t, g.readyL); v != "2.0.0" {
@@ -151,11 +186,20 @@ func TestAlephAsPID1(t *testing.T) {
 		w.Write([]byte(`{"from":"the supervisor"}`))
 	}))
 
-	// The drive as program.py names it: the third drive, vdc, read-write.
-	const volumeMount = "/mnt/persistent"
-	doc := configDoc("2.0.0", "zip", zipOf(t, map[string]string{"main.py": alephApp}), "main:app", map[string]any{
-		"volumes":   []any{map[string]any{"mount": volumeMount, "device": "vdc", "read_only": false}},
-		"variables": map[string]string{"GREETING": "hello PID 1", "TEST_VOLUME": volumeMount},
+	// What get_volumes_for_program sends for squashfs code: no code in the
+	// document, the drive vdb at /opt/code first, then the volumes.
+	mountsWanted := []struct{ target, source, fs string }{
+		{"/opt/code", "/dev/vdb", "squashfs"},
+		{"/mnt/persistent", "/dev/vdc", "ext4"},
+		{"/mnt/shared", "/dev/vdd", "squashfs"},
+	}
+	doc := configDoc("2.0.0", "squashfs", []byte{}, "main:app", map[string]any{
+		"volumes": []any{
+			map[string]any{"mount": "/opt/code", "device": "vdb", "read_only": true},
+			map[string]any{"mount": "/mnt/persistent", "device": "vdc", "read_only": false},
+			map[string]any{"mount": "/mnt/shared", "device": "vdd", "read_only": true},
+		},
+		"variables": map[string]string{"GREETING": "hello PID 1", "TEST_VOLUME": "/mnt/persistent", "TEST_READ_ONLY": "/mnt/shared/shared/hello.txt"},
 	})
 	if reply := g.sup.configure(t, doc); reply["success"] != true {
 		t.Fatalf("configuration failed: %v", reply)
@@ -168,8 +212,10 @@ func TestAlephAsPID1(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mounts.Close()
-	if m := mountsAt(t, mounts, volumeMount); len(m) != 1 || m[0].FSType != "ext4" || m[0].Source != "/dev/vdc" {
-		t.Fatalf("the volume is not mounted as the drive's ext4: %s", describe(m))
+	for _, w := range mountsWanted {
+		if m := mountsAt(t, mounts, w.target); len(m) != 1 || m[0].FSType != w.fs || m[0].Source != w.source {
+			t.Fatalf("%s is not %s's %s: %s", w.target, w.source, w.fs, describe(m))
+		}
 	}
 
 	t.Run("variables and hostname", func(t *testing.T) {
@@ -182,7 +228,7 @@ func TestAlephAsPID1(t *testing.T) {
 		if seen["hostname"] != want || seen["address"] != want {
 			t.Errorf("the app sees host name %q and ALEPH_ADDRESS_TO_USE %q, want the reference's %q", seen["hostname"], seen["address"], want)
 		}
-		if seen["greeting"] != "hello PID 1" || seen["version"] != "2.0.0" || seen["api_socket"] != "/tmp/socat-socket" {
+		if seen["greeting"] != "hello PID 1" || seen["version"] != "2.0.0" || seen["api_socket"] != "/tmp/socat-socket" || seen["code"] != "/opt/code" {
 			t.Errorf("the app sees %v", seen)
 		}
 		if filepath.Base(seen["pid1"]) != "init" {
@@ -195,23 +241,28 @@ func TestAlephAsPID1(t *testing.T) {
 			t.Fatalf("%d %s", r.status, r.body)
 		}
 	})
-	t.Run("write on the volume", func(t *testing.T) {
+	t.Run("volumes", func(t *testing.T) {
 		if r := g.sup.runCode(t, "GET", "/persist", "", nil, nil); r.status != 200 {
-			t.Fatalf("%d %s", r.status, r.body)
+			t.Fatalf("writing on the persistent volume: %d %s", r.status, r.body)
+		}
+		if r := g.sup.runCode(t, "GET", "/read-only", "", nil, nil); r.status != 200 || string(r.body) != `{"content":"read-only data\n"}` {
+			t.Fatalf("reading the read-only volume: %d %s", r.status, r.body)
 		}
 	})
 
 	// Halt (MicroVM.shutdown): the ack, STOP, STOPZ. When the first line
-	// arrives the volume is already unmounted: the supervisor kills the VM
-	// a second after the second.
+	// arrives the drives are already unmounted: the supervisor kills the
+	// VM a second after the second.
 	c, br := g.sup.dial(t, []byte("halt"))
 	defer c.Close()
 	msg, err := br.ReadString('\n')
 	if err != nil || msg != "STOP\n" {
 		t.Fatalf("halt answered %q %v", msg, err)
 	}
-	if m := mountsAt(t, mounts, volumeMount); len(m) != 0 {
-		t.Errorf("the volume is still mounted when halt is answered: %s", describe(m))
+	for _, w := range mountsWanted {
+		if m := mountsAt(t, mounts, w.target); len(m) != 0 {
+			t.Errorf("%s is still mounted when halt is answered: %s", w.target, describe(m))
+		}
 	}
 	if msg2, err := br.ReadString('\n'); msg2 != "STOPZ\n" {
 		t.Fatalf("halt's second line %q %v", msg2, err)
@@ -226,15 +277,17 @@ func TestAlephAsPID1(t *testing.T) {
 	if !killedBy(g.err, syscall.SIGHUP) {
 		t.Fatalf("init ended with %v, want the reboot of its PID namespace (SIGHUP)", g.err)
 	}
-	if m := mountsAt(t, mounts, volumeMount); len(m) != 0 {
-		t.Errorf("the volume is still mounted in init's namespace after it ended: %s", describe(m))
+	for _, w := range mountsWanted {
+		if m := mountsAt(t, mounts, w.target); len(m) != 0 {
+			t.Errorf("%s is still mounted in init's namespace after it ended: %s", w.target, describe(m))
+		}
 	}
 	mounts.Close() // the namespace goes
 
-	if out, err := exec.Command(e2fsck, "-n", "-f", vol.dev).CombinedOutput(); err != nil {
+	if out, err := exec.Command(e2fsck, "-n", "-f", persistent.dev).CombinedOutput(); err != nil {
 		t.Fatalf("volume not clean after halt: %v\n%s", err, out)
 	}
-	if out, err := exec.Command(debugfs, "-R", "cat /written-by-app", vol.dev).Output(); err != nil || string(out) != "persisted\n" {
+	if out, err := exec.Command(debugfs, "-R", "cat /written-by-app", persistent.dev).Output(); err != nil || string(out) != "persisted\n" {
 		t.Fatalf("the app's file on the volume: %q %v", out, err)
 	}
 	for _, want := range []string{"booting as the reference runtime's init", "ready signal sent", "unmounted volumes", "powering off"} {

@@ -51,13 +51,19 @@ def root():
 def env():
     return {"greeting": os.environ.get("GREETING"), "address": os.environ.get("ALEPH_ADDRESS_TO_USE"),
             "hostname": socket.gethostname(), "api_socket": os.environ.get("ALEPH_API_UNIX_SOCKET"),
-            "version": os.environ.get("ALEPH_INIT_VERSION"), "pid1": open("/proc/1/cmdline").read().split("\0")[0]}
+            "version": os.environ.get("ALEPH_INIT_VERSION"), "pid1": open("/proc/1/cmdline").read().split("\0")[0],
+            "code": os.path.dirname(os.path.abspath(__file__))}
 
 @app.get("/persist")
 def persist():
     with open(os.path.join(os.environ["TEST_VOLUME"], "written-by-app"), "w") as f:
         f.write("persisted\n")
     return {"persisted": True}
+
+@app.get("/read-only")
+def read_only():
+    with open(os.environ["TEST_READ_ONLY"]) as f:
+        return {"content": f.read()}
 
 @app.get("/query")
 async def query(request: Request):

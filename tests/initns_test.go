@@ -354,17 +354,17 @@ func TestFailedSetupIsReportedAndFinal(t *testing.T) {
 	}
 }
 
-// loopVolume is a new ext4 image of 16 MiB on a loop device, detached
-// when the test ends.
+// loopVolume is an image attached to a loop device, detached when the
+// test ends.
 type loopVolume struct {
 	dev          string // /dev/loopN
 	major, minor uint32
 }
 
+// newLoopVolume attaches a new ext4 image of 16 MiB.
 func newLoopVolume(t *testing.T) loopVolume {
 	t.Helper()
 	mkfs := requireTool(t, "mkfs.ext4")
-	losetup := requireTool(t, "losetup")
 	img := filepath.Join(t.TempDir(), "volume.ext4")
 	if out, err := exec.Command("truncate", "-s", "16M", img).CombinedOutput(); err != nil {
 		t.Fatalf("truncate: %v %s", err, out)
@@ -372,6 +372,13 @@ func newLoopVolume(t *testing.T) loopVolume {
 	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
 		t.Fatalf("mkfs: %v %s", err, out)
 	}
+	return attachLoop(t, img)
+}
+
+// attachLoop attaches the image img to a free loop device.
+func attachLoop(t *testing.T, img string) loopVolume {
+	t.Helper()
+	losetup := requireTool(t, "losetup")
 	out, err := exec.Command(losetup, "--find", "--show", img).Output()
 	if err != nil {
 		t.Skipf("no loop device available: %v", err)
