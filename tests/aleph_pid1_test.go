@@ -205,6 +205,9 @@ func TestAlephAsPID1(t *testing.T) {
 		t.Fatalf("configuration failed: %v", reply)
 	}
 
+	if _, err := os.Stat(filepath.Join("/proc/fs/ext4", filepath.Base(persistent.dev))); err != nil {
+		t.Fatalf("the kernel does not list the mounted ext4 in /proc/fs/ext4: %v", err)
+	}
 	// init's mount namespace, held open: its mounts can be read until the
 	// end, even after init is gone.
 	mounts, err := os.Open(fmt.Sprintf("/proc/%d/mountinfo", pid))
@@ -245,6 +248,9 @@ func TestAlephAsPID1(t *testing.T) {
 		if r := g.sup.runCode(t, "GET", "/persist", "", nil, nil); r.status != 200 {
 			t.Fatalf("writing on the persistent volume: %d %s", r.status, r.body)
 		}
+		if r := g.sup.runCode(t, "GET", "/daemon", "", nil, nil); r.status != 200 {
+			t.Fatalf("starting a daemon: %d %s", r.status, r.body)
+		}
 		if r := g.sup.runCode(t, "GET", "/read-only", "", nil, nil); r.status != 200 || string(r.body) != `{"content":"read-only data\n"}` {
 			t.Fatalf("reading the read-only volume: %d %s", r.status, r.body)
 		}
@@ -263,6 +269,11 @@ func TestAlephAsPID1(t *testing.T) {
 		if m := mountsAt(t, mounts, w.target); len(m) != 0 {
 			t.Errorf("%s is still mounted when halt is answered: %s", w.target, describe(m))
 		}
+	}
+	// Nor is the ext4 only detached, held by the daemon: the kernel lists
+	// a mounted ext4 in /proc/fs/ext4 until it is closed.
+	if _, err := os.Stat(filepath.Join("/proc/fs/ext4", filepath.Base(persistent.dev))); err == nil {
+		t.Errorf("the ext4 of %s is still open when halt is answered", persistent.dev)
 	}
 	if msg2, err := br.ReadString('\n'); msg2 != "STOPZ\n" {
 		t.Fatalf("halt's second line %q %v", msg2, err)

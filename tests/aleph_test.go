@@ -38,7 +38,7 @@ import (
 )
 
 // alephApp is the program: FastAPI on Debian's Python.
-const alephApp = `import os, socket, asyncio
+const alephApp = `import os, socket, asyncio, subprocess
 from fastapi import FastAPI, Request, Response
 
 app = FastAPI()
@@ -59,6 +59,14 @@ def persist():
     with open(os.path.join(os.environ["TEST_VOLUME"], "written-by-app"), "w") as f:
         f.write("persisted\n")
     return {"persisted": True}
+
+@app.get("/daemon")
+def daemon():
+    # A process of its own session, out of the app's process group, with a
+    # file open on the volume.
+    log = open(os.path.join(os.environ["TEST_VOLUME"], "daemon.log"), "w")
+    subprocess.Popen(["sleep", "1000"], stdout=log, start_new_session=True)
+    return {"started": True}
 
 @app.get("/read-only")
 def read_only():
