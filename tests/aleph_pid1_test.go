@@ -3,9 +3,10 @@ package tests
 // Ferry's init as PID 1 under the reference runtime's supervisor (issue
 // 19, docs/aleph-compat.md): what init does only as PID 1 of its own
 // namespaces, booted with Firecracker's kernel command line and no ferry.*
-// parameter — the host name set from vm_hash, a volume mounted from the
-// drive the document names, and on halt, after the two lines the
-// supervisor waits for, the volume unmounted and init ending the VM.
+// parameter: the host name set from vm_hash, the code and the volumes
+// mounted from the drives the document names, and on halt, when the
+// first of the two lines the supervisor waits for arrives, every drive
+// unmounted and closed, then init ending the VM with a reboot.
 
 import (
 	"encoding/json"
