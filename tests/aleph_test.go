@@ -38,7 +38,7 @@ import (
 )
 
 // alephApp is the program: FastAPI on Debian's Python.
-const alephApp = `import os, socket, asyncio
+const alephApp = `import os, socket, asyncio, subprocess
 from fastapi import FastAPI, Request, Response
 
 app = FastAPI()
@@ -51,7 +51,27 @@ def root():
 def env():
     return {"greeting": os.environ.get("GREETING"), "address": os.environ.get("ALEPH_ADDRESS_TO_USE"),
             "hostname": socket.gethostname(), "api_socket": os.environ.get("ALEPH_API_UNIX_SOCKET"),
-            "version": os.environ.get("ALEPH_INIT_VERSION")}
+            "version": os.environ.get("ALEPH_INIT_VERSION"), "pid1": open("/proc/1/cmdline").read().split("\0")[0],
+            "code": os.path.dirname(os.path.abspath(__file__))}
+
+@app.get("/persist")
+def persist():
+    with open(os.path.join(os.environ["TEST_VOLUME"], "written-by-app"), "w") as f:
+        f.write("persisted\n")
+    return {"persisted": True}
+
+@app.get("/daemon")
+def daemon():
+    # A process of its own session, out of the app's process group, with a
+    # file open on the volume.
+    log = open(os.path.join(os.environ["TEST_VOLUME"], "daemon.log"), "w")
+    subprocess.Popen(["sleep", "1000"], stdout=log, start_new_session=True)
+    return {"started": True}
+
+@app.get("/read-only")
+def read_only():
+    with open(os.environ["TEST_READ_ONLY"]) as f:
+        return {"content": f.read()}
 
 @app.get("/query")
 async def query(request: Request):

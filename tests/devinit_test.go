@@ -96,21 +96,7 @@ func startGuestWith(t *testing.T, o guestOptions) *guest {
 	}
 	g.cmd.ExtraFiles = []*os.File{guestEnd}
 	g.cmd.Stdout, g.cmd.Stderr = g.stderr, g.stderr
-	// Pdeathsig fires when the thread that forked init exits, and the
-	// namespace helpers discard the threads they lock. So init is started
-	// from a thread held locked until it exits.
-	started := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := g.cmd.Start()
-		started <- err
-		if err == nil {
-			g.waitErr = g.cmd.Wait()
-			close(g.done)
-		}
-	}()
-	if err := <-started; err != nil {
+	if err := startLocked(g.cmd, func(err error) { g.waitErr = err; close(g.done) }); err != nil {
 		t.Fatal(err)
 	}
 	guestEnd.Close()
@@ -158,6 +144,32 @@ func startGuestWith(t *testing.T, o guestOptions) *guest {
 		t.Fatalf("handshake with init: %v\n%s", err, g.stderr.String())
 	}
 	return g
+}
+
+// startLocked starts cmd and calls exited with Wait's result when it
+// ends. Pdeathsig fires when the thread that forked the process exits,
+// and the namespace helpers discard the threads they lock: so cmd is
+// started from a thread held locked until it exits.
+func startLocked(cmd *exec.Cmd, exited func(error)) error {
+	started := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			exited(cmd.Wait())
+		}
+	}()
+	return <-started
+}
+
+// killedBy reports whether a process that ended with err (exec.Cmd's
+// Wait) was killed by sig: how init as PID 1 of a PID namespace ends
+// when it powers off (SIGINT) or reboots (SIGHUP).
+func killedBy(err error, sig syscall.Signal) bool {
+	var ee *exec.ExitError
+	return errors.As(err, &ee) && ee.Sys().(syscall.WaitStatus).Signal() == sig
 }
 
 // configure sends a configuration and waits for its result: 30 s for init

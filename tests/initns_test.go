@@ -23,6 +23,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -165,8 +166,6 @@ V6Server(("::", int(os.environ["PORT"])), http.server.SimpleHTTPRequestHandler).
 func TestInitAsPID1InNamespaces(t *testing.T) {
 	requireRoot(t)
 	requireTool(t, "/usr/bin/python3")
-	mkfs := requireTool(t, "mkfs.ext4")
-	losetup := requireTool(t, "losetup")
 	e2fsck := requireTool(t, "e2fsck")
 
 	// The program and a persistent ext4 volume on a loop device. The code
@@ -176,19 +175,7 @@ func TestInitAsPID1InNamespaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.WriteFile(filepath.Join(code, "index.html"), []byte("hello from the guest\n"), 0o644)
-	img := filepath.Join(t.TempDir(), "volume.ext4")
-	if out, err := exec.Command("truncate", "-s", "16M", img).CombinedOutput(); err != nil {
-		t.Fatalf("truncate: %v %s", err, out)
-	}
-	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
-		t.Fatalf("mkfs: %v %s", err, out)
-	}
-	out, err := exec.Command(losetup, "--find", "--show", img).Output()
-	if err != nil {
-		t.Skipf("no loop device available: %v", err)
-	}
-	loopDev := strings.TrimSpace(string(out))
-	t.Cleanup(func() { exec.Command(losetup, "-d", loopDev).Run() })
+	loopDev := newLoopVolume(t).dev
 
 	g := startGuest(t)
 
@@ -204,7 +191,7 @@ func TestInitAsPID1InNamespaces(t *testing.T) {
 	}
 	// The veth pair: host0 in the test's namespace, eth0 in the guest's.
 	outer := newOutsideNetns(t)
-	err = outside(t, outer, func() error {
+	err := outside(t, outer, func() error {
 		veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "host0"}, PeerName: "eth0"}
 		if err := netlink.LinkAdd(veth); err != nil {
 			return fmt.Errorf("veth: %w", err)
@@ -316,8 +303,7 @@ func TestInitAsPID1InNamespaces(t *testing.T) {
 	case <-time.After(30 * time.Second):
 		t.Fatal("init did not power off")
 	}
-	var ee *exec.ExitError
-	if !errors.As(exitErr, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGINT {
+	if !killedBy(exitErr, syscall.SIGINT) {
 		t.Fatalf("init ended with %v, want the power-off of its PID namespace (SIGINT)", exitErr)
 	}
 	logs := g.stderr.String()
@@ -366,6 +352,45 @@ func TestFailedSetupIsReportedAndFinal(t *testing.T) {
 	if err := st.ReadResponse(ctx, &resp); !errors.As(err, &serr) || serr.Code != frame.CodeUnavailable {
 		t.Fatalf("stream without a program: %v", err)
 	}
+}
+
+// loopVolume is an image attached to a loop device, detached when the
+// test ends.
+type loopVolume struct {
+	dev          string // /dev/loopN
+	major, minor uint32
+}
+
+// newLoopVolume attaches a new ext4 image of 16 MiB.
+func newLoopVolume(t *testing.T) loopVolume {
+	t.Helper()
+	mkfs := requireTool(t, "mkfs.ext4")
+	img := filepath.Join(t.TempDir(), "volume.ext4")
+	if out, err := exec.Command("truncate", "-s", "16M", img).CombinedOutput(); err != nil {
+		t.Fatalf("truncate: %v %s", err, out)
+	}
+	if out, err := exec.Command(mkfs, "-q", "-F", img).CombinedOutput(); err != nil {
+		t.Fatalf("mkfs: %v %s", err, out)
+	}
+	return attachLoop(t, img)
+}
+
+// attachLoop attaches the image img to a free loop device.
+func attachLoop(t *testing.T, img string) loopVolume {
+	t.Helper()
+	losetup := requireTool(t, "losetup")
+	out, err := exec.Command(losetup, "--find", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device available: %v", err)
+	}
+	v := loopVolume{dev: strings.TrimSpace(string(out))}
+	t.Cleanup(func() { exec.Command(losetup, "-d", v.dev).Run() })
+	var st unix.Stat_t
+	if err := unix.Stat(v.dev, &st); err != nil {
+		t.Fatal(err)
+	}
+	v.major, v.minor = unix.Major(st.Rdev), unix.Minor(st.Rdev)
+	return v
 }
 
 // varTempDir is a temporary directory outside /tmp.

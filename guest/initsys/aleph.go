@@ -2,10 +2,15 @@ package initsys
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/guest/alephcompat"
 	"github.com/ferry-vm/ferry/guest/service"
@@ -81,7 +86,7 @@ func (in *Init) listenAleph(ctx context.Context, svc *service.Service, paths set
 	srv, err := alephcompat.New(alephcompat.Options{
 		Configure: svc.ApplyDocument,
 		Serve:     svc.ServeStream,
-		Halt:      func() error { return svc.Stop(in.Params.Grace) },
+		Halt:      func() error { return in.halt(svc) },
 		Shutdown:  svc.RequestShutdown,
 		Scratch:   filepath.Join(paths.Root, "run/aleph"),
 		DataDir:   paths.Data,
@@ -113,6 +118,49 @@ func (in *Init) listenAleph(ctx context.Context, svc *service.Service, paths set
 		}
 	}()
 	return sniffed, front
+}
+
+// leftoverPatience bounds how long halt waits for the processes it ends
+// after the program's stop to be gone.
+const leftoverPatience = 5 * time.Second
+
+// halt stops the program and unmounts its volumes for the supervisor's
+// halt. As PID 1 it then ends every process left and waits until they are
+// gone: a process the program started in a session of its own escapes
+// the stop of its process group, and a file it holds open on a volume
+// keeps that volume's filesystem open (the unmount only detaches it) until
+// it exits. So the volumes are closed for real before the supervisor,
+// told so, kills the VM.
+func (in *Init) halt(svc *service.Service) error {
+	err := svc.Stop(in.Params.Grace)
+	if !in.PID1 {
+		return err
+	}
+	if unix.Kill(-1, 0) == nil {
+		in.Log.Info("ending the processes left after the program")
+	}
+	in.stopEverything()
+	ctx, cancel := context.WithTimeout(context.Background(), leftoverPatience)
+	defer cancel()
+	if werr := waitAlone(ctx); werr != nil {
+		in.Log.Warn("processes are left after the halt", "err", werr)
+	}
+	return err
+}
+
+// waitAlone waits until PID 1 is the only process left (the reaper
+// collects the others), or ctx ends.
+func waitAlone(ctx context.Context) error {
+	for {
+		if err := unix.Kill(-1, 0); errors.Is(err, unix.ESRCH) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the last processes to exit: %w", ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
 }
 
 // close stops the bridge and the server.
