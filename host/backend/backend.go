@@ -28,6 +28,13 @@ type Spec struct {
 	// CodeFile is the name a single code file gets in the guest's code
 	// directory, where the entrypoint looks for it (contract.FileName).
 	CodeFile string
+	// CodeEncoding is how CodePath is stored: empty for a directory or
+	// one file as above, contract.EncodingZip for a zip archive the guest
+	// extracts into its code directory, contract.EncodingSquashfs for a
+	// squashfs image mounted read-only there.
+	CodeEncoding string
+	// Data, when set, is unpacked at /data in the guest.
+	Data *Data
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
@@ -69,16 +76,34 @@ func (s *Spec) SingleFile() (bool, error) {
 	return true, nil
 }
 
+// Data is a program's input data on the host.
+type Data struct {
+	Path string
+	// Encoding is contract.EncodingZip (extracted at /data) or
+	// contract.EncodingSquashfs (mounted read-only at /data).
+	Encoding string
+}
+
+// DataMount is where the guest finds a program's data.
+const DataMount = "/data"
+
 // Volume is one volume a program declares.
 type Volume struct {
 	Mount string // where the program sees it
-	// Image is an immutable volume's filesystem image on the host.
+	// Image is an immutable volume's filesystem image on the host
+	// (squashfs, or any filesystem the guest's kernel mounts read-only).
 	Image string
+	// Ref is an immutable volume's digest in the store: the manager
+	// fetches it and sets Image before the backend sees the volume.
+	Ref string
 	// Persistent volumes are kept between boots, per program and Name,
 	// created empty (ext4) at SizeMiB.
 	Persistent bool
 	Name       string
 	SizeMiB    int
+	// Ephemeral volumes are created empty (ext4) at SizeMiB for one boot
+	// and removed when the VM ends.
+	Ephemeral bool
 }
 
 // Guest says where the VM sees the program's code and volumes, in the

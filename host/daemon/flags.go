@@ -44,6 +44,7 @@ type Flags struct {
 	// the VMs' network
 	ipv6Prefix, dns string
 	guest           guestapi.Limits
+	store           StoreOptions
 
 	// run: the one program
 	iface, python          string
@@ -121,6 +122,7 @@ func (f *Flags) common() {
 	fs.StringVar(&b.Uplink, "uplink", "", "network: the interface toward the outside, for NAT, port forwards and the NDP proxy (default: the default route's)")
 	fs.StringVar(&f.dns, "dns", "", "network: the VMs' DNS resolvers, comma-separated (default: the host's non-loopback ones from /etc/resolv.conf, else /run/systemd/resolve/resolv.conf)")
 	f.limits.register(fs)
+	f.store.register(fs)
 	g := &f.guest
 	fs.Float64Var(&g.Rate, "guest-api-rate", guestapi.DefaultRate, "guest API calls per second one program makes, sustained (429 beyond)")
 	fs.IntVar(&g.Burst, "guest-api-burst", guestapi.DefaultBurst, "guest API calls one program makes at once above --guest-api-rate")
@@ -272,7 +274,11 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest}, nil
+	if f.store.CacheMiB <= 0 {
+		return nil, &ConfigError{errors.New("--store-cache-mib must be positive")}
+	}
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest,
+		Store: f.store}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

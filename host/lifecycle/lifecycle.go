@@ -40,9 +40,19 @@ type Program struct {
 	// CodePath is the code on the host: a directory, or a single file
 	// (which the VM sees under the name contract.FileName gives it).
 	CodePath string
-	Workers  int
-	Python   string
-	Env      map[string]string
+	// CodeEncoding is how the code is stored: empty (a directory or one
+	// file), contract.EncodingZip or contract.EncodingSquashfs
+	// (backend.Spec.CodeEncoding).
+	CodeEncoding string
+	// Refs are the objects fetched from the store at each boot
+	// (Options.Objects) and pinned while the VM runs.
+	Refs Sources
+	// Data is unpacked at /data in the VM (its Path comes from Refs.Data
+	// when that is set).
+	Data    *backend.Data
+	Workers int
+	Python  string
+	Env     map[string]string
 	// Network gives the VM an interface with IPv4 and IPv6 addresses;
 	// Firewall says what it admits (Internet, AllowedPorts, Forwards).
 	Network  bool
@@ -76,6 +86,7 @@ type Instance struct {
 	inflight atomic.Int64
 	lastUsed atomic.Int64 // unix nanos when the last request ended
 	output   *outputPump  // nil without Options.OnOutput
+	release  func()       // unpins the objects fetched for this VM
 	workers  *dataplane.Set
 	direct   atomic.Int64 // requests sent to a worker's session
 	viaInit  atomic.Int64 // requests sent to init's
@@ -169,6 +180,9 @@ type Options struct {
 	// answered 503 (guestlink.NoAPI). At most contract.MaxAPIStreams calls
 	// of one VM run at once.
 	GuestAPI func(inst *Instance) http.Handler
+	// Objects fetches the objects programs name by ref; nil: such
+	// programs fail to boot with ErrNoStore.
+	Objects Objects
 }
 
 // Manager runs programs' VMs.
@@ -464,6 +478,7 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 			inst.Session.Close()
 			inst.closeWorkers()
 			inst.output.close()
+			inst.unpin()
 		}
 		inst, err = nil, ErrStopped
 	}
@@ -493,8 +508,12 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
-		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: codeFile(p), CodeEncoding: p.CodeEncoding,
+		Network: p.Network, Firewall: p.Firewall, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	release, err := m.resolve(ctx, p, &spec)
+	if err != nil {
+		return nil, err
+	}
 	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
@@ -505,6 +524,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	vm, err := m.opt.Backend.Start(ctx, spec)
 	if err != nil {
 		output.close()
+		release()
 		return nil, err
 	}
 	// A VM that ends while init is being configured explains itself
@@ -522,7 +542,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		case <-cctx.Done():
 		}
 	}()
-	inst := &Instance{Program: p, VM: vm, Started: started, output: output}
+	inst := &Instance{Program: p, VM: vm, Started: started, output: output, release: release}
 	if cv, ok := vm.(backend.ChannelVM); ok && p.Interface == contract.InterfaceASGI && cv.WorkerChannels() != nil {
 		// Received from the start: init passes each worker's channel as
 		// the worker comes up, before it answers the configuration.
@@ -558,6 +578,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 			log.Warn("the VM did not end after it was killed", "vm", vm.Describe())
 		}
 		output.close()
+		release()
 		if _, refused := errors.AsType[*contract.ConfigError](err); refused {
 			return nil, err
 		}
@@ -606,6 +627,7 @@ func (m *Manager) watch(inst *Instance) {
 	inst.Session.Close()
 	inst.closeWorkers()
 	inst.output.close()
+	inst.unpin()
 	m.forget(inst)
 	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())
 }
