@@ -57,7 +57,8 @@ type Spec struct {
 
 // SingleFile reports whether the code is a single file rather than a
 // directory; anything else, or a single file without CodeFile, is an
-// error.
+// error. Packed code (CodeEncoding) is a regular file, and not a
+// "single file" in this sense.
 func (s *Spec) SingleFile() (bool, error) {
 	if s.CodePath == "" {
 		return false, nil
@@ -66,6 +67,11 @@ func (s *Spec) SingleFile() (bool, error) {
 	switch {
 	case err != nil:
 		return false, fmt.Errorf("code: %w", err)
+	case s.CodeEncoding != "":
+		if !st.Mode().IsRegular() {
+			return false, fmt.Errorf("code %s (%s) is not a regular file", s.CodePath, s.CodeEncoding)
+		}
+		return false, nil
 	case st.IsDir():
 		return false, nil
 	case !st.Mode().IsRegular():
@@ -111,6 +117,9 @@ type Volume struct {
 type Guest struct {
 	Code    contract.Code
 	Volumes []contract.Volume
+	// Data, when set, is a zip archive init extracts at /data (data the
+	// backend mounted there itself is not listed).
+	Data *contract.Source
 }
 
 // Network is the addressing of a VM's interface, host side and guest side.

@@ -604,7 +604,7 @@ const hostAgent = "ferry-host-agent"
 func guestConfig(p *Program, g backend.Guest, nw *backend.Network) *contract.Config {
 	c := &contract.Config{
 		ProgramID: p.ID, Interface: p.Interface, Entrypoint: p.Entrypoint,
-		Code: g.Code, Volumes: g.Volumes,
+		Code: g.Code, Volumes: g.Volumes, InputData: g.Data,
 		Workers: p.Workers, Python: p.Python, Env: p.Env, AuthorizedKeys: p.AuthorizedKeys,
 	}
 	if nw != nil {

@@ -37,7 +37,7 @@ var ErrNoStore = errors.New("the program names objects by ref, but the agent has
 // fetched; on error nothing stays pinned.
 func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (release func(), err error) {
 	var releases []func()
-	release = func() {
+	unpin := func() {
 		for _, r := range releases {
 			r()
 		}
@@ -55,7 +55,7 @@ func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (
 	}
 	defer func() {
 		if err != nil {
-			release()
+			unpin()
 		}
 	}()
 	if p.Refs.Code != "" {
@@ -90,7 +90,7 @@ func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (
 			return nil, err
 		}
 	}
-	return release, nil
+	return unpin, nil
 }
 
 // codeFile is the name a single code file has in the guest's code

@@ -269,7 +269,9 @@ func (s *Store) fetchFrom(ctx context.Context, src source, ref Ref) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Chmod(tmp.Name(), 0o444); err != nil {
+	// Read-only, and executable: a program's one file may be the
+	// executable itself.
+	if err := os.Chmod(tmp.Name(), 0o555); err != nil {
 		return err
 	}
 	s.mu.Lock()

@@ -1,0 +1,283 @@
+package tests
+
+import (
+	"archive/zip"
+	"bytes"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// objectStore is the test's store: objects served over HTTP on 127.0.0.1
+// at /objects/<hex>, with the GETs counted.
+type objectStore struct {
+	mu      sync.Mutex
+	objects map[string][]byte
+	gets    map[string]int
+	url     string
+}
+
+func newObjectStore(t *testing.T) *objectStore {
+	t.Helper()
+	s := &objectStore{objects: map[string][]byte{}, gets: map[string]int{}}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ref := strings.TrimPrefix(r.URL.Path, "/objects/")
+		s.mu.Lock()
+		b, ok := s.objects[ref]
+		s.gets[ref]++
+		s.mu.Unlock()
+		if !ok {
+			http.NotFound(w, r)
+			return
+		}
+		w.Write(b)
+	})}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	s.url = "http://" + ln.Addr().String() + "/objects"
+	return s
+}
+
+// add stores b under its digest and returns the digest.
+func (s *objectStore) add(b []byte) string {
+	sum := sha256.Sum256(b)
+	ref := hex.EncodeToString(sum[:])
+	s.mu.Lock()
+	s.objects[ref] = b
+	s.mu.Unlock()
+	return ref
+}
+
+func (s *objectStore) getCount(ref string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gets[ref]
+}
+
+// zipOf packs files (name: content; names ending in * are executable)
+// into a zip archive.
+func zipOf(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	for name, content := range files {
+		h := &zip.FileHeader{Name: name, Method: zip.Deflate}
+		h.SetMode(0o644)
+		w, err := zw.CreateHeader(h)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write([]byte(content))
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
+}
+
+// squashfsOf packs files into a squashfs image.
+func squashfsOf(t *testing.T, files map[string]string) []byte {
+	t.Helper()
+	requireTool(t, "mksquashfs")
+	dir := writeApp(t, files)
+	image := filepath.Join(t.TempDir(), "img.squashfs")
+	if out, err := exec.Command("mksquashfs", dir, image, "-all-root", "-quiet", "-no-progress").CombinedOutput(); err != nil {
+		t.Fatalf("mksquashfs: %v %s", err, out)
+	}
+	b, err := os.ReadFile(image)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// dataApp answers with where it runs from and what /data holds.
+const dataApp = `
+import os, json
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    data = {}
+    if os.path.isdir("/data"):
+        for name in sorted(os.listdir("/data")):
+            with open(os.path.join("/data", name), "rb") as f:
+                data[name] = len(f.read()) if name.startswith("big") else open(os.path.join("/data", name)).read()
+    body = json.dumps({"app": os.path.basename(__file__), "dir": os.path.dirname(__file__), "data": data}).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": body})
+`
+
+// binaryApp is an executable (interface binary) serving $PORT.
+const binaryApp = `#!/usr/bin/python3
+import os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Handler(BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("binary says " + open("/data/hello.txt").read()).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), Handler).serve_forever()
+`
+
+// Programs deployed by ref from a store the test serves on 127.0.0.1: a
+// zip and a squashfs program, a plain single file, a binary, data at
+// /data; a second program with the same ref fetches nothing again; a
+// wrong digest is refused and nothing cached; the cache stays under its
+// bound.
+func TestStoreProgramsByRef(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the sandbox mounts images through loop devices")
+	}
+	requirePythonModules(t, "asyncio")
+	requireTool(t, "curl")
+	st := newObjectStore(t)
+	zipRef := st.add(zipOf(t, map[string]string{"main.py": dataApp, "pkg/__init__.py": ""}))
+	sqRef := st.add(squashfsOf(t, map[string]string{"main.py": dataApp}))
+	plainRef := st.add([]byte(dataApp))
+	binRef := st.add([]byte(binaryApp))
+	dataRef := st.add(zipOf(t, map[string]string{"hello.txt": "hello from the data"}))
+	sqDataRef := st.add(squashfsOf(t, map[string]string{"hello.txt": "squashed data"}))
+	// Two objects of 600 KiB that do not compress, for a cache of 1 MiB.
+	big := func() string {
+		b := make([]byte, 600<<10)
+		rand.Read(b)
+		return st.add(zipOf(t, map[string]string{"big.bin": string(b)}))
+	}
+	big1, big2 := big(), big()
+	wrong := strings.Repeat("0", 64)
+	st.mu.Lock()
+	st.objects[wrong] = []byte("not what the digest says")
+	st.mu.Unlock()
+
+	prog := func(code string, extra string) string {
+		return fmt.Sprintf(`{"code": %s, "on": {"http": true}, "resources": {"vcpus": 1}%s}`, code, extra)
+	}
+	data := func(enc, ref string) string { return fmt.Sprintf(`, "data": {"encoding": %q, "mount": "/data", "ref": %q, "use_latest": false}`, enc, ref) }
+	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {
+		"zipped":   %s,
+		"again":    %s,
+		"squashed": %s,
+		"plain":    %s,
+		"binary":   %s,
+		"big-one":  %s,
+		"big-two":  %s,
+		"bad":      %s}}`,
+		prog(fmt.Sprintf(`{"encoding": "zip", "entrypoint": "main:app", "ref": %q, "use_latest": false}`, zipRef), data("zip", dataRef)),
+		prog(fmt.Sprintf(`{"encoding": "zip", "entrypoint": "main:app", "ref": "sha256:%s"}`, zipRef), ""),
+		prog(fmt.Sprintf(`{"encoding": "squashfs", "entrypoint": "main:app", "interface": "asgi", "ref": %q}`, sqRef), data("squashfs", sqDataRef)),
+		prog(fmt.Sprintf(`{"encoding": "plain", "entrypoint": "main:app", "ref": %q}`, plainRef), ""),
+		prog(fmt.Sprintf(`{"encoding": "plain", "entrypoint": "server", "interface": "binary", "ref": %q}`, binRef), data("zip", dataRef)),
+		prog(fmt.Sprintf(`{"encoding": "plain", "entrypoint": "main:app", "ref": %q}`, plainRef), data("zip", big1)),
+		prog(fmt.Sprintf(`{"encoding": "plain", "entrypoint": "main:app", "ref": %q}`, plainRef), data("zip", big2)),
+		prog(fmt.Sprintf(`{"encoding": "zip", "entrypoint": "main:app", "ref": %q}`, wrong), ""),
+	)
+	stateDir := filepath.Join(t.TempDir(), "state")
+	agent := serveAgent(t, config, agentOptions{}, "--store", "file://"+t.TempDir(), "--store", st.url, "--store-cache-mib", "1", "--state-dir", stateDir)
+	url := "http://" + agent.addr
+	metrics := func(series string) float64 {
+		return metricValue(t, curl(t, "--unix-socket", agent.admin, "http://admin/metrics"), series)
+	}
+	getJSON := func(path string) map[string]any {
+		t.Helper()
+		out := curl(t, "-w", "\n%{http_code}", url+path)
+		i := strings.LastIndexByte(out, '\n')
+		var doc map[string]any
+		if out[i+1:] != "200" || json.Unmarshal([]byte(out[:i]), &doc) != nil {
+			t.Fatalf("%s answered %s", path, out)
+		}
+		return doc
+	}
+
+	// zip: extracted code, zip data at /data.
+	doc := getJSON("/vm/zipped/")
+	if doc["app"] != "main.py" || doc["dir"] != "/opt/code" || doc["data"].(map[string]any)["hello.txt"] != "hello from the data" {
+		t.Fatalf("zipped: %v", doc)
+	}
+	downloaded := metrics("ferry_store_downloaded_bytes_total")
+	hits := metrics("ferry_store_hits_total")
+	// The same ref again: booted without a second download.
+	if doc := getJSON("/vm/again/"); doc["app"] != "main.py" {
+		t.Fatalf("again: %v", doc)
+	}
+	if got := metrics("ferry_store_downloaded_bytes_total"); got != downloaded {
+		t.Fatalf("the second program with the same ref downloaded %v more bytes", got-downloaded)
+	}
+	if metrics("ferry_store_hits_total") != hits+1 || st.getCount(zipRef) != 1 {
+		t.Fatalf("hits %v then %v; the store served the zip %d times", hits, metrics("ferry_store_hits_total"), st.getCount(zipRef))
+	}
+	// squashfs code and squashfs data; a plain single file; a binary.
+	if doc := getJSON("/vm/squashed/"); doc["app"] != "main.py" || doc["data"].(map[string]any)["hello.txt"] != "squashed data" {
+		t.Fatalf("squashed: %v", doc)
+	}
+	if doc := getJSON("/vm/plain/"); doc["app"] != "main.py" || doc["dir"] != "/opt/code" {
+		t.Fatalf("plain: %v", doc)
+	}
+	if got := curl(t, url+"/vm/binary/"); got != "binary says hello from the data" {
+		t.Fatalf("binary: %q", got)
+	}
+
+	// A wrong digest: a clear error, nothing cached.
+	out := curl(t, "-w", "\n%{http_code}", url+"/vm/bad/")
+	if !strings.HasSuffix(out, "\n502") && !strings.HasSuffix(out, "\n503") {
+		t.Fatalf("a program with a wrong digest answered %q", out)
+	}
+	got := sha256.Sum256([]byte("not what the digest says"))
+	if !strings.Contains(agent.out.String(), "expected sha256 "+wrong+", got "+hex.EncodeToString(got[:])) {
+		t.Fatalf("the agent's log does not name both digests:\n%s", agent.out.String())
+	}
+	objects := filepath.Join(stateDir, "store", "objects")
+	if _, err := os.Stat(filepath.Join(objects, wrong)); !os.IsNotExist(err) {
+		t.Fatalf("the refused object is in the cache: %v", err)
+	}
+	if tmp, _ := os.ReadDir(filepath.Join(stateDir, "store", "tmp")); len(tmp) != 0 {
+		t.Fatalf("a refused download left %d files", len(tmp))
+	}
+
+	// The cache's bound: 1 MiB, two objects of 600 KiB each. The first is
+	// evicted once its program stops and the second is fetched.
+	if doc := getJSON("/vm/big-one/"); doc["data"].(map[string]any)["big.bin"] != float64(600<<10) {
+		t.Fatalf("big-one: %v", doc)
+	}
+	bin, _ := buildAgent()
+	if out, err := exec.Command(bin, "program", "--admin", agent.admin, "stop", "big-one").CombinedOutput(); err != nil {
+		t.Fatalf("program stop: %v %s", err, out)
+	}
+	if doc := getJSON("/vm/big-two/"); doc["data"].(map[string]any)["big.bin"] != float64(600<<10) {
+		t.Fatalf("big-two: %v", doc)
+	}
+	var total int64
+	entries, _ := os.ReadDir(objects)
+	for _, e := range entries {
+		info, _ := e.Info()
+		total += info.Size()
+	}
+	if total > 1<<20 || metrics("ferry_store_cache_bytes") > 1<<20 {
+		t.Fatalf("the cache holds %d bytes (metric %v), over its bound of 1 MiB", total, metrics("ferry_store_cache_bytes"))
+	}
+	if _, err := os.Stat(filepath.Join(objects, big1)); !os.IsNotExist(err) {
+		t.Fatalf("the unused object was not evicted: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(objects, big2)); err != nil {
+		t.Fatalf("the object in use is not cached: %v", err)
+	}
+	_ = time.Second
+}
