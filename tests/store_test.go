@@ -171,7 +171,9 @@ func TestStoreProgramsByRef(t *testing.T) {
 	prog := func(code string, extra string) string {
 		return fmt.Sprintf(`{"code": %s, "on": {"http": true}, "resources": {"vcpus": 1}%s}`, code, extra)
 	}
-	data := func(enc, ref string) string { return fmt.Sprintf(`, "data": {"encoding": %q, "mount": "/data", "ref": %q, "use_latest": false}`, enc, ref) }
+	data := func(enc, ref string) string {
+		return fmt.Sprintf(`, "data": {"encoding": %q, "mount": "/data", "ref": %q, "use_latest": false}`, enc, ref)
+	}
 	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {
 		"zipped":   %s,
 		"again":    %s,
