@@ -283,3 +283,127 @@ func TestStoreProgramsByRef(t *testing.T) {
 	}
 	_ = time.Second
 }
+
+// volumesApp reports and writes its volumes.
+const volumesApp = `
+import os, json
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return None
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    doc = {}
+    if scope["path"] == "/write":
+        with open("/state/kept", "w") as f:
+            f.write("written before the restart")
+        with open("/scratch/tmp", "w") as f:
+            f.write("scratch")
+        try:
+            open("/opt/venv/new", "w").close()
+            doc["venv_writable"] = True
+        except OSError:
+            doc["venv_writable"] = False
+    doc.update({"kept": read("/state/kept"), "scratch": read("/scratch/tmp"), "venv": read("/opt/venv/venv.txt"),
+                "state_size": os.statvfs("/state").f_blocks * os.statvfs("/state").f_frsize})
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+    await send({"type": "http.response.body", "body": json.dumps(doc).encode()})
+`
+
+// Volumes of each kind on the sandbox: immutable by ref (read-only),
+// persistent (kept across a restart, its size enforced by its ext4
+// image), ephemeral (empty at each boot); bad sizes and a missing ref are
+// clear errors.
+func TestSandboxVolumes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root: the sandbox mounts volumes through loop devices")
+	}
+	requirePythonModules(t, "asyncio")
+	requireTool(t, "curl")
+	requireTool(t, "mkfs.ext4")
+	st := newObjectStore(t)
+	venv := st.add(squashfsOf(t, map[string]string{"venv.txt": "immutable content"}))
+	code := writeApp(t, map[string]string{"main.py": volumesApp})
+	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {
+		"vols": {"code": {"encoding": "plain", "entrypoint": "main:app", "path": %q}, "on": {"http": true},
+			"volumes": [
+				{"mount": "/opt/venv", "ref": %q, "use_latest": false},
+				{"comment": "kept on this node", "mount": "/state", "name": "state", "persistence": "host", "size_mib": 16},
+				{"mount": "/scratch", "ephemeral": true, "size_mib": 8}]},
+		"missing": {"code": {"encoding": "plain", "entrypoint": "main:app", "path": %q}, "on": {"http": true},
+			"volumes": [{"mount": "/opt/venv", "ref": %q}]}}}`, code, venv, code, strings.Repeat("e", 64))
+	stateDir := filepath.Join(t.TempDir(), "state")
+	agent := serveAgent(t, config, agentOptions{}, "--store", st.url, "--state-dir", stateDir)
+	url := "http://" + agent.addr
+	bin, _ := buildAgent()
+	program := func(args ...string) (string, error) {
+		out, err := exec.Command(bin, append([]string{"program", "--admin", agent.admin}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	get := func(path string) map[string]any {
+		t.Helper()
+		var doc map[string]any
+		if out := curl(t, url+path); json.Unmarshal([]byte(out), &doc) != nil {
+			t.Fatalf("%s answered %q", path, out)
+		}
+		return doc
+	}
+
+	doc := get("/vm/vols/")
+	if doc["kept"] != nil || doc["scratch"] != nil || doc["venv"] != "immutable content" {
+		t.Fatalf("first boot: %v", doc)
+	}
+	if size := doc["state_size"].(float64); size > 16<<20 || size < 8<<20 {
+		t.Fatalf("the persistent volume is %v bytes, declared 16 MiB", size)
+	}
+	doc = get("/vm/vols/write")
+	if doc["kept"] != "written before the restart" || doc["scratch"] != "scratch" || doc["venv_writable"] != false {
+		t.Fatalf("after writing: %v", doc)
+	}
+	if out, err := program("restart", "vols"); err != nil {
+		t.Fatalf("program restart: %v %s", err, out)
+	}
+	doc = get("/vm/vols/")
+	if doc["kept"] != "written before the restart" || doc["scratch"] != nil || doc["venv"] != "immutable content" {
+		t.Fatalf("after a restart the persistent volume must keep its file and the ephemeral one be empty: %v", doc)
+	}
+	image := filepath.Join(stateDir, "sandbox", "volumes", "vols", "state.ext4")
+	if _, err := os.Stat(image); err != nil {
+		t.Fatalf("the persistent volume's image: %v", err)
+	}
+
+	// A volume whose ref no store has: the boot fails, saying so.
+	if code := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/missing/"); code != "502" {
+		t.Fatalf("a missing ref answered %s", code)
+	}
+	if log := agent.out.String(); !strings.Contains(log, "volumes[0] (/opt/venv): store: ref "+strings.Repeat("e", 64)) || !strings.Contains(log, "not found") {
+		t.Fatalf("the agent's log does not explain the missing ref:\n%s", log)
+	}
+	// Bad sizes are refused at deploy, naming the field.
+	for body, field := range map[string]string{
+		`{"mount": "/s", "persistent": true, "name": "s", "size_mib": 0}`:     "volumes[0].size_mib",
+		`{"mount": "/s", "ephemeral": true, "size_mib": -5}`:                  "volumes[0].size_mib",
+		`{"mount": "/s", "ephemeral": true, "size_mib": 2000000}`:             "volumes[0].size_mib",
+		`{"mount": "/s", "ref": "abc"}`:                                       "volumes[0].ref",
+		`{"mount": "/s", "persistence": "store", "name": "s", "size_mib": 1}`: "volumes[0].persistence",
+	} {
+		path := filepath.Join(t.TempDir(), "m.json")
+		os.WriteFile(path, []byte(fmt.Sprintf(`{"code": {"entrypoint": "main:app", "path": %q}, "on": {"http": true}, "volumes": [%s]}`, code, body)), 0o644)
+		if out, err := program("deploy", "bad", path); err == nil || !strings.Contains(out, "programs.bad."+field) {
+			t.Errorf("volume %s: %v %s", body, err, out)
+		}
+	}
+
+	// Once the agent is gone, no loop device holds the images and no
+	// ephemeral image is left.
+	agent.stop()
+	if out, _ := exec.Command("losetup", "-j", image).CombinedOutput(); strings.TrimSpace(string(out)) != "" {
+		t.Fatalf("a loop device still holds the volume: %s", out)
+	}
+	if left, _ := filepath.Glob(filepath.Join(stateDir, "sandbox", "volumes", ".ephemeral-*")); len(left) != 0 {
+		t.Fatalf("ephemeral images left: %v", left)
+	}
+}
