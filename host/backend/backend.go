@@ -159,6 +159,13 @@ type ChannelVM interface {
 	WorkerChannels() *contract.Channels
 }
 
+// RootImages is implemented by backends that boot Spec.Rootfs (qemu).
+// The others have a root of their own (the sandbox's --sandbox-root):
+// the manager fetches no runtime by ref for them.
+type RootImages interface {
+	BootsRootImages() bool
+}
+
 // Backend starts VMs.
 type Backend interface {
 	Name() string

@@ -33,7 +33,8 @@ type Sources struct {
 var ErrNoStore = errors.New("the program names objects by ref, but the agent has no store (--store URL)")
 
 // resolve fetches p's refs and puts their paths into spec: the code, the
-// runtime, the data and immutable volumes. release unpins every object
+// runtime (for backends that boot root images), the data and immutable
+// volumes. release unpins every object
 // fetched; on error nothing stays pinned.
 func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (release func(), err error) {
 	var releases []func()
@@ -63,7 +64,7 @@ func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (
 			return nil, err
 		}
 	}
-	if p.Refs.Runtime != "" {
+	if ri, ok := m.opt.Backend.(backend.RootImages); p.Refs.Runtime != "" && ok && ri.BootsRootImages() {
 		if spec.Rootfs, err = get("runtime", p.Refs.Runtime); err != nil {
 			return nil, err
 		}

@@ -25,11 +25,16 @@ func (f *fakeObjects) Get(_ context.Context, ref store.Ref) (string, func(), err
 	return p, func() { f.pinned[ref]-- }, nil
 }
 
+// rootImages is a backend that boots root images (as qemu does).
+type rootImages struct{ backend.Backend }
+
+func (rootImages) BootsRootImages() bool { return true }
+
 func ref(c byte) store.Ref { return store.Ref(strings.Repeat(string(c), 64)) }
 
 func TestResolveFetchesAndPinsEveryRef(t *testing.T) {
 	objs := &fakeObjects{paths: map[store.Ref]string{ref('a'): "/c/code", ref('b'): "/c/root", ref('c'): "/c/data", ref('d'): "/c/vol"}, pinned: map[store.Ref]int{}}
-	m := &Manager{opt: Options{Objects: objs}}
+	m := &Manager{opt: Options{Objects: objs, Backend: rootImages{}}}
 	p := &Program{ID: "p", Refs: Sources{Code: ref('a'), Runtime: ref('b'), Data: ref('c')},
 		Data:    &backend.Data{Encoding: "zip"},
 		Volumes: []backend.Volume{{Mount: "/v", Ref: string(ref('d'))}, {Mount: "/s", Persistent: true, SizeMiB: 1}}}
@@ -55,6 +60,15 @@ func TestResolveFetchesAndPinsEveryRef(t *testing.T) {
 			t.Fatalf("%s still pinned %d times", r.Short(), n)
 		}
 	}
+
+	// A backend with a root of its own fetches no runtime.
+	m.opt.Backend = nil
+	if release, err := m.resolve(context.Background(), p, &spec); err != nil || objs.pinned[ref('b')] != 0 {
+		t.Fatalf("runtime fetched for a backend without root images: %v", err)
+	} else {
+		release()
+	}
+	m.opt.Backend = rootImages{}
 
 	// A missing ref: the error names it, nothing stays pinned.
 	p.Volumes[0].Ref = string(ref('e'))

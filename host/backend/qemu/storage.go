@@ -10,6 +10,10 @@ import (
 	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
+// BootsRootImages implements backend.RootImages: a program's runtime is
+// the VM's root image.
+func (b *Backend) BootsRootImages() bool { return true }
+
 // dataSerial is the serial of the data's drive.
 const dataSerial = "ferry-data"
 
