@@ -56,6 +56,21 @@ func (r StoreRef) check(field string) error {
 	return nil
 }
 
+// source checks an object given by a path on this host or by this ref:
+// exactly one of them, missing reported at missingField.
+func (r StoreRef) source(field, path, missingField, missing string) error {
+	if err := r.check(field); err != nil {
+		return err
+	}
+	switch {
+	case path == "" && r.Ref == "":
+		return &FieldError{missingField, missing}
+	case path != "" && r.Ref != "":
+		return &FieldError{field, "give path or ref, not both"}
+	}
+	return nil
+}
+
 // Data is the program's input data, unpacked in the VM at /data before
 // the program starts: a zip archive (extracted) or a squashfs image
 // (mounted read-only), by ref or by a path on this host.
@@ -116,14 +131,8 @@ func validateCode(field func(string) string, c *Code) error {
 	if c.Entrypoint == "" {
 		return &FieldError{field("code.entrypoint"), "required"}
 	}
-	if err := c.StoreRef.check(field("code")); err != nil {
+	if err := c.StoreRef.source(field("code"), c.Path, field("code.path"), "required: the program's directory, or its single file, on this host; or code.ref, its digest in the store"); err != nil {
 		return err
-	}
-	switch {
-	case c.Path == "" && c.Ref == "":
-		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host; or code.ref, its digest in the store"}
-	case c.Path != "" && c.Ref != "":
-		return &FieldError{field("code"), "give path or ref, not both"}
 	}
 	switch c.Encoding {
 	case EncodingPlain, EncodingZip, EncodingSquashfs:
@@ -149,14 +158,8 @@ func validateSources(field func(string) string, p *Program) error {
 	}
 	mounts := map[string]string{contract.DefaultCodeDir: "code"}
 	if d := p.Data; d != nil {
-		if err := d.StoreRef.check(field("data")); err != nil {
+		if err := d.StoreRef.source(field("data"), d.Path, field("data"), "needs a ref (or a path on this host)"); err != nil {
 			return err
-		}
-		switch {
-		case d.Path == "" && d.Ref == "":
-			return &FieldError{field("data"), "needs a ref (or a path on this host)"}
-		case d.Path != "" && d.Ref != "":
-			return &FieldError{field("data"), "give path or ref, not both"}
 		}
 		switch d.Encoding {
 		case EncodingZip, EncodingSquashfs:
