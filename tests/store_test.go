@@ -407,3 +407,46 @@ func TestSandboxVolumes(t *testing.T) {
 		t.Fatalf("ephemeral images left: %v", left)
 	}
 }
+
+// stdlibApp is an ASGI app with nothing to import (quick under TCG): it
+// answers with /data's file and what the ephemeral volume holds.
+const stdlibApp = `
+import os
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    scratch = os.listdir("/scratch")
+    with open("/scratch/mine", "w") as f:
+        f.write("x")
+    body = ("%s|%s|%s" % (open("/data/hello.txt").read(), sorted(n for n in scratch if n != "lost+found"), os.path.basename(__file__))).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
+`
+
+// One boot under QEMU: zip code and zip data by ref, as raw drives init
+// extracts, and an ephemeral volume.
+func TestQEMUProgramByRef(t *testing.T) {
+	images := requireImages(t)
+	requireTool(t, "curl")
+	st := newObjectStore(t)
+	codeRef := st.add(zipOf(t, map[string]string{"main.py": stdlibApp}))
+	dataRef := st.add(zipOf(t, map[string]string{"hello.txt": "data through a drive"}))
+	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {"byref": {
+		"code": {"encoding": "zip", "entrypoint": "main:app", "ref": %q},
+		"data": {"encoding": "zip", "ref": %q},
+		"volumes": [{"mount": "/scratch", "ephemeral": true, "size_mib": 16}],
+		"resources": {"vcpus": 1, "memory": 256}, "on": {"http": true}}}}`, codeRef, dataRef)
+	state := t.TempDir()
+	agent := serveAgent(t, config, agentOptions{}, "--backend", "qemu", "--images", images, "--state-dir", state,
+		"--boot-timeout", "5m", "--store", st.url)
+	if got := curl(t, "--max-time", "300", "http://"+agent.addr+"/vm/byref/"); got != "data through a drive|[]|main.py" {
+		t.Fatalf("the program by ref answered %q", got)
+	}
+	if ephemeral, _ := filepath.Glob(filepath.Join(state, "qemu", "ephemeral", "*")); len(ephemeral) != 1 {
+		t.Fatalf("want the running VM's ephemeral image, found %v", ephemeral)
+	}
+	agent.stop()
+	if ephemeral, _ := filepath.Glob(filepath.Join(state, "qemu", "ephemeral", "*")); len(ephemeral) != 0 {
+		t.Fatalf("ephemeral images outlived their VM: %v", ephemeral)
+	}
+}
