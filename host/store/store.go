@@ -54,14 +54,21 @@ type Options struct {
 	// ProgressEvery is how many bytes pass between progress lines in the
 	// log (default DefaultProgressEvery).
 	ProgressEvery int64
-	Log           *slog.Logger
-	Metrics       Recorder // may be nil
+	// DownloadTimeout bounds one object's download from all the stores
+	// (default DefaultDownloadTimeout). A download outlives the boot that
+	// started it (others may be waiting for it), so this is what ends
+	// one from a store that stalls.
+	DownloadTimeout time.Duration
+	Log             *slog.Logger
+	Metrics         Recorder // may be nil
 }
 
 // Defaults of Options.
 const (
 	DefaultMaxBytes      = 4 << 30
 	DefaultProgressEvery = 16 << 20
+	// DefaultDownloadTimeout is an hour: 4 GiB at about 1 MiB/s.
+	DefaultDownloadTimeout = time.Hour
 )
 
 // Store is the cache and its sources.
@@ -95,6 +102,9 @@ func New(opt Options) (*Store, error) {
 	}
 	if opt.ProgressEvery <= 0 {
 		opt.ProgressEvery = DefaultProgressEvery
+	}
+	if opt.DownloadTimeout <= 0 {
+		opt.DownloadTimeout = DefaultDownloadTimeout
 	}
 	if opt.Client == nil {
 		opt.Client = &http.Client{}
@@ -158,7 +168,11 @@ func (s *Store) Get(ctx context.Context, ref Ref) (path string, release func(), 
 	}
 	s.record(func(r Recorder) { r.StoreMiss() })
 	for range 3 { // an object evicted between its download and our pin is fetched again
-		ch := s.flight.DoChan(string(ref), func() (any, error) { return nil, s.fetch(context.WithoutCancel(ctx), ref) })
+		ch := s.flight.DoChan(string(ref), func() (any, error) {
+			fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opt.DownloadTimeout)
+			defer cancel()
+			return nil, s.fetch(fctx, ref)
+		})
 		select {
 		case <-ctx.Done():
 			return "", nil, fmt.Errorf("store: ref %s: %w", ref, ctx.Err())

@@ -13,6 +13,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 func digest(b []byte) Ref {
@@ -247,5 +248,27 @@ func TestBadSources(t *testing.T) {
 		if _, err := New(Options{Sources: []string{raw}, Dir: t.TempDir()}); err == nil {
 			t.Errorf("%s accepted", raw)
 		}
+	}
+}
+
+// A store that stalls is given up on after the download timeout, and a
+// waiter that leaves early gets its own context's error.
+func TestStalledDownloadTimesOut(t *testing.T) {
+	obj := []byte("slow")
+	ref := digest(obj)
+	srv := &objectServer{objects: map[string][]byte{string(ref): obj}, gate: make(chan struct{})}
+	hs := httptest.NewServer(srv)
+	defer func() { close(srv.gate); hs.Close() }()
+	s, err := New(Options{Sources: []string{hs.URL}, Dir: t.TempDir(), DownloadTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, _, err := s.Get(ctx, ref); !errors.Is(err, context.Canceled) {
+		t.Fatalf("a cancelled Get: %v", err)
+	}
+	if _, _, err := s.Get(context.Background(), ref); err == nil || !strings.Contains(err.Error(), "deadline exceeded") {
+		t.Fatalf("a stalled store: %v", err)
 	}
 }
