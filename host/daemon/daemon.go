@@ -175,10 +175,10 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
+	a.manager = lifecycle.New(lifecycle.Options{Objects: objects, Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
 		OnBoot: a.metrics.Boot, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
-		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }, Objects: objects})
+		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
 	defer a.manager.Close()
 	a.programs = front.NewPrograms(a.manager)
 	a.programs.Limits = cfg.Limits.Requests

@@ -215,6 +215,7 @@ func (f *Flags) runConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Store = f.store
 	cfg.Listen, cfg.EchoOutput = f.listen, true
 	return cfg, nil
 }
@@ -237,6 +238,7 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Store = f.store
 	cfg.Listen = f.listen
 	if cfg.Listen == "" {
 		cfg.Listen = file.Listen
@@ -274,11 +276,7 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	if f.store.CacheMiB <= 0 {
-		return nil, &ConfigError{errors.New("--store-cache-mib must be positive")}
-	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest,
-		Store: f.store}, nil
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, GuestAPI: f.guest}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

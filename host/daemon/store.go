@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
@@ -33,6 +34,9 @@ func (o *StoreOptions) register(fs *flag.FlagSet) {
 func openStore(o StoreOptions, stateDir string, log *slog.Logger, rec store.Recorder) (lifecycle.Objects, error) {
 	if len(o.URLs) == 0 {
 		return nil, nil
+	}
+	if o.CacheMiB <= 0 {
+		return nil, &ConfigError{errors.New("--store-cache-mib must be positive")}
 	}
 	s, err := store.New(store.Options{Sources: o.URLs, Dir: filepath.Join(stateDir, "store"), MaxBytes: o.CacheMiB << 20, Log: log, Metrics: rec})
 	if err != nil {

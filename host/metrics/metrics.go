@@ -18,6 +18,7 @@ import (
 
 // Metrics is one agent's set of metrics, on its own registry.
 type Metrics struct {
+	store      storeMetrics // the content-addressed store's (store.go)
 	registry   *prometheus.Registry
 	requests   *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
@@ -25,7 +26,6 @@ type Metrics struct {
 	coldTime   *prometheus.HistogramVec
 	bootPhase  *prometheus.HistogramVec
 	logDropped *prometheus.CounterVec
-	store      storeMetrics
 }
 
 // New returns the metrics; running reports how many VMs run right now.
