@@ -69,9 +69,9 @@ func (s *objectStore) getCount(ref string) int {
 	return s.gets[ref]
 }
 
-// zipOf packs files (name: content; names ending in * are executable)
+// zipArchive packs files (name: content; names ending in * are executable)
 // into a zip archive.
-func zipOf(t *testing.T, files map[string]string) []byte {
+func zipArchive(t *testing.T, files map[string]string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
 	zw := zip.NewWriter(&buf)
@@ -150,17 +150,17 @@ func TestStoreProgramsByRef(t *testing.T) {
 	requirePythonModules(t, "asyncio")
 	requireTool(t, "curl")
 	st := newObjectStore(t)
-	zipRef := st.add(zipOf(t, map[string]string{"main.py": dataApp, "pkg/__init__.py": ""}))
+	zipRef := st.add(zipArchive(t, map[string]string{"main.py": dataApp, "pkg/__init__.py": ""}))
 	sqRef := st.add(squashfsOf(t, map[string]string{"main.py": dataApp}))
 	plainRef := st.add([]byte(dataApp))
 	binRef := st.add([]byte(binaryApp))
-	dataRef := st.add(zipOf(t, map[string]string{"hello.txt": "hello from the data"}))
+	dataRef := st.add(zipArchive(t, map[string]string{"hello.txt": "hello from the data"}))
 	sqDataRef := st.add(squashfsOf(t, map[string]string{"hello.txt": "squashed data"}))
 	// Two objects of 600 KiB that do not compress, for a cache of 1 MiB.
 	big := func() string {
 		b := make([]byte, 600<<10)
 		rand.Read(b)
-		return st.add(zipOf(t, map[string]string{"big.bin": string(b)}))
+		return st.add(zipArchive(t, map[string]string{"big.bin": string(b)}))
 	}
 	big1, big2 := big(), big()
 	wrong := strings.Repeat("0", 64)
@@ -429,8 +429,8 @@ func TestQEMUProgramByRef(t *testing.T) {
 	images := requireImages(t)
 	requireTool(t, "curl")
 	st := newObjectStore(t)
-	codeRef := st.add(zipOf(t, map[string]string{"main.py": stdlibApp}))
-	dataRef := st.add(zipOf(t, map[string]string{"hello.txt": "data through a drive"}))
+	codeRef := st.add(zipArchive(t, map[string]string{"main.py": stdlibApp}))
+	dataRef := st.add(zipArchive(t, map[string]string{"hello.txt": "data through a drive"}))
 	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {"byref": {
 		"code": {"encoding": "zip", "entrypoint": "main:app", "ref": %q},
 		"data": {"encoding": "zip", "ref": %q},
