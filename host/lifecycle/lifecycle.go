@@ -508,13 +508,13 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: codeFile(p), CodeEncoding: p.CodeEncoding,
-		Network: p.Network, Firewall: p.Firewall, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
+		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+	var output *outputPump
 	release, err := m.resolve(ctx, p, &spec)
 	if err != nil {
 		return nil, err
 	}
-	var output *outputPump
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
 		spec.Console = func(line string) {

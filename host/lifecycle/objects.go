@@ -32,9 +32,9 @@ type Sources struct {
 // has none configured.
 var ErrNoStore = errors.New("the program names objects by ref, but the agent has no store (--store URL)")
 
-// resolve fetches p's refs and puts their paths into spec: the code, the
-// runtime (for backends that boot root images), the data and immutable
-// volumes. release unpins every object
+// resolve completes spec with how p's code is stored, and fetches p's
+// refs and puts their paths into spec: the code, the runtime (for
+// backends that boot root images), the data and immutable volumes. release unpins every object
 // fetched; on error nothing stays pinned.
 func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (release func(), err error) {
 	var releases []func()
@@ -59,6 +59,7 @@ func (m *Manager) resolve(ctx context.Context, p *Program, spec *backend.Spec) (
 			unpin()
 		}
 	}()
+	spec.CodeFile, spec.CodeEncoding = codeFile(p), p.CodeEncoding
 	if p.Refs.Code != "" {
 		if spec.CodePath, err = get("code", p.Refs.Code); err != nil {
 			return nil, err
