@@ -16,7 +16,6 @@ import (
 	"strings"
 	"sync"
 	"testing"
-	"time"
 )
 
 // objectStore is the test's store: objects served over HTTP on 127.0.0.1
@@ -69,8 +68,7 @@ func (s *objectStore) getCount(ref string) int {
 	return s.gets[ref]
 }
 
-// zipArchive packs files (name: content; names ending in * are executable)
-// into a zip archive.
+// zipArchive packs files (name: content) into a zip archive.
 func zipArchive(t *testing.T, files map[string]string) []byte {
 	t.Helper()
 	var buf bytes.Buffer
@@ -281,7 +279,6 @@ func TestStoreProgramsByRef(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(objects, big2)); err != nil {
 		t.Fatalf("the object in use is not cached: %v", err)
 	}
-	_ = time.Second
 }
 
 // volumesApp reports and writes its volumes.
