@@ -28,6 +28,13 @@ type Spec struct {
 	// CodeFile is the name a single code file gets in the guest's code
 	// directory, where the entrypoint looks for it (contract.FileName).
 	CodeFile string
+	// CodeEncoding is how CodePath is stored: empty for a directory or
+	// one file as above, contract.EncodingZip for a zip archive the guest
+	// extracts into its code directory, contract.EncodingSquashfs for a
+	// squashfs image mounted read-only there.
+	CodeEncoding string
+	// Data, when set, is unpacked at /data in the guest.
+	Data *Data
 	// Network asks for a network interface (veth or tap) with addresses
 	// the backend allocates.
 	Network bool
@@ -50,7 +57,8 @@ type Spec struct {
 
 // SingleFile reports whether the code is a single file rather than a
 // directory; anything else, or a single file without CodeFile, is an
-// error.
+// error. Packed code (CodeEncoding) is a regular file, and not a
+// "single file" in this sense.
 func (s *Spec) SingleFile() (bool, error) {
 	if s.CodePath == "" {
 		return false, nil
@@ -59,6 +67,11 @@ func (s *Spec) SingleFile() (bool, error) {
 	switch {
 	case err != nil:
 		return false, fmt.Errorf("code: %w", err)
+	case s.CodeEncoding != "":
+		if !st.Mode().IsRegular() {
+			return false, fmt.Errorf("code %s (%s) is not a regular file", s.CodePath, s.CodeEncoding)
+		}
+		return false, nil
 	case st.IsDir():
 		return false, nil
 	case !st.Mode().IsRegular():
@@ -69,16 +82,34 @@ func (s *Spec) SingleFile() (bool, error) {
 	return true, nil
 }
 
+// Data is a program's input data on the host.
+type Data struct {
+	Path string
+	// Encoding is contract.EncodingZip (extracted at /data) or
+	// contract.EncodingSquashfs (mounted read-only at /data).
+	Encoding string
+}
+
+// DataMount is where the guest finds a program's data.
+const DataMount = "/data"
+
 // Volume is one volume a program declares.
 type Volume struct {
 	Mount string // where the program sees it
-	// Image is an immutable volume's filesystem image on the host.
+	// Image is an immutable volume's filesystem image on the host
+	// (squashfs, or any filesystem the guest's kernel mounts read-only).
 	Image string
+	// Ref is an immutable volume's digest in the store: the manager
+	// fetches it and sets Image before the backend sees the volume.
+	Ref string
 	// Persistent volumes are kept between boots, per program and Name,
 	// created empty (ext4) at SizeMiB.
 	Persistent bool
 	Name       string
 	SizeMiB    int
+	// Ephemeral volumes are created empty (ext4) at SizeMiB for one boot
+	// and removed when the VM ends.
+	Ephemeral bool
 }
 
 // Guest says where the VM sees the program's code and volumes, in the
@@ -86,6 +117,9 @@ type Volume struct {
 type Guest struct {
 	Code    contract.Code
 	Volumes []contract.Volume
+	// Data, when set, is a zip archive init extracts at /data (data the
+	// backend mounted there itself is not listed).
+	Data *contract.Source
 }
 
 // Network is the addressing of a VM's interface, host side and guest side.
@@ -123,6 +157,13 @@ type VM interface {
 type ChannelVM interface {
 	VM
 	WorkerChannels() *contract.Channels
+}
+
+// RootImages is implemented by backends that boot Spec.Rootfs (qemu).
+// The others have a root of their own (the sandbox's --sandbox-root):
+// the manager fetches no runtime by ref for them.
+type RootImages interface {
+	BootsRootImages() bool
 }
 
 // Backend starts VMs.

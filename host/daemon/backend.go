@@ -28,7 +28,8 @@ type BackendOptions struct {
 	// Accel is auto, kvm or tcg; Transport auto, vsock or serial.
 	Accel, Transport string
 	// StateDir is the agent's state directory: the qemu backend keeps its
-	// code images and volumes in StateDir/qemu.
+	// code images and volumes in StateDir/qemu, the sandbox its volumes in
+	// StateDir/sandbox/volumes.
 	StateDir string
 	// NodeSlot is the agent's slot in its cluster (0 for a lone agent):
 	// its VMs' network names, address ranges and uid ranges come from it.
@@ -61,6 +62,7 @@ func newBackend(o BackendOptions, net *hostnet.Host, log *slog.Logger) (backend.
 	case "sandbox":
 		b := sandbox.New(log)
 		b.Slots, b.Net = hostnet.NewPool(o.NodeSlot), net
+		b.VolumeDir = filepath.Join(o.StateDir, "sandbox", "volumes")
 		if o.SandboxRoot != "" {
 			b.RootDir = o.SandboxRoot
 		}

@@ -88,6 +88,8 @@ type Config struct {
 	// Stdout receives the lines saying where the agent serves (tests wait
 	// for "ferry: serving"), Stderr the log; nil: the process's own.
 	Stdout, Stderr io.Writer
+	// Store is where programs' objects named by ref come from.
+	Store StoreOptions
 	// Cluster, when set (serve), keeps the agent's state in a dqlite
 	// cluster: programs deployed through the API survive restarts and are
 	// served by every node, persistent programs run exactly once across
@@ -188,7 +190,11 @@ func Serve(ctx context.Context, cfg *Config) error {
 	a.conn = cfg.Limits.Conn
 	a.conn.Log = a.log
 	a.metrics = metrics.New(func() int { return len(a.manager.Running()) })
-	a.manager = lifecycle.New(lifecycle.Options{Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
+	objects, err := openStore(cfg.Store, cfg.BackendOptions.StateDir, a.log, a.metrics)
+	if err != nil {
+		return err
+	}
+	a.manager = lifecycle.New(lifecycle.Options{Objects: objects, Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
 		OnBoot: a.booted, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})

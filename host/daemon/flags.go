@@ -45,6 +45,7 @@ type Flags struct {
 	// the VMs' network
 	ipv6Prefix, dns string
 	guest           guestapi.Limits
+	store           StoreOptions
 
 	// run: the one program
 	iface, python          string
@@ -123,6 +124,7 @@ func (f *Flags) common() {
 	fs.StringVar(&b.Uplink, "uplink", "", "network: the interface toward the outside, for NAT, port forwards and the NDP proxy (default: the default route's)")
 	fs.StringVar(&f.dns, "dns", "", "network: the VMs' DNS resolvers, comma-separated (default: the host's non-loopback ones from /etc/resolv.conf, else /run/systemd/resolve/resolv.conf)")
 	f.limits.register(fs)
+	f.store.register(fs)
 	g := &f.guest
 	fs.Float64Var(&g.Rate, "guest-api-rate", guestapi.DefaultRate, "guest API calls per second one program makes, sustained (429 beyond)")
 	fs.IntVar(&g.Burst, "guest-api-burst", guestapi.DefaultBurst, "guest API calls one program makes at once above --guest-api-rate")
@@ -215,6 +217,7 @@ func (f *Flags) runConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Store = f.store
 	cfg.Listen, cfg.EchoOutput = f.listen, true
 	return cfg, nil
 }
@@ -237,6 +240,7 @@ func (f *Flags) serveConfig(args []string) (*Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	cfg.Store = f.store
 	cfg.Listen = f.listen
 	if cfg.Listen == "" {
 		cfg.Listen = file.Listen

@@ -7,7 +7,6 @@ import (
 	"sort"
 	"sync"
 
-	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/firewall"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -76,15 +75,13 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	if err := manifest.ValidateProgram(id, m); err != nil {
 		return err
 	}
-	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
+	prog := &lifecycle.Program{ID: id, Entrypoint: m.Code.Entrypoint,
 		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
 		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
 	}
-	for _, v := range m.Volumes {
-		prog.Volumes = append(prog.Volumes, backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Persistent, Name: v.Name, SizeMiB: v.SizeMiB})
-	}
+	programSources(prog, m)
 	limits := ps.Limits
 	if m.Limits != nil {
 		if m.Limits.MaxConcurrent > 0 {

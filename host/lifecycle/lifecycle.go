@@ -40,9 +40,19 @@ type Program struct {
 	// CodePath is the code on the host: a directory, or a single file
 	// (which the VM sees under the name contract.FileName gives it).
 	CodePath string
-	Workers  int
-	Python   string
-	Env      map[string]string
+	// CodeEncoding is how the code is stored: empty (a directory or one
+	// file), contract.EncodingZip or contract.EncodingSquashfs
+	// (backend.Spec.CodeEncoding).
+	CodeEncoding string
+	// Refs are the objects fetched from the store at each boot
+	// (Options.Objects) and pinned while the VM runs.
+	Refs Sources
+	// Data is unpacked at /data in the VM (its Path comes from Refs.Data
+	// when that is set).
+	Data    *backend.Data
+	Workers int
+	Python  string
+	Env     map[string]string
 	// Network gives the VM an interface with IPv4 and IPv6 addresses;
 	// Firewall says what it admits (Internet, AllowedPorts, Forwards).
 	Network  bool
@@ -76,6 +86,7 @@ type Instance struct {
 	inflight atomic.Int64
 	lastUsed atomic.Int64 // unix nanos when the last request ended
 	output   *outputPump  // nil without Options.OnOutput
+	release  func()       // unpins the objects fetched for this VM
 	workers  *dataplane.Set
 	direct   atomic.Int64 // requests sent to a worker's session
 	viaInit  atomic.Int64 // requests sent to init's
@@ -172,6 +183,9 @@ type Options struct {
 	// answered 503 (guestlink.NoAPI). At most contract.MaxAPIStreams calls
 	// of one VM run at once.
 	GuestAPI func(inst *Instance) http.Handler
+	// Objects fetches the objects programs name by ref; nil: such
+	// programs fail to boot with ErrNoStore.
+	Objects Objects
 }
 
 // Manager runs programs' VMs.
@@ -470,6 +484,7 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 			inst.Session.Close()
 			inst.closeWorkers()
 			inst.output.close()
+			inst.unpin()
 		}
 		inst, err = nil, ErrStopped
 	}
@@ -504,6 +519,10 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	progress := startBootProgress(log, m.opt.Backend.Name(), m.opt.BootProgress)
 	defer progress.done()
 	var output *outputPump
+	release, err := m.resolve(ctx, p, &spec)
+	if err != nil {
+		return nil, err
+	}
 	if m.opt.OnOutput != nil {
 		output = newOutputPump(p.ID, m.opt.OutputRate, m.opt.OnOutput, m.opt.OnOutputDropped)
 	}
@@ -516,6 +535,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	vm, err := m.opt.Backend.Start(ctx, spec)
 	if err != nil {
 		output.close()
+		release()
 		return nil, err
 	}
 	progress.started(vm.Describe())
@@ -534,7 +554,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 		case <-cctx.Done():
 		}
 	}()
-	inst := &Instance{Program: p, VM: vm, Started: started, output: output}
+	inst := &Instance{Program: p, VM: vm, Started: started, output: output, release: release}
 	if cv, ok := vm.(backend.ChannelVM); ok && p.Interface == contract.InterfaceASGI && cv.WorkerChannels() != nil {
 		// Received from the start: init passes each worker's channel as
 		// the worker comes up, before it answers the configuration.
@@ -570,6 +590,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 			log.Warn("the VM did not end after it was killed", "vm", vm.Describe())
 		}
 		output.close()
+		release()
 		if _, refused := errors.AsType[*contract.ConfigError](err); refused {
 			return nil, err
 		}
@@ -595,7 +616,7 @@ const hostAgent = "ferry-host-agent"
 func guestConfig(p *Program, g backend.Guest, nw *backend.Network) *contract.Config {
 	c := &contract.Config{
 		ProgramID: p.ID, Interface: p.Interface, Entrypoint: p.Entrypoint,
-		Code: g.Code, Volumes: g.Volumes,
+		Code: g.Code, Volumes: g.Volumes, InputData: g.Data,
 		Workers: p.Workers, Python: p.Python, Env: p.Env, AuthorizedKeys: p.AuthorizedKeys,
 	}
 	if nw != nil {
@@ -618,6 +639,7 @@ func (m *Manager) watch(inst *Instance) {
 	inst.Session.Close()
 	inst.closeWorkers()
 	inst.output.close()
+	inst.unpin()
 	m.forget(inst)
 	m.log.Info("program stopped", "program", inst.Program.ID, "vm", inst.VM.Describe())
 }

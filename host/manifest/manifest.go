@@ -82,18 +82,29 @@ type Program struct {
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
 	// Limits override the configuration's per-program limits.
 	Limits *ProgramLimits `json:"limits,omitempty"`
+	// Data is unpacked at /data in the VM (refs.go).
+	Data *Data `json:"data,omitempty"`
+	// The rest of an Aleph PROGRAM message's content, accepted and
+	// ignored (refs.go).
+	AlephFields
 }
 
 // Code says where the program is and how it runs.
 type Code struct {
-	// Encoding is EncodingPlain (or EncodingDirectory, or empty): this
-	// agent serves code that is on this host, unpacked.
+	// Encoding is how the code is stored: EncodingPlain (a directory or
+	// one file; EncodingDirectory or empty say the same for a path),
+	// EncodingZip or EncodingSquashfs.
 	Encoding   string `json:"encoding"`
 	Entrypoint string `json:"entrypoint"` // main:app, or an executable
-	Interface  string `json:"interface"`  // asgi or executable
+	// Interface is asgi (the default, as in an Aleph PROGRAM message) or
+	// executable; binary, the reference's name, is executable.
+	Interface string `json:"interface"`
 	// Path is the code on this host (relative paths are relative to the
-	// configuration file): a directory, or a single file.
-	Path string `json:"path"`
+	// configuration file): a directory, or a single file; or a zip or
+	// squashfs file with those encodings. Path or Ref, not both.
+	Path string `json:"path,omitempty"`
+	// Ref names the code in the content-addressed store (refs.go).
+	StoreRef
 }
 
 // Code encodings this agent accepts. An Aleph PROGRAM message's
@@ -115,18 +126,32 @@ const (
 // and the Python interpreter inside the VM (asgi programs; init's default,
 // /usr/bin/python3, when empty).
 type Runtime struct {
+	// Ref names a root filesystem image (squashfs) in the store, used as
+	// Rootfs (qemu backend).
+	StoreRef
 	Rootfs string `json:"rootfs,omitempty"`
 	Kernel string `json:"kernel,omitempty"`
 	Python string `json:"python,omitempty"`
 }
 
-// Volume is an immutable or persistent volume.
+// Volume is an immutable, persistent or ephemeral volume (refs.go says
+// which fields make which).
 type Volume struct {
-	Mount      string `json:"mount"`
-	Immutable  string `json:"immutable,omitempty"` // path of an image on this host
-	Persistent bool   `json:"persistent,omitempty"`
-	Name       string `json:"name,omitempty"`
-	SizeMiB    int    `json:"size_mib,omitempty"`
+	Mount     string `json:"mount"`
+	Immutable string `json:"immutable,omitempty"` // path of an image on this host
+	// Ref names an immutable volume's image in the store.
+	StoreRef
+	Persistent bool `json:"persistent,omitempty"`
+	// Persistence "host" (the reference's way to say persistent) keeps
+	// the volume on this node.
+	Persistence string `json:"persistence,omitempty"`
+	// Ephemeral volumes are fresh and empty at each boot, removed after.
+	Ephemeral bool   `json:"ephemeral,omitempty"`
+	Name      string `json:"name,omitempty"`
+	SizeMiB   int    `json:"size_mib,omitempty"`
+	// EstimatedSizeMiB is the reference's hint for immutable volumes,
+	// accepted and ignored.
+	EstimatedSizeMiB int `json:"estimated_size_mib,omitempty"`
 }
 
 // Resources bound the program.
@@ -203,8 +228,10 @@ func Load(path string) (*File, error) {
 	}
 	base := filepath.Dir(path)
 	for _, p := range f.Programs {
-		if !filepath.IsAbs(p.Code.Path) {
-			p.Code.Path = filepath.Join(base, p.Code.Path)
+		for _, path := range p.hostPaths() {
+			if !filepath.IsAbs(*path) {
+				*path = filepath.Join(base, *path)
+			}
 		}
 	}
 	return f, nil
@@ -254,34 +281,14 @@ func ValidateProgram(id string, p *Program) error {
 	if p == nil {
 		return &FieldError{"programs." + id, "missing manifest"}
 	}
-	switch p.Code.Interface {
-	case contract.InterfaceASGI, contract.InterfaceExecutable:
-	case "":
-		return &FieldError{field("code.interface"), "required: asgi or executable"}
-	default:
-		return &FieldError{field("code.interface"), fmt.Sprintf("%q is not asgi or executable", p.Code.Interface)}
-	}
-	if p.Code.Entrypoint == "" {
-		return &FieldError{field("code.entrypoint"), "required"}
-	}
-	switch p.Code.Encoding {
-	case "", EncodingPlain, EncodingDirectory:
-	default:
-		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
-	}
-	if p.Code.Path == "" {
-		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
+	if err := validateCode(field, &p.Code); err != nil {
+		return err
 	}
 	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 || p.Resources.WorkerCount() < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}
 	}
-	for i, v := range p.Volumes {
-		if v.Mount == "" || v.Mount[0] != '/' {
-			return &FieldError{fmt.Sprintf("%s[%d].mount", field("volumes"), i), "an absolute path is required"}
-		}
-		if v.Persistent && v.SizeMiB <= 0 {
-			return &FieldError{fmt.Sprintf("%s[%d].size_mib", field("volumes"), i), "a persistent volume needs a size"}
-		}
+	if err := validateSources(field, p); err != nil {
+		return err
 	}
 	if err := p.Environment.validate(field("environment")); err != nil {
 		return err

@@ -24,6 +24,11 @@ type Environment struct {
 	// PortForwards carry connections to a port of the host's uplink
 	// IPv4 address to a port of the VM's IPv4 address.
 	PortForwards []PortForward `json:"port_forwards,omitempty"`
+	// Reproducible, AlephAPI and SharedCache are fields of an Aleph
+	// PROGRAM message's environment, accepted and ignored.
+	Reproducible bool `json:"reproducible,omitempty"`
+	AlephAPI     bool `json:"aleph_api,omitempty"`
+	SharedCache  bool `json:"shared_cache,omitempty"`
 }
 
 // Interface reports whether the VM gets a network interface.

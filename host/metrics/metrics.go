@@ -20,6 +20,7 @@ import (
 
 // Metrics is one agent's set of metrics, on its own registry.
 type Metrics struct {
+	store      storeMetrics // the content-addressed store's (store.go)
 	registry   *prometheus.Registry
 	requests   *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
@@ -62,6 +63,8 @@ func New(running func() int) *Metrics {
 	m.logDropped = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "ferry_program_log_lines_dropped_total", Help: "Lines of program output dropped (over the rate limit, or while the agent's output was slow), by program.",
 	}, []string{"program"})
+	m.store = newStoreMetrics()
+	m.registry.MustRegister(m.store.hits, m.store.misses, m.store.bytes, m.store.cache)
 	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime, m.bootPhase, m.logDropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_running_vms", Help: "VMs running now."},
 			func() float64 { return float64(running()) }),

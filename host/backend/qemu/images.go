@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/internal/filecopy"
 )
 
@@ -92,42 +93,8 @@ func treeDigest(dir, fileName string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil))[:24], nil
 }
 
-// persistentVolume returns a program's persistent volume image, creating
-// it as an empty ext4 filesystem of sizeMiB on first use. An existing
-// image is kept as it is (its data is the point), even if the declared
-// size changed.
+// persistentVolume returns a program's persistent volume image
+// (backend.PersistentVolume).
 func persistentVolume(ctx context.Context, dir, name string, sizeMiB int) (image string, created bool, err error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return "", false, err
-	}
-	image = filepath.Join(dir, name+".ext4")
-	if _, err := os.Stat(image); err == nil {
-		return image, false, nil
-	}
-	tmp := image + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return "", false, err
-	}
-	defer os.Remove(tmp)
-	if err := f.Truncate(int64(sizeMiB) << 20); err != nil {
-		f.Close()
-		return "", false, err
-	}
-	f.Close()
-	cmd := exec.CommandContext(ctx, "mkfs.ext4", "-q", "-F", "-L", truncate(name, 16), "-E", "lazy_itable_init=0,lazy_journal_init=0", tmp)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return "", false, fmt.Errorf("mkfs.ext4 for volume %s: %w: %s", name, err, strings.TrimSpace(string(out)))
-	}
-	if err := os.Rename(tmp, image); err != nil {
-		return "", false, err
-	}
-	return image, true, nil
-}
-
-func truncate(s string, n int) string {
-	if len(s) > n {
-		return s[:n]
-	}
-	return s
+	return backend.PersistentVolume(ctx, dir, name, sizeMiB)
 }

@@ -95,6 +95,11 @@ func New(opt Options) (*Backend, error) {
 	if opt.StateDir == "" {
 		opt.StateDir = DefaultStateDir
 	}
+	// Ephemeral volumes live as long as their VM: what is there now was
+	// left by an agent that ended without removing it.
+	if err := os.RemoveAll(filepath.Join(opt.StateDir, "ephemeral")); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
 	if opt.RunDir == "" {
 		opt.RunDir = DefaultRunDir
 	}
@@ -208,56 +213,15 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
 	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
 
-	// The code, packed once per content: a directory's tree, or a single
-	// file under its name in the guest.
-	if spec.CodePath != "" {
-		single, err := spec.SingleFile()
-		if err != nil {
-			return nil, fmt.Errorf("qemu: %w", err)
-		}
-		name := ""
-		if single {
-			name = spec.CodeFile
-		}
-		image, err := codeImage(ctx, filepath.Join(b.opt.StateDir, "code"), spec.CodePath, name)
-		if err != nil {
-			return nil, fmt.Errorf("qemu: %w", err)
-		}
-		drives = append(drives, drive{file: image, serial: codeSerial, readOnly: true})
-		v.guest.Code = contract.Code{Encoding: contract.EncodingSquashfs, Source: contract.Source{Device: "serial:" + codeSerial}}
+	more, release, err := b.storage(ctx, spec, v)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	for i, vol := range spec.Volumes {
-		serial := fmt.Sprintf("ferry-vol%d", i)
-		gv := contract.Volume{Mount: vol.Mount, Device: "serial:" + serial}
-		switch {
-		case vol.Image != "":
-			if err := checkFile(fmt.Sprintf("volume %d image", i), vol.Image); err != nil {
-				return nil, fmt.Errorf("qemu: %w", err)
-			}
-			drives = append(drives, drive{file: vol.Image, serial: serial, readOnly: true})
-			gv.ReadOnly = true
-		case vol.Persistent:
-			name := vol.Name
-			if name == "" {
-				name = fmt.Sprintf("volume%d", i)
-			}
-			image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "volumes", spec.ProgramID), name, vol.SizeMiB)
-			if err != nil {
-				return nil, fmt.Errorf("qemu: %w", err)
-			}
-			if created {
-				v.log.Info("created persistent volume", "volume", name, "image", image, "size_mib", vol.SizeMiB)
-			}
-			drives = append(drives, drive{file: image, serial: serial})
-			gv.FS = "ext4"
-		default:
-			return nil, fmt.Errorf("qemu: volume %d (%s) is neither an image nor persistent", i, vol.Mount)
-		}
-		v.guest.Volumes = append(v.guest.Volumes, gv)
-	}
+	drives = append(drives, more...)
 
 	slot, err := b.opt.Slots.Take()
 	if err != nil {
+		release()
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 	index := uint64(slot)
@@ -266,11 +230,12 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		st, err := newSerialTransport(b.opt.RunDir, index)
 		if err != nil {
 			b.opt.Slots.Release(slot)
+			release()
 			return nil, fmt.Errorf("qemu: %w", err)
 		}
 		tr = st
 	}
-	cleanups := []func(){func() { b.opt.Slots.Release(slot) }, tr.close}
+	cleanups := []func(){release, func() { b.opt.Slots.Release(slot) }, tr.close}
 	cleanup := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()

@@ -36,6 +36,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -82,6 +83,11 @@ type Backend struct {
 	// StateDir is where older agents kept per-VM directories
 	// (DefaultStateDir), cleared by CleanStale.
 	StateDir string
+	// VolumeDir holds the programs' persistent volumes (an ext4 image
+	// per program and volume: VolumeDir/PROGRAM/NAME.ext4, the qemu
+	// backend's format) and, for a moment, ephemeral ones; empty: no
+	// persistent volumes.
+	VolumeDir string
 	// RootDir is the host directory the guest sees as its root,
 	// read-only: "/" (the default) or an unpacked image.
 	RootDir string
@@ -157,6 +163,18 @@ func (b *Backend) CleanStale() error {
 		}
 		b.Log.Info("sandbox: removed what a dead agent left", "path", dir, "mounts", len(points))
 	}
+	if b.VolumeDir != "" {
+		// Ephemeral images live only while they are mounted; a crash in
+		// between leaves one behind.
+		old, _ := filepath.Glob(filepath.Join(b.VolumeDir, ephemeralPrefix+"*"))
+		for _, dir := range old {
+			if fi, err := os.Stat(dir); err == nil && time.Since(fi.ModTime()) > 10*time.Minute {
+				if err := os.RemoveAll(dir); err != nil {
+					errs = append(errs, err)
+				}
+			}
+		}
+	}
 	if cgroup.Available() {
 		err := cgroup.Sweep(func(name string) bool {
 			pid, _, _ := strings.Cut(name, "-")
@@ -186,9 +204,6 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if spec.InitPath == "" {
 		return nil, errors.New("sandbox: no init binary")
 	}
-	if len(spec.Volumes) > 0 {
-		return nil, fmt.Errorf("sandbox: this backend provides no volumes (the program declares %d); use the qemu backend", len(spec.Volumes))
-	}
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}
@@ -197,6 +212,14 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	if !b.Root {
+		switch {
+		case len(spec.Volumes) > 0:
+			return nil, fmt.Errorf("sandbox: volumes: %w", errNoRoot)
+		case spec.Data != nil:
+			return nil, fmt.Errorf("sandbox: data: %w", errNoRoot)
+		case spec.CodeEncoding != "":
+			return nil, fmt.Errorf("sandbox: %s code: %w", spec.CodeEncoding, errNoRoot)
+		}
 		return b.startPlain(spec, single)
 	}
 	return b.startIsolated(ctx, spec, single)
@@ -332,7 +355,11 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	if err := group.Add(pid); err != nil {
 		return abort(err)
 	}
-	mounts, err := b.planMounts(spec, pid, userNS)
+	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS, Args: append([]string{"init"}, initArgs()...), Env: initEnv()}
+	if single {
+		p.CodeFile = spec.CodeFile
+	}
+	mounts, err := b.planMounts(ctx, spec, pid, userNS, p, &v.guest)
 	defer func() {
 		for _, fd := range mounts {
 			if fd >= 0 {
@@ -342,10 +369,6 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	}()
 	if err != nil {
 		return abort(err)
-	}
-	p := &plan{CodeAt: guestCodeDir, InitAt: guestInit, UserNS: userNS, Args: append([]string{"init"}, initArgs()...), Env: initEnv()}
-	if single {
-		p.CodeFile = spec.CodeFile
 	}
 	if err := sendPlan(int(ctrl.Fd()), p, mounts); err != nil {
 		return abort(err)
@@ -413,8 +436,10 @@ func waitReport(ctx context.Context, ctrl *os.File) (int, error) {
 }
 
 // planMounts returns the descriptors that travel with the plan: detached
-// mounts of the root filesystem, the code and init.
-func (b *Backend) planMounts(spec backend.Spec, pid int, userNS bool) ([]int, error) {
+// mounts of the root filesystem, the code and init, then those of the
+// data and volumes (p.Extra), setting p and the guest's view g for the
+// code and data.
+func (b *Backend) planMounts(ctx context.Context, spec backend.Spec, pid int, userNS bool, p *plan, g *backend.Guest) ([]int, error) {
 	mounts := make([]int, planMounts)
 	for i := range mounts {
 		mounts[i] = -1
@@ -423,13 +448,14 @@ func (b *Backend) planMounts(spec backend.Spec, pid int, userNS bool) ([]int, er
 	if mounts[mountRoot], err = detachedTree(b.RootDir, true); err != nil {
 		return mounts, fmt.Errorf("root filesystem %s: %w", b.RootDir, err)
 	}
-	if mounts[mountCode], err = codeMount(spec.CodePath, pid, userNS); err != nil {
+	if mounts[mountCode], err = b.codeFD(spec, pid, userNS, p, g); err != nil {
 		return mounts, fmt.Errorf("code %s: %w", spec.CodePath, err)
 	}
 	if mounts[mountInit], err = detachedTree(spec.InitPath, false); err != nil {
 		return mounts, fmt.Errorf("init binary %s: %w", spec.InitPath, err)
 	}
-	return mounts, nil
+	extra, err := b.extras(ctx, spec, pid, userNS, p, g)
+	return append(mounts, extra...), err
 }
 
 // detachedTree returns a detached copy of the mount at path (with the

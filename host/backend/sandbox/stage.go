@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,10 +46,27 @@ type plan struct {
 	Env      []string `json:"env"`
 	// UserNS runs init in a user namespace nested in the stage's.
 	UserNS bool `json:"userns"`
+	// CodeZip, when set, is where the code's mount (a zip archive, a
+	// file) appears; CodeAt is then a writable tmpfs init extracts it
+	// into.
+	CodeZip string `json:"code_zip,omitempty"`
+	// Extra are the data's and the volumes' mounts, in order.
+	Extra []extraMount `json:"extra,omitempty"`
+}
+
+// extraMount is one mount of the data or a volume in the guest's view.
+type extraMount struct {
+	Target string `json:"target"`
+	// FD is the mount's index among the plan's descriptors after the
+	// first planMounts, or -1 for a writable tmpfs.
+	FD int `json:"fd"`
+	// File says the mount is a single file's (Target is a file).
+	File bool `json:"file,omitempty"`
 }
 
 // The plan's mounts, in the order they travel with it: detached mounts
-// of the root filesystem, the code and init's binary.
+// of the root filesystem, the code and init's binary (then those of
+// plan.Extra).
 const (
 	mountRoot = iota
 	mountCode
@@ -184,12 +202,31 @@ func sendPlan(ctrl int, p *plan, mounts []int) error {
 	return nil
 }
 
+// maxPlanFDs bounds the descriptors of a plan: the first planMounts and
+// the extra mounts'.
+const maxPlanFDs = planMounts + maxExtraMounts
+
+// maxExtraMounts bounds a program's data and volumes in the sandbox.
+const maxExtraMounts = 32
+
 // receivePlan waits for sendPlan's message.
 func receivePlan(ctrl int) (*plan, []int, error) {
 	var p plan
-	fds, err := receive(ctrl, &p, planMounts)
+	fds, err := receive(ctrl, &p, -1)
 	if err != nil {
 		return nil, nil, fmt.Errorf("waiting for the plan: %w", err)
+	}
+	want := planMounts
+	for _, e := range p.Extra {
+		if e.FD >= 0 {
+			want++
+		}
+	}
+	if len(fds) != want {
+		for _, fd := range fds {
+			unix.Close(fd)
+		}
+		return nil, nil, fmt.Errorf("the plan holds %d file descriptors, want %d", len(fds), want)
 	}
 	return &p, fds, nil
 }
@@ -229,7 +266,7 @@ func receiveReport(ctrl int) (int, error) {
 // v; want is the number of descriptors it must hold (-1: any).
 func receive(ctrl int, v any, want int) ([]int, error) {
 	buf := make([]byte, maxPlan)
-	oob := make([]byte, unix.CmsgSpace(4*planMounts))
+	oob := make([]byte, unix.CmsgSpace(4*maxPlanFDs))
 	n, oobn, _, _, err := unix.Recvmsg(ctrl, buf, oob, unix.MSG_CMSG_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -274,7 +311,8 @@ type mountStep struct {
 // buildRoot assembles the guest's root view on stageNewRoot, in the
 // stage's own mount namespace (nothing propagates to the host's):
 //
-//	/                 the root filesystem (the host's / or an image), read-only, nosuid, nodev, recursively
+//	/                 a tmpfs with a bind of each entry of the root filesystem (the host's / or
+//	                  an image), and new top-level mount points; read-only, nosuid, nodev, recursively
 //	/proc             a proc of the sandbox's outer PID namespace (init mounts its own over it)
 //	/sys              the host's, read-only: init mounts the sysfs of its own network namespace
 //	                  over it (the kernel lets a user namespace mount a sysfs only where a whole
@@ -285,7 +323,11 @@ type mountStep struct {
 //	/root             tmpfs, empty (the host's is never visible)
 //	/etc              overlay: the root filesystem's /etc below, the guest's writes in tmpfs above
 //	/opt/code         the program's code, read-only (on a read-only tmpfs over /opt): the code
-//	                  directory, or a directory holding only the code file
+//	                  directory, a directory holding only the code file, a squashfs image's
+//	                  mount, or a writable tmpfs init extracts a zip archive into (the archive
+//	                  at /run/ferry/code.zip)
+//	/data, volumes    the data (a squashfs image's mount, or a tmpfs init extracts a zip into)
+//	                  and the volumes' filesystems, at their mount points
 func buildRoot(p *plan, mounts []int) error {
 	r := func(guestPath string) string { return filepath.Join(stageNewRoot, guestPath) }
 	const noSuidDev = unix.MS_NOSUID | unix.MS_NODEV
@@ -297,7 +339,7 @@ func buildRoot(p *plan, mounts []int) error {
 			}
 			return os.Mkdir(stageNewRoot, 0o755)
 		}},
-		{"the root filesystem", func() error { return attach(mounts[mountRoot], stageNewRoot) }},
+		{"the root filesystem", func() error { return rootView(mounts[mountRoot], p) }},
 		{"making the root read-only", func() error {
 			return unix.MountSetattr(unix.AT_FDCWD, stageNewRoot, unix.AT_RECURSIVE, &unix.MountAttr{
 				Attr_set: unix.MOUNT_ATTR_RDONLY | unix.MOUNT_ATTR_NOSUID | unix.MOUNT_ATTR_NODEV,
@@ -324,6 +366,16 @@ func buildRoot(p *plan, mounts []int) error {
 			if err := os.Mkdir(r(p.CodeAt), 0o755); err != nil {
 				return err
 			}
+			if p.CodeZip != "" {
+				// init extracts the archive into a writable code directory.
+				if err := touch(r(p.CodeZip)); err != nil {
+					return err
+				}
+				if err := attach(mounts[mountCode], r(p.CodeZip)); err != nil {
+					return err
+				}
+				return unix.Mount("tmpfs", r(p.CodeAt), "tmpfs", noSuidDev, "mode=0755")
+			}
 			target := r(p.CodeAt)
 			if p.CodeFile != "" {
 				target = filepath.Join(target, p.CodeFile)
@@ -331,11 +383,7 @@ func buildRoot(p *plan, mounts []int) error {
 					return err
 				}
 			}
-			if err := attach(mounts[mountCode], target); err != nil {
-				return err
-			}
-			// Nothing else appears beside the code.
-			return unix.Mount("", opt, "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|noSuidDev, "")
+			return attach(mounts[mountCode], target)
 		}},
 		{"init", func() error { // in /run, on the tmpfs mounted above
 			if err := touch(r(guestInit)); err != nil {
@@ -343,11 +391,101 @@ func buildRoot(p *plan, mounts []int) error {
 			}
 			return attach(mounts[mountInit], r(guestInit))
 		}},
+		{"the data and volumes", func() error { return extraMounts(p, mounts[planMounts:]) }},
+		{"sealing /opt", func() error {
+			// Nothing else appears beside the code (and volumes under /opt).
+			return unix.Mount("", r(filepath.Dir(p.CodeAt)), "", unix.MS_REMOUNT|unix.MS_BIND|unix.MS_RDONLY|noSuidDev, "")
+		}},
 	}
 	for _, s := range steps {
 		if err := s.do(); err != nil {
 			return fmt.Errorf("building the root view: %s: %w", s.what, err)
 		}
+	}
+	return nil
+}
+
+// rootView makes the guest's root at stageNewRoot: a tmpfs holding a
+// read-only bind of each entry of the root filesystem (symbolic links
+// copied), so that mount points the root filesystem lacks (/data, a
+// volume's) can be new top-level directories of the view. The whole view
+// is made read-only by the next step.
+func rootView(root int, p *plan) error {
+	host := filepath.Join(stageWorkspace, "host")
+	if err := os.Mkdir(host, 0o755); err != nil {
+		return err
+	}
+	if err := attach(root, host); err != nil {
+		return err
+	}
+	if err := unix.Mount("tmpfs", stageNewRoot, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755,size=64k"); err != nil {
+		return err
+	}
+	entries, err := os.ReadDir(host)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		src, dst := filepath.Join(host, e.Name()), filepath.Join(stageNewRoot, e.Name())
+		switch {
+		case e.Type()&os.ModeSymlink != 0:
+			target, err := os.Readlink(src)
+			if err != nil {
+				return err
+			}
+			if err := os.Symlink(target, dst); err != nil {
+				return err
+			}
+			continue
+		case e.IsDir():
+			if err := os.Mkdir(dst, 0o755); err != nil {
+				return err
+			}
+		default:
+			if err := touch(dst); err != nil {
+				return err
+			}
+		}
+		if err := unix.Mount(src, dst, "", unix.MS_BIND|unix.MS_REC, ""); err != nil {
+			return fmt.Errorf("binding /%s: %w", e.Name(), err)
+		}
+	}
+	for _, e := range p.Extra {
+		top, _, _ := strings.Cut(strings.TrimPrefix(e.Target, "/"), "/")
+		if _, err := os.Lstat(filepath.Join(stageNewRoot, top)); errors.Is(err, os.ErrNotExist) {
+			if err := os.MkdirAll(filepath.Join(stageNewRoot, strings.TrimPrefix(e.Target, "/")), 0o755); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// extraMounts attaches the data's and the volumes' mounts (fds: their
+// descriptors, in the order of p.Extra) or mounts writable tmpfs.
+func extraMounts(p *plan, fds []int) error {
+	next := 0
+	for _, e := range p.Extra {
+		target := filepath.Join(stageNewRoot, e.Target)
+		var err error
+		if e.File {
+			err = touch(target)
+		} else if err = os.MkdirAll(target, 0o755); err != nil {
+			err = fmt.Errorf("%s does not exist in the root filesystem, which is read-only: a mount point must exist there, be a new top-level directory, or be under /opt (%w)", e.Target, err)
+		}
+		if err != nil {
+			return err
+		}
+		if e.FD < 0 {
+			if err := unix.Mount("tmpfs", target, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+				return fmt.Errorf("%s: %w", e.Target, err)
+			}
+			continue
+		}
+		if err := attach(fds[next], target); err != nil {
+			return fmt.Errorf("%s: %w", e.Target, err)
+		}
+		next++
 	}
 	return nil
 }
