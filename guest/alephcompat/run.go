@@ -27,11 +27,15 @@ import (
 // (its time limit) cancels the request.
 func (s *Server) run(ctx context.Context, br *bufio.Reader, conn io.ReadWriteCloser) {
 	var req runRequest
-	dec := msgpack.NewDecoder(io.LimitReader(br, maxRun))
-	if err := dec.Decode(&req); err != nil {
+	doc, err := readDoc(br, maxRun)
+	if err == nil {
+		err = msgpack.Unmarshal(doc, &req)
+	}
+	if err != nil {
 		s.refuse(conn, "invalid run request: "+err.Error())
 		return
 	}
+	doc = nil
 	s.mu.Lock()
 	iface := s.iface
 	s.mu.Unlock()

@@ -193,9 +193,12 @@ func (s *Server) applyConfig(ctx context.Context, br *bufio.Reader) *contract.Co
 	if err != nil {
 		return invalid(err)
 	}
-	doc := make([]byte, n)
-	if _, err := io.ReadFull(br, doc); err != nil {
-		return invalid(fmt.Errorf("configuration cut short: %w", err))
+	doc, err := readDoc(br, n)
+	if err != nil {
+		return invalid(fmt.Errorf("configuration: %w", err))
+	}
+	if len(doc) != n {
+		return invalid(fmt.Errorf("configuration: the document is %d bytes, the length line says %d", len(doc), n))
 	}
 	var d configDoc
 	if err := msgpack.Unmarshal(doc, &d); err != nil {
