@@ -170,3 +170,38 @@ func TestConfigurationMemoryFollowsTheBytesSent(t *testing.T) {
 		t.Fatalf("%d bytes allocated for a 10-byte configuration", grown)
 	}
 }
+
+// FuzzDocuments feeds arbitrary bytes to the decoding of both documents
+// the supervisor sends: an error is fine, a panic or a hang is not.
+func FuzzDocuments(f *testing.F) {
+	run, _ := msgpack.Marshal(&runRequest{Scope: scope{Type: "http", Path: "/", Headers: [][][]byte{{[]byte("a"), []byte("b")}}, Body: []byte("x")}})
+	cfg, _ := msgpack.Marshal(&configDoc{VMHash: "ab", Encoding: "plain", Code: []byte("x"), Volumes: []volumeDoc{{Mount: "/m", Device: "vdb"}}, Variables: map[string]string{"A": "b"}})
+	f.Add(run)
+	f.Add(cfg)
+	f.Add([]byte("\x81\xa5scope\x81\xa7headers\xdd\xff\xff\xff\xff"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		doc, err := readDoc(bufio.NewReader(bytes.NewReader(b)), len(b))
+		if err != nil {
+			return
+		}
+		var r runRequest
+		if msgpack.Unmarshal(doc, &r) == nil {
+			requestHead(&r.Scope)
+		}
+		var c configDoc
+		if msgpack.Unmarshal(doc, &c) == nil {
+			translate(&c, t.TempDir(), "/tmp/s")
+		}
+	})
+}
+
+// A panic in init's configure path, which init's own sessions recover
+// from, ends the connection and not the process.
+func TestServeConnRecoversFromAPanic(t *testing.T) {
+	s := hostileServer(t)
+	s.opt.Configure = func(context.Context, []byte) *contract.ConfigError { panic("a bug in the configure path") }
+	doc, _ := msgpack.Marshal(&configDoc{VMHash: "ab", Interface: "asgi", Encoding: "plain", Code: []byte("x"), Entrypoint: "main:app"})
+	if out := exchangeRaw(t, s, append([]byte(strconv.Itoa(len(doc))+"\n"), doc...)); len(out) != 0 {
+		t.Fatalf("answered %q", out)
+	}
+}

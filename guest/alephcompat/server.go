@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -126,6 +127,14 @@ func (s *Server) Close() { s.closeLoop() }
 // request.
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) {
 	defer conn.Close()
+	// As init's own sessions do (service.safely): a panic in what serves
+	// the connection (the configure path is init's) must not end PID 1.
+	// The connection closes unanswered, which the supervisor reports.
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("recovered from a panic serving the supervisor", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
 	br := bufio.NewReaderSize(conn, 64<<10)
 	first, err := br.Peek(1)
 	if err != nil {
