@@ -205,3 +205,17 @@ func TestServeConnRecoversFromAPanic(t *testing.T) {
 		t.Fatalf("answered %q", out)
 	}
 }
+
+// A supervisor that goes silent in the middle of an instruction has its
+// connection answered and closed once Idle has passed, not held for ever.
+func TestStalledInstructionIsClosed(t *testing.T) {
+	s := hostileServer(t)
+	s.opt.Idle = 50 * time.Millisecond
+	for _, in := range []string{"1", "12\n\x81", "h", "\x81\xa5sco"} {
+		out := exchangeRaw(t, s, []byte(in))
+		if len(out) == 0 {
+			t.Errorf("%q: closed unanswered", in)
+		}
+		t.Logf("%q: %q", in, out)
+	}
+}

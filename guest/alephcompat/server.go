@@ -2,6 +2,7 @@ package alephcompat
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -19,6 +20,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
 
+	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -64,7 +66,12 @@ type Options struct {
 	Shell bool
 	// Agent names init in its loop-back session.
 	Agent string
-	Log   *slog.Logger
+	// Idle bounds the silence while an instruction arrives: a connection
+	// that stalls before its instruction is whole is closed then
+	// (transport.SniffTimeout when 0). It does not apply once a run
+	// request is read and its answer awaited.
+	Idle time.Duration
+	Log  *slog.Logger
 }
 
 // Server serves the reference protocol's connections.
@@ -135,7 +142,11 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) {
 			s.log.Error("recovered from a panic serving the supervisor", "panic", r, "stack", string(debug.Stack()))
 		}
 	}()
-	br := bufio.NewReaderSize(conn, 64<<10)
+	idle := &idleReader{r: conn, timeout: cmp.Or(s.opt.Idle, transport.SniffTimeout)}
+	if d, ok := conn.(interface{ SetReadDeadline(time.Time) error }); ok {
+		idle.deadline = d.SetReadDeadline
+	}
+	br := bufio.NewReaderSize(idle, 64<<10)
 	first, err := br.Peek(1)
 	if err != nil {
 		return
@@ -152,7 +163,7 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) {
 	case b == '!':
 		s.shell(ctx, br, conn)
 	case isMap(b):
-		s.run(ctx, br, conn)
+		s.run(ctx, br, conn, idle.stop)
 	default:
 		s.refuse(conn, fmt.Sprintf("unknown instruction (first byte 0x%02x)", b))
 	}
@@ -239,7 +250,7 @@ func readLength(br *bufio.Reader) (int, error) {
 	for len(line) < maxLengthLine {
 		b, err := br.ReadByte()
 		if err != nil {
-			return 0, fmt.Errorf("connection closed in the length line: %w", err)
+			return 0, fmt.Errorf("reading the length line: %w", err)
 		}
 		if b == '\n' {
 			break
@@ -296,4 +307,33 @@ func (s *Server) shell(ctx context.Context, br *bufio.Reader, w io.Writer) {
 		out = append([]byte(fmt.Sprintf("Command '%s' returned non-zero exit status %d.\n", cmdline, status)), out...)
 	}
 	w.Write(out)
+}
+
+// idleReader reads a connection under a read deadline renewed before
+// each read, until stop: a supervisor that goes silent in the middle of
+// an instruction (or before its second byte: the sniffer's deadline was
+// for the first) does not hold the connection and its goroutine for
+// ever. Without deadline (a connection that takes none) it only reads.
+type idleReader struct {
+	r        io.Reader
+	deadline func(time.Time) error
+	timeout  time.Duration
+	stopped  bool
+}
+
+func (ir *idleReader) Read(b []byte) (int, error) {
+	if ir.deadline != nil && !ir.stopped {
+		ir.deadline(time.Now().Add(ir.timeout))
+	}
+	return ir.r.Read(b)
+}
+
+// stop lifts the deadline: what is read next is awaited for as long as
+// it takes. It is called by the goroutine that read so far, before any
+// other reads.
+func (ir *idleReader) stop() {
+	ir.stopped = true
+	if ir.deadline != nil {
+		ir.deadline(time.Time{})
+	}
 }
