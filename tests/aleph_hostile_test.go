@@ -11,6 +11,11 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -126,6 +131,59 @@ func TestAlephHaltDuringRequests(t *testing.T) {
 			t.Errorf("a request in flight at the halt: %v", err)
 		}
 	}
+	select {
+	case <-g.done:
+	case <-time.After(90 * time.Second):
+		t.Fatal("init did not exit after the halt")
+	}
+}
+
+// A halt while the configuration is still being applied (the app still
+// starting: the supervisor gave up waiting) stops what the configuration
+// starts: when STOPZ comes the app's process is gone (under PID 1, its
+// volumes are unmounted by then too), not left to start after the halt.
+func TestAlephHaltDuringConfiguration(t *testing.T) {
+	g := startAlephGuest(t)
+	g.sup.waitForInit(t, g.readyL)
+	pidFile := filepath.Join(t.TempDir(), "app.pid")
+	slowApp := "import os, time\nopen(" + strconv.Quote(pidFile) + ", 'a').write(str(os.getpid()) + '\\n')\ntime.sleep(5)\n" + alephApp
+	configured := make(chan map[string]any, 1)
+	go func() {
+		payload, _ := msgpack.Marshal(configDoc("2.0.0", "plain", []byte(slowApp), "main:app", nil))
+		c, err := net.Dial("unix", g.guest)
+		if err != nil {
+			configured <- nil
+			return
+		}
+		defer c.Close()
+		c.Write(append([]byte(strconv.Itoa(len(payload))+"\n"), payload...))
+		raw, _ := io.ReadAll(c)
+		var reply map[string]any
+		msgpack.Unmarshal(raw, &reply)
+		configured <- reply
+	}()
+	var pids []int
+	for deadline := time.Now().Add(2 * time.Minute); len(pids) == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("the app never started")
+		}
+		b, _ := os.ReadFile(pidFile)
+		for _, f := range strings.Fields(string(b)) {
+			if pid, err := strconv.Atoi(f); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, msg2 := g.sup.shutdown(t); msg2 != "STOPZ\n" {
+		t.Fatalf("halt answered %q", msg2)
+	}
+	for _, pid := range pids {
+		if syscall.Kill(pid, 0) == nil {
+			t.Errorf("the app's process %d still runs after STOPZ", pid)
+		}
+	}
+	t.Logf("configuration reply: %v", <-configured)
 	select {
 	case <-g.done:
 	case <-time.After(90 * time.Second):
