@@ -89,14 +89,7 @@ func TestAlephHostileConnections(t *testing.T) {
 	if r := g.sup.runCode(t, "GET", "/", "", nil, nil); r.status != 200 || string(r.body) != `{"hello":"aleph"}` {
 		t.Fatalf("a request after the hostile ones: %d %s", r.status, r.body)
 	}
-	if _, msg2 := g.sup.shutdown(t); msg2 != "STOPZ\n" {
-		t.Fatalf("halt answered %q", msg2)
-	}
-	select {
-	case <-g.done:
-	case <-time.After(90 * time.Second):
-		t.Fatal("init did not exit after the halt while stalled connections were open")
-	}
+	haltAndExit(t, g)
 }
 
 // A halt while requests are in flight: each request ends (answered, or
@@ -123,19 +116,13 @@ func TestAlephHaltDuringRequests(t *testing.T) {
 		}()
 	}
 	time.Sleep(100 * time.Millisecond) // the requests reach the app (not asserted)
-	if _, msg2 := g.sup.shutdown(t); msg2 != "STOPZ\n" {
-		t.Fatalf("halt answered %q", msg2)
-	}
+	halt(t, g)
 	for range n {
 		if err := <-ended; err != nil {
 			t.Errorf("a request in flight at the halt: %v", err)
 		}
 	}
-	select {
-	case <-g.done:
-	case <-time.After(90 * time.Second):
-		t.Fatal("init did not exit after the halt")
-	}
+	waitExit(t, g)
 }
 
 // A halt while the configuration is still being applied (the app still
@@ -175,18 +162,37 @@ func TestAlephHaltDuringConfiguration(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if _, msg2 := g.sup.shutdown(t); msg2 != "STOPZ\n" {
-		t.Fatalf("halt answered %q", msg2)
-	}
+	halt(t, g)
 	for _, pid := range pids {
 		if syscall.Kill(pid, 0) == nil {
 			t.Errorf("the app's process %d still runs after STOPZ", pid)
 		}
 	}
 	t.Logf("configuration reply: %v", <-configured)
+	waitExit(t, g)
+}
+
+// halt sends the supervisor's halt and checks its answer.
+func halt(t *testing.T, g *alephGuest) {
+	t.Helper()
+	if _, msg2 := g.sup.shutdown(t); msg2 != "STOPZ\n" {
+		t.Fatalf("halt answered %q", msg2)
+	}
+}
+
+// waitExit waits for init to exit after a halt.
+func waitExit(t *testing.T, g *alephGuest) {
+	t.Helper()
 	select {
 	case <-g.done:
 	case <-time.After(90 * time.Second):
 		t.Fatal("init did not exit after the halt")
 	}
+}
+
+// haltAndExit halts init and waits for it to exit.
+func haltAndExit(t *testing.T, g *alephGuest) {
+	t.Helper()
+	halt(t, g)
+	waitExit(t, g)
 }
