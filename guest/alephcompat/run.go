@@ -24,14 +24,19 @@ import (
 // the loop-back session (so init's app serves it as it serves the host's
 // streams, concurrently), its whole body is sent, and the whole response
 // is answered in one document. The supervisor closing the connection
-// (its time limit) cancels the request.
-func (s *Server) run(ctx context.Context, br *bufio.Reader, conn io.ReadWriteCloser) {
+// (its time limit) cancels the request. read is called once the request
+// is read, before the connection is watched for its close.
+func (s *Server) run(ctx context.Context, br *bufio.Reader, conn io.ReadWriteCloser, read func()) {
 	var req runRequest
-	dec := msgpack.NewDecoder(io.LimitReader(br, maxRun))
-	if err := dec.Decode(&req); err != nil {
+	doc, err := readDoc(br, maxRun)
+	if err == nil {
+		err = msgpack.Unmarshal(doc, &req)
+	}
+	if err != nil {
 		s.refuse(conn, "invalid run request: "+err.Error())
 		return
 	}
+	doc = nil
 	s.mu.Lock()
 	iface := s.iface
 	s.mu.Unlock()
@@ -45,6 +50,7 @@ func (s *Server) run(ctx context.Context, br *bufio.Reader, conn io.ReadWriteClo
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	read()
 	go func() {
 		// Nothing more comes from the supervisor: a read returns only
 		// when it has gone.

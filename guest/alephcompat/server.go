@@ -2,6 +2,7 @@ package alephcompat
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -11,6 +12,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"runtime/debug"
 	"strconv"
 	"sync"
 	"time"
@@ -18,6 +20,7 @@ import (
 	"github.com/vmihailenco/msgpack/v5"
 	"golang.org/x/sys/unix"
 
+	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -63,7 +66,12 @@ type Options struct {
 	Shell bool
 	// Agent names init in its loop-back session.
 	Agent string
-	Log   *slog.Logger
+	// Idle bounds the silence while an instruction arrives: a connection
+	// that stalls before its instruction is whole is closed then
+	// (transport.SniffTimeout when 0). It does not apply once a run
+	// request is read and its answer awaited.
+	Idle time.Duration
+	Log  *slog.Logger
 }
 
 // Server serves the reference protocol's connections.
@@ -126,7 +134,19 @@ func (s *Server) Close() { s.closeLoop() }
 // request.
 func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) {
 	defer conn.Close()
-	br := bufio.NewReaderSize(conn, 64<<10)
+	// As init's own sessions do (service.safely): a panic in what serves
+	// the connection (the configure path is init's) must not end PID 1.
+	// The connection closes unanswered, which the supervisor reports.
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("recovered from a panic serving the supervisor", "panic", r, "stack", string(debug.Stack()))
+		}
+	}()
+	idle := &idleReader{r: conn, timeout: cmp.Or(s.opt.Idle, transport.SniffTimeout)}
+	if d, ok := conn.(interface{ SetReadDeadline(time.Time) error }); ok {
+		idle.deadline = d.SetReadDeadline
+	}
+	br := bufio.NewReaderSize(idle, 64<<10)
 	first, err := br.Peek(1)
 	if err != nil {
 		return
@@ -143,7 +163,7 @@ func (s *Server) ServeConn(ctx context.Context, conn io.ReadWriteCloser) {
 	case b == '!':
 		s.shell(ctx, br, conn)
 	case isMap(b):
-		s.run(ctx, br, conn)
+		s.run(ctx, br, conn, idle.stop)
 	default:
 		s.refuse(conn, fmt.Sprintf("unknown instruction (first byte 0x%02x)", b))
 	}
@@ -193,9 +213,12 @@ func (s *Server) applyConfig(ctx context.Context, br *bufio.Reader) *contract.Co
 	if err != nil {
 		return invalid(err)
 	}
-	doc := make([]byte, n)
-	if _, err := io.ReadFull(br, doc); err != nil {
-		return invalid(fmt.Errorf("configuration cut short: %w", err))
+	doc, err := readDoc(br, n)
+	if err != nil {
+		return invalid(fmt.Errorf("configuration: %w", err))
+	}
+	if len(doc) != n {
+		return invalid(fmt.Errorf("configuration: the document is %d bytes, the length line says %d", len(doc), n))
 	}
 	var d configDoc
 	if err := msgpack.Unmarshal(doc, &d); err != nil {
@@ -227,7 +250,7 @@ func readLength(br *bufio.Reader) (int, error) {
 	for len(line) < maxLengthLine {
 		b, err := br.ReadByte()
 		if err != nil {
-			return 0, fmt.Errorf("connection closed in the length line: %w", err)
+			return 0, fmt.Errorf("reading the length line: %w", err)
 		}
 		if b == '\n' {
 			break
@@ -284,4 +307,33 @@ func (s *Server) shell(ctx context.Context, br *bufio.Reader, w io.Writer) {
 		out = append([]byte(fmt.Sprintf("Command '%s' returned non-zero exit status %d.\n", cmdline, status)), out...)
 	}
 	w.Write(out)
+}
+
+// idleReader reads a connection under a read deadline renewed before
+// each read, until stop: a supervisor that goes silent in the middle of
+// an instruction (or before its second byte: the sniffer's deadline was
+// for the first) does not hold the connection and its goroutine for
+// ever. Without deadline (a connection that takes none) it only reads.
+type idleReader struct {
+	r        io.Reader
+	deadline func(time.Time) error
+	timeout  time.Duration
+	stopped  bool
+}
+
+func (ir *idleReader) Read(b []byte) (int, error) {
+	if ir.deadline != nil && !ir.stopped {
+		ir.deadline(time.Now().Add(ir.timeout))
+	}
+	return ir.r.Read(b)
+}
+
+// stop lifts the deadline: what is read next is awaited for as long as
+// it takes. It is called by the goroutine that read so far, before any
+// other reads.
+func (ir *idleReader) stop() {
+	ir.stopped = true
+	if ir.deadline != nil {
+		ir.deadline(time.Time{})
+	}
 }

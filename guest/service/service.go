@@ -55,10 +55,15 @@ type Service struct {
 
 	mu         sync.Mutex
 	configured bool
-	app        app.App
-	mounts     []string
-	session    *mux.Session
-	api        *hostapi.Server // nil until configured, or when it could not listen
+	// stopApply cancels the configuration being applied, nil when none
+	// is; applying is held while one is, so that Stop, after cancelling
+	// it, waits for it to end and then stops what it started.
+	stopApply context.CancelFunc
+	applying  sync.Mutex
+	app       app.App
+	mounts    []string
+	session   *mux.Session
+	api       *hostapi.Server // nil until configured, or when it could not listen
 
 	shutdown     chan string // reason; buffered
 	shutdownOnce sync.Once
@@ -273,7 +278,16 @@ func (s *Service) apply(ctx context.Context, doc []byte) *contract.ConfigError {
 		return &contract.ConfigError{Phase: contract.PhaseValidate, Message: "already configured: a VM takes one configuration"}
 	}
 	s.configured = true
+	ctx, cancel := context.WithCancel(ctx)
+	s.stopApply = cancel
+	s.applying.Lock()
 	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		s.stopApply = nil // the app started under ctx: it is not cancelled
+		s.mu.Unlock()
+		s.applying.Unlock()
+	}()
 
 	c, err := contract.Parse(doc)
 	if err != nil {
@@ -348,6 +362,16 @@ func (s *Service) allowRetry() {
 // Stop stops the app within grace, tells the host, and unmounts volumes in
 // reverse order. It returns the errors met, all already logged.
 func (s *Service) Stop(grace time.Duration) error {
+	// A configuration still being applied (the host or the supervisor
+	// stops before it is answered) is cancelled and waited for, so that
+	// what it mounted and started is stopped here, not left running.
+	s.mu.Lock()
+	if s.stopApply != nil {
+		s.stopApply()
+	}
+	s.mu.Unlock()
+	s.applying.Lock()
+	s.applying.Unlock()
 	s.mu.Lock()
 	a, sess, mounts, api := s.app, s.session, s.mounts, s.api
 	s.app, s.api, s.mounts = nil, nil, nil

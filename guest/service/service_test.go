@@ -181,3 +181,47 @@ func TestGuestAPIFollowsTheHostSession(t *testing.T) {
 		t.Errorf("a call after the host reconnected: %q", got)
 	}
 }
+
+// stoppedApp records its Stop.
+type stoppedApp struct{ stopped chan struct{} }
+
+func (stoppedApp) Serve(context.Context, *mux.Stream) {}
+func (a stoppedApp) Stop(context.Context) error       { close(a.stopped); return nil }
+
+// Stop while a configuration is being applied (the app still starting)
+// cancels it and waits for it: what it started is stopped, and Stop
+// returns only then; before, Stop found no app and returned, and the app
+// started after it.
+func TestStopDuringConfiguration(t *testing.T) {
+	code := t.TempDir()
+	writeFile(t, code+"/main.py", "app = None\n")
+	starting := make(chan struct{})
+	started := stoppedApp{stopped: make(chan struct{})}
+	svc := New(Options{
+		Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{},
+		Setup:      setup.Options{Paths: setup.Paths{Root: t.TempDir()}},
+		APIAddress: "127.0.0.1:0",
+		Apps: map[string]app.Factory{contract.InterfaceASGI: func(ctx context.Context, _ *contract.Config, _ string, _ app.Output) (app.App, error) {
+			close(starting)
+			<-ctx.Done() // an app that starts until it is told to give up
+			return started, nil
+		}},
+	})
+	doc := `{"program_id":"p","interface":"asgi","entrypoint":"main:app","code":{"encoding":"directory","path":"` + code + `"}}`
+	applied := make(chan *contract.ConfigError, 1)
+	go func() { applied <- svc.ApplyDocument(context.Background(), []byte(doc)) }()
+	<-starting
+	stopped := make(chan error, 1)
+	go func() { stopped <- svc.Stop(time.Second) }()
+	select {
+	case <-stopped:
+	case <-time.After(time.Minute):
+		t.Fatal("Stop did not end the configuration being applied")
+	}
+	select {
+	case <-started.stopped:
+	default:
+		t.Fatal("the app the configuration started was not stopped")
+	}
+	<-applied
+}

@@ -2,6 +2,7 @@ package front
 
 import (
 	"net/http"
+	"path"
 	"strings"
 
 	"github.com/ferry-vm/ferry/host/relay"
@@ -13,8 +14,17 @@ import (
 // program can trust what arrives there.
 const ReservedPrefix = "/_ferry/"
 
-// reserved reports whether a program's path is under ReservedPrefix.
-func reserved(path string) bool { return strings.HasPrefix(path, ReservedPrefix) }
+// reserved reports whether a program's path is under ReservedPrefix, or
+// would be once its empty and dot segments are resolved: a program's own
+// server may do that (nginx merges slashes and resolves dot segments), so
+// //_ferry/event or /x/../_ferry/event would reach its event handler.
+func reserved(p string) bool {
+	if strings.HasPrefix(p, ReservedPrefix) {
+		return true
+	}
+	c := path.Clean(p)
+	return c == strings.TrimSuffix(ReservedPrefix, "/") || strings.HasPrefix(c, ReservedPrefix)
+}
 
 // ServeProgram serves a request the agent makes itself (the events of
 // host/trigger) to program id exactly as a routed request is served: under

@@ -57,3 +57,31 @@ func TestServeProgramAndReservedPaths(t *testing.T) {
 		t.Errorf("changes: %s", got)
 	}
 }
+
+// A path that a program's own server (nginx merges slashes and resolves
+// dot segments) would take for one under ReservedPrefix is refused too,
+// however it is spelled; only the exact prefix was before.
+func TestReservedPathSpellings(t *testing.T) {
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{}, "")
+	f.deploy(t, "hello", manifest.On{HTTP: true})
+	for _, c := range []struct{ path, host string }{
+		{"/vm/hello//_ferry/event", ""},
+		{"/vm/hello/x/../_ferry/event", ""},
+		{"/vm/hello/./_ferry/event", ""},
+		{"/vm/hello/_ferry%2Fevent", ""},
+		{"/vm/hello/%5Fferry/event", ""},
+		{"/vm/hello/%2F_ferry/event", ""},
+		{"/vm/hello/_ferry", ""},
+		{"//_ferry/event", "hello.example.org"},
+		{"/.//_ferry//event", "hello.example.org"},
+	} {
+		if status, seen, doc, _ := f.get(t, c.path, c.host); status != http.StatusNotFound {
+			t.Errorf("%s (host %q): %d, the program saw %q %v", c.path, c.host, status, seen.Path, doc)
+		}
+	}
+	for _, p := range []string{"/vm/hello/_ferryx", "/vm/hello/a/_ferry/event", "/vm/hello/_ferry.txt"} {
+		if status, _, _, _ := f.get(t, p, ""); status != 200 {
+			t.Errorf("%s, beside the reserved prefix: %d", p, status)
+		}
+	}
+}

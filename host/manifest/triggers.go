@@ -5,6 +5,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/robfig/cron/v3"
 )
@@ -45,7 +46,16 @@ var scheduleParser = cron.NewParser(cron.SecondOptional | cron.Minute | cron.Hou
 // is the second ("* * * * * *": every second), or a descriptor ("@every
 // 1s", "@hourly"), as github.com/robfig/cron/v3 reads them. Times are UTC
 // unless the spec starts with CRON_TZ=Zone.
+//
+// An @every duration is a whole number of seconds, at least one: the
+// parser would run "@every 1ms", "@every -5s" or "@every 1.5s" every
+// second (or every whole second) without a word.
 func ParseSchedule(spec string) (cron.Schedule, error) {
+	if _, every, ok := strings.Cut(spec, "@every "); ok {
+		if d, err := time.ParseDuration(strings.TrimSpace(every)); err == nil && (d < time.Second || d%time.Second != 0) {
+			return nil, fmt.Errorf("@every %s: the period is a whole number of seconds, at least 1s", strings.TrimSpace(every))
+		}
+	}
 	if !strings.HasPrefix(spec, "CRON_TZ=") && !strings.HasPrefix(spec, "TZ=") {
 		spec = "CRON_TZ=UTC " + spec
 	}
