@@ -233,6 +233,18 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	stop := context.AfterFunc(ctx, func() { resetForContext(ctx, st) })
 	defer stop()
 	flusher, _ := w.(http.Flusher)
+	if n > 0 {
+		if _, werr := w.Write((*buf)[:n]); werr != nil {
+			st.Reset(frame.CodeCancel, "client went away")
+			return
+		}
+		n = 0
+	}
+	// A streaming body moves through a larger buffer: fewer writes to
+	// the client (httpstream.CopyBufferSize says what was measured).
+	big := httpstream.GetCopyBuffer()
+	defer httpstream.PutCopyBuffer(big)
+	buf = big
 	for {
 		if n > 0 {
 			if _, werr := w.Write((*buf)[:n]); werr != nil {
