@@ -234,6 +234,29 @@ class GoldenVectors(unittest.TestCase):
                 self.assertEqual(worker.encode_response(status, headers),
                                  worker.encode("response", {"status": status, "headers": headers}))
 
+    def test_fast_request_decoder_matches_decode(self):
+        import random
+        rng = random.Random(17)
+        full = worker.encode("request", {
+            "kind": 1, "http_version": b"1.1", "method": b"GET", "scheme": b"https", "path": b"/p",
+            "raw_path": b"/p", "query_string": b"a=1", "root_path": b"/vm/x",
+            "headers": [(b"host", b"h"), (b"x", b"")], "client_host": b"1.2.3.4", "client_port": 5,
+            "server_host": b"s", "server_port": 80, "subprotocols": [b"chat", b"v2"]})
+        cases = [full, b"", b"\x4a\x01a", b"\x08\x80\x80\x80\x80\x10", b"\x12\x05ab", b"\x10\x01", b"\x78\x05"]
+        for _ in range(3000):  # mutations of a full head
+            b = bytearray(full)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            cases.append(bytes(b[:rng.randrange(len(b) + 1)]))
+        for payload in cases:
+            try:
+                want = worker.decode("request", payload)
+            except ValueError:
+                with self.assertRaises(ValueError, msg=payload.hex()):
+                    worker.decode_request(payload)
+                continue
+            self.assertEqual(worker.decode_request(payload), want, payload.hex())
+
     def test_unknown_fields_are_skipped(self):
         self.assertEqual(worker.decode("reset", b"\x08\x07\x78\x05\x12\x02hi"), {"code": 7, "message": b"hi"})
 

@@ -274,6 +274,47 @@ def decode(schema, payload):
     return out
 
 
+# The REQUEST fields by kind, for decode_request.
+REQUEST_BYTES = {2: "http_version", 3: "method", 4: "scheme", 5: "path", 6: "raw_path", 7: "query_string",
+                 8: "root_path", 10: "client_host", 12: "server_host"}
+REQUEST_U32 = {1: "kind", 11: "client_port", 13: "server_port"}
+
+
+def decode_request(payload):
+    """decode("request", payload) for the hot path (every request's head):
+    the same result and the same errors, the header pairs built as they
+    come rather than gathered and zipped."""
+    out = {}
+    headers = []
+    name = None
+    for num, v in fields(payload):
+        if num == 9:
+            if v.__class__ is int:
+                raise ValueError("expected bytes")
+            if name is None:
+                name = v
+            else:
+                headers.append((name, v))
+                name = None
+            continue
+        key = REQUEST_BYTES.get(num)
+        if key is not None:
+            if v.__class__ is int:
+                raise ValueError("expected bytes")
+            out[key] = v
+            continue
+        key = REQUEST_U32.get(num)
+        if key is not None:
+            out[key] = _u32(v)
+        elif num == 14:
+            out.setdefault("subprotocols", []).append(_bytes(v))
+    if name is not None:
+        raise ValueError("odd number of header occurrences")
+    if headers:
+        out["headers"] = headers
+    return out
+
+
 def encode(schema, msg):
     """Encodes a dict as a payload, fields in number order, zeros omitted."""
     out = bytearray()
@@ -1125,7 +1166,7 @@ class Session(asyncio.BufferedProtocol):
             self.write(frame(RESET, 0, sid, encode("reset", {"code": REFUSED_STREAM, "message": reason})))
             return
         try:
-            head = decode("request", payload)
+            head = decode_request(payload)
         except ValueError as e:
             self.write(frame(RESET, 0, sid, encode("reset", {"code": PROTOCOL_ERROR, "message": ("bad REQUEST: %s" % e).encode()})))
             return
