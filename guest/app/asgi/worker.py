@@ -85,6 +85,11 @@ MY_MAX_STREAMS = 1024
 # must fit in it whole.
 RECV_BUFFER = 256 << 10
 assert HEADER_SIZE + MY_MAX_FRAME <= RECV_BUFFER
+# The largest response head sent on any channel: init's frame size
+# (protocol/frame's DefaultMaxSize; contract_test.go checks), so that a
+# head the host would take on a data channel, whose frames are larger, is
+# refused there too: an app answers alike whichever way a request came.
+MAX_RESPONSE_HEAD = 64 << 10
 # A client message over this closes the websocket with 1009, as the agent
 # does: protocol/contract's MaxWebSocketMessage (contract_test.go checks).
 MAX_WS_MESSAGE = 16 << 20
@@ -580,10 +585,11 @@ class Stream:
             raise RuntimeError("unexpected ASGI message %r on an http connection" % t)
 
     def head_too_large(self, head):
-        """Refuses a response head larger than init accepts in one frame
-        (SPEC.md 5.6): the stream is reset, the host answers 502 for this
-        request only, and what the app sends next on it is dropped."""
-        limit = self.session.peer_max_frame
+        """Refuses a response head larger than the peer accepts in one
+        frame (SPEC.md 5.6), or than MAX_RESPONSE_HEAD: the stream is
+        reset, the host answers 502 for this request only, and what the
+        app sends next on it is dropped."""
+        limit = min(self.session.peer_max_frame, MAX_RESPONSE_HEAD)
         if len(head) <= limit:
             return False
         print("ferry worker: response head of %d bytes exceeds the %d bytes a frame carries; "
