@@ -30,9 +30,9 @@ func CopyBody(body io.Reader, st *mux.Stream, maxBody int64) *BodyCopy {
 		if maxBody > 0 {
 			in = io.LimitReader(src, maxBody+1)
 		}
-		buf := GetCopyBuffer()
+		buf := bodyBuffers.Get().(*[]byte)
 		n, err := io.CopyBuffer(st, in, *buf)
-		PutCopyBuffer(buf)
+		bodyBuffers.Put(buf)
 		var code uint32
 		var reason string
 		switch {
@@ -95,20 +95,5 @@ func (c *errReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// CopyBufferSize is the size of the buffers a streaming body is copied
-// through, each way. Every read and write of a body moves up to this
-// much: at 64 KiB a 10 MiB upload took 160 reads of the client's socket,
-// each one acknowledged over loopback TCP at the agent's expense (the
-// agent's largest cost in its profile), and a 1 MiB response 16 writes
-// to the client; uvicorn reads 256 KiB at a time.
-const CopyBufferSize = 256 << 10
-
-// copyBuffers holds the buffers bodies are copied through.
-var copyBuffers = sync.Pool{New: func() any { b := make([]byte, CopyBufferSize); return &b }}
-
-// GetCopyBuffer returns a buffer of CopyBufferSize bytes from a pool;
-// PutCopyBuffer gives it back.
-func GetCopyBuffer() *[]byte { return copyBuffers.Get().(*[]byte) }
-
-// PutCopyBuffer returns a buffer GetCopyBuffer gave.
-func PutCopyBuffer(b *[]byte) { copyBuffers.Put(b) }
+// bodyBuffers holds the buffers bodies are copied through.
+var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
