@@ -18,7 +18,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(HERE, "..", "guest", "app", "asgi"))
+sys.path.insert(0, os.environ.get("FERRY_WORKER_DIR") or os.path.join(HERE, "..", "guest", "app", "asgi"))
 sys.path.insert(0, os.path.join(HERE, "apps"))
 import worker as fw  # noqa: E402
 
@@ -49,7 +49,7 @@ async def run(app, n, batch, path, query):
     session.transport = CountingTransport()
     session.peer = {"max_frame_size": 64 << 10}
     session.peer_max_frame, session.peer_window = 64 << 10, 256 << 10
-    session.app, session.state = app, {}
+    session.worker.app, session.worker.state = app, {}
     frames = [request_frame(2 * i + 1, path, query) for i in range(n)]
     start = time.perf_counter()
     for i in range(0, n, batch):

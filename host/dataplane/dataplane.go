@@ -31,6 +31,12 @@ import (
 // configured, so it answers at once.
 const HandshakeTimeout = 10 * time.Second
 
+// WorkerMaxFrame is the largest frame the host accepts from a worker on
+// its data channel: a response body comes in frames of up to this size
+// (within the stream's window), so a 1 MiB body is 4 frames rather than
+// 16, each read by the agent straight into its frame buffer.
+const WorkerMaxFrame = 256 << 10
+
 // Options configure a Set.
 type Options struct {
 	// Log receives the set's lines (channels added, dropped, refused).
@@ -161,8 +167,9 @@ func (s *Set) join(ch contract.WorkerChannel, f *os.File) {
 		return
 	}
 	sess := mux.Client(conn, mux.Config{
-		Agent:  s.opt.Agent,
-		Logger: log,
+		Agent:        s.opt.Agent,
+		Logger:       log,
+		MaxFrameSize: WorkerMaxFrame,
 		// Workers open no streams toward the host.
 		MaxStreams: 1,
 		Handler: func(st *mux.Stream) {

@@ -151,7 +151,13 @@ func (st *Stream) writeData(p []byte, fin bool) (int, error) {
 			st.mu.Unlock()
 			return written, err
 		}
-		n := int(min(int64(len(p)), st.sendWindow, int64(st.s.peer.MaxFrameSize)))
+		// As much as the window allows goes out now: one frame, or
+		// several of the peer's largest in one vectored write.
+		maxFrame := int(st.s.peer.MaxFrameSize)
+		n := int(min(int64(len(p)), st.sendWindow))
+		if st.s.compressing() {
+			n = min(n, maxFrame) // each frame is compressed on its own
+		}
 		st.sendWindow -= int64(n)
 		last := fin && n == len(p)
 		if last {
@@ -163,7 +169,13 @@ func (st *Stream) writeData(p []byte, fin bool) (int, error) {
 		if last {
 			flags = frame.FlagFin
 		}
-		if err := st.s.sendPayload(frame.Header{Type: frame.TypeData, Flags: flags, StreamID: st.id}, p[:n]); err != nil {
+		var err error
+		if n <= maxFrame {
+			err = st.s.sendPayload(frame.Header{Type: frame.TypeData, Flags: flags, StreamID: st.id}, p[:n])
+		} else {
+			err = st.s.w.write(dataFrames(st.id, p[:n], maxFrame, flags), false)
+		}
+		if err != nil {
 			return written, err
 		}
 		written += n
@@ -173,6 +185,22 @@ func (st *Stream) writeData(p []byte, fin bool) (int, error) {
 			return written, nil
 		}
 	}
+}
+
+// dataFrames cuts p into DATA frames of at most size bytes on stream id,
+// flags (FIN) on the last.
+func dataFrames(id uint32, p []byte, size int, flags frame.Flags) []frameSpec {
+	frames := make([]frameSpec, 0, (len(p)+size-1)/size)
+	for len(p) > 0 {
+		n := min(len(p), size)
+		f := frameSpec{h: frame.Header{Type: frame.TypeData, StreamID: id}, payload: p[:n]}
+		if n == len(p) {
+			f.h.Flags = flags
+		}
+		frames = append(frames, f)
+		p = p[n:]
+	}
+	return frames
 }
 
 // CloseWrite ends this side of the stream without trailers.

@@ -142,8 +142,16 @@ func (c *compressor) close() {
 	}
 }
 
+// compressing reports whether large data frames to the peer are
+// compressed (negotiated, and configured on this side).
+func (s *Session) compressing() bool {
+	alg := s.cfg.Compress
+	return alg != 0 && s.peer.Compression&alg != 0
+}
+
 // sendPayload writes a DATA or WS_MESSAGE frame, compressing it when the
 // session is configured to and the peer accepts the algorithm.
+
 func (s *Session) sendPayload(h frame.Header, p []byte) error {
 	alg := s.cfg.Compress
 	if alg != 0 && s.peer.Compression&alg != 0 && len(p) >= s.cfg.CompressMinSize {

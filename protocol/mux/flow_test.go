@@ -6,11 +6,13 @@ import (
 	"fmt"
 	"io"
 	"runtime"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -339,5 +341,51 @@ func TestCancellationAndDeadlines(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("read still blocked after the peer closed")
+	}
+}
+
+// A write larger than the peer's frames goes out, as far as the window
+// allows, as frames of at most the peer's size, back to back (one
+// vectored write), the last one carrying FIN; the rest waits for window.
+func TestWriteLargerThanAFrameIsCutToThePeersFrames(t *testing.T) {
+	const window = 200 << 10 // three full frames and a part
+	body := make([]byte, window+(20<<10))
+	for i := range body {
+		body[i] = byte(i * 7)
+	}
+	_, p := hostileSetup(t, Config{Handler: func(st *Stream) {
+		st.WriteResponse(&message.ResponseHead{Status: 200}, nil, false)
+		st.WriteLast(body)
+	}})
+	p.hello(window)
+	p.send(frame.Header{Type: frame.TypeRequest, Flags: frame.FlagFin, StreamID: 1}, request("/"))
+	p.expect(frame.TypeResponse)
+	var got []byte
+	var sizes []int
+	for {
+		h, payload := p.next()
+		if h.Type != frame.TypeData || h.StreamID != 1 {
+			t.Fatalf("got %v, want DATA on stream 1", h)
+		}
+		if len(payload) > frame.DefaultMaxSize {
+			t.Fatalf("a DATA frame of %d bytes, over the peer's %d", len(payload), frame.DefaultMaxSize)
+		}
+		got = append(got, payload...)
+		sizes = append(sizes, len(payload))
+		if len(got) == window {
+			if h.Has(frame.FlagFin) {
+				t.Fatal("FIN before the whole body was sent")
+			}
+			p.send(frame.Header{Type: frame.TypeWindowUpdate, StreamID: 1}, windowUpdate(window))
+		}
+		if h.Has(frame.FlagFin) {
+			break
+		}
+	}
+	if !bytes.Equal(got, body) {
+		t.Fatalf("%d bytes arrived, not the %d sent", len(got), len(body))
+	}
+	if want := []int{64 << 10, 64 << 10, 64 << 10, 8 << 10, 20 << 10}; !slices.Equal(sizes, want) {
+		t.Fatalf("frame sizes %v, want %v", sizes, want)
 	}
 }

@@ -92,13 +92,12 @@ func (w *writer) write(frames []frameSpec, control bool) error {
 		w.mu.Unlock()
 		return errPeerNotReading
 	}
-	if f := frames[0]; len(frames) == 1 && !control && !w.flushing && len(w.buf) == 0 && f.enc == nil && len(f.payload) >= directWriteMin {
-		// Idle and large: write header and payload without copying.
+	if !control && !w.flushing && len(w.buf) == 0 && rawSize(frames) >= directWriteMin {
+		// Idle and large: write headers and payloads without copying, in
+		// one vectored write.
 		w.flushing = true
 		w.mu.Unlock()
-		var hdr [frame.HeaderSize]byte
-		f.h.Length = uint32(len(f.payload))
-		bufs := net.Buffers{frame.AppendHeader(hdr[:0], f.h), f.payload}
+		bufs := vectored(frames)
 		_, err := bufs.WriteTo(w.conn)
 		w.mu.Lock()
 		if err != nil {
@@ -139,6 +138,36 @@ func (w *writer) write(frames []frameSpec, control bool) error {
 	err := w.err
 	w.mu.Unlock()
 	return err
+}
+
+// rawSize returns the payload bytes of frames when none has an encoder
+// (they can be written as they are), else 0.
+func rawSize(frames []frameSpec) int {
+	n := 0
+	for _, f := range frames {
+		if f.enc != nil {
+			return 0
+		}
+		n += len(f.payload)
+	}
+	return n
+}
+
+// vectored returns frames (raw payloads) as buffers for one vectored
+// write: each header, then its payload.
+func vectored(frames []frameSpec) net.Buffers {
+	hdrs := make([]byte, 0, frame.HeaderSize*len(frames))
+	bufs := make(net.Buffers, 0, 2*len(frames))
+	for _, f := range frames {
+		f.h.Length = uint32(len(f.payload))
+		start := len(hdrs)
+		hdrs = frame.AppendHeader(hdrs, f.h)
+		bufs = append(bufs, hdrs[start:len(hdrs):len(hdrs)])
+		if len(f.payload) > 0 {
+			bufs = append(bufs, f.payload)
+		}
+	}
+	return bufs
 }
 
 // writeOne writes a single frame; see write.

@@ -67,7 +67,8 @@ def to_json(schema, msg):
 
 
 class Reassembly(unittest.TestCase):
-    """data_received must see the same frames however the bytes are cut."""
+    """data_received must see the same frames however the bytes are cut;
+    a DATA frame's payload reaches its stream as it arrives."""
 
     def frames_seen(self, chunks):
         import asyncio
@@ -76,32 +77,60 @@ class Reassembly(unittest.TestCase):
             asyncio.set_event_loop(loop)
             seen = []
 
+            class Sink:
+                """A stream that records the DATA pieces it is handed."""
+
+                def __init__(self, sid, entry):
+                    self.id, self.entry = sid, entry
+
+                def on_data(self, payload, fin):
+                    self.entry[3] += payload
+
             class Recorder(worker.Session):
                 def handle_frame(self, ftype, flags, sid, payload):
                     seen.append((ftype, flags, sid, bytes(payload)))
 
+                def data_start(self, flags, sid, length):
+                    entry = [worker.DATA, flags, sid, bytearray()]
+                    seen.append(entry)
+                    self.streams[sid] = Sink(sid, entry)
+                    return self.streams[sid]
+
             session = Recorder(loop.create_future())
+            session.peer = {}  # past the HELLO
             for chunk in chunks:
                 session.data_received(chunk)
-            return seen, bytes(session.inbuf)
+            frames = [tuple(f[:3]) + (bytes(f[3]),) for f in seen]
+            return frames, bytes(session.rbuf[:session.rlen]), session.partial
         finally:
             asyncio.set_event_loop(None)
             loop.close()
 
     def test_any_split_gives_the_same_frames(self):
         want = [(worker.DATA, 0, 1, b"a" * 1000), (worker.PING, 0, 0, b"12345678"),
-                (worker.DATA, worker.FIN, 3, b""), (worker.DATA, 0, 5, bytes(range(256)) * 200)]
+                (worker.DATA, worker.FIN, 3, b""), (worker.DATA, 0, 5, bytes(range(256)) * 200),
+                (worker.PING, 0, 0, b"abcdefgh")]
         stream = b"".join(worker.frame(*f) for f in want)
         for size in (1, 3, 7, 10, 11, 4096, 65536, len(stream)):
             with self.subTest(chunk=size):
                 chunks = [stream[i:i + size] for i in range(0, len(stream), size)]
-                seen, left = self.frames_seen(chunks)
+                seen, left, partial = self.frames_seen(chunks)
                 self.assertEqual(seen, want)
                 self.assertEqual(left, b"")
-        # A frame cut short stays buffered until the rest arrives.
-        seen, left = self.frames_seen([stream[:-5]])
+                self.assertIsNone(partial)
+        # A frame other than DATA cut short stays buffered until the rest
+        # arrives.
+        seen, left, _ = self.frames_seen([stream[:-5]])
         self.assertEqual(seen, want[:-1])
         self.assertEqual(len(left), len(worker.frame(*want[-1])) - 5)
+        # A DATA frame cut short: what arrived is handed on, the rest is
+        # awaited.
+        cut = len(worker.frame(*want[-1])) + 5
+        seen, left, partial = self.frames_seen([stream[:-cut]])
+        self.assertEqual(seen[:-1], want[:-2])
+        self.assertEqual(seen[-1], want[-2][:3] + (want[-2][3][:-5],))
+        self.assertEqual(left, b"")
+        self.assertEqual(partial[2], 5)
 
 
 class ResponseHeadSize(unittest.TestCase):
@@ -204,6 +233,29 @@ class GoldenVectors(unittest.TestCase):
             with self.subTest(status=status):
                 self.assertEqual(worker.encode_response(status, headers),
                                  worker.encode("response", {"status": status, "headers": headers}))
+
+    def test_fast_request_decoder_matches_decode(self):
+        import random
+        rng = random.Random(17)
+        full = worker.encode("request", {
+            "kind": 1, "http_version": b"1.1", "method": b"GET", "scheme": b"https", "path": b"/p",
+            "raw_path": b"/p", "query_string": b"a=1", "root_path": b"/vm/x",
+            "headers": [(b"host", b"h"), (b"x", b"")], "client_host": b"1.2.3.4", "client_port": 5,
+            "server_host": b"s", "server_port": 80, "subprotocols": [b"chat", b"v2"]})
+        cases = [full, b"", b"\x4a\x01a", b"\x08\x80\x80\x80\x80\x10", b"\x12\x05ab", b"\x10\x01", b"\x78\x05"]
+        for _ in range(3000):  # mutations of a full head
+            b = bytearray(full)
+            for _ in range(rng.randrange(1, 4)):
+                b[rng.randrange(len(b))] = rng.randrange(256)
+            cases.append(bytes(b[:rng.randrange(len(b) + 1)]))
+        for payload in cases:
+            try:
+                want = worker.decode("request", payload)
+            except ValueError:
+                with self.assertRaises(ValueError, msg=payload.hex()):
+                    worker.decode_request(payload)
+                continue
+            self.assertEqual(worker.decode_request(payload), want, payload.hex())
 
     def test_unknown_fields_are_skipped(self):
         self.assertEqual(worker.decode("reset", b"\x08\x07\x78\x05\x12\x02hi"), {"code": 7, "message": b"hi"})
