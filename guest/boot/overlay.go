@@ -1,16 +1,20 @@
 package boot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/guest/blockdev"
 )
 
-// overlayBase is where the tmpfs holding the overlay's writable layer is
-// mounted before the switch. After the switch it stays mounted under the
+// overlayBase is where the filesystem holding the overlay's writable layer
+// (tmpfs, or a persistent disk) is mounted before the switch. After the switch it stays mounted under the
 // old root, out of sight, for as long as the overlay uses it.
 const overlayBase = "/run/ferry-overlay"
 
@@ -33,16 +37,50 @@ var movedMounts = []string{"/proc", "/sys", "/dev", "/tmp"}
 // On failure before the switch, everything is put back as it was and the
 // old root stays in place.
 func OverlayRoot() error {
-	data := "mode=0755"
+	return overlayRoot(func() error {
+		if err := unix.Mount("tmpfs", overlayBase, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			return fmt.Errorf("mounting tmpfs on %s: %w", overlayBase, err)
+		}
+		return nil
+	})
+}
+
+// upperWait bounds how long OverlayRootOn waits for its device (its
+// driver probes asynchronously).
+const upperWait = 10 * time.Second
+
+// OverlayRootOn is OverlayRoot with the writable layer on the ext4
+// filesystem of device (vdc or serial:NAME) instead of tmpfs: what is
+// written to the root is kept from one boot to the next (an instance's
+// persistent root). The filesystem's layers are its directories upper and
+// work, made at first use.
+func OverlayRootOn(device string) error {
+	return overlayRoot(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), upperWait)
+		defer cancel()
+		dev, err := blockdev.Wait(ctx, blockdev.System, device)
+		if err != nil {
+			return fmt.Errorf("the writable layer's device: %w", err)
+		}
+		if err := blockdev.Mount(dev, overlayBase, "ext4", false); err != nil {
+			return fmt.Errorf("the writable layer: %w", err)
+		}
+		return nil
+	})
+}
+
+// overlayRoot is OverlayRoot with mountUpper mounting the filesystem of
+// the writable layer on overlayBase.
+func overlayRoot(mountUpper func() error) error {
 	if err := os.MkdirAll(overlayBase, 0o755); err != nil {
 		return fmt.Errorf("overlay root: %w", err)
 	}
-	if err := unix.Mount("tmpfs", overlayBase, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		return fmt.Errorf("overlay root: mounting tmpfs on %s: %w", overlayBase, err)
+	if err := mountUpper(); err != nil {
+		return fmt.Errorf("overlay root: %w", err)
 	}
 	upper, work, root := filepath.Join(overlayBase, "upper"), filepath.Join(overlayBase, "work"), filepath.Join(overlayBase, "root")
 	for _, d := range []string{upper, work, root} {
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			unix.Unmount(overlayBase, unix.MNT_DETACH)
 			return fmt.Errorf("overlay root: %w", err)
 		}
