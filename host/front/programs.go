@@ -12,6 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/internal/logring"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -72,10 +73,16 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Interface: m.Code.Interface, Entrypoint: m.Code.Entrypoint, CodePath: m.Code.Path,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
+		Env: m.Variables, Persistent: m.Persistent(), Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
 		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
+	}
+	if m.IsInstance() {
+		prog.Interface, prog.RootSizeMiB = contract.InterfaceInstance, m.RootSizeMiB()
+		if m.Rootfs != nil {
+			prog.Rootfs = m.Rootfs.Parent.Path
+		}
 	}
 	for _, v := range m.Volumes {
 		prog.Volumes = append(prog.Volumes, backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Persistent, Name: v.Name, SizeMiB: v.SizeMiB})

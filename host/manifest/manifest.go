@@ -70,9 +70,12 @@ type ProgramLimits struct {
 	QueueTimeout  Duration `json:"queue_timeout,omitempty"`
 }
 
-// Program is one program's manifest.
+// Program is one program's manifest, or an instance's (Kind).
 type Program struct {
-	Code           Code              `json:"code"`
+	// Kind is KindProgram (the default when empty) or KindInstance.
+	Kind string `json:"kind,omitempty"`
+	// Code is the program's; an instance has none.
+	Code           Code              `json:"code,omitzero"`
 	Runtime        *Runtime          `json:"runtime,omitempty"`
 	Volumes        []Volume          `json:"volumes,omitempty"`
 	Resources      Resources         `json:"resources,omitempty"`
@@ -80,6 +83,8 @@ type Program struct {
 	Environment    Environment       `json:"environment,omitempty"`
 	On             On                `json:"on"`
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
+	// Rootfs is an instance's root filesystem (instance.go).
+	Rootfs *Rootfs `json:"rootfs,omitempty"`
 	// Limits override the configuration's per-program limits.
 	Limits *ProgramLimits `json:"limits,omitempty"`
 }
@@ -200,9 +205,15 @@ func Load(path string) (*File, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	base := filepath.Dir(path)
+	abs := func(path *string) {
+		if *path != "" && !filepath.IsAbs(*path) {
+			*path = filepath.Join(base, *path)
+		}
+	}
 	for _, p := range f.Programs {
-		if !filepath.IsAbs(p.Code.Path) {
-			p.Code.Path = filepath.Join(base, p.Code.Path)
+		abs(&p.Code.Path)
+		if p.Rootfs != nil {
+			abs(&p.Rootfs.Parent.Path)
 		}
 	}
 	return f, nil
@@ -252,23 +263,13 @@ func ValidateProgram(id string, p *Program) error {
 	if p == nil {
 		return &FieldError{"programs." + id, "missing manifest"}
 	}
-	switch p.Code.Interface {
-	case contract.InterfaceASGI, contract.InterfaceExecutable:
-	case "":
-		return &FieldError{field("code.interface"), "required: asgi or executable"}
-	default:
-		return &FieldError{field("code.interface"), fmt.Sprintf("%q is not asgi or executable", p.Code.Interface)}
+	if err := validateKind(field, p); err != nil {
+		return err
 	}
-	if p.Code.Entrypoint == "" {
-		return &FieldError{field("code.entrypoint"), "required"}
-	}
-	switch p.Code.Encoding {
-	case "", EncodingPlain, EncodingDirectory:
-	default:
-		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
-	}
-	if p.Code.Path == "" {
-		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
+	if !p.IsInstance() {
+		if err := validateCode(field, p); err != nil {
+			return err
+		}
 	}
 	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 || p.Resources.WorkerCount() < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}
@@ -289,8 +290,31 @@ func ValidateProgram(id string, p *Program) error {
 			return err
 		}
 	}
-	if !p.On.HTTP && !p.On.Persistent {
+	if !p.On.HTTP && !p.Persistent() {
 		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent: it would never run"}
+	}
+	return nil
+}
+
+// validateCode checks a program's code.
+func validateCode(field func(string) string, p *Program) error {
+	switch p.Code.Interface {
+	case contract.InterfaceASGI, contract.InterfaceExecutable:
+	case "":
+		return &FieldError{field("code.interface"), "required: asgi or executable"}
+	default:
+		return &FieldError{field("code.interface"), fmt.Sprintf("%q is not asgi or executable", p.Code.Interface)}
+	}
+	if p.Code.Entrypoint == "" {
+		return &FieldError{field("code.entrypoint"), "required"}
+	}
+	switch p.Code.Encoding {
+	case "", EncodingPlain, EncodingDirectory:
+	default:
+		return &FieldError{field("code.encoding"), fmt.Sprintf("%q is not supported by this agent (plain or directory)", p.Code.Encoding)}
+	}
+	if p.Code.Path == "" {
+		return &FieldError{field("code.path"), "required: the program's directory, or its single file, on this host"}
 	}
 	return nil
 }
