@@ -223,8 +223,8 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "manifest: "+err.Error())
 		return
 	}
-	if !filepath.IsAbs(m.Code.Path) {
-		writeError(w, http.StatusBadRequest, "programs."+id+".code.path: must be absolute when deploying over the API")
+	if field := m.RelativePath(); field != "" {
+		writeError(w, http.StatusBadRequest, "programs."+id+"."+field+": must be absolute when deploying over the API")
 		return
 	}
 	var err error

@@ -50,6 +50,18 @@ func TestInstanceManifest(t *testing.T) {
 		t.Fatalf("round trip: %s: %v", stored, err)
 	}
 
+	// Over the API, paths must be absolute: an instance has no code.path.
+	if field := back.RelativePath(); field != "" {
+		t.Errorf("absolute paths: %s", field)
+	}
+	back.Rootfs.Parent.Path = "root.squashfs"
+	if field := back.RelativePath(); field != "rootfs.parent.path" {
+		t.Errorf("a relative image: %q", field)
+	}
+	if field := (&Program{Code: Code{Path: "app"}}).RelativePath(); field != "code.path" {
+		t.Errorf("a relative code path: %q", field)
+	}
+
 	// Without rootfs: the agent's image, a root that is not kept.
 	bare := Program{Kind: KindInstance, AuthorizedKeys: []string{instanceKey}}
 	if err := ValidateProgram("bare", &bare); err != nil || bare.RootSizeMiB() != 0 || !bare.Persistent() {

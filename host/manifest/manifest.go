@@ -219,6 +219,20 @@ func Load(path string) (*File, error) {
 	return f, nil
 }
 
+// RelativePath names the first of the manifest's paths on this host that
+// is not absolute (a program's code.path, an instance's
+// rootfs.parent.path when given), or returns "" when there is none. Over
+// the API there is no file for them to be relative to.
+func (p *Program) RelativePath() string {
+	switch {
+	case !p.IsInstance() && !filepath.IsAbs(p.Code.Path):
+		return "code.path"
+	case p.Rootfs != nil && p.Rootfs.Parent.Path != "" && !filepath.IsAbs(p.Rootfs.Parent.Path):
+		return "rootfs.parent.path"
+	}
+	return ""
+}
+
 // Parse decodes and validates a configuration document. Unknown fields are
 // errors.
 func Parse(doc []byte) (*File, error) {
