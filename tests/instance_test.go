@@ -54,7 +54,8 @@ func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 		Persistent bool
 		Running    bool
 		VM         string
-		IPv4       string
+		IPv4, IPv6 string
+		Timeline   string
 	}
 	// running waits for the instance's VM (other than the one named
 	// not) and returns its status.
@@ -80,7 +81,7 @@ func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 	began := time.Now()
 	program("deploy", "box", manifest)
 	st := running("")
-	t.Logf("instance running in %s: %s at %s", time.Since(began).Round(time.Millisecond), st.VM, st.IPv4)
+	t.Logf("instance running in %s: %s at %s; boot timeline: %s", time.Since(began).Round(time.Millisecond), st.VM, st.IPv4, st.Timeline)
 	if st.Interface != "instance" || !st.Persistent || st.IPv4 == "" {
 		t.Fatalf("status: %+v", st)
 	}
@@ -108,8 +109,21 @@ func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 	if out := mustSSH(addr, "accept-new", "id -un; cat /proc/1/comm"); out != "root\ninit\n" {
 		t.Fatalf("ssh ran as %q, want root with Ferry's init as PID 1", out)
 	}
-	if keys, err := os.ReadFile(knownHosts); err != nil || !strings.Contains(string(keys), "ssh-ed25519") {
-		t.Fatalf("ssh learnt no ed25519 host key: %q %v", keys, err)
+	// Its IPv6 address too, with the same host key.
+	addr6 := strings.Split(st.IPv6, "/")[0]
+	mustSSH(addr6, "accept-new", "true")
+	keys, err := os.ReadFile(knownHosts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hostKeys []string
+	for _, line := range strings.Split(strings.TrimSpace(string(keys)), "\n") {
+		if f := strings.Fields(line); len(f) == 3 && f[1] == "ssh-ed25519" {
+			hostKeys = append(hostKeys, f[2])
+		}
+	}
+	if len(hostKeys) != 2 || hostKeys[0] != hostKeys[1] {
+		t.Fatalf("want the same ed25519 host key learnt at %s and %s, known_hosts has:\n%s", addr, addr6, keys)
 	}
 
 	// sshd dies: init starts it again, and ssh logs in again.
@@ -130,7 +144,7 @@ func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 	// program restart: a new VM, the same root, volume and host key.
 	program("restart", "box")
 	st2 := running(st.VM)
-	t.Logf("instance running again: %s", st2.VM)
+	t.Logf("instance running again: %s; boot timeline: %s", st2.VM, st2.Timeline)
 	addr = strings.Split(st2.IPv4, "/")[0]
 	if out := mustSSH(addr, "yes", "cat /root/note /srv/data/note"); out != note+"\n"+note+"\n" {
 		t.Fatalf("after the restart the notes are %q, want %q twice", out, note)

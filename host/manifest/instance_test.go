@@ -76,12 +76,13 @@ func TestInstanceErrorsNameTheField(t *testing.T) {
 		return &Program{Kind: KindInstance, AuthorizedKeys: []string{instanceKey}, Rootfs: &Rootfs{Persistence: PersistenceHost, SizeMiB: 100}}
 	}
 	cases := map[string]func(p *Program){
-		"kind":            func(p *Program) { p.Kind = "vm" },
-		"code":            func(p *Program) { p.Code = Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv"} },
-		"runtime.rootfs":  func(p *Program) { p.Runtime = &Runtime{Rootfs: "/img"} },
-		"runtime.python":  func(p *Program) { p.Runtime = &Runtime{Python: "/usr/bin/python3"} },
-		"on.http":         func(p *Program) { p.On.HTTP = true },
-		"authorized_keys": func(p *Program) { p.AuthorizedKeys = nil },
+		"kind":               func(p *Program) { p.Kind = "vm" },
+		"code":               func(p *Program) { p.Code = Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv"} },
+		"runtime.rootfs":     func(p *Program) { p.Runtime = &Runtime{Rootfs: "/img"} },
+		"runtime.python":     func(p *Program) { p.Runtime = &Runtime{Python: "/usr/bin/python3"} },
+		"on.http":            func(p *Program) { p.On.HTTP = true },
+		"authorized_keys":    func(p *Program) { p.AuthorizedKeys = nil },
+		"authorized_keys[1]": func(p *Program) { p.AuthorizedKeys = append(p.AuthorizedKeys, "my key") },
 		"rootfs.parent.ref": func(p *Program) {
 			p.Rootfs.Parent.Ref = "549ec451d9b099cad112d4aaa2c00ac40fb6729a92ff252ff22eef0b5c3cb613"
 		},

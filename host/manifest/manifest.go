@@ -296,6 +296,11 @@ func ValidateProgram(id string, p *Program) error {
 			return &FieldError{fmt.Sprintf("%s[%d].size_mib", field("volumes"), i), "a persistent volume needs a size"}
 		}
 	}
+	for i, k := range p.AuthorizedKeys {
+		if !contract.ValidAuthorizedKey(k) {
+			return &FieldError{fmt.Sprintf("%s[%d]", field("authorized_keys"), i), "not a single OpenSSH public key line (ssh-ed25519 AAAA… comment)"}
+		}
+	}
 	if err := p.Environment.validate(field("environment")); err != nil {
 		return err
 	}

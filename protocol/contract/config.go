@@ -211,7 +211,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, k := range c.AuthorizedKeys {
-		if strings.ContainsAny(k, "\n\r") || !sshKeyType.MatchString(strings.TrimSpace(k)) {
+		if !ValidAuthorizedKey(k) {
 			return fieldErr(fmt.Sprintf("authorized_keys[%d]", i), "not a single OpenSSH public key line")
 		}
 	}
@@ -328,6 +328,12 @@ func (a *Address) validate(field string, v4 bool) error {
 		}
 	}
 	return nil
+}
+
+// ValidAuthorizedKey reports whether line is one OpenSSH public key line
+// (type, base64 key, optional comment), as authorized_keys takes it.
+func ValidAuthorizedKey(line string) bool {
+	return !strings.ContainsAny(line, "\n\r") && sshKeyType.MatchString(strings.TrimSpace(line))
 }
 
 // FileName is the name a program whose code is one file has in the code

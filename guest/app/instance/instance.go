@@ -8,6 +8,7 @@
 package instance
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -65,15 +66,7 @@ func NewFactory(r *reaper.Reaper, log *slog.Logger) app.Factory {
 // accepts connections; every failure is a *contract.ConfigError of phase
 // app (an image without sshd says so).
 func Start(ctx context.Context, opt Options) (*Instance, error) {
-	if opt.SSHD == "" {
-		opt.SSHD = DefaultSSHD
-	}
-	if opt.Keygen == "" {
-		opt.Keygen = DefaultKeygen
-	}
-	if opt.Port == 0 {
-		opt.Port = DefaultPort
-	}
+	opt.SSHD, opt.Keygen, opt.Port = cmp.Or(opt.SSHD, DefaultSSHD), cmp.Or(opt.Keygen, DefaultKeygen), cmp.Or(opt.Port, DefaultPort)
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)
 	}
