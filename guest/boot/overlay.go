@@ -14,8 +14,9 @@ import (
 )
 
 // overlayBase is where the filesystem holding the overlay's writable layer
-// (tmpfs, or a persistent disk) is mounted before the switch. After the switch it stays mounted under the
-// old root, out of sight, for as long as the overlay uses it.
+// (tmpfs, or a persistent disk) is mounted before the switch. After the
+// switch it stays mounted under the old root, out of sight, for as long as
+// the overlay uses it.
 const overlayBase = "/run/ferry-overlay"
 
 // movedMounts are carried from the old root into the new one. /run is not
