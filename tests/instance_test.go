@@ -13,11 +13,12 @@ import (
 
 // An instance on the qemu backend (README "Instances"): deployed with the
 // test's own ed25519 key and port 22 allowed, Debian's ssh logs in from
-// inside the agent's network namespace and runs commands; sshd, killed,
-// is started again by init; a file written to the persistent root and
-// one written to the persistent volume are both there after `program
-// restart`, and so is the host key (ssh checks it against the first
-// boot's). One boot and one restart: under TCG each boot takes tens of
+// inside the agent's network namespace, at its IPv4 and IPv6 addresses,
+// and runs commands; sshd, killed, is started again by init; a file
+// written to the persistent root and one written to the persistent volume
+// are both there after `program restart`, and so is the host key (ssh
+// checks it against the first boot's); both disks are clean once it is
+// deleted. One boot and one restart: under TCG each boot takes tens of
 // seconds.
 func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 	images := requireImages(t)
@@ -149,10 +150,17 @@ func TestInstanceSSHAndPersistenceAcrossRestart(t *testing.T) {
 	if out := mustSSH(addr, "yes", "cat /root/note /srv/data/note"); out != note+"\n"+note+"\n" {
 		t.Fatalf("after the restart the notes are %q, want %q twice", out, note)
 	}
-	// sshd's own lines reach the program's logs.
-	if logs := program("logs", "box"); !strings.Contains(logs, "Server listening on") {
-		t.Errorf("sshd's output is not in the program's logs:\n%s", logs)
+	// sshd's own lines reach the program's logs, and so does init's
+	// console, where the first VM's init said it sealed the root's disk.
+	logs := program("logs", "box")
+	for _, want := range []string{"Server listening on", "sealed the root and its disk"} {
+		if !strings.Contains(logs, want) {
+			t.Errorf("the program's logs lack %q:\n%s", want, logs)
+		}
 	}
+	// Stopped, the volume is unmounted clean, and so is the disk of the
+	// root, which init seals before the VM ends.
 	program("delete", "box")
 	requireCleanExt4(t, filepath.Join(state, "qemu", "volumes", "box", "data.ext4"))
+	requireCleanExt4(t, filepath.Join(state, "qemu", "roots", "box.ext4"))
 }

@@ -54,9 +54,10 @@ const upperWait = 10 * time.Second
 // filesystem of device (vdc or serial:NAME) instead of tmpfs: what is
 // written to the root is kept from one boot to the next (an instance's
 // persistent root). The filesystem's layers are its directories upper and
-// work, made at first use.
-func OverlayRootOn(device string) error {
-	return overlayRoot(func() error {
+// work, made at first use. Seal the Upper it returns before powering off.
+func OverlayRootOn(device string) (*Upper, error) {
+	fd := -1
+	err := overlayRoot(func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), upperWait)
 		defer cancel()
 		dev, err := blockdev.Wait(ctx, blockdev.System, device)
@@ -66,8 +67,53 @@ func OverlayRootOn(device string) error {
 		if err := blockdev.Mount(dev, overlayBase, "ext4", false); err != nil {
 			return fmt.Errorf("the writable layer: %w", err)
 		}
+		// A handle on the disk's mount, which the switch puts out of
+		// sight: Seal reaches it through /proc/self/fd.
+		if fd, err = unix.Open(overlayBase, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			unix.Unmount(overlayBase, unix.MNT_DETACH)
+			return fmt.Errorf("the writable layer: %w", err)
+		}
 		return nil
 	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	return &Upper{fd: fd}, nil
+}
+
+// Upper is the disk under a root OverlayRootOn made, which cannot be
+// unmounted while it is under the root.
+type Upper struct{ fd int }
+
+// sealTries bounds Seal's attempts: processes killed just before may
+// still hold files open for writing for a moment.
+const sealTries = 10
+
+// Seal makes the root read-only, then the disk under it: everything is
+// written out and the disk's filesystem is left clean, as an unmount
+// would leave it. Call it last, once nothing writes any more; the root
+// stays read-only.
+func (u *Upper) Seal() error {
+	var err error
+	for i := range sealTries {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err = unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			err = fmt.Errorf("sealing the root: making it read-only: %w", err)
+			continue
+		}
+		disk := fmt.Sprintf("/proc/self/fd/%d", u.fd)
+		if err = unix.Mount("", disk, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			err = fmt.Errorf("sealing the root: making its disk read-only: %w", err)
+			continue
+		}
+		return nil
+	}
+	return err
 }
 
 // overlayRoot is OverlayRoot with mountUpper mounting the filesystem of

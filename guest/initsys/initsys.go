@@ -85,6 +85,10 @@ type Init struct {
 	Timeline *boot.Timeline
 	// Agent is init's name and version.
 	Agent string
+
+	// upper is the disk under a persistent root (ferry.upper), sealed at
+	// the end.
+	upper *boot.Upper
 }
 
 // Load reads the boot parameters: the kernel command line as PID 1

@@ -181,7 +181,10 @@ func (in *Init) loadModules() bool {
 func (in *Init) overlayRoot() {
 	overlay, on := boot.OverlayRoot, "tmpfs"
 	if in.Params.Upper != "" {
-		overlay = func() error { return boot.OverlayRootOn(in.Params.Upper) }
+		overlay = func() (err error) {
+			in.upper, err = boot.OverlayRootOn(in.Params.Upper)
+			return err
+		}
 		on = in.Params.Upper
 	}
 	if err := overlay(); err != nil {
@@ -279,6 +282,13 @@ func (in *Init) stop(svc *service.Service, l transport.Listener) {
 	}
 	if in.PID1 {
 		in.stopEverything()
+	}
+	if in.upper != nil {
+		if err := in.upper.Seal(); err != nil {
+			in.Log.Warn("the root's disk stays as it is; its journal covers it", "err", err)
+		} else {
+			in.Log.Info("sealed the root and its disk: read-only and clean")
+		}
 	}
 }
 
