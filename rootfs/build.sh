@@ -2,8 +2,10 @@
 # rootfs/build.sh builds what the qemu backend boots:
 #
 #   OUT/rootfs.squashfs  Debian bookworm (minbase) with python3, the Debian
-#                        ASGI stack and ca-certificates; Ferry's init is
-#                        /sbin/init. zstd squashfs, mounted read-only.
+#                        ASGI stack, ca-certificates and openssh-server (for
+#                        instances; no host keys: each VM makes its own);
+#                        Ferry's init is /sbin/init. zstd squashfs, mounted
+#                        read-only.
 #   OUT/vmlinuz          the kernel of Debian's linux-image-cloud-amd64
 #   OUT/initrd.img       init plus the kernel modules it needs to reach the
 #                        root image (virtio, blk, net, console, vsock,
@@ -31,10 +33,12 @@ out=${2:-build/rootfs}
 suite=bookworm
 layout=${FERRY_LAYOUT:-ferry}
 case $layout in ferry | aleph) ;; *) printf 'rootfs: error: FERRY_LAYOUT=%s: want ferry or aleph\n' "$layout" >&2; exit 1 ;; esac
-packages=python3,python3-fastapi,python3-uvloop,ca-certificates
+# openssh-server is for instances (README "Instances"): init starts sshd only
+# for them, programs booted from the same image never run it.
+packages=python3,python3-fastapi,python3-uvloop,ca-certificates,openssh-server
 # Bump when the debootstrap or trimming steps below change (the Debian tree
 # is cached by this, the suite and the packages).
-base_recipe=1
+base_recipe=2
 # Modules init loads before the root is mounted, by name; their dependencies
 # come along from modules.dep.
 modules="virtio_mmio virtio_pci virtio_blk virtio_net virtio_console vmw_vsock_virtio_transport squashfs overlay"
@@ -111,6 +115,10 @@ if [ ! -e "$base/.complete" ]; then
 		find usr/share/locale -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 		# A machine id is made per boot if anything needs one; the image has none.
 		: >etc/machine-id
+		# openssh-server's installation made host keys: an image shared by
+		# every VM must not carry them (init makes each root's own, kept
+		# when the root persists).
+		rm -f etc/ssh/ssh_host_*
 		# Mount points init uses.
 		mkdir -p code data proc sys dev run tmp
 	)

@@ -1,17 +1,22 @@
 package boot
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/guest/blockdev"
 )
 
-// overlayBase is where the tmpfs holding the overlay's writable layer is
-// mounted before the switch. After the switch it stays mounted under the
-// old root, out of sight, for as long as the overlay uses it.
+// overlayBase is where the filesystem holding the overlay's writable layer
+// (tmpfs, or a persistent disk) is mounted before the switch. After the
+// switch it stays mounted under the old root, out of sight, for as long as
+// the overlay uses it.
 const overlayBase = "/run/ferry-overlay"
 
 // movedMounts are carried from the old root into the new one. /run is not
@@ -33,16 +38,96 @@ var movedMounts = []string{"/proc", "/sys", "/dev", "/tmp"}
 // On failure before the switch, everything is put back as it was and the
 // old root stays in place.
 func OverlayRoot() error {
-	data := "mode=0755"
+	return overlayRoot(func() error {
+		if err := unix.Mount("tmpfs", overlayBase, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, "mode=0755"); err != nil {
+			return fmt.Errorf("mounting tmpfs on %s: %w", overlayBase, err)
+		}
+		return nil
+	})
+}
+
+// upperWait bounds how long OverlayRootOn waits for its device (its
+// driver probes asynchronously).
+const upperWait = 10 * time.Second
+
+// OverlayRootOn is OverlayRoot with the writable layer on the ext4
+// filesystem of device (vdc or serial:NAME) instead of tmpfs: what is
+// written to the root is kept from one boot to the next (an instance's
+// persistent root). The filesystem's layers are its directories upper and
+// work, made at first use. Seal the Upper it returns before powering off.
+func OverlayRootOn(device string) (*Upper, error) {
+	fd := -1
+	err := overlayRoot(func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), upperWait)
+		defer cancel()
+		dev, err := blockdev.Wait(ctx, blockdev.System, device)
+		if err != nil {
+			return fmt.Errorf("the writable layer's device: %w", err)
+		}
+		if err := blockdev.Mount(dev, overlayBase, "ext4", false); err != nil {
+			return fmt.Errorf("the writable layer: %w", err)
+		}
+		// A handle on the disk's mount, which the switch puts out of
+		// sight: Seal reaches it through /proc/self/fd.
+		if fd, err = unix.Open(overlayBase, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0); err != nil {
+			unix.Unmount(overlayBase, unix.MNT_DETACH)
+			return fmt.Errorf("the writable layer: %w", err)
+		}
+		return nil
+	})
+	if err != nil {
+		if fd >= 0 {
+			unix.Close(fd)
+		}
+		return nil, err
+	}
+	return &Upper{fd: fd}, nil
+}
+
+// Upper is the disk under a root OverlayRootOn made, which cannot be
+// unmounted while it is under the root.
+type Upper struct{ fd int }
+
+// sealTries bounds Seal's attempts: processes killed just before may
+// still hold files open for writing for a moment.
+const sealTries = 10
+
+// Seal makes the root read-only, then the disk under it: everything is
+// written out and the disk's filesystem is left clean, as an unmount
+// would leave it. Call it last, once nothing writes any more; the root
+// stays read-only.
+func (u *Upper) Seal() error {
+	var err error
+	for i := range sealTries {
+		if i > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err = unix.Mount("", "/", "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			err = fmt.Errorf("sealing the root: making it read-only: %w", err)
+			continue
+		}
+		disk := fmt.Sprintf("/proc/self/fd/%d", u.fd)
+		if err = unix.Mount("", disk, "", unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
+			err = fmt.Errorf("sealing the root: making its disk read-only: %w", err)
+			continue
+		}
+		return nil
+	}
+	return err
+}
+
+// overlayRoot is OverlayRoot with mountUpper mounting the filesystem of
+// the writable layer on overlayBase.
+func overlayRoot(mountUpper func() error) error {
 	if err := os.MkdirAll(overlayBase, 0o755); err != nil {
 		return fmt.Errorf("overlay root: %w", err)
 	}
-	if err := unix.Mount("tmpfs", overlayBase, "tmpfs", unix.MS_NOSUID|unix.MS_NODEV, data); err != nil {
-		return fmt.Errorf("overlay root: mounting tmpfs on %s: %w", overlayBase, err)
+	if err := mountUpper(); err != nil {
+		return fmt.Errorf("overlay root: %w", err)
 	}
 	upper, work, root := filepath.Join(overlayBase, "upper"), filepath.Join(overlayBase, "work"), filepath.Join(overlayBase, "root")
 	for _, d := range []string{upper, work, root} {
-		if err := os.Mkdir(d, 0o755); err != nil {
+		if err := os.MkdirAll(d, 0o755); err != nil {
 			unix.Unmount(overlayBase, unix.MNT_DETACH)
 			return fmt.Errorf("overlay root: %w", err)
 		}

@@ -99,6 +99,10 @@ type Init struct {
 	// HostUDS and AlephShell are Options'.
 	HostUDS    string
 	AlephShell bool
+
+	// upper is the disk under a persistent root (ferry.upper), sealed at
+	// the end.
+	upper *boot.Upper
 }
 
 // Load reads the boot parameters: the kernel command line as PID 1

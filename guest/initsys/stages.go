@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-vm/ferry/guest/app"
 	"github.com/ferry-vm/ferry/guest/app/asgi"
 	"github.com/ferry-vm/ferry/guest/app/executable"
+	"github.com/ferry-vm/ferry/guest/app/instance"
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/kmod"
 	"github.com/ferry-vm/ferry/guest/reaper"
@@ -180,15 +181,24 @@ func (in *Init) loadModules() bool {
 }
 
 // overlayRoot turns a read-only root into a writable overlay on tmpfs
-// (ferry.overlay=1); on failure the root stays as it is.
+// (ferry.overlay=1), or on the disk ferry.upper names, which keeps what
+// is written; on failure the root stays as it is.
 func (in *Init) overlayRoot() {
-	if err := boot.OverlayRoot(); err != nil {
+	overlay, on := boot.OverlayRoot, "tmpfs"
+	if in.Params.Upper != "" {
+		overlay = func() (err error) {
+			in.upper, err = boot.OverlayRootOn(in.Params.Upper)
+			return err
+		}
+		on = in.Params.Upper
+	}
+	if err := overlay(); err != nil {
 		in.Log.Error("root stays as it is", "err", err)
 	} else {
 		if _, err := boot.MountSystem(); err != nil {
 			in.Log.Warn("some system mounts failed on the overlay root", "err", err)
 		}
-		in.Log.Info("root is a writable overlay on tmpfs")
+		in.Log.Info("root is a writable overlay", "on", on)
 	}
 	in.Timeline.Mark("overlay")
 }
@@ -222,6 +232,7 @@ func (in *Init) service(r *reaper.Reaper, paths setup.Paths) *service.Service {
 		Apps: map[string]app.Factory{
 			contract.InterfaceExecutable: executable.NewFactory(r, in.Log),
 			contract.InterfaceASGI:       asgi.NewFactory(r, in.Log, in.channels()),
+			contract.InterfaceInstance:   instance.NewFactory(r, in.Log),
 		},
 	})
 }
@@ -277,6 +288,13 @@ func (in *Init) stop(svc *service.Service, l transport.Listener) {
 	}
 	if in.PID1 {
 		in.stopEverything()
+	}
+	if in.upper != nil {
+		if err := in.upper.Seal(); err != nil {
+			in.Log.Warn("the root's disk stays as it is; its journal covers it", "err", err)
+		} else {
+			in.Log.Info("sealed the root and its disk: read-only and clean")
+		}
 	}
 }
 

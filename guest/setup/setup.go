@@ -44,7 +44,7 @@ type Options struct {
 
 // Result is what a successful setup produced.
 type Result struct {
-	CodeDir string   // directory holding the program
+	CodeDir string   // directory holding the program (none for an instance)
 	Mounts  []string // mount points, in mount order (unmount in reverse)
 }
 
@@ -94,16 +94,18 @@ func Apply(ctx context.Context, log *slog.Logger, c *contract.Config, opt Option
 	if len(c.Volumes) > 0 {
 		tl.Mark("volumes")
 	}
-	codeDir, mounted, err := prepareCode(ctx, p, c, opt.System)
-	if mounted != "" {
-		res.Mounts = append(res.Mounts, mounted)
-	}
-	if err != nil {
-		return res, err
-	}
-	res.CodeDir = codeDir
-	if err := checkEntrypoint(c, codeDir); err != nil {
-		return res, err
+	if c.Interface != contract.InterfaceInstance { // an instance has no code
+		codeDir, mounted, err := prepareCode(ctx, p, c, opt.System)
+		if mounted != "" {
+			res.Mounts = append(res.Mounts, mounted)
+		}
+		if err != nil {
+			return res, err
+		}
+		res.CodeDir = codeDir
+		if err := checkEntrypoint(c, codeDir); err != nil {
+			return res, err
+		}
 	}
 	if c.InputData != nil {
 		src, err := sourcePath(p, *c.InputData)

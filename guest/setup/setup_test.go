@@ -107,3 +107,25 @@ func TestPlainFileIsNamedForItsEntrypoint(t *testing.T) {
 		})
 	}
 }
+
+// An instance has no code: setup writes its keys and looks for no
+// entrypoint.
+func TestInstanceHasNoCode(t *testing.T) {
+	opt := testOptions(t)
+	c := &contract.Config{ProgramID: "box", Interface: contract.InterfaceInstance, AuthorizedKeys: []string{"ssh-ed25519 AAAA a@b"}}
+	var tl boot.Timeline
+	res, err := Apply(context.Background(), slog.New(slog.DiscardHandler), c, opt, &tl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.CodeDir != "" {
+		t.Fatalf("an instance got a code directory: %s", res.CodeDir)
+	}
+	if _, err := os.Stat(opt.Paths.Code); !os.IsNotExist(err) {
+		t.Fatalf("the code directory was made for an instance: %v", err)
+	}
+	keys, err := os.ReadFile(filepath.Join(opt.Paths.Root, "root/.ssh/authorized_keys"))
+	if err != nil || string(keys) != "ssh-ed25519 AAAA a@b\n" {
+		t.Fatalf("authorized_keys %q %v", keys, err)
+	}
+}

@@ -47,8 +47,17 @@ type Spec struct {
 	// VCPUs and MemoryMiB are the VM's resources (advisory in the sandbox).
 	VCPUs, MemoryMiB int
 	// Rootfs and Kernel override the backend's default root image and
-	// kernel (the manifest's runtime; qemu only).
+	// kernel (the manifest's runtime, an instance's rootfs; qemu only).
 	Rootfs, Kernel string
+	// Instance says the VM is an instance's: no code, init keeps sshd
+	// running (contract.InterfaceInstance). Backends that cannot boot
+	// one refuse to start it.
+	Instance bool
+	// RootSizeMiB, when set, keeps what is written to the VM's root from
+	// one boot to the next, on a disk of that size per program, created
+	// empty on first use (an instance's persistent root). Backends that
+	// cannot keep it refuse to start the VM.
+	RootSizeMiB int
 	// Log receives the backend's own lines.
 	Log *slog.Logger
 	// Console, if set, receives each line the VM prints on its console.

@@ -85,7 +85,7 @@ func (c *Catalog) Deploy(ctx context.Context, id string, m *manifest.Program) er
 	if err := manifest.ValidateProgram(id, m); err != nil {
 		return err
 	}
-	if m.On.Persistent {
+	if m.Persistent() {
 		if err := c.fits(ctx, m); err != nil {
 			return err
 		}
@@ -181,7 +181,7 @@ func (c *Catalog) Sync(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("program %s: stored manifest: %w", p.ID, err))
 			continue
 		}
-		if m.On.Persistent {
+		if m.Persistent() {
 			wanted = append(wanted, want(p.ID, &m))
 		}
 		if c.applied[p.ID] == string(p.Manifest) {

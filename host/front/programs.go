@@ -11,6 +11,7 @@ import (
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/internal/logring"
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -76,12 +77,18 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 		return err
 	}
 	prog := &lifecycle.Program{ID: id, Entrypoint: m.Code.Entrypoint,
-		Env: m.Variables, Persistent: m.On.Persistent, Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
+		Env: m.Variables, Persistent: m.Persistent(), Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
 		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
 	if m.Runtime != nil {
 		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
 	}
 	programSources(prog, m)
+	if m.IsInstance() {
+		prog.Interface, prog.RootSizeMiB = contract.InterfaceInstance, m.RootSizeMiB()
+		if m.Rootfs != nil {
+			prog.Rootfs = m.Rootfs.Parent.Path
+		}
+	}
 	limits := ps.Limits
 	if m.Limits != nil {
 		if m.Limits.MaxConcurrent > 0 {

@@ -35,7 +35,7 @@ type Program struct {
 	// Persistent programs are started at once and restarted when they
 	// end; they are never stopped for being idle.
 	Persistent bool
-	Interface  string // contract.InterfaceASGI or InterfaceExecutable
+	Interface  string // contract.InterfaceASGI, InterfaceExecutable or InterfaceInstance
 	Entrypoint string
 	// CodePath is the code on the host: a directory, or a single file
 	// (which the VM sees under the name contract.FileName gives it).
@@ -66,6 +66,9 @@ type Program struct {
 	VCPUs, MemoryMiB int
 	// Rootfs and Kernel override the backend's image and kernel.
 	Rootfs, Kernel string
+	// RootSizeMiB, for an instance, keeps its root from one boot to the
+	// next on a disk of that size (backend.Spec.RootSizeMiB); 0: not kept.
+	RootSizeMiB int
 
 	removed bool // guarded by Manager.mu: Remove was called, no more boots
 }
@@ -515,7 +518,8 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
 	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
-		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log}
+		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log,
+		Instance: p.Interface == contract.InterfaceInstance, RootSizeMiB: p.RootSizeMiB}
 	progress := startBootProgress(log, m.opt.Backend.Name(), m.opt.BootProgress)
 	defer progress.done()
 	var output *outputPump

@@ -70,9 +70,12 @@ type ProgramLimits struct {
 	QueueTimeout  Duration `json:"queue_timeout,omitempty"`
 }
 
-// Program is one program's manifest.
+// Program is one program's manifest, or an instance's (Kind).
 type Program struct {
-	Code           Code              `json:"code"`
+	// Kind is KindProgram (the default when empty) or KindInstance.
+	Kind string `json:"kind,omitempty"`
+	// Code is the program's; an instance has none.
+	Code           Code              `json:"code,omitzero"`
 	Runtime        *Runtime          `json:"runtime,omitempty"`
 	Volumes        []Volume          `json:"volumes,omitempty"`
 	Resources      Resources         `json:"resources,omitempty"`
@@ -80,6 +83,8 @@ type Program struct {
 	Environment    Environment       `json:"environment,omitempty"`
 	On             On                `json:"on"`
 	AuthorizedKeys []string          `json:"authorized_keys,omitempty"`
+	// Rootfs is an instance's root filesystem (instance.go).
+	Rootfs *Rootfs `json:"rootfs,omitempty"`
 	// Limits override the configuration's per-program limits.
 	Limits *ProgramLimits `json:"limits,omitempty"`
 	// Data is unpacked at /data in the VM (refs.go).
@@ -281,14 +286,24 @@ func ValidateProgram(id string, p *Program) error {
 	if p == nil {
 		return &FieldError{"programs." + id, "missing manifest"}
 	}
-	if err := validateCode(field, &p.Code); err != nil {
+	if err := validateKind(field, p); err != nil {
 		return err
+	}
+	if !p.IsInstance() {
+		if err := validateCode(field, &p.Code); err != nil {
+			return err
+		}
 	}
 	if p.Resources.VCPUs < 0 || p.Resources.Memory < 0 || p.Resources.Seconds < 0 || p.Resources.WorkerCount() < 0 {
 		return &FieldError{field("resources"), "values must not be negative"}
 	}
 	if err := validateSources(field, p); err != nil {
 		return err
+	}
+	for i, k := range p.AuthorizedKeys {
+		if !contract.ValidAuthorizedKey(k) {
+			return &FieldError{fmt.Sprintf("%s[%d]", field("authorized_keys"), i), "not a single OpenSSH public key line (ssh-ed25519 AAAA… comment)"}
+		}
 	}
 	if err := p.Environment.validate(field("environment")); err != nil {
 		return err
@@ -301,7 +316,7 @@ func ValidateProgram(id string, p *Program) error {
 	if err := p.On.Triggers.validate(field("on")); err != nil {
 		return err
 	}
-	if !p.On.HTTP && !p.On.Persistent && !p.On.Triggered() {
+	if !p.On.HTTP && !p.Persistent() && !p.On.Triggered() {
 		return &FieldError{field("on"), "the program is neither reachable over HTTP nor persistent nor triggered by a schedule or messages: it would never run"}
 	}
 	return nil

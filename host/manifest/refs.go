@@ -255,6 +255,9 @@ func (p *Program) hostPaths() map[string]*string {
 	for i := range p.Volumes {
 		add(fmt.Sprintf("volumes[%d].immutable", i), &p.Volumes[i].Immutable)
 	}
+	if p.Rootfs != nil {
+		add("rootfs.parent.path", &p.Rootfs.Parent.Path)
+	}
 	return out
 }
 

@@ -61,11 +61,16 @@ const (
 // BootParams are init's boot parameters. A zero field means "not given":
 // String leaves it out and init keeps its default (DefaultBootParams).
 type BootParams struct {
-	Transport Transport     // ferry.transport=vsock:PORT|serial:NAME|fd:N|unix:PATH
-	Overlay   bool          // ferry.overlay=1: writable tmpfs overlay over a read-only root
-	Debug     bool          // ferry.debug=1: debug logs
-	OnExit    string        // ferry.shutdown=poweroff|reboot
-	Grace     time.Duration // ferry.grace=5s: how long the app gets to stop
+	Transport Transport // ferry.transport=vsock:PORT|serial:NAME|fd:N|unix:PATH
+	Overlay   bool      // ferry.overlay=1: writable tmpfs overlay over a read-only root
+	// Upper, with Overlay, puts the overlay's writable layer on this
+	// block device (vdc or serial:NAME, an ext4 filesystem) instead of
+	// tmpfs, so that what is written to the root is kept from one boot
+	// to the next: an instance's persistent root.
+	Upper  string        // ferry.upper=
+	Debug  bool          // ferry.debug=1: debug logs
+	OnExit string        // ferry.shutdown=poweroff|reboot
+	Grace  time.Duration // ferry.grace=5s: how long the app gets to stop
 	// Root is the root image's device (vda, /dev/vda or serial:NAME). Set,
 	// init running from an initramfs loads the kernel modules, mounts
 	// this device read-only and hands over to its /sbin/init.
@@ -106,6 +111,9 @@ func (p BootParams) String() string {
 	}
 	if p.Overlay {
 		add("overlay", "1")
+	}
+	if p.Upper != "" {
+		add("upper", p.Upper)
 	}
 	if p.Transport.Kind != "" {
 		add("transport", p.Transport.String())
@@ -170,6 +178,11 @@ func (p *BootParams) set(key, value string) error {
 			return fmt.Errorf("want a device: vda, /dev/vda or serial:NAME")
 		}
 		p.Root = value
+	case "upper":
+		if !devicePattern.MatchString(value) {
+			return fmt.Errorf("want a device: vdc or serial:NAME")
+		}
+		p.Upper = value
 	case "rootfstype":
 		p.RootFS = value
 	case "channels":

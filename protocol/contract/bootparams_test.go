@@ -49,9 +49,9 @@ func TestTransports(t *testing.T) {
 }
 
 func TestBadValuesKeepDefaultsAndNameTheParameter(t *testing.T) {
-	p, errs := ParseBootParams("ferry.transport=tcp:1 ferry.overlay=maybe ferry.grace=forever ferry.colour=blue ferry.shutdown=halt ferry.channels=1 ferry.channels=x")
-	if len(errs) != 7 {
-		t.Fatalf("want 7 errors, got %v", errs)
+	p, errs := ParseBootParams("ferry.transport=tcp:1 ferry.overlay=maybe ferry.grace=forever ferry.colour=blue ferry.shutdown=halt ferry.channels=1 ferry.channels=x ferry.upper=../vdc")
+	if len(errs) != 8 {
+		t.Fatalf("want 8 errors, got %v", errs)
 	}
 	for _, e := range errs {
 		if !strings.Contains(e.Error(), "ferry.") {
@@ -76,6 +76,7 @@ func TestQuotedWords(t *testing.T) {
 func TestBootParamsStringRoundTrips(t *testing.T) {
 	cases := []BootParams{
 		{Transport: Transport{Kind: TransportSerial, Name: "ferry"}, Overlay: true, Debug: true, OnExit: ActionReboot, Grace: 2 * time.Second, Root: "serial:rootfs", RootFS: "squashfs"},
+		{Transport: Transport{Kind: TransportSerial, Name: "ferry"}, Overlay: true, Upper: "serial:ferry-upper", OnExit: ActionReboot, Grace: 5 * time.Second},
 		{Transport: Transport{Kind: TransportVsock, Port: 1024}, OnExit: ActionPoweroff, Grace: 5 * time.Second},
 		{Transport: Transport{Kind: TransportFD, FD: 3}, Channels: 4, OnExit: ActionPoweroff, Grace: 5 * time.Second},
 		{Transport: Transport{Kind: TransportUnix, Path: "/run/a dir/ferry.sock"}, OnExit: ActionPoweroff, Grace: 0},

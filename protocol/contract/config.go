@@ -42,10 +42,11 @@ const (
 
 // Config is the whole document.
 type Config struct {
-	ProgramID      string            `json:"program_id"`
-	Interface      string            `json:"interface"`
-	Entrypoint     string            `json:"entrypoint"`
-	Code           Code              `json:"code"`
+	ProgramID  string `json:"program_id"`
+	Interface  string `json:"interface"`
+	Entrypoint string `json:"entrypoint,omitempty"` // none for an instance
+	// Code is where the program is; an instance has none.
+	Code           Code              `json:"code,omitzero"`
 	Packages       string            `json:"packages,omitempty"`   // directory put on sys.path after the code
 	InputData      *Source           `json:"input_data,omitempty"` // zip extracted to /data
 	Volumes        []Volume          `json:"volumes,omitempty"`
@@ -164,11 +165,20 @@ func (c *Config) Validate() error {
 		if c.Entrypoint == "" || strings.ContainsRune(c.Entrypoint, 0) {
 			return fieldErr("entrypoint", "must name the program to run")
 		}
+	case InterfaceInstance:
+		if c.Entrypoint != "" {
+			return fieldErr("entrypoint", "an instance runs no program: leave it out")
+		}
+		if c.Code != (Code{}) {
+			return fieldErr("code", "an instance has no code: leave it out")
+		}
 	default:
-		return fieldErr("interface", "%q is not asgi or executable", c.Interface)
+		return fieldErr("interface", "%q is not asgi, executable or instance", c.Interface)
 	}
-	if err := c.Code.validate(); err != nil {
-		return err
+	if c.Interface != InterfaceInstance {
+		if err := c.Code.validate(); err != nil {
+			return err
+		}
 	}
 	if c.Packages != "" && !path.IsAbs(c.Packages) {
 		return fieldErr("packages", "%q must be an absolute path", c.Packages)
@@ -201,7 +211,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	for i, k := range c.AuthorizedKeys {
-		if strings.ContainsAny(k, "\n\r") || !sshKeyType.MatchString(strings.TrimSpace(k)) {
+		if !ValidAuthorizedKey(k) {
 			return fieldErr(fmt.Sprintf("authorized_keys[%d]", i), "not a single OpenSSH public key line")
 		}
 	}
@@ -318,6 +328,12 @@ func (a *Address) validate(field string, v4 bool) error {
 		}
 	}
 	return nil
+}
+
+// ValidAuthorizedKey reports whether line is one OpenSSH public key line
+// (type, base64 key, optional comment), as authorized_keys takes it.
+func ValidAuthorizedKey(line string) bool {
+	return !strings.ContainsAny(line, "\n\r") && sshKeyType.MatchString(strings.TrimSpace(line))
 }
 
 // FileName is the name a program whose code is one file has in the code

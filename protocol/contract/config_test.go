@@ -114,3 +114,27 @@ func TestFileName(t *testing.T) {
 		}
 	}
 }
+
+// An instance has no entrypoint and no code; anything else of a program's
+// configuration (keys, network, volumes) is checked as for programs.
+func TestInstanceConfig(t *testing.T) {
+	const instance = `{"program_id": "box", "interface": "instance",
+		"authorized_keys": ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0 user@host"],
+		"volumes": [{"mount": "/srv", "device": "serial:ferry-vol0", "fs": "ext4"}]}`
+	if _, err := Parse([]byte(instance)); err != nil {
+		t.Fatalf("instance refused: %v", err)
+	}
+	for name, c := range map[string]struct{ from, to, field string }{
+		"entrypoint": {`"interface": "instance"`, `"interface": "instance", "entrypoint": "main:app"`, "entrypoint"},
+		"code":       {`"interface": "instance"`, `"interface": "instance", "code": {"encoding": "zip", "device": "vdb"}`, "code"},
+		"ssh key":    {`"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIGq0 user@host"`, `"hello"`, "authorized_keys[0]"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			_, err := Parse([]byte(strings.Replace(instance, c.from, c.to, 1)))
+			var ferr *ConfigError
+			if !errors.As(err, &ferr) || ferr.Field != c.field {
+				t.Fatalf("got %v, want an error on field %s", err, c.field)
+			}
+		})
+	}
+}

@@ -24,6 +24,10 @@ const (
 	// InterfaceExecutable is any program that serves HTTP/1.1 on the
 	// port init gives it in PORT; upgrades pass through as raw bytes.
 	InterfaceExecutable = "executable"
+	// InterfaceInstance is an instance: a VM with no app, no entrypoint
+	// and no code, where init keeps sshd running for the configuration's
+	// authorized keys (README "Instances"). It serves no request streams.
+	InterfaceInstance = "instance"
 )
 
 // DefaultCodeDir is where a program's code is inside the guest: init

@@ -36,8 +36,9 @@ const (
 
 // Drive serials, as init finds the drives (/sys/block/*/serial).
 const (
-	rootSerial = "ferry-root"
-	codeSerial = "ferry-code"
+	rootSerial  = "ferry-root"
+	codeSerial  = "ferry-code"
+	upperSerial = "ferry-upper" // a persistent root's writable layer
 )
 
 // Options configure the backend.
@@ -46,7 +47,8 @@ type Options struct {
 	Kernel string // vmlinuz
 	Initrd string // initrd.img with init and its modules
 	Rootfs string // root image (squashfs) with init as /sbin/init
-	// StateDir keeps packed code images and persistent volumes.
+	// StateDir keeps packed code images, persistent volumes (volumes/ID/)
+	// and the disks that keep instances' roots (roots/ID.ext4).
 	StateDir string
 	// RunDir holds the per-VM transport sockets.
 	RunDir string
@@ -211,7 +213,10 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		log = slog.New(slog.DiscardHandler)
 	}
 	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
-	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
+	drives, boot, err := b.root(ctx, spec, rootfs, v.log)
+	if err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
 
 	more, release, err := b.storage(ctx, spec, v)
 	if err != nil {
@@ -259,7 +264,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		v.network = link.Network
 	}
 
-	args := b.args(spec, index, kernel, drives, tr, len(extra) > 0)
+	args := b.args(spec, index, kernel, boot, drives, tr, len(extra) > 0)
 	v.log.Debug("starting qemu", "args", strings.Join(args, " "))
 	cmd := exec.Command(b.opt.QEMU, args...)
 	cmd.ExtraFiles = extra
@@ -286,6 +291,30 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	return v, nil
 }
 
+// root returns the drives of the VM's root and init's parameters for
+// them: the image, read-only, made a writable overlay by init, whose
+// writable layer is on a disk of the program's when spec.RootSizeMiB asks
+// for a persistent root (created empty at first use, kept after).
+func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, log *slog.Logger) ([]drive, contract.BootParams, error) {
+	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
+	boot := contract.BootParams{Root: "serial:" + rootSerial, RootFS: "squashfs", Overlay: true, OnExit: contract.ActionReboot}
+	if rootfs != b.opt.Rootfs {
+		boot.RootFS = "" // the program's own image: squashfs or ext4, init tries each
+	}
+	if spec.RootSizeMiB > 0 {
+		image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "roots"), spec.ProgramID, spec.RootSizeMiB)
+		if err != nil {
+			return nil, boot, fmt.Errorf("the persistent root: %w", err)
+		}
+		if created {
+			log.Info("created the disk that keeps the root", "image", image, "size_mib", spec.RootSizeMiB)
+		}
+		drives = append(drives, drive{file: image, serial: upperSerial})
+		boot.Upper = "serial:" + upperSerial
+	}
+	return drives, boot, nil
+}
+
 func vcpus(spec backend.Spec) int {
 	if spec.VCPUs > 0 {
 		return spec.VCPUs
@@ -302,13 +331,10 @@ func memory(spec backend.Spec) int {
 
 // KernelCmdline is the command line VMs boot with: the console on the
 // first serial port, a reboot (Firecracker's way to end; QEMU runs with
-// -no-reboot) on panic or when init is done, init's root image, overlay
-// and transport t, and under TCG the host's TSC frequency.
-func (b *Backend) KernelCmdline(t contract.Transport) string {
-	params := contract.BootParams{
-		Root: "serial:" + rootSerial, RootFS: "squashfs", Overlay: true,
-		Transport: t, OnExit: contract.ActionReboot,
-	}
+// -no-reboot) on panic or when init is done, init's parameters (root
+// image, overlay, transport: Start sets them), and under TCG the host's
+// TSC frequency.
+func (b *Backend) KernelCmdline(params contract.BootParams) string {
 	words := []string{"console=ttyS0", "quiet", "reboot=t", "panic=-1", "pci=off", params.String()}
 	if !b.kvm && b.tscKHz > 0 {
 		words = append(words, fmt.Sprintf("tsc_early_khz=%d", b.tscKHz), "tsc=reliable")
@@ -316,7 +342,9 @@ func (b *Backend) KernelCmdline(t contract.Transport) string {
 	return strings.Join(words, " ")
 }
 
-func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []drive, tr transport, network bool) []string {
+// args are QEMU's arguments; boot gets tr's transport.
+func (b *Backend) args(spec backend.Spec, index uint64, kernel string, boot contract.BootParams, drives []drive, tr transport, network bool) []string {
+	boot.Transport = tr.guestTransport()
 	accel, cpu := "tcg", "max"
 	if b.kvm {
 		accel, cpu = "kvm", "host"
@@ -325,7 +353,7 @@ func (b *Backend) args(spec backend.Spec, index uint64, kernel string, drives []
 		"-M", "microvm", "-accel", accel, "-cpu", cpu,
 		"-smp", fmt.Sprint(vcpus(spec)), "-m", fmt.Sprint(memory(spec)),
 		"-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(tr.guestTransport()),
+		"-kernel", kernel, "-initrd", b.opt.Initrd, "-append", b.KernelCmdline(boot),
 		"-serial", "stdio",
 	}
 	for i, d := range drives {

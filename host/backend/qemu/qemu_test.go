@@ -2,6 +2,7 @@ package qemu
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
@@ -19,7 +21,7 @@ func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
 		{file: "/state/a,b.ext4", serial: "ferry-vol0"},
 	}
 	tr := &serialTransport{sock: "/run/ferry/qemu/1-1.sock"}
-	args := strings.Join(b.args(backend.Spec{VCPUs: 2, MemoryMiB: 256}, 7, "/img/vmlinuz", drives, tr, true), " ")
+	args := strings.Join(b.args(backend.Spec{VCPUs: 2, MemoryMiB: 256}, 7, "/img/vmlinuz", contract.BootParams{Overlay: true}, drives, tr, true), " ")
 	for _, want := range []string{
 		"-M microvm -accel tcg -cpu max -smp 2 -m 256",
 		"-no-reboot -kernel /img/vmlinuz -initrd /img/initrd.img",
@@ -28,7 +30,7 @@ func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
 		"-drive id=drive1,file=/state/a,,b.ext4,format=raw,if=none,cache=none,aio=threads -device virtio-blk-device,drive=drive1,serial=ferry-vol0",
 		"-chardev socket,id=ferry,path=/run/ferry/qemu/1-1.sock -device virtserialport,chardev=ferry,name=ferry",
 		"-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:07",
-		"ferry.transport=serial:ferry", "tsc_early_khz=2596136 tsc=reliable",
+		"ferry.overlay=1 ferry.transport=serial:ferry", "tsc_early_khz=2596136 tsc=reliable",
 	} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %q:\n%s", want, args)
@@ -36,7 +38,7 @@ func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
 	}
 	// With KVM: the host CPU, no TSC hints; vsock instead of the serial port.
 	b.kvm = true
-	args = strings.Join(b.args(backend.Spec{}, 1, "/k", drives[:1], &vsockTransport{cid: 42}, false), " ")
+	args = strings.Join(b.args(backend.Spec{}, 1, "/k", contract.BootParams{}, drives[:1], &vsockTransport{cid: 42}, false), " ")
 	for _, want := range []string{"-accel kvm -cpu host -smp 1 -m 512", "-device vhost-vsock-device,guest-cid=42", "ferry.transport=vsock:52"} {
 		if !strings.Contains(args, want) {
 			t.Errorf("args lack %q:\n%s", want, args)
@@ -172,10 +174,57 @@ func TestCodeImageOfASingleFile(t *testing.T) {
 // contract.BootParams renders them, then the TSC hint under TCG.
 func TestKernelCmdline(t *testing.T) {
 	b := &Backend{tscKHz: 2596136}
-	got := b.KernelCmdline((&serialTransport{}).guestTransport())
+	params := contract.BootParams{Root: "serial:" + rootSerial, RootFS: "squashfs", Overlay: true, Transport: (&serialTransport{}).guestTransport(), OnExit: contract.ActionReboot}
+	got := b.KernelCmdline(params)
 	want := "console=ttyS0 quiet reboot=t panic=-1 pci=off ferry.root=serial:ferry-root ferry.rootfstype=squashfs ferry.overlay=1 " +
 		"ferry.transport=serial:ferry ferry.shutdown=reboot tsc_early_khz=2596136 tsc=reliable"
 	if got != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+// The root: the backend's squashfs read-only, made an overlay by init;
+// another image is squashfs or ext4, init tries each; a persistent root
+// adds a disk of the program's, created once and kept, for the overlay's
+// writable layer.
+func TestRootDrives(t *testing.T) {
+	b := &Backend{opt: Options{Rootfs: "/img/rootfs.squashfs", StateDir: t.TempDir()}}
+	log := slog.New(slog.DiscardHandler)
+	drives, boot, err := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/img/rootfs.squashfs", log)
+	if err != nil || len(drives) != 1 || !drives[0].readOnly || boot.RootFS != "squashfs" || !boot.Overlay || boot.Upper != "" {
+		t.Fatalf("the default root: %+v %+v %v", drives, boot, err)
+	}
+	if _, boot, _ := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/mine/root.ext4", log); boot.RootFS != "" {
+		t.Fatalf("another image's filesystem is not left to init: %+v", boot)
+	}
+
+	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
+		t.Skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)")
+	}
+	drives, boot, err = b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := filepath.Join(b.opt.StateDir, "roots", "box.ext4")
+	if len(drives) != 2 || drives[1] != (drive{file: disk, serial: upperSerial}) || boot.Upper != "serial:"+upperSerial || !boot.Overlay {
+		t.Fatalf("a persistent root: %+v %+v", drives, boot)
+	}
+	// Kept: the next boot finds the same disk with what was written.
+	mark := []byte("written in boot 1")
+	f, err := os.OpenFile(disk, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt(mark, 100<<20/8) // past the superblocks, inside the 16 MiB
+	f.Close()
+	if _, _, err := b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(mark))
+	f, _ = os.Open(disk)
+	f.ReadAt(got, 100<<20/8)
+	f.Close()
+	if string(got) != string(mark) {
+		t.Fatal("the disk keeping the root was made again at the second boot")
 	}
 }

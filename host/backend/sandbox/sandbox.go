@@ -204,6 +204,11 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if spec.InitPath == "" {
 		return nil, errors.New("sandbox: no init binary")
 	}
+	if spec.Instance || spec.RootSizeMiB > 0 {
+		// An instance boots an image of its own, with sshd: the sandbox
+		// shows the guest the host's root, read-only.
+		return nil, errors.New("sandbox: this backend runs no instances (an image of its own, sshd, a persistent root); use the qemu backend")
+	}
 	if _, err := os.Stat(spec.InitPath); err != nil {
 		return nil, fmt.Errorf("sandbox: init binary: %w", err)
 	}

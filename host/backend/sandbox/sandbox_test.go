@@ -206,6 +206,22 @@ func TestSandboxBadRootIsAnError(t *testing.T) {
 	}
 }
 
+// An instance (its own image, sshd, a persistent root) is refused with a
+// clear error: the sandbox shows the guest the host's root.
+func TestSandboxRefusesInstances(t *testing.T) {
+	b := New(nil)
+	for _, spec := range []backend.Spec{{ProgramID: "box", InitPath: os.Args[0], Instance: true}, {ProgramID: "box", InitPath: os.Args[0], RootSizeMiB: 64}} {
+		vm, err := b.Start(context.Background(), spec)
+		if err == nil {
+			vm.Kill()
+			t.Fatal("the sandbox started an instance")
+		}
+		if !strings.Contains(err.Error(), "runs no instances") || !strings.Contains(err.Error(), "qemu") {
+			t.Errorf("the error does not say to use the qemu backend: %v", err)
+		}
+	}
+}
+
 func TestAgentAlive(t *testing.T) {
 	for text, want := range map[string]bool{
 		"1":                       true,  // init: alive
