@@ -171,11 +171,26 @@ func validateSources(field func(string) string, p *Program) error {
 		}
 		mounts[DataMount] = "data"
 	}
+	persistent := map[string]int{} // a persistent volume's image file name, to its index
 	for i, v := range p.Volumes {
 		vf := fmt.Sprintf("%s[%d]", field("volumes"), i)
 		if err := v.validate(vf, mounts); err != nil {
 			return err
 		}
+		if v.Kind() != "persistent" {
+			continue
+		}
+		// The backends name the image by Name, or volumeI without one
+		// (backend.VolumeName): two volumes on one image would mount
+		// one ext4 filesystem twice, read-write, and corrupt it.
+		name := v.Name
+		if name == "" {
+			name = fmt.Sprintf("volume%d", i)
+		}
+		if j, taken := persistent[name]; taken {
+			return &FieldError{vf + ".name", fmt.Sprintf("%q is already the name of volumes[%d]: each persistent volume needs its own", name, j)}
+		}
+		persistent[name] = i
 	}
 	return nil
 }

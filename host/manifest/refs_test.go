@@ -81,6 +81,11 @@ func TestRefsAndEncodings(t *testing.T) {
 		`{"code": {"entrypoint": "m:a", "path": "/x"}, "on": {"http": true}, "volumes": [{"mount": "v", "ephemeral": true, "size_mib": 1}]}`:                      "programs.a.volumes[0].mount",
 		`{"code": {"entrypoint": "m:a", "path": "/x"}, "on": {"http": true}, "data": {"encoding": "zip", "path": "/d.zip"},
 		  "volumes": [{"mount": "/data", "ephemeral": true, "size_mib": 1}]}`: "programs.a.volumes[0].mount",
+		// Two volumes on one image would mount one ext4 twice, read-write.
+		`{"code": {"entrypoint": "m:a", "path": "/x"}, "on": {"http": true}, "volumes": [{"mount": "/v", "persistent": true, "name": "db", "size_mib": 1},
+		  {"mount": "/w", "persistent": true, "name": "db", "size_mib": 1}]}`: "programs.a.volumes[1].name",
+		`{"code": {"entrypoint": "m:a", "path": "/x"}, "on": {"http": true}, "volumes": [{"mount": "/v", "persistent": true, "name": "volume1", "size_mib": 1},
+		  {"mount": "/w", "persistent": true, "size_mib": 1}]}`: "programs.a.volumes[1].name",
 	}
 	for doc, field := range bad {
 		var p Program

@@ -159,7 +159,7 @@ func (s *Store) Sources() []string {
 // called (once; a VM calls it when it ends). The file must not be
 // written.
 func (s *Store) Get(ctx context.Context, ref Ref) (path string, release func(), err error) {
-	if _, err := ParseRef(string(ref)); err != nil || strings.ToLower(string(ref)) != string(ref) {
+	if norm, err := ParseRef(string(ref)); err != nil || norm != ref {
 		return "", nil, fmt.Errorf("store: %q is not a normalised ref", ref)
 	}
 	if path, release, ok := s.pin(ref); ok {

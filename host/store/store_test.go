@@ -272,3 +272,23 @@ func TestStalledDownloadTimesOut(t *testing.T) {
 		t.Fatalf("a stalled store: %v", err)
 	}
 }
+
+// Get takes only a normalised ref: a prefixed or upper-case one is refused
+// before any source is asked (it would name a file and a URL that no
+// object has).
+func TestGetRefusesRefsNotNormalised(t *testing.T) {
+	obj := []byte("x")
+	ref := digest(obj)
+	srv := &objectServer{objects: map[string][]byte{string(ref): obj}}
+	hs := httptest.NewServer(srv)
+	defer hs.Close()
+	s, _, _ := newStore(t, 1<<20, hs.URL)
+	for _, bad := range []Ref{"sha256:" + ref, Ref(strings.ToUpper(string(ref))), "../../" + ref[6:]} {
+		if _, _, err := s.Get(context.Background(), bad); err == nil || !strings.Contains(err.Error(), "not a normalised ref") {
+			t.Errorf("Get(%q): want a not-normalised error, got %v", bad, err)
+		}
+	}
+	if n := srv.gets.Load(); n != 0 {
+		t.Errorf("the store was asked %d times", n)
+	}
+}
