@@ -51,11 +51,11 @@ func TestAlephHostileConnections(t *testing.T) {
 	}
 	deep := append([]byte("\x81\xa5scope\x81\xa1x"), bytes.Repeat([]byte{0x91}, 10_000_000)...)
 	for name, p := range map[string][]byte{
-		"2^32 headers":        []byte("\x81\xa5scope\x81\xa7headers\xdd\xff\xff\xff\xff"),
-		"ten million levels":  append(deep, 0xc0),
-		"a byte nothing uses": {0xff, 0, 0, 0},
-		"a length of 2^32":    []byte("4294967296\n"),
-		"a lying length line": []byte("99999999\n\x80"),
+		"2^32 headers":              []byte("\x81\xa5scope\x81\xa7headers\xdd\xff\xff\xff\xff"),
+		"ten million levels":        append(deep, 0xc0),
+		"a byte msgpack never uses": {0x81, 0xc1, 0, 0}, // a map, then 0xc1
+		"a length of 2^32":          []byte("4294967296\n"),
+		"a lying length line":       []byte("99999999\n\x80"),
 	} {
 		// init may answer and close before taking the whole document:
 		// the answer is read as it comes.

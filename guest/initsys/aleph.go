@@ -17,7 +17,6 @@ import (
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/protocol/contract"
-	"github.com/ferry-vm/ferry/protocol/frame"
 )
 
 // ShellMarker is the file whose presence in the image enables the
@@ -56,10 +55,19 @@ func sniffs(t contract.Transport) bool {
 	return t.Kind == contract.TransportVsock || t.Kind == contract.TransportUnix
 }
 
-// isFerry reports whether a connection's first byte is Ferry's: its
-// first frame is HELLO, whose type byte (0x01) no connection of the
-// reference protocol begins with (protocol/SPEC.md §3.5).
-func isFerry(first byte) bool { return first == byte(frame.TypeHello) }
+// isFerry reports whether a connection is Ferry's by its first byte:
+// every byte that does not begin a connection of the reference protocol
+// (a length line's digit, "halt", "!", a msgpack map: protocol/SPEC.md
+// §3.5). HELLO's 0x01 is one; any other goes to Ferry's side too, which
+// answers what is not a HELLO with a GOAWAY naming the error.
+func isFerry(first byte) bool {
+	switch {
+	case first >= '0' && first <= '9', first == 'h', first == '!',
+		first >= 0x80 && first <= 0x8f, first == 0xde, first == 0xdf:
+		return false
+	}
+	return true
+}
 
 // alephFront is the reference protocol's side of init: the server, and
 // in the reference mode the guest API bridge.
