@@ -51,8 +51,23 @@ elapsed() { local ms=$((($(date +%s%N) - started_ns) / 1000000)); printf '%d.%ds
 say() { printf 'rootfs: [%s] %s\n' "$(elapsed)" "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 bytes() { numfmt --to=iec-i --suffix=B "${1:-0}"; }
-# tree_bytes DIR...: the bytes of the files under DIR (0 when missing).
-tree_bytes() { du -sb "$@" 2>/dev/null | awk '{n += $1} END {print n + 0}'; }
+# tree_bytes DIR...: the bytes of the files under DIR (0 when missing),
+# staying on DIR's filesystem: debootstrap mounts /proc in its target
+# while it runs, and du must neither read it nor keep it busy.
+tree_bytes() { { du -sbx "$@" 2>/dev/null || true; } | awk '{n += $1} END {print n + 0}'; }
+# unmount_under DIR...: unmounts what is mounted below DIR (debootstrap
+# mounts /proc, /sys and /dev/pts in its target and, should anything hold
+# them when it ends, leaves them there), deepest first; fails if any stays.
+unmount_under() {
+	local dir mnt
+	for dir in "$@"; do
+		[ -d "$dir" ] || continue
+		dir=$(cd "$dir" && pwd -P)
+		for mnt in $(findmnt -rn -o TARGET | grep -F "$dir/" | sort -r); do
+			umount "$mnt" 2>/dev/null || umount -l "$mnt" || die "cannot unmount $mnt"
+		done
+	done
+}
 # step LABEL STATUS CMD...: runs CMD; while it runs, says LABEL and what
 # the function STATUS prints every FERRY_PROGRESS_EVERY seconds; then how
 # long it took. Returns CMD's status.
@@ -97,7 +112,8 @@ base_key=$(printf '%s %s %s\n' "$base_recipe" "$suite" "$packages" | sha256sum |
 base=$out/base-$base_key
 if [ ! -e "$base/.complete" ]; then
 	say "debootstrap $suite ($packages) from $mirror"
-	rm -rf "$out"/base-*
+	unmount_under "$out"/base-*
+	rm -rf --one-file-system "$out"/base-*
 	# debootstrap's own last step (I: Retrieving, Extracting, Unpacking,
 	# Configuring...), the packages downloaded so far and the tree's size.
 	debootstrap_status() {
@@ -105,8 +121,10 @@ if [ ! -e "$base/.complete" ]; then
 		last=$(grep -E '^I: ' "$out/debootstrap.log" 2>/dev/null | tail -1 | cut -c4-)
 		printf '%s; downloaded %s; tree %s' "${last:-resolving}" "$(bytes "$(tree_bytes "$base.tmp"/var/cache/apt/archives)")" "$(bytes "$(tree_bytes "$base.tmp")")"
 	}
-	step debootstrap debootstrap_status debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" "$mirror" >"$out/debootstrap.log" 2>&1 ||
-		{ tail -20 "$out/debootstrap.log" >&2; die "debootstrap failed (log: $out/debootstrap.log)"; }
+	rc=0
+	step debootstrap debootstrap_status debootstrap --variant=minbase --include="$packages" "$suite" "$base.tmp" "$mirror" >"$out/debootstrap.log" 2>&1 || rc=$?
+	unmount_under "$base.tmp"
+	((rc == 0)) || { tail -20 "$out/debootstrap.log" >&2; die "debootstrap failed (log: $out/debootstrap.log)"; }
 	say "debootstrap: downloaded $(bytes "$(tree_bytes "$base.tmp"/var/cache/apt/archives)"), tree $(bytes "$(tree_bytes "$base.tmp")")"
 	(
 		cd "$base.tmp"
