@@ -10,7 +10,6 @@ package tests
 // run_code_on_request).
 
 import (
-	"archive/zip"
 	"bufio"
 	"bytes"
 	"context"
@@ -413,22 +412,6 @@ func configDoc(version, encoding string, code []byte, entrypoint string, extra m
 	return doc
 }
 
-func zipOf(t *testing.T, files map[string]string) []byte {
-	var buf bytes.Buffer
-	zw := zip.NewWriter(&buf)
-	for name, content := range files {
-		w, err := zw.Create(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		w.Write([]byte(content))
-	}
-	if err := zw.Close(); err != nil {
-		t.Fatal(err)
-	}
-	return buf.Bytes()
-}
-
 func TestAlephSupervisorDrivesInit(t *testing.T) {
 	g := startAlephGuest(t)
 	version := g.sup.waitForInit(t, g.readyL)
@@ -449,7 +432,7 @@ func TestAlephSupervisorDrivesInit(t *testing.T) {
 		w.Write([]byte(`{"from":"the supervisor"}`))
 	}))
 
-	reply := g.sup.configure(t, configDoc("2.0.0", "zip", zipOf(t, map[string]string{"main.py": alephApp}), "main:app", nil))
+	reply := g.sup.configure(t, configDoc("2.0.0", "zip", zipArchive(t, map[string]string{"main.py": alephApp}), "main:app", nil))
 	if reply["success"] != true {
 		t.Fatalf("configuration failed: %v", reply)
 	}
@@ -621,7 +604,7 @@ func TestAlephConfigurationVersion1(t *testing.T) {
 func TestAlephBadEntrypoint(t *testing.T) {
 	g := startAlephGuest(t)
 	g.sup.waitForInit(t, g.readyL)
-	reply := g.sup.configure(t, configDoc("2.0.0", "zip", zipOf(t, map[string]string{"main.py": alephApp}), "main:nothing_here", nil))
+	reply := g.sup.configure(t, configDoc("2.0.0", "zip", zipArchive(t, map[string]string{"main.py": alephApp}), "main:nothing_here", nil))
 	if reply["success"] != false {
 		t.Fatalf("configuration of a bad entrypoint: %v", reply)
 	}
