@@ -32,10 +32,25 @@ func newTestNetns(t *testing.T) *testNetns {
 	requireTool(t, "nsenter")
 	holder := exec.Command("unshare", "--net", "--", "sleep", "infinity")
 	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := holder.Start(); err != nil {
+	// Pdeathsig fires when the OS thread that forked the holder exits, and
+	// Go retires a thread whenever a goroutine exits locked to it (the
+	// namespace tests do, on purpose): the holder is forked from a thread
+	// kept locked until the test ends, or the namespace could die under
+	// the test and its PID, reused, name another process's namespace.
+	started, done := make(chan error, 1), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := holder.Start()
+		started <- err
+		if err == nil {
+			<-done
+		}
+	}()
+	if err := <-started; err != nil {
 		t.Fatalf("unshare --net: %v", err)
 	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait(); close(done) })
 	n := &testNetns{path: "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net", pid: holder.Process.Pid}
 	ours, _ := os.Readlink("/proc/self/ns/net")
 	waitFor(t, 10*time.Second, func() bool {
