@@ -21,8 +21,9 @@ const commandUsage = `usage: host-agent program [--admin ADDR] [--token T] [--js
   deploy ID FILE       add a program from a manifest (JSON)
   stop ID              stop its VM (the next request starts it again)
   restart ID           stop and start its VM
-  logs [-f] [--since DURATION] ID
-                       the program's recent output (-f: then follow it, across restarts, until interrupted)
+  logs [-f] [--since DURATION] [--raw] ID
+                       the program's recent output (-f: then follow it, across restarts, until interrupted;
+                       terminal controls are shown escaped, \x1b, unless --raw)
   event TOPIC [JSON]   post an event to the programs subscribed to TOPIC (JSON: its body)
   delete ID            stop and remove the program
   kv get ID KEY        a value of the program's key-value store
@@ -61,6 +62,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 	fencing := fs.Int64("fencing-token", 0, "kv put and delete: the program's fencing token the write is valid under")
 	follow := fs.Bool("f", false, "logs: follow the output as it comes (NDJSON with --json)")
 	since := fs.Duration("since", 0, "logs: only lines at most this old (e.g. 30s, 5m)")
+	raw := fs.Bool("raw", false, "logs: print the lines' bytes as the program wrote them, terminal controls included (by default they are shown escaped: \\x1b)")
 	fs.Usage = func() { fmt.Fprint(stderr, usage); fs.PrintDefaults() }
 	// Flags may come before or after the command and its arguments.
 	var pos []string
@@ -188,14 +190,14 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		}
 		path := logsPath(pos[1], *since, *follow)
 		if *follow {
-			return followLogs(c, path, *asJSON, stdout, stderr)
+			return followLogs(c, path, *asJSON, *raw, stdout, stderr)
 		}
 		var lines []LogLine
 		err = c.Do("GET", path, nil, &lines)
 		out = lines
 		if err == nil && !*asJSON {
 			for _, l := range lines {
-				printLogLine(stdout, l)
+				printLogLine(stdout, l, *raw)
 			}
 			return 0
 		}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"time"
+	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/internal/logring"
 )
@@ -24,11 +25,27 @@ type LogLine struct {
 	Source string `json:"source"` // stdout, stderr, or ferry for the agent's notes
 	Origin int    `json:"origin"` // the worker or process number
 	Line   string `json:"line"`
+	// Bytes are the line's bytes, base64 in JSON, when they are not
+	// valid UTF-8: Line then has U+FFFD where they were not (as JSON
+	// strings must), and Bytes keep what the program wrote.
+	Bytes []byte `json:"bytes,omitempty"`
 }
 
 // logLine is an entry of a program's ring as the API gives it.
 func logLine(e logring.Entry) LogLine {
-	return LogLine{Time: time.Unix(0, e.UnixNano).UTC().Format(time.RFC3339Nano), Source: e.Source, Origin: e.Origin, Line: string(e.Line)}
+	l := LogLine{Time: time.Unix(0, e.UnixNano).UTC().Format(time.RFC3339Nano), Source: e.Source, Origin: e.Origin, Line: string(e.Line)}
+	if !utf8.Valid(e.Line) {
+		l.Bytes = e.Line
+	}
+	return l
+}
+
+// text is the line as the program wrote it.
+func (l LogLine) text() []byte {
+	if l.Bytes != nil {
+		return l.Bytes
+	}
+	return []byte(l.Line)
 }
 
 // logs serves GET /v1/programs/{id}/logs: the kept output lines as a JSON
@@ -140,15 +157,25 @@ func logsPath(id string, since time.Duration, follow bool) string {
 }
 
 // printLogLine prints a line of program output for people: time, stream,
-// worker, line.
-func printLogLine(w io.Writer, l LogLine) {
-	fmt.Fprintf(w, "%s %s[%d] %s\n", l.Time, l.Source, l.Origin, l.Line)
+// worker, line, with the terminal's controls escaped (appendVisible), or
+// the line's bytes as they are with raw.
+func printLogLine(w io.Writer, l LogLine, raw bool) {
+	out := appendVisible(nil, []byte(l.Time))
+	out = append(out, ' ')
+	out = appendVisible(out, []byte(l.Source))
+	out = fmt.Appendf(out, "[%d] ", l.Origin)
+	if raw {
+		out = append(out, l.text()...)
+	} else {
+		out = appendVisible(out, l.text())
+	}
+	w.Write(append(out, '\n'))
 }
 
 // followLogs prints a followed log as its lines arrive (each NDJSON line
-// as it is with asJSON) until the agent ends the stream (the program was
+// as it is with asJSON, raw as printLogLine takes it) until the agent ends the stream (the program was
 // deleted, the agent stopped: status 1) or the process is interrupted.
-func followLogs(c *Client, path string, asJSON bool, stdout, stderr io.Writer) int {
+func followLogs(c *Client, path string, asJSON, raw bool, stdout, stderr io.Writer) int {
 	body, err := c.Stream(context.Background(), path)
 	if err != nil {
 		fmt.Fprintf(stderr, "host-agent: %v\n", err)
@@ -167,7 +194,7 @@ func followLogs(c *Client, path string, asJSON bool, stdout, stderr io.Writer) i
 			fmt.Fprintf(stderr, "host-agent: a line of the followed log is not JSON: %v\n", err)
 			return 1
 		}
-		printLogLine(stdout, l)
+		printLogLine(stdout, l, raw)
 	}
 	if err := sc.Err(); err != nil {
 		fmt.Fprintf(stderr, "host-agent: following the log: %v\n", err)

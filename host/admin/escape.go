@@ -1,0 +1,47 @@
+package admin
+
+import (
+	"fmt"
+	"unicode/utf8"
+)
+
+// appendVisible appends b to dst with every byte or character that a
+// terminal would act on instead of showing written as an escape, so that
+// a program's output printed for people cannot retitle the operator's
+// terminal, set its clipboard (OSC 52), move its cursor over earlier
+// lines or hide text:
+//
+//   - C0 controls but tab, ESC among them, and DEL: \x1b, \x00, \r, \x7f;
+//   - C1 controls (U+0080 to U+009F, which a terminal may take as CSI or
+//     OSC): \u009b;
+//   - each byte that is not part of valid UTF-8: \xff.
+//
+// Other text, any script's letters and emoji included, is kept as it is.
+// Unlike journalctl, which replaces such a line with "[N blob data]"
+// unless --all, the line stays readable; like it, a backslash is left
+// alone (the output is for people, not a quoting a parser undoes).
+func appendVisible(dst, b []byte) []byte {
+	for len(b) > 0 {
+		c := b[0]
+		if c < utf8.RuneSelf {
+			if c < 0x20 && c != '\t' || c == 0x7f {
+				dst = fmt.Appendf(dst, `\x%02x`, c)
+			} else {
+				dst = append(dst, c)
+			}
+			b = b[1:]
+			continue
+		}
+		r, size := utf8.DecodeRune(b)
+		switch {
+		case r == utf8.RuneError && size == 1:
+			dst = fmt.Appendf(dst, `\x%02x`, c)
+		case r >= 0x80 && r <= 0x9f:
+			dst = fmt.Appendf(dst, `\u%04x`, r)
+		default:
+			dst = append(dst, b[:size]...)
+		}
+		b = b[size:]
+	}
+	return dst
+}

@@ -1,0 +1,145 @@
+package admin
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/host/backend/backendtest"
+)
+
+// Terminal controls are written as escapes; text, tabs and backslashes
+// stay as they are.
+func TestAppendVisible(t *testing.T) {
+	for _, c := range []struct{ name, in, want string }{
+		{"OSC 52 sets the clipboard", "a\x1b]52;c;cm0gLXJmIC8K\x07b", `a\x1b]52;c;cm0gLXJmIC8K\x07b`},
+		{"CSI clears and moves", "\x1b[2J\x1b[1;1Hgone", `\x1b[2J\x1b[1;1Hgone`},
+		{"OSC 0 retitles", "\x1b]0;owned\x1b\\", `\x1b]0;owned\x1b\`},
+		{"NUL", "a\x00b", `a\x00b`},
+		{"carriage return hides the start", "secret\rpublic", `secret\x0dpublic`},
+		{"backspace and DEL", "ab\x08\x7f", `ab\x08\x7f`},
+		{"tab is kept", "a\tb", "a\tb"},
+		{"Unicode text is kept", "héllo — 日本語 🚢", "héllo — 日本語 🚢"},
+		{"C1 CSI (U+009B)", "\u009b2J", `\u009b2J`},
+		{"C1 bounds", "\u0080\u009f\u00a0", `\u0080\u009f` + "\u00a0"},
+		{"invalid UTF-8", "a\xff\xfeb", `a\xff\xfeb`},
+		{"a raw C1 byte is invalid UTF-8", "\x9b2J", `\x9b2J`},
+		{"a cut multi-byte character", "日\xe6\x97", `日\xe6\x97`},
+		{"an overlong encoding", "\xc0\xaf", `\xc0\xaf`},
+		{"backslash is kept", `C:\temp \x41`, `C:\temp \x41`},
+		{"empty", "", ""},
+	} {
+		if got := string(appendVisible(nil, []byte(c.in))); got != c.want {
+			t.Errorf("%s: %q printed as %q, want %q", c.name, c.in, got, c.want)
+		}
+	}
+}
+
+// hostileLines are a program's lines that would act on a terminal, and a
+// harmless one.
+var hostileLines = []string{
+	"copy \x1b]52;c;cm0gLXJmIC8K\x07 done",
+	"\x1b[1A\x1b[2Kcovering the line above",
+	"nul\x00byte",
+	"bytes \xff\xfe not UTF-8",
+	"tab\tand 日本語 🚢",
+}
+
+// The CLI prints a program's lines with their controls escaped, from the
+// kept lines and from a followed log; --raw prints the bytes the program
+// wrote (not U+FFFD for the invalid ones), and --json the API's objects,
+// with the bytes of a line that is not UTF-8.
+func TestLogsCommandEscapesControls(t *testing.T) {
+	f := newAPI(t, &backendtest.Backend{}, "", "")
+	if code, _ := f.call(t, "PUT", "/v1/programs/talk", f.manifest("")); code != http.StatusCreated {
+		t.Fatal(code)
+	}
+	for _, l := range hostileLines {
+		f.programs.Output("talk", logAt(time.Now(), l))
+	}
+	run := func(args ...string) string {
+		t.Helper()
+		var stdout, stderr bytes.Buffer
+		if rc := Command(append([]string{"--admin", f.addr}, args...), &stdout, &stderr); rc != 0 {
+			t.Fatalf("%v: status %d: %s", args, rc, stderr.String())
+		}
+		return stdout.String()
+	}
+	escaped := []string{
+		`copy \x1b]52;c;cm0gLXJmIC8K\x07 done`,
+		`\x1b[1A\x1b[2Kcovering the line above`,
+		`nul\x00byte`,
+		`bytes \xff\xfe not UTF-8`,
+		"tab\tand 日本語 🚢",
+	}
+	checkEscaped := func(what, out string) {
+		t.Helper()
+		if strings.ContainsAny(out, "\x1b\x07\x00\ufffd") || !strings.Contains(out, "\t") {
+			t.Errorf("%s: controls or U+FFFD printed, or the tab lost: %q", what, out)
+		}
+		for _, want := range escaped {
+			if !strings.Contains(out, "stdout[0] "+want+"\n") {
+				t.Errorf("%s: no line %q in %q", what, want, out)
+			}
+		}
+	}
+	checkEscaped("logs", run("logs", "talk"))
+
+	raw := run("logs", "--raw", "talk")
+	for _, want := range hostileLines {
+		if !strings.Contains(raw, "stdout[0] "+want+"\n") {
+			t.Errorf("--raw: no line %q in %q", want, raw)
+		}
+	}
+
+	var lines []LogLine
+	if err := json.Unmarshal([]byte(run("logs", "--json", "talk")), &lines); err != nil || len(lines) != len(hostileLines) {
+		t.Fatalf("--json: %d lines, %v", len(lines), err)
+	}
+	for i, l := range lines {
+		valid := i != 3
+		if valid && (l.Line != hostileLines[i] || l.Bytes != nil) || !valid && (string(l.Bytes) != hostileLines[i] || l.Line != "bytes \ufffd\ufffd not UTF-8") {
+			t.Errorf("--json: line %d is %+v, for %q", i, l, hostileLines[i])
+		}
+	}
+
+	// The followed log, until the program is deleted.
+	var out syncBuffer
+	done := make(chan int, 1)
+	go func() { done <- Command([]string{"--admin", f.addr, "logs", "-f", "talk"}, &out, &bytes.Buffer{}) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for strings.Count(out.String(), "\n") < len(hostileLines) && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if code, _ := f.call(t, "DELETE", "/v1/programs/talk", ""); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the followed log did not end when the program was deleted")
+	}
+	checkEscaped("logs -f", out.String())
+}
+
+// syncBuffer is a bytes.Buffer a goroutine writes while the test reads.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
