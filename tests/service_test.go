@@ -184,7 +184,7 @@ func TestServicePackage(t *testing.T) {
 	}
 	cmd.Process.Signal(syscall.SIGHUP)
 	notify.await(t, "RELOADING=1", pid, exited, out)
-	notify.await(t, "READY=1", pid, exited, out)
+	notify.await(t, "READY=1\nSTATUS=configuration reloaded: 2 programs from the file; serving on", pid, exited, out)
 	// The agent's log is written off its own path (host/logsink), so the
 	// report may reach stderr a moment after READY=1.
 	waitFor(t, 30*time.Second, func() bool {

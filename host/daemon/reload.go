@@ -3,17 +3,24 @@ package daemon
 import (
 	"context"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
+	"strings"
+	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/host/manifest"
 )
 
 // reloadLoop re-reads the configuration file each time a value arrives on
 // cfg.Reload (SIGHUP) until ctx ends; applied is the configuration the
-// agent started with. The service manager hears RELOADING=1, then READY=1
-// again.
-func (a *agent) reloadLoop(ctx context.Context, applied *manifest.File, status string) {
+// agent started with, serving the status line it serves under. The
+// service manager hears RELOADING=1, then READY=1 again whatever the
+// outcome (a reload that fails leaves the agent serving as it was, which
+// is what READY=1 says), with a STATUS= that says the outcome: systemctl
+// status shows "reload failed: ..." until the next reload succeeds.
+func (a *agent) reloadLoop(ctx context.Context, applied *manifest.File, serving string) {
 	for {
 		select {
 		case <-ctx.Done():
@@ -21,9 +28,51 @@ func (a *agent) reloadLoop(ctx context.Context, applied *manifest.File, status s
 		case <-a.cfg.Reload:
 		}
 		a.notify.reloading()
-		applied = a.reload(ctx, applied)
-		a.notify.ready(status)
+		var err error
+		applied, err = a.reload(ctx, applied)
+		a.notify.ready(reloadStatus(err, len(applied.Programs), serving))
 	}
+}
+
+// errNothingToReload is reload's answer when the agent serves no
+// configuration file (run, or serve without --config).
+var errNothingToReload = errors.New("nothing to reload: the agent serves no configuration file")
+
+// errReloadedInPart is reload's answer when the file loaded but some of
+// its programs' changes failed (each is logged).
+var errReloadedInPart = errors.New("reload failed in part")
+
+// maxStatusError bounds the error a STATUS= line carries (the whole one
+// is in the log).
+const maxStatusError = 200
+
+// reloadStatus is the status line after a reload: its outcome, then what
+// the agent serves.
+func reloadStatus(err error, programs int, serving string) string {
+	switch {
+	case err == nil:
+		return fmt.Sprintf("configuration reloaded: %d programs from the file; %s", programs, serving)
+	case errors.Is(err, errNothingToReload):
+		return err.Error() + "; " + serving
+	case errors.Is(err, errReloadedInPart):
+		return statusText(err.Error(), maxStatusError) + "; " + serving + " (the rest as before)"
+	default:
+		return "reload failed: " + statusText(err.Error(), maxStatusError) + "; " + serving + " as before"
+	}
+}
+
+// statusText is s as one line of at most max bytes (cut at a character,
+// with "..."): a STATUS= assignment ends at a newline.
+func statusText(s string, max int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "..."
 }
 
 // reload reads the configuration file again and applies its programs'
@@ -33,22 +82,24 @@ func (a *agent) reloadLoop(ctx context.Context, applied *manifest.File, status s
 // agent's own settings (listen, idle_timeout, max_running, limits) take
 // effect at its next start: a change to them is reported, not applied. A
 // file that does not load changes nothing. It returns the configuration
-// now applied and logs what changed.
-func (a *agent) reload(ctx context.Context, applied *manifest.File) *manifest.File {
+// now applied, and an error (logged at Error) when the file was refused
+// or some of its changes failed (errReloadedInPart), or when there is no
+// file (errNothingToReload).
+func (a *agent) reload(ctx context.Context, applied *manifest.File) (*manifest.File, error) {
 	path := a.cfg.ConfigPath
 	if path == "" || a.cluster == nil {
-		a.log.Warn("reload: nothing to reload, the agent serves no configuration file")
-		return applied
+		a.log.Warn("reload: " + errNothingToReload.Error())
+		return applied, errNothingToReload
 	}
 	file, err := manifest.Load(path)
 	if err != nil {
 		a.log.Error("reload: the configuration is refused, the agent goes on as it was", "file", path, "err", err)
-		return applied
+		return applied, err
 	}
 	d := diffPrograms(applied.Programs, file.Programs)
 	next := *applied
 	next.Programs = maps.Clone(applied.Programs)
-	failed := false
+	var failed []error
 	if len(d.added)+len(d.changed) > 0 {
 		put := map[string]*manifest.Program{}
 		for _, id := range append(slices.Clone(d.added), d.changed...) {
@@ -56,7 +107,7 @@ func (a *agent) reload(ctx context.Context, applied *manifest.File) *manifest.Fi
 		}
 		if err := a.cluster.catalog.LoadFile(ctx, put); err != nil {
 			a.log.Error("reload: deploying the file's programs", "programs", slices.Sorted(maps.Keys(put)), "err", err)
-			failed = true
+			failed = append(failed, fmt.Errorf("deploying %s: %w", strings.Join(slices.Sorted(maps.Keys(put)), ", "), err))
 		} else {
 			maps.Copy(next.Programs, put)
 		}
@@ -64,7 +115,7 @@ func (a *agent) reload(ctx context.Context, applied *manifest.File) *manifest.Fi
 	for _, id := range d.removed {
 		if err := a.cluster.catalog.Delete(ctx, id); err != nil {
 			a.log.Error("reload: deleting a program no longer in the file", "program", id, "err", err)
-			failed = true
+			failed = append(failed, fmt.Errorf("deleting %s: %w", id, err))
 			continue
 		}
 		delete(next.Programs, id)
@@ -73,13 +124,14 @@ func (a *agent) reload(ctx context.Context, applied *manifest.File) *manifest.Fi
 	if len(pending) > 0 {
 		a.log.Warn("reload: settings changed in the file take effect at the agent's next start", "settings", pending)
 	}
-	msg := "configuration reloaded"
-	if failed {
-		msg = "configuration reloaded in part"
+	attrs := []any{"file", path, "added", d.added, "changed", d.changed, "removed", d.removed,
+		"unchanged", d.unchanged, "pending_restart", pending}
+	if len(failed) > 0 {
+		a.log.Error("configuration reloaded in part", attrs...)
+		return &next, fmt.Errorf("%w: %w", errReloadedInPart, errors.Join(failed...))
 	}
-	a.log.Info(msg, "file", path, "added", d.added, "changed", d.changed, "removed", d.removed,
-		"unchanged", d.unchanged, "pending_restart", pending)
-	return &next
+	a.log.Info("configuration reloaded", attrs...)
+	return &next, nil
 }
 
 // programsDiff is how a configuration's programs differ from the ones

@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -183,7 +185,9 @@ func TestReloadAppliesTheConfiguration(t *testing.T) {
 		"added":   {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "added"}, "on": {"http": true}}}}`)
 	hup <- syscall.SIGHUP
 	notify.await(t, "RELOADING=1")
-	notify.await(t, "READY=1")
+	if state := notify.await(t, "READY=1"); !strings.Contains(state, "\nSTATUS=configuration reloaded: 3 programs from the file; serving on http://127.0.0.1:") {
+		t.Errorf("after the reload the service manager heard %q", state)
+	}
 	logged := waitLog(t, a, "configuration reloaded")
 	for _, want := range []string{"added=[added]", "changed=[changed]", "removed=[removed]", "unchanged=1", "pending_restart=[listen]"} {
 		if !strings.Contains(logged, want) {
@@ -206,15 +210,48 @@ func TestReloadAppliesTheConfiguration(t *testing.T) {
 		t.Errorf("the program changed was not booted as it now is: VMs of %v", paths)
 	}
 
-	// A file that does not load: refused, reported, nothing changes.
+	// A file that does not load: refused, reported (READY=1 still, the
+	// agent serving as it was, with the failure in STATUS= and the log
+	// at ERROR), nothing changes.
 	write(`{"programs": {"kept": {"code": {"interface": "wsgi"}}}}`)
 	hup <- syscall.SIGHUP
 	notify.await(t, "RELOADING=1")
-	notify.await(t, "READY=1")
-	waitLog(t, a, "the configuration is refused")
+	state := notify.await(t, "READY=1")
+	status, ok := strings.CutPrefix(state[strings.Index(state, "STATUS="):], "STATUS=")
+	if !ok || !strings.HasPrefix(status, "reload failed: ") || !strings.Contains(status, "wsgi") ||
+		!strings.HasSuffix(status, "/vm/{program}/ as before") || strings.Contains(status, "\n") {
+		t.Errorf("after a refused reload the service manager heard %q", state)
+	}
+	if l := waitLog(t, a, "the configuration is refused"); !strings.Contains(l, "level=ERROR") {
+		t.Errorf("the refusal is not logged as an error: %q", l)
+	}
 	for _, id := range []string{"kept", "changed", "added"} {
 		if status, _ := get(t, url+"/vm/"+id+"/"); status != 200 {
 			t.Errorf("%s after a refused reload: %d", id, status)
+		}
+	}
+}
+
+// The status line after a reload says its outcome on one line, an
+// error's cut to maxStatusError bytes at a character.
+func TestReloadStatus(t *testing.T) {
+	const serving = "serving on http://127.0.0.1:8080/vm/{program}/"
+	long := strings.Repeat("é", maxStatusError) // 2 bytes each: a cut falls inside one
+	for _, c := range []struct {
+		err  error
+		want string
+	}{
+		{nil, "configuration reloaded: 2 programs from the file; " + serving},
+		{errNothingToReload, "nothing to reload: the agent serves no configuration file; " + serving},
+		{errors.New("agent.json: programs.x.code:\n\tinterface \"wsgi\" is not one"),
+			"reload failed: agent.json: programs.x.code: interface \"wsgi\" is not one; " + serving + " as before"},
+		{fmt.Errorf("%w: %w", errReloadedInPart, errors.Join(errors.New("deploying a: no"), errors.New("deleting b: no"))),
+			"reload failed in part: deploying a: no deleting b: no; " + serving + " (the rest as before)"},
+		{errors.New(long), "reload failed: " + long[:maxStatusError] + "...; " + serving + " as before"},
+		{errors.New("x" + long), "reload failed: x" + long[:maxStatusError-2] + "...; " + serving + " as before"},
+	} {
+		if got := reloadStatus(c.err, 2, serving); got != c.want {
+			t.Errorf("after %v:\n got %q\nwant %q", c.err, got, c.want)
 		}
 	}
 }
