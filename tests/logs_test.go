@@ -76,16 +76,20 @@ func TestAgentLogsFollowAcrossARestart(t *testing.T) {
 }
 
 // idApp answers /own with an X-Request-Id of its own, anything else with
-// the X-Request-Id it received (none: "-").
+// the X-Request-Id it received (none: "-"); /own-broken fails after the
+// first part of its body.
 const idApp = `
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
     got = dict(scope["headers"]).get(b"x-request-id", b"-")
     headers = [(b"content-type", b"text/plain")]
-    if scope["path"] == "/own":
+    if scope["path"].startswith("/own"):
         headers.append((b"x-request-id", b"the-app-s-own"))
     await send({"type": "http.response.start", "status": 200, "headers": headers})
+    if scope["path"] == "/own-broken":
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise RuntimeError("broken on purpose")
     await send({"type": "http.response.body", "body": got})
 `
 
@@ -93,7 +97,7 @@ async def app(scope, receive, send):
 // object, and a line about a request carries the id its client saw in
 // X-Request-Id: the agent's own, or the one the client sent, which the
 // app receives too. An X-Request-Id the app sets reaches the client as it
-// was sent.
+// was sent, and is logged as app_request_id beside the request's.
 func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 	requirePythonModules(t, "json")
 	requireTool(t, "curl")
@@ -117,18 +121,31 @@ func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 		}
 		return id, body
 	}
+	// loggedWith waits for a record of the agent's log with msg and
+	// attrs (an attribute "" must be absent).
+	loggedWith := func(msg string, attrs map[string]string) {
+		t.Helper()
+		waitFor(t, 30*time.Second, func() bool {
+		lines:
+			for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+				var rec map[string]any
+				if json.Unmarshal([]byte(line), &rec) != nil || rec["msg"] != msg {
+					continue
+				}
+				for k, v := range attrs {
+					if got, ok := rec[k]; v == "" && ok || v != "" && got != v {
+						continue lines
+					}
+				}
+				return true
+			}
+			return false
+		}, fmt.Sprintf("no %q record with %v in the agent's log:\n%s", msg, attrs, stderr.String()))
+	}
 	// logged waits for a record of the agent's log with msg and id.
 	logged := func(msg, id string) {
 		t.Helper()
-		waitFor(t, 30*time.Second, func() bool {
-			for _, line := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
-				var rec map[string]any
-				if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == msg && rec["request_id"] == id {
-					return true
-				}
-			}
-			return false
-		}, fmt.Sprintf("no %q record with request_id %q in the agent's log:\n%s", msg, id, stderr.String()))
+		loggedWith(msg, map[string]string{"request_id": id, "app_request_id": ""})
 	}
 
 	id, _ := get("/vm/nope/")
@@ -149,6 +166,14 @@ func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 	if id, _ := get("/vm/ids/own"); id != "the-app-s-own" {
 		t.Fatalf("the app's own X-Request-Id became %q", id)
 	}
+	// An app's id of its own reaches the client, and the agent's lines
+	// about the request (here: its body broke off after the head) name it
+	// by the client's id, with the app's beside it.
+	out, _ := exec.Command("curl", "-sS", "--max-time", "60", "-D", "-", "-H", "X-Request-Id: from-the-client-3", url+"/vm/ids/own-broken").Output()
+	if !strings.Contains(strings.ToLower(string(out)), "\r\nx-request-id: the-app-s-own\r\n") {
+		t.Fatalf("the client did not get the app's X-Request-Id: %q", out)
+	}
+	loggedWith("response broke off", map[string]string{"request_id": "from-the-client-3", "app_request_id": "the-app-s-own"})
 
 	// Every line the agent wrote on stderr is a JSON object with a time,
 	// a level and a message.

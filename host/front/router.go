@@ -89,7 +89,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.ResponseWriter = w
 		start := time.Now()
 		defer func() {
-			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: rec.Status, Took: time.Since(start), ID: ex.ID})
+			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: rec.Status, Took: time.Since(start), ID: ex.ID, AppID: ex.AppID})
 		}()
 		w = rec
 	}

@@ -18,7 +18,8 @@ type RequestRecord struct {
 	Path    string
 	Status  int
 	Took    time.Duration
-	ID      string // the request id the client saw
+	ID      string // the request's id: the client's, or the agent's own
+	AppID   string // the app's own X-Request-Id (what the client saw), when it sent another
 }
 
 // recentRequests is a ring of the last RecentRequests requests.

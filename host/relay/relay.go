@@ -45,7 +45,21 @@ type Exchange struct {
 	// http.disconnect) and the client gets 504 if nothing was sent yet.
 	Timeout time.Duration
 	Log     *slog.Logger
-	ID      string // request id
+	ID      string // request id: the client's, or one the agent made up
+	// AppID is the app's own X-Request-Id, when its response carried one
+	// other than ID: the client gets it, unchanged, and the agent's log
+	// lines name the request by ID with this one beside it.
+	AppID string
+}
+
+// LogAttrs are the attributes that name the exchange in the agent's log:
+// request_id, and app_request_id when the app answered with an id of its
+// own.
+func (ex *Exchange) LogAttrs() []any {
+	if ex.AppID != "" {
+		return []any{"request_id", ex.ID, "app_request_id", ex.AppID}
+	}
+	return []any{"request_id", ex.ID}
 }
 
 // NewRequestID returns a random request id. It only has to be unique in
@@ -288,7 +302,7 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		}
 		if err != nil {
 			if ctx.Err() == nil {
-				ex.Log.Warn("response broke off", "request_id", ex.ID, "err", err)
+				ex.Log.Warn("response broke off", append(ex.LogAttrs(), "err", err)...)
 			}
 			// Abort the HTTP response so the client sees it incomplete.
 			panic(http.ErrAbortHandler)
@@ -376,7 +390,7 @@ func statusFor(err error) (int, string) {
 // Error writes a short JSON error with the request id and logs the detail.
 func Error(w http.ResponseWriter, ex *Exchange, status int, msg string, detail ...any) {
 	if ex.Log != nil {
-		ex.Log.Warn(msg, append([]any{"request_id", ex.ID, "status", status}, detail...)...)
+		ex.Log.Warn(msg, append(append(ex.LogAttrs(), "status", status), detail...)...)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("X-Request-Id", ex.ID)

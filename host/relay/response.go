@@ -120,7 +120,8 @@ func collapseContentLength(rh *message.ResponseHead, length []byte) {
 // (Upgrade on a 426, Keep-Alive, Proxy-Authenticate on a 407 pass) but
 // Transfer-Encoding, since net/http frames the body itself; a Connection
 // field with "close" closes the client's connection after the response.
-// X-Request-Id is the request's id unless the app sent its own.
+// X-Request-Id is the request's id unless the app sent its own (then
+// ex.AppID, if it differs).
 // A nil Content-Type stops net/http from sniffing one when the app sent
 // none (the app's own is added to it). It is on every
 // response's path: the values share one string and one list, and the
@@ -175,9 +176,13 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 		h["Connection"] = []string{"close"}
 	}
 	if ids := h["X-Request-Id"]; len(ids) > 0 {
-		// The app's own passes as it sent it (as under uvicorn), and
-		// names the request in the agent's log from now on.
-		ex.ID = ids[0]
+		// The app's own passes as it sent it (as under uvicorn); the
+		// agent's log goes on naming the request by its own id (the one
+		// its earlier lines, and the client's proxies, know), with the
+		// app's beside it.
+		if ids[0] != ex.ID {
+			ex.AppID = ids[0]
+		}
 	} else {
 		add("X-Request-Id", ex.ID)
 	}

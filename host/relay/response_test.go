@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -90,7 +91,7 @@ func TestCanonicalNames(t *testing.T) {
 // TestWriteHead checks the fields writeHead gives the client: repeated
 // fields kept in order, unusual names canonicalised, the request id and a
 // Content-Length replacing the app's (the app's own X-Request-Id kept, and
-// then the request's id in the log); of the hop-by-hop fields only
+// beside the request's id in the log); of the hop-by-hop fields only
 // Transfer-Encoding is dropped (net/http frames the body), and a
 // Connection with close becomes exactly "close" (what net/http closes on).
 func TestWriteHead(t *testing.T) {
@@ -105,8 +106,18 @@ func TestWriteHead(t *testing.T) {
 	writeHead(rec, ex, rh, "3")
 	want := http.Header{"Set-Cookie": {"a=1", "b=2"}, "X-Odd-Name": {"v"}, "X-Request-Id": {"the app's"}, "Content-Length": {"3"},
 		"Content-Type": nil, "Connection": {"close"}, "Keep-Alive": {"timeout=5"}}
-	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) || ex.ID != "the app's" {
-		t.Errorf("status %d header %v, want %v; request id %q", rec.Code, rec.Result().Header, want, ex.ID)
+	if rec.Code != 201 || !reflect.DeepEqual(rec.Result().Header, want) || ex.ID != "abc" || ex.AppID != "the app's" {
+		t.Errorf("status %d header %v, want %v; request id %q, the app's %q", rec.Code, rec.Result().Header, want, ex.ID, ex.AppID)
+	}
+	if got := fmt.Sprint(ex.LogAttrs()); got != "[request_id abc app_request_id the app's]" {
+		t.Errorf("the exchange is logged as %s", got)
+	}
+	// The app's id equal to the request's (it echoed it): nothing beside.
+	ex = &Exchange{ID: "abc"}
+	writeHead(httptest.NewRecorder(), ex, &message.ResponseHead{Status: 200,
+		Headers: []message.HeaderField{{Name: []byte("x-request-id"), Value: []byte("abc")}}}, "")
+	if ex.ID != "abc" || ex.AppID != "" || fmt.Sprint(ex.LogAttrs()) != "[request_id abc]" {
+		t.Errorf("an echoed id: %q, %q", ex.ID, ex.AppID)
 	}
 
 	// A 426's Upgrade and Connection, a 407's Proxy-Authenticate: the

@@ -160,7 +160,7 @@ func checkHandshake(r *http.Request) (status int, reason string) {
 // protocol to upgrade to).
 func refuseHandshake(w http.ResponseWriter, ex *Exchange, status int, reason string) {
 	if ex.Log != nil {
-		ex.Log.Info("invalid websocket handshake", "request_id", ex.ID, "status", status, "reason", reason)
+		ex.Log.Info("invalid websocket handshake", append(ex.LogAttrs(), "status", status, "reason", reason)...)
 	}
 	body := "Failed to open a WebSocket connection: " + reason + ".\n"
 	h := w.Header()
@@ -413,7 +413,7 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		if errors.As(err, &denied) {
 			// As uvicorn answers it: 403, no body, the connection closed.
 			if ex.Log != nil {
-				ex.Log.Info("websocket refused by the program", "request_id", ex.ID, "code", denied.Code)
+				ex.Log.Info("websocket refused by the program", append(ex.LogAttrs(), "code", denied.Code)...)
 			}
 			w.Header().Set("Connection", "close")
 			w.Header().Set("X-Request-Id", ex.ID)
