@@ -1,11 +1,12 @@
 package admin
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
+	"io"
 	"net/http"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -108,38 +109,38 @@ func TestLogsCommandEscapesControls(t *testing.T) {
 	}
 
 	// The followed log, until the program is deleted.
-	var out syncBuffer
+	pr, pw := io.Pipe()
 	done := make(chan int, 1)
-	go func() { done <- Command([]string{"--admin", f.addr, "logs", "-f", "talk"}, &out, &bytes.Buffer{}) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for strings.Count(out.String(), "\n") < len(hostileLines) && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
+	go func() {
+		rc := Command([]string{"--admin", f.addr, "logs", "-f", "talk"}, pw, io.Discard)
+		pw.Close()
+		done <- rc
+	}()
+	followed := bufio.NewReader(pr)
+	var out strings.Builder
+	for range hostileLines {
+		line, err := followed.ReadString('\n')
+		if err != nil {
+			t.Fatalf("the followed log ended after %q: %v", out.String(), err)
+		}
+		out.WriteString(line)
 	}
 	if code, _ := f.call(t, "DELETE", "/v1/programs/talk", ""); code != http.StatusOK {
 		t.Fatal(code)
 	}
+	copied := make(chan struct{})
+	go func() { // until the follower sees the program gone
+		io.Copy(&out, followed)
+		close(copied)
+	}()
 	select {
-	case <-done:
+	case <-copied:
 	case <-time.After(20 * time.Second):
+		pr.Close() // the follower's next write fails
 		t.Fatal("the followed log did not end when the program was deleted")
 	}
+	if rc := <-done; rc != 1 {
+		t.Errorf("logs -f ended with status %d, want 1", rc)
+	}
 	checkEscaped("logs -f", out.String())
-}
-
-// syncBuffer is a bytes.Buffer a goroutine writes while the test reads.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
