@@ -45,3 +45,10 @@ func appendVisible(dst, b []byte) []byte {
 	}
 	return dst
 }
+
+// visible is s with appendVisible's escapes: for what the agent passes on
+// from a program (a failed delivery's error is the start of the app's
+// answer).
+func visible(s string) string {
+	return string(appendVisible(nil, []byte(s)))
+}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
+	"github.com/ferry-vm/ferry/host/trigger"
 )
 
 // Terminal controls are written as escapes; text, tabs and backslashes
@@ -143,4 +144,15 @@ func TestLogsCommandEscapesControls(t *testing.T) {
 		t.Errorf("logs -f ended with status %d, want 1", rc)
 	}
 	checkEscaped("logs -f", out.String())
+}
+
+// A failed delivery's error, which quotes the app's answer, is printed
+// with its controls escaped.
+func TestPrintTriggersEscapesTheAppsAnswer(t *testing.T) {
+	var out bytes.Buffer
+	printTriggers(&out, trigger.Record{Deliveries: []trigger.Delivery{{Time: time.Now(), Trigger: "message:orders", Status: 500,
+		Error: "500: \x1b]52;c;cm0gLXJmIC8K\x07oops", Attempts: 4}}})
+	if got := out.String(); strings.ContainsAny(got, "\x1b\x07") || !strings.Contains(got, `500: \x1b]52;c;cm0gLXJmIC8K\x07oops`) {
+		t.Errorf("printed %q", got)
+	}
 }

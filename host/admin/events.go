@@ -121,7 +121,7 @@ func printTriggers(w io.Writer, v any) {
 		if d.Status != 0 {
 			status = fmt.Sprintf("%s %d", status, d.Status)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%.3f\t%s\n", d.Time.Format(time.RFC3339), d.Trigger, status, d.Attempts, d.Seconds, d.Error)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%.3f\t%s\n", d.Time.Format(time.RFC3339), visible(d.Trigger), status, d.Attempts, d.Seconds, visible(d.Error))
 	}
 	tw.Flush()
 }
