@@ -91,7 +91,7 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 			drives = append(drives, drive{file: vol.Image, serial: serial, readOnly: true})
 			gv.ReadOnly = true
 		case vol.Persistent:
-			name := backend.VolumeName(vol, i)
+			name := vol.Name
 			image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "volumes", spec.ProgramID), name, vol.SizeMiB)
 			if err != nil {
 				return nil, release, err

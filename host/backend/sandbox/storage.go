@@ -121,7 +121,7 @@ func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS
 			if b.VolumeDir == "" {
 				return fds, fmt.Errorf("%s: the sandbox has no directory for persistent volumes", field)
 			}
-			name := backend.VolumeName(v, i)
+			name := v.Name
 			image, created, err := backend.PersistentVolume(ctx, path.Join(b.VolumeDir, spec.ProgramID), name, v.SizeMiB)
 			if err != nil {
 				return fds, fmt.Errorf("%s: %w", field, err)
