@@ -17,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // objectStore is the test's store: objects served over HTTP on 127.0.0.1
@@ -339,7 +341,9 @@ func TestSandboxVolumes(t *testing.T) {
 				{"comment": "kept on this node", "mount": "/state", "name": "state", "persistence": "host", "size_mib": 16},
 				{"mount": "/scratch", "ephemeral": true, "size_mib": 8}]},
 		"missing": {"code": {"encoding": "plain", "entrypoint": "main:app", "path": %q}, "on": {"http": true},
-			"volumes": [{"mount": "/opt/venv", "ref": %q}]}}}`, code, venv, code, strings.Repeat("e", 64))
+			"volumes": [{"mount": "/opt/venv", "ref": %q}]},
+		"huge": {"code": {"encoding": "plain", "entrypoint": "main:app", "path": %q}, "on": {"http": true},
+			"volumes": [{"mount": "/scratch", "ephemeral": true, "size_mib": 1048576}]}}}`, code, venv, code, strings.Repeat("e", 64), code)
 	stateDir := filepath.Join(t.TempDir(), "state")
 	agent := serveAgent(t, config, agentOptions{}, "--store", st.url, "--state-dir", stateDir)
 	url := "http://" + agent.addr
@@ -387,6 +391,38 @@ func TestSandboxVolumes(t *testing.T) {
 	if log := agent.out.String(); !strings.Contains(log, "volumes[0] (/opt/venv): store: ref "+strings.Repeat("e", 64)) || !strings.Contains(log, "not found") {
 		t.Fatalf("the agent's log does not explain the missing ref:\n%s", log)
 	}
+	// A volume larger than the disk's free space (less its reserve) is
+	// refused: at deploy over the API, and at boot for a program of the
+	// configuration file, whose status then says why.
+	var fs unix.Statfs_t
+	if err := unix.Statfs(stateDir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	if free := fs.Bavail * uint64(fs.Bsize); free >= 1<<40 {
+		t.Logf("%d GiB free: a 1 TiB volume fits, its refusal is not checked", free>>30)
+	} else {
+		path := filepath.Join(t.TempDir(), "m.json")
+		os.WriteFile(path, []byte(fmt.Sprintf(`{"code": {"entrypoint": "main:app", "path": %q}, "on": {"http": true}, "volumes": [{"mount": "/scratch", "ephemeral": true, "size_mib": 1048576}]}`, code)), 0o644)
+		want := "ephemeral volumes[0] (/scratch) of 1048576 MiB does not fit on the host's disk: the filesystem of " + filepath.Join(stateDir, "sandbox", "volumes") + " has "
+		out, err := program("deploy", "toobig", path)
+		if err == nil || !strings.Contains(out, "programs.toobig: "+want) || !strings.Contains(out, "MiB free") {
+			t.Errorf("deploying a 1 TiB volume with %d MiB free: %v %s", free>>20, err, out)
+		}
+		if out, err := program("status", "toobig"); err == nil {
+			t.Errorf("the refused program was deployed: %s", out)
+		}
+		if code := curl(t, "-o", "/dev/null", "-w", "%{http_code}", url+"/vm/huge/"); code != "502" {
+			t.Fatalf("a program whose volume does not fit answered %s", code)
+		}
+		out, err = program("status", "huge")
+		if err != nil || !strings.Contains(out, "last_boot_error:") || !strings.Contains(out, want) {
+			t.Errorf("the status does not say why the boot failed: %v %s", err, out)
+		}
+		if left, _ := filepath.Glob(filepath.Join(stateDir, "sandbox", "volumes", ".ephemeral-*")); len(left) != 0 {
+			t.Errorf("a refused boot made an ephemeral image: %v", left)
+		}
+	}
+
 	// Bad sizes are refused at deploy, naming the field.
 	for body, field := range map[string]string{
 		`{"mount": "/s", "persistent": true, "name": "s", "size_mib": 0}`:     "volumes[0].size_mib",

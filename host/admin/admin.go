@@ -21,6 +21,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/cluster"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
@@ -62,6 +63,10 @@ type Status struct {
 	// Triggers are the program's schedule and subscriptions, with its
 	// last deliveries of events (when it has any).
 	Triggers *trigger.Record `json:"triggers,omitempty"`
+	// LastBootError is why the program's last boot failed, and
+	// LastBootErrorAt when, until a boot succeeds.
+	LastBootError   string `json:"last_boot_error,omitempty"`
+	LastBootErrorAt string `json:"last_boot_error_at,omitempty"`
 }
 
 // BootPhase is one phase of a VM's boot timeline.
@@ -209,6 +214,9 @@ func (s *Server) describe(id string) (Status, bool) {
 		st.Node, st.Token = s.Cluster.Placement(id)
 	}
 	st.Triggers = s.triggers(id)
+	if f, failed := s.Manager.LastBootFailure(id); failed {
+		st.LastBootError, st.LastBootErrorAt = f.Err, f.At.UTC().Format(time.RFC3339)
+	}
 	return st, true
 }
 
@@ -244,16 +252,23 @@ func (s *Server) deploy(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusBadRequest, "programs."+id+"."+field+": must be absolute when deploying over the API")
 		return
 	}
-	var err error
-	if s.Deployer != nil {
+	// Volumes this node's disk cannot hold are refused now rather than
+	// at the first boot (which checks again).
+	err := s.Programs.CheckSpace(id, &m)
+	switch {
+	case err != nil:
+	case s.Deployer != nil:
 		err = s.Deployer.Deploy(r.Context(), id, &m)
-	} else {
+	default:
 		err = s.Programs.Deploy(id, &m)
 	}
 	var ferr *manifest.FieldError
+	var serr *backend.SpaceError
 	switch {
 	case errors.As(err, &ferr):
 		writeError(w, http.StatusBadRequest, err.Error())
+	case errors.As(err, &serr):
+		writeError(w, http.StatusInsufficientStorage, err.Error())
 	case errors.Is(err, front.ErrExists):
 		writeError(w, http.StatusConflict, err.Error())
 	case errors.Is(err, cluster.ErrNoQuorum):

@@ -10,9 +10,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
@@ -281,5 +283,53 @@ func TestCommand(t *testing.T) {
 		if code != c.code || !strings.Contains(got, c.out) {
 			t.Errorf("program %v: %d\n%s%s\nwant %d and %q", c.args, code, stdout, stderr, c.code, c.out)
 		}
+	}
+}
+
+// Volumes the disk cannot hold are refused at deploy (507, naming them
+// and the free space) and nothing is deployed; when the disk fills after
+// the deploy, the boot fails and the program's status says why, until a
+// boot succeeds.
+func TestVolumesBeyondTheFreeSpace(t *testing.T) {
+	var avail atomic.Uint64
+	avail.Store(2 << 30) // on a 100 GiB disk: 1 GiB reserve, 1 GiB for volumes
+	be := &backendtest.Backend{Space: func(string) (backend.FSSpace, error) {
+		return backend.FSSpace{Dev: 1, Avail: avail.Load(), Total: 100 << 30}, nil
+	}}
+	f := newAPI(t, be, "", "")
+	big := f.manifest(`, "volumes": [{"mount": "/state", "persistent": true, "size_mib": 600}, {"mount": "/scratch", "ephemeral": true, "size_mib": 600}]`)
+	code, doc := f.call(t, "PUT", "/v1/programs/big", big)
+	msg, _ := doc["error"].(string)
+	if code != http.StatusInsufficientStorage || !strings.HasPrefix(msg, "programs.big: persistent volumes[0] (/state) of 600 MiB and ephemeral volumes[1] (/scratch) of 600 MiB, 1200 MiB together, do not fit") ||
+		!strings.Contains(msg, "has 2048 MiB free, of which 1024 MiB stay free") {
+		t.Fatalf("deploy of volumes beyond the free space: %d %q", code, msg)
+	}
+	if code, _ := f.call(t, "GET", "/v1/programs/big", ""); code != http.StatusNotFound {
+		t.Fatalf("the refused program was deployed: %d", code)
+	}
+
+	fits := f.manifest(`, "volumes": [{"mount": "/scratch", "ephemeral": true, "size_mib": 600}]`)
+	if code, doc := f.call(t, "PUT", "/v1/programs/fits", fits); code != http.StatusCreated {
+		t.Fatalf("deploy of a volume that fits: %d %v", code, doc)
+	}
+	avail.Store(1 << 30) // the disk filled since
+	route := f.programs.Route("fits")
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := f.manager.Acquire(ctx, route.Program); err == nil || !strings.Contains(err.Error(), "ephemeral volumes[0] (/scratch) of 600 MiB does not fit") {
+		t.Fatalf("a boot with the disk full: %v", err)
+	}
+	_, doc = f.call(t, "GET", "/v1/programs/fits", "")
+	if msg, _ := doc["last_boot_error"].(string); !strings.Contains(msg, "does not fit on the host's disk") || doc["last_boot_error_at"] == nil {
+		t.Fatalf("the status does not say why the boot failed: %v", doc)
+	}
+	avail.Store(2 << 30)
+	inst, err := f.manager.Acquire(ctx, route.Program)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.Release()
+	if _, doc = f.call(t, "GET", "/v1/programs/fits", ""); doc["last_boot_error"] != nil || doc["running"] != true {
+		t.Fatalf("after a boot that succeeded: %v", doc)
 	}
 }

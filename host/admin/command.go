@@ -148,7 +148,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		err = c.Do(call.method, "/v1/programs/"+pos[1]+call.suffix, nil, &res)
 		out = res
 		if err == nil && !*asJSON {
-			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "node", "token", "ipv4", "ipv6", "started", "timeline"} {
+			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "node", "token", "ipv4", "ipv6", "started", "timeline", "last_boot_error", "last_boot_error_at"} {
 				if v, ok := res[k]; ok && v != "" {
 					fmt.Fprintf(stdout, "%-11s %v\n", k+":", v)
 				}

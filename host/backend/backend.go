@@ -111,8 +111,9 @@ type Volume struct {
 	// Ref is an immutable volume's digest in the store: the manager
 	// fetches it and sets Image before the backend sees the volume.
 	Ref string
-	// Persistent volumes are kept between boots, per program and Name,
-	// created empty (ext4) at SizeMiB.
+	// Persistent volumes are kept between boots, per program and Name
+	// (required: the manifest's, or its default, manifest.Volume's
+	// ImageName), created empty (ext4) at SizeMiB.
 	Persistent bool
 	Name       string
 	SizeMiB    int

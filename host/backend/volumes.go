@@ -2,6 +2,7 @@ package backend
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -9,13 +10,9 @@ import (
 	"strings"
 )
 
-// VolumeName is the name of a program's i-th volume: its Name, or
-// volumeI when it has none.
-func VolumeName(v Volume, i int) string {
-	if v.Name != "" {
-		return v.Name
-	}
-	return fmt.Sprintf("volume%d", i)
+// PersistentImage is the image of the persistent volume name in dir.
+func PersistentImage(dir, name string) string {
+	return filepath.Join(dir, name+".ext4")
 }
 
 // PersistentVolume returns a program's persistent volume image in dir,
@@ -25,10 +22,13 @@ func VolumeName(v Volume, i int) string {
 // sandbox mounts it through a loop device, qemu gives it to the VM as a
 // drive.
 func PersistentVolume(ctx context.Context, dir, name string, sizeMiB int) (image string, created bool, err error) {
+	if name == "" {
+		return "", false, errors.New("a persistent volume needs a name (the manifest gives volumeI to those without one)")
+	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return "", false, err
 	}
-	image = filepath.Join(dir, name+".ext4")
+	image = PersistentImage(dir, name)
 	if _, err := os.Stat(image); err == nil {
 		return image, false, nil
 	}

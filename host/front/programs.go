@@ -76,19 +76,7 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	if err := manifest.ValidateProgram(id, m); err != nil {
 		return err
 	}
-	prog := &lifecycle.Program{ID: id, Entrypoint: m.Code.Entrypoint,
-		Env: m.Variables, Persistent: m.Persistent(), Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
-		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
-	if m.Runtime != nil {
-		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
-	}
-	programSources(prog, m)
-	if m.IsInstance() {
-		prog.Interface, prog.RootSizeMiB = contract.InterfaceInstance, m.RootSizeMiB()
-		if m.Rootfs != nil {
-			prog.Rootfs = m.Rootfs.Parent.Path
-		}
-	}
+	prog := programOf(id, m)
 	limits := ps.Limits
 	if m.Limits != nil {
 		if m.Limits.MaxConcurrent > 0 {
@@ -119,6 +107,38 @@ func (ps *Programs) Deploy(id string, m *manifest.Program) error {
 	}
 	if ps.Changed != nil {
 		ps.Changed(id, m)
+	}
+	return nil
+}
+
+// programOf is the lifecycle's program of a validated manifest.
+func programOf(id string, m *manifest.Program) *lifecycle.Program {
+	prog := &lifecycle.Program{ID: id, Entrypoint: m.Code.Entrypoint,
+		Env: m.Variables, Persistent: m.Persistent(), Workers: m.Resources.WorkerCount(), Network: m.Environment.Interface(), Firewall: firewallOf(m.Environment),
+		AuthorizedKeys: m.AuthorizedKeys, MemoryMiB: m.Resources.Memory, VCPUs: m.Resources.VCPUs}
+	if m.Runtime != nil {
+		prog.Rootfs, prog.Kernel, prog.Python = m.Runtime.Rootfs, m.Runtime.Kernel, m.Runtime.Python
+	}
+	programSources(prog, m)
+	if m.IsInstance() {
+		prog.Interface, prog.RootSizeMiB = contract.InterfaceInstance, m.RootSizeMiB()
+		if m.Rootfs != nil {
+			prog.Rootfs = m.Rootfs.Parent.Path
+		}
+	}
+	return prog
+}
+
+// CheckSpace validates a manifest and refuses, with a
+// *backend.SpaceError, one whose new volumes would not fit on this node's
+// disk now (lifecycle.Manager.CheckSpace). The admin API asks before a
+// deploy; every boot checks again.
+func (ps *Programs) CheckSpace(id string, m *manifest.Program) error {
+	if err := manifest.ValidateProgram(id, m); err != nil {
+		return err
+	}
+	if err := ps.Manager.CheckSpace(programOf(id, m)); err != nil {
+		return fmt.Errorf("programs.%s: %w", id, err)
 	}
 	return nil
 }

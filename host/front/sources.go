@@ -27,8 +27,11 @@ func programSources(prog *lifecycle.Program, m *manifest.Program) {
 		prog.Data = &backend.Data{Path: d.Path, Encoding: d.Encoding}
 		prog.Refs.Data = d.Digest()
 	}
-	for _, v := range m.Volumes {
+	for i, v := range m.Volumes {
 		bv := backend.Volume{Mount: v.Mount, Image: v.Immutable, Persistent: v.Kind() == "persistent", Ephemeral: v.Ephemeral, Name: v.Name, SizeMiB: v.SizeMiB}
+		if bv.Persistent {
+			bv.Name = v.ImageName(i)
+		}
 		if v.Ref != "" {
 			bv.Ref = string(v.Digest())
 		}

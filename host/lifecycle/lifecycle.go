@@ -199,6 +199,7 @@ type Manager struct {
 	mu       sync.Mutex
 	running  map[string]*Instance
 	starting map[string]*boot
+	failed   map[string]BootFailure // the last boot's, until one succeeds
 
 	closed    chan struct{}
 	closeOnce sync.Once
@@ -240,7 +241,7 @@ func New(opt Options) *Manager {
 	if opt.MaxRestartBackoff == 0 {
 		opt.MaxRestartBackoff = time.Minute
 	}
-	m := &Manager{opt: opt, log: opt.Log, running: map[string]*Instance{}, starting: map[string]*boot{}, closed: make(chan struct{})}
+	m := &Manager{opt: opt, log: opt.Log, running: map[string]*Instance{}, starting: map[string]*boot{}, failed: map[string]BootFailure{}, closed: make(chan struct{})}
 	if opt.IdleTimeout > 0 {
 		go m.idleLoop()
 	}
@@ -474,8 +475,12 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 	m.mu.Lock()
 	delete(m.starting, p.ID)
 	stopped := b.stopped
-	if err == nil && !stopped {
+	switch {
+	case err == nil && !stopped:
 		m.running[p.ID] = inst
+		delete(m.failed, p.ID)
+	case err != nil && !stopped && !p.removed:
+		m.failed[p.ID] = BootFailure{Err: err.Error(), At: time.Now()}
 	}
 	m.mu.Unlock()
 	if stopped {
@@ -511,15 +516,49 @@ func (m *Manager) boot(ctx context.Context, p *Program, b *boot) {
 	go m.watch(inst)
 }
 
+// BootFailure is how a program's last boot failed.
+type BootFailure struct {
+	Err string
+	At  time.Time
+}
+
+// LastBootFailure returns how the program's last boot failed, when it did
+// (a successful boot or Remove forgets it).
+func (m *Manager) LastBootFailure(id string) (BootFailure, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	f, ok := m.failed[id]
+	return f, ok
+}
+
+// spec is the backend's spec of p, before its refs are resolved.
+func (m *Manager) spec(p *Program) backend.Spec {
+	return backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
+		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel,
+		Instance: p.Interface == contract.InterfaceInstance, RootSizeMiB: p.RootSizeMiB}
+}
+
+// CheckSpace refuses, with a *backend.SpaceError, a program whose new
+// volumes would not fit on this host's disk now (backend.CheckSpace), when
+// the backend can tell (backend.SpaceChecker). Each boot checks again:
+// the free space may have changed since, and ephemeral volumes are new at
+// every boot.
+func (m *Manager) CheckSpace(p *Program) error {
+	c, ok := m.opt.Backend.(backend.SpaceChecker)
+	if !ok {
+		return nil
+	}
+	return c.CheckSpace(m.spec(p))
+}
+
 // start boots a VM and configures its init. A configuration that the
 // agent's own validation or init refused, or whose program failed to
 // start, is a *contract.ConfigError.
 func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	started := time.Now()
 	log := m.log.With("program", p.ID)
-	spec := backend.Spec{ProgramID: p.ID, InitPath: m.opt.InitPath, CodePath: p.CodePath, CodeFile: contract.FileName(p.Interface, p.Entrypoint),
-		Network: p.Network, Firewall: p.Firewall, Volumes: p.Volumes, VCPUs: p.VCPUs, MemoryMiB: p.MemoryMiB, Rootfs: p.Rootfs, Kernel: p.Kernel, Log: log,
-		Instance: p.Interface == contract.InterfaceInstance, RootSizeMiB: p.RootSizeMiB}
+	spec := m.spec(p)
+	spec.Log = log
 	progress := startBootProgress(log, m.opt.Backend.Name(), m.opt.BootProgress)
 	defer progress.done()
 	var output *outputPump
@@ -692,6 +731,7 @@ func (m *Manager) Stop(ctx context.Context, id string) error {
 func (m *Manager) Remove(ctx context.Context, p *Program) error {
 	m.mu.Lock()
 	p.removed = true
+	delete(m.failed, p.ID)
 	m.mu.Unlock()
 	return m.Stop(ctx, p.ID)
 }

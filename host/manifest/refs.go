@@ -180,19 +180,27 @@ func validateSources(field func(string) string, p *Program) error {
 		if v.Kind() != "persistent" {
 			continue
 		}
-		// The backends name the image by Name, or volumeI without one
-		// (backend.VolumeName): two volumes on one image would mount
-		// one ext4 filesystem twice, read-write, and corrupt it.
-		name := v.Name
-		if name == "" {
-			name = fmt.Sprintf("volume%d", i)
-		}
+		// The backends name the image by ImageName: two volumes on one
+		// image would mount one ext4 filesystem twice, read-write, and
+		// corrupt it.
+		name := v.ImageName(i)
 		if j, taken := persistent[name]; taken {
 			return &FieldError{vf + ".name", fmt.Sprintf("%q is already the name of volumes[%d]: each persistent volume needs its own", name, j)}
 		}
 		persistent[name] = i
 	}
 	return nil
+}
+
+// ImageName is the name of the persistent volume that is a program's
+// i-th volume: its Name, or volumeI when it has none. It names the
+// volume's image on the host, kept across boots and deploys: changing it
+// would lose the data of volumes without a name.
+func (v Volume) ImageName(i int) string {
+	if v.Name != "" {
+		return v.Name
+	}
+	return fmt.Sprintf("volume%d", i)
 }
 
 // Kind says what kind of volume v is: "immutable", "persistent" or

@@ -47,6 +47,11 @@ type Backend struct {
 	// StartErr, when not nil, is returned by Start (a VM that cannot be
 	// made at all).
 	StartErr error
+	// Space, when not nil, makes the backend a backend.SpaceChecker
+	// whose volumes are on the filesystem it reports (for every
+	// directory): Start refuses, as the real backends do, volumes that
+	// do not fit there.
+	Space backend.SpaceFunc
 	// Logs is how many LOG lines ("line 0", "line 1"...) each VM sends
 	// once it has its configuration, before answering it.
 	Logs int
@@ -97,6 +102,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if b.StartErr != nil {
 		return nil, b.StartErr
 	}
+	if err := b.CheckSpace(spec); err != nil {
+		return nil, err
+	}
 	host, guest, err := socketPair()
 	if err != nil {
 		return nil, err
@@ -121,6 +129,16 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	default:
 	}
 	return v, nil
+}
+
+// CheckSpace implements backend.SpaceChecker when Space is set: the
+// spec's ephemeral volumes, and its persistent ones (none exists), must
+// fit.
+func (b *Backend) CheckSpace(spec backend.Spec) error {
+	if b.Space == nil {
+		return nil
+	}
+	return backend.CheckSpace(b.Space, backend.NewVolumeImages("/fake/volumes/"+spec.ProgramID, "/fake/ephemeral", spec.Volumes))
 }
 
 // run is the VM's init: configuration, result, then power-off on GOAWAY.

@@ -64,6 +64,9 @@ type Options struct {
 	// defaults when nil).
 	Net *hostnet.Host
 	Log *slog.Logger
+	// Space reports the free space of the filesystem that holds the
+	// volumes (backend.StatSpace when nil; tests fake it).
+	Space backend.SpaceFunc
 }
 
 // Backend boots VMs with QEMU.
@@ -212,6 +215,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if err := b.CheckSpace(spec); err != nil {
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
 	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
 	drives, boot, err := b.root(ctx, spec, rootfs, v.log)
 	if err != nil {
@@ -302,7 +308,7 @@ func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, lo
 		boot.RootFS = "" // the program's own image: squashfs or ext4, init tries each
 	}
 	if spec.RootSizeMiB > 0 {
-		image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "roots"), spec.ProgramID, spec.RootSizeMiB)
+		image, created, err := persistentVolume(ctx, b.rootsDir(), spec.ProgramID, spec.RootSizeMiB)
 		if err != nil {
 			return nil, boot, fmt.Errorf("the persistent root: %w", err)
 		}

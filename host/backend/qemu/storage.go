@@ -91,8 +91,8 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 			drives = append(drives, drive{file: vol.Image, serial: serial, readOnly: true})
 			gv.ReadOnly = true
 		case vol.Persistent:
-			name := backend.VolumeName(vol, i)
-			image, created, err := persistentVolume(ctx, filepath.Join(b.opt.StateDir, "volumes", spec.ProgramID), name, vol.SizeMiB)
+			name := vol.Name
+			image, created, err := persistentVolume(ctx, b.volumeDir(spec.ProgramID), name, vol.SizeMiB)
 			if err != nil {
 				return nil, release, err
 			}
@@ -102,7 +102,7 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 			drives = append(drives, drive{file: image, serial: serial})
 			gv.FS = "ext4"
 		case vol.Ephemeral:
-			dir := filepath.Join(b.opt.StateDir, "ephemeral")
+			dir := b.ephemeralDir()
 			if err := os.MkdirAll(dir, 0o700); err != nil {
 				return nil, release, err
 			}
@@ -123,4 +123,25 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 		v.guest.Volumes = append(v.guest.Volumes, gv)
 	}
 	return drives, release, nil
+}
+
+// Where the backend keeps a program's persistent volumes, the boots'
+// ephemeral volumes and the instances' persistent roots.
+func (b *Backend) volumeDir(programID string) string {
+	return filepath.Join(b.opt.StateDir, "volumes", programID)
+}
+func (b *Backend) ephemeralDir() string { return filepath.Join(b.opt.StateDir, "ephemeral") }
+func (b *Backend) rootsDir() string     { return filepath.Join(b.opt.StateDir, "roots") }
+
+// CheckSpace implements backend.SpaceChecker: the spec's new volumes and,
+// for an instance's first boot, the disk that keeps its root must fit on
+// the host's disk.
+func (b *Backend) CheckSpace(spec backend.Spec) error {
+	images := backend.NewVolumeImages(b.volumeDir(spec.ProgramID), b.ephemeralDir(), spec.Volumes)
+	if spec.RootSizeMiB > 0 {
+		if _, err := os.Stat(backend.PersistentImage(b.rootsDir(), spec.ProgramID)); err != nil {
+			images = append(images, backend.NewImage{What: "the disk that keeps the root", Dir: b.rootsDir(), SizeMiB: spec.RootSizeMiB})
+		}
+	}
+	return backend.CheckSpace(b.opt.Space, images)
 }

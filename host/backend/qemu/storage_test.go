@@ -2,11 +2,13 @@ package qemu
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/ferry-vm/ferry/host/backend"
@@ -72,5 +74,51 @@ func TestStorageDrives(t *testing.T) {
 	spec = backend.Spec{ProgramID: "p", Data: &backend.Data{Path: file("data.zip"), Encoding: contract.EncodingZip}}
 	if _, _, err := b.storage(context.Background(), spec, v); err != nil || v.guest.Data == nil || v.guest.Data.Device != "serial:"+dataSerial {
 		t.Fatalf("zip data: %v %+v", err, v.guest.Data)
+	}
+}
+
+// A boot whose new volumes and instance root do not fit on the disk is
+// refused before anything is created; a persistent volume or root disk
+// that exists already takes no new space.
+func TestStartRefusesVolumesBeyondTheFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	file := func(name string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	state := filepath.Join(dir, "state")
+	space := func(string) (backend.FSSpace, error) {
+		return backend.FSSpace{Dev: 1, Avail: 1100 << 20, Total: 1 << 30}, nil // 51 MiB reserve: 1049 MiB for volumes
+	}
+	b := &Backend{opt: Options{Kernel: file("vmlinuz"), Rootfs: file("rootfs.squashfs"), StateDir: state, Space: space}}
+	spec := backend.Spec{ProgramID: "p", Instance: true, RootSizeMiB: 512, Volumes: []backend.Volume{
+		{Mount: "/state", Persistent: true, Name: "state", SizeMiB: 512},
+		{Mount: "/scratch", Ephemeral: true, SizeMiB: 64},
+	}}
+	_, err := b.Start(context.Background(), spec)
+	var serr *backend.SpaceError
+	if !errors.As(err, &serr) || len(serr.Images) != 3 || !strings.Contains(err.Error(), "the disk that keeps the root of 512 MiB, 1088 MiB together, do not fit") {
+		t.Fatalf("Start: %v", err)
+	}
+	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused boot created its state: %v", err)
+	}
+	// Once the root disk and the persistent volume exist, only the
+	// ephemeral volume is new.
+	for _, image := range []string{backend.PersistentImage(b.rootsDir(), "p"), backend.PersistentImage(b.volumeDir("p"), "state")} {
+		os.MkdirAll(filepath.Dir(image), 0o700)
+		if err := os.WriteFile(image, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.CheckSpace(spec); err != nil {
+		t.Fatalf("with the persistent images made: %v", err)
+	}
+	spec.Volumes[1].SizeMiB = 1050
+	if err := b.CheckSpace(spec); err == nil || !strings.HasPrefix(err.Error(), "ephemeral volumes[1] (/scratch) of 1050 MiB does not fit") {
+		t.Fatalf("an ephemeral volume beyond the space: %v", err)
 	}
 }

@@ -97,6 +97,9 @@ type Backend struct {
 	Pids int64
 	// Log receives the backend's warnings.
 	Log *slog.Logger
+	// Space reports the free space of the filesystem that holds the
+	// volumes (backend.StatSpace when nil; tests fake it).
+	Space backend.SpaceFunc
 
 	seq atomic.Uint64
 	// Slots hands out the VMs' slots, which name their uid ranges and
@@ -226,6 +229,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 			return nil, fmt.Errorf("sandbox: %s code: %w", spec.CodeEncoding, errNoRoot)
 		}
 		return b.startPlain(spec, single)
+	}
+	if err := b.CheckSpace(spec); err != nil {
+		return nil, fmt.Errorf("sandbox: %w", err)
 	}
 	return b.startIsolated(ctx, spec, single)
 }

@@ -235,3 +235,44 @@ func TestAgentAlive(t *testing.T) {
 		}
 	}
 }
+
+// Volumes beyond the disk's free space are refused before the sandbox is
+// made or any image created; an existing persistent volume is reused
+// without counting.
+func TestSandboxRefusesVolumesBeyondTheFreeSpace(t *testing.T) {
+	requireRoot(t)
+	b := New(nil)
+	b.VolumeDir = filepath.Join(t.TempDir(), "volumes")
+	b.Space = func(string) (backend.FSSpace, error) {
+		return backend.FSSpace{Dev: 1, Avail: 300 << 20, Total: 1 << 30}, nil // 51 MiB reserve: 249 MiB for volumes
+	}
+	spec := backend.Spec{ProgramID: "box", InitPath: os.Args[0], CodePath: t.TempDir(), Volumes: []backend.Volume{
+		{Mount: "/state", Persistent: true, Name: "state", SizeMiB: 200},
+		{Mount: "/scratch", Ephemeral: true, SizeMiB: 100},
+	}}
+	vm, err := b.Start(context.Background(), spec)
+	var serr *backend.SpaceError
+	if !errors.As(err, &serr) {
+		if err == nil {
+			vm.Kill()
+		}
+		t.Fatalf("Start: %v, want a SpaceError", err)
+	}
+	if !strings.Contains(err.Error(), "persistent volumes[0] (/state) of 200 MiB and ephemeral volumes[1] (/scratch) of 100 MiB, 300 MiB together, do not fit") {
+		t.Errorf("the error does not name the volumes: %v", err)
+	}
+	if _, err := os.Stat(b.VolumeDir); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("a refused boot made its volumes' directory: %v", err)
+	}
+	if b.slots().InUse() != 0 {
+		t.Errorf("VM slots taken after a refused start: %d", b.slots().InUse())
+	}
+	image := backend.PersistentImage(filepath.Join(b.VolumeDir, "box"), "state")
+	os.MkdirAll(filepath.Dir(image), 0o700)
+	if err := os.WriteFile(image, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.CheckSpace(spec); err != nil {
+		t.Errorf("with the persistent volume made: %v", err)
+	}
+}

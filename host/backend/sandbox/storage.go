@@ -121,7 +121,7 @@ func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS
 			if b.VolumeDir == "" {
 				return fds, fmt.Errorf("%s: the sandbox has no directory for persistent volumes", field)
 			}
-			name := backend.VolumeName(v, i)
+			name := v.Name
 			image, created, err := backend.PersistentVolume(ctx, path.Join(b.VolumeDir, spec.ProgramID), name, v.SizeMiB)
 			if err != nil {
 				return fds, fmt.Errorf("%s: %w", field, err)
@@ -151,10 +151,7 @@ const ephemeralPrefix = ".ephemeral-"
 // ephemeral makes a fresh ext4 image for one boot, mounts it and removes
 // the file at once (the loop device holds it until the VM ends).
 func (b *Backend) ephemeral(ctx context.Context, v backend.Volume, pid int, userNS bool) (int, error) {
-	dir := b.VolumeDir
-	if dir == "" {
-		dir = os.TempDir()
-	}
+	dir := b.ephemeralDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return -1, err
 	}
@@ -168,6 +165,28 @@ func (b *Backend) ephemeral(ctx context.Context, v backend.Volume, pid int, user
 		return -1, err
 	}
 	return imageMount(image, loopmount.Ext4, false, pid, userNS)
+}
+
+// ephemeralDir is where ephemeral images are made: VolumeDir, or the
+// temporary directory without one.
+func (b *Backend) ephemeralDir() string {
+	if b.VolumeDir == "" {
+		return os.TempDir()
+	}
+	return b.VolumeDir
+}
+
+// CheckSpace implements backend.SpaceChecker: the spec's new volumes must
+// fit on the host's disk. The plain sandbox (not root) creates none.
+func (b *Backend) CheckSpace(spec backend.Spec) error {
+	if !b.Root {
+		return nil
+	}
+	persistent := ""
+	if b.VolumeDir != "" {
+		persistent = path.Join(b.VolumeDir, spec.ProgramID)
+	}
+	return backend.CheckSpace(b.Space, backend.NewVolumeImages(persistent, b.ephemeralDir(), spec.Volumes))
 }
 
 // imageMount mounts an image as a detached mount, nosuid and nodev,

@@ -1,0 +1,175 @@
+package backend
+
+// Bounding the volumes a boot creates by the host's free disk space: a
+// persistent or ephemeral volume is a sparse ext4 image, cheap to create
+// whatever its size, that the program can then fill; one larger than what
+// its filesystem has free would let the program fill the host's disk.
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// The reserve: what new volumes must leave free on their filesystem, so
+// that a program filling its volumes does not leave the host (its logs,
+// the agent's state, the store's cache) without space. It is
+// ReservePercent of the filesystem's size, at most MaxReserve: 5% keeps a
+// small disk usable, 1 GiB is plenty on a large one.
+const (
+	ReservePercent = 5
+	MaxReserve     = 1 << 30
+)
+
+// Reserve returns the bytes kept free on a filesystem of total bytes.
+func Reserve(total uint64) uint64 {
+	return min(total*ReservePercent/100, MaxReserve) // no overflow below 3 EiB
+}
+
+// FSSpace is the space of the filesystem holding a directory.
+type FSSpace struct {
+	// Dev is the filesystem's device (st_dev): directories with the same
+	// Dev share their free space.
+	Dev uint64
+	// Avail is the bytes the agent may still allocate there (statfs's
+	// f_bavail blocks of f_bsize), Total its size (f_blocks).
+	Avail, Total uint64
+}
+
+// SpaceFunc reports the space of the filesystem that holds dir, or would
+// hold it once created (that of its nearest existing parent).
+type SpaceFunc func(dir string) (FSSpace, error)
+
+// StatSpace is the SpaceFunc of the host's filesystems, by statfs(2).
+func StatSpace(dir string) (FSSpace, error) {
+	for {
+		var st unix.Stat_t
+		err := unix.Stat(dir, &st)
+		if errors.Is(err, unix.ENOENT) && filepath.Dir(dir) != dir {
+			dir = filepath.Dir(dir)
+			continue
+		}
+		if err != nil {
+			return FSSpace{}, fmt.Errorf("stat %s: %w", dir, err)
+		}
+		var fs unix.Statfs_t
+		if err := unix.Statfs(dir, &fs); err != nil {
+			return FSSpace{}, fmt.Errorf("statfs %s: %w", dir, err)
+		}
+		return FSSpace{Dev: st.Dev, Avail: fs.Bavail * uint64(fs.Bsize), Total: fs.Blocks * uint64(fs.Bsize)}, nil
+	}
+}
+
+// NewImage is an ext4 image a boot would create.
+type NewImage struct {
+	// What names it in errors: "volumes[1] (/state)", "the root disk".
+	What string
+	// Dir is the directory it is created in.
+	Dir     string
+	SizeMiB int
+}
+
+// NewVolumeImages lists the images that starting a program with vols
+// would create: its ephemeral volumes (in ephemeralDir) and the persistent
+// ones whose image does not exist yet (in persistentDir, see
+// PersistentImage; "": the backend refuses them). An existing persistent
+// volume is reused as it is and takes no new space.
+func NewVolumeImages(persistentDir, ephemeralDir string, vols []Volume) []NewImage {
+	var out []NewImage
+	for i, v := range vols {
+		what := fmt.Sprintf("volumes[%d] (%s)", i, v.Mount)
+		switch {
+		case v.Image != "" || v.Ref != "":
+		case v.Persistent:
+			if persistentDir == "" { // the backend keeps none, and refuses the volume
+				continue
+			}
+			if _, err := os.Stat(PersistentImage(persistentDir, v.Name)); err == nil {
+				continue
+			}
+			out = append(out, NewImage{What: "persistent " + what, Dir: persistentDir, SizeMiB: v.SizeMiB})
+		case v.Ephemeral:
+			out = append(out, NewImage{What: "ephemeral " + what, Dir: ephemeralDir, SizeMiB: v.SizeMiB})
+		}
+	}
+	return out
+}
+
+// SpaceError refuses images that do not fit on their filesystem.
+type SpaceError struct {
+	// Images are the images on the filesystem short of space.
+	Images []NewImage
+	// Avail is the filesystem's free space, Reserve what must stay free.
+	Avail, Reserve uint64
+}
+
+func (e *SpaceError) Error() string {
+	var names []string
+	need := 0
+	for _, im := range e.Images {
+		names = append(names, fmt.Sprintf("%s of %d MiB", im.What, im.SizeMiB))
+		need += im.SizeMiB
+	}
+	what := names[0] + " does"
+	if len(names) > 1 {
+		what = fmt.Sprintf("%s and %s, %d MiB together, do", strings.Join(names[:len(names)-1], ", "), names[len(names)-1], need)
+	}
+	room := uint64(0)
+	if e.Avail > e.Reserve {
+		room = e.Avail - e.Reserve
+	}
+	return fmt.Sprintf("%s not fit on the host's disk: the filesystem of %s has %d MiB free, of which %d MiB stay free (the reserve: %d%% of its size, at most %d MiB), leaving %d MiB for new volumes",
+		what, e.Images[0].Dir, e.Avail>>20, e.Reserve>>20, ReservePercent, MaxReserve>>20, room>>20)
+}
+
+// CheckSpace refuses (with a *SpaceError) images that, together with the
+// others on their filesystem, would leave less than the reserve free
+// there. space nil is StatSpace. Space taken between the check and the
+// images' creation (another boot's) is not accounted for: the reserve
+// absorbs such races.
+func CheckSpace(space SpaceFunc, images []NewImage) error {
+	if space == nil {
+		space = StatSpace
+	}
+	type fsNeed struct {
+		fs     FSSpace
+		images []NewImage
+		bytes  uint64
+	}
+	var order []uint64
+	byDev := map[uint64]*fsNeed{}
+	for _, im := range images {
+		fs, err := space(im.Dir)
+		if err != nil {
+			return fmt.Errorf("%s: free space: %w", im.What, err)
+		}
+		n := byDev[fs.Dev]
+		if n == nil {
+			n = &fsNeed{fs: fs}
+			byDev[fs.Dev] = n
+			order = append(order, fs.Dev)
+		}
+		n.images = append(n.images, im)
+		n.bytes += uint64(im.SizeMiB) << 20
+	}
+	for _, dev := range order {
+		n := byDev[dev]
+		reserve := Reserve(n.fs.Total)
+		if n.fs.Avail < reserve || n.bytes > n.fs.Avail-reserve {
+			return &SpaceError{Images: n.images, Avail: n.fs.Avail, Reserve: reserve}
+		}
+	}
+	return nil
+}
+
+// SpaceChecker is implemented by backends that create volumes on the
+// host's disk: CheckSpace refuses, with a *SpaceError, a spec whose new
+// volumes do not fit there (see CheckSpace). Start checks as much itself;
+// the agent asks earlier, when a program is deployed.
+type SpaceChecker interface {
+	CheckSpace(spec Spec) error
+}
