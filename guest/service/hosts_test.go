@@ -1,0 +1,212 @@
+package service
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ferry-vm/ferry/guest/app"
+	"github.com/ferry-vm/ferry/guest/boot"
+	"github.com/ferry-vm/ferry/guest/setup"
+	"github.com/ferry-vm/ferry/guest/transport"
+	"github.com/ferry-vm/ferry/protocol/contract"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// named is an app that answers every stream 200 with its name.
+type named string
+
+func (n named) Serve(_ context.Context, st *mux.Stream) {
+	st.WriteResponse(&message.ResponseHead{Status: 200}, []byte(n), true)
+}
+func (named) Stop(context.Context) error { return nil }
+
+// syncBuffer is a log destination safe for concurrent use.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// hostsFixture is a service serving a unix socket listener, as init does
+// on the sandbox.
+type hostsFixture struct {
+	t    *testing.T
+	svc  *Service
+	path string
+	logs *syncBuffer
+	code string
+}
+
+func newHostsFixture(t *testing.T, opt Options) *hostsFixture {
+	t.Helper()
+	f := &hostsFixture{t: t, path: filepath.Join(t.TempDir(), "ferry.sock"), logs: &syncBuffer{}, code: t.TempDir()}
+	writeFile(t, f.code+"/main.py", "app = None\n")
+	opt.Log = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	opt.Timeline = &boot.Timeline{}
+	opt.Setup = setup.Options{Paths: setup.Paths{Root: t.TempDir()}}
+	opt.APIAddress = "127.0.0.1:0" // the test machine's loopback
+	opt.Apps = map[string]app.Factory{contract.InterfaceASGI: func(context.Context, *contract.Config, string, app.Output) (app.App, error) {
+		return named("app"), nil
+	}}
+	f.svc = New(opt)
+	l, err := transport.Listen(contract.Transport{Kind: contract.TransportUnix, Path: f.path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); f.svc.Serve(ctx, l) }()
+	t.Cleanup(func() {
+		f.svc.Stop(time.Second)
+		cancel()
+		l.Close()
+		<-served
+	})
+	return f
+}
+
+// stalled connects and sends HELLO's first byte, then nothing more.
+func (f *hostsFixture) stalled() net.Conn {
+	f.t.Helper()
+	c, err := net.Dial("unix", f.path)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	if _, err := c.Write([]byte{byte(frame.TypeHello)}); err != nil {
+		f.t.Fatal(err)
+	}
+	return c
+}
+
+// host is one host's session with the service; its LOG lines and
+// configuration results arrive on the channels.
+type host struct {
+	sess    *mux.Session
+	logs    chan string
+	results chan message.ConfigResult
+}
+
+// connect completes a host's handshake.
+func (f *hostsFixture) connect() *host {
+	f.t.Helper()
+	c, err := net.Dial("unix", f.path)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	h := &host{logs: make(chan string, 16), results: make(chan message.ConfigResult, 1)}
+	h.sess = mux.Client(c, mux.Config{OnControl: func(ft frame.Type, p []byte) {
+		switch ft {
+		case frame.TypeLog:
+			var l message.Log
+			if l.Unmarshal(p) == nil {
+				select {
+				case h.logs <- string(l.Source) + ": " + string(l.Line):
+				default:
+				}
+			}
+		case frame.TypeConfigResult:
+			var r message.ConfigResult
+			if r.Unmarshal(p) == nil {
+				h.results <- r
+			}
+		}
+	}})
+	f.t.Cleanup(func() { h.sess.Close() })
+	return h
+}
+
+// configure sends the configuration and waits for its answer.
+func (f *hostsFixture) configure(h *host, within time.Duration) message.ConfigResult {
+	f.t.Helper()
+	doc := `{"program_id":"p","interface":"asgi","entrypoint":"main:app","code":{"encoding":"directory","path":"` + f.code + `"}}`
+	if err := h.sess.SendControl(frame.TypeConfig, []byte(doc)); err != nil {
+		f.t.Fatal(err)
+	}
+	select {
+	case r := <-h.results:
+		return r
+	case <-time.After(within):
+		f.t.Fatalf("no configuration result within %s; init's log:\n%s", within, f.logs)
+	}
+	return message.ConfigResult{}
+}
+
+// get opens a stream and returns the response's body.
+func (f *hostsFixture) get(h *host, within time.Duration) string {
+	f.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), within)
+	defer cancel()
+	st, err := h.sess.Open(ctx, &message.RequestHead{Path: []byte("/")}, nil, true)
+	if err != nil {
+		f.t.Fatalf("opening a stream: %v", err)
+	}
+	var head message.ResponseHead
+	if err := st.ReadResponse(ctx, &head); err != nil {
+		f.t.Fatalf("reading the response: %v", err)
+	}
+	b, err := io.ReadAll(st)
+	if err != nil {
+		f.t.Fatalf("reading the body: %v", err)
+	}
+	return string(b)
+}
+
+// A connection that sends HELLO's first byte and stalls does not hold
+// init: a healthy host connecting after it is configured and served at
+// once, and a third host that completes its handshake replaces the
+// second: the second's session ends, output goes to the third.
+func TestStalledConnectionDoesNotHoldInit(t *testing.T) {
+	f := newHostsFixture(t, Options{})
+	f.stalled()
+	second := f.connect()
+	// Far below the keepalive timeout (45 s) that used to free init.
+	if r := f.configure(second, 20*time.Second); !r.OK {
+		t.Fatalf("configuration failed: %+v", r)
+	}
+	if got := f.get(second, 20*time.Second); got != "app" {
+		t.Fatalf("the second host got %q", got)
+	}
+
+	third := f.connect()
+	select {
+	case <-second.sess.Done():
+	case <-time.After(20 * time.Second):
+		t.Fatal("the second host's session was not closed when the third completed its handshake")
+	}
+	if got := f.get(third, 20*time.Second); got != "app" {
+		t.Fatalf("the third host got %q", got)
+	}
+	f.svc.Line("stdout", 0, []byte("after the third host came"))
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case l := <-third.logs:
+			if l == "stdout: after the third host came" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("program output did not reach the newest host")
+		}
+	}
+}
