@@ -38,7 +38,8 @@ var (
 
 // pendingConn is a host connection waiting for its handshake.
 type pendingConn struct {
-	end context.CancelCauseFunc // ends the wait, with the reason
+	wait context.Context         // ends when the connection must stop waiting
+	end  context.CancelCauseFunc // ends wait, with the reason
 }
 
 // Serve accepts host connections until ctx ends or the listener is
@@ -70,22 +71,26 @@ func (s *Service) Serve(ctx context.Context, l transport.Listener) error {
 			}
 			continue
 		}
+		// Counted here, in the order of arrival, so that the oldest
+		// waiting is the one accepted first.
+		p := s.admit(ctx)
 		if one {
-			s.safely("host session", func() { s.serveSession(ctx, conn, l.String()) })
+			s.safely("host session", func() { s.serveSession(ctx, conn, l.String(), p) })
 			continue
 		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			s.safely("host session", func() { s.serveSession(ctx, conn, l.String()) })
+			s.safely("host session", func() { s.serveSession(ctx, conn, l.String(), p) })
 		}()
 	}
 }
 
 // serveSession runs the Ferry session on conn, which came over the
-// transport named from: once its handshake is complete it is the host
-// session, until it ends or a newer one replaces it.
-func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser, from string) {
+// transport named from and waits for its handshake as p: once the
+// handshake is complete it is the host session, until it ends or a newer
+// one replaces it.
+func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser, from string, p *pendingConn) {
 	// CONFIG frames arrive on the session's read loop, possibly before
 	// mux.Server has returned; they are handed over through a channel.
 	configs := make(chan []byte, 4)
@@ -109,7 +114,7 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser, fro
 		},
 	})
 	defer sess.Close()
-	if !s.handshake(ctx, sess, from) {
+	if !s.handshake(ctx, sess, from, p) {
 		return
 	}
 	if prev := s.takeSession(sess); prev != nil {
@@ -145,19 +150,17 @@ func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser, fro
 }
 
 // handshake waits for the peer's HELLO on sess, within the handshake
-// bound and while sess is among the newest Options.MaxPending
-// connections waiting; false when it did not come (sess is then closed
-// by the caller).
-func (s *Service) handshake(ctx context.Context, sess *mux.Session, from string) bool {
+// bound and while p is among the newest Options.MaxPending connections
+// waiting; false when it did not come (sess is then closed by the
+// caller). p is uncounted either way.
+func (s *Service) handshake(ctx context.Context, sess *mux.Session, from string, p *pendingConn) bool {
+	defer s.release(p)
 	timeout := s.opt.HandshakeTimeout
 	if timeout <= 0 {
 		timeout = DefaultHandshakeTimeout
 	}
-	wait, stop := context.WithCancelCause(ctx)
-	defer stop(nil)
-	wait, cancel := context.WithTimeoutCause(wait, timeout, errSlowHandshake)
+	wait, cancel := context.WithTimeoutCause(p.wait, timeout, errSlowHandshake)
 	defer cancel()
-	defer s.admit(stop)()
 	_, err := sess.Handshake(wait)
 	switch {
 	case err == nil:
@@ -172,19 +175,20 @@ func (s *Service) handshake(ctx context.Context, sess *mux.Session, from string)
 	return false
 }
 
-// admit counts a connection waiting for its handshake, ending the wait of
-// the oldest one beyond Options.MaxPending. The oldest goes, not the
-// newcomer: a healthy host completes its handshake within milliseconds of
-// connecting, so the connections left waiting longest are the stalled
-// ones, and refusing newcomers instead would let a few stalled
-// connections lock a reconnecting host out for the whole handshake bound.
-// The returned function uncounts it.
-func (s *Service) admit(end context.CancelCauseFunc) (release func()) {
+// admit counts a new connection as waiting for its handshake, ending the
+// wait of the oldest ones beyond Options.MaxPending. The oldest go, not
+// the newcomer: a healthy host completes its handshake within
+// milliseconds of connecting, so the connections left waiting longest are
+// the stalled ones, and refusing newcomers instead would let a few
+// stalled connections lock a reconnecting host out for the whole
+// handshake bound.
+func (s *Service) admit(ctx context.Context) *pendingConn {
 	limit := s.opt.MaxPending
 	if limit <= 0 {
 		limit = DefaultMaxPending
 	}
-	p := &pendingConn{end: end}
+	wait, end := context.WithCancelCause(ctx)
+	p := &pendingConn{wait: wait, end: end}
 	s.mu.Lock()
 	var evicted []*pendingConn
 	for len(s.pending) >= limit {
@@ -196,11 +200,15 @@ func (s *Service) admit(end context.CancelCauseFunc) (release func()) {
 	for _, e := range evicted {
 		e.end(fmt.Errorf("%w (at most %d)", errTooMany, limit))
 	}
-	return func() {
-		s.mu.Lock()
-		s.pending = slices.DeleteFunc(s.pending, func(q *pendingConn) bool { return q == p })
-		s.mu.Unlock()
-	}
+	return p
+}
+
+// release uncounts p, whose wait is over.
+func (s *Service) release(p *pendingConn) {
+	s.mu.Lock()
+	s.pending = slices.DeleteFunc(s.pending, func(q *pendingConn) bool { return q == p })
+	s.mu.Unlock()
+	p.end(nil)
 }
 
 // takeSession makes sess the host session and returns the one it

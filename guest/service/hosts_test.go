@@ -3,10 +3,12 @@ package service
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -208,5 +210,159 @@ func TestStalledConnectionDoesNotHoldInit(t *testing.T) {
 		case <-deadline:
 			t.Fatal("program output did not reach the newest host")
 		}
+	}
+}
+
+// closedWithin waits for the service to close c (reading its HELLO
+// first); false if c is still open after within.
+func closedWithin(t *testing.T, c net.Conn, within time.Duration) bool {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(within))
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return false
+	}
+	return true
+}
+
+// A connection that does not complete its handshake within the bound is
+// closed, and the closing is logged with the transport.
+func TestStalledConnectionIsClosedAfterTheBound(t *testing.T) {
+	f := newHostsFixture(t, Options{HandshakeTimeout: 200 * time.Millisecond})
+	c := f.stalled()
+	if !closedWithin(t, c, 20*time.Second) {
+		t.Fatal("the stalled connection is still open")
+	}
+	want := "transport=unix:" + f.path
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		logs := f.logs.String()
+		if strings.Contains(logs, "level=WARN") && strings.Contains(logs, "did not complete its handshake") && strings.Contains(logs, want) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no warning naming %s in init's log:\n%s", want, logs)
+		}
+	}
+	// The listener still serves.
+	if r := f.configure(f.connect(), 20*time.Second); !r.OK {
+		t.Fatalf("configuration failed: %+v", r)
+	}
+}
+
+// Beyond MaxPending connections waiting for their handshake, the oldest
+// is closed; the newer ones stay, and a host still gets through.
+func TestOldestPendingConnectionIsClosed(t *testing.T) {
+	f := newHostsFixture(t, Options{MaxPending: 2, HandshakeTimeout: 10 * time.Minute})
+	first := f.stalled()
+	// Each is waiting once the service sent it its HELLO.
+	readHello(t, first)
+	second := f.stalled()
+	readHello(t, second)
+	third := f.stalled()
+	if !closedWithin(t, first, 20*time.Second) {
+		t.Fatal("the oldest waiting connection is still open with three waiting")
+	}
+	readHello(t, third)
+	if closedWithin(t, second, 200*time.Millisecond) {
+		t.Fatal("the second connection was closed too")
+	}
+	if r := f.configure(f.connect(), 20*time.Second); !r.OK {
+		t.Fatalf("configuration failed: %+v", r)
+	}
+	if !strings.Contains(f.logs.String(), "too many host connections waiting") {
+		t.Errorf("the eviction is not logged:\n%s", f.logs)
+	}
+}
+
+// readHello reads the HELLO frame the service sends on a new connection.
+func readHello(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(20 * time.Second))
+	defer c.SetReadDeadline(time.Time{})
+	h, _, err := frame.NewReader(c, frame.DefaultMaxSize).ReadFrame()
+	if err != nil || h.Type != frame.TypeHello {
+		t.Fatalf("no HELLO from the service: %v %v", h.Type, err)
+	}
+}
+
+// pipeListener hands out the guest ends of pipes, one connection at a
+// time like a virtio-serial port; it records whether Accept was called
+// while a connection it gave was still open.
+type pipeListener struct {
+	hosts   chan net.Conn // host ends, for the test
+	mu      sync.Mutex
+	open    bool
+	overlap bool
+	closed  chan struct{}
+}
+
+func (p *pipeListener) Accept(ctx context.Context) (io.ReadWriteCloser, error) {
+	p.mu.Lock()
+	if p.open {
+		p.overlap = true
+	}
+	p.open = true
+	p.mu.Unlock()
+	guest, host := net.Pipe()
+	select {
+	case p.hosts <- host:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-p.closed:
+		return nil, transport.ErrClosed
+	}
+	return &endNotifier{Conn: guest, p: p}, nil
+}
+
+func (p *pipeListener) Close() error     { close(p.closed); return nil }
+func (p *pipeListener) String() string   { return "pipe" }
+func (p *pipeListener) OneAtATime() bool { return true }
+
+// endNotifier tells its listener when the connection it gave is closed.
+type endNotifier struct {
+	net.Conn
+	p    *pipeListener
+	once sync.Once
+}
+
+func (e *endNotifier) Close() error {
+	e.once.Do(func() {
+		e.p.mu.Lock()
+		e.p.open = false
+		e.p.mu.Unlock()
+	})
+	return e.Conn.Close()
+}
+
+// A listener that carries one connection at a time is not asked for
+// another while a session is served; the next is served once it ends.
+func TestOneAtATimeListenerIsServedInTurn(t *testing.T) {
+	svc := New(Options{Log: slog.New(slog.DiscardHandler), Timeline: &boot.Timeline{}, Setup: setup.Options{Paths: setup.Paths{Root: t.TempDir()}}})
+	l := &pipeListener{hosts: make(chan net.Conn), closed: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan struct{})
+	go func() { defer close(served); svc.Serve(ctx, l) }()
+	defer func() { cancel(); <-served }()
+	for range 2 {
+		sess := mux.Client(<-l.hosts, mux.Config{})
+		pctx, pcancel := context.WithTimeout(ctx, 20*time.Second)
+		if _, err := sess.Ping(pctx); err != nil {
+			t.Fatalf("the session is not served: %v", err)
+		}
+		pcancel()
+		// While it is served, no second Accept: hold a moment for one.
+		select {
+		case h := <-l.hosts:
+			h.Close()
+			t.Fatal("a second connection was accepted while a session was served")
+		case <-time.After(200 * time.Millisecond):
+		}
+		sess.Close()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.overlap {
+		t.Fatal("Accept was called while a connection was open")
 	}
 }

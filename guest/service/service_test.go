@@ -43,7 +43,7 @@ func TestPanicIsRecoveredAndReported(t *testing.T) {
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go svc.serveSession(ctx, guestEnd, "pipe")
+	go svc.serveSession(ctx, guestEnd, "pipe", svc.admit(ctx))
 
 	logs := make(chan string, 4)
 	results := make(chan bool, 1)
@@ -122,7 +122,7 @@ func TestGuestAPIFollowsTheHostSession(t *testing.T) {
 	defer cancel()
 	connect := func(name string, configure bool) *mux.Session {
 		guestEnd, hostEnd := net.Pipe()
-		go svc.serveSession(ctx, guestEnd, "pipe")
+		go svc.serveSession(ctx, guestEnd, "pipe", svc.admit(ctx))
 		results := make(chan bool, 1)
 		host := mux.Client(hostEnd, mux.Config{
 			Handler: func(st *mux.Stream) {
