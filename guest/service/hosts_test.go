@@ -61,6 +61,13 @@ type hostsFixture struct {
 
 func newHostsFixture(t *testing.T, opt Options) *hostsFixture {
 	t.Helper()
+	return newWrappedHostsFixture(t, opt, nil)
+}
+
+// newWrappedHostsFixture serves the listener wrap returns (the unix
+// listener itself when wrap is nil).
+func newWrappedHostsFixture(t *testing.T, opt Options, wrap func(context.Context, transport.Listener) transport.Listener) *hostsFixture {
+	t.Helper()
 	f := &hostsFixture{t: t, path: filepath.Join(t.TempDir(), "ferry.sock"), logs: &syncBuffer{}, code: t.TempDir()}
 	writeFile(t, f.code+"/main.py", "app = None\n")
 	opt.Log = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -76,6 +83,9 @@ func newHostsFixture(t *testing.T, opt Options) *hostsFixture {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	if wrap != nil {
+		l = wrap(ctx, l)
+	}
 	served := make(chan struct{})
 	go func() { defer close(served); f.svc.Serve(ctx, l) }()
 	t.Cleanup(func() {
@@ -90,12 +100,18 @@ func newHostsFixture(t *testing.T, opt Options) *hostsFixture {
 // stalled connects and sends HELLO's first byte, then nothing more.
 func (f *hostsFixture) stalled() net.Conn {
 	f.t.Helper()
+	return f.stalledAfter([]byte{byte(frame.TypeHello)})
+}
+
+// stalledAfter connects and sends p, then nothing more.
+func (f *hostsFixture) stalledAfter(p []byte) net.Conn {
+	f.t.Helper()
 	c, err := net.Dial("unix", f.path)
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	f.t.Cleanup(func() { c.Close() })
-	if _, err := c.Write([]byte{byte(frame.TypeHello)}); err != nil {
+	if _, err := c.Write(p); err != nil {
 		f.t.Fatal(err)
 	}
 	return c
@@ -210,6 +226,41 @@ func TestStalledConnectionDoesNotHoldInit(t *testing.T) {
 		case <-deadline:
 			t.Fatal("program output did not reach the newest host")
 		}
+	}
+}
+
+// Behind the sniffer that shares init's listener with the reference
+// protocol (guest/transport.Sniff): a partial HELLO that stalls holds
+// neither a host's session nor the reference protocol's connections.
+func TestStalledConnectionDoesNotHoldInitBehindTheSniffer(t *testing.T) {
+	others := make(chan string, 1)
+	f := newWrappedHostsFixture(t, Options{}, func(ctx context.Context, l transport.Listener) transport.Listener {
+		return transport.Sniff(ctx, l, func(b byte) bool { return b == byte(frame.TypeHello) }, func(_ context.Context, c io.ReadWriteCloser) {
+			defer c.Close()
+			b := make([]byte, 4)
+			io.ReadFull(c, b)
+			others <- string(b)
+		}, nil)
+	})
+	// HELLO's frame header announces a payload that never comes.
+	f.stalledAfter(frame.AppendHeader(nil, frame.Header{Type: frame.TypeHello, Length: 40}))
+	f.stalled()
+	other := f.stalledAfter([]byte("halt"))
+	defer other.Close()
+	select {
+	case got := <-others:
+		if got != "halt" {
+			t.Fatalf("the reference protocol's side read %q", got)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("the reference protocol's connection was not served")
+	}
+	h := f.connect()
+	if r := f.configure(h, 20*time.Second); !r.OK {
+		t.Fatalf("configuration failed: %+v", r)
+	}
+	if got := f.get(h, 20*time.Second); got != "app" {
+		t.Fatalf("the host got %q", got)
 	}
 }
 
