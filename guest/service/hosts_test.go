@@ -1,12 +1,12 @@
 package service
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
 	"log/slog"
 	"net"
+	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -31,31 +31,13 @@ func (n named) Serve(_ context.Context, st *mux.Stream) {
 }
 func (named) Stop(context.Context) error { return nil }
 
-// syncBuffer is a log destination safe for concurrent use.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
-}
-
 // hostsFixture is a service serving a unix socket listener, as init does
 // on the sandbox.
 type hostsFixture struct {
 	t    *testing.T
 	svc  *Service
 	path string
-	logs *syncBuffer
+	logs string // init's log file
 	code string
 }
 
@@ -68,9 +50,17 @@ func newHostsFixture(t *testing.T, opt Options) *hostsFixture {
 // listener itself when wrap is nil).
 func newWrappedHostsFixture(t *testing.T, opt Options, wrap func(context.Context, transport.Listener) transport.Listener) *hostsFixture {
 	t.Helper()
-	f := &hostsFixture{t: t, path: filepath.Join(t.TempDir(), "ferry.sock"), logs: &syncBuffer{}, code: t.TempDir()}
+	dir := t.TempDir()
+	f := &hostsFixture{t: t, path: filepath.Join(dir, "ferry.sock"), logs: filepath.Join(dir, "init.log"), code: t.TempDir()}
 	writeFile(t, f.code+"/main.py", "app = None\n")
-	opt.Log = slog.New(slog.NewTextHandler(f.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	// A file, read while the service writes: the handler writes each
+	// record in one call.
+	logs, err := os.Create(f.logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { logs.Close() })
+	opt.Log = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	opt.Timeline = &boot.Timeline{}
 	opt.Setup = setup.Options{Paths: setup.Paths{Root: t.TempDir()}}
 	opt.APIAddress = "127.0.0.1:0" // the test machine's loopback
@@ -95,6 +85,12 @@ func newWrappedHostsFixture(t *testing.T, opt Options, wrap func(context.Context
 		<-served
 	})
 	return f
+}
+
+// log returns what the service logged so far.
+func (f *hostsFixture) log() string {
+	b, _ := os.ReadFile(f.logs)
+	return string(b)
 }
 
 // stalled connects and sends HELLO's first byte, then nothing more.
@@ -165,7 +161,7 @@ func (f *hostsFixture) configure(h *host, within time.Duration) message.ConfigRe
 	case r := <-h.results:
 		return r
 	case <-time.After(within):
-		f.t.Fatalf("no configuration result within %s; init's log:\n%s", within, f.logs)
+		f.t.Fatalf("no configuration result within %s; init's log:\n%s", within, f.log())
 	}
 	return message.ConfigResult{}
 }
@@ -287,7 +283,7 @@ func TestStalledConnectionIsClosedAfterTheBound(t *testing.T) {
 	}
 	want := "transport=unix:" + f.path
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		logs := f.logs.String()
+		logs := f.log()
 		if strings.Contains(logs, "level=WARN") && strings.Contains(logs, "did not complete its handshake") && strings.Contains(logs, want) {
 			break
 		}
@@ -321,8 +317,8 @@ func TestOldestPendingConnectionIsClosed(t *testing.T) {
 	if r := f.configure(f.connect(), 20*time.Second); !r.OK {
 		t.Fatalf("configuration failed: %+v", r)
 	}
-	if !strings.Contains(f.logs.String(), "too many host connections waiting") {
-		t.Errorf("the eviction is not logged:\n%s", f.logs)
+	if !strings.Contains(f.log(), "too many host connections waiting") {
+		t.Errorf("the eviction is not logged:\n%s", f.log())
 	}
 }
 
