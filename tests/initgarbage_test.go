@@ -14,7 +14,8 @@ import (
 )
 
 // Garbage and truncated frames on init's transport get protocol errors;
-// init keeps running and serves a good session afterwards.
+// init keeps running and serves a good session afterwards, even beside a
+// connection that stalls in its HELLO; a newer host replaces it.
 func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 	bin, err := buildInit()
 	if err != nil {
@@ -50,6 +51,13 @@ func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
+	}
+	// A host's connection has no deadline: its session ends only when
+	// init closes it.
+	hostConn := func() net.Conn {
+		c := dial()
+		c.SetDeadline(time.Time{})
+		return c
 	}
 	helloPayload := (&message.Hello{Version: 1, Role: message.RoleClient, MaxFrameSize: frame.DefaultMaxSize, InitialWindow: 1 << 16, MaxStreams: 10}).Append(nil)
 	hello := frame.AppendHeader(nil, frame.Header{Type: frame.TypeHello, Length: uint32(len(helloPayload))})
@@ -102,8 +110,14 @@ func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 		})
 	}
 
-	// A well-behaved host is served afterwards.
-	sess := mux.Client(dial(), mux.Config{})
+	// A connection that sends part of a HELLO and stalls, kept open,
+	// does not hold init: a well-behaved host is served beside it.
+	stalled := dial()
+	defer stalled.Close()
+	if _, err := stalled.Write(hello[:frame.HeaderSize+3]); err != nil {
+		t.Fatal(err)
+	}
+	sess := mux.Client(hostConn(), mux.Config{})
 	defer sess.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -116,5 +130,18 @@ func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 	}
 	if _, err := sess.Ping(ctx); err != nil {
 		t.Fatalf("ping after garbage: %v", err)
+	}
+
+	// The newest host to complete its handshake wins: the one before is
+	// closed.
+	newer := mux.Client(hostConn(), mux.Config{})
+	defer newer.Close()
+	if _, err := newer.Ping(ctx); err != nil {
+		t.Fatalf("ping from a newer host: %v", err)
+	}
+	select {
+	case <-sess.Done():
+	case <-ctx.Done():
+		t.Fatal("the older host's session stayed open after a newer one's handshake")
 	}
 }

@@ -22,7 +22,6 @@ import (
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/hostapi"
 	"github.com/ferry-vm/ferry/guest/setup"
-	"github.com/ferry-vm/ferry/guest/transport"
 	"github.com/ferry-vm/ferry/internal/logring"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -46,6 +45,14 @@ type Options struct {
 	// names no api_address (contract.DefaultAPIAddress when empty; init
 	// run by hand shares the machine's loopback and asks for any port).
 	APIAddress string
+	// HandshakeTimeout bounds how long a host connection may take to
+	// complete its handshake before it is closed (DefaultHandshakeTimeout
+	// when zero).
+	HandshakeTimeout time.Duration
+	// MaxPending bounds how many host connections may wait for their
+	// handshake at once; beyond it the oldest is closed
+	// (DefaultMaxPending when zero).
+	MaxPending int
 }
 
 // Service is init's host-facing side.
@@ -62,7 +69,8 @@ type Service struct {
 	applying  sync.Mutex
 	app       app.App
 	mounts    []string
-	session   *mux.Session
+	session   *mux.Session    // the current host session: the newest handshaken
+	pending   []*pendingConn  // host connections waiting for their handshake, oldest first
 	api       *hostapi.Server // nil until configured, or when it could not listen
 
 	shutdown     chan string // reason; buffered
@@ -121,83 +129,6 @@ func (s *Service) ShutdownRequested() <-chan string { return s.shutdown }
 // RequestShutdown asks the service to begin shutdown (e.g. on SIGTERM).
 func (s *Service) RequestShutdown(reason string) {
 	s.shutdownOnce.Do(func() { s.shutdown <- reason })
-}
-
-// Serve accepts host connections one after another until ctx ends.
-func (s *Service) Serve(ctx context.Context, l transport.Listener) error {
-	for {
-		conn, err := l.Accept(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if errors.Is(err, transport.ErrClosed) {
-				return err
-			}
-			s.log.Warn("accepting host connection failed", "transport", l.String(), "err", err)
-			select {
-			case <-time.After(100 * time.Millisecond):
-			case <-ctx.Done():
-				return ctx.Err()
-			}
-			continue
-		}
-		s.serveSession(ctx, conn)
-	}
-}
-
-func (s *Service) serveSession(ctx context.Context, conn io.ReadWriteCloser) {
-	// CONFIG frames arrive on the session's read loop, possibly before
-	// mux.Server has returned; they are handed over through a channel.
-	configs := make(chan []byte, 4)
-	sess := mux.Server(conn, mux.Config{
-		Agent:      s.opt.Agent,
-		Logger:     s.log,
-		MaxStreams: contract.MaxStreams,
-		// Each stream is served on a reused goroutine, straight from the
-		// read loop: no hand-off to an accepting goroutine and no stack
-		// growth of a fresh one per request (which showed in profiles).
-		Handler: func(st *mux.Stream) { s.serveStream(ctx, st) },
-		OnControl: func(t frame.Type, payload []byte) {
-			if t != frame.TypeConfig {
-				return
-			}
-			select {
-			case configs <- append([]byte(nil), payload...):
-			default:
-				s.log.Warn("host sent configurations faster than they can be answered; dropping one")
-			}
-		},
-	})
-	s.mu.Lock()
-	s.session = sess
-	s.mu.Unlock()
-	defer sess.Close()
-	// Output printed while no host was connected.
-	go s.sendOutput(sess, 0)
-	go func() {
-		for {
-			select {
-			case doc := <-configs:
-				s.safely("configuration", func() { s.configure(ctx, sess, doc) })
-			case <-sess.Done():
-				return
-			}
-		}
-	}()
-	go func() {
-		select {
-		case <-sess.GoAwayReceived():
-			s.RequestShutdown("host sent GOAWAY")
-		case <-sess.Done():
-		}
-	}()
-	select {
-	case <-sess.Done():
-		s.log.Info("host session ended", "err", sess.Err())
-	case <-ctx.Done():
-		s.log.Info("host session ended", "err", ctx.Err())
-	}
 }
 
 // ServeStream hands a stream to the running program as if the host had

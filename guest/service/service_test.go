@@ -43,7 +43,7 @@ func TestPanicIsRecoveredAndReported(t *testing.T) {
 	guestEnd, hostEnd := net.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	go svc.serveSession(ctx, guestEnd)
+	go svc.serveSession(ctx, guestEnd, "pipe", svc.admit(ctx))
 
 	logs := make(chan string, 4)
 	results := make(chan bool, 1)
@@ -122,7 +122,7 @@ func TestGuestAPIFollowsTheHostSession(t *testing.T) {
 	defer cancel()
 	connect := func(name string, configure bool) *mux.Session {
 		guestEnd, hostEnd := net.Pipe()
-		go svc.serveSession(ctx, guestEnd)
+		go svc.serveSession(ctx, guestEnd, "pipe", svc.admit(ctx))
 		results := make(chan bool, 1)
 		host := mux.Client(hostEnd, mux.Config{
 			Handler: func(st *mux.Stream) {
@@ -171,7 +171,7 @@ func TestGuestAPIFollowsTheHostSession(t *testing.T) {
 	if _, err := second.Handshake(ctx); err != nil {
 		t.Fatal(err)
 	}
-	// The service takes the new session just after sending its HELLO.
+	// The service takes the new session once the host's HELLO arrived.
 	got := call(url)
 	for deadline := time.Now().Add(10 * time.Second); strings.HasPrefix(got, "503") && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)

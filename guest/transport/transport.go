@@ -30,6 +30,16 @@ type Listener interface {
 	String() string
 }
 
+// OneAtATime reports whether l carries one host connection at a time:
+// its next Accept may be called only once the connection it returned has
+// ended. A virtio-serial port is one: it has a single pair of ends, which
+// a second open cannot share (the port is opened again after each
+// session). Other listeners take connections while one is served.
+func OneAtATime(l Listener) bool {
+	o, ok := l.(interface{ OneAtATime() bool })
+	return ok && o.OneAtATime()
+}
+
 // Listen opens the transport t.
 func Listen(t contract.Transport) (Listener, error) {
 	switch t.Kind {
@@ -197,3 +207,6 @@ func (s *serialListener) Close() error {
 	return nil
 }
 func (s *serialListener) String() string { return s.name }
+
+// OneAtATime is true: see the package function.
+func (s *serialListener) OneAtATime() bool { return true }

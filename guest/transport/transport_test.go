@@ -142,3 +142,23 @@ func TestSerialAcceptWaitsForTheHostsFirstBytes(t *testing.T) {
 		t.Fatalf("accept without a host: %v", err)
 	}
 }
+
+// Only the virtio-serial port carries one connection at a time.
+func TestOneAtATime(t *testing.T) {
+	for _, tc := range []struct {
+		t    contract.Transport
+		want bool
+	}{
+		{contract.Transport{Kind: contract.TransportSerial, Name: "ferry"}, true},
+		{contract.Transport{Kind: contract.TransportUnix, Path: filepath.Join(t.TempDir(), "ferry.sock")}, false},
+	} {
+		l, err := Listen(tc.t)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := OneAtATime(l); got != tc.want {
+			t.Errorf("OneAtATime(%s) = %v, want %v", l, got, tc.want)
+		}
+		l.Close()
+	}
+}

@@ -2,6 +2,7 @@ package mux
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -220,5 +221,42 @@ func TestTryReadEndsWithTheLastBytes(t *testing.T) {
 	}
 	if n, err := in.TryRead(buf); n != 0 || err != io.EOF {
 		t.Fatalf("after the end: %d, %v; want io.EOF", n, err)
+	}
+}
+
+// Handshake tells a completed handshake from a peer that stalls inside
+// its HELLO (ctx ends) and from one that leaves before it (the session's
+// error): init's listener decides on it which connection is the host's.
+func TestHandshakeOutcomes(t *testing.T) {
+	c, s := sessionPair(t, Config{}, Config{})
+	if _, err := s.Handshake(testContext(t)); err != nil {
+		t.Fatalf("a client's handshake: %v", err)
+	}
+	if _, err := c.Handshake(testContext(t)); err != nil {
+		t.Fatalf("a server's handshake: %v", err)
+	}
+	// server starts a session whose peer sends p, then leaves or not.
+	server := func(p []byte, leave bool) *Session {
+		peer, conn := unixPair(t)
+		t.Cleanup(func() { peer.Close() })
+		s := Server(conn, Config{})
+		t.Cleanup(func() { s.Close() })
+		peer.Write(p)
+		if leave {
+			peer.Close()
+		}
+		return s
+	}
+
+	stalled := server(frame.AppendHeader(nil, frame.Header{Type: frame.TypeHello, Length: 40})[:5], false)
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := stalled.Handshake(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a peer stalled inside its HELLO: %v, want the context's end", err)
+	}
+
+	gone := server([]byte{byte(frame.TypeHello)}, true)
+	if _, err := gone.Handshake(testContext(t)); err == nil || err != gone.Err() {
+		t.Fatalf("a peer gone before its HELLO: %v, want the session's error (%v)", err, gone.Err())
 	}
 }
