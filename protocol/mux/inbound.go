@@ -78,7 +78,9 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 	}
 	fin := st.remoteFin
 	st.mu.Unlock()
-	st.signal(&st.readable)
+	if h.Type != frame.TypeResponse || !st.s.wakeHeadLater(st) {
+		st.signal(&st.readable)
+	}
 	if fin {
 		st.maybeRemove()
 	}

@@ -151,6 +151,11 @@ type Session struct {
 	closeErr     error
 	goAwayRemote *ProtocolError // the peer's GOAWAY, once received
 
+	// Owned by the read loop: streams whose RESPONSE head was applied
+	// while more whole frames were already buffered (see wakeHeadLater).
+	moreBuffered bool
+	lateHeads    []*Stream
+
 	lastRecv    atomic.Int64 // unix nanos of the last frame received
 	closed      chan struct{}
 	closeOnce   sync.Once
@@ -543,8 +548,15 @@ func (s *Session) readLoop() {
 			s.shutdown(&ProtocolError{Code: frame.CodeInternal, Reason: "internal error in read loop"})
 		}
 	}()
-	fr := frame.NewReader(bufio.NewReaderSize(s.conn, 64<<10), s.cfg.MaxFrameSize)
+	br := bufio.NewReaderSize(s.conn, 64<<10)
+	fr := frame.NewReader(br, s.cfg.MaxFrameSize)
+	defer s.wakeLateHeads()
 	for {
+		if !s.moreBuffered {
+			// The next read may wait for the peer: whoever waits for a
+			// head applied from the last read must not wait with it.
+			s.wakeLateHeads()
+		}
 		h, payload, err := fr.ReadFrame()
 		if err != nil {
 			var perr *frame.Error
@@ -561,11 +573,51 @@ func (s *Session) readLoop() {
 			return
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
+		s.moreBuffered = wholeFrameBuffered(br) && len(s.lateHeads) < maxLateHeads
 		if perr := s.handleFrame(h, payload); perr != nil {
 			s.protocolError(perr)
 			return
 		}
 	}
+}
+
+// maxLateHeads bounds how many heads' wake-ups one read may hold back.
+const maxLateHeads = 64
+
+// wholeFrameBuffered reports whether br already holds a whole frame, which
+// the read loop can apply without reading the connection.
+func wholeFrameBuffered(br *bufio.Reader) bool {
+	if br.Buffered() < frame.HeaderSize {
+		return false
+	}
+	hdr, err := br.Peek(frame.HeaderSize)
+	if err != nil {
+		return false
+	}
+	return uint64(br.Buffered()) >= uint64(frame.HeaderSize)+uint64(frame.ParseHeader(hdr).Length)
+}
+
+// wakeHeadLater is how a RESPONSE head wakes its reader when more whole
+// frames were read with it: only once they are applied too, so that a
+// reader of the head sees the body and END that the peer sent in the same
+// write (a relay then answers a whole small response with a
+// Content-Length every time, not only when it happened to lose the race
+// with the read loop). It reports false when the wake must happen now.
+func (s *Session) wakeHeadLater(st *Stream) bool {
+	if !s.moreBuffered {
+		return false
+	}
+	s.lateHeads = append(s.lateHeads, st)
+	return true
+}
+
+// wakeLateHeads wakes the readers of the heads wakeHeadLater held back.
+func (s *Session) wakeLateHeads() {
+	for i, st := range s.lateHeads {
+		st.signal(&st.readable)
+		s.lateHeads[i] = nil
+	}
+	s.lateHeads = s.lateHeads[:0]
 }
 
 // eofReason explains a clean end of the connection.

@@ -260,3 +260,29 @@ func TestHandshakeOutcomes(t *testing.T) {
 		t.Fatalf("a peer gone before its HELLO: %v, want the session's error (%v)", err, gone.Err())
 	}
 }
+
+// A RESPONSE whose body and end the peer sent in the same write is read
+// whole right after its head: the read loop wakes the head's reader only
+// once the frames read with it are applied. (Before, a relay that lost the
+// race with the read loop saw the head alone and chunked a small body it
+// would otherwise have answered with a Content-Length.)
+func TestHeadIsReadWithTheBodySentWithIt(t *testing.T) {
+	c, _ := sessionPair(t, Config{}, Config{Handler: func(st *Stream) {
+		st.WriteResponse(&message.ResponseHead{Status: 200}, []byte("all at once"), true)
+	}})
+	ctx := testContext(t)
+	buf := make([]byte, 64)
+	for i := range 300 {
+		st, err := c.Open(ctx, &message.RequestHead{Method: []byte("GET"), Path: []byte("/")}, nil, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var rh message.ResponseHead
+		if err := st.ReadResponse(ctx, &rh); err != nil {
+			t.Fatal(err)
+		}
+		if n, err := st.TryRead(buf); err != io.EOF || string(buf[:n]) != "all at once" {
+			t.Fatalf("request %d: right after the head, TryRead gave %q, %v; want the whole body with io.EOF", i, buf[:n], err)
+		}
+	}
+}
