@@ -208,6 +208,28 @@ func TestServeTimeoutAndClientLeaving(t *testing.T) {
 	}
 }
 
+// A request whose time limit runs out while it waits for one of the
+// program's streams (all busy) is a 504, as one the program was slow to
+// answer, not a 502.
+func TestServeTimeoutWaitingForAStream(t *testing.T) {
+	t.Parallel()
+	silent := func(st *mux.Stream) { <-st.Done() }
+	f := fixture{timeout: 200 * time.Millisecond, maxStreams: 1}.start(t, silent)
+	busy, err := f.host.Open(context.Background(), &message.RequestHead{Method: []byte("GET"), Path: []byte("/")}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Reset(frame.CodeCancel, "test over")
+	resp, err := http.Get(f.url + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504", resp.StatusCode)
+	}
+}
+
 // How a program's reset before answering reaches the client.
 func TestServeMapsResetsToStatuses(t *testing.T) {
 	for code, want := range map[uint32]int{

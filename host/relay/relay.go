@@ -202,7 +202,17 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		return
 	}
 	if err != nil {
-		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
+		switch {
+		case r.Context().Err() != nil:
+			// The client left while the stream was being opened (e.g.
+			// waiting for a free stream): nobody to answer.
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			// The time limit ran out before the program could even be
+			// asked (all its streams busy, or its session still starting).
+			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout, "err", err)
+		default:
+			Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
+		}
 		return
 	}
 	var body *httpstream.BodyCopy

@@ -31,6 +31,8 @@ type fixture struct {
 	rootPath string
 	maxBody  int64
 	timeout  time.Duration
+	// maxStreams bounds the guest's concurrent streams (0: the default).
+	maxStreams uint32
 }
 
 // newRelayFixture relays with Serve, without bounds.
@@ -43,7 +45,7 @@ func newRelayFixture(t *testing.T, app func(*mux.Stream)) *relayFixture {
 func (fx fixture) start(t *testing.T, app func(*mux.Stream)) *relayFixture {
 	t.Helper()
 	a, b := net.Pipe()
-	guest := mux.Server(b, mux.Config{Handler: app, KeepaliveInterval: -1})
+	guest := mux.Server(b, mux.Config{Handler: app, KeepaliveInterval: -1, MaxStreams: fx.maxStreams})
 	host := mux.Client(a, mux.Config{KeepaliveInterval: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		TrimFragment(r)
