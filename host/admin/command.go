@@ -150,7 +150,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		if err == nil && !*asJSON {
 			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "node", "token", "ipv4", "ipv6", "started", "timeline", "last_boot_error", "last_boot_error_at"} {
 				if v, ok := res[k]; ok && v != "" {
-					fmt.Fprintf(stdout, "%-11s %v\n", k+":", v)
+					fmt.Fprintf(stdout, "%-11s %s\n", k+":", visible(fmt.Sprint(v)))
 				}
 			}
 			printTriggers(stdout, res["triggers"])
@@ -162,7 +162,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		}
 		doc, rerr := os.ReadFile(pos[2])
 		if rerr != nil {
-			fmt.Fprintf(stderr, "host-agent: %v\n", rerr)
+			printError(stderr, rerr)
 			return 1
 		}
 		var res Status
@@ -206,12 +206,15 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "host-agent: %v\n", err)
+		printError(stderr, err)
 		return 1
 	}
-	enc := json.NewEncoder(stdout)
-	enc.SetIndent("", "  ")
-	enc.Encode(out)
+	doc, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		printError(stderr, err)
+		return 1
+	}
+	stdout.Write(append(appendJSONVisible(nil, doc), '\n'))
 	return 0
 }
 
@@ -268,7 +271,7 @@ func kvCommand(c *Client, pos []string, fencing int64, stdout, stderr io.Writer,
 		return 2
 	}
 	if err != nil {
-		fmt.Fprintf(stderr, "host-agent: %v\n", err)
+		printError(stderr, err)
 		return 1
 	}
 	return 0

@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"io"
 	"unicode/utf8"
 )
 
@@ -51,4 +52,33 @@ func appendVisible(dst, b []byte) []byte {
 // answer).
 func visible(s string) string {
 	return string(appendVisible(nil, []byte(s)))
+}
+
+// printError prints a failed call's error on stderr, escaped as visible
+// does: the agent's errors may quote a program (a failed boot's error is
+// the app's own message).
+func printError(stderr io.Writer, err error) {
+	fmt.Fprintf(stderr, "host-agent: %s\n", visible(err.Error()))
+}
+
+// appendJSONVisible appends the JSON text b (valid UTF-8, as
+// encoding/json writes it) to dst with the characters a terminal acts on
+// that JSON leaves as they are, DEL and the C1 controls (U+0080 to
+// U+009F, U+009B being CSI), written as \u escapes: the same JSON values,
+// which print harmlessly. encoding/json already escapes the C0 controls.
+// Outside strings JSON text is ASCII, so every such character is in a
+// string.
+func appendJSONVisible(dst, b []byte) []byte {
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == 0x7f:
+			dst = append(dst, `\u007f`...)
+		case c == 0xc2 && i+1 < len(b) && b[i+1] >= 0x80 && b[i+1] <= 0x9f:
+			dst = fmt.Appendf(dst, `\u%04x`, b[i+1])
+			i++
+		default:
+			dst = append(dst, c)
+		}
+	}
+	return dst
 }

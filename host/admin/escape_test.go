@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/host/trigger"
+	"github.com/ferry-vm/ferry/protocol/message"
 )
 
 // Terminal controls are written as escapes; text, tabs and backslashes
@@ -154,5 +156,105 @@ func TestPrintTriggersEscapesTheAppsAnswer(t *testing.T) {
 		Error: "500: \x1b]52;c;cm0gLXJmIC8K\x07oops", Attempts: 4}}})
 	if got := out.String(); strings.ContainsAny(got, "\x1b\x07") || !strings.Contains(got, `500: \x1b]52;c;cm0gLXJmIC8K\x07oops`) {
 		t.Errorf("printed %q", got)
+	}
+}
+
+// A boot that failed quotes the app (its lifespan's exception, say):
+// program status prints it with its controls escaped, and so does the
+// error restart prints on stderr.
+func TestStatusAndErrorsEscapeTheAppsText(t *testing.T) {
+	const hostile = "startup failed: \x1b]52;c;cm0gLXJmIC8K\x07 \u009b2J\x1b[1A gone"
+	const shown = `startup failed: \x1b]52;c;cm0gLXJmIC8K\x07 \u009b2J\x1b[1A gone`
+	be := &backendtest.Backend{Refuse: &message.ConfigResult{Phase: []byte("lifespan"), Message: []byte(hostile)}}
+	f := newAPI(t, be, "", "")
+	if code, _ := f.call(t, "PUT", "/v1/programs/boom", f.manifest("")); code != http.StatusCreated {
+		t.Fatal(code)
+	}
+	var stdout, stderr bytes.Buffer
+	if rc := Command([]string{"--admin", f.addr, "restart", "boom"}, &stdout, &stderr); rc != 1 {
+		t.Fatalf("restart of a program that fails to start: status %d: %s", rc, stderr.String())
+	}
+	if got := stderr.String(); strings.ContainsAny(got, "\x1b\x07\u009b") || !strings.Contains(got, shown) {
+		t.Errorf("restart printed %q", got)
+	}
+	stdout.Reset()
+	stderr.Reset()
+	if rc := Command([]string{"--admin", f.addr, "status", "boom"}, &stdout, &stderr); rc != 0 {
+		t.Fatalf("status: %d: %s", rc, stderr.String())
+	}
+	if got := stdout.String(); strings.ContainsAny(got, "\x1b\x07\u009b") || !strings.Contains(got, "last_boot_error: lifespan: "+shown+"\n") {
+		t.Errorf("status printed %q", got)
+	}
+}
+
+// JSON output escapes C0 controls itself; the CLI's --json also writes
+// C1 controls and DEL as \u escapes (the same JSON values), which a
+// terminal would otherwise act on (U+009B is CSI).
+func TestJSONOutputEscapesC1(t *testing.T) {
+	f := newAPI(t, &backendtest.Backend{}, "", "")
+	if code, _ := f.call(t, "PUT", "/v1/programs/talk", f.manifest("")); code != http.StatusCreated {
+		t.Fatal(code)
+	}
+	const hostile = "\u009b2J\u009d0;owned\u009c del\x7f é"
+	f.programs.Output("talk", logAt(time.Now(), hostile))
+	check := func(what, out string) {
+		t.Helper()
+		if strings.ContainsAny(out, "\u0080\u009b\u009c\u009d\x7f") || !strings.Contains(out, `\u009b2J\u009d0;owned\u009c del\u007f é`) {
+			t.Errorf("%s printed %q", what, out)
+		}
+	}
+	var stdout, stderr bytes.Buffer
+	if rc := Command([]string{"--admin", f.addr, "--json", "logs", "talk"}, &stdout, &stderr); rc != 0 {
+		t.Fatalf("logs --json: %d: %s", rc, stderr.String())
+	}
+	check("logs --json", stdout.String())
+	var lines []LogLine
+	if err := json.Unmarshal(stdout.Bytes(), &lines); err != nil || len(lines) != 1 || lines[0].Line != hostile {
+		t.Errorf("logs --json: %+v, %v", lines, err)
+	}
+
+	pr, pw := io.Pipe()
+	done := make(chan int, 1)
+	go func() {
+		rc := Command([]string{"--admin", f.addr, "--json", "logs", "-f", "talk"}, pw, io.Discard)
+		pw.Close()
+		done <- rc
+	}()
+	line, err := bufio.NewReader(pr).ReadString('\n')
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("logs -f --json", line)
+	var l LogLine
+	if err := json.Unmarshal([]byte(line), &l); err != nil || l.Line != hostile {
+		t.Errorf("logs -f --json: %+v, %v", l, err)
+	}
+	if code, _ := f.call(t, "DELETE", "/v1/programs/talk", ""); code != http.StatusOK {
+		t.Fatal(code)
+	}
+	go io.Copy(io.Discard, pr)
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second):
+		pr.Close()
+		t.Fatal("the followed log did not end when the program was deleted")
+	}
+}
+
+// appendJSONVisible escapes DEL and the C1 range, and nothing else.
+func TestAppendJSONVisible(t *testing.T) {
+	for _, c := range []struct{ in, want string }{
+		{`"a\u001b"`, `"a\u001b"`},
+		{"\"\u0080\u009f\u00a0é\"", "\"\\u0080\\u009f\u00a0é\""},
+		{"\"\x7f🚢\"", "\"\\u007f🚢\""},
+		{"{\"k\u009b\":1}", `{"k\u009b":1}`},
+	} {
+		if got := string(appendJSONVisible(nil, []byte(c.in))); got != c.want {
+			t.Errorf("%q written as %q, want %q", c.in, got, c.want)
+		}
+		var a, b any
+		if json.Unmarshal([]byte(c.in), &a) != nil || json.Unmarshal([]byte(c.want), &b) != nil || fmt.Sprint(a) != fmt.Sprint(b) {
+			t.Errorf("%q: not the same JSON value", c.in)
+		}
 	}
 }

@@ -173,12 +173,13 @@ func printLogLine(w io.Writer, l LogLine, raw bool) {
 }
 
 // followLogs prints a followed log as its lines arrive (each NDJSON line
-// as it is with asJSON, raw as printLogLine takes it) until the agent ends the stream (the program was
+// as it is with asJSON but C1 controls escaped (appendJSONVisible), raw as
+// printLogLine takes it) until the agent ends the stream (the program was
 // deleted, the agent stopped: status 1) or the process is interrupted.
 func followLogs(c *Client, path string, asJSON, raw bool, stdout, stderr io.Writer) int {
 	body, err := c.Stream(context.Background(), path)
 	if err != nil {
-		fmt.Fprintf(stderr, "host-agent: %v\n", err)
+		printError(stderr, err)
 		return 1
 	}
 	defer body.Close()
@@ -186,7 +187,7 @@ func followLogs(c *Client, path string, asJSON, raw bool, stdout, stderr io.Writ
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		if asJSON {
-			fmt.Fprintf(stdout, "%s\n", sc.Bytes())
+			stdout.Write(append(appendJSONVisible(nil, sc.Bytes()), '\n'))
 			continue
 		}
 		var l LogLine

@@ -8,6 +8,7 @@ package backend
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,10 +110,10 @@ type SpaceError struct {
 
 func (e *SpaceError) Error() string {
 	var names []string
-	need := 0
+	var need uint64
 	for _, im := range e.Images {
 		names = append(names, fmt.Sprintf("%s of %d MiB", im.What, im.SizeMiB))
-		need += im.SizeMiB
+		need = addMiB(need, im.SizeMiB)
 	}
 	what := names[0] + " does"
 	if len(names) > 1 {
@@ -138,7 +139,7 @@ func CheckSpace(space SpaceFunc, images []NewImage) error {
 	type fsNeed struct {
 		fs     FSSpace
 		images []NewImage
-		bytes  uint64
+		mib    uint64
 	}
 	var order []uint64
 	byDev := map[uint64]*fsNeed{}
@@ -154,16 +155,27 @@ func CheckSpace(space SpaceFunc, images []NewImage) error {
 			order = append(order, fs.Dev)
 		}
 		n.images = append(n.images, im)
-		n.bytes += uint64(im.SizeMiB) << 20
+		n.mib = addMiB(n.mib, im.SizeMiB)
 	}
 	for _, dev := range order {
 		n := byDev[dev]
 		reserve := Reserve(n.fs.Total)
-		if n.fs.Avail < reserve || n.bytes > n.fs.Avail-reserve {
+		if n.fs.Avail < reserve || n.mib > (n.fs.Avail-reserve)>>20 {
 			return &SpaceError{Images: n.images, Avail: n.fs.Avail, Reserve: reserve}
 		}
 	}
 	return nil
+}
+
+// addMiB is total+size MiB, in MiB (a sum of sizes in bytes could wrap
+// past 2^64 and let a huge volume pass as a small one), at most
+// math.MaxUint64; a negative size, which no manifest gives, is that
+// maximum too: it fits nowhere.
+func addMiB(total uint64, size int) uint64 {
+	if size < 0 || uint64(size) > math.MaxUint64-total {
+		return math.MaxUint64
+	}
+	return total + uint64(size)
 }
 
 // SpaceChecker is implemented by backends that create volumes on the

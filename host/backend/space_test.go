@@ -2,6 +2,7 @@ package backend
 
 import (
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -72,6 +73,14 @@ func TestCheckSpace(t *testing.T) {
 			[]string{"a of 5120 MiB and b of 5120 MiB, 10240 MiB together, do not fit"}},
 		{[]NewImage{vol("a", "/tmp", 60), vol("b", "/tmp", 20), vol("c", "/tmp", 20)},
 			[]string{"a of 60 MiB, b of 20 MiB and c of 20 MiB, 100 MiB together, do not fit", "has 100 MiB free, of which 5 MiB stay free", "95 MiB for new volumes"}},
+		// Sizes whose bytes overflow 64 bits: 2^44 MiB is 2^64 bytes,
+		// which wraps to 0; two of 2^43 MiB wrap together.
+		{[]NewImage{vol("huge", "/var/e", 1<<44)}, []string{"huge of 17592186044416 MiB does not fit"}},
+		{[]NewImage{vol("huge", "/var/e", 1<<44+1)}, []string{"huge of 17592186044417 MiB does not fit"}},
+		{[]NewImage{vol("a", "/var/e", 1<<43), vol("b", "/var/e", 1<<43)}, []string{"a of 8796093022208 MiB and b of 8796093022208 MiB"}},
+		{[]NewImage{vol("max", "/var/e", math.MaxInt), vol("max2", "/var/e", math.MaxInt)}, []string{"max of 9223372036854775807 MiB and max2"}},
+		// A negative size (no manifest gives one) fits nowhere.
+		{[]NewImage{vol("negative", "/var/e", -(1 << 44))}, []string{"negative of -17592186044416 MiB does not fit"}},
 	}
 	for _, c := range refused {
 		err := CheckSpace(fs.space, c.images)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,7 +47,7 @@ func PersistentVolume(ctx context.Context, dir, name string, sizeMiB int) (image
 // MakeExt4 creates path as an empty ext4 filesystem of sizeMiB (a sparse
 // file: blocks are allocated as they are written), labelled label.
 func MakeExt4(ctx context.Context, path, label string, sizeMiB int) error {
-	if sizeMiB <= 0 {
+	if sizeMiB <= 0 || sizeMiB > math.MaxInt64>>20 {
 		return fmt.Errorf("volume %s: a size of %d MiB", label, sizeMiB)
 	}
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)

@@ -8,6 +8,7 @@ import (
 	"maps"
 	"slices"
 	"strings"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/host/manifest"
@@ -62,8 +63,18 @@ func reloadStatus(err error, programs int, serving string) string {
 }
 
 // statusText is s as one line of at most max bytes (cut at a character,
-// with "..."): a STATUS= assignment ends at a newline.
+// with "...") of UTF-8 without controls: a STATUS= assignment ends at a
+// newline or CR, systemd drops a whole message with a NUL in it (READY=1
+// with it: the error can quote a configuration file's program id, which
+// JSON lets hold any character) and a STATUS= that is not UTF-8. Each
+// control is a space; each byte that is not UTF-8 is U+FFFD.
 func statusText(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return ' '
+		}
+		return r
+	}, s)
 	s = strings.Join(strings.Fields(s), " ")
 	if len(s) <= max {
 		return s

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -230,6 +232,17 @@ func TestReloadAppliesTheConfiguration(t *testing.T) {
 			t.Errorf("%s after a refused reload: %d", id, status)
 		}
 	}
+
+	// A program id with a NUL and a newline (JSON lets a key hold any
+	// character): the error quotes it, and the STATUS= must hold neither
+	// (systemd would drop the whole message, READY=1 with it).
+	write(`{"programs": {"a\u0000b\nSTATUS=forged": {"code": {"entrypoint": "main:app", "interface": "asgi", "path": "x"}, "on": {"http": true}}}}`)
+	hup <- syscall.SIGHUP
+	notify.await(t, "RELOADING=1")
+	state = notify.await(t, "READY=1")
+	if !strings.Contains(state, "\nSTATUS=reload failed: ") || strings.ContainsRune(state, 0) || strings.Count(state, "\nSTATUS=") != 1 {
+		t.Errorf("after a reload refusing an id with a NUL and a newline the service manager heard %q", state)
+	}
 }
 
 // The status line after a reload says its outcome on one line, an
@@ -249,9 +262,17 @@ func TestReloadStatus(t *testing.T) {
 			"reload failed in part: deploying a: no deleting b: no; " + serving + " (the rest as before)"},
 		{errors.New(long), "reload failed: " + long[:maxStatusError] + "...; " + serving + " as before"},
 		{errors.New("x" + long), "reload failed: x" + long[:maxStatusError-2] + "...; " + serving + " as before"},
+		// A NUL makes systemd drop the whole message, READY=1 with it;
+		// a STATUS= that is not UTF-8 is ignored; controls are for a
+		// terminal.
+		{errors.New("programs.a\x00b\x1b]0;x\x07\u009b: bad \xff id"), "reload failed: programs.a b ]0;x : bad \ufffd id; " + serving + " as before"},
 	} {
-		if got := reloadStatus(c.err, 2, serving); got != c.want {
+		got := reloadStatus(c.err, 2, serving)
+		if got != c.want {
 			t.Errorf("after %v:\n got %q\nwant %q", c.err, got, c.want)
+		}
+		if !utf8.ValidString(got) || strings.ContainsFunc(got, unicode.IsControl) {
+			t.Errorf("after %v: a control or a byte not UTF-8 in %q", c.err, got)
 		}
 	}
 }

@@ -104,8 +104,8 @@ func validateInstance(field func(string) string, p *Program) error {
 		}
 		switch r.Persistence {
 		case PersistenceHost:
-			if r.SizeMiB <= 0 {
-				return &FieldError{field("rootfs.size_mib"), "a persistent root needs a size (MiB) for the disk that keeps it"}
+			if r.SizeMiB <= 0 || r.SizeMiB > MaxVolumeMiB {
+				return &FieldError{field("rootfs.size_mib"), fmt.Sprintf("a persistent root needs a size in MiB from 1 to %d for the disk that keeps it, got %d", MaxVolumeMiB, r.SizeMiB)}
 			}
 		case "":
 			if r.SizeMiB != 0 {

@@ -104,8 +104,25 @@ func TestInstanceErrorsNameTheField(t *testing.T) {
 			}
 		})
 	}
-	// A size without persistence says what is missing.
+	// The root's disk is bounded as volumes are: 2^44 MiB is 2^64
+	// bytes, which the disk-space check's and the image's arithmetic
+	// would see wrapped.
+	for _, size := range []int{MaxVolumeMiB + 1, 1 << 44, -1} {
+		p := base()
+		p.Rootfs.SizeMiB = size
+		var ferr *FieldError
+		if err := ValidateProgram("box", p); !errors.As(err, &ferr) || ferr.Field != "programs.box.rootfs.size_mib" {
+			t.Errorf("a root disk of %d MiB: %v", size, err)
+		}
+	}
 	p := base()
+	p.Rootfs.SizeMiB = MaxVolumeMiB
+	if err := ValidateProgram("box", p); err != nil {
+		t.Errorf("a root disk of MaxVolumeMiB: %v", err)
+	}
+
+	// A size without persistence says what is missing.
+	p = base()
 	p.Rootfs.Persistence = ""
 	if err := ValidateProgram("box", p); err == nil || !strings.Contains(err.Error(), `"persistence": "host"`) {
 		t.Errorf("a size without persistence: %v", err)

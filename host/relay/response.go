@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 
@@ -181,7 +182,7 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 		// its earlier lines, and the client's proxies, know), with the
 		// app's beside it.
 		if ids[0] != ex.ID {
-			ex.AppID = ids[0]
+			ex.AppID = keptAppID(ids[0])
 		}
 	} else {
 		add("X-Request-Id", ex.ID)
@@ -201,4 +202,24 @@ var canonicalNames = map[string]string{
 	"server": "Server", "set-cookie": "Set-Cookie", "strict-transport-security": "Strict-Transport-Security",
 	"vary": "Vary", "www-authenticate": "Www-Authenticate", "x-content-type-options": "X-Content-Type-Options",
 	"x-frame-options": "X-Frame-Options",
+}
+
+// maxAppID bounds the app's own request id as the agent keeps it (its
+// log, the recent requests): as long as an id the agent takes from a
+// client (wellFormedID). The client gets the app's header whole.
+const maxAppID = 128
+
+// keptAppID is the app's id as the exchange keeps it: at most maxAppID
+// bytes (cut at a character, then "..."), copied, so that a record of the
+// request does not keep the app's whole response head (a worker's frame,
+// up to 256 KiB) alive.
+func keptAppID(id string) string {
+	if len(id) <= maxAppID {
+		return strings.Clone(id)
+	}
+	cut := maxAppID
+	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(id[cut]); back++ {
+		cut-- // not inside a character (bytes not UTF-8 may be cut anywhere)
+	}
+	return id[:cut] + "..."
 }

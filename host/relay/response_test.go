@@ -1,7 +1,10 @@
 package relay
 
 import (
+	"bytes"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"reflect"
@@ -120,6 +123,34 @@ func TestWriteHead(t *testing.T) {
 		t.Errorf("an echoed id: %q, %q", ex.ID, ex.AppID)
 	}
 
+	// A hostile id of the app's (controls are refused before, with a
+	// 502; spaces, tabs and bytes not UTF-8 are not): the client gets it
+	// as the app sent it; the log and the recent requests get its first
+	// maxAppID bytes, a copy that does not keep the app's whole head
+	// alive (up to a worker's 256 KiB frame, 50 of them in the recent
+	// requests), and each log line stays one line of the log's syntax.
+	hostile := "a b\tlevel=ERROR msg=forged \xff é" + strings.Repeat("x", 200<<10)
+	ex = &Exchange{ID: "abc"}
+	rec = httptest.NewRecorder()
+	writeHead(rec, ex, &message.ResponseHead{Status: 200, Headers: []message.HeaderField{
+		{Name: []byte("x-request-id"), Value: []byte(hostile)}, {Name: []byte("x-request-id"), Value: []byte("second")}}}, "")
+	if got := rec.Result().Header["X-Request-Id"]; len(got) != 2 || got[0] != hostile || got[1] != "second" {
+		t.Errorf("the client got X-Request-Id %.60q", got)
+	}
+	if len(ex.AppID) > maxAppID+len("...") || !strings.HasPrefix(hostile, strings.TrimSuffix(ex.AppID, "...")) {
+		t.Errorf("the app's hostile id is kept as %d bytes: %.60q", len(ex.AppID), ex.AppID)
+	}
+	for _, h := range []func(io.Writer) slog.Handler{
+		func(w io.Writer) slog.Handler { return slog.NewTextHandler(w, nil) },
+		func(w io.Writer) slog.Handler { return slog.NewJSONHandler(w, nil) },
+	} {
+		var out bytes.Buffer
+		slog.New(h(&out)).Warn("response broke off", ex.LogAttrs()...)
+		if got := out.String(); strings.Count(got, "\n") != 1 || strings.Contains(got, " level=ERROR") || len(got) > 1000 {
+			t.Errorf("logged as %d bytes: %.200q", len(got), got)
+		}
+	}
+
 	// A 426's Upgrade and Connection, a 407's Proxy-Authenticate: the
 	// app's, as it sent them.
 	for _, c := range []struct {
@@ -165,6 +196,23 @@ func TestRequestID(t *testing.T) {
 		got := RequestID(r)
 		if kept := len(c.sent) == 1 && got == c.sent[0]; kept != c.kept || got == "" {
 			t.Errorf("sent %q: id %q, kept %v, want kept %v", c.sent, got, kept, c.kept)
+		}
+	}
+}
+
+// The app's id is kept whole up to maxAppID bytes, else cut there, not
+// inside a character.
+func TestKeptAppID(t *testing.T) {
+	x := strings.Repeat("x", maxAppID-1)
+	for _, c := range []struct{ in, want string }{
+		{"abc", "abc"},
+		{x + "y", x + "y"},
+		{x + "yz", x + "y..."},
+		{x + "é", x + "..."},            // é's second byte is past the bound
+		{x + "\xff\xfe", x + "\xff..."}, // bytes not UTF-8 are cut anywhere
+	} {
+		if got := keptAppID(c.in); got != c.want {
+			t.Errorf("%q kept as %q, want %q", c.in, got, c.want)
 		}
 	}
 }
