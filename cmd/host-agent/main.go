@@ -15,6 +15,7 @@ import (
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/daemon"
+	"github.com/ferry-vm/ferry/internal/sysmon"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -36,8 +37,10 @@ func main() {
 	case "-version", "--version", "version":
 		fmt.Printf("ferry host-agent (protocol version %d)\n", message.ProtocolVersion)
 	case "run":
+		keepSysmonAwake()
 		os.Exit(agent("run", daemon.RunFlags, os.Args[2:]))
 	case "serve":
+		keepSysmonAwake()
 		os.Exit(agent("serve", daemon.ServeFlags, os.Args[2:]))
 	case "program":
 		os.Exit(admin.Command(os.Args[2:], os.Stdout, os.Stderr))
@@ -46,6 +49,15 @@ func main() {
 	default:
 		fmt.Fprint(os.Stderr, usage)
 		os.Exit(2)
+	}
+}
+
+// keepSysmonAwake re-executes the agent in place with the runtime's
+// sysmon kept out of its deep sleep (internal/sysmon says why; GODEBUG=
+// schedtrace=0 turns it off). A failure only costs speed.
+func keepSysmonAwake() {
+	if err := sysmon.KeepAwake(); err != nil {
+		fmt.Fprintf(os.Stderr, "host-agent: %v; going on with the Go runtime's defaults\n", err)
 	}
 }
 

@@ -1,0 +1,78 @@
+// Package sysmon keeps the Go runtime's system monitor out of its deep
+// sleep in the agent, which relays thousands of short requests a second.
+//
+// The runtime's sysmon thread sleeps on a note whenever every P is idle,
+// and the first system call after that wakes it again with a futex; it
+// then polls every 20 µs before it finds the process idle once more. An
+// agent that idles between requests (for the program's answer, for the
+// client's next request) pays that round for nearly every request: a
+// futex wake on its critical path and two context switches of sysmon's
+// thread, which on the 2-core VMs measured here cost a third of the
+// agent's throughput (BENCHMARKS.md, "Go's sysmon"). The runtime keeps
+// sysmon out of that sleep when GODEBUG's schedtrace is set (so that it
+// can print on time); with the largest period, 2^31-1 ms (24.8 days),
+// nothing is printed but once per 24.8 days of the machine's uptime, and
+// sysmon instead backs off to a 10 ms poll when the agent is idle.
+//
+// GODEBUG is read when the runtime starts, so KeepAwake sets it and
+// executes the program again, in place (same PID, same arguments): the
+// cost is one exec at start. An operator who sets schedtrace in GODEBUG
+// (schedtrace=0 turns this off) is left alone.
+package sysmon
+
+import (
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+)
+
+// Setting is what KeepAwake adds to GODEBUG.
+const Setting = "schedtrace=2147483647"
+
+// KeepAwake re-executes the running program with Setting in GODEBUG unless
+// GODEBUG already names schedtrace. It returns only when it did not
+// re-execute: nothing to do (nil), or the exec failed (the program then
+// runs on with the runtime's defaults).
+func KeepAwake() error {
+	env, ok := Environ(os.Environ())
+	if !ok {
+		return nil
+	}
+	if err := syscall.Exec("/proc/self/exe", os.Args, env); err != nil {
+		return fmt.Errorf("re-executing with GODEBUG=%s: %w", Setting, err)
+	}
+	return nil // not reached
+}
+
+// Environ returns environ with Setting added to GODEBUG, and whether that
+// changed anything (false when GODEBUG already sets schedtrace).
+func Environ(environ []string) ([]string, bool) {
+	out := make([]string, 0, len(environ)+1)
+	found := false
+	for _, kv := range environ {
+		v, ok := strings.CutPrefix(kv, "GODEBUG=")
+		if !ok {
+			out = append(out, kv)
+			continue
+		}
+		if found {
+			continue // a duplicate: the runtime reads the first
+		}
+		found = true
+		for _, s := range strings.Split(v, ",") {
+			if name, _, _ := strings.Cut(s, "="); strings.TrimSpace(name) == "schedtrace" {
+				return environ, false
+			}
+		}
+		if v == "" {
+			out = append(out, "GODEBUG="+Setting)
+		} else {
+			out = append(out, "GODEBUG="+v+","+Setting)
+		}
+	}
+	if !found {
+		out = append(out, "GODEBUG="+Setting)
+	}
+	return out, true
+}
