@@ -39,8 +39,15 @@ func KeepAwake() error {
 	if !ok {
 		return nil
 	}
-	if err := syscall.Exec("/proc/self/exe", os.Args, env); err != nil {
+	// The program's own path, not /proc/self/exe: the kernel names a
+	// process after the file it executes, and ps, pgrep and the
+	// benchmarks know the agent as host-agent.
+	self, err := os.Executable()
+	if err != nil {
 		return fmt.Errorf("re-executing with GODEBUG=%s: %w", Setting, err)
+	}
+	if err := syscall.Exec(self, os.Args, env); err != nil {
+		return fmt.Errorf("re-executing %s with GODEBUG=%s: %w", self, Setting, err)
 	}
 	return nil // not reached
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -40,14 +41,15 @@ func TestMain(m *testing.M) {
 			fmt.Println("error:", err)
 			os.Exit(1)
 		}
-		fmt.Printf("%d %s %s\n", os.Getpid(), os.Getenv("GODEBUG"), strings.Join(os.Args[1:], " "))
+		comm, _ := os.ReadFile("/proc/self/comm")
+		fmt.Printf("%d %s %s %s\n", os.Getpid(), strings.TrimSpace(string(comm)), os.Getenv("GODEBUG"), strings.Join(os.Args[1:], " "))
 		os.Exit(0)
 	}
 	os.Exit(m.Run())
 }
 
 // KeepAwake executes the program again in place: same PID, same
-// arguments, GODEBUG with the setting; and once it is set, not again.
+// arguments and name, GODEBUG with the setting.
 func TestKeepAwakeReexecutesInPlace(t *testing.T) {
 	cmd := exec.Command(os.Args[0], "-test.run=^$", "extra-arg")
 	cmd.Env = append(os.Environ(), childEnv+"=1", "GODEBUG=gctrace=0")
@@ -56,16 +58,21 @@ func TestKeepAwakeReexecutesInPlace(t *testing.T) {
 		t.Fatalf("child: %v: %s", err, out)
 	}
 	fields := strings.Fields(string(out))
-	if len(fields) != 4 {
+	if len(fields) != 5 {
 		t.Fatalf("child printed %q", out)
 	}
-	if pid, _ := strconv.Atoi(fields[0]); pid != cmd.Process.Pid {
-		t.Errorf("the program ran again as PID %d, started as %d: not in place", pid, cmd.Process.Pid)
+	pid, comm, godebug, args := fields[0], fields[1], fields[2], strings.Join(fields[3:], " ")
+	if pid != strconv.Itoa(cmd.Process.Pid) {
+		t.Errorf("the program ran again as PID %s, started as %d: not in place", pid, cmd.Process.Pid)
 	}
-	if fields[1] != "gctrace=0,"+Setting {
-		t.Errorf("GODEBUG after re-executing: %q", fields[1])
+	// The process keeps its name (the kernel's comm, at most 15 bytes).
+	if name := filepath.Base(os.Args[0]); !strings.HasPrefix(name, comm) {
+		t.Errorf("the process is named %q after re-executing, want %q", comm, name)
 	}
-	if args := strings.Join(fields[2:], " "); args != "-test.run=^$ extra-arg" {
+	if godebug != "gctrace=0,"+Setting {
+		t.Errorf("GODEBUG after re-executing: %q", godebug)
+	}
+	if args != "-test.run=^$ extra-arg" {
 		t.Errorf("arguments after re-executing: %q", args)
 	}
 }
