@@ -76,3 +76,62 @@ func TestKeepAwakeReexecutesInPlace(t *testing.T) {
 		t.Errorf("arguments after re-executing: %q", args)
 	}
 }
+
+// reexecChild runs the test binary at path with argv[0] as its first
+// argument as the program KeepAwake re-executes, and returns its PID and
+// what it printed after re-executing: its name (comm), GODEBUG and
+// arguments.
+func reexecChild(t *testing.T, path, argv0 string) (pid, comm, godebug string) {
+	t.Helper()
+	cmd := exec.Command(path, "-test.run=^$")
+	cmd.Args[0] = argv0
+	cmd.Env = []string{childEnv + "=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("child: %v: %s", err, out)
+	}
+	fields := strings.Fields(string(out))
+	if len(fields) != 4 {
+		t.Fatalf("child printed %q", out)
+	}
+	if fields[0] != strconv.Itoa(cmd.Process.Pid) {
+		t.Errorf("the program ran again as PID %s, started as %d: not in place", fields[0], cmd.Process.Pid)
+	}
+	return fields[0], fields[1], fields[2]
+}
+
+// An agent started through a link (an installed host-agent pointing at a
+// versioned file) keeps the link's name: the path it was started by is
+// executed again, not the file the link resolves to.
+func TestKeepAwakeThroughALinkKeepsItsName(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(t.TempDir(), "agent-link")
+	if err := os.Symlink(self, link); err != nil {
+		t.Fatal(err)
+	}
+	if _, comm, godebug := reexecChild(t, link, link); comm != "agent-link" || godebug != Setting {
+		t.Errorf("started as %s: named %q with GODEBUG %q after re-executing, want agent-link and %q", link, comm, godebug, Setting)
+	}
+}
+
+// An argv[0] that names another file (a caller may set it to anything)
+// is not what is executed: the running program's own file is.
+func TestKeepAwakeIgnoresAForeignArgv0(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, argv0 := range []string{"/bin/true", "true", "no-such-program", ""} {
+		if _, comm, godebug := reexecChild(t, self, argv0); godebug != Setting || !strings.HasPrefix(filepath.Base(self), comm) {
+			t.Errorf("argv[0] %q: named %q with GODEBUG %q after re-executing, want the test binary with %q", argv0, comm, godebug, Setting)
+		}
+	}
+}
