@@ -47,20 +47,31 @@ func cutShort(id uint32) []byte {
 // writes frames for.
 func rawServer(t *testing.T) (*Session, *rawPeer) {
 	t.Helper()
+	return rawSession(t, message.RoleClient)
+}
+
+// rawSession returns a session of the given role whose peer is raw, once
+// their HELLOs are exchanged.
+func rawSession(t *testing.T, role int) (*Session, *rawPeer) {
+	t.Helper()
 	a, b := unixPair(t)
-	c := Client(a, Config{KeepaliveInterval: -1})
+	s := newSession(a, Config{Role: role, KeepaliveInterval: -1})
 	t.Cleanup(func() {
-		c.Close()
+		s.Close()
 		b.Close()
 	})
 	p := newRawPeer(t, b)
+	if role == message.RoleServer {
+		p.hello(1 << 20)
+		return s, p
+	}
 	h := message.Hello{Version: message.ProtocolVersion, Role: message.RoleServer, MaxFrameSize: frame.DefaultMaxSize,
 		InitialWindow: 1 << 20, MaxStreams: 1000}
 	p.send(frame.Header{Type: frame.TypeHello}, h.Append(nil))
 	if fh, _ := p.next(); fh.Type != frame.TypeHello {
 		t.Fatalf("first frame from the session is %v, want HELLO", fh)
 	}
-	return c, p
+	return s, p
 }
 
 // openN opens n streams on c and reads their REQUESTs on the raw peer.
@@ -245,14 +256,7 @@ func TestLateHeadWebSocketAndCompressed(t *testing.T) {
 // The guest's side (a server session, init's) reads the RESPONSE to the
 // streams it opens toward the host the same way.
 func TestLateHeadOnTheServerSide(t *testing.T) {
-	a, b := unixPair(t)
-	s := Server(a, Config{KeepaliveInterval: -1})
-	t.Cleanup(func() {
-		s.Close()
-		b.Close()
-	})
-	p := newRawPeer(t, b)
-	p.hello(1 << 20)
+	s, p := rawSession(t, message.RoleServer)
 	st, err := s.Open(boundedContext(t), &message.RequestHead{Method: []byte("GET"), Path: []byte("/api")}, nil, true)
 	if err != nil {
 		t.Fatal(err)
