@@ -23,6 +23,7 @@ package sysmon
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"strings"
 	"syscall"
 )
@@ -39,10 +40,7 @@ func KeepAwake() error {
 	if !ok {
 		return nil
 	}
-	// The program's own path, not /proc/self/exe: the kernel names a
-	// process after the file it executes, and ps, pgrep and the
-	// benchmarks know the agent as host-agent.
-	self, err := os.Executable()
+	self, err := selfPath()
 	if err != nil {
 		return fmt.Errorf("re-executing with GODEBUG=%s: %w", Setting, err)
 	}
@@ -50,6 +48,34 @@ func KeepAwake() error {
 		return fmt.Errorf("re-executing %s with GODEBUG=%s: %w", self, Setting, err)
 	}
 	return nil // not reached
+}
+
+// selfPath is the path to execute the running program again by. The kernel
+// names a process after the file it executes (its comm, which ps and pgrep
+// show), so not /proc/self/exe (named exe) nor os.Executable alone: that
+// is the file with its links resolved, and an agent started through a
+// link (host-agent -> host-agent-1.2) would change its name. The path the
+// program was started by (os.Args[0], looked up in PATH when it has no
+// slash) is used when it is still the running program's file; else
+// os.Executable.
+func selfPath() (string, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return "", err
+	}
+	if len(os.Args) == 0 || os.Args[0] == "" {
+		return exe, nil
+	}
+	arg0, err := exec.LookPath(os.Args[0])
+	if err != nil {
+		return exe, nil
+	}
+	a, errA := os.Stat(arg0)
+	e, errE := os.Stat(exe)
+	if errA != nil || errE != nil || !os.SameFile(a, e) {
+		return exe, nil
+	}
+	return arg0, nil
 }
 
 // Environ returns environ with Setting added to GODEBUG, and whether that

@@ -51,28 +51,81 @@ func TestMain(m *testing.M) {
 // KeepAwake executes the program again in place: same PID, same
 // arguments and name, GODEBUG with the setting.
 func TestKeepAwakeReexecutesInPlace(t *testing.T) {
-	cmd := exec.Command(os.Args[0], "-test.run=^$", "extra-arg")
-	cmd.Env = append(os.Environ(), childEnv+"=1", "GODEBUG=gctrace=0")
+	c := reexecChild(t, os.Args[0], os.Args[0], "GODEBUG=gctrace=0", "extra-arg")
+	// The process keeps its name (the kernel's comm, at most 15 bytes).
+	if name := filepath.Base(os.Args[0]); !strings.HasPrefix(name, c.comm) {
+		t.Errorf("the process is named %q after re-executing, want %q", c.comm, name)
+	}
+	if c.godebug != "gctrace=0,"+Setting {
+		t.Errorf("GODEBUG after re-executing: %q", c.godebug)
+	}
+	if c.args != "-test.run=^$ extra-arg" {
+		t.Errorf("arguments after re-executing: %q", c.args)
+	}
+}
+
+// reexecd is what a child printed after re-executing.
+type reexecd struct{ comm, godebug, args string }
+
+// reexecChild runs the test binary at path, with argv0 as its argv[0],
+// the environment without GODEBUG but for godebugEnv (if set) and args, as
+// the program KeepAwake re-executes; it checks that the child ran again
+// in place (same PID) and returns what it printed: its name (comm),
+// GODEBUG and arguments.
+func reexecChild(t *testing.T, path, argv0, godebugEnv string, args ...string) reexecd {
+	t.Helper()
+	cmd := exec.Command(path, append([]string{"-test.run=^$"}, args...)...)
+	cmd.Args[0] = argv0
+	cmd.Env = []string{childEnv + "=1"}
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "GODEBUG=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	if godebugEnv != "" {
+		cmd.Env = append(cmd.Env, godebugEnv)
+	}
 	out, err := cmd.Output()
 	if err != nil {
 		t.Fatalf("child: %v: %s", err, out)
 	}
 	fields := strings.Fields(string(out))
-	if len(fields) != 5 {
+	if len(fields) < 4 {
 		t.Fatalf("child printed %q", out)
 	}
-	pid, comm, godebug, args := fields[0], fields[1], fields[2], strings.Join(fields[3:], " ")
-	if pid != strconv.Itoa(cmd.Process.Pid) {
-		t.Errorf("the program ran again as PID %s, started as %d: not in place", pid, cmd.Process.Pid)
+	if fields[0] != strconv.Itoa(cmd.Process.Pid) {
+		t.Errorf("the program ran again as PID %s, started as %d: not in place", fields[0], cmd.Process.Pid)
 	}
-	// The process keeps its name (the kernel's comm, at most 15 bytes).
-	if name := filepath.Base(os.Args[0]); !strings.HasPrefix(name, comm) {
-		t.Errorf("the process is named %q after re-executing, want %q", comm, name)
+	return reexecd{comm: fields[1], godebug: fields[2], args: strings.Join(fields[3:], " ")}
+}
+
+// An agent started through a link (an installed host-agent pointing at a
+// versioned file) keeps the link's name: the path it was started by is
+// executed again, not the file the link resolves to.
+func TestKeepAwakeThroughALinkKeepsItsName(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
 	}
-	if godebug != "gctrace=0,"+Setting {
-		t.Errorf("GODEBUG after re-executing: %q", godebug)
+	link := filepath.Join(t.TempDir(), "agent-link")
+	if err := os.Symlink(self, link); err != nil {
+		t.Fatal(err)
 	}
-	if args != "-test.run=^$ extra-arg" {
-		t.Errorf("arguments after re-executing: %q", args)
+	if c := reexecChild(t, link, link, ""); c.comm != "agent-link" || c.godebug != Setting {
+		t.Errorf("started as %s: named %q with GODEBUG %q after re-executing, want agent-link and %q", link, c.comm, c.godebug, Setting)
+	}
+}
+
+// An argv[0] that names another file (a caller may set it to anything)
+// is not what is executed: the running program's own file is.
+func TestKeepAwakeIgnoresAForeignArgv0(t *testing.T) {
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, argv0 := range []string{"/bin/true", "true", "no-such-program", ""} {
+		if c := reexecChild(t, self, argv0, ""); c.godebug != Setting || !strings.HasPrefix(filepath.Base(self), c.comm) {
+			t.Errorf("argv[0] %q: named %q with GODEBUG %q after re-executing, want the test binary with %q", argv0, c.comm, c.godebug, Setting)
+		}
 	}
 }
