@@ -180,13 +180,8 @@ func TestServeTimeoutAndClientLeaving(t *testing.T) {
 	streams := make(chan *mux.Stream, 1)
 	silent := func(st *mux.Stream) { streams <- st; <-st.Done() }
 	f := fixture{timeout: 100 * time.Millisecond}.start(t, silent)
-	resp, err := http.Get(f.url + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusGatewayTimeout {
-		t.Fatalf("status %d, want 504", resp.StatusCode)
+	if status := getStatus(t, f.url+"/"); status != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504", status)
 	}
 	if err := ended(t, <-streams); !resetWith(err, frame.CodeTimeout) {
 		t.Fatalf("the program's stream ended with %v, want TIMEOUT", err)
@@ -220,13 +215,8 @@ func TestServeTimeoutWaitingForAStream(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Reset(frame.CodeCancel, "test over")
-	resp, err := http.Get(f.url + "/")
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusGatewayTimeout {
-		t.Fatalf("status %d, want 504", resp.StatusCode)
+	if status := getStatus(t, f.url+"/"); status != http.StatusGatewayTimeout {
+		t.Fatalf("status %d, want 504", status)
 	}
 }
 
@@ -389,4 +379,15 @@ func TestWebSocketMessagesAndClosesCross(t *testing.T) {
 	if _, _, err := c.Read(ctx); websocket.CloseStatus(err) != 4001 {
 		t.Fatalf("the program's close reached the client as %v", err)
 	}
+}
+
+// getStatus GETs url and returns the response's status.
+func getStatus(t *testing.T, url string) int {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }
