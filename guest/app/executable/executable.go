@@ -36,6 +36,15 @@ const (
 	// execWaitReady bounds how long a request waits for a restarting
 	// program.
 	execWaitReady = 30 * time.Second
+	// idleConnTimeout is how long a connection to the program is kept
+	// idle for the next request. Short, because a program that serves one
+	// connection at a time (Python's http.server, many small servers)
+	// keeps reading the idle one while a request that arrived meanwhile
+	// waits on a connection of its own: the program reaches it only once
+	// the idle one is closed. Under load connections are rarely idle this
+	// long, so they are still reused. (nginx, in front of such programs,
+	// speaks HTTP/1.0 to them and keeps nothing by default.)
+	idleConnTimeout = time.Second
 )
 
 // Options configure an executable program.
@@ -102,7 +111,7 @@ func Start(ctx context.Context, opt Options) (*Program, error) {
 		DialContext:         e.dial,
 		DisableCompression:  true, // bodies pass through encoded as they are
 		MaxIdleConnsPerHost: 256,
-		IdleConnTimeout:     90 * time.Second,
+		IdleConnTimeout:     idleConnTimeout,
 	}
 	if err := e.start(ctx); err != nil {
 		var serr *contract.ConfigError

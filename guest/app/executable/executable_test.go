@@ -47,6 +47,9 @@ func testProgram(mode string) {
 		os.Exit(1)
 	case "mute":
 		time.Sleep(time.Hour)
+	case "serial":
+		serveSerially()
+		return
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/echo", func(w http.ResponseWriter, r *http.Request) {
@@ -89,6 +92,38 @@ func testProgram(mode string) {
 		os.Exit(1)
 	}
 	http.Serve(l, mux)
+}
+
+// serveSerially is an HTTP/1.1 server that, like Python's http.server,
+// serves one connection at a time, keeping it while the client keeps it
+// open: "/slow" answers after 300 ms, anything else at once.
+func serveSerially() {
+	l, err := net.Listen("tcp", "127.0.0.1:"+os.Getenv("PORT"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				break
+			}
+			io.Copy(io.Discard, req.Body)
+			if req.URL.Path == "/slow" {
+				time.Sleep(300 * time.Millisecond)
+			}
+			if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"); err != nil {
+				break
+			}
+		}
+		c.Close()
+	}
 }
 
 // freePort returns a loopback port nothing listens on.
@@ -376,5 +411,35 @@ func TestStop(t *testing.T) {
 	var serr *mux.StreamError
 	if !errors.As(err, &serr) || serr.Code != frame.CodeWorkerLost {
 		t.Fatalf("request after Stop: %v", err)
+	}
+}
+
+// A program that serves one connection at a time (Python's http.server)
+// is not starved by the relay's idle connections: a request that arrived
+// while another was in flight got a connection of its own, which the
+// program reaches only once the first connection closes; the relay must
+// not keep that one idle for long. (Before, it kept it 90 s, and the
+// second request waited for it.)
+func TestServeAProgramThatServesOneConnectionAtATime(t *testing.T) {
+	p, err := start(t, "serial", app.DiscardOutput{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sess := host(t, p)
+	slow := make(chan error, 1)
+	go func() {
+		r, err := request(t, sess, "GET", "/slow", nil, "")
+		if err == nil && r.body != "ok" {
+			err = fmt.Errorf("slow request: %+v", r)
+		}
+		slow <- err
+	}()
+	time.Sleep(100 * time.Millisecond) // the slow request holds the program's one connection
+	r, err := request(t, sess, "GET", "/", nil, "")
+	if err != nil || r.body != "ok" {
+		t.Fatalf("the request behind the slow one: %+v, %v", r, err)
+	}
+	if err := <-slow; err != nil {
+		t.Fatal(err)
 	}
 }
