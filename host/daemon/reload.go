@@ -9,9 +9,9 @@ import (
 	"slices"
 	"strings"
 	"unicode"
-	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/host/manifest"
+	"github.com/ferry-vm/ferry/internal/lines"
 )
 
 // reloadLoop re-reads the configuration file each time a value arrives on
@@ -75,15 +75,7 @@ func statusText(s string, max int) string {
 		}
 		return r
 	}, s)
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) <= max {
-		return s
-	}
-	cut := max
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "..."
+	return lines.Shorten(strings.Join(strings.Fields(s), " "), max)
 }
 
 // reload reads the configuration file again and applies its programs'

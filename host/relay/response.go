@@ -6,11 +6,11 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
-	"unicode/utf8"
 
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/internal/lines"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -214,12 +214,5 @@ const maxAppID = 128
 // request does not keep the app's whole response head (a worker's frame,
 // up to 256 KiB) alive.
 func keptAppID(id string) string {
-	if len(id) <= maxAppID {
-		return strings.Clone(id)
-	}
-	cut := maxAppID
-	for back := 0; back < utf8.UTFMax-1 && !utf8.RuneStart(id[cut]); back++ {
-		cut-- // not inside a character (bytes not UTF-8 may be cut anywhere)
-	}
-	return id[:cut] + "..."
+	return strings.Clone(lines.Shorten(id, maxAppID))
 }
