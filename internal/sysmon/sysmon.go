@@ -8,11 +8,13 @@
 // client's next request) pays that round for nearly every request: a
 // futex wake on its critical path and two context switches of sysmon's
 // thread, which on the 2-core VMs measured here cost a third of the
-// agent's throughput (BENCHMARKS.md, "Go's sysmon"). The runtime keeps
-// sysmon out of that sleep when GODEBUG's schedtrace is set (so that it
-// can print on time); with the largest period, 2^31-1 ms (24.8 days),
-// nothing is printed but once per 24.8 days of the machine's uptime, and
-// sysmon instead backs off to a 10 ms poll when the agent is idle.
+// agent's throughput (BENCHMARKS.md, "Issue 17, session 8: Go's
+// sysmon"). The runtime keeps sysmon out of that sleep when GODEBUG's
+// schedtrace is set (so that it can print on time); with the largest
+// period, 2^31-1 ms (24.8 days), the runtime prints its scheduler line
+// once per 24.8 days of the machine's uptime (so once at start on a
+// machine up longer than that), and sysmon instead backs off to a 10 ms
+// poll when the agent is idle.
 //
 // GODEBUG is read when the runtime starts, so KeepAwake sets it and
 // executes the program again, in place (same PID, same arguments): the
