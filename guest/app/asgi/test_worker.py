@@ -267,9 +267,11 @@ class FakeTransport:
     def __init__(self):
         self.data = bytearray()
         self.closed = False
+        self.writes = 0
 
     def write(self, b):
         self.data += b
+        self.writes += 1
 
     def close(self):
         self.closed = True
@@ -384,6 +386,104 @@ class WebSocketFlow(unittest.TestCase):
         self.assertEqual(closes[0]["code"], 4000)
         # Cut to at most 123 bytes on a character boundary (41 euro signs).
         self.assertEqual(closes[0]["reason"].decode("utf-8"), "\u20ac" * 41)
+
+
+class HttpFlow(unittest.TestCase):
+    """The worker's side of an http request: when its answer goes out, as
+    the app's steps end (drive)."""
+
+    def setUp(self):
+        self.loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        self.addCleanup(self.loop.close)
+        self.addCleanup(asyncio.set_event_loop, None)
+        self.transport = FakeTransport()
+        self.session = worker.Session(self.loop.create_future())
+        self.session.connection_made(self.transport)
+        self.session.data_received(worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
+            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
+            "initial_window": 256 << 10, "max_streams": 100})))
+        self.turn()
+        self.transport.data.clear()
+        self.transport.writes = 0
+
+    def turn(self, n=20):
+        for _ in range(n):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+    def request(self, app):
+        self.session.app = app
+        self.session.data_received(worker.frame(worker.REQUEST, worker.FIN, 1, worker.encode("request", {"path": b"/"})))
+
+    def sent(self):
+        return [(t, fl) for t, fl, sid, p in self.transport.frames() if sid == 1]
+
+    def test_an_answer_that_never_waits_leaves_no_turn_of_the_loop_behind(self):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"hi"})
+
+        self.request(app)
+        # One step of the loop runs the app's task: the answer is written
+        # by then, in one write, and no flush waits for the next turn
+        # (which cost a turn of the loop per request).
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.assertEqual(self.sent(), [(worker.RESPONSE, 0), (worker.DATA, worker.FIN)])
+        self.assertEqual(self.transport.writes, 1)
+        self.assertFalse(self.session.flush_scheduled)
+        self.assertEqual(self.transport.frames()[1][3], b"hi")
+
+    def test_a_head_goes_out_alone_when_the_app_waits_before_its_body(self):
+        go, resumed = asyncio.Event(), []
+
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await go.wait()
+            resumed.append(True)
+            await send({"type": "http.response.body", "body": b"late"})
+
+        self.request(app)
+        self.turn()
+        self.assertEqual(resumed, [])
+        self.assertEqual(self.sent(), [(worker.RESPONSE, 0)])
+        go.set()
+        self.turn()
+        self.assertEqual(self.sent(), [(worker.RESPONSE, 0), (worker.DATA, worker.FIN)])
+
+    def test_what_the_app_awaits_gets_its_value_and_its_exceptions(self):
+        seen = []
+
+        async def answer():
+            await asyncio.sleep(0)
+            return 41
+
+        async def fail():
+            await asyncio.sleep(0)
+            raise KeyError("k")
+
+        async def app(scope, receive, send):
+            seen.append(await answer() + 1)
+            try:
+                await fail()
+            except KeyError as e:
+                seen.append(e.args[0])
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        self.request(app)
+        self.turn()
+        self.assertEqual(seen, [42, "k"])
+        # As when init resets the stream and the worker then stops.
+        st = self.session.streams[1]
+        self.session.data_received(worker.frame(worker.RESET, 0, 1, worker.encode("reset", {"code": worker.CANCEL})))
+        st.task.cancel()
+        self.turn()
+        self.assertEqual(seen, [42, "k", "cancelled"])
+        self.assertTrue(st.task.done())
+        self.assertFalse(self.session.in_app)
 
 
 class DataChannel(unittest.TestCase):
