@@ -688,7 +688,8 @@ class Stream:
             if last:
                 self.local_fin = True
                 break
-        await self.session.drain()
+        if self.session.paused:
+            await self.session.drain()
 
     async def wait_window(self):
         if self.writable is None:
@@ -847,7 +848,8 @@ class Stream:
             view = view[n:]
             if not more:
                 break
-        await self.session.drain()
+        if self.session.paused:
+            await self.session.drain()
 
     def reset(self, code, msg):
         if self.reset_code is None:
