@@ -983,7 +983,8 @@ class Session(asyncio.BufferedProtocol):
             await self.drained.wait()
 
     def write(self, data):
-        """Queues bytes; everything queued in one loop iteration goes out in one write."""
+        """Queues bytes for the next flush (see schedule_flush): what is
+        queued until then goes out in one write."""
         if self.closed:
             return
         self.out.append(data)
