@@ -485,6 +485,31 @@ class HttpFlow(unittest.TestCase):
         self.assertTrue(st.task.done())
         self.assertFalse(self.session.in_app)
 
+    def test_an_app_may_return_any_awaitable(self):
+        class Answer:
+            """Not a coroutine: an object with __await__, as some
+            compiled or hand-written apps return."""
+
+            def __init__(self, send):
+                self.send = send
+
+            def __await__(self):
+                yield from asyncio.sleep(0).__await__()
+                yield from self.send({"type": "http.response.start", "status": 204, "headers": []}).__await__()
+                yield from self.send({"type": "http.response.body", "body": b""}).__await__()
+
+        self.request(lambda scope, receive, send: Answer(send))
+        self.turn()
+        self.assertEqual(self.sent(), [(worker.RESPONSE, worker.FIN)])
+        self.assertEqual(worker.decode("response", self.transport.frames()[0][3])["status"], 204)
+
+    def test_an_app_that_returns_no_awaitable_is_answered_500(self):
+        self.request(lambda scope, receive, send: None)
+        self.turn()
+        heads = [worker.decode("response", p) for t, fl, sid, p in self.transport.frames() if t == worker.RESPONSE]
+        self.assertEqual([h["status"] for h in heads], [500])
+        self.assertFalse(self.session.in_app)
+
 
 class DataChannel(unittest.TestCase):
     """A worker's data channel (SPEC.md section 11) serves the host's

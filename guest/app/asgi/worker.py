@@ -860,33 +860,53 @@ class Stream:
 
 
 @types.coroutine
-def drive(coro, session):
-    """Runs the app's coroutine as `await coro` would, and flushes what it
-    queued on session each time one of its steps ends, before it waits on
-    the loop (the end of a request is run_stream's to flush). Writes made
-    inside a step need no callback at the next turn of the loop then:
-    measured, that callback cost the worker one more turn of its loop (an
-    epoll_wait and two no-op callbacks) for every request at one
-    connection."""
-    send, throw = coro.send, coro.throw
+def drive(awaitable, session):
+    """Awaits what the app returned, as `await awaitable` would, and
+    flushes what it queued on session each time one of its steps ends,
+    before it waits on the loop (the end of a request is run_stream's to
+    flush). Writes made inside a step need no callback at the next turn of
+    the loop then: measured, that callback cost the worker one more turn
+    of its loop (an epoll_wait and two no-op callbacks) for every request
+    at one connection."""
+    if isinstance(awaitable, types.CoroutineType):
+        it = awaitable
+    else:
+        try:
+            it = awaitable.__await__()
+        except AttributeError:
+            raise TypeError("object %s can't be used in 'await' expression" % type(awaitable).__name__) from None
+    send, throw = it.send, getattr(it, "throw", None)
     value = error = None
-    while True:
-        session.in_app = True
-        try:
-            awaited = send(value) if error is None else throw(error)
-        except StopIteration as done:
-            return done.value
-        finally:
-            session.in_app = False
-        if session.out or session.heads:
-            session.flush()
-        try:
-            value, error = (yield awaited), None
-        except GeneratorExit:
-            coro.close()
-            raise
-        except BaseException as e:  # cancellation included: the app gets it
-            value, error = None, e
+    try:
+        while True:
+            session.in_app = True
+            try:
+                if error is None:
+                    awaited = send(value)
+                elif throw is not None:
+                    awaited = throw(error)
+                else:
+                    raise error
+            except StopIteration as done:
+                return done.value
+            finally:
+                session.in_app = False
+            if session.out or session.heads:
+                session.flush()
+            try:
+                value, error = (yield awaited), None
+            except GeneratorExit:
+                raise
+            except BaseException as e:  # cancellation included: the app gets it
+                value, error = None, e
+    except BaseException:
+        # Whatever ends the app other than its own return or exception
+        # (the driver closed, a failed flush) ends its coroutine too, as
+        # `await` would.
+        close = getattr(it, "close", None)
+        if close is not None:
+            close()
+        raise
 
 
 class ConnectionClosed(OSError):
