@@ -303,29 +303,44 @@ class FakeTransport:
         return out
 
 
-class WebSocketFlow(unittest.TestCase):
-    """The worker's side of websockets, driven frame by frame as init would."""
+# The HELLO init sends on a worker's channel.
+HOST_HELLO = worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
+    "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
+    "initial_window": 256 << 10, "max_streams": 100}))
+
+
+class LoopCase(unittest.TestCase):
+    """A test with an event loop of its own, turned by hand."""
 
     def setUp(self):
         self.loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self.loop)
         self.addCleanup(self.loop.close)
         self.addCleanup(asyncio.set_event_loop, None)
+
+    def turn(self, n=20):
+        for _ in range(n):
+            self.loop.run_until_complete(asyncio.sleep(0))
+
+
+class SessionCase(LoopCase):
+    """One session after init's HELLO, writing to a FakeTransport."""
+
+    def setUp(self):
+        super().setUp()
         self.transport = FakeTransport()
         self.session = worker.Session(self.loop.create_future())
         self.session.connection_made(self.transport)
-        self.session.data_received(worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
-            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
-            "initial_window": 256 << 10, "max_streams": 100})))
+        self.session.data_received(HOST_HELLO)
+
+
+class WebSocketFlow(SessionCase):
+    """The worker's side of websockets, driven frame by frame as init would."""
 
     def open_websocket(self, app):
         self.session.app = app
         self.session.data_received(worker.frame(worker.REQUEST, 0, 1, worker.encode("request", {"kind": 1, "path": b"/ws"})))
         self.turn()
-
-    def turn(self, n=20):
-        for _ in range(n):
-            self.loop.run_until_complete(asyncio.sleep(0))
 
     def send_fragment(self, payload, more):
         self.session.data_received(worker.frame(worker.WS_MESSAGE, worker.MORE if more else 0, 1, payload))
@@ -403,28 +418,15 @@ class WebSocketFlow(unittest.TestCase):
         self.assertEqual(closes[0]["reason"].decode("utf-8"), "\u20ac" * 41)
 
 
-class HttpFlow(unittest.TestCase):
+class HttpFlow(SessionCase):
     """The worker's side of an http request: when its answer goes out, as
     the app's steps end (drive)."""
 
     def setUp(self):
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.addCleanup(self.loop.close)
-        self.addCleanup(asyncio.set_event_loop, None)
-        self.transport = FakeTransport()
-        self.session = worker.Session(self.loop.create_future())
-        self.session.connection_made(self.transport)
-        self.session.data_received(worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
-            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
-            "initial_window": 256 << 10, "max_streams": 100})))
+        super().setUp()
         self.turn()
         self.transport.data.clear()
         self.transport.writes = 0
-
-    def turn(self, n=20):
-        for _ in range(n):
-            self.loop.run_until_complete(asyncio.sleep(0))
 
     def request(self, app):
         self.session.app = app
@@ -573,32 +575,22 @@ class HttpFlow(unittest.TestCase):
         self.assertFalse(self.session.in_app)
 
 
-class DataChannel(unittest.TestCase):
+class DataChannel(LoopCase):
     """A worker's data channel (SPEC.md section 11) serves the host's
     streams with the app its control channel configured, takes no CONFIG,
     says GOAWAY when init stops the worker, and its loss ends only its own
     streams."""
 
     def setUp(self):
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
-        self.addCleanup(self.loop.close)
-        self.addCleanup(asyncio.set_event_loop, None)
+        super().setUp()
         self.done = self.loop.create_future()
-        hello = worker.frame(worker.HELLO, 0, 0, worker.encode("hello", {
-            "version": worker.PROTOCOL_VERSION, "role": 1, "max_frame_size": 64 << 10,
-            "initial_window": 256 << 10, "max_streams": 100}))
         self.control_out, self.data_out = FakeTransport(), FakeTransport()
         self.control = worker.Session(self.done)
         self.control.connection_made(self.control_out)
         self.data = worker.Session(self.done, worker=self.control.worker, data=True)
         self.data.connection_made(self.data_out)
         for s in (self.control, self.data):
-            s.data_received(hello)
-
-    def turn(self, n=20):
-        for _ in range(n):
-            self.loop.run_until_complete(asyncio.sleep(0))
+            s.data_received(HOST_HELLO)
 
     def test_serves_with_the_shared_app_and_refuses_config(self):
         async def app(scope, receive, send):
