@@ -142,9 +142,9 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 	}
 }
 
-func TestMarkdownShowsRatiosToBothAAndInitCPU(t *testing.T) {
+func TestMarkdownShowsRatiosToBothAAndCPUByProcess(t *testing.T) {
 	b := Result{Design: "B", Workload: Workload{Key: "hello", Name: "hello"}, Procs: 1,
-		Load: loadResult{Requests: 20000, Seconds: 1}, CPUSeconds: 2, CPUByName: map[string]float64{"init": 0.04}}
+		Load: loadResult{Requests: 20000, Seconds: 1}, CPUSeconds: 2, CPUByName: map[string]float64{"init": 0.04, "host-agent": 1.2, "python3": 0.76}}
 	rep := &Report{Config: Config{Procs: []int{1}, Rounds: 1}, Results: []Result{
 		{Design: "A", Workload: b.Workload, Procs: 1, Load: loadResult{Requests: 40000, Seconds: 1}},
 		{Design: "A′", Workload: b.Workload, Procs: 1, Load: loadResult{Requests: 16000, Seconds: 1}},
@@ -152,7 +152,7 @@ func TestMarkdownShowsRatiosToBothAAndInitCPU(t *testing.T) {
 	}}
 	var out strings.Builder
 	rep.Markdown(&out)
-	if !strings.Contains(out.String(), "| 1 | B | 20000 | 0.50× | 1.25× |") || !strings.Contains(out.String(), "| 1.00 (init 0.020) |") {
+	if !strings.Contains(out.String(), "| 1 | B | 20000 | 0.50× | 1.25× |") || !strings.Contains(out.String(), "| 1.00 (init 0.020) | host-agent 60, python3 38, init 2.0 |") {
 		t.Fatalf("B's row lacks its ratios or init's CPU:\n%s", out.String())
 	}
 	if !strings.Contains(out.String(), "| 1 | A′ | 16000 | 0.40× | 1.00× |") {

@@ -55,6 +55,36 @@ func memoryLine(mem []ProcMemory, withStart bool) string {
 	return strings.Join(parts, ", ")
 }
 
+// cpuLine is a row's CPU time per request by process name, the busiest
+// first, in µs: where the time of a design goes ("host-agent 49, python3
+// 18, init 0").
+func cpuLine(r Result) string {
+	if r.Load.Requests == 0 {
+		return ""
+	}
+	names := make([]string, 0, len(r.CPUByName))
+	for name := range r.CPUByName {
+		names = append(names, name)
+	}
+	sort.Slice(names, func(i, j int) bool {
+		a, b := r.CPUByName[names[i]], r.CPUByName[names[j]]
+		if a != b {
+			return a > b
+		}
+		return names[i] < names[j]
+	})
+	parts := make([]string, len(names))
+	for i, name := range names {
+		perRequest := r.CPUByName[name] / float64(r.Load.Requests) * 1e6
+		format := "%s %.0f"
+		if perRequest > 0 && perRequest < 10 {
+			format = "%s %.1f"
+		}
+		parts[i] = fmt.Sprintf(format, name, perRequest)
+	}
+	return strings.Join(parts, ", ")
+}
+
 // Target is one goal of issues 7 and 17 and whether this run met it.
 type Target struct {
 	Goal     string
@@ -194,8 +224,8 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		seen[x.Workload.Key] = true
 		fmt.Fprintf(w, "### %s (`%s`, %s)\n\n", x.Workload.Name, x.Workload.Path, plural(x.Workload.Conns, "connection"))
-		fmt.Fprintln(w, "| procs | design | req/s | vs A | vs A′ | p50 | p99 | CPU s / 10k req | peak RSS per process (MiB) | every round's req/s |")
-		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |")
+		fmt.Fprintln(w, "| procs | design | req/s | vs A | vs A′ | p50 | p99 | CPU s / 10k req | CPU µs per request, by process | peak RSS per process (MiB) | every round's req/s |")
+		fmt.Fprintln(w, "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- | --- |")
 		rows := []Result{}
 		for _, y := range r.Results {
 			if y.Workload.Key == x.Workload.Key {
@@ -205,7 +235,7 @@ func (r *Report) Markdown(w io.Writer) {
 		sort.SliceStable(rows, func(i, j int) bool { return rows[i].Procs < rows[j].Procs })
 		for _, y := range rows {
 			if y.Err != nil {
-				fmt.Fprintf(w, "| %d | %s | failed: %s | | | | | | | |\n", y.Procs, y.Design, strings.ReplaceAll(y.Err.Error(), "|", "/"))
+				fmt.Fprintf(w, "| %d | %s | failed: %s | | | | | | | | |\n", y.Procs, y.Design, strings.ReplaceAll(y.Err.Error(), "|", "/"))
 				continue
 			}
 			vs := func(design string) string {
@@ -222,8 +252,8 @@ func (r *Report) Markdown(w io.Writer) {
 			for _, x := range y.Rates {
 				rates = append(rates, fmt.Sprintf("%.0f", x))
 			}
-			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n", y.Procs, y.Design, y.Load.rate(), vs("A"), vs("A′"),
-				us(y.Load.P50), us(y.Load.P99), cpu, memoryLine(y.Memory, y.Workload.Key == "upload-10mib"), strings.Join(rates, ", "))
+			fmt.Fprintf(w, "| %d | %s | %.0f | %s | %s | %s | %s | %s | %s | %s | %s |\n", y.Procs, y.Design, y.Load.rate(), vs("A"), vs("A′"),
+				us(y.Load.P50), us(y.Load.P99), cpu, cpuLine(y), memoryLine(y.Memory, y.Workload.Key == "upload-10mib"), strings.Join(rates, ", "))
 		}
 		fmt.Fprintln(w)
 	}
