@@ -35,6 +35,10 @@ func TestAppendVisible(t *testing.T) {
 		{"a cut multi-byte character", "日\xe6\x97", `日\xe6\x97`},
 		{"an overlong encoding", "\xc0\xaf", `\xc0\xaf`},
 		{"backslash is kept", `C:\temp \x41`, `C:\temp \x41`},
+		{"a right-to-left override shows other text", "ok \u202etxt.exe\u202c done", `ok \u202etxt.exe\u202c done`},
+		{"every embedding, override and isolate", "\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069", `\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069`},
+		{"their neighbours and the marks are kept", "\u2029\u202f\u2065\u206a\u200e\u200f", "\u2029\u202f\u2065\u206a\u200e\u200f"},
+		{"right-to-left text is kept", "שלום مرحبا", "שלום مرحبا"},
 		{"empty", "", ""},
 	} {
 		if got := string(appendVisible(nil, []byte(c.in))); got != c.want {
@@ -51,6 +55,7 @@ var hostileLines = []string{
 	"nul\x00byte",
 	"bytes \xff\xfe not UTF-8",
 	"tab\tand 日本語 🚢",
+	"invoice_\u202egnp.exe shows as invoice_exe.png",
 }
 
 // The CLI prints a program's lines with their controls escaped, from the
@@ -79,10 +84,11 @@ func TestLogsCommandEscapesControls(t *testing.T) {
 		`nul\x00byte`,
 		`bytes \xff\xfe not UTF-8`,
 		"tab\tand 日本語 🚢",
+		`invoice_\u202egnp.exe shows as invoice_exe.png`,
 	}
 	checkEscaped := func(what, out string) {
 		t.Helper()
-		if strings.ContainsAny(out, "\x1b\x07\x00\ufffd") || !strings.Contains(out, "\t") {
+		if strings.ContainsAny(out, "\x1b\x07\x00\ufffd\u202e") || !strings.Contains(out, "\t") {
 			t.Errorf("%s: controls or U+FFFD printed, or the tab lost: %q", what, out)
 		}
 		for _, want := range escaped {
@@ -241,13 +247,15 @@ func TestJSONOutputEscapesC1(t *testing.T) {
 	}
 }
 
-// appendJSONVisible escapes DEL and the C1 range, and nothing else.
+// appendJSONVisible escapes DEL, the C1 range and the bidi controls, and
+// nothing else.
 func TestAppendJSONVisible(t *testing.T) {
 	for _, c := range []struct{ in, want string }{
 		{`"a\u001b"`, `"a\u001b"`},
 		{"\"\u0080\u009f\u00a0é\"", "\"\\u0080\\u009f\u00a0é\""},
 		{"\"\x7f🚢\"", "\"\\u007f🚢\""},
 		{"{\"k\u009b\":1}", `{"k\u009b":1}`},
+		{"\"ok \u202etxt.exe\u2069 \u2029\u200f שלום\"", "\"ok \\u202etxt.exe\\u2069 \u2029\u200f שלום\""},
 	} {
 		if got := string(appendJSONVisible(nil, []byte(c.in))); got != c.want {
 			t.Errorf("%q written as %q, want %q", c.in, got, c.want)
