@@ -400,6 +400,9 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 	ctx := r.Context()
 	st, err := ex.Session.Open(ctx, head, nil, false)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil, nil, false // the client left while a stream was awaited: nobody to answer
+		}
 		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		return nil, nil, false
 	}
@@ -409,6 +412,9 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		// if the program has not finished), or it stays open, holding
 		// init's relay, until the session ends.
 		st.Close()
+		if ctx.Err() != nil {
+			return nil, nil, false // the client left before the answer: nobody to answer
+		}
 		var denied *mux.WSCloseError
 		if errors.As(err, &denied) {
 			// As uvicorn answers it: 403, no body, the connection closed.

@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
@@ -144,6 +146,98 @@ func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
 	if err := st.Err(); !errors.As(err, &serr) || !serr.Remote {
 		t.Fatalf("program's stream ended with %v, want the agent's reset", err)
 	}
+}
+
+// A client that leaves before the program answers its upgrade, whether
+// the agent was waiting for a free stream or for the answer, is not
+// answered: nobody is there, so no error is logged (nor counted as a 502)
+// for it, and the program's stream ends.
+func TestWebSocketClientLeavingBeforeTheAnswer(t *testing.T) {
+	t.Parallel()
+	conns := unixPair(t)
+	// One stream at a time: the second upgrade waits for a free one.
+	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{MaxStreams: 1})
+	streams := make(chan *mux.Stream, 2)
+	go func() {
+		for {
+			st, err := program.Accept(context.Background())
+			if err != nil {
+				return
+			}
+			streams <- st // and never answered
+		}
+	}()
+	var logs lockedBuffer
+	served := make(chan struct{}, 2)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.NewTextHandler(&logs, nil)), ID: "test"})
+		served <- struct{}{}
+	}))
+	t.Cleanup(func() {
+		srv.CloseClientConnections()
+		agent.Close()
+		program.Close()
+		srv.Close()
+	})
+	url := "ws" + srv.URL[len("http"):]
+	dial := func() (cancel func(), failed <-chan error) {
+		ctx, cancel := context.WithCancel(context.Background())
+		errc := make(chan error, 1)
+		go func() {
+			_, _, err := websocket.Dial(ctx, url, nil)
+			errc <- err
+		}()
+		return cancel, errc
+	}
+	cancelAnswer, answerFailed := dial()
+	st := <-streams
+	cancelStream, streamFailed := dial()
+	time.Sleep(200 * time.Millisecond) // the second upgrade waits for a stream
+	if len(streams) != 0 {
+		t.Fatal("the second upgrade got a stream beyond the program's limit")
+	}
+	// One after the other, so that the first's stream is not freed for the
+	// second while it still waits.
+	for _, c := range []struct {
+		cancel func()
+		failed <-chan error
+	}{{cancelStream, streamFailed}, {cancelAnswer, answerFailed}} {
+		c.cancel()
+		if err := <-c.failed; err == nil {
+			t.Fatal("an upgrade nobody answered succeeded")
+		}
+		select {
+		case <-served:
+		case <-time.After(30 * time.Second):
+			t.Fatal("an upgrade whose client left is still being served")
+		}
+	}
+	select {
+	case <-st.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the program's stream is still open after its client left")
+	}
+	if logs.String() != "" {
+		t.Fatalf("logged for clients that left:\n%s", logs.String())
+	}
+}
+
+// lockedBuffer is a bytes.Buffer safe for concurrent use.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 // A client message over contract.MaxWebSocketMessage closes the websocket with 1009
