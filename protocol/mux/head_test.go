@@ -187,7 +187,7 @@ func TestLongResetReasonIsCut(t *testing.T) {
 	in.Reset(frame.CodeProtocol, "bad request target "+strings.Repeat("%", 2*frame.MinMaxSize))
 	var serr *StreamError
 	if err := st.ReadResponse(ctx, new(message.ResponseHead)); !errors.As(err, &serr) || serr.Code != frame.CodeProtocol ||
-		!strings.HasPrefix(serr.Message, "bad request target %%%") || len(serr.Message) > maxReasonSize {
+		!strings.HasPrefix(serr.Message, "bad request target %%%") || !strings.HasSuffix(serr.Message, "%...") || len(serr.Message) > maxReasonSize {
 		t.Fatalf("reset: %v", err)
 	}
 	if c.Err() != nil || s.Err() != nil {

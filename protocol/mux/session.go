@@ -22,8 +22,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
+	"github.com/ferry-vm/ferry/internal/lines"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -527,15 +527,10 @@ func (s *Session) removeStream(st *Stream) {
 // a frame the peer refuses.
 const maxReasonSize = 1 << 10
 
-// sendReset writes a RESET for a stream id.
+// sendReset writes a RESET for a stream id; a message longer than
+// maxReasonSize is cut between characters and ends with "...".
 func (s *Session) sendReset(id, code uint32, msg string) {
-	if len(msg) > maxReasonSize {
-		n := maxReasonSize
-		for n > 0 && !utf8.RuneStart(msg[n]) {
-			n-- // cut between characters: the message is UTF-8
-		}
-		msg = msg[:n]
-	}
+	msg = lines.Shorten(msg, maxReasonSize-len("..."))
 	r := message.Reset{Code: code, Message: []byte(msg)}
 	_ = s.w.writeOne(frameSpec{h: frame.Header{Type: frame.TypeReset, StreamID: id}, enc: &r}, true)
 }
