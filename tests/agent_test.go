@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // buildAgent compiles host-agent next to buildInit's init, as make build
@@ -47,11 +49,11 @@ type agentOptions struct {
 // agentProc is a host-agent a test started; it is stopped (SIGTERM, then
 // SIGKILL) when the test ends, and its output shown if the test failed.
 type agentProc struct {
-	addr   string        // its HTTP listener
-	admin  string        // serve: its admin socket, when the test did not name one
-	cmd    *exec.Cmd     // the agent itself
-	out    *syncBuffer   // what it printed
-	exited chan struct{} // closed when it has exited
+	addr   string          // its HTTP listener
+	admin  string          // serve: its admin socket, when the test did not name one
+	cmd    *exec.Cmd       // the agent itself
+	out    *syncbuf.Buffer // what it printed
+	exited chan struct{}   // closed when it has exited
 }
 
 // stop ends the agent with SIGTERM (SIGKILL after 20 s) and waits for it.
@@ -73,7 +75,7 @@ func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *ag
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &agentProc{addr: freePort(t), out: &syncBuffer{}}
+	p := &agentProc{addr: freePort(t), out: &syncbuf.Buffer{}}
 	args = append([]string{mode, "--listen", p.addr}, args...)
 	p.cmd = exec.Command(bin, args...)
 	if opt.ns != nil {
@@ -126,7 +128,7 @@ func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *ag
 }
 
 // runAgent starts `host-agent run` on a program and waits until it serves.
-func runAgent(t *testing.T, args ...string) (string, *syncBuffer) {
+func runAgent(t *testing.T, args ...string) (string, *syncbuf.Buffer) {
 	t.Helper()
 	p := startAgent(t, "run", agentOptions{}, args...)
 	return p.addr, p.out
@@ -276,7 +278,7 @@ async def app(scope, receive, send):
 `
 
 // startServe runs `host-agent serve` on a configuration document.
-func startServe(t *testing.T, config string, extra ...string) (string, *syncBuffer) {
+func startServe(t *testing.T, config string, extra ...string) (string, *syncbuf.Buffer) {
 	t.Helper()
 	p := serveAgent(t, config, agentOptions{}, extra...)
 	return p.addr, p.out

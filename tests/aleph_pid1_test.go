@@ -25,6 +25,7 @@ import (
 	"github.com/moby/sys/mountinfo"
 
 	"github.com/ferry-vm/ferry/internal/filecopy"
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // firecrackerArgs is the kernel command line aleph-vm gives its VMs
@@ -101,7 +102,7 @@ func startAlephVM(t *testing.T, drives map[string]loopVolume) *alephGuest {
 	if err := filecopy.Copy(initBin, bin, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	g := &alephGuest{sup: supervisor{uds: filepath.Join(share, "v.sock")}, guest: filepath.Join(share, "guest.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+	g := &alephGuest{sup: supervisor{uds: filepath.Join(share, "v.sock")}, guest: filepath.Join(share, "guest.sock"), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	g.readyL, err = net.Listen("unix", g.sup.uds+"_52")
 	if err != nil {
 		t.Fatal(err)

@@ -32,6 +32,7 @@ import (
 
 	"github.com/vmihailenco/msgpack/v5"
 
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
 )
@@ -344,7 +345,7 @@ type alephGuest struct {
 	sup    supervisor
 	guest  string // init's listener
 	cmd    *exec.Cmd
-	out    *syncBuffer
+	out    *syncbuf.Buffer
 	done   chan struct{}
 	err    error
 	readyL net.Listener
@@ -362,7 +363,7 @@ func startAlephGuest(t *testing.T, extra ...string) *alephGuest {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	g := &alephGuest{sup: supervisor{uds: filepath.Join(dir, "v.sock")}, guest: filepath.Join(dir, "guest.sock"), out: &syncBuffer{}, done: make(chan struct{})}
+	g := &alephGuest{sup: supervisor{uds: filepath.Join(dir, "v.sock")}, guest: filepath.Join(dir, "guest.sock"), out: &syncbuf.Buffer{}, done: make(chan struct{})}
 	// The supervisor listens for the ready signal before the VM starts.
 	g.readyL, err = net.Listen("unix", g.sup.uds+"_52")
 	if err != nil {

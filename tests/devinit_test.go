@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -45,7 +46,7 @@ type guest struct {
 	opt     guestOptions
 	cmd     *exec.Cmd
 	sess    *mux.Session
-	stderr  *syncBuffer
+	stderr  *syncbuf.Buffer
 	result  chan message.ConfigResult
 	done    chan struct{} // closed when init has exited
 	waitErr error         // how it exited, once done is closed
@@ -79,7 +80,7 @@ func startGuestWith(t *testing.T, o guestOptions) *guest {
 		t.Fatal(err)
 	}
 	hostEnd, guestEnd := os.NewFile(uintptr(fds[0]), "host"), os.NewFile(uintptr(fds[1]), "guest")
-	g := &guest{opt: o, stderr: &syncBuffer{}, result: make(chan message.ConfigResult, 4), done: make(chan struct{})}
+	g := &guest{opt: o, stderr: &syncbuf.Buffer{}, result: make(chan message.ConfigResult, 4), done: make(chan struct{})}
 	if o.dev {
 		g.cmd = exec.Command(o.bin, "-transport", "fd:3", "-debug")
 		g.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}

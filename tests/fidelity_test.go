@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // The HTTP fidelity harness (issue 18): one ASGI app
@@ -356,7 +358,7 @@ func fidelityPython(t *testing.T, name string, args func(addr, port string) []st
 	addr := freePort(t)
 	_, port, _ := net.SplitHostPort(addr)
 	cmd := exec.Command(debianPython, args(addr, port)...)
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.Env = append(os.Environ(), "PYTHONDONTWRITEBYTECODE=1")
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

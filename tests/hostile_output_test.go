@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // outputFloodApp prints ?lines=N lines of about 100 bytes in a thread of
@@ -85,7 +87,7 @@ func TestHostileOutputNeverBlocksRequests(t *testing.T) {
 // countingWriter counts and keeps what the agent writes to its stderr.
 type countingWriter struct {
 	n   atomic.Int64
-	buf syncBuffer
+	buf syncbuf.Buffer
 }
 
 func (c *countingWriter) Write(p []byte) (int, error) {

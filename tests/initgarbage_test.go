@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -22,7 +23,7 @@ func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(t.TempDir(), "ferry.sock")
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, "-transport", "unix:"+sock)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // `host-agent program logs -f` shows what the program prints after it
@@ -28,7 +30,7 @@ func TestAgentLogsFollowAcrossARestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	follow.Stderr = &syncBuffer{}
+	follow.Stderr = &syncbuf.Buffer{}
 	if err := follow.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +103,7 @@ async def app(scope, receive, send):
 func TestAgentJSONLogsCarryTheRequestID(t *testing.T) {
 	requirePythonModules(t, "json")
 	requireTool(t, "curl")
-	stderr := &syncBuffer{}
+	stderr := &syncbuf.Buffer{}
 	agent := serveAgent(t, asgiPrograms(writeApp(t, map[string]string{"main.py": idApp}), "ids"), agentOptions{stderr: stderr}, "--log-format", "json")
 	url := "http://" + agent.addr
 

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // serviceNotify is the service manager's end of NOTIFY_SOCKET: it takes
@@ -40,7 +42,7 @@ func listenServiceNotify(t *testing.T, path string) *serviceNotify {
 
 // await waits for a state containing want from pid; exited ends the wait
 // early (the agent died).
-func (n *serviceNotify) await(t *testing.T, want string, pid int, exited <-chan struct{}, out *syncBuffer) {
+func (n *serviceNotify) await(t *testing.T, want string, pid int, exited <-chan struct{}, out *syncbuf.Buffer) {
 	t.Helper()
 	deadline := time.Now().Add(3 * time.Minute)
 	buf, oob := make([]byte, 4096), make([]byte, syscall.CmsgSpace(syscall.SizeofUcred))
@@ -123,7 +125,7 @@ func TestServicePackage(t *testing.T) {
 	}
 	notify := listenServiceNotify(t, filepath.Join(shared, "notify.sock"))
 
-	out := &syncBuffer{}
+	out := &syncbuf.Buffer{}
 	script, _ := filepath.Abs("testdata/service/debroot.sh")
 	cmd := exec.Command("unshare", "--mount", "--propagation", "private", "sh", script, work, shared)
 	cmd.Stdout, cmd.Stderr = out, out

@@ -11,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
 
 // The colours of the page's charts (host/statuspage/status.html): the
@@ -89,7 +91,7 @@ func runChromium(t *testing.T, chromium string, args ...string) string {
 	cmd.Env = append(os.Environ(), "HOME="+home, "XDG_CONFIG_HOME="+filepath.Join(home, "config"), "XDG_CACHE_HOME="+filepath.Join(home, "cache"))
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
-	var stderr syncBuffer
+	var stderr syncbuf.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) // what it left behind

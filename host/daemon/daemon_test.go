@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -17,26 +16,12 @@ import (
 
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
 // output is a writer tests can read while the agent writes to it.
-type output struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (o *output) Write(p []byte) (int, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.Write(p)
-}
-
-func (o *output) String() string {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.buf.String()
-}
+type output struct{ syncbuf.Buffer }
 
 // line waits for a line starting with prefix and returns it.
 func (o *output) line(t *testing.T, prefix string) string {

@@ -1,41 +1,22 @@
 package lifecycle
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/contract"
 )
-
-// lockedBuffer is a log a test reads while the manager writes it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // A boot is reported while it happens: "booting", "VM started", then
 // "still booting" with the time so far and what it waits for, for as long
 // as init has not answered; "program started" with init's timeline after.
 func TestBootIsReportedWhileItHappens(t *testing.T) {
 	be := newFakeBackend()
-	logs := &lockedBuffer{}
+	logs := &syncbuf.Buffer{}
 	m := newTestManager(t, be, Options{BootProgress: 10 * time.Millisecond, Log: slog.New(slog.NewTextHandler(logs, nil))})
 	p := &Program{ID: "slow", Interface: contract.InterfaceASGI, Entrypoint: "main:app"}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -6,32 +6,15 @@ import (
 	"io"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 )
-
-// lockedBuffer is a bytes.Buffer safe for the writer's goroutine and the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
 
 // Writes reach the output in order, and Close waits for them.
 func TestWritesPassInOrder(t *testing.T) {
-	var out lockedBuffer
+	var out syncbuf.Buffer
 	w := New(&out, 0)
 	var want strings.Builder
 	for i := range 100 {

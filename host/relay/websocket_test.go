@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -10,12 +9,12 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"runtime"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
 
+	"github.com/ferry-vm/ferry/internal/syncbuf"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -167,7 +166,7 @@ func TestWebSocketClientLeavingBeforeTheAnswer(t *testing.T) {
 			streams <- st // and never answered
 		}
 	}()
-	var logs lockedBuffer
+	var logs syncbuf.Buffer
 	served := make(chan struct{}, 2)
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.NewTextHandler(&logs, nil)), ID: "test"})
@@ -220,24 +219,6 @@ func TestWebSocketClientLeavingBeforeTheAnswer(t *testing.T) {
 	if logs.String() != "" {
 		t.Fatalf("logged for clients that left:\n%s", logs.String())
 	}
-}
-
-// lockedBuffer is a bytes.Buffer safe for concurrent use.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // A client message over contract.MaxWebSocketMessage closes the websocket with 1009
