@@ -89,7 +89,11 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec.ResponseWriter = w
 		start := time.Now()
 		defer func() {
-			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: rec.Status, Took: time.Since(start), ID: ex.ID, AppID: ex.AppID})
+			status := rec.Status
+			if status == 0 && r.Context().Err() != nil {
+				status = StatusClientClosed
+			}
+			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: status, Took: time.Since(start), ID: ex.ID, AppID: ex.AppID})
 		}()
 		w = rec
 	}
@@ -100,6 +104,11 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
 }
+
+// StatusClientClosed is the status the metrics and the recent requests
+// record for a request whose client left before it was answered (nginx's
+// 499): nothing was sent.
+const StatusClientClosed = 499
 
 // servePersistent serves a persistent program of a cluster: only where it
 // runs, on the VM its supervisor runs (a request never starts one: that
@@ -164,6 +173,9 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 		return
 	}
 	if err != nil {
+		if r.Context().Err() != nil {
+			return // the client left while the program started: nobody to answer
+		}
 		reject(w, r, ex, http.StatusBadGateway, "the program failed to start", "program", p.ID, "err", err)
 		return
 	}

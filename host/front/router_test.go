@@ -233,6 +233,41 @@ func TestDeleteDuringBootLeavesNoVM(t *testing.T) {
 	}
 }
 
+// A client that leaves while its program boots is not answered, nor
+// logged or counted as a failure: the metrics count the request as 499
+// (nginx's "client closed request"), not as the 502 of a failed start.
+func TestClientLeavingDuringBootIsNotA502(t *testing.T) {
+	be := &backendtest.Backend{Gate: make(chan struct{})}
+	f := newFront(t, be, lifecycle.Options{}, "")
+	f.deploy(t, "slow", manifest.On{HTTP: true})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	failed := make(chan error, 1)
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, "GET", f.url+"/vm/slow/", nil)
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		failed <- err
+	}()
+	<-be.Started()
+	cancel()
+	if err := <-failed; err == nil {
+		t.Fatal("a request cancelled during the boot was answered")
+	}
+	want := `ferry_requests_total{program="slow",status="499"} 1`
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(f.counted(t), want); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in:\n%s", want, f.counted(t))
+		}
+	}
+	if m := f.counted(t); strings.Contains(m, `status="502"`) {
+		t.Fatalf("the client that left was counted as a 502:\n%s", m)
+	}
+	close(be.Gate)
+}
+
 // A persistent program of a cluster is served only where it runs, on the
 // VM its supervisor started: a request never boots one (it would be a
 // second copy), and another node's request is a 503 naming the owner.
