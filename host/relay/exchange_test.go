@@ -16,6 +16,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -200,6 +201,79 @@ func TestServeTimeoutAndClientLeaving(t *testing.T) {
 	}
 	if err := ended(t, <-streams); !resetWith(err, frame.CodeCancel) {
 		t.Fatalf("the program's stream ended with %v, want CANCEL", err)
+	}
+}
+
+// An upgrade (a websocket to an ASGI program, any protocol to an
+// executable) is bound by the time limit until the program answers it: a
+// 504 and TIMEOUT as for any request. A refusal whose body streams on ends
+// when its client leaves (CANCEL) or when the time limit runs out
+// (TIMEOUT, the response cut short), not when the program ends it.
+func TestUpgradeTimeoutAndClientLeaving(t *testing.T) {
+	t.Parallel()
+	upgrade := func(url, proto string) *http.Request {
+		req, _ := http.NewRequest("GET", url, nil)
+		req.Header.Set("Connection", "Upgrade")
+		req.Header.Set("Upgrade", proto)
+		if proto == "websocket" {
+			req.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+			req.Header.Set("Sec-WebSocket-Version", "13")
+		}
+		return req
+	}
+	streams := make(chan *mux.Stream, 1)
+	silent := func(st *mux.Stream) { streams <- st; <-st.Done() }
+	client := &http.Client{Timeout: 10 * time.Second}
+	for _, c := range []struct{ iface, proto string }{{contract.InterfaceASGI, "websocket"}, {contract.InterfaceExecutable, "h2c"}} {
+		f := fixture{timeout: 100 * time.Millisecond, iface: c.iface}.start(t, silent)
+		resp, err := client.Do(upgrade(f.url+"/", c.proto))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusGatewayTimeout {
+			t.Fatalf("%s upgrade to a silent program: status %d, want 504", c.proto, resp.StatusCode)
+		}
+		if err := ended(t, <-streams); !resetWith(err, frame.CodeTimeout) {
+			t.Fatalf("%s: the program's stream ended with %v, want TIMEOUT", c.proto, err)
+		}
+	}
+
+	// A refusal that streams: its head and a first chunk, then nothing.
+	streaming := func(st *mux.Stream) {
+		st.WriteResponse(&message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-type"), Value: []byte("text/event-stream")}}}, []byte("data: 1\n\n"), false)
+		streams <- st
+		<-st.Done()
+	}
+	f := fixture{iface: contract.InterfaceExecutable}.start(t, streaming)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	resp, err := http.DefaultClient.Do(upgrade(f.url+"/", "h2c").WithContext(ctx))
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := make([]byte, len("data: 1\n\n"))
+	if _, err := io.ReadFull(resp.Body, first); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the refusal's first chunk: %d %q %v", resp.StatusCode, first, err)
+	}
+	cancel()
+	resp.Body.Close()
+	if err := ended(t, <-streams); !resetWith(err, frame.CodeCancel) {
+		t.Fatalf("the refusal's stream ended with %v after its client left, want CANCEL", err)
+	}
+
+	g := fixture{timeout: 200 * time.Millisecond, iface: contract.InterfaceExecutable}.start(t, streaming)
+	resp, err = client.Do(upgrade(g.url+"/", "h2c"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err == nil || string(body) != "data: 1\n\n" {
+		t.Fatalf("a refusal cut by the time limit read as %q, %v: want its first chunk and an error", body, err)
+	}
+	if err := ended(t, <-streams); !resetWith(err, frame.CodeTimeout) {
+		t.Fatalf("the refusal's stream ended with %v at the time limit, want TIMEOUT", err)
 	}
 }
 

@@ -395,19 +395,37 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 // openSwitch opens a stream for a protocol switch and waits for the
 // program's answer. Everything but a 101 is answered here: failures as JSON
 // errors (a websocket closed before accept as 403), any other status as
-// the program's own response. switched reports a 101.
+// the program's own response. switched reports a 101. The route's time
+// limit bounds the wait for the answer and a refusal's body, not a
+// connection once switched; a client that leaves before the answer gets
+// none.
 func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *message.RequestHead) (*mux.Stream, *message.ResponseHead, bool) {
 	ctx := r.Context()
+	if ex.Timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, ex.Timeout)
+		defer cancel()
+	}
+	timedOut := func() bool { return r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) }
 	st, err := ex.Session.Open(ctx, head, nil, false)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil, nil, false // the client left while a stream was awaited: nobody to answer
+		switch {
+		case timedOut():
+			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout, "err", err)
+		case ctx.Err() != nil:
+			// The client left while a stream was awaited: nobody to answer.
+		default:
+			Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		}
-		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
 		return nil, nil, false
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
+		if timedOut() {
+			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
+			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
+			return nil, nil, false
+		}
 		// Nothing more goes either way: the stream ends here (with CANCEL
 		// if the program has not finished), or it stays open, holding
 		// init's relay, until the session ends.
@@ -432,16 +450,27 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		return nil, nil, false
 	}
 	if rh.Status != http.StatusSwitchingProtocols {
-		// A refusal with a response of its own (websocket.http.response),
-		// held to the same rules as any response.
+		// A refusal with a response of its own (websocket.http.response,
+		// or any answer to an upgrade an executable does not take), held
+		// to the same rules as any response. A client that leaves, or
+		// the time limit, ends a body that streams on.
 		if err := checkResponseHead(&rh); err != nil {
 			st.Reset(frame.CodeProtocol, "invalid response head: "+err.Error())
 			Error(w, ex, http.StatusBadGateway, "the program sent an invalid response", "err", err)
 			return nil, nil, false
 		}
 		writeHead(w, ex, &rh, "")
-		io.Copy(flushWriter{w}, st)
+		stop := context.AfterFunc(ctx, func() { resetForContext(ctx, st) })
+		_, err := io.Copy(flushWriter{w}, st)
+		stop()
 		st.Close()
+		if err != nil {
+			if ctx.Err() == nil && ex.Log != nil {
+				ex.Log.Warn("response broke off", append(ex.LogAttrs(), "err", err)...)
+			}
+			// Abort the HTTP response so the client sees it incomplete.
+			panic(http.ErrAbortHandler)
+		}
 		return nil, nil, false
 	}
 	return st, &rh, true
