@@ -16,6 +16,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend/sandbox"
 	"github.com/ferry-vm/ferry/host/daemon"
 	"github.com/ferry-vm/ferry/internal/sysmon"
+	"github.com/ferry-vm/ferry/internal/termtext"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
@@ -88,7 +89,7 @@ func agent(name string, register func(*flag.FlagSet) *daemon.Flags, args []strin
 	if err == nil {
 		return 0
 	}
-	fmt.Fprintf(os.Stderr, "host-agent: %v\n", err)
+	fmt.Fprintf(os.Stderr, "host-agent: %s\n", termtext.Visible(err.Error())) // may quote the app
 	if errors.As(err, new(*daemon.ConfigError)) {
 		return 2
 	}

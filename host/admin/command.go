@@ -12,6 +12,8 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+
+	"github.com/ferry-vm/ferry/internal/termtext"
 )
 
 // commandUsage is the usage of `host-agent program`.
@@ -150,7 +152,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		if err == nil && !*asJSON {
 			for _, k := range []string{"id", "deleted", "interface", "entrypoint", "running", "vm", "node", "token", "ipv4", "ipv6", "started", "timeline", "last_boot_error", "last_boot_error_at"} {
 				if v, ok := res[k]; ok && v != "" {
-					fmt.Fprintf(stdout, "%-11s %s\n", k+":", visible(fmt.Sprint(v)))
+					fmt.Fprintf(stdout, "%-11s %s\n", k+":", termtext.Visible(fmt.Sprint(v)))
 				}
 			}
 			printTriggers(stdout, res["triggers"])
@@ -214,7 +216,7 @@ func command(name, usage string, args []string, stdout, stderr io.Writer) int {
 		printError(stderr, err)
 		return 1
 	}
-	stdout.Write(append(appendJSONVisible(nil, doc), '\n'))
+	stdout.Write(append(termtext.AppendJSONVisible(nil, doc), '\n'))
 	return 0
 }
 

@@ -3,104 +3,13 @@ package admin
 import (
 	"fmt"
 	"io"
-	"unicode/utf8"
+
+	"github.com/ferry-vm/ferry/internal/termtext"
 )
 
-// appendVisible appends b to dst with every byte or character that a
-// terminal would act on instead of showing written as an escape, so that
-// a program's output printed for people cannot retitle the operator's
-// terminal, set its clipboard (OSC 52), move its cursor over earlier
-// lines or hide text:
-//
-//   - C0 controls but tab, ESC among them, and DEL: \x1b, \x00, \r, \x7f;
-//   - C1 controls (U+0080 to U+009F, which a terminal may take as CSI or
-//     OSC): \u009b;
-//   - each byte that is not part of valid UTF-8: \xff;
-//   - the bidi controls that reorder the text after them up to the end of
-//     the paragraph (embeddings and overrides U+202A to U+202E, isolates
-//     U+2066 to U+2069), with which a line can show the operator other
-//     text than it holds ("Trojan Source"): \u202e.
-//
-// Other text, any script's letters and emoji included, is kept as it is;
-// right-to-left letters and the marks U+200E and U+200F, which only set
-// the direction of a neutral character and reorder nothing past it, too.
-// Unlike journalctl, which replaces such a line with "[N blob data]"
-// unless --all, the line stays readable; like it, a backslash is left
-// alone (the output is for people, not a quoting a parser undoes).
-func appendVisible(dst, b []byte) []byte {
-	for len(b) > 0 {
-		c := b[0]
-		if c < utf8.RuneSelf {
-			if c < 0x20 && c != '\t' || c == 0x7f {
-				dst = fmt.Appendf(dst, `\x%02x`, c)
-			} else {
-				dst = append(dst, c)
-			}
-			b = b[1:]
-			continue
-		}
-		r, size := utf8.DecodeRune(b)
-		switch {
-		case r == utf8.RuneError && size == 1:
-			dst = fmt.Appendf(dst, `\x%02x`, c)
-		case r >= 0x80 && r <= 0x9f, isBidiControl(r):
-			dst = fmt.Appendf(dst, `\u%04x`, r)
-		default:
-			dst = append(dst, b[:size]...)
-		}
-		b = b[size:]
-	}
-	return dst
-}
-
-// isBidiControl reports whether r is a bidi embedding, override or
-// isolate (or the pop of one): the characters that reorder what follows.
-func isBidiControl(r rune) bool {
-	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
-}
-
-// firstRune is the character b starts with.
-func firstRune(b []byte) rune {
-	r, _ := utf8.DecodeRune(b)
-	return r
-}
-
-// visible is s with appendVisible's escapes: for what the agent passes on
-// from a program (a failed delivery's error is the start of the app's
-// answer).
-func visible(s string) string {
-	return string(appendVisible(nil, []byte(s)))
-}
-
-// printError prints a failed call's error on stderr, escaped as visible
-// does: the agent's errors may quote a program (a failed boot's error is
-// the app's own message).
+// printError prints a failed call's error on stderr, escaped
+// (termtext.Visible): the agent's errors may quote a program (a failed
+// boot's error is the app's own message).
 func printError(stderr io.Writer, err error) {
-	fmt.Fprintf(stderr, "host-agent: %s\n", visible(err.Error()))
-}
-
-// appendJSONVisible appends the JSON text b (valid UTF-8, as
-// encoding/json writes it) to dst with the characters a terminal acts on
-// that JSON leaves as they are, DEL, the C1 controls (U+0080 to U+009F,
-// U+009B being CSI) and the bidi controls appendVisible escapes, written
-// as \u escapes: the same JSON values,
-// which print harmlessly. encoding/json already escapes the C0 controls.
-// Outside strings JSON text is ASCII, so every such character is in a
-// string.
-func appendJSONVisible(dst, b []byte) []byte {
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == 0x7f:
-			dst = append(dst, `\u007f`...)
-		case c == 0xc2 && i+1 < len(b) && b[i+1] >= 0x80 && b[i+1] <= 0x9f:
-			dst = fmt.Appendf(dst, `\u%04x`, b[i+1])
-			i++
-		case c == 0xe2 && isBidiControl(firstRune(b[i:])):
-			dst = fmt.Appendf(dst, `\u%04x`, firstRune(b[i:]))
-			i += 2 // the rest of its three bytes
-		default:
-			dst = append(dst, c)
-		}
-	}
-	return dst
+	fmt.Fprintf(stderr, "host-agent: %s\n", termtext.Visible(err.Error()))
 }

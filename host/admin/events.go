@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/host/trigger"
+	"github.com/ferry-vm/ferry/internal/termtext"
 )
 
 // Events is what the API needs of the agent's triggers (host/trigger's
@@ -121,7 +122,7 @@ func printTriggers(w io.Writer, v any) {
 		if d.Status != 0 {
 			status = fmt.Sprintf("%s %d", status, d.Status)
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%.3f\t%s\n", d.Time.Format(time.RFC3339), visible(d.Trigger), status, d.Attempts, d.Seconds, visible(d.Error))
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%.3f\t%s\n", d.Time.Format(time.RFC3339), termtext.Visible(d.Trigger), status, d.Attempts, d.Seconds, termtext.Visible(d.Error))
 	}
 	tw.Flush()
 }

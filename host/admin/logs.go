@@ -12,6 +12,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/ferry-vm/ferry/internal/logring"
+	"github.com/ferry-vm/ferry/internal/termtext"
 )
 
 // followCheck is how often a follower of a program's output checks that
@@ -157,23 +158,23 @@ func logsPath(id string, since time.Duration, follow bool) string {
 }
 
 // printLogLine prints a line of program output for people: time, stream,
-// worker, line, with the terminal's controls escaped (appendVisible), or
+// worker, line, with the terminal's controls escaped (termtext.AppendVisible), or
 // the line's bytes as they are with raw.
 func printLogLine(w io.Writer, l LogLine, raw bool) {
-	out := appendVisible(nil, []byte(l.Time))
+	out := termtext.AppendVisible(nil, []byte(l.Time))
 	out = append(out, ' ')
-	out = appendVisible(out, []byte(l.Source))
+	out = termtext.AppendVisible(out, []byte(l.Source))
 	out = fmt.Appendf(out, "[%d] ", l.Origin)
 	if raw {
 		out = append(out, l.text()...)
 	} else {
-		out = appendVisible(out, l.text())
+		out = termtext.AppendVisible(out, l.text())
 	}
 	w.Write(append(out, '\n'))
 }
 
 // followLogs prints a followed log as its lines arrive (each NDJSON line
-// as it is with asJSON but C1 controls escaped (appendJSONVisible), raw as
+// as it is with asJSON but C1 controls escaped (termtext.AppendJSONVisible), raw as
 // printLogLine takes it) until the agent ends the stream (the program was
 // deleted, the agent stopped: status 1) or the process is interrupted.
 func followLogs(c *Client, path string, asJSON, raw bool, stdout, stderr io.Writer) int {
@@ -187,7 +188,7 @@ func followLogs(c *Client, path string, asJSON, raw bool, stdout, stderr io.Writ
 	sc.Buffer(make([]byte, 64<<10), 4<<20)
 	for sc.Scan() {
 		if asJSON {
-			stdout.Write(append(appendJSONVisible(nil, sc.Bytes()), '\n'))
+			stdout.Write(append(termtext.AppendJSONVisible(nil, sc.Bytes()), '\n'))
 			continue
 		}
 		var l LogLine

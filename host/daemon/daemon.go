@@ -19,6 +19,7 @@ import (
 	"net/http/pprof"
 	"os"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/admin"
@@ -34,6 +35,7 @@ import (
 	"github.com/ferry-vm/ferry/host/relay"
 	"github.com/ferry-vm/ferry/host/statuspage"
 	"github.com/ferry-vm/ferry/host/trigger"
+	"github.com/ferry-vm/ferry/internal/termtext"
 	"github.com/ferry-vm/ferry/protocol/contract"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -297,9 +299,12 @@ func newLogger(cfg *Config, w io.Writer) (log *slog.Logger, recent *logsink.Rece
 	if cfg.Debug {
 		opts.Level = slog.LevelDebug
 	}
-	var h slog.Handler = slog.NewTextHandler(w, opts)
+	var h slog.Handler = slog.NewTextHandler(w, opts) // quotes what a terminal would act on
 	if cfg.LogJSON {
-		h = slog.NewJSONHandler(w, opts)
+		// encoding/json leaves DEL, the C1 controls and the bidi controls
+		// of program output and errors raw: written as \u escapes, the
+		// same values print harmlessly.
+		h = slog.NewJSONHandler(termtext.JSONWriter(w), opts)
 	}
 	recent = logsink.NewRecent(h, slog.LevelWarn, 0)
 	return slog.New(recent), recent
@@ -313,12 +318,22 @@ func (a *agent) output(stderr io.Writer, id string, l message.Log) {
 	level := slog.LevelDebug
 	if a.cfg.EchoOutput {
 		if !a.cfg.LogJSON {
-			fmt.Fprintf(stderr, "[%s %s %d] %s\n", id, l.Source, l.Origin, l.Line)
+			stderr.Write(echoLine(id, l))
 			return
 		}
 		level = slog.LevelInfo
 	}
 	a.log.Log(context.Background(), level, "program output", "program", id, "source", string(l.Source), "origin", l.Origin, "line", string(l.Line))
+}
+
+// echoLine is how run prints a line of a program's output on the agent's
+// stderr, "[program source origin] line", what a terminal would act on
+// escaped (termtext), as program logs prints it.
+func echoLine(id string, l message.Log) []byte {
+	out := fmt.Appendf(nil, "[%s ", id)
+	out = termtext.AppendVisible(out, l.Source)
+	out = fmt.Appendf(out, " %d] ", l.Origin)
+	return append(termtext.AppendVisible(out, l.Line), '\n')
 }
 
 // booted takes a boot attempt's outcome: counted in the metrics, and a
@@ -362,14 +377,18 @@ func (a *agent) startRoot(ctx context.Context, stderr io.Writer, addr net.Addr) 
 	inst, err := a.manager.Acquire(ctx, p)
 	if err != nil {
 		if berr, ok := errors.AsType[*contract.ConfigError](err); ok && berr.Detail != "" {
-			fmt.Fprintf(stderr, "%s\n", berr.Detail)
+			// The app's own account (a traceback), line by line, with
+			// what a terminal would act on escaped.
+			for line := range strings.Lines(strings.TrimRight(berr.Detail, "\n")) {
+				fmt.Fprintf(stderr, "%s\n", termtext.Visible(strings.TrimSuffix(line, "\n")))
+			}
 		}
 		return fmt.Errorf("the program did not start: %w", err)
 	}
 	timeline := inst.Timeline
 	inst.Release() // booted; each request counts itself
 	fmt.Fprintf(a.stdout, "ferry: serving %s (%s, %s backend) on http://%s/\n", p.Entrypoint, p.Interface, a.backend.Name(), addr)
-	fmt.Fprintf(a.stdout, "ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), message.FormatTimeline(timeline))
+	fmt.Fprintf(a.stdout, "ferry: cold start %s: %s\n", time.Since(start).Round(time.Millisecond), termtext.Visible(message.FormatTimeline(timeline))) // phases named by the guest
 	return nil
 }
 

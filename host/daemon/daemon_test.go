@@ -291,3 +291,25 @@ func TestConfigErrors(t *testing.T) {
 		t.Fatalf("unknown backend: %v", err)
 	}
 }
+
+// run's echo of program output and the JSON log show what a terminal
+// would act on (an OSC 52 clipboard write, a C1 CSI, a right-to-left
+// override) as escapes; the JSON log keeps the line's value.
+func TestProgramOutputIsEchoedEscaped(t *testing.T) {
+	const hostile = "evil \x1b]52;c;aGk=\x07 \u009b2J invoice_\u202egnp.exe"
+	line := string(echoLine("app", message.Log{Source: []byte("stdout\x1b[2J"), Line: []byte(hostile)}))
+	if want := `[app stdout\x1b[2J 0] evil \x1b]52;c;aGk=\x07 \u009b2J invoice_\u202egnp.exe` + "\n"; line != want {
+		t.Fatalf("echoed %q, want %q", line, want)
+	}
+
+	var out syncbuf.Buffer
+	log, _ := newLogger(&Config{LogJSON: true}, &out)
+	log.Info("program output", "line", hostile)
+	if strings.ContainsAny(out.String(), "\x1b\x07\u009b\u202e") {
+		t.Fatalf("the JSON log printed controls raw: %q", out.String())
+	}
+	var rec struct{ Line string }
+	if err := json.Unmarshal([]byte(out.String()), &rec); err != nil || rec.Line != hostile {
+		t.Fatalf("the JSON log's line is %q (%v), want the program's", rec.Line, err)
+	}
+}
