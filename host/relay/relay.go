@@ -173,12 +173,8 @@ const bodyFailureWait = 5 * time.Second
 
 // Serve relays r to a new stream on ex.Session and writes the answer to w.
 func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
-	ctx := r.Context()
-	if ex.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, ex.Timeout)
-		defer cancel()
-	}
+	ctx, cancel := ex.limit(r)
+	defer cancel()
 	if len(r.TransferEncoding) > 0 {
 		// net/http frames the body by its Transfer-Encoding and removes
 		// both Transfer-Encoding and Content-Length, so a request that
@@ -202,17 +198,7 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		return
 	}
 	if err != nil {
-		switch {
-		case r.Context().Err() != nil:
-			// The client left while the stream was being opened (e.g.
-			// waiting for a free stream): nobody to answer.
-		case errors.Is(ctx.Err(), context.DeadlineExceeded):
-			// The time limit ran out before the program could even be
-			// asked (all its streams busy, or its session still starting).
-			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout, "err", err)
-		default:
-			Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
-		}
+		openFailed(w, r, ctx, ex, err)
 		return
 	}
 	var body *httpstream.BodyCopy
@@ -243,10 +229,8 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 				return
 			}
 		}
-		// The time limit, not the client leaving.
-		if r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
-			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
+		if timedOut(r, ctx) {
+			answerTimeout(w, ex, st)
 			return
 		}
 		if ctx.Err() != nil {
@@ -319,6 +303,41 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		}
 		n, err = st.Read(*buf)
 	}
+}
+
+// limit returns r's context bounded by the exchange's time limit.
+func (ex *Exchange) limit(r *http.Request) (context.Context, context.CancelFunc) {
+	if ex.Timeout > 0 {
+		return context.WithTimeout(r.Context(), ex.Timeout)
+	}
+	return r.Context(), func() {}
+}
+
+// timedOut reports whether ctx, r's context under the time limit, ended
+// by the limit rather than by the client leaving.
+func timedOut(r *http.Request, ctx context.Context) bool {
+	return r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded)
+}
+
+// openFailed answers a stream that could not be opened: nothing when the
+// client left meanwhile (e.g. while waiting for a free stream), 504 when
+// the time limit ran out before the program could even be asked (all its
+// streams busy, or its session still starting), else 502.
+func openFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, ex *Exchange, err error) {
+	switch {
+	case r.Context().Err() != nil:
+	case timedOut(r, ctx):
+		Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout, "err", err)
+	default:
+		Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
+	}
+}
+
+// answerTimeout resets st, whose program did not answer within the time
+// limit, with TIMEOUT and answers 504.
+func answerTimeout(w http.ResponseWriter, ex *Exchange, st *mux.Stream) {
+	st.Reset(frame.CodeTimeout, "request exceeded its time limit")
+	Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
 }
 
 // resetForContext resets st once ctx has ended: TIMEOUT past the time

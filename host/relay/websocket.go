@@ -400,30 +400,17 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 // connection once switched; a client that leaves before the answer gets
 // none.
 func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *message.RequestHead) (*mux.Stream, *message.ResponseHead, bool) {
-	ctx := r.Context()
-	if ex.Timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, ex.Timeout)
-		defer cancel()
-	}
-	timedOut := func() bool { return r.Context().Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) }
+	ctx, cancel := ex.limit(r)
+	defer cancel()
 	st, err := ex.Session.Open(ctx, head, nil, false)
 	if err != nil {
-		switch {
-		case timedOut():
-			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout, "err", err)
-		case ctx.Err() != nil:
-			// The client left while a stream was awaited: nobody to answer.
-		default:
-			Error(w, ex, http.StatusBadGateway, "program unreachable", "err", err)
-		}
+		openFailed(w, r, ctx, ex, err)
 		return nil, nil, false
 	}
 	var rh message.ResponseHead
 	if err := st.ReadResponse(ctx, &rh); err != nil {
-		if timedOut() {
-			st.Reset(frame.CodeTimeout, "request exceeded its time limit")
-			Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
+		if timedOut(r, ctx) {
+			answerTimeout(w, ex, st)
 			return nil, nil, false
 		}
 		// Nothing more goes either way: the stream ends here (with CANCEL
