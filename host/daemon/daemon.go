@@ -379,8 +379,8 @@ func (a *agent) startRoot(ctx context.Context, stderr io.Writer, addr net.Addr) 
 		if berr, ok := errors.AsType[*contract.ConfigError](err); ok && berr.Detail != "" {
 			// The app's own account (a traceback), line by line, with
 			// what a terminal would act on escaped.
-			for line := range strings.Lines(strings.TrimRight(berr.Detail, "\n")) {
-				fmt.Fprintf(stderr, "%s\n", termtext.Visible(strings.TrimSuffix(line, "\n")))
+			for line := range strings.SplitSeq(strings.TrimRight(berr.Detail, "\n"), "\n") {
+				fmt.Fprintf(stderr, "%s\n", termtext.Visible(line))
 			}
 		}
 		return fmt.Errorf("the program did not start: %w", err)

@@ -65,12 +65,6 @@ func isBidiControl(r rune) bool {
 	return r >= 0x202a && r <= 0x202e || r >= 0x2066 && r <= 0x2069
 }
 
-// firstRune is the character b starts with.
-func firstRune(b []byte) rune {
-	r, _ := utf8.DecodeRune(b)
-	return r
-}
-
 // Visible is s with AppendVisible's escapes: for what the agent passes on
 // from a program (a failed delivery's error is the start of the app's
 // answer).
@@ -88,15 +82,20 @@ func Visible(s string) string {
 // string.
 func AppendJSONVisible(dst, b []byte) []byte {
 	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
+		c := b[i]
+		if c == 0xe2 { // the lead byte of every bidi control
+			if r, size := utf8.DecodeRune(b[i:]); isBidiControl(r) {
+				dst = fmt.Appendf(dst, `\u%04x`, r)
+				i += size - 1
+				continue
+			}
+		}
+		switch {
 		case c == 0x7f:
 			dst = append(dst, `\u007f`...)
 		case c == 0xc2 && i+1 < len(b) && b[i+1] >= 0x80 && b[i+1] <= 0x9f:
 			dst = fmt.Appendf(dst, `\u%04x`, b[i+1])
 			i++
-		case c == 0xe2 && isBidiControl(firstRune(b[i:])):
-			dst = fmt.Appendf(dst, `\u%04x`, firstRune(b[i:]))
-			i += 2 // the rest of its three bytes
 		default:
 			dst = append(dst, c)
 		}
