@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -35,9 +36,21 @@ func wsProgram(t *testing.T) (string, <-chan *mux.Stream) {
 
 // wsServe is wsProgram with the program's answer to each stream.
 func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream) {
+	return wsServeWith(t, wsOptions{}, answer)
+}
+
+// wsOptions change wsServeWith's fixture.
+type wsOptions struct {
+	maxStreams uint32        // the program's streams at once (0: the default)
+	log        io.Writer     // the agent's log (nil: discarded)
+	served     chan struct{} // gets a value each time ServeWebSocket returns
+}
+
+// wsServeWith is wsServe as opt says.
+func wsServeWith(t *testing.T, opt wsOptions, answer func(*mux.Stream)) (string, <-chan *mux.Stream) {
 	t.Helper()
 	conns := unixPair(t)
-	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{})
+	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{MaxStreams: opt.maxStreams})
 	streams := make(chan *mux.Stream, 4)
 	go func() {
 		for {
@@ -49,8 +62,15 @@ func wsServe(t *testing.T, answer func(*mux.Stream)) (string, <-chan *mux.Stream
 			streams <- st
 		}
 	}()
+	log := slog.New(slog.DiscardHandler)
+	if opt.log != nil {
+		log = slog.New(slog.NewTextHandler(opt.log, nil))
+	}
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.DiscardHandler), ID: "test"})
+		ServeWebSocket(w, r, &Exchange{Session: agent, Log: log, ID: "test"})
+		if opt.served != nil {
+			opt.served <- struct{}{}
+		}
 	}))
 	t.Cleanup(func() {
 		srv.CloseClientConnections()
@@ -153,32 +173,10 @@ func TestWebSocketClientLeavingWhileProgramIsNotReceiving(t *testing.T) {
 // for it, and the program's stream ends.
 func TestWebSocketClientLeavingBeforeTheAnswer(t *testing.T) {
 	t.Parallel()
-	conns := unixPair(t)
-	// One stream at a time: the second upgrade waits for a free one.
-	agent, program := mux.Client(conns[0], mux.Config{}), mux.Server(conns[1], mux.Config{MaxStreams: 1})
-	streams := make(chan *mux.Stream, 2)
-	go func() {
-		for {
-			st, err := program.Accept(context.Background())
-			if err != nil {
-				return
-			}
-			streams <- st // and never answered
-		}
-	}()
 	var logs syncbuf.Buffer
 	served := make(chan struct{}, 2)
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ServeWebSocket(w, r, &Exchange{Session: agent, Log: slog.New(slog.NewTextHandler(&logs, nil)), ID: "test"})
-		served <- struct{}{}
-	}))
-	t.Cleanup(func() {
-		srv.CloseClientConnections()
-		agent.Close()
-		program.Close()
-		srv.Close()
-	})
-	url := "ws" + srv.URL[len("http"):]
+	// One stream at a time: the second upgrade waits for a free one.
+	url, streams := wsServeWith(t, wsOptions{maxStreams: 1, log: &logs, served: served}, func(*mux.Stream) {}) // never answered
 	dial := func() (cancel func(), failed <-chan error) {
 		ctx, cancel := context.WithCancel(context.Background())
 		errc := make(chan error, 1)
