@@ -539,10 +539,7 @@ class Stream:
     async def wait_readable(self):
         """Waits until wake_reader is called; the caller has checked, with
         nothing awaited since, that there is nothing to take."""
-        if self.readable is None:
-            self.readable = asyncio.Event()
-        else:
-            self.readable.clear()
+        self.readable = cleared(self.readable)
         await self.readable.wait()
 
     def on_reset(self, code):
@@ -698,10 +695,7 @@ class Stream:
             await self.session.drain()
 
     async def wait_window(self):
-        if self.writable is None:
-            self.writable = asyncio.Event()
-        else:
-            self.writable.clear()
+        self.writable = cleared(self.writable)
         await self.writable.wait()
 
     def wake_writer(self):
@@ -863,6 +857,15 @@ class Stream:
             self.session.write(frame(RESET, 0, self.id, encode("reset", {"code": code, "message": msg.encode()})))
         self.wake_reader()
         self.wake_writer()
+
+
+def cleared(event):
+    """event cleared, or a new asyncio.Event for None: a stream makes its
+    events only when the app first waits (most requests never do)."""
+    if event is None:
+        return asyncio.Event()
+    event.clear()
+    return event
 
 
 @types.coroutine
