@@ -295,11 +295,7 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 			return
 		}
 		if err != nil {
-			if ctx.Err() == nil {
-				ex.Log.Warn("response broke off", append(ex.LogAttrs(), "err", err)...)
-			}
-			// Abort the HTTP response so the client sees it incomplete.
-			panic(http.ErrAbortHandler)
+			brokeOff(ctx, ex, err)
 		}
 		n, err = st.Read(*buf)
 	}
@@ -338,6 +334,17 @@ func openFailed(w http.ResponseWriter, r *http.Request, ctx context.Context, ex 
 func answerTimeout(w http.ResponseWriter, ex *Exchange, st *mux.Stream) {
 	st.Reset(frame.CodeTimeout, "request exceeded its time limit")
 	Error(w, ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", ex.Timeout)
+}
+
+// brokeOff ends a response whose body broke off with err: logged unless
+// ctx ended (the client left, or the time limit, which said so already),
+// and the HTTP response aborted so that the client sees it incomplete. It
+// does not return.
+func brokeOff(ctx context.Context, ex *Exchange, err error) {
+	if ctx.Err() == nil && ex.Log != nil {
+		ex.Log.Warn("response broke off", append(ex.LogAttrs(), "err", err)...)
+	}
+	panic(http.ErrAbortHandler)
 }
 
 // resetForContext resets st once ctx has ended: TIMEOUT past the time

@@ -452,11 +452,7 @@ func openSwitch(w http.ResponseWriter, r *http.Request, ex *Exchange, head *mess
 		stop()
 		st.Close()
 		if err != nil {
-			if ctx.Err() == nil && ex.Log != nil {
-				ex.Log.Warn("response broke off", append(ex.LogAttrs(), "err", err)...)
-			}
-			// Abort the HTTP response so the client sees it incomplete.
-			panic(http.ErrAbortHandler)
+			brokeOff(ctx, ex, err)
 		}
 		return nil, nil, false
 	}
