@@ -65,20 +65,29 @@ func StatSpace(dir string) (FSSpace, error) {
 	}
 }
 
-// NewImage is an ext4 image a boot would create.
+// NewImage is an ext4 image a boot would create, or one it reuses that
+// may still grow.
 type NewImage struct {
 	// What names it in errors: "volumes[1] (/state)", "the root disk".
 	What string
 	// Dir is the directory it is created in.
 	Dir     string
 	SizeMiB int
+	// Path is the image's file when it is known before it is created (a
+	// persistent volume, the root disk), "" for an ephemeral volume,
+	// whose file gets a name of its own.
+	Path string
+	// Existing says the image is there already (a persistent volume
+	// booted again): it takes the part of Path's size it has not written
+	// yet, not SizeMiB.
+	Existing bool
 }
 
 // NewVolumeImages lists the images that starting a program with vols
-// would create: its ephemeral volumes (in ephemeralDir) and the persistent
-// ones whose image does not exist yet (in persistentDir, see
-// PersistentImage; "": the backend refuses them). An existing persistent
-// volume is reused as it is and takes no new space.
+// would create (its ephemeral volumes, and the persistent ones whose image
+// does not exist yet, in persistentDir: see PersistentImage; "": the
+// backend refuses them) or reuse (an existing persistent volume, which
+// may still grow to its full size).
 func NewVolumeImages(persistentDir, ephemeralDir string, vols []Volume) []NewImage {
 	var out []NewImage
 	for i, v := range vols {
@@ -89,10 +98,9 @@ func NewVolumeImages(persistentDir, ephemeralDir string, vols []Volume) []NewIma
 			if persistentDir == "" { // the backend keeps none, and refuses the volume
 				continue
 			}
-			if _, err := os.Stat(PersistentImage(persistentDir, v.Name)); err == nil {
-				continue
-			}
-			out = append(out, NewImage{What: "persistent " + what, Dir: persistentDir, SizeMiB: v.SizeMiB})
+			image := PersistentImage(persistentDir, v.Name)
+			_, err := os.Stat(image)
+			out = append(out, NewImage{What: "persistent " + what, Dir: persistentDir, SizeMiB: v.SizeMiB, Path: image, Existing: err == nil})
 		case v.Ephemeral:
 			out = append(out, NewImage{What: "ephemeral " + what, Dir: ephemeralDir, SizeMiB: v.SizeMiB})
 		}
@@ -104,8 +112,10 @@ func NewVolumeImages(persistentDir, ephemeralDir string, vols []Volume) []NewIma
 type SpaceError struct {
 	// Images are the images on the filesystem short of space.
 	Images []NewImage
-	// Avail is the filesystem's free space, Reserve what must stay free.
-	Avail, Reserve uint64
+	// Avail is the filesystem's free space, Reserve what must stay free,
+	// Promised what the images of running VMs may still take of it
+	// (SpaceLedger).
+	Avail, Reserve, Promised uint64
 }
 
 func (e *SpaceError) Error() string {
@@ -123,16 +133,31 @@ func (e *SpaceError) Error() string {
 	if e.Avail > e.Reserve {
 		room = e.Avail - e.Reserve
 	}
-	return fmt.Sprintf("%s not fit on the host's disk: the filesystem of %s has %d MiB free, of which %d MiB stay free (the reserve: %d%% of its size, at most %d MiB), leaving %d MiB for new volumes",
-		what, e.Images[0].Dir, e.Avail>>20, e.Reserve>>20, ReservePercent, MaxReserve>>20, room>>20)
+	promised := ""
+	if e.Promised > 0 {
+		promised = fmt.Sprintf(" and %d MiB are promised to the volumes of running VMs (their images are sparse: what they have not written yet)", ceilMiB(e.Promised))
+		room -= min(room, e.Promised)
+	}
+	return fmt.Sprintf("%s not fit on the host's disk: the filesystem of %s has %d MiB free, of which %d MiB stay free (the reserve: %d%% of its size, at most %d MiB)%s, leaving %d MiB for new volumes",
+		what, e.Images[0].Dir, e.Avail>>20, e.Reserve>>20, ReservePercent, MaxReserve>>20, promised, room>>20)
 }
 
 // CheckSpace refuses (with a *SpaceError) images that, together with the
 // others on their filesystem, would leave less than the reserve free
-// there. space nil is StatSpace. Space taken between the check and the
-// images' creation (another boot's) is not accounted for: the reserve
-// absorbs such races.
+// there. space nil is StatSpace. It knows only what statfs says: a
+// backend that runs VMs checks through its SpaceLedger, which also counts
+// what the images of the VMs it runs have not written yet.
 func CheckSpace(space SpaceFunc, images []NewImage) error {
+	_, err := checkSpace(space, images, nil)
+	return err
+}
+
+// checkSpace is CheckSpace with what the images of running VMs may still
+// take of each filesystem: promised (nil: nothing) reports it for a
+// device, and whether it tracks the image with the given inode already
+// (an existing image booted again is then not counted twice). It returns
+// the devices of the images, in order.
+func checkSpace(space SpaceFunc, images []NewImage, promised func(dev uint64, known fileID) (bytes uint64, tracked bool)) ([]uint64, error) {
 	if space == nil {
 		space = StatSpace
 	}
@@ -141,30 +166,59 @@ func CheckSpace(space SpaceFunc, images []NewImage) error {
 		images []NewImage
 		mib    uint64
 	}
-	var order []uint64
+	var order, devs []uint64
 	byDev := map[uint64]*fsNeed{}
 	for _, im := range images {
 		fs, err := space(im.Dir)
 		if err != nil {
-			return fmt.Errorf("%s: free space: %w", im.What, err)
+			return nil, fmt.Errorf("%s: free space: %w", im.What, err)
 		}
+		devs = append(devs, fs.Dev)
 		n := byDev[fs.Dev]
 		if n == nil {
 			n = &fsNeed{fs: fs}
 			byDev[fs.Dev] = n
 			order = append(order, fs.Dev)
 		}
+		if im.Existing {
+			unwritten, id, err := unwrittenBytes(im.Path)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", im.What, err)
+			}
+			if unwritten == 0 {
+				continue // written whole: it takes nothing more
+			}
+			if promised != nil {
+				if _, tracked := promised(fs.Dev, id); tracked {
+					continue // a running VM's: counted as promised
+				}
+			}
+			im.What += " (the part of its image not written yet)"
+			im.SizeMiB = int(min(ceilMiB(unwritten), math.MaxInt))
+		}
 		n.images = append(n.images, im)
 		n.mib = addMiB(n.mib, im.SizeMiB)
 	}
 	for _, dev := range order {
 		n := byDev[dev]
+		if len(n.images) == 0 {
+			continue
+		}
 		reserve := Reserve(n.fs.Total)
-		if n.fs.Avail < reserve || n.mib > (n.fs.Avail-reserve)>>20 {
-			return &SpaceError{Images: n.images, Avail: n.fs.Avail, Reserve: reserve}
+		var owed uint64
+		if promised != nil {
+			owed, _ = promised(dev, fileID{})
+		}
+		if n.fs.Avail < reserve || owed > n.fs.Avail-reserve || n.mib > (n.fs.Avail-reserve-owed)>>20 {
+			return nil, &SpaceError{Images: n.images, Avail: n.fs.Avail, Reserve: reserve, Promised: owed}
 		}
 	}
-	return nil
+	return devs, nil
+}
+
+// ceilMiB is bytes in MiB, rounded up.
+func ceilMiB(bytes uint64) uint64 {
+	return bytes>>20 + min(bytes&(1<<20-1), 1)
 }
 
 // addMiB is total+size MiB, in MiB (a sum of sizes in bytes could wrap

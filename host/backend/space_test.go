@@ -5,6 +5,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -104,8 +105,8 @@ func TestCheckSpace(t *testing.T) {
 	}
 }
 
-// Only the images a boot creates count: ephemeral volumes, and
-// persistent ones whose image does not exist yet.
+// The images a boot creates or reuses count: ephemeral volumes, and
+// persistent ones, marked when their image exists (it may still grow).
 func TestNewVolumeImages(t *testing.T) {
 	dir := t.TempDir()
 	persistent := filepath.Join(dir, "volumes", "p")
@@ -124,10 +125,11 @@ func TestNewVolumeImages(t *testing.T) {
 	}
 	got := NewVolumeImages(persistent, "/eph", vols)
 	want := []NewImage{
-		{What: "persistent volumes[3] (/new)", Dir: persistent, SizeMiB: 200},
+		{What: "persistent volumes[2] (/kept)", Dir: persistent, SizeMiB: 100, Path: PersistentImage(persistent, "kept"), Existing: true},
+		{What: "persistent volumes[3] (/new)", Dir: persistent, SizeMiB: 200, Path: PersistentImage(persistent, "new")},
 		{What: "ephemeral volumes[4] (/scratch)", Dir: "/eph", SizeMiB: 300},
 	}
-	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] {
+	if !slices.Equal(got, want) {
 		t.Fatalf("got %+v\nwant %+v", got, want)
 	}
 	if got := NewVolumeImages("", "/eph", vols[2:4]); len(got) != 0 {

@@ -75,6 +75,8 @@ type Backend struct {
 	kvm       bool
 	tscKHz    int
 	transport string // TransportVsock or TransportSerial
+	// ledger holds the space promised to the disks of running VMs.
+	ledger backend.SpaceLedger
 }
 
 // New checks the emulator, kernel, initrd and image, and picks the
@@ -215,16 +217,18 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if err := b.CheckSpace(spec); err != nil {
-		return nil, fmt.Errorf("qemu: %w", err)
-	}
-	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
-	drives, boot, err := b.root(ctx, spec, rootfs, v.log)
+	claim, err := b.ledger.Claim(b.opt.Space, b.images(spec))
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
+	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
+	drives, boot, err := b.root(ctx, spec, rootfs, v.log, claim)
+	if err != nil {
+		claim.Release()
+		return nil, fmt.Errorf("qemu: %w", err)
+	}
 
-	more, release, err := b.storage(ctx, spec, v)
+	more, release, err := b.storage(ctx, spec, v, claim)
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
@@ -300,8 +304,9 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 // root returns the drives of the VM's root and init's parameters for
 // them: the image, read-only, made a writable overlay by init, whose
 // writable layer is on a disk of the program's when spec.RootSizeMiB asks
-// for a persistent root (created empty at first use, kept after).
-func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, log *slog.Logger) ([]drive, contract.BootParams, error) {
+// for a persistent root (created empty at first use, kept after; then
+// tracked by claim).
+func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, log *slog.Logger, claim *backend.SpaceClaim) ([]drive, contract.BootParams, error) {
 	drives := []drive{{file: rootfs, serial: rootSerial, readOnly: true}}
 	boot := contract.BootParams{Root: "serial:" + rootSerial, RootFS: "squashfs", Overlay: true, OnExit: contract.ActionReboot}
 	if rootfs != b.opt.Rootfs {
@@ -314,6 +319,7 @@ func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, lo
 		}
 		if created {
 			log.Info("created the disk that keeps the root", "image", image, "size_mib", spec.RootSizeMiB)
+			track(claim, image, log)
 		}
 		drives = append(drives, drive{file: image, serial: upperSerial})
 		boot.Upper = "serial:" + upperSerial

@@ -190,18 +190,18 @@ func TestKernelCmdline(t *testing.T) {
 func TestRootDrives(t *testing.T) {
 	b := &Backend{opt: Options{Rootfs: "/img/rootfs.squashfs", StateDir: t.TempDir()}}
 	log := slog.New(slog.DiscardHandler)
-	drives, boot, err := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/img/rootfs.squashfs", log)
+	drives, boot, err := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/img/rootfs.squashfs", log, nil)
 	if err != nil || len(drives) != 1 || !drives[0].readOnly || boot.RootFS != "squashfs" || !boot.Overlay || boot.Upper != "" {
 		t.Fatalf("the default root: %+v %+v %v", drives, boot, err)
 	}
-	if _, boot, _ := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/mine/root.ext4", log); boot.RootFS != "" {
+	if _, boot, _ := b.root(context.Background(), backend.Spec{ProgramID: "p"}, "/mine/root.ext4", log, nil); boot.RootFS != "" {
 		t.Fatalf("another image's filesystem is not left to init: %+v", boot)
 	}
 
 	if _, err := exec.LookPath("mkfs.ext4"); err != nil {
 		t.Skip("mkfs.ext4 is not installed (apt-get install e2fsprogs)")
 	}
-	drives, boot, err = b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log)
+	drives, boot, err = b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -217,7 +217,7 @@ func TestRootDrives(t *testing.T) {
 	}
 	f.WriteAt(mark, 100<<20/8) // past the superblocks, inside the 16 MiB
 	f.Close()
-	if _, _, err := b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log); err != nil {
+	if _, _, err := b.root(context.Background(), backend.Spec{ProgramID: "box", RootSizeMiB: 16}, "/img/rootfs.squashfs", log, nil); err != nil {
 		t.Fatal(err)
 	}
 	got := make([]byte, len(mark))

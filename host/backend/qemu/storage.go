@@ -3,6 +3,7 @@ package qemu
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 
@@ -22,11 +23,13 @@ const dataSerial = "ferry-data"
 // to the VM as they are, read-only: init mounts a squashfs image and
 // extracts a zip archive (a raw drive: its size rounded up to a sector
 // with zeros, which a zip reader skips). release removes the boot's
-// ephemeral volumes; call it once the VM has ended (it is called here on
-// error).
-func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives []drive, release func(), err error) {
+// ephemeral volumes and gives claim's space back; call it once the VM has
+// ended (it is called here on error). The volumes it creates are tracked
+// by claim.
+func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm, claim *backend.SpaceClaim) (drives []drive, release func(), err error) {
 	var ephemeral []string
 	release = func() {
+		claim.Release()
 		for _, image := range ephemeral {
 			os.Remove(image)
 		}
@@ -98,6 +101,7 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 			}
 			if created {
 				v.log.Info("created persistent volume", "volume", name, "image", image, "size_mib", vol.SizeMiB)
+				track(claim, image, v.log)
 			}
 			drives = append(drives, drive{file: image, serial: serial})
 			gv.FS = "ext4"
@@ -115,6 +119,7 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm) (drives
 			if err := backend.MakeExt4(ctx, f.Name(), "scratch", vol.SizeMiB); err != nil {
 				return nil, release, err
 			}
+			track(claim, f.Name(), v.log)
 			drives = append(drives, drive{file: f.Name(), serial: serial})
 			gv.FS = "ext4"
 		default:
@@ -134,14 +139,29 @@ func (b *Backend) ephemeralDir() string { return filepath.Join(b.opt.StateDir, "
 func (b *Backend) rootsDir() string     { return filepath.Join(b.opt.StateDir, "roots") }
 
 // CheckSpace implements backend.SpaceChecker: the spec's new volumes and,
-// for an instance's first boot, the disk that keeps its root must fit on
-// the host's disk.
+// for an instance, the disk that keeps its root must fit on the host's
+// disk, beside what the disks of running VMs may still take
+// (backend.SpaceLedger).
 func (b *Backend) CheckSpace(spec backend.Spec) error {
-	images := backend.NewVolumeImages(b.volumeDir(spec.ProgramID), b.ephemeralDir(), spec.Volumes)
+	return b.ledger.Check(b.opt.Space, b.images(spec))
+}
+
+// images lists the disk images a boot of spec creates or reuses, in the
+// order it creates them: the root's disk, then the volumes.
+func (b *Backend) images(spec backend.Spec) []backend.NewImage {
+	var images []backend.NewImage
 	if spec.RootSizeMiB > 0 {
-		if _, err := os.Stat(backend.PersistentImage(b.rootsDir(), spec.ProgramID)); err != nil {
-			images = append(images, backend.NewImage{What: "the disk that keeps the root", Dir: b.rootsDir(), SizeMiB: spec.RootSizeMiB})
-		}
+		image := backend.PersistentImage(b.rootsDir(), spec.ProgramID)
+		_, err := os.Stat(image)
+		images = append(images, backend.NewImage{What: "the disk that keeps the root", Dir: b.rootsDir(), SizeMiB: spec.RootSizeMiB, Path: image, Existing: err == nil})
 	}
-	return backend.CheckSpace(b.opt.Space, images)
+	return append(images, backend.NewVolumeImages(b.volumeDir(spec.ProgramID), b.ephemeralDir(), spec.Volumes)...)
+}
+
+// track tells claim that a disk image is created. Should that fail, the
+// image goes on counting its whole size, which is only stricter.
+func track(claim *backend.SpaceClaim, image string, log *slog.Logger) {
+	if err := claim.Track(image); err != nil {
+		log.Warn("qemu: measuring a disk's space", "err", err)
+	}
 }

@@ -37,7 +37,7 @@ func TestStorageDrives(t *testing.T) {
 			{Mount: "/state", Persistent: true, Name: "state", SizeMiB: 8},
 			{Mount: "/scratch", Ephemeral: true, SizeMiB: 8},
 		}}
-	drives, release, err := b.storage(context.Background(), spec, v)
+	drives, release, err := b.storage(context.Background(), spec, v, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -72,7 +72,7 @@ func TestStorageDrives(t *testing.T) {
 	// A zip as data is extracted by init from its drive.
 	v = &vm{log: slog.New(slog.DiscardHandler)}
 	spec = backend.Spec{ProgramID: "p", Data: &backend.Data{Path: file("data.zip"), Encoding: contract.EncodingZip}}
-	if _, _, err := b.storage(context.Background(), spec, v); err != nil || v.guest.Data == nil || v.guest.Data.Device != "serial:"+dataSerial {
+	if _, _, err := b.storage(context.Background(), spec, v, nil); err != nil || v.guest.Data == nil || v.guest.Data.Device != "serial:"+dataSerial {
 		t.Fatalf("zip data: %v %+v", err, v.guest.Data)
 	}
 }
@@ -100,7 +100,7 @@ func TestStartRefusesVolumesBeyondTheFreeSpace(t *testing.T) {
 	}}
 	_, err := b.Start(context.Background(), spec)
 	var serr *backend.SpaceError
-	if !errors.As(err, &serr) || len(serr.Images) != 3 || !strings.Contains(err.Error(), "the disk that keeps the root of 512 MiB, 1088 MiB together, do not fit") {
+	if !errors.As(err, &serr) || len(serr.Images) != 3 || !strings.Contains(err.Error(), "the disk that keeps the root of 512 MiB, persistent volumes[0] (/state) of 512 MiB and ephemeral volumes[1] (/scratch) of 64 MiB, 1088 MiB together, do not fit") {
 		t.Fatalf("Start: %v", err)
 	}
 	if _, err := os.Stat(state); !errors.Is(err, os.ErrNotExist) {

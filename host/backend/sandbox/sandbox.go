@@ -112,6 +112,8 @@ type Backend struct {
 	// noUserNS is set once the kernel refused a user namespace: later
 	// VMs run without one (and a warning said so).
 	noUserNS atomic.Bool
+	// ledger holds the space promised to the volumes of running VMs.
+	ledger backend.SpaceLedger
 }
 
 // New returns the backend, in namespace mode when running as root.
@@ -230,10 +232,11 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 		}
 		return b.startPlain(spec, single)
 	}
-	if err := b.CheckSpace(spec); err != nil {
+	claim, err := b.ledger.Claim(b.Space, b.volumeImages(spec))
+	if err != nil {
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	return b.startIsolated(ctx, spec, single)
+	return b.startIsolated(ctx, spec, single, claim)
 }
 
 // initArgs are init's arguments in the sandbox: its boot parameters, the
@@ -281,14 +284,16 @@ func (b *Backend) startPlain(spec backend.Spec, single bool) (backend.VM, error)
 // sends it the plan with the mounts of the root filesystem, the code and
 // init, waits for its report that init runs, and links the VM's network.
 // The guest finds the code, a directory or a single file, in
-// guestCodeDir.
-func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single bool) (backend.VM, error) {
+// guestCodeDir. claim holds the space of the volumes it creates, until
+// the stage exits.
+func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single bool, claim *backend.SpaceClaim) (backend.VM, error) {
 	index := b.seq.Add(1)         // names this VM's cgroup
 	slot, err := b.slots().Take() // its uid range and network
 	if err != nil {
+		claim.Release()
 		return nil, fmt.Errorf("sandbox: %w", err)
 	}
-	var cleanups []func()
+	cleanups := []func(){claim.Release}
 	cleanup := func() {
 		for i := len(cleanups) - 1; i >= 0; i-- {
 			cleanups[i]()
@@ -370,7 +375,7 @@ func (b *Backend) startIsolated(ctx context.Context, spec backend.Spec, single b
 	if single {
 		p.CodeFile = spec.CodeFile
 	}
-	mounts, err := b.planMounts(ctx, spec, pid, userNS, p, &v.guest)
+	mounts, err := b.planMounts(ctx, spec, pid, userNS, p, &v.guest, claim)
 	defer func() {
 		for _, fd := range mounts {
 			if fd >= 0 {
@@ -449,8 +454,8 @@ func waitReport(ctx context.Context, ctrl *os.File) (int, error) {
 // planMounts returns the descriptors that travel with the plan: detached
 // mounts of the root filesystem, the code and init, then those of the
 // data and volumes (p.Extra), setting p and the guest's view g for the
-// code and data.
-func (b *Backend) planMounts(ctx context.Context, spec backend.Spec, pid int, userNS bool, p *plan, g *backend.Guest) ([]int, error) {
+// code and data. The volumes it creates are tracked by claim.
+func (b *Backend) planMounts(ctx context.Context, spec backend.Spec, pid int, userNS bool, p *plan, g *backend.Guest, claim *backend.SpaceClaim) ([]int, error) {
 	mounts := make([]int, planMounts)
 	for i := range mounts {
 		mounts[i] = -1
@@ -465,7 +470,7 @@ func (b *Backend) planMounts(ctx context.Context, spec backend.Spec, pid int, us
 	if mounts[mountInit], err = detachedTree(spec.InitPath, false); err != nil {
 		return mounts, fmt.Errorf("init binary %s: %w", spec.InitPath, err)
 	}
-	extra, err := b.extras(ctx, spec, pid, userNS, p, g)
+	extra, err := b.extras(ctx, spec, pid, userNS, p, g, claim)
 	return append(mounts, extra...), err
 }
 

@@ -42,6 +42,7 @@ type inside struct {
 	CodeEntries           []string // what /opt/code holds
 	WriteCode             string   // creating a file beside the code
 	Cwd                   string
+	Fill                  string // writing 64 MiB to /scratch, when the code has a file "fill"
 }
 
 // probeFromInside tries what a hostile guest would and reports it.
@@ -78,8 +79,30 @@ func probeFromInside() int {
 	}
 	r.WriteCode = write(filepath.Join(guestCodeDir, "added"))
 	r.Cwd, _ = os.Getwd()
-	json.NewEncoder(os.NewFile(stageTransportFD, "transport")).Encode(r)
+	_, err = os.Stat(filepath.Join(guestCodeDir, "fill"))
+	hold := err == nil
+	if hold {
+		r.Fill = errText(fillFile("/scratch/fill", 64<<20))
+	}
+	transport := os.NewFile(stageTransportFD, "transport")
+	json.NewEncoder(transport).Encode(r)
+	if hold { // until the host ends the sandbox
+		io.Copy(io.Discard, transport)
+	}
 	return 0
+}
+
+// fillFile writes size bytes to path and syncs them.
+func fillFile(path string, size int) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if _, err := f.Write(make([]byte, size)); err != nil {
+		return err
+	}
+	return f.Sync()
 }
 
 func requireRoot(t *testing.T) {
@@ -274,5 +297,56 @@ func TestSandboxRefusesVolumesBeyondTheFreeSpace(t *testing.T) {
 	}
 	if err := b.CheckSpace(spec); err != nil {
 		t.Errorf("with the persistent volume made: %v", err)
+	}
+}
+
+// The volumes of a running sandbox keep their space promised: a second
+// program cannot take what the first one's sparse ephemeral image has
+// not written yet (statfs alone would let it), what the first one writes
+// is counted once (by statfs), and the space comes back when it ends.
+func TestSandboxVolumesOfRunningVMsKeepTheirSpace(t *testing.T) {
+	requireRoot(t)
+	b := New(nil)
+	b.VolumeDir = filepath.Join(t.TempDir(), "volumes")
+	b.Space = func(string) (backend.FSSpace, error) {
+		return backend.FSSpace{Dev: 1, Avail: 300 << 20, Total: 1 << 30}, nil // 51 MiB reserve: 249 MiB for volumes
+	}
+	code := t.TempDir()
+	if err := os.WriteFile(filepath.Join(code, "fill"), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	vm, err := b.Start(ctx, backend.Spec{ProgramID: "first", InitPath: os.Args[0], CodePath: code, MemoryMiB: 128,
+		Volumes: []backend.Volume{{Mount: "/scratch", Ephemeral: true, SizeMiB: 200}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer vm.Kill()
+	var r inside
+	if err := json.NewDecoder(vm.Conn()).Decode(&r); err != nil || r.Fill != "ok" {
+		t.Fatalf("the guest filling its volume: %+v, %v (%v)", r, err, vm.Err())
+	}
+	second := func(mib int) error {
+		return b.CheckSpace(backend.Spec{ProgramID: "second", Volumes: []backend.Volume{{Mount: "/scratch", Ephemeral: true, SizeMiB: mib}}})
+	}
+	// The first owes 200 MiB less what it wrote (64 MiB, and mkfs's
+	// metadata): 249 - 136 leaves at most 113 MiB.
+	err = second(150)
+	var serr *backend.SpaceError
+	if !errors.As(err, &serr) || serr.Promised == 0 || serr.Promised > 136<<20 || !strings.Contains(err.Error(), "promised to the volumes of running VMs") {
+		t.Fatalf("150 MiB beside the running 200 MiB volume: %v, want a SpaceError with at most 136 MiB promised", err)
+	}
+	if err := second(100); err != nil {
+		t.Errorf("100 MiB beside the running volume, of which 64 MiB are written: %v", err)
+	}
+	vm.Kill()
+	select {
+	case <-vm.Done():
+	case <-time.After(30 * time.Second):
+		t.Fatal("the sandbox did not end")
+	}
+	if err := second(240); err != nil {
+		t.Errorf("once the first has ended: %v", err)
 	}
 }

@@ -68,8 +68,9 @@ func (b *Backend) codeFD(spec backend.Spec, pid int, userNS bool, p *plan, g *ba
 // extras prepares the data's and the volumes' mounts: their plan entries
 // and descriptors (closed by the caller), and the guest's view of the
 // data. Ephemeral volumes' images are removed as soon as they are
-// mounted: the loop device keeps them until the VM ends.
-func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS bool, p *plan, g *backend.Guest) (fds []int, err error) {
+// mounted: the loop device keeps them until the VM ends. The volumes it
+// creates are tracked by claim.
+func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS bool, p *plan, g *backend.Guest, claim *backend.SpaceClaim) (fds []int, err error) {
 	add := func(target string, fd int, file bool) {
 		e := extraMount{Target: target, FD: -1, File: file}
 		if fd >= 0 {
@@ -128,12 +129,13 @@ func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS
 			}
 			if created {
 				b.Log.Info("sandbox: created persistent volume", "program", spec.ProgramID, "volume", name, "image", image, "size_mib", v.SizeMiB)
+				b.track(claim, image)
 			}
 			if fd, err = imageMount(image, loopmount.Ext4, false, pid, userNS); err != nil {
 				return fds, fmt.Errorf("%s: %w", field, err)
 			}
 		case v.Ephemeral:
-			if fd, err = b.ephemeral(ctx, v, pid, userNS); err != nil {
+			if fd, err = b.ephemeral(ctx, v, pid, userNS, claim); err != nil {
 				return fds, fmt.Errorf("%s: %w", field, err)
 			}
 		default:
@@ -148,9 +150,10 @@ func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS
 // under VolumeDir; CleanStale removes what a crash left.
 const ephemeralPrefix = ".ephemeral-"
 
-// ephemeral makes a fresh ext4 image for one boot, mounts it and removes
-// the file at once (the loop device holds it until the VM ends).
-func (b *Backend) ephemeral(ctx context.Context, v backend.Volume, pid int, userNS bool) (int, error) {
+// ephemeral makes a fresh ext4 image for one boot, tracked by claim,
+// mounts it and removes the file at once (the loop device, and the
+// claim, hold it until the VM ends).
+func (b *Backend) ephemeral(ctx context.Context, v backend.Volume, pid int, userNS bool, claim *backend.SpaceClaim) (int, error) {
 	dir := b.ephemeralDir()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return -1, err
@@ -164,6 +167,7 @@ func (b *Backend) ephemeral(ctx context.Context, v backend.Volume, pid int, user
 	if err := backend.MakeExt4(ctx, image, "scratch", v.SizeMiB); err != nil {
 		return -1, err
 	}
+	b.track(claim, image)
 	return imageMount(image, loopmount.Ext4, false, pid, userNS)
 }
 
@@ -177,16 +181,30 @@ func (b *Backend) ephemeralDir() string {
 }
 
 // CheckSpace implements backend.SpaceChecker: the spec's new volumes must
-// fit on the host's disk. The plain sandbox (not root) creates none.
+// fit on the host's disk, beside what those of running VMs may still
+// take (backend.SpaceLedger). The plain sandbox (not root) creates none.
 func (b *Backend) CheckSpace(spec backend.Spec) error {
 	if !b.Root {
 		return nil
 	}
+	return b.ledger.Check(b.Space, b.volumeImages(spec))
+}
+
+// volumeImages lists the volume images a boot of spec creates or reuses.
+func (b *Backend) volumeImages(spec backend.Spec) []backend.NewImage {
 	persistent := ""
 	if b.VolumeDir != "" {
 		persistent = path.Join(b.VolumeDir, spec.ProgramID)
 	}
-	return backend.CheckSpace(b.Space, backend.NewVolumeImages(persistent, b.ephemeralDir(), spec.Volumes))
+	return backend.NewVolumeImages(persistent, b.ephemeralDir(), spec.Volumes)
+}
+
+// track tells claim that a volume's image is created. Should that fail,
+// the image goes on counting its whole size, which is only stricter.
+func (b *Backend) track(claim *backend.SpaceClaim, image string) {
+	if err := claim.Track(image); err != nil {
+		b.Log.Warn("sandbox: measuring a volume's space", "err", err)
+	}
 }
 
 // imageMount mounts an image as a detached mount, nosuid and nodev,
