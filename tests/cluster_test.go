@@ -23,13 +23,15 @@ import (
 const clusterLease = 2 * time.Second
 
 // clusterApp answers with what a persistent program knows of itself: its
-// node and its fencing token (from its environment).
+// node and its fencing token (from its environment), and which node
+// forwarded the request, if one did.
 const clusterApp = `
 import json, os
 async def app(scope, receive, send):
     if scope["type"] != "http":
         return
-    body = json.dumps({"node": os.environ.get("FERRY_NODE", ""), "token": os.environ.get("FERRY_FENCING_TOKEN", "")}).encode()
+    forwarded = dict(scope["headers"]).get(b"x-ferry-forwarded-by", b"").decode()
+    body = json.dumps({"node": os.environ.get("FERRY_NODE", ""), "token": os.environ.get("FERRY_FENCING_TOKEN", ""), "forwarded_by": forwarded}).encode()
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})
 `
@@ -127,14 +129,31 @@ func running(nodes []*clusterNode, id string) []string {
 
 // get fetches a program's answer from a node's HTTP listener.
 func (n *clusterNode) get(id string) (int, string, error) {
-	resp, err := (&http.Client{Timeout: 30 * time.Second}).Get("http://" + n.proc.addr + "/vm/" + id + "/")
+	resp, body, err := n.request(id, nil)
 	if err != nil {
 		return 0, "", err
+	}
+	return resp.StatusCode, body, nil
+}
+
+// request sends GET /vm/{id}/ with header to a node's HTTP listener and
+// returns the response and its body.
+func (n *clusterNode) request(id string, header http.Header) (*http.Response, string, error) {
+	req, err := http.NewRequest("GET", "http://"+n.proc.addr+"/vm/"+id+"/", nil)
+	if err != nil {
+		return nil, "", err
+	}
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Timeout: 30 * time.Second}).Do(req)
+	if err != nil {
+		return nil, "", err
 	}
 	defer resp.Body.Close()
 	var b bytes.Buffer
 	b.ReadFrom(resp.Body)
-	return resp.StatusCode, b.String(), nil
+	return resp, b.String(), nil
 }
 
 // deployFile writes a manifest and deploys it through a node's admin API.
@@ -250,6 +269,24 @@ func TestClusterPersistentProgramRunsExactlyOnce(t *testing.T) {
 			survivors = append(survivors, n)
 		}
 	}
+	// The other nodes forward its requests to the owner, once per hop.
+	for _, n := range survivors {
+		want := fmt.Sprintf(`{"node": %q, "token": "%d", "forwarded_by": %q}`, owner.name, before.Token, n.name)
+		// Until the owner has advertised its address, 503.
+		for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+			status, b, err := n.get("solo")
+			if err == nil && status == http.StatusOK && b == want {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s forwarding to %s: %d %s %v, want 200 %s", n.name, owner.name, status, b, err, want)
+			}
+		}
+		resp, b, err := n.request("solo", http.Header{"X-Ferry-Forwarded-By": {"elsewhere"}})
+		if err != nil || resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != owner.name {
+			t.Errorf("%s, a request forwarded already: %v %v %s, want 503 naming %s", n.name, resp, err, b, owner.name)
+		}
+	}
 	sampleEnd := time.Now().Add(30 * time.Second)
 	killAt := time.Now().Add(5 * time.Second)
 	var killed, movedAt time.Time
@@ -339,10 +376,11 @@ func TestClusterStoppedOwnerIsFencedOff(t *testing.T) {
 	}
 	syscall.Kill(pid, syscall.SIGCONT)
 	mark("SIGCONT %s", owner.name)
-	// A request sent to the old owner now is not served by its old copy.
+	// A request sent to the old owner now is not served by its old copy:
+	// it is answered 503, or forwarded to the new owner.
 	status, body, err := owner.get("fenced")
 	mark("request to %s: %d %s", owner.name, status, strings.TrimSpace(body))
-	if err == nil && status == http.StatusOK {
+	if err == nil && status == http.StatusOK && !strings.HasPrefix(body, fmt.Sprintf(`{"node": %q`, taker[0])) {
 		t.Errorf("the old owner served the program after its lease ran out: %s", body)
 	}
 	waitFor(t, 10*time.Second, func() bool { return len(running([]*clusterNode{owner}, "fenced")) == 0 }, "the old owner kept its copy")

@@ -51,6 +51,7 @@ var schema = []string{
 var columns = []struct{ table, name, def string }{
 	{"kv", "expires", "INTEGER NOT NULL DEFAULT 0"},
 	{"nodes", "ipv6_prefix", "TEXT NOT NULL DEFAULT ''"},
+	{"nodes", "public", "TEXT NOT NULL DEFAULT ''"},
 }
 
 // indexes are made after the columns they use.

@@ -27,6 +27,10 @@ type NodeInfo struct {
 	Leader bool   `json:"leader"`
 	// IPv6Prefix is the node's routed prefix for its VMs, if it has one.
 	IPv6Prefix string `json:"ipv6_prefix,omitempty"`
+	// Public is where the node serves programs to the other nodes
+	// (host:port of its public HTTP listener; Advertise), empty until
+	// it has said.
+	Public string `json:"public,omitempty"`
 }
 
 // ErrPrefixOverlap is a node's IPv6 prefix that overlaps another node's.
@@ -128,19 +132,55 @@ const MaxSlots = 64
 // it so that they never collide.
 func (n *Node) Slot() int { return n.slot }
 
+// Advertise records where this node serves programs to the other nodes:
+// public, the host:port of its public HTTP listener. A node forwards a
+// request for a persistent program that runs elsewhere to that address.
+func (n *Node) Advertise(ctx context.Context, public string) error {
+	return n.tx(ctx, func(tx *sql.Tx) error {
+		_, err := tx.Exec(`UPDATE nodes SET public = ? WHERE name = ?`, public, n.opt.Name)
+		return err
+	})
+}
+
+// PublicAddresses returns where each node that has advertised one serves
+// programs (Advertise), by node name.
+func (n *Node) PublicAddresses(ctx context.Context) (map[string]string, error) {
+	var out map[string]string
+	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
+		out = map[string]string{}
+		rows, err := db.QueryContext(ctx, `SELECT name, public FROM nodes WHERE public <> ''`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var name, public string
+			if err := rows.Scan(&name, &public); err != nil {
+				return err
+			}
+			out[name] = public
+		}
+		return rows.Err()
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cluster: the nodes' public addresses: %w", err)
+	}
+	return out, nil
+}
+
 // Nodes returns the registered nodes with their dqlite roles.
 func (n *Node) Nodes(ctx context.Context) ([]NodeInfo, error) {
 	var nodes []NodeInfo
 	err := n.query(ctx, func(ctx context.Context, db *sql.DB) error {
 		nodes = nil
-		rows, err := db.QueryContext(ctx, `SELECT name, address, vcpus, memory_mib, beat, ipv6_prefix FROM nodes ORDER BY name`)
+		rows, err := db.QueryContext(ctx, `SELECT name, address, vcpus, memory_mib, beat, ipv6_prefix, public FROM nodes ORDER BY name`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
 			var ni NodeInfo
-			if err := rows.Scan(&ni.Name, &ni.Address, &ni.Capacity.VCPUs, &ni.Capacity.MemoryMiB, &ni.Beat, &ni.IPv6Prefix); err != nil {
+			if err := rows.Scan(&ni.Name, &ni.Address, &ni.Capacity.VCPUs, &ni.Capacity.MemoryMiB, &ni.Beat, &ni.IPv6Prefix, &ni.Public); err != nil {
 				return err
 			}
 			nodes = append(nodes, ni)

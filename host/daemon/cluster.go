@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -139,6 +141,8 @@ type clustered struct {
 	mu         sync.Mutex
 	placement  map[string]cluster.Assignment // as last read, for where a program runs
 	placedRead time.Time
+	public     map[string]string // the nodes' public addresses, as last read
+	publicRead time.Time
 }
 
 // startCluster stores the file's programs, then keeps the local programs
@@ -171,6 +175,62 @@ func (c *clustered) Owner(id string) (bool, string) {
 	}
 	a, _ := c.assignment(id)
 	return false, a.Node
+}
+
+// Peer returns where node serves programs (cluster.Node.Advertise), read
+// at most once a second; "" when it has not said (front.Forwarder.Peer).
+func (c *clustered) Peer(node string) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if time.Since(c.publicRead) > time.Second {
+		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+		public, err := c.node.PublicAddresses(ctx)
+		cancel()
+		if err == nil {
+			c.public, c.publicRead = public, time.Now()
+		}
+	}
+	return c.public[node]
+}
+
+// advertise records where this node serves programs, ln's address (its
+// host the cluster address's when ln listens on every address), retrying
+// until the cluster takes it or ctx ends: until then, the other nodes
+// answer 503 for the persistent programs this node runs rather than
+// forward their requests here.
+func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger) {
+	public := publicAddress(ln, c.node.Address())
+	for {
+		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := c.node.Advertise(actx, public)
+		cancel()
+		if err == nil {
+			log.Info("cluster: the other nodes forward requests for this node's persistent programs here", "public", public)
+			return
+		}
+		log.Warn("cluster: recording this node's public address", "public", public, "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(5 * time.Second):
+		}
+	}
+}
+
+// publicAddress is where the other nodes reach a public listener at ln:
+// its address, with the host of the node's cluster address when ln
+// listens on every address (0.0.0.0, ::).
+func publicAddress(ln net.Addr, clusterAddr string) string {
+	host, port, err := net.SplitHostPort(ln.String())
+	if err != nil {
+		return ln.String()
+	}
+	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
+		if h, _, err := net.SplitHostPort(clusterAddr); err == nil {
+			host = h
+		}
+	}
+	return net.JoinHostPort(host, port)
 }
 
 // assignment returns a persistent program's placement, read at most once

@@ -228,6 +228,8 @@ func Serve(ctx context.Context, cfg *Config) error {
 	router = &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
 	if a.cluster != nil {
 		router.Owner = a.cluster.Owner
+		router.Forward = front.NewForwarder(a.cluster.node.Name(), a.cluster.Peer, a.log)
+		defer router.Forward.Close()
 	}
 	a.triggers.Start()
 
@@ -248,6 +250,9 @@ func Serve(ctx context.Context, cfg *Config) error {
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("cannot listen: %w", err)
+	}
+	if a.cluster != nil {
+		go a.cluster.advertise(ctx, ln.Addr(), a.log)
 	}
 	status := fmt.Sprintf("serving on http://%s/", ln.Addr())
 	if cfg.File.Root != "" {

@@ -30,7 +30,7 @@ func reserved(p string) bool {
 // host/trigger) to program id exactly as a routed request is served: under
 // the program's limit of requests in flight and its time limit, its VM
 // booted on demand, a persistent program of a cluster only where it runs
-// (503 elsewhere). Unlike ServeHTTP it does not look at on.http (a program
+// (503 elsewhere: not forwarded). Unlike ServeHTTP it does not look at on.http (a program
 // reached only by its triggers gets them) and records no HTTP metrics.
 // The program sees r's URL path with an empty root_path; the answer, or
 // the agent's JSON error (404 for an unknown program), goes to w.
@@ -43,7 +43,9 @@ func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string
 	}
 	ex.Path, ex.RawPath, ex.Timeout = r.URL.Path, r.URL.EscapedPath(), route.Timeout
 	if route.Program.Persistent && rt.Owner != nil {
-		rt.servePersistent(w, r, ex, route)
+		// Not forwarded: the other node's public listener refuses the
+		// agent's reserved paths.
+		rt.servePersistent(w, r, ex, route, nil)
 		return
 	}
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)

@@ -46,8 +46,12 @@ type Router struct {
 	// Owner, when set, says where a persistent program runs in a cluster:
 	// here (under a valid lease), or on the node named. A persistent
 	// program is served only where it runs, so that it never runs twice;
-	// elsewhere the answer is a 503 naming its node.
+	// elsewhere the request is forwarded there (Forward), or answered 503
+	// naming its node.
 	Owner func(programID string) (here bool, node string)
+	// Forward, when set with Owner, relays a request for a persistent
+	// program that runs on another node to that node.
+	Forward *Forwarder
 }
 
 // ServeHTTP implements http.Handler.
@@ -99,7 +103,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
 	if route.Program.Persistent && rt.Owner != nil {
-		rt.servePersistent(w, r, ex, route)
+		rt.servePersistent(w, r, ex, route, rt.Forward)
 		return
 	}
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
@@ -113,10 +117,15 @@ const StatusClientClosed = 499
 // servePersistent serves a persistent program of a cluster: only where it
 // runs, on the VM its supervisor runs (a request never starts one: that
 // would be a second copy), and only while this node's lease holds, checked
-// again once the VM is held.
-func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, route *Route) {
+// again once the VM is held. Elsewhere the request goes to the node that
+// runs it through forward, when not nil and that node is known, else it
+// is answered 503.
+func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, route *Route, forward *Forwarder) {
 	p := route.Program
 	notHere := func(node string) {
+		if forward != nil && forward.serve(w, r, ex, node) {
+			return
+		}
 		if node != "" {
 			w.Header().Set("X-Ferry-Node", node)
 		}
