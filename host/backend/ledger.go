@@ -10,7 +10,6 @@ package backend
 // have not written yet.
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"os"
@@ -60,8 +59,9 @@ type SpaceLedger struct {
 // SpaceClaim is the space one boot holds in a SpaceLedger, from its check
 // until Release.
 type SpaceClaim struct {
-	ledger *SpaceLedger
-	items  []claimed
+	ledger   *SpaceLedger
+	items    []claimed
+	released bool
 }
 
 // claimed is one image of a claim.
@@ -85,6 +85,32 @@ func (c *claimed) owes() uint64 {
 	return unwritten(&st)
 }
 
+// open starts measuring the image at path by its descriptor, which goes on
+// counting once the file is removed (the sandbox removes an ephemeral
+// image once it is mounted), in place of the one it had. When it cannot
+// be opened the image owes its whole size again.
+func (c *claimed) open(path string) error {
+	c.close()
+	f, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		f.Close()
+		return err
+	}
+	c.file, c.id = f, fileID{st.Dev, st.Ino}
+	return nil
+}
+
+func (c *claimed) close() {
+	if c.file != nil {
+		c.file.Close()
+		c.file, c.id = nil, fileID{}
+	}
+}
+
 // Check is CheckSpace counting, on each filesystem, what the images of
 // the ledger's claims have not written yet.
 func (l *SpaceLedger) Check(space SpaceFunc, images []NewImage) error {
@@ -95,10 +121,10 @@ func (l *SpaceLedger) Check(space SpaceFunc, images []NewImage) error {
 }
 
 // Claim checks images as Check does and, when they fit, holds their space
-// until the claim's Release: their whole size until Track names their
-// files, then what these have not written yet. Claim and Track are what
-// keep two boots that start together from both taking the same free
-// space.
+// until the claim's Release: a new image's whole size until Track names
+// its file, then what the file has not written yet; an existing image's
+// unwritten part from the start. Claim and Track are what keep two boots
+// that start together from both taking the same free space.
 func (l *SpaceLedger) Claim(space SpaceFunc, images []NewImage) (*SpaceClaim, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -110,9 +136,9 @@ func (l *SpaceLedger) Claim(space SpaceFunc, images []NewImage) (*SpaceClaim, er
 	for i, im := range images {
 		item := claimed{dev: devs[i], path: im.Path, size: mibBytes(im.SizeMiB)}
 		if im.Existing {
-			if _, tracked := l.promised(devs[i], l.idOf(im.Path)); tracked {
-				continue
-			}
+			// Measured by its file, counted once however many claims
+			// hold it (promised): a VM that is ending and the next boot
+			// of its program may both hold the same volume for a moment.
 			item.open(im.Path)
 		}
 		c.items = append(c.items, item)
@@ -124,41 +150,22 @@ func (l *SpaceLedger) Claim(space SpaceFunc, images []NewImage) (*SpaceClaim, er
 	return c, nil
 }
 
-// idOf returns the id of the file at path, the zero id when it cannot be
-// read.
-func (l *SpaceLedger) idOf(path string) fileID {
-	_, id, err := unwrittenBytes(path)
-	if err != nil {
-		return fileID{}
-	}
-	return id
-}
-
-// open starts measuring the image at path by its descriptor, which goes on
-// counting once the file is removed (the sandbox removes an ephemeral
-// image once it is mounted). When it cannot be opened the image keeps
-// owing its whole size.
-func (c *claimed) open(path string) {
-	f, err := os.Open(path)
-	if err != nil {
-		return
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		f.Close()
-		return
-	}
-	c.file, c.id = f, fileID{st.Dev, st.Ino}
-}
-
-// promised returns what the claims owe on device dev, and whether one
-// of them tracks the file known. The caller holds l.mu.
+// promised returns what the claims owe on device dev, each image counted
+// once, and whether one of them holds the file known. The caller holds
+// l.mu.
 func (l *SpaceLedger) promised(dev uint64, known fileID) (bytes uint64, tracked bool) {
+	counted := map[fileID]bool{}
 	for c := range l.claims {
 		for i := range c.items {
 			item := &c.items[i]
-			if item.file != nil && known != (fileID{}) && item.id == known {
-				tracked = true
+			if item.file != nil {
+				if known != (fileID{}) && item.id == known {
+					tracked = true
+				}
+				if counted[item.id] {
+					continue
+				}
+				counted[item.id] = true
 			}
 			if item.dev == dev {
 				bytes += min(item.owes(), ^uint64(0)-bytes)
@@ -168,39 +175,44 @@ func (l *SpaceLedger) promised(dev uint64, known fileID) (bytes uint64, tracked 
 	return bytes, tracked
 }
 
-// Track tells the claim that the image at path is created: from now on it
-// owes what the file has not written. path is matched with the claimed
-// image of that path, else with the first ephemeral one not tracked yet
-// (a boot creates its images in the order it claimed them).
+// Track tells the claim that the image at path is created (or was found
+// made): from now on it owes what the file has not written. path is
+// matched with the claimed image of that path, else with the first
+// ephemeral one not matched yet (a boot creates its images in the order it
+// claimed them). An image whose file cannot be opened keeps owing its
+// whole size. Track after Release does nothing.
 func (c *SpaceClaim) Track(path string) error {
 	if c == nil {
 		return nil
 	}
 	c.ledger.mu.Lock()
 	defer c.ledger.mu.Unlock()
+	if c.released {
+		return nil
+	}
 	match := -1
 	for i := range c.items {
-		item := &c.items[i]
-		if item.file != nil {
-			continue
-		}
-		if item.path == path {
+		if c.items[i].path == path {
 			match = i
 			break
 		}
-		if item.path == "" && match < 0 {
-			match = i
+	}
+	if match < 0 {
+		for i := range c.items {
+			if c.items[i].path == "" {
+				match = i
+				break
+			}
 		}
 	}
 	if match < 0 {
 		return fmt.Errorf("space claim: no image claimed for %s", path)
 	}
 	item := &c.items[match]
-	item.open(path)
-	if item.file == nil {
-		return errors.New("space claim: " + path + " could not be opened; it keeps its whole size")
+	item.path = path // matched: never given to another image
+	if err := item.open(path); err != nil {
+		return fmt.Errorf("space claim: %w; the image keeps its whole size", err)
 	}
-	item.path = path
 	return nil
 }
 
@@ -213,10 +225,8 @@ func (c *SpaceClaim) Release() {
 	c.ledger.mu.Lock()
 	defer c.ledger.mu.Unlock()
 	delete(c.ledger.claims, c)
-	for _, item := range c.items {
-		if item.file != nil {
-			item.file.Close()
-		}
+	for i := range c.items {
+		c.items[i].close()
 	}
-	c.items = nil
+	c.items, c.released = nil, true
 }

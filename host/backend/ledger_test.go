@@ -115,10 +115,86 @@ func TestSpaceLedgerExistingImages(t *testing.T) {
 	if err := l.Check(fs.space, []NewImage{{What: "scratch", Dir: "/v", SizeMiB: 2 << 10}}); err == nil {
 		t.Errorf("2 GiB beside the running image fit")
 	}
+	// An image gone since it was listed is made anew: its whole size.
 	missing := kept
-	missing.Path = filepath.Join(t.TempDir(), "gone.ext4")
-	if err := l.Check(fs.space, []NewImage{missing}); err == nil || !strings.Contains(err.Error(), "stat ") {
-		t.Errorf("an existing image that is gone: %v", err)
+	missing.Path, missing.SizeMiB = filepath.Join(t.TempDir(), "gone.ext4"), 1<<10
+	if err := l.Check(fs.space, []NewImage{missing}); err != nil {
+		t.Errorf("an existing image of 1 GiB that is gone: %v", err)
+	}
+	missing.SizeMiB = 2 << 10
+	if err := l.Check(fs.space, []NewImage{missing}); err == nil {
+		t.Errorf("an existing image of 2 GiB that is gone fit beside the running one")
+	}
+}
+
+// An image two claims hold (a VM that is ending and the next boot of its
+// program) is counted once, and still once the first claim is released.
+func TestSpaceLedgerImageHeldTwice(t *testing.T) {
+	fs := fakeSpace{"/": {Dev: 1, Avail: 10 * gib, Total: 100 * gib}} // 9 GiB for volumes
+	image := filepath.Join(t.TempDir(), "state.ext4")
+	sparseImage(t, image, 8<<10, 1)
+	kept := NewImage{What: "state", Dir: "/v", SizeMiB: 8 << 10, Path: image, Existing: true}
+	var l SpaceLedger
+	ending, err := l.Claim(fs.space, []NewImage{kept})
+	if err != nil {
+		t.Fatal(err)
+	}
+	next, err := l.Claim(fs.space, []NewImage{kept})
+	if err != nil {
+		t.Fatalf("the next boot of the image's program: %v", err)
+	}
+	defer next.Release()
+	if err := l.Check(fs.space, []NewImage{{What: "other", Dir: "/v", SizeMiB: 1 << 10}}); err != nil {
+		t.Errorf("the image counted twice: %v", err)
+	}
+	ending.Release()
+	if err := l.Check(fs.space, []NewImage{{What: "other", Dir: "/v", SizeMiB: 2 << 10}}); err == nil {
+		t.Errorf("once the ending VM's claim is released, the next boot's image is not counted")
+	}
+}
+
+// Track gives each image its own item: an image whose file cannot be
+// opened keeps its whole size and is not matched again; a persistent
+// image tracked twice stays its own.
+func TestSpaceLedgerTrackMatching(t *testing.T) {
+	fs := fakeSpace{"/": {Dev: 1, Avail: 10 * gib, Total: 100 * gib}}
+	dir := t.TempDir()
+	persistent := filepath.Join(dir, "state.ext4")
+	var l SpaceLedger
+	c, err := l.Claim(fs.space, []NewImage{
+		{What: "state", Dir: "/v", SizeMiB: 1 << 10, Path: persistent},
+		{What: "big", Dir: "/v", SizeMiB: 6 << 10},
+		{What: "small", Dir: "/v", SizeMiB: 1},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Release()
+	sparseImage(t, persistent, 1<<10, 0)
+	for range 2 {
+		if err := c.Track(persistent); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.Track(filepath.Join(dir, "not-there.ext4")); err == nil {
+		t.Fatal("tracking a file that is not there")
+	}
+	small := filepath.Join(dir, "small.ext4")
+	sparseImage(t, small, 1, 1)
+	if err := c.Track(small); err != nil {
+		t.Fatal(err)
+	}
+	// Promised: 1 GiB (state, sparse), 6 GiB (big, not measured), 0
+	// (small, written whole): 2 GiB left.
+	if err := l.Check(fs.space, []NewImage{{What: "b", Dir: "/v", SizeMiB: 2 << 10}}); err != nil {
+		t.Errorf("2 GiB beside the claim: %v", err)
+	}
+	if err := l.Check(fs.space, []NewImage{{What: "b", Dir: "/v", SizeMiB: 2<<10 + 1}}); err == nil {
+		t.Errorf("more than 2 GiB fit beside the claim: the image not opened lost its size")
+	}
+	c.Release()
+	if err := c.Track(small); err != nil {
+		t.Errorf("Track after Release: %v", err)
 	}
 }
 

@@ -182,19 +182,23 @@ func checkSpace(space SpaceFunc, images []NewImage, promised func(dev uint64, kn
 		}
 		if im.Existing {
 			unwritten, id, err := unwrittenBytes(im.Path)
-			if err != nil {
+			switch {
+			case errors.Is(err, unix.ENOENT):
+				// Gone since it was listed: the boot makes it anew,
+				// counted whole.
+			case err != nil:
 				return nil, fmt.Errorf("%s: %w", im.What, err)
-			}
-			if unwritten == 0 {
+			case unwritten == 0:
 				continue // written whole: it takes nothing more
-			}
-			if promised != nil {
-				if _, tracked := promised(fs.Dev, id); tracked {
-					continue // a running VM's: counted as promised
+			default:
+				if promised != nil {
+					if _, tracked := promised(fs.Dev, id); tracked {
+						continue // a running VM's: counted as promised
+					}
 				}
+				im.What += " (the part of its image not written yet)"
+				im.SizeMiB = int(min(ceilMiB(unwritten), math.MaxInt))
 			}
-			im.What += " (the part of its image not written yet)"
-			im.SizeMiB = int(min(ceilMiB(unwritten), math.MaxInt))
 		}
 		n.images = append(n.images, im)
 		n.mib = addMiB(n.mib, im.SizeMiB)
@@ -233,9 +237,10 @@ func addMiB(total uint64, size int) uint64 {
 }
 
 // SpaceChecker is implemented by backends that create volumes on the
-// host's disk: CheckSpace refuses, with a *SpaceError, a spec whose new
-// volumes do not fit there (see CheckSpace). Start checks as much itself;
-// the agent asks earlier, when a program is deployed.
+// host's disk: CheckSpace refuses, with a *SpaceError, a spec whose
+// volumes do not fit there beside what those of the backend's running VMs
+// may still take (see SpaceLedger). Start checks as much itself, and
+// claims the space; the agent asks earlier, when a program is deployed.
 type SpaceChecker interface {
 	CheckSpace(spec Spec) error
 }

@@ -130,7 +130,7 @@ func programOf(id string, m *manifest.Program) *lifecycle.Program {
 }
 
 // CheckSpace validates a manifest and refuses, with a
-// *backend.SpaceError, one whose new volumes would not fit on this node's
+// *backend.SpaceError, one whose volumes would not fit on this node's
 // disk now (lifecycle.Manager.CheckSpace). The admin API asks before a
 // deploy; every boot checks again.
 func (ps *Programs) CheckSpace(id string, m *manifest.Program) error {

@@ -538,9 +538,10 @@ func (m *Manager) spec(p *Program) backend.Spec {
 		Instance: p.Interface == contract.InterfaceInstance, RootSizeMiB: p.RootSizeMiB}
 }
 
-// CheckSpace refuses, with a *backend.SpaceError, a program whose new
-// volumes would not fit on this host's disk now (backend.CheckSpace), when
-// the backend can tell (backend.SpaceChecker). Each boot checks again:
+// CheckSpace refuses, with a *backend.SpaceError, a program whose
+// volumes would not fit on this host's disk now, beside what those of the
+// running VMs may still take, when the backend can tell
+// (backend.SpaceChecker). Each boot checks again:
 // the free space may have changed since, and ephemeral volumes are new at
 // every boot.
 func (m *Manager) CheckSpace(p *Program) error {

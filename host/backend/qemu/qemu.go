@@ -221,7 +221,7 @@ func (b *Backend) Start(ctx context.Context, spec backend.Spec) (backend.VM, err
 	if err != nil {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
-	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}}
+	v := &vm{done: make(chan struct{}), log: log, console: &backend.Console{Log: log, Forward: spec.Console}, claim: claim}
 	drives, boot, err := b.root(ctx, spec, rootfs, v.log, claim)
 	if err != nil {
 		claim.Release()
@@ -319,8 +319,8 @@ func (b *Backend) root(ctx context.Context, spec backend.Spec, rootfs string, lo
 		}
 		if created {
 			log.Info("created the disk that keeps the root", "image", image, "size_mib", spec.RootSizeMiB)
-			track(claim, image, log)
 		}
+		track(claim, image, log)
 		drives = append(drives, drive{file: image, serial: upperSerial})
 		boot.Upper = "serial:" + upperSerial
 	}
@@ -407,6 +407,10 @@ type vm struct {
 	log     *slog.Logger
 	console *backend.Console
 
+	// claim holds the space of its disks: given back as QEMU exits,
+	// before Done, so that the next boot of its program finds it free.
+	claim *backend.SpaceClaim
+
 	mu   sync.Mutex
 	err  error
 	done chan struct{}
@@ -421,6 +425,7 @@ func (v *vm) exited(err error) {
 	if conn != nil {
 		conn.Close()
 	}
+	v.claim.Release()
 	close(v.done)
 }
 

@@ -101,8 +101,8 @@ func (b *Backend) storage(ctx context.Context, spec backend.Spec, v *vm, claim *
 			}
 			if created {
 				v.log.Info("created persistent volume", "volume", name, "image", image, "size_mib", vol.SizeMiB)
-				track(claim, image, v.log)
 			}
+			track(claim, image, v.log)
 			drives = append(drives, drive{file: image, serial: serial})
 			gv.FS = "ext4"
 		case vol.Ephemeral:

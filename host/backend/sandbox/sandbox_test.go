@@ -99,8 +99,11 @@ func fillFile(path string, size int) error {
 		return err
 	}
 	defer f.Close()
-	if _, err := f.Write(make([]byte, size)); err != nil {
-		return err
+	chunk := make([]byte, 1<<20)
+	for written := 0; written < size; written += len(chunk) {
+		if _, err := f.Write(chunk); err != nil {
+			return err
+		}
 	}
 	return f.Sync()
 }
@@ -325,7 +328,9 @@ func TestSandboxVolumesOfRunningVMsKeepTheirSpace(t *testing.T) {
 	defer vm.Kill()
 	var r inside
 	if err := json.NewDecoder(vm.Conn()).Decode(&r); err != nil || r.Fill != "ok" {
-		t.Fatalf("the guest filling its volume: %+v, %v (%v)", r, err, vm.Err())
+		vm.Kill()
+		<-vm.Done()
+		t.Fatalf("the guest filling its volume: %+v, %v (the sandbox: %v)", r, err, vm.Err())
 	}
 	second := func(mib int) error {
 		return b.CheckSpace(backend.Spec{ProgramID: "second", Volumes: []backend.Volume{{Mount: "/scratch", Ephemeral: true, SizeMiB: mib}}})

@@ -129,8 +129,8 @@ func (b *Backend) extras(ctx context.Context, spec backend.Spec, pid int, userNS
 			}
 			if created {
 				b.Log.Info("sandbox: created persistent volume", "program", spec.ProgramID, "volume", name, "image", image, "size_mib", v.SizeMiB)
-				b.track(claim, image)
 			}
+			b.track(claim, image)
 			if fd, err = imageMount(image, loopmount.Ext4, false, pid, userNS); err != nil {
 				return fds, fmt.Errorf("%s: %w", field, err)
 			}
