@@ -40,13 +40,14 @@ func protoNumber(proto string) (byte, error) {
 	return 0, fmt.Errorf("protocol %q: want tcp or udp", proto)
 }
 
-// validate checks one VM on its own.
-func validate(vm VM) error {
+// validate checks one VM on its own, for the firewall of the links that
+// start with prefix.
+func validate(vm VM, prefix string) error {
 	if err := checkIfname(vm.Link); err != nil {
 		return fmt.Errorf("link: %w", err)
 	}
-	if !strings.HasPrefix(vm.Link, LinkPrefix) {
-		return fmt.Errorf("link %q: Ferry's links start with %q (the rules judge only those)", vm.Link, LinkPrefix)
+	if !strings.HasPrefix(vm.Link, prefix) {
+		return fmt.Errorf("link %q: this agent's links start with %q (its rules judge only those)", vm.Link, prefix)
 	}
 	if vm.IPv4.IsValid() && !vm.IPv4.Is4() {
 		return fmt.Errorf("ipv4 %s is not an IPv4 address", vm.IPv4)

@@ -4,10 +4,14 @@
 //
 // # The table
 //
-// Everything lives in one table of Ferry's own, family inet, named
-// "ferry" (TableName). Open replaces any leftover one (a crashed agent's)
-// with a fresh one in a single atomic batch; Close deletes it. No other
-// table is read or changed. The rules are fixed when the table is created;
+// Everything lives in one table of the agent's own, family inet, named
+// after its node slot: "ferry-S" (TableName). Open replaces any leftover
+// one (a crashed agent's) with a fresh one in a single atomic batch, and
+// in the same batch removes the single "ferry" table of agents before
+// slots had tables, whose rules judged every fy* link; Close deletes it.
+// No other table is read or changed. The agents of one machine (each has
+// its own slot) each judge only their own links, fyS-N
+// (NodeLinkPrefix), so their tables never disagree. The rules are fixed when the table is created;
 // a VM only adds and removes elements of six named sets, so AddVM and
 // RemoveVM are one atomic batch each, with no rule handles to track:
 //
@@ -20,12 +24,12 @@
 //
 //	forward      filter, hook forward, priority filter (0)
 //	  ct state established,related accept
-//	  iifname "fy*" iifname . ip saddr != @egress4 drop
-//	  iifname "fy*" iifname . ip6 saddr != @egress6 drop
+//	  iifname "fyS-*" iifname . ip saddr != @egress4 drop
+//	  iifname "fyS-*" iifname . ip6 saddr != @egress6 drop
 //	  ip daddr . meta l4proto . th dport @allowed4 accept
 //	  ip6 daddr . meta l4proto . th dport @allowed6 accept
 //	  ct status dnat accept
-//	  oifname "fy*" drop
+//	  oifname "fyS-*" drop
 //	prerouting   nat, hook prerouting, priority dstnat (-100)
 //	  iifname UPLINK fib daddr type local
 //	    dnat ip to meta l4proto . th dport map @forwards4
@@ -34,11 +38,12 @@
 //
 // # What this means
 //
-//   - Only traffic that Ferry's links (names starting with LinkPrefix,
-//     "fy", hostnet's naming) forward is judged; everything else goes
-//     through the chains untouched. A Ferry link that was never registered
-//     with AddVM (or was removed) forwards nothing either way: the default
-//     for a VM is closed.
+//   - Only traffic that the agent's links (names starting with
+//     NodeLinkPrefix, "fyS-", hostnet's naming) forward is judged;
+//     everything else (another agent's links included: its own table
+//     judges them) goes through the chains untouched. A link of the
+//     agent's that was never registered with AddVM (or was removed)
+//     forwards nothing either way: the default for a VM is closed.
 //   - Replies (conntrack established or related, which includes ICMP errors
 //     such as packet-too-big) always pass.
 //   - A VM forwards new traffic only if it has Internet, and only from its
@@ -80,12 +85,25 @@ import (
 	"github.com/google/nftables"
 )
 
-// TableName is the name of Ferry's table (family inet).
-const TableName = "ferry"
+// TableName is the name of the table (family inet) of the agent in node
+// slot slot.
+func TableName(slot int) string { return fmt.Sprintf("ferry-%d", slot) }
 
-// LinkPrefix starts the name of every VM link Ferry creates (hostnet's
-// fyN); traffic forwarded from or to such a link is judged here.
+// legacyTable is the one table of agents before node slots had tables:
+// its rules judged every fy* link, so Open removes it.
+const legacyTable = "ferry"
+
+// LinkPrefix starts the name of every VM link Ferry creates.
 const LinkPrefix = "fy"
+
+// NodeLinkPrefix starts the names of the VM links of the agent in node
+// slot slot (hostnet's fyS-N): traffic forwarded from or to such a link is
+// judged by that agent's table.
+func NodeLinkPrefix(slot int) string { return fmt.Sprintf("%s%d-", LinkPrefix, slot) }
+
+// maxSlot bounds Options.Slot: a link name, fyS-N with N up to 4 digits,
+// must fit the kernel's 15 bytes.
+const maxSlot = 99999
 
 // ErrClosed is returned by the methods of a Firewall after Close.
 var ErrClosed = errors.New("firewall: closed")
@@ -101,6 +119,9 @@ type Options struct {
 	// NetNS, when not 0, is an open file descriptor of the network
 	// namespace to work in (tests); the caller keeps it open until Close.
 	NetNS int
+	// Slot is the agent's node slot: the table is TableName(Slot) and
+	// judges the links starting with NodeLinkPrefix(Slot).
+	Slot int
 }
 
 // VM is what the firewall knows of one VM.
@@ -137,8 +158,10 @@ type Forward struct {
 // Firewall is Ferry's table in one network namespace. Its methods are safe
 // for concurrent use.
 type Firewall struct {
-	log    *slog.Logger
-	uplink string
+	log        *slog.Logger
+	uplink     string
+	tableName  string
+	linkPrefix string
 
 	mu    sync.Mutex
 	conn  *nftables.Conn // nil once closed
@@ -155,6 +178,9 @@ func Open(opt Options) (*Firewall, error) {
 	if err := checkIfname(opt.Uplink); err != nil {
 		return nil, fmt.Errorf("firewall: uplink: %w", err)
 	}
+	if opt.Slot < 0 || opt.Slot > maxSlot {
+		return nil, fmt.Errorf("firewall: node slot %d: want 0 to %d", opt.Slot, maxSlot)
+	}
 	log := opt.Log
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -163,8 +189,13 @@ func Open(opt Options) (*Firewall, error) {
 	if err != nil {
 		return nil, fmt.Errorf("firewall: netlink: %w", err)
 	}
-	f := &Firewall{log: log, uplink: opt.Uplink, conn: conn, vms: map[string]VM{}}
-	leftover, err := f.hasTable()
+	f := &Firewall{log: log, uplink: opt.Uplink, tableName: TableName(opt.Slot), linkPrefix: NodeLinkPrefix(opt.Slot), conn: conn, vms: map[string]VM{}}
+	leftover, err := f.hasTable(f.tableName)
+	if err != nil {
+		conn.CloseLasting()
+		return nil, err
+	}
+	legacy, err := f.hasTable(legacyTable)
 	if err != nil {
 		conn.CloseLasting()
 		return nil, err
@@ -174,20 +205,23 @@ func Open(opt Options) (*Firewall, error) {
 		return nil, err
 	}
 	if leftover {
-		log.Info("firewall: removed a leftover table (an agent that did not stop cleanly)", "table", TableName)
+		log.Info("firewall: removed a leftover table (an agent that did not stop cleanly)", "table", f.tableName)
 	}
-	log.Info("firewall: table created", "table", TableName, "uplink", opt.Uplink)
+	if legacy {
+		log.Warn("firewall: removed the table of an older agent, which judged every fy* link", "table", legacyTable)
+	}
+	log.Info("firewall: table created", "table", f.tableName, "links", f.linkPrefix+"*", "uplink", opt.Uplink)
 	return f, nil
 }
 
-// hasTable tells whether Ferry's table exists.
-func (f *Firewall) hasTable() (bool, error) {
+// hasTable tells whether the inet table name exists.
+func (f *Firewall) hasTable(name string) (bool, error) {
 	tables, err := f.conn.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
 		return false, fmt.Errorf("firewall: list tables: %w", err)
 	}
 	for _, t := range tables {
-		if t.Name == TableName {
+		if t.Name == name {
 			return true, nil
 		}
 	}
@@ -197,7 +231,7 @@ func (f *Firewall) hasTable() (bool, error) {
 // AddVM registers vm's rules, replacing any earlier entry for vm.Link, in
 // one atomic batch: on error nothing changed.
 func (f *Firewall) AddVM(vm VM) error {
-	if err := validate(vm); err != nil {
+	if err := validate(vm, f.linkPrefix); err != nil {
 		return fmt.Errorf("firewall: %s: %w", vm.Link, err)
 	}
 	f.mu.Lock()
@@ -282,8 +316,8 @@ func (f *Firewall) Close() error {
 	}
 	f.conn, f.vms = nil, nil
 	if err != nil {
-		return fmt.Errorf("firewall: delete table %s: %w", TableName, err)
+		return fmt.Errorf("firewall: delete table %s: %w", f.tableName, err)
 	}
-	f.log.Info("firewall: table deleted", "table", TableName)
+	f.log.Info("firewall: table deleted", "table", f.tableName)
 	return nil
 }

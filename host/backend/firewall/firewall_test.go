@@ -11,13 +11,13 @@ import (
 
 func TestValidate(t *testing.T) {
 	v4, v6 := netip.MustParseAddr("10.200.0.2"), netip.MustParseAddr("fd00:f3:7:1::2")
-	ok := VM{Link: "fy1", IPv4: v4, IPv6: v6, Internet: true,
+	ok := VM{Link: "fy0-1", IPv4: v4, IPv6: v6, Internet: true,
 		AllowedPorts: []Port{{"tcp", 22}, {"udp", 53}, {"tcp", 22}},
 		Forwards:     []Forward{{"tcp", 2222, 22}, {"udp", 2222, 53}}}
-	if err := validate(ok); err != nil {
+	if err := validate(ok, "fy0-"); err != nil {
 		t.Fatalf("valid VM: %v", err)
 	}
-	if err := validate(VM{Link: "fy2"}); err != nil {
+	if err := validate(VM{Link: "fy0-2"}, "fy0-"); err != nil {
 		t.Errorf("VM without addresses: %v", err)
 	}
 	many := make([]Port, maxPorts+1)
@@ -31,7 +31,8 @@ func TestValidate(t *testing.T) {
 	}{
 		{"no link", func(vm *VM) { vm.Link = "" }, "empty interface name"},
 		{"long link", func(vm *VM) { vm.Link = "fy0123456789abcd" }, "longer than 15"},
-		{"not Ferry's link", func(vm *VM) { vm.Link = "eth0" }, `start with "fy"`},
+		{"not Ferry's link", func(vm *VM) { vm.Link = "eth0" }, `start with "fy0-"`},
+		{"another agent's link", func(vm *VM) { vm.Link = "fy1-1" }, `start with "fy0-"`},
 		{"IPv6 as IPv4", func(vm *VM) { vm.IPv4 = v6 }, "not an IPv4"},
 		{"IPv4 as IPv6", func(vm *VM) { vm.IPv6 = v4 }, "not an IPv6"},
 		{"4in6", func(vm *VM) { vm.IPv6 = netip.MustParseAddr("::ffff:10.0.0.1") }, "not an IPv6"},
@@ -47,7 +48,7 @@ func TestValidate(t *testing.T) {
 	} {
 		vm := ok
 		c.edit(&vm)
-		err := validate(vm)
+		err := validate(vm, "fy0-")
 		if err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: %v; want an error with %q", c.name, err, c.want)
 		}

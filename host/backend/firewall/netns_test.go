@@ -25,9 +25,9 @@ import (
 //
 //	outside (eth0 10.99.0.2/24 fd99::2/64, routes to the VMs via host)
 //	   |  veth
-//	host    (up0 10.99.0.1/24 fd99::1/64: the uplink; fy1 10.200.0.1/30
+//	host    (up0 10.99.0.1/24 fd99::1/64: the uplink; fy0-1 10.200.0.1/30
 //	   |     fd00:f3:7:1::1/64; forwarding on; Ferry's table here)
-//	   |  veth fy1
+//	   |  veth fy0-1
 //	vm      (eth0 10.200.0.2/30 fd00:f3:7:1::2/64, default routes via host)
 //
 // and prove the rules with real TCP connections. Every server answers
@@ -193,9 +193,9 @@ func newWorld(t *testing.T) *world {
 	w := &world{host: newNS(t), outside: newNS(t), vm: newNS(t)}
 	h, o, v := w.host, w.outside, w.vm
 	h.veth(t, "up0", o)
-	h.veth(t, "fy1", v)
+	h.veth(t, "fy0-1", v)
 	h.addr(t, "up0", uplink4+"/24", "fd99::1/64")
-	h.addr(t, "fy1", "10.200.0.1/30", "fd00:f3:7:1::1/64")
+	h.addr(t, "fy0-1", "10.200.0.1/30", "fd00:f3:7:1::1/64")
 	h.sysctl(t, "net.ipv4.ip_forward", "1")
 	h.sysctl(t, "net.ipv6.conf.all.forwarding", "1")
 	o.addr(t, "eth0", outside4+"/24", outside6+"/64")
@@ -309,7 +309,13 @@ func refused(t *testing.T, n *testNS, addr string) {
 
 func (w *world) open(t *testing.T) *Firewall {
 	t.Helper()
-	f, err := Open(Options{Uplink: "up0", NetNS: int(w.host.fd)})
+	return w.openSlot(t, 0)
+}
+
+// openSlot opens the firewall of the agent in node slot slot.
+func (w *world) openSlot(t *testing.T, slot int) *Firewall {
+	t.Helper()
+	f, err := Open(Options{Uplink: "up0", NetNS: int(w.host.fd), Slot: slot})
 	if errors.Is(err, syscall.EPROTONOSUPPORT) {
 		t.Skipf("the kernel has no nftables (nf_tables): %v", err)
 	}
@@ -328,7 +334,7 @@ func TestEgress(t *testing.T) {
 	// A Ferry link nobody registered forwards nothing.
 	dropped(t, w.vm, out4, out6)
 
-	vm := VM{Link: "fy1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true}
+	vm := VM{Link: "fy0-1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true}
 	if err := f.AddVM(vm); err != nil {
 		t.Fatal(err)
 	}
@@ -347,7 +353,7 @@ func TestInbound(t *testing.T) {
 	w := newWorld(t)
 	f := w.open(t)
 	vm := VM{
-		Link: "fy1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6),
+		Link: "fy0-1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6),
 		AllowedPorts: []Port{{"tcp", 8080}, {"udp", 8081}},
 		Forwards:     []Forward{{Proto: "tcp", HostPort: 9000, VMPort: 8081}},
 	}
@@ -366,11 +372,11 @@ func TestInbound(t *testing.T) {
 	// Another VM claiming this one's address or host port is refused,
 	// and this one keeps its rules.
 	for _, other := range []VM{
-		{Link: "fy2", IPv6: vm.IPv6},
-		{Link: "fy2", IPv4: netip.MustParseAddr("10.200.0.6"), Forwards: []Forward{{"tcp", 9000, 80}}},
+		{Link: "fy0-2", IPv6: vm.IPv6},
+		{Link: "fy0-2", IPv4: netip.MustParseAddr("10.200.0.6"), Forwards: []Forward{{"tcp", 9000, 80}}},
 	} {
 		if err := f.AddVM(other); err == nil {
-			t.Errorf("AddVM(%+v) over fy1's address or port: no error", other)
+			t.Errorf("AddVM(%+v) over fy0-1's address or port: no error", other)
 		}
 	}
 	reaches(t, w.outside, net.JoinHostPort(vm6, "8080"), outside6)
@@ -384,14 +390,14 @@ func TestInbound(t *testing.T) {
 	answers(t, w.outside, net.JoinHostPort(uplink4, "9000"), outside4+"@8080")
 	reaches(t, w.outside, net.JoinHostPort(vm4, "8080"), outside4)
 
-	if err := f.RemoveVM("fy1"); err != nil {
+	if err := f.RemoveVM("fy0-1"); err != nil {
 		t.Fatal(err)
 	}
 	dropped(t, w.outside, net.JoinHostPort(vm6, "8080"), net.JoinHostPort(vm4, "8080"))
 	// No forward any more: the host itself gets port 9000, where nothing
 	// listens.
 	refused(t, w.outside, net.JoinHostPort(uplink4, "9000"))
-	if err := f.RemoveVM("fy1"); err != nil {
+	if err := f.RemoveVM("fy0-1"); err != nil {
 		t.Errorf("RemoveVM of an unknown link: %v", err)
 	}
 }
@@ -410,7 +416,7 @@ func otherTables(t *testing.T, c *nftables.Conn) func() string {
 	if err := c.AddSet(s, []nftables.SetElement{{Key: port(8080)}}); err != nil {
 		t.Fatal(err)
 	}
-	sameName := c.AddTable(&nftables.Table{Name: TableName, Family: nftables.TableFamilyIPv4})
+	sameName := c.AddTable(&nftables.Table{Name: TableName(0), Family: nftables.TableFamilyIPv4})
 	c.AddChain(&nftables.Chain{Name: "c", Table: sameName})
 	if err := c.Flush(); err != nil {
 		t.Fatalf("other tables: %v", err)
@@ -423,7 +429,7 @@ func otherTables(t *testing.T, c *nftables.Conn) func() string {
 				t.Fatal(err)
 			}
 			for _, tb := range tables {
-				if tb.Name == TableName && fam == nftables.TableFamilyINet {
+				if tb.Name == TableName(0) && fam == nftables.TableFamilyINet {
 					continue // Ferry's
 				}
 				fmt.Fprintf(&b, "table %d %s\n", fam, tb.Name)
@@ -434,7 +440,7 @@ func otherTables(t *testing.T, c *nftables.Conn) func() string {
 			t.Fatal(err)
 		}
 		for _, ch := range chains {
-			if ch.Table.Name == TableName && ch.Table.Family == nftables.TableFamilyINet {
+			if ch.Table.Name == TableName(0) && ch.Table.Family == nftables.TableFamilyINet {
 				continue
 			}
 			rules, err := c.GetRules(ch.Table, ch)
@@ -452,8 +458,8 @@ func otherTables(t *testing.T, c *nftables.Conn) func() string {
 	}
 }
 
-// ferryTables lists the inet tables named TableName.
-func ferryTables(t *testing.T, c *nftables.Conn) int {
+// ferryTables counts the inet tables named name.
+func ferryTables(t *testing.T, c *nftables.Conn, name string) int {
 	t.Helper()
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyINet)
 	if err != nil {
@@ -461,7 +467,7 @@ func ferryTables(t *testing.T, c *nftables.Conn) int {
 	}
 	n := 0
 	for _, tb := range tables {
-		if tb.Name == TableName {
+		if tb.Name == name {
 			n++
 		}
 	}
@@ -477,7 +483,7 @@ func TestCrashAndClose(t *testing.T) {
 	describe := otherTables(t, c)
 	before := describe()
 	out4 := net.JoinHostPort(outside4, "7000")
-	vm := VM{Link: "fy1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true,
+	vm := VM{Link: "fy0-1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true,
 		AllowedPorts: []Port{{"tcp", 8080}}, Forwards: []Forward{{"tcp", 9000, 8080}}}
 
 	crashed := w.open(t)
@@ -507,8 +513,8 @@ func TestCrashAndClose(t *testing.T) {
 	if err := f.Close(); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	if n := ferryTables(t, c); n != 0 {
-		t.Errorf("after Close: %d inet tables %q; want none", n, TableName)
+	if n := ferryTables(t, c, TableName(0)); n != 0 {
+		t.Errorf("after Close: %d inet tables %q; want none", n, TableName(0))
 	}
 	// No rule of Ferry's left: the VM's traffic is forwarded as it is.
 	reaches(t, w.vm, out4, vm4)
@@ -521,4 +527,82 @@ func TestCrashAndClose(t *testing.T) {
 	if err := f.AddVM(vm); !errors.Is(err, ErrClosed) {
 		t.Errorf("AddVM after Close: %v; want ErrClosed", err)
 	}
+}
+
+// Two agents on one machine (node slots 0 and 1) each judge only their
+// own links: a VM of one is not dropped by the other's table, each
+// agent's unregistered links stay closed, and one agent closing its table
+// leaves the other's rules in place.
+func TestTwoAgentsInOneNamespace(t *testing.T) {
+	w := newWorld(t)
+	const vm2v4, vm2v6 = "10.200.4.2", "fd00:f3:7:101::2"
+	vm2 := newNS(t)
+	w.host.veth(t, "fy1-1", vm2)
+	w.host.addr(t, "fy1-1", "10.200.4.1/30", "fd00:f3:7:101::1/64")
+	vm2.addr(t, "eth0", vm2v4+"/30", vm2v6+"/64")
+	vm2.route(t, "0.0.0.0/0", "10.200.4.1")
+	vm2.route(t, "::/0", "fd00:f3:7:101::1")
+	serve(t, vm2, 8080)
+	out4, out6 := net.JoinHostPort(outside4, "7000"), net.JoinHostPort(outside6, "7000")
+
+	first, second := w.openSlot(t, 0), w.openSlot(t, 1)
+	dropped(t, w.vm, out4, out6)
+	dropped(t, vm2, out4, out6)
+	dropped(t, w.outside, net.JoinHostPort(vm2v4, "8080"))
+	if err := first.AddVM(VM{Link: "fy1-1", IPv4: netip.MustParseAddr(vm2v4)}); err == nil {
+		t.Errorf("slot 0's firewall took slot 1's link")
+	}
+	if err := second.AddVM(VM{Link: "fy1-1", IPv4: netip.MustParseAddr(vm2v4), IPv6: netip.MustParseAddr(vm2v6), Internet: true,
+		AllowedPorts: []Port{{"tcp", 8080}}}); err != nil {
+		t.Fatal(err)
+	}
+	reaches(t, vm2, out4, uplink4)
+	reaches(t, vm2, out6, vm2v6)
+	reaches(t, w.outside, net.JoinHostPort(vm2v4, "8080"), outside4)
+	dropped(t, w.vm, out4, out6) // slot 0's VM is still unregistered
+	if err := first.AddVM(VM{Link: "fy0-1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true}); err != nil {
+		t.Fatal(err)
+	}
+	reaches(t, w.vm, out4, uplink4)
+
+	c, err := nftables.New(nftables.WithNetNSFd(int(w.host.fd)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := second.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if ferryTables(t, c, TableName(1)) != 0 || ferryTables(t, c, TableName(0)) != 1 {
+		t.Fatalf("after slot 1 closed: tables %d %d, want 0 and 1", ferryTables(t, c, TableName(0)), ferryTables(t, c, TableName(1)))
+	}
+	reaches(t, w.vm, out4, uplink4)
+	if err := first.RemoveVM("fy0-1"); err != nil {
+		t.Fatal(err)
+	}
+	dropped(t, w.vm, out4)
+}
+
+// The single table of older agents, which judged every fy* link, is
+// removed when an agent opens its own.
+func TestLegacyTableRemoved(t *testing.T) {
+	w := newWorld(t)
+	c, err := nftables.New(nftables.WithNetNSFd(int(w.host.fd)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	legacy := c.AddTable(&nftables.Table{Name: legacyTable, Family: nftables.TableFamilyINet})
+	drop := nftables.ChainPolicyDrop
+	c.AddChain(&nftables.Chain{Name: "forward", Table: legacy, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &drop})
+	if err := c.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	f := w.open(t)
+	if n := ferryTables(t, c, legacyTable); n != 0 {
+		t.Fatalf("the legacy table is still there after Open")
+	}
+	if err := f.AddVM(VM{Link: "fy0-1", IPv4: netip.MustParseAddr(vm4), IPv6: netip.MustParseAddr(vm6), Internet: true}); err != nil {
+		t.Fatal(err)
+	}
+	reaches(t, w.vm, net.JoinHostPort(outside4, "7000"), uplink4)
 }

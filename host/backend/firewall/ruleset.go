@@ -42,10 +42,14 @@ const ipsDstNAT = 1 << 5
 func reg32(n uint32) uint32 { return unix.NFT_REG32_00 + n }
 
 // create queues and flushes, in one batch, the replacement of any table of
-// that name and family by a fresh one with its sets and rules.
+// that name and family by a fresh one with its sets and rules, and the
+// removal of the legacy table.
 func (f *Firewall) create() error {
 	c := f.conn
-	f.table = &nftables.Table{Name: TableName, Family: nftables.TableFamilyINet}
+	legacy := &nftables.Table{Name: legacyTable, Family: nftables.TableFamilyINet}
+	c.AddTable(legacy)
+	c.DelTable(legacy)
+	f.table = &nftables.Table{Name: f.tableName, Family: nftables.TableFamilyINet}
 	// Add (a no-op if it exists), delete, add again: a leftover table
 	// goes and a fresh one comes in the same transaction.
 	c.AddTable(f.table)
@@ -79,7 +83,7 @@ func (f *Firewall) create() error {
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: prerouting, Exprs: f.dnatRule()})
 	c.AddRule(&nftables.Rule{Table: f.table, Chain: postrouting, Exprs: f.masqueradeRule()})
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("firewall: create table %s: %w", TableName, err)
+		return fmt.Errorf("firewall: create table %s: %w", f.tableName, err)
 	}
 	return nil
 }
@@ -91,12 +95,12 @@ func (f *Firewall) forwardRules() [][]expr.Any {
 	return [][]expr.Any{
 		// ct state established,related accept
 		cat(ctBits(unix.NFT_CT_STATE, expr.CtStateBitESTABLISHED|expr.CtStateBitRELATED), accept),
-		// meta nfproto ipv4 iifname "fy*" iifname . ip saddr != @egress4 drop
-		cat(nfproto(unix.NFPROTO_IPV4), ifPrefix(expr.MetaKeyIIFNAME),
+		// meta nfproto ipv4 iifname "fyS-*" iifname . ip saddr != @egress4 drop
+		cat(nfproto(unix.NFPROTO_IPV4), ifPrefix(expr.MetaKeyIIFNAME, f.linkPrefix),
 			payload(expr.PayloadBaseNetworkHeader, 12, 4, reg32(4)),
 			notIn(f.sets[setEgress4]), drop),
-		// meta nfproto ipv6 iifname "fy*" iifname . ip6 saddr != @egress6 drop
-		cat(nfproto(unix.NFPROTO_IPV6), ifPrefix(expr.MetaKeyIIFNAME),
+		// meta nfproto ipv6 iifname "fyS-*" iifname . ip6 saddr != @egress6 drop
+		cat(nfproto(unix.NFPROTO_IPV6), ifPrefix(expr.MetaKeyIIFNAME, f.linkPrefix),
 			payload(expr.PayloadBaseNetworkHeader, 8, 16, reg32(4)),
 			notIn(f.sets[setEgress6]), drop),
 		// ip daddr . meta l4proto . th dport @allowed4 accept
@@ -113,8 +117,8 @@ func (f *Firewall) forwardRules() [][]expr.Any {
 			lookup(f.sets[setAllowed6]), accept),
 		// ct status dnat accept
 		cat(ctBits(unix.NFT_CT_STATUS, ipsDstNAT), accept),
-		// oifname "fy*" drop
-		cat(ifPrefix(expr.MetaKeyOIFNAME), drop),
+		// oifname "fyS-*" drop
+		cat(ifPrefix(expr.MetaKeyOIFNAME, f.linkPrefix), drop),
 	}
 }
 
@@ -185,9 +189,9 @@ func nfproto(proto byte) []expr.Any {
 }
 
 // ifPrefix loads the interface name (16 bytes, into registers 0-3) and
-// matches LinkPrefix as nft's "fy*" does: comparing only its bytes.
-func ifPrefix(key expr.MetaKey) []expr.Any {
-	return []expr.Any{meta(key, reg32(0)), &expr.Cmp{Op: expr.CmpOpEq, Register: reg32(0), Data: []byte(LinkPrefix)}}
+// matches prefix as nft's "fy0-*" does: comparing only its bytes.
+func ifPrefix(key expr.MetaKey, prefix string) []expr.Any {
+	return []expr.Any{meta(key, reg32(0)), &expr.Cmp{Op: expr.CmpOpEq, Register: reg32(0), Data: []byte(prefix)}}
 }
 
 // ifname matches the interface name exactly (with its terminating NUL).

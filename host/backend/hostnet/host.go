@@ -98,7 +98,7 @@ func (h *Host) open() error {
 	}
 	if uplink != nil {
 		// Its Open replaces a dead agent's table.
-		if h.fw, err = firewall.Open(firewall.Options{Uplink: name, Log: log}); err != nil {
+		if h.fw, err = firewall.Open(firewall.Options{Uplink: name, Log: log, Slot: h.opt.NodeSlot}); err != nil {
 			return fmt.Errorf("network: %w", err)
 		}
 	}
@@ -145,7 +145,7 @@ func (h *Host) Addressing(n uint64) *backend.Network {
 
 // Link is the host end of a VM's link, with what the node made for it.
 type Link struct {
-	// Name is the host end's interface (fyN).
+	// Name is the host end's interface (fyS-N).
 	Name string
 	// Network is the VM's addressing and resolvers.
 	Network *backend.Network
@@ -156,7 +156,7 @@ type Link struct {
 	once     sync.Once
 }
 
-// Veth links VM index n with a veth pair: the host end (fyN) gets the
+// Veth links VM index n with a veth pair: the host end (fyS-N) gets the
 // host addresses; the other end is eth0 in the VM's network namespace
 // (netlink.NsFd or netlink.NsPid), where init configures the guest
 // addresses. The firewall admits what fw says (its Internet,
@@ -174,7 +174,7 @@ func (h *Host) Veth(n uint64, vmNetns any, fw firewall.VM) (*Link, error) {
 	})
 }
 
-// Tap links VM index n with tap device fyN and returns the open tap (for
+// Tap links VM index n with tap device fyS-N and returns the open tap (for
 // QEMU's -netdev tap,fd=). The device goes away when the file is closed
 // by everyone holding it, or with the Link's Remove. The firewall admits
 // what fw says, as for Veth.

@@ -9,7 +9,8 @@
 // address, and the uplink answers neighbour solicitations for the VM's
 // address (an NDP proxy entry) so that an upstream router with the prefix
 // on-link finds it. The sandbox backend links a VM with a veth pair, the
-// qemu backend with a tap device; both are named fyN after the VM's index.
+// qemu backend with a tap device; both are named fyS-N after the agent's
+// node slot S and the VM's number N among the agent's VMs.
 package hostnet
 
 import (
@@ -38,9 +39,12 @@ func privateAddressing(n uint64) *backend.Network {
 	}
 }
 
-// LinkName is the host end's interface name for VM index n: the
-// firewall judges the links whose names start with firewall.LinkPrefix.
-func LinkName(n uint64) string { return fmt.Sprintf("%s%d", firewall.LinkPrefix, n%maxVMIndex+1) }
+// LinkName is the host end's interface name for VM index n: fyS-N, for
+// the N-th VM (from 1) of the agent in node slot S. That agent's firewall
+// judges the links whose names start with firewall.NodeLinkPrefix(S).
+func LinkName(n uint64) string {
+	return fmt.Sprintf("%s%d", firewall.NodeLinkPrefix(int(n/SlotsPerNode)), n%SlotsPerNode+1)
+}
 
 // SlotsPerNode is how many VMs one agent runs at once at most: agent
 // (cluster node) slot s owns VM indexes s×SlotsPerNode up to

@@ -262,7 +262,7 @@ func hasFerryTable(t *testing.T) bool {
 		t.Fatal(err)
 	}
 	for _, tb := range tables {
-		if tb.Name == firewall.TableName {
+		if tb.Name == firewall.TableName(0) {
 			return true
 		}
 	}
