@@ -265,14 +265,16 @@ func TestTriggersScheduleAndMessages(t *testing.T) {
 
 // In a cluster of three, a schedule fires on one node only: an on-demand
 // program's on the Raft leader, a persistent program's on the node that
-// runs it; the other nodes deliver nothing and boot nothing for it.
+// runs it; the other nodes deliver nothing and boot nothing for it. An
+// event posted to a node that does not run the persistent program is
+// delivered to it through the node that does.
 func TestTriggersScheduleFiresOnOneNodeOfACluster(t *testing.T) {
 	code := writeApp(t, map[string]string{"main.py": eventsApp})
 	program := func(on string) string {
 		return fmt.Sprintf(`{"code": {"entrypoint": "main:app", "interface": "asgi", "path": %q}, "resources": {"vcpus": 1, "workers": 1, "memory": 256}, "on": %s}`, code, on)
 	}
 	c := newTestCluster(t, 3, fmt.Sprintf(`{"idle_timeout": "5m", "programs": {"tick": %s, "ptick": %s}}`,
-		program(`{"http": true, "schedule": "* * * * * *"}`), program(`{"http": true, "persistent": true, "schedule": "* * * * * *"}`)))
+		program(`{"http": true, "schedule": "* * * * * *"}`), program(`{"http": true, "persistent": true, "schedule": "* * * * * *", "message": [{"topic": "pt"}]}`)))
 	deliveries := func(n *clusterNode, id string) int {
 		var st admin.Status
 		if err := n.client.Do("GET", "/v1/programs/"+id, nil, &st); err != nil || st.Triggers == nil {
@@ -310,5 +312,19 @@ func TestTriggersScheduleFiresOnOneNodeOfACluster(t *testing.T) {
 	}
 	if got := running(c.nodes, "tick"); len(got) != 1 || got[0] != st.Leader {
 		t.Errorf("tick runs on %v, want the leader %s alone", got, st.Leader)
+	}
+	for _, n := range c.nodes {
+		if n.name == owner {
+			continue
+		}
+		if err := n.client.Do("POST", "/v1/events", strings.NewReader(`{"topic": "pt"}`), nil); err != nil {
+			t.Fatalf("posting an event to %s: %v", n.name, err)
+		}
+		waitFor(t, time.Minute, func() bool { return deliveries(n, "ptick") == 1 },
+			fmt.Sprintf("an event posted to %s was not delivered to ptick, which runs on %s", n.name, owner))
+		if got := running(c.nodes, "ptick"); len(got) != 1 || got[0] != owner {
+			t.Errorf("ptick runs on %v, want %s alone", got, owner)
+		}
+		break
 	}
 }

@@ -43,6 +43,10 @@ var schema = []string{
 		name  TEXT PRIMARY KEY,
 		value INTEGER NOT NULL
 	)`,
+	`CREATE TABLE IF NOT EXISTS secrets (
+		name  TEXT PRIMARY KEY,
+		value BLOB NOT NULL
+	)`,
 }
 
 // columns are the columns added to a table after it was first made, in

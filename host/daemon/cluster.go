@@ -143,6 +143,7 @@ type clustered struct {
 	placedRead time.Time
 	public     map[string]string // the nodes' public addresses, as last read
 	publicRead time.Time
+	forwardKey []byte // the cluster's forwarding key, once read
 }
 
 // startCluster stores the file's programs, then keeps the local programs
@@ -193,18 +194,34 @@ func (c *clustered) Peer(node string) string {
 	return c.public[node]
 }
 
+// ForwardKey returns the cluster's key for the agent's requests forwarded
+// between nodes (front.Forwarder), nil until advertise has read it.
+func (c *clustered) ForwardKey() []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.forwardKey
+}
+
 // advertise records where this node serves programs, ln's address (its
-// host the cluster address's when ln listens on every address), retrying
-// until the cluster takes it or ctx ends: until then, the other nodes
-// answer 503 for the persistent programs this node runs rather than
-// forward their requests here.
+// host the cluster address's when ln listens on every address), and reads
+// the cluster's forwarding key, retrying until the cluster answers or ctx
+// ends: until then, the other nodes answer 503 for the persistent
+// programs this node runs rather than forward their requests here, and
+// this node forwards no event.
 func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger) {
 	public := publicAddress(ln, c.node.Address())
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := c.node.Advertise(actx, public)
+		var key []byte
+		if err == nil {
+			key, err = c.node.ForwardKey(actx)
+		}
 		cancel()
 		if err == nil {
+			c.mu.Lock()
+			c.forwardKey = key
+			c.mu.Unlock()
 			log.Info("cluster: the other nodes forward requests for this node's persistent programs here", "public", public)
 			return
 		}

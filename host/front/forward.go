@@ -6,6 +6,8 @@ package front
 // (and the load balancer in front of the cluster) may use any node.
 
 import (
+	"crypto/subtle"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
@@ -23,6 +25,17 @@ import (
 // forth.
 const ForwardedBy = "X-Ferry-Forwarded-By"
 
+// A request the agent makes itself to a persistent program of another
+// node (a trigger's event, to a path under ReservedPrefix, which clients
+// may not reach) goes to that node's public listener at AgentPrefix +
+// program id + path, with the cluster's forwarding key in KeyHeader (hex).
+// That node takes it only with the key, which it removes before the
+// program sees the request; without, the path is unknown (404).
+const (
+	AgentPrefix = "/_ferry/agent/"
+	KeyHeader   = "X-Ferry-Cluster-Key"
+)
+
 // Forwarding's bounds: how long a connection to another node may take to
 // open, and how many idle ones are kept per node.
 const (
@@ -37,18 +50,21 @@ const (
 type Forwarder struct {
 	node      string                   // this node's name
 	peer      func(node string) string // a node's public host:port, "" unknown
+	key       func() []byte            // the cluster's forwarding key, nil unknown
 	transport *http.Transport
 	log       *slog.Logger
 }
 
 // NewForwarder returns the forwarder of the node named node; peer says
-// where another node serves programs ("" when it has not said).
-func NewForwarder(node string, peer func(node string) string, log *slog.Logger) *Forwarder {
+// where another node serves programs ("" when it has not said), key is
+// the cluster's key for the agent's own requests (nil until known: they
+// are then not forwarded, nor taken).
+func NewForwarder(node string, peer func(node string) string, key func() []byte, log *slog.Logger) *Forwarder {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	dialer := &net.Dialer{Timeout: forwardDialTimeout, KeepAlive: forwardDialKeepAlive}
-	return &Forwarder{node: node, peer: peer, log: log, transport: &http.Transport{
+	return &Forwarder{node: node, peer: peer, key: key, log: log, transport: &http.Transport{
 		// Proxy stays nil: the nodes talk directly, whatever
 		// HTTP_PROXY the agent's environment has.
 		DialContext:         dialer.DialContext,
@@ -63,10 +79,36 @@ func NewForwarder(node string, peer func(node string) string, log *slog.Logger) 
 // Close closes the forwarder's idle connections.
 func (f *Forwarder) Close() { f.transport.CloseIdleConnections() }
 
-// serve relays r, for a persistent program that runs on node, to that
-// node, and reports true; false (nothing written) when r was forwarded
-// already or node's address is unknown: the caller answers 503.
+// serve relays r, a client's request for a persistent program that runs
+// on node, to that node's public listener as it came, and reports true;
+// false (nothing written) when r was forwarded already or node's address
+// is unknown: the caller answers 503.
 func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node string) bool {
+	return f.relay(w, r, ex, node, func(*httputil.ProxyRequest) {})
+}
+
+// serveAgent relays r, a request the agent makes itself (a trigger's
+// event) to the persistent program id that runs on node, to that node
+// under AgentPrefix with the cluster's key (KeyHeader), which that node
+// checks (Router.serveFromNode): the agent's paths (ReservedPrefix) are
+// refused to clients. It reports false (nothing written) as serve does,
+// and when the key is not known yet.
+func (f *Forwarder) serveAgent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node, id string) bool {
+	key := f.key()
+	if len(key) == 0 {
+		return false
+	}
+	return f.relay(w, r, ex, node, func(pr *httputil.ProxyRequest) {
+		pr.Out.URL.Path = AgentPrefix + id + pr.In.URL.Path
+		pr.Out.URL.RawPath = ""
+		pr.Out.Header.Set(KeyHeader, hex.EncodeToString(key))
+	})
+}
+
+// relay relays r to node's public listener, the outbound request edited
+// by rewrite, unless r was forwarded already or node's address is
+// unknown.
+func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node string, rewrite func(*httputil.ProxyRequest)) bool {
 	if node == "" || r.Header.Get(ForwardedBy) != "" {
 		return false
 	}
@@ -82,6 +124,7 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, ex *relay.Exch
 			pr.Out.Header.Set(ForwardedBy, f.node)
 			// Both nodes' log lines name the request by one id.
 			pr.Out.Header.Set("X-Request-Id", ex.ID)
+			rewrite(pr)
 		},
 		Transport:     f.transport,
 		FlushInterval: -1, // a streamed answer streams on
@@ -99,4 +142,12 @@ func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, ex *relay.Exch
 	}
 	proxy.ServeHTTP(w, r)
 	return true
+}
+
+// validKey reports whether a request carries the cluster's forwarding
+// key (compared in constant time).
+func (f *Forwarder) validKey(r *http.Request) bool {
+	key := f.key()
+	got, err := hex.DecodeString(r.Header.Get(KeyHeader))
+	return len(key) > 0 && err == nil && subtle.ConstantTimeCompare(got, key) == 1
 }

@@ -3,6 +3,8 @@ package front
 import (
 	"bufio"
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -38,7 +40,7 @@ func forwardingFront(t *testing.T, peer func(node string) string) string {
 		On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
 		t.Fatal(err)
 	}
-	forward := NewForwarder("node1", peer, nil)
+	forward := NewForwarder("node1", peer, func() []byte { return nil }, nil)
 	t.Cleanup(forward.Close)
 	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
 		Metrics: metrics.New(func() int { return 0 }),
@@ -181,5 +183,113 @@ func TestForwardingAnUpgrade(t *testing.T) {
 	io.WriteString(conn, "hello\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "echo: hello\n" {
 		t.Fatalf("after the upgrade: %q %v", line, err)
+	}
+}
+
+// node is one agent's router over fake VMs, for the tests of two nodes.
+type node struct {
+	router  *Router
+	manager *lifecycle.Manager
+	url     string
+}
+
+// twoNodes serves persistent program "keeper" on node2 (its VM running)
+// with node1 in front, both with the forwarding key key2 and key1.
+func twoNodes(t *testing.T, key1, key2 []byte) (node1, node2 *node) {
+	t.Helper()
+	var addr2 string
+	peer := func(n string) string {
+		if n == "node2" {
+			return addr2
+		}
+		return ""
+	}
+	start := func(name string, here bool, key []byte) *node {
+		manager := lifecycle.New(lifecycle.Options{Backend: &backendtest.Backend{Handler: backendtest.Echo}, InitPath: "/nonexistent/init", IdleTimeout: -1})
+		t.Cleanup(func() {
+			manager.Close()
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			manager.StopAll(ctx)
+		})
+		programs := NewPrograms(manager)
+		programs.ClusterPersists = true
+		if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
+			On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
+			t.Fatal(err)
+		}
+		forward := NewForwarder(name, peer, func() []byte { return key }, nil)
+		t.Cleanup(forward.Close)
+		rt := &Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler), Forward: forward,
+			Owner: func(string) (bool, string) {
+				if here {
+					return true, ""
+				}
+				return false, "node2"
+			}}
+		srv := httptest.NewServer(rt)
+		t.Cleanup(srv.Close)
+		return &node{router: rt, manager: manager, url: srv.URL}
+	}
+	node1, node2 = start("node1", false, key1), start("node2", true, key2)
+	addr2 = strings.TrimPrefix(node2.url, "http://")
+	inst, err := node2.manager.Acquire(context.Background(), node2.router.Programs.Route("keeper").Program)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inst.Release()
+	return node1, node2
+}
+
+// An event (a request the agent makes itself, to a path under
+// ReservedPrefix) for a persistent program of another node reaches it
+// there with the cluster's key, which the program never sees; a client
+// cannot reach that path, with no key or a wrong one; nodes whose keys
+// differ forward nothing.
+func TestForwardingAnEvent(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	node1, _ := twoNodes(t, key, key)
+	event := func(n *node) (int, backendtest.Seen) {
+		req := httptest.NewRequest("POST", "http://localhost/_ferry/event", strings.NewReader(`{"topic": "t"}`))
+		rec := httptest.NewRecorder()
+		n.router.ServeProgram(rec, req, "keeper")
+		var seen backendtest.Seen
+		json.Unmarshal(rec.Body.Bytes(), &seen)
+		return rec.Code, seen
+	}
+	status, seen := event(node1)
+	if want := (backendtest.Seen{Method: "POST", Path: "/_ferry/event", RawPath: "/_ferry/event", Host: "localhost", BodyBytes: 14, FerryHeaders: "x-ferry-forwarded-by"}); status != 200 || seen != want {
+		t.Fatalf("an event forwarded to node2: %d %+v, want 200 %+v", status, seen, want)
+	}
+
+	_, node2 := twoNodes(t, key, key)
+	for _, header := range []string{"", "00", hex.EncodeToString([]byte("0123456789abcdef0123456789abcdeX"))} {
+		req, _ := http.NewRequest("POST", node2.url+AgentPrefix+"keeper/_ferry/event", strings.NewReader("{}"))
+		if header != "" {
+			req.Header.Set(KeyHeader, header)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound {
+			t.Errorf("a client's request to the agent's path with key %q: %d, want 404", header, resp.StatusCode)
+		}
+	}
+
+	other, _ := twoNodes(t, key, []byte("another key of thirty-two bytes!"))
+	if status, _ := event(other); status != http.StatusNotFound {
+		t.Errorf("an event forwarded with another cluster's key: %d, want node2's 404", status)
+	}
+	// A client's request forwarded between two real routers.
+	resp, err := http.Get(node1.url + "/vm/keeper/x?y=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	json.NewDecoder(resp.Body).Decode(&seen)
+	if want := (backendtest.Seen{Method: "GET", RootPath: "/vm/keeper", Path: "/x", RawPath: "/x", Query: "y=1", Host: strings.TrimPrefix(node1.url, "http://"), FerryHeaders: "x-ferry-forwarded-by"}); resp.StatusCode != 200 || seen != want {
+		t.Errorf("a client's request through node1: %d %+v, want 200 %+v", resp.StatusCode, seen, want)
 	}
 }

@@ -30,7 +30,7 @@ func reserved(p string) bool {
 // host/trigger) to program id exactly as a routed request is served: under
 // the program's limit of requests in flight and its time limit, its VM
 // booted on demand, a persistent program of a cluster only where it runs
-// (503 elsewhere: not forwarded). Unlike ServeHTTP it does not look at on.http (a program
+// (forwarded there with the cluster's key, Forwarder.serveAgent). Unlike ServeHTTP it does not look at on.http (a program
 // reached only by its triggers gets them) and records no HTTP metrics.
 // The program sees r's URL path with an empty root_path; the answer, or
 // the agent's JSON error (404 for an unknown program), goes to w.
@@ -43,10 +43,29 @@ func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string
 	}
 	ex.Path, ex.RawPath, ex.Timeout = r.URL.Path, r.URL.EscapedPath(), route.Timeout
 	if route.Program.Persistent && rt.Owner != nil {
-		// Not forwarded: the other node's public listener refuses the
-		// agent's reserved paths.
-		rt.servePersistent(w, r, ex, route, nil)
+		rt.servePersistent(w, r, ex, route, func(node string) bool {
+			return rt.Forward != nil && rt.Forward.serveAgent(w, r, ex, node, id)
+		})
 		return
 	}
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
+}
+
+// serveFromNode serves a request another node's agent made to a
+// persistent program that runs here (Forwarder.serveAgent): with the
+// cluster's key, the key is removed and the rest of the path goes to the
+// program as ServeProgram serves it (never forwarded again); without, it
+// is the 404 of any unknown path.
+func (rt *Router) serveFromNode(w http.ResponseWriter, r *http.Request, ex *relay.Exchange) {
+	if !rt.Forward.validKey(r) {
+		reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+		return
+	}
+	r.Header.Del(KeyHeader)
+	id, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, AgentPrefix), "/")
+	r.URL.Path, r.URL.RawPath = "/"+rest, ""
+	if r.Header.Get(ForwardedBy) == "" {
+		r.Header.Set(ForwardedBy, "unknown") // never relayed again
+	}
+	rt.ServeProgram(w, r, id)
 }

@@ -62,6 +62,10 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
+	if rt.Forward != nil && strings.HasPrefix(r.URL.Path, AgentPrefix) {
+		rt.serveFromNode(w, r, ex)
+		return
+	}
 	if !asciiTarget(r.RequestURI) {
 		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
 		// answer 400 and close; net/http lets it through.
@@ -103,7 +107,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	ex.RootPath, ex.Path, ex.RawPath, ex.Timeout = root, path, rawPath, route.Timeout
 	if route.Program.Persistent && rt.Owner != nil {
-		rt.servePersistent(w, r, ex, route, rt.Forward)
+		rt.servePersistent(w, r, ex, route, func(node string) bool {
+			return rt.Forward != nil && rt.Forward.serve(w, r, ex, node)
+		})
 		return
 	}
 	serveProgram(w, r, ex, rt.Manager, route.Program, route.Limiter)
@@ -117,13 +123,12 @@ const StatusClientClosed = 499
 // servePersistent serves a persistent program of a cluster: only where it
 // runs, on the VM its supervisor runs (a request never starts one: that
 // would be a second copy), and only while this node's lease holds, checked
-// again once the VM is held. Elsewhere the request goes to the node that
-// runs it through forward, when not nil and that node is known, else it
-// is answered 503.
-func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, route *Route, forward *Forwarder) {
+// again once the VM is held. Elsewhere forward is asked to relay the
+// request to the node that runs it; when it does not, the answer is 503.
+func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, route *Route, forward func(node string) bool) {
 	p := route.Program
 	notHere := func(node string) {
-		if forward != nil && forward.serve(w, r, ex, node) {
+		if forward(node) {
 			return
 		}
 		if node != "" {

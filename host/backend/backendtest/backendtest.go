@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -192,6 +193,9 @@ type Seen struct {
 	Query     string `json:"query"`
 	Host      string `json:"host"`
 	BodyBytes int    `json:"body_bytes"`
+	// FerryHeaders are the names of the x-ferry-* fields of the request,
+	// comma-separated.
+	FerryHeaders string `json:"ferry_headers,omitempty"`
 }
 
 // Echo is a Handler that answers 200 with the request as the program saw
@@ -213,11 +217,16 @@ func Echo(st *mux.Stream) {
 	}
 	seen := Seen{Method: string(h.Method), RootPath: string(h.RootPath), Path: string(h.Path), RawPath: string(h.RawPath),
 		Query: string(h.QueryString), BodyBytes: int(n)}
+	var ferry []string
 	for _, f := range h.Headers {
 		if string(f.Name) == "host" {
 			seen.Host = string(f.Value)
 		}
+		if strings.HasPrefix(string(f.Name), "x-ferry-") {
+			ferry = append(ferry, string(f.Name))
+		}
 	}
+	seen.FerryHeaders = strings.Join(ferry, ",")
 	body, _ := json.Marshal(seen)
 	st.WriteResponse(&message.ResponseHead{Status: 200, Headers: []message.HeaderField{
 		{Name: []byte("content-type"), Value: []byte("application/json")}}}, body, true)
