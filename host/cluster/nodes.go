@@ -94,8 +94,10 @@ func (n *Node) register(ctx context.Context) error {
 		if n.opt.IPv6Prefix.IsValid() {
 			prefix = n.opt.IPv6Prefix.String()
 		}
+		// The public address is forgotten until the node advertises
+		// it again: it may have changed.
 		_, err = tx.Exec(`INSERT INTO nodes (name, address, slot, vcpus, memory_mib, ipv6_prefix) VALUES (?, ?, ?, ?, ?, ?)
-			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, ipv6_prefix = excluded.ipv6_prefix`,
+			ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, memory_mib = excluded.memory_mib, ipv6_prefix = excluded.ipv6_prefix, public = ''`,
 			n.opt.Name, n.opt.Address, n.slot, n.opt.Capacity.VCPUs, n.opt.Capacity.MemoryMiB, prefix)
 		return err
 	})

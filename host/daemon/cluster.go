@@ -141,9 +141,14 @@ type clustered struct {
 	mu         sync.Mutex
 	placement  map[string]cluster.Assignment // as last read, for where a program runs
 	placedRead time.Time
-	public     map[string]string // the nodes' public addresses, as last read
-	publicRead time.Time
 	forwardKey []byte // the cluster's forwarding key, once read
+
+	// The nodes' public addresses, as last read (or tried: a failure
+	// waits a second too), under a lock of their own: a slow read must
+	// not hold up the placement's readers.
+	publicMu   sync.Mutex
+	public     map[string]string
+	publicRead time.Time
 }
 
 // startCluster stores the file's programs, then keeps the local programs
@@ -181,17 +186,26 @@ func (c *clustered) Owner(id string) (bool, string) {
 // Peer returns where node serves programs (cluster.Node.Advertise), read
 // at most once a second; "" when it has not said (front.Forwarder.Peer).
 func (c *clustered) Peer(node string) string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+	c.publicMu.Lock()
+	defer c.publicMu.Unlock()
 	if time.Since(c.publicRead) > time.Second {
 		ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 		public, err := c.node.PublicAddresses(ctx)
 		cancel()
 		if err == nil {
-			c.public, c.publicRead = public, time.Now()
+			c.public = public
 		}
+		c.publicRead = time.Now()
 	}
 	return c.public[node]
+}
+
+// Live reports whether node's heartbeat is current as this node observes
+// the cluster (front.Forwarder: a node that stopped beating for a lease is
+// not forwarded to). A node not observed yet counts as live.
+func (c *clustered) Live(node string) bool {
+	d, ok := c.placer.Silence()[node]
+	return !ok || d <= c.node.Lease()
 }
 
 // ForwardKey returns the cluster's key for the agent's requests forwarded
@@ -209,7 +223,11 @@ func (c *clustered) ForwardKey() []byte {
 // programs this node runs rather than forward their requests here, and
 // this node forwards no event.
 func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger) {
-	public := publicAddress(ln, c.node.Address())
+	public, err := publicAddress(ln, c.node.Address())
+	if err != nil {
+		// Still read the key: this node forwards to the others.
+		log.Warn("cluster: the other nodes cannot forward requests for this node's persistent programs here; they answer 503 naming it", "err", err)
+	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		err := c.node.Advertise(actx, public)
@@ -222,7 +240,9 @@ func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger
 			c.mu.Lock()
 			c.forwardKey = key
 			c.mu.Unlock()
-			log.Info("cluster: the other nodes forward requests for this node's persistent programs here", "public", public)
+			if public != "" {
+				log.Info("cluster: the other nodes forward requests for this node's persistent programs here", "public", public)
+			}
 			return
 		}
 		log.Warn("cluster: recording this node's public address", "public", public, "err", err)
@@ -236,18 +256,36 @@ func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger
 
 // publicAddress is where the other nodes reach a public listener at ln:
 // its address, with the host of the node's cluster address when ln
-// listens on every address (0.0.0.0, ::).
-func publicAddress(ln net.Addr, clusterAddr string) string {
-	host, port, err := net.SplitHostPort(ln.String())
+// listens on every address (0.0.0.0, ::). It is an error ("" is then
+// advertised: nothing is forwarded here) for a listener the other nodes
+// cannot reach: on loopback while the cluster address is not, or on
+// every IPv4 address while the cluster address is IPv6.
+func publicAddress(ln net.Addr, clusterAddr string) (string, error) {
+	tcp, ok := ln.(*net.TCPAddr)
+	if !ok {
+		return "", fmt.Errorf("the public listener %s is not TCP", ln)
+	}
+	listen, _ := netip.AddrFromSlice(tcp.IP)
+	listen = listen.Unmap()
+	clusterHost, _, err := net.SplitHostPort(clusterAddr)
 	if err != nil {
-		return ln.String()
+		return "", fmt.Errorf("the cluster address %q: %w", clusterAddr, err)
 	}
-	if ip, err := netip.ParseAddr(host); err == nil && ip.IsUnspecified() {
-		if h, _, err := net.SplitHostPort(clusterAddr); err == nil {
-			host = h
+	cluster, err := netip.ParseAddr(clusterHost)
+	if err != nil {
+		// A host name: what it stands for is the operator's to know.
+		cluster = netip.Addr{}
+	}
+	switch {
+	case listen.IsLoopback() && cluster.IsValid() && !cluster.IsLoopback():
+		return "", fmt.Errorf("the public listener %s is on loopback, which the other nodes (at %s) cannot reach", ln, clusterAddr)
+	case listen.IsUnspecified():
+		if listen.Is4() && cluster.Is6() {
+			return "", fmt.Errorf("the public listener %s takes IPv4 only, and the cluster address %s is IPv6", ln, clusterAddr)
 		}
+		return net.JoinHostPort(clusterHost, strconv.Itoa(tcp.Port)), nil
 	}
-	return net.JoinHostPort(host, port)
+	return tcp.String(), nil
 }
 
 // assignment returns a persistent program's placement, read at most once

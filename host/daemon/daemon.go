@@ -228,7 +228,7 @@ func Serve(ctx context.Context, cfg *Config) error {
 	router = &front.Router{Programs: a.programs, Manager: a.manager, Metrics: a.metrics, MaxBody: cfg.MaxBody, Log: a.log, Root: cfg.File.Root}
 	if a.cluster != nil {
 		router.Owner = a.cluster.Owner
-		router.Forward = front.NewForwarder(a.cluster.node.Name(), a.cluster.Peer, a.cluster.ForwardKey, a.log)
+		router.Forward = front.NewForwarder(a.cluster.node.Name(), a.cluster.Peer, a.cluster.ForwardKey, a.cluster.Live, a.log)
 		defer router.Forward.Close()
 	}
 	a.triggers.Start()

@@ -6,13 +6,18 @@ package front
 // (and the load balancer in front of the cluster) may use any node.
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/hex"
 	"errors"
+	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/relay"
@@ -22,49 +27,69 @@ import (
 // node that forwarded it. A node does not forward such a request again (it
 // answers 503 when the program has moved meanwhile), so that two nodes
 // with different views of the placement cannot pass a request back and
-// forth.
+// forth. The program can trust it: a node removes the header from a
+// request that does not carry the cluster's key (KeyHeader).
 const ForwardedBy = "X-Ferry-Forwarded-By"
 
-// A request the agent makes itself to a persistent program of another
-// node (a trigger's event, to a path under ReservedPrefix, which clients
-// may not reach) goes to that node's public listener at AgentPrefix +
-// program id + path, with the cluster's forwarding key in KeyHeader (hex).
-// That node takes it only with the key, which it removes before the
-// program sees the request; without, the path is unknown (404).
+// Every forwarded request carries the cluster's forwarding key in
+// KeyHeader (hex): the node that takes it checks and removes it (a
+// request without it, or with another, is a client's, and loses its
+// ForwardedBy). A request the agent makes itself to a persistent program
+// of another node (a trigger's event, to a path under ReservedPrefix,
+// which clients may not reach) goes to that node's public listener at
+// AgentPrefix + program id + path; without the key, that path is unknown
+// (404).
 const (
 	AgentPrefix = "/_ferry/agent/"
 	KeyHeader   = "X-Ferry-Cluster-Key"
 )
 
 // Forwarding's bounds: how long a connection to another node may take to
-// open, and how many idle ones are kept per node.
+// open, how many idle ones are kept per node and for how long (less than
+// the agents' own keep-alive, ConnLimits.IdleTimeout's default, so that
+// the other node never closes one as it is being reused).
 const (
 	forwardDialTimeout   = 5 * time.Second
+	forwardDialKeepAlive = 15 * time.Second
 	forwardIdlePerNode   = 16
-	forwardIdleTimeout   = 90 * time.Second
-	forwardDialKeepAlive = 30 * time.Second
+	forwardIdleTimeout   = 30 * time.Second
 )
 
 // Forwarder relays requests for persistent programs to the node that
 // runs them.
 type Forwarder struct {
-	node      string                   // this node's name
-	peer      func(node string) string // a node's public host:port, "" unknown
-	key       func() []byte            // the cluster's forwarding key, nil unknown
-	transport *http.Transport
-	log       *slog.Logger
+	node   string                   // this node's name
+	peer   func(node string) string // a node's public host:port, "" unknown
+	key    func() []byte            // the cluster's forwarding key, nil unknown
+	live   func(node string) bool   // whether node's heartbeat is current
+	proxy  *httputil.ReverseProxy
+	log    *slog.Logger
+	closer func()
 }
+
+// hop is what the proxy needs of one forwarded request (in its context).
+type hop struct {
+	ex      *relay.Exchange
+	node    string
+	addr    string
+	agent   string // the program id of a request the agent makes, else ""
+	body    *bodyReader
+	chunked bool // the client's body was chunked: close its connection after
+}
+
+type hopKey struct{}
 
 // NewForwarder returns the forwarder of the node named node; peer says
 // where another node serves programs ("" when it has not said), key is
-// the cluster's key for the agent's own requests (nil until known: they
-// are then not forwarded, nor taken).
-func NewForwarder(node string, peer func(node string) string, key func() []byte, log *slog.Logger) *Forwarder {
-	if log == nil {
-		log = slog.New(slog.DiscardHandler)
+// the cluster's forwarding key (nil until known: nothing is then
+// forwarded or taken), live whether a node's heartbeat is current (a node
+// that stopped beating is not forwarded to: its requests would hang).
+func NewForwarder(node string, peer func(node string) string, key func() []byte, live func(node string) bool, logger *slog.Logger) *Forwarder {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
 	}
 	dialer := &net.Dialer{Timeout: forwardDialTimeout, KeepAlive: forwardDialKeepAlive}
-	return &Forwarder{node: node, peer: peer, key: key, log: log, transport: &http.Transport{
+	transport := &http.Transport{
 		// Proxy stays nil: the nodes talk directly, whatever
 		// HTTP_PROXY the agent's environment has.
 		DialContext:         dialer.DialContext,
@@ -73,81 +98,177 @@ func NewForwarder(node string, peer func(node string) string, key func() []byte,
 		// The program's answer is passed on as it came: no gzip asked
 		// for on its behalf.
 		DisableCompression: true,
-	}}
+	}
+	f := &Forwarder{node: node, peer: peer, key: key, live: live, log: logger, closer: transport.CloseIdleConnections}
+	f.proxy = &httputil.ReverseProxy{
+		Rewrite:        f.rewrite,
+		Transport:      transport,
+		FlushInterval:  -1, // a streamed answer streams on
+		ErrorLog:       log.New(io.Discard, "", 0),
+		ModifyResponse: f.modifyResponse,
+		ErrorHandler:   f.failed,
+	}
+	return f
 }
 
 // Close closes the forwarder's idle connections.
-func (f *Forwarder) Close() { f.transport.CloseIdleConnections() }
+func (f *Forwarder) Close() { f.closer() }
+
+// fromNode reports whether r carries the cluster's key, and removes it; a
+// request without it loses ForwardedBy too, so that neither the agent nor
+// the program takes a client's word for it.
+func (f *Forwarder) fromNode(r *http.Request) bool {
+	got, err := hex.DecodeString(r.Header.Get(KeyHeader))
+	r.Header.Del(KeyHeader)
+	key := f.key()
+	if len(key) > 0 && err == nil && subtle.ConstantTimeCompare(got, key) == 1 {
+		return true
+	}
+	r.Header.Del(ForwardedBy)
+	return false
+}
 
 // serve relays r, a client's request for a persistent program that runs
 // on node, to that node's public listener as it came, and reports true;
-// false (nothing written) when r was forwarded already or node's address
-// is unknown: the caller answers 503.
+// false (nothing written) when it cannot be forwarded: the caller answers
+// 503.
 func (f *Forwarder) serve(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node string) bool {
-	return f.relay(w, r, ex, node, func(*httputil.ProxyRequest) {})
+	return f.relay(w, r, &hop{ex: ex, node: node})
 }
 
 // serveAgent relays r, a request the agent makes itself (a trigger's
 // event) to the persistent program id that runs on node, to that node
-// under AgentPrefix with the cluster's key (KeyHeader), which that node
-// checks (Router.serveFromNode): the agent's paths (ReservedPrefix) are
-// refused to clients. It reports false (nothing written) as serve does,
-// and when the key is not known yet.
+// under AgentPrefix. It reports false as serve does.
 func (f *Forwarder) serveAgent(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node, id string) bool {
-	key := f.key()
-	if len(key) == 0 {
-		return false
-	}
-	return f.relay(w, r, ex, node, func(pr *httputil.ProxyRequest) {
-		pr.Out.URL.Path = AgentPrefix + id + pr.In.URL.Path
-		pr.Out.URL.RawPath = ""
-		pr.Out.Header.Set(KeyHeader, hex.EncodeToString(key))
-	})
+	return f.relay(w, r, &hop{ex: ex, node: node, agent: id})
 }
 
-// relay relays r to node's public listener, the outbound request edited
-// by rewrite, unless r was forwarded already or node's address is
-// unknown.
-func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, node string, rewrite func(*httputil.ProxyRequest)) bool {
-	if node == "" || r.Header.Get(ForwardedBy) != "" {
+// relay relays r as h says, unless it cannot be: r was forwarded already
+// (one hop only), node is this one or unknown, its address or the
+// cluster's key are not known yet, or its heartbeat stopped.
+func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
+	if h.node == "" || h.node == f.node || r.Header.Get(ForwardedBy) != "" || len(f.key()) == 0 {
 		return false
 	}
-	addr := f.peer(node)
-	if addr == "" {
+	if h.addr = f.peer(h.node); h.addr == "" || (f.live != nil && !f.live(h.node)) {
 		return false
 	}
-	proxy := &httputil.ReverseProxy{
-		Rewrite: func(pr *httputil.ProxyRequest) {
-			pr.Out.URL.Scheme, pr.Out.URL.Host = "http", addr
-			pr.Out.Host = pr.In.Host // routing by host name works there as here
-			pr.SetXForwarded()
-			pr.Out.Header.Set(ForwardedBy, f.node)
-			// Both nodes' log lines name the request by one id.
-			pr.Out.Header.Set("X-Request-Id", ex.ID)
-			rewrite(pr)
-		},
-		Transport:     f.transport,
-		FlushInterval: -1, // a streamed answer streams on
-		ErrorLog:      slog.NewLogLogger(f.log.Handler(), slog.LevelWarn),
-		ErrorHandler: func(w http.ResponseWriter, r *http.Request, err error) {
-			if r.Context().Err() != nil || errors.Is(err, http.ErrAbortHandler) {
-				return // the client left: nobody to answer
-			}
-			w.Header().Set("X-Ferry-Node", node)
-			reject(w, r, ex, http.StatusBadGateway, "the node that runs this persistent program did not answer", "node", node, "address", addr, "err", err)
-		},
+	if h.ex.MaxBody > 0 && r.ContentLength > h.ex.MaxBody {
+		reject(w, r, h.ex, http.StatusRequestEntityTooLarge, "request body too large", "content-length", r.ContentLength)
+		return true
 	}
-	if ex.Log != nil {
-		ex.Log.Debug("forwarding a request for a persistent program", append(ex.LogAttrs(), "node", node, "address", addr)...)
+	ctx := context.WithValue(r.Context(), hopKey{}, h)
+	if h.ex.Timeout > 0 {
+		// The program's time limit bounds the hop as it bounds the
+		// exchange on the node that runs it.
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, h.ex.Timeout)
+		defer cancel()
 	}
-	proxy.ServeHTTP(w, r)
+	r = r.WithContext(ctx)
+	if r.Body != nil && r.Body != http.NoBody {
+		h.body = &bodyReader{ReadCloser: r.Body}
+		r.Body = h.body
+	}
+	h.chunked = len(r.TransferEncoding) > 0
+	if h.ex.Log != nil {
+		h.ex.Log.Debug("forwarding a request for a persistent program", append(h.ex.LogAttrs(), "node", h.node, "address", h.addr)...)
+	}
+	f.proxy.ServeHTTP(w, r)
 	return true
 }
 
-// validKey reports whether a request carries the cluster's forwarding
-// key (compared in constant time).
-func (f *Forwarder) validKey(r *http.Request) bool {
-	key := f.key()
-	got, err := hex.DecodeString(r.Header.Get(KeyHeader))
-	return len(key) > 0 && err == nil && subtle.ConstantTimeCompare(got, key) == 1
+// rewrite makes the outbound request of a hop: to the node's address, the
+// target as the client sent it, the client's Host, and the forwarding
+// headers.
+func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
+	h := pr.In.Context().Value(hopKey{}).(*hop)
+	pr.Out.URL.Scheme, pr.Out.URL.Host = "http", h.addr
+	pr.Out.Host = pr.In.Host // routing by host name works there as here
+	if h.agent != "" {
+		pr.Out.URL.Path, pr.Out.URL.RawPath = AgentPrefix+h.agent+pr.In.URL.Path, ""
+	} else if raw := relay.RawPath(pr.In); strings.HasPrefix(raw, "/") && !strings.HasPrefix(raw, "//") {
+		// The path as the client sent it, bytes Go would re-encode
+		// (such as "{" or an encoded slash) included.
+		pr.Out.URL.Opaque = raw
+	}
+	// X-Forwarded-*: what the client (or a proxy before this node) sent,
+	// with this node's view of its peer added to X-Forwarded-For.
+	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+		if v := pr.In.Header.Values(name); len(v) > 0 {
+			pr.Out.Header[name] = v
+		}
+	}
+	proto, host := pr.Out.Header.Get("X-Forwarded-Proto"), pr.Out.Header.Get("X-Forwarded-Host")
+	pr.SetXForwarded()
+	if proto != "" {
+		pr.Out.Header.Set("X-Forwarded-Proto", proto)
+	}
+	if host != "" {
+		pr.Out.Header.Set("X-Forwarded-Host", host)
+	}
+	pr.Out.Header.Set(ForwardedBy, f.node)
+	pr.Out.Header.Set(KeyHeader, hex.EncodeToString(f.key()))
+	// Both nodes' log lines name the request by one id.
+	pr.Out.Header.Set("X-Request-Id", h.ex.ID)
+}
+
+// modifyResponse closes the client's connection after the answer to a
+// request whose body was chunked, as the relay does (RFC 9112 6.1: a
+// proxy in front may have framed it otherwise); the owner's own
+// "Connection: close" is hop-by-hop, and stops at the forwarding node.
+func (f *Forwarder) modifyResponse(resp *http.Response) error {
+	if h := resp.Request.Context().Value(hopKey{}).(*hop); h.chunked {
+		resp.Header.Set("Connection", "close")
+	}
+	return nil
+}
+
+// failed answers a hop that failed: nothing when the client left; 400 or
+// 408 when the client's body broke off (the client's fault, not the other
+// node's); 504 past the program's time limit; 503 when the node could not
+// be reached (it may be restarting: Retry-After); else 502.
+func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
+	h := r.Context().Value(hopKey{}).(*hop)
+	switch {
+	case h.body != nil && h.body.failed() != nil:
+		relay.BadRequestBody(w, h.ex, h.body.failed())
+		return
+	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+		relay.Error(w, h.ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", h.ex.Timeout, "node", h.node)
+		return
+	case r.Context().Err() != nil || errors.Is(err, http.ErrAbortHandler):
+		return // the client left: nobody to answer
+	}
+	w.Header().Set("X-Ferry-Node", h.node)
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		reject(w, r, h.ex, http.StatusServiceUnavailable, "the node that runs this persistent program cannot be reached; try again later", "node", h.node, "address", h.addr, "err", err)
+		return
+	}
+	reject(w, r, h.ex, http.StatusBadGateway, "the node that runs this persistent program did not answer", "node", h.node, "address", h.addr, "err", err)
+}
+
+// bodyReader remembers the error that ended the reading of a client's
+// body (other than its end), to tell it from the other node's failure.
+type bodyReader struct {
+	io.ReadCloser
+	mu  sync.Mutex
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		b.mu.Lock()
+		b.err = err
+		b.mu.Unlock()
+	}
+	return n, err
+}
+
+func (b *bodyReader) failed() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
 }

@@ -22,10 +22,21 @@ import (
 	"github.com/ferry-vm/ferry/host/metrics"
 )
 
+// testKey is the cluster's forwarding key in these tests.
+var testKey = []byte("0123456789abcdef0123456789abcdef")
+
+// forwarding configures forwardingFront.
+type forwarding struct {
+	peer    func(node string) string // node2's address
+	live    func(node string) bool   // nil: every node is
+	seconds float64                  // the program's time limit
+	maxBody int64
+}
+
 // forwardingFront is the router of node1 for a persistent program that
-// runs on node2, whose public listener is peer (a test server standing
-// for node2's agent).
-func forwardingFront(t *testing.T, peer func(node string) string) string {
+// runs on node2, whose public listener is o.peer's (a test server
+// standing for node2's agent).
+func forwardingFront(t *testing.T, o forwarding) string {
 	t.Helper()
 	manager := lifecycle.New(lifecycle.Options{Backend: &backendtest.Backend{Handler: backendtest.Echo}, InitPath: "/nonexistent/init", IdleTimeout: -1})
 	t.Cleanup(func() {
@@ -37,27 +48,40 @@ func forwardingFront(t *testing.T, peer func(node string) string) string {
 	programs := NewPrograms(manager)
 	programs.ClusterPersists = true
 	if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
-		On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
+		On: manifest.On{HTTP: true, Persistent: true}, Resources: manifest.Resources{Seconds: o.seconds}}); err != nil {
 		t.Fatal(err)
 	}
-	forward := NewForwarder("node1", peer, func() []byte { return nil }, nil)
+	forward := NewForwarder("node1", o.peer, func() []byte { return testKey }, o.live, nil)
 	t.Cleanup(forward.Close)
 	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
-		Metrics: metrics.New(func() int { return 0 }),
-		Owner:   func(string) (bool, string) { return false, "node2" }, Forward: forward})
+		Metrics: metrics.New(func() int { return 0 }), MaxBody: o.maxBody,
+		Owner: func(string) (bool, string) { return false, "node2" }, Forward: forward})
 	t.Cleanup(srv.Close)
 	return srv.URL
 }
 
+// at is a peer function answering addr for node2.
+func at(addr string) func(string) string {
+	return func(node string) string {
+		if node == "node2" {
+			return strings.TrimPrefix(addr, "http://")
+		}
+		return ""
+	}
+}
+
 // A request for a persistent program that runs on another node is relayed
-// there as it came (method, path, query, Host, body), with the forwarding
-// node named, and its answer comes back as the owner gave it, streamed.
+// there as it came (method, target byte for byte, Host, body), with the
+// forwarding node named, the cluster's key, the client's X-Forwarded-*
+// kept (this node's view of its peer added to X-Forwarded-For), and its
+// answer comes back as the owner gave it, streamed.
 func TestForwardingToTheOwner(t *testing.T) {
 	release := make(chan struct{})
 	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		w.Header().Set("X-Seen", fmt.Sprintf("%s %s host=%s by=%s for=%t id=%t body=%s", r.Method, r.RequestURI, r.Host,
-			r.Header.Get(ForwardedBy), r.Header.Get("X-Forwarded-For") != "", r.Header.Get("X-Request-Id") != "", body))
+		w.Header().Set("X-Seen", fmt.Sprintf("%s %s host=%s by=%s key=%t xff=%s xfp=%s xfh=%s id=%t body=%s", r.Method, r.RequestURI, r.Host,
+			r.Header.Get(ForwardedBy), r.Header.Get(KeyHeader) == hex.EncodeToString(testKey), r.Header.Values("X-Forwarded-For"),
+			r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("X-Request-Id") != "", body))
 		if r.URL.Path == "/vm/keeper/stream" {
 			w.WriteHeader(http.StatusOK)
 			io.WriteString(w, "first\n")
@@ -71,24 +95,27 @@ func TestForwardingToTheOwner(t *testing.T) {
 	}))
 	defer owner.Close()
 	defer close(release)
-	front := forwardingFront(t, func(node string) string {
-		if node == "node2" {
-			return strings.TrimPrefix(owner.URL, "http://")
-		}
-		return ""
-	})
+	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
 
-	req, _ := http.NewRequest("POST", front+"/vm/keeper/things?q=1", strings.NewReader("payload"))
-	req.Host = "example.test"
-	resp, err := http.DefaultClient.Do(req)
+	// Sent by hand: Go's client would re-encode the target.
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "POST /vm/keeper/{a}/b%2fc?q=1 HTTP/1.1\r\nHost: example.test\r\nContent-Length: 7\r\n"+
+		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"+
+		ForwardedBy+": a client\r\n\r\npayload") // not a node's word: removed
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	want := "POST /vm/keeper/things?q=1 host=example.test by=node1 for=true id=true body=payload"
+	want := "POST /vm/keeper/{a}/b%2fc?q=1 host=example.test by=node1 key=true xff=[203.0.113.7, 127.0.0.1] xfp=https xfh=example.test id=true body=payload"
 	if resp.StatusCode != http.StatusCreated || string(body) != "made" || resp.Header.Get("X-Seen") != want {
-		t.Fatalf("forwarded: %d %q, the owner saw %q, want 201 \"made\" and %q", resp.StatusCode, body, resp.Header.Get("X-Seen"), want)
+		t.Fatalf("forwarded: %d %q, the owner saw\n%q, want 201 \"made\" and\n%q", resp.StatusCode, body, resp.Header.Get("X-Seen"), want)
 	}
 
 	// Streamed: the first line arrives while the owner holds the rest.
@@ -103,33 +130,48 @@ func TestForwardingToTheOwner(t *testing.T) {
 	}
 }
 
-// A request forwarded once is not forwarded again, and a node whose
-// address is unknown is not forwarded to: both are the 503 naming the
-// owner. An owner that does not answer is a 502 naming it.
+// get requests path from front with header, and returns the response and
+// its body.
+func get(t *testing.T, front, path string, header http.Header) (*http.Response, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", front+path, nil)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := (&http.Client{Timeout: 20 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	return resp, string(body)
+}
+
+// What is not forwarded: a request a node forwarded already (one hop), to
+// a node whose address is unknown or whose heartbeat stopped: the 503
+// naming the owner. An owner that cannot be reached is a 503 too, one
+// that fails to answer a 502, one past the program's time limit a 504; a
+// body larger than the limit is refused here.
 func TestForwardingRefusals(t *testing.T) {
 	var hits atomic.Int32
 	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
 	defer owner.Close()
-	front := forwardingFront(t, func(string) string { return strings.TrimPrefix(owner.URL, "http://") })
-	req, _ := http.NewRequest("GET", front+"/vm/keeper/", nil)
-	req.Header.Set(ForwardedBy, "node3")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
+	resp, _ := get(t, front, "/vm/keeper/", http.Header{ForwardedBy: {"node3"}, KeyHeader: {hex.EncodeToString(testKey)}})
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" || hits.Load() != 0 {
 		t.Errorf("a request forwarded already: %d naming %q, %d reached the owner; want 503 naming node2, none", resp.StatusCode, resp.Header.Get("X-Ferry-Node"), hits.Load())
 	}
-
-	unknown := forwardingFront(t, func(string) string { return "" })
-	resp, err = http.Get(unknown + "/vm/keeper/")
-	if err != nil {
-		t.Fatal(err)
+	for what, o := range map[string]forwarding{
+		"an owner whose address is unknown": {peer: func(string) string { return "" }},
+		"an owner whose heartbeat stopped":  {peer: at(owner.URL), live: func(string) bool { return false }},
+	} {
+		resp, _ := get(t, forwardingFront(t, o), "/vm/keeper/", nil)
+		if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" {
+			t.Errorf("%s: %d naming %q, want 503 naming node2", what, resp.StatusCode, resp.Header.Get("X-Ferry-Node"))
+		}
 	}
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" {
-		t.Errorf("an owner whose address is unknown: %d naming %q, want 503 naming node2", resp.StatusCode, resp.Header.Get("X-Ferry-Node"))
+	if hits.Load() != 0 {
+		t.Errorf("%d requests reached the owner", hits.Load())
 	}
 
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -138,15 +180,81 @@ func TestForwardingRefusals(t *testing.T) {
 	}
 	gone := ln.Addr().String()
 	ln.Close()
-	silent := forwardingFront(t, func(string) string { return gone })
-	resp, err = http.Get(silent + "/vm/keeper/")
+	resp, body := get(t, forwardingFront(t, forwarding{peer: at(gone)}), "/vm/keeper/", nil)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" || resp.Header.Get("Retry-After") == "" || !strings.Contains(body, "cannot be reached") {
+		t.Errorf("an owner that cannot be reached: %d naming %q: %s, want 503 naming node2 with Retry-After", resp.StatusCode, resp.Header.Get("X-Ferry-Node"), body)
+	}
+
+	// An owner that takes the connection and never answers (a frozen
+	// agent): the program's time limit ends the wait.
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusBadGateway || resp.Header.Get("X-Ferry-Node") != "node2" || !strings.Contains(string(body), "did not answer") {
-		t.Errorf("an owner that does not answer: %d naming %q: %s, want 502 naming node2", resp.StatusCode, resp.Header.Get("X-Ferry-Node"), body)
+	defer hung.Close()
+	resp, body = get(t, forwardingFront(t, forwarding{peer: at(hung.Addr().String()), seconds: 0.5}), "/vm/keeper/", nil)
+	if resp.StatusCode != http.StatusGatewayTimeout {
+		t.Errorf("an owner that never answers, with a time limit: %d %s, want 504", resp.StatusCode, body)
+	}
+	closing, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer closing.Close()
+	go func() {
+		for {
+			c, err := closing.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	resp, body = get(t, forwardingFront(t, forwarding{peer: at(closing.Addr().String())}), "/vm/keeper/", nil)
+	if resp.StatusCode != http.StatusBadGateway || !strings.Contains(body, "did not answer") {
+		t.Errorf("an owner that closes the connection: %d %s, want 502", resp.StatusCode, body)
+	}
+
+	limited := forwardingFront(t, forwarding{peer: at(owner.URL), maxBody: 10})
+	post, err := http.Post(limited+"/vm/keeper/", "text/plain", strings.NewReader("more than ten bytes"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	post.Body.Close()
+	if post.StatusCode != http.StatusRequestEntityTooLarge || hits.Load() != 0 {
+		t.Errorf("a body over the limit: %d, %d reached the owner; want 413, none", post.StatusCode, hits.Load())
+	}
+}
+
+// A chunked request body closes the client's connection after the answer
+// (as the relay does: RFC 9112 6.1), and a body that breaks off is the
+// client's 400, not the owner's fault.
+func TestForwardingChunkedBodies(t *testing.T) {
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.Copy(io.Discard, r.Body) }))
+	defer owner.Close()
+	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
+	send := func(raw string) (*http.Response, string) {
+		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		io.WriteString(conn, raw)
+		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		return resp, string(body)
+	}
+	resp, _ := send("POST /vm/keeper/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n")
+	if resp.StatusCode != http.StatusOK || !resp.Close {
+		t.Errorf("a chunked body: %d, close %t; want 200 and the connection closed", resp.StatusCode, resp.Close)
+	}
+	resp, body := send("POST /vm/keeper/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nbody\r\n0\r\n\r\n")
+	if resp.StatusCode != http.StatusBadRequest || !strings.Contains(body, "malformed or incomplete request body") {
+		t.Errorf("a malformed chunked body: %d %s, want 400", resp.StatusCode, body)
 	}
 }
 
@@ -167,7 +275,7 @@ func TestForwardingAnUpgrade(t *testing.T) {
 		brw.Flush()
 	}))
 	defer owner.Close()
-	front := forwardingFront(t, func(string) string { return strings.TrimPrefix(owner.URL, "http://") })
+	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
 	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +326,7 @@ func twoNodes(t *testing.T, key1, key2 []byte) (node1, node2 *node) {
 			On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
 			t.Fatal(err)
 		}
-		forward := NewForwarder(name, peer, func() []byte { return key }, nil)
+		forward := NewForwarder(name, peer, func() []byte { return key }, nil, nil)
 		t.Cleanup(forward.Close)
 		rt := &Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler), Forward: forward,
 			Owner: func(string) (bool, string) {

@@ -52,20 +52,11 @@ func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string
 }
 
 // serveFromNode serves a request another node's agent made to a
-// persistent program that runs here (Forwarder.serveAgent): with the
-// cluster's key, the key is removed and the rest of the path goes to the
-// program as ServeProgram serves it (never forwarded again); without, it
-// is the 404 of any unknown path.
+// persistent program that runs here (Forwarder.serveAgent; the caller
+// checked the cluster's key): the rest of the path goes to the program as
+// ServeProgram serves it (never forwarded again).
 func (rt *Router) serveFromNode(w http.ResponseWriter, r *http.Request, ex *relay.Exchange) {
-	if !rt.Forward.validKey(r) {
-		reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
-		return
-	}
-	r.Header.Del(KeyHeader)
 	id, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, AgentPrefix), "/")
 	r.URL.Path, r.URL.RawPath = "/"+rest, ""
-	if r.Header.Get(ForwardedBy) == "" {
-		r.Header.Set(ForwardedBy, "unknown") // never relayed again
-	}
 	rt.ServeProgram(w, r, id)
 }

@@ -62,9 +62,15 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
-	if rt.Forward != nil && strings.HasPrefix(r.URL.Path, AgentPrefix) {
-		rt.serveFromNode(w, r, ex)
-		return
+	if rt.Forward != nil {
+		if rt.Forward.fromNode(r) && strings.HasPrefix(r.URL.Path, AgentPrefix) {
+			rt.serveFromNode(w, r, ex)
+			return
+		}
+		if strings.HasPrefix(r.URL.Path, AgentPrefix) {
+			reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+			return
+		}
 	}
 	if !asciiTarget(r.RequestURI) {
 		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn
@@ -140,6 +146,7 @@ func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *re
 		notHere(node)
 		return
 	}
+	release := func() {}
 	if lim := route.Limiter; lim != nil {
 		if !lim.Acquire(r.Context()) {
 			if r.Context().Err() == nil {
@@ -147,20 +154,26 @@ func (rt *Router) servePersistent(w http.ResponseWriter, r *http.Request, ex *re
 			}
 			return
 		}
-		defer lim.Release()
+		release = lim.Release
 	}
 	inst, err := rt.Manager.AcquireRunning(r.Context(), p)
 	if err != nil {
+		release()
 		if r.Context().Err() == nil {
 			reject(w, r, ex, http.StatusServiceUnavailable, "the program is starting or restarting; try again later", "program", p.ID, "err", err)
 		}
 		return
 	}
-	defer inst.Release()
 	if here, node := rt.Owner(p.ID); !here { // the lease may have run out while waiting
+		// What this node held goes back before a forward, which may
+		// last (a stream, a websocket).
+		inst.Release()
+		release()
 		notHere(node)
 		return
 	}
+	defer release()
+	defer inst.Release()
 	sess, done := inst.Pick()
 	defer done()
 	ex.Session = sess

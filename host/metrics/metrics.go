@@ -128,9 +128,11 @@ type StatusRecorder struct {
 	Status int
 }
 
-// WriteHeader implements http.ResponseWriter.
+// WriteHeader implements http.ResponseWriter. An informational status
+// (100 Continue, 103 Early Hints) is not the answer: the next one is, but
+// 101 Switching Protocols.
 func (s *StatusRecorder) WriteHeader(code int) {
-	if s.Status == 0 {
+	if s.Status == 0 && (code >= 200 || code == http.StatusSwitchingProtocols) {
 		s.Status = code
 	}
 	s.ResponseWriter.WriteHeader(code)

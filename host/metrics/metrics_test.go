@@ -98,3 +98,25 @@ func TestDeliveriesAreCounted(t *testing.T) {
 		}
 	}
 }
+
+// The status recorded is the answer's: not an informational one before
+// it (100 Continue, 103 Early Hints), but 101 Switching Protocols.
+func TestStatusRecorderSkipsInformational(t *testing.T) {
+	for _, c := range []struct {
+		codes []int
+		want  int
+	}{
+		{[]int{100, 201}, 201},
+		{[]int{103, 103, 200}, 200},
+		{[]int{101}, 101},
+		{[]int{404}, 404},
+	} {
+		rec := &StatusRecorder{ResponseWriter: httptest.NewRecorder()}
+		for _, code := range c.codes {
+			rec.WriteHeader(code)
+		}
+		if rec.Status != c.want {
+			t.Errorf("after %v: %d, want %d", c.codes, rec.Status, c.want)
+		}
+	}
+}

@@ -225,7 +225,7 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 				Error(w, ex, http.StatusRequestEntityTooLarge, "request body too large", "limit", ex.MaxBody)
 				return
 			case clientErr != nil:
-				badRequestBody(w, ex, clientErr)
+				BadRequestBody(w, ex, clientErr)
 				return
 			}
 		}
@@ -357,10 +357,10 @@ func resetForContext(ctx context.Context, st *mux.Stream) {
 	st.Reset(frame.CodeCancel, "client went away")
 }
 
-// badRequestBody answers a request whose body could not be read: 400 (408
+// BadRequestBody answers a request whose body could not be read: 400 (408
 // when it was too slow), and the connection is closed, since where the
 // next request would start on it is unknown.
-func badRequestBody(w http.ResponseWriter, ex *Exchange, err error) {
+func BadRequestBody(w http.ResponseWriter, ex *Exchange, err error) {
 	w.Header().Set("Connection", "close")
 	var nerr net.Error
 	if errors.As(err, &nerr) && nerr.Timeout() {
