@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -290,5 +291,39 @@ func TestGetRefusesRefsNotNormalised(t *testing.T) {
 	}
 	if n := srv.gets.Load(); n != 0 {
 		t.Errorf("the store was asked %d times", n)
+	}
+}
+
+// A store that redirects (to a signed or nearer URL) is followed; what
+// the server at the end sends is kept only with the digest asked for.
+func TestRedirectsAreFollowedAndTheDigestDecides(t *testing.T) {
+	good := []byte("the real thing")
+	ref := digest(good)
+	objects := &objectServer{objects: map[string][]byte{string(ref): good}}
+	cdn := httptest.NewServer(objects)
+	defer cdn.Close()
+	impostor := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "an impostor") }))
+	defer impostor.Close()
+	to := cdn.URL
+	front := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, to+"/signed"+r.URL.Path, http.StatusFound)
+	}))
+	defer front.Close()
+
+	s, _, _ := newStore(t, 1<<20, front.URL)
+	path, release, err := s.Get(context.Background(), ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	release()
+	if b, _ := os.ReadFile(path); string(b) != string(good) || objects.gets.Load() != 1 {
+		t.Fatalf("through a redirect: %q, %d GETs at its target", b, objects.gets.Load())
+	}
+
+	to = impostor.URL
+	other := []byte("another object")
+	s2, _, _ := newStore(t, 1<<20, front.URL)
+	if _, _, err := s2.Get(context.Background(), digest(other)); err == nil || !strings.Contains(err.Error(), "digest mismatch") {
+		t.Fatalf("a redirect to a server that sends other bytes: %v, want a digest mismatch", err)
 	}
 }
