@@ -218,7 +218,7 @@ func (s *Store) fetch(ctx context.Context, ref Ref) error {
 	if len(s.sources) == 0 {
 		return fmt.Errorf("store: ref %s is not in the cache and no store is configured (--store)", ref)
 	}
-	var errs []string
+	var errs sourceErrors
 	for _, src := range s.sources {
 		err := s.fetchFrom(ctx, src, ref)
 		if err == nil {
@@ -227,10 +227,24 @@ func (s *Store) fetch(ctx context.Context, ref Ref) error {
 		if ctx.Err() != nil {
 			return fmt.Errorf("store: ref %s: %w", ref, ctx.Err())
 		}
-		errs = append(errs, fmt.Sprintf("%s: %v", src, err))
+		errs = append(errs, fmt.Errorf("%s: %w", src, err))
 	}
-	return fmt.Errorf("store: ref %s: %s", ref, strings.Join(errs, "; "))
+	return fmt.Errorf("store: ref %s: %w", ref, errs)
 }
+
+// sourceErrors are the failures of each store tried, in order: one line,
+// "; " between them, and errors.Is finds each (ErrDigest, say).
+type sourceErrors []error
+
+func (e sourceErrors) Error() string {
+	msgs := make([]string, len(e))
+	for i, err := range e {
+		msgs[i] = err.Error()
+	}
+	return strings.Join(msgs, "; ")
+}
+
+func (e sourceErrors) Unwrap() []error { return e }
 
 // ErrDigest marks an object whose bytes do not have the digest asked for.
 var ErrDigest = errors.New("digest mismatch")

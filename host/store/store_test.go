@@ -155,7 +155,7 @@ func TestWrongDigestIsRefusedAndNothingKept(t *testing.T) {
 	defer hs.Close()
 	s, _, dir := newStore(t, 1<<20, hs.URL)
 	_, _, err := s.Get(context.Background(), want)
-	if !errors.Is(err, ErrDigest) && (err == nil || !strings.Contains(err.Error(), "digest mismatch")) {
+	if !errors.Is(err, ErrDigest) {
 		t.Fatalf("want a digest mismatch, got %v", err)
 	}
 	got := digest([]byte("an impostor"))
@@ -323,7 +323,7 @@ func TestRedirectsAreFollowedAndTheDigestDecides(t *testing.T) {
 	to = impostor.URL
 	other := []byte("another object")
 	s2, _, _ := newStore(t, 1<<20, front.URL)
-	if _, _, err := s2.Get(context.Background(), digest(other)); err == nil || !strings.Contains(err.Error(), "digest mismatch") {
+	if _, _, err := s2.Get(context.Background(), digest(other)); !errors.Is(err, ErrDigest) {
 		t.Fatalf("a redirect to a server that sends other bytes: %v, want a digest mismatch", err)
 	}
 }
