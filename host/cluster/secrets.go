@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"database/sql"
-	"errors"
 	"fmt"
 )
 
@@ -23,14 +22,14 @@ const ForwardKeySize = 32
 func (n *Node) ForwardKey(ctx context.Context) ([]byte, error) {
 	var key []byte
 	err := n.tx(ctx, func(tx *sql.Tx) error {
-		err := tx.QueryRow(`SELECT value FROM secrets WHERE name = ?`, forwardKeyName).Scan(&key)
-		if !errors.Is(err, sql.ErrNoRows) {
+		// Two nodes that ask at once each offer a key; the first
+		// written is everyone's.
+		offer := make([]byte, ForwardKeySize)
+		rand.Read(offer) // never fails (crypto/rand)
+		if _, err := tx.Exec(`INSERT INTO secrets (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING`, forwardKeyName, offer); err != nil {
 			return err
 		}
-		key = make([]byte, ForwardKeySize)
-		rand.Read(key) // never fails (crypto/rand)
-		_, err = tx.Exec(`INSERT INTO secrets (name, value) VALUES (?, ?)`, forwardKeyName, key)
-		return err
+		return tx.QueryRow(`SELECT value FROM secrets WHERE name = ?`, forwardKeyName).Scan(&key)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cluster: the forwarding key: %w", err)

@@ -229,17 +229,18 @@ func (c *clustered) advertise(ctx context.Context, ln net.Addr, log *slog.Logger
 		log.Warn("cluster: the other nodes cannot forward requests for this node's persistent programs here; they answer 503 naming it", "err", err)
 	}
 	for {
+		// The key first: once the address is known, the other nodes
+		// send events here, which need it.
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := c.node.Advertise(actx, public)
-		var key []byte
-		if err == nil {
-			key, err = c.node.ForwardKey(actx)
-		}
-		cancel()
+		key, err := c.node.ForwardKey(actx)
 		if err == nil {
 			c.mu.Lock()
 			c.forwardKey = key
 			c.mu.Unlock()
+			err = c.node.Advertise(actx, public)
+		}
+		cancel()
+		if err == nil {
 			if public != "" {
 				log.Info("cluster: the other nodes forward requests for this node's persistent programs here", "public", public)
 			}
@@ -273,11 +274,12 @@ func publicAddress(ln net.Addr, clusterAddr string) (string, error) {
 	}
 	cluster, err := netip.ParseAddr(clusterHost)
 	if err != nil {
-		// A host name: what it stands for is the operator's to know.
+		// A host name: loopback only if it is "localhost".
 		cluster = netip.Addr{}
 	}
+	clusterLoopback := cluster.IsLoopback() || !cluster.IsValid() && strings.EqualFold(clusterHost, "localhost")
 	switch {
-	case listen.IsLoopback() && cluster.IsValid() && !cluster.IsLoopback():
+	case listen.IsLoopback() && !clusterLoopback:
 		return "", fmt.Errorf("the public listener %s is on loopback, which the other nodes (at %s) cannot reach", ln, clusterAddr)
 	case listen.IsUnspecified():
 		if listen.Is4() && cluster.Is6() {

@@ -21,6 +21,8 @@ func TestPublicAddress(t *testing.T) {
 		{"127.0.0.1:8080", "10.0.0.5:9000", "", "on loopback"},
 		{"0.0.0.0:8080", "[2001:db8::5]:9000", "", "IPv4 only"},
 		{"0.0.0.0:8080", "not an address", "", "cluster address"},
+		{"127.0.0.1:8080", "node1.internal:9000", "", "on loopback"},
+		{"127.0.0.1:8080", "localhost:9000", "127.0.0.1:8080", ""},
 	} {
 		addr, err := net.ResolveTCPAddr("tcp", c.listen)
 		if err != nil {

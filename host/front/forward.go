@@ -27,18 +27,17 @@ import (
 // node that forwarded it. A node does not forward such a request again (it
 // answers 503 when the program has moved meanwhile), so that two nodes
 // with different views of the placement cannot pass a request back and
-// forth. The program can trust it: a node removes the header from a
-// request that does not carry the cluster's key (KeyHeader).
+// forth. It is informational: a client may send it too (and so only
+// keeps its own request from being forwarded).
 const ForwardedBy = "X-Ferry-Forwarded-By"
 
-// Every forwarded request carries the cluster's forwarding key in
-// KeyHeader (hex): the node that takes it checks and removes it (a
-// request without it, or with another, is a client's, and loses its
-// ForwardedBy). A request the agent makes itself to a persistent program
-// of another node (a trigger's event, to a path under ReservedPrefix,
-// which clients may not reach) goes to that node's public listener at
-// AgentPrefix + program id + path; without the key, that path is unknown
-// (404).
+// A request the agent makes itself to a persistent program of another
+// node (a trigger's event, to a path under ReservedPrefix, which clients
+// may not reach) goes to that node's public listener at AgentPrefix +
+// program id + path, with the cluster's forwarding key in KeyHeader (hex):
+// that node checks and removes it; without it, that path is unknown
+// (404). Only these requests carry the key, so that a node that does not
+// know the path (an older agent) never passes it to a program.
 const (
 	AgentPrefix = "/_ferry/agent/"
 	KeyHeader   = "X-Ferry-Cluster-Key"
@@ -75,6 +74,47 @@ type hop struct {
 	agent   string // the program id of a request the agent makes, else ""
 	body    *bodyReader
 	chunked bool // the client's body was chunked: close its connection after
+
+	cancel   context.CancelCauseFunc
+	deadline *time.Timer // the time limit, when there is one
+	upgrade  bool        // the limit stops once the answer's head is in
+}
+
+// Why a hop's context ends.
+var (
+	errHopTimeout = errors.New("the program's time limit ran out")
+	errNodeSilent = errors.New("the node stopped beating")
+)
+
+// watchPeriod is how often a hop checks that its node still beats.
+const watchPeriod = time.Second
+
+// watch ends h's hop when its node stops beating; it returns the function
+// that stops watching.
+func (f *Forwarder) watch(h *hop) (stop func()) {
+	if f.live == nil {
+		return func() {}
+	}
+	var t *time.Timer
+	var mu sync.Mutex
+	stopped := false
+	t = time.AfterFunc(watchPeriod, func() {
+		if !f.live(h.node) {
+			h.cancel(errNodeSilent)
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !stopped {
+			t.Reset(watchPeriod)
+		}
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
 }
 
 type hopKey struct{}
@@ -114,18 +154,36 @@ func NewForwarder(node string, peer func(node string) string, key func() []byte,
 // Close closes the forwarder's idle connections.
 func (f *Forwarder) Close() { f.closer() }
 
-// fromNode reports whether r carries the cluster's key, and removes it; a
-// request without it loses ForwardedBy too, so that neither the agent nor
-// the program takes a client's word for it.
+// fromNode reports whether r carries the cluster's key, and removes it
+// (under any spelling: X_Ferry_Cluster_Key too, which Go keeps apart but
+// a program's framework may read as the same field).
 func (f *Forwarder) fromNode(r *http.Request) bool {
 	got, err := hex.DecodeString(r.Header.Get(KeyHeader))
-	r.Header.Del(KeyHeader)
-	key := f.key()
-	if len(key) > 0 && err == nil && subtle.ConstantTimeCompare(got, key) == 1 {
-		return true
+	for name := range r.Header {
+		if sameField(name, KeyHeader) {
+			delete(r.Header, name)
+		}
 	}
-	r.Header.Del(ForwardedBy)
-	return false
+	key := f.key()
+	return len(key) > 0 && err == nil && subtle.ConstantTimeCompare(got, key) == 1
+}
+
+// sameField reports whether a header name is field, reading "_" as "-"
+// and ignoring case, as CGI-style frameworks (Django, WSGI) do.
+func sameField(name, field string) bool {
+	if len(name) != len(field) {
+		return false
+	}
+	for i := 0; i < len(name); i++ {
+		a, b := name[i], field[i]
+		if a == '_' {
+			a = '-'
+		}
+		if a|0x20 != b|0x20 {
+			return false
+		}
+	}
+	return true
 }
 
 // serve relays r, a client's request for a persistent program that runs
@@ -157,14 +215,21 @@ func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
 		reject(w, r, h.ex, http.StatusRequestEntityTooLarge, "request body too large", "content-length", r.ContentLength)
 		return true
 	}
-	ctx := context.WithValue(r.Context(), hopKey{}, h)
+	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), hopKey{}, h))
+	defer cancel(nil)
+	h.cancel = cancel
 	if h.ex.Timeout > 0 {
 		// The program's time limit bounds the hop as it bounds the
-		// exchange on the node that runs it.
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, h.ex.Timeout)
-		defer cancel()
+		// exchange on the node that runs it: all of it, but for an
+		// upgrade (a websocket) only the wait for the answer's head.
+		h.deadline = time.AfterFunc(h.ex.Timeout, func() { cancel(errHopTimeout) })
+		defer h.deadline.Stop()
+		h.upgrade = r.Header.Get("Upgrade") != ""
 	}
+	// A node that stops beating (a frozen agent still accepts
+	// connections) ends the hops to it.
+	stopWatch := f.watch(h)
+	defer stopWatch()
 	r = r.WithContext(ctx)
 	if r.Body != nil && r.Body != http.NoBody {
 		h.body = &bodyReader{ReadCloser: r.Body}
@@ -179,46 +244,55 @@ func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
 }
 
 // rewrite makes the outbound request of a hop: to the node's address, the
-// target as the client sent it, the client's Host, and the forwarding
-// headers.
+// target as the client sent it (path and query byte for byte), the
+// client's Host and headers, and the forwarding headers.
 func (f *Forwarder) rewrite(pr *httputil.ProxyRequest) {
 	h := pr.In.Context().Value(hopKey{}).(*hop)
 	pr.Out.URL.Scheme, pr.Out.URL.Host = "http", h.addr
 	pr.Out.Host = pr.In.Host // routing by host name works there as here
+	// ReverseProxy cleaned the query (re-encoded, ";" pairs dropped):
+	// the client's, as sent.
+	pr.Out.URL.RawQuery = pr.In.URL.RawQuery
 	if h.agent != "" {
 		pr.Out.URL.Path, pr.Out.URL.RawPath = AgentPrefix+h.agent+pr.In.URL.Path, ""
+		pr.Out.Header.Set(KeyHeader, hex.EncodeToString(f.key()))
 	} else if raw := relay.RawPath(pr.In); strings.HasPrefix(raw, "/") && !strings.HasPrefix(raw, "//") {
 		// The path as the client sent it, bytes Go would re-encode
-		// (such as "{" or an encoded slash) included.
+		// (such as "{" or an encoded slash) included. (One that starts
+		// with "//" cannot be sent so: it would read as a host.)
 		pr.Out.URL.Opaque = raw
 	}
-	// X-Forwarded-*: what the client (or a proxy before this node) sent,
-	// with this node's view of its peer added to X-Forwarded-For.
-	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto"} {
+	// The client's forwarding headers pass as they came (ReverseProxy
+	// removed them); X-Forwarded-For gets this node's view of its peer at
+	// its end.
+	for _, name := range []string{"X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto", "Forwarded"} {
 		if v := pr.In.Header.Values(name); len(v) > 0 {
 			pr.Out.Header[name] = v
 		}
 	}
-	proto, host := pr.Out.Header.Get("X-Forwarded-Proto"), pr.Out.Header.Get("X-Forwarded-Host")
-	pr.SetXForwarded()
-	if proto != "" {
-		pr.Out.Header.Set("X-Forwarded-Proto", proto)
-	}
-	if host != "" {
-		pr.Out.Header.Set("X-Forwarded-Host", host)
+	if client, _, err := net.SplitHostPort(pr.In.RemoteAddr); err == nil {
+		if prior := pr.Out.Header.Values("X-Forwarded-For"); len(prior) > 0 {
+			client = strings.Join(prior, ", ") + ", " + client
+		}
+		pr.Out.Header.Set("X-Forwarded-For", client)
 	}
 	pr.Out.Header.Set(ForwardedBy, f.node)
-	pr.Out.Header.Set(KeyHeader, hex.EncodeToString(f.key()))
 	// Both nodes' log lines name the request by one id.
 	pr.Out.Header.Set("X-Request-Id", h.ex.ID)
 }
 
-// modifyResponse closes the client's connection after the answer to a
-// request whose body was chunked, as the relay does (RFC 9112 6.1: a
-// proxy in front may have framed it otherwise); the owner's own
-// "Connection: close" is hop-by-hop, and stops at the forwarding node.
+// modifyResponse takes the answer's head: an upgrade's time limit stops
+// (the switched connection lives as long as it is used, as on the owner);
+// the client's connection is closed after the answer to a request whose
+// body was chunked, as the relay does (RFC 9112 6.1: a proxy in front may
+// have framed it otherwise), the owner's own "Connection: close" being
+// hop-by-hop.
 func (f *Forwarder) modifyResponse(resp *http.Response) error {
-	if h := resp.Request.Context().Value(hopKey{}).(*hop); h.chunked {
+	h := resp.Request.Context().Value(hopKey{}).(*hop)
+	if h.upgrade && h.deadline != nil {
+		h.deadline.Stop()
+	}
+	if h.chunked {
 		resp.Header.Set("Connection", "close")
 	}
 	return nil
@@ -230,12 +304,19 @@ func (f *Forwarder) modifyResponse(resp *http.Response) error {
 // be reached (it may be restarting: Retry-After); else 502.
 func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 	h := r.Context().Value(hopKey{}).(*hop)
-	switch {
+	if h.chunked {
+		w.Header().Set("Connection", "close")
+	}
+	switch cause := context.Cause(r.Context()); {
 	case h.body != nil && h.body.failed() != nil:
 		relay.BadRequestBody(w, h.ex, h.body.failed())
 		return
-	case errors.Is(r.Context().Err(), context.DeadlineExceeded):
+	case errors.Is(cause, errHopTimeout):
 		relay.Error(w, h.ex, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", h.ex.Timeout, "node", h.node)
+		return
+	case errors.Is(cause, errNodeSilent):
+		w.Header().Set("X-Ferry-Node", h.node)
+		reject(w, r, h.ex, http.StatusServiceUnavailable, "the node that runs this persistent program stopped answering; try again later", "node", h.node, "address", h.addr)
 		return
 	case r.Context().Err() != nil || errors.Is(err, http.ErrAbortHandler):
 		return // the client left: nobody to answer

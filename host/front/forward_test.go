@@ -71,17 +71,18 @@ func at(addr string) func(string) string {
 }
 
 // A request for a persistent program that runs on another node is relayed
-// there as it came (method, target byte for byte, Host, body), with the
-// forwarding node named, the cluster's key, the client's X-Forwarded-*
-// kept (this node's view of its peer added to X-Forwarded-For), and its
-// answer comes back as the owner gave it, streamed.
+// there as it came (method, target byte for byte, query included, Host,
+// body), with the forwarding node named, no key, the client's
+// X-Forwarded-* and Forwarded kept (this node's view of its peer added to
+// X-Forwarded-For, nothing else added), and its answer comes back as the
+// owner gave it, streamed.
 func TestForwardingToTheOwner(t *testing.T) {
 	release := make(chan struct{})
 	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, _ := io.ReadAll(r.Body)
-		w.Header().Set("X-Seen", fmt.Sprintf("%s %s host=%s by=%s key=%t xff=%s xfp=%s xfh=%s id=%t body=%s", r.Method, r.RequestURI, r.Host,
-			r.Header.Get(ForwardedBy), r.Header.Get(KeyHeader) == hex.EncodeToString(testKey), r.Header.Values("X-Forwarded-For"),
-			r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("X-Request-Id") != "", body))
+		w.Header().Set("X-Seen", fmt.Sprintf("%s %s host=%s by=%s key=%t xff=%s xfp=%s xfh=%s fwd=%s id=%t body=%s", r.Method, r.RequestURI, r.Host,
+			r.Header.Get(ForwardedBy), r.Header.Get(KeyHeader) != "", r.Header.Values("X-Forwarded-For"),
+			r.Header.Get("X-Forwarded-Proto"), r.Header.Get("X-Forwarded-Host"), r.Header.Get("Forwarded"), r.Header.Get("X-Request-Id") != "", body))
 		if r.URL.Path == "/vm/keeper/stream" {
 			w.WriteHeader(http.StatusOK)
 			io.WriteString(w, "first\n")
@@ -104,16 +105,15 @@ func TestForwardingToTheOwner(t *testing.T) {
 	}
 	defer conn.Close()
 	conn.SetDeadline(time.Now().Add(10 * time.Second))
-	io.WriteString(conn, "POST /vm/keeper/{a}/b%2fc?q=1 HTTP/1.1\r\nHost: example.test\r\nContent-Length: 7\r\n"+
-		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\n"+
-		ForwardedBy+": a client\r\n\r\npayload") // not a node's word: removed
+	io.WriteString(conn, "POST /vm/keeper/{a}/b%2fc?q=1;c=3&z=%zz&a=x+y HTTP/1.1\r\nHost: example.test\r\nContent-Length: 7\r\n"+
+		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nForwarded: for=203.0.113.7\r\n\r\npayload")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	want := "POST /vm/keeper/{a}/b%2fc?q=1 host=example.test by=node1 key=true xff=[203.0.113.7, 127.0.0.1] xfp=https xfh=example.test id=true body=payload"
+	want := "POST /vm/keeper/{a}/b%2fc?q=1;c=3&z=%zz&a=x+y host=example.test by=node1 key=false xff=[203.0.113.7, 127.0.0.1] xfp=https xfh= fwd=for=203.0.113.7 id=true body=payload"
 	if resp.StatusCode != http.StatusCreated || string(body) != "made" || resp.Header.Get("X-Seen") != want {
 		t.Fatalf("forwarded: %d %q, the owner saw\n%q, want 201 \"made\" and\n%q", resp.StatusCode, body, resp.Header.Get("X-Seen"), want)
 	}
@@ -157,7 +157,7 @@ func TestForwardingRefusals(t *testing.T) {
 	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { hits.Add(1) }))
 	defer owner.Close()
 	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
-	resp, _ := get(t, front, "/vm/keeper/", http.Header{ForwardedBy: {"node3"}, KeyHeader: {hex.EncodeToString(testKey)}})
+	resp, _ := get(t, front, "/vm/keeper/", http.Header{ForwardedBy: {"node3"}})
 	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" || hits.Load() != 0 {
 		t.Errorf("a request forwarded already: %d naming %q, %d reached the owner; want 503 naming node2, none", resp.StatusCode, resp.Header.Get("X-Ferry-Node"), hits.Load())
 	}
@@ -399,5 +399,102 @@ func TestForwardingAnEvent(t *testing.T) {
 	json.NewDecoder(resp.Body).Decode(&seen)
 	if want := (backendtest.Seen{Method: "GET", RootPath: "/vm/keeper", Path: "/x", RawPath: "/x", Query: "y=1", Host: strings.TrimPrefix(node1.url, "http://"), FerryHeaders: "x-ferry-forwarded-by"}); resp.StatusCode != 200 || seen != want {
 		t.Errorf("a client's request through node1: %d %+v, want 200 %+v", resp.StatusCode, seen, want)
+	}
+}
+
+// The program's time limit bounds a forwarded upgrade only until the
+// owner's 101: the switched connection lives on, as on the owner.
+func TestForwardedUpgradeOutlivesTheTimeLimit(t *testing.T) {
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo: " + line)
+		brw.Flush()
+	}))
+	defer owner.Close()
+	front := forwardingFront(t, forwarding{peer: at(owner.URL), seconds: 0.3})
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(conn, "GET /vm/keeper/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	br := bufio.NewReader(conn)
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade: %v %v", resp, err)
+	}
+	time.Sleep(time.Second) // past the limit
+	io.WriteString(conn, "still here\n")
+	if line, err := br.ReadString('\n'); err != nil || line != "echo: still here\n" {
+		t.Fatalf("after the time limit: %q %v", line, err)
+	}
+}
+
+// A node that stops beating while a hop waits on it (a frozen agent
+// holds the connection open) ends the hop: 503 naming it. A chunked
+// request answered with an error closes the connection too.
+func TestForwardingToANodeThatStopsBeating(t *testing.T) {
+	hung, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer hung.Close()
+	var silent atomic.Bool
+	front := forwardingFront(t, forwarding{peer: at(hung.Addr().String()), live: func(string) bool { return !silent.Load() }})
+	time.AfterFunc(300*time.Millisecond, func() { silent.Store(true) })
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(conn, "POST /vm/keeper/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("X-Ferry-Node") != "node2" || !strings.Contains(string(body), "stopped answering") || !resp.Close {
+		t.Fatalf("a hop to a node that stopped beating: %d naming %q, close %t: %s; want 503 naming node2, closed", resp.StatusCode, resp.Header.Get("X-Ferry-Node"), resp.Close, body)
+	}
+}
+
+// The agent's path takes only requests with the cluster's key, which no
+// program sees under any spelling; a node that does not know the key, or
+// the program, yet answers 503 (a trigger retries it).
+func TestTheAgentPath(t *testing.T) {
+	_, node2 := twoNodes(t, testKey, testKey)
+	post := func(n *node, path string, header http.Header) (int, backendtest.Seen) {
+		req, _ := http.NewRequest("POST", n.url+path, strings.NewReader("{}"))
+		for k, v := range header {
+			req.Header[k] = v
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var seen backendtest.Seen
+		json.NewDecoder(resp.Body).Decode(&seen)
+		return resp.StatusCode, seen
+	}
+	key := hex.EncodeToString(testKey)
+	status, seen := post(node2, AgentPrefix+"keeper/_ferry/event", http.Header{KeyHeader: {key}, "X_ferry_cluster_key": {key}, ForwardedBy: {"node1"}})
+	if status != 200 || seen.Path != "/_ferry/event" || seen.FerryHeaders != "x-ferry-forwarded-by" {
+		t.Errorf("with the key: %d %+v, want 200 at /_ferry/event with no key under any spelling", status, seen)
+	}
+	if status, _ := post(node2, AgentPrefix+"nobody/_ferry/event", http.Header{KeyHeader: {key}}); status != http.StatusServiceUnavailable {
+		t.Errorf("a program this node does not know: %d, want 503", status)
+	}
+	_, keyless := twoNodes(t, testKey, nil)
+	if status, _ := post(keyless, AgentPrefix+"keeper/_ferry/event", http.Header{KeyHeader: {key}}); status != http.StatusServiceUnavailable {
+		t.Errorf("a node that does not know the key yet: %d, want 503", status)
 	}
 }

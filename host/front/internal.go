@@ -35,7 +35,8 @@ func reserved(p string) bool {
 // The program sees r's URL path with an empty root_path; the answer, or
 // the agent's JSON error (404 for an unknown program), goes to w.
 func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string) {
-	ex := &relay.Exchange{ID: relay.NewRequestID(), MaxBody: rt.MaxBody, Log: rt.Log}
+	// A new id, or the forwarding node's (the same in both nodes' logs).
+	ex := &relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}
 	route := rt.Programs.Route(id)
 	if route == nil {
 		reject(w, r, ex, http.StatusNotFound, "no such program", "program", id)
@@ -52,11 +53,27 @@ func (rt *Router) ServeProgram(w http.ResponseWriter, r *http.Request, id string
 }
 
 // serveFromNode serves a request another node's agent made to a
-// persistent program that runs here (Forwarder.serveAgent; the caller
-// checked the cluster's key): the rest of the path goes to the program as
-// ServeProgram serves it (never forwarded again).
+// persistent program that runs here (Forwarder.serveAgent): with the
+// cluster's key (removed), the rest of the path goes to the program as
+// ServeProgram serves it (never forwarded again); without, it is the 404
+// of any unknown path. Until this node knows the key, or the program,
+// the answer is a 503 (the sender retries an event after it).
 func (rt *Router) serveFromNode(w http.ResponseWriter, r *http.Request, ex *relay.Exchange) {
+	if len(rt.Forward.key()) == 0 {
+		reject(w, r, ex, http.StatusServiceUnavailable, "this node does not know the cluster's forwarding key yet; try again later")
+		return
+	}
+	if !rt.Forward.fromNode(r) {
+		reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
+		return
+	}
 	id, rest, _ := strings.Cut(strings.TrimPrefix(r.URL.Path, AgentPrefix), "/")
+	if rt.Programs.Route(id) == nil {
+		// Another node knows it: this one will once the cluster's
+		// programs reach it.
+		reject(w, r, ex, http.StatusServiceUnavailable, "this node does not know the program yet; try again later", "program", id)
+		return
+	}
 	r.URL.Path, r.URL.RawPath = "/"+rest, ""
 	rt.ServeProgram(w, r, id)
 }

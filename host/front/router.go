@@ -62,15 +62,9 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rec metrics.StatusRecorder
 	}{ex: relay.Exchange{ID: relay.RequestID(r), MaxBody: rt.MaxBody, Log: rt.Log}}
 	ex := &x.ex
-	if rt.Forward != nil {
-		if rt.Forward.fromNode(r) && strings.HasPrefix(r.URL.Path, AgentPrefix) {
-			rt.serveFromNode(w, r, ex)
-			return
-		}
-		if strings.HasPrefix(r.URL.Path, AgentPrefix) {
-			reject(w, r, ex, http.StatusNotFound, "no such program", "path", r.URL.Path, "host", r.Host)
-			return
-		}
+	if rt.Forward != nil && strings.HasPrefix(r.URL.Path, AgentPrefix) {
+		rt.serveFromNode(w, r, ex)
+		return
 	}
 	if !asciiTarget(r.RequestURI) {
 		// RFC 9112 §3.2: the target is ASCII. uvicorn and hypercorn

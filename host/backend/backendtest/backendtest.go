@@ -193,8 +193,8 @@ type Seen struct {
 	Query     string `json:"query"`
 	Host      string `json:"host"`
 	BodyBytes int    `json:"body_bytes"`
-	// FerryHeaders are the names of the x-ferry-* fields of the request,
-	// comma-separated.
+	// FerryHeaders are the names of the x-ferry-* fields of the request
+	// (x_ferry_* too), comma-separated.
 	FerryHeaders string `json:"ferry_headers,omitempty"`
 }
 
@@ -222,7 +222,7 @@ func Echo(st *mux.Stream) {
 		if string(f.Name) == "host" {
 			seen.Host = string(f.Value)
 		}
-		if strings.HasPrefix(string(f.Name), "x-ferry-") {
+		if strings.HasPrefix(strings.ReplaceAll(string(f.Name), "_", "-"), "x-ferry-") {
 			ferry = append(ferry, string(f.Name))
 		}
 	}
