@@ -15,15 +15,22 @@ import (
 const ReservedPrefix = "/_ferry/"
 
 // reserved reports whether a program's path is under ReservedPrefix, or
-// would be once its empty and dot segments are resolved: a program's own
-// server may do that (nginx merges slashes and resolves dot segments), so
-// //_ferry/event or /x/../_ferry/event would reach its event handler.
+// would be once its empty and dot segments are resolved or its case
+// ignored: a program's own server may do that (nginx merges slashes and
+// resolves dot segments, some frameworks route without case), so
+// //_ferry/event, /x/../_ferry/event or /_FERRY/event would reach its
+// event handler.
 func reserved(p string) bool {
-	if strings.HasPrefix(p, ReservedPrefix) {
+	if hasPrefixFold(p, ReservedPrefix) {
 		return true
 	}
 	c := path.Clean(p)
-	return c == strings.TrimSuffix(ReservedPrefix, "/") || strings.HasPrefix(c, ReservedPrefix)
+	return strings.EqualFold(c, strings.TrimSuffix(ReservedPrefix, "/")) || hasPrefixFold(c, ReservedPrefix)
+}
+
+// hasPrefixFold is strings.HasPrefix ignoring ASCII case.
+func hasPrefixFold(s, prefix string) bool {
+	return len(s) >= len(prefix) && strings.EqualFold(s[:len(prefix)], prefix)
 }
 
 // ServeProgram serves a request the agent makes itself (the events of

@@ -72,6 +72,8 @@ func TestReservedPathSpellings(t *testing.T) {
 		{"/vm/hello/%5Fferry/event", ""},
 		{"/vm/hello/%2F_ferry/event", ""},
 		{"/vm/hello/_ferry", ""},
+		{"/vm/hello/_FERRY/event", ""},
+		{"/vm/hello/_Ferry", ""},
 		{"//_ferry/event", "hello.example.org"},
 		{"/.//_ferry//event", "hello.example.org"},
 	} {
