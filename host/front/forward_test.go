@@ -18,7 +18,6 @@ import (
 
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/host/lifecycle"
-	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 )
 
@@ -38,19 +37,7 @@ type forwarding struct {
 // standing for node2's agent).
 func forwardingFront(t *testing.T, o forwarding) string {
 	t.Helper()
-	manager := lifecycle.New(lifecycle.Options{Backend: &backendtest.Backend{Handler: backendtest.Echo}, InitPath: "/nonexistent/init", IdleTimeout: -1})
-	t.Cleanup(func() {
-		manager.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		manager.StopAll(ctx)
-	})
-	programs := NewPrograms(manager)
-	programs.ClusterPersists = true
-	if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
-		On: manifest.On{HTTP: true, Persistent: true}, Resources: manifest.Resources{Seconds: o.seconds}}); err != nil {
-		t.Fatal(err)
-	}
+	manager, programs := persistentKeeper(t, &backendtest.Backend{Handler: backendtest.Echo}, o.seconds)
 	forward := NewForwarder("node1", o.peer, func() []byte { return testKey }, o.live, nil)
 	t.Cleanup(forward.Close)
 	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
@@ -313,19 +300,7 @@ func twoNodes(t *testing.T, key1, key2 []byte) (node1, node2 *node) {
 		return ""
 	}
 	start := func(name string, here bool, key []byte) *node {
-		manager := lifecycle.New(lifecycle.Options{Backend: &backendtest.Backend{Handler: backendtest.Echo}, InitPath: "/nonexistent/init", IdleTimeout: -1})
-		t.Cleanup(func() {
-			manager.Close()
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			manager.StopAll(ctx)
-		})
-		programs := NewPrograms(manager)
-		programs.ClusterPersists = true
-		if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
-			On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
-			t.Fatal(err)
-		}
+		manager, programs := persistentKeeper(t, &backendtest.Backend{Handler: backendtest.Echo}, 0)
 		forward := NewForwarder(name, peer, func() []byte { return key }, nil, nil)
 		t.Cleanup(forward.Close)
 		rt := &Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler), Forward: forward,

@@ -272,21 +272,8 @@ func TestClientLeavingDuringBootIsNotA502(t *testing.T) {
 // VM its supervisor started: a request never boots one (it would be a
 // second copy), and another node's request is a 503 naming the owner.
 func TestPersistentProgramsAreNeverBootedByARequest(t *testing.T) {
-	be := &backendtest.Backend{}
-	be.Handler = backendtest.Echo
-	manager := lifecycle.New(lifecycle.Options{Backend: be, InitPath: "/nonexistent/init", IdleTimeout: -1})
-	t.Cleanup(func() {
-		manager.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		manager.StopAll(ctx)
-	})
-	programs := NewPrograms(manager)
-	programs.ClusterPersists = true
-	if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
-		On: manifest.On{HTTP: true, Persistent: true}}); err != nil {
-		t.Fatal(err)
-	}
+	be := &backendtest.Backend{Handler: backendtest.Echo}
+	manager, programs := persistentKeeper(t, be, 0)
 	owner := "node2"
 	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
 		Owner: func(string) (bool, string) { return owner == "", owner }})
@@ -348,4 +335,25 @@ func TestRouterRefusesATargetOutsideASCII(t *testing.T) {
 	if status, seen, _, _ := f.get(t, "/caf%C3%A9", ""); status != 200 || seen.RawPath != "/caf%C3%A9" {
 		t.Errorf("the same path percent-encoded: %d %+v", status, seen)
 	}
+}
+
+// persistentKeeper deploys "keeper", a persistent program of a cluster
+// (with a time limit of seconds), over fake VMs be starts; the manager is
+// stopped with the test.
+func persistentKeeper(t *testing.T, be *backendtest.Backend, seconds float64) (*lifecycle.Manager, *Programs) {
+	t.Helper()
+	manager := lifecycle.New(lifecycle.Options{Backend: be, InitPath: "/nonexistent/init", IdleTimeout: -1})
+	t.Cleanup(func() {
+		manager.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		manager.StopAll(ctx)
+	})
+	programs := NewPrograms(manager)
+	programs.ClusterPersists = true
+	if err := programs.Deploy("keeper", &manifest.Program{Code: manifest.Code{Interface: "asgi", Entrypoint: "main:app", Path: "/srv/keeper"},
+		On: manifest.On{HTTP: true, Persistent: true}, Resources: manifest.Resources{Seconds: seconds}}); err != nil {
+		t.Fatal(err)
+	}
+	return manager, programs
 }
