@@ -3,6 +3,7 @@ package contract
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"time"
@@ -74,7 +75,11 @@ func Configure(ctx context.Context, conn io.ReadWriteCloser, cfg mux.Config, doc
 			// The peer may have read CONFIG and gone: that is a missing
 			// result, explained like one below.
 		default:
-			return fail(fmt.Errorf("sending CONFIG: %w", err))
+			if !errors.Is(err, mux.ErrSessionClosed) {
+				return fail(fmt.Errorf("sending CONFIG: %w", err))
+			}
+			// The session is closing (Done closes once its goroutines
+			// have ended): the same missing result.
 		}
 	}
 	select {
