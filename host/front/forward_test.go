@@ -86,12 +86,7 @@ func TestForwardingToTheOwner(t *testing.T) {
 	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
 
 	// Sent by hand: Go's client would re-encode the target.
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn := dialFront(t, front, 10*time.Second)
 	io.WriteString(conn, "POST /vm/keeper/{a}/b%2fc?q=1;c=3&z=%zz&a=x+y HTTP/1.1\r\nHost: example.test\r\nContent-Length: 7\r\n"+
 		"X-Forwarded-For: 203.0.113.7\r\nX-Forwarded-Proto: https\r\nForwarded: for=203.0.113.7\r\n\r\npayload")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
@@ -221,12 +216,7 @@ func TestForwardingChunkedBodies(t *testing.T) {
 	defer owner.Close()
 	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
 	send := func(raw string) (*http.Response, string) {
-		conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn := dialFront(t, front, 10*time.Second)
 		io.WriteString(conn, raw)
 		resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 		if err != nil {
@@ -248,27 +238,9 @@ func TestForwardingChunkedBodies(t *testing.T) {
 // An upgrade (a websocket) is forwarded too: after the owner's 101 the
 // bytes pass both ways.
 func TestForwardingAnUpgrade(t *testing.T) {
-	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo: " + line)
-		brw.Flush()
-	}))
-	defer owner.Close()
+	owner := echoUpgradeOwner(t)
 	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn := dialFront(t, front, 10*time.Second)
 	io.WriteString(conn, "GET /vm/keeper/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	br := bufio.NewReader(conn)
 	resp, err := http.ReadResponse(br, nil)
@@ -380,26 +352,9 @@ func TestForwardingAnEvent(t *testing.T) {
 // The program's time limit bounds a forwarded upgrade only until the
 // owner's 101: the switched connection lives on, as on the owner.
 func TestForwardedUpgradeOutlivesTheTimeLimit(t *testing.T) {
-	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
-		brw.Flush()
-		line, _ := brw.ReadString('\n')
-		brw.WriteString("echo: " + line)
-		brw.Flush()
-	}))
-	defer owner.Close()
+	owner := echoUpgradeOwner(t)
 	front := forwardingFront(t, forwarding{peer: at(owner.URL), seconds: 0.3})
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	conn := dialFront(t, front, 10*time.Second)
 	io.WriteString(conn, "GET /vm/keeper/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	br := bufio.NewReader(conn)
 	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
@@ -424,12 +379,7 @@ func TestForwardingToANodeThatStopsBeating(t *testing.T) {
 	var silent atomic.Bool
 	front := forwardingFront(t, forwarding{peer: at(hung.Addr().String()), live: func(string) bool { return !silent.Load() }})
 	time.AfterFunc(300*time.Millisecond, func() { silent.Store(true) })
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	conn := dialFront(t, front, 20*time.Second)
 	io.WriteString(conn, "POST /vm/keeper/ HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nbody\r\n0\r\n\r\n")
 	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
 	if err != nil {
@@ -472,4 +422,40 @@ func TestTheAgentPath(t *testing.T) {
 	if status, _ := post(keyless, AgentPrefix+"keeper/_ferry/event", http.Header{KeyHeader: {key}}); status != http.StatusServiceUnavailable {
 		t.Errorf("a node that does not know the key yet: %d, want 503", status)
 	}
+}
+
+// dialFront opens a connection to front (a URL), for requests written by
+// hand, with a deadline of d on everything it does; it is closed with the
+// test.
+func dialFront(t *testing.T, front string, d time.Duration) net.Conn {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	conn.SetDeadline(time.Now().Add(d))
+	return conn
+}
+
+// echoUpgradeOwner stands for the owner's agent answering an upgrade: 101,
+// then one line read and sent back as "echo: LINE". It is closed with the
+// test.
+func echoUpgradeOwner(t *testing.T) *httptest.Server {
+	t.Helper()
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.Flush()
+		line, _ := brw.ReadString('\n')
+		brw.WriteString("echo: " + line)
+		brw.Flush()
+	}))
+	t.Cleanup(owner.Close)
+	return owner
 }
