@@ -121,8 +121,9 @@ type hopKey struct{}
 
 // NewForwarder returns the forwarder of the node named node; peer says
 // where another node serves programs ("" when it has not said), key is
-// the cluster's forwarding key (nil until known: nothing is then
-// forwarded or taken), live whether a node's heartbeat is current (a node
+// the cluster's forwarding key (nil until known: the agent's own requests
+// are then neither forwarded nor taken; clients' are forwarded, since
+// they carry no key), live whether a node's heartbeat is current (a node
 // that stopped beating is not forwarded to: its requests would hang).
 func NewForwarder(node string, peer func(node string) string, key func() []byte, live func(node string) bool, logger *slog.Logger) *Forwarder {
 	if logger == nil {
@@ -202,10 +203,11 @@ func (f *Forwarder) serveAgent(w http.ResponseWriter, r *http.Request, ex *relay
 }
 
 // relay relays r as h says, unless it cannot be: r was forwarded already
-// (one hop only), node is this one or unknown, its address or the
-// cluster's key are not known yet, or its heartbeat stopped.
+// (one hop only), node is this one or unknown, its address is not known
+// yet, or its heartbeat stopped; or r is the agent's own and the
+// cluster's key, which only those hops carry, is not known yet.
 func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
-	if h.node == "" || h.node == f.node || r.Header.Get(ForwardedBy) != "" || len(f.key()) == 0 {
+	if h.node == "" || h.node == f.node || r.Header.Get(ForwardedBy) != "" || (h.agent != "" && len(f.key()) == 0) {
 		return false
 	}
 	if h.addr = f.peer(h.node); h.addr == "" || (f.live != nil && !f.live(h.node)) {

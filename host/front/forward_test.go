@@ -337,15 +337,24 @@ func TestForwardingAnEvent(t *testing.T) {
 	if status, _ := event(other); status != http.StatusNotFound {
 		t.Errorf("an event forwarded with another cluster's key: %d, want node2's 404", status)
 	}
-	// A client's request forwarded between two real routers.
-	resp, err := http.Get(node1.url + "/vm/keeper/x?y=1")
-	if err != nil {
-		t.Fatal(err)
+	// A client's request forwarded between two real routers, also from
+	// a node that does not know the key yet: clients' requests carry
+	// none, and only the agent's own wait for it.
+	keyless, _ := twoNodes(t, nil, key)
+	for _, n := range []*node{node1, keyless} {
+		resp, err := http.Get(n.url + "/vm/keeper/x?y=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		seen = backendtest.Seen{}
+		json.NewDecoder(resp.Body).Decode(&seen)
+		resp.Body.Close()
+		if want := (backendtest.Seen{Method: "GET", RootPath: "/vm/keeper", Path: "/x", RawPath: "/x", Query: "y=1", Host: strings.TrimPrefix(n.url, "http://"), FerryHeaders: "x-ferry-forwarded-by"}); resp.StatusCode != 200 || seen != want {
+			t.Errorf("a client's request through %s: %d %+v, want 200 %+v", n.url, resp.StatusCode, seen, want)
+		}
 	}
-	defer resp.Body.Close()
-	json.NewDecoder(resp.Body).Decode(&seen)
-	if want := (backendtest.Seen{Method: "GET", RootPath: "/vm/keeper", Path: "/x", RawPath: "/x", Query: "y=1", Host: strings.TrimPrefix(node1.url, "http://"), FerryHeaders: "x-ferry-forwarded-by"}); resp.StatusCode != 200 || seen != want {
-		t.Errorf("a client's request through node1: %d %+v, want 200 %+v", resp.StatusCode, seen, want)
+	if status, _ := event(keyless); status != http.StatusServiceUnavailable {
+		t.Errorf("an event from a node that does not know the key yet: %d, want 503 (retried)", status)
 	}
 }
 
