@@ -268,36 +268,60 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	// waits took ctx; a whole answer needs none of this.)
 	stop := context.AfterFunc(ctx, func() { resetForContext(ctx, st) })
 	defer stop()
-	flusher, _ := w.(http.Flusher)
+	out := &streamWriter{w: w, st: st}
+	out.flusher, _ = w.(http.Flusher)
 	if n > 0 {
-		if _, werr := w.Write((*buf)[:n]); werr != nil {
+		if _, werr := out.Write((*buf)[:n]); werr != nil {
 			st.Reset(frame.CodeCancel, "client went away")
 			return
 		}
-		n = 0
+	} else {
+		out.flush()
 	}
-	// A streaming body moves through a larger buffer: fewer writes to
-	// the client (streamBufferSize says what was measured).
-	big := streamBuffers.Get().(*[]byte)
-	defer streamBuffers.Put(big)
-	buf = big
-	for {
-		if n > 0 {
-			if _, werr := w.Write((*buf)[:n]); werr != nil {
-				st.Reset(frame.CodeCancel, "client went away")
-				return
-			}
-		}
-		if flusher != nil && (err != nil || st.Buffered() == 0) {
-			flusher.Flush() // the head, then each chunk, as soon as it is here
-		}
-		if err == io.EOF {
-			return
-		}
-		if err != nil {
-			brokeOff(ctx, ex, err)
-		}
-		n, err = st.Read(*buf)
+	if err == io.EOF {
+		return
+	}
+	if err == nil {
+		// The rest goes from the stream's own buffers to the client,
+		// each run of bytes as it lies there (Stream.WriteTo).
+		_, err = st.WriteTo(out)
+	}
+	switch {
+	case out.err != nil:
+		st.Reset(frame.CodeCancel, "client went away")
+	case err != nil:
+		brokeOff(ctx, ex, err)
+	}
+}
+
+// streamWriter passes a streaming body to the client: each run of bytes
+// is flushed at once unless more are already waiting in the stream, so
+// that a chunk the app sent reaches the client as soon as it is here,
+// and a long body goes in as few writes as it arrives in. It keeps the
+// client's write error apart from the stream's.
+type streamWriter struct {
+	w       http.ResponseWriter
+	flusher http.Flusher
+	st      *mux.Stream
+	err     error // the client's
+}
+
+func (sw *streamWriter) Write(p []byte) (int, error) {
+	n, err := sw.w.Write(p)
+	if err != nil {
+		sw.err = err
+		return n, err
+	}
+	if sw.st.Buffered() == 0 {
+		sw.flush()
+	}
+	return n, nil
+}
+
+// flush sends what the client's connection holds, the head included.
+func (sw *streamWriter) flush() {
+	if sw.flusher != nil {
+		sw.flusher.Flush()
 	}
 }
 
@@ -370,23 +394,18 @@ func BadRequestBody(w http.ResponseWriter, ex *Exchange, err error) {
 	Error(w, ex, http.StatusBadRequest, "malformed or incomplete request body", "err", err)
 }
 
-// bodyBuffers holds the buffers request and response bodies are copied
-// through.
+// bodyBuffers holds the buffers request bodies, and the first bytes of
+// response bodies, are copied through. A response body that streams (one
+// not whole with its head) is written from the stream's own buffers
+// (Stream.WriteTo): each write to the client moves what has arrived, up
+// to a window's worth (256 KiB). (Copied through a buffer of its own, at
+// 64 KiB a 1 MiB response took 26 writes and 10 futex wake-ups of the
+// agent, at 256 KiB 9 and 5: strace, 8 connections.) Request bodies keep
+// 64 KiB buffers (internal/httpstream): bigger ones there (and the
+// bigger batches of frames they make) raised the agent's peak memory
+// during four 10 MiB uploads, 6.7 MiB of growth against 4.1, for no gain
+// the worker's own costs did not hide.
 var bodyBuffers = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-// streamBufferSize is the size of the buffers a response body that
-// streams (one not whole with its head) is copied through: each read of
-// the stream and write to the client moves up to this much, a whole
-// window's worth. At 64 KiB a 1 MiB response took 26 writes and 10 futex
-// wake-ups of the agent (strace, 8 connections), at 256 KiB 9 and 5.
-// Request bodies keep 64 KiB buffers (internal/httpstream): bigger ones
-// there (and the bigger batches of frames they make) raised the agent's
-// peak memory during four 10 MiB uploads, 6.7 MiB of growth against 4.1,
-// for no gain the worker's own costs did not hide.
-const streamBufferSize = 256 << 10
-
-// streamBuffers holds the buffers of streaming response bodies.
-var streamBuffers = sync.Pool{New: func() any { b := make([]byte, streamBufferSize); return &b }}
 
 // bodyAllowed reports whether a response to method with status carries a
 // body whose length the client should be told.

@@ -77,6 +77,71 @@ func (st *Stream) TryRead(p []byte) (int, error) {
 	return n, err
 }
 
+// WriteTo writes the body to w as it arrives, until the peer has finished
+// (it returns nil then) or the stream fails. Each run of bytes waiting in
+// the stream goes to w as it lies in the stream's receive buffer, not
+// copied into another one first: the buffer is handed to w whole and the
+// stream goes on receiving into a second one, which the two swap (so a
+// stream that WriteTo reads holds two receive buffers, each at most a
+// window's worth). Receive window returns to the peer as each run is
+// handed over, as Read returns it as it copies. A websocket stream is an
+// error, as for Read.
+func (st *Stream) WriteTo(w io.Writer) (int64, error) {
+	var written int64
+	var spare *[]byte // the other buffer's handle, when w has given it back
+	defer func() {
+		if spare != nil {
+			putRecvBuf(spare, *spare)
+		}
+	}()
+	st.mu.Lock()
+	for {
+		if st.mode == modeWebSocket {
+			st.mu.Unlock()
+			return written, errors.New("mux: WriteTo on a websocket stream, use ReadMessage")
+		}
+		if len(st.buf) == st.off {
+			switch {
+			case st.remoteFin:
+				st.mu.Unlock()
+				return written, nil
+			case st.err != nil:
+				st.mu.Unlock()
+				return written, st.err
+			}
+			if err := st.wait(nil, &st.readable, st.readDeadline); err != nil {
+				st.mu.Unlock()
+				return written, err
+			}
+			continue
+		}
+		run, handle := st.buf[st.off:], st.bufPooled
+		full := st.buf
+		st.buf, st.bufPooled, st.off = nil, nil, 0
+		if spare != nil {
+			st.buf, st.bufPooled, spare = (*spare)[:0], spare, nil
+		}
+		st.creditLocked(len(run))
+		if st.remoteFin && st.bufPooled != nil {
+			// Nothing more will arrive: the empty buffer can serve
+			// another stream.
+			putRecvBuf(st.bufPooled, st.buf)
+			st.buf, st.bufPooled = nil, nil
+		}
+		st.mu.Unlock()
+		n, err := w.Write(run)
+		written += int64(n)
+		if handle != nil {
+			*handle = full[:0]
+			spare = handle
+		}
+		if err != nil {
+			return written, err
+		}
+		st.mu.Lock()
+	}
+}
+
 // consumeLocked marks n buffered bytes as read and returns credit worth
 // cost bytes to the peer once half a window has been read.
 func (st *Stream) consumeLocked(n int, cost int) {
@@ -89,6 +154,12 @@ func (st *Stream) consumeLocked(n int, cost int) {
 			st.buf, st.bufPooled = nil, nil
 		}
 	}
+	st.creditLocked(cost)
+}
+
+// creditLocked counts cost bytes as read and returns them to the peer as
+// receive window once half a window has been read.
+func (st *Stream) creditLocked(cost int) {
 	if st.remoteFin || st.err != nil {
 		return
 	}
