@@ -283,8 +283,8 @@ func Serve(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 	}
 	if err == nil {
 		// The rest goes from the stream's own buffers to the client,
-		// each run of bytes as it lies there (Stream.WriteTo).
-		_, err = st.WriteTo(out)
+		// each run of bytes as it lies there (Stream.LendTo).
+		_, err = st.LendTo(out)
 	}
 	switch {
 	case out.err != nil:
@@ -397,7 +397,7 @@ func BadRequestBody(w http.ResponseWriter, ex *Exchange, err error) {
 // bodyBuffers holds the buffers request bodies, and the first bytes of
 // response bodies, are copied through. A response body that streams (one
 // not whole with its head) is written from the stream's own buffers
-// (Stream.WriteTo): each write to the client moves what has arrived, up
+// (Stream.LendTo): each write to the client moves what has arrived, up
 // to a window's worth (256 KiB). (Copied through a buffer of its own, at
 // 64 KiB a 1 MiB response took 26 writes and 10 futex wake-ups of the
 // agent, at 256 KiB 9 and 5: strace, 8 connections.) Request bodies keep

@@ -77,16 +77,22 @@ func (st *Stream) TryRead(p []byte) (int, error) {
 	return n, err
 }
 
-// WriteTo writes the body to w as it arrives, until the peer has finished
+// LendTo writes the body to w as it arrives, until the peer has finished
 // (it returns nil then) or the stream fails. Each run of bytes waiting in
 // the stream goes to w as it lies in the stream's receive buffer, not
-// copied into another one first: the buffer is handed to w whole and the
+// copied into another one first: the buffer is lent to w whole and the
 // stream goes on receiving into a second one, which the two swap (so a
-// stream that WriteTo reads holds two receive buffers, each at most a
+// stream that LendTo reads holds two receive buffers, each at most a
 // window's worth). Receive window returns to the peer as each run is
-// handed over, as Read returns it as it copies. A websocket stream is an
-// error, as for Read.
-func (st *Stream) WriteTo(w io.Writer) (int64, error) {
+// lent, as Read returns it as it copies.
+//
+// A run is taken from the stream whole: when w fails, or takes less than
+// all of it (io.ErrShortWrite), the rest is lost, and LendTo is for a
+// caller that then resets the stream, as a relay does when its client
+// goes. (It is not WriteTo, so that io.Copy keeps reading a stream with
+// Read, through its own buffer.) A websocket stream is an error, as for
+// Read.
+func (st *Stream) LendTo(w io.Writer) (int64, error) {
 	var written int64
 	var spare *[]byte // the other buffer's handle, when w has given it back
 	defer func() {
@@ -98,7 +104,7 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 	for {
 		if st.mode == modeWebSocket {
 			st.mu.Unlock()
-			return written, errors.New("mux: WriteTo on a websocket stream, use ReadMessage")
+			return written, errors.New("mux: LendTo on a websocket stream, use ReadMessage")
 		}
 		if len(st.buf) == st.off {
 			switch {
@@ -134,6 +140,9 @@ func (st *Stream) WriteTo(w io.Writer) (int64, error) {
 		if handle != nil {
 			*handle = full[:0]
 			spare = handle
+		}
+		if err == nil && n != len(run) {
+			err = io.ErrShortWrite
 		}
 		if err != nil {
 			return written, err

@@ -98,7 +98,7 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 		return nil // empty DATA without FIN carries nothing
 	}
 	st.mode = mode
-	if st.buf == nil {
+	if st.buf == nil && len(p) > 0 { // (a FIN alone needs no buffer)
 		st.bufPooled = getRecvBuf()
 		st.buf = (*st.bufPooled)[:0]
 	}

@@ -12,7 +12,7 @@ import (
 	"github.com/ferry-vm/ferry/protocol/message"
 )
 
-// heldWriter is a slow client: it holds each run WriteTo hands it for a
+// heldWriter is a slow client: it holds each run LendTo hands it for a
 // while, as a write to a slow socket does, and checks that the run did not
 // change meanwhile (the stream must not receive into a buffer it lent).
 type heldWriter struct {
@@ -76,9 +76,9 @@ func answering(t *testing.T, window uint32, body []byte, pieces []int, end func(
 	return st
 }
 
-// WriteTo delivers a body many windows long whole and in order to a slow
+// LendTo delivers a body many windows long whole and in order to a slow
 // writer, in runs of at most a window, never touching a run it lent.
-func TestWriteToDeliversTheBodyWithoutTouchingLentRuns(t *testing.T) {
+func TestLendToDeliversTheBodyWithoutTouchingLentRuns(t *testing.T) {
 	const window = 64 << 10
 	body := make([]byte, 3<<20+12345)
 	for i := range body {
@@ -86,9 +86,9 @@ func TestWriteToDeliversTheBodyWithoutTouchingLentRuns(t *testing.T) {
 	}
 	st := answering(t, window, body, []int{1, 1000, 70000, 4096, 65536, 333}, nil)
 	w := &heldWriter{hold: 200 * time.Microsecond}
-	n, err := st.WriteTo(w)
+	n, err := st.LendTo(w)
 	if err != nil || n != int64(len(body)) {
-		t.Fatalf("WriteTo: %d bytes, %v; want %d, nil", n, err, len(body))
+		t.Fatalf("LendTo: %d bytes, %v; want %d, nil", n, err, len(body))
 	}
 	if w.moved != nil {
 		t.Fatal(w.moved)
@@ -101,42 +101,67 @@ func TestWriteToDeliversTheBodyWithoutTouchingLentRuns(t *testing.T) {
 	}
 	// Once the body is done, the stream answers as Read does.
 	if n, err := st.Read(make([]byte, 10)); n != 0 || err != io.EOF {
-		t.Errorf("Read after WriteTo: %d, %v; want 0, EOF", n, err)
+		t.Errorf("Read after LendTo: %d, %v; want 0, EOF", n, err)
 	}
 }
 
-// A writer's error ends WriteTo with that error.
-func TestWriteToStopsAtTheWritersError(t *testing.T) {
+// A writer's error ends LendTo with that error.
+func TestLendToStopsAtTheWritersError(t *testing.T) {
 	gone := errors.New("client went away")
 	st := answering(t, 0, bytes.Repeat([]byte("x"), 1<<20), []int{16 << 10}, nil)
 	w := &heldWriter{fail: gone}
-	if _, err := st.WriteTo(w); !errors.Is(err, gone) {
-		t.Fatalf("WriteTo: %v, want the writer's error", err)
+	if _, err := st.LendTo(w); !errors.Is(err, gone) {
+		t.Fatalf("LendTo: %v, want the writer's error", err)
 	}
 	st.Reset(frame.CodeCancel, "client went away")
 }
 
+// A writer that takes less than it was lent, without an error, ends LendTo
+// with io.ErrShortWrite, as io.Copy does.
+func TestLendToReportsAShortWrite(t *testing.T) {
+	st := answering(t, 0, []byte("0123456789abcdefghij"), []int{20}, nil)
+	n, err := st.LendTo(halfWriter{})
+	if !errors.Is(err, io.ErrShortWrite) || n <= 0 || n >= 20 {
+		t.Fatalf("LendTo: %d, %v; want part of 20 bytes and io.ErrShortWrite", n, err)
+	}
+	st.Reset(frame.CodeCancel, "done")
+}
+
+// halfWriter takes half of what it is given.
+type halfWriter struct{}
+
+func (halfWriter) Write(p []byte) (int, error) { return len(p) / 2, nil }
+
+// io.Copy from a stream reads it through its own buffer, as before: a
+// stream is not an io.WriterTo, whose lending would hold a second receive
+// buffer for the copy's whole life.
+func TestAStreamIsNotAWriterTo(t *testing.T) {
+	if _, ok := any(&Stream{}).(io.WriterTo); ok {
+		t.Fatal("*Stream is an io.WriterTo: io.Copy would lend its buffers")
+	}
+}
+
 // A body that the peer resets part way gives the bytes that came before
 // the reset, then the stream's error.
-func TestWriteToEndsWithTheStreamsError(t *testing.T) {
+func TestLendToEndsWithTheStreamsError(t *testing.T) {
 	sent := bytes.Repeat([]byte("y"), 100<<10)
 	st := answering(t, 0, sent, []int{10 << 10}, func(st *Stream) {
 		time.Sleep(50 * time.Millisecond) // the bytes arrive before the reset
 		st.Reset(frame.CodeAppError, "the app failed")
 	})
 	w := &heldWriter{}
-	_, err := st.WriteTo(w)
+	_, err := st.LendTo(w)
 	var serr *StreamError
 	if !errors.As(err, &serr) || serr.Code != frame.CodeAppError {
-		t.Fatalf("WriteTo: %v, want the peer's APP_ERROR", err)
+		t.Fatalf("LendTo: %v, want the peer's APP_ERROR", err)
 	}
 	if !bytes.Equal(w.got.Bytes(), sent) {
 		t.Errorf("%d bytes before the reset, want the %d sent", w.got.Len(), len(sent))
 	}
 }
 
-// WriteTo waits no longer than the stream's read deadline.
-func TestWriteToKeepsTheReadDeadline(t *testing.T) {
+// LendTo waits no longer than the stream's read deadline.
+func TestLendToKeepsTheReadDeadline(t *testing.T) {
 	release := make(chan struct{})
 	defer close(release)
 	st := answering(t, 0, []byte("a little"), []int{8}, func(st *Stream) {
@@ -145,8 +170,8 @@ func TestWriteToKeepsTheReadDeadline(t *testing.T) {
 	})
 	st.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 	w := &heldWriter{}
-	if _, err := st.WriteTo(w); !errors.Is(err, ErrTimeout) {
-		t.Fatalf("WriteTo: %v, want ErrTimeout", err)
+	if _, err := st.LendTo(w); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("LendTo: %v, want ErrTimeout", err)
 	}
 	if w.got.String() != "a little" {
 		t.Errorf("before the deadline: %q", w.got.String())
