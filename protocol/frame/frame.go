@@ -240,25 +240,53 @@ var ErrTruncated = errors.New("frame: stream ended inside a frame")
 // ReadFrame reads and validates one frame. It returns io.EOF only when the
 // stream ends cleanly between frames, and an *Error for protocol violations.
 func (fr *Reader) ReadFrame() (Header, []byte, error) {
+	h, err := fr.ReadHeader()
+	if err != nil {
+		return h, nil, err
+	}
+	p, err := fr.ReadPayload(h)
+	return h, p, err
+}
+
+// ReadHeader reads and validates the header of the next frame; its payload
+// (h.Length bytes) must be read next, with ReadPayload (into the Reader's
+// own buffer) or ReadPayloadInto (where the caller keeps it). ReadFrame is
+// ReadHeader and ReadPayload in one.
+func (fr *Reader) ReadHeader() (Header, error) {
 	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
 		if err == io.ErrUnexpectedEOF {
 			err = ErrTruncated
 		}
-		return Header{}, nil, err
+		return Header{}, err
 	}
 	h := ParseHeader(fr.hdr[:])
 	if err := h.Validate(fr.max); err != nil {
-		return h, nil, err
+		return h, err
 	}
+	return h, nil
+}
+
+// ReadPayload reads the payload of the frame whose header h was just read,
+// into the Reader's buffer: valid until the next call.
+func (fr *Reader) ReadPayload(h Header) ([]byte, error) {
 	if uint32(cap(fr.payload)) < h.Length {
 		fr.payload = make([]byte, h.Length, max(h.Length, MinMaxSize))
 	}
 	p := fr.payload[:h.Length]
+	if err := fr.ReadPayloadInto(p); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// ReadPayloadInto reads the payload of the frame whose header was just
+// read into p, which is exactly its length.
+func (fr *Reader) ReadPayloadInto(p []byte) error {
 	if _, err := io.ReadFull(fr.r, p); err != nil {
 		if err == io.EOF || err == io.ErrUnexpectedEOF {
 			err = ErrTruncated
 		}
-		return h, nil, err
+		return err
 	}
-	return h, p, nil
+	return nil
 }

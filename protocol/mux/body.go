@@ -96,7 +96,13 @@ func (st *Stream) LendTo(w io.Writer) (int64, error) {
 	var written int64
 	var spare *[]byte // the other buffer's handle, when w has given it back
 	defer func() {
-		if spare != nil {
+		if spare == nil {
+			return
+		}
+		st.mu.Lock()
+		reading := st.receiving == spare // the read loop still reads into it
+		st.mu.Unlock()
+		if !reading {
 			putRecvBuf(spare, *spare)
 		}
 	}()
@@ -121,7 +127,9 @@ func (st *Stream) LendTo(w io.Writer) (int64, error) {
 			}
 			continue
 		}
-		run, handle := st.buf[st.off:], st.bufPooled
+		// The run's capacity ends with it: past it the read loop may be
+		// reading a payload into the same array (receiveTarget).
+		run, handle := st.buf[st.off:len(st.buf):len(st.buf)], st.bufPooled
 		full := st.buf
 		st.buf, st.bufPooled, st.off = nil, nil, 0
 		if spare != nil {

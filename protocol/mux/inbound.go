@@ -5,6 +5,8 @@ package mux
 
 import (
 	"encoding/binary"
+	"slices"
+	"unsafe"
 
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
@@ -132,6 +134,81 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 		st.frags = append(st.frags, wsFrag{n: n, flags: h.Flags & (frame.FlagText | frame.FlagMore)})
 	}
 	return nil
+}
+
+// directReadMin is the smallest DATA payload the read loop reads straight
+// into its stream's receive buffer (receiveTarget) instead of into its own
+// and copying it from there: below it the copy costs less than the
+// bookkeeping.
+const directReadMin = 16 << 10
+
+// receiveTarget prepares st to take the payload of h, a DATA frame whose
+// header the read loop has just read, straight into its receive buffer:
+// it charges the payload to the receive window and returns where the read
+// loop reads it, then calls receiveDirect. It returns nil when the frame
+// must go through handleFrame instead: it is compressed or small, or the
+// stream cannot take it as it is (reset, finished, no head yet, a
+// websocket, beyond the window: handleFrame answers those as before).
+//
+// Nothing but the read loop appends to the buffer; while the payload is
+// read into it, unlocked, the stream may still hand what it holds to
+// LendTo (which lends that part, never the part being read into, and
+// does not pool a buffer being read into), or Read it (which may start
+// the buffer over): receiveDirect finds the bytes where they are.
+func (st *Stream) receiveTarget(h frame.Header) []byte {
+	if h.Type != frame.TypeData || h.Has(frame.FlagCompressed) || h.Length < directReadMin {
+		return nil
+	}
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.remoteFin || st.err != nil || (st.local && !st.headReceived) || st.mode == modeWebSocket ||
+		h.Length > st.recvCredit || st.receiving != nil {
+		return nil
+	}
+	n := int(h.Length)
+	if st.buf == nil {
+		st.bufPooled = getRecvBuf()
+		st.buf = (*st.bufPooled)[:0]
+	}
+	st.compactLocked(n)
+	st.buf = slices.Grow(st.buf, n)
+	st.mode = modeData
+	st.recvCredit -= h.Length
+	st.receiving = st.bufPooled
+	return st.buf[len(st.buf) : len(st.buf)+n]
+}
+
+// receiveDirect applies h, whose payload the read loop has read into
+// target (from receiveTarget): the bytes join the buffered ones, where
+// they lie when nothing moved the buffer meanwhile, copied otherwise; a
+// stream reset meanwhile drops them, as handleFrame does.
+func (st *Stream) receiveDirect(h frame.Header, target []byte) {
+	st.mu.Lock()
+	st.receiving = nil
+	if st.err != nil {
+		st.mu.Unlock()
+		return
+	}
+	if end := st.buf[len(st.buf):cap(st.buf)]; len(end) >= len(target) && unsafe.SliceData(end) == unsafe.SliceData(target) {
+		st.buf = st.buf[:len(st.buf)+len(target)]
+	} else {
+		// The buffer was lent to LendTo or started over by Read.
+		if st.buf == nil {
+			st.bufPooled = getRecvBuf()
+			st.buf = (*st.bufPooled)[:0]
+		}
+		st.compactLocked(len(target))
+		st.buf = append(st.buf, target...)
+	}
+	fin := h.Has(frame.FlagFin)
+	if fin {
+		st.remoteFin = true
+	}
+	st.mu.Unlock()
+	st.signal(&st.readable)
+	if fin {
+		st.maybeRemove()
+	}
 }
 
 // compactLocked moves unread bytes to the front of the buffer when

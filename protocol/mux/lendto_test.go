@@ -14,7 +14,8 @@ import (
 
 // heldWriter is a slow client: it holds each run LendTo hands it for a
 // while, as a write to a slow socket does, and checks that the run did not
-// change meanwhile (the stream must not receive into a buffer it lent).
+// change meanwhile (the stream must not receive into a buffer it lent) and
+// that it cannot reach past its end (where the read loop may be receiving).
 type heldWriter struct {
 	got   bytes.Buffer
 	runs  int
@@ -26,6 +27,10 @@ type heldWriter struct {
 func (w *heldWriter) Write(p []byte) (int, error) {
 	if w.fail != nil {
 		return 0, w.fail
+	}
+	if cap(p) != len(p) && w.moved == nil {
+		// Past the run the read loop may be filling the same array.
+		w.moved = fmt.Errorf("run %d: capacity %d past its %d bytes", w.runs, cap(p), len(p))
 	}
 	before := bytes.Clone(p)
 	time.Sleep(w.hold)
@@ -177,4 +182,53 @@ func TestLendToKeepsTheReadDeadline(t *testing.T) {
 		t.Errorf("before the deadline: %q", w.got.String())
 	}
 	st.Reset(frame.CodeCancel, "done")
+}
+
+// Payloads the read loop reads straight into a stream's buffer
+// (receiveTarget) arrive whole and in order whatever the reader does
+// meanwhile: Read in small pieces (which starts the buffer over each time
+// it is empty) or LendTo (which lends it), on many streams at once.
+func TestDirectReadsArriveWholeUnderEveryReader(t *testing.T) {
+	body := make([]byte, 2<<20+777)
+	for i := range body {
+		body[i] = byte(i ^ i>>9)
+	}
+	errs := make(chan error, 16)
+	for i := range 16 {
+		st := answering(t, 0, body, []int{64 << 10, directReadMin, directReadMin - 1, 100 << 10}, nil)
+		go func() {
+			var got bytes.Buffer
+			var err error
+			if i%2 == 0 {
+				buf := make([]byte, 1000+i)
+				for {
+					var n int
+					n, err = st.Read(buf)
+					got.Write(buf[:n])
+					if err != nil {
+						break
+					}
+				}
+				if err == io.EOF {
+					err = nil
+				}
+			} else {
+				w := &heldWriter{hold: 50 * time.Microsecond}
+				_, err = st.LendTo(w)
+				if err == nil {
+					err = w.moved
+				}
+				got = w.got
+			}
+			if err == nil && !bytes.Equal(got.Bytes(), body) {
+				err = fmt.Errorf("stream %d: the body arrived changed (%d bytes, want %d)", i, got.Len(), len(body))
+			}
+			errs <- err
+		}()
+	}
+	for range 16 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
 }

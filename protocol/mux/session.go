@@ -552,7 +552,20 @@ func (s *Session) readLoop() {
 			// head applied from the last read must not wait with it.
 			s.wakeLateHeads()
 		}
-		h, payload, err := fr.ReadFrame()
+		h, err := fr.ReadHeader()
+		var payload []byte
+		var direct *Stream
+		var target []byte
+		if err == nil {
+			if direct = s.directStream(h); direct != nil {
+				target = direct.receiveTarget(h)
+			}
+			if target != nil {
+				err = fr.ReadPayloadInto(target)
+			} else {
+				payload, err = fr.ReadPayload(h)
+			}
+		}
 		if err != nil {
 			var perr *frame.Error
 			switch {
@@ -569,11 +582,33 @@ func (s *Session) readLoop() {
 		}
 		s.lastRecv.Store(time.Now().UnixNano())
 		s.moreBuffered = wholeFrameBuffered(br) && len(s.lateHeads) < maxLateHeads
+		if target != nil {
+			direct.receiveDirect(h, target)
+			continue
+		}
 		if perr := s.handleFrame(h, payload); perr != nil {
 			s.protocolError(perr)
 			return
 		}
 	}
+}
+
+// directStream returns the stream a DATA frame is for, when its payload
+// may be read straight into the stream's buffer (Stream.receiveTarget
+// decides whether it is): the session is past its HELLO and the stream is
+// open. Any other frame goes through handleFrame.
+func (s *Session) directStream(h frame.Header) *Stream {
+	if h.Type != frame.TypeData || h.Has(frame.FlagCompressed) || h.Length < directReadMin {
+		return nil
+	}
+	select {
+	case <-s.peerReady:
+	default:
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.streams[h.StreamID]
 }
 
 // maxLateHeads bounds how many heads' wake-ups one read may hold back.

@@ -49,6 +49,7 @@ type Stream struct {
 	mode         int
 	buf          []byte  // received body bytes; unread part is buf[off:]
 	bufPooled    *[]byte // the pool's handle for buf, when buf came from it
+	receiving    *[]byte // the handle of the buffer the read loop reads a payload into (receiveTarget)
 	off          int
 	frags        []wsFrag
 	trailers     []byte
