@@ -119,13 +119,13 @@ func New(opt Options) (*Backend, error) {
 	b := &Backend{opt: opt}
 	switch opt.Accel {
 	case "", "auto":
-		if err := usableKVM(opt.QEMU); err != nil {
+		if err := usableKVM(opt.QEMU, opt.Kernel); err != nil {
 			opt.Log.Info("qemu: KVM is not usable; using software emulation (TCG), which is slow", "reason", err)
 		} else {
 			b.kvm = true
 		}
 	case "kvm":
-		if err := usableKVM(opt.QEMU); err != nil {
+		if err := usableKVM(opt.QEMU, opt.Kernel); err != nil {
 			return nil, fmt.Errorf("qemu: KVM was asked for: %w", err)
 		}
 		b.kvm = true
@@ -158,12 +158,16 @@ func New(opt Options) (*Backend, error) {
 	return b, nil
 }
 
-// usableKVM checks /dev/kvm, then the emulator with it.
-func usableKVM(qemu string) error {
+// usableKVM checks /dev/kvm, then the emulator with it, then a boot of
+// the kernel with both.
+func usableKVM(qemu, kernel string) error {
 	if err := ProbeKVM(); err != nil {
 		return err
 	}
-	return probeQEMUKVM(context.Background(), qemu)
+	if err := probeQEMUKVM(context.Background(), qemu); err != nil {
+		return err
+	}
+	return probeKernelKVM(context.Background(), qemu, kernel, kernelProbeWait)
 }
 
 func checkFile(what, path string) error {
