@@ -100,9 +100,8 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 		return nil // empty DATA without FIN carries nothing
 	}
 	st.mode = mode
-	if st.buf == nil && len(p) > 0 { // (a FIN alone needs no buffer)
-		st.bufPooled = getRecvBuf()
-		st.buf = (*st.bufPooled)[:0]
+	if len(p) > 0 { // (a FIN alone needs no buffer)
+		st.ensureBufLocked()
 	}
 	st.compactLocked(len(p))
 	start := len(st.buf)
@@ -142,13 +141,14 @@ func (st *Stream) receivePayloadLocked(h frame.Header, p []byte, mode int) *fram
 // bookkeeping.
 const directReadMin = 16 << 10
 
-// receiveTarget prepares st to take the payload of h, a DATA frame whose
-// header the read loop has just read, straight into its receive buffer:
-// it charges the payload to the receive window and returns where the read
+// receiveTarget prepares st to take the payload of h, an uncompressed DATA
+// frame of at least directReadMin bytes whose header the read loop has
+// just read (Session.directTarget), straight into its receive buffer: it
+// charges the payload to the receive window and returns where the read
 // loop reads it, then calls receiveDirect. It returns nil when the frame
-// must go through handleFrame instead: it is compressed or small, or the
-// stream cannot take it as it is (reset, finished, no head yet, a
-// websocket, beyond the window: handleFrame answers those as before).
+// must go through handleFrame instead: the stream cannot take it as it is
+// (reset, finished, no head yet, a websocket, beyond the window:
+// handleFrame answers those as before).
 //
 // Nothing but the read loop appends to the buffer; while the payload is
 // read into it, unlocked, the stream may still hand what it holds to
@@ -156,9 +156,6 @@ const directReadMin = 16 << 10
 // does not pool a buffer being read into), or Read it (which may start
 // the buffer over): receiveDirect finds the bytes where they are.
 func (st *Stream) receiveTarget(h frame.Header) []byte {
-	if h.Type != frame.TypeData || h.Has(frame.FlagCompressed) || h.Length < directReadMin {
-		return nil
-	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	if st.remoteFin || st.err != nil || (st.local && !st.headReceived) || st.mode == modeWebSocket ||
@@ -166,10 +163,7 @@ func (st *Stream) receiveTarget(h frame.Header) []byte {
 		return nil
 	}
 	n := int(h.Length)
-	if st.buf == nil {
-		st.bufPooled = getRecvBuf()
-		st.buf = (*st.bufPooled)[:0]
-	}
+	st.ensureBufLocked()
 	st.compactLocked(n)
 	st.buf = slices.Grow(st.buf, n)
 	st.mode = modeData
@@ -193,10 +187,7 @@ func (st *Stream) receiveDirect(h frame.Header, target []byte) {
 		st.buf = st.buf[:len(st.buf)+len(target)]
 	} else {
 		// The buffer was lent to LendTo or started over by Read.
-		if st.buf == nil {
-			st.bufPooled = getRecvBuf()
-			st.buf = (*st.bufPooled)[:0]
-		}
+		st.ensureBufLocked()
 		st.compactLocked(len(target))
 		st.buf = append(st.buf, target...)
 	}
@@ -208,6 +199,15 @@ func (st *Stream) receiveDirect(h frame.Header, target []byte) {
 	st.signal(&st.readable)
 	if fin {
 		st.maybeRemove()
+	}
+}
+
+// ensureBufLocked gives the stream a receive buffer from the pool when it
+// has none (none yet, or it was lent or released).
+func (st *Stream) ensureBufLocked() {
+	if st.buf == nil {
+		st.bufPooled = getRecvBuf()
+		st.buf = (*st.bufPooled)[:0]
 	}
 }
 

@@ -553,14 +553,10 @@ func (s *Session) readLoop() {
 			s.wakeLateHeads()
 		}
 		h, err := fr.ReadHeader()
-		var payload []byte
+		var payload, target []byte
 		var direct *Stream
-		var target []byte
 		if err == nil {
-			if direct = s.directStream(h); direct != nil {
-				target = direct.receiveTarget(h)
-			}
-			if target != nil {
+			if direct, target = s.directTarget(h); target != nil {
 				err = fr.ReadPayloadInto(target)
 			} else {
 				payload, err = fr.ReadPayload(h)
@@ -593,22 +589,28 @@ func (s *Session) readLoop() {
 	}
 }
 
-// directStream returns the stream a DATA frame is for, when its payload
-// may be read straight into the stream's buffer (Stream.receiveTarget
-// decides whether it is): the session is past its HELLO and the stream is
-// open. Any other frame goes through handleFrame.
-func (s *Session) directStream(h frame.Header) *Stream {
+// directTarget returns the stream h is for and where the read loop reads
+// its payload, when that may go straight into the stream's buffer: h is
+// an uncompressed DATA frame of at least directReadMin bytes, the session
+// is past its HELLO, the stream is open and can take it
+// (Stream.receiveTarget). Otherwise the target is nil and the frame goes
+// through handleFrame.
+func (s *Session) directTarget(h frame.Header) (*Stream, []byte) {
 	if h.Type != frame.TypeData || h.Has(frame.FlagCompressed) || h.Length < directReadMin {
-		return nil
+		return nil, nil
 	}
 	select {
 	case <-s.peerReady:
 	default:
-		return nil
+		return nil, nil
 	}
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.streams[h.StreamID]
+	st := s.streams[h.StreamID]
+	s.mu.Unlock()
+	if st == nil {
+		return nil, nil
+	}
+	return st, st.receiveTarget(h)
 }
 
 // maxLateHeads bounds how many heads' wake-ups one read may hold back.
