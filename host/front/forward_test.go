@@ -438,11 +438,7 @@ func TestTheAgentPath(t *testing.T) {
 // test.
 func dialFront(t *testing.T, front string, d time.Duration) net.Conn {
 	t.Helper()
-	conn, err := net.DialTimeout("tcp", strings.TrimPrefix(front, "http://"), 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	conn := dial(t, strings.TrimPrefix(front, "http://"))
 	conn.SetDeadline(time.Now().Add(d))
 	return conn
 }

@@ -26,9 +26,11 @@ func limitedServer(t *testing.T, lim ConnLimits, h http.Handler) string {
 	return srv.Listener.Addr().String()
 }
 
+// dial connects to addr, giving up after 5 s; the connection is closed
+// with the test.
 func dial(t *testing.T, addr string) net.Conn {
 	t.Helper()
-	c, err := net.Dial("tcp", addr)
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
