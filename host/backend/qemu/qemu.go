@@ -26,8 +26,7 @@ import (
 
 // Defaults.
 const (
-	DefaultStateDir  = "/var/lib/ferry/qemu" // code images, persistent volumes
-	DefaultRunDir    = "/run/ferry/qemu"     // per-VM sockets
+	DefaultStateDir  = "/var/lib/ferry/qemu" // code images, persistent volumes, transport sockets
 	DefaultMemoryMiB = 512
 	DefaultVCPUs     = 1
 	// PortName is the virtio-serial port init listens on.
@@ -50,7 +49,9 @@ type Options struct {
 	// StateDir keeps packed code images, persistent volumes (volumes/ID/)
 	// and the disks that keep instances' roots (roots/ID.ext4).
 	StateDir string
-	// RunDir holds the per-VM transport sockets.
+	// RunDir holds the per-VM transport sockets (default StateDir/run:
+	// the agent's own, so that nothing of it is left outside its state
+	// directory once it ends).
 	RunDir string
 	// Accel is "auto" (KVM when it works, else TCG), "kvm" or "tcg".
 	Accel string
@@ -108,7 +109,7 @@ func New(opt Options) (*Backend, error) {
 		return nil, fmt.Errorf("qemu: %w", err)
 	}
 	if opt.RunDir == "" {
-		opt.RunDir = DefaultRunDir
+		opt.RunDir = filepath.Join(opt.StateDir, "run")
 	}
 	if opt.Log == nil {
 		opt.Log = slog.New(slog.DiscardHandler)

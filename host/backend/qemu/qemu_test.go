@@ -20,7 +20,7 @@ func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
 		{file: "/img/rootfs.squashfs", serial: rootSerial, readOnly: true},
 		{file: "/state/a,b.ext4", serial: "ferry-vol0"},
 	}
-	tr := &serialTransport{sock: "/run/ferry/qemu/1-1.sock"}
+	tr := &serialTransport{sock: "/var/lib/ferry/qemu/run/1-1.sock"}
 	args := strings.Join(b.args(backend.Spec{VCPUs: 2, MemoryMiB: 256}, 7, "/img/vmlinuz", contract.BootParams{Overlay: true}, drives, tr, true), " ")
 	for _, want := range []string{
 		"-M microvm -accel tcg -cpu max -smp 2 -m 256",
@@ -28,7 +28,7 @@ func TestArgsAttachDrivesTransportAndNetwork(t *testing.T) {
 		"-drive id=drive0,file=/img/rootfs.squashfs,format=raw,if=none,cache=none,aio=threads,read-only=on -device virtio-blk-device,drive=drive0,serial=ferry-root",
 		// Commas in paths are doubled; a persistent volume is writable.
 		"-drive id=drive1,file=/state/a,,b.ext4,format=raw,if=none,cache=none,aio=threads -device virtio-blk-device,drive=drive1,serial=ferry-vol0",
-		"-chardev socket,id=ferry,path=/run/ferry/qemu/1-1.sock -device virtserialport,chardev=ferry,name=ferry",
+		"-chardev socket,id=ferry,path=/var/lib/ferry/qemu/run/1-1.sock -device virtserialport,chardev=ferry,name=ferry",
 		"-netdev tap,id=net0,fd=3 -device virtio-net-device,netdev=net0,mac=52:54:00:00:00:07",
 		"ferry.overlay=1 ferry.transport=serial:ferry", "tsc_early_khz=2596136 tsc=reliable",
 	} {
@@ -226,5 +226,32 @@ func TestRootDrives(t *testing.T) {
 	f.Close()
 	if string(got) != string(mark) {
 		t.Fatal("the disk keeping the root was made again at the second boot")
+	}
+}
+
+// A VM's transport socket lives in the run directory (the state
+// directory's by default, so nothing is left elsewhere) and is gone when
+// the transport closes; a path no unix socket address holds is refused
+// with a reason instead of failing in bind.
+func TestSerialTransportSocket(t *testing.T) {
+	runDir := filepath.Join(t.TempDir(), "run")
+	tr, err := newSerialTransport(runDir, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if filepath.Dir(tr.sock) != runDir {
+		t.Fatalf("socket %s outside %s", tr.sock, runDir)
+	}
+	if fi, err := os.Stat(tr.sock); err != nil || fi.Mode()&os.ModeSocket == 0 {
+		t.Fatalf("no socket at %s: %v", tr.sock, err)
+	}
+	tr.close()
+	if _, err := os.Stat(tr.sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left after close: %v", err)
+	}
+
+	long := filepath.Join(t.TempDir(), strings.Repeat("d", 100))
+	if _, err := newSerialTransport(long, 1); err == nil || !strings.Contains(err.Error(), "shorter state directory") {
+		t.Fatalf("a %d-byte socket path: %v", len(long), err)
 	}
 }
