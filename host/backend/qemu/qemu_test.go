@@ -254,4 +254,7 @@ func TestSerialTransportSocket(t *testing.T) {
 	if _, err := newSerialTransport(long, 1); err == nil || !strings.Contains(err.Error(), "shorter state directory") {
 		t.Fatalf("a %d-byte socket path: %v", len(long), err)
 	}
+	if _, err := os.Stat(long); !os.IsNotExist(err) {
+		t.Fatalf("the refused run directory was made: %v", err)
+	}
 }

@@ -57,12 +57,12 @@ type serialTransport struct {
 const maxSocketPath = 107
 
 func newSerialTransport(runDir string, index uint64) (*serialTransport, error) {
-	if err := os.MkdirAll(runDir, 0o700); err != nil {
-		return nil, err
-	}
 	sock := filepath.Join(runDir, fmt.Sprintf("%d-%d.sock", os.Getpid(), index))
 	if len(sock) > maxSocketPath {
 		return nil, fmt.Errorf("transport socket %s: the path is longer than a unix socket address takes (%d bytes); use a shorter state directory", sock, maxSocketPath)
+	}
+	if err := os.MkdirAll(runDir, 0o700); err != nil {
+		return nil, err
 	}
 	os.Remove(sock)
 	ln, err := net.ListenUnix("unix", &net.UnixAddr{Name: sock, Net: "unix"})
