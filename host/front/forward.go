@@ -20,6 +20,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
 )
 
@@ -78,6 +79,9 @@ type hop struct {
 	cancel   context.CancelCauseFunc
 	deadline *time.Timer // the time limit, when there is one
 	upgrade  bool        // the limit stops once the answer's head is in
+	// rec, when the router keeps metrics, learns that the node answered
+	// (and the 101 of an upgrade, which ReverseProxy writes itself).
+	rec *metrics.StatusRecorder
 }
 
 // Why a hop's context ends.
@@ -241,6 +245,9 @@ func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
 	if h.ex.Log != nil {
 		h.ex.Log.Debug("forwarding a request for a persistent program", append(h.ex.LogAttrs(), "node", h.node, "address", h.addr)...)
 	}
+	if rec, ok := w.(*metrics.StatusRecorder); ok {
+		h.rec, rec.Node = rec, h.node
+	}
 	f.proxy.ServeHTTP(w, r)
 	return true
 }
@@ -293,6 +300,9 @@ func (f *Forwarder) modifyResponse(resp *http.Response) error {
 	h := resp.Request.Context().Value(hopKey{}).(*hop)
 	if h.upgrade && h.deadline != nil {
 		h.deadline.Stop()
+	}
+	if resp.StatusCode == http.StatusSwitchingProtocols && h.rec != nil {
+		h.rec.Switched()
 	}
 	if h.chunked {
 		resp.Header.Set("Connection", "close")

@@ -37,14 +37,22 @@ type forwarding struct {
 // standing for node2's agent).
 func forwardingFront(t *testing.T, o forwarding) string {
 	t.Helper()
+	_, url := forwardingRouter(t, o)
+	return url
+}
+
+// forwardingRouter is forwardingFront, with its router (for its metrics).
+func forwardingRouter(t *testing.T, o forwarding) (*Router, string) {
+	t.Helper()
 	manager, programs := persistentKeeper(t, &backendtest.Backend{Handler: backendtest.Echo}, o.seconds)
 	forward := NewForwarder("node1", o.peer, func() []byte { return testKey }, o.live, nil)
 	t.Cleanup(forward.Close)
-	srv := httptest.NewServer(&Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
+	rt := &Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler),
 		Metrics: metrics.New(func() int { return 0 }), MaxBody: o.maxBody,
-		Owner: func(string) (bool, string) { return false, "node2" }, Forward: forward})
+		Owner: func(string) (bool, string) { return false, "node2" }, Forward: forward}
+	srv := httptest.NewServer(rt)
 	t.Cleanup(srv.Close)
-	return srv.URL
+	return rt, srv.URL
 }
 
 // at is a peer function answering addr for node2.
@@ -239,7 +247,7 @@ func TestForwardingChunkedBodies(t *testing.T) {
 // bytes pass both ways.
 func TestForwardingAnUpgrade(t *testing.T) {
 	owner := echoUpgradeOwner(t)
-	front := forwardingFront(t, forwarding{peer: at(owner.URL)})
+	rt, front := forwardingRouter(t, forwarding{peer: at(owner.URL)})
 	conn := dialFront(t, front, 10*time.Second)
 	io.WriteString(conn, "GET /vm/keeper/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
 	br := bufio.NewReader(conn)
@@ -250,6 +258,15 @@ func TestForwardingAnUpgrade(t *testing.T) {
 	io.WriteString(conn, "hello\n")
 	if line, err := br.ReadString('\n'); err != nil || line != "echo: hello\n" {
 		t.Fatalf("after the upgrade: %q %v", line, err)
+	}
+	conn.Close()
+	// Recorded once the tunnel ends: 101, answered by node2.
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rt.Metrics.Recent()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := rt.Metrics.Recent(); len(got) != 1 || got[0].Status != http.StatusSwitchingProtocols || got[0].Node != "node2" {
+		t.Fatalf("recorded %+v, want one request, 101, on node2", got)
 	}
 }
 
@@ -276,6 +293,7 @@ func twoNodes(t *testing.T, key1, key2 []byte) (node1, node2 *node) {
 		forward := NewForwarder(name, peer, func() []byte { return key }, nil, nil)
 		t.Cleanup(forward.Close)
 		rt := &Router{Programs: programs, Manager: manager, Log: slog.New(slog.DiscardHandler), Forward: forward,
+			Metrics: metrics.New(func() int { return 0 }),
 			Owner: func(string) (bool, string) {
 				if here {
 					return true, ""
@@ -463,4 +481,47 @@ func echoUpgradeOwner(t *testing.T) *httptest.Server {
 	}))
 	t.Cleanup(owner.Close)
 	return owner
+}
+
+// A request forwarded to the node that runs its program is counted once
+// over the cluster: in ferry_requests_total (and the durations) there, in
+// ferry_requests_forwarded_total, naming that node, here; both nodes'
+// recent requests show it, the forwarding node's with the node that ran it.
+func TestForwardedRequestsAreCountedOnce(t *testing.T) {
+	node1, node2 := twoNodes(t, testKey, testKey)
+	resp, err := http.Get(node1.url + "/vm/keeper/hello")
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status %d", resp.StatusCode)
+	}
+	scrape := func(n *node) string {
+		rec := httptest.NewRecorder()
+		n.router.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+		return rec.Body.String()
+	}
+	m1, m2 := scrape(node1), scrape(node2)
+	if want := `ferry_requests_forwarded_total{node="node2",program="keeper",status="200"} 1`; !strings.Contains(m1, want) {
+		t.Errorf("node1's metrics lack %s", want)
+	}
+	for _, not := range []string{`ferry_requests_total{program="keeper"`, `ferry_request_duration_seconds_count{program="keeper"}`} {
+		if strings.Contains(m1, not) {
+			t.Errorf("node1 counts the forwarded request as its own: %s", not)
+		}
+	}
+	for _, want := range []string{`ferry_requests_total{program="keeper",status="200"} 1`, `ferry_request_duration_seconds_count{program="keeper"} 1`} {
+		if !strings.Contains(m2, want) {
+			t.Errorf("node2's metrics lack %s", want)
+		}
+	}
+	if strings.Contains(m2, `ferry_requests_forwarded_total{`) {
+		t.Error("node2, which ran it, counts it as forwarded")
+	}
+	r1, r2 := node1.router.Metrics.Recent(), node2.router.Metrics.Recent()
+	if len(r1) != 1 || r1[0].Node != "node2" || r1[0].Status != 200 || len(r2) != 1 || r2[0].Node != "" || r2[0].ID != r1[0].ID {
+		t.Errorf("recent requests: node1 %+v, node2 %+v", r1, r2)
+	}
 }

@@ -23,6 +23,7 @@ type Metrics struct {
 	store      storeMetrics // the content-addressed store's (store.go)
 	registry   *prometheus.Registry
 	requests   *prometheus.CounterVec
+	forwarded  *prometheus.CounterVec
 	latency    *prometheus.HistogramVec
 	coldStarts *prometheus.CounterVec
 	coldTime   *prometheus.HistogramVec
@@ -44,6 +45,9 @@ func New(running func() int) *Metrics {
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ferry_requests_total", Help: "HTTP requests relayed, by program and response status.",
 		}, []string{"program", "status"}),
+		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ferry_requests_forwarded_total", Help: "HTTP requests for a persistent program relayed to the node that runs it, by program, node and response status (that node counts them in ferry_requests_total).",
+		}, []string{"program", "node", "status"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "ferry_request_duration_seconds", Help: "Time from request to the end of the response, by program.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 18),
@@ -65,7 +69,7 @@ func New(running func() int) *Metrics {
 	}, []string{"program"})
 	m.store = newStoreMetrics()
 	m.registry.MustRegister(m.store.hits, m.store.misses, m.store.bytes, m.store.cache)
-	m.registry.MustRegister(m.requests, m.latency, m.coldStarts, m.coldTime, m.bootPhase, m.logDropped,
+	m.registry.MustRegister(m.requests, m.forwarded, m.latency, m.coldStarts, m.coldTime, m.bootPhase, m.logDropped,
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "ferry_running_vms", Help: "VMs running now."},
 			func() float64 { return float64(running()) }),
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -73,10 +77,17 @@ func New(running func() int) *Metrics {
 }
 
 // Request records one relayed request: counted, and kept among the
-// recent ones.
+// recent ones. A request forwarded to another node (r.Node set) is
+// counted in ferry_requests_forwarded_total only: the node that ran it
+// counts it in ferry_requests_total and its duration, so that the sums
+// over a cluster's nodes count each client's request once.
 func (m *Metrics) Request(r RequestRecord) {
-	m.requests.WithLabelValues(r.Program, strconv.Itoa(r.Status)).Inc()
-	m.latency.WithLabelValues(r.Program).Observe(r.Took.Seconds())
+	if r.Node != "" {
+		m.forwarded.WithLabelValues(r.Program, r.Node, strconv.Itoa(r.Status)).Inc()
+	} else {
+		m.requests.WithLabelValues(r.Program, strconv.Itoa(r.Status)).Inc()
+		m.latency.WithLabelValues(r.Program).Observe(r.Took.Seconds())
+	}
 	m.recent.add(r)
 }
 
@@ -126,6 +137,18 @@ func Healthz(w http.ResponseWriter, r *http.Request) {
 type StatusRecorder struct {
 	http.ResponseWriter
 	Status int
+	// Node is the node that answered, when the request was forwarded to
+	// the node that runs its persistent program; "" when this one did.
+	Node string
+}
+
+// Switched records 101 Switching Protocols for an upgrade answered on a
+// hijacked connection (a reverse proxy writes that head itself, without
+// WriteHeader).
+func (s *StatusRecorder) Switched() {
+	if s.Status == 0 {
+		s.Status = http.StatusSwitchingProtocols
+	}
 }
 
 // WriteHeader implements http.ResponseWriter. An informational status

@@ -20,6 +20,7 @@ type RequestRecord struct {
 	Took    time.Duration
 	ID      string // the request's id: the client's, or the agent's own
 	AppID   string // the app's own X-Request-Id (what the client saw), when it sent another
+	Node    string // the node that ran it, when this one forwarded it there
 }
 
 // recentRequests is a ring of the last RecentRequests requests.

@@ -92,6 +92,7 @@ func TestWrite(t *testing.T) {
 	}, Requests: []metrics.RequestRecord{
 		{Time: now, Program: "web", Method: "GET", Path: "/<script>", Status: 502, Took: time.Millisecond, ID: "abc123"},
 		{Time: now, Program: "web", Method: "GET", Path: "/own", Status: 200, Took: time.Millisecond, ID: "def456", AppID: "<app>"},
+		{Time: now, Program: "keeper", Method: "GET", Path: "/", Status: 200, Took: time.Millisecond, ID: "ghi789", Node: "<node2>"},
 	}, Errors: []logsink.Record{
 		{Time: now, Level: slog.LevelWarn, Message: "the program failed to answer", RequestID: "abc123", Attrs: []string{"status=502"}},
 	}, ColdStarts: []metrics.Histogram{{Program: "web", Count: 1, Sum: 2.5, Buckets: []metrics.Bucket{{UpperBound: 2.56, Count: 1}, {UpperBound: math.Inf(1), Count: 0}}}}}
@@ -108,6 +109,7 @@ func TestWrite(t *testing.T) {
 		`style="left: 50.00%; width: 25.00%"`, // network: from 1s to 1.5s of 2s
 		`<div class="histogram" data-program="web">`, `≤ 2.56s`,
 		`<tr class="error">`, `/&lt;script&gt;`, `abc123`, `the program failed to answer`,
+		`keeper <span class="meta">(ran on &lt;node2&gt;)</span>`,
 		`def456 (the app's: &lt;app&gt;)`,
 	} {
 		if !strings.Contains(body, want) {
