@@ -337,7 +337,8 @@ func TestServeResponseBreakingOffIsIncomplete(t *testing.T) {
 // An executable's protocol switch passes through as raw bytes both ways
 // once it answers 101; any other answer is its own response.
 func TestServeUpgradePassesBytesThrough(t *testing.T) {
-	f := fixture{iface: "executable"}.start(t, func(st *mux.Stream) {
+	statuses := make(chan int, 2)
+	f := fixture{iface: "executable", statuses: statuses}.start(t, func(st *mux.Stream) {
 		var h message.RequestHead
 		st.RequestHead(&h)
 		if string(h.Path) == "/refuse" {
@@ -367,6 +368,11 @@ func TestServeUpgradePassesBytesThrough(t *testing.T) {
 	if err != nil || string(echoed) != "early bytes;later bytes" {
 		t.Fatalf("echoed %q %v", echoed, err)
 	}
+	// The metrics record the 101, which the relay wrote itself on the
+	// connection it took over.
+	if status := <-statuses; status != http.StatusSwitchingProtocols {
+		t.Errorf("recorded status %d for the switch, want 101", status)
+	}
 
 	req, _ := http.NewRequest("GET", f.url+"/refuse", nil)
 	req.Header.Set("Upgrade", "echo")
@@ -379,6 +385,9 @@ func TestServeUpgradePassesBytesThrough(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != 426 || resp.Header.Get("X-Why") != "no" || string(body) != "not here" {
 		t.Fatalf("refusal: %d %v %q", resp.StatusCode, resp.Header, body)
+	}
+	if status := <-statuses; status != 426 {
+		t.Errorf("recorded status %d for the refusal, want 426", status)
 	}
 }
 

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 	"github.com/ferry-vm/ferry/protocol/mux"
@@ -33,6 +34,9 @@ type fixture struct {
 	timeout  time.Duration
 	// maxStreams bounds the guest's concurrent streams (0: the default).
 	maxStreams uint32
+	// statuses, when set, gets the status each exchange recorded in a
+	// metrics.StatusRecorder (as the agent's router keeps one).
+	statuses chan int
 }
 
 // newRelayFixture relays with Serve, without bounds.
@@ -49,6 +53,11 @@ func (fx fixture) start(t *testing.T, app func(*mux.Stream)) *relayFixture {
 	host := mux.Client(a, mux.Config{KeepaliveInterval: -1})
 	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		TrimFragment(r)
+		if fx.statuses != nil {
+			rec := &metrics.StatusRecorder{ResponseWriter: w}
+			defer func() { fx.statuses <- rec.Status }()
+			w = rec
+		}
 		ServeAny(w, r, &Exchange{Session: host, RootPath: fx.rootPath, Path: r.URL.Path, RawPath: RawPath(r), MaxBody: fx.maxBody,
 			Timeout: fx.timeout, Log: slog.New(slog.DiscardHandler), ID: "test"}, fx.iface)
 	}))

@@ -372,6 +372,7 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		st.Reset(frame.CodeCancel, "client went away")
 		return
 	}
+	recordSwitch(w)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -390,6 +391,23 @@ func ServeUpgrade(w http.ResponseWriter, r *http.Request, ex *Exchange) {
 		tc.CloseWrite()
 	}
 	<-done
+}
+
+// recordSwitch tells the status recorder among w's wrappers, if any (the
+// metrics'), that the answer was 101 Switching Protocols: it was written
+// on the hijacked connection, where WriteHeader does not see it.
+func recordSwitch(w http.ResponseWriter) {
+	for {
+		if s, ok := w.(interface{ Switched() }); ok {
+			s.Switched()
+			return
+		}
+		u, ok := w.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		w = u.Unwrap()
+	}
 }
 
 // openSwitch opens a stream for a protocol switch and waits for the
