@@ -450,6 +450,42 @@ class HttpFlow(SessionCase):
         self.assertFalse(self.session.flush_scheduled)
         self.assertEqual(self.transport.frames()[1][3], b"hi")
 
+    def test_a_finished_answer_does_not_wait_for_a_paused_channel(self):
+        # Under sustained load the channel toward init may stay over its
+        # high-water mark for a long time. Answers that are complete must
+        # not wait for it to drain: init has them whole, and streams
+        # waiting so once filled MY_MAX_STREAMS, and new requests were
+        # refused though only a few were in progress.
+        self.addCleanup(setattr, worker, "MY_MAX_STREAMS", worker.MY_MAX_STREAMS)
+        worker.MY_MAX_STREAMS = 4
+        streamed = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            if scope["path"] == "/stream":
+                await send({"type": "http.response.body", "body": b"part", "more_body": True})
+                streamed.set()
+            await send({"type": "http.response.body", "body": b"x" * 1000})
+
+        self.session.app = app
+        self.session.pause_writing()
+        for i in range(10):
+            self.session.data_received(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode("request", {"path": b"/"})))
+            self.turn(2)
+        ends = [sid for t, fl, sid, p in self.transport.frames() if t == worker.DATA and fl & worker.FIN]
+        self.assertEqual(ends, [2 * i + 1 for i in range(10)])
+        self.assertEqual([sid for t, fl, sid, p in self.transport.frames() if t == worker.RESET], [])
+        self.assertEqual(self.session.streams, {})
+        # An app that goes on sending still waits for the channel to drain.
+        self.session.data_received(worker.frame(worker.REQUEST, worker.FIN, 21, worker.encode("request", {"path": b"/stream"})))
+        self.turn()
+        self.assertFalse(streamed.is_set())
+        self.assertIn(21, self.session.streams)
+        self.session.resume_writing()
+        self.turn()
+        self.assertTrue(streamed.is_set())
+        self.assertEqual(self.session.streams, {})
+
     def test_a_head_goes_out_alone_when_the_app_waits_before_its_body(self):
         go, resumed = asyncio.Event(), []
 

@@ -691,7 +691,13 @@ class Stream:
             if last:
                 self.local_fin = True
                 break
-        if self.session.paused:
+        if self.session.paused and not self.local_fin:
+            # The channel toward init is over its high-water mark: an app
+            # that goes on sending waits for it to drain. A finished answer
+            # does not: there is nothing left to hold back, and under
+            # sustained load the channel can stay paused for long enough
+            # that streams waiting here, done as far as init knows, filled
+            # MY_MAX_STREAMS and new requests were refused (503).
             await self.session.drain()
 
     async def wait_window(self):
