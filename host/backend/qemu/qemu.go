@@ -120,13 +120,13 @@ func New(opt Options) (*Backend, error) {
 	b := &Backend{opt: opt}
 	switch opt.Accel {
 	case "", "auto":
-		if err := usableKVM(opt.QEMU, opt.Kernel); err != nil {
+		if err := usableKVM(opt.QEMU, opt.Kernel, opt.StateDir, opt.Log); err != nil {
 			opt.Log.Info("qemu: KVM is not usable; using software emulation (TCG), which is slow", "reason", err)
 		} else {
 			b.kvm = true
 		}
 	case "kvm":
-		if err := usableKVM(opt.QEMU, opt.Kernel); err != nil {
+		if err := usableKVM(opt.QEMU, opt.Kernel, opt.StateDir, opt.Log); err != nil {
 			return nil, fmt.Errorf("qemu: KVM was asked for: %w", err)
 		}
 		b.kvm = true
@@ -160,15 +160,29 @@ func New(opt Options) (*Backend, error) {
 }
 
 // usableKVM checks /dev/kvm, then the emulator with it, then a boot of
-// the kernel with both.
-func usableKVM(qemu, kernel string) error {
+// the kernel with both. The last two take a second where KVM works and
+// kernelProbeWait where it hangs guests: their verdict is kept in the
+// state directory (kvmVerdictFile) and taken from there while the host,
+// /dev/kvm, the emulator and the kernel stay the same (kvmProbeKey).
+func usableKVM(qemu, kernel, stateDir string, log *slog.Logger) error {
 	if err := ProbeKVM(); err != nil {
 		return err
 	}
-	if err := probeQEMUKVM(context.Background(), qemu); err != nil {
-		return err
+	key, err := kvmProbeKey(qemu, kernel)
+	if err != nil {
+		log.Debug("qemu: the KVM probe's verdict is not kept", "reason", err)
 	}
-	return probeKernelKVM(context.Background(), qemu, kernel, kernelProbeWait)
+	v, cached := cachedKVMProbe(filepath.Join(stateDir, kvmVerdictFile), key, func() error {
+		if err := probeQEMUKVM(context.Background(), qemu); err != nil {
+			return err
+		}
+		return probeKernelKVM(context.Background(), qemu, kernel, kernelProbeWait)
+	})
+	if cached {
+		log.Debug("qemu: the KVM probe's verdict was found for this host, emulator and kernel", "usable", v.Usable,
+			"file", filepath.Join(stateDir, kvmVerdictFile))
+	}
+	return v.err()
 }
 
 func checkFile(what, path string) error {
