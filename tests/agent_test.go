@@ -120,6 +120,9 @@ func startAgent(t *testing.T, mode string, opt agentOptions, args ...string) *ag
 	case line := <-serving:
 		t.Logf("%s", line)
 	case <-exited:
+		if opt.ns != nil {
+			t.Logf("the namespace it ran in:\n%s", opt.ns.describe())
+		}
 		t.Fatalf("host-agent %s exited before serving:\n%s", mode, p.out.String())
 	case <-time.After(2 * time.Minute):
 		t.Fatalf("host-agent %s did not start serving\n%s", mode, p.out.String())

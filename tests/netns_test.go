@@ -1,12 +1,12 @@
 package tests
 
 import (
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
 	"runtime"
-	"strconv"
-	"syscall"
+	"slices"
 	"testing"
 	"time"
 
@@ -14,13 +14,16 @@ import (
 	"github.com/vishvananda/netns"
 )
 
-// testNetns is a network namespace a test made, held by a sleeping
-// process. An agent started in it (command) puts its VMs' host-side links
-// (veth, tap) there, so everything the test sends to a VM's private
-// address stays inside it and never touches the machine's own network.
+// testNetns is a network namespace a test made, held open by a descriptor
+// of the test binary's (no process lives in it to hold it, and no process
+// ID names it, so it cannot end early or be confused with another
+// process's after that ID is reused). An agent started in it (command)
+// puts its VMs' host-side links (veth, tap) there, so everything the test
+// sends to a VM's private address stays inside it and never touches the
+// machine's own network.
 type testNetns struct {
-	path string // /proc/PID/ns/net of the holder
-	pid  int    // the holder
+	handle netns.NsHandle // the descriptor that holds it
+	path   string         // /proc/OURPID/fd/N: how nsenter and other processes open it
 }
 
 // newTestNetns makes a network namespace with its loopback up; it ends
@@ -28,39 +31,51 @@ type testNetns struct {
 func newTestNetns(t *testing.T) *testNetns {
 	t.Helper()
 	requireRoot(t)
-	requireTool(t, "unshare")
 	requireTool(t, "nsenter")
-	holder := exec.Command("unshare", "--net", "--", "sleep", "infinity")
-	holder.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the OS thread that forked the holder exits, and
-	// Go retires a thread whenever a goroutine exits locked to it (the
-	// namespace tests do, on purpose): the holder is forked from a thread
-	// kept locked until the test ends, or the namespace could die under
-	// the test and its PID, reused, name another process's namespace.
-	started, done := make(chan error, 1), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := holder.Start()
-		started <- err
-		if err == nil {
-			<-done
-		}
-	}()
-	if err := <-started; err != nil {
-		t.Fatalf("unshare --net: %v", err)
+	type made struct {
+		handle netns.NsHandle
+		err    error
 	}
-	t.Cleanup(func() { holder.Process.Kill(); holder.Wait(); close(done) })
-	n := &testNetns{path: "/proc/" + strconv.Itoa(holder.Process.Pid) + "/ns/net", pid: holder.Process.Pid}
-	ours, _ := os.Readlink("/proc/self/ns/net")
-	waitFor(t, 10*time.Second, func() bool {
-		theirs, err := os.Readlink(n.path)
-		return err == nil && theirs != ours
-	}, "unshare did not enter a new network namespace")
-	if out, err := n.command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
-		t.Fatalf("loopback up in the test's namespace: %v\n%s", err, out)
+	result := make(chan made, 1)
+	go func() {
+		// netns.New moves this thread into the new namespace: the thread
+		// stays locked, so Go ends it with the goroutine instead of
+		// running other goroutines in the wrong namespace.
+		runtime.LockOSThread()
+		h, err := netns.New()
+		result <- made{h, err}
+	}()
+	m := <-result
+	if m.err != nil {
+		t.Fatalf("a new network namespace: %v", m.err)
+	}
+	t.Cleanup(func() { m.handle.Close() })
+	n := &testNetns{handle: m.handle, path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(m.handle))}
+	nl := n.netlink(t)
+	lo, err := nl.LinkByName("lo")
+	if err == nil {
+		err = nl.LinkSetUp(lo)
+	}
+	if err != nil {
+		t.Fatalf("loopback up in the test's namespace: %v", err)
+	}
+	// Linux gives lo 127.0.0.1 as it comes up; a namespace without it
+	// would fail later and far from here (an agent that cannot listen).
+	addrs, err := nl.AddrList(lo, netlink.FAMILY_V4)
+	if err != nil || !slices.ContainsFunc(addrs, func(a netlink.Addr) bool { return a.IP.IsLoopback() }) {
+		t.Fatalf("the test's namespace has no loopback address after lo came up: %v %v", addrs, err)
 	}
 	return n
+}
+
+// describe is what the namespace holds (its links and addresses), for a
+// test that failed in it.
+func (n *testNetns) describe() string {
+	out, err := n.command("ip", "-brief", "address").CombinedOutput()
+	if err != nil {
+		return fmt.Sprintf("ip address in the test's namespace: %v\n%s", err, out)
+	}
+	return string(out)
 }
 
 // command runs name inside the namespace.
@@ -176,7 +191,10 @@ func newUpstream(t *testing.T, agent *testNetns, onLinkPrefix string) *upstream 
 	t.Helper()
 	requireTool(t, "ip")
 	up := &upstream{testNetns: newTestNetns(t), Router4: "192.0.2.1", Router6: "2001:db8:ff::1", Uplink4: "192.0.2.2", Uplink6: "2001:db8:ff::2"}
-	agent.run(t, "ip", "link", "add", "wan0", "type", "veth", "peer", "name", "up0", "netns", strconv.Itoa(up.pid))
+	veth := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "wan0"}, PeerName: "up0", PeerNamespace: netlink.NsFd(up.handle)}
+	if err := agent.netlink(t).LinkAdd(veth); err != nil {
+		t.Fatalf("the veth pair between the agent's namespace and its upstream: %v", err)
+	}
 	for _, side := range []struct {
 		ns           *testNetns
 		link, a4, a6 string
