@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -58,9 +59,25 @@ func probeQEMUKVM(ctx context.Context, qemu string) error {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
-		return fmt.Errorf("qemu with KVM: %w: %s", err, firstLine(stderr.String()))
+		err = fmt.Errorf("qemu with KVM: %w: %s", err, firstLine(stderr.String()))
+		if exitedOnItsOwn(ctx, cmd) {
+			return &kvmFinding{reason: err.Error()}
+		}
+		return err
 	}
 	return nil
+}
+
+// exitedOnItsOwn says whether cmd, which has been waited for, exited with
+// a status of its own choosing before ctx ended: not killed by a signal
+// (ours at ctx's end, or a Ctrl-C in the agent's terminal) nor never
+// started.
+func exitedOnItsOwn(ctx context.Context, cmd *exec.Cmd) bool {
+	if ctx.Err() != nil || cmd.ProcessState == nil {
+		return false
+	}
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return ok && ws.Exited()
 }
 
 // kernelProbeWait bounds how long probeKernelKVM waits for the kernel's
@@ -113,9 +130,13 @@ func probeKernelKVM(ctx context.Context, qemu, kernel string, wait time.Duration
 	case ok:
 		return nil
 	case ctx.Err() != nil:
-		return fmt.Errorf("the kernel printed nothing within %s under KVM (a nested KVM that hangs guests)", wait)
+		return &kvmFinding{reason: fmt.Sprintf("the kernel printed nothing within %s under KVM (a nested KVM that hangs guests)", wait)}
 	}
-	return fmt.Errorf("qemu ended before the kernel printed anything: %s", firstLine(stderr.String()))
+	err = fmt.Errorf("qemu ended before the kernel printed anything: %s", firstLine(stderr.String()))
+	if exitedOnItsOwn(ctx, cmd) {
+		return &kvmFinding{reason: err.Error()}
+	}
+	return err
 }
 
 // firstLine is s's first line, trimmed.

@@ -57,11 +57,22 @@ func kvmProbeKey(qemu, kernel string) (string, error) {
 	return strings.Join(parts, "; "), nil
 }
 
+// kvmFinding is a probe's finding that KVM does not work for this
+// emulator and kernel: the emulator refused it and exited, or the kernel
+// hung under it. A probe that could not finish (the emulator not started,
+// killed by a signal, as a Ctrl-C in the agent's terminal does, or out of
+// time waiting for itself) returns another error, and that is not kept.
+type kvmFinding struct{ reason string }
+
+func (e *kvmFinding) Error() string { return e.reason }
+
 // cachedKVMProbe returns probe's verdict, taking it from the file at
 // path when it was found for the same key, else running probe and keeping
-// its verdict there for the agents that start after this one. cached says
-// the verdict came from the file. An empty key, or a file that cannot be
-// read or written, only costs a probe.
+// its verdict there for the agents that start after this one: a success,
+// or a kvmFinding; any other failure is returned and not kept, so the
+// next agent probes again. cached says the verdict came from the file.
+// An empty key, or a file that cannot be read or written, only costs a
+// probe.
 func cachedKVMProbe(path, key string, probe func() error) (v kvmVerdict, cached bool) {
 	if key != "" {
 		if b, err := os.ReadFile(path); err == nil && json.Unmarshal(b, &v) == nil && v.Key == key {
@@ -72,6 +83,10 @@ func cachedKVMProbe(path, key string, probe func() error) (v kvmVerdict, cached 
 	v = kvmVerdict{Key: key, Usable: err == nil}
 	if err != nil {
 		v.Reason = err.Error()
+	}
+	var finding *kvmFinding
+	if err != nil && !errors.As(err, &finding) {
+		return v, false
 	}
 	if b, merr := json.Marshal(v); merr == nil && key != "" {
 		writeFileAtomic(path, b)

@@ -1,8 +1,10 @@
 package qemu
 
 import (
+	"context"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -15,7 +17,7 @@ func TestKVMProbeVerdictIsKept(t *testing.T) {
 	probes := 0
 	hangs := func() error {
 		probes++
-		return errors.New("the kernel printed nothing within 10s under KVM")
+		return &kvmFinding{reason: "the kernel printed nothing within 10s under KVM"}
 	}
 	v, cached := cachedKVMProbe(path, "host A", hangs)
 	if cached || v.Usable || v.err() == nil || probes != 1 {
@@ -87,5 +89,55 @@ func TestKVMProbeKeyFollowsTheFiles(t *testing.T) {
 	}
 	if _, err := kvmProbeKey(qemu, filepath.Join(dir, "missing")); err == nil {
 		t.Fatal("a missing kernel gave a key")
+	}
+}
+
+// A probe that could not finish (here: the emulator killed by a signal,
+// as a Ctrl-C in the agent's terminal does) is not a verdict: the next
+// start probes again, and a success then is kept.
+func TestKVMProbeFailureThatIsNoFindingIsNotKept(t *testing.T) {
+	path := filepath.Join(t.TempDir(), kvmVerdictFile)
+	probes := 0
+	interrupted := func() error {
+		probes++
+		return errors.New("qemu ended before the kernel printed anything: signal: interrupt")
+	}
+	v, cached := cachedKVMProbe(path, "host A", interrupted)
+	if cached || v.Usable || v.err() == nil {
+		t.Fatalf("interrupted probe: %+v cached=%v, want an unusable verdict, not from the file", v, cached)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("an interrupted probe was kept: %v", err)
+	}
+	works := func() error { probes++; return nil }
+	if v, cached = cachedKVMProbe(path, "host A", works); cached || !v.Usable || probes != 2 {
+		t.Fatalf("after an interrupted probe: %+v cached=%v probes=%d, want a new probe that finds KVM usable", v, cached, probes)
+	}
+	if v, cached = cachedKVMProbe(path, "host A", interrupted); !cached || !v.Usable || probes != 2 {
+		t.Fatalf("the success: %+v cached=%v probes=%d, want it kept", v, cached, probes)
+	}
+}
+
+// exitedOnItsOwn tells an emulator that exited with its own status (a
+// finding about KVM) from one killed by a signal or never started.
+func TestExitedOnItsOwn(t *testing.T) {
+	ctx := context.Background()
+	refused := exec.Command("sh", "-c", "exit 1")
+	if err := refused.Run(); err == nil || !exitedOnItsOwn(ctx, refused) {
+		t.Fatalf("exit 1: err %v, exitedOnItsOwn false, want true", err)
+	}
+	killed := exec.Command("sh", "-c", "kill -INT $$; sleep 5")
+	if err := killed.Run(); err == nil || exitedOnItsOwn(ctx, killed) {
+		t.Fatalf("killed by SIGINT: err %v, want an error that is no finding", err)
+	}
+	missing := exec.Command(filepath.Join(t.TempDir(), "no-such-qemu"))
+	if err := missing.Run(); err == nil || exitedOnItsOwn(ctx, missing) {
+		t.Fatalf("not started: err %v, want an error that is no finding", err)
+	}
+	timedOut, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
+	defer cancel()
+	slow := exec.CommandContext(timedOut, "sh", "-c", "sleep 5; exit 1")
+	if err := slow.Run(); err == nil || exitedOnItsOwn(timedOut, slow) {
+		t.Fatalf("out of time: err %v, want an error that is no finding", err)
 	}
 }

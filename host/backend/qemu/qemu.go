@@ -172,17 +172,21 @@ func usableKVM(qemu, kernel, stateDir string, log *slog.Logger) error {
 	if err != nil {
 		log.Debug("qemu: the KVM probe's verdict is not kept", "reason", err)
 	}
-	v, cached := cachedKVMProbe(filepath.Join(stateDir, kvmVerdictFile), key, func() error {
+	file := filepath.Join(stateDir, kvmVerdictFile)
+	v, cached := cachedKVMProbe(file, key, func() error {
 		if err := probeQEMUKVM(context.Background(), qemu); err != nil {
 			return err
 		}
 		return probeKernelKVM(context.Background(), qemu, kernel, kernelProbeWait)
 	})
-	if cached {
-		log.Debug("qemu: the KVM probe's verdict was found for this host, emulator and kernel", "usable", v.Usable,
-			"file", filepath.Join(stateDir, kvmVerdictFile))
+	if !cached {
+		return v.err()
 	}
-	return v.err()
+	log.Debug("qemu: the KVM probe's verdict was found for this host, emulator and kernel", "usable", v.Usable, "file", file)
+	if err := v.err(); err != nil {
+		return fmt.Errorf("%w (found by an earlier probe and kept in %s: remove the file to probe again)", err, file)
+	}
+	return nil
 }
 
 func checkFile(what, path string) error {
