@@ -38,11 +38,22 @@ func newTestNetns(t *testing.T) *testNetns {
 	}
 	result := make(chan made, 1)
 	go func() {
-		// netns.New moves this thread into the new namespace: the thread
-		// stays locked, so Go ends it with the goroutine instead of
-		// running other goroutines in the wrong namespace.
+		// netns.New moves this thread into the new namespace: it goes
+		// back to where it was before it is unlocked. One that cannot go
+		// back stays locked, and Go ends it with the goroutine (or, were
+		// it the process's main thread, parks it) rather than run other
+		// goroutines in the wrong namespace.
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			result <- made{err: fmt.Errorf("this thread's namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
 		h, err := netns.New()
+		if err == nil && netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
 		result <- made{h, err}
 	}()
 	m := <-result
@@ -209,4 +220,28 @@ func newUpstream(t *testing.T, agent *testNetns, onLinkPrefix string) *upstream 
 		up.run(t, "ip", "-6", "route", "add", onLinkPrefix, "dev", "up0")
 	}
 	return up
+}
+
+// Making a test's namespace leaves every thread of the test binary in the
+// namespace it was in: no thread is left behind in one that should end
+// with its test (the process's main thread, which Go never ends, would
+// keep it alive for the whole run).
+func TestNewTestNetnsLeavesEveryThreadHome(t *testing.T) {
+	home, err := os.Readlink("/proc/self/ns/net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 20 {
+		t.Run(fmt.Sprint(i), func(t *testing.T) { newTestNetns(t) })
+	}
+	tasks, err := os.ReadDir("/proc/self/task")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, task := range tasks {
+		ns, err := os.Readlink("/proc/self/task/" + task.Name() + "/ns/net")
+		if err == nil && ns != home {
+			t.Errorf("thread %s is in %s, not in the test binary's %s", task.Name(), ns, home)
+		}
+	}
 }
