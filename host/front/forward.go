@@ -6,6 +6,7 @@ package front
 // (and the load balancer in front of the cluster) may use any node.
 
 import (
+	"bufio"
 	"context"
 	"crypto/subtle"
 	"encoding/hex"
@@ -79,8 +80,9 @@ type hop struct {
 	cancel   context.CancelCauseFunc
 	deadline *time.Timer // the time limit, when there is one
 	upgrade  bool        // the limit stops once the answer's head is in
-	// rec, when the router keeps metrics, learns that the node answered
-	// (and the 101 of an upgrade, which ReverseProxy writes itself).
+	// rec, when the router keeps metrics, learns that the node answered,
+	// or could not be reached (and the 101 of an upgrade, which
+	// ReverseProxy writes itself: switchOnHijack).
 	rec *metrics.StatusRecorder
 }
 
@@ -247,6 +249,9 @@ func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
 	}
 	if rec, ok := w.(*metrics.StatusRecorder); ok {
 		h.rec, rec.Node = rec, h.node
+		if r.Header.Get("Upgrade") != "" {
+			w = switchOnHijack{rec}
+		}
 	}
 	f.proxy.ServeHTTP(w, r)
 	return true
@@ -301,9 +306,6 @@ func (f *Forwarder) modifyResponse(resp *http.Response) error {
 	if h.upgrade && h.deadline != nil {
 		h.deadline.Stop()
 	}
-	if resp.StatusCode == http.StatusSwitchingProtocols && h.rec != nil {
-		h.rec.Switched()
-	}
 	if h.chunked {
 		resp.Header.Set("Connection", "close")
 	}
@@ -336,10 +338,29 @@ func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 	w.Header().Set("X-Ferry-Node", h.node)
 	var op *net.OpError
 	if errors.As(err, &op) && op.Op == "dial" {
+		if h.rec != nil {
+			h.rec.Unreached = true
+		}
 		reject(w, r, h.ex, http.StatusServiceUnavailable, "the node that runs this persistent program cannot be reached; try again later", "node", h.node, "address", h.addr, "err", err)
 		return
 	}
 	reject(w, r, h.ex, http.StatusBadGateway, "the node that runs this persistent program did not answer", "node", h.node, "address", h.addr, "err", err)
+}
+
+// switchOnHijack records 101 Switching Protocols when ReverseProxy takes
+// the client's connection over to answer an upgrade: it writes that head
+// itself, without WriteHeader, once it has checked the owner's answer (an
+// answer it refuses, such as a switch to another protocol than the one
+// asked for, is a 502 through WriteHeader instead, and recorded so).
+type switchOnHijack struct{ *metrics.StatusRecorder }
+
+// Hijack implements http.Hijacker.
+func (s switchOnHijack) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(s.StatusRecorder).Hijack()
+	if err == nil {
+		s.Switched()
+	}
+	return conn, brw, err
 }
 
 // bodyReader remembers the error that ended the reading of a client's

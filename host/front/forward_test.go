@@ -525,3 +525,63 @@ func TestForwardedRequestsAreCountedOnce(t *testing.T) {
 		t.Errorf("recent requests: node1 %+v, node2 %+v", r1, r2)
 	}
 }
+
+// An owner that switches to another protocol than the one asked for is
+// refused with a 502, and that, not 101, is what is recorded.
+func TestForwardedUpgradeRefusedIsRecordedAsRefused(t *testing.T) {
+	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer conn.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
+		brw.Flush()
+		brw.ReadString('\n')
+	}))
+	t.Cleanup(owner.Close)
+	rt, front := forwardingRouter(t, forwarding{peer: at(owner.URL)})
+	conn := dialFront(t, front, 10*time.Second)
+	defer conn.Close()
+	io.WriteString(conn, "GET /vm/keeper/ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil || resp.StatusCode != http.StatusBadGateway {
+		t.Fatalf("a switch to another protocol: %v %v, want 502", resp, err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rt.Metrics.Recent()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := rt.Metrics.Recent(); len(got) != 1 || got[0].Status != http.StatusBadGateway || got[0].Node != "node2" {
+		t.Fatalf("recorded %+v, want one request, 502, on node2", got)
+	}
+}
+
+// A request whose owner cannot be reached ran on no node: the forwarding
+// node's 503 is counted in ferry_requests_total (and the durations) as its
+// own, and in ferry_requests_forwarded_total naming the node it could not
+// reach, so that the cluster's sum of ferry_requests_total sees it.
+func TestUnreachableOwnerIsCountedWhereItWasAnswered(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := ln.Addr().String()
+	ln.Close()
+	rt, front := forwardingRouter(t, forwarding{peer: at(gone)})
+	if resp, body := get(t, front, "/vm/keeper/", nil); resp.StatusCode != http.StatusServiceUnavailable {
+		t.Fatalf("an owner that cannot be reached: %d %s, want 503", resp.StatusCode, body)
+	}
+	rec := httptest.NewRecorder()
+	rt.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`ferry_requests_total{program="keeper",status="503"} 1`,
+		`ferry_request_duration_seconds_count{program="keeper"} 1`,
+		`ferry_requests_forwarded_total{node="node2",program="keeper",status="503"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}

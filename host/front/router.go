@@ -101,7 +101,7 @@ func (rt *Router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			if status == 0 && r.Context().Err() != nil {
 				status = StatusClientClosed
 			}
-			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: status, Took: time.Since(start), ID: ex.ID, AppID: ex.AppID, Node: rec.Node})
+			rt.Metrics.Request(metrics.RequestRecord{Time: start, Program: id, Method: r.Method, Path: r.URL.Path, Status: status, Took: time.Since(start), ID: ex.ID, AppID: ex.AppID, Node: rec.Node, Unreached: rec.Unreached})
 		}()
 		w = rec
 	}

@@ -78,13 +78,16 @@ func New(running func() int) *Metrics {
 
 // Request records one relayed request: counted, and kept among the
 // recent ones. A request forwarded to another node (r.Node set) is
-// counted in ferry_requests_forwarded_total only: the node that ran it
-// counts it in ferry_requests_total and its duration, so that the sums
-// over a cluster's nodes count each client's request once.
+// counted in ferry_requests_forwarded_total, and not in
+// ferry_requests_total and the durations, which the node that ran it
+// counts, so that the sums over a cluster's nodes count each client's
+// request once. One whose node could not be reached (r.Unreached) ran
+// nowhere: this node's answer is counted in both.
 func (m *Metrics) Request(r RequestRecord) {
 	if r.Node != "" {
 		m.forwarded.WithLabelValues(r.Program, r.Node, strconv.Itoa(r.Status)).Inc()
-	} else {
+	}
+	if r.Node == "" || r.Unreached {
 		m.requests.WithLabelValues(r.Program, strconv.Itoa(r.Status)).Inc()
 		m.latency.WithLabelValues(r.Program).Observe(r.Took.Seconds())
 	}
@@ -140,6 +143,8 @@ type StatusRecorder struct {
 	// Node is the node that answered, when the request was forwarded to
 	// the node that runs its persistent program; "" when this one did.
 	Node string
+	// Unreached says Node could not be reached (see RequestRecord).
+	Unreached bool
 }
 
 // Switched records 101 Switching Protocols for an upgrade answered on a
