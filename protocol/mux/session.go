@@ -266,12 +266,18 @@ func (s *Session) NumStreams() int {
 // write by as much of body as the send window allows (the rest is written
 // before Open returns). With endStream the request ends after body. It waits
 // for the handshake and, when the peer's MaxStreams are all in use, for a
-// stream to finish.
+// stream to finish. A ctx that has ended already opens nothing (the peer
+// never sees the request).
 func (s *Session) Open(ctx context.Context, head *message.RequestHead, body []byte, endStream bool) (*Stream, error) {
 	return s.open(ctx, frameSpec{h: frame.Header{Type: frame.TypeRequest}, enc: head}, body, endStream)
 }
 
 func (s *Session) open(ctx context.Context, head frameSpec, body []byte, endStream bool) (*Stream, error) {
+	// The waits below take what is ready before they look at ctx: one
+	// that has ended must not send a request nobody waits for.
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	if _, err := s.Handshake(ctx); err != nil {
 		return nil, err
 	}

@@ -286,3 +286,33 @@ func TestHeadIsReadWithTheBodySentWithIt(t *testing.T) {
 		}
 	}
 }
+
+// A request whose context has ended (its client left, its time ran out)
+// is not sent: Open fails with the context's error and the peer sees no
+// stream, even where a slot and the peer's HELLO are ready at once.
+func TestOpenWithAnEndedContextSendsNothing(t *testing.T) {
+	c, s := sessionPair(t, Config{}, Config{})
+	ctx := testContext(t)
+	if _, err := c.Handshake(ctx); err != nil {
+		t.Fatal(err)
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	for range 50 {
+		if st, err := c.Open(ended, &message.RequestHead{Method: []byte("GET"), Path: []byte("/")}, nil, true); !errors.Is(err, context.Canceled) {
+			t.Fatalf("Open with an ended context: %v, %v; want context.Canceled", st, err)
+		}
+	}
+	// The next request is the first the peer sees.
+	if _, err := c.Open(ctx, &message.RequestHead{Method: []byte("GET"), Path: []byte("/next")}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	st, err := s.Accept(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var req message.RequestHead
+	if err := st.RequestHead(&req); err != nil || string(req.Path) != "/next" {
+		t.Fatalf("the peer's first stream: %q %v, want /next", req.Path, err)
+	}
+}
