@@ -60,7 +60,7 @@ func probeQEMUKVM(ctx context.Context, qemu string) error {
 	cmd.Stderr = &stderr
 	if err := cmd.Run(); err != nil {
 		err = fmt.Errorf("qemu with KVM: %w: %s", err, firstLine(stderr.String()))
-		if exitedOnItsOwn(ctx, cmd) {
+		if refusedOnItsOwn(ctx, cmd, stderr.String()) {
 			return &kvmFinding{reason: err.Error()}
 		}
 		return err
@@ -68,16 +68,19 @@ func probeQEMUKVM(ctx context.Context, qemu string) error {
 	return nil
 }
 
-// exitedOnItsOwn says whether cmd, which has been waited for, exited with
-// a status of its own choosing before ctx ended: not killed by a signal
-// (ours at ctx's end, or a Ctrl-C in the agent's terminal) nor never
-// started.
-func exitedOnItsOwn(ctx context.Context, cmd *exec.Cmd) bool {
-	if ctx.Err() != nil || cmd.ProcessState == nil {
+// refusedOnItsOwn says whether the emulator cmd, which has been waited
+// for, failed by its own decision before ctx ended: it exited with a
+// non-zero status. Not when it was killed by a signal (ours at ctx's end,
+// the OOM killer's), never started, or stopped by a signal it handles:
+// QEMU ends on SIGINT, SIGTERM and SIGHUP (a Ctrl-C in the agent's
+// terminal, systemd stopping the agent's group) with status 0, saying
+// "terminating on signal" on its stderr.
+func refusedOnItsOwn(ctx context.Context, cmd *exec.Cmd, stderr string) bool {
+	if ctx.Err() != nil || cmd.ProcessState == nil || strings.Contains(stderr, "terminating on signal") {
 		return false
 	}
 	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
-	return ok && ws.Exited()
+	return ok && ws.Exited() && ws.ExitStatus() != 0
 }
 
 // kernelProbeWait bounds how long probeKernelKVM waits for the kernel's
@@ -119,21 +122,27 @@ func probeKernelKVM(ctx context.Context, qemu, kernel string, wait time.Duration
 		}
 		started <- false
 	}()
-	ok := false
+	ok, hung := false, false
 	select {
 	case ok = <-started:
 	case <-ctx.Done():
+		hung = true
 	}
-	cmd.Process.Kill()
+	if ok || hung {
+		cmd.Process.Kill()
+	}
+	// Otherwise the console ended: the emulator is on its way out, and
+	// its exit status (not one our kill would make) says why. ctx bounds
+	// the wait for it.
 	cmd.Wait() // stderr is whole from here on
 	switch {
 	case ok:
 		return nil
-	case ctx.Err() != nil:
+	case hung:
 		return &kvmFinding{reason: fmt.Sprintf("the kernel printed nothing within %s under KVM (a nested KVM that hangs guests)", wait)}
 	}
 	err = fmt.Errorf("qemu ended before the kernel printed anything: %s", firstLine(stderr.String()))
-	if exitedOnItsOwn(ctx, cmd) {
+	if refusedOnItsOwn(ctx, cmd, stderr.String()) {
 		return &kvmFinding{reason: err.Error()}
 	}
 	return err

@@ -58,10 +58,11 @@ func kvmProbeKey(qemu, kernel string) (string, error) {
 }
 
 // kvmFinding is a probe's finding that KVM does not work for this
-// emulator and kernel: the emulator refused it and exited, or the kernel
-// hung under it. A probe that could not finish (the emulator not started,
-// killed by a signal, as a Ctrl-C in the agent's terminal does, or out of
-// time waiting for itself) returns another error, and that is not kept.
+// emulator and kernel: the emulator refused it (exited with an error
+// status of its own), or the kernel hung under it. A probe that could not
+// finish (the emulator not started, killed or stopped by a signal, as a
+// Ctrl-C in the agent's terminal does, or out of time waiting for itself)
+// returns another error, and that is not kept (refusedOnItsOwn).
 type kvmFinding struct{ reason string }
 
 func (e *kvmFinding) Error() string { return e.reason }

@@ -118,26 +118,66 @@ func TestKVMProbeFailureThatIsNoFindingIsNotKept(t *testing.T) {
 	}
 }
 
-// exitedOnItsOwn tells an emulator that exited with its own status (a
-// finding about KVM) from one killed by a signal or never started.
-func TestExitedOnItsOwn(t *testing.T) {
+// refusedOnItsOwn tells an emulator that failed by its own decision (a
+// finding about KVM) from one killed by a signal, stopped by one it
+// handles (QEMU exits 0 on SIGINT, saying so), or never started.
+func TestRefusedOnItsOwn(t *testing.T) {
 	ctx := context.Background()
 	refused := exec.Command("sh", "-c", "exit 1")
-	if err := refused.Run(); err == nil || !exitedOnItsOwn(ctx, refused) {
-		t.Fatalf("exit 1: err %v, exitedOnItsOwn false, want true", err)
+	if err := refused.Run(); err == nil || !refusedOnItsOwn(ctx, refused, "") {
+		t.Fatalf("exit 1: err %v, refusedOnItsOwn false, want true", err)
 	}
 	killed := exec.Command("sh", "-c", "kill -INT $$; sleep 5")
-	if err := killed.Run(); err == nil || exitedOnItsOwn(ctx, killed) {
+	if err := killed.Run(); err == nil || refusedOnItsOwn(ctx, killed, "") {
 		t.Fatalf("killed by SIGINT: err %v, want an error that is no finding", err)
 	}
+	handled := exec.Command("sh", "-c", "exit 0")
+	if handled.Run(); refusedOnItsOwn(ctx, handled, "qemu-system-x86_64: terminating on signal 2 from pid 1") {
+		t.Fatal("status 0 after a handled signal counted as a refusal")
+	}
+	said := exec.Command("sh", "-c", "exit 1")
+	if said.Run(); refusedOnItsOwn(ctx, said, "qemu-system-x86_64: terminating on signal 15 from pid 1") {
+		t.Fatal("an exit that says it was a signal counted as a refusal")
+	}
 	missing := exec.Command(filepath.Join(t.TempDir(), "no-such-qemu"))
-	if err := missing.Run(); err == nil || exitedOnItsOwn(ctx, missing) {
+	if err := missing.Run(); err == nil || refusedOnItsOwn(ctx, missing, "") {
 		t.Fatalf("not started: err %v, want an error that is no finding", err)
 	}
 	timedOut, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
 	defer cancel()
 	slow := exec.CommandContext(timedOut, "sh", "-c", "sleep 5; exit 1")
-	if err := slow.Run(); err == nil || exitedOnItsOwn(timedOut, slow) {
+	if err := slow.Run(); err == nil || refusedOnItsOwn(timedOut, slow, "") {
 		t.Fatalf("out of time: err %v, want an error that is no finding", err)
+	}
+}
+
+// The kernel probe against stand-ins for the emulator: one that refuses
+// KVM (exit 1) is a finding, one stopped by a signal it handles (QEMU's
+// exit 0 after a Ctrl-C) is not, whichever comes first, its exit or our
+// look at it, and a console that stays silent is the hang, a finding.
+func TestKernelProbeVerdicts(t *testing.T) {
+	dir := t.TempDir()
+	fake := func(name, script string) string {
+		path := filepath.Join(dir, name)
+		if err := os.WriteFile(path, []byte("#!/bin/sh\n"+script+"\n"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	refuses := fake("refuses", `echo "qemu-system-x86_64: failed to initialize kvm: Permission denied" >&2; exit 1`)
+	interrupted := fake("interrupted", `echo "qemu-system-x86_64: terminating on signal 2 from pid 1" >&2; exit 0`)
+	silent := fake("silent", `exec sleep 30`)
+	ctx := context.Background()
+	var finding *kvmFinding
+	for range 5 {
+		if err := probeKernelKVM(ctx, refuses, "kernel", 10*time.Second); !errors.As(err, &finding) {
+			t.Fatalf("an emulator that refuses KVM: %v, want a finding", err)
+		}
+		if err := probeKernelKVM(ctx, interrupted, "kernel", 10*time.Second); err == nil || errors.As(err, &finding) {
+			t.Fatalf("an emulator stopped by a Ctrl-C: %v, want an error that is no finding", err)
+		}
+	}
+	if err := probeKernelKVM(ctx, silent, "kernel", 200*time.Millisecond); !errors.As(err, &finding) {
+		t.Fatalf("a silent console: %v, want the hang, a finding", err)
 	}
 }
