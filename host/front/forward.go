@@ -16,9 +16,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptrace"
 	"net/http/httputil"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/metrics"
@@ -80,6 +82,7 @@ type hop struct {
 	cancel   context.CancelCauseFunc
 	deadline *time.Timer // the time limit, when there is one
 	upgrade  bool        // the limit stops once the answer's head is in
+	sent     atomic.Bool // the request's head went to the node: it may have run there
 	// rec, when the router keeps metrics, learns that the node answered,
 	// or could not be reached (and the 101 of an upgrade, which
 	// ReverseProxy writes itself: switchOnHijack).
@@ -224,6 +227,7 @@ func (f *Forwarder) relay(w http.ResponseWriter, r *http.Request, h *hop) bool {
 		return true
 	}
 	ctx, cancel := context.WithCancelCause(context.WithValue(r.Context(), hopKey{}, h))
+	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{WroteHeaders: func() { h.sent.Store(true) }})
 	defer cancel(nil)
 	h.cancel = cancel
 	if h.ex.Timeout > 0 {
@@ -321,6 +325,14 @@ func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 	if h.chunked {
 		w.Header().Set("Connection", "close")
 	}
+	if !h.sent.Load() && h.rec != nil {
+		// The owner never got the request, whatever ended the hop before
+		// it was written (the owner's absence, the time limit, the client
+		// leaving): it ran nowhere.
+		h.rec.Unreached = true
+	}
+	var op *net.OpError
+	dialFailed := errors.As(err, &op) && op.Op == "dial"
 	switch cause := context.Cause(r.Context()); {
 	case h.body != nil && h.body.failed() != nil:
 		relay.BadRequestBody(w, h.ex, h.body.failed())
@@ -336,11 +348,7 @@ func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client left: nobody to answer
 	}
 	w.Header().Set("X-Ferry-Node", h.node)
-	var op *net.OpError
-	if errors.As(err, &op) && op.Op == "dial" {
-		if h.rec != nil {
-			h.rec.Unreached = true
-		}
+	if dialFailed {
 		reject(w, r, h.ex, http.StatusServiceUnavailable, "the node that runs this persistent program cannot be reached; try again later", "node", h.node, "address", h.addr, "err", err)
 		return
 	}

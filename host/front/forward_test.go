@@ -19,6 +19,7 @@ import (
 	"github.com/ferry-vm/ferry/host/backend/backendtest"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/metrics"
+	"golang.org/x/sys/unix"
 )
 
 // testKey is the cluster's forwarding key in these tests.
@@ -584,4 +585,57 @@ func TestUnreachableOwnerIsCountedWhereItWasAnswered(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+}
+
+// A program's time limit that runs out while the owner is still being
+// dialled ends a request the owner never got: the 504 is counted where it
+// was answered, as for an owner that cannot be reached.
+func TestTimeLimitDuringTheDialIsCountedWhereItWasAnswered(t *testing.T) {
+	rt, front := forwardingRouter(t, forwarding{peer: at(unansweredDialAddr(t)), seconds: 0.5})
+	if resp, body := get(t, front, "/vm/keeper/", nil); resp.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("a dial that outlasts the time limit: %d %s, want 504", resp.StatusCode, body)
+	}
+	rec := httptest.NewRecorder()
+	rt.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	for _, want := range []string{
+		`ferry_requests_total{program="keeper",status="504"} 1`,
+		`ferry_requests_forwarded_total{node="node2",program="keeper",status="504"} 1`,
+	} {
+		if !strings.Contains(rec.Body.String(), want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+}
+
+// unansweredDialAddr is a loopback address whose connections are never
+// set up: a listener with no room in its accept queue, which it never
+// empties, so that the kernel drops new SYNs and a dial waits. It checks
+// that a dial does wait.
+func unansweredDialAddr(t *testing.T) string {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Listen(fd, 0); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", sa.(*unix.SockaddrInet4).Port)
+	for range 8 { // fill the queue; the first dial that waits proves it full
+		c, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+		if err != nil {
+			return addr
+		}
+		t.Cleanup(func() { c.Close() })
+	}
+	t.Skip("a listener with a full accept queue still completes connections here; nothing to test")
+	return ""
 }

@@ -81,7 +81,7 @@ func New(running func() int) *Metrics {
 // counted in ferry_requests_forwarded_total, and not in
 // ferry_requests_total and the durations, which the node that ran it
 // counts, so that the sums over a cluster's nodes count each client's
-// request once. One whose node could not be reached (r.Unreached) ran
+// request once. One that never reached its node (r.Unreached) ran
 // nowhere: this node's answer is counted in both.
 func (m *Metrics) Request(r RequestRecord) {
 	if r.Node != "" {
@@ -143,7 +143,7 @@ type StatusRecorder struct {
 	// Node is the node that answered, when the request was forwarded to
 	// the node that runs its persistent program; "" when this one did.
 	Node string
-	// Unreached says Node could not be reached (see RequestRecord).
+	// Unreached says the request never reached Node (see RequestRecord).
 	Unreached bool
 }
 

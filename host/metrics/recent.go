@@ -21,8 +21,9 @@ type RequestRecord struct {
 	ID      string // the request's id: the client's, or the agent's own
 	AppID   string // the app's own X-Request-Id (what the client saw), when it sent another
 	Node    string // the node that ran it, when this one forwarded it there
-	// Unreached says that node could not be reached: the request ran on
-	// no node, and this one's answer (503) is counted as its own too.
+	// Unreached says the request never reached that node (it could not
+	// be dialled, or the hop ended before the request was sent): it ran
+	// on no node, and this one's answer is counted as its own too.
 	Unreached bool
 }
 
