@@ -12,7 +12,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -91,31 +90,20 @@ func startGuest(t *testing.T) *guest {
 // outside runs f on a thread in a fresh network namespace: the test's side
 // of the veth pair, so no traffic touches the machine's own network.
 func outside(t *testing.T, ns netns.NsHandle, f func() error) error {
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread() // never unlocked: the thread is discarded
-		if err := netns.Set(ns); err != nil {
-			errc <- err
-			return
-		}
-		errc <- f()
-	}()
-	return <-errc
+	var ferr error
+	if err := inNetns(ns, func() { ferr = f() }); err != nil {
+		return err
+	}
+	return ferr
 }
 
 // newOutsideNetns creates the test's namespace and returns its handle.
 func newOutsideNetns(t *testing.T) netns.NsHandle {
-	result := make(chan netns.NsHandle, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.New()
-		if err != nil {
-			t.Errorf("netns: %v", err)
-			ns = netns.None()
-		}
-		result <- ns
-	}()
-	ns := <-result
+	ns, err := makeNetns()
+	if err != nil {
+		t.Errorf("netns: %v", err)
+		ns = netns.None()
+	}
 	t.Cleanup(func() { ns.Close() })
 	return ns
 }

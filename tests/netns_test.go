@@ -32,36 +32,12 @@ func newTestNetns(t *testing.T) *testNetns {
 	t.Helper()
 	requireRoot(t)
 	requireTool(t, "nsenter")
-	type made struct {
-		handle netns.NsHandle
-		err    error
+	handle, err := makeNetns()
+	if err != nil {
+		t.Fatalf("a new network namespace: %v", err)
 	}
-	result := make(chan made, 1)
-	go func() {
-		// netns.New moves this thread into the new namespace: it goes
-		// back to where it was before it is unlocked. One that cannot go
-		// back stays locked, and Go ends it with the goroutine (or, were
-		// it the process's main thread, parks it) rather than run other
-		// goroutines in the wrong namespace.
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			result <- made{err: fmt.Errorf("this thread's namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.New()
-		if err == nil && netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		result <- made{h, err}
-	}()
-	m := <-result
-	if m.err != nil {
-		t.Fatalf("a new network namespace: %v", m.err)
-	}
-	t.Cleanup(func() { m.handle.Close() })
-	n := &testNetns{handle: m.handle, path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(m.handle))}
+	t.Cleanup(func() { handle.Close() })
+	n := &testNetns{handle: handle, path: fmt.Sprintf("/proc/%d/fd/%d", os.Getpid(), int(handle))}
 	nl := n.netlink(t)
 	lo, err := nl.LinkByName("lo")
 	if err == nil {
@@ -138,26 +114,71 @@ func (n *testNetns) do(t *testing.T, f func()) {
 		t.Fatal(err)
 	}
 	defer ns.Close()
-	done := make(chan struct{})
+	if err := inNetns(ns, f); err != nil {
+		t.Error(err)
+	}
+}
+
+// makeNetns makes a network namespace and returns the descriptor that
+// holds it. netns.New moves the thread that makes it there; the thread
+// goes back before it is unlocked (see inNetns).
+func makeNetns() (netns.NsHandle, error) {
+	type made struct {
+		handle netns.NsHandle
+		err    error
+	}
+	result := make(chan made, 1)
 	go func() {
-		defer close(done)
 		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
-			t.Error(err)
+			runtime.UnlockOSThread()
+			result <- made{err: fmt.Errorf("this thread's namespace: %w", err)}
+			return
+		}
+		defer orig.Close()
+		h, err := netns.New()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
+		result <- made{h, err}
+	}()
+	m := <-result
+	return m.handle, m.err
+}
+
+// inNetns runs f on a locked thread inside ns (sockets f opens stay there
+// for their whole life), then moves the thread back to where it was and
+// unlocks it. A thread that cannot go back stays locked, and Go ends it
+// with its goroutine rather than run others in the wrong namespace. (A
+// thread must never be left behind on purpose: were it the process's main
+// thread, which Go parks instead of ending, the namespace would live as
+// long as the test binary.)
+func inNetns(ns netns.NsHandle, f func()) error {
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("this thread's namespace: %w", err)
 			return
 		}
 		defer orig.Close()
 		if err := netns.Set(ns); err != nil {
-			t.Errorf("entering the test's namespace: %v", err)
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("entering the test's namespace: %w", err)
 			return
 		}
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		f()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread() // else the thread ends with the goroutine
-		}
+		errc <- nil
 	}()
-	<-done
+	return <-errc
 }
 
 // listen opens a listener inside the namespace, closed with the test.

@@ -22,13 +22,22 @@ func inNewNetns(t *testing.T, f func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runtime.LockOSThread() // the thread dies with its namespace: never unlocked
+		// The thread goes back to its own namespace before it is
+		// unlocked; one that cannot stays locked and ends with the
+		// goroutine.
+		runtime.LockOSThread()
 		orig, err := netns.Get()
 		if err != nil {
+			runtime.UnlockOSThread()
 			t.Error(err)
 			return
 		}
 		defer orig.Close()
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		ns, err := netns.New()
 		if err != nil {
 			t.Errorf("new netns: %v", err)

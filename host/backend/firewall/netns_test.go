@@ -61,10 +61,20 @@ func newNS(t *testing.T) *testNS {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		// The thread is left in the new namespace and dies with the
-		// goroutine, which ends locked.
+		// netns.New moves the thread there: it goes back before it is
+		// unlocked (see do).
 		runtime.LockOSThread()
+		orig, gerr := netns.Get()
+		if gerr != nil {
+			runtime.UnlockOSThread()
+			err = gerr
+			return
+		}
+		defer orig.Close()
 		fd, err = netns.New()
+		if netns.Set(orig) == nil {
+			runtime.UnlockOSThread()
+		}
 	}()
 	<-done
 	if err != nil {
@@ -87,16 +97,29 @@ func newNS(t *testing.T) *testNS {
 }
 
 // do runs fn on a thread that has entered the namespace; sockets fn
-// creates stay in it. The thread is never returned to the runtime (the
-// goroutine ends locked), so no other goroutine runs in the namespace.
+// creates stay in it. The thread goes back to its own namespace before it
+// is unlocked, so no other goroutine runs in the test's; one that cannot
+// go back stays locked and ends with the goroutine. (Leaving threads
+// behind on purpose would not do: the process's main thread, which Go
+// parks instead of ending, would keep a namespace for the whole run.)
 func (n *testNS) do(fn func()) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			panic(err)
+		}
+		defer orig.Close()
 		if err := netns.Set(n.fd); err != nil {
 			panic(err)
 		}
+		defer func() {
+			if netns.Set(orig) == nil {
+				runtime.UnlockOSThread()
+			}
+		}()
 		// Never let a test's traffic out of its namespaces.
 		if here, err := netns.Get(); err != nil || !here.Equal(n.fd) || here.Equal(rootNS) {
 			panic(fmt.Sprintf("thread not in the test's namespace: %v %v", here, err))
