@@ -331,8 +331,6 @@ func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 		// leaving): it ran nowhere.
 		h.rec.Unreached = true
 	}
-	var op *net.OpError
-	dialFailed := errors.As(err, &op) && op.Op == "dial"
 	switch cause := context.Cause(r.Context()); {
 	case h.body != nil && h.body.failed() != nil:
 		relay.BadRequestBody(w, h.ex, h.body.failed())
@@ -348,7 +346,8 @@ func (f *Forwarder) failed(w http.ResponseWriter, r *http.Request, err error) {
 		return // the client left: nobody to answer
 	}
 	w.Header().Set("X-Ferry-Node", h.node)
-	if dialFailed {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
 		reject(w, r, h.ex, http.StatusServiceUnavailable, "the node that runs this persistent program cannot be reached; try again later", "node", h.node, "address", h.addr, "err", err)
 		return
 	}

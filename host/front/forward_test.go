@@ -262,11 +262,7 @@ func TestForwardingAnUpgrade(t *testing.T) {
 	}
 	conn.Close()
 	// Recorded once the tunnel ends: 101, answered by node2.
-	deadline := time.Now().Add(10 * time.Second)
-	for len(rt.Metrics.Recent()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := rt.Metrics.Recent(); len(got) != 1 || got[0].Status != http.StatusSwitchingProtocols || got[0].Node != "node2" {
+	if got := recorded(rt); len(got) != 1 || got[0].Status != http.StatusSwitchingProtocols || got[0].Node != "node2" {
 		t.Fatalf("recorded %+v, want one request, 101, on node2", got)
 	}
 }
@@ -466,6 +462,12 @@ func dialFront(t *testing.T, front string, d time.Duration) net.Conn {
 // then one line read and sent back as "echo: LINE". It is closed with the
 // test.
 func echoUpgradeOwner(t *testing.T) *httptest.Server {
+	return upgradeOwner(t, "echo")
+}
+
+// upgradeOwner is echoUpgradeOwner switching to protocol, whatever the
+// request asked for.
+func upgradeOwner(t *testing.T, protocol string) *httptest.Server {
 	t.Helper()
 	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -474,7 +476,7 @@ func echoUpgradeOwner(t *testing.T) *httptest.Server {
 			return
 		}
 		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: " + protocol + "\r\n\r\n")
 		brw.Flush()
 		line, _ := brw.ReadString('\n')
 		brw.WriteString("echo: " + line)
@@ -499,12 +501,7 @@ func TestForwardedRequestsAreCountedOnce(t *testing.T) {
 	if resp.StatusCode != 200 {
 		t.Fatalf("status %d", resp.StatusCode)
 	}
-	scrape := func(n *node) string {
-		rec := httptest.NewRecorder()
-		n.router.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-		return rec.Body.String()
-	}
-	m1, m2 := scrape(node1), scrape(node2)
+	m1, m2 := metricsText(node1.router), metricsText(node2.router)
 	if want := `ferry_requests_forwarded_total{node="node2",program="keeper",status="200"} 1`; !strings.Contains(m1, want) {
 		t.Errorf("node1's metrics lack %s", want)
 	}
@@ -530,18 +527,7 @@ func TestForwardedRequestsAreCountedOnce(t *testing.T) {
 // An owner that switches to another protocol than the one asked for is
 // refused with a 502, and that, not 101, is what is recorded.
 func TestForwardedUpgradeRefusedIsRecordedAsRefused(t *testing.T) {
-	owner := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		conn, brw, err := http.NewResponseController(w).Hijack()
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		defer conn.Close()
-		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: other\r\n\r\n")
-		brw.Flush()
-		brw.ReadString('\n')
-	}))
-	t.Cleanup(owner.Close)
+	owner := upgradeOwner(t, "other")
 	rt, front := forwardingRouter(t, forwarding{peer: at(owner.URL)})
 	conn := dialFront(t, front, 10*time.Second)
 	defer conn.Close()
@@ -550,11 +536,7 @@ func TestForwardedUpgradeRefusedIsRecordedAsRefused(t *testing.T) {
 	if err != nil || resp.StatusCode != http.StatusBadGateway {
 		t.Fatalf("a switch to another protocol: %v %v, want 502", resp, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for len(rt.Metrics.Recent()) == 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := rt.Metrics.Recent(); len(got) != 1 || got[0].Status != http.StatusBadGateway || got[0].Node != "node2" {
+	if got := recorded(rt); len(got) != 1 || got[0].Status != http.StatusBadGateway || got[0].Node != "node2" {
 		t.Fatalf("recorded %+v, want one request, 502, on node2", got)
 	}
 }
@@ -574,17 +556,10 @@ func TestUnreachableOwnerIsCountedWhereItWasAnswered(t *testing.T) {
 	if resp, body := get(t, front, "/vm/keeper/", nil); resp.StatusCode != http.StatusServiceUnavailable {
 		t.Fatalf("an owner that cannot be reached: %d %s, want 503", resp.StatusCode, body)
 	}
-	rec := httptest.NewRecorder()
-	rt.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	for _, want := range []string{
+	requireMetrics(t, rt,
 		`ferry_requests_total{program="keeper",status="503"} 1`,
 		`ferry_request_duration_seconds_count{program="keeper"} 1`,
-		`ferry_requests_forwarded_total{node="node2",program="keeper",status="503"} 1`,
-	} {
-		if !strings.Contains(rec.Body.String(), want) {
-			t.Errorf("metrics lack %s", want)
-		}
-	}
+		`ferry_requests_forwarded_total{node="node2",program="keeper",status="503"} 1`)
 }
 
 // A program's time limit that runs out while the owner is still being
@@ -595,14 +570,37 @@ func TestTimeLimitDuringTheDialIsCountedWhereItWasAnswered(t *testing.T) {
 	if resp, body := get(t, front, "/vm/keeper/", nil); resp.StatusCode != http.StatusGatewayTimeout {
 		t.Fatalf("a dial that outlasts the time limit: %d %s, want 504", resp.StatusCode, body)
 	}
+	requireMetrics(t, rt,
+		`ferry_requests_total{program="keeper",status="504"} 1`,
+		`ferry_requests_forwarded_total{node="node2",program="keeper",status="504"} 1`)
+}
+
+// recorded is rt's recent requests once there is one (a request is
+// recorded when its handler returns, after the client has its answer),
+// or none after 10 s.
+func recorded(rt *Router) []metrics.RequestRecord {
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rt.Metrics.Recent()) == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return rt.Metrics.Recent()
+}
+
+// metricsText is what rt's /metrics serves.
+func metricsText(rt *Router) string {
 	rec := httptest.NewRecorder()
 	rt.Metrics.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	for _, want := range []string{
-		`ferry_requests_total{program="keeper",status="504"} 1`,
-		`ferry_requests_forwarded_total{node="node2",program="keeper",status="504"} 1`,
-	} {
-		if !strings.Contains(rec.Body.String(), want) {
-			t.Errorf("metrics lack %s", want)
+	return rec.Body.String()
+}
+
+// requireMetrics fails the test for each line of want that rt's /metrics
+// lacks.
+func requireMetrics(t *testing.T, rt *Router, want ...string) {
+	t.Helper()
+	text := metricsText(rt)
+	for _, line := range want {
+		if !strings.Contains(text, line) {
+			t.Errorf("metrics lack %s", line)
 		}
 	}
 }
