@@ -120,63 +120,53 @@ func (n *testNetns) do(t *testing.T, f func()) {
 }
 
 // makeNetns makes a network namespace and returns the descriptor that
-// holds it. netns.New moves the thread that makes it there; the thread
-// goes back before it is unlocked (see inNetns).
+// holds it.
 func makeNetns() (netns.NsHandle, error) {
-	type made struct {
-		handle netns.NsHandle
-		err    error
-	}
-	result := make(chan made, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			result <- made{err: fmt.Errorf("this thread's namespace: %w", err)}
-			return
-		}
-		defer orig.Close()
-		h, err := netns.New()
-		if netns.Set(orig) == nil {
-			runtime.UnlockOSThread()
-		}
-		result <- made{h, err}
-	}()
-	m := <-result
-	return m.handle, m.err
+	var h netns.NsHandle
+	err := onThreadBackHome(func() error {
+		var err error
+		h, err = netns.New() // moves the thread there
+		return err
+	})
+	return h, err
 }
 
-// inNetns runs f on a locked thread inside ns (sockets f opens stay there
-// for their whole life), then moves the thread back to where it was and
-// unlocks it. A thread that cannot go back stays locked, and Go ends it
-// with its goroutine rather than run others in the wrong namespace. (A
-// thread must never be left behind on purpose: were it the process's main
-// thread, which Go parks instead of ending, the namespace would live as
-// long as the test binary.)
+// inNetns runs f on a thread inside ns: sockets f opens stay there for
+// their whole life.
 func inNetns(ns netns.NsHandle, f func()) error {
+	return onThreadBackHome(func() error {
+		if err := netns.Set(ns); err != nil {
+			return fmt.Errorf("entering the test's namespace: %w", err)
+		}
+		f()
+		return nil
+	})
+}
+
+// onThreadBackHome runs f on a locked thread, which f may move into
+// another network namespace, and moves the thread back to where it was
+// before it unlocks it. A thread that cannot go back stays locked, and Go
+// ends it with its goroutine rather than run others in the wrong
+// namespace. (A thread must never be left behind on purpose: were it the
+// process's main thread, which Go parks instead of ending, the namespace
+// would live as long as the test binary.)
+func onThreadBackHome(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := netns.Get()
+		home, err := netns.Get()
 		if err != nil {
 			runtime.UnlockOSThread()
 			errc <- fmt.Errorf("this thread's namespace: %w", err)
 			return
 		}
-		defer orig.Close()
-		if err := netns.Set(ns); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("entering the test's namespace: %w", err)
-			return
-		}
+		defer home.Close()
 		defer func() {
-			if netns.Set(orig) == nil {
+			if netns.Set(home) == nil {
 				runtime.UnlockOSThread()
 			}
 		}()
-		f()
-		errc <- nil
+		errc <- f()
 	}()
 	return <-errc
 }
