@@ -51,6 +51,9 @@ type Config struct {
 	// msgpack-front): 1, like A′'s one nginx worker; 0 leaves Go's default
 	// (one per CPU).
 	FrontProcs int
+	// Prototype adds design E, bench/epollfront's event-loop front, a
+	// measurement of what a front without Go's network poller costs.
+	Prototype bool
 
 	Progress io.Writer // a line per run as it finishes
 	AppsDir  string    // set by Run: where the apps were written
@@ -175,7 +178,7 @@ func matches(only, key string) bool {
 // servers cost nothing), runs the workloads in interleaved rounds and
 // returns each design's median round per workload.
 func runGroup(ctx context.Context, cfg *Config, app App, procs int, wls []Workload) []Result {
-	designs := Designs()
+	designs := Designs(cfg.Prototype)
 	servers := make([]*server, len(designs))
 	startErr := make([]error, len(designs))
 	for i, d := range designs {

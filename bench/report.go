@@ -211,9 +211,9 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "- Each workload runs in %d interleaved rounds: every design one after the other, who goes first rotating; all the servers stay up meanwhile (idle). A row is the design's median round (its memory: over all rounds).\n", r.Config.Rounds)
 	fmt.Fprintf(w, "- CPU is the user+system time of all the design's processes during the run (for B, init's share in brackets: PID 1 of the sandbox); memory is the peak resident set of each process, sampled every %s (MiB).\n\n", sampleEvery)
 	if r.Config.FrontProcs > 0 {
-		fmt.Fprintf(w, "- The Go front ends (B's host-agent, C's msgpack-front) run with GOMAXPROCS=%d, as A′'s nginx runs %s (`-front-procs`).\n", r.Config.FrontProcs, plural(r.Config.FrontProcs, "worker"))
+		fmt.Fprintf(w, "- The Go front ends (B's host-agent, C's msgpack-front, E's epoll-front) run with GOMAXPROCS=%d, as A′'s nginx runs %s (`-front-procs`).\n", r.Config.FrontProcs, plural(r.Config.FrontProcs, "worker"))
 	}
-	for _, d := range Designs() {
+	for _, d := range Designs(r.Config.Prototype) {
 		fmt.Fprintf(w, "- **%s**: %s\n", d.Key, d.Name)
 	}
 	fmt.Fprintln(w)

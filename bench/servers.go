@@ -34,14 +34,18 @@ var (
 	fastapiApp = App{Module: "fastapi_app", Ready: "/items/1"}
 )
 
-// Designs returns A, A′, B and C.
-func Designs() []Design {
-	return []Design{
+// Designs returns A, A′, B and C, and E with prototype.
+func Designs(prototype bool) []Design {
+	designs := []Design{
 		{Key: "A", Name: "uvicorn (httptools, uvloop)", start: startUvicorn, websockets: true},
 		{Key: "A′", Name: "nginx (one worker) in front of uvicorn, keep-alive over a unix socket", start: startNginx, websockets: true},
 		{Key: "B", Name: "Ferry (host-agent, sandbox, init, worker pool)", start: startFerry, websockets: true},
 		{Key: "C", Name: "per-request msgpack (Aleph-style)", start: startMsgpack},
 	}
+	if prototype {
+		designs = append(designs, Design{Key: "E", Name: "prototype, not Ferry: a hand-written epoll loop (bench/epollfront) relaying to Ferry's ASGI workers over their data channels, no init", start: startEpollFront})
+	}
+	return designs
 }
 
 // server is a running design.
@@ -181,6 +185,20 @@ func frontEnv(cfg *Config) []string {
 		return nil
 	}
 	return []string{"GOMAXPROCS=" + strconv.Itoa(cfg.FrontProcs)}
+}
+
+func startEpollFront(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	logName := fmt.Sprintf("E-%s-%d.log", app.Module, procs)
+	cmd, err := launchEnv(cfg, frontEnv(cfg), logName, cfg.AppsDir, cfg.Self, "epoll-front", "--listen", "127.0.0.1:"+strconv.Itoa(port),
+		"--workers", strconv.Itoa(procs), "--python", cfg.Python, "--app", app.Module+":app")
+	if err != nil {
+		return nil, err
+	}
+	return ready(ctx, cfg, port, app, logName, cmd)
 }
 
 func startMsgpack(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {

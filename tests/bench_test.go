@@ -15,8 +15,8 @@ import (
 
 // TestBenchHarnessRunsAllDesigns runs make bench's harness briefly (hello
 // world, one process, two interleaved rounds, one cold start per app), so
-// that `make bench` keeps working: uvicorn, nginx in front of it, Ferry
-// and the msgpack design each answer wrk's
+// that `make bench` keeps working: uvicorn, nginx in front of it, Ferry,
+// the msgpack design and the event-loop prototype (-prototype) each answer wrk's
 // requests without errors, every process of each design is measured, and
 // the cold start comes with init's timeline.
 func TestBenchHarnessRunsAllDesigns(t *testing.T) {
@@ -39,13 +39,13 @@ func TestBenchHarnessRunsAllDesigns(t *testing.T) {
 	var progress bytes.Buffer
 	cfg := bench.Config{Python: debianPython, Nginx: nginx, HostAgent: agentBin, Init: filepath.Join(filepath.Dir(agentBin), "init"),
 		Self: self, WorkDir: t.TempDir(), Duration: time.Second, Rounds: 2, Connections: 8, Procs: []int{1}, ColdStarts: 1,
-		Only: "hello,cold", Progress: &progress}
+		Only: "hello,cold", Prototype: true, Progress: &progress}
 	rep, err := bench.Run(t.Context(), cfg)
 	t.Logf("progress:\n%s", progress.String())
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][]string{"A": {"python3"}, "A′": {"nginx", "python3"}, "B": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}}
+	want := map[string][]string{"A": {"python3"}, "A′": {"nginx", "python3"}, "B": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}, "E": {"ferry-bench", "python3"}}
 	seen := map[string]bool{}
 	for _, r := range rep.Results {
 		if r.Err != nil {
@@ -65,7 +65,7 @@ func TestBenchHarnessRunsAllDesigns(t *testing.T) {
 		}
 		seen[r.Design+" "+r.Workload.Key] = true
 	}
-	for _, d := range []string{"A", "A′", "B", "C"} {
+	for _, d := range []string{"A", "A′", "B", "C", "E"} {
 		for _, w := range []string{"hello", "hello-1conn"} {
 			if !seen[d+" "+w] {
 				t.Fatalf("no result for %s %s", d, w)

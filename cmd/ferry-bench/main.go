@@ -5,14 +5,17 @@
 //
 //	ferry-bench [-out FILE] [-duration 4s] [-rounds 3] [-connections 32] [-procs 1,2] [-only hello,cold]
 //	ferry-bench msgpack-front --listen ADDR --socket PATH   (design C's host side)
+//	ferry-bench epoll-front --listen ADDR --workers N --app MOD:APP   (design E, -prototype)
 package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -22,6 +25,8 @@ import (
 	"time"
 
 	"github.com/ferry-vm/ferry/bench"
+	"github.com/ferry-vm/ferry/bench/epollfront"
+	"github.com/ferry-vm/ferry/guest/app/asgi"
 )
 
 func main() {
@@ -30,6 +35,8 @@ func main() {
 	var err error
 	if len(os.Args) > 1 && os.Args[1] == "msgpack-front" {
 		err = msgpackFront(ctx, os.Args[2:])
+	} else if len(os.Args) > 1 && os.Args[1] == "epoll-front" {
+		err = epollFront(ctx, os.Args[2:])
 	} else {
 		err = run(ctx, os.Args[1:])
 	}
@@ -53,6 +60,7 @@ func run(ctx context.Context, args []string) error {
 	nginx := fs.String("nginx", "/usr/sbin/nginx", "nginx of design A′ (Debian's nginx-light)")
 	bin := fs.String("bin", "bin", "directory with host-agent and init")
 	workDir := fs.String("work", "", "scratch directory (default: a new temporary one)")
+	prototype := fs.Bool("prototype", false, "also run design E, the event-loop front prototype of bench/epollfront (a measurement, not Ferry)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -61,7 +69,7 @@ func run(ctx context.Context, args []string) error {
 		return err
 	}
 	cfg := bench.Config{Python: *python, Nginx: *nginx, Self: self, Duration: *duration, Rounds: *rounds, Connections: *conns,
-		ColdStarts: *coldStarts, Only: *only, FrontProcs: *frontProcs, Progress: os.Stderr, WorkDir: *workDir}
+		ColdStarts: *coldStarts, Only: *only, FrontProcs: *frontProcs, Prototype: *prototype, Progress: os.Stderr, WorkDir: *workDir}
 	for _, p := range strings.Split(*procs, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(p))
 		if err != nil || n < 1 {
@@ -112,4 +120,43 @@ func msgpackFront(ctx context.Context, args []string) error {
 		return err
 	}
 	return nil
+}
+
+// epollFront runs design E: bench/epollfront's event loop in front of
+// its own ASGI workers.
+func epollFront(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("epoll-front", flag.ContinueOnError)
+	listen := fs.String("listen", "127.0.0.1:8090", "IPv4 address and port to serve HTTP on")
+	workers := fs.Int("workers", 1, "ASGI worker processes")
+	python := fs.String("python", "/usr/bin/python3", "the workers' interpreter")
+	app := fs.String("app", "", "the ASGI app, module:attribute, in the working directory")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	addr, err := netip.ParseAddrPort(*listen)
+	if err != nil {
+		return fmt.Errorf("-listen: %w", err)
+	}
+	if *app == "" {
+		return errors.New("-app is required")
+	}
+	dir, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	scripts, err := os.MkdirTemp("", "ferry-epoll-front-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(scripts)
+	script, err := asgi.WriteWorkerScript(scripts)
+	if err != nil {
+		return err
+	}
+	err = epollfront.Run(ctx, epollfront.Options{Listen: addr, Workers: *workers, Python: *python, Script: script,
+		CodeDir: dir, App: *app, Output: os.Stderr, Log: slog.Default()})
+	if ctx.Err() != nil {
+		return nil // stopped
+	}
+	return err
 }

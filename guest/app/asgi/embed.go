@@ -16,9 +16,10 @@ import (
 //go:embed worker.py
 var workerScript []byte
 
-// writeWorkerScript writes worker.py into a new directory under dir (a
-// tmpfs in the guest) and returns its path.
-func writeWorkerScript(dir string) (string, error) {
+// WriteWorkerScript writes worker.py into a new directory under dir (a
+// tmpfs in the guest) and returns its path. init's pool runs it; so does
+// ferry-bench's event-loop prototype (bench/epollfront).
+func WriteWorkerScript(dir string) (string, error) {
 	d, err := os.MkdirTemp(dir, "ferry-asgi-")
 	if err != nil {
 		return "", fmt.Errorf("worker script: %w", err)

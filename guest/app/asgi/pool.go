@@ -104,7 +104,7 @@ func Start(ctx context.Context, opt Options) (*Pool, error) {
 	if _, err := os.Stat(opt.Python); err != nil {
 		return nil, &contract.ConfigError{Phase: contract.PhaseApp, Field: "python", Message: fmt.Sprintf("no Python interpreter at %s", opt.Python)}
 	}
-	script, err := writeWorkerScript(opt.ScriptDir)
+	script, err := WriteWorkerScript(opt.ScriptDir)
 	if err != nil {
 		return nil, err
 	}

@@ -28,7 +28,7 @@ func TestEmbeddedScriptIsWorkerPy(t *testing.T) {
 	if string(disk) != string(workerScript) {
 		t.Fatal("embedded worker script differs from worker.py")
 	}
-	path, err := writeWorkerScript(t.TempDir())
+	path, err := WriteWorkerScript(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}

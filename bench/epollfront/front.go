@@ -1,0 +1,301 @@
+// Package epollfront is a measurement prototype, not part of Ferry: an
+// HTTP/1.1 front written as one hand-made epoll loop on one locked thread
+// (no Go network poller, no goroutine per connection, no reader goroutine
+// per session) that relays requests to ASGI workers over their data
+// channels with the Ferry protocol, as the host agent does.
+//
+// It exists to measure what issue 17's throughput and latency targets
+// would need (BENCHMARKS.md, "An event-loop front, measured"); ferry-bench
+// runs it as design E with -prototype. It serves a strict subset of
+// HTTP/1.1 and answers everything else with an error: requests with a
+// Content-Length body up to one worker window (no chunked request bodies,
+// no upgrades, no websockets), one program, no routing, no limits beyond
+// the head and body sizes, no worker restarts. Responses are streamed
+// with the protocol's flow control, credit going back to the worker as
+// the client takes the bytes.
+package epollfront
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// Options configure Run.
+type Options struct {
+	Listen  netip.AddrPort // an IPv4 address and port to serve HTTP on
+	Workers int            // ASGI worker processes
+	Python  string         // the interpreter
+	Script  string         // worker.py (guest/app/asgi)
+	CodeDir string         // the app's directory, the workers' working directory
+	App     string         // module:attribute
+	Output  io.Writer      // the workers' stdout and stderr
+	Log     *slog.Logger
+}
+
+// maxHead bounds a request's line and header fields, as the agent does
+// (431 beyond).
+const maxHead = 32 << 10
+
+// Run starts the workers and serves until ctx ends or a worker's data
+// channel does.
+func Run(ctx context.Context, opt Options) error {
+	if !opt.Listen.Addr().Is4() {
+		return fmt.Errorf("listen: %s is not an IPv4 address", opt.Listen)
+	}
+	l := &loop{clients: map[int]*client{}, channels: map[int]*channel{}, buf: make([]byte, 64<<10), port: uint32(opt.Listen.Port())}
+	defer l.close()
+	for i := 1; i <= max(opt.Workers, 1); i++ {
+		p, err := startWorker(ctx, opt, i)
+		if err != nil {
+			return err
+		}
+		ch := &channel{process: p, streams: map[uint32]*client{}, next: 1}
+		l.workers = append(l.workers, ch)
+		l.channels[p.data] = ch
+	}
+	runtime.LockOSThread() // the loop's thread blocks in epoll_wait, and only there
+	defer runtime.UnlockOSThread()
+	if err := l.open(opt.Listen); err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { unix.Write(l.wake, []byte{0, 0, 0, 0, 0, 0, 0, 1}) })
+	defer stop()
+	return l.serve(ctx)
+}
+
+// channel is one worker's data channel, seen from the loop.
+type channel struct {
+	*process
+	in          []byte // received bytes not yet a whole frame
+	out         []byte // frames not yet written
+	streams     map[uint32]*client
+	next        uint32 // the next stream id (odd: the client's, SPEC.md §5.1)
+	dirty       bool   // out has grown since the last write
+	pollingOut  bool
+	outstanding int
+}
+
+// client is one HTTP connection.
+type client struct {
+	fd         int
+	host       []byte // the peer's address, for the request head
+	port       uint32
+	in         []byte // received bytes not yet a request
+	out        []byte // response bytes not yet written
+	dirty      bool
+	pollingOut bool
+	closeAfter bool // close once out is written (Connection: close, HTTP/1.0)
+	refused    bool // an error answer is on its way; nothing more is read
+
+	// The request in flight (one at a time; pipelined ones wait in in).
+	stream  uint32
+	on      *channel
+	chunked bool   // the response is sent with chunked transfer coding
+	owed    uint32 // response credit to return once out is written
+}
+
+type loop struct {
+	epoll    int
+	listener int
+	wake     int // an eventfd: ctx ended
+	port     uint32
+	workers  []*channel
+	channels map[int]*channel
+	clients  map[int]*client
+	dirty    []*client
+	buf      []byte
+	head     message.RequestHead  // reused for each request
+	response message.ResponseHead // reused for each response
+	date     []byte
+	dateAt   int64
+}
+
+func (l *loop) open(addr netip.AddrPort) error {
+	var err error
+	if l.epoll, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return fmt.Errorf("epoll: %w", err)
+	}
+	if l.wake, err = unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK); err != nil {
+		return fmt.Errorf("eventfd: %w", err)
+	}
+	if l.listener, err = unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if err := unix.SetsockoptInt(l.listener, unix.SOL_SOCKET, unix.SO_REUSEADDR, 1); err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if err := unix.Bind(l.listener, &unix.SockaddrInet4{Port: int(addr.Port()), Addr: addr.Addr().As4()}); err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	if err := unix.Listen(l.listener, 1024); err != nil {
+		return fmt.Errorf("listen on %s: %w", addr, err)
+	}
+	for _, fd := range []int{l.listener, l.wake} {
+		if err := l.watch(unix.EPOLL_CTL_ADD, fd, false); err != nil {
+			return err
+		}
+	}
+	for _, ch := range l.workers {
+		if err := l.watch(unix.EPOLL_CTL_ADD, ch.data, false); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (l *loop) close() {
+	for fd := range l.clients {
+		unix.Close(fd)
+	}
+	for _, ch := range l.workers {
+		unix.Close(ch.data)
+		ch.kill()
+	}
+	for _, fd := range []int{l.listener, l.wake, l.epoll} {
+		if fd > 0 {
+			unix.Close(fd)
+		}
+	}
+}
+
+// watch registers fd (or changes its registration) for reading, and for
+// writing when out is set.
+func (l *loop) watch(op, fd int, out bool) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+	if out {
+		ev.Events |= unix.EPOLLOUT
+	}
+	if err := unix.EpollCtl(l.epoll, op, fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl of %d: %w", fd, err)
+	}
+	return nil
+}
+
+// serve is the loop: wait, read everything that is ready and turn it into
+// output, then write each connection's output once.
+func (l *loop) serve(ctx context.Context) error {
+	events := make([]unix.EpollEvent, 256)
+	for {
+		n, err := unix.EpollWait(l.epoll, events, -1)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("epoll_wait: %w", err)
+		}
+		for _, ev := range events[:n] {
+			fd, readable, writable := int(ev.Fd), ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0, ev.Events&unix.EPOLLOUT != 0
+			switch {
+			case fd == l.wake:
+				return ctx.Err()
+			case fd == l.listener:
+				l.accept()
+			case l.channels[fd] != nil:
+				ch := l.channels[fd]
+				ch.dirty = ch.dirty || writable
+				if readable {
+					if err := l.readChannel(ch); err != nil {
+						return err
+					}
+				}
+			case l.clients[fd] != nil:
+				c := l.clients[fd]
+				if writable {
+					l.mark(c)
+				}
+				if readable {
+					l.readClient(c)
+				}
+			}
+		}
+		if err := l.flush(); err != nil {
+			return err
+		}
+	}
+}
+
+func (l *loop) accept() {
+	for {
+		fd, sa, err := unix.Accept4(l.listener, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			return // EAGAIN, or a connection gone before it was taken
+		}
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		c := &client{fd: fd}
+		if in4, ok := sa.(*unix.SockaddrInet4); ok {
+			c.host, c.port = []byte(netip.AddrFrom4(in4.Addr).String()), uint32(in4.Port)
+		}
+		if l.watch(unix.EPOLL_CTL_ADD, fd, false) != nil {
+			unix.Close(fd)
+			continue
+		}
+		l.clients[fd] = c
+	}
+}
+
+func (l *loop) mark(c *client) {
+	if !c.dirty {
+		c.dirty = true
+		l.dirty = append(l.dirty, c)
+	}
+}
+
+func (l *loop) readClient(c *client) {
+	n, err := unix.Read(c.fd, l.buf)
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		return
+	}
+	if n <= 0 {
+		l.drop(c)
+		return
+	}
+	if c.refused {
+		return
+	}
+	c.in = append(c.in, l.buf[:n]...)
+	l.next(c)
+}
+
+// drop closes a client and resets its stream, if any.
+func (l *loop) drop(c *client) {
+	if c.stream != 0 {
+		l.reset(c, 0x08) // CANCEL
+	}
+	delete(l.clients, c.fd)
+	unix.Close(c.fd)
+	c.fd = -1
+}
+
+// reset abandons c's stream on its worker with a RESET of code.
+func (l *loop) reset(c *client, code uint32) {
+	ch := c.on
+	ch.out = appendFrame(ch.out, frame.TypeReset, 0, c.stream, (&message.Reset{Code: code}).Append(nil))
+	ch.dirty = true
+	l.finish(c)
+}
+
+// finish forgets c's stream.
+func (l *loop) finish(c *client) {
+	delete(c.on.streams, c.stream)
+	c.on.outstanding--
+	c.stream, c.on, c.owed = 0, nil, 0
+}
+
+// fail answers c with an error status and closes it once written.
+func (l *loop) fail(c *client, status int, reason string) {
+	body := reason + "\n"
+	c.out = fmt.Appendf(c.out, "HTTP/1.1 %d %s\r\ncontent-type: text/plain\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s", status, reason, len(body), body)
+	c.closeAfter, c.refused = true, true
+	c.in = nil
+	l.mark(c)
+}
