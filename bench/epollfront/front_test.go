@@ -197,6 +197,7 @@ func TestWhatThePrototypeDoesNotServeIsRefused(t *testing.T) {
 	for raw, status := range map[string]string{
 		"NOT A REQUEST\r\n\r\n":                                                   "400",
 		"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n":                                   "400",
+		"GET / HTTP/1.1\r\nX: a\nY: b\r\n\r\n":                                    "400",
 		"GET / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n":        "400",
 		"GET / HTTP/2.0\r\n\r\n":                                                  "505",
 		"POST /upload HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n":    "501",

@@ -121,6 +121,9 @@ func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter bool, s
 			return 0, false, 400, "Bad Request"
 		}
 		name, value = bytes.ToLower(name), bytes.Trim(value, " \t")
+		if bytes.ContainsAny(value, "\r\n\x00") {
+			return 0, false, 400, "Bad Request" // a bare CR or LF, or a NUL, in a field
+		}
 		switch string(name) {
 		case "content-length":
 			n, err := strconv.ParseUint(string(value), 10, 31)
