@@ -102,6 +102,8 @@ type client struct {
 	stream  uint32
 	on      *channel
 	chunked bool   // the response is sent with chunked transfer coding
+	head    bool   // a HEAD request: the response has no body
+	noBody  bool   // the response's body is not sent (HEAD, 204, 304)
 	owed    uint32 // response credit to return once out is written
 }
 

@@ -145,6 +145,32 @@ func TestRelaysRequestsAndResponses(t *testing.T) {
 	}
 }
 
+func TestAResponseToHEADHasNoBody(t *testing.T) {
+	base := startFront(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	// The app sends its body to HEAD too; the next response on the
+	// connection must start where the first one's head ends.
+	if _, err := io.WriteString(conn, "HEAD /big HTTP/1.1\r\nHost: x\r\n\r\nGET /?after HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(conn)
+	head, err := http.ReadResponse(r, &http.Request{Method: "HEAD"})
+	if err != nil || head.ContentLength != 1<<20 {
+		t.Fatalf("HEAD /big: %v, %+v", err, head)
+	}
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatalf("the response after HEAD: %v", err)
+	}
+	if body, _ := io.ReadAll(resp.Body); string(body) != "hello after" {
+		t.Fatalf("the response after HEAD: %q", body)
+	}
+}
+
 func TestPipelinedRequestsAreAnsweredInOrder(t *testing.T) {
 	base := startFront(t)
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))

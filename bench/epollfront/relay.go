@@ -73,6 +73,7 @@ func (l *loop) next(c *client) {
 	ch.streams[id] = c
 	ch.outstanding++
 	c.stream, c.on, c.closeAfter = id, ch, closeAfter
+	c.head = string(h.Method) == "HEAD"
 	c.in = append(c.in[:0], c.in[total:]...)
 }
 
@@ -209,7 +210,9 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) {
 			l.drop(c)
 			return
 		}
-		if c.chunked && len(payload) > 0 {
+		if c.noBody {
+			// Discarded, as net/http does for HEAD: the credit still goes back.
+		} else if c.chunked && len(payload) > 0 {
 			c.out = strconv.AppendUint(c.out, uint64(len(payload)), 16)
 			c.out = append(c.out, "\r\n"...)
 			c.out = append(c.out, payload...)
@@ -239,7 +242,8 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) {
 }
 
 // writeHead writes the response's status line and fields; a response
-// without a Content-Length that has a body is sent chunked.
+// without a Content-Length that has a body is sent chunked, and the body
+// of a response to HEAD, or of a 204 or 304, is not sent (RFC 9110 §6.4.1).
 func (l *loop) writeHead(c *client, fin bool) {
 	r := &l.response
 	c.out = append(c.out, "HTTP/1.1 "...)
@@ -247,7 +251,8 @@ func (l *loop) writeHead(c *client, fin bool) {
 	c.out = append(c.out, ' ')
 	c.out = append(c.out, http.StatusText(int(r.Status))...)
 	c.out = append(c.out, "\r\n"...)
-	c.chunked = !fin
+	c.noBody = c.head || r.Status == 204 || r.Status == 304
+	c.chunked = !fin && !c.noBody
 	for _, f := range r.Headers {
 		if bytes.EqualFold(f.Name, []byte("content-length")) {
 			c.chunked = false
