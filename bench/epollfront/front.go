@@ -43,9 +43,23 @@ type Options struct {
 	Log     *slog.Logger
 }
 
-// maxHead bounds a request's line and header fields, as the agent does
-// (431 beyond).
-const maxHead = 32 << 10
+// Bounds on what one client or one worker can make the front hold.
+const (
+	// maxHead bounds a request's line and header fields, as the agent
+	// does (431 beyond).
+	maxHead = 32 << 10
+	// maxUnread bounds a client's received bytes not yet relayed: a head
+	// and a body of one worker window (64 KiB) fit; beyond, the front
+	// stops reading the client until its request has gone.
+	maxUnread = maxHead + 64<<10
+	// maxUnwritten bounds a client's response bytes not yet written:
+	// beyond, no pipelined request of its is started and nothing more is
+	// read from it (a response in flight is bounded by its window).
+	maxUnwritten = 256 << 10
+	// maxBacklog bounds the frames waiting for a worker that does not
+	// read: new requests are answered 503 beyond.
+	maxBacklog = 4 << 20
+)
 
 // Run starts the workers and serves until ctx ends or a worker's data
 // channel does.
@@ -94,15 +108,18 @@ type client struct {
 	in         []byte // received bytes not yet a request
 	out        []byte // response bytes not yet written
 	dirty      bool
-	pollingOut bool
+	readingIn  bool // registered for EPOLLIN
+	pollingOut bool // registered for EPOLLOUT
 	closeAfter bool // close once out is written (Connection: close, HTTP/1.0)
 	refused    bool // an error answer is on its way; nothing more is read
+	continued  bool // 100 Continue was sent for the request waiting in in
 
 	// The request in flight (one at a time; pipelined ones wait in in).
 	stream  uint32
 	on      *channel
 	chunked bool   // the response is sent with chunked transfer coding
 	head    bool   // a HEAD request: the response has no body
+	http10  bool   // an HTTP/1.0 request: no chunked coding, close after
 	noBody  bool   // the response's body is not sent (HEAD, 204, 304)
 	owed    uint32 // response credit to return once out is written
 }
@@ -111,16 +128,19 @@ type loop struct {
 	epoll    int
 	listener int
 	wake     int // an eventfd: ctx ended
-	port     uint32
-	workers  []*channel
-	channels map[int]*channel
-	clients  map[int]*client
-	dirty    []*client
-	buf      []byte
-	head     message.RequestHead  // reused for each request
-	response message.ResponseHead // reused for each response
-	date     []byte
-	dateAt   int64
+	// acceptPaused: accept failed for want of descriptors; the listener
+	// is watched again when a client is closed.
+	acceptPaused bool
+	port         uint32
+	workers      []*channel
+	channels     map[int]*channel
+	clients      map[int]*client
+	dirty        []*client
+	buf          []byte
+	head         message.RequestHead  // reused for each request
+	response     message.ResponseHead // reused for each response
+	date         []byte
+	dateAt       int64
 }
 
 func (l *loop) open(addr netip.AddrPort) error {
@@ -144,12 +164,12 @@ func (l *loop) open(addr netip.AddrPort) error {
 		return fmt.Errorf("listen on %s: %w", addr, err)
 	}
 	for _, fd := range []int{l.listener, l.wake} {
-		if err := l.watch(unix.EPOLL_CTL_ADD, fd, false); err != nil {
+		if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
 			return err
 		}
 	}
 	for _, ch := range l.workers {
-		if err := l.watch(unix.EPOLL_CTL_ADD, ch.data, false); err != nil {
+		if err := l.watch(unix.EPOLL_CTL_ADD, ch.data, true, false); err != nil {
 			return err
 		}
 	}
@@ -171,10 +191,13 @@ func (l *loop) close() {
 	}
 }
 
-// watch registers fd (or changes its registration) for reading, and for
-// writing when out is set.
-func (l *loop) watch(op, fd int, out bool) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
+// watch registers fd (or changes its registration) for reading when in
+// is set, and for writing when out is set.
+func (l *loop) watch(op, fd int, in, out bool) error {
+	ev := unix.EpollEvent{Fd: int32(fd)}
+	if in {
+		ev.Events |= unix.EPOLLIN
+	}
 	if out {
 		ev.Events |= unix.EPOLLOUT
 	}
@@ -217,7 +240,7 @@ func (l *loop) serve(ctx context.Context) error {
 					l.mark(c)
 				}
 				if readable {
-					l.readClient(c)
+					l.readClient(c, ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0)
 				}
 			}
 		}
@@ -248,15 +271,23 @@ func (l *loop) wait(events []unix.EpollEvent) (int, error) {
 func (l *loop) accept() {
 	for {
 		fd, sa, err := unix.Accept4(l.listener, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+			// The listener would stay ready and the loop spin: stop
+			// watching it until a client is closed.
+			if l.watch(unix.EPOLL_CTL_MOD, l.listener, false, false) == nil {
+				l.acceptPaused = true
+			}
+			return
+		}
 		if err != nil {
 			return // EAGAIN, or a connection gone before it was taken
 		}
 		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		c := &client{fd: fd}
+		c := &client{fd: fd, readingIn: true}
 		if in4, ok := sa.(*unix.SockaddrInet4); ok {
 			c.host, c.port = []byte(netip.AddrFrom4(in4.Addr).String()), uint32(in4.Port)
 		}
-		if l.watch(unix.EPOLL_CTL_ADD, fd, false) != nil {
+		if l.watch(unix.EPOLL_CTL_ADD, fd, true, false) != nil {
 			unix.Close(fd)
 			continue
 		}
@@ -271,8 +302,16 @@ func (l *loop) mark(c *client) {
 	}
 }
 
-func (l *loop) readClient(c *client) {
-	n, err := unix.Read(c.fd, l.buf)
+// readClient reads what c sent, unless c holds as much as it may (then a
+// hang-up ends it).
+func (l *loop) readClient(c *client, hangup bool) {
+	if !l.mayRead(c) {
+		if hangup {
+			l.drop(c)
+		}
+		return
+	}
+	n, err := unix.Read(c.fd, l.buf[:min(len(l.buf), maxUnread-len(c.in))])
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 		return
 	}
@@ -285,16 +324,26 @@ func (l *loop) readClient(c *client) {
 	}
 	c.in = append(c.in, l.buf[:n]...)
 	l.next(c)
+	l.mark(c) // flush re-arms c: it may hold as much as it may now
+}
+
+// mayRead reports whether c may send more now (see maxUnread and
+// maxUnwritten).
+func (l *loop) mayRead(c *client) bool {
+	return !c.refused && len(c.in) < maxUnread && len(c.out) < maxUnwritten
 }
 
 // drop closes a client and resets its stream, if any.
 func (l *loop) drop(c *client) {
 	if c.stream != 0 {
-		l.reset(c, 0x08) // CANCEL
+		l.reset(c, frame.CodeCancel)
 	}
 	delete(l.clients, c.fd)
 	unix.Close(c.fd)
 	c.fd = -1
+	if l.acceptPaused && l.watch(unix.EPOLL_CTL_MOD, l.listener, true, false) == nil {
+		l.acceptPaused = false
+	}
 }
 
 // reset abandons c's stream on its worker with a RESET of code.

@@ -264,3 +264,65 @@ func TestAClientThatVanishesMidResponseCostsOnlyItsStream(t *testing.T) {
 		t.Fatalf("GET /big after 20 abandoned ones: %d bytes", len(body))
 	}
 }
+
+func TestHTTP10ResponsesEndWithTheConnectionNotChunks(t *testing.T) {
+	base := startFront(t)
+	out := exchange(t, base, "GET /stream HTTP/1.0\r\n\r\n")
+	if strings.Contains(strings.ToLower(out), "transfer-encoding") || !strings.HasSuffix(out, "\r\n\r\none,two") {
+		t.Fatalf("GET /stream over HTTP/1.0: %q", out)
+	}
+}
+
+func TestExpectContinueIsAnswered(t *testing.T) {
+	base := startFront(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+	r := bufio.NewReader(conn)
+	line, err := r.ReadString('\n')
+	if err != nil || line != "HTTP/1.1 100 Continue\r\n" {
+		t.Fatalf("before the body: %q, %v", line, err)
+	}
+	r.ReadString('\n')
+	io.WriteString(conn, "abcde")
+	resp, err := http.ReadResponse(r, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body, _ := io.ReadAll(resp.Body); string(body) != "5" {
+		t.Fatalf("POST /upload after 100 Continue: %q", body)
+	}
+}
+
+// A client that pipelines requests and reads none of the responses must
+// not make the front hold what it sends: the front stops reading it, so
+// the client's writes stall long before 64 MiB.
+func TestAClientThatDoesNotReadIsNotBuffered(t *testing.T) {
+	base := startFront(t)
+	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	request := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+	chunk := []byte(strings.Repeat(request, (1<<20)/len(request)))
+	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	written := 0
+	for written < 64<<20 && err == nil {
+		var n int
+		n, err = conn.Write(chunk)
+		written += n
+	}
+	if !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("the front took %d MiB of pipelined requests from a client that reads nothing (%v); its writes should have stalled", written>>20, err)
+	}
+	t.Logf("the client's writes stalled after %.1f MiB", float64(written)/(1<<20))
+	// The front still serves others.
+	if _, body := get(t, base+"/"); body != "hello " {
+		t.Fatalf("another client: %q", body)
+	}
+}

@@ -32,13 +32,16 @@ func (l *loop) next(c *client) {
 		return
 	}
 	h := &l.head
-	length, closeAfter, status, reason := l.parseHead(c, c.in[:end])
+	if len(c.out) >= maxUnwritten {
+		return // a client that does not read its responses gets no more
+	}
+	length, closeAfter, expect, status, reason := l.parseHead(c, c.in[:end])
 	if status != 0 {
 		l.fail(c, status, reason)
 		return
 	}
 	ch := l.pick()
-	if ch.outstanding >= int(ch.peer.MaxStreams) {
+	if ch.outstanding >= int(ch.peer.MaxStreams) || len(ch.out) >= maxBacklog {
 		l.fail(c, 503, "Service Unavailable")
 		return
 	}
@@ -48,6 +51,11 @@ func (l *loop) next(c *client) {
 	}
 	total := end + 4 + length
 	if len(c.in) < total {
+		if expect && !c.continued {
+			c.out = append(c.out, "HTTP/1.1 100 Continue\r\n\r\n"...)
+			c.continued = true
+			l.mark(c)
+		}
 		return
 	}
 	id := ch.next
@@ -72,9 +80,9 @@ func (l *loop) next(c *client) {
 	ch.dirty = true
 	ch.streams[id] = c
 	ch.outstanding++
-	c.stream, c.on, c.closeAfter = id, ch, closeAfter
-	c.head = string(h.Method) == "HEAD"
-	c.in = append(c.in[:0], c.in[total:]...)
+	c.stream, c.on, c.closeAfter, c.continued = id, ch, closeAfter, false
+	c.head, c.http10 = string(h.Method) == "HEAD", string(h.HTTPVersion) == "1.0"
+	c.in = consume(c.in, total)
 }
 
 // pick returns the worker with the fewest streams in flight.
@@ -89,19 +97,19 @@ func (l *loop) pick() *channel {
 }
 
 // parseHead fills l.head from a request's line and fields and returns the
-// body's length and whether the connection closes after the response, or
-// an error status. It accepts a strict subset of
+// body's length, whether the connection closes after the response and
+// whether the client expects 100 Continue, or an error status. It accepts a strict subset of
 // RFC 9112: origin-form targets, no obsolete line folding, no transfer
 // codings, one Content-Length.
-func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter bool, status int, reason string) {
+func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter, expect bool, status int, reason string) {
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	method, line, ok1 := bytes.Cut(line, []byte(" "))
 	target, version, ok2 := bytes.Cut(line, []byte(" "))
 	if !ok1 || !ok2 || !token(method) || len(target) == 0 || target[0] != '/' || bytes.IndexByte(target, ' ') >= 0 {
-		return 0, false, 400, "Bad Request"
+		return 0, false, false, 400, "Bad Request"
 	}
 	if string(version) != "HTTP/1.1" && string(version) != "HTTP/1.0" {
-		return 0, false, 505, "HTTP Version Not Supported"
+		return 0, false, false, 505, "HTTP Version Not Supported"
 	}
 	h := &l.head
 	*h = message.RequestHead{HTTPVersion: version[5:], Method: method, Scheme: []byte("http"), Headers: h.Headers[:0],
@@ -109,7 +117,7 @@ func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter bool, s
 	h.RawPath, h.QueryString, _ = bytes.Cut(target, []byte("?"))
 	path, err := url.PathUnescape(string(h.RawPath))
 	if err != nil {
-		return 0, false, 400, "Bad Request"
+		return 0, false, false, 400, "Bad Request"
 	}
 	h.Path = []byte(path)
 	closeAfter = string(version) == "HTTP/1.0"
@@ -119,29 +127,33 @@ func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter bool, s
 		field, rest, _ = bytes.Cut(rest, []byte("\r\n"))
 		name, value, ok := bytes.Cut(field, []byte(":"))
 		if !ok || !token(name) {
-			return 0, false, 400, "Bad Request"
+			return 0, false, false, 400, "Bad Request"
 		}
 		name, value = bytes.ToLower(name), bytes.Trim(value, " \t")
 		if bytes.ContainsAny(value, "\r\n\x00") {
-			return 0, false, 400, "Bad Request" // a bare CR or LF, or a NUL, in a field
+			return 0, false, false, 400, "Bad Request" // a bare CR or LF, or a NUL, in a field
 		}
 		switch string(name) {
 		case "content-length":
 			n, err := strconv.ParseUint(string(value), 10, 31)
 			if err != nil || length >= 0 {
-				return 0, false, 400, "Bad Request"
+				return 0, false, false, 400, "Bad Request"
 			}
 			length = int(n)
 		case "transfer-encoding", "upgrade":
-			return 0, false, 501, "Not Implemented"
+			return 0, false, false, 501, "Not Implemented"
 		case "connection":
-			if bytes.EqualFold(value, []byte("close")) {
-				closeAfter = true
+			for _, option := range bytes.Split(value, []byte(",")) {
+				if bytes.EqualFold(bytes.TrimSpace(option), []byte("close")) {
+					closeAfter = true
+				}
 			}
+		case "expect":
+			expect = bytes.EqualFold(value, []byte("100-continue"))
 		}
 		h.Headers = append(h.Headers, message.HeaderField{Name: name, Value: value})
 	}
-	return max(length, 0), closeAfter, 0, ""
+	return max(length, 0), closeAfter, expect, 0, ""
 }
 
 // token reports whether b is a non-empty RFC 9110 token.
@@ -199,14 +211,14 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) {
 	switch fh.Type {
 	case frame.TypeResponse:
 		if err := l.response.Unmarshal(payload); err != nil {
-			l.reset(c, 0x01) // PROTOCOL_ERROR
+			l.reset(c, frame.CodeProtocol)
 			l.fail(c, 502, "Bad Gateway")
 			return
 		}
 		l.writeHead(c, fh.Has(frame.FlagFin))
 	case frame.TypeData:
 		if fh.Has(frame.FlagCompressed) {
-			l.reset(c, 0x01) // not negotiated: the front announces no compression
+			l.reset(c, frame.CodeCompression) // not negotiated: the front announces none
 			l.drop(c)
 			return
 		}
@@ -227,7 +239,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) {
 		l.drop(c)
 		return
 	default:
-		l.reset(c, 0x01)
+		l.reset(c, frame.CodeProtocol)
 		l.drop(c)
 		return
 	}
@@ -252,7 +264,7 @@ func (l *loop) writeHead(c *client, fin bool) {
 	c.out = append(c.out, http.StatusText(int(r.Status))...)
 	c.out = append(c.out, "\r\n"...)
 	c.noBody = c.head || r.Status == 204 || r.Status == 304
-	c.chunked = !fin && !c.noBody
+	c.chunked = !fin && !c.noBody && !c.http10 // HTTP/1.0: the close ends the body
 	for _, f := range r.Headers {
 		if bytes.EqualFold(f.Name, []byte("content-length")) {
 			c.chunked = false
@@ -287,7 +299,8 @@ func (l *loop) now() []byte {
 // flush writes each client's and then each worker's pending bytes once,
 // and returns response credit for what the clients took.
 func (l *loop) flush() error {
-	for _, c := range l.dirty {
+	for i := 0; i < len(l.dirty); i++ { // next may mark a client again
+		c := l.dirty[i]
 		c.dirty = false
 		if c.fd < 0 {
 			continue
@@ -298,12 +311,13 @@ func (l *loop) flush() error {
 				l.drop(c)
 				continue
 			}
-			c.out = append(c.out[:0], c.out[max(n, 0):]...)
+			c.out = consume(c.out, n)
 		}
 		if len(c.out) == 0 && c.closeAfter && c.stream == 0 {
 			l.drop(c)
 			continue
 		}
+		l.next(c) // a pipelined request held back while c did not read
 		if len(c.out) == 0 && c.owed > 0 && c.stream != 0 {
 			var credit [4]byte
 			credit[0], credit[1], credit[2], credit[3] = byte(c.owed>>24), byte(c.owed>>16), byte(c.owed>>8), byte(c.owed)
@@ -311,9 +325,9 @@ func (l *loop) flush() error {
 			c.on.dirty = true
 			c.owed = 0
 		}
-		if want := len(c.out) > 0; want != c.pollingOut {
-			c.pollingOut = want
-			l.watch(unix.EPOLL_CTL_MOD, c.fd, want)
+		if in, out := l.mayRead(c), len(c.out) > 0; in != c.readingIn || out != c.pollingOut {
+			c.readingIn, c.pollingOut = in, out
+			l.watch(unix.EPOLL_CTL_MOD, c.fd, in, out)
 		}
 	}
 	l.dirty = l.dirty[:0]
@@ -327,14 +341,27 @@ func (l *loop) flush() error {
 			if err != nil && err != unix.EAGAIN {
 				return fmt.Errorf("writing to a worker: %w", err)
 			}
-			ch.out = append(ch.out[:0], ch.out[max(n, 0):]...)
+			ch.out = consume(ch.out, n)
 		}
 		if want := len(ch.out) > 0; want != ch.pollingOut {
 			ch.pollingOut = want
-			if err := l.watch(unix.EPOLL_CTL_MOD, ch.data, want); err != nil {
+			if err := l.watch(unix.EPOLL_CTL_MOD, ch.data, true, want); err != nil {
 				return err
 			}
 		}
 	}
 	return nil
+}
+
+// consume drops the first n bytes of b without moving the rest (a
+// pipelining client would otherwise cost a copy of all it sent per
+// request); append reallocates when the front of the array is used up.
+func consume(b []byte, n int) []byte {
+	if n <= 0 {
+		return b
+	}
+	if n >= len(b) {
+		return b[:0]
+	}
+	return b[n:]
 }
