@@ -83,8 +83,18 @@ func Run(ctx context.Context, opt Options) error {
 	if err := l.open(opt.Listen); err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { unix.Write(l.wake, []byte{0, 0, 0, 0, 0, 0, 0, 1}) })
-	defer stop()
+	// The eventfd is closed when Run returns: a wake-up already under way
+	// is waited for, so that it never writes to a reused descriptor.
+	woken := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(woken)
+		unix.Write(l.wake, []byte{0, 0, 0, 0, 0, 0, 0, 1})
+	})
+	defer func() {
+		if !stop() {
+			<-woken
+		}
+	}()
 	return l.serve(ctx)
 }
 

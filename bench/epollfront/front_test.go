@@ -33,6 +33,14 @@ async def app(scope, receive, send):
             if m["type"] == "lifespan.shutdown":
                 return
     path = scope["path"]
+    if path == "/wait":
+        # Until the client is gone (the worker's http.disconnect, on the
+        # front's RESET); then a line in disconnects.log.
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        with open("disconnects.log", "a") as log:
+            log.write("gone\n")
+        return
     if path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"one,", "more_body": True})
@@ -56,6 +64,13 @@ async def app(scope, receive, send):
 // startFront runs the front with two workers on testApp and returns its
 // address once it answers; the front stops when the test ends.
 func startFront(t *testing.T) string {
+	t.Helper()
+	base, _ := startFrontIn(t)
+	return base
+}
+
+// startFrontIn is startFront that also returns the app's directory.
+func startFrontIn(t *testing.T) (string, string) {
 	t.Helper()
 	if _, err := os.Stat(python); err != nil {
 		t.Skipf("needs %s (Debian's python3): %v", python, err)
@@ -96,7 +111,7 @@ func startFront(t *testing.T) string {
 		resp, err := http.Get(base + "/")
 		if err == nil {
 			resp.Body.Close()
-			return base
+			return base, dir
 		}
 		select {
 		case err := <-done:
@@ -325,4 +340,26 @@ func TestAClientThatDoesNotReadIsNotBuffered(t *testing.T) {
 	if _, body := get(t, base+"/"); body != "hello " {
 		t.Fatalf("another client: %q", body)
 	}
+}
+
+// A client that goes away while its request is in the app is a RESET to
+// the worker, which tells the app (http.disconnect).
+func TestAClientThatGoesAwayIsAResetForTheApp(t *testing.T) {
+	base, dir := startFrontIn(t)
+	for range 3 {
+		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.WriteString(conn, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
+		time.Sleep(100 * time.Millisecond) // the request reaches the app
+		conn.Close()
+	}
+	var log []byte
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if log, _ = os.ReadFile(filepath.Join(dir, "disconnects.log")); strings.Count(string(log), "gone") == 3 {
+			return
+		}
+	}
+	t.Fatalf("the app saw %d of 3 clients go", strings.Count(string(log), "gone"))
 }

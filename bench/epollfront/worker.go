@@ -89,6 +89,11 @@ func startWorker(ctx context.Context, opt Options, id int) (_ *process, err erro
 	if p.control, _, err = contract.Configure(ctx, conn, mux.Config{Agent: "epollfront", Logger: opt.Log}, doc); err != nil {
 		return nil, fmt.Errorf("worker %d: configuring: %w", id, err)
 	}
+	// A worker that never says HELLO on its data channel fails the start
+	// instead of hanging it.
+	if err := unix.SetsockoptTimeval(data[0], unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Sec: 30}); err != nil {
+		return nil, fmt.Errorf("worker %d: %w", id, err)
+	}
 	if p.peer, err = handshake(data[0]); err != nil {
 		return nil, fmt.Errorf("worker %d: data channel: %w", id, err)
 	}
