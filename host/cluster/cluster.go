@@ -187,9 +187,17 @@ func (n *Node) checkMembership(ctx context.Context) error {
 	return nil
 }
 
-// clusterOf asks the member at addr for its cluster's members.
+// clusterOf asks the leader of the cluster the member at addr belongs to
+// for its members. Not the member itself: a follower's view of the
+// membership can lag the leader's, and a node that has just been added
+// (by the leader) would find itself missing from it and refuse its own
+// state directory.
 func clusterOf(ctx context.Context, addr string) ([]client.NodeInfo, error) {
-	cli, err := client.New(ctx, addr)
+	store := client.NewInmemNodeStore()
+	if err := store.Set(ctx, []client.NodeInfo{{Address: addr}}); err != nil {
+		return nil, err
+	}
+	cli, err := client.FindLeader(ctx, store)
 	if err != nil {
 		return nil, err
 	}
