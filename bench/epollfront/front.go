@@ -329,12 +329,8 @@ func (l *loop) readClient(c *client, hangup bool) {
 		l.drop(c)
 		return
 	}
-	if c.refused {
-		return
-	}
 	c.in = append(c.in, l.buf[:n]...)
-	l.next(c)
-	l.mark(c) // flush re-arms c: it may hold as much as it may now
+	l.mark(c) // flush starts its request and re-arms it
 }
 
 // mayRead reports whether c may send more now (see maxUnread and

@@ -162,11 +162,7 @@ func TestRelaysRequestsAndResponses(t *testing.T) {
 
 func TestAResponseToHEADHasNoBody(t *testing.T) {
 	base := startFront(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, base)
 	// The app sends its body to HEAD too; the next response on the
 	// connection must start where the first one's head ends.
 	if _, err := io.WriteString(conn, "HEAD /big HTTP/1.1\r\nHost: x\r\n\r\nGET /?after HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
@@ -188,11 +184,7 @@ func TestAResponseToHEADHasNoBody(t *testing.T) {
 
 func TestPipelinedRequestsAreAnsweredInOrder(t *testing.T) {
 	base := startFront(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, base)
 	var all strings.Builder
 	for i := range 5 {
 		fmt.Fprintf(&all, "GET /?n=%d HTTP/1.1\r\nHost: x\r\n\r\n", i)
@@ -213,15 +205,23 @@ func TestPipelinedRequestsAreAnsweredInOrder(t *testing.T) {
 	}
 }
 
-// exchange writes raw bytes on a new connection and reads until the front
-// closes it.
-func exchange(t *testing.T, base, raw string) string {
+// dial connects to the front; the connection is closed when the test
+// ends, if not before.
+func dial(t *testing.T, base string) net.Conn {
 	t.Helper()
 	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// exchange writes raw bytes on a new connection and reads until the front
+// closes it.
+func exchange(t *testing.T, base, raw string) string {
+	t.Helper()
+	conn := dial(t, base)
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	if _, err := io.WriteString(conn, raw); err != nil {
 		t.Fatal(err)
@@ -264,10 +264,7 @@ func TestWhatThePrototypeDoesNotServeIsRefused(t *testing.T) {
 func TestAClientThatVanishesMidResponseCostsOnlyItsStream(t *testing.T) {
 	base := startFront(t)
 	for range 20 {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := dial(t, base)
 		io.WriteString(conn, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
 		buf := make([]byte, 1000)
 		if _, err := io.ReadFull(conn, buf); err != nil {
@@ -290,11 +287,7 @@ func TestHTTP10ResponsesEndWithTheConnectionNotChunks(t *testing.T) {
 
 func TestExpectContinueIsAnswered(t *testing.T) {
 	base := startFront(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, base)
 	conn.SetDeadline(time.Now().Add(20 * time.Second))
 	io.WriteString(conn, "POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
 	r := bufio.NewReader(conn)
@@ -318,15 +311,12 @@ func TestExpectContinueIsAnswered(t *testing.T) {
 // the client's writes stall long before 64 MiB.
 func TestAClientThatDoesNotReadIsNotBuffered(t *testing.T) {
 	base := startFront(t)
-	conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
+	conn := dial(t, base)
 	request := "GET / HTTP/1.1\r\nHost: x\r\n\r\n"
 	chunk := []byte(strings.Repeat(request, (1<<20)/len(request)))
 	conn.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	written := 0
+	var err error
 	for written < 64<<20 && err == nil {
 		var n int
 		n, err = conn.Write(chunk)
@@ -347,10 +337,7 @@ func TestAClientThatDoesNotReadIsNotBuffered(t *testing.T) {
 func TestAClientThatGoesAwayIsAResetForTheApp(t *testing.T) {
 	base, dir := startFrontIn(t)
 	for range 3 {
-		conn, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := dial(t, base)
 		io.WriteString(conn, "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n")
 		time.Sleep(100 * time.Millisecond) // the request reaches the app
 		conn.Close()

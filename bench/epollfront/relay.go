@@ -98,9 +98,9 @@ func (l *loop) pick() *channel {
 
 // parseHead fills l.head from a request's line and fields and returns the
 // body's length, whether the connection closes after the response and
-// whether the client expects 100 Continue, or an error status. It accepts a strict subset of
-// RFC 9112: origin-form targets, no obsolete line folding, no transfer
-// codings, one Content-Length.
+// whether the client expects 100 Continue, or an error status. It accepts
+// a strict subset of RFC 9112: origin-form targets, no obsolete line
+// folding, no transfer codings, one Content-Length.
 func (l *loop) parseHead(c *client, head []byte) (length int, closeAfter, expect bool, status int, reason string) {
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	method, line, ok1 := bytes.Cut(line, []byte(" "))
@@ -248,8 +248,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) {
 		if c.chunked {
 			c.out = append(c.out, "0\r\n\r\n"...)
 		}
-		l.finish(c)
-		l.next(c) // a pipelined request
+		l.finish(c) // flush starts a pipelined request, if one is in
 	}
 }
 
@@ -317,7 +316,9 @@ func (l *loop) flush() error {
 			l.drop(c)
 			continue
 		}
-		l.next(c) // a pipelined request held back while c did not read
+		// The one place a request starts: after a read, after the
+		// previous response, or once a client that did not read has.
+		l.next(c)
 		if len(c.out) == 0 && c.owed > 0 && c.stream != 0 {
 			var credit [4]byte
 			credit[0], credit[1], credit[2], credit[3] = byte(c.owed>>24), byte(c.owed>>16), byte(c.owed>>8), byte(c.owed)
