@@ -20,16 +20,19 @@ import (
 	"os"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/ferry-vm/ferry/host/admin"
 	"github.com/ferry-vm/ferry/host/backend"
 	"github.com/ferry-vm/ferry/host/backend/hostnet"
 	"github.com/ferry-vm/ferry/host/cluster"
+	"github.com/ferry-vm/ferry/host/dataplane"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/guestapi"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/logsink"
+	"github.com/ferry-vm/ferry/host/loopfront"
 	"github.com/ferry-vm/ferry/host/manifest"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
@@ -84,6 +87,9 @@ type Config struct {
 	Debug bool
 	// LogJSON logs slog's JSON, one object a line, instead of its text.
 	LogJSON bool
+	// LoopFront serves the public listener with the event-loop front
+	// (host/loopfront), which hands what it does not serve to net/http.
+	LoopFront bool
 	// EchoOutput prints the programs' output on Stderr as "[program
 	// source origin] line" (run); otherwise it goes to the debug log.
 	EchoOutput bool
@@ -196,7 +202,15 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if err != nil {
 		return err
 	}
-	a.manager = lifecycle.New(lifecycle.Options{Objects: objects, Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
+	var loop *loopfront.Front
+	var workerChannels dataplane.Adopter
+	if cfg.LoopFront {
+		if loop, err = loopfront.New(loopfront.Options{Limits: a.conn, Agent: "ferry-host-agent", Log: a.log}); err != nil {
+			return err
+		}
+		workerChannels = loop
+	}
+	a.manager = lifecycle.New(lifecycle.Options{WorkerChannels: workerChannels, Objects: objects, Backend: a.backend, InitPath: cfg.InitPath, Log: a.log, BootTimeout: cfg.BackendOptions.BootTimeout,
 		IdleTimeout: cfg.File.IdleTimeout.Duration, MaxRunning: cfg.File.MaxRunning,
 		OnBoot: a.booted, GuestAPI: a.guest.handler, OutputRate: cfg.Limits.LogRate, OnOutputDropped: a.metrics.OutputDropped,
 		OnOutput: func(id string, l message.Log) { a.output(sink, id, l) }})
@@ -275,8 +289,48 @@ func Serve(ctx context.Context, cfg *Config) error {
 	if cfg.Reload != nil {
 		go a.reloadLoop(ctx, cfg.File, status)
 	}
+	if loop != nil {
+		serveLoopUntilDone(ctx, loop, router, srv, ln.(*net.TCPListener), a.log, a.notify)
+		return nil
+	}
 	serveUntilDone(ctx, srv, ln, a.log, a.notify)
 	return nil
+}
+
+// serveLoopUntilDone is serveUntilDone with the event-loop front in front
+// of srv: the front takes ln's connections and hands srv those it does
+// not serve. At the end both drain, side by side.
+func serveLoopUntilDone(ctx context.Context, loop *loopfront.Front, router *front.Router, srv *http.Server, ln *net.TCPListener, log *slog.Logger, notify notifier) {
+	served := make(chan error, 1)
+	go func() { served <- loop.Serve(ctx, ln, router) }()
+	drained := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(drained)
+		notify.stopping()
+		log.Info("stopping: draining the requests in flight, then stopping the VMs", "drain_timeout", drainTimeout, "stop_timeout", stopTimeout)
+		shut, cancel := context.WithTimeout(context.Background(), drainTimeout)
+		defer cancel()
+		var wg sync.WaitGroup
+		wg.Go(func() {
+			if err := loop.Shutdown(shut); err != nil {
+				log.Warn("stopping: requests still in flight after the drain timeout are cut", "err", err)
+			}
+		})
+		if err := srv.Shutdown(shut); err != nil {
+			log.Warn("stopping: requests still in flight after the drain timeout are cut", "err", err)
+		}
+		wg.Wait()
+	})
+	defer stop()
+	if err := srv.Serve(loop.Handoffs()); err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
+		log.Error("serving", "err", err)
+	}
+	if err := <-served; err != nil {
+		log.Error("serving", "err", err)
+	}
+	if ctx.Err() != nil {
+		<-drained
+	}
 }
 
 // usesNetwork reports whether the agent prepares the node's network at

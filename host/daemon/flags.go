@@ -39,6 +39,7 @@ type Flags struct {
 	metrics string
 	debug   bool
 	logFmt  string
+	front   string
 	backend BackendOptions
 	uidBase uint
 	limits  limitFlags
@@ -101,6 +102,7 @@ func (f *Flags) common() {
 	fs.Int64Var(&f.maxBody, "max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logs (including init's console)")
 	fs.StringVar(&f.logFmt, "log-format", "text", "the agent's log on stderr: text, or json (one slog JSON object a line)")
+	fs.StringVar(&f.front, "front", "net/http", "the HTTP front: net/http, or loop (experimental: an event loop serves plain requests to running ASGI programs straight from their workers' channels, and hands the rest to net/http)")
 	metricsHelp := "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty)"
 	if !f.run {
 		metricsHelp = "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty; /metrics is also on the admin API)"
@@ -274,6 +276,9 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 	if f.logFmt != "text" && f.logFmt != "json" {
 		return nil, &ConfigError{fmt.Errorf("--log-format %q: text or json", f.logFmt)}
 	}
+	if f.front != "net/http" && f.front != "loop" {
+		return nil, &ConfigError{fmt.Errorf("--front %q: net/http or loop", f.front)}
+	}
 	if err := f.networkFlags(&b); err != nil {
 		return nil, &ConfigError{err}
 	}
@@ -282,7 +287,7 @@ func (f *Flags) shared(file *manifest.File, lim Limits) (*Config, error) {
 		exe, _ := os.Executable()
 		initBin = filepath.Join(filepath.Dir(exe), "init")
 	}
-	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, LogJSON: f.logFmt == "json", GuestAPI: f.guest}, nil
+	return &Config{File: file, BackendOptions: b, InitPath: initBin, MaxBody: f.maxBody, Limits: lim, MetricsListen: f.metrics, Debug: f.debug, LogJSON: f.logFmt == "json", GuestAPI: f.guest, LoopFront: f.front == "loop"}, nil
 }
 
 // limitFlags are the flags of the agent's limits.

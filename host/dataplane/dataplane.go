@@ -43,6 +43,21 @@ type Options struct {
 	Log *slog.Logger
 	// Agent names the host in HELLO.
 	Agent string
+	// Adopter, when set, takes every channel over as it arrives, in
+	// place of a session of the set's own: the set then only receives
+	// channels, Pick finds no live session (requests it is asked for go
+	// through init) and Close tells the adopter to close them.
+	Adopter Adopter
+}
+
+// Adopter takes a set's worker channels over: the host agent's event-loop
+// front (host/loopfront), which speaks the protocol on them itself.
+type Adopter interface {
+	// Adopt owns conn, the host's end of ch, from the call on; it greets
+	// the worker itself.
+	Adopt(set *Set, ch contract.WorkerChannel, conn *os.File)
+	// Forget closes every channel of set it adopted: the VM is stopping.
+	Forget(set *Set)
 }
 
 // Set is the live worker sessions of one VM.
@@ -134,6 +149,10 @@ func (s *Set) Close() {
 		m.sess.Close()
 	}
 	s.wg.Wait()
+	if s.opt.Adopter != nil {
+		// After the receiving goroutine ended: no Adopt follows.
+		s.opt.Adopter.Forget(s)
+	}
 }
 
 // receive takes channels until the socket ends.
@@ -149,6 +168,10 @@ func (s *Set) receive() {
 				s.log.Warn("the VM's channel socket failed; its workers are reached through init", "err", err)
 			}
 			return
+		}
+		if s.opt.Adopter != nil {
+			s.opt.Adopter.Adopt(s, ch, f)
+			continue
 		}
 		s.wg.Add(1)
 		go func() { defer s.wg.Done(); s.join(ch, f) }()

@@ -299,6 +299,17 @@ func (l *Limiter) Acquire(ctx context.Context) bool {
 	}
 }
 
+// TryAcquire takes a slot if one is free, without waiting; every true
+// must be followed by Release.
+func (l *Limiter) TryAcquire() bool {
+	select {
+	case l.slots <- struct{}{}:
+		return true
+	default:
+		return false
+	}
+}
+
 // Release gives back a slot.
 func (l *Limiter) Release() { <-l.slots }
 

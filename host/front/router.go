@@ -17,6 +17,7 @@ import (
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/host/metrics"
 	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/protocol/contract"
 )
 
 // Route is one program as the router sees it.
@@ -205,6 +206,51 @@ func serveProgram(w http.ResponseWriter, r *http.Request, ex *relay.Exchange, mg
 	defer done()
 	ex.Session = sess
 	relay.ServeAny(w, r, ex, p.Interface)
+}
+
+// Target is where a request goes, as FastRoute finds it.
+type Target struct {
+	ID       string // the program
+	RootPath string // the prefix the program is mounted under ("" or /vm/{id})
+	Path     string // the path the program sees
+	Route    *Route
+}
+
+// FastRoute routes a request for a front that serves ASGI programs
+// itself (host/loopfront): the program a request with host and path
+// (origin-form, no percent-escapes, no query) addresses, when the request
+// is one such a front may relay directly to the program's workers. false
+// means ServeHTTP must take it: no program matches, the program is not
+// reachable over HTTP or is not ASGI, the path is reserved, a request
+// from another node of the cluster, or a persistent program of a cluster
+// (served only where its lease is held).
+func (rt *Router) FastRoute(host, path string) (Target, bool) {
+	if rt.Forward != nil && strings.HasPrefix(path, AgentPrefix) {
+		return Target{}, false
+	}
+	var t Target
+	switch {
+	case rt.Root != "":
+		t.ID, t.Path = rt.Root, path
+	case strings.HasPrefix(path, "/vm/"):
+		id, rest, _ := strings.Cut(path[len("/vm/"):], "/")
+		t.ID, t.RootPath, t.Path = id, "/vm/"+id, "/"+rest
+	default:
+		if h, _, err := net.SplitHostPort(host); err == nil {
+			host = h
+		}
+		t.ID, _, _ = strings.Cut(host, ".")
+		t.Path = path
+	}
+	if t.ID == "" {
+		return Target{}, false
+	}
+	t.Route = rt.Programs.Route(t.ID)
+	if t.Route == nil || !t.Route.HTTP || reserved(t.Path) || t.Route.Program.Interface != contract.InterfaceASGI ||
+		(t.Route.Program.Persistent && rt.Owner != nil) {
+		return Target{}, false
+	}
+	return t, true
 }
 
 // asciiTarget reports whether a request target has only ASCII bytes.

@@ -111,6 +111,14 @@ func (i *Instance) Pick() (sess *mux.Session, done func()) {
 	return i.Session, func() {}
 }
 
+// Workers returns the instance's worker channels, nil when its requests
+// all go through init.
+func (i *Instance) Workers() *dataplane.Set { return i.workers }
+
+// CountDirect counts a request sent to a worker's channel by a front
+// that adopted the channels (DataPlane's Direct).
+func (i *Instance) CountDirect() { i.direct.Add(1) }
+
 // DataPlane says how an instance's requests travel.
 type DataPlane struct {
 	// Workers is how many worker sessions are live.
@@ -177,6 +185,9 @@ type Options struct {
 	// OnBoot is told about every boot attempt's outcome (for metrics):
 	// how long it took and, when it succeeded, init's boot timeline.
 	OnBoot func(programID string, took time.Duration, timeline []message.TimelineEntry, err error)
+	// WorkerChannels, when set, takes over the data channels of ASGI
+	// workers (dataplane.Options.Adopter): the event-loop front.
+	WorkerChannels dataplane.Adopter
 	// GuestAPI returns the handler of the guest API calls (streams init
 	// opens toward the host, protocol/SPEC.md §5.7) of one boot of a
 	// program. It is called once per boot, right after the backend
@@ -270,6 +281,20 @@ func (m *Manager) Acquire(ctx context.Context, p *Program) (*Instance, error) {
 		}
 		// Stopped for idleness between get and here: boot again.
 	}
+}
+
+// TryAcquire is Acquire without waiting: the program's running instance,
+// counted until Release, or nil when none is running (booting, stopped
+// or removed). It never starts a VM.
+func (m *Manager) TryAcquire(p *Program) *Instance {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	inst := m.running[p.ID]
+	if inst == nil || p.removed {
+		return nil
+	}
+	inst.inflight.Add(1)
+	return inst
 }
 
 // ErrNotRunning is AcquireRunning's answer for a program with no VM
@@ -602,7 +627,7 @@ func (m *Manager) start(ctx context.Context, p *Program) (*Instance, error) {
 	if cv, ok := vm.(backend.ChannelVM); ok && p.Interface == contract.InterfaceASGI && cv.WorkerChannels() != nil {
 		// Received from the start: init passes each worker's channel as
 		// the worker comes up, before it answers the configuration.
-		inst.workers = dataplane.New(cv.WorkerChannels(), dataplane.Options{Log: log, Agent: hostAgent})
+		inst.workers = dataplane.New(cv.WorkerChannels(), dataplane.Options{Log: log, Agent: hostAgent, Adopter: m.opt.WorkerChannels})
 	}
 	var api http.Handler
 	if m.opt.GuestAPI != nil {

@@ -82,6 +82,10 @@ func RequestID(r *http.Request) string {
 	return NewRequestID()
 }
 
+// WellFormedID reports whether a client's X-Request-Id is taken as the
+// request's id (see wellFormedID).
+func WellFormedID(id string) bool { return wellFormedID(id) }
+
 // wellFormedID reports whether an incoming request id is 1 to 128
 // characters among letters, digits and -_.:+=/@ (UUIDs, hex, base64,
 // the ids of the usual proxies): nothing a log line or header could
@@ -428,16 +432,23 @@ func hasHeader(rh *message.ResponseHead, name string) bool {
 func statusFor(err error) (int, string) {
 	var serr *mux.StreamError
 	if errors.As(err, &serr) {
-		switch serr.Code {
-		case frame.CodeTimeout:
-			return http.StatusGatewayTimeout, "the program did not answer in time"
-		case frame.CodeBodyTooLarge:
-			return http.StatusRequestEntityTooLarge, "request body too large"
-		case frame.CodeUnavailable, frame.CodeRefusedStream:
-			return http.StatusServiceUnavailable, "the program is not available"
-		case frame.CodeWorkerLost:
-			return http.StatusBadGateway, "the program crashed while answering"
-		}
+		return StatusForReset(serr.Code)
+	}
+	return http.StatusBadGateway, "the program failed to answer"
+}
+
+// StatusForReset maps the code of a RESET that ended a stream before its
+// response head to an HTTP status and a short message.
+func StatusForReset(code uint32) (int, string) {
+	switch code {
+	case frame.CodeTimeout:
+		return http.StatusGatewayTimeout, "the program did not answer in time"
+	case frame.CodeBodyTooLarge:
+		return http.StatusRequestEntityTooLarge, "request body too large"
+	case frame.CodeUnavailable, frame.CodeRefusedStream:
+		return http.StatusServiceUnavailable, "the program is not available"
+	case frame.CodeWorkerLost:
+		return http.StatusBadGateway, "the program crashed while answering"
 	}
 	return http.StatusBadGateway, "the program failed to answer"
 }

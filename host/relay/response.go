@@ -190,6 +190,22 @@ func writeHead(w http.ResponseWriter, ex *Exchange, rh *message.ResponseHead, co
 	w.WriteHeader(int(rh.Status))
 }
 
+// CheckResponseHead is checkResponseHead for a front that writes the
+// response itself (host/loopfront).
+func CheckResponseHead(rh *message.ResponseHead) error { return checkResponseHead(rh) }
+
+// CanonicalName returns the canonical form of a lower-case field name,
+// without allocating for the usual ones.
+func CanonicalName(name []byte) string {
+	if c, ok := canonicalNames[string(name)]; ok {
+		return c
+	}
+	return http.CanonicalHeaderKey(string(name))
+}
+
+// KeptAppID is the app's own request id as the agent keeps it.
+func KeptAppID(id string) string { return keptAppID(id) }
+
 // canonicalNames maps the lower-case names of the usual response fields
 // to their canonical form (what http.CanonicalHeaderKey returns, without
 // its allocations).

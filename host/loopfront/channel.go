@@ -1,0 +1,321 @@
+package loopfront
+
+import (
+	"errors"
+	"fmt"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/dataplane"
+	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/protocol/contract"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// What the host announces on a worker's data channel, as the agent's
+// sessions do (protocol/SPEC.md §11).
+const (
+	maxFrameSize  = dataplane.WorkerMaxFrame
+	initialWindow = 256 << 10
+	// maxStreamID is the last odd stream id; a channel that used it up
+	// takes no more requests.
+	maxStreamID = 1<<31 - 1
+)
+
+// channel is one worker's data channel, past the HELLO exchange.
+type channel struct {
+	fd          int
+	set         *dataplane.Set
+	wc          contract.WorkerChannel
+	peer        message.Hello // the worker's HELLO
+	in          []byte        // received bytes not yet a whole frame
+	out         []byte        // frames not yet written
+	streams     map[uint32]*client
+	next        uint32 // the next stream id (odd: the host's, SPEC.md §5.1)
+	dirty       bool   // out has grown since the last write
+	pollingOut  bool
+	goingAway   bool // GOAWAY received, or ids used up: no new requests
+	outstanding int
+}
+
+// group is the channels of one VM's workers.
+type group struct {
+	byWorker map[uint32]*channel // the newest channel of each worker
+}
+
+// addChannel takes a greeted channel into the loop; a newer channel of
+// the same worker (it was restarted) replaces the old one.
+func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int, peer message.Hello) {
+	g := l.groups[set]
+	if g == nil {
+		g = &group{byWorker: map[uint32]*channel{}}
+		l.groups[set] = g
+	}
+	if old := g.byWorker[wc.Worker]; old != nil {
+		if old.wc.Start > wc.Start {
+			unix.Close(fd) // stale
+			return
+		}
+		old.goingAway = true // dead or dying: its streams end with it
+	}
+	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, streams: map[uint32]*client{}, next: 1}
+	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
+		unix.Close(fd)
+		l.f.log.Warn("worker channel: not watched", "worker", wc.Worker, "err", err)
+		return
+	}
+	g.byWorker[wc.Worker] = ch
+	l.channels[fd] = ch
+}
+
+// forgetSet closes every channel of set: its VM is stopping.
+func (l *loop) forgetSet(set *dataplane.Set) {
+	for _, ch := range l.channels {
+		if ch.set == set {
+			l.closeChannel(ch, "the VM is stopping")
+		}
+	}
+	delete(l.groups, set)
+}
+
+// pick returns the live channel of set's workers with the fewest requests
+// in flight that can take one more, or nil.
+func (l *loop) pick(set *dataplane.Set) *channel {
+	g := l.groups[set]
+	if g == nil {
+		return nil
+	}
+	var best *channel
+	for _, ch := range g.byWorker {
+		if ch.goingAway || ch.outstanding >= int(ch.peer.MaxStreams) || len(ch.out) >= maxBacklog {
+			continue
+		}
+		if best == nil || ch.outstanding < best.outstanding || (ch.outstanding == best.outstanding && ch.wc.Worker < best.wc.Worker) {
+			best = ch
+		}
+	}
+	return best
+}
+
+// closeChannel closes ch: its requests fail (502 unless their response
+// has started; then their connection closes, the response cut short).
+func (l *loop) closeChannel(ch *channel, why string) {
+	if ch.fd < 0 {
+		return
+	}
+	for _, c := range ch.streams {
+		l.failed(c, frame.CodeInternal, why)
+	}
+	delete(l.channels, ch.fd)
+	unix.Close(ch.fd)
+	ch.fd = -1
+	if g := l.groups[ch.set]; g != nil && g.byWorker[ch.wc.Worker] == ch {
+		delete(g.byWorker, ch.wc.Worker)
+	}
+}
+
+// readChannel reads what a worker sent and handles each whole frame.
+func (l *loop) readChannel(ch *channel) {
+	n, err := unix.Read(ch.fd, l.buf)
+	if err == unix.EAGAIN || err == unix.EINTR {
+		return
+	}
+	if n <= 0 {
+		l.closeChannel(ch, "the worker's data channel ended")
+		return
+	}
+	ch.in = append(ch.in, l.buf[:n]...)
+	p := ch.in
+	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
+		fh := frame.ParseHeader(p)
+		if err := fh.Validate(maxFrameSize); err != nil {
+			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
+			l.closeChannel(ch, "the worker broke the protocol")
+			return
+		}
+		if len(p) < frame.HeaderSize+int(fh.Length) {
+			break
+		}
+		if err := l.frame(ch, fh, p[frame.HeaderSize:frame.HeaderSize+int(fh.Length)]); err != nil {
+			l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
+			l.closeChannel(ch, "the worker broke the protocol")
+			return
+		}
+		p = p[frame.HeaderSize+int(fh.Length):]
+	}
+	if ch.fd >= 0 {
+		ch.in = append(ch.in[:0], p...)
+	}
+	l.sendHeads()
+}
+
+// frame handles one frame from a worker; an error is a connection error
+// (SPEC.md §3.4).
+func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
+	switch fh.Type {
+	case frame.TypePing:
+		if !fh.Has(frame.FlagAck) {
+			ch.out = appendFrame(ch.out, frame.TypePing, frame.FlagAck, 0, payload)
+			l.markChannel(ch)
+		}
+		return nil
+	case frame.TypeGoAway:
+		ch.goingAway = true // its streams finish; it gets no more
+		return nil
+	case frame.TypeLog:
+		return nil // a worker's output goes through init
+	case frame.TypeRequest, frame.TypeHello, frame.TypeConfig, frame.TypeConfigResult, frame.TypeWSMessage, frame.TypeWSClose:
+		return fmt.Errorf("unexpected %s frame", fh.Type)
+	}
+	c := ch.streams[fh.StreamID]
+	if c == nil || c.req == nil || c.req.on != ch {
+		return nil // a stream the loop has ended: RESET and late frames pass
+	}
+	r := c.req
+	switch fh.Type {
+	case frame.TypeWindowUpdate:
+		if len(payload) != 4 {
+			return errors.New("WINDOW_UPDATE payload is not 4 bytes")
+		}
+		n := int64(payload[0])<<24 | int64(payload[1])<<16 | int64(payload[2])<<8 | int64(payload[3])
+		if n == 0 || r.window+n > 1<<31-1 {
+			return errors.New("bad WINDOW_UPDATE increment")
+		}
+		r.window += n
+		l.mark(c)
+		return nil
+	case frame.TypeResponse:
+		if r.gotHead {
+			return errors.New("a second RESPONSE on a stream")
+		}
+		r.gotHead = true
+		if err := l.response.Unmarshal(payload); err != nil {
+			l.reset(c, frame.CodeProtocol)
+			l.answerError(c, 502, "the program sent an invalid response", "err", err)
+			return nil
+		}
+		if err := relay.CheckResponseHead(&l.response); err != nil {
+			l.reset(c, frame.CodeProtocol)
+			l.answerError(c, 502, "the program sent an invalid response", "err", err)
+			return nil
+		}
+		l.takeHead(c, &l.response)
+		if fh.Has(frame.FlagFin) {
+			l.complete(c)
+		}
+		return nil
+	case frame.TypeData:
+		if !r.gotHead || r.finished {
+			return errors.New("DATA before the response head, or after FIN")
+		}
+		if fh.Has(frame.FlagCompressed) {
+			return errors.New("compressed DATA: no compression was announced")
+		}
+		if r.received+int64(len(payload)) > int64(initialWindow)+r.credited {
+			return errors.New("DATA beyond the stream's window")
+		}
+		r.received += int64(len(payload))
+		l.body(c, payload)
+		if fh.Has(frame.FlagFin) {
+			l.complete(c)
+		}
+		return nil
+	case frame.TypeEnd:
+		if !r.gotHead {
+			return errors.New("END before the response head")
+		}
+		l.complete(c)
+		return nil
+	case frame.TypeReset:
+		var m message.Reset
+		if err := m.Unmarshal(payload); err != nil {
+			return fmt.Errorf("RESET: %w", err)
+		}
+		l.failed(c, m.Code, string(m.Message))
+		return nil
+	}
+	return fmt.Errorf("unknown frame type %s", fh.Type)
+}
+
+// reset abandons c's stream on its worker with a RESET of code.
+func (l *loop) reset(c *client, code uint32) {
+	r := c.req
+	if r.reset || r.on.fd < 0 {
+		return
+	}
+	r.reset = true
+	ch := r.on
+	ch.out = appendFrame(ch.out, frame.TypeReset, 0, r.stream, (&message.Reset{Code: code}).Append(nil))
+	l.markChannel(ch)
+}
+
+// writeChannel writes ch's pending frames.
+func (l *loop) writeChannel(ch *channel) {
+	if ch.fd < 0 {
+		return
+	}
+	if len(ch.out) > 0 {
+		n, err := unix.Write(ch.fd, ch.out)
+		if err != nil && err != unix.EAGAIN {
+			l.closeChannel(ch, "writing to the worker failed")
+			return
+		}
+		ch.out = consume(ch.out, n)
+	}
+	if want := len(ch.out) > 0; want != ch.pollingOut {
+		ch.pollingOut = want
+		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, want); err != nil {
+			l.closeChannel(ch, "the loop lost the channel")
+		}
+	}
+}
+
+// handshake sends the host's HELLO on a blocking descriptor and reads the
+// worker's, which must be the first frame (SPEC.md §3.1).
+func handshake(fd int, agent string) (message.Hello, error) {
+	ours := message.Hello{Version: 1, Role: 1, MaxFrameSize: maxFrameSize, InitialWindow: initialWindow, MaxStreams: 1, Agent: []byte(agent)}
+	if _, err := unix.Write(fd, appendFrame(nil, frame.TypeHello, 0, 0, ours.Append(nil))); err != nil {
+		return message.Hello{}, fmt.Errorf("sending HELLO: %w", err)
+	}
+	h, payload, err := frame.NewReader(readerOf(fd), maxFrameSize).ReadFrame()
+	if err != nil {
+		return message.Hello{}, fmt.Errorf("reading HELLO: %w", err)
+	}
+	var peer message.Hello
+	if h.Type != frame.TypeHello {
+		return peer, fmt.Errorf("first frame is %s, not HELLO", h.Type)
+	}
+	if err := peer.Unmarshal(append([]byte(nil), payload...)); err != nil {
+		return peer, fmt.Errorf("HELLO: %w", err)
+	}
+	if peer.Version != 1 || peer.Role != 2 || peer.InitialWindow == 0 || peer.MaxFrameSize < 16<<10 || peer.MaxStreams == 0 {
+		return peer, fmt.Errorf("unexpected HELLO %+v", peer)
+	}
+	return peer, nil
+}
+
+// readerOf reads a blocking descriptor without taking it over.
+type readerOf int
+
+func (fd readerOf) Read(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(int(fd), p)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if n == 0 && err == nil {
+			return 0, errors.New("the worker closed its data channel")
+		}
+		if n < 0 {
+			n = 0
+		}
+		return n, err
+	}
+}
+
+// appendFrame appends a whole frame to b.
+func appendFrame(b []byte, t frame.Type, f frame.Flags, id uint32, payload []byte) []byte {
+	b = frame.AppendHeader(b, frame.Header{Type: t, Flags: f, StreamID: id, Length: uint32(len(payload))})
+	return append(b, payload...)
+}

@@ -1,0 +1,424 @@
+package loopfront
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/dataplane"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// Bounds on what one client or one worker can make the loop hold.
+const (
+	// maxHead bounds a request's line and fields, as the agent's net/http
+	// server does (relay.MaxHeaderBytes); a longer head is handed over,
+	// and that server answers 431.
+	maxHead = 32 << 10
+	// maxUnread bounds a client's received bytes not yet relayed: a head
+	// and 64 KiB of body. Beyond, the loop stops reading the client
+	// until the worker has taken some.
+	maxUnread = maxHead + 64<<10
+	// maxUnwritten bounds a client's response bytes not yet written:
+	// beyond, the worker's credit is not returned and nothing more is
+	// read from the client.
+	maxUnwritten = 256 << 10
+	// maxBacklog bounds the frames waiting for a worker that does not
+	// read: it gets no new requests beyond.
+	maxBacklog = 4 << 20
+	// tick is how often the loop checks its clients' time limits.
+	tick = 100 * time.Millisecond
+)
+
+// client is one HTTP connection the loop holds.
+type client struct {
+	fd         int
+	host       []byte // the peer's address and port, for the request head
+	port       uint32
+	local      []byte // the address and port it connected to
+	localPort  uint32
+	in         []byte // received bytes not yet relayed
+	out        []byte // response bytes not yet written
+	dirty      bool
+	readingIn  bool // registered for EPOLLIN
+	pollingOut bool // registered for EPOLLOUT
+	closeAfter bool // close once the response in flight is written
+	req        *request
+	// since is when the wait the client's time limit applies to began:
+	// the first byte of a head, the start of an idle spell, or the last
+	// write that made progress.
+	since int64
+}
+
+// loop is the state of Run's thread; only that thread touches it.
+type loop struct {
+	f            *Front
+	epoll        int
+	listener     int
+	epoch        time.Time // the monotonic clock's origin
+	clients      map[int]*client
+	channels     map[int]*channel
+	groups       map[*dataplane.Set]*group
+	dirty        []*client
+	dirtyChs     []*channel
+	buf          []byte
+	waitingHeads []*client            // responses whose head waits for the end of a read
+	names        []byte               // the lower-case field names of the request being parsed
+	head         message.RequestHead  // reused for each request
+	response     message.ResponseHead // reused for each response
+	date         []byte
+	dateAt       int64
+	check        int64 // when the time limits are next checked
+	// acceptPaused: accept failed for want of descriptors; the listener
+	// is watched again when a client is closed.
+	acceptPaused bool
+	draining     bool
+	quit         bool
+}
+
+func newLoop(f *Front, listener int) (*loop, error) {
+	l := &loop{f: f, listener: listener, epoch: time.Now(), clients: map[int]*client{}, channels: map[int]*channel{},
+		groups: map[*dataplane.Set]*group{}, buf: make([]byte, 64<<10)}
+	// Fd put the listener in blocking mode: back to non-blocking.
+	if err := unix.SetNonblock(l.listener, true); err != nil {
+		return nil, fmt.Errorf("loopfront: %w", err)
+	}
+	var err error
+	if l.epoll, err = unix.EpollCreate1(unix.EPOLL_CLOEXEC); err != nil {
+		return nil, fmt.Errorf("loopfront: epoll: %w", err)
+	}
+	for _, fd := range []int{l.listener, f.wake} {
+		if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
+			unix.Close(l.epoll)
+			return nil, err
+		}
+	}
+	return l, nil
+}
+
+// close ends every connection and channel the loop holds.
+func (l *loop) close() {
+	for _, cmd := range l.f.takeCommands(true) {
+		cmd(l) // Forgets and adds queued before the end: no descriptor leaks
+	}
+	for _, c := range l.clients {
+		l.drop(c)
+	}
+	for _, ch := range l.channels {
+		l.closeChannel(ch, "the agent is stopping")
+	}
+	unix.Close(l.epoll)
+	l.f.handoffs.Close()
+}
+
+// now is the time on the loop's monotonic clock, in nanoseconds.
+func (l *loop) now() int64 { return int64(time.Since(l.epoch)) }
+
+// watch registers fd (or changes its registration) for reading when in
+// is set, and for writing when out is set.
+func (l *loop) watch(op, fd int, in, out bool) error {
+	ev := unix.EpollEvent{Fd: int32(fd)}
+	if in {
+		ev.Events |= unix.EPOLLIN
+	}
+	if out {
+		ev.Events |= unix.EPOLLOUT
+	}
+	if err := unix.EpollCtl(l.epoll, op, fd, &ev); err != nil {
+		return fmt.Errorf("loopfront: epoll_ctl of %d: %w", fd, err)
+	}
+	return nil
+}
+
+// run is the loop: wait, read everything that is ready and turn it into
+// output, then write each connection's output once.
+func (l *loop) run() error {
+	runtime.LockOSThread() // the loop's thread blocks in epoll_wait, and only there
+	defer runtime.UnlockOSThread()
+	events := make([]unix.EpollEvent, 256)
+	for !l.quit && !(l.draining && l.busy() == 0) {
+		timeout := -1
+		if len(l.clients) > 0 {
+			timeout = int(tick / time.Millisecond)
+		}
+		n, err := l.wait(events, timeout)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return fmt.Errorf("loopfront: epoll_wait: %w", err)
+		}
+		for _, ev := range events[:n] {
+			fd, readable, writable := int(ev.Fd), ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0, ev.Events&unix.EPOLLOUT != 0
+			switch {
+			case fd == l.f.wake:
+				var b [8]byte
+				unix.Read(l.f.wake, b[:])
+				for _, cmd := range l.f.takeCommands(false) {
+					cmd(l)
+				}
+			case fd == l.listener:
+				l.accept()
+			case l.channels[fd] != nil:
+				ch := l.channels[fd]
+				if writable {
+					l.markChannel(ch)
+				}
+				if readable {
+					l.readChannel(ch)
+				}
+			case l.clients[fd] != nil:
+				c := l.clients[fd]
+				if writable {
+					l.mark(c)
+				}
+				if readable {
+					l.readClient(c, ev.Events&(unix.EPOLLHUP|unix.EPOLLERR) != 0)
+				}
+			}
+		}
+		if now := l.now(); now >= l.check {
+			l.check = now + int64(tick)
+			l.expire(now)
+		}
+		l.flush()
+	}
+	return nil
+}
+
+// wait is epoll_wait(2) without the runtime's system call bookkeeping
+// (RawSyscall6 instead of unix.EpollWait). With entersyscall, sysmon takes
+// the P from a thread blocked longer than 20 µs and hands it back when the
+// call returns, which at one connection is every request (BENCHMARKS.md,
+// session 16: 44–48 µs of CPU per request against 33–42 µs). The runtime
+// sees the loop as running meanwhile: the agent's other goroutines run on
+// its other Ps, or when sysmon preempts the loop after 10 ms (its signal
+// interrupts the wait: EINTR).
+func (l *loop) wait(events []unix.EpollEvent, timeoutMs int) (int, error) {
+	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epoll), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeoutMs), 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(r), nil
+}
+
+// busy returns how many clients have a request in flight.
+func (l *loop) busy() int {
+	n := 0
+	for _, c := range l.clients {
+		if c.req != nil || len(c.out) > 0 {
+			n++
+		}
+	}
+	return n
+}
+
+// drain stops accepting and closes every client once its request in
+// flight is answered; run returns when none is left.
+func (l *loop) drain() {
+	if l.draining {
+		return
+	}
+	l.draining = true
+	unix.EpollCtl(l.epoll, unix.EPOLL_CTL_DEL, l.listener, nil)
+	for _, c := range l.clients {
+		c.closeAfter = true
+		l.mark(c)
+	}
+}
+
+func (l *loop) accept() {
+	for !l.draining {
+		fd, sa, err := unix.Accept4(l.listener, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if errors.Is(err, unix.EMFILE) || errors.Is(err, unix.ENFILE) {
+			// The listener would stay ready and the loop spin: stop
+			// watching it until a client is closed.
+			if l.watch(unix.EPOLL_CTL_MOD, l.listener, false, false) == nil {
+				l.acceptPaused = true
+			}
+			return
+		}
+		if err != nil {
+			return // EAGAIN, or a connection gone before it was taken
+		}
+		unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		c := &client{fd: fd, readingIn: true, since: l.now()}
+		c.host, c.port = sockaddrText(sa)
+		if local, err := unix.Getsockname(fd); err == nil {
+			c.local, c.localPort = sockaddrText(local)
+		}
+		if l.watch(unix.EPOLL_CTL_ADD, fd, true, false) != nil {
+			unix.Close(fd)
+			continue
+		}
+		l.clients[fd] = c
+	}
+}
+
+// sockaddrText is an IP socket address as a request head carries it.
+func sockaddrText(sa unix.Sockaddr) ([]byte, uint32) {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrFrom4(a.Addr).AppendTo(nil), uint32(a.Port)
+	case *unix.SockaddrInet6:
+		return netip.AddrFrom16(a.Addr).Unmap().AppendTo(nil), uint32(a.Port)
+	}
+	return nil, 0
+}
+
+func (l *loop) markChannel(ch *channel) {
+	if !ch.dirty {
+		ch.dirty = true
+		l.dirtyChs = append(l.dirtyChs, ch)
+	}
+}
+
+func (l *loop) mark(c *client) {
+	if !c.dirty {
+		c.dirty = true
+		l.dirty = append(l.dirty, c)
+	}
+}
+
+// readClient reads what c sent, unless c holds as much as it may (then a
+// hang-up ends it).
+func (l *loop) readClient(c *client, hangup bool) {
+	if !l.mayRead(c) {
+		if hangup {
+			l.drop(c)
+		}
+		return
+	}
+	n, err := unix.Read(c.fd, l.buf[:min(len(l.buf), maxUnread-len(c.in))])
+	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+		return
+	}
+	if n <= 0 {
+		l.drop(c)
+		return
+	}
+	if len(c.in) == 0 && c.req == nil {
+		c.since = l.now() // a head starts: the header time limit runs
+	}
+	c.in = append(c.in, l.buf[:n]...)
+	l.mark(c) // flush relays it and re-arms c
+}
+
+// mayRead reports whether c may send more now (see maxUnread and
+// maxUnwritten).
+func (l *loop) mayRead(c *client) bool {
+	return len(c.in) < maxUnread && len(c.out) < maxUnwritten
+}
+
+// drop closes a client and ends its request, if any.
+func (l *loop) drop(c *client) {
+	if c.fd < 0 {
+		return
+	}
+	if c.req != nil {
+		l.abandon(c, codeCancel, statusClientClosed)
+	}
+	delete(l.clients, c.fd)
+	unix.Close(c.fd)
+	c.fd = -1
+	if l.acceptPaused && l.watch(unix.EPOLL_CTL_MOD, l.listener, true, false) == nil {
+		l.acceptPaused = false
+	}
+}
+
+// handOver gives c, idle and with nothing left to write, to the net/http
+// server, with what it sent that the loop has not relayed.
+func (l *loop) handOver(c *client) {
+	unix.EpollCtl(l.epoll, unix.EPOLL_CTL_DEL, c.fd, nil)
+	delete(l.clients, c.fd)
+	fd := c.fd
+	c.fd = -1
+	l.f.handoffs.handOver(fd, c.in)
+	c.in = nil
+	if l.acceptPaused && l.watch(unix.EPOLL_CTL_MOD, l.listener, true, false) == nil {
+		l.acceptPaused = false
+	}
+}
+
+// expire applies the listener's time limits (front.ConnLimits) and the
+// programs' (resources.seconds) to every client.
+func (l *loop) expire(now int64) {
+	lim := l.f.opt.Limits
+	for _, c := range l.clients {
+		r := c.req
+		switch {
+		case r != nil && r.deadline > 0 && now >= r.deadline:
+			l.timedOut(c)
+		case len(c.out) > 0 && now-c.since >= int64(lim.Send):
+			l.drop(c) // a client that stopped reading
+		case r != nil && r.bodyLeft > 0 && now-r.bodyAt >= int64(lim.Body):
+			l.bodyTimedOut(c)
+		case r == nil && len(c.in) > 0 && now-c.since >= int64(lim.Header):
+			l.drop(c) // as net/http does past its ReadHeaderTimeout: no answer
+		case r == nil && len(c.in) == 0 && len(c.out) == 0 && now-c.since >= int64(lim.Keepalive):
+			l.drop(c)
+		}
+	}
+}
+
+// flush writes each client's and then each worker's pending bytes once.
+func (l *loop) flush() {
+	for i := 0; i < len(l.dirty); i++ { // next may mark a client again
+		c := l.dirty[i]
+		c.dirty = false
+		if c.fd < 0 {
+			continue
+		}
+		if len(c.out) > 0 {
+			n, err := unix.Write(c.fd, c.out)
+			if err != nil && err != unix.EAGAIN {
+				l.drop(c)
+				continue
+			}
+			if n > 0 {
+				c.since = l.now()
+			}
+			c.out = consume(c.out, n)
+		}
+		if len(c.out) == 0 && c.req == nil && c.closeAfter {
+			l.drop(c)
+			continue
+		}
+		if c.req != nil {
+			l.progress(c) // body to the worker, credit back to it
+		} else {
+			l.next(c) // the one place a request starts
+		}
+		if c.fd < 0 {
+			continue // handed over, or dropped
+		}
+		if in, out := l.mayRead(c), len(c.out) > 0; in != c.readingIn || out != c.pollingOut {
+			c.readingIn, c.pollingOut = in, out
+			l.watch(unix.EPOLL_CTL_MOD, c.fd, in, out)
+		}
+	}
+	l.dirty = l.dirty[:0]
+	for _, ch := range l.dirtyChs {
+		ch.dirty = false
+		l.writeChannel(ch)
+	}
+	l.dirtyChs = l.dirtyChs[:0]
+}
+
+// consume drops the first n bytes of b without moving the rest (a
+// pipelining client would otherwise cost a copy of all it sent per
+// request); append reallocates when the front of the array is used up.
+func consume(b []byte, n int) []byte {
+	if n <= 0 {
+		return b
+	}
+	if n >= len(b) {
+		return b[:0]
+	}
+	return b[n:]
+}

@@ -1,0 +1,593 @@
+package loopfront
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"time"
+
+	"golang.org/x/net/http/httpguts"
+
+	"github.com/ferry-vm/ferry/host/front"
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/host/metrics"
+	"github.com/ferry-vm/ferry/host/relay"
+	"github.com/ferry-vm/ferry/internal/httphdr"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// Stream codes the loop resets with.
+const (
+	codeCancel  = frame.CodeCancel
+	codeTimeout = frame.CodeTimeout
+)
+
+// statusClientClosed is what the metrics record for a request whose
+// client left before it was answered.
+const statusClientClosed = front.StatusClientClosed
+
+// request is the request of a client the loop relays.
+type request struct {
+	stream uint32
+	on     *channel
+	inst   *lifecycle.Instance
+	lim    *front.Limiter
+	id     string // the request's id (X-Request-Id)
+	appID  string // the app's own id, when it sent another
+	method string
+	path   string // as the metrics record it (the whole path)
+	target front.Target
+	start  time.Time
+	isHead bool
+
+	deadline int64 // the program's time limit, on the loop's clock; 0: none
+	// The request body still to send, the credit the worker gave for it
+	// and when it last moved.
+	bodyLeft int64
+	window   int64
+	bodyAt   int64
+
+	gotHead  bool   // the RESPONSE arrived
+	headOut  []byte // the response's status line and fields, framing to come
+	waiting  bool   // its head is not written yet (sendHeads)
+	pending  []byte // body that arrived with the head
+	headSent bool   // the head is in the client's output
+	status   int
+	noBody   bool  // HEAD, 204 or 304: the body is not sent
+	chunked  bool  // the body is sent with chunked coding
+	declared int64 // the app's Content-Length; -1: none
+	sent     int64 // body bytes taken from the worker
+	// Response flow control: received DATA, credit returned, and credit
+	// owed once the client has taken what it holds.
+	received, credited, owed int64
+
+	finished bool // the worker's side ended
+	reset    bool // the loop reset the stream
+}
+
+// next starts c's next request, when its head is whole and the loop may
+// serve it, or hands c to the net/http server.
+func (l *loop) next(c *client) {
+	if c.closeAfter || len(c.in) == 0 {
+		return
+	}
+	end := bytes.Index(c.in, []byte("\r\n\r\n"))
+	if end < 0 && len(c.in) <= maxHead {
+		return // the head is not whole yet
+	}
+	if end < 0 || end > maxHead || !l.start(c, end) {
+		if len(c.out) == 0 {
+			l.handOver(c)
+		}
+	}
+}
+
+// fields is what start needs of a request head besides l.head.
+type fields struct {
+	host       []byte
+	hosts      int
+	length     int64 // -1: none
+	lengths    int
+	closeAfter bool
+	requestID  []byte
+	requestIDs int
+}
+
+// start relays the request whose head ends at end, if the loop may serve
+// it: false leaves c as it was.
+func (l *loop) start(c *client, end int) bool {
+	h := &l.head
+	var fs fields
+	path, ok := l.parse(c, c.in[:end], &fs)
+	if !ok {
+		return false
+	}
+	rt := l.f.router
+	t, ok := rt.FastRoute(string(fs.host), path)
+	if !ok || (rt.MaxBody > 0 && fs.length > rt.MaxBody) {
+		return false
+	}
+	lim := t.Route.Limiter
+	if lim != nil && !lim.TryAcquire() {
+		return false // the net/http server queues it, or answers 503
+	}
+	release := func() {
+		if lim != nil {
+			lim.Release()
+		}
+	}
+	inst := rt.Manager.TryAcquire(t.Route.Program)
+	if inst == nil {
+		release()
+		return false // stopped or booting: the net/http server waits for it
+	}
+	var ch *channel
+	if set := inst.Workers(); set != nil {
+		ch = l.pick(set)
+	}
+	if ch == nil {
+		inst.Release()
+		release()
+		return false // no live worker channel: through init
+	}
+	h.Path, h.RootPath = []byte(t.Path), []byte(t.RootPath)
+	h.RawPath = h.Path // no escapes: the raw path is the path
+	at := len(ch.out)
+	ch.out = append(ch.out, make([]byte, frame.HeaderSize)...)
+	ch.out = h.Append(ch.out)
+	size := len(ch.out) - at - frame.HeaderSize
+	if size > int(ch.peer.MaxFrameSize) {
+		ch.out = ch.out[:at] // never sent: the id stays unused
+		inst.Release()
+		release()
+		return false // the net/http server answers 431
+	}
+	id := ch.next
+	if ch.next += 2; ch.next > maxStreamID {
+		ch.goingAway = true
+	}
+	flags := frame.Flags(0)
+	if fs.length <= 0 {
+		flags = frame.FlagFin
+	}
+	frame.AppendHeader(ch.out[at:at], frame.Header{Type: frame.TypeRequest, Flags: flags, StreamID: id, Length: uint32(size)})
+	l.markChannel(ch)
+	inst.CountDirect()
+	r := &request{stream: id, on: ch, inst: inst, lim: lim, method: string(h.Method), path: path, target: t,
+		start: time.Now(), isHead: string(h.Method) == "HEAD", bodyLeft: max(fs.length, 0), window: int64(ch.peer.InitialWindow),
+		bodyAt: l.now(), declared: -1}
+	if fs.requestIDs == 1 && relay.WellFormedID(string(fs.requestID)) {
+		r.id = string(fs.requestID)
+	} else {
+		r.id = relay.NewRequestID()
+	}
+	if t.Route.Timeout > 0 {
+		r.deadline = l.now() + int64(t.Route.Timeout)
+	}
+	ch.streams[id] = c
+	ch.outstanding++
+	c.req, c.closeAfter = r, fs.closeAfter
+	c.in = consume(c.in, end+4)
+	l.progress(c)
+	return true
+}
+
+// parse fills l.head from a request's line and fields and returns the
+// path, or false for a request the loop leaves to the net/http server:
+// anything outside a strict subset of RFC 9112 (HTTP/1.1, an origin-form
+// target of unreserved characters, no percent-escapes in its path, fields
+// without obsolete folding or control characters, one Host, at most one
+// Content-Length and no transfer coding), and every upgrade, Expect and
+// trailer.
+func (l *loop) parse(c *client, head []byte, fs *fields) (string, bool) {
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	method, line, ok1 := bytes.Cut(line, []byte(" "))
+	target, version, ok2 := bytes.Cut(line, []byte(" "))
+	if !ok1 || !ok2 || !token(method) || string(version) != "HTTP/1.1" || !plainTarget(target) {
+		return "", false
+	}
+	h := &l.head
+	*h = message.RequestHead{HTTPVersion: version[5:], Method: method, Scheme: []byte("http"), Headers: h.Headers[:0],
+		ClientHost: c.host, ClientPort: c.port, ServerHost: c.local, ServerPort: c.localPort}
+	path, query, _ := bytes.Cut(target, []byte("?"))
+	h.QueryString = query
+	fs.length = -1
+	if cap(l.names) < len(head) {
+		l.names = make([]byte, 0, len(head)) // never grows below: the names stay put
+	}
+	l.names = l.names[:0]
+	for len(rest) > 0 {
+		var field []byte
+		field, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(field, []byte(":"))
+		if !ok || !token(name) {
+			return "", false
+		}
+		value = bytes.Trim(value, " \t")
+		if !httpguts.ValidHeaderFieldValue(string(value)) {
+			return "", false
+		}
+		at := len(l.names)
+		l.names = appendLower(l.names, name)
+		name = l.names[at:]
+		switch string(name) {
+		case "host":
+			fs.host = value
+			fs.hosts++
+		case "content-length":
+			n, err := strconv.ParseInt(string(value), 10, 64)
+			if err != nil || n < 0 || value[0] == '+' {
+				return "", false
+			}
+			fs.length = n
+			fs.lengths++
+		case "transfer-encoding", "te", "trailer", "upgrade", "expect":
+			return "", false
+		case "connection":
+			if httphdr.HasToken(string(value), "upgrade") {
+				return "", false
+			}
+			fs.closeAfter = fs.closeAfter || httphdr.HasToken(string(value), "close")
+		case "x-request-id":
+			fs.requestID = value
+			fs.requestIDs++
+		}
+		h.Headers = append(h.Headers, message.HeaderField{Name: name, Value: value})
+	}
+	if fs.hosts != 1 || fs.lengths > 1 || !httpguts.ValidHostHeader(string(fs.host)) {
+		return "", false
+	}
+	return string(path), true
+}
+
+// appendLower appends an ASCII field name in lower case (the worker gets
+// names in lower case, as uvicorn gives them).
+func appendLower(b, name []byte) []byte {
+	for _, x := range name {
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		b = append(b, x)
+	}
+	return b
+}
+
+// token reports whether b is a non-empty RFC 9110 token.
+func token(b []byte) bool {
+	for _, x := range b {
+		if x <= ' ' || x >= 0x7f || bytes.IndexByte([]byte(`"(),/:;<=>?@[\]{}`), x) >= 0 {
+			return false
+		}
+	}
+	return len(b) > 0
+}
+
+// plainTarget reports whether a request target is origin-form with a path
+// of unreserved characters, sub-delimiters, ':', '@' and '/' only (no
+// percent-escape: the path the app sees is the raw path) and not starting
+// with "//", and a query of those, '?' and percent-escapes.
+func plainTarget(t []byte) bool {
+	if len(t) == 0 || t[0] != '/' || (len(t) > 1 && t[1] == '/') {
+		return false
+	}
+	query := false
+	for _, x := range t {
+		switch {
+		case 'a' <= x && x <= 'z', 'A' <= x && x <= 'Z', '0' <= x && x <= '9':
+		case bytes.IndexByte([]byte("-._~!$&'()*+,;=:@/"), x) >= 0:
+		case x == '?':
+			query = true
+		case x == '%' && query:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// progress moves c's request along: body bytes to the worker as its
+// credit allows, and response credit back once the client has taken what
+// it holds.
+func (l *loop) progress(c *client) {
+	r := c.req
+	if r.reset || r.on.fd < 0 {
+		return
+	}
+	ch := r.on
+	for r.bodyLeft > 0 && r.window > 0 && len(c.in) > 0 && !r.finished {
+		n := min(r.bodyLeft, r.window, int64(len(c.in)), int64(ch.peer.MaxFrameSize))
+		flags := frame.Flags(0)
+		if n == r.bodyLeft {
+			flags = frame.FlagFin
+		}
+		ch.out = appendFrame(ch.out, frame.TypeData, flags, r.stream, c.in[:n])
+		c.in = consume(c.in, int(n))
+		r.bodyLeft -= n
+		r.window -= n
+		r.bodyAt = l.now()
+		l.markChannel(ch)
+	}
+	if r.owed > 0 && len(c.out) == 0 && !r.finished {
+		var credit [4]byte
+		credit[0], credit[1], credit[2], credit[3] = byte(r.owed>>24), byte(r.owed>>16), byte(r.owed>>8), byte(r.owed)
+		ch.out = appendFrame(ch.out, frame.TypeWindowUpdate, 0, r.stream, credit[:])
+		r.credited += r.owed
+		r.owed = 0
+		l.markChannel(ch)
+	}
+}
+
+// takeHead turns the program's response head into c's status line and
+// fields, as the relay does for the net/http server (relay.writeHead):
+// the app's fields as it sent them, names in canonical case, but
+// Transfer-Encoding (the loop frames the body itself) and a Connection
+// field with "close" (which closes the connection after the response);
+// X-Request-Id added unless the app sent one; Date unless the app sent
+// one. The framing fields follow once the loop knows whether the body is
+// whole (sendHeads, complete).
+func (l *loop) takeHead(c *client, rh *message.ResponseHead) {
+	r := c.req
+	r.status = int(rh.Status)
+	r.noBody = r.isHead || r.status == 204 || r.status == 304
+	b := append(r.headOut[:0], "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(r.status), 10)
+	b = append(b, ' ')
+	if text := http.StatusText(r.status); text != "" {
+		b = append(b, text...)
+	} else {
+		b = append(b, "status code "...)
+		b = strconv.AppendInt(b, int64(r.status), 10)
+	}
+	b = append(b, "\r\n"...)
+	hasID, hasDate := false, false
+	for _, f := range rh.Headers {
+		switch string(f.Name) {
+		case "transfer-encoding":
+			continue
+		case "connection":
+			if httphdr.HasToken(string(f.Value), "close") {
+				c.closeAfter = true
+				continue
+			}
+		case "content-length":
+			r.declared, _ = strconv.ParseInt(string(f.Value), 10, 64) // checked: canonical
+		case "x-request-id":
+			if !hasID && string(f.Value) != r.id {
+				r.appID = relay.KeptAppID(string(f.Value))
+			}
+			hasID = true
+		case "date":
+			hasDate = true
+		}
+		b = append(b, relay.CanonicalName(f.Name)...)
+		b = append(b, ": "...)
+		b = append(b, f.Value...)
+		b = append(b, "\r\n"...)
+	}
+	if !hasID {
+		b = append(append(append(b, "X-Request-Id: "...), r.id...), "\r\n"...)
+	}
+	if !hasDate {
+		b = append(append(append(b, "Date: "...), l.httpDate()...), "\r\n"...)
+	}
+	r.headOut = b
+	r.waiting = true
+	l.waitingHeads = append(l.waitingHeads, c)
+}
+
+// sendHeads writes the heads of the responses whose body is not whole
+// after a read of the worker's channel: streamed, with chunked coding
+// unless the app gave a Content-Length.
+func (l *loop) sendHeads() {
+	for _, c := range l.waitingHeads {
+		if r := c.req; r != nil && r.waiting && c.fd >= 0 {
+			r.chunked = !r.noBody && r.declared < 0
+			l.writeHead(c, -1)
+			if len(r.pending) > 0 {
+				l.writeBody(c, r.pending)
+				r.pending = nil
+			}
+		}
+	}
+	l.waitingHeads = l.waitingHeads[:0]
+}
+
+// writeHead ends c's response head with its framing fields: the body's
+// length when known (length ≥ 0) and allowed, chunked coding, or neither.
+func (l *loop) writeHead(c *client, length int64) {
+	r := c.req
+	c.out = append(c.out, r.headOut...)
+	switch {
+	case r.chunked:
+		c.out = append(c.out, "Transfer-Encoding: chunked\r\n"...)
+	case length >= 0 && r.declared < 0 && !r.noBody:
+		c.out = append(c.out, "Content-Length: "...)
+		c.out = strconv.AppendInt(c.out, length, 10)
+		c.out = append(c.out, "\r\n"...)
+	}
+	if c.closeAfter {
+		c.out = append(c.out, "Connection: close\r\n"...)
+	}
+	c.out = append(c.out, "\r\n"...)
+	r.waiting, r.headSent = false, true
+	l.mark(c)
+}
+
+// body takes DATA of c's response.
+func (l *loop) body(c *client, p []byte) {
+	r := c.req
+	r.owed += int64(len(p))
+	if r.noBody {
+		return // discarded, as net/http does: the credit still goes back
+	}
+	if r.declared >= 0 && r.sent+int64(len(p)) > r.declared {
+		// More than the app's Content-Length: the client gets what was
+		// declared, and the connection ends after it.
+		p = p[:r.declared-r.sent]
+		l.reset(c, codeCancel)
+		c.closeAfter = true
+	}
+	r.sent += int64(len(p))
+	if r.waiting {
+		r.pending = append(r.pending, p...)
+		return
+	}
+	l.writeBody(c, p)
+}
+
+// writeBody writes response body bytes, chunked if the response is.
+func (l *loop) writeBody(c *client, p []byte) {
+	if len(p) == 0 {
+		return
+	}
+	if c.req.chunked {
+		c.out = strconv.AppendUint(c.out, uint64(len(p)), 16)
+		c.out = append(c.out, "\r\n"...)
+		c.out = append(c.out, p...)
+		c.out = append(c.out, "\r\n"...)
+	} else {
+		c.out = append(c.out, p...)
+	}
+	l.mark(c)
+}
+
+// complete ends c's response: the worker's side is done.
+func (l *loop) complete(c *client) {
+	r := c.req
+	r.finished = true
+	if r.waiting {
+		l.writeHead(c, int64(len(r.pending))) // whole: sent with its length
+		if len(r.pending) > 0 {
+			c.out = append(c.out, r.pending...)
+		}
+		r.pending = nil
+	} else if r.chunked {
+		c.out = append(c.out, "0\r\n\r\n"...)
+	}
+	if r.declared >= 0 && !r.noBody && r.sent != r.declared {
+		c.closeAfter = true // shorter than declared: the client sees it cut
+	}
+	if r.bodyLeft > 0 {
+		// Answered before the body was all sent: the rest of it is not
+		// read, so the connection cannot carry another request.
+		l.reset(c, codeCancel)
+		c.closeAfter = true
+	}
+	l.finish(c, r.status)
+}
+
+// failed ends c's request, which its worker reset with code (or whose
+// channel closed): an error answer while nothing was sent, else the
+// response is cut short by closing the connection.
+func (l *loop) failed(c *client, code uint32, why string) {
+	r := c.req
+	r.finished, r.reset = true, true // the worker's side is gone
+	if !r.headSent {
+		status, msg := relay.StatusForReset(code)
+		l.answerError(c, status, msg, "reset", frame.CodeName(code), "reason", why)
+		return
+	}
+	c.closeAfter = true
+	l.finish(c, r.status)
+}
+
+// abandon ends c's request on the loop's side: the client left (status
+// 499 unless its response had started).
+func (l *loop) abandon(c *client, code uint32, status int) {
+	r := c.req
+	l.reset(c, code)
+	if r.headSent {
+		status = r.status
+	}
+	l.finish(c, status)
+}
+
+// timedOut ends a request past its program's time limit: 504 while
+// nothing was sent, else the connection is cut.
+func (l *loop) timedOut(c *client) {
+	r := c.req
+	l.reset(c, codeTimeout)
+	if !r.headSent {
+		l.answerError(c, http.StatusGatewayTimeout, "the program did not answer in time", "timeout", r.target.Route.Timeout)
+		return
+	}
+	l.drop(c)
+}
+
+// bodyTimedOut ends a request whose body stopped arriving: 408 while
+// nothing was answered, else the connection is cut.
+func (l *loop) bodyTimedOut(c *client) {
+	r := c.req
+	l.reset(c, codeCancel)
+	if !r.headSent {
+		c.closeAfter = true
+		l.answerError(c, http.StatusRequestTimeout, "the request body did not arrive in time", "body_timeout", l.f.opt.Limits.Body)
+		return
+	}
+	l.drop(c)
+}
+
+// answerError answers c's request with a short JSON error, as
+// relay.Error does, and ends it; the detail goes to the log.
+func (l *loop) answerError(c *client, status int, msg string, detail ...any) {
+	r := c.req
+	attrs := []any{"request_id", r.id, "status", status}
+	l.f.log.Warn(msg, append(attrs, detail...)...)
+	body, _ := json.Marshal(map[string]string{"error": msg, "request_id": r.id})
+	body = append(body, '\n')
+	if r.bodyLeft > 0 {
+		c.closeAfter = true // the rest of the body is not read
+	}
+	r.pending, r.waiting, r.chunked, r.declared, r.noBody = nil, false, false, -1, r.isHead
+	r.status = status
+	b := append(r.headOut[:0], "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(append(append(b, ' '), http.StatusText(status)...), "\r\nContent-Type: application/json\r\nX-Request-Id: "...)
+	b = append(append(b, r.id...), "\r\nDate: "...)
+	b = append(append(b, l.httpDate()...), "\r\n"...)
+	r.headOut = b
+	l.writeHead(c, int64(len(body)))
+	if !r.noBody {
+		c.out = append(c.out, body...)
+	}
+	r.finished = true
+	l.finish(c, status)
+}
+
+// finish forgets c's request: its stream, its hold on the VM and its slot,
+// and records it.
+func (l *loop) finish(c *client, status int) {
+	r := c.req
+	if r.bodyLeft > 0 && !r.reset {
+		l.reset(c, codeCancel)
+	}
+	if ch := r.on; ch.streams[r.stream] == c {
+		delete(ch.streams, r.stream)
+		ch.outstanding--
+	}
+	r.inst.Release()
+	if r.lim != nil {
+		r.lim.Release()
+	}
+	if m := l.f.router.Metrics; m != nil {
+		m.Request(metrics.RequestRecord{Time: r.start, Program: r.target.ID, Method: r.method, Path: r.path, Status: status,
+			Took: time.Since(r.start), ID: r.id, AppID: r.appID})
+	}
+	c.req = nil
+	c.since = l.now()
+	if c.fd >= 0 {
+		l.mark(c) // a pipelined request may start
+	}
+}
+
+// httpDate is the Date field's value, formatted once a second.
+func (l *loop) httpDate() []byte {
+	t := time.Now()
+	if s := t.Unix(); s != l.dateAt {
+		l.dateAt = s
+		l.date = t.UTC().AppendFormat(l.date[:0], http.TimeFormat)
+	}
+	return l.date
+}
