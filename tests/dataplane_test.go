@@ -74,16 +74,21 @@ asyncio.run(main())
 	return exec.Command(debianPython, "-c", script, url).CombinedOutput()
 }
 
-// dataPlaneAgent serves dataPlaneApp with two workers and returns its
-// address and a function reading the program's data plane status.
-func dataPlaneAgent(t *testing.T) (string, func() dataPlaneStatus) {
+// dataPlaneFronts are the agent's two HTTP fronts (--front): the data
+// plane's tests run against each.
+var dataPlaneFronts = []string{"net/http", "loop"}
+
+// dataPlaneAgent serves dataPlaneApp with two workers behind front and
+// returns its address and a function reading the program's data plane
+// status.
+func dataPlaneAgent(t *testing.T, front string) (string, func() dataPlaneStatus) {
 	t.Helper()
 	requirePythonModules(t, "asyncio")
 	code := writeApp(t, map[string]string{"main.py": dataPlaneApp})
 	config := fmt.Sprintf(`{"idle_timeout": "10m", "programs": {
 		"dp": {"code": {"encoding": "plain", "entrypoint": "main:app", "interface": "asgi", "path": %q},
 		       "resources": {"vcpus": 1, "workers": 2, "seconds": 60}, "on": {"http": true}}}}`, code)
-	p := serveAgent(t, config, agentOptions{})
+	p := serveAgent(t, config, agentOptions{}, "--front", front)
 	bin := mustAgent(t)
 	status := func() dataPlaneStatus {
 		t.Helper()
@@ -171,10 +176,17 @@ func cpuTicks(t *testing.T, pid int) int {
 // The agent sends an ASGI program's requests to its two workers directly,
 // none through init (the instance's counters say so, and init's CPU time
 // stays flat: logged, not asserted), spread over both; streaming responses
-// and websockets travel the same way.
+// travel the same way, and websockets too behind the net/http front (the
+// event-loop front hands them to net/http, which sends them through init).
 func TestDataPlaneServesWorkersDirectly(t *testing.T) {
 	requirePythonModules(t, "websockets")
-	addr, status := dataPlaneAgent(t)
+	for _, front := range dataPlaneFronts {
+		t.Run(front, func(t *testing.T) { testDataPlaneServesWorkersDirectly(t, front) })
+	}
+}
+
+func testDataPlaneServesWorkersDirectly(t *testing.T, front string) {
+	addr, status := dataPlaneAgent(t, front)
 	url := "http://" + addr + "/vm/dp"
 	if s, body := get(url + "/pid"); s != 200 {
 		t.Fatalf("first request: %d %s", s, body)
@@ -210,11 +222,15 @@ func TestDataPlaneServesWorkersDirectly(t *testing.T) {
 		t.Fatalf("websocket client: %v\n%s", err, out)
 	}
 	after := status()
-	if n := after.Direct - before.Direct; n != rounds*width+2 {
-		t.Errorf("%d requests went to the workers directly, want %d (%+v -> %+v)", n, rounds*width+2, before, after)
+	direct, viaInit := int64(rounds*width+2), int64(0)
+	if front == "loop" {
+		direct, viaInit = rounds*width+1, 1 // the websocket
 	}
-	if after.ViaInit != before.ViaInit {
-		t.Errorf("requests went through init: %+v -> %+v", before, after)
+	if n := after.Direct - before.Direct; n != direct {
+		t.Errorf("%d requests went to the workers directly, want %d (%+v -> %+v)", n, direct, before, after)
+	}
+	if n := after.ViaInit - before.ViaInit; n != viaInit {
+		t.Errorf("%d requests went through init, want %d: %+v -> %+v", n, viaInit, before, after)
 	}
 }
 
@@ -222,7 +238,13 @@ func TestDataPlaneServesWorkersDirectly(t *testing.T) {
 // the other worker's complete; init restarts it, the agent adds its new
 // session, and it serves again.
 func TestDataPlaneWorkerCrashResetsOnlyItsStreams(t *testing.T) {
-	addr, status := dataPlaneAgent(t)
+	for _, front := range dataPlaneFronts {
+		t.Run(front, func(t *testing.T) { testDataPlaneWorkerCrashResetsOnlyItsStreams(t, front) })
+	}
+}
+
+func testDataPlaneWorkerCrashResetsOnlyItsStreams(t *testing.T, front string) {
+	addr, status := dataPlaneAgent(t, front)
 	url := "http://" + addr + "/vm/dp"
 	if s, body := get(url + "/pid"); s != 200 {
 		t.Fatalf("first request: %d %s", s, body)

@@ -58,6 +58,8 @@ type Adopter interface {
 	Adopt(set *Set, ch contract.WorkerChannel, conn *os.File)
 	// Forget closes every channel of set it adopted: the VM is stopping.
 	Forget(set *Set)
+	// Live returns how many of set's channels it holds, for status.
+	Live(set *Set) int
 }
 
 // Set is the live worker sessions of one VM.
@@ -118,8 +120,14 @@ func (s *Set) Pick() (sess *mux.Session, done func()) {
 	return best.sess, func() { best.outstanding.Add(-1) }
 }
 
-// Len returns how many worker sessions are live.
-func (s *Set) Len() int { return len(*s.live.Load()) }
+// Len returns how many worker sessions are live (or, with an Adopter,
+// how many channels it holds).
+func (s *Set) Len() int {
+	if s.opt.Adopter != nil {
+		return s.opt.Adopter.Live(s)
+	}
+	return len(*s.live.Load())
+}
 
 // Workers returns the channel of each live session, for status and
 // tests.

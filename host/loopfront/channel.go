@@ -67,6 +67,25 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 	}
 	g.byWorker[wc.Worker] = ch
 	l.channels[fd] = ch
+	l.publish(set)
+	for _, c := range l.clients {
+		if c.hold != nil && !c.hold.waiting {
+			l.mark(c) // waiting for a channel: it may be this one
+		}
+	}
+}
+
+// publish tells Live how many of set's workers have a live channel.
+func (l *loop) publish(set *dataplane.Set) {
+	n := 0
+	if g := l.groups[set]; g != nil {
+		for _, ch := range g.byWorker {
+			if !ch.goingAway {
+				n++
+			}
+		}
+	}
+	l.f.setLive(set, n)
 }
 
 // forgetSet closes every channel of set: its VM is stopping.
@@ -77,6 +96,7 @@ func (l *loop) forgetSet(set *dataplane.Set) {
 		}
 	}
 	delete(l.groups, set)
+	l.f.setLive(set, 0)
 }
 
 // pick returns the live channel of set's workers with the fewest requests
@@ -113,6 +133,7 @@ func (l *loop) closeChannel(ch *channel, why string) {
 	if g := l.groups[ch.set]; g != nil && g.byWorker[ch.wc.Worker] == ch {
 		delete(g.byWorker, ch.wc.Worker)
 	}
+	l.publish(ch.set)
 }
 
 // readChannel reads what a worker sent and handles each whole frame.
@@ -162,6 +183,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 		return nil
 	case frame.TypeGoAway:
 		ch.goingAway = true // its streams finish; it gets no more
+		l.publish(ch.set)
 		return nil
 	case frame.TypeLog:
 		return nil // a worker's output goes through init

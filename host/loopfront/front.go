@@ -56,6 +56,7 @@ type Front struct {
 	mu       sync.Mutex
 	commands []func(*loop) // run by the loop, in order
 	sets     map[*dataplane.Set]bool
+	live     map[*dataplane.Set]int // channels the loop holds, by set
 	stopped  bool
 
 	done chan struct{} // closed when Serve returns
@@ -75,7 +76,7 @@ func New(opt Options) (*Front, error) {
 		return nil, fmt.Errorf("loopfront: eventfd: %w", err)
 	}
 	return &Front{opt: opt, log: opt.Log, handoffs: newHandoffListener(), wake: wake,
-		sets: map[*dataplane.Set]bool{}, done: make(chan struct{})}, nil
+		sets: map[*dataplane.Set]bool{}, live: map[*dataplane.Set]int{}, done: make(chan struct{})}, nil
 }
 
 // Handoffs is the listener of the connections the front hands over: the
@@ -129,18 +130,19 @@ func (f *Front) Shutdown(ctx context.Context) error {
 	}
 }
 
-// do queues cmd for the loop and wakes it. Commands queued after Run
-// returned are dropped.
-func (f *Front) do(cmd func(*loop)) {
+// do queues cmd for the loop and wakes it; false when the loop has ended
+// (cmd is dropped).
+func (f *Front) do(cmd func(*loop)) bool {
 	f.mu.Lock()
 	if f.stopped {
 		f.mu.Unlock()
-		return
+		return false
 	}
 	f.commands = append(f.commands, cmd)
 	f.mu.Unlock()
 	var one = [8]byte{7: 1}
 	unix.Write(f.wake, one[:])
+	return true
 }
 
 // takeCommands returns the queued commands; stop says no more are taken.
@@ -204,6 +206,24 @@ func (f *Front) Forget(set *dataplane.Set) {
 		delete(f.sets, set)
 		f.mu.Unlock()
 	})
+}
+
+// Live implements dataplane.Adopter.
+func (f *Front) Live(set *dataplane.Set) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.live[set]
+}
+
+// setLive records how many live channels of set the loop holds.
+func (f *Front) setLive(set *dataplane.Set, n int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if n == 0 {
+		delete(f.live, set)
+		return
+	}
+	f.live[set] = n
 }
 
 // greet sends the host's HELLO on a worker channel and reads the

@@ -43,6 +43,7 @@ type client struct {
 	local      []byte // the address and port it connected to
 	localPort  uint32
 	in         []byte // received bytes not yet relayed
+	hold       *hold  // what the next request holds before its stream opens
 	out        []byte // response bytes not yet written
 	dirty      bool
 	readingIn  bool // registered for EPOLLIN
@@ -146,7 +147,7 @@ func (l *loop) run() error {
 		if len(l.clients) > 0 {
 			timeout = int(tick / time.Millisecond)
 		}
-		n, err := l.wait(events, timeout)
+		n, err := l.epollWait(events, timeout)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
@@ -191,7 +192,7 @@ func (l *loop) run() error {
 	return nil
 }
 
-// wait is epoll_wait(2) without the runtime's system call bookkeeping
+// epollWait is epoll_wait(2) without the runtime's system call bookkeeping
 // (RawSyscall6 instead of unix.EpollWait). With entersyscall, sysmon takes
 // the P from a thread blocked longer than 20 µs and hands it back when the
 // call returns, which at one connection is every request (BENCHMARKS.md,
@@ -199,7 +200,7 @@ func (l *loop) run() error {
 // sees the loop as running meanwhile: the agent's other goroutines run on
 // its other Ps, or when sysmon preempts the loop after 10 ms (its signal
 // interrupts the wait: EINTR).
-func (l *loop) wait(events []unix.EpollEvent, timeoutMs int) (int, error) {
+func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 	r, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(l.epoll), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), uintptr(timeoutMs), 0, 0)
 	if e != 0 {
 		return 0, e
@@ -323,6 +324,7 @@ func (l *loop) drop(c *client) {
 	if c.req != nil {
 		l.abandon(c, codeCancel, statusClientClosed)
 	}
+	l.release(c)
 	delete(l.clients, c.fd)
 	unix.Close(c.fd)
 	c.fd = -1
@@ -334,6 +336,7 @@ func (l *loop) drop(c *client) {
 // handOver gives c, idle and with nothing left to write, to the net/http
 // server, with what it sent that the loop has not relayed.
 func (l *loop) handOver(c *client) {
+	l.release(c)
 	unix.EpollCtl(l.epoll, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(l.clients, c.fd)
 	fd := c.fd
@@ -358,6 +361,10 @@ func (l *loop) expire(now int64) {
 			l.drop(c) // a client that stopped reading
 		case r != nil && r.bodyLeft > 0 && now-r.bodyAt >= int64(lim.Body):
 			l.bodyTimedOut(c)
+		case c.hold != nil:
+			if !c.hold.waiting {
+				l.mark(c) // a worker channel may have come
+			}
 		case r == nil && len(c.in) > 0 && now-c.since >= int64(lim.Header):
 			l.drop(c) // as net/http does past its ReadHeaderTimeout: no answer
 		case r == nil && len(c.in) == 0 && len(c.out) == 0 && now-c.since >= int64(lim.Keepalive):

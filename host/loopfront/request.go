@@ -2,7 +2,9 @@ package loopfront
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strconv"
 	"time"
@@ -59,6 +61,7 @@ type request struct {
 	chunked  bool  // the body is sent with chunked coding
 	declared int64 // the app's Content-Length; -1: none
 	sent     int64 // body bytes taken from the worker
+	dropped  int64 // body bytes of a HEAD response, not sent
 	// Response flow control: received DATA, credit returned, and credit
 	// owed once the client has taken what it holds.
 	received, credited, owed int64
@@ -95,6 +98,105 @@ type fields struct {
 	requestIDs int
 }
 
+// channelWait bounds how long a request waits for a worker channel of a
+// VM that is running (its workers are being greeted) before the loop
+// hands it to the net/http server, which sends it through init.
+const channelWait = 2 * time.Second
+
+// hold is what the loop holds for a client's next request before its
+// stream opens: the program's VM and a slot of its limit, or the wait for
+// them off the loop.
+type hold struct {
+	id      string // the request's id
+	program string // and what the metrics record of it
+	method  string
+	path    string
+	start   time.Time
+	inst    *lifecycle.Instance
+	lim     *front.Limiter // the slot held, nil for none
+	waiting bool           // acquire runs
+	cancel  context.CancelFunc
+	until   int64 // when to stop waiting for a worker channel; 0: not yet waited
+}
+
+// errAtLimit is acquire's answer when the program's requests in flight
+// stayed at its limit for the queue timeout.
+var errAtLimit = errors.New("the program is at its limit of concurrent requests")
+
+// wait acquires a slot of the program's limit and its VM (booting it if
+// needed) off the loop; acquired resumes c. A client that goes away
+// cancels the wait.
+func (l *loop) wait(c *client, hd *hold, t front.Target, hasBody bool) {
+	ctx, cancel := context.WithCancel(context.Background())
+	hd.waiting, hd.cancel = true, cancel
+	f := l.f
+	go func() {
+		defer cancel()
+		lim := t.Route.Limiter
+		if lim != nil && !lim.Acquire(ctx) {
+			f.do(func(l *loop) { l.acquired(c, hd, nil, nil, errAtLimit, hasBody) })
+			return
+		}
+		inst, err := f.router.Manager.Acquire(ctx, t.Route.Program)
+		if err != nil && lim != nil {
+			lim.Release()
+			lim = nil
+		}
+		if !f.do(func(l *loop) { l.acquired(c, hd, inst, lim, err, hasBody) }) && err == nil {
+			inst.Release() // the loop has ended
+			if lim != nil {
+				lim.Release()
+			}
+		}
+	}()
+}
+
+// acquired resumes c once wait has what c's request needs, or refuses the
+// request as the net/http server does when it could not have it.
+func (l *loop) acquired(c *client, hd *hold, inst *lifecycle.Instance, lim *front.Limiter, err error, hasBody bool) {
+	if c.fd < 0 || c.hold != hd {
+		if err == nil { // the client left meanwhile
+			inst.Release()
+			if lim != nil {
+				lim.Release()
+			}
+		}
+		return
+	}
+	hd.waiting, hd.inst, hd.lim = false, inst, lim
+	if err == nil {
+		l.mark(c) // next opens the stream
+		return
+	}
+	c.hold = nil
+	switch {
+	case errors.Is(err, errAtLimit):
+		l.refuse(c, hd, http.StatusServiceUnavailable, "the program is at its limit of concurrent requests; try again later", hasBody)
+	case errors.Is(err, lifecycle.ErrTooMany):
+		l.refuse(c, hd, http.StatusServiceUnavailable, "the node is at capacity; try again later", hasBody)
+	default:
+		l.refuse(c, hd, http.StatusBadGateway, "the program failed to start", hasBody, "err", err)
+	}
+}
+
+// release gives back what c's hold holds, and ends its wait.
+func (l *loop) release(c *client) {
+	hd := c.hold
+	if hd == nil {
+		return
+	}
+	c.hold = nil
+	if hd.cancel != nil {
+		hd.cancel()
+	}
+	if hd.inst != nil {
+		hd.inst.Release()
+	}
+	if hd.lim != nil {
+		hd.lim.Release()
+	}
+}
+
 // start relays the request whose head ends at end, if the loop may serve
 // it: false leaves c as it was.
 func (l *loop) start(c *client, end int) bool {
@@ -109,29 +211,54 @@ func (l *loop) start(c *client, end int) bool {
 	if !ok || (rt.MaxBody > 0 && fs.length > rt.MaxBody) {
 		return false
 	}
-	lim := t.Route.Limiter
-	if lim != nil && !lim.TryAcquire() {
-		return false // the net/http server queues it, or answers 503
-	}
-	release := func() {
-		if lim != nil {
-			lim.Release()
+	hd := c.hold
+	if hd == nil {
+		hd = &hold{start: time.Now(), program: t.ID, method: string(h.Method), path: path}
+		if fs.requestIDs == 1 && relay.WellFormedID(string(fs.requestID)) {
+			hd.id = string(fs.requestID)
+		} else {
+			hd.id = relay.NewRequestID()
+		}
+		lim := t.Route.Limiter
+		if lim == nil || lim.TryAcquire() {
+			hd.lim = lim
+			hd.inst = rt.Manager.TryAcquire(t.Route.Program)
+		}
+		c.hold = hd
+		if hd.inst == nil {
+			if hd.lim != nil {
+				hd.lim.Release()
+				hd.lim = nil
+			}
+			// At the program's limit, or its VM stopped or booting: wait
+			// off the loop, as the net/http server would.
+			l.wait(c, hd, t, fs.length > 0)
+			return true
 		}
 	}
-	inst := rt.Manager.TryAcquire(t.Route.Program)
-	if inst == nil {
-		release()
-		return false // stopped or booting: the net/http server waits for it
+	if hd.waiting {
+		return true
 	}
+	inst := hd.inst
 	var ch *channel
 	if set := inst.Workers(); set != nil {
 		ch = l.pick(set)
 	}
 	if ch == nil {
-		inst.Release()
-		release()
-		return false // no live worker channel: through init
+		// A VM just booted may not have greeted its workers yet: the
+		// loop tries again at each tick, for a while, then lets init
+		// route the request.
+		if hd.until == 0 {
+			hd.until = l.now() + int64(channelWait)
+		}
+		if l.now() < hd.until && !l.draining {
+			return true
+		}
+		l.release(c)
+		return false
 	}
+	lim := hd.lim
+	c.hold = nil
 	h.Path, h.RootPath = []byte(t.Path), []byte(t.RootPath)
 	h.RawPath = h.Path // no escapes: the raw path is the path
 	at := len(ch.out)
@@ -140,13 +267,14 @@ func (l *loop) start(c *client, end int) bool {
 	size := len(ch.out) - at - frame.HeaderSize
 	if size > int(ch.peer.MaxFrameSize) {
 		ch.out = ch.out[:at] // never sent: the id stays unused
-		inst.Release()
-		release()
+		c.hold = hd
+		l.release(c)
 		return false // the net/http server answers 431
 	}
 	id := ch.next
 	if ch.next += 2; ch.next > maxStreamID {
 		ch.goingAway = true
+		l.publish(ch.set)
 	}
 	flags := frame.Flags(0)
 	if fs.length <= 0 {
@@ -155,14 +283,9 @@ func (l *loop) start(c *client, end int) bool {
 	frame.AppendHeader(ch.out[at:at], frame.Header{Type: frame.TypeRequest, Flags: flags, StreamID: id, Length: uint32(size)})
 	l.markChannel(ch)
 	inst.CountDirect()
-	r := &request{stream: id, on: ch, inst: inst, lim: lim, method: string(h.Method), path: path, target: t,
-		start: time.Now(), isHead: string(h.Method) == "HEAD", bodyLeft: max(fs.length, 0), window: int64(ch.peer.InitialWindow),
+	r := &request{stream: id, on: ch, inst: inst, lim: lim, id: hd.id, method: string(h.Method), path: path, target: t,
+		start: hd.start, isHead: string(h.Method) == "HEAD", bodyLeft: max(fs.length, 0), window: int64(ch.peer.InitialWindow),
 		bodyAt: l.now(), declared: -1}
-	if fs.requestIDs == 1 && relay.WellFormedID(string(fs.requestID)) {
-		r.id = string(fs.requestID)
-	} else {
-		r.id = relay.NewRequestID()
-	}
 	if t.Route.Timeout > 0 {
 		r.deadline = l.now() + int64(t.Route.Timeout)
 	}
@@ -420,6 +543,7 @@ func (l *loop) body(c *client, p []byte) {
 	r := c.req
 	r.owed += int64(len(p))
 	if r.noBody {
+		r.dropped += int64(len(p))
 		return // discarded, as net/http does: the credit still goes back
 	}
 	if r.declared >= 0 && r.sent+int64(len(p)) > r.declared {
@@ -457,6 +581,11 @@ func (l *loop) writeBody(c *client, p []byte) {
 func (l *loop) complete(c *client) {
 	r := c.req
 	r.finished = true
+	if r.waiting && r.isHead && r.dropped > 0 && r.declared < 0 && r.status != 204 && r.status != 304 {
+		// As net/http does: the length of the whole body the app sent
+		// in answer to HEAD (none of it sent).
+		r.headOut = append(append(append(r.headOut, "Content-Length: "...), strconv.FormatInt(r.dropped, 10)...), "\r\n"...)
+	}
 	if r.waiting {
 		l.writeHead(c, int64(len(r.pending))) // whole: sent with its length
 		if len(r.pending) > 0 {
@@ -533,27 +662,57 @@ func (l *loop) bodyTimedOut(c *client) {
 // relay.Error does, and ends it; the detail goes to the log.
 func (l *loop) answerError(c *client, status int, msg string, detail ...any) {
 	r := c.req
-	attrs := []any{"request_id", r.id, "status", status}
-	l.f.log.Warn(msg, append(attrs, detail...)...)
-	body, _ := json.Marshal(map[string]string{"error": msg, "request_id": r.id})
-	body = append(body, '\n')
 	if r.bodyLeft > 0 {
 		c.closeAfter = true // the rest of the body is not read
 	}
-	r.pending, r.waiting, r.chunked, r.declared, r.noBody = nil, false, false, -1, r.isHead
-	r.status = status
-	b := append(r.headOut[:0], "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(status), 10)
-	b = append(append(append(b, ' '), http.StatusText(status)...), "\r\nContent-Type: application/json\r\nX-Request-Id: "...)
-	b = append(append(b, r.id...), "\r\nDate: "...)
-	b = append(append(b, l.httpDate()...), "\r\n"...)
-	r.headOut = b
-	l.writeHead(c, int64(len(body)))
-	if !r.noBody {
-		c.out = append(c.out, body...)
-	}
-	r.finished = true
+	r.pending, r.waiting, r.chunked, r.declared = nil, false, false, -1
+	r.status, r.finished, r.headSent = status, true, true
+	l.writeError(c, r.id, r.isHead, status, msg, detail...)
 	l.finish(c, status)
+}
+
+// refuse answers the request c's hold is for, whose stream never opened,
+// with a short JSON error, as the front's reject does: a 503 says when to
+// retry, and a request whose body was not read closes the connection.
+func (l *loop) refuse(c *client, hd *hold, status int, msg string, hasBody bool, detail ...any) {
+	if end := bytes.Index(c.in, []byte("\r\n\r\n")); end >= 0 && !hasBody {
+		c.in = consume(c.in, end+4)
+	} else {
+		c.closeAfter, c.in = true, c.in[:0]
+	}
+	l.writeError(c, hd.id, hd.method == "HEAD", status, msg, append(detail, "program", hd.program)...)
+	if m := l.f.router.Metrics; m != nil {
+		m.Request(metrics.RequestRecord{Time: hd.start, Program: hd.program, Method: hd.method, Path: hd.path, Status: status,
+			Took: time.Since(hd.start), ID: hd.id})
+	}
+	c.since = l.now()
+}
+
+// writeError writes a short JSON error response, as relay.Error does,
+// and logs it with its detail.
+func (l *loop) writeError(c *client, id string, head bool, status int, msg string, detail ...any) {
+	l.f.log.Warn(msg, append([]any{"request_id", id, "status", status}, detail...)...)
+	body, _ := json.Marshal(map[string]string{"error": msg, "request_id": id})
+	body = append(body, '\n')
+	b := append(c.out, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(status), 10)
+	b = append(append(append(b, ' '), http.StatusText(status)...), "\r\nContent-Type: application/json\r\n"...)
+	if status == http.StatusServiceUnavailable {
+		b = append(b, "Retry-After: 1\r\n"...)
+	}
+	b = append(append(append(b, "X-Request-Id: "...), id...), "\r\nDate: "...)
+	b = append(append(b, l.httpDate()...), "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(body)), 10)
+	b = append(b, "\r\n"...)
+	if c.closeAfter {
+		b = append(b, "Connection: close\r\n"...)
+	}
+	b = append(b, "\r\n"...)
+	if !head {
+		b = append(b, body...)
+	}
+	c.out = b
+	l.mark(c)
 }
 
 // finish forgets c's request: its stream, its hold on the VM and its slot,
