@@ -34,12 +34,13 @@ var (
 	fastapiApp = App{Module: "fastapi_app", Ready: "/items/1"}
 )
 
-// Designs returns A, A′, B and C, and E with prototype.
+// Designs returns A, A′, B, L and C, and E with prototype.
 func Designs(prototype bool) []Design {
 	designs := []Design{
 		{Key: "A", Name: "uvicorn (httptools, uvloop)", start: startUvicorn, websockets: true},
 		{Key: "A′", Name: "nginx (one worker) in front of uvicorn, keep-alive over a unix socket", start: startNginx, websockets: true},
 		{Key: "B", Name: "Ferry (host-agent, sandbox, init, worker pool)", start: startFerry, websockets: true},
+		{Key: "L", Name: "Ferry with the event-loop front (host-agent --front loop)", start: startFerryLoop, websockets: true},
 		{Key: "C", Name: "per-request msgpack (Aleph-style)", start: startMsgpack},
 	}
 	if prototype {
@@ -164,13 +165,22 @@ func uvicornArgs(app App, listen []string, procs int) []string {
 }
 
 func startFerry(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
+	return startAgent(ctx, cfg, app, procs, "B", "net/http")
+}
+
+func startFerryLoop(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
+	return startAgent(ctx, cfg, app, procs, "L", "loop")
+}
+
+// startAgent runs host-agent run with the HTTP front named (--front).
+func startAgent(ctx context.Context, cfg *Config, app App, procs int, key, front string) (*server, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	logName := fmt.Sprintf("B-%s-%d.log", app.Module, procs)
+	logName := fmt.Sprintf("%s-%s-%d.log", key, app.Module, procs)
 	cmd, err := launchEnv(cfg, frontEnv(cfg), logName, cfg.AppsDir, cfg.HostAgent, "run", "--listen", "127.0.0.1:"+strconv.Itoa(port),
-		"--workers", strconv.Itoa(procs), "--python", cfg.Python, "--init", cfg.Init, cfg.AppsDir, app.Module+":app")
+		"--front", front, "--workers", strconv.Itoa(procs), "--python", cfg.Python, "--init", cfg.Init, cfg.AppsDir, app.Module+":app")
 	if err != nil {
 		return nil, err
 	}

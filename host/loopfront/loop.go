@@ -208,11 +208,12 @@ func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 	return int(r), nil
 }
 
-// busy returns how many clients have a request in flight.
+// busy returns how many clients have a request in flight (or waiting
+// for its program) or a response still to write.
 func (l *loop) busy() int {
 	n := 0
 	for _, c := range l.clients {
-		if c.req != nil || len(c.out) > 0 {
+		if c.req != nil || c.hold != nil || len(c.out) > 0 {
 			n++
 		}
 	}
