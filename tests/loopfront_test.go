@@ -1,11 +1,22 @@
 package tests
 
 import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
 	"maps"
+	"net"
+	"net/http"
 	"regexp"
 	"slices"
+	"sort"
+	"strings"
 	"sync"
+	"syscall"
 	"testing"
+	"time"
 )
 
 // loopFrontTiming are the cases whose outcome depends on timing under
@@ -99,3 +110,228 @@ func loopFrontAspects(o fidelityOutcome) map[string]string {
 
 // agentRequestID is a request id the agent made up, in a JSON body.
 var agentRequestID = regexp.MustCompile(`"request_id":"[0-9a-f]{16}"`)
+
+// loopHostileApp answers the hostile cases of the event-loop front.
+const loopHostileApp = `import asyncio
+from urllib.parse import parse_qs
+async def body(receive):
+    data = b""
+    while True:
+        m = await receive()
+        data += m.get("body", b"")
+        if not m.get("more_body"):
+            return data
+async def start(send, status, headers=()):
+    await send({"type": "http.response.start", "status": status, "headers": list(headers)})
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            m = await receive()
+            await send({"type": m["type"] + ".complete"})
+            if m["type"] == "lifespan.shutdown":
+                return
+    q = {k: v[0] for k, v in parse_qs(scope["query_string"].decode()).items()}
+    path = scope["path"]
+    if path == "/slow":
+        await asyncio.sleep(float(q["s"]))
+        await start(send, 200, [(b"content-length", b"4")])
+        await send({"type": "http.response.body", "body": b"slow"})
+    elif path == "/cl-long":
+        await start(send, 200, [(b"content-length", b"5")])
+        await send({"type": "http.response.body", "body": b"hello", "more_body": True})
+        await send({"type": "http.response.body", "body": b" world", "more_body": True})
+        await asyncio.sleep(30)
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/no-body":
+        await start(send, int(q["status"]), [(b"content-type", b"text/plain"), (b"content-length", b"18")])
+        await send({"type": "http.response.body", "body": b""})
+    elif path == "/early":
+        await start(send, 200, [(b"content-length", b"5")])
+        await send({"type": "http.response.body", "body": b"early"})
+    elif path == "/sleep-read":
+        await asyncio.sleep(float(q["s"]))
+        n = str(len(await body(receive))).encode()
+        await start(send, 200, [(b"content-length", str(len(n)).encode())])
+        await send({"type": "http.response.body", "body": n})
+    elif path == "/fail-mid":
+        await start(send, 200, [(b"content-type", b"text/plain")])
+        await send({"type": "http.response.body", "body": b"part", "more_body": True})
+        raise RuntimeError("the app fails in the middle of its answer")
+    elif path == "/conn":
+        await start(send, 200, [(b"connection", b"foo"), (b"content-length", b"2")])
+        await send({"type": "http.response.body", "body": b"ok"})
+    else:
+        await start(send, 200, [(b"content-length", b"2")])
+        await send({"type": "http.response.body", "body": b"ok"})
+`
+
+// loopHostileFlags are the limits both agents of the hostile cases run
+// with: short, so that the cases see them act.
+var loopHostileFlags = []string{"--workers", "1", "--header-timeout", "1s", "--keepalive-timeout", "2s", "--body-timeout", "1s",
+	"--timeout", "4s", "--max-concurrent", "1", "--queue-timeout", "200ms"}
+
+// loopExchange writes raw to a new connection to addr (body, when set,
+// from a goroutine as the responses are read, as a client streaming an
+// upload does) and reads n responses and then whether the connection
+// stays open; it returns what it read, normalised, as one string.
+func loopExchange(addr, raw string, body []byte, n int) string {
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		return "dial: " + err.Error()
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := conn.Write([]byte(raw)); err != nil {
+		return "write: " + err.Error()
+	}
+	if body != nil {
+		go conn.Write(body)
+	}
+	r := bufio.NewReader(conn)
+	var out []string
+	for range n {
+		resp, err := http.ReadResponse(r, nil)
+		if err != nil {
+			out = append(out, "read: "+loopErr(err))
+			return strings.Join(out, " | ")
+		}
+		b, err := io.ReadAll(resp.Body)
+		var fields []string
+		for name, vs := range resp.Header {
+			if name == "Date" || name == "X-Request-Id" {
+				continue
+			}
+			fields = append(fields, name+": "+strings.Join(vs, ","))
+		}
+		if resp.Close {
+			fields = append(fields, "Connection: close") // (taken out of the header)
+		}
+		sort.Strings(fields)
+		s := fmt.Sprintf("%d %v %q", resp.StatusCode, fields, agentRequestID.ReplaceAll(b, []byte("(id)")))
+		if err != nil {
+			s += " body: " + loopErr(err)
+		}
+		out = append(out, s)
+	}
+	// Well within the keep-alive limit (loopHostileFlags): "timeout"
+	// means the connection stayed open.
+	conn.SetReadDeadline(time.Now().Add(time.Second))
+	if _, err := r.ReadByte(); err != nil {
+		out = append(out, "then "+loopErr(err))
+	} else {
+		out = append(out, "then more bytes")
+	}
+	return strings.Join(out, " | ")
+}
+
+// loopErr names a read's end: eof, reset, timeout or the error.
+func loopErr(err error) string {
+	var nerr net.Error
+	switch {
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "eof"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "reset"
+	case errors.As(err, &nerr) && nerr.Timeout():
+		return "timeout"
+	}
+	return err.Error()
+}
+
+// The event-loop front against clients and an app that misbehave, side
+// by side with the net/http front, which it must match: time limits that
+// fire on an idle agent (a partial head, a silent connection, an idle
+// keep-alive, a stalled body, the program's own limit), a body the app
+// does not read (answered, not reset), an app that sends more than its
+// Content-Length or fails mid-answer, 204 and 304 with a length, the
+// program's request limit, and the app's Connection field.
+func TestLoopFrontHostileClientsAndApps(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	fronts := []string{"net/http", "loop"}
+	addrs := make([]string, len(fronts))
+	for i, f := range fronts {
+		addrs[i], _ = runAgent(t, append([]string{"--front", f}, append(loopHostileFlags, dir, "main:app")...)...)
+	}
+	host := "Host: x\r\n"
+	big := bytes.Repeat([]byte("b"), 1<<20)
+	cases := []struct {
+		name string
+		raw  string
+		body []byte
+		n    int
+		want string // the outcome, both fronts
+		// wantHTTP, when set, is the net/http front's where it differs
+		// (an app's error, which each front cuts its own way).
+		wantHTTP string
+	}{
+		{"partial head", "GET / HTTP/1.1\r\n" + host, nil, 1, "read: eof", ""},
+		{"silent connection", "", nil, 1, "read: eof", ""},
+		{"stalled body", "POST /sleep-read?s=0 HTTP/1.1\r\n" + host + "Content-Length: 10\r\n\r\nabc", nil, 1,
+			`408 [Connection: close Content-Length: 84 Content-Type: application/json] "{\"error\":\"the request body did not arrive in time\",(id)}\n" | then eof`, ""},
+		{"program's time limit", "GET /slow?s=6 HTTP/1.1\r\n" + host + "\r\n", nil, 1,
+			`504 [Content-Length: 79 Content-Type: application/json] "{\"error\":\"the program did not answer in time\",(id)}\n" | then timeout`, ""},
+		{"more body than its length", "GET /cl-long HTTP/1.1\r\n" + host + "\r\n", nil, 1, `200 [Connection: close Content-Length: 5] "hello" | then eof`,
+			`200 [Content-Length: 5] "" body: eof | then eof`},
+		{"204 with a length", "GET /no-body?status=204 HTTP/1.1\r\n" + host + "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", nil, 2,
+			`204 [Content-Type: text/plain] "" | 200 [Content-Length: 2] "ok" | then timeout`, ""},
+		{"304 with a length", "GET /no-body?status=304 HTTP/1.1\r\n" + host + "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", nil, 2,
+			`304 [] "" | 200 [Content-Length: 2] "ok" | then timeout`, ""},
+		{"1 MiB the app does not read", "POST /early HTTP/1.1\r\n" + host + "Content-Length: 1048576\r\n\r\n", big, 1,
+			`200 [Connection: close Content-Length: 5] "early" | then eof`, ""},
+		{"100 KiB the app does not read, then a request", "POST /early HTTP/1.1\r\n" + host + "Content-Length: 102400\r\n\r\n" +
+			string(big[:100<<10]) + "GET / HTTP/1.1\r\n" + host + "\r\n", nil, 2, `200 [Content-Length: 5] "early" | 200 [Content-Length: 2] "ok" | then timeout`, ""},
+		{"body the app reads late", "POST /sleep-read?s=2 HTTP/1.1\r\n" + host + "Content-Length: 1048576\r\n\r\n", big, 1,
+			`200 [Content-Length: 7] "1048576" | then timeout`, ""},
+		{"app fails mid-answer", "GET /fail-mid HTTP/1.1\r\n" + host + "\r\n", nil, 1, `200 [Content-Type: text/plain] "part" body: eof | then eof`, ""},
+		{"app's Connection field, client closes", "GET /conn HTTP/1.1\r\n" + host + "Connection: close\r\n\r\n", nil, 1,
+			`200 [Connection: close Content-Length: 2] "ok" | then eof`, ""},
+		{"app's Connection field", "GET /conn HTTP/1.1\r\n" + host + "\r\n", nil, 1, `200 [Connection: foo Content-Length: 2] "ok" | then timeout`, ""},
+	}
+	for _, c := range cases {
+		for i, f := range fronts {
+			want := c.want
+			if f == "net/http" && c.wantHTTP != "" {
+				want = c.wantHTTP
+			}
+			if got := loopExchange(addrs[i], c.raw, c.body, c.n); got != want {
+				t.Errorf("%s, %s front:\n got %s\nwant %s", c.name, f, got, want)
+			}
+		}
+	}
+
+	// At the program's limit (one request), a request that asks to close
+	// gets its 503 with Connection: close, and the close.
+	for i, f := range fronts {
+		held := make(chan string, 1)
+		go func() { held <- loopExchange(addrs[i], "GET /slow?s=2 HTTP/1.1\r\n"+host+"\r\n", nil, 1) }()
+		time.Sleep(500 * time.Millisecond)
+		got := loopExchange(addrs[i], "GET / HTTP/1.1\r\n"+host+"Connection: close\r\n\r\n", nil, 1)
+		want := `503 [Connection: close Content-Length: 112 Content-Type: application/json Retry-After: 1] "{\"error\":\"the program is at its limit of concurrent requests; try again later\",(id)}\n" | then eof`
+		if got != want {
+			t.Errorf("at the limit, %s front:\n got %s\nwant %s", f, got, want)
+		}
+		if got := <-held; got != `200 [Content-Length: 4] "slow" | then timeout` {
+			t.Errorf("the request holding the limit, %s front: %s", f, got)
+		}
+	}
+}
+
+// An agent told to stop (SIGTERM) finishes the requests in flight before
+// it stops the VM, behind either front.
+func TestLoopFrontDrainsOnStop(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(f, func(t *testing.T) {
+			p := startAgent(t, "run", agentOptions{}, "--front", f, "--workers", "1", dir, "main:app")
+			got := make(chan string, 1)
+			go func() { got <- loopExchange(p.addr, "GET /slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n", nil, 1) }()
+			time.Sleep(700 * time.Millisecond)
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			if g := <-got; !strings.HasPrefix(g, "200 ") || !strings.Contains(g, `"slow"`) {
+				t.Errorf("the request in flight at the stop: %s", g)
+			}
+		})
+	}
+}

@@ -302,7 +302,9 @@ func Serve(ctx context.Context, cfg *Config) error {
 // not serve. At the end both drain, side by side.
 func serveLoopUntilDone(ctx context.Context, loop *loopfront.Front, router *front.Router, srv *http.Server, ln *net.TCPListener, log *slog.Logger, notify notifier) {
 	served := make(chan error, 1)
-	go func() { served <- loop.Serve(ctx, ln, router) }()
+	// Not ctx: at its end the front drains (Shutdown, below) rather than
+	// stops.
+	go func() { served <- loop.Serve(context.Background(), ln, router) }()
 	drained := make(chan struct{})
 	stop := context.AfterFunc(ctx, func() {
 		defer close(drained)

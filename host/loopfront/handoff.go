@@ -90,5 +90,15 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	return c.Conn.Read(p)
 }
 
+// CloseWrite shuts the connection's writing side: net/http does before
+// it closes a connection whose client may still be sending, so that the
+// close does not turn into a reset that destroys its answer.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
 // NetConn returns the TCP connection (the relay reads its state).
 func (c *prefixConn) NetConn() net.Conn { return c.Conn }

@@ -49,7 +49,14 @@ type client struct {
 	readingIn  bool // registered for EPOLLIN
 	pollingOut bool // registered for EPOLLOUT
 	closeAfter bool // close once the response in flight is written
-	req        *request
+	// lingering: the loop has answered and shut its side of the
+	// connection; what the client still sends is read and discarded
+	// until it closes or the linger ends (an unread body would otherwise
+	// turn the close into a reset, which can destroy the answer).
+	lingering bool
+	discard   int64 // bytes of an unread request body to skip
+	served    int   // requests started on the connection
+	req       *request
 	// since is when the wait the client's time limit applies to began:
 	// the first byte of a head, the start of an idle spell, or the last
 	// write that made progress.
@@ -145,11 +152,14 @@ func (l *loop) run() error {
 	for !l.quit && !(l.draining && l.busy() == 0) {
 		timeout := -1
 		if len(l.clients) > 0 {
-			timeout = int(tick / time.Millisecond)
+			timeout = max(0, int((l.check-l.now())/int64(time.Millisecond))+1)
 		}
 		n, err := l.epollWait(events, timeout)
 		if errors.Is(err, unix.EINTR) {
-			continue
+			// The runtime's preemption signal (every 10 to 20 ms: the
+			// runtime sees the loop as running): the time limits are
+			// still checked below.
+			n, err = 0, nil
 		}
 		if err != nil {
 			return fmt.Errorf("loopfront: epoll_wait: %w", err)
@@ -290,6 +300,12 @@ func (l *loop) mark(c *client) {
 // readClient reads what c sent, unless c holds as much as it may (then a
 // hang-up ends it).
 func (l *loop) readClient(c *client, hangup bool) {
+	if c.lingering {
+		if n, err := unix.Read(c.fd, l.buf); n == 0 || (err != nil && err != unix.EAGAIN && err != unix.EINTR) {
+			l.drop(c)
+		}
+		return
+	}
 	if !l.mayRead(c) {
 		if hangup {
 			l.drop(c)
@@ -307,6 +323,9 @@ func (l *loop) readClient(c *client, hangup bool) {
 	if len(c.in) == 0 && c.req == nil {
 		c.since = l.now() // a head starts: the header time limit runs
 	}
+	if r := c.req; r != nil && r.bodyLeft > 0 {
+		r.bodyAt = l.now() // the body moves
+	}
 	c.in = append(c.in, l.buf[:n]...)
 	l.mark(c) // flush relays it and re-arms c
 }
@@ -314,7 +333,7 @@ func (l *loop) readClient(c *client, hangup bool) {
 // mayRead reports whether c may send more now (see maxUnread and
 // maxUnwritten).
 func (l *loop) mayRead(c *client) bool {
-	return len(c.in) < maxUnread && len(c.out) < maxUnwritten
+	return c.lingering || (len(c.in) < maxUnread && len(c.out) < maxUnwritten)
 }
 
 // drop closes a client and ends its request, if any.
@@ -349,6 +368,23 @@ func (l *loop) handOver(c *client) {
 	}
 }
 
+// lingerTime is how long a connection the loop closes after answering is
+// read and discarded from before it is closed: net/http's wait for the
+// same reason (rstAvoidanceDelay).
+const lingerTime = 500 * time.Millisecond
+
+// linger shuts the loop's side of c, answered, and reads what c still
+// sends until c closes or lingerTime has passed.
+func (l *loop) linger(c *client) {
+	if unix.Shutdown(c.fd, unix.SHUT_WR) != nil {
+		l.drop(c)
+		return
+	}
+	c.lingering, c.since, c.in = true, l.now(), nil
+	c.readingIn, c.pollingOut = true, false
+	l.watch(unix.EPOLL_CTL_MOD, c.fd, true, false)
+}
+
 // expire applies the listener's time limits (front.ConnLimits) and the
 // programs' (resources.seconds) to every client.
 func (l *loop) expire(now int64) {
@@ -356,17 +392,23 @@ func (l *loop) expire(now int64) {
 	for _, c := range l.clients {
 		r := c.req
 		switch {
+		case c.lingering:
+			if now-c.since >= int64(lingerTime) {
+				l.drop(c)
+			}
 		case r != nil && r.deadline > 0 && now >= r.deadline:
 			l.timedOut(c)
 		case len(c.out) > 0 && now-c.since >= int64(lim.Send):
 			l.drop(c) // a client that stopped reading
-		case r != nil && r.bodyLeft > 0 && now-r.bodyAt >= int64(lim.Body):
-			l.bodyTimedOut(c)
+		case r != nil && r.bodyLeft > 0 && r.window > 0 && len(c.in) == 0 && now-r.bodyAt >= int64(lim.Body):
+			l.bodyTimedOut(c) // waiting for the client, not for the app
+		case r == nil && c.discard > 0 && now-c.since >= int64(lim.Body):
+			l.drop(c) // the rest of an unread body never came
 		case c.hold != nil:
 			if !c.hold.waiting {
 				l.mark(c) // a worker channel may have come
 			}
-		case r == nil && len(c.in) > 0 && now-c.since >= int64(lim.Header):
+		case r == nil && (len(c.in) > 0 || c.served == 0) && now-c.since >= int64(lim.Header):
 			l.drop(c) // as net/http does past its ReadHeaderTimeout: no answer
 		case r == nil && len(c.in) == 0 && len(c.out) == 0 && now-c.since >= int64(lim.Keepalive):
 			l.drop(c)
@@ -393,8 +435,11 @@ func (l *loop) flush() {
 			}
 			c.out = consume(c.out, n)
 		}
+		if c.lingering {
+			continue
+		}
 		if len(c.out) == 0 && c.req == nil && c.closeAfter {
-			l.drop(c)
+			l.linger(c)
 			continue
 		}
 		if c.req != nil {

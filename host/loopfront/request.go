@@ -53,6 +53,9 @@ type request struct {
 
 	gotHead  bool   // the RESPONSE arrived
 	headOut  []byte // the response's status line and fields, framing to come
+	// connection is the app's Connection fields, sent unless the
+	// connection closes after the response.
+	connection []byte
 	waiting  bool   // its head is not written yet (sendHeads)
 	pending  []byte // body that arrived with the head
 	headSent bool   // the head is in the client's output
@@ -73,6 +76,14 @@ type request struct {
 // next starts c's next request, when its head is whole and the loop may
 // serve it, or hands c to the net/http server.
 func (l *loop) next(c *client) {
+	if c.discard > 0 { // the unread rest of the previous request's body
+		n := min(c.discard, int64(len(c.in)))
+		c.in = consume(c.in, int(n))
+		if c.discard -= n; c.discard > 0 {
+			return
+		}
+		c.since = l.now()
+	}
 	if c.closeAfter || len(c.in) == 0 {
 		return
 	}
@@ -115,6 +126,8 @@ type hold struct {
 	inst    *lifecycle.Instance
 	lim     *front.Limiter // the slot held, nil for none
 	waiting bool           // acquire runs
+	// closeAfter: the request asked to close the connection after it.
+	closeAfter bool
 	cancel  context.CancelFunc
 	until   int64 // when to stop waiting for a worker channel; 0: not yet waited
 }
@@ -213,7 +226,7 @@ func (l *loop) start(c *client, end int) bool {
 	}
 	hd := c.hold
 	if hd == nil {
-		hd = &hold{start: time.Now(), program: t.ID, method: string(h.Method), path: path}
+		hd = &hold{start: time.Now(), program: t.ID, method: string(h.Method), path: path, closeAfter: fs.closeAfter}
 		if fs.requestIDs == 1 && relay.WellFormedID(string(fs.requestID)) {
 			hd.id = string(fs.requestID)
 		} else {
@@ -292,6 +305,7 @@ func (l *loop) start(c *client, end int) bool {
 	ch.streams[id] = c
 	ch.outstanding++
 	c.req, c.closeAfter = r, fs.closeAfter
+	c.served++
 	c.in = consume(c.in, end+4)
 	l.progress(c)
 	return true
@@ -341,7 +355,7 @@ func (l *loop) parse(c *client, head []byte, fs *fields) (string, bool) {
 			fs.hosts++
 		case "content-length":
 			n, err := strconv.ParseInt(string(value), 10, 64)
-			if err != nil || n < 0 || value[0] == '+' {
+			if err != nil || !digits(value) {
 				return "", false
 			}
 			fs.length = n
@@ -375,6 +389,16 @@ func appendLower(b, name []byte) []byte {
 		b = append(b, x)
 	}
 	return b
+}
+
+// digits reports whether b is a non-empty run of decimal digits.
+func digits(b []byte) bool {
+	for _, x := range b {
+		if x < '0' || x > '9' {
+			return false
+		}
+	}
+	return len(b) > 0
 }
 
 // token reports whether b is a non-empty RFC 9110 token.
@@ -472,10 +496,21 @@ func (l *loop) takeHead(c *client, rh *message.ResponseHead) {
 		case "connection":
 			if httphdr.HasToken(string(f.Value), "close") {
 				c.closeAfter = true
-				continue
+			} else {
+				// Sent unless the connection closes after the response
+				// (then "Connection: close" replaces it, as net/http does).
+				r.connection = append(append(append(r.connection, "Connection: "...), f.Value...), "\r\n"...)
 			}
+			continue
 		case "content-length":
+			if r.status == 204 || r.status == 304 {
+				continue // net/http drops it: no body follows
+			}
 			r.declared, _ = strconv.ParseInt(string(f.Value), 10, 64) // checked: canonical
+		case "content-type":
+			if r.status == 304 {
+				continue // as net/http (RFC 9110 15.4.5)
+			}
 		case "x-request-id":
 			if !hasID && string(f.Value) != r.id {
 				r.appID = relay.KeptAppID(string(f.Value))
@@ -521,6 +556,11 @@ func (l *loop) sendHeads() {
 // length when known (length ≥ 0) and allowed, chunked coding, or neither.
 func (l *loop) writeHead(c *client, length int64) {
 	r := c.req
+	if r.bodyLeft > maxDiscard {
+		// As net/http decides when it writes a head: more request body
+		// unread than it would drop, so the connection closes after.
+		c.closeAfter = true
+	}
 	c.out = append(c.out, r.headOut...)
 	switch {
 	case r.chunked:
@@ -532,6 +572,8 @@ func (l *loop) writeHead(c *client, length int64) {
 	}
 	if c.closeAfter {
 		c.out = append(c.out, "Connection: close\r\n"...)
+	} else {
+		c.out = append(c.out, r.connection...)
 	}
 	c.out = append(c.out, "\r\n"...)
 	r.waiting, r.headSent = false, true
@@ -546,19 +588,23 @@ func (l *loop) body(c *client, p []byte) {
 		r.dropped += int64(len(p))
 		return // discarded, as net/http does: the credit still goes back
 	}
-	if r.declared >= 0 && r.sent+int64(len(p)) > r.declared {
+	excess := r.declared >= 0 && r.sent+int64(len(p)) > r.declared
+	if excess {
 		// More than the app's Content-Length: the client gets what was
-		// declared, and the connection ends after it.
+		// declared, the stream ends and the connection after it.
 		p = p[:r.declared-r.sent]
-		l.reset(c, codeCancel)
-		c.closeAfter = true
 	}
 	r.sent += int64(len(p))
 	if r.waiting {
 		r.pending = append(r.pending, p...)
-		return
+	} else {
+		l.writeBody(c, p)
 	}
-	l.writeBody(c, p)
+	if excess {
+		l.reset(c, codeCancel)
+		c.closeAfter = true
+		l.complete(c)
+	}
 }
 
 // writeBody writes response body bytes, chunked if the response is.
@@ -581,6 +627,13 @@ func (l *loop) writeBody(c *client, p []byte) {
 func (l *loop) complete(c *client) {
 	r := c.req
 	r.finished = true
+	if r.bodyLeft > 0 {
+		// Answered before the body was all sent: as net/http does, up to
+		// 256 KiB of the rest is read and dropped before the next
+		// request, and beyond the connection closes.
+		l.reset(c, codeCancel)
+		l.skipBody(c)
+	}
 	if r.waiting && r.isHead && r.dropped > 0 && r.declared < 0 && r.status != 204 && r.status != 304 {
 		// As net/http does: the length of the whole body the app sent
 		// in answer to HEAD (none of it sent).
@@ -598,13 +651,26 @@ func (l *loop) complete(c *client) {
 	if r.declared >= 0 && !r.noBody && r.sent != r.declared {
 		c.closeAfter = true // shorter than declared: the client sees it cut
 	}
-	if r.bodyLeft > 0 {
-		// Answered before the body was all sent: the rest of it is not
-		// read, so the connection cannot carry another request.
-		l.reset(c, codeCancel)
-		c.closeAfter = true
-	}
 	l.finish(c, r.status)
+}
+
+// maxDiscard is the most of an unread request body the loop reads and
+// drops to keep the connection (net/http's maxPostHandlerReadBytes).
+const maxDiscard = 256 << 10
+
+// skipBody drops the rest of c's request body, which its app did not
+// read: what c has sent of it, and the rest as it comes, up to
+// maxDiscard; beyond, the connection closes once answered.
+func (l *loop) skipBody(c *client) {
+	r := c.req
+	if r.bodyLeft > maxDiscard {
+		c.closeAfter = true
+		return
+	}
+	n := min(r.bodyLeft, int64(len(c.in)))
+	c.in = consume(c.in, int(n))
+	c.discard = r.bodyLeft - n
+	r.bodyLeft = 0
 }
 
 // failed ends c's request, which its worker reset with code (or whose
@@ -613,10 +679,18 @@ func (l *loop) complete(c *client) {
 func (l *loop) failed(c *client, code uint32, why string) {
 	r := c.req
 	r.finished, r.reset = true, true // the worker's side is gone
-	if !r.headSent {
+	if !r.gotHead {
 		status, msg := relay.StatusForReset(code)
 		l.answerError(c, status, msg, "reset", frame.CodeName(code), "reason", why)
 		return
+	}
+	if r.waiting {
+		// The head came: it goes out with what came of the body, as a
+		// streamed response, cut short by the close.
+		r.chunked = !r.noBody && r.declared < 0
+		l.writeHead(c, -1)
+		l.writeBody(c, r.pending)
+		r.pending = nil
 	}
 	c.closeAfter = true
 	l.finish(c, r.status)
@@ -677,9 +751,11 @@ func (l *loop) answerError(c *client, status int, msg string, detail ...any) {
 func (l *loop) refuse(c *client, hd *hold, status int, msg string, hasBody bool, detail ...any) {
 	if end := bytes.Index(c.in, []byte("\r\n\r\n")); end >= 0 && !hasBody {
 		c.in = consume(c.in, end+4)
+		c.closeAfter = hd.closeAfter
 	} else {
 		c.closeAfter, c.in = true, c.in[:0]
 	}
+	c.served++
 	l.writeError(c, hd.id, hd.method == "HEAD", status, msg, append(detail, "program", hd.program)...)
 	if m := l.f.router.Metrics; m != nil {
 		m.Request(metrics.RequestRecord{Time: hd.start, Program: hd.program, Method: hd.method, Path: hd.path, Status: status,
