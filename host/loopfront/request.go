@@ -51,20 +51,20 @@ type request struct {
 	window   int64
 	bodyAt   int64
 
-	gotHead  bool   // the RESPONSE arrived
-	headOut  []byte // the response's status line and fields, framing to come
+	gotHead bool   // the RESPONSE arrived
+	headOut []byte // the response's status line and fields, framing to come
 	// connection is the app's Connection fields, sent unless the
 	// connection closes after the response.
 	connection []byte
-	waiting  bool   // its head is not written yet (sendHeads)
-	pending  []byte // body that arrived with the head
-	headSent bool   // the head is in the client's output
-	status   int
-	noBody   bool  // HEAD, 204 or 304: the body is not sent
-	chunked  bool  // the body is sent with chunked coding
-	declared int64 // the app's Content-Length; -1: none
-	sent     int64 // body bytes taken from the worker
-	dropped  int64 // body bytes of a HEAD response, not sent
+	waiting    bool   // its head is not written yet (sendHeads)
+	pending    []byte // body that arrived with the head
+	headSent   bool   // the head is in the client's output
+	status     int
+	noBody     bool  // HEAD, 204 or 304: the body is not sent
+	chunked    bool  // the body is sent with chunked coding
+	declared   int64 // the app's Content-Length; -1: none
+	sent       int64 // body bytes taken from the worker
+	dropped    int64 // body bytes of a HEAD response, not sent
 	// Response flow control: received DATA, credit returned, and credit
 	// owed once the client has taken what it holds.
 	received, credited, owed int64
@@ -128,8 +128,8 @@ type hold struct {
 	waiting bool           // acquire runs
 	// closeAfter: the request asked to close the connection after it.
 	closeAfter bool
-	cancel  context.CancelFunc
-	until   int64 // when to stop waiting for a worker channel; 0: not yet waited
+	cancel     context.CancelFunc
+	until      int64 // when to stop waiting for a worker channel; 0: not yet waited
 }
 
 // errAtLimit is acquire's answer when the program's requests in flight
