@@ -23,7 +23,7 @@ import (
 // either front, besides those fidelityKnown marks so, with the reason:
 // there the two fronts may differ.
 var loopFrontTiming = map[string]string{
-	"bad-chunk-size": "whether the app sees the request before net/http finds the bad chunk size depends on when the relay opens the stream",
+	"bad-chunk-size": "whether the app sees the request depends on whether the agent's RESET (net/http found the bad chunk size) overtakes its REQUEST: on a worker's channel the worker reads the REQUEST first; through init (where the loop front sends what it hands to net/http) init usually has the RESET before it forwards the request, and forwards nothing",
 }
 
 // loopFrontMayDiffer reports why the fronts may differ on an aspect of a

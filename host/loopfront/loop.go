@@ -55,6 +55,7 @@ type client struct {
 	// turn the close into a reset, which can destroy the answer).
 	lingering bool
 	discard   int64 // bytes of an unread request body to skip
+	readEOF   bool  // the client shut its writing side
 	served    int   // requests started on the connection
 	req       *request
 	// since is when the wait the client's time limit applies to began:
@@ -316,6 +317,18 @@ func (l *loop) readClient(c *client, hangup bool) {
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 		return
 	}
+	if n == 0 && err == nil && !hangup {
+		if r := c.req; r != nil && r.bodyLeft > 0 && len(c.in) == 0 && !r.headSent {
+			// The client shut its side in the middle of the body: a
+			// body shorter than its Content-Length, 400, as net/http
+			// answers it.
+			c.readEOF = true
+			l.reset(c, codeCancel)
+			c.closeAfter = true
+			l.answerError(c, 400, "malformed or incomplete request body", "err", "unexpected EOF")
+			return
+		}
+	}
 	if n <= 0 {
 		l.drop(c)
 		return
@@ -333,7 +346,7 @@ func (l *loop) readClient(c *client, hangup bool) {
 // mayRead reports whether c may send more now (see maxUnread and
 // maxUnwritten).
 func (l *loop) mayRead(c *client) bool {
-	return c.lingering || (len(c.in) < maxUnread && len(c.out) < maxUnwritten)
+	return c.lingering || (!c.readEOF && len(c.in) < maxUnread && len(c.out) < maxUnwritten)
 }
 
 // drop closes a client and ends its request, if any.
@@ -376,7 +389,7 @@ const lingerTime = 500 * time.Millisecond
 // linger shuts the loop's side of c, answered, and reads what c still
 // sends until c closes or lingerTime has passed.
 func (l *loop) linger(c *client) {
-	if unix.Shutdown(c.fd, unix.SHUT_WR) != nil {
+	if c.readEOF || unix.Shutdown(c.fd, unix.SHUT_WR) != nil {
 		l.drop(c)
 		return
 	}

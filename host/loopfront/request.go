@@ -684,6 +684,11 @@ func (l *loop) failed(c *client, code uint32, why string) {
 		l.answerError(c, status, msg, "reset", frame.CodeName(code), "reason", why)
 		return
 	}
+	if r.appID != "" {
+		l.f.log.Warn("response broke off", "request_id", r.id, "app_request_id", r.appID, "reset", frame.CodeName(code), "reason", why)
+	} else {
+		l.f.log.Warn("response broke off", "request_id", r.id, "reset", frame.CodeName(code), "reason", why)
+	}
 	if r.waiting {
 		// The head came: it goes out with what came of the body, as a
 		// streamed response, cut short by the close.
