@@ -253,10 +253,14 @@ func (l *loop) start(c *client, end int) bool {
 		return true
 	}
 	inst := hd.inst
-	var ch *channel
-	if set := inst.Workers(); set != nil {
-		ch = l.pick(set)
+	set := inst.Workers()
+	if set == nil {
+		// A VM without worker channels (qemu's virtio-serial carries one
+		// connection): init routes its requests.
+		l.release(c)
+		return false
 	}
+	ch := l.pick(set)
 	if ch == nil {
 		// A VM just booted may not have greeted its workers yet: the
 		// loop tries again at each tick, for a while, then lets init
