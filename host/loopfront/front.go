@@ -92,6 +92,7 @@ func (f *Front) Handoffs() net.Listener { return f.handoffs }
 func (f *Front) Serve(ctx context.Context, ln *net.TCPListener, rt *front.Router) error {
 	defer close(f.done)
 	defer unix.Close(f.wake)
+	defer f.handoffs.Close() // the net/http server's Serve returns
 	f.handoffs.setAddr(ln.Addr())
 	if rt == nil {
 		ln.Close()
