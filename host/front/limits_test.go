@@ -213,6 +213,14 @@ func TestLimiter(t *testing.T) {
 	if big.Acquire(cctx) {
 		t.Fatal("a request whose client left got a slot")
 	}
+	one := NewLimiter(RequestLimits{MaxConcurrent: 1})
+	if !one.TryAcquire() || one.TryAcquire() {
+		t.Fatal("TryAcquire: not one slot of one")
+	}
+	one.Release()
+	if !one.TryAcquire() {
+		t.Fatal("TryAcquire: a slot given back is not free")
+	}
 	if d := NewLimiter(RequestLimits{}); cap(d.slots) != DefaultMaxConcurrent || d.wait != DefaultQueueTimeout {
 		t.Fatalf("defaults: %d %s", cap(d.slots), d.wait)
 	}

@@ -357,3 +357,40 @@ func persistentKeeper(t *testing.T, be *backendtest.Backend, seconds float64) (*
 	}
 	return manager, programs
 }
+
+// FastRoute finds what ServeHTTP's match finds for the requests an
+// event-loop front may relay itself, and refuses the rest: unknown
+// programs, programs not on HTTP, reserved paths, other interfaces.
+func TestFastRouteMatchesTheRouter(t *testing.T) {
+	f := newFront(t, &backendtest.Backend{}, lifecycle.Options{}, "")
+	f.deploy(t, "hello", manifest.On{HTTP: true})
+	f.deploy(t, "hidden", manifest.On{Persistent: true})
+	if err := f.programs.Deploy("exe", &manifest.Program{Code: manifest.Code{Interface: "executable", Entrypoint: "run", Path: "/srv/exe"}, On: manifest.On{HTTP: true}}); err != nil {
+		t.Fatal(err)
+	}
+	rt := &Router{Programs: f.programs, Manager: f.manager}
+	for _, c := range []struct {
+		host, path    string
+		id, root, sub string
+		ok            bool
+	}{
+		{"x", "/vm/hello/a/b", "hello", "/vm/hello", "/a/b", true},
+		{"x", "/vm/hello", "hello", "/vm/hello", "/", true},
+		{"hello.example:8080", "/a", "hello", "", "/a", true},
+		{"x", "/vm/nope/a", "", "", "", false},
+		{"nope.example", "/a", "", "", "", false},
+		{"x", "/vm/hidden/a", "", "", "", false},
+		{"x", "/vm/exe/a", "", "", "", false},
+		{"x", "/vm//a", "", "", "", false},
+		{"x", "/healthz", "", "", "", false},
+	} {
+		got, ok := rt.FastRoute(c.host, c.path)
+		if ok != c.ok || (ok && (got.ID != c.id || got.RootPath != c.root || got.Path != c.sub || got.Route == nil)) {
+			t.Errorf("FastRoute(%q, %q) = %+v, %v; want %s %s %s, %v", c.host, c.path, got, ok, c.id, c.root, c.sub, c.ok)
+		}
+	}
+	root := &Router{Programs: f.programs, Manager: f.manager, Root: "hello"}
+	if got, ok := root.FastRoute("any", "/vm/x"); !ok || got.ID != "hello" || got.Path != "/vm/x" || got.RootPath != "" {
+		t.Errorf("with Root: %+v, %v", got, ok)
+	}
+}

@@ -391,3 +391,35 @@ func TestEndedVMIsForgottenAndBootsTimeOut(t *testing.T) {
 		t.Fatal("the VM of a timed-out boot still runs")
 	}
 }
+
+// TryAcquire never boots: it returns nothing for a stopped program, and
+// the running instance, counted like Acquire's, for a running one (its
+// VM is not stopped for idleness until Release).
+func TestTryAcquireTakesOnlyARunningInstance(t *testing.T) {
+	be := &backendtest.Backend{}
+	m := newTestManager(t, be, Options{IdleTimeout: 50 * time.Millisecond})
+	p := &Program{Interface: contract.InterfaceASGI, Entrypoint: "main:app", ID: "try"}
+	if inst := m.TryAcquire(p); inst != nil || len(be.VMs()) != 0 {
+		t.Fatalf("TryAcquire of a stopped program: %v, %d VMs", inst, len(be.VMs()))
+	}
+	ctx := timeout(t)
+	first, err := m.Acquire(ctx, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	held := m.TryAcquire(p)
+	if held != first {
+		t.Fatalf("TryAcquire of a running program: %v, want %v", held, first)
+	}
+	first.Release()
+	vm := be.VMs()[0]
+	time.Sleep(300 * time.Millisecond) // six idle timeouts
+	if vm.Ended() {
+		t.Fatal("the VM TryAcquire holds was stopped for idleness")
+	}
+	held.Release()
+	waitUntil(t, "the VM was not stopped once idle", func() bool { return vm.Ended() && len(m.Running()) == 0 })
+	if inst := m.TryAcquire(p); inst != nil {
+		t.Fatal("TryAcquire of a program stopped for idleness")
+	}
+}

@@ -1,0 +1,84 @@
+package loopfront
+
+import (
+	"strings"
+	"testing"
+)
+
+// The loop relays only requests under its strict subset of HTTP/1.1 and
+// leaves everything else to net/http: each refusal here is a request the
+// net/http server answers (or refuses) instead.
+func TestParseTakesOnlyTheStrictSubset(t *testing.T) {
+	l := &loop{}
+	c := &client{host: []byte("10.0.0.1"), port: 5000, local: []byte("127.0.0.1"), localPort: 8080}
+	head := func(lines ...string) []byte { return []byte(strings.Join(lines, "\r\n")) }
+	for _, ok := range [][]byte{
+		head("GET / HTTP/1.1", "Host: x"),
+		head("POST /a/b;c=d HTTP/1.1", "Host: x:80", "Content-Length: 0012", "X-Empty:", "X-Tab:\tv\t"),
+		head("GET /q?a=%20b&c=%zz HTTP/1.1", "host: x", "Connection: keep-alive, close"),
+		head("PURGE /~u/!$&'()*+,;=:@ HTTP/1.1", "Host: x"),
+	} {
+		var fs fields
+		if _, got := l.parse(c, ok, &fs); !got {
+			t.Errorf("refused %q", ok)
+		}
+	}
+	for _, refused := range [][]byte{
+		head("GET / HTTP/1.0", "Host: x"),
+		head("GET / HTTP/1.1"),
+		head("GET / HTTP/1.1", "Host: x", "Host: y"),
+		head("GET /a%2Fb HTTP/1.1", "Host: x"),
+		head("GET //a HTTP/1.1", "Host: x"),
+		head("GET http://x/ HTTP/1.1", "Host: x"),
+		head("OPTIONS * HTTP/1.1", "Host: x"),
+		head("GET /caf\xc3\xa9 HTTP/1.1", "Host: x"),
+		head("GET /f#frag HTTP/1.1", "Host: x"),
+		head("GET / HTTP/1.1", "Host: x", "Transfer-Encoding: chunked"),
+		head("POST / HTTP/1.1", "Host: x", "Content-Length: 1", "Content-Length: 1"),
+		head("POST / HTTP/1.1", "Host: x", "Content-Length: -0"),
+		head("POST / HTTP/1.1", "Host: x", "Content-Length: +1"),
+		head("POST / HTTP/1.1", "Host: x", "Content-Length: 1 2"),
+		head("POST / HTTP/1.1", "Host: x", "Expect: 100-continue"),
+		head("GET / HTTP/1.1", "Host: x", "Upgrade: websocket", "Connection: Upgrade"),
+		head("GET / HTTP/1.1", "Host: x", "Connection: upgrade"),
+		head("GET / HTTP/1.1", "Host: x", "TE: trailers"),
+		head("GET / HTTP/1.1", "Host: x", "X-Fold: a", " b"),
+		head("GET / HTTP/1.1", "Host: x", "X-Bad : v"),
+		head("GET / HTTP/1.1", "Host: x", "X-Nul: a\x00b"),
+		head("GET / HTTP/1.1", "Host: x", "X-Bare: a\nb"),
+		head("GET / HTTP/1.1", "Host: bad host"),
+		head("GET  / HTTP/1.1", "Host: x"),
+		head("G@T / HTTP/1.1", "Host: x"),
+	} {
+		var fs fields
+		if _, got := l.parse(c, refused, &fs); got {
+			t.Errorf("took %q", refused)
+		}
+	}
+}
+
+// What parse takes it gives the worker as uvicorn would: names in lower
+// case, values trimmed, the fields in the order sent, the query raw.
+func TestParseFillsTheRequestHead(t *testing.T) {
+	l := &loop{}
+	c := &client{host: []byte("10.0.0.1"), port: 5000, local: []byte("127.0.0.1"), localPort: 8080}
+	in := []byte("POST /items/42?q=a%20b HTTP/1.1\r\nX-Request-Id: abc\r\nHost: app.test\r\nContent-Length: 5\r\nX-Space:  v w \r\nConnection: close")
+	var fs fields
+	path, ok := l.parse(c, in, &fs)
+	if !ok || path != "/items/42" || fs.length != 5 || !fs.closeAfter || string(fs.host) != "app.test" || string(fs.requestID) != "abc" {
+		t.Fatalf("parse: %q %v %+v", path, ok, fs)
+	}
+	h := &l.head
+	if string(h.Method) != "POST" || string(h.HTTPVersion) != "1.1" || string(h.QueryString) != "q=a%20b" || string(h.ClientHost) != "10.0.0.1" ||
+		h.ClientPort != 5000 || string(h.ServerHost) != "127.0.0.1" || h.ServerPort != 8080 || string(h.Scheme) != "http" {
+		t.Fatalf("head: %+v", h)
+	}
+	var got []string
+	for _, f := range h.Headers {
+		got = append(got, string(f.Name)+"="+string(f.Value))
+	}
+	want := "x-request-id=abc host=app.test content-length=5 x-space=v w connection=close"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("fields %q, want %q", strings.Join(got, " "), want)
+	}
+}
