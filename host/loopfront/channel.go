@@ -29,8 +29,8 @@ type channel struct {
 	set         *dataplane.Set
 	wc          contract.WorkerChannel
 	peer        message.Hello // the worker's HELLO
-	in          []byte        // received bytes not yet a whole frame
-	out         []byte        // frames not yet written
+	in          queue         // received bytes not yet a whole frame
+	out         queue         // frames not yet written
 	streams     map[uint32]*client
 	next        uint32 // the next stream id (odd: the host's, SPEC.md §5.1)
 	dirty       bool   // out has grown since the last write
@@ -108,7 +108,7 @@ func (l *loop) pick(set *dataplane.Set) *channel {
 	}
 	var best *channel
 	for _, ch := range g.byWorker {
-		if ch.goingAway || ch.outstanding >= int(ch.peer.MaxStreams) || len(ch.out) >= maxBacklog {
+		if ch.goingAway || ch.outstanding >= int(ch.peer.MaxStreams) || ch.out.len() >= maxBacklog {
 			continue
 		}
 		if best == nil || ch.outstanding < best.outstanding || (ch.outstanding == best.outstanding && ch.wc.Worker < best.wc.Worker) {
@@ -138,7 +138,12 @@ func (l *loop) closeChannel(ch *channel, why string) {
 
 // readChannel reads what a worker sent and handles each whole frame.
 func (l *loop) readChannel(ch *channel) {
-	n, err := unix.Read(ch.fd, l.buf)
+	room := 64 << 10
+	if p := ch.in.bytes(); len(p) >= frame.HeaderSize {
+		// The rest of a big frame goes in at once.
+		room = max(room, frame.HeaderSize+int(frame.ParseHeader(p).Length)-len(p))
+	}
+	n, err := unix.Read(ch.fd, ch.in.tail(room))
 	if err == unix.EAGAIN || err == unix.EINTR {
 		return
 	}
@@ -146,8 +151,8 @@ func (l *loop) readChannel(ch *channel) {
 		l.closeChannel(ch, "the worker's data channel ended")
 		return
 	}
-	ch.in = append(ch.in, l.buf[:n]...)
-	p := ch.in
+	ch.in.commit(n)
+	p := ch.in.bytes()
 	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
 		fh := frame.ParseHeader(p)
 		if err := fh.Validate(maxFrameSize); err != nil {
@@ -166,7 +171,7 @@ func (l *loop) readChannel(ch *channel) {
 		p = p[frame.HeaderSize+int(fh.Length):]
 	}
 	if ch.fd >= 0 {
-		ch.in = append(ch.in[:0], p...)
+		ch.in.consume(ch.in.len() - len(p))
 	}
 	l.sendHeads()
 }
@@ -177,7 +182,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 	switch fh.Type {
 	case frame.TypePing:
 		if !fh.Has(frame.FlagAck) {
-			ch.out = appendFrame(ch.out, frame.TypePing, frame.FlagAck, 0, payload)
+			ch.send(frame.TypePing, frame.FlagAck, 0, payload)
 			l.markChannel(ch)
 		}
 		return nil
@@ -268,7 +273,7 @@ func (l *loop) reset(c *client, code uint32) {
 	}
 	r.reset = true
 	ch := r.on
-	ch.out = appendFrame(ch.out, frame.TypeReset, 0, r.stream, (&message.Reset{Code: code}).Append(nil))
+	ch.send(frame.TypeReset, 0, r.stream, (&message.Reset{Code: code}).Append(nil))
 	l.markChannel(ch)
 }
 
@@ -277,15 +282,15 @@ func (l *loop) writeChannel(ch *channel) {
 	if ch.fd < 0 {
 		return
 	}
-	if len(ch.out) > 0 {
-		n, err := unix.Write(ch.fd, ch.out)
+	if ch.out.len() > 0 {
+		n, err := unix.Write(ch.fd, ch.out.bytes())
 		if err != nil && err != unix.EAGAIN {
 			l.closeChannel(ch, "writing to the worker failed")
 			return
 		}
-		ch.out = consume(ch.out, n)
+		ch.out.consume(max(n, 0))
 	}
-	if want := len(ch.out) > 0; want != ch.pollingOut {
+	if want := ch.out.len() > 0; want != ch.pollingOut {
 		ch.pollingOut = want
 		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, want); err != nil {
 			l.closeChannel(ch, "the loop lost the channel")
@@ -334,6 +339,12 @@ func (fd readerOf) Read(p []byte) (int, error) {
 		}
 		return n, err
 	}
+}
+
+// send queues a whole frame for the worker.
+func (ch *channel) send(t frame.Type, f frame.Flags, id uint32, payload []byte) {
+	ch.out.reserve(frame.HeaderSize + len(payload))
+	ch.out.b = appendFrame(ch.out.b, t, f, id, payload)
 }
 
 // appendFrame appends a whole frame to b.

@@ -28,6 +28,11 @@ const (
 	// beyond, the worker's credit is not returned and nothing more is
 	// read from the client.
 	maxUnwritten = 256 << 10
+	// creditAt: a response's credit goes back to its worker once the
+	// client's output holds at most this much, so that the worker sends
+	// the next window while the client takes the rest (the output stays
+	// under creditAt and one window).
+	creditAt = 64 << 10
 	// maxBacklog bounds the frames waiting for a worker that does not
 	// read: it gets no new requests beyond.
 	maxBacklog = 4 << 20
@@ -42,9 +47,9 @@ type client struct {
 	port       uint32
 	local      []byte // the address and port it connected to
 	localPort  uint32
-	in         []byte // received bytes not yet relayed
-	hold       *hold  // what the next request holds before its stream opens
-	out        []byte // response bytes not yet written
+	in         queue // received bytes not yet relayed
+	hold       *hold // what the next request holds before its stream opens
+	out        queue // response bytes not yet written
 	dirty      bool
 	readingIn  bool // registered for EPOLLIN
 	pollingOut bool // registered for EPOLLOUT
@@ -224,7 +229,7 @@ func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 func (l *loop) busy() int {
 	n := 0
 	for _, c := range l.clients {
-		if c.req != nil || c.hold != nil || len(c.out) > 0 {
+		if c.req != nil || c.hold != nil || c.out.len() > 0 {
 			n++
 		}
 	}
@@ -313,12 +318,12 @@ func (l *loop) readClient(c *client, hangup bool) {
 		}
 		return
 	}
-	n, err := unix.Read(c.fd, l.buf[:min(len(l.buf), maxUnread-len(c.in))])
+	n, err := unix.Read(c.fd, c.in.tail(min(64<<10, maxUnread-c.in.len())))
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 		return
 	}
 	if n == 0 && err == nil && !hangup {
-		if r := c.req; r != nil && r.bodyLeft > 0 && len(c.in) == 0 && !r.headSent {
+		if r := c.req; r != nil && r.bodyLeft > 0 && c.in.len() == 0 && !r.headSent {
 			// The client shut its side in the middle of the body: a
 			// body shorter than its Content-Length, 400, as net/http
 			// answers it.
@@ -333,20 +338,20 @@ func (l *loop) readClient(c *client, hangup bool) {
 		l.drop(c)
 		return
 	}
-	if len(c.in) == 0 && c.req == nil {
+	if c.in.len() == 0 && c.req == nil {
 		c.since = l.now() // a head starts: the header time limit runs
 	}
 	if r := c.req; r != nil && r.bodyLeft > 0 {
 		r.bodyAt = l.now() // the body moves
 	}
-	c.in = append(c.in, l.buf[:n]...)
+	c.in.commit(n)
 	l.mark(c) // flush relays it and re-arms c
 }
 
 // mayRead reports whether c may send more now (see maxUnread and
 // maxUnwritten).
 func (l *loop) mayRead(c *client) bool {
-	return c.lingering || (!c.readEOF && len(c.in) < maxUnread && len(c.out) < maxUnwritten)
+	return c.lingering || (!c.readEOF && c.in.len() < maxUnread && c.out.len() < maxUnwritten)
 }
 
 // drop closes a client and ends its request, if any.
@@ -374,8 +379,8 @@ func (l *loop) handOver(c *client) {
 	delete(l.clients, c.fd)
 	fd := c.fd
 	c.fd = -1
-	l.f.handoffs.handOver(fd, c.in)
-	c.in = nil
+	l.f.handoffs.handOver(fd, c.in.bytes())
+	c.in = queue{}
 	if l.acceptPaused && l.watch(unix.EPOLL_CTL_MOD, l.listener, true, false) == nil {
 		l.acceptPaused = false
 	}
@@ -393,7 +398,7 @@ func (l *loop) linger(c *client) {
 		l.drop(c)
 		return
 	}
-	c.lingering, c.since, c.in = true, l.now(), nil
+	c.lingering, c.since, c.in = true, l.now(), queue{}
 	c.readingIn, c.pollingOut = true, false
 	l.watch(unix.EPOLL_CTL_MOD, c.fd, true, false)
 }
@@ -411,9 +416,9 @@ func (l *loop) expire(now int64) {
 			}
 		case r != nil && r.deadline > 0 && now >= r.deadline:
 			l.timedOut(c)
-		case len(c.out) > 0 && now-c.since >= int64(lim.Send):
+		case c.out.len() > 0 && now-c.since >= int64(lim.Send):
 			l.drop(c) // a client that stopped reading
-		case r != nil && r.bodyLeft > 0 && r.window > 0 && len(c.in) == 0 && now-r.bodyAt >= int64(lim.Body):
+		case r != nil && r.bodyLeft > 0 && r.window > 0 && c.in.len() == 0 && now-r.bodyAt >= int64(lim.Body):
 			l.bodyTimedOut(c) // waiting for the client, not for the app
 		case r == nil && c.discard > 0 && now-c.since >= int64(lim.Body):
 			l.drop(c) // the rest of an unread body never came
@@ -421,9 +426,9 @@ func (l *loop) expire(now int64) {
 			if !c.hold.waiting {
 				l.mark(c) // a worker channel may have come
 			}
-		case r == nil && (len(c.in) > 0 || c.served == 0) && now-c.since >= int64(lim.Header):
+		case r == nil && (c.in.len() > 0 || c.served == 0) && now-c.since >= int64(lim.Header):
 			l.drop(c) // as net/http does past its ReadHeaderTimeout: no answer
-		case r == nil && len(c.in) == 0 && len(c.out) == 0 && now-c.since >= int64(lim.Keepalive):
+		case r == nil && c.in.len() == 0 && c.out.len() == 0 && now-c.since >= int64(lim.Keepalive):
 			l.drop(c)
 		}
 	}
@@ -437,8 +442,8 @@ func (l *loop) flush() {
 		if c.fd < 0 {
 			continue
 		}
-		if len(c.out) > 0 {
-			n, err := unix.Write(c.fd, c.out)
+		if c.out.len() > 0 {
+			n, err := unix.Write(c.fd, c.out.bytes())
 			if err != nil && err != unix.EAGAIN {
 				l.drop(c)
 				continue
@@ -446,12 +451,12 @@ func (l *loop) flush() {
 			if n > 0 {
 				c.since = l.now()
 			}
-			c.out = consume(c.out, n)
+			c.out.consume(max(n, 0))
 		}
 		if c.lingering {
 			continue
 		}
-		if len(c.out) == 0 && c.req == nil && c.closeAfter {
+		if c.out.len() == 0 && c.req == nil && c.closeAfter {
 			l.linger(c)
 			continue
 		}
@@ -463,7 +468,11 @@ func (l *loop) flush() {
 		if c.fd < 0 {
 			continue // handed over, or dropped
 		}
-		if in, out := l.mayRead(c), len(c.out) > 0; in != c.readingIn || out != c.pollingOut {
+		if c.req == nil {
+			c.in.release()
+			c.out.release()
+		}
+		if in, out := l.mayRead(c), c.out.len() > 0; in != c.readingIn || out != c.pollingOut {
 			c.readingIn, c.pollingOut = in, out
 			l.watch(unix.EPOLL_CTL_MOD, c.fd, in, out)
 		}
@@ -474,17 +483,4 @@ func (l *loop) flush() {
 		l.writeChannel(ch)
 	}
 	l.dirtyChs = l.dirtyChs[:0]
-}
-
-// consume drops the first n bytes of b without moving the rest (a
-// pipelining client would otherwise cost a copy of all it sent per
-// request); append reallocates when the front of the array is used up.
-func consume(b []byte, n int) []byte {
-	if n <= 0 {
-		return b
-	}
-	if n >= len(b) {
-		return b[:0]
-	}
-	return b[n:]
 }

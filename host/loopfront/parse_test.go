@@ -82,3 +82,47 @@ func TestParseFillsTheRequestHead(t *testing.T) {
 		t.Fatalf("fields %q, want %q", strings.Join(got, " "), want)
 	}
 }
+
+// The queue gives back what went in, in order, whatever mix of writes,
+// reads into its tail and consumption, and a steady stream through it
+// does not grow its array.
+func TestQueueKeepsOrderAndItsArray(t *testing.T) {
+	var q queue
+	var want []byte
+	next, most := byte(0), 0
+	fill := func(n int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = next
+			next++
+		}
+		return p
+	}
+	for round := range 2000 {
+		switch round % 3 {
+		case 0:
+			p := fill(1 + round%700)
+			q.write(p)
+			want = append(want, p...)
+		case 1:
+			p := fill(1 + round%500)
+			copy(q.tail(len(p)), p)
+			q.commit(len(p))
+			want = append(want, p...)
+		case 2:
+			n := min(q.len(), 1+round%1200)
+			if string(q.bytes()[:n]) != string(want[:n]) {
+				t.Fatalf("round %d: the queue's bytes differ from what went in", round)
+			}
+			q.consume(n)
+			want = want[n:]
+		}
+		if string(q.bytes()) != string(want) {
+			t.Fatalf("round %d: %d bytes waiting, want %d", round, q.len(), len(want))
+		}
+		most = max(most, q.len())
+	}
+	if cap(q.b) > 4*most+(4<<10) {
+		t.Fatalf("the array grew to %d bytes for at most %d waiting", cap(q.b), most)
+	}
+}

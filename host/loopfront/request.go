@@ -77,22 +77,22 @@ type request struct {
 // serve it, or hands c to the net/http server.
 func (l *loop) next(c *client) {
 	if c.discard > 0 { // the unread rest of the previous request's body
-		n := min(c.discard, int64(len(c.in)))
-		c.in = consume(c.in, int(n))
+		n := min(c.discard, int64(c.in.len()))
+		c.in.consume(int(n))
 		if c.discard -= n; c.discard > 0 {
 			return
 		}
 		c.since = l.now()
 	}
-	if c.closeAfter || len(c.in) == 0 {
+	if c.closeAfter || c.in.len() == 0 {
 		return
 	}
-	end := bytes.Index(c.in, []byte("\r\n\r\n"))
-	if end < 0 && len(c.in) <= maxHead {
+	end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n"))
+	if end < 0 && c.in.len() <= maxHead {
 		return // the head is not whole yet
 	}
 	if end < 0 || end > maxHead || !l.start(c, end) {
-		if len(c.out) == 0 {
+		if c.out.len() == 0 {
 			l.handOver(c)
 		}
 	}
@@ -215,7 +215,7 @@ func (l *loop) release(c *client) {
 func (l *loop) start(c *client, end int) bool {
 	h := &l.head
 	var fs fields
-	path, ok := l.parse(c, c.in[:end], &fs)
+	path, ok := l.parse(c, c.in.bytes()[:end], &fs)
 	if !ok {
 		return false
 	}
@@ -278,12 +278,13 @@ func (l *loop) start(c *client, end int) bool {
 	c.hold = nil
 	h.Path, h.RootPath = []byte(t.Path), []byte(t.RootPath)
 	h.RawPath = h.Path // no escapes: the raw path is the path
-	at := len(ch.out)
-	ch.out = append(ch.out, make([]byte, frame.HeaderSize)...)
-	ch.out = h.Append(ch.out)
-	size := len(ch.out) - at - frame.HeaderSize
+	at := len(ch.out.b)
+	ch.out.reserve(frame.HeaderSize + end)
+	ch.out.b = append(ch.out.b, make([]byte, frame.HeaderSize)...)
+	ch.out.b = h.Append(ch.out.b)
+	size := len(ch.out.b) - at - frame.HeaderSize
 	if size > int(ch.peer.MaxFrameSize) {
-		ch.out = ch.out[:at] // never sent: the id stays unused
+		ch.out.b = ch.out.b[:at] // never sent: the id stays unused
 		c.hold = hd
 		l.release(c)
 		return false // the net/http server answers 431
@@ -297,7 +298,7 @@ func (l *loop) start(c *client, end int) bool {
 	if fs.length <= 0 {
 		flags = frame.FlagFin
 	}
-	frame.AppendHeader(ch.out[at:at], frame.Header{Type: frame.TypeRequest, Flags: flags, StreamID: id, Length: uint32(size)})
+	frame.AppendHeader(ch.out.b[at:at], frame.Header{Type: frame.TypeRequest, Flags: flags, StreamID: id, Length: uint32(size)})
 	l.markChannel(ch)
 	inst.CountDirect()
 	r := &request{stream: id, on: ch, inst: inst, lim: lim, id: hd.id, method: string(h.Method), path: path, target: t,
@@ -310,7 +311,7 @@ func (l *loop) start(c *client, end int) bool {
 	ch.outstanding++
 	c.req, c.closeAfter = r, fs.closeAfter
 	c.served++
-	c.in = consume(c.in, end+4)
+	c.in.consume(end + 4)
 	l.progress(c)
 	return true
 }
@@ -447,23 +448,23 @@ func (l *loop) progress(c *client) {
 		return
 	}
 	ch := r.on
-	for r.bodyLeft > 0 && r.window > 0 && len(c.in) > 0 && !r.finished {
-		n := min(r.bodyLeft, r.window, int64(len(c.in)), int64(ch.peer.MaxFrameSize))
+	for r.bodyLeft > 0 && r.window > 0 && c.in.len() > 0 && !r.finished {
+		n := min(r.bodyLeft, r.window, int64(c.in.len()), int64(ch.peer.MaxFrameSize))
 		flags := frame.Flags(0)
 		if n == r.bodyLeft {
 			flags = frame.FlagFin
 		}
-		ch.out = appendFrame(ch.out, frame.TypeData, flags, r.stream, c.in[:n])
-		c.in = consume(c.in, int(n))
+		ch.send(frame.TypeData, flags, r.stream, c.in.bytes()[:n])
+		c.in.consume(int(n))
 		r.bodyLeft -= n
 		r.window -= n
 		r.bodyAt = l.now()
 		l.markChannel(ch)
 	}
-	if r.owed > 0 && len(c.out) == 0 && !r.finished {
+	if r.owed > 0 && c.out.len() <= creditAt && !r.finished {
 		var credit [4]byte
 		credit[0], credit[1], credit[2], credit[3] = byte(r.owed>>24), byte(r.owed>>16), byte(r.owed>>8), byte(r.owed)
-		ch.out = appendFrame(ch.out, frame.TypeWindowUpdate, 0, r.stream, credit[:])
+		ch.send(frame.TypeWindowUpdate, 0, r.stream, credit[:])
 		r.credited += r.owed
 		r.owed = 0
 		l.markChannel(ch)
@@ -565,21 +566,21 @@ func (l *loop) writeHead(c *client, length int64) {
 		// unread than it would drop, so the connection closes after.
 		c.closeAfter = true
 	}
-	c.out = append(c.out, r.headOut...)
+	c.out.write(r.headOut)
 	switch {
 	case r.chunked:
-		c.out = append(c.out, "Transfer-Encoding: chunked\r\n"...)
+		c.out.writeString("Transfer-Encoding: chunked\r\n")
 	case length >= 0 && r.declared < 0 && !r.noBody:
-		c.out = append(c.out, "Content-Length: "...)
-		c.out = strconv.AppendInt(c.out, length, 10)
-		c.out = append(c.out, "\r\n"...)
+		c.out.writeString("Content-Length: ")
+		c.out.b = strconv.AppendInt(c.out.b, length, 10)
+		c.out.writeString("\r\n")
 	}
 	if c.closeAfter {
-		c.out = append(c.out, "Connection: close\r\n"...)
+		c.out.writeString("Connection: close\r\n")
 	} else {
-		c.out = append(c.out, r.connection...)
+		c.out.write(r.connection)
 	}
-	c.out = append(c.out, "\r\n"...)
+	c.out.writeString("\r\n")
 	r.waiting, r.headSent = false, true
 	l.mark(c)
 }
@@ -617,12 +618,13 @@ func (l *loop) writeBody(c *client, p []byte) {
 		return
 	}
 	if c.req.chunked {
-		c.out = strconv.AppendUint(c.out, uint64(len(p)), 16)
-		c.out = append(c.out, "\r\n"...)
-		c.out = append(c.out, p...)
-		c.out = append(c.out, "\r\n"...)
+		c.out.reserve(len(p) + 12)
+		c.out.b = strconv.AppendUint(c.out.b, uint64(len(p)), 16)
+		c.out.writeString("\r\n")
+		c.out.write(p)
+		c.out.writeString("\r\n")
 	} else {
-		c.out = append(c.out, p...)
+		c.out.write(p)
 	}
 	l.mark(c)
 }
@@ -646,11 +648,11 @@ func (l *loop) complete(c *client) {
 	if r.waiting {
 		l.writeHead(c, int64(len(r.pending))) // whole: sent with its length
 		if len(r.pending) > 0 {
-			c.out = append(c.out, r.pending...)
+			c.out.write(r.pending)
 		}
 		r.pending = nil
 	} else if r.chunked {
-		c.out = append(c.out, "0\r\n\r\n"...)
+		c.out.writeString("0\r\n\r\n")
 	}
 	if r.declared >= 0 && !r.noBody && r.sent != r.declared {
 		c.closeAfter = true // shorter than declared: the client sees it cut
@@ -671,8 +673,8 @@ func (l *loop) skipBody(c *client) {
 		c.closeAfter = true
 		return
 	}
-	n := min(r.bodyLeft, int64(len(c.in)))
-	c.in = consume(c.in, int(n))
+	n := min(r.bodyLeft, int64(c.in.len()))
+	c.in.consume(int(n))
 	c.discard = r.bodyLeft - n
 	r.bodyLeft = 0
 }
@@ -758,11 +760,12 @@ func (l *loop) answerError(c *client, status int, msg string, detail ...any) {
 // with a short JSON error, as the front's reject does: a 503 says when to
 // retry, and a request whose body was not read closes the connection.
 func (l *loop) refuse(c *client, hd *hold, status int, msg string, hasBody bool, detail ...any) {
-	if end := bytes.Index(c.in, []byte("\r\n\r\n")); end >= 0 && !hasBody {
-		c.in = consume(c.in, end+4)
+	if end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n")); end >= 0 && !hasBody {
+		c.in.consume(end + 4)
 		c.closeAfter = hd.closeAfter
 	} else {
-		c.closeAfter, c.in = true, c.in[:0]
+		c.closeAfter = true
+		c.in.consume(c.in.len())
 	}
 	c.served++
 	l.writeError(c, hd.id, hd.method == "HEAD", status, msg, append(detail, "program", hd.program)...)
@@ -779,7 +782,7 @@ func (l *loop) writeError(c *client, id string, head bool, status int, msg strin
 	l.f.log.Warn(msg, append([]any{"request_id", id, "status", status}, detail...)...)
 	body, _ := json.Marshal(map[string]string{"error": msg, "request_id": id})
 	body = append(body, '\n')
-	b := append(c.out, "HTTP/1.1 "...)
+	b := append(c.out.b, "HTTP/1.1 "...)
 	b = strconv.AppendInt(b, int64(status), 10)
 	b = append(append(append(b, ' '), http.StatusText(status)...), "\r\nContent-Type: application/json\r\n"...)
 	if status == http.StatusServiceUnavailable {
@@ -796,7 +799,7 @@ func (l *loop) writeError(c *client, id string, head bool, status int, msg strin
 	if !head {
 		b = append(b, body...)
 	}
-	c.out = b
+	c.out.b = b
 	l.mark(c)
 }
 

@@ -1,0 +1,71 @@
+package loopfront
+
+// queue is a byte queue on one reused array: bytes go in at the end and
+// are consumed from the front. The consumed front is reclaimed by moving
+// the rest down when more room is needed and at least half the array is
+// consumed, so that each byte moves at most once per array-full and a
+// steady stream (a 10 MiB upload, a pipelining client) neither grows the
+// array nor leaves garbage behind.
+type queue struct {
+	b   []byte // the array's used part, consumed bytes included
+	off int    // where the unconsumed bytes start
+}
+
+// len is how many bytes wait.
+func (q *queue) len() int { return len(q.b) - q.off }
+
+// bytes are the waiting bytes, valid until the queue changes.
+func (q *queue) bytes() []byte { return q.b[q.off:] }
+
+// consume drops the first n waiting bytes.
+func (q *queue) consume(n int) {
+	q.off += n
+	if q.off >= len(q.b) {
+		q.b, q.off = q.b[:0], 0
+	}
+}
+
+// reserve makes room for n more bytes at the end.
+func (q *queue) reserve(n int) {
+	if cap(q.b)-len(q.b) >= n {
+		return
+	}
+	if q.off > 0 && q.off >= len(q.b)/2 && cap(q.b)-q.len() >= n {
+		k := copy(q.b, q.b[q.off:])
+		q.b, q.off = q.b[:k], 0
+		return
+	}
+	grown := make([]byte, q.len(), max(2*cap(q.b), q.len()+n, 4<<10))
+	copy(grown, q.b[q.off:])
+	q.b, q.off = grown, 0
+}
+
+// tail returns room for n bytes at the end, for a read; commit adds what
+// was read.
+func (q *queue) tail(n int) []byte {
+	q.reserve(n)
+	return q.b[len(q.b) : len(q.b)+n]
+}
+
+// commit adds n bytes written into tail.
+func (q *queue) commit(n int) { q.b = q.b[:len(q.b)+n] }
+
+// write adds p.
+func (q *queue) write(p []byte) {
+	q.reserve(len(p))
+	q.b = append(q.b, p...)
+}
+
+// writeString adds s.
+func (q *queue) writeString(s string) {
+	q.reserve(len(s))
+	q.b = append(q.b, s...)
+}
+
+// release frees the array of an empty queue that grew large (a
+// connection that took a big body keeps no big buffer while idle).
+func (q *queue) release() {
+	if q.len() == 0 && cap(q.b) > 64<<10 {
+		q.b, q.off = nil, 0
+	}
+}
