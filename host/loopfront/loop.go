@@ -83,6 +83,7 @@ type loop struct {
 	buf          []byte
 	waitingHeads []*client            // responses whose head waits for the end of a read
 	names        []byte               // the lower-case field names of the request being parsed
+	chunk        [20]byte             // a chunk's size line
 	head         message.RequestHead  // reused for each request
 	response     message.ResponseHead // reused for each response
 	date         []byte

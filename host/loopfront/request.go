@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http/httpguts"
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
@@ -454,7 +455,7 @@ func (l *loop) progress(c *client) {
 		if n == r.bodyLeft {
 			flags = frame.FlagFin
 		}
-		ch.send(frame.TypeData, flags, r.stream, c.in.bytes()[:n])
+		l.sendData(ch, flags, r.stream, c.in.bytes()[:n])
 		c.in.consume(int(n))
 		r.bodyLeft -= n
 		r.window -= n
@@ -469,6 +470,27 @@ func (l *loop) progress(c *client) {
 		r.owed = 0
 		l.markChannel(ch)
 	}
+}
+
+// sendData sends a DATA frame of a request body to ch: written at once,
+// header and payload together, when nothing is queued before it and the
+// payload is big enough, else queued.
+func (l *loop) sendData(ch *channel, flags frame.Flags, id uint32, p []byte) {
+	if ch.out.len() > 0 || len(p) < directWrite {
+		ch.send(frame.TypeData, flags, id, p)
+		return
+	}
+	var hdr [frame.HeaderSize]byte
+	frame.AppendHeader(hdr[:0], frame.Header{Type: frame.TypeData, Flags: flags, StreamID: id, Length: uint32(len(p))})
+	n, err := unix.Writev(ch.fd, [][]byte{hdr[:], p})
+	if err != nil {
+		n = 0 // writeChannel meets the error again and closes the channel
+	}
+	if n < len(hdr) {
+		ch.out.write(hdr[n:])
+		n = len(hdr)
+	}
+	ch.out.write(p[n-len(hdr):])
 }
 
 // takeHead turns the program's response head into c's status line and
@@ -617,17 +639,46 @@ func (l *loop) writeBody(c *client, p []byte) {
 	if len(p) == 0 {
 		return
 	}
+	var size []byte // the chunk's size line
 	if c.req.chunked {
-		c.out.reserve(len(p) + 12)
-		c.out.b = strconv.AppendUint(c.out.b, uint64(len(p)), 16)
+		size = append(strconv.AppendUint(l.chunk[:0], uint64(len(p)), 16), "\r\n"...)
+	}
+	if c.out.len() == 0 && len(p) >= directWrite {
+		// Nothing queued: straight from the worker's frame to the
+		// client, without a copy; what the socket does not take now
+		// is queued.
+		parts := [][]byte{p}
+		if size != nil {
+			parts = [][]byte{size, p, []byte("\r\n")}
+		}
+		n, err := unix.Writev(c.fd, parts)
+		if err != nil {
+			n = 0 // flush meets the error again and drops the client
+		}
+		if n > 0 {
+			c.since = l.now() // progress, for the send time limit
+		}
+		for _, part := range parts {
+			k := min(n, len(part))
+			c.out.write(part[k:])
+			n -= k
+		}
+		l.mark(c)
+		return
+	}
+	c.out.write(size)
+	c.out.write(p)
+	if size != nil {
 		c.out.writeString("\r\n")
-		c.out.write(p)
-		c.out.writeString("\r\n")
-	} else {
-		c.out.write(p)
 	}
 	l.mark(c)
 }
+
+// directWrite is the least body data written to a socket straight from
+// where it lies (the worker's frame, the client's input) when nothing is
+// queued before it: a copy into the output queue costs more than the
+// system call from there on.
+const directWrite = 16 << 10
 
 // complete ends c's response: the worker's side is done.
 func (l *loop) complete(c *client) {
