@@ -375,6 +375,7 @@ func (l *loop) drop(c *client) {
 // handOver gives c, idle and with nothing left to write, to the net/http
 // server, with what it sent that the loop has not relayed.
 func (l *loop) handOver(c *client) {
+	l.f.log.Debug("a connection goes to the net/http server", "requests_served_before", c.served, "bytes_read", c.in.len())
 	l.release(c)
 	unix.EpollCtl(l.epoll, unix.EPOLL_CTL_DEL, c.fd, nil)
 	delete(l.clients, c.fd)
