@@ -289,6 +289,13 @@ func (l *loop) writeChannel(ch *channel) {
 			return
 		}
 		ch.out.consume(max(n, 0))
+		if n > 0 && ch.out.len() < creditAt {
+			for _, c := range ch.streams {
+				if c.req != nil && c.req.bodyLeft > 0 {
+					l.mark(c) // its body may go on
+				}
+			}
+		}
 	}
 	if want := ch.out.len() > 0; want != ch.pollingOut {
 		ch.pollingOut = want

@@ -158,7 +158,10 @@ func (l *loop) run() error {
 	events := make([]unix.EpollEvent, 256)
 	for !l.quit && !(l.draining && l.busy() == 0) {
 		timeout := -1
-		if len(l.clients) > 0 {
+		switch {
+		case len(l.dirty) > 0: // marked while the channels were written
+			timeout = 0
+		case len(l.clients) > 0:
 			timeout = max(0, int((l.check-l.now())/int64(time.Millisecond))+1)
 		}
 		n, err := l.epollWait(events, timeout)

@@ -449,7 +449,9 @@ func (l *loop) progress(c *client) {
 		return
 	}
 	ch := r.on
-	for r.bodyLeft > 0 && r.window > 0 && c.in.len() > 0 && !r.finished {
+	// A body goes on while the channel's queue is short (a worker that
+	// reads slowly makes the loop read the client slowly, not queue).
+	for r.bodyLeft > 0 && r.window > 0 && c.in.len() > 0 && !r.finished && ch.out.len() < creditAt {
 		n := min(r.bodyLeft, r.window, int64(c.in.len()), int64(ch.peer.MaxFrameSize))
 		flags := frame.Flags(0)
 		if n == r.bodyLeft {
