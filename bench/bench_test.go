@@ -122,8 +122,8 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 		{"4. B ≥ 0.5× A req/s, upload-10mib, 1 process(es)", true, false},
 		{"4. B ≥ 0.5× A req/s, upload-10mib, 2 process(es)", false, true},
 		{"4. memory flat during the 10 MiB uploads (each B process grows < 4 MiB), 1 process(es)", false, false},
-		{"5. init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)", true, false},  // 0.015 s
-		{"5. init CPU ≤ 0.02 s / 10k req, hello, 2 process(es)", false, false}, // 0.025 s
+		{"5. B: init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)", true, false},  // 0.015 s
+		{"5. B: init CPU ≤ 0.02 s / 10k req, hello, 2 process(es)", false, false}, // 0.025 s
 		{"issue 7: B ≥ 10× C req/s, hello, 1 process(es)", true, false},
 		{"issue 7: B ≥ 10× C req/s, fastapi, 1 process(es)", false, false},
 		{"issue 7: init peak RSS ≤ 10 MiB (all B runs)", true, false},
@@ -132,11 +132,28 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 		check(c.goal, c.met, c.missing)
 	}
 
-	// A B without an init process measured (no such process) is not
+	// Without results of L, no target of L; with them, its own.
+	for goal := range got {
+		if strings.Contains(goal, " L ") || strings.Contains(goal, "L:") {
+			t.Fatalf("a target of L without L's results: %q", goal)
+		}
+	}
+	withL := &Report{Config: rep.Config, Results: append(append([]Result(nil), rep.Results...), res("L", "hello", 1, 36000, 0))}
+	found := false
+	for _, tg := range withL.Targets() {
+		if tg.Goal == "1. L ≥ 1.0× A′ req/s, hello, 1 process(es)" {
+			found = tg.Met && !tg.Missing // 36000 vs 18000
+		}
+	}
+	if !found {
+		t.Fatal("no met target 1 of L with L's results")
+	}
+
+		// A B without an init process measured (no such process) is not
 	// measured rather than met.
 	rep.Results[2].CPUByName = nil
 	for _, tg := range rep.Targets() {
-		if tg.Goal == "5. init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)" && !tg.Missing {
+		if tg.Goal == "5. B: init CPU ≤ 0.02 s / 10k req, hello, 1 process(es)" && !tg.Missing {
 			t.Fatalf("init CPU with no init: %+v", tg)
 		}
 	}
