@@ -149,7 +149,7 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 		t.Fatal("no met target 1 of L with L's results")
 	}
 
-		// A B without an init process measured (no such process) is not
+	// A B without an init process measured (no such process) is not
 	// measured rather than met.
 	rep.Results[2].CPUByName = nil
 	for _, tg := range rep.Targets() {
