@@ -113,6 +113,7 @@ var agentRequestID = regexp.MustCompile(`"request_id":"[0-9a-f]{16}"`)
 
 // loopHostileApp answers the hostile cases of the event-loop front.
 const loopHostileApp = `import asyncio
+import time
 from urllib.parse import parse_qs
 async def body(receive):
     data = b""
@@ -136,6 +137,10 @@ async def app(scope, receive, send):
         await asyncio.sleep(float(q["s"]))
         await start(send, 200, [(b"content-length", b"4")])
         await send({"type": "http.response.body", "body": b"slow"})
+    elif path == "/block":
+        time.sleep(float(q["s"]))  # blocks the worker: it reads nothing meanwhile
+        await start(send, 200, [(b"content-length", b"5")])
+        await send({"type": "http.response.body", "body": b"block"})
     elif path == "/cl-long":
         await start(send, 200, [(b"content-length", b"5")])
         await send({"type": "http.response.body", "body": b"hello", "more_body": True})
@@ -333,5 +338,42 @@ func TestLoopFrontDrainsOnStop(t *testing.T) {
 				t.Errorf("the request in flight at the stop: %s", g)
 			}
 		})
+	}
+}
+
+// Requests with big heads that queue up toward a worker that has stopped
+// reading its channel (a blocking call in the app) all get their answers
+// once it reads again. Their frames wait in the loop's queue toward the
+// worker, which the worker drains a part at a time: a head written into a
+// queue whose front was partly sent once went to a stale offset, and the
+// worker read a corrupt frame (502s).
+func TestLoopFrontBigHeadsQueuedToABusyWorker(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	addr, _ := runAgent(t, "--front", "loop", "--workers", "1", dir, "main:app")
+	blocked := make(chan string, 1)
+	go func() { blocked <- loopExchange(addr, "GET /block?s=2 HTTP/1.1\r\nHost: x\r\n\r\n", nil, 1) }()
+	time.Sleep(300 * time.Millisecond)
+	const clients = 48
+	got := make(chan string, clients)
+	for i := range clients {
+		// Heads of 8 to 31 KiB: together far more than a socket buffer.
+		pad := strings.Repeat("p", (8<<10)+i*(23<<10)/clients)
+		go func() { got <- loopExchange(addr, "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: "+pad+"\r\n\r\n", nil, 1) }()
+	}
+	want := `200 [Content-Length: 2] "ok" | then timeout`
+	bad := 0
+	for range clients {
+		if g := <-got; g != want {
+			if bad++; bad <= 3 {
+				t.Errorf("a request queued behind the blocked worker: %s", g)
+			}
+		}
+	}
+	if bad > 0 {
+		t.Errorf("%d of %d requests failed", bad, clients)
+	}
+	if g := <-blocked; g != `200 [Content-Length: 5] "block" | then timeout` {
+		t.Errorf("the blocking request: %s", g)
 	}
 }

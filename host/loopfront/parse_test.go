@@ -1,8 +1,11 @@
 package loopfront
 
 import (
+	"bytes"
 	"strings"
 	"testing"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
 )
 
 // The loop relays only requests under its strict subset of HTTP/1.1 and
@@ -125,4 +128,49 @@ func TestQueueKeepsOrderAndItsArray(t *testing.T) {
 	if cap(q.b) > 4*most+(4<<10) {
 		t.Fatalf("the array grew to %d bytes for at most %d waiting", cap(q.b), most)
 	}
+}
+
+// A frame opened on a queue whose front the worker has partly consumed
+// lands whole after the waiting bytes, even when making room for it moves
+// them down (the REQUEST header once went to a stale offset there, and
+// the worker read a corrupt frame).
+func TestQueueFramesSurviveCompaction(t *testing.T) {
+	var q queue
+	var want []byte // the waiting bytes a worker should read
+	put := func(id uint32, payload []byte, hint int) {
+		at := q.openFrame(hint)
+		q.b = append(q.b, payload...)
+		size := q.frameSize(at)
+		frame.AppendHeader(q.b[at:at], frame.Header{Type: frame.TypeRequest, StreamID: id, Length: uint32(size)})
+		want = appendFrame(want, frame.TypeRequest, 0, id, payload)
+	}
+	take := func(n int) {
+		if string(q.bytes()[:n]) != string(want[:n]) {
+			t.Fatalf("the queue's bytes differ from the frames put in")
+		}
+		q.consume(n)
+		want = want[n:]
+	}
+	// The case the review found: a 4 KiB array three quarters consumed,
+	// then a head that needs the room.
+	put(1, bytes.Repeat([]byte("q"), 4000-frame.HeaderSize), 0)
+	take(3000)
+	put(3, bytes.Repeat([]byte("h"), 500), 500)
+	if string(q.bytes()) != string(want) {
+		t.Fatalf("after a compaction the queue holds %d bytes, want %d", q.len(), len(want))
+	}
+	h := frame.ParseHeader(q.bytes()[1000:])
+	if h.Type != frame.TypeRequest || h.StreamID != 3 || h.Length != 500 {
+		t.Fatalf("the worker reads %+v, want REQUEST 3 of 500 bytes", h)
+	}
+	// Then many frames of all sizes, with hints short of, equal to and
+	// beyond their payloads, and the worker consuming at any byte.
+	for round := range 3000 {
+		n := (round * 7919) % 9000
+		put(uint32(5+2*round), bytes.Repeat([]byte{byte(round)}, n), []int{0, n, 2 * n}[round%3])
+		if round%2 == 1 {
+			take(min(len(want), (round*104729)%13000))
+		}
+	}
+	take(len(want))
 }

@@ -1,5 +1,7 @@
 package loopfront
 
+import "github.com/ferry-vm/ferry/protocol/frame"
+
 // queue is a byte queue on one reused array: bytes go in at the end and
 // are consumed from the front. The consumed front is reclaimed by moving
 // the rest down when more room is needed and at least half the array is
@@ -69,3 +71,19 @@ func (q *queue) release() {
 		q.b, q.off = nil, 0
 	}
 }
+
+// openFrame starts a frame whose payload the caller appends to q.b: it
+// makes room for a header and about n payload bytes, appends a blank
+// header and returns where the frame starts. The room is made first, as
+// reserve may move the waiting bytes down; from here to the frame's end
+// only appends happen, which keep offsets. The caller fills the header at
+// q.b[at:] once it knows the payload's size (frameSize).
+func (q *queue) openFrame(n int) (at int) {
+	q.reserve(frame.HeaderSize + n)
+	at = len(q.b)
+	q.b = append(q.b, make([]byte, frame.HeaderSize)...)
+	return at
+}
+
+// frameSize is the payload appended after the frame opened at at.
+func (q *queue) frameSize(at int) int { return len(q.b) - at - frame.HeaderSize }

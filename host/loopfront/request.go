@@ -279,11 +279,9 @@ func (l *loop) start(c *client, end int) bool {
 	c.hold = nil
 	h.Path, h.RootPath = []byte(t.Path), []byte(t.RootPath)
 	h.RawPath = h.Path // no escapes: the raw path is the path
-	at := len(ch.out.b)
-	ch.out.reserve(frame.HeaderSize + end)
-	ch.out.b = append(ch.out.b, make([]byte, frame.HeaderSize)...)
+	at := ch.out.openFrame(end)
 	ch.out.b = h.Append(ch.out.b)
-	size := len(ch.out.b) - at - frame.HeaderSize
+	size := ch.out.frameSize(at)
 	if size > int(ch.peer.MaxFrameSize) {
 		ch.out.b = ch.out.b[:at] // never sent: the id stays unused
 		c.hold = hd
