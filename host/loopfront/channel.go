@@ -172,6 +172,7 @@ func (l *loop) readChannel(ch *channel) {
 	}
 	if ch.fd >= 0 {
 		ch.in.consume(ch.in.len() - len(p))
+		ch.idle()
 	}
 	l.sendHeads()
 }
@@ -289,6 +290,7 @@ func (l *loop) writeChannel(ch *channel) {
 			return
 		}
 		ch.out.consume(max(n, 0))
+		ch.idle()
 		if n > 0 && ch.out.len() < creditAt {
 			for _, c := range ch.streams {
 				if c.req != nil && c.req.bodyLeft > 0 {
@@ -345,6 +347,17 @@ func (fd readerOf) Read(p []byte) (int, error) {
 			n = 0
 		}
 		return n, err
+	}
+}
+
+// idle frees the queues' big arrays once no request is on the channel:
+// a worker that took a 10 MiB upload or sent big frames keeps no big
+// buffer while it waits. Not before, so that a long body's frames reuse
+// one array.
+func (ch *channel) idle() {
+	if ch.outstanding == 0 {
+		ch.in.release()
+		ch.out.release()
 	}
 }
 

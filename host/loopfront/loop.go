@@ -24,9 +24,11 @@ const (
 	// and 64 KiB of body. Beyond, the loop stops reading the client
 	// until the worker has taken some.
 	maxUnread = maxHead + 64<<10
-	// maxUnwritten bounds a client's response bytes not yet written:
-	// beyond, the worker's credit is not returned and nothing more is
-	// read from the client.
+	// maxUnwritten: while a client's response bytes not yet written
+	// reach this, the loop reads nothing more from it (a pipelining
+	// client waits). It is not what bounds them: credit does (creditAt),
+	// which keeps a response's unwritten bytes under creditAt plus the
+	// window the host grants (initialWindow), 320 KiB.
 	maxUnwritten = 256 << 10
 	// creditAt: a response's credit goes back to its worker once the
 	// client's output holds at most this much, so that the worker sends
@@ -150,6 +152,21 @@ func (l *loop) watch(op, fd int, in, out bool) error {
 	return nil
 }
 
+// restoreProcs takes back the P the loop added. Setting GOMAXPROCS
+// stopped the runtime from following the cgroup's CPU limit (Go 1.25 and
+// later); restoring the default resumes that, and procs is set again only
+// if the default differs from it (GOMAXPROCS was set by hand). If someone
+// changed GOMAXPROCS while the loop ran, theirs stands.
+func restoreProcs(procs int) {
+	if runtime.GOMAXPROCS(0) != procs+1 {
+		return
+	}
+	runtime.SetDefaultGOMAXPROCS()
+	if runtime.GOMAXPROCS(0) != procs {
+		runtime.GOMAXPROCS(procs)
+	}
+}
+
 // run is the loop: wait, read everything that is ready and turn it into
 // output, then write each connection's output once.
 func (l *loop) run() error {
@@ -163,7 +180,7 @@ func (l *loop) run() error {
 	// websockets handed to net/http ran at 1,407 echoes a second.
 	procs := runtime.GOMAXPROCS(0)
 	runtime.GOMAXPROCS(procs + 1)
-	defer runtime.GOMAXPROCS(procs)
+	defer restoreProcs(procs)
 	events := make([]unix.EpollEvent, 256)
 	for !l.quit && !(l.draining && l.busy() == 0) {
 		timeout := -1
