@@ -172,7 +172,6 @@ func (l *loop) readChannel(ch *channel) {
 	}
 	if ch.fd >= 0 {
 		ch.in.consume(ch.in.len() - len(p))
-		ch.idle()
 	}
 	l.sendHeads()
 }
@@ -290,7 +289,6 @@ func (l *loop) writeChannel(ch *channel) {
 			return
 		}
 		ch.out.consume(max(n, 0))
-		ch.idle()
 		if n > 0 && ch.out.len() < creditAt {
 			for _, c := range ch.streams {
 				if c.req != nil && c.req.bodyLeft > 0 {
@@ -350,10 +348,10 @@ func (fd readerOf) Read(p []byte) (int, error) {
 	}
 }
 
-// idle frees the queues' big arrays once no request is on the channel:
+// idle frees the queues' big arrays when no request is on the channel:
 // a worker that took a 10 MiB upload or sent big frames keeps no big
-// buffer while it waits. Not before, so that a long body's frames reuse
-// one array.
+// buffer while it waits. The loop calls it once a tick (expire), so that
+// requests one after another reuse the arrays.
 func (ch *channel) idle() {
 	if ch.outstanding == 0 {
 		ch.in.release()

@@ -438,8 +438,19 @@ func (l *loop) linger(c *client) {
 // programs' (resources.seconds) to every client.
 func (l *loop) expire(now int64) {
 	lim := l.f.opt.Limits
+	for _, ch := range l.channels {
+		ch.idle()
+	}
 	for _, c := range l.clients {
 		r := c.req
+		if r == nil {
+			// Between requests, a client keeps no big array. Here, at
+			// most once a tick, and not at each request's end, so that
+			// a client sending one upload after another reuses its
+			// arrays instead of growing new ones each time.
+			c.in.release()
+			c.out.release()
+		}
 		switch {
 		case c.lingering:
 			if now-c.since >= int64(lingerTime) {
@@ -498,10 +509,6 @@ func (l *loop) flush() {
 		}
 		if c.fd < 0 {
 			continue // handed over, or dropped
-		}
-		if c.req == nil {
-			c.in.release()
-			c.out.release()
 		}
 		if in, out := l.mayRead(c), c.out.len() > 0; in != c.readingIn || out != c.pollingOut {
 			c.readingIn, c.pollingOut = in, out
