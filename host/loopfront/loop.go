@@ -65,6 +65,11 @@ type client struct {
 	readEOF   bool  // the client shut its writing side
 	served    int   // requests started on the connection
 	req       *request
+	// spare is the finished request's record, reused by the next one
+	// (with its head's array): requests start only at the top of the
+	// loop (next), where nothing holds the old one any more.
+	spare     *request
+	spareHold *hold // likewise, a hold that never waited off the loop
 	// since is when the wait the client's time limit applies to began:
 	// the first byte of a head, the start of an idle spell, or the last
 	// write that made progress.

@@ -227,7 +227,11 @@ func (l *loop) start(c *client, end int) bool {
 	}
 	hd := c.hold
 	if hd == nil {
-		hd = &hold{start: time.Now(), program: t.ID, method: string(h.Method), path: path, closeAfter: fs.closeAfter}
+		if hd = c.spareHold; hd == nil {
+			hd = new(hold)
+		}
+		c.spareHold = nil
+		*hd = hold{start: time.Now(), program: t.ID, method: string(h.Method), path: path, closeAfter: fs.closeAfter}
 		if fs.requestIDs == 1 && relay.WellFormedID(string(fs.requestID)) {
 			hd.id = string(fs.requestID)
 		} else {
@@ -277,6 +281,11 @@ func (l *loop) start(c *client, end int) bool {
 	}
 	lim := hd.lim
 	c.hold = nil
+	if hd.cancel == nil {
+		// Never waited off the loop: no goroutine knows it, so the next
+		// request may reuse it (acquired tells holds apart by address).
+		c.spareHold = hd
+	}
 	h.Path, h.RootPath = []byte(t.Path), []byte(t.RootPath)
 	h.RawPath = h.Path // no escapes: the raw path is the path
 	at := ch.out.openFrame(end)
@@ -300,9 +309,14 @@ func (l *loop) start(c *client, end int) bool {
 	frame.AppendHeader(ch.out.b[at:at], frame.Header{Type: frame.TypeRequest, Flags: flags, StreamID: id, Length: uint32(size)})
 	l.markChannel(ch)
 	inst.CountDirect()
-	r := &request{stream: id, on: ch, inst: inst, lim: lim, id: hd.id, method: string(h.Method), path: path, target: t,
-		start: hd.start, isHead: string(h.Method) == "HEAD", bodyLeft: max(fs.length, 0), window: int64(ch.peer.InitialWindow),
-		bodyAt: l.now(), declared: -1}
+	r := c.spare
+	if r == nil {
+		r = new(request)
+	}
+	c.spare = nil
+	*r = request{stream: id, on: ch, inst: inst, lim: lim, id: hd.id, method: hd.method, path: path, target: t,
+		start: hd.start, isHead: hd.method == "HEAD", bodyLeft: max(fs.length, 0), window: int64(ch.peer.InitialWindow),
+		bodyAt: l.now(), declared: -1, headOut: r.headOut[:0]}
 	if t.Route.Timeout > 0 {
 		r.deadline = l.now() + int64(t.Route.Timeout)
 	}
@@ -874,6 +888,9 @@ func (l *loop) finish(c *client, status int) {
 			Took: time.Since(r.start), ID: r.id, AppID: r.appID})
 	}
 	c.req = nil
+	if cap(r.headOut) <= 4<<10 { // not an app's huge head
+		c.spare = r
+	}
 	c.since = l.now()
 	if c.fd >= 0 {
 		l.mark(c) // a pipelined request may start
