@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 
+	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/protocol/frame"
 )
 
@@ -173,4 +175,38 @@ func TestQueueFramesSurviveCompaction(t *testing.T) {
 		}
 	}
 	take(len(want))
+}
+
+// Between requests, once a tick, a client and an idle channel give back
+// the big arrays a body grew; a client or channel with a request on it
+// keeps them, so that its body reuses one array.
+func TestExpireFreesIdleArraysOnly(t *testing.T) {
+	hour := time.Hour
+	l := &loop{f: &Front{opt: Options{Limits: front.ConnLimits{Header: hour, Body: hour, Send: hour, Keepalive: hour}}},
+		clients: map[int]*client{}, channels: map[int]*channel{}}
+	grown := func() queue {
+		var q queue
+		q.write(make([]byte, 200<<10))
+		q.consume(200 << 10)
+		return q
+	}
+	idle := &client{fd: 10, in: grown(), out: grown(), served: 1}
+	busy := &client{fd: 11, in: grown(), out: grown(), served: 1, req: &request{}}
+	quiet := &channel{fd: 12, in: grown(), out: grown()}
+	working := &channel{fd: 13, in: grown(), out: grown(), outstanding: 1}
+	l.clients[10], l.clients[11] = idle, busy
+	l.channels[12], l.channels[13] = quiet, working
+	l.expire(l.now())
+	for name, q := range map[string]*queue{"idle client's input": &idle.in, "idle client's output": &idle.out,
+		"idle channel's input": &quiet.in, "idle channel's output": &quiet.out} {
+		if cap(q.b) != 0 {
+			t.Errorf("%s keeps %d bytes", name, cap(q.b))
+		}
+	}
+	for name, q := range map[string]*queue{"busy client's input": &busy.in, "busy client's output": &busy.out,
+		"busy channel's input": &working.in, "busy channel's output": &working.out} {
+		if cap(q.b) < 200<<10 {
+			t.Errorf("%s lost its array (%d bytes)", name, cap(q.b))
+		}
+	}
 }
