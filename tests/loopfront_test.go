@@ -141,6 +141,14 @@ async def app(scope, receive, send):
         time.sleep(float(q["s"]))  # blocks the worker: it reads nothing meanwhile
         await start(send, 200, [(b"content-length", b"5")])
         await send({"type": "http.response.body", "body": b"block"})
+    elif path == "/excess-fin":  # one send, longer than its length
+        await start(send, 200, [(b"content-length", b"5")])
+        await send({"type": "http.response.body", "body": b"0123456789"})
+    elif path == "/big-stream":  # 2 MiB, no length
+        await start(send, 200, [(b"content-type", b"text/plain")])
+        for _ in range(32):
+            await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
     elif path == "/cl-long":
         await start(send, 200, [(b"content-length", b"5")])
         await send({"type": "http.response.body", "body": b"hello", "more_body": True})
@@ -172,7 +180,7 @@ async def app(scope, receive, send):
 
 // loopHostileFlags are the limits both agents of the hostile cases run
 // with: short, so that the cases see them act.
-var loopHostileFlags = []string{"--workers", "1", "--header-timeout", "1s", "--keepalive-timeout", "2s", "--body-timeout", "1s",
+var loopHostileFlags = []string{"--workers", "1", "--header-timeout", "1s", "--keepalive-timeout", "3s", "--body-timeout", "1s",
 	"--timeout", "4s", "--max-concurrent", "1", "--queue-timeout", "200ms"}
 
 // loopExchange writes raw to a new connection to addr (body, when set,
@@ -219,8 +227,10 @@ func loopExchange(addr, raw string, body []byte, n int) string {
 		out = append(out, s)
 	}
 	// Well within the keep-alive limit (loopHostileFlags): "timeout"
-	// means the connection stayed open.
-	conn.SetReadDeadline(time.Now().Add(time.Second))
+	// means the connection stayed open. Longer than the body limit, since
+	// the net/http front, after a 408 for a stalled body, discards the
+	// rest for that long before it closes.
+	conn.SetReadDeadline(time.Now().Add(1500 * time.Millisecond))
 	if _, err := r.ReadByte(); err != nil {
 		out = append(out, "then "+loopErr(err))
 	} else {
@@ -278,6 +288,8 @@ func TestLoopFrontHostileClientsAndApps(t *testing.T) {
 			`504 [Content-Length: 79 Content-Type: application/json] "{\"error\":\"the program did not answer in time\",(id)}\n" | then timeout`, ""},
 		{"more body than its length", "GET /cl-long HTTP/1.1\r\n" + host + "\r\n", nil, 1, `200 [Connection: close Content-Length: 5] "hello" | then eof`,
 			`200 [Content-Length: 5] "" body: eof | then eof`},
+		{"more body than its length in its last send", "GET /excess-fin HTTP/1.1\r\n" + host + "\r\n", nil, 1,
+			`200 [Connection: close Content-Length: 5] "01234" | then eof`, `200 [Content-Length: 5] "" body: eof | then eof`},
 		{"204 with a length", "GET /no-body?status=204 HTTP/1.1\r\n" + host + "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", nil, 2,
 			`204 [Content-Type: text/plain] "" | 200 [Content-Length: 2] "ok" | then timeout`, ""},
 		{"304 with a length", "GET /no-body?status=304 HTTP/1.1\r\n" + host + "\r\nGET / HTTP/1.1\r\n" + host + "\r\n", nil, 2,
@@ -375,5 +387,66 @@ func TestLoopFrontBigHeadsQueuedToABusyWorker(t *testing.T) {
 	}
 	if g := <-blocked; g != `200 [Content-Length: 5] "block" | then timeout` {
 		t.Errorf("the blocking request: %s", g)
+	}
+}
+
+// A HEAD request for a long streamed body: the loop discards the body
+// the worker sends and still returns its credit, so that the worker ends
+// the stream and the connection's next request is served (the loop once
+// returned only the first window's credit: the stream, the connection
+// and the program's slot stayed held until the client left).
+func TestLoopFrontHeadOfALongBody(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(strings.ReplaceAll(f, "/", "-"), func(t *testing.T) {
+			addr, _ := runAgent(t, "--front", f, "--workers", "1", dir, "main:app")
+			conn, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			conn.Write([]byte("HEAD /big-stream HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+			br := bufio.NewReader(conn)
+			var got []string
+			for _, m := range []string{"HEAD", "GET"} {
+				resp, err := http.ReadResponse(br, &http.Request{Method: m})
+				if err != nil {
+					got = append(got, m+": "+loopErr(err))
+					break
+				}
+				b, _ := io.ReadAll(resp.Body)
+				got = append(got, fmt.Sprintf("%s: %d %q", m, resp.StatusCode, b))
+			}
+			if g := strings.Join(got, " | "); g != `HEAD: 200 "" | GET: 200 "ok"` {
+				t.Errorf("%s front: %s", f, g)
+			}
+		})
+	}
+}
+
+// An agent told to stop serves the requests it has taken, those waiting
+// for a slot of the program's limit included, behind either front (the
+// loop once closed a waiting request's connection without an answer).
+func TestLoopFrontDrainServesWaitingRequests(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(strings.ReplaceAll(f, "/", "-"), func(t *testing.T) {
+			p := startAgent(t, "run", agentOptions{}, "--front", f, "--workers", "1", "--max-concurrent", "1", "--queue-timeout", "5s", dir, "main:app")
+			first, waiting := make(chan string, 1), make(chan string, 1)
+			go func() { first <- loopExchange(p.addr, "GET /slow?s=2 HTTP/1.1\r\nHost: x\r\n\r\n", nil, 1) }()
+			time.Sleep(500 * time.Millisecond)
+			go func() { waiting <- loopExchange(p.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n", nil, 1) }()
+			time.Sleep(500 * time.Millisecond)
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			if g := <-first; !strings.HasPrefix(g, "200 ") {
+				t.Errorf("the request in flight at the stop: %s", g)
+			}
+			if g := <-waiting; !strings.HasPrefix(g, "200 ") {
+				t.Errorf("the request waiting for the program's slot at the stop: %s", g)
+			}
+		})
 	}
 }

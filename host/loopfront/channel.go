@@ -182,6 +182,9 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 	switch fh.Type {
 	case frame.TypePing:
 		if !fh.Has(frame.FlagAck) {
+			if ch.out.len() >= maxQueued {
+				return fmt.Errorf("PINGs while %d bytes wait for the worker to read them", ch.out.len())
+			}
 			ch.send(frame.TypePing, frame.FlagAck, 0, payload)
 			l.markChannel(ch)
 		}
@@ -244,7 +247,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 		}
 		r.received += int64(len(payload))
 		l.body(c, payload)
-		if fh.Has(frame.FlagFin) {
+		if fh.Has(frame.FlagFin) && !r.finished { // body may have ended it (more than its length)
 			l.complete(c)
 		}
 		return nil

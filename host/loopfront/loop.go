@@ -38,6 +38,11 @@ const (
 	// maxBacklog bounds the frames waiting for a worker that does not
 	// read: it gets no new requests beyond.
 	maxBacklog = 4 << 20
+	// maxQueued bounds what the loop queues toward a worker at all: a
+	// worker that sends PINGs and reads none of the ACKs is cut off
+	// beyond it (SPEC.md §9: a bounded write queue), as the agent's
+	// sessions are.
+	maxQueued = 2 * maxBacklog
 	// tick is how often the loop checks its clients' time limits.
 	tick = 100 * time.Millisecond
 )
@@ -90,6 +95,7 @@ type loop struct {
 	buf          []byte
 	waitingHeads []*client            // responses whose head waits for the end of a read
 	names        []byte               // the lower-case field names of the request being parsed
+	fieldName    []byte               // a response field's name in lower case (takeHead)
 	chunk        [20]byte             // a chunk's size line
 	head         message.RequestHead  // reused for each request
 	response     message.ResponseHead // reused for each response
@@ -503,7 +509,7 @@ func (l *loop) flush() {
 		if c.lingering {
 			continue
 		}
-		if c.out.len() == 0 && c.req == nil && c.closeAfter {
+		if c.out.len() == 0 && c.req == nil && c.hold == nil && c.closeAfter {
 			l.linger(c)
 			continue
 		}

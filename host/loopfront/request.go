@@ -85,8 +85,8 @@ func (l *loop) next(c *client) {
 		}
 		c.since = l.now()
 	}
-	if c.closeAfter || c.in.len() == 0 {
-		return
+	if (c.closeAfter && c.hold == nil) || c.in.len() == 0 {
+		return // (a hold the drain found goes on: its request was taken)
 	}
 	end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n"))
 	if end < 0 && c.in.len() <= maxHead {
@@ -322,7 +322,7 @@ func (l *loop) start(c *client, end int) bool {
 	}
 	ch.streams[id] = c
 	ch.outstanding++
-	c.req, c.closeAfter = r, fs.closeAfter
+	c.req, c.closeAfter = r, fs.closeAfter || l.draining
 	c.served++
 	c.in.consume(end + 4)
 	l.progress(c)
@@ -531,7 +531,10 @@ func (l *loop) takeHead(c *client, rh *message.ResponseHead) {
 	b = append(b, "\r\n"...)
 	hasID, hasDate := false, false
 	for _, f := range rh.Headers {
-		switch string(f.Name) {
+		// Lower case is only a SHOULD for a worker (SPEC.md §4): a
+		// Content-Length in another case must not pass as an app field.
+		l.fieldName = appendLower(l.fieldName[:0], f.Name)
+		switch string(l.fieldName) {
 		case "transfer-encoding":
 			continue
 		case "connection":
@@ -627,7 +630,8 @@ func (l *loop) body(c *client, p []byte) {
 	r.owed += int64(len(p))
 	if r.noBody {
 		r.dropped += int64(len(p))
-		return // discarded, as net/http does: the credit still goes back
+		l.mark(c) // progress returns the credit
+		return    // discarded, as net/http does: the credit still goes back
 	}
 	excess := r.declared >= 0 && r.sent+int64(len(p)) > r.declared
 	if excess {
@@ -827,7 +831,7 @@ func (l *loop) answerError(c *client, status int, msg string, detail ...any) {
 func (l *loop) refuse(c *client, hd *hold, status int, msg string, hasBody bool, detail ...any) {
 	if end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n")); end >= 0 && !hasBody {
 		c.in.consume(end + 4)
-		c.closeAfter = hd.closeAfter
+		c.closeAfter = hd.closeAfter || l.draining
 	} else {
 		c.closeAfter = true
 		c.in.consume(c.in.len())

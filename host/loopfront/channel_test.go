@@ -1,0 +1,119 @@
+package loopfront
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/dataplane"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// A worker that floods PINGs and never reads its channel: the PING ACKs
+// the loop queues toward it stay bounded, and the channel is closed
+// (SPEC.md §9: frames queued for writing are bounded; the agent's
+// sessions close such a peer past 8 MiB too).
+func TestPingFloodFromAWorkerThatDoesNotReadIsCutOff(t *testing.T) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	loopEnd, worker := fds[0], fds[1]
+	defer unix.Close(worker)
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
+	l := &loop{f: f, epoll: ep, clients: map[int]*client{}, channels: map[int]*channel{}, groups: map[*dataplane.Set]*group{}}
+	ch := &channel{fd: loopEnd, streams: map[uint32]*client{}, next: 1}
+	l.channels[loopEnd] = ch
+	if err := l.watch(unix.EPOLL_CTL_ADD, loopEnd, true, false); err != nil {
+		t.Fatal(err)
+	}
+	defer l.closeChannel(ch, "test over")
+	var pings []byte
+	for range 3000 { // 54 KB of PINGs
+		pings = appendFrame(pings, frame.TypePing, 0, 0, make([]byte, 8))
+	}
+	most := 0
+	for round := 0; round < 400 && ch.fd >= 0; round++ { // 21 MB sent in all
+		for off := 0; off < len(pings); {
+			n, err := unix.Write(worker, pings[off:])
+			if err != nil {
+				break // the socket is full: the loop reads
+			}
+			off += n
+			l.readChannel(ch)
+		}
+		l.readChannel(ch)
+		l.flush() // writes what the worker's socket takes: it takes nothing more once full
+		most = max(most, ch.out.len())
+	}
+	if most > maxQueued+(64<<10) {
+		t.Fatalf("a worker that sends PINGs and reads nothing made the loop queue %d MB of ACKs toward it", most>>20)
+	}
+	if ch.fd >= 0 {
+		t.Fatalf("the channel of a worker that sent 21 MB of PINGs and read no ACK is still open (%d bytes queued)", ch.out.len())
+	}
+}
+
+// A worker (the app's VM: untrusted) that sends its framing fields with
+// names not in lower case (SPEC.md §4: lower case is a SHOULD): the loop
+// must not pass the app's own Content-Length or Transfer-Encoding next to
+// the framing it adds, which would desync the client (or a proxy sharing
+// the connection) on where the response ends.
+func TestWorkerFramingFieldsInAnyCaseFrameOnce(t *testing.T) {
+	for _, name := range []string{"Content-Length", "Transfer-Encoding"} {
+		t.Run(name, func(t *testing.T) {
+			l, ch, c, worker := channelWithRequest(t)
+			value := "5"
+			if name == "Transfer-Encoding" {
+				value = "chunked"
+			}
+			rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte(name), Value: []byte(value)}}}
+			out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
+			out = appendFrame(out, frame.TypeData, 0, 1, []byte("hello")) // more to come: streamed
+			if _, err := unix.Write(worker, out); err != nil {
+				t.Fatal(err)
+			}
+			l.readChannel(ch)
+			head, _, _ := strings.Cut(string(c.out.bytes()), "\r\n\r\n")
+			lower := strings.ToLower(head)
+			if strings.Count(lower, "content-length:")+strings.Count(lower, "transfer-encoding:") > 1 {
+				t.Errorf("the client gets two framings:\n%s", head)
+			}
+		})
+	}
+}
+
+// channelWithRequest is a loop with one worker channel and one client (socket
+// pairs: the test holds the worker's end), the client's request open on
+// stream 1.
+func channelWithRequest(t *testing.T) (*loop, *channel, *client, int) {
+	t.Helper()
+	pair := func() (int, int) {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+		return fds[0], fds[1]
+	}
+	chFd, worker := pair()
+	cFd, _ := pair()
+	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
+	l := &loop{f: f, epoll: -1, clients: map[int]*client{}, channels: map[int]*channel{}, groups: map[*dataplane.Set]*group{}}
+	ch := &channel{fd: chFd, streams: map[uint32]*client{}, next: 3, peer: message.Hello{MaxFrameSize: 64 << 10, InitialWindow: 256 << 10, MaxStreams: 8}}
+	l.channels[chFd] = ch
+	c := &client{fd: cFd}
+	l.clients[cFd] = c
+	c.req = &request{stream: 1, on: ch, id: "0123456789abcdef", method: "GET", window: 256 << 10, declared: -1}
+	ch.streams[1] = c
+	ch.outstanding = 1
+	return l, ch, c, worker
+}
