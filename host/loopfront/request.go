@@ -89,7 +89,7 @@ func (l *loop) next(c *client) {
 		return // (a hold the drain found goes on: its request was taken)
 	}
 	end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n"))
-	if end < 0 && c.in.len() <= maxHead {
+	if end < 0 && c.in.len() <= maxHead && !bareLF(c.in.bytes()) {
 		return // the head is not whole yet
 	}
 	if end < 0 || end > maxHead || !l.start(c, end) {
@@ -97,6 +97,23 @@ func (l *loop) next(c *client) {
 			l.handOver(c)
 		}
 	}
+}
+
+// bareLF reports whether b has a line feed not after a carriage return:
+// a head that net/http reads (it ends lines at '\n') but parse refuses, and
+// whose end "\r\n\r\n" may never come: the net/http server takes it now.
+func bareLF(b []byte) bool {
+	for i := bytes.IndexByte(b, '\n'); i >= 0; {
+		if i == 0 || b[i-1] != '\r' {
+			return true
+		}
+		j := bytes.IndexByte(b[i+1:], '\n')
+		if j < 0 {
+			return false
+		}
+		i += 1 + j
+	}
+	return false
 }
 
 // fields is what start needs of a request head besides l.head.
@@ -262,8 +279,7 @@ func (l *loop) start(c *client, end int) bool {
 	if set == nil {
 		// A VM without worker channels (qemu's virtio-serial carries one
 		// connection): init routes its requests.
-		l.release(c)
-		return false
+		return l.leave(c, fs.length > 0)
 	}
 	ch := l.pick(set)
 	if ch == nil {
@@ -273,11 +289,10 @@ func (l *loop) start(c *client, end int) bool {
 		if hd.until == 0 {
 			hd.until = l.now() + int64(channelWait)
 		}
-		if l.now() < hd.until && !l.draining {
-			return true
+		if l.now() < hd.until {
+			return true // (draining too: the drain waits for holds)
 		}
-		l.release(c)
-		return false
+		return l.leave(c, fs.length > 0)
 	}
 	lim := hd.lim
 	c.hold = nil
@@ -294,8 +309,7 @@ func (l *loop) start(c *client, end int) bool {
 	if size > int(ch.peer.MaxFrameSize) {
 		ch.out.b = ch.out.b[:at] // never sent: the id stays unused
 		c.hold = hd
-		l.release(c)
-		return false // the net/http server answers 431
+		return l.leave(c, fs.length > 0) // the net/http server answers 431
 	}
 	id := ch.next
 	if ch.next += 2; ch.next > maxStreamID {
@@ -326,6 +340,21 @@ func (l *loop) start(c *client, end int) bool {
 	c.served++
 	c.in.consume(end + 4)
 	l.progress(c)
+	return true
+}
+
+// leave gives up c's hold: false, the request goes to the net/http
+// server. While the agent drains, that server has closed its listener and
+// a connection handed to it would be closed unanswered: the loop answers
+// 503 itself and closes the connection.
+func (l *loop) leave(c *client, hasBody bool) bool {
+	hd := c.hold
+	l.release(c)
+	if !l.draining || hd == nil {
+		return false
+	}
+	c.closeAfter = true
+	l.refuse(c, hd, http.StatusServiceUnavailable, "the agent is stopping; try again later", true)
 	return true
 }
 

@@ -1,0 +1,47 @@
+package tests
+
+import (
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// Requests that wait in the loop for a worker channel (here: the only
+// worker's channel has 4 MiB of heads it has not read, as its app blocks)
+// when the agent is told to stop all get an answer, 200 or 503, behind
+// either front. The loop once handed them to the net/http server, whose
+// listener the drain had just closed, and their connections closed
+// unanswered.
+func TestLoopFrontDrainServesRequestsWaitingForAChannel(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(strings.ReplaceAll(f, "/", "-"), func(t *testing.T) {
+			p := startAgent(t, "run", agentOptions{}, "--front", f, "--workers", "1", dir, "main:app")
+			blocked := make(chan string, 1)
+			go func() { blocked <- loopExchange(p.addr, "GET /block?s=3 HTTP/1.1\r\nHost: x\r\n\r\n", nil, 1) }()
+			time.Sleep(300 * time.Millisecond)
+			const clients = 200 // 200 heads of 30 KiB: past the 4 MiB backlog
+			pad := strings.Repeat("p", 30<<10)
+			got := make(chan string, clients)
+			for range clients {
+				go func() { got <- loopExchange(p.addr, "GET / HTTP/1.1\r\nHost: x\r\nX-Pad: "+pad+"\r\n\r\n", nil, 1) }()
+			}
+			time.Sleep(700 * time.Millisecond)
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			bad := 0
+			for range clients {
+				if g := <-got; !strings.HasPrefix(g, "200 ") && !strings.HasPrefix(g, "503 ") {
+					if bad++; bad <= 3 {
+						t.Errorf("%s front: a request taken before the stop: %s", f, g)
+					}
+				}
+			}
+			if bad > 0 {
+				t.Errorf("%s front: %d of %d requests taken before the stop got no answer", f, bad, clients)
+			}
+			<-blocked
+		})
+	}
+}
