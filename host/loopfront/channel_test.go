@@ -17,11 +17,7 @@ import (
 // (SPEC.md §9: frames queued for writing are bounded; the agent's
 // sessions close such a peer past 8 MiB too).
 func TestPingFloodFromAWorkerThatDoesNotReadIsCutOff(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	loopEnd, worker := fds[0], fds[1]
+	loopEnd, worker := socketPair(t)
 	defer unix.Close(worker)
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
@@ -97,12 +93,9 @@ func TestWorkerFramingFieldsInAnyCaseFrameOnce(t *testing.T) {
 func channelWithRequest(t *testing.T) (*loop, *channel, *client, int) {
 	t.Helper()
 	pair := func() (int, int) {
-		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
-		return fds[0], fds[1]
+		a, b := socketPair(t)
+		t.Cleanup(func() { unix.Close(a); unix.Close(b) })
+		return a, b
 	}
 	chFd, worker := pair()
 	cFd, _ := pair()
@@ -116,4 +109,15 @@ func channelWithRequest(t *testing.T) (*loop, *channel, *client, int) {
 	ch.streams[1] = c
 	ch.outstanding = 1
 	return l, ch, c, worker
+}
+
+// socketPair returns the two ends of a non-blocking unix stream socket
+// pair, as the loop's clients and channels are; the caller closes them.
+func socketPair(t *testing.T) (int, int) {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fds[0], fds[1]
 }

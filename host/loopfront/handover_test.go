@@ -16,15 +16,12 @@ import (
 // the net/http server at once (it once waited for the header time limit
 // and dropped the client unanswered).
 func TestBareLFHeadIsHandedOver(t *testing.T) {
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(fds[1])
+	clientEnd, peer := socketPair(t)
+	defer unix.Close(peer)
 	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
 	defer f.handoffs.Close()
 	l := &loop{f: f, epoll: -1, clients: map[int]*client{}}
-	c := &client{fd: fds[0]}
+	c := &client{fd: clientEnd}
 	l.clients[c.fd] = c
 	c.in.write([]byte("GET / HTTP/1.1\nHost: x\n\n"))
 	l.next(c)

@@ -279,7 +279,7 @@ func (l *loop) start(c *client, end int) bool {
 	if set == nil {
 		// A VM without worker channels (qemu's virtio-serial carries one
 		// connection): init routes its requests.
-		return l.leave(c, fs.length > 0)
+		return l.leave(c)
 	}
 	ch := l.pick(set)
 	if ch == nil {
@@ -292,7 +292,7 @@ func (l *loop) start(c *client, end int) bool {
 		if l.now() < hd.until {
 			return true // (draining too: the drain waits for holds)
 		}
-		return l.leave(c, fs.length > 0)
+		return l.leave(c)
 	}
 	lim := hd.lim
 	c.hold = nil
@@ -309,7 +309,7 @@ func (l *loop) start(c *client, end int) bool {
 	if size > int(ch.peer.MaxFrameSize) {
 		ch.out.b = ch.out.b[:at] // never sent: the id stays unused
 		c.hold = hd
-		return l.leave(c, fs.length > 0) // the net/http server answers 431
+		return l.leave(c) // the net/http server answers 431
 	}
 	id := ch.next
 	if ch.next += 2; ch.next > maxStreamID {
@@ -346,14 +346,14 @@ func (l *loop) start(c *client, end int) bool {
 // leave gives up c's hold: false, the request goes to the net/http
 // server. While the agent drains, that server has closed its listener and
 // a connection handed to it would be closed unanswered: the loop answers
-// 503 itself and closes the connection.
-func (l *loop) leave(c *client, hasBody bool) bool {
+// 503 itself and closes the connection (refuse, as for a body: the rest
+// of the input is dropped).
+func (l *loop) leave(c *client) bool {
 	hd := c.hold
 	l.release(c)
 	if !l.draining || hd == nil {
 		return false
 	}
-	c.closeAfter = true
 	l.refuse(c, hd, http.StatusServiceUnavailable, "the agent is stopping; try again later", true)
 	return true
 }
@@ -658,9 +658,11 @@ func (l *loop) body(c *client, p []byte) {
 	r := c.req
 	r.owed += int64(len(p))
 	if r.noBody {
+		// Discarded, as net/http does; the credit still goes back
+		// (progress returns it).
 		r.dropped += int64(len(p))
-		l.mark(c) // progress returns the credit
-		return    // discarded, as net/http does: the credit still goes back
+		l.mark(c)
+		return
 	}
 	excess := r.declared >= 0 && r.sent+int64(len(p)) > r.declared
 	if excess {
