@@ -68,11 +68,7 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 	g.byWorker[wc.Worker] = ch
 	l.channels[fd] = ch
 	l.publish(set)
-	for _, c := range l.clients {
-		if c.hold != nil && !c.hold.waiting {
-			l.mark(c) // waiting for a channel: it may be this one
-		}
-	}
+	l.wakeStalled(set, len(l.stalled)) // waiting for a channel: it may be this one
 }
 
 // publish tells Live how many of set's workers have a live channel.
@@ -291,7 +287,11 @@ func (l *loop) writeChannel(ch *channel) {
 			l.closeChannel(ch, "writing to the worker failed")
 			return
 		}
+		backlogged := ch.out.len() >= maxBacklog
 		ch.out.consume(max(n, 0))
+		if backlogged && ch.out.len() < maxBacklog {
+			l.wakeStalled(ch.set, len(l.stalled)) // the channel takes requests again
+		}
 		if n > 0 && ch.out.len() < creditAt {
 			for _, c := range ch.streams {
 				if c.req != nil && c.req.bodyLeft > 0 {

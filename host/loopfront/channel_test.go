@@ -2,12 +2,15 @@ package loopfront
 
 import (
 	"log/slog"
+	"net/http"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/host/dataplane"
+	"github.com/ferry-vm/ferry/host/front"
+	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/protocol/frame"
 	"github.com/ferry-vm/ferry/protocol/message"
 )
@@ -120,4 +123,39 @@ func socketPair(t *testing.T) (int, int) {
 		t.Fatal(err)
 	}
 	return fds[0], fds[1]
+}
+
+// Requests waiting for a worker channel with room (every channel at its
+// worker's stream limit) are retried as soon as a stream ends, oldest
+// first and one per freed stream, not only at the next tick: each tick is
+// 100 ms, a long wait at the rates the loop serves.
+func TestAStreamsEndRetriesTheOldestStalledRequest(t *testing.T) {
+	l, ch, c, _ := channelWithRequest(t)
+	l.f.router = &front.Router{}
+	c.req.inst = &lifecycle.Instance{}
+	ch.peer.MaxStreams = 1
+	var stalled []*client
+	for i := range 3 {
+		s := &client{fd: 100 + i, hold: &hold{inst: &lifecycle.Instance{}}}
+		l.stall(s)
+		l.stall(s) // stalled twice: queued once
+		stalled = append(stalled, s)
+	}
+	if len(l.stalled) != 3 {
+		t.Fatalf("%d clients queued as stalled, want 3", len(l.stalled))
+	}
+	stalled[0].fd = -1 // gone meanwhile: forgotten, not retried
+	l.finish(c, http.StatusOK)
+	if stalled[0].dirty || !stalled[1].dirty || stalled[2].dirty {
+		t.Fatalf("after one stream ended, retried (gone, oldest, newest) = %v %v %v; want the oldest live one only",
+			stalled[0].dirty, stalled[1].dirty, stalled[2].dirty)
+	}
+	if len(l.stalled) != 1 || l.stalled[0] != stalled[2] || !stalled[2].stalled {
+		t.Fatalf("the newest stalled request should still wait in the queue: %d queued", len(l.stalled))
+	}
+	stalled[2].hold = nil // its client left
+	l.wakeStalled(nil, 0)
+	if len(l.stalled) != 0 {
+		t.Fatalf("a client that no longer waits stays queued")
+	}
 }

@@ -1,9 +1,12 @@
 package loopfront
 
 import (
+	"io"
 	"net"
 	"os"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // handoffListener is the listener the agent's net/http server serves: its
@@ -65,9 +68,32 @@ func (h *handoffListener) handOver(fd int, read []byte) {
 		select {
 		case h.conns <- c:
 		case <-h.closed:
-			c.Close()
+			refuseStopping(c)
 		}
 	}()
+}
+
+// stoppingBody is the body of the answer a connection handed over as the
+// server stops gets: the server closed its listener (the agent drains)
+// before it took the connection.
+const stoppingBody = `{"error":"the agent is stopping; try again later"}` + "\n"
+
+// refuseStopping answers c 503 and closes it, after reading what the
+// client still sends for a while, as net/http does before it closes a
+// connection: closing with unread input would reset the connection and
+// could destroy the answer.
+func refuseStopping(c net.Conn) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(lingerTime))
+	answer := "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\nConnection: close\r\n" +
+		"Content-Length: " + strconv.Itoa(len(stoppingBody)) + "\r\n\r\n" + stoppingBody
+	if _, err := io.WriteString(c, answer); err != nil {
+		return
+	}
+	if cw, ok := c.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	io.Copy(io.Discard, c)
 }
 
 // prefixConn is a connection whose first bytes were read by the loop.

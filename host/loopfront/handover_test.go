@@ -2,8 +2,11 @@ package loopfront
 
 import (
 	"bufio"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -41,5 +44,31 @@ func TestNetHTTPReadsBareLFHead(t *testing.T) {
 	req, err := http.ReadRequest(bufio.NewReader(strings.NewReader("GET / HTTP/1.1\nHost: x\n\n")))
 	if err != nil || req.Host != "x" {
 		t.Fatalf("net/http: %v", err)
+	}
+}
+
+// A connection handed over just as the net/http server closes its
+// listener (the agent drains) gets a 503 it can retry on, not a close
+// without an answer.
+func TestHandOverAfterTheServerStoppedAnswers503(t *testing.T) {
+	clientEnd, peer := socketPair(t)
+	h := newHandoffListener()
+	h.Close()
+	h.handOver(clientEnd, []byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	f := os.NewFile(uintptr(peer), "peer")
+	conn, err := net.FileConn(f)
+	f.Close() // (conn holds a duplicate)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(10 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	if err != nil {
+		t.Fatalf("no answer on a connection handed over as the server stopped: %v", err)
+	}
+	body, err := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusServiceUnavailable || !resp.Close || err != nil || !strings.Contains(string(body), "stopping") {
+		t.Fatalf("got %s, close %v, body %q (%v); want a 503 that closes the connection", resp.Status, resp.Close, body, err)
 	}
 }

@@ -75,6 +75,7 @@ type client struct {
 	// loop (next), where nothing holds the old one any more.
 	spare     *request
 	spareHold *hold // likewise, a hold that never waited off the loop
+	stalled   bool  // in loop.stalled: its hold waits for a channel with room
 	// since is when the wait the client's time limit applies to began:
 	// the first byte of a head, the start of an idle spell, or the last
 	// write that made progress.
@@ -94,6 +95,7 @@ type loop struct {
 	dirtyChs     []*channel
 	buf          []byte
 	waitingHeads []*client            // responses whose head waits for the end of a read
+	stalled      []*client            // holds waiting for a worker channel with room, oldest first
 	names        []byte               // the lower-case field names of the request being parsed
 	fieldName    []byte               // a response field's name in lower case (takeHead)
 	chunk        [20]byte             // a chunk's size line
@@ -337,6 +339,39 @@ func (l *loop) markChannel(ch *channel) {
 	}
 }
 
+// stall queues c, whose hold found no worker channel with room: the
+// next channel with room for a request retries it (wakeStalled).
+func (l *loop) stall(c *client) {
+	if !c.stalled {
+		c.stalled = true
+		l.stalled = append(l.stalled, c)
+	}
+}
+
+// wakeStalled retries up to n of the stalled holds on set's program
+// (any program's when set is nil), oldest first, when a worker channel may
+// have room again: a stream ended, a backlog was written, a channel came.
+// Those that find none stall again, at the back; each tick retries them
+// all as well. It also forgets the clients that no longer wait.
+func (l *loop) wakeStalled(set *dataplane.Set, n int) {
+	kept := l.stalled[:0]
+	for _, c := range l.stalled {
+		hd := c.hold
+		switch {
+		case c.fd < 0 || hd == nil || hd.waiting:
+			c.stalled = false
+		case n > 0 && (set == nil || hd.inst.Workers() == set):
+			c.stalled = false
+			l.mark(c)
+			n--
+		default:
+			kept = append(kept, c)
+		}
+	}
+	clear(l.stalled[len(kept):])
+	l.stalled = kept
+}
+
 func (l *loop) mark(c *client) {
 	if !c.dirty {
 		c.dirty = true
@@ -484,6 +519,9 @@ func (l *loop) expire(now int64) {
 		case r == nil && c.in.len() == 0 && c.out.len() == 0 && now-c.since >= int64(lim.Keepalive):
 			l.drop(c)
 		}
+	}
+	if len(l.stalled) > 0 {
+		l.wakeStalled(nil, 0) // forgets the clients gone meanwhile
 	}
 }
 

@@ -210,3 +210,42 @@ func TestExpireFreesIdleArraysOnly(t *testing.T) {
 		}
 	}
 }
+
+// headEnd finds a head's end however its bytes arrive, a few at a time
+// included (it searches only what came since its last call, so a slow
+// client's head costs linear time, not quadratic), finds it again while
+// the head waits, and tells a bare line feed apart from "\r\n".
+func TestHeadEndAcrossReads(t *testing.T) {
+	heads := []struct {
+		text   string
+		end    int
+		bareLF bool
+	}{
+		{"GET / HTTP/1.1\r\nHost: x\r\n\r\nGET /next", 23, false},
+		{"GET / HTTP/1.1\r\nHost: x\nA: b\n\n", -1, true},
+		{"GET / HTTP/1.1\r\n\r\n", 14, false},
+		{"\nGET", -1, true},
+	}
+	for _, h := range heads {
+		for _, step := range []int{1, 2, 3, 5, len(h.text)} {
+			var q queue
+			end, bare := -1, false
+			for at := 0; at < len(h.text) && end < 0 && !bare; at += step {
+				q.write([]byte(h.text[at:min(at+step, len(h.text))]))
+				end, bare = q.headEnd()
+			}
+			if end != h.end || bare != h.bareLF {
+				t.Errorf("%q in reads of %d bytes: end %d, bare LF %v; want %d, %v", h.text, step, end, bare, h.end, h.bareLF)
+			}
+			if end >= 0 {
+				if again, _ := q.headEnd(); again != end {
+					t.Errorf("%q asked again: end %d, want %d", h.text, again, end)
+				}
+				q.consume(end + 4)
+				if next, _ := q.headEnd(); next >= 0 {
+					t.Errorf("%q: after the head is consumed, its rest %q has an end at %d", h.text, q.bytes(), next)
+				}
+			}
+		}
+	}
+}

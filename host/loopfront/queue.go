@@ -1,6 +1,10 @@
 package loopfront
 
-import "github.com/ferry-vm/ferry/protocol/frame"
+import (
+	"bytes"
+
+	"github.com/ferry-vm/ferry/protocol/frame"
+)
 
 // queue is a byte queue on one reused array: bytes go in at the end and
 // are consumed from the front. The consumed front is reclaimed by moving
@@ -11,6 +15,10 @@ import "github.com/ferry-vm/ferry/protocol/frame"
 type queue struct {
 	b   []byte // the array's used part, consumed bytes included
 	off int    // where the unconsumed bytes start
+	// scanned is how many waiting bytes headEnd has searched: a head
+	// that arrives a few bytes at a time is not searched again from its
+	// start at each read. Consuming resets it.
+	scanned int
 }
 
 // len is how many bytes wait.
@@ -21,6 +29,9 @@ func (q *queue) bytes() []byte { return q.b[q.off:] }
 
 // consume drops the first n waiting bytes.
 func (q *queue) consume(n int) {
+	if n > 0 {
+		q.scanned = 0
+	}
 	q.off += n
 	if q.off >= len(q.b) {
 		q.b, q.off = q.b[:0], 0
@@ -87,3 +98,35 @@ func (q *queue) openFrame(n int) (at int) {
 
 // frameSize is the payload appended after the frame opened at at.
 func (q *queue) frameSize(at int) int { return len(q.b) - at - frame.HeaderSize }
+
+// headEnd returns where the request head at the front of the waiting
+// bytes ends (the index of its "\r\n\r\n"), or -1 when it has not
+// come; bareLF reports a line feed without a carriage return before it in
+// a head not yet whole. It searches only the bytes that came since its
+// last call.
+func (q *queue) headEnd() (end int, bareLF bool) {
+	b := q.bytes()
+	from := max(q.scanned-3, 0) // "\r\n\r\n" may straddle the old end
+	if i := bytes.Index(b[from:], []byte("\r\n\r\n")); i >= 0 {
+		q.scanned = from + i // found again at once if asked again
+		return from + i, false
+	}
+	q.scanned = len(b)
+	return -1, hasBareLF(b, from)
+}
+
+// hasBareLF reports whether b, from index from, has a line feed not after
+// a carriage return: a head that net/http reads (it ends lines at '\n')
+// but the loop's parser refuses, and whose end "\r\n\r\n" may never
+// come.
+func hasBareLF(b []byte, from int) bool {
+	for i := from; ; i++ {
+		j := bytes.IndexByte(b[i:], '\n')
+		if j < 0 {
+			return false
+		}
+		if i += j; i == 0 || b[i-1] != '\r' {
+			return true
+		}
+	}
+}

@@ -88,8 +88,8 @@ func (l *loop) next(c *client) {
 	if (c.closeAfter && c.hold == nil) || c.in.len() == 0 {
 		return // (a hold the drain found goes on: its request was taken)
 	}
-	end := bytes.Index(c.in.bytes(), []byte("\r\n\r\n"))
-	if end < 0 && c.in.len() <= maxHead && !bareLF(c.in.bytes()) {
+	end, bareLF := c.in.headEnd()
+	if end < 0 && c.in.len() <= maxHead && !bareLF {
 		return // the head is not whole yet
 	}
 	if end < 0 || end > maxHead || !l.start(c, end) {
@@ -97,23 +97,6 @@ func (l *loop) next(c *client) {
 			l.handOver(c)
 		}
 	}
-}
-
-// bareLF reports whether b has a line feed not after a carriage return:
-// a head that net/http reads (it ends lines at '\n') but parse refuses, and
-// whose end "\r\n\r\n" may never come: the net/http server takes it now.
-func bareLF(b []byte) bool {
-	for i := bytes.IndexByte(b, '\n'); i >= 0; {
-		if i == 0 || b[i-1] != '\r' {
-			return true
-		}
-		j := bytes.IndexByte(b[i+1:], '\n')
-		if j < 0 {
-			return false
-		}
-		i += 1 + j
-	}
-	return false
 }
 
 // fields is what start needs of a request head besides l.head.
@@ -290,6 +273,7 @@ func (l *loop) start(c *client, end int) bool {
 			hd.until = l.now() + int64(channelWait)
 		}
 		if l.now() < hd.until {
+			l.stall(c)
 			return true // (draining too: the drain waits for holds)
 		}
 		return l.leave(c)
@@ -913,6 +897,9 @@ func (l *loop) finish(c *client, status int) {
 	if ch := r.on; ch.streams[r.stream] == c {
 		delete(ch.streams, r.stream)
 		ch.outstanding--
+		if len(l.stalled) > 0 {
+			l.wakeStalled(ch.set, 1) // the stream's slot on ch is free
+		}
 	}
 	r.inst.Release()
 	if r.lim != nil {
