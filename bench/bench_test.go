@@ -132,21 +132,21 @@ func TestTargetsComputeRatiosAndFlagMisses(t *testing.T) {
 		check(c.goal, c.met, c.missing)
 	}
 
-	// Without results of L, no target of L; with them, its own.
+	// Without results of N, no target of N; with them, its own.
 	for goal := range got {
-		if strings.Contains(goal, " L ") || strings.Contains(goal, "L:") {
-			t.Fatalf("a target of L without L's results: %q", goal)
+		if strings.Contains(goal, " N ") || strings.Contains(goal, "N:") {
+			t.Fatalf("a target of N without N's results: %q", goal)
 		}
 	}
-	withL := &Report{Config: rep.Config, Results: append(append([]Result(nil), rep.Results...), res("L", "hello", 1, 36000, 0))}
+	withN := &Report{Config: rep.Config, Results: append(append([]Result(nil), rep.Results...), res("N", "hello", 1, 36000, 0))}
 	found := false
-	for _, tg := range withL.Targets() {
-		if tg.Goal == "1. L ≥ 1.0× A′ req/s, hello, 1 process(es)" {
+	for _, tg := range withN.Targets() {
+		if tg.Goal == "1. N ≥ 1.0× A′ req/s, hello, 1 process(es)" {
 			found = tg.Met && !tg.Missing // 36000 vs 18000
 		}
 	}
 	if !found {
-		t.Fatal("no met target 1 of L with L's results")
+		t.Fatal("no met target 1 of N with N's results")
 	}
 
 	// A B without an init process measured (no such process) is not

@@ -122,9 +122,9 @@ func (r *Report) Targets() []Target {
 			Measured: fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", x, b.Load.rate(), a.Load.rate())})
 	}
 	// Issue 17's targets for Ferry as it ships (B), and with the
-	// event-loop front (L) when the run has it.
-	for _, d := range []string{"B", "L"} {
-		if d == "L" && !r.has(d) {
+	// net/http front alone (N) when the run has it.
+	for _, d := range []string{"B", "N"} {
+		if d == "N" && !r.has(d) {
 			continue
 		}
 		for _, procs := range r.Config.Procs {
@@ -262,7 +262,7 @@ func (r *Report) Markdown(w io.Writer) {
 				return ""
 			}
 			cpu := fmt.Sprintf("%.2f", y.CPUPer10k())
-			if x, ok := y.CPUPer10kOf("init"); ok && (y.Design == "B" || y.Design == "L") {
+			if x, ok := y.CPUPer10kOf("init"); ok && (y.Design == "B" || y.Design == "N") {
 				cpu += fmt.Sprintf(" (init %.3f)", x)
 			}
 			var rates []string

@@ -34,13 +34,13 @@ var (
 	fastapiApp = App{Module: "fastapi_app", Ready: "/items/1"}
 )
 
-// Designs returns A, A′, B, L and C, and E with prototype.
+// Designs returns A, A′, B, N and C, and E with prototype.
 func Designs(prototype bool) []Design {
 	designs := []Design{
 		{Key: "A", Name: "uvicorn (httptools, uvloop)", start: startUvicorn, websockets: true},
 		{Key: "A′", Name: "nginx (one worker) in front of uvicorn, keep-alive over a unix socket", start: startNginx, websockets: true},
-		{Key: "B", Name: "Ferry (host-agent, sandbox, init, worker pool)", start: startFerry, websockets: true},
-		{Key: "L", Name: "Ferry with the event-loop front (host-agent --front loop)", start: startFerryLoop, websockets: true},
+		{Key: "B", Name: "Ferry (host-agent and its event-loop front, sandbox, init, worker pool)", start: startFerry, websockets: true},
+		{Key: "N", Name: "Ferry with the net/http front alone (host-agent --front net/http)", start: startFerryNetHTTP, websockets: true},
 		{Key: "C", Name: "per-request msgpack (Aleph-style)", start: startMsgpack},
 	}
 	if prototype {
@@ -165,11 +165,11 @@ func uvicornArgs(app App, listen []string, procs int) []string {
 }
 
 func startFerry(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
-	return startAgent(ctx, cfg, app, procs, "B", "net/http")
+	return startAgent(ctx, cfg, app, procs, "B", "loop")
 }
 
-func startFerryLoop(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
-	return startAgent(ctx, cfg, app, procs, "L", "loop")
+func startFerryNetHTTP(ctx context.Context, cfg *Config, app App, procs int) (*server, error) {
+	return startAgent(ctx, cfg, app, procs, "N", "net/http")
 }
 
 // startAgent runs host-agent run with the HTTP front named (--front).

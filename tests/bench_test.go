@@ -45,7 +45,7 @@ func TestBenchHarnessRunsAllDesigns(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string][]string{"A": {"python3"}, "A′": {"nginx", "python3"}, "B": {"host-agent", "init", "python3"}, "L": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}, "E": {"ferry-bench", "python3"}}
+	want := map[string][]string{"A": {"python3"}, "A′": {"nginx", "python3"}, "B": {"host-agent", "init", "python3"}, "N": {"host-agent", "init", "python3"}, "C": {"python3", "ferry-bench"}, "E": {"ferry-bench", "python3"}}
 	seen := map[string]bool{}
 	for _, r := range rep.Results {
 		if r.Err != nil {
@@ -65,7 +65,7 @@ func TestBenchHarnessRunsAllDesigns(t *testing.T) {
 		}
 		seen[r.Design+" "+r.Workload.Key] = true
 	}
-	for _, d := range []string{"A", "A′", "B", "L", "C", "E"} {
+	for _, d := range []string{"A", "A′", "B", "N", "C", "E"} {
 		for _, w := range []string{"hello", "hello-1conn"} {
 			if !seen[d+" "+w] {
 				t.Fatalf("no result for %s %s", d, w)

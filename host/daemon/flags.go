@@ -102,7 +102,7 @@ func (f *Flags) common() {
 	fs.Int64Var(&f.maxBody, "max-body", 100<<20, "largest request body in bytes (413 beyond)")
 	fs.BoolVar(&f.debug, "debug", false, "debug logs (including init's console)")
 	fs.StringVar(&f.logFmt, "log-format", "text", "the agent's log on stderr: text, or json (one slog JSON object a line)")
-	fs.StringVar(&f.front, "front", "net/http", "the HTTP front: net/http, or loop (experimental: an event loop serves plain requests to running ASGI programs straight from their workers' channels, and hands the rest to net/http)")
+	fs.StringVar(&f.front, "front", "loop", "the HTTP front: loop (an event loop serves plain requests to running ASGI programs straight from their workers' channels, and hands the rest to net/http), or net/http (Go's HTTP server alone)")
 	metricsHelp := "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty)"
 	if !f.run {
 		metricsHelp = "address to serve /metrics, /healthz and /debug/pprof/ on (off when empty; /metrics is also on the admin API)"
