@@ -163,6 +163,21 @@ func (s *Set) Close() {
 	}
 }
 
+// Join adds a session on conn as if conn were ch's channel: with an
+// Adopter, the adopter's side session for the worker (it relays the
+// session's streams onto the channel it holds), so that the requests the
+// net/http front serves reach the worker directly too. The set owns conn.
+func (s *Set) Join(ch contract.WorkerChannel, conn *os.File) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		conn.Close()
+		return
+	}
+	s.wg.Add(1) // (under mu: Close waits only once closed is set)
+	go func() { defer s.wg.Done(); s.join(ch, conn) }()
+}
+
 // receive takes channels until the socket ends.
 func (s *Set) receive() {
 	for {

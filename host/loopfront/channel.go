@@ -36,7 +36,8 @@ type channel struct {
 	dirty       bool   // out has grown since the last write
 	pollingOut  bool
 	goingAway   bool // GOAWAY received, or ids used up: no new requests
-	outstanding int
+	outstanding int   // streams open on it: the loop's and its side session's
+	side        *side // the net/http front's session, relayed (side.go)
 }
 
 // group is the channels of one VM's workers.
@@ -57,7 +58,7 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 			unix.Close(fd) // stale
 			return
 		}
-		old.goingAway = true // dead or dying: its streams end with it
+		l.goAway(old) // dead or dying: its streams end with it
 	}
 	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, streams: map[uint32]*client{}, next: 1}
 	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
@@ -67,8 +68,21 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 	}
 	g.byWorker[wc.Worker] = ch
 	l.channels[fd] = ch
+	if far := l.openSide(ch); far != nil {
+		set.Join(wc, far) // (it greets the loop's end from a goroutine of its own)
+	}
 	l.publish(set)
 	l.wakeStalled(set, len(l.stalled)) // waiting for a channel: it may be this one
+}
+
+// goAway takes no more requests to ch (its worker said GOAWAY, is
+// replaced, or ch used up its stream ids): its open streams finish.
+func (l *loop) goAway(ch *channel) {
+	ch.goingAway = true
+	l.publish(ch.set)
+	if ch.side != nil {
+		l.sideGoAway(ch.side)
+	}
 }
 
 // publish tells Live how many of set's workers have a live channel.
@@ -123,6 +137,7 @@ func (l *loop) closeChannel(ch *channel, why string) {
 	for _, c := range ch.streams {
 		l.failed(c, frame.CodeInternal, why)
 	}
+	l.closeSide(ch)
 	delete(l.channels, ch.fd)
 	unix.Close(ch.fd)
 	ch.fd = -1
@@ -150,7 +165,7 @@ func (l *loop) readChannel(ch *channel) {
 	ch.in.commit(n)
 	p := ch.in.bytes()
 	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
-		fh := frame.ParseHeader(p)
+			fh := frame.ParseHeader(p)
 		if err := fh.Validate(maxFrameSize); err != nil {
 			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
 			l.closeChannel(ch, "the worker broke the protocol")
@@ -159,7 +174,18 @@ func (l *loop) readChannel(ch *channel) {
 		if len(p) < frame.HeaderSize+int(fh.Length) {
 			break
 		}
-		if err := l.frame(ch, fh, p[frame.HeaderSize:frame.HeaderSize+int(fh.Length)]); err != nil {
+		raw := p[:frame.HeaderSize+int(fh.Length)]
+		if fh.Type != frame.TypeRequest && !fh.Type.ConnectionLevel() {
+			if relayed, err := l.workerToSide(ch, fh, raw); err != nil {
+				l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
+				l.closeChannel(ch, "the worker broke the protocol")
+				return
+			} else if relayed {
+				p = p[len(raw):]
+				continue
+			}
+		}
+		if err := l.frame(ch, fh, raw[frame.HeaderSize:]); err != nil {
 			l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
 			l.closeChannel(ch, "the worker broke the protocol")
 			return
@@ -186,8 +212,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 		}
 		return nil
 	case frame.TypeGoAway:
-		ch.goingAway = true // its streams finish; it gets no more
-		l.publish(ch.set)
+		l.goAway(ch) // its streams finish; it gets no more
 		return nil
 	case frame.TypeLog:
 		return nil // a worker's output goes through init
@@ -291,6 +316,9 @@ func (l *loop) writeChannel(ch *channel) {
 		ch.out.consume(max(n, 0))
 		if backlogged && ch.out.len() < maxBacklog {
 			l.wakeStalled(ch.set, len(l.stalled)) // the channel takes requests again
+			if ch.side != nil {
+				l.pauseSide(ch.side) // (resumes it)
+			}
 		}
 		if n > 0 && ch.out.len() < creditAt {
 			for _, c := range ch.streams {
@@ -304,7 +332,11 @@ func (l *loop) writeChannel(ch *channel) {
 		ch.pollingOut = want
 		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, want); err != nil {
 			l.closeChannel(ch, "the loop lost the channel")
+			return
 		}
+	}
+	if ch.side != nil {
+		l.writeSide(ch.side)
 	}
 }
 
@@ -359,6 +391,10 @@ func (ch *channel) idle() {
 	if ch.outstanding == 0 {
 		ch.in.release()
 		ch.out.release()
+		if s := ch.side; s != nil {
+			s.in.release()
+			s.out.release()
+		}
 	}
 }
 

@@ -90,6 +90,7 @@ type loop struct {
 	epoch        time.Time // the monotonic clock's origin
 	clients      map[int]*client
 	channels     map[int]*channel
+	sides        map[int]*side // the channels' side sessions, by the loop's end
 	groups       map[*dataplane.Set]*group
 	dirty        []*client
 	dirtyChs     []*channel
@@ -112,7 +113,7 @@ type loop struct {
 }
 
 func newLoop(f *Front, listener int) (*loop, error) {
-	l := &loop{f: f, listener: listener, epoch: time.Now(), clients: map[int]*client{}, channels: map[int]*channel{},
+	l := &loop{f: f, listener: listener, epoch: time.Now(), clients: map[int]*client{}, channels: map[int]*channel{}, sides: map[int]*side{},
 		groups: map[*dataplane.Set]*group{}, buf: make([]byte, 64<<10)}
 	// Fd put the listener in blocking mode: back to non-blocking.
 	if err := unix.SetNonblock(l.listener, true); err != nil {
@@ -232,6 +233,14 @@ func (l *loop) run() error {
 				if readable {
 					l.readChannel(ch)
 				}
+			case l.sides[fd] != nil:
+				s := l.sides[fd]
+				if writable {
+					l.markChannel(s.ch) // (writeChannel writes its side too)
+				}
+				if readable {
+					l.readSide(s)
+				}
 			case l.clients[fd] != nil:
 				c := l.clients[fd]
 				if writable {
@@ -268,13 +277,18 @@ func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 }
 
 // busy returns how many clients have a request in flight (or waiting
-// for its program) or a response still to write.
+// for its program) or a response still to write, and how many streams
+// the side sessions have open: the drain waits for those too, as the
+// net/http server serves them through the loop.
 func (l *loop) busy() int {
 	n := 0
 	for _, c := range l.clients {
 		if c.req != nil || c.hold != nil || c.out.len() > 0 {
 			n++
 		}
+	}
+	for _, s := range l.sides {
+		n += len(s.streams) // the net/http server's, drained by it
 	}
 	return n
 }

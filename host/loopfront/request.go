@@ -297,8 +297,7 @@ func (l *loop) start(c *client, end int) bool {
 	}
 	id := ch.next
 	if ch.next += 2; ch.next > maxStreamID {
-		ch.goingAway = true
-		l.publish(ch.set)
+		l.goAway(ch)
 	}
 	flags := frame.Flags(0)
 	if fs.length <= 0 {

@@ -1,0 +1,251 @@
+package loopfront
+
+import (
+	"bytes"
+	"context"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/dataplane"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
+)
+
+// sideRig is a loop holding one worker channel whose worker is a real
+// server session of the protocol, and the channel's side session with a
+// real client session on its far end, configured as dataplane.Set
+// configures its sessions. The test's goroutine runs the loop (pump).
+type sideRig struct {
+	t       *testing.T
+	l       *loop
+	ch      *channel
+	session *mux.Session // the net/http front's, on the side session
+	worker  *mux.Session
+	held    chan struct{} // closed: held requests answer
+	seen    chan string   // what the worker saw of each request: "path id"
+}
+
+func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
+	t.Helper()
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(ep) })
+	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
+	l := &loop{f: f, epoll: ep, clients: map[int]*client{}, channels: map[int]*channel{}, sides: map[int]*side{}, groups: map[*dataplane.Set]*group{}}
+	r := &sideRig{t: t, l: l, held: make(chan struct{}), seen: make(chan string, 16)}
+
+	loopEnd, workerEnd := socketPair(t)
+	wf := os.NewFile(uintptr(workerEnd), "worker")
+	wconn, err := net.FileConn(wf)
+	wf.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.worker = mux.Server(wconn, mux.Config{MaxStreams: maxStreams, Handler: r.serve})
+	t.Cleanup(func() { r.worker.Close() })
+	fd, peer, err := greet(os.NewFile(uintptr(loopEnd), "channel"), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.ch = &channel{fd: fd, streams: map[uint32]*client{}, next: 101, peer: peer}
+	l.channels[fd] = r.ch
+	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.closeChannel(r.ch, "test over") })
+
+	far := l.openSide(r.ch)
+	if far == nil {
+		t.Fatal("no side session")
+	}
+	conn, err := net.FileConn(far)
+	far.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.session = mux.Client(conn, mux.Config{MaxFrameSize: dataplane.WorkerMaxFrame, MaxStreams: 1})
+	t.Cleanup(func() { r.session.Close() })
+	return r
+}
+
+// serve is the worker: /held waits for r.held; /upload answers the
+// length of its body; anything else answers its path.
+func (r *sideRig) serve(st *mux.Stream) {
+	var h message.RequestHead
+	if err := st.RequestHead(&h); err != nil {
+		st.Reset(frame.CodeProtocol, "bad head")
+		return
+	}
+	path := string(h.Path)
+	r.seen <- path + " " + strconv.Itoa(int(st.ID()))
+	body := []byte(path)
+	switch path {
+	case "/held":
+		select {
+		case <-r.held:
+		case <-st.Done():
+			return
+		}
+	case "/upload":
+		n, _ := io.Copy(io.Discard, st)
+		body = []byte(strconv.FormatInt(n, 10))
+	}
+	st.WriteResponse(&message.ResponseHead{Status: 200}, body, true)
+}
+
+// pump runs the loop until done is closed (or fails the test after 10 s).
+func (r *sideRig) pump(done <-chan struct{}) {
+	r.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	events := make([]unix.EpollEvent, 16)
+	for {
+		select {
+		case <-done:
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("the relay did not get there in 10 s")
+		}
+		n, _ := unix.EpollWait(r.l.epoll, events, 1)
+		for _, ev := range events[:max(n, 0)] {
+			fd := int(ev.Fd)
+			if s := r.l.sides[fd]; s != nil {
+				if ev.Events&unix.EPOLLOUT != 0 {
+					r.l.markChannel(s.ch)
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+					r.l.readSide(s)
+				}
+			} else if ch := r.l.channels[fd]; ch != nil {
+				if ev.Events&unix.EPOLLOUT != 0 {
+					r.l.markChannel(ch)
+				}
+				if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR) != 0 {
+					r.l.readChannel(ch)
+				}
+			}
+		}
+		r.l.flush()
+	}
+}
+
+// run runs fn off the loop's goroutine and pumps the loop until it returns.
+func (r *sideRig) run(fn func()) {
+	r.t.Helper()
+	done := make(chan struct{})
+	go func() { defer close(done); fn() }()
+	r.pump(done)
+}
+
+// get sends a request on the side session and returns the answer's body.
+func (r *sideRig) get(path string, body []byte) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	st, err := r.session.Open(ctx, &message.RequestHead{Method: []byte("POST"), Path: []byte(path)}, body, true)
+	if err != nil {
+		return "", err
+	}
+	var h message.ResponseHead
+	if err := st.ReadResponse(ctx, &h); err != nil {
+		return "", err
+	}
+	got, err := io.ReadAll(st)
+	return string(got), err
+}
+
+// The net/http front's session with a worker, relayed by the loop on the
+// worker's one channel: it is greeted with the worker's limits, its
+// streams get the channel's ids (the loop's own requests take ids from
+// the same sequence), bodies beyond a window flow both ways (credit
+// passes through), and the channel's slots come back when its streams end.
+func TestSideSessionRelaysStreamsOntoTheWorkersChannel(t *testing.T) {
+	r := newSideRig(t, 4)
+	var hello message.Hello
+	var err error
+	r.run(func() { hello, err = r.session.Handshake(context.Background()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hello.MaxStreams != 4 || hello.MaxFrameSize != r.ch.peer.MaxFrameSize || hello.InitialWindow != r.ch.peer.InitialWindow {
+		t.Fatalf("the side session was greeted with %+v, not the worker's limits %+v", hello, r.ch.peer)
+	}
+
+	var got string
+	r.run(func() { got, err = r.get("/first", nil) })
+	if err != nil || got != "/first" {
+		t.Fatalf("first request: %q, %v", got, err)
+	}
+	if seen := <-r.seen; seen != "/first 101" {
+		t.Fatalf("the worker saw %q: the session's stream 1 should be the channel's next id, 101", seen)
+	}
+
+	upload := bytes.Repeat([]byte("x"), 3<<20) // twelve windows
+	r.run(func() { got, err = r.get("/upload", upload) })
+	if err != nil || got != strconv.Itoa(len(upload)) {
+		t.Fatalf("a 3 MiB upload through the relay: the worker read %q bytes (%v)", got, err)
+	}
+	<-r.seen
+	r.run(func() { got, err = r.get("/big", nil) }) // (path as body: small)
+	<-r.seen
+	if s := r.ch.side; len(s.streams) != 0 || len(s.byOwn) != 0 || r.ch.outstanding != 0 {
+		t.Fatalf("after every stream ended: %d relayed streams, %d ids, %d outstanding on the channel", len(s.streams), len(s.byOwn), r.ch.outstanding)
+	}
+}
+
+// The worker's stream limit counts the loop's requests and the side
+// session's together: a side stream beyond it is refused
+// (REFUSED_STREAM), not sent to a worker that would break the connection.
+// And a side session that ends (its VM stops) resets its streams on the
+// worker.
+func TestSideSessionSharesTheWorkersStreamLimit(t *testing.T) {
+	r := newSideRig(t, 2)
+	var err error
+	r.run(func() { _, err = r.session.Handshake(context.Background()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var heldStream *mux.Stream
+	r.run(func() {
+		heldStream, err = r.session.Open(context.Background(), &message.RequestHead{Method: []byte("GET"), Path: []byte("/held")}, nil, true)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.run(func() { <-r.seen }) // the worker holds it
+	r.ch.outstanding++         // one request of the loop's own: the worker is full
+	var refused error
+	r.run(func() { _, refused = r.get("/more", nil) })
+	if refused == nil {
+		t.Fatal("a side stream beyond the worker's limit was not refused")
+	}
+	r.ch.outstanding--
+	if len(r.ch.side.streams) != 1 || r.ch.outstanding != 1 {
+		t.Fatalf("after the refusal: %d relayed streams, %d outstanding; want the held one only", len(r.ch.side.streams), r.ch.outstanding)
+	}
+
+	// The session ends with its stream open: the worker's stream is reset.
+	r.session.Close()
+	r.run(func() { <-heldStream.Done() })
+	workerSide := make(chan struct{})
+	go func() {
+		defer close(workerSide)
+		for r.worker.NumStreams() > 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	r.pump(workerSide)
+	if r.ch.side != nil || r.ch.outstanding != 0 {
+		t.Fatalf("after the session ended: side %v, %d outstanding on the channel", r.ch.side != nil, r.ch.outstanding)
+	}
+}
