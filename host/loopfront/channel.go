@@ -35,7 +35,7 @@ type channel struct {
 	next        uint32 // the next stream id (odd: the host's, SPEC.md §5.1)
 	dirty       bool   // out has grown since the last write
 	pollingOut  bool
-	goingAway   bool // GOAWAY received, or ids used up: no new requests
+	goingAway   bool  // GOAWAY received, or ids used up: no new requests
 	outstanding int   // streams open on it: the loop's and its side session's
 	side        *side // the net/http front's session, relayed (side.go)
 }
@@ -165,7 +165,7 @@ func (l *loop) readChannel(ch *channel) {
 	ch.in.commit(n)
 	p := ch.in.bytes()
 	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
-			fh := frame.ParseHeader(p)
+		fh := frame.ParseHeader(p)
 		if err := fh.Validate(maxFrameSize); err != nil {
 			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
 			l.closeChannel(ch, "the worker broke the protocol")

@@ -33,11 +33,11 @@ type side struct {
 	ch         *channel
 	in         queue
 	out        queue
-	greeted    bool   // the session's HELLO came and was answered
-	readingIn  bool   // registered for EPOLLIN (off while the worker's backlog is full)
-	pollingOut bool   // registered for EPOLLOUT
-	last       uint32 // the highest stream id the session opened
-	goneAway   bool   // GOAWAY sent to the session
+	greeted    bool                   // the session's HELLO came and was answered
+	readingIn  bool                   // registered for EPOLLIN (off while the worker's backlog is full)
+	pollingOut bool                   // registered for EPOLLOUT
+	last       uint32                 // the highest stream id the session opened
+	goneAway   bool                   // GOAWAY sent to the session
 	byOwn      map[uint32]uint32      // the session's stream id → the channel's
 	streams    map[uint32]*sideStream // by the channel's stream id
 }
