@@ -313,14 +313,16 @@ func serveLoopUntilDone(ctx context.Context, loop *loopfront.Front, router *fron
 		shut, cancel := context.WithTimeout(context.Background(), drainTimeout)
 		defer cancel()
 		var wg sync.WaitGroup
+		handedOver := make(chan struct{})
 		wg.Go(func() {
-			if err := loop.Shutdown(shut); err != nil {
+			if err := loop.Shutdown(shut, handedOver); err != nil {
 				log.Warn("stopping: requests still in flight after the drain timeout are cut", "err", err)
 			}
 		})
 		if err := srv.Shutdown(shut); err != nil {
 			log.Warn("stopping: requests still in flight after the drain timeout are cut", "err", err)
 		}
+		close(handedOver) // (the loop kept the workers' channels for its requests)
 		wg.Wait()
 	})
 	defer stop()

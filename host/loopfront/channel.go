@@ -216,12 +216,17 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 		return nil
 	case frame.TypeLog:
 		return nil // a worker's output goes through init
-	case frame.TypeRequest, frame.TypeHello, frame.TypeConfig, frame.TypeConfigResult, frame.TypeWSMessage, frame.TypeWSClose:
+	case frame.TypeRequest, frame.TypeHello, frame.TypeConfig, frame.TypeConfigResult:
 		return fmt.Errorf("unexpected %s frame", fh.Type)
 	}
 	c := ch.streams[fh.StreamID]
 	if c == nil || c.req == nil || c.req.on != ch {
-		return nil // a stream the loop has ended: RESET and late frames pass
+		// A stream the loop (or its side session) has ended: RESET and
+		// late frames pass, websocket ones included.
+		return nil
+	}
+	if fh.Type == frame.TypeWSMessage || fh.Type == frame.TypeWSClose {
+		return fmt.Errorf("%s on an HTTP stream", fh.Type)
 	}
 	r := c.req
 	switch fh.Type {

@@ -159,3 +159,20 @@ func TestAStreamsEndRetriesTheOldestStalledRequest(t *testing.T) {
 		t.Fatalf("a client that no longer waits stays queued")
 	}
 }
+
+// Frames a worker sent before it saw its stream's RESET arrive after the
+// loop forgot the stream: they pass, websocket ones too (a side session's
+// websocket reset by its client while the worker still sends), and do not
+// end the worker's channel with every request on it. On one of the loop's
+// own HTTP streams, a websocket frame is a protocol error.
+func TestLateWebsocketFramesOfAnEndedStreamPass(t *testing.T) {
+	l, ch, _, _ := channelWithRequest(t)
+	for _, typ := range []frame.Type{frame.TypeWSMessage, frame.TypeWSClose, frame.TypeData, frame.TypeReset} {
+		if err := l.frame(ch, frame.Header{Type: typ, StreamID: 7}, nil); err != nil {
+			t.Errorf("a late %s on an ended stream: %v", typ, err)
+		}
+	}
+	if err := l.frame(ch, frame.Header{Type: frame.TypeWSMessage, StreamID: 1}, []byte("x")); err == nil {
+		t.Error("a WS_MESSAGE on one of the loop's HTTP streams passed")
+	}
+}

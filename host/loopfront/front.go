@@ -116,11 +116,24 @@ func (f *Front) Serve(ctx context.Context, ln *net.TCPListener, rt *front.Router
 }
 
 // Shutdown stops accepting connections, closes the idle ones and waits,
-// until ctx ends, for the requests the loop is serving to finish; then
-// Serve returns. The handed-off connections are the net/http server's to
-// drain.
-func (f *Front) Shutdown(ctx context.Context) error {
+// until ctx ends, for the requests the loop is serving to finish and for
+// handedOver to close; then Serve returns. The handed-off connections are
+// the net/http server's to drain: the caller closes handedOver once it
+// has (its Shutdown returned), since the worker channels the loop holds
+// carry that server's requests too (side sessions). A nil handedOver is
+// closed.
+func (f *Front) Shutdown(ctx context.Context, handedOver <-chan struct{}) error {
 	f.do(func(l *loop) { l.drain() })
+	go func() {
+		if handedOver != nil {
+			select {
+			case <-handedOver:
+			case <-f.done:
+				return
+			}
+		}
+		f.do(func(l *loop) { l.handoffsDrained = true })
+	}()
 	select {
 	case <-f.done:
 		return nil

@@ -57,7 +57,7 @@ func TestServeLeavesTheAgentItsProcs(t *testing.T) {
 	close(ping)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := f.Shutdown(ctx); err != nil {
+	if err := f.Shutdown(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
 	if err := <-served; err != nil {

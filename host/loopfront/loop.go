@@ -109,7 +109,11 @@ type loop struct {
 	// is watched again when a client is closed.
 	acceptPaused bool
 	draining     bool
-	quit         bool
+	// handoffsDrained: the net/http server has drained too (Shutdown's
+	// handedOver). Until then the loop keeps the worker channels, which
+	// carry that server's requests (side sessions).
+	handoffsDrained bool
+	quit            bool
 }
 
 func newLoop(f *Front, listener int) (*loop, error) {
@@ -196,7 +200,7 @@ func (l *loop) run() error {
 	runtime.GOMAXPROCS(procs + 1)
 	defer restoreProcs(procs)
 	events := make([]unix.EpollEvent, 256)
-	for !l.quit && !(l.draining && l.busy() == 0) {
+	for !l.quit && !(l.draining && l.handoffsDrained && l.busy() == 0) {
 		timeout := -1
 		switch {
 		case len(l.dirty) > 0: // marked while the channels were written
@@ -277,18 +281,13 @@ func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 }
 
 // busy returns how many clients have a request in flight (or waiting
-// for its program) or a response still to write, and how many streams
-// the side sessions have open: the drain waits for those too, as the
-// net/http server serves them through the loop.
+// for its program) or a response still to write.
 func (l *loop) busy() int {
 	n := 0
 	for _, c := range l.clients {
 		if c.req != nil || c.hold != nil || c.out.len() > 0 {
 			n++
 		}
-	}
-	for _, s := range l.sides {
-		n += len(s.streams) // the net/http server's, drained by it
 	}
 	return n
 }
