@@ -45,3 +45,25 @@ func TestLoopFrontDrainServesRequestsWaitingForAChannel(t *testing.T) {
 		})
 	}
 }
+
+// A request the loop handed to the net/http server (HTTP/1.0 here), in
+// flight when the agent is told to stop, is answered: the net/http server
+// reaches the worker through the loop (its side session on the worker's
+// channel), and the loop keeps the channels until that server has
+// drained, not only until its own requests are done.
+func TestLoopFrontDrainServesHandedOverRequests(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(strings.ReplaceAll(f, "/", "-"), func(t *testing.T) {
+			p := startAgent(t, "run", agentOptions{}, "--front", f, "--workers", "1", dir, "main:app")
+			got := make(chan string, 1)
+			go func() { got <- loopExchange(p.addr, "GET /slow?s=2 HTTP/1.0\r\nHost: x\r\n\r\n", nil, 1) }()
+			time.Sleep(500 * time.Millisecond)
+			p.cmd.Process.Signal(syscall.SIGTERM)
+			if g := <-got; !strings.HasPrefix(g, "200 ") || !strings.Contains(g, `"slow"`) {
+				t.Errorf("%s front: a handed-over request in flight at the stop got %s", f, g)
+			}
+		})
+	}
+}
