@@ -1,6 +1,7 @@
 package loopfront
 
 import (
+	"bytes"
 	"io"
 	"net"
 	"os"
@@ -63,7 +64,9 @@ func (h *handoffListener) handOver(fd int, read []byte) {
 	if err != nil {
 		return // the client is dropped: nothing was answered yet
 	}
-	c := &prefixConn{Conn: conn, prefix: read}
+	// A copy: read is in the loop's array for the client (64 KiB and
+	// more), which the connection would otherwise keep for its life.
+	c := &prefixConn{Conn: conn, prefix: bytes.Clone(read)}
 	go func() {
 		select {
 		case h.conns <- c:
@@ -109,6 +112,9 @@ func (c *prefixConn) Read(p []byte) (int, error) {
 	if len(c.prefix) > 0 {
 		n := copy(p, c.prefix)
 		c.prefix = c.prefix[n:]
+		if len(c.prefix) == 0 {
+			c.prefix = nil // (frees the array)
+		}
 		c.mu.Unlock()
 		return n, nil
 	}
