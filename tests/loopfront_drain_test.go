@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"net"
 	"strings"
 	"syscall"
 	"testing"
@@ -63,6 +64,48 @@ func TestLoopFrontDrainServesHandedOverRequests(t *testing.T) {
 			p.cmd.Process.Signal(syscall.SIGTERM)
 			if g := <-got; !strings.HasPrefix(g, "200 ") || !strings.Contains(g, `"slow"`) {
 				t.Errorf("%s front: a handed-over request in flight at the stop got %s", f, g)
+			}
+		})
+	}
+}
+
+// One client pipelines 800 requests for 250,000-byte answers (27 KB sent)
+// and reads nothing: the agent's memory stays bounded under either front.
+// The loop once started each request it had read, whatever was waiting for
+// the client, and grew by half a GiB (each answer fits in the window the
+// worker is granted, so credit never held it back).
+func TestLoopFrontPipeliningClientThatReadsNothingIsBounded(t *testing.T) {
+	requireRoot(t)
+	dir := writeApp(t, map[string]string{"main.py": loopHostileApp})
+	for _, f := range []string{"net/http", "loop"} {
+		t.Run(strings.ReplaceAll(f, "/", "-"), func(t *testing.T) {
+			p := startAgent(t, "run", agentOptions{}, "--front", f, "--workers", "1", dir, "main:app")
+			pid := p.cmd.Process.Pid
+			before, err := wsHostileStatusKiB(pid, "VmRSS")
+			if err != nil {
+				t.Fatal(err)
+			}
+			d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+				return rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096) })
+			}}
+			conn, err := d.Dial("tcp", p.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write([]byte(strings.Repeat("GET /window HTTP/1.1\r\nHost: x\r\n\r\n", 800))); err != nil {
+				t.Fatal(err)
+			}
+			most := before
+			for range 25 { // 5 s, reading nothing
+				time.Sleep(200 * time.Millisecond)
+				if kib, err := wsHostileStatusKiB(pid, "VmRSS"); err == nil {
+					most = max(most, kib)
+				}
+			}
+			t.Logf("%s front: host-agent RSS %d MiB before, at most %d MiB", f, before>>10, most>>10)
+			if grew := (most - before) >> 10; grew > 64 {
+				t.Errorf("%s front: one connection that reads nothing made the agent grow by %d MiB", f, grew)
 			}
 		})
 	}

@@ -171,6 +171,9 @@ async def app(scope, receive, send):
         await start(send, 200, [(b"content-type", b"text/plain")])
         await send({"type": "http.response.body", "body": b"part", "more_body": True})
         raise RuntimeError("the app fails in the middle of its answer")
+    elif path == "/window":  # most of a window, with its length
+        await start(send, 200, [(b"content-length", b"250000")])
+        await send({"type": "http.response.body", "body": b"w" * 250000})
     elif path == "/conn":
         await start(send, 200, [(b"connection", b"foo"), (b"content-length", b"2")])
         await send({"type": "http.response.body", "body": b"ok"})

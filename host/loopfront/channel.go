@@ -319,6 +319,13 @@ func (l *loop) writeChannel(ch *channel) {
 		}
 		backlogged := ch.out.len() >= maxBacklog
 		ch.out.consume(max(n, 0))
+		if ch.out.len() >= maxQueued {
+			// Past the backlog, what still comes for the worker is
+			// control frames (credit, resets, PING ACKs) that a worker
+			// reading nothing makes without bound.
+			l.closeChannel(ch, "the worker reads nothing of what it is sent")
+			return
+		}
 		if backlogged && ch.out.len() < maxBacklog {
 			l.wakeStalled(ch.set, len(l.stalled)) // the channel takes requests again
 			if ch.side != nil {

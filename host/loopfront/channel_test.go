@@ -176,3 +176,19 @@ func TestLateWebsocketFramesOfAnEndedStreamPass(t *testing.T) {
 		t.Error("a WS_MESSAGE on one of the loop's HTTP streams passed")
 	}
 }
+
+// Whatever piles up toward a worker that reads nothing (credit for its
+// tiny DATA frames, resets), not only PING ACKs, is bounded: past
+// maxQueued the channel is closed.
+func TestAnythingQueuedPastTheBoundClosesTheChannel(t *testing.T) {
+	l, ch, c, _ := channelWithRequest(t)
+	l.f.router = &front.Router{}
+	c.req.inst = &lifecycle.Instance{}
+	for ch.out.len() < maxQueued+(64<<10) {
+		ch.send(frame.TypeWindowUpdate, 0, 1, []byte{0, 0, 0, 1})
+	}
+	l.writeChannel(ch) // the worker's socket takes a few hundred KiB, then nothing
+	if ch.fd >= 0 {
+		t.Fatalf("the channel of a worker that reads nothing stays open with %d MiB queued toward it", ch.out.len()>>20)
+	}
+}

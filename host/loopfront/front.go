@@ -91,7 +91,7 @@ func (f *Front) Handoffs() net.Listener { return f.handoffs }
 // server on Handoffs the rest.
 func (f *Front) Serve(ctx context.Context, ln *net.TCPListener, rt *front.Router) error {
 	defer close(f.done)
-	defer unix.Close(f.wake)
+	defer f.closeWake()
 	defer f.handoffs.Close() // the net/http server's Serve returns
 	f.handoffs.setAddr(ln.Addr())
 	if rt == nil {
@@ -153,10 +153,26 @@ func (f *Front) do(cmd func(*loop)) bool {
 		return false
 	}
 	f.commands = append(f.commands, cmd)
+	f.wakeLocked()
 	f.mu.Unlock()
+	return true
+}
+
+// wakeLocked wakes the loop; f.mu is held, so that the eventfd is not
+// closed meanwhile (closeWake), and its number, reused, written to.
+func (f *Front) wakeLocked() {
 	var one = [8]byte{7: 1}
 	unix.Write(f.wake, one[:])
-	return true
+}
+
+// closeWake closes the eventfd once the loop has stopped taking
+// commands.
+func (f *Front) closeWake() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.stopped = true
+	unix.Close(f.wake)
+	f.wake = -1
 }
 
 // takeCommands returns the queued commands; stop says no more are taken.
@@ -195,14 +211,13 @@ func (f *Front) Adopt(set *dataplane.Set, ch contract.WorkerChannel, conn *os.Fi
 		if live {
 			// Queued under mu: a Forget of set comes after it.
 			f.commands = append(f.commands, func(l *loop) { l.addChannel(set, ch, fd, peer) })
+			f.wakeLocked()
 		}
 		f.mu.Unlock()
 		if !live {
 			unix.Close(fd)
 			return
 		}
-		var one = [8]byte{7: 1}
-		unix.Write(f.wake, one[:])
 		log.Debug("worker channel adopted by the event loop")
 	}()
 }

@@ -72,3 +72,74 @@ func TestHandOverAfterTheServerStoppedAnswers503(t *testing.T) {
 		t.Fatalf("got %s, close %v, body %q (%v); want a 503 that closes the connection", resp.Status, resp.Close, body, err)
 	}
 }
+
+// A bare-LF request pipelined behind a response not yet written is handed
+// over once that response is: the bare line feed found while the loop
+// could not hand the connection over is remembered (the search does not
+// look at those bytes again).
+func TestBareLFBehindAnUnwrittenResponseIsHandedOver(t *testing.T) {
+	clientEnd, peer := socketPair(t)
+	defer unix.Close(peer)
+	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
+	defer f.handoffs.Close()
+	l := &loop{f: f, epoll: -1, clients: map[int]*client{}}
+	c := &client{fd: clientEnd, served: 1}
+	l.clients[c.fd] = c
+	c.out.write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
+	c.in.write([]byte("POST / HTTP/1.1\nHost: x\nContent-Length: 5\n\nhello"))
+	l.next(c)
+	if c.fd < 0 {
+		t.Fatal("handed over while a response was still to be written")
+	}
+	c.out.consume(c.out.len())
+	l.next(c)
+	if c.fd >= 0 {
+		unix.Close(c.fd)
+		t.Fatal("a whole bare-LF request waits for a head end that never comes once the response before it is written")
+	}
+	conn, err := f.handoffs.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn.Close()
+}
+
+// The drain serves a request the loop has already read (here in the same
+// pass as the drain's command), then closes its connection, as net/http's
+// Shutdown does; it does not close it unanswered.
+func TestDrainServesARequestAlreadyRead(t *testing.T) {
+	clientEnd, peer := socketPair(t)
+	defer unix.Close(peer)
+	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
+	defer f.handoffs.Close()
+	l := &loop{f: f, epoll: -1, listener: -1, clients: map[int]*client{}}
+	idle := &client{fd: -2, served: 1} // (never written: closed before)
+	c := &client{fd: clientEnd, served: 1}
+	l.clients[c.fd] = c
+	c.in.write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n"))
+	l.mark(c)
+	l.clients[idle.fd] = idle
+	l.drain()
+	if c.closeAfter || !idle.closeAfter {
+		t.Fatalf("the drain closes after its answer (closeAfter) a connection with a request read: %v; an idle one: %v", c.closeAfter, idle.closeAfter)
+	}
+	if l.busy() != 1 {
+		t.Fatalf("busy %d: the drain must wait for the request read", l.busy())
+	}
+}
+
+// A client keeps no 64 KiB array for the few bytes of its head: it reads
+// into the loop's buffer and keeps a copy (thousands of idle keep-alive
+// connections each held one).
+func TestIdleClientKeepsNoBigArray(t *testing.T) {
+	clientEnd, peer := socketPair(t)
+	defer unix.Close(peer)
+	l := &loop{f: &Front{log: slog.New(slog.DiscardHandler)}, epoll: -1, clients: map[int]*client{}, buf: make([]byte, 64<<10)}
+	c := &client{fd: clientEnd, readingIn: true, served: 1}
+	l.clients[c.fd] = c
+	unix.Write(peer, []byte("GET / HTTP/1.1\r\n"))
+	l.readClient(c, false)
+	if c.in.len() != 16 || cap(c.in.b) > 4<<10 {
+		t.Fatalf("after a 16-byte read: %d bytes waiting in an array of %d KiB", c.in.len(), cap(c.in.b)>>10)
+	}
+}

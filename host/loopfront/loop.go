@@ -285,7 +285,7 @@ func (l *loop) epollWait(events []unix.EpollEvent, timeoutMs int) (int, error) {
 func (l *loop) busy() int {
 	n := 0
 	for _, c := range l.clients {
-		if c.req != nil || c.hold != nil || c.out.len() > 0 {
+		if c.req != nil || c.hold != nil || c.out.len() > 0 || (c.in.len() > 0 && !c.closeAfter) {
 			n++
 		}
 	}
@@ -301,7 +301,13 @@ func (l *loop) drain() {
 	l.draining = true
 	unix.EpollCtl(l.epoll, unix.EPOLL_CTL_DEL, l.listener, nil)
 	for _, c := range l.clients {
-		c.closeAfter = true
+		// A connection closes once its request in flight is answered,
+		// or at once when idle; a request read before, whole or in part,
+		// is served first (start closes its connection after it, as
+		// net/http's Shutdown does), within the header time limit.
+		if c.req != nil || c.in.len() == 0 || c.discard > 0 {
+			c.closeAfter = true
+		}
 		l.mark(c)
 	}
 }
@@ -407,7 +413,15 @@ func (l *loop) readClient(c *client, hangup bool) {
 		}
 		return
 	}
-	n, err := unix.Read(c.fd, c.in.tail(min(64<<10, maxUnread-c.in.len())))
+	// A new head is read into the loop's buffer and copied: a client
+	// then keeps an array as big as what it sent (4 KiB for most), not
+	// the 64 KiB of a read, for as long as it stays connected.
+	fresh := c.in.len() == 0 && c.req == nil
+	into := l.buf
+	if !fresh {
+		into = c.in.tail(min(64<<10, maxUnread-c.in.len()))
+	}
+	n, err := unix.Read(c.fd, into)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 		return
 	}
@@ -427,13 +441,17 @@ func (l *loop) readClient(c *client, hangup bool) {
 		l.drop(c)
 		return
 	}
-	if c.in.len() == 0 && c.req == nil {
+	if fresh {
 		c.since = l.now() // a head starts: the header time limit runs
 	}
 	if r := c.req; r != nil && r.bodyLeft > 0 {
 		r.bodyAt = l.now() // the body moves
 	}
-	c.in.commit(n)
+	if fresh {
+		c.in.write(into[:n])
+	} else {
+		c.in.commit(n)
+	}
 	l.mark(c) // flush relays it and re-arms c
 }
 

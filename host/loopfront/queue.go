@@ -15,10 +15,12 @@ import (
 type queue struct {
 	b   []byte // the array's used part, consumed bytes included
 	off int    // where the unconsumed bytes start
-	// scanned is how many waiting bytes headEnd has searched: a head
+	// scanned is how many waiting bytes headEnd has searched (a head
 	// that arrives a few bytes at a time is not searched again from its
-	// start at each read. Consuming resets it.
+	// start at each read), and bare whether they hold a bare line feed.
+	// Consuming resets both.
 	scanned int
+	bare    bool
 }
 
 // len is how many bytes wait.
@@ -30,7 +32,7 @@ func (q *queue) bytes() []byte { return q.b[q.off:] }
 // consume drops the first n waiting bytes.
 func (q *queue) consume(n int) {
 	if n > 0 {
-		q.scanned = 0
+		q.scanned, q.bare = 0, false
 	}
 	q.off += n
 	if q.off >= len(q.b) {
@@ -112,7 +114,8 @@ func (q *queue) headEnd() (end int, bareLF bool) {
 		return from + i, false
 	}
 	q.scanned = len(b)
-	return -1, hasBareLF(b, from)
+	q.bare = q.bare || hasBareLF(b, from)
+	return -1, q.bare
 }
 
 // hasBareLF reports whether b, from index from, has a line feed not after

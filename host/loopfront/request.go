@@ -88,6 +88,12 @@ func (l *loop) next(c *client) {
 	if (c.closeAfter && c.hold == nil) || c.in.len() == 0 {
 		return // (a hold the drain found goes on: its request was taken)
 	}
+	if c.out.len() > creditAt && c.hold == nil {
+		// A pipelining client that is not reading: its next request
+		// waits until it has taken most of the answers before, or each
+		// request read would add a whole response to c.out.
+		return
+	}
 	end, bareLF := c.in.headEnd()
 	if end < 0 && c.in.len() <= maxHead && !bareLF {
 		return // the head is not whole yet
