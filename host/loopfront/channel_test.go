@@ -192,3 +192,27 @@ func TestAnythingQueuedPastTheBoundClosesTheChannel(t *testing.T) {
 		t.Fatalf("the channel of a worker that reads nothing stays open with %d MiB queued toward it", ch.out.len()>>20)
 	}
 }
+
+// A streamed (chunked) response whose worker sends its body a byte per
+// DATA frame to a client that reads nothing: what the loop queues for
+// the client stays near what credit allows (creditAt and one window),
+// not six times that (each byte its own chunk: "1\r\nx\r\n"), since small
+// pieces that come while the client is behind go out as one chunk.
+func TestTinyChunksToASlowClientStayBounded(t *testing.T) {
+	l, _, c, _ := channelWithRequest(t)
+	l.f.router = &front.Router{}
+	r := c.req
+	r.gotHead, r.headSent, r.chunked, r.status = true, true, true, 200
+	most := 0
+	for range initialWindow { // one window, a byte at a time
+		l.body(c, []byte{'x'})
+		l.progress(c) // (the client takes nothing: its socket fills)
+		most = max(most, c.out.len()+len(r.stash))
+	}
+	if limit := creditAt + initialWindow + 64<<10; most > limit {
+		t.Fatalf("one window of 1-byte pieces made the loop queue %d KiB for a client that reads nothing (bound about %d KiB)", most>>10, limit>>10)
+	}
+	if r.credited+r.owed != int64(initialWindow) {
+		t.Fatalf("credit %d + owed %d, want the window %d", r.credited, r.owed, initialWindow)
+	}
+}

@@ -2,10 +2,13 @@ package loopfront
 
 import (
 	"context"
+	"log/slog"
 	"net"
 	"runtime"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/host/front"
 )
@@ -65,5 +68,53 @@ func TestServeLeavesTheAgentItsProcs(t *testing.T) {
 	}
 	if n := runtime.GOMAXPROCS(0); n != 1 {
 		t.Fatalf("GOMAXPROCS is %d after Serve, want 1 again", n)
+	}
+}
+
+// Accepting paused for want of descriptors (EMFILE) resumes at the next
+// tick, not only when one of the loop's clients closes: with no client
+// (the descriptors were another part of the agent's), the listener
+// stayed unwatched for good and no connection was ever accepted again.
+func TestPausedAcceptResumesAtTheNextTick(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	file, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer file.Close()
+	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(ep)
+	l := &loop{f: &Front{log: slog.New(slog.DiscardHandler)}, epoll: ep, listener: int(file.Fd()), clients: map[int]*client{}}
+	unix.SetNonblock(l.listener, true)
+	if err := l.watch(unix.EPOLL_CTL_ADD, l.listener, false, false); err != nil { // as accept leaves it on EMFILE
+		t.Fatal(err)
+	}
+	l.acceptPaused = true
+	conn, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	l.expire(l.now())
+	events := make([]unix.EpollEvent, 4)
+	n, _ := unix.EpollWait(ep, events, 2000)
+	if n != 1 || int(events[0].Fd) != l.listener {
+		t.Fatalf("a tick after the pause, the listener is not watched: %d events", n)
+	}
+	l.accept()
+	defer func() {
+		for _, c := range l.clients {
+			unix.Close(c.fd)
+		}
+	}()
+	if len(l.clients) != 1 || l.acceptPaused {
+		t.Fatalf("after the tick: %d clients accepted, paused %v", len(l.clients), l.acceptPaused)
 	}
 }

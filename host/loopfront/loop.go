@@ -106,7 +106,8 @@ type loop struct {
 	dateAt       int64
 	check        int64 // when the time limits are next checked
 	// acceptPaused: accept failed for want of descriptors; the listener
-	// is watched again when a client is closed.
+	// is watched again when a client is closed, and at each tick (the
+	// descriptors may have been another part of the agent's).
 	acceptPaused bool
 	draining     bool
 	// handoffsDrained: the net/http server has drained too (Shutdown's
@@ -205,7 +206,7 @@ func (l *loop) run() error {
 		switch {
 		case len(l.dirty) > 0: // marked while the channels were written
 			timeout = 0
-		case len(l.clients) > 0:
+		case len(l.clients) > 0 || l.acceptPaused:
 			timeout = max(0, int((l.check-l.now())/int64(time.Millisecond))+1)
 		}
 		n, err := l.epollWait(events, timeout)
@@ -413,13 +414,16 @@ func (l *loop) readClient(c *client, hangup bool) {
 		}
 		return
 	}
-	// A new head is read into the loop's buffer and copied: a client
-	// then keeps an array as big as what it sent (4 KiB for most), not
-	// the 64 KiB of a read, for as long as it stays connected.
+	// Heads are read into the loop's buffer and copied: a client then
+	// keeps an array as big as what it sent (4 KiB for most), not the
+	// 64 KiB of a read, for as long as it stays connected. A request
+	// body is read straight into the client's queue.
 	fresh := c.in.len() == 0 && c.req == nil
-	into := l.buf
-	if !fresh {
-		into = c.in.tail(min(64<<10, maxUnread-c.in.len()))
+	viaBuf := c.req == nil || c.req.bodyLeft == 0
+	room := min(64<<10, maxUnread-c.in.len())
+	into := l.buf[:room]
+	if !viaBuf {
+		into = c.in.tail(room)
 	}
 	n, err := unix.Read(c.fd, into)
 	if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
@@ -447,7 +451,7 @@ func (l *loop) readClient(c *client, hangup bool) {
 	if r := c.req; r != nil && r.bodyLeft > 0 {
 		r.bodyAt = l.now() // the body moves
 	}
-	if fresh {
+	if viaBuf {
 		c.in.write(into[:n])
 	} else {
 		c.in.commit(n)
@@ -553,6 +557,9 @@ func (l *loop) expire(now int64) {
 	}
 	if len(l.stalled) > 0 {
 		l.wakeStalled(nil, 0) // forgets the clients gone meanwhile
+	}
+	if l.acceptPaused && !l.draining && l.watch(unix.EPOLL_CTL_MOD, l.listener, true, false) == nil {
+		l.acceptPaused = false // accept tries again (and pauses again if it must)
 	}
 }
 

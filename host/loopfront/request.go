@@ -59,6 +59,7 @@ type request struct {
 	connection []byte
 	waiting    bool   // its head is not written yet (sendHeads)
 	pending    []byte // body that arrived with the head
+	stash      []byte // small chunks coalesced while the client is behind (writeBody)
 	headSent   bool   // the head is in the client's output
 	status     int
 	noBody     bool  // HEAD, 204 or 304: the body is not sent
@@ -475,6 +476,9 @@ func plainTarget(t []byte) bool {
 // it holds.
 func (l *loop) progress(c *client) {
 	r := c.req
+	if len(r.stash) > 0 && c.out.len() == 0 {
+		l.writeBody(c, nil) // the client took what waited: the stash goes as one chunk
+	}
 	if r.reset || r.on.fd < 0 {
 		return
 	}
@@ -494,7 +498,7 @@ func (l *loop) progress(c *client) {
 		r.bodyAt = l.now()
 		l.markChannel(ch)
 	}
-	if r.owed > 0 && c.out.len() <= creditAt && !r.finished {
+	if r.owed > 0 && c.out.len()+len(r.stash) <= creditAt && !r.finished {
 		var credit [4]byte
 		credit[0], credit[1], credit[2], credit[3] = byte(r.owed>>24), byte(r.owed>>16), byte(r.owed>>8), byte(r.owed)
 		ch.send(frame.TypeWindowUpdate, 0, r.stream, credit[:])
@@ -673,7 +677,25 @@ func (l *loop) body(c *client, p []byte) {
 }
 
 // writeBody writes response body bytes, chunked if the response is.
+// Small pieces of a chunked body that come while the client has not
+// taken what waits for it are stashed and go out as one chunk (progress,
+// complete): each chunk's framing would otherwise be added to the client's
+// queue per piece, which credit does not count (1-byte pieces: 6 bytes
+// queued for each byte of credit).
 func (l *loop) writeBody(c *client, p []byte) {
+	if r := c.req; r.chunked && (len(r.stash) > 0 || c.out.len() > 0) {
+		r.stash = append(r.stash, p...)
+		if c.out.len() > 0 && len(r.stash) < directWrite {
+			return
+		}
+		p, r.stash = r.stash, r.stash[:0] // (writeOut copies what it keeps)
+	}
+	l.writeOut(c, p)
+}
+
+// writeOut writes response body bytes to c, as one chunk if the response
+// is chunked.
+func (l *loop) writeOut(c *client, p []byte) {
 	if len(p) == 0 {
 		return
 	}
@@ -741,6 +763,8 @@ func (l *loop) complete(c *client) {
 		}
 		r.pending = nil
 	} else if r.chunked {
+		l.writeOut(c, r.stash)
+		r.stash = nil
 		c.out.writeString("0\r\n\r\n")
 	}
 	if r.declared >= 0 && !r.noBody && r.sent != r.declared {
@@ -792,6 +816,8 @@ func (l *loop) failed(c *client, code uint32, why string) {
 		l.writeBody(c, r.pending)
 		r.pending = nil
 	}
+	l.writeOut(c, r.stash) // what came before the break goes out
+	r.stash = nil
 	c.closeAfter = true
 	l.finish(c, r.status)
 }
