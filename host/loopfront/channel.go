@@ -25,19 +25,22 @@ const (
 
 // channel is one worker's data channel, past the HELLO exchange.
 type channel struct {
-	fd          int
-	set         *dataplane.Set
-	wc          contract.WorkerChannel
-	peer        message.Hello // the worker's HELLO
-	in          queue         // received bytes not yet a whole frame
-	out         queue         // frames not yet written
-	streams     map[uint32]*client
-	next        uint32 // the next stream id (odd: the host's, SPEC.md §5.1)
-	dirty       bool   // out has grown since the last write
-	pollingOut  bool
-	goingAway   bool  // GOAWAY received, or ids used up: no new requests
-	outstanding int   // streams open on it: the loop's and its side session's
-	side        *side // the net/http front's session, relayed (side.go)
+	fd         int
+	set        *dataplane.Set
+	wc         contract.WorkerChannel
+	peer       message.Hello // the worker's HELLO
+	in         queue         // received bytes not yet a whole frame
+	out        queue         // frames not yet written
+	streams    map[uint32]*client
+	next       uint32 // the next stream id (odd: the host's, SPEC.md §5.1)
+	dirty      bool   // out has grown since the last write
+	pollingOut bool
+	goingAway  bool // GOAWAY received, or ids used up: no new requests
+	// readingPaused: the side session has a backlog to take before the
+	// loop reads on (channelFrames).
+	readingPaused bool
+	outstanding   int   // streams open on it: the loop's and its side session's
+	side          *side // the net/http front's session, relayed (side.go)
 }
 
 // group is the channels of one VM's workers.
@@ -163,8 +166,28 @@ func (l *loop) readChannel(ch *channel) {
 		return
 	}
 	ch.in.commit(n)
+	l.channelFrames(ch)
+}
+
+// channelFrames handles each whole frame a worker sent, until the side
+// session has a backlog to take first (the channel is then read no more:
+// readingPaused, until writeChannel finds the backlog taken).
+func (l *loop) channelFrames(ch *channel) {
 	p := ch.in.bytes()
 	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
+		if s := ch.side; s != nil && s.out.len() >= maxBacklog {
+			// The session's reader lags: what the worker sends it is
+			// bounded by its streams' windows, but up to a quarter MiB
+			// each; the loop reads on once the session has caught up.
+			if !ch.readingPaused {
+				ch.readingPaused = true
+				if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, false, ch.pollingOut); err != nil {
+					l.closeChannel(ch, "the loop lost the channel")
+					return
+				}
+			}
+			break
+		}
 		fh := frame.ParseHeader(p)
 		if err := fh.Validate(maxFrameSize); err != nil {
 			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
@@ -175,15 +198,9 @@ func (l *loop) readChannel(ch *channel) {
 			break
 		}
 		raw := p[:frame.HeaderSize+int(fh.Length)]
-		if fh.Type != frame.TypeRequest && !fh.Type.ConnectionLevel() {
-			if relayed, err := l.workerToSide(ch, fh, raw); err != nil {
-				l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
-				l.closeChannel(ch, "the worker broke the protocol")
-				return
-			} else if relayed {
-				p = p[len(raw):]
-				continue
-			}
+		if fh.Type != frame.TypeRequest && !fh.Type.ConnectionLevel() && l.workerToSide(ch, fh, raw) {
+			p = p[len(raw):]
+			continue
 		}
 		if err := l.frame(ch, fh, raw[frame.HeaderSize:]); err != nil {
 			l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
@@ -342,13 +359,23 @@ func (l *loop) writeChannel(ch *channel) {
 	}
 	if want := ch.out.len() > 0; want != ch.pollingOut {
 		ch.pollingOut = want
-		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, want); err != nil {
+		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, !ch.readingPaused, want); err != nil {
 			l.closeChannel(ch, "the loop lost the channel")
 			return
 		}
 	}
 	if ch.side != nil {
 		l.writeSide(ch.side)
+	}
+	if ch.readingPaused && ch.fd >= 0 && (ch.side == nil || ch.side.out.len() < maxBacklog) {
+		// The side session caught up (or is gone): the frames already
+		// read go on, then the channel is read again.
+		ch.readingPaused = false
+		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, ch.pollingOut); err != nil {
+			l.closeChannel(ch, "the loop lost the channel")
+			return
+		}
+		l.channelFrames(ch)
 	}
 }
 

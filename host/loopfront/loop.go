@@ -603,7 +603,8 @@ func (l *loop) flush() {
 		}
 	}
 	l.dirty = l.dirty[:0]
-	for _, ch := range l.dirtyChs {
+	for i := 0; i < len(l.dirtyChs); i++ { // writeChannel may mark a channel again (closeSide)
+		ch := l.dirtyChs[i]
 		ch.dirty = false
 		l.writeChannel(ch)
 	}

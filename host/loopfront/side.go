@@ -262,20 +262,16 @@ func (l *loop) sideGoAway(s *side) {
 
 // workerToSide relays one whole frame, raw, of a stream the side session
 // opened, from the worker to the session. It reports false for a stream
-// that is not the side session's.
-func (l *loop) workerToSide(ch *channel, fh frame.Header, raw []byte) (bool, error) {
+// that is not the side session's. (What waits for the session is bounded:
+// channelFrames stops reading the worker past maxBacklog.)
+func (l *loop) workerToSide(ch *channel, fh frame.Header, raw []byte) bool {
 	s := ch.side
 	if s == nil {
-		return false, nil
+		return false
 	}
 	st := s.streams[fh.StreamID]
 	if st == nil {
-		return false, nil
-	}
-	if s.out.len() >= maxQueued {
-		// The session reads what it is sent at once; a worker that made
-		// this much wait floods it with frames no window bounds.
-		return true, errors.New("frames for the side session pile up")
+		return false
 	}
 	relayFrame(&s.out, st.own, raw)
 	l.markChannel(ch)
@@ -288,7 +284,7 @@ func (l *loop) workerToSide(ch *channel, fh frame.Header, raw []byte) (bool, err
 			l.forgetSide(s, fh.StreamID)
 		}
 	}
-	return true, nil
+	return true
 }
 
 // relayFrame appends raw, a whole frame, to q with its stream id set to id.

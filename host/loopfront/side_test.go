@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -35,6 +36,13 @@ type sideRig struct {
 
 func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
 	t.Helper()
+	return newSideRigWith(t, maxStreams, nil, nil)
+}
+
+// newSideRigWith is newSideRig with the worker's handler (nil: serve)
+// and the session's connection wrapped by wrap (nil: as it is).
+func newSideRigWith(t *testing.T, maxStreams uint32, handler func(*mux.Stream), wrap func(net.Conn) io.ReadWriteCloser) *sideRig {
+	t.Helper()
 	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		t.Fatal(err)
@@ -42,7 +50,10 @@ func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
 	t.Cleanup(func() { unix.Close(ep) })
 	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
 	l := &loop{f: f, epoll: ep, clients: map[int]*client{}, channels: map[int]*channel{}, sides: map[int]*side{}, groups: map[*dataplane.Set]*group{}}
-	r := &sideRig{t: t, l: l, held: make(chan struct{}), seen: make(chan string, 16)}
+	r := &sideRig{t: t, l: l, held: make(chan struct{}), seen: make(chan string, 1024)}
+	if handler == nil {
+		handler = r.serve
+	}
 
 	loopEnd, workerEnd := socketPair(t)
 	wf := os.NewFile(uintptr(workerEnd), "worker")
@@ -51,7 +62,7 @@ func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.worker = mux.Server(wconn, mux.Config{MaxStreams: maxStreams, Handler: r.serve})
+	r.worker = mux.Server(wconn, mux.Config{MaxStreams: maxStreams, Handler: handler})
 	t.Cleanup(func() { r.worker.Close() })
 	fd, peer, err := greet(os.NewFile(uintptr(loopEnd), "channel"), "test")
 	if err != nil {
@@ -73,7 +84,11 @@ func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.session = mux.Client(conn, mux.Config{MaxFrameSize: dataplane.WorkerMaxFrame, MaxStreams: 1})
+	var rwc io.ReadWriteCloser = conn
+	if wrap != nil {
+		rwc = wrap(conn)
+	}
+	r.session = mux.Client(rwc, mux.Config{MaxFrameSize: dataplane.WorkerMaxFrame, MaxStreams: 1})
 	t.Cleanup(func() { r.session.Close() })
 	return r
 }
@@ -248,4 +263,122 @@ func TestSideSessionSharesTheWorkersStreamLimit(t *testing.T) {
 	if r.ch.side != nil || r.ch.outstanding != 0 {
 		t.Fatalf("after the session ended: side %v, %d outstanding on the channel", r.ch.side != nil, r.ch.outstanding)
 	}
+}
+
+// pumpFor runs the loop for d.
+func (r *sideRig) pumpFor(d time.Duration) {
+	done := make(chan struct{})
+	time.AfterFunc(d, func() { close(done) })
+	r.pump(done)
+}
+
+// A side session found closed by a failed write (its end closed while
+// the loop was writing to it) resets its streams on the worker: the
+// channel marked again during the flush is written. It once stayed
+// marked as dirty and was never written again, the worker's stream open
+// and every later request to that worker stuck.
+func TestSideSessionClosedOnAWriteResetsItsStreams(t *testing.T) {
+	r := newSideRigWith(t, 8, func(st *mux.Stream) {
+		var h message.RequestHead
+		st.RequestHead(&h)
+		st.WriteResponse(&message.ResponseHead{Status: 200}, nil, false)
+		<-st.Done()
+	}, nil)
+	var err error
+	r.run(func() { _, err = r.session.Handshake(context.Background()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.run(func() {
+		st, err := r.session.Open(context.Background(), &message.RequestHead{Method: []byte("GET"), Path: []byte("/stream")}, nil, true)
+		if err == nil {
+			var h message.ResponseHead
+			err = st.ReadResponse(context.Background(), &h)
+		}
+		if err != nil {
+			t.Error(err)
+		}
+	})
+	if r.worker.NumStreams() != 1 || r.ch.outstanding != 1 {
+		t.Fatalf("the worker has %d streams, the channel %d outstanding; want the one", r.worker.NumStreams(), r.ch.outstanding)
+	}
+	r.session.Close()
+	s := r.ch.side
+	s.out.write(appendFrame(nil, frame.TypePing, frame.FlagAck, 0, make([]byte, 8))) // something to write
+	r.l.markChannel(r.ch)
+	r.l.flush() // the write fails: closeSide queues a RESET for the worker and marks the channel
+	if r.ch.side != nil {
+		t.Fatal("the side session was not closed by the failed write")
+	}
+	gone := make(chan struct{})
+	go func() {
+		defer close(gone)
+		for r.worker.NumStreams() > 0 {
+			time.Sleep(time.Millisecond)
+		}
+	}()
+	r.pump(gone) // fails the test after 10 s
+}
+
+// laggingConn holds the session's reads while its lock is taken: the
+// agent's session reader not scheduled for a moment.
+type laggingConn struct {
+	net.Conn
+	mu sync.RWMutex
+}
+
+func (c *laggingConn) Read(p []byte) (int, error) {
+	c.mu.RLock()
+	c.mu.RUnlock()
+	return c.Conn.Read(p)
+}
+
+// A worker answering 40 requests of the side session with 256 KiB each
+// (a window each: nothing beyond flow control) while the session's reader
+// lags: the loop holds the frames for it, and does not close the worker's
+// channel, with every request on it, as if the worker broke the protocol
+// (past 8 MiB it once did).
+func TestSideSessionReaderThatLagsDoesNotCostTheWorkerItsChannel(t *testing.T) {
+	const streams = 40
+	body := bytes.Repeat([]byte("y"), initialWindow)
+	lag := &laggingConn{}
+	r := newSideRigWith(t, 64, func(st *mux.Stream) {
+		var h message.RequestHead
+		st.RequestHead(&h)
+		st.WriteResponse(&message.ResponseHead{Status: 200}, body, true)
+	}, func(c net.Conn) io.ReadWriteCloser { lag.Conn = c; return lag })
+	var err error
+	r.run(func() { _, err = r.session.Handshake(context.Background()) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	lag.mu.Lock()
+	sts := make([]*mux.Stream, streams)
+	opened := make(chan struct{})
+	go func() {
+		defer close(opened)
+		for i := range sts {
+			sts[i], _ = r.session.Open(context.Background(), &message.RequestHead{Method: []byte("GET"), Path: []byte("/big")}, nil, true)
+		}
+	}()
+	r.pumpFor(2 * time.Second)
+	<-opened
+	open := r.ch.fd >= 0
+	lag.mu.Unlock()
+	if !open {
+		t.Fatalf("the loop closed the channel of a worker that sent %d responses, each within its stream's window, while the session's reader lagged", streams)
+	}
+	r.run(func() {
+		for i, st := range sts {
+			var h message.ResponseHead
+			if err := st.ReadResponse(context.Background(), &h); err != nil {
+				t.Errorf("stream %d: %v", i, err)
+				return
+			}
+			if got, err := io.ReadAll(st); err != nil || len(got) != len(body) {
+				t.Errorf("stream %d: %d bytes, %v", i, len(got), err)
+				return
+			}
+		}
+	})
 }
