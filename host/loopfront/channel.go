@@ -224,7 +224,7 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 			if ch.out.len() >= maxQueued {
 				return fmt.Errorf("PINGs while %d bytes wait for the worker to read them", ch.out.len())
 			}
-			ch.send(frame.TypePing, frame.FlagAck, 0, payload)
+			ch.out.sendFrame(frame.TypePing, frame.FlagAck, 0, payload)
 			l.markChannel(ch)
 		}
 		return nil
@@ -319,7 +319,7 @@ func (l *loop) reset(c *client, code uint32) {
 	}
 	r.reset = true
 	ch := r.on
-	ch.send(frame.TypeReset, 0, r.stream, (&message.Reset{Code: code}).Append(nil))
+	ch.out.sendFrame(frame.TypeReset, 0, r.stream, (&message.Reset{Code: code}).Append(nil))
 	l.markChannel(ch)
 }
 
@@ -435,16 +435,4 @@ func (ch *channel) idle() {
 			s.out.release()
 		}
 	}
-}
-
-// send queues a whole frame for the worker.
-func (ch *channel) send(t frame.Type, f frame.Flags, id uint32, payload []byte) {
-	ch.out.reserve(frame.HeaderSize + len(payload))
-	ch.out.b = appendFrame(ch.out.b, t, f, id, payload)
-}
-
-// appendFrame appends a whole frame to b.
-func appendFrame(b []byte, t frame.Type, f frame.Flags, id uint32, payload []byte) []byte {
-	b = frame.AppendHeader(b, frame.Header{Type: t, Flags: f, StreamID: id, Length: uint32(len(payload))})
-	return append(b, payload...)
 }

@@ -1,14 +1,12 @@
 package loopfront
 
 import (
-	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 
 	"golang.org/x/sys/unix"
 
-	"github.com/ferry-vm/ferry/host/dataplane"
 	"github.com/ferry-vm/ferry/host/front"
 	"github.com/ferry-vm/ferry/host/lifecycle"
 	"github.com/ferry-vm/ferry/protocol/frame"
@@ -22,13 +20,7 @@ import (
 func TestPingFloodFromAWorkerThatDoesNotReadIsCutOff(t *testing.T) {
 	loopEnd, worker := socketPair(t)
 	defer unix.Close(worker)
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ep)
-	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
-	l := &loop{f: f, epoll: ep, clients: map[int]*client{}, channels: map[int]*channel{}, groups: map[*dataplane.Set]*group{}}
+	l := newTestLoop(t)
 	ch := &channel{fd: loopEnd, streams: map[uint32]*client{}, next: 1}
 	l.channels[loopEnd] = ch
 	if err := l.watch(unix.EPOLL_CTL_ADD, loopEnd, true, false); err != nil {
@@ -102,8 +94,7 @@ func channelWithRequest(t *testing.T) (*loop, *channel, *client, int) {
 	}
 	chFd, worker := pair()
 	cFd, _ := pair()
-	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
-	l := &loop{f: f, epoll: -1, clients: map[int]*client{}, channels: map[int]*channel{}, groups: map[*dataplane.Set]*group{}}
+	l := newTestLoop(t)
 	ch := &channel{fd: chFd, streams: map[uint32]*client{}, next: 3, peer: message.Hello{MaxFrameSize: 64 << 10, InitialWindow: 256 << 10, MaxStreams: 8}}
 	l.channels[chFd] = ch
 	c := &client{fd: cFd}
@@ -185,7 +176,7 @@ func TestAnythingQueuedPastTheBoundClosesTheChannel(t *testing.T) {
 	l.f.router = &front.Router{}
 	c.req.inst = &lifecycle.Instance{}
 	for ch.out.len() < maxQueued+(64<<10) {
-		ch.send(frame.TypeWindowUpdate, 0, 1, []byte{0, 0, 0, 1})
+		ch.out.sendFrame(frame.TypeWindowUpdate, 0, 1, []byte{0, 0, 0, 1})
 	}
 	l.writeChannel(ch) // the worker's socket takes a few hundred KiB, then nothing
 	if ch.fd >= 0 {

@@ -3,7 +3,6 @@ package loopfront
 import (
 	"bufio"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -21,9 +20,8 @@ import (
 func TestBareLFHeadIsHandedOver(t *testing.T) {
 	clientEnd, peer := socketPair(t)
 	defer unix.Close(peer)
-	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
-	defer f.handoffs.Close()
-	l := &loop{f: f, epoll: -1, clients: map[int]*client{}}
+	l := newTestLoop(t)
+	f := l.f
 	c := &client{fd: clientEnd}
 	l.clients[c.fd] = c
 	c.in.write([]byte("GET / HTTP/1.1\nHost: x\n\n"))
@@ -80,9 +78,8 @@ func TestHandOverAfterTheServerStoppedAnswers503(t *testing.T) {
 func TestBareLFBehindAnUnwrittenResponseIsHandedOver(t *testing.T) {
 	clientEnd, peer := socketPair(t)
 	defer unix.Close(peer)
-	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
-	defer f.handoffs.Close()
-	l := &loop{f: f, epoll: -1, clients: map[int]*client{}}
+	l := newTestLoop(t)
+	f := l.f
 	c := &client{fd: clientEnd, served: 1}
 	l.clients[c.fd] = c
 	c.out.write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"))
@@ -110,9 +107,7 @@ func TestBareLFBehindAnUnwrittenResponseIsHandedOver(t *testing.T) {
 func TestDrainServesARequestAlreadyRead(t *testing.T) {
 	clientEnd, peer := socketPair(t)
 	defer unix.Close(peer)
-	f := &Front{log: slog.New(slog.DiscardHandler), handoffs: newHandoffListener()}
-	defer f.handoffs.Close()
-	l := &loop{f: f, epoll: -1, listener: -1, clients: map[int]*client{}}
+	l := newTestLoop(t)
 	idle := &client{fd: -2, served: 1} // (never written: closed before)
 	c := &client{fd: clientEnd, served: 1}
 	l.clients[c.fd] = c
@@ -134,7 +129,7 @@ func TestDrainServesARequestAlreadyRead(t *testing.T) {
 func TestIdleClientKeepsNoBigArray(t *testing.T) {
 	clientEnd, peer := socketPair(t)
 	defer unix.Close(peer)
-	l := &loop{f: &Front{log: slog.New(slog.DiscardHandler)}, epoll: -1, clients: map[int]*client{}, buf: make([]byte, 64<<10)}
+	l := newTestLoop(t)
 	c := &client{fd: clientEnd, readingIn: true, served: 1}
 	l.clients[c.fd] = c
 	for _, part := range []string{"GET / HTTP/1.1\r\n", "Host: x\r\n"} { // a head in two reads

@@ -85,6 +85,18 @@ func (q *queue) release() {
 	}
 }
 
+// sendFrame queues a whole frame, header and payload.
+func (q *queue) sendFrame(t frame.Type, f frame.Flags, id uint32, payload []byte) {
+	q.reserve(frame.HeaderSize + len(payload))
+	q.b = appendFrame(q.b, t, f, id, payload)
+}
+
+// appendFrame appends a whole frame to b.
+func appendFrame(b []byte, t frame.Type, f frame.Flags, id uint32, payload []byte) []byte {
+	b = frame.AppendHeader(b, frame.Header{Type: t, Flags: f, StreamID: id, Length: uint32(len(payload))})
+	return append(b, payload...)
+}
+
 // openFrame starts a frame whose payload the caller appends to q.b: it
 // makes room for a header and about n payload bytes, appends a blank
 // header and returns where the frame starts. The room is made first, as

@@ -501,7 +501,7 @@ func (l *loop) progress(c *client) {
 	if r.owed > 0 && c.out.len()+len(r.stash) <= creditAt && !r.finished {
 		var credit [4]byte
 		credit[0], credit[1], credit[2], credit[3] = byte(r.owed>>24), byte(r.owed>>16), byte(r.owed>>8), byte(r.owed)
-		ch.send(frame.TypeWindowUpdate, 0, r.stream, credit[:])
+		ch.out.sendFrame(frame.TypeWindowUpdate, 0, r.stream, credit[:])
 		r.credited += r.owed
 		r.owed = 0
 		l.markChannel(ch)
@@ -513,7 +513,7 @@ func (l *loop) progress(c *client) {
 // payload is big enough, else queued.
 func (l *loop) sendData(ch *channel, flags frame.Flags, id uint32, p []byte) {
 	if ch.out.len() > 0 || len(p) < directWrite {
-		ch.send(frame.TypeData, flags, id, p)
+		ch.out.sendFrame(frame.TypeData, flags, id, p)
 		return
 	}
 	var hdr [frame.HeaderSize]byte

@@ -82,7 +82,7 @@ func (l *loop) closeSide(ch *channel) {
 	ch.side = nil
 	for id, st := range s.streams {
 		if !st.sessionEnded || !st.workerEnded {
-			ch.send(frame.TypeReset, 0, id, (&message.Reset{Code: codeCancel}).Append(nil))
+			ch.out.sendFrame(frame.TypeReset, 0, id, (&message.Reset{Code: codeCancel}).Append(nil))
 			l.markChannel(ch)
 		}
 		l.forgetSide(s, id)
@@ -178,7 +178,7 @@ func (l *loop) sideFrame(s *side, fh frame.Header, raw []byte) error {
 		w := ch.peer // the worker's limits, which the relayed streams are under
 		ours := message.Hello{Version: 1, Role: 2, MaxFrameSize: w.MaxFrameSize, InitialWindow: w.InitialWindow,
 			MaxStreams: w.MaxStreams, Compression: w.Compression, Agent: w.Agent}
-		s.out.write(appendFrame(nil, frame.TypeHello, 0, 0, ours.Append(nil)))
+		s.out.sendFrame(frame.TypeHello, 0, 0, ours.Append(nil))
 		if ch.goingAway {
 			l.sideGoAway(s)
 		}
@@ -191,7 +191,7 @@ func (l *loop) sideFrame(s *side, fh frame.Header, raw []byte) error {
 			if s.out.len() >= maxQueued {
 				return errors.New("PINGs while the session reads nothing")
 			}
-			s.out.write(appendFrame(nil, frame.TypePing, frame.FlagAck, 0, payload))
+			s.out.sendFrame(frame.TypePing, frame.FlagAck, 0, payload)
 			l.markChannel(ch)
 		}
 		return nil
@@ -232,7 +232,7 @@ func (l *loop) sideOpen(s *side, fh frame.Header, raw []byte) error {
 	}
 	s.last = own
 	if ch.fd < 0 || ch.goingAway || ch.outstanding >= int(ch.peer.MaxStreams) || ch.next > maxStreamID {
-		s.out.write(appendFrame(nil, frame.TypeReset, 0, own, (&message.Reset{Code: frame.CodeRefusedStream}).Append(nil)))
+		s.out.sendFrame(frame.TypeReset, 0, own, (&message.Reset{Code: frame.CodeRefusedStream}).Append(nil))
 		l.markChannel(ch)
 		return nil
 	}
@@ -256,7 +256,7 @@ func (l *loop) sideGoAway(s *side) {
 	}
 	s.goneAway = true
 	g := message.GoAway{LastStreamID: s.last, Code: frame.CodeNoError, Message: []byte("the worker takes no new requests")}
-	s.out.write(appendFrame(nil, frame.TypeGoAway, 0, 0, g.Append(nil)))
+	s.out.sendFrame(frame.TypeGoAway, 0, 0, g.Append(nil))
 	l.markChannel(s.ch)
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"io"
-	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -43,13 +42,7 @@ func newSideRig(t *testing.T, maxStreams uint32) *sideRig {
 // and the session's connection wrapped by wrap (nil: as it is).
 func newSideRigWith(t *testing.T, maxStreams uint32, handler func(*mux.Stream), wrap func(net.Conn) io.ReadWriteCloser) *sideRig {
 	t.Helper()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(ep) })
-	f := &Front{log: slog.New(slog.DiscardHandler), live: map[*dataplane.Set]int{}, sets: map[*dataplane.Set]bool{}}
-	l := &loop{f: f, epoll: ep, clients: map[int]*client{}, channels: map[int]*channel{}, sides: map[int]*side{}, groups: map[*dataplane.Set]*group{}}
+	l := newTestLoop(t)
 	r := &sideRig{t: t, l: l, held: make(chan struct{}), seen: make(chan string, 1024)}
 	if handler == nil {
 		handler = r.serve
@@ -304,7 +297,7 @@ func TestSideSessionClosedOnAWriteResetsItsStreams(t *testing.T) {
 	}
 	r.session.Close()
 	s := r.ch.side
-	s.out.write(appendFrame(nil, frame.TypePing, frame.FlagAck, 0, make([]byte, 8))) // something to write
+	s.out.sendFrame(frame.TypePing, frame.FlagAck, 0, make([]byte, 8)) // something to write
 	r.l.markChannel(r.ch)
 	r.l.flush() // the write fails: closeSide queues a RESET for the worker and marks the channel
 	if r.ch.side != nil {
