@@ -50,7 +50,7 @@ func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("ferry-bench", flag.ContinueOnError)
 	out := fs.String("out", "", "write the Markdown report to this file too")
 	duration := fs.Duration("duration", 4*time.Second, "length of each load run")
-	rounds := fs.Int("rounds", 3, "interleaved rounds per workload (the median round is reported)")
+	rounds := fs.Int("rounds", 5, "interleaved rounds per workload (the median round is reported)")
 	conns := fs.Int("connections", 32, "connections of the throughput runs")
 	procs := fs.String("procs", "1,2", "Python process counts to compare")
 	coldStarts := fs.Int("cold-starts", 5, "cold starts timed per app (0: none)")
