@@ -181,8 +181,7 @@ func (l *loop) channelFrames(ch *channel) {
 			// each; the loop reads on once the session has caught up.
 			if !ch.readingPaused {
 				ch.readingPaused = true
-				if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, false, ch.pollingOut); err != nil {
-					l.closeChannel(ch, "the loop lost the channel")
+				if !l.rewatch(ch) {
 					return
 				}
 			}
@@ -359,8 +358,7 @@ func (l *loop) writeChannel(ch *channel) {
 	}
 	if want := ch.out.len() > 0; want != ch.pollingOut {
 		ch.pollingOut = want
-		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, !ch.readingPaused, want); err != nil {
-			l.closeChannel(ch, "the loop lost the channel")
+		if !l.rewatch(ch) {
 			return
 		}
 	}
@@ -371,12 +369,22 @@ func (l *loop) writeChannel(ch *channel) {
 		// The side session caught up (or is gone): the frames already
 		// read go on, then the channel is read again.
 		ch.readingPaused = false
-		if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, true, ch.pollingOut); err != nil {
-			l.closeChannel(ch, "the loop lost the channel")
+		if !l.rewatch(ch) {
 			return
 		}
 		l.channelFrames(ch)
 	}
+}
+
+// rewatch tells epoll what the loop waits for on ch now: its bytes
+// unless readingPaused, room to write while pollingOut. It reports false,
+// the channel closed, if epoll refuses.
+func (l *loop) rewatch(ch *channel) bool {
+	if err := l.watch(unix.EPOLL_CTL_MOD, ch.fd, !ch.readingPaused, ch.pollingOut); err != nil {
+		l.closeChannel(ch, "the loop lost the channel")
+		return false
+	}
+	return true
 }
 
 // handshake sends the host's HELLO on a blocking descriptor and reads the

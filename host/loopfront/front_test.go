@@ -2,7 +2,6 @@ package loopfront
 
 import (
 	"context"
-	"log/slog"
 	"net"
 	"runtime"
 	"testing"
@@ -86,12 +85,8 @@ func TestPausedAcceptResumesAtTheNextTick(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer file.Close()
-	ep, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer unix.Close(ep)
-	l := &loop{f: &Front{log: slog.New(slog.DiscardHandler)}, epoll: ep, listener: int(file.Fd()), clients: map[int]*client{}}
+	l := newTestLoop(t)
+	l.listener = int(file.Fd())
 	unix.SetNonblock(l.listener, true)
 	if err := l.watch(unix.EPOLL_CTL_ADD, l.listener, false, false); err != nil { // as accept leaves it on EMFILE
 		t.Fatal(err)
@@ -104,7 +99,7 @@ func TestPausedAcceptResumesAtTheNextTick(t *testing.T) {
 	defer conn.Close()
 	l.expire(l.now())
 	events := make([]unix.EpollEvent, 4)
-	n, _ := unix.EpollWait(ep, events, 2000)
+	n, _ := unix.EpollWait(l.epoll, events, 2000)
 	if n != 1 || int(events[0].Fd) != l.listener {
 		t.Fatalf("a tick after the pause, the listener is not watched: %d events", n)
 	}
