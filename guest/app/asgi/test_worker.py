@@ -288,6 +288,9 @@ class FakeTransport:
         self.data += b
         self.writes += 1
 
+    def set_write_buffer_limits(self, high=None, low=None):
+        self.high_water = high
+
     def close(self):
         self.closed = True
 
@@ -609,6 +612,60 @@ class HttpFlow(SessionCase):
         heads = [worker.decode("response", p) for t, fl, sid, p in self.transport.frames() if t == worker.RESPONSE]
         self.assertEqual([h["status"] for h in heads], [500])
         self.assertFalse(self.session.in_app)
+
+
+class AnswersOfABatch(unittest.TestCase):
+    """Over a real socket and uvloop, the loop the worker runs on: the
+    answers to requests read in one batch start to leave before the batch
+    is done, so that the host can turn them round while the rest run."""
+
+    def test_answers_leave_before_the_last_request_of_a_batch_runs(self):
+        try:
+            import uvloop
+        except ImportError:
+            self.skipTest("python3-uvloop is not installed (the worker's loop when it is)")
+        import socket
+        ours, host = socket.socketpair()
+        self.addCleanup(host.close)
+        loop = uvloop.new_event_loop()
+        self.addCleanup(loop.close)
+        requests = 32
+        seen_at_last = []
+
+        def host_has_bytes():
+            try:
+                return len(host.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
+            except BlockingIOError:
+                return False
+
+        async def app(scope, receive, send):
+            if scope["path"] == "/%d" % requests:
+                seen_at_last.append(host_has_bytes())
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+            await send({"type": "http.response.body", "body": b"x" * 200})
+
+        async def run():
+            session = worker.Session(loop.create_future())
+            session.app = app
+            await loop.connect_accepted_socket(lambda: session, ours)
+            host.sendall(HOST_HELLO)
+            while session.peer is None:
+                await asyncio.sleep(0.01)
+            while host_has_bytes():
+                host.recv(1 << 16)  # the worker's HELLO
+            # Every request in one write: the worker reads them in one
+            # batch, and its loop runs all their apps in one turn.
+            host.sendall(b"".join(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode(
+                "request", {"path": b"/%d" % (i + 1)})) for i in range(requests)))
+            while len(session.streams) or not seen_at_last:
+                await asyncio.sleep(0.01)
+            session.transport.close()
+
+        loop.run_until_complete(asyncio.wait_for(run(), 30))
+        # About 250 bytes an answer: past WRITE_AT (4 KiB) after 17 of
+        # them. With uvloop's default mark (64 KiB), all 32 left together
+        # at the end of the turn.
+        self.assertEqual(seen_at_last, [True])
 
 
 class DataChannel(LoopCase):
