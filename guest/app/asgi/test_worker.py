@@ -668,6 +668,30 @@ class AnswersOfABatch(unittest.TestCase):
         self.assertEqual(seen_at_last, [True])
 
 
+class HeapThresholds(unittest.TestCase):
+    """tune_malloc sets glibc's two thresholds unless the program's own
+    GLIBC_TUNABLES does (TestUploadsReuseTheWorkersMemory, in Go, measures
+    what they bring to a real worker)."""
+
+    def setUp(self):
+        import ctypes
+        try:
+            ctypes.CDLL(None).mallopt
+        except AttributeError:
+            self.skipTest("this C library has no mallopt")
+        import platform
+        if platform.libc_ver()[0] != "glibc":
+            self.skipTest("not glibc: its mallopt may refuse the thresholds")
+
+    def test_both_are_set_by_default(self):
+        self.assertEqual(worker.tune_malloc({}), ["mmap_threshold", "trim_threshold"])
+
+    def test_the_programs_own_tunables_win(self):
+        self.assertEqual(worker.tune_malloc({"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=65536"}), ["mmap_threshold"])
+        both = "glibc.malloc.mmap_threshold=4096:glibc.malloc.trim_threshold=65536"
+        self.assertEqual(worker.tune_malloc({"GLIBC_TUNABLES": both}), [])
+
+
 class DataChannel(LoopCase):
     """A worker's data channel (SPEC.md section 11) serves the host's
     streams with the app its control channel configured, takes no CONFIG,
