@@ -3,6 +3,7 @@ package loopfront
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -41,6 +42,12 @@ type channel struct {
 	readingPaused bool
 	outstanding   int   // streams open on it: the loop's and its side session's
 	side          *side // the net/http front's session, relayed (side.go)
+	// lastRecv is when the worker last sent anything (the loop's clock,
+	// l.now); pinged, that a keepalive PING has gone unanswered since
+	// pingedAt (keepalive).
+	lastRecv int64
+	pinged   bool
+	pingedAt int64
 }
 
 // group is the channels of one VM's workers.
@@ -63,7 +70,7 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 		}
 		l.goAway(old) // dead or dying: its streams end with it
 	}
-	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, streams: map[uint32]*client{}, next: 1}
+	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, streams: map[uint32]*client{}, next: 1, lastRecv: l.now()}
 	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
 		unix.Close(fd)
 		l.f.log.Warn("worker channel: not watched", "worker", wc.Worker, "err", err)
@@ -154,8 +161,13 @@ func (l *loop) closeChannel(ch *channel, why string) {
 func (l *loop) readChannel(ch *channel) {
 	room := 64 << 10
 	if p := ch.in.bytes(); len(p) >= frame.HeaderSize {
-		// The rest of a big frame goes in at once.
-		room = max(room, frame.HeaderSize+int(frame.ParseHeader(p).Length)-len(p))
+		// The rest of a big frame goes in at once, once its header is
+		// known to be valid (SPEC.md §2: no allocation by a length not
+		// yet checked; a header can wait here unchecked while reading
+		// is paused, and a hang-up is read all the same).
+		if fh := frame.ParseHeader(p); fh.Validate(maxFrameSize) == nil {
+			room = max(room, frame.HeaderSize+int(fh.Length)-len(p))
+		}
 	}
 	n, err := unix.Read(ch.fd, ch.in.tail(room))
 	if err == unix.EAGAIN || err == unix.EINTR {
@@ -166,7 +178,30 @@ func (l *loop) readChannel(ch *channel) {
 		return
 	}
 	ch.in.commit(n)
+	ch.lastRecv, ch.pinged = l.now(), false // any frame is a sign of life
 	l.channelFrames(ch)
+}
+
+// keepalive sends ch a PING when its worker has sent nothing for
+// keepaliveInterval, and closes ch when the PING has had no answer (nor
+// anything else) for the rest of keepaliveTimeout: a worker whose event
+// loop is stuck, or a VM that froze, would otherwise hold its clients
+// forever. The loop ticks only while it has clients, so silence is
+// judged from the PING, not from the last frame: a channel idle for an
+// hour is pinged at the next tick, not closed. Its streams fail as when
+// the worker dies; the worker keeps serving through init (SPEC.md §11).
+func (l *loop) keepalive(ch *channel, now int64) {
+	switch {
+	case ch.fd < 0:
+	case ch.pinged && now-ch.pingedAt >= int64(keepaliveTimeout-keepaliveInterval):
+		l.f.log.Warn("worker channel: no answer to PING; closed", "worker", ch.wc.Worker,
+			"silent", time.Duration(now-ch.lastRecv).Round(time.Second))
+		l.closeChannel(ch, "the worker stopped answering")
+	case !ch.pinged && now-ch.lastRecv >= int64(keepaliveInterval):
+		ch.pinged, ch.pingedAt = true, now
+		ch.out.sendFrame(frame.TypePing, 0, 0, make([]byte, 8))
+		l.markChannel(ch)
+	}
 }
 
 // channelFrames handles each whole frame a worker sent, until the side
@@ -175,6 +210,12 @@ func (l *loop) readChannel(ch *channel) {
 func (l *loop) channelFrames(ch *channel) {
 	p := ch.in.bytes()
 	for len(p) >= frame.HeaderSize && ch.fd >= 0 {
+		fh := frame.ParseHeader(p)
+		if err := fh.Validate(maxFrameSize); err != nil {
+			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
+			l.closeChannel(ch, "the worker broke the protocol")
+			return
+		}
 		if s := ch.side; s != nil && s.out.len() >= maxBacklog {
 			// The session's reader lags: what the worker sends it is
 			// bounded by its streams' windows, but up to a quarter MiB
@@ -186,12 +227,6 @@ func (l *loop) channelFrames(ch *channel) {
 				}
 			}
 			break
-		}
-		fh := frame.ParseHeader(p)
-		if err := fh.Validate(maxFrameSize); err != nil {
-			l.f.log.Warn("worker channel: bad frame; closed", "worker", ch.wc.Worker, "err", err)
-			l.closeChannel(ch, "the worker broke the protocol")
-			return
 		}
 		if len(p) < frame.HeaderSize+int(fh.Length) {
 			break
@@ -237,6 +272,12 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 	}
 	c := ch.streams[fh.StreamID]
 	if c == nil || c.req == nil || c.req.on != ch {
+		if fh.StreamID%2 == 0 || fh.StreamID >= ch.next {
+			// Only the host opens streams here (odd ids, in order):
+			// SPEC.md §3.4 makes a frame on one never opened a
+			// connection error.
+			return fmt.Errorf("%s on stream %d, which was never opened", fh.Type, fh.StreamID)
+		}
 		// A stream the loop (or its side session) has ended: RESET and
 		// late frames pass, websocket ones included.
 		return nil
@@ -388,13 +429,14 @@ func (l *loop) rewatch(ch *channel) bool {
 }
 
 // handshake sends the host's HELLO on a blocking descriptor and reads the
-// worker's, which must be the first frame (SPEC.md §3.1).
-func handshake(fd int, agent string) (message.Hello, error) {
+// worker's, which must be the first frame (SPEC.md §3.1), all of it by
+// deadline.
+func handshake(fd int, agent string, deadline time.Time) (message.Hello, error) {
 	ours := message.Hello{Version: 1, Role: 1, MaxFrameSize: maxFrameSize, InitialWindow: initialWindow, MaxStreams: 1, Agent: []byte(agent)}
 	if _, err := unix.Write(fd, appendFrame(nil, frame.TypeHello, 0, 0, ours.Append(nil))); err != nil {
 		return message.Hello{}, fmt.Errorf("sending HELLO: %w", err)
 	}
-	h, payload, err := frame.NewReader(readerOf(fd), maxFrameSize).ReadFrame()
+	h, payload, err := frame.NewReader(&readerOf{fd: fd, deadline: deadline}, maxFrameSize).ReadFrame()
 	if err != nil {
 		return message.Hello{}, fmt.Errorf("reading HELLO: %w", err)
 	}
@@ -411,12 +453,26 @@ func handshake(fd int, agent string) (message.Hello, error) {
 	return peer, nil
 }
 
-// readerOf reads a blocking descriptor without taking it over.
-type readerOf int
+// readerOf reads a blocking descriptor without taking it over, each
+// read waiting no later than deadline (SO_RCVTIMEO set to what is left),
+// so that a worker sending its HELLO a byte at a time does not hold the
+// greeting past it.
+type readerOf struct {
+	fd       int
+	deadline time.Time
+}
 
-func (fd readerOf) Read(p []byte) (int, error) {
+func (r *readerOf) Read(p []byte) (int, error) {
 	for {
-		n, err := unix.Read(int(fd), p)
+		left := time.Until(r.deadline)
+		if left <= 0 {
+			return 0, errors.New("the worker's HELLO did not come in time")
+		}
+		tv := unix.NsecToTimeval(max(left.Nanoseconds(), int64(time.Millisecond)))
+		if err := unix.SetsockoptTimeval(r.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
+			return 0, err
+		}
+		n, err := unix.Read(r.fd, p)
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}

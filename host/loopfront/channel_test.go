@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -158,6 +159,7 @@ func TestAStreamsEndRetriesTheOldestStalledRequest(t *testing.T) {
 // own HTTP streams, a websocket frame is a protocol error.
 func TestLateWebsocketFramesOfAnEndedStreamPass(t *testing.T) {
 	l, ch, _, _ := channelWithRequest(t)
+	ch.next = 9 // streams 3 to 7 were opened and have ended
 	for _, typ := range []frame.Type{frame.TypeWSMessage, frame.TypeWSClose, frame.TypeData, frame.TypeReset} {
 		if err := l.frame(ch, frame.Header{Type: typ, StreamID: 7}, nil); err != nil {
 			t.Errorf("a late %s on an ended stream: %v", typ, err)
@@ -205,5 +207,128 @@ func TestTinyChunksToASlowClientStayBounded(t *testing.T) {
 	}
 	if r.credited+r.owed != int64(initialWindow) {
 		t.Fatalf("credit %d + owed %d, want the window %d", r.credited, r.owed, initialWindow)
+	}
+}
+
+// A stream frame from a worker on a stream the host never opened (an even
+// id: the worker's own; or an id past the last the host used) is a
+// connection error (SPEC.md §3.4), as it is on the agent's sessions.
+func TestFramesOnStreamsNeverOpenedCloseTheChannel(t *testing.T) {
+	for _, id := range []uint32{2, 3, 1001} {
+		l, ch, _, _ := channelWithRequest(t) // stream 1 open, next 3
+		if err := l.frame(ch, frame.Header{Type: frame.TypeData, StreamID: id}, []byte("x")); err == nil {
+			t.Errorf("DATA on stream %d, never opened, passed", id)
+		}
+	}
+}
+
+// A frame header that claims more than the channel's largest frame is
+// never used to size a read (SPEC.md §2), even when it waits unchecked at
+// the front of what was read (reading paused while the side session
+// catches up; a hang-up is read all the same): the channel is closed
+// and its buffer stays small.
+func TestAnOversizedFrameHeaderSizesNoBuffer(t *testing.T) {
+	l, ch, c, worker := channelWithRequest(t)
+	l.f.router = &front.Router{}
+	c.req.inst = &lifecycle.Instance{}
+	ch.readingPaused = true
+	hdr := frame.AppendHeader(nil, frame.Header{Type: frame.TypeData, StreamID: 1, Length: 200 << 20})
+	copy(ch.in.tail(len(hdr)), hdr)
+	ch.in.commit(len(hdr))
+	if _, err := unix.Write(worker, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	if c := cap(ch.in.b); c > 1<<20 {
+		t.Errorf("a header claiming 200 MiB made the loop allocate a %d MiB read buffer", c>>20)
+	}
+	if ch.fd >= 0 {
+		t.Error("the channel of a worker that sent a frame over its maximum size is still open")
+	}
+}
+
+// A worker that sends its HELLO a byte at a time, each byte within the
+// time one read may wait, does not hold the greeting past its deadline:
+// the limit is on the whole HELLO, not on each read.
+func TestAHelloDribbledAByteAtATimeEndsAtTheDeadline(t *testing.T) {
+	loopEnd, worker := socketPair(t)
+	defer unix.Close(loopEnd)
+	defer unix.Close(worker)
+	if err := unix.SetNonblock(loopEnd, false); err != nil {
+		t.Fatal(err)
+	}
+	hello := message.Hello{Version: 1, Role: 2, MaxFrameSize: 64 << 10, InitialWindow: 256 << 10, MaxStreams: 8}
+	b := appendFrame(nil, frame.TypeHello, 0, 0, hello.Append(nil))
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		for i := range b[:len(b)-1] { // never the last byte
+			select {
+			case <-stop:
+				return
+			case <-time.After(200 * time.Millisecond):
+			}
+			unix.Write(worker, b[i:i+1])
+		}
+	}()
+	done := make(chan error, 1)
+	go func() { _, err := handshake(loopEnd, "test", time.Now().Add(time.Second)); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil {
+			t.Fatal("an incomplete HELLO was taken")
+		}
+	case <-time.After(time.Duration(len(b)) * 200 * time.Millisecond / 2):
+		t.Fatalf("the handshake still waits for a %d-byte HELLO dribbled a byte every 200 ms, well past its 1 s deadline", len(b))
+	}
+}
+
+// A worker channel silent for the keepalive interval is sent a PING; any
+// frame back keeps it, and one that stays silent for the keepalive
+// timeout is closed, its requests failed (a worker whose event loop is
+// stuck holds its clients no longer). A channel idle for long is pinged
+// at the loop's next tick, not closed at once.
+func TestASilentWorkerChannelIsPingedThenClosed(t *testing.T) {
+	l, ch, c, worker := channelWithRequest(t)
+	l.f.router = &front.Router{}
+	c.req.inst = &lifecycle.Instance{}
+	now := int64(time.Hour) // idle for an hour: the loop had no clients, so no ticks
+	l.keepalive(ch, now)
+	if ch.fd < 0 || !ch.pinged {
+		t.Fatalf("a channel idle for an hour: open %v, pinged %v; want open and pinged", ch.fd >= 0, ch.pinged)
+	}
+	l.writeChannel(ch)
+	buf := make([]byte, 64)
+	n, err := unix.Read(worker, buf)
+	if err != nil || n != frame.HeaderSize+8 || frame.ParseHeader(buf).Type != frame.TypePing || frame.ParseHeader(buf).Has(frame.FlagAck) {
+		t.Fatalf("the worker got %d bytes (%v), want one PING", n, err)
+	}
+	// The worker answers: the channel lives on, and is pinged again only
+	// after another interval of silence.
+	if _, err := unix.Write(worker, appendFrame(nil, frame.TypePing, frame.FlagAck, 0, buf[frame.HeaderSize:n])); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	if ch.pinged {
+		t.Fatal("a PING ACK did not count as a sign of life")
+	}
+	ch.lastRecv = now
+	l.keepalive(ch, now+int64(keepaliveInterval)-1)
+	if ch.pinged {
+		t.Fatal("pinged before an interval of silence")
+	}
+	// Now silent: pinged, then closed once the rest of the timeout passes.
+	later := now + int64(keepaliveInterval)
+	l.keepalive(ch, later)
+	l.keepalive(ch, later+int64(keepaliveTimeout-keepaliveInterval)-1)
+	if ch.fd < 0 {
+		t.Fatal("closed before the keepalive timeout")
+	}
+	l.keepalive(ch, later+int64(keepaliveTimeout-keepaliveInterval))
+	if ch.fd >= 0 {
+		t.Fatal("a channel silent for the keepalive timeout is still open")
+	}
+	if c.req != nil {
+		t.Fatal("the request on the closed channel is still waiting")
 	}
 }

@@ -275,13 +275,10 @@ func greet(conn *os.File, agent string) (int, message.Hello, error) {
 		return -1, message.Hello{}, err
 	}
 	tv := unix.NsecToTimeval(int64(dataplane.HandshakeTimeout / time.Nanosecond))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv); err != nil {
-		return -1, message.Hello{}, err
-	}
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
 		return -1, message.Hello{}, err
 	}
-	peer, err := handshake(fd, agent)
+	peer, err := handshake(fd, agent, time.Now().Add(dataplane.HandshakeTimeout))
 	if err != nil {
 		return -1, message.Hello{}, err
 	}

@@ -45,6 +45,12 @@ const (
 	maxQueued = 2 * maxBacklog
 	// tick is how often the loop checks its clients' time limits.
 	tick = 100 * time.Millisecond
+	// keepaliveInterval and keepaliveTimeout: a worker channel silent
+	// for the interval is sent a PING, and closed when nothing at all
+	// has come for the timeout (SPEC.md §3.2), as the agent's sessions
+	// do (protocol/mux's defaults).
+	keepaliveInterval = 15 * time.Second
+	keepaliveTimeout  = 45 * time.Second
 )
 
 // client is one HTTP connection the loop holds.
@@ -521,6 +527,7 @@ func (l *loop) expire(now int64) {
 	lim := l.f.opt.Limits
 	for _, ch := range l.channels {
 		ch.idle()
+		l.keepalive(ch, now)
 	}
 	for _, c := range l.clients {
 		r := c.req

@@ -183,7 +183,7 @@ func TestQueueFramesSurviveCompaction(t *testing.T) {
 func TestExpireFreesIdleArraysOnly(t *testing.T) {
 	hour := time.Hour
 	l := &loop{f: &Front{opt: Options{Limits: front.ConnLimits{Header: hour, Body: hour, Send: hour, Keepalive: hour}}},
-		clients: map[int]*client{}, channels: map[int]*channel{}}
+		clients: map[int]*client{}, channels: map[int]*channel{}, epoch: time.Now()}
 	grown := func() queue {
 		var q queue
 		q.write(make([]byte, 200<<10))
