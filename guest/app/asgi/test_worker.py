@@ -288,6 +288,9 @@ class FakeTransport:
         self.data += b
         self.writes += 1
 
+    def writelines(self, parts):
+        self.write(b"".join(parts))
+
     def set_write_buffer_limits(self, high=None, low=None):
         pass  # (every write is kept at once: there is nothing to hold back)
 
@@ -421,6 +424,95 @@ class WebSocketFlow(SessionCase):
         self.assertEqual(closes[0]["reason"].decode("utf-8"), "\u20ac" * 41)
 
 
+    def test_a_denial_must_start_before_its_body_and_be_a_final_status(self):
+        for messages in ([{"type": "websocket.http.response.body", "body": b"no"}],
+                         [{"type": "websocket.accept"}, {"type": "websocket.http.response.body", "body": b"no"}],
+                         [{"type": "websocket.http.response.start", "status": 101, "headers": []}],
+                         [{"type": "websocket.http.response.start", "status": 0, "headers": []}]):
+            with self.subTest(messages=messages):
+                raised = []
+
+                async def app(scope, receive, send):
+                    await receive()
+                    try:
+                        for m in messages:
+                            await send(m)
+                    except RuntimeError as e:
+                        raised.append(e)
+
+                self.transport.data.clear()
+                self.session.last_peer_id = 0
+                self.open_websocket(app)
+                self.assertEqual(len(raised), 1)
+                self.assertEqual(self.sent(worker.DATA), [])
+                heads = [worker.decode("response", p)["status"] for _, p in self.sent(worker.RESPONSE)]
+                self.assertEqual(heads, [101] if messages[0]["type"] == "websocket.accept" else [])
+
+    def test_close_codes_that_may_not_be_sent_are_the_apps_error(self):
+        for code in (70000, -1, 1006, 1015, 2000):
+            with self.subTest(code=code):
+                raised = []
+
+                async def app(scope, receive, send):
+                    await receive()
+                    await send({"type": "websocket.accept"})
+                    try:
+                        await send({"type": "websocket.close", "code": code})
+                    except RuntimeError as e:
+                        raised.append(e)
+                    await send({"type": "websocket.close", "code": 1000})
+
+                self.transport.data.clear()
+                self.session.last_peer_id = 0
+                self.open_websocket(app)
+                self.assertEqual(len(raised), 1)
+                closes = [worker.decode("ws_close", p).get("code") for _, p in self.sent(worker.WS_CLOSE)]
+                self.assertEqual(closes, [1000])
+
+    def test_nothing_is_sent_after_this_sides_close(self):
+        # The peer closes while a big message waits for window: the worker
+        # answers with its own close, and the send ends there (an error to
+        # the app), with no WS_MESSAGE after the close.
+        raised = []
+
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "websocket.accept"})
+            try:
+                await send({"type": "websocket.send", "bytes": b"z" * (1 << 20)})
+            except worker.ConnectionClosed as e:
+                raised.append(e)
+
+        self.open_websocket(app)
+        self.session.data_received(worker.frame(worker.WS_CLOSE, worker.FIN, 1, worker.encode("ws_close", {"code": 1000})))
+        self.session.data_received(worker.frame(worker.WINDOW_UPDATE, 0, 1, struct.pack(">I", 1 << 20)))
+        self.turn()
+        self.assertEqual(len(raised), 1)
+        kinds = [t for t, fl, sid, p in self.transport.frames() if sid == 1 and t in (worker.WS_MESSAGE, worker.WS_CLOSE)]
+        self.assertEqual(kinds[-1], worker.WS_CLOSE)
+
+    def test_a_message_in_many_fragments_is_held_as_its_bytes(self):
+        # Empty fragments and one-byte ones take no memory of their own:
+        # the message is gathered in one buffer.
+        received = []
+
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "websocket.accept"})
+            received.append(await receive())
+
+        self.open_websocket(app)
+        for i in range(3000):
+            self.send_fragment(b"" if i % 2 else b"a", True)
+        self.turn()
+        st = self.session.streams[1]
+        self.assertIsInstance(st.ws_partial, bytearray)
+        self.assertEqual(len(st.ws_partial), 1500)
+        self.send_fragment(b"!", False)
+        self.turn()
+        self.assertEqual(received, [{"type": "websocket.receive", "bytes": b"a" * 1500 + b"!"}])
+
+
 class HttpFlow(SessionCase):
     """The worker's side of an http request: when its answer goes out, as
     the app's steps end (drive)."""
@@ -488,6 +580,99 @@ class HttpFlow(SessionCase):
         self.turn()
         self.assertTrue(streamed.is_set())
         self.assertEqual(self.session.streams, {})
+
+    def test_headers_and_bodies_that_are_not_bytes_are_the_apps_error(self):
+        # bytes(5) is five NUL bytes: a Content-Length given as an int
+        # must raise in the app (a 500, as uvicorn answers), not go out as
+        # a header of NULs (or allocate 200 MB for len(body) mistaken).
+        for headers, body in (([(b"content-length", 5)], b"hello"), ([(b"content-length", 200_000_000)], b""),
+                              ({b"ab": b"cd"}, b"x"), ([(b"content-type", b"text/plain")], 7)):
+            with self.subTest(headers=headers, body=body):
+                raised = []
+
+                async def app(scope, receive, send):
+                    try:
+                        await send({"type": "http.response.start", "status": 200, "headers": headers})
+                        await send({"type": "http.response.body", "body": body})
+                    except (TypeError, ValueError) as e:
+                        raised.append(e)
+                        raise
+
+                self.transport.data.clear()
+                self.session.last_peer_id = 0
+                self.request(app)
+                self.turn()
+                self.assertEqual(len(raised), 1)
+                frames = [(t, p) for t, fl, sid, p in self.transport.frames() if sid == 1]
+                heads = [worker.decode("response", p) for t, p in frames if t == worker.RESPONSE]
+                if isinstance(body, int):  # the response had started: the stream is reset
+                    self.assertIn(worker.RESET, [t for t, p in frames])
+                    self.assertNotIn(worker.DATA, [t for t, p in frames])
+                else:
+                    self.assertEqual([h["status"] for h in heads], [500])
+                for h in heads:
+                    self.assertNotIn(b"\0", b"".join(v for n, v in h.get("headers", [])))
+
+    def test_an_app_waiting_for_a_paused_channel_wakes_when_the_channel_is_lost(self):
+        returned = []
+
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"part", "more_body": True})
+            try:
+                await send({"type": "http.response.body", "body": b"more", "more_body": True})
+            finally:
+                returned.append(True)
+
+        self.session.pause_writing()
+        self.request(app)
+        self.turn()
+        self.assertEqual(returned, [])  # waits for the channel to drain
+        self.session.connection_lost(None)
+        self.turn()
+        self.assertEqual(returned, [True])
+        self.assertEqual(self.session.worker.tasks, set())
+
+    def test_a_frame_only_the_worker_sends_resets_the_stream(self):
+        go = asyncio.Event()
+
+        async def app(scope, receive, send):
+            await go.wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"late"})
+
+        self.request(app)
+        self.turn()
+        self.session.data_received(worker.frame(worker.RESPONSE, 0, 1, worker.encode("response", {"status": 200})))
+        go.set()
+        self.turn()
+        frames = [(t, p) for t, fl, sid, p in self.transport.frames() if sid == 1]
+        self.assertEqual([t for t, p in frames], [worker.RESET])
+        self.assertEqual(worker.decode("reset", frames[0][1])["code"], worker.PROTOCOL_ERROR)
+
+    def test_the_lifespan_shutdown_waits_for_apps_whose_stream_was_reset(self):
+        events, release = [], asyncio.Event()
+
+        async def app(scope, receive, send):
+            await release.wait()  # ignores the disconnect, still uses what the lifespan holds
+            events.append("app done")
+
+        class Lifespan:
+            async def shutdown(self):
+                events.append("lifespan shutdown")
+
+        self.request(app)
+        self.turn()
+        self.session.data_received(worker.frame(worker.RESET, 0, 1, worker.encode("reset", {"code": worker.CANCEL})))
+        self.assertEqual(self.session.streams, {})
+        self.session.worker.lifespan = Lifespan()
+        shutdown = self.loop.create_task(self.session.shutdown("test"))
+        for _ in range(5):
+            self.loop.run_until_complete(asyncio.sleep(0.02))
+        self.assertEqual(events, [])
+        release.set()
+        self.loop.run_until_complete(shutdown)
+        self.assertEqual(events, ["app done", "lifespan shutdown"])
 
     def test_a_head_goes_out_alone_when_the_app_waits_before_its_body(self):
         go, resumed = asyncio.Event(), []

@@ -420,6 +420,37 @@ def encode_response(status, headers, subprotocol=b""):
     return bytes(out)
 
 
+def as_bytes(v, what):
+    """v, a header name or value or a body the app sent, as bytes: bytes,
+    bytearray or memoryview (copied: the app may change a buffer once send
+    returns). Anything else is the app's mistake and raises TypeError, as
+    uvicorn does, rather than bytes(v)'s surprise (bytes(5) is five NUL
+    bytes: a Content-Length given as an int became a header of NULs, and
+    one of 200_000_000 allocated that many)."""
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return bytes(v)
+    raise TypeError("%s must be bytes, not %s" % (what, type(v).__name__))
+
+
+def header_pairs(headers):
+    """The response headers an app sent, as (lower-case name, value) pairs
+    of bytes; a name or value that is not bytes raises TypeError."""
+    out = []
+    for name, value in headers:
+        if name.__class__ is not bytes:
+            name = as_bytes(name, "a header name")
+        if value.__class__ is not bytes:
+            value = as_bytes(value, "a header value")
+        out.append((name.lower(), value))
+    return out
+
+
+# The close codes an app may send (RFC 6455 7.4): 1004 to 1006 and 1015
+# are reserved and never sent, 1016 to 2999 are the protocol's to assign.
+def valid_close_code(code):
+    return 1000 <= code <= 1003 or 1007 <= code <= 1014 or 3000 <= code <= 4999
+
+
 # ---------------------------------------------------------------------------
 # ASGI: loading the app.
 
@@ -492,7 +523,7 @@ class Stream:
     __slots__ = ("session", "id", "head", "websocket", "chunks", "buffered", "remote_fin",
                  "reset_code", "readable", "send_window", "writable", "consumed",
                  "response_started", "response_done", "pending_head", "local_fin",
-                 "accepted", "ws_closed_local", "ws_frags", "ws_close",
+                 "accepted", "ws_closed_local", "ws_partial", "ws_close",
                  "connect_sent", "body_done", "recv_credit", "task")
 
     def __init__(self, session, sid, head, fin):
@@ -515,7 +546,7 @@ class Stream:
         self.local_fin = False
         self.accepted = False
         self.ws_closed_local = False
-        self.ws_frags = []        # payloads of the message being received
+        self.ws_partial = None    # bytearray: the fragments so far of the message being received
         self.ws_close = None      # (code, reason) received
         self.connect_sent = False   # websocket.connect was delivered
         self.body_done = False      # the final http.request (more_body False) was delivered
@@ -625,11 +656,14 @@ class Stream:
         if t == "http.response.start":
             if self.response_started:
                 raise RuntimeError("http.response.start sent twice")
-            self.response_started = True
             status = int(message["status"])
             if not 100 <= status <= 999:
                 raise RuntimeError("invalid status %r" % status)
-            self.pending_head = encode_response(status, [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())])
+            # Encoded before the response counts as started: a head the
+            # app got wrong (a header not bytes) is its error, answered
+            # 500, as uvicorn answers it.
+            self.pending_head = encode_response(status, header_pairs(message.get("headers", ())))
+            self.response_started = True
             if self.head_too_large(self.pending_head):
                 return
             # Sent with the first body chunk when the app sends one right
@@ -680,7 +714,7 @@ class Stream:
         if body.__class__ is not bytes:
             # A bytearray (or other buffer) the app may change once send
             # returns: the frames must not point into it.
-            body = bytes(body)
+            body = as_bytes(body, "a response body")
         view = memoryview(body)
         limit = self.session.peer_max_frame
         while self.reset_code is None:
@@ -709,7 +743,7 @@ class Stream:
             if last:
                 self.local_fin = True
                 break
-        if self.session.paused and not self.local_fin:
+        if self.session.paused and not self.local_fin and self.reset_code is None:
             # The channel toward init is over its high-water mark: an app
             # that goes on sending waits for it to drain. A finished answer
             # does not: there is nothing left to hold back, and under
@@ -743,21 +777,28 @@ class Stream:
         # fragments that arrive meanwhile stay within the window, whose
         # credit goes back as they are taken, so a message the app does
         # not ask for waits in the client's TCP connection, not in memory.
-        size = sum(len(f) for f in self.ws_frags)
+        # Fragments are gathered in one growing buffer, so that what a
+        # message holds is its bytes however many fragments (empty ones
+        # included) it came in.
         while True:
             if self.chunks and not self.ws_closed_local:
                 payload, text, more = self.chunks.pop(0)
                 self.credit(len(payload) + WS_FRAME_COST)
-                size += len(payload)
-                if size > MAX_WS_MESSAGE:
-                    self.ws_frags = []
+                partial = self.ws_partial
+                if len(payload) + (len(partial) if partial is not None else 0) > MAX_WS_MESSAGE:
+                    self.ws_partial = None
                     self.ws_close_local(1009, "message too big")
                     return {"type": "websocket.disconnect", "code": 1009, "reason": "message too big"}
-                self.ws_frags.append(payload)
-                if more:
-                    continue
-                data = b"".join(self.ws_frags)
-                self.ws_frags = []
+                if partial is None and not more:
+                    data = payload  # the usual: a whole message in one frame
+                else:
+                    if partial is None:
+                        partial = self.ws_partial = bytearray()
+                    partial += payload
+                    if more:
+                        continue
+                    data = bytes(partial)
+                    self.ws_partial = None
                 if text:
                     return {"type": "websocket.receive", "text": data.decode("utf-8", "replace")}
                 return {"type": "websocket.receive", "bytes": data}
@@ -792,7 +833,7 @@ class Stream:
     def ws_drop_received(self):
         dropped = sum(len(c[0]) + WS_FRAME_COST for c in self.chunks)
         self.chunks.clear()
-        self.ws_frags = []
+        self.ws_partial = None
         if dropped:
             self.credit(dropped)
 
@@ -813,6 +854,7 @@ class Stream:
             self.local_fin = True
             self.session.write(frame(WS_CLOSE, FIN, self.id, encode("ws_close", {"code": code})))
         self.wake_reader()
+        self.wake_writer()  # a send waiting for window ends: this side is closed
 
     async def ws_send(self, message):
         t = message["type"]
@@ -823,8 +865,8 @@ class Stream:
         if t == "websocket.accept":
             if self.accepted or self.response_started:
                 raise RuntimeError("websocket.accept sent twice")
+            headers = header_pairs(message.get("headers", ()))
             self.accepted = self.response_started = True
-            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
             sub = message.get("subprotocol")
             head = encode("response", {"status": 101, "headers": headers, "subprotocol": sub.encode() if sub else b""})
             if self.head_too_large(head):
@@ -836,18 +878,25 @@ class Stream:
             if message.get("text") is not None:
                 await self.ws_send_message(message["text"].encode("utf-8"), True)
             else:
-                await self.ws_send_message(bytes(message.get("bytes") or b""), False)
+                await self.ws_send_message(as_bytes(message.get("bytes") or b"", "websocket.send's bytes"), False)
         elif t == "websocket.close":
-            self.ws_close_local(int(message.get("code", 1000) or 1000), message.get("reason") or "")
+            code = int(message.get("code", 1000) or 1000)
+            if not valid_close_code(code):
+                raise RuntimeError("websocket.close with code %d, which may not be sent (RFC 6455 7.4)" % code)
+            self.ws_close_local(code, message.get("reason") or "")
         elif t == "websocket.http.response.start":
             if self.accepted or self.response_started:
                 raise RuntimeError("websocket.http.response.start after the handshake")
+            status = int(message["status"])
+            if not 200 <= status <= 599:
+                raise RuntimeError("websocket.http.response.start with status %d: a denial is 200 to 599" % status)
+            self.pending_head = encode("response", {"status": status, "headers": header_pairs(message.get("headers", ()))})
             self.response_started = True
-            headers = [(bytes(n).lower(), bytes(v)) for n, v in message.get("headers", ())]
-            self.pending_head = encode("response", {"status": int(message["status"]), "headers": headers})
             if self.head_too_large(self.pending_head):
                 return
         elif t == "websocket.http.response.body":
+            if not self.response_started or self.accepted:
+                raise RuntimeError("websocket.http.response.body without websocket.http.response.start")
             more = message.get("more_body", False)
             await self.send_body(message.get("body", b""), not more)
             if not more:
@@ -861,6 +910,10 @@ class Stream:
         while True:
             if self.reset_code is not None:
                 raise ConnectionClosed("websocket reset")
+            if self.ws_closed_local:
+                # The peer closed while the message went out, and this
+                # side answered with its own close: nothing follows it.
+                raise ConnectionClosed("websocket closed")
             avail = self.send_window - WS_FRAME_COST
             if avail < 0 or (avail == 0 and view):
                 await self.wait_window()
@@ -872,7 +925,7 @@ class Stream:
             view = view[n:]
             if not more:
                 break
-        if self.session.paused:
+        if self.session.paused and self.reset_code is None:
             await self.session.drain()
 
     def reset(self, code, msg):
@@ -964,6 +1017,11 @@ class Worker:
         self.lifespan = None
         self.stopping = False
         self.sessions = []
+        # The apps' running request tasks: a stream reset by the peer
+        # leaves its session while its app may still run, and the
+        # lifespan shutdown waits for these too, as uvicorn waits for
+        # its tasks.
+        self.tasks = set()
 
 
 class Session(asyncio.BufferedProtocol):
@@ -1018,6 +1076,9 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_lost(self, exc):
         self.closed = True
+        # An app waiting in drain() for the channel to take its bytes
+        # would wait forever: it wakes (its stream is reset just below).
+        self.resume_writing()
         for st in list(self.streams.values()):
             st.on_reset(CANCEL)
         self.streams.clear()
@@ -1294,6 +1355,9 @@ class Session(asyncio.BufferedProtocol):
             raise ProtocolError(PROTOCOL_ERROR, "second HELLO")
         # RESPONSE (we never open streams), CONFIG_RESULT, LOG: not for a worker.
         if sid:
+            st = self.streams.get(sid)
+            if st is not None:
+                return st.reset(PROTOCOL_ERROR, "%s on a stream the host opened" % TYPE_NAMES[ftype])
             return self.unknown_stream(ftype, sid)
 
     def unknown_stream(self, ftype, sid):
@@ -1337,6 +1401,7 @@ class Session(asyncio.BufferedProtocol):
         st = Stream(self, sid, head, bool(flags & FIN))
         self.streams[sid] = st
         st.task = self.loop.create_task(self.run_stream(st))
+        self.worker.tasks.add(st.task)
 
     # -- running the app --
 
@@ -1350,6 +1415,7 @@ class Session(asyncio.BufferedProtocol):
         else:
             self.app_returned(st)
         finally:
+            self.worker.tasks.discard(st.task)
             # The app is done with the stream; frames still in flight for it
             # are answered STREAM_CLOSED, which the peer ignores.
             if self.streams.get(st.id) is st:
@@ -1457,8 +1523,9 @@ class Session(asyncio.BufferedProtocol):
                 s.write(frame(GOAWAY, 0, 0, encode("goaway", {"last_stream_id": s.last_peer_id, "code": NO_ERROR,
                                                              "message": b"worker stopping"})))
                 s.flush()
-        # Let in-flight streams finish; init bounds how long with its grace period.
-        while any(s.streams for s in w.sessions):
+        # Let in-flight streams finish, and the apps of streams the peer
+        # reset; init bounds how long with its grace period.
+        while w.tasks or any(s.streams for s in w.sessions):
             await asyncio.sleep(0.01)
         if w.lifespan is not None:
             await w.lifespan.shutdown()
@@ -1490,7 +1557,7 @@ class Lifespan:
         if msg["type"] == "lifespan.startup.complete":
             return
         if msg["type"] == "lifespan.startup.failed":
-            raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: %s" % first_line(msg.get("message", "")),
+            raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: %s" % last_line(msg.get("message", "")),
                                msg.get("message", ""))
         # The app raised or returned before answering.
         exc = msg.get("exc")
@@ -1533,7 +1600,9 @@ class Lifespan:
             print("ferry worker: lifespan shutdown raised:\n%s" % msg.get("detail", ""), file=sys.stderr, end="", flush=True)
 
 
-def first_line(s):
+def last_line(s):
+    """The last line of a message: of a traceback (what Starlette sends
+    with lifespan.startup.failed), the exception itself."""
     s = (s or "").strip()
     lines = s.splitlines()
     return lines[-1] if lines else "no message"
