@@ -263,6 +263,10 @@ func (l *loop) frame(ch *channel, fh frame.Header, payload []byte) error {
 		}
 		return nil
 	case frame.TypeGoAway:
+		var g message.GoAway
+		if err := g.Unmarshal(payload); err != nil {
+			return fmt.Errorf("GOAWAY: %w", err)
+		}
 		l.goAway(ch) // its streams finish; it gets no more
 		return nil
 	case frame.TypeLog:
@@ -447,7 +451,8 @@ func handshake(fd int, agent string, deadline time.Time) (message.Hello, error) 
 	if err := peer.Unmarshal(append([]byte(nil), payload...)); err != nil {
 		return peer, fmt.Errorf("HELLO: %w", err)
 	}
-	if peer.Version != 1 || peer.Role != 2 || peer.InitialWindow == 0 || peer.MaxFrameSize < 16<<10 || peer.MaxStreams == 0 {
+	if peer.Version != 1 || peer.Role != 2 || peer.InitialWindow == 0 || peer.InitialWindow > 1<<31-1 ||
+		peer.MaxFrameSize < frame.MinMaxSize || peer.MaxFrameSize > frame.MaxMaxSize || peer.MaxStreams == 0 {
 		return peer, fmt.Errorf("unexpected HELLO %+v", peer)
 	}
 	return peer, nil

@@ -332,3 +332,32 @@ func TestASilentWorkerChannelIsPingedThenClosed(t *testing.T) {
 		t.Fatal("the request on the closed channel is still waiting")
 	}
 }
+
+// A worker's HELLO is held to SPEC.md §3.1's bounds (a frame size of 16
+// KiB to 16 MiB, a window of at most 2³¹−1), and a GOAWAY it sends must
+// decode.
+func TestAWorkersHelloAndGoAwayAreChecked(t *testing.T) {
+	for _, h := range []message.Hello{
+		{Version: 1, Role: 2, MaxFrameSize: 32 << 20, InitialWindow: 256 << 10, MaxStreams: 8},
+		{Version: 1, Role: 2, MaxFrameSize: 64 << 10, InitialWindow: 1 << 31, MaxStreams: 8},
+		{Version: 1, Role: 2, MaxFrameSize: 8 << 10, InitialWindow: 256 << 10, MaxStreams: 8},
+	} {
+		loopEnd, worker := socketPair(t)
+		unix.SetNonblock(loopEnd, false)
+		if _, err := unix.Write(worker, appendFrame(nil, frame.TypeHello, 0, 0, h.Append(nil))); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := handshake(loopEnd, "test", time.Now().Add(5*time.Second)); err == nil {
+			t.Errorf("HELLO %+v taken", h)
+		}
+		unix.Close(loopEnd)
+		unix.Close(worker)
+	}
+	l, ch, _, _ := channelWithRequest(t)
+	if err := l.frame(ch, frame.Header{Type: frame.TypeGoAway}, []byte{0x12, 0x05, 'a'}); err == nil {
+		t.Error("a GOAWAY that does not decode was taken")
+	}
+	if err := l.frame(ch, frame.Header{Type: frame.TypeGoAway}, (&message.GoAway{Message: []byte("bye")}).Append(nil)); err != nil || !ch.goingAway {
+		t.Errorf("a GOAWAY: %v, going away %v", err, ch.goingAway)
+	}
+}
