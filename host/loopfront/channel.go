@@ -188,11 +188,16 @@ func (l *loop) readChannel(ch *channel) {
 // loop is stuck, or a VM that froze, would otherwise hold its clients
 // forever. The loop ticks only while it has clients, so silence is
 // judged from the PING, not from the last frame: a channel idle for an
-// hour is pinged at the next tick, not closed. Its streams fail as when
+// hour is pinged at the next tick, not closed; nor is one the loop has
+// stopped reading (readingPaused). Its streams fail as when
 // the worker dies; the worker keeps serving through init (SPEC.md §11).
 func (l *loop) keepalive(ch *channel, now int64) {
 	switch {
 	case ch.fd < 0:
+	case ch.readingPaused:
+		// The loop itself is not reading the channel (its side session
+		// lags): the worker's answers wait unread, and are not silence.
+		ch.lastRecv, ch.pinged = now, false
 	case ch.pinged && now-ch.pingedAt >= int64(keepaliveTimeout-keepaliveInterval):
 		l.f.log.Warn("worker channel: no answer to PING; closed", "worker", ch.wc.Worker,
 			"silent", time.Duration(now-ch.lastRecv).Round(time.Second))

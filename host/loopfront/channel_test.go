@@ -324,7 +324,14 @@ func TestASilentWorkerChannelIsPingedThenClosed(t *testing.T) {
 	if ch.fd < 0 {
 		t.Fatal("closed before the keepalive timeout")
 	}
+	ch.readingPaused = true // the loop is not reading: not the worker's silence
 	l.keepalive(ch, later+int64(keepaliveTimeout-keepaliveInterval))
+	if ch.fd < 0 {
+		t.Fatal("closed while the loop itself was not reading the channel")
+	}
+	ch.readingPaused = false
+	l.keepalive(ch, later+int64(keepaliveTimeout))
+	l.keepalive(ch, later+int64(2*keepaliveTimeout-keepaliveInterval))
 	if ch.fd >= 0 {
 		t.Fatal("a channel silent for the keepalive timeout is still open")
 	}
