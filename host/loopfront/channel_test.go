@@ -252,16 +252,20 @@ func TestAnOversizedFrameHeaderSizesNoBuffer(t *testing.T) {
 // the limit is on the whole HELLO, not on each read.
 func TestAHelloDribbledAByteAtATimeEndsAtTheDeadline(t *testing.T) {
 	loopEnd, worker := socketPair(t)
-	defer unix.Close(loopEnd)
-	defer unix.Close(worker)
 	if err := unix.SetNonblock(loopEnd, false); err != nil {
 		t.Fatal(err)
 	}
 	hello := message.Hello{Version: 1, Role: 2, MaxFrameSize: 64 << 10, InitialWindow: 256 << 10, MaxStreams: 8}
 	b := appendFrame(nil, frame.TypeHello, 0, 0, hello.Append(nil))
-	stop := make(chan struct{})
-	defer close(stop)
+	stop, dribbled := make(chan struct{}), make(chan struct{})
+	defer func() {
+		close(stop)
+		<-dribbled // (no write after the descriptors are closed)
+		unix.Close(loopEnd)
+		unix.Close(worker)
+	}()
 	go func() {
+		defer close(dribbled)
 		for i := range b[:len(b)-1] { // never the last byte
 			select {
 			case <-stop:

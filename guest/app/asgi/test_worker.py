@@ -469,6 +469,28 @@ class WebSocketFlow(SessionCase):
                 closes = [worker.decode("ws_close", p).get("code") for _, p in self.sent(worker.WS_CLOSE)]
                 self.assertEqual(closes, [1000])
 
+    def test_a_denial_may_close_with_any_code(self):
+        # Before accept a close is a denial (the client gets 403): apps
+        # deny with close(code=403), which uvicorn and hypercorn take.
+        for code in (403, 1006, 70000):
+            with self.subTest(code=code):
+                raised = []
+
+                async def app(scope, receive, send):
+                    await receive()
+                    try:
+                        await send({"type": "websocket.close", "code": code})
+                    except RuntimeError as e:
+                        raised.append(e)
+
+                self.transport.data.clear()
+                self.session.last_peer_id = 0
+                self.open_websocket(app)
+                self.assertEqual(raised, [])
+                self.assertEqual(self.sent(worker.RESPONSE), [])
+                closes = [worker.decode("ws_close", p).get("code") for _, p in self.sent(worker.WS_CLOSE)]
+                self.assertEqual(closes, [1000])
+
     def test_nothing_is_sent_after_this_sides_close(self):
         # The peer closes while a big message waits for window: the worker
         # answers with its own close, and the send ends there (an error to

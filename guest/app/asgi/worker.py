@@ -882,7 +882,12 @@ class Stream:
         elif t == "websocket.close":
             code = int(message.get("code", 1000) or 1000)
             if not valid_close_code(code):
-                raise RuntimeError("websocket.close with code %d, which may not be sent (RFC 6455 7.4)" % code)
+                if self.accepted:
+                    raise RuntimeError("websocket.close with code %d, which may not be sent (RFC 6455 7.4)" % code)
+                # Before accept the close is a denial: the client gets 403
+                # whatever the code (an app's close(code=403) included), as
+                # under uvicorn and hypercorn; the code never reaches it.
+                code = 1000
             self.ws_close_local(code, message.get("reason") or "")
         elif t == "websocket.http.response.start":
             if self.accepted or self.response_started:
