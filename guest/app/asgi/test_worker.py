@@ -899,6 +899,50 @@ class HeapThresholds(unittest.TestCase):
         self.assertEqual(worker.tune_malloc({"GLIBC_TUNABLES": both}), [])
 
 
+class LifespanMessages(LoopCase):
+    """What the worker says of a lifespan that goes wrong."""
+
+    def run_startup(self, app, mode):
+        import contextlib
+        import io
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            lifespan = worker.Lifespan(app)
+            try:
+                self.loop.run_until_complete(lifespan.startup(mode))
+                failure = None
+            except worker.AppLoadError as e:
+                failure = e
+            self.turn()
+        return lifespan, failure, err.getvalue()
+
+    def test_an_answer_the_spec_does_not_allow_is_named(self):
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "lifespan.startup.done"})
+            await receive()
+
+        _, failure, _ = self.run_startup(app, "on")
+        self.assertIn("lifespan.startup.done", failure.message)
+        self.assertNotIn("does not support", failure.message)
+        lifespan, failure, said = self.run_startup(app, "auto")
+        self.assertIsNone(failure)
+        self.assertFalse(lifespan.supported)
+        self.assertIn("lifespan.startup.done", said)
+
+    def test_a_lifespan_that_raises_after_startup_is_logged_at_once(self):
+        async def app(scope, receive, send):
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await asyncio.sleep(0)
+            raise RuntimeError("background job died")
+
+        lifespan, failure, said = self.run_startup(app, "on")
+        self.assertIsNone(failure)
+        self.assertIn("background job died", said)
+        self.assertIn("after startup", said)
+
+
 class DataChannel(LoopCase):
     """A worker's data channel (SPEC.md section 11) serves the host's
     streams with the app its control channel configured, takes no CONFIG,

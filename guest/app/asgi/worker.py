@@ -1550,6 +1550,7 @@ class Lifespan:
         self.to_app = asyncio.Queue()
         self.from_app = asyncio.Queue()
         self.task = None
+        self.started = False  # lifespan.startup.complete was received
 
     async def startup(self, mode):
         if mode == "off":
@@ -1560,6 +1561,16 @@ class Lifespan:
         await self.to_app.put({"type": "lifespan.startup"})
         msg = await self.from_app.get()
         if msg["type"] == "lifespan.startup.complete":
+            self.started = True
+            return
+        if msg["type"] not in ("lifespan.startup.failed", "lifespan.error", "lifespan.returned"):
+            # Not an answer the spec allows: said as it is, not taken for
+            # an app without lifespan support.
+            self.supported = False
+            if mode == "on":
+                raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: the app sent %r" % msg["type"], "")
+            print("ferry worker: the app answered lifespan.startup with %r; continuing without lifespan" % msg["type"],
+                  file=sys.stderr, flush=True)
             return
         if msg["type"] == "lifespan.startup.failed":
             raise AppLoadError("lifespan", "entrypoint", "lifespan startup failed: %s" % last_line(msg.get("message", "")),
@@ -1580,6 +1591,12 @@ class Lifespan:
         except BaseException as e:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
+            if self.started:
+                # Past its startup nobody waits for an answer until the
+                # shutdown (which finds the task done and asks nothing):
+                # said now, or never.
+                print("ferry worker: exception in the ASGI 'lifespan' protocol after startup\n" + traceback.format_exc(),
+                      file=sys.stderr, end="", flush=True)
             await self.from_app.put({"type": "lifespan.error", "exc": e, "detail": traceback.format_exc()})
         else:
             await self.from_app.put({"type": "lifespan.returned"})
