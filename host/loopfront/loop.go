@@ -12,6 +12,7 @@ import (
 
 	"github.com/ferry-vm/ferry/host/dataplane"
 	"github.com/ferry-vm/ferry/protocol/message"
+	"github.com/ferry-vm/ferry/protocol/mux"
 )
 
 // Bounds on what one client or one worker can make the loop hold.
@@ -48,9 +49,9 @@ const (
 	// keepaliveInterval and keepaliveTimeout: a worker channel silent
 	// for the interval is sent a PING, and closed when nothing at all
 	// has come for the timeout (SPEC.md §3.2), as the agent's sessions
-	// do (protocol/mux's defaults).
-	keepaliveInterval = 15 * time.Second
-	keepaliveTimeout  = 45 * time.Second
+	// are (the same defaults).
+	keepaliveInterval = mux.DefaultKeepaliveInterval
+	keepaliveTimeout  = mux.DefaultKeepaliveTimeout
 )
 
 // client is one HTTP connection the loop holds.

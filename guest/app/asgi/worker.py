@@ -1528,9 +1528,10 @@ class Session(asyncio.BufferedProtocol):
                 s.write(frame(GOAWAY, 0, 0, encode("goaway", {"last_stream_id": s.last_peer_id, "code": NO_ERROR,
                                                              "message": b"worker stopping"})))
                 s.flush()
-        # Let in-flight streams finish, and the apps of streams the peer
-        # reset; init bounds how long with its grace period.
-        while w.tasks or any(s.streams for s in w.sessions):
+        # Let every request's app finish (each stream's task: those of
+        # streams the peer reset included); init bounds how long with its
+        # grace period.
+        while w.tasks:
             await asyncio.sleep(0.01)
         if w.lifespan is not None:
             await w.lifespan.shutdown()
