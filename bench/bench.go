@@ -93,8 +93,9 @@ type Result struct {
 	Workload   Workload
 	Procs      int
 	Load       loadResult
-	Rates      []float64 // req/s of every round, in order (Load is the median round's)
-	CPUSeconds float64   // all of the design's processes during the run
+	Rates      []float64       // req/s of every round, in order (Load is the median round's)
+	P50s       []time.Duration // p50 of every round, in order
+	CPUSeconds float64         // all of the design's processes during the run
 	// CPUByName is CPUSeconds split by process name (comm): "init" is B's
 	// init, "nginx" A′'s master and worker.
 	CPUByName map[string]float64
@@ -252,6 +253,7 @@ func medianRound(rounds []Result) Result {
 	med := byRate[len(byRate)/2]
 	for _, r := range rounds {
 		med.Rates = append(med.Rates, r.Load.rate())
+		med.P50s = append(med.P50s, r.Load.P50)
 	}
 	peaks := map[int]ProcMemory{}
 	for _, r := range rounds {

@@ -240,9 +240,43 @@ async def app(scope, receive, send):
 	}
 }
 
+func TestTargetsCompareEveryRoundToo(t *testing.T) {
+	res := func(design, key string, rates []float64, p50s ...time.Duration) Result {
+		return Result{Design: design, Workload: Workload{Key: key}, Procs: 1,
+			Load: loadResult{Requests: int64(rates[2]), Seconds: 1, P50: p50s[2]}, Rates: rates, P50s: p50s}
+	}
+	us := func(n ...int) []time.Duration {
+		var out []time.Duration
+		for _, x := range n {
+			out = append(out, time.Duration(x)*time.Microsecond)
+		}
+		return out
+	}
+	// The medians (the third round of each) tie; within the rounds B is
+	// ahead in the first two and behind in the other three.
+	rep := &Report{Config: Config{Procs: []int{1}}, Results: []Result{
+		res("A", "fastapi", []float64{1000, 2000, 1500, 1500, 1800}, us(1, 1, 1, 1, 1)...),
+		res("B", "fastapi", []float64{1100, 2100, 1500, 1400, 1700}, us(1, 1, 1, 1, 1)...),
+		res("A′", "fastapi-1conn", []float64{1, 1, 1, 1, 1}, us(200, 100, 150, 180, 160)...),
+		res("B", "fastapi-1conn", []float64{1, 1, 1, 1, 1}, us(190, 110, 150, 200, 150)...),
+	}}
+	got := map[string]Target{}
+	for _, tg := range rep.Targets() {
+		got[tg.Goal] = tg
+	}
+	for goal, want := range map[string]string{
+		"2. B ≥ 1.0× A req/s, fastapi, 1 process(es)": "1.00× (1500 vs 1500 req/s); round by round 1.10 1.05 1.00 0.93 0.94, held in 3 of 5",
+		"3. B p50 ≤ A′ p50, fastapi-1conn":            "150 µs vs 150 µs; round by round 0.95 1.10 1.00 1.11 0.94, held in 3 of 5",
+	} {
+		if tg := got[goal]; tg.Measured != want || !tg.Met {
+			t.Errorf("%q: measured %q (met %v), want %q (met: the medians decide)", goal, tg.Measured, tg.Met, want)
+		}
+	}
+}
+
 func TestMedianRoundKeepsEveryRateAndWidensMemory(t *testing.T) {
 	round := func(reqs int64, start, peak int64) Result {
-		return Result{Design: "B", Load: loadResult{Requests: reqs, Seconds: 1},
+		return Result{Design: "B", Load: loadResult{Requests: reqs, Seconds: 1, P50: time.Duration(reqs) * time.Microsecond},
 			Memory: []ProcMemory{{Name: "init", PID: 7, StartKiB: start, PeakKiB: peak, PeakAnonKiB: peak / 2}}}
 	}
 	got := medianRound([]Result{round(100, 5000, 6000), round(300, 6000, 9000), round(200, 6500, 7000)})
@@ -251,6 +285,9 @@ func TestMedianRoundKeepsEveryRateAndWidensMemory(t *testing.T) {
 	}
 	if fmt.Sprint(got.Rates) != "[100 300 200]" {
 		t.Fatalf("rates %v, want every round in order", got.Rates)
+	}
+	if fmt.Sprint(got.P50s) != "[100µs 300µs 200µs]" {
+		t.Fatalf("p50s %v, want every round's in order", got.P50s)
 	}
 	if len(got.Memory) != 1 || got.Memory[0].StartKiB != 5000 || got.Memory[0].PeakKiB != 9000 || got.Memory[0].PeakAnonKiB != 4500 {
 		t.Fatalf("memory %+v, want the first start and the highest peak", got.Memory)

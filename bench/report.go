@@ -119,7 +119,8 @@ func (r *Report) Targets() []Target {
 		}
 		x := b.Load.rate() / a.Load.rate()
 		out = append(out, Target{Goal: goal, Met: x >= min,
-			Measured: fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", x, b.Load.rate(), a.Load.rate())})
+			Measured: fmt.Sprintf("%.2f× (%.0f vs %.0f req/s)", x, b.Load.rate(), a.Load.rate()) +
+				byRound(b.Rates, a.Rates, func(b, a float64) (float64, bool) { return b / a, b/a >= min })})
 	}
 	// Issue 17's targets for Ferry as it ships (B), and with the
 	// net/http front alone (N) when the run has it.
@@ -142,7 +143,8 @@ func (r *Report) Targets() []Target {
 				continue
 			}
 			out = append(out, Target{Goal: goal, Met: b.Load.P50 <= a.Load.P50,
-				Measured: fmt.Sprintf("%s vs %s", us(b.Load.P50), us(a.Load.P50))})
+				Measured: fmt.Sprintf("%s vs %s", us(b.Load.P50), us(a.Load.P50)) +
+					byRound(durations(b.P50s), durations(a.P50s), func(b, a float64) (float64, bool) { return b / a, b <= a })})
 		}
 		for _, key := range []string{"response-1mib", "upload-10mib"} {
 			for _, procs := range r.Config.Procs {
@@ -225,7 +227,7 @@ func (r *Report) Markdown(w io.Writer) {
 	fmt.Fprintf(w, "- Software: %s; %s; %s; %s\n", m.Go, m.Python, m.Nginx, m.Wrk)
 	fmt.Fprintf(w, "- Load: wrk %s (one wrk thread; %d connections unless the workload says otherwise); websockets: a Go client; each run %s. Nothing is pinned to a core: the load generator and every process of the design share the %d cores.\n",
 		strings.Join(wrkArgs("URL", r.Config.Connections, r.Config.Duration, "report.lua"), " "), r.Config.Connections, r.Config.Duration, m.Cores)
-	fmt.Fprintf(w, "- Each workload runs in %d interleaved rounds: every design one after the other, who goes first rotating; all the servers stay up meanwhile (idle). A row is the design's median round (its memory: over all rounds).\n", r.Config.Rounds)
+	fmt.Fprintf(w, "- Each workload runs in %d interleaved rounds: every design one after the other, who goes first rotating; all the servers stay up meanwhile (idle). A row is the design's median round (its memory: over all rounds). A target is judged on those medians; its row also gives the same comparison made within each round (the designs of a round share the machine's speed of the moment, which drifts between rounds) and in how many rounds it held.\n", r.Config.Rounds)
 	fmt.Fprintf(w, "- CPU is the user+system time of all the design's processes during the run (for B, init's share in brackets: PID 1 of the sandbox); memory is the peak resident set of each process, sampled every %s (MiB).\n\n", sampleEvery)
 	if r.Config.FrontProcs > 0 {
 		fmt.Fprintf(w, "- The Go front ends (B's host-agent, C's msgpack-front, E's epoll-front) run with GOMAXPROCS=%d, as A′'s nginx runs %s (`-front-procs`).\n", r.Config.FrontProcs, plural(r.Config.FrontProcs, "worker"))
@@ -311,6 +313,37 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		fmt.Fprintf(w, "| %s | %s | %s |\n", t.Goal, t.Measured, verdict)
 	}
+}
+
+// byRound is the comparison a target makes, made again within each round:
+// the designs of a round run one right after the other, so the machine's
+// speed, which drifts from one round to the next by more than the gaps
+// measured here, is nearly the same for both. It gives every round's ratio
+// of design to reference and in how many rounds the target held; empty
+// when the rounds are not known for both.
+func byRound(design, versus []float64, compare func(design, versus float64) (ratio float64, held bool)) string {
+	if len(design) == 0 || len(design) != len(versus) {
+		return ""
+	}
+	ratios := make([]string, len(design))
+	held := 0
+	for i := range design {
+		x, ok := compare(design[i], versus[i])
+		ratios[i] = fmt.Sprintf("%.2f", x)
+		if ok {
+			held++
+		}
+	}
+	return fmt.Sprintf("; round by round %s, held in %d of %d", strings.Join(ratios, " "), held, len(design))
+}
+
+// durations is ds in microseconds.
+func durations(ds []time.Duration) []float64 {
+	out := make([]float64, len(ds))
+	for i, d := range ds {
+		out[i] = float64(d) / float64(time.Microsecond)
+	}
+	return out
 }
 
 // plural is "1 connection", "32 connections".
