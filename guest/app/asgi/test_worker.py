@@ -233,6 +233,15 @@ class GoldenVectors(unittest.TestCase):
             with self.subTest(status=status):
                 self.assertEqual(worker.encode_response(status, headers),
                                  worker.encode("response", {"status": status, "headers": headers}))
+        # What an app sends (names in any case, buffers for bytes), encoded
+        # in one pass, as header_pairs then encode would.
+        app_headers = [(b"Content-Type", b"text/plain"), (bytearray(b"X-Long"), long_value),
+                       (memoryview(b"x-" + b"n" * 200), bytearray(b"v")), (b"empty", b"")]
+        self.assertEqual(worker.encode_app_response(201, app_headers),
+                         worker.encode("response", {"status": 201, "headers": worker.header_pairs(app_headers)}))
+        for bad in ([(b"content-length", 5)], [("content-type", b"text/plain")], [(b"a", None)]):
+            with self.subTest(bad=bad), self.assertRaises(TypeError):
+                worker.encode_app_response(200, bad)
 
     def test_fast_request_decoder_matches_decode(self):
         import random

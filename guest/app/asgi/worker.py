@@ -304,21 +304,47 @@ REQUEST_BYTES = {2: "http_version", 3: "method", 4: "scheme", 5: "path", 6: "raw
 REQUEST_U32 = {1: "kind", 11: "client_port", 13: "server_port"}
 
 
+# The one-byte keys (field << 3 | wire type 2) of REQUEST's bytes fields,
+# the headers and subprotocols among them, and the field each names.
+REQUEST_BYTES_KEYS = {(num << 3) | 2: name for num, name in REQUEST_BYTES.items()}
+REQUEST_HEADER_KEY, REQUEST_SUBPROTOCOL_KEY = (9 << 3) | 2, (14 << 3) | 2
+REQUEST_FAST_KEYS = frozenset(REQUEST_BYTES_KEYS) | {REQUEST_HEADER_KEY, REQUEST_SUBPROTOCOL_KEY}
+
+
 def decode_request(payload):
     """decode("request", payload) for the hot path (every request's head):
-    the same result and the same errors, in one pass over the bytes (one-
-    byte keys and lengths, all but the rarest, decoded inline), the header
-    pairs built as they come. A field of the wrong kind is reported once
-    the whole payload has parsed, as decode reports it, so that a broken
-    field after it is the error given."""
+    the same result and the same errors, in one pass over the bytes, the
+    header pairs built as they come. A bytes field with a one-byte key and
+    length (all of them, in practice) is taken in a few steps, looked up by
+    its key byte; anything else goes the general way. A field of the wrong
+    kind is reported once the whole payload has parsed, as decode reports
+    it, so that a broken field after it is the error given."""
     p = bytes(payload)
     out = {}
     headers = []
     name = None
     wrong = None  # the first field of the wrong kind, reported at the end
+    fast_keys, bytes_keys = REQUEST_FAST_KEYS, REQUEST_BYTES_KEYS
     i, n = 0, len(p)
     while i < n:
         key = p[i]
+        if key in fast_keys and i + 1 < n and p[i + 1] < 0x80:
+            j = i + 2 + p[i + 1]
+            if j > n:
+                raise ValueError("truncated bytes field")
+            v = p[i + 2:j]
+            i = j
+            if key == REQUEST_HEADER_KEY:
+                if name is None:
+                    name = v
+                else:
+                    headers.append((name, v))
+                    name = None
+            elif key == REQUEST_SUBPROTOCOL_KEY:
+                out.setdefault("subprotocols", []).append(v)
+            else:
+                out[bytes_keys[key]] = v
+            continue
         if key < 0x80:
             i += 1
         else:
@@ -417,6 +443,35 @@ def encode_response(status, headers, subprotocol=b""):
             out += b
     if subprotocol:
         put_bytes(out, 3, subprotocol)
+    return bytes(out)
+
+
+def encode_app_response(status, headers):
+    """encode_response(status, header_pairs(headers)) in one pass, for
+    http.response.start: the names lower-cased, a name or value that is
+    not bytes-like a TypeError."""
+    out = bytearray(b"\x08")
+    put_varint(out, status)
+    for name, value in headers:
+        if name.__class__ is not bytes:
+            name = as_bytes(name, "a header name")
+        if value.__class__ is not bytes:
+            value = as_bytes(value, "a header value")
+        name = name.lower()
+        ln = len(name)
+        if ln < 0x80:
+            out += b"\x12%c" % ln
+        else:
+            out.append(0x12)
+            put_varint(out, ln)
+        out += name
+        ln = len(value)
+        if ln < 0x80:
+            out += b"\x12%c" % ln
+        else:
+            out.append(0x12)
+            put_varint(out, ln)
+        out += value
     return bytes(out)
 
 
@@ -656,13 +711,15 @@ class Stream:
         if t == "http.response.start":
             if self.response_started:
                 raise RuntimeError("http.response.start sent twice")
-            status = int(message["status"])
+            status = message["status"]
+            if status.__class__ is not int:
+                status = int(status)
             if not 100 <= status <= 999:
                 raise RuntimeError("invalid status %r" % status)
             # Encoded before the response counts as started: a head the
             # app got wrong (a header not bytes) is its error, answered
             # 500, as uvicorn answers it.
-            self.pending_head = encode_response(status, header_pairs(message.get("headers", ())))
+            self.pending_head = encode_app_response(status, message.get("headers", ()))
             self.response_started = True
             if self.head_too_large(self.pending_head):
                 return
@@ -677,7 +734,22 @@ class Stream:
             if self.reset_code is not None:
                 return  # the client left; like uvicorn, the rest is dropped
             more = message.get("more_body", False)
-            await self.send_body(message.get("body", b""), not more)
+            body = message.get("body", b"")
+            head = self.pending_head
+            if (not more and head is not None and body.__class__ is bytes
+                    and len(body) <= self.send_window and len(body) <= self.session.peer_max_frame):
+                # The common answer, a head and one body that fits: both
+                # frames in one piece, the way send_body would send them.
+                self.pending_head = None
+                if body:
+                    self.send_window -= len(body)
+                    self.session.write(b"".join((HEADER.pack(RESPONSE, 0, self.id, len(head)), head,
+                                                 HEADER.pack(DATA, FIN, self.id, len(body)), body)))
+                else:
+                    self.session.write(HEADER.pack(RESPONSE, FIN, self.id, len(head)) + head)
+                self.local_fin = True
+            else:
+                await self.send_body(body, not more)
             if not more:
                 self.finish_response()
         else:
