@@ -300,6 +300,12 @@ class FakeTransport:
     def writelines(self, parts):
         self.write(b"".join(parts))
 
+    def get_extra_info(self, name, default=None):
+        return default  # no socket: the session writes through write()
+
+    def get_write_buffer_size(self):
+        return 0
+
     def set_write_buffer_limits(self, high=None, low=None):
         pass  # (every write is kept at once: there is nothing to hold back)
 
@@ -882,6 +888,67 @@ class AnswersOfABatch(unittest.TestCase):
         # them. With uvloop's default mark (64 KiB), all 32 left together
         # at the end of the turn.
         self.assertEqual(seen_at_last, [True])
+
+
+class AnAnswerAlone(unittest.TestCase):
+    """Over a real socket and uvloop: an answer with no other request in
+    flight is on the socket as soon as the app has sent it, before the app
+    has unwound (the code after its last send: middleware, the teardown
+    of FastAPI's dependencies with yield); answers of a batch still share
+    their writes."""
+
+    def answers_on_the_socket_when_sent(self, requests):
+        try:
+            import uvloop
+        except ImportError:
+            self.skipTest("python3-uvloop is not installed (the worker's loop when it is)")
+        import socket
+        ours, host = socket.socketpair()
+        self.addCleanup(host.close)
+        loop = uvloop.new_event_loop()
+        self.addCleanup(loop.close)
+        seen = []
+
+        def host_has_bytes():
+            try:
+                return len(host.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
+            except BlockingIOError:
+                return False
+
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+            await send({"type": "http.response.body", "body": b"hello"})
+            seen.append(host_has_bytes())  # still in the step that sent it
+
+        async def run():
+            session = worker.Session(loop.create_future())
+            session.app = app
+            await loop.connect_accepted_socket(lambda: session, ours)
+            host.sendall(HOST_HELLO)
+            while session.peer is None:
+                await asyncio.sleep(0.01)
+            while host_has_bytes():
+                host.recv(1 << 16)  # the worker's HELLO
+            host.sendall(b"".join(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode(
+                "request", {"path": b"/%d" % (i + 1)})) for i in range(requests)))
+            while len(seen) < requests or session.streams:
+                await asyncio.sleep(0.01)
+            got = b""
+            while host_has_bytes():
+                got += host.recv(1 << 16)
+            session.transport.close()
+            return got
+
+        got = loop.run_until_complete(asyncio.wait_for(run(), 30))
+        self.assertEqual(got.count(b"hello"), requests)
+        return seen
+
+    def test_an_answer_alone_leaves_before_the_app_returns(self):
+        self.assertEqual(self.answers_on_the_socket_when_sent(1), [True])
+
+    def test_answers_of_a_batch_share_a_write(self):
+        # Two requests read together: neither answer is written alone.
+        self.assertEqual(self.answers_on_the_socket_when_sent(2), [False, False])
 
 
 class HeapThresholds(unittest.TestCase):

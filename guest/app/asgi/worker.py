@@ -838,6 +838,10 @@ class Stream:
             # Response complete, request body not needed (SPEC.md 5.3).
             self.session.write(frame(RESET, 0, self.id, encode("reset", {"code": NO_ERROR, "message": b"response complete"})))
         self.wake_reader()
+        if len(self.session.streams) == 1:
+            # No other request in flight to share the write with: the
+            # answer leaves now (at one connection, every answer).
+            self.session.flush_now()
 
     # -- websocket --
 
@@ -1108,6 +1112,7 @@ class Session(asyncio.BufferedProtocol):
         self.data = data  # a data channel: streams only, no CONFIG, its loss is not the worker's end
         self.loop = asyncio.get_event_loop()
         self.transport = None
+        self.fd = -1              # the channel's socket, for flush_now (-1: none known)
         self.rbuf = bytearray(RECV_BUFFER)  # what the loop reads into
         self.rview = memoryview(self.rbuf)
         self.rlen = 0             # bytes at the front of rbuf: an incomplete frame
@@ -1146,6 +1151,9 @@ class Session(asyncio.BufferedProtocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            self.fd = sock.fileno()
         transport.set_write_buffer_limits(high=WRITE_AT)
         transport.write(frame(HELLO, 0, 0, encode("hello", {
             "version": PROTOCOL_VERSION, "role": 2, "max_frame_size": MY_MAX_FRAME,
@@ -1211,13 +1219,17 @@ class Session(asyncio.BufferedProtocol):
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def flush(self):
-        self.flush_scheduled = False
+    def take_heads(self):
+        """Queues the RESPONSE heads still held for a first body frame."""
         if self.heads:
             heads, self.heads = self.heads, []
             for st in heads:
                 if st.pending_head is not None and st.reset_code is None:
                     self.out.append(st.take_head())
+
+    def flush(self):
+        self.flush_scheduled = False
+        self.take_heads()
         if self.out and not self.closed:
             if self.out_size >= WRITEV_MIN:
                 # Big payloads: one writev of every part, no joining copy
@@ -1228,6 +1240,30 @@ class Session(asyncio.BufferedProtocol):
                 self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
             self.out = []
             self.out_size = 0
+
+    def flush_now(self):
+        """flush, the bytes written to the socket right away rather than
+        at the end of the loop's turn, where uvloop's transport writes
+        what it is given: for an answer with no other request in flight
+        to share its write, which leaves before the app has unwound (its
+        middleware, FastAPI's exit stack) and its task has ended.
+        Whatever the socket does not take at once, and everything while
+        the transport still holds bytes, goes through the transport, in
+        order."""
+        if self.fd < 0 or self.closed or self.out_size >= WRITEV_MIN or self.transport.get_write_buffer_size():
+            return self.flush()
+        self.take_heads()
+        if not self.out:
+            return
+        data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+        self.out = []
+        self.out_size = 0
+        try:
+            n = os.write(self.fd, data)
+        except OSError:
+            n = 0  # would block, or an error the transport will report
+        if n < len(data):
+            self.transport.write(data[n:])
 
     # Reading: the event loop reads straight into the session's buffer
     # (asyncio.BufferedProtocol), not into a new bytes object per read:
