@@ -23,9 +23,9 @@ import (
 // either front, besides those fidelityKnown marks so, with the reason:
 // there the two fronts may differ.
 var loopFrontTiming = map[string]string{
-	"head-streamed":  "whether HEAD of a streamed body carries a Content-Length depends, under either front, on whether the body's frames arrive in one read (then the whole length is known before the head goes out) or apart",
+	"head-streamed":             "whether HEAD of a streamed body carries a Content-Length depends, under either front, on whether the body's frames arrive in one read (then the whole length is known before the head goes out) or apart",
 	"get-1.0-streamed-response": "an HTTP/1.0 answer the app streams without a Content-Length is given one, under either front, when its whole body is there before the head goes out (else it ends with the connection): whether it is depends on whether the body's frames come in the same read as the head",
-	"bad-chunk-size": "whether the app sees the request depends on whether the agent's RESET (net/http found the bad chunk size) overtakes its REQUEST: on a worker's channel the worker reads the REQUEST first; through init (where the loop front sends what it hands to net/http) init usually has the RESET before it forwards the request, and forwards nothing",
+	"bad-chunk-size":            "whether the app sees the request depends on whether the agent's RESET (net/http found the bad chunk size) overtakes its REQUEST: on a worker's channel the worker reads the REQUEST first; through init (where the loop front sends what it hands to net/http) init usually has the RESET before it forwards the request, and forwards nothing",
 }
 
 // loopFrontMayDiffer reports why the fronts may differ on an aspect of a
