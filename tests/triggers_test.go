@@ -65,10 +65,13 @@ async def app(scope, receive, send):
 )
 
 // eventsExecutable is eventsApp as an executable: Python's standard
-// library serving HTTP/1.1 on $PORT.
+// library serving HTTP/1.1 on $PORT, a thread per connection as the other
+// executables of these tests (a server that serves one keep-alive
+// connection at a time can sit on an idle one of init's pool while a
+// request waits on another).
 const eventsExecutable = `#!/usr/bin/python3
 import json, os
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 events = []
 
@@ -94,7 +97,7 @@ class H(BaseHTTPRequestHandler):
     def do_GET(self):
         self.send(200, json.dumps(events).encode())
 
-HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+ThreadingHTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
 `
 
 // receivedEvent is one event as eventsApp kept it.
