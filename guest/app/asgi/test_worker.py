@@ -7,6 +7,7 @@ Run by the Go test TestPythonFramingMatchesGoldenVectors; by hand:
 import asyncio
 import json
 import os
+import socket
 import struct
 import sys
 import unittest
@@ -233,15 +234,18 @@ class GoldenVectors(unittest.TestCase):
             with self.subTest(status=status):
                 self.assertEqual(worker.encode_response(status, headers),
                                  worker.encode("response", {"status": status, "headers": headers}))
-        # What an app sends (names in any case, buffers for bytes), encoded
-        # in one pass, as header_pairs then encode would.
+        # What an app sends (names in any case, buffers for bytes), as the
+        # worker encodes it: header_pairs, then encode_response.
         app_headers = [(b"Content-Type", b"text/plain"), (bytearray(b"X-Long"), long_value),
                        (memoryview(b"x-" + b"n" * 200), bytearray(b"v")), (b"empty", b"")]
-        self.assertEqual(worker.encode_app_response(201, app_headers),
-                         worker.encode("response", {"status": 201, "headers": worker.header_pairs(app_headers)}))
+        pairs = worker.header_pairs(app_headers)
+        self.assertEqual(pairs, [(b"content-type", b"text/plain"), (b"x-long", long_value),
+                                 (b"x-" + b"n" * 200, b"v"), (b"empty", b"")])
+        self.assertTrue(all(type(b) is bytes for pair in pairs for b in pair))
+        self.assertEqual(worker.encode_response(201, pairs), worker.encode("response", {"status": 201, "headers": pairs}))
         for bad in ([(b"content-length", 5)], [("content-type", b"text/plain")], [(b"a", None)]):
             with self.subTest(bad=bad), self.assertRaises(TypeError):
-                worker.encode_app_response(200, bad)
+                worker.header_pairs(bad)
 
     def test_fast_request_decoder_matches_decode(self):
         import random
@@ -836,110 +840,91 @@ class HttpFlow(SessionCase):
         self.assertFalse(self.session.in_app)
 
 
-class AnswersOfABatch(unittest.TestCase):
-    """Over a real socket and uvloop, the loop the worker runs on: the
-    answers to requests read in one batch start to leave before the batch
-    is done, so that the host can turn them round while the rest run."""
+class OverARealSocket(unittest.TestCase):
+    """A worker's session over a real socket and uvloop, the loop the
+    worker runs on, the host's end of the socket in the test's hands."""
 
-    def test_answers_leave_before_the_last_request_of_a_batch_runs(self):
+    def setUp(self):
         try:
             import uvloop
         except ImportError:
             self.skipTest("python3-uvloop is not installed (the worker's loop when it is)")
-        import socket
-        ours, host = socket.socketpair()
-        self.addCleanup(host.close)
-        loop = uvloop.new_event_loop()
-        self.addCleanup(loop.close)
+        self.ours, self.host = socket.socketpair()
+        self.addCleanup(self.host.close)
+        self.loop = uvloop.new_event_loop()
+        self.addCleanup(self.loop.close)
+
+    def host_has_bytes(self):
+        try:
+            return len(self.host.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
+        except BlockingIOError:
+            return False
+
+    def serve(self, app, requests, done):
+        """Runs app in a session, sends it requests REQUEST frames (paths
+        /1, /2, ...) in one write, waits until done() and no stream is
+        left, and returns what the worker wrote after its HELLO."""
+        async def run():
+            session = worker.Session(self.loop.create_future())
+            session.app = app
+            await self.loop.connect_accepted_socket(lambda: session, self.ours)
+            self.host.sendall(HOST_HELLO)
+            while session.peer is None:
+                await asyncio.sleep(0.01)
+            while self.host_has_bytes():
+                self.host.recv(1 << 16)  # the worker's HELLO
+            # Every request in one write: the worker reads them in one
+            # batch, and its loop runs all their apps in one turn.
+            self.host.sendall(b"".join(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode(
+                "request", {"path": b"/%d" % (i + 1)})) for i in range(requests)))
+            while session.streams or not done():
+                await asyncio.sleep(0.01)
+            got = b""
+            while self.host_has_bytes():
+                got += self.host.recv(1 << 16)
+            session.transport.close()
+            return got
+
+        return self.loop.run_until_complete(asyncio.wait_for(run(), 30))
+
+
+class AnswersOfABatch(OverARealSocket):
+    """The answers to requests read in one batch start to leave before the
+    batch is done, so that the host can turn them round while the rest
+    run."""
+
+    def test_answers_leave_before_the_last_request_of_a_batch_runs(self):
         requests = 32
         seen_at_last = []
 
-        def host_has_bytes():
-            try:
-                return len(host.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
-            except BlockingIOError:
-                return False
-
         async def app(scope, receive, send):
             if scope["path"] == "/%d" % requests:
-                seen_at_last.append(host_has_bytes())
+                seen_at_last.append(self.host_has_bytes())
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             await send({"type": "http.response.body", "body": b"x" * 200})
 
-        async def run():
-            session = worker.Session(loop.create_future())
-            session.app = app
-            await loop.connect_accepted_socket(lambda: session, ours)
-            host.sendall(HOST_HELLO)
-            while session.peer is None:
-                await asyncio.sleep(0.01)
-            while host_has_bytes():
-                host.recv(1 << 16)  # the worker's HELLO
-            # Every request in one write: the worker reads them in one
-            # batch, and its loop runs all their apps in one turn.
-            host.sendall(b"".join(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode(
-                "request", {"path": b"/%d" % (i + 1)})) for i in range(requests)))
-            while len(session.streams) or not seen_at_last:
-                await asyncio.sleep(0.01)
-            session.transport.close()
-
-        loop.run_until_complete(asyncio.wait_for(run(), 30))
+        self.serve(app, requests, lambda: seen_at_last)
         # About 250 bytes an answer: past WRITE_AT (4 KiB) after 17 of
         # them. With uvloop's default mark (64 KiB), all 32 left together
         # at the end of the turn.
         self.assertEqual(seen_at_last, [True])
 
 
-class AnAnswerAlone(unittest.TestCase):
-    """Over a real socket and uvloop: an answer with no other request in
-    flight is on the socket as soon as the app has sent it, before the app
-    has unwound (the code after its last send: middleware, the teardown
-    of FastAPI's dependencies with yield); answers of a batch still share
-    their writes."""
+class AnAnswerAlone(OverARealSocket):
+    """An answer with no other request in flight is on the socket as soon
+    as the app has sent it, before the app has unwound (the code after its
+    last send: middleware, the teardown of FastAPI's dependencies with
+    yield); answers of a batch still share their writes."""
 
     def answers_on_the_socket_when_sent(self, requests):
-        try:
-            import uvloop
-        except ImportError:
-            self.skipTest("python3-uvloop is not installed (the worker's loop when it is)")
-        import socket
-        ours, host = socket.socketpair()
-        self.addCleanup(host.close)
-        loop = uvloop.new_event_loop()
-        self.addCleanup(loop.close)
         seen = []
-
-        def host_has_bytes():
-            try:
-                return len(host.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)) > 0
-            except BlockingIOError:
-                return False
 
         async def app(scope, receive, send):
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
             await send({"type": "http.response.body", "body": b"hello"})
-            seen.append(host_has_bytes())  # still in the step that sent it
+            seen.append(self.host_has_bytes())  # still in the step that sent it
 
-        async def run():
-            session = worker.Session(loop.create_future())
-            session.app = app
-            await loop.connect_accepted_socket(lambda: session, ours)
-            host.sendall(HOST_HELLO)
-            while session.peer is None:
-                await asyncio.sleep(0.01)
-            while host_has_bytes():
-                host.recv(1 << 16)  # the worker's HELLO
-            host.sendall(b"".join(worker.frame(worker.REQUEST, worker.FIN, 2 * i + 1, worker.encode(
-                "request", {"path": b"/%d" % (i + 1)})) for i in range(requests)))
-            while len(seen) < requests or session.streams:
-                await asyncio.sleep(0.01)
-            got = b""
-            while host_has_bytes():
-                got += host.recv(1 << 16)
-            session.transport.close()
-            return got
-
-        got = loop.run_until_complete(asyncio.wait_for(run(), 30))
+        got = self.serve(app, requests, lambda: len(seen) >= requests)
         self.assertEqual(got.count(b"hello"), requests)
         return seen
 

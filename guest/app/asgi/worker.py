@@ -446,35 +446,6 @@ def encode_response(status, headers, subprotocol=b""):
     return bytes(out)
 
 
-def encode_app_response(status, headers):
-    """encode_response(status, header_pairs(headers)) in one pass, for
-    http.response.start: the names lower-cased, a name or value that is
-    not bytes-like a TypeError."""
-    out = bytearray(b"\x08")
-    put_varint(out, status)
-    for name, value in headers:
-        if name.__class__ is not bytes:
-            name = as_bytes(name, "a header name")
-        if value.__class__ is not bytes:
-            value = as_bytes(value, "a header value")
-        name = name.lower()
-        ln = len(name)
-        if ln < 0x80:
-            out += b"\x12%c" % ln
-        else:
-            out.append(0x12)
-            put_varint(out, ln)
-        out += name
-        ln = len(value)
-        if ln < 0x80:
-            out += b"\x12%c" % ln
-        else:
-            out.append(0x12)
-            put_varint(out, ln)
-        out += value
-    return bytes(out)
-
-
 def as_bytes(v, what):
     """v, a header name or value or a body the app sent, as bytes: bytes,
     bytearray or memoryview (copied: the app may change a buffer once send
@@ -719,7 +690,7 @@ class Stream:
             # Encoded before the response counts as started: a head the
             # app got wrong (a header not bytes) is its error, answered
             # 500, as uvicorn answers it.
-            self.pending_head = encode_app_response(status, message.get("headers", ()))
+            self.pending_head = encode_response(status, header_pairs(message.get("headers", ())))
             self.response_started = True
             if self.head_too_large(self.pending_head):
                 return
@@ -841,7 +812,7 @@ class Stream:
         if len(self.session.streams) == 1:
             # No other request in flight to share the write with: the
             # answer leaves now (at one connection, every answer).
-            self.session.flush_now()
+            self.session.flush(now=True)
 
     # -- websocket --
 
@@ -1112,7 +1083,7 @@ class Session(asyncio.BufferedProtocol):
         self.data = data  # a data channel: streams only, no CONFIG, its loss is not the worker's end
         self.loop = asyncio.get_event_loop()
         self.transport = None
-        self.fd = -1              # the channel's socket, for flush_now (-1: none known)
+        self.fd = -1              # the channel's socket, for flush(now=True) (-1: none known)
         self.rbuf = bytearray(RECV_BUFFER)  # what the loop reads into
         self.rview = memoryview(self.rbuf)
         self.rlen = 0             # bytes at the front of rbuf: an incomplete frame
@@ -1219,17 +1190,21 @@ class Session(asyncio.BufferedProtocol):
             self.flush_scheduled = True
             self.loop.call_soon(self.flush)
 
-    def take_heads(self):
-        """Queues the RESPONSE heads still held for a first body frame."""
+    def flush(self, now=False):
+        """Writes what is queued, the held RESPONSE heads first. With now,
+        the bytes go to the socket right away rather than at the end of
+        the loop's turn, where uvloop's transport writes what it is given:
+        for an answer with no other request in flight to share its write,
+        which then leaves before the app has unwound (its middleware,
+        FastAPI's exit stack) and its task has ended. Whatever the socket
+        does not take at once, and everything while the transport still
+        holds bytes, goes through the transport, in order."""
+        self.flush_scheduled = False
         if self.heads:
             heads, self.heads = self.heads, []
             for st in heads:
                 if st.pending_head is not None and st.reset_code is None:
                     self.out.append(st.take_head())
-
-    def flush(self):
-        self.flush_scheduled = False
-        self.take_heads()
         if self.out and not self.closed:
             if self.out_size >= WRITEV_MIN:
                 # Big payloads: one writev of every part, no joining copy
@@ -1237,33 +1212,17 @@ class Session(asyncio.BufferedProtocol):
                 # cost more than its system calls).
                 self.transport.writelines(self.out)
             else:
-                self.transport.write(b"".join(self.out) if len(self.out) > 1 else self.out[0])
+                data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
+                n = 0
+                if now and self.fd >= 0 and not self.transport.get_write_buffer_size():
+                    try:
+                        n = os.write(self.fd, data)
+                    except OSError:
+                        pass  # would block, or an error the transport will report
+                if n < len(data):
+                    self.transport.write(data[n:] if n else data)
             self.out = []
             self.out_size = 0
-
-    def flush_now(self):
-        """flush, the bytes written to the socket right away rather than
-        at the end of the loop's turn, where uvloop's transport writes
-        what it is given: for an answer with no other request in flight
-        to share its write, which leaves before the app has unwound (its
-        middleware, FastAPI's exit stack) and its task has ended.
-        Whatever the socket does not take at once, and everything while
-        the transport still holds bytes, goes through the transport, in
-        order."""
-        if self.fd < 0 or self.closed or self.out_size >= WRITEV_MIN or self.transport.get_write_buffer_size():
-            return self.flush()
-        self.take_heads()
-        if not self.out:
-            return
-        data = b"".join(self.out) if len(self.out) > 1 else self.out[0]
-        self.out = []
-        self.out_size = 0
-        try:
-            n = os.write(self.fd, data)
-        except OSError:
-            n = 0  # would block, or an error the transport will report
-        if n < len(data):
-            self.transport.write(data[n:])
 
     # Reading: the event loop reads straight into the session's buffer
     # (asyncio.BufferedProtocol), not into a new bytes object per read:
