@@ -29,10 +29,10 @@ import (
 )
 
 // goBuild compiles the package pkg (relative to tests/) into a new
-// temporary directory named after prefix and returns the binary's path,
-// called name.
+// directory named after prefix, under buildRoot, and returns the binary's
+// path, called name.
 func goBuild(prefix, name, pkg string) (string, error) {
-	dir, err := os.MkdirTemp("", prefix)
+	dir, err := os.MkdirTemp(buildRoot, prefix)
 	if err != nil {
 		return "", err
 	}

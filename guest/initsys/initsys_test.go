@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ferry-vm/ferry/guest/boot"
 	"github.com/ferry-vm/ferry/guest/setup"
 	"github.com/ferry-vm/ferry/protocol/contract"
@@ -133,6 +135,57 @@ func TestSetupPaths(t *testing.T) {
 	}
 	if st, err := os.Stat(p.Root); err != nil || !st.IsDir() {
 		t.Fatalf("scratch directory: %v", err)
+	}
+}
+
+// init run by hand removes its scratch directory when it stops, but
+// never while something is mounted under it: the removal would reach
+// into what is mounted there.
+func TestTheScratchDirectoryGoesUnlessSomethingIsMountedUnderIt(t *testing.T) {
+	in := &Init{Log: slog.New(slog.DiscardHandler)}
+	scratch := func() string {
+		dir, err := os.MkdirTemp(t.TempDir(), "ferry-init-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(dir, "data", "volume"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "data", "state"), []byte("x"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return dir
+	}
+
+	dir := scratch()
+	in.removeScratch(dir)
+	if _, err := os.Stat(dir); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("scratch directory still there after init stopped: %v", err)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to mount a tmpfs under a scratch directory (CI runs tests as root)")
+	}
+	dir = scratch()
+	volume := filepath.Join(dir, "data", "volume")
+	if err := unix.Mount("tmpfs", volume, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mounting a tmpfs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := unix.Unmount(volume, unix.MNT_DETACH); err != nil {
+			t.Errorf("unmounting %s: %v", volume, err)
+		}
+	})
+	kept := filepath.Join(volume, "kept")
+	if err := os.WriteFile(kept, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	in.removeScratch(dir)
+	if _, err := os.Stat(kept); err != nil {
+		t.Fatalf("a file on the mount under the scratch directory: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", "state")); err != nil {
+		t.Fatalf("the scratch directory was emptied with a mount under it: %v", err)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -101,6 +102,9 @@ func (in *Init) Run(shutdown context.Context) (code int) {
 	if err != nil {
 		in.Log.Error("cannot create a scratch directory", "err", err)
 		return 1
+	}
+	if !in.PID1 {
+		defer in.removeScratch(paths.Root)
 	}
 	svc := in.service(r, paths)
 	var front *alephFront
@@ -214,6 +218,32 @@ func (in *Init) setupPaths() (setup.Paths, error) {
 		return setup.Paths{}, err
 	}
 	return setup.Paths{Root: dir, Code: filepath.Join(dir, "code"), Data: filepath.Join(dir, "data"), DevRoot: "/dev", SysBlock: "/sys/block"}, nil
+}
+
+// removeScratch removes the scratch directory of init run by hand once
+// it has stopped: nothing can find it again (each run makes a new one).
+// If anything is still mounted under it (a program's code or volume whose
+// unmount failed), it is left as it is, with a warning: removing it would
+// reach into what is mounted there.
+func (in *Init) removeScratch(root string) {
+	points, err := boot.MountPoints()
+	if err != nil {
+		in.Log.Warn("scratch directory left in place: cannot read the mount table", "dir", root, "err", err)
+		return
+	}
+	under := []string{root}
+	if real, err := filepath.EvalSymlinks(root); err == nil && real != root {
+		under = append(under, real) // the mount table has resolved paths
+	}
+	for p := range points {
+		if slices.ContainsFunc(under, func(dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }) {
+			in.Log.Warn("scratch directory left in place: something is still mounted under it", "dir", root, "mount", p)
+			return
+		}
+	}
+	if err := os.RemoveAll(root); err != nil {
+		in.Log.Warn("cannot remove the scratch directory", "dir", root, "err", err)
+	}
 }
 
 // service makes the host-facing service with the app runners.
