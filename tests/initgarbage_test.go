@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
@@ -25,6 +26,10 @@ func TestInitSurvivesGarbageOnItsTransport(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "ferry.sock")
 	out := &syncbuf.Buffer{}
 	cmd := exec.Command(bin, "-transport", "unix:"+sock)
+	// init by hand writes under a scratch directory in TMPDIR, which it
+	// removes when it stops; this one is killed, and the test's directory
+	// takes the scratch directory with it.
+	cmd.Env = append(os.Environ(), "TMPDIR="+t.TempDir())
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
