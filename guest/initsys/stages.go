@@ -6,11 +6,11 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
-	"slices"
 	"strings"
 	"syscall"
 	"time"
 
+	"github.com/moby/sys/mountinfo"
 	"golang.org/x/sys/unix"
 
 	"github.com/ferry-vm/ferry/guest/app"
@@ -226,18 +226,18 @@ func (in *Init) setupPaths() (setup.Paths, error) {
 // unmount failed), it is left as it is, with a warning: removing it would
 // reach into what is mounted there.
 func (in *Init) removeScratch(root string) {
-	points, err := boot.MountPoints()
-	if err != nil {
-		in.Log.Warn("scratch directory left in place: cannot read the mount table", "dir", root, "err", err)
-		return
-	}
-	under := []string{root}
+	dirs := []string{root}
 	if real, err := filepath.EvalSymlinks(root); err == nil && real != root {
-		under = append(under, real) // the mount table has resolved paths
+		dirs = append(dirs, real) // the mount table has resolved paths
 	}
-	for p := range points {
-		if slices.ContainsFunc(under, func(dir string) bool { return p == dir || strings.HasPrefix(p, dir+"/") }) {
-			in.Log.Warn("scratch directory left in place: something is still mounted under it", "dir", root, "mount", p)
+	for _, dir := range dirs {
+		mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+		if err != nil {
+			in.Log.Warn("scratch directory left in place: cannot read the mount table", "dir", root, "err", err)
+			return
+		}
+		if len(mounts) > 0 {
+			in.Log.Warn("scratch directory left in place: something is still mounted under it", "dir", root, "mount", mounts[0].Mountpoint)
 			return
 		}
 	}
