@@ -1060,5 +1060,28 @@ class DataChannel(LoopCase):
         self.assertEqual([r.get("code") for r in resets], [worker.REFUSED_STREAM])
 
 
+class SendBuffer(unittest.TestCase):
+    def test_the_data_channel_can_take_a_whole_window_in_one_write(self):
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        before = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        worker.widen_send_buffer(a)
+        got = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        # Linux doubles what is asked for (its bookkeeping), capped by
+        # net.core.wmem_max unless forced (CAP_NET_ADMIN: root here).
+        want = worker.SEND_BUFFER
+        if os.geteuid() != 0:
+            with open("/proc/sys/net/core/wmem_max") as f:
+                want = min(want, int(f.read()))
+        self.assertEqual(got, max(2 * want, before))
+        if os.geteuid() == 0:
+            self.assertGreater(got, 256 << 10, "a whole window must fit")
+        # What a whole window sent at once takes, in one write.
+        window = b"x" * (256 << 10)
+        a.setblocking(False)
+        self.assertEqual(a.send(window), len(window))
+
+
 if __name__ == "__main__":
     unittest.main(argv=sys.argv[:1])
