@@ -1065,19 +1065,17 @@ class SendBuffer(unittest.TestCase):
         a, b = socket.socketpair()
         self.addCleanup(a.close)
         self.addCleanup(b.close)
-        before = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         worker.widen_send_buffer(a)
-        got = a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
         # Linux doubles what is asked for (its bookkeeping), capped by
         # net.core.wmem_max unless forced (CAP_NET_ADMIN: root here).
         want = worker.SEND_BUFFER
         if os.geteuid() != 0:
             with open("/proc/sys/net/core/wmem_max") as f:
                 want = min(want, int(f.read()))
-        self.assertEqual(got, max(2 * want, before))
-        if os.geteuid() == 0:
-            self.assertGreater(got, 256 << 10, "a whole window must fit")
-        # What a whole window sent at once takes, in one write.
+        self.assertEqual(a.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF), 2 * want)
+        if want < worker.SEND_BUFFER:
+            self.skipTest("net.core.wmem_max caps the buffer at %d bytes (checked); not root, so not forced" % want)
+        # What a whole window (256 KiB, the host's) takes: one write.
         window = b"x" * (256 << 10)
         a.setblocking(False)
         self.assertEqual(a.send(window), len(window))
