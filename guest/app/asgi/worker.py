@@ -1712,8 +1712,9 @@ def widen_send_buffer(sock):
     write then went out in parts, each after a wake-up for room. Measured
     with 1 MiB answers (BENCHMARKS.md, session 27): 1,812-1,860 answers a
     second against 1,592-1,596, and the worker's CPU per answer down from
-    300 to 215 µs. What the buffer holds stays bounded by the streams'
-    windows. Forced where the worker may (CAP_NET_ADMIN), else capped by
+    300 to 215 µs. It bounds the kernel memory that waits for the host
+    to read: 2 MiB per worker at most (Linux doubles the figure asked
+    for). Forced where the worker may (CAP_NET_ADMIN), else capped by
     net.core.wmem_max; a socket that refuses keeps its default."""
     for option in (SO_SNDBUFFORCE, socket.SO_SNDBUF):
         try:
