@@ -226,20 +226,18 @@ func (in *Init) setupPaths() (setup.Paths, error) {
 // unmount failed), it is left as it is, with a warning: removing it would
 // reach into what is mounted there.
 func (in *Init) removeScratch(root string) {
-	dirs := []string{root}
-	if real, err := filepath.EvalSymlinks(root); err == nil && real != root {
-		dirs = append(dirs, real) // the mount table has resolved paths
+	dir := root
+	if real, err := filepath.EvalSymlinks(root); err == nil {
+		dir = real // the mount table has resolved paths
 	}
-	for _, dir := range dirs {
-		mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
-		if err != nil {
-			in.Log.Warn("scratch directory left in place: cannot read the mount table", "dir", root, "err", err)
-			return
-		}
-		if len(mounts) > 0 {
-			in.Log.Warn("scratch directory left in place: something is still mounted under it", "dir", root, "mount", mounts[0].Mountpoint)
-			return
-		}
+	mounts, err := mountinfo.GetMounts(mountinfo.PrefixFilter(dir))
+	if err != nil {
+		in.Log.Warn("scratch directory left in place: cannot read the mount table", "dir", root, "err", err)
+		return
+	}
+	if len(mounts) > 0 {
+		in.Log.Warn("scratch directory left in place: something is still mounted under it", "dir", root, "mount", mounts[0].Mountpoint)
+		return
 	}
 	if err := os.RemoveAll(root); err != nil {
 		in.Log.Warn("cannot remove the scratch directory", "dir", root, "err", err)
