@@ -2,6 +2,7 @@ package loopfront
 
 import (
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -370,5 +371,54 @@ func TestAWorkersHelloAndGoAwayAreChecked(t *testing.T) {
 	}
 	if err := l.frame(ch, frame.Header{Type: frame.TypeGoAway}, (&message.GoAway{Message: []byte("bye")}).Append(nil)); err != nil || !ch.goingAway {
 		t.Errorf("a GOAWAY: %v, going away %v", err, ch.goingAway)
+	}
+}
+
+// A big answer whose length the app gave goes out with its head in one
+// write as its first DATA comes, straight from the worker's frame: the
+// body is not copied to wait for the head, whether both frames come in
+// one read (32 KiB) or the head is queued at the end of a read and the
+// DATA completes in the next (64 KiB).
+func TestBigBodyWithItsLengthLeavesWithItsHead(t *testing.T) {
+	for _, size := range []int{32 << 10, 64 << 10} {
+		t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
+			l, ch, c, worker := channelWithRequest(t)
+			// The client's socket, with its far end kept for the test to read.
+			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+			delete(l.clients, c.fd)
+			c.fd = fds[0]
+			l.clients[c.fd] = c
+
+			body := []byte(strings.Repeat("0123456789abcdef", size/16))
+			length := strconv.Itoa(2 * size) // half of it now: more to come
+			rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte(length)}}}
+			out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
+			out = appendFrame(out, frame.TypeData, 0, 1, body)
+			if _, err := unix.Write(worker, out); err != nil {
+				t.Fatal(err)
+			}
+			for i := 0; i < 4 && c.req.sent < int64(size); i++ {
+				l.readChannel(ch)
+			}
+			if c.out.len() != 0 {
+				t.Fatalf("%d bytes were queued for the client; the head and body should have gone in one write", c.out.len())
+			}
+			got := make([]byte, 256<<10)
+			n, err := unix.Read(fds[1], got)
+			if err != nil {
+				t.Fatal(err)
+			}
+			head, rest, ok := strings.Cut(string(got[:n]), "\r\n\r\n")
+			if !ok || !strings.HasPrefix(head, "HTTP/1.1 200 OK\r\n") || !strings.Contains(head, "Content-Length: "+length) || strings.Contains(head, "chunked") {
+				t.Fatalf("the client got the head %q", head)
+			}
+			if rest != string(body) {
+				t.Fatalf("the client got %d body bytes after the head, not the %d sent", len(rest), len(body))
+			}
+		})
 	}
 }

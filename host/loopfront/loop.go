@@ -107,6 +107,7 @@ type loop struct {
 	names        []byte               // the lower-case field names of the request being parsed
 	fieldName    []byte               // a response field's name in lower case (takeHead)
 	chunk        [20]byte             // a chunk's size line
+	parts        [][]byte             // a direct write's pieces (writeOut)
 	head         message.RequestHead  // reused for each request
 	response     message.ResponseHead // reused for each response
 	date         []byte

@@ -664,6 +664,13 @@ func (l *loop) body(c *client, p []byte) {
 		p = p[:r.declared-r.sent]
 	}
 	r.sent += int64(len(p))
+	if r.waiting && len(r.pending) == 0 && len(p) >= directWrite && r.declared >= 0 {
+		// A big body whose length the app gave: the head's framing is
+		// known, so it goes now, with the body in one write, instead of
+		// the body being copied to wait for sendHeads.
+		r.chunked = false
+		l.writeHead(c, -1)
+	}
 	if r.waiting {
 		r.pending = append(r.pending, p...)
 	} else {
@@ -703,14 +710,19 @@ func (l *loop) writeOut(c *client, p []byte) {
 	if c.req.chunked {
 		size = append(strconv.AppendUint(l.chunk[:0], uint64(len(p)), 16), "\r\n"...)
 	}
-	if c.out.len() == 0 && len(p) >= directWrite {
-		// Nothing queued: straight from the worker's frame to the
-		// client, without a copy; what the socket does not take now
-		// is queued.
-		parts := [][]byte{p}
+	if c.out.len() < directWrite && len(p) >= directWrite {
+		// Little or nothing queued (a head at most): what waits and the
+		// body go in one write, the body straight from the worker's
+		// frame, without a copy; what the socket does not take now is
+		// queued after what waits of the queue.
+		queued := c.out.len()
+		parts := append(l.parts[:0], c.out.bytes())
 		if size != nil {
-			parts = [][]byte{size, p, []byte("\r\n")}
+			parts = append(parts, size, p, crlf)
+		} else {
+			parts = append(parts, p)
 		}
+		l.parts = parts
 		n, err := unix.Writev(c.fd, parts)
 		if err != nil {
 			n = 0 // flush meets the error again and drops the client
@@ -718,11 +730,15 @@ func (l *loop) writeOut(c *client, p []byte) {
 		if n > 0 {
 			c.since = l.now() // progress, for the send time limit
 		}
-		for _, part := range parts {
+		k := min(n, queued)
+		c.out.consume(k)
+		n -= k
+		for _, part := range parts[1:] {
 			k := min(n, len(part))
 			c.out.write(part[k:])
 			n -= k
 		}
+		clear(l.parts) // (no reference kept to the frame)
 		l.mark(c)
 		return
 	}
@@ -739,6 +755,9 @@ func (l *loop) writeOut(c *client, p []byte) {
 // queued before it: a copy into the output queue costs more than the
 // system call from there on.
 const directWrite = 16 << 10
+
+// crlf ends a chunk.
+var crlf = []byte("\r\n")
 
 // complete ends c's response: the worker's side is done.
 func (l *loop) complete(c *client) {
