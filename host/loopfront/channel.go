@@ -40,8 +40,9 @@ type channel struct {
 	// readingPaused: the side session has a backlog to take before the
 	// loop reads on (channelFrames).
 	readingPaused bool
-	outstanding   int   // streams open on it: the loop's and its side session's
-	side          *side // the net/http front's session, relayed (side.go)
+	outstanding   int           // streams open on it: the loop's and its side session's
+	side          *side         // the net/http front's session, relayed (side.go)
+	shared        *sharedBuffer // big response bodies, on unix channels (shared.go)
 	// lastRecv is when the worker last sent anything (the loop's clock,
 	// l.now); pinged, that a keepalive PING has gone unanswered since
 	// pingedAt (keepalive).
@@ -57,7 +58,7 @@ type group struct {
 
 // addChannel takes a greeted channel into the loop; a newer channel of
 // the same worker (it was restarted) replaces the old one.
-func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int, peer message.Hello) {
+func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int, peer message.Hello, shared *sharedBuffer) {
 	g := l.groups[set]
 	if g == nil {
 		g = &group{byWorker: map[uint32]*channel{}}
@@ -66,13 +67,15 @@ func (l *loop) addChannel(set *dataplane.Set, wc contract.WorkerChannel, fd int,
 	if old := g.byWorker[wc.Worker]; old != nil {
 		if old.wc.Start > wc.Start {
 			unix.Close(fd) // stale
+			shared.close()
 			return
 		}
 		l.goAway(old) // dead or dying: its streams end with it
 	}
-	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, streams: map[uint32]*client{}, next: 1, lastRecv: l.now()}
+	ch := &channel{fd: fd, set: set, wc: wc, peer: peer, shared: shared, streams: map[uint32]*client{}, next: 1, lastRecv: l.now()}
 	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
 		unix.Close(fd)
+		shared.close()
 		l.f.log.Warn("worker channel: not watched", "worker", wc.Worker, "err", err)
 		return
 	}
@@ -151,6 +154,7 @@ func (l *loop) closeChannel(ch *channel, why string) {
 	delete(l.channels, ch.fd)
 	unix.Close(ch.fd)
 	ch.fd = -1
+	ch.shared.close()
 	if g := l.groups[ch.set]; g != nil && g.byWorker[ch.wc.Worker] == ch {
 		delete(g.byWorker, ch.wc.Worker)
 	}
@@ -237,6 +241,15 @@ func (l *loop) channelFrames(ch *channel) {
 			break
 		}
 		raw := p[:frame.HeaderSize+int(fh.Length)]
+		if fh.Type == frame.TypeDataShared {
+			if err := l.sharedFrame(ch, fh, raw[frame.HeaderSize:]); err != nil {
+				l.f.log.Warn("worker channel: protocol error; closed", "worker", ch.wc.Worker, "err", err)
+				l.closeChannel(ch, "the worker broke the protocol")
+				return
+			}
+			p = p[len(raw):]
+			continue
+		}
 		if fh.Type != frame.TypeRequest && !fh.Type.ConnectionLevel() && l.workerToSide(ch, fh, raw) {
 			p = p[len(raw):]
 			continue
@@ -252,6 +265,28 @@ func (l *loop) channelFrames(ch *channel) {
 		ch.in.consume(ch.in.len() - len(p))
 	}
 	l.sendHeads()
+}
+
+// sharedFrame handles a DATA_SHARED frame: the body bytes it names in
+// the shared buffer are handled as a DATA frame's payload (written to
+// the client, or copied into its queue, or relayed to the side session
+// as a DATA frame), then released to the worker.
+func (l *loop) sharedFrame(ch *channel, fh frame.Header, payload []byte) error {
+	if ch.shared == nil {
+		return errors.New("DATA_SHARED on a channel without a shared buffer")
+	}
+	body, end, err := ch.shared.take(payload)
+	if err != nil {
+		return err
+	}
+	defer ch.shared.release(end)
+	data := frame.Header{Type: frame.TypeData, Flags: fh.Flags, StreamID: fh.StreamID, Length: uint32(len(body))}
+	if ch.side != nil && ch.side.streams[fh.StreamID] != nil {
+		raw := frame.AppendHeader(make([]byte, 0, frame.HeaderSize+len(body)), data)
+		l.workerToSide(ch, data, append(raw, body...))
+		return nil
+	}
+	return l.frame(ch, data, body)
 }
 
 // frame handles one frame from a worker; an error is a connection error
@@ -437,13 +472,20 @@ func (l *loop) rewatch(ch *channel) bool {
 	return true
 }
 
-// handshake sends the host's HELLO on a blocking descriptor and reads the
-// worker's, which must be the first frame (SPEC.md §3.1), all of it by
-// deadline.
-func handshake(fd int, agent string, deadline time.Time) (message.Hello, error) {
+// handshake sends the host's HELLO on a blocking descriptor, with
+// sharedFd unless it is -1, and reads the worker's, which must be the
+// first frame (SPEC.md §3.1), all of it by deadline.
+func handshake(fd int, agent string, deadline time.Time, sharedFd int) (message.Hello, error) {
 	ours := message.Hello{Version: 1, Role: 1, MaxFrameSize: maxFrameSize, InitialWindow: initialWindow, MaxStreams: 1, Agent: []byte(agent)}
-	if _, err := unix.Write(fd, appendFrame(nil, frame.TypeHello, 0, 0, ours.Append(nil))); err != nil {
-		return message.Hello{}, fmt.Errorf("sending HELLO: %w", err)
+	hello := appendFrame(nil, frame.TypeHello, 0, 0, ours.Append(nil))
+	var rights []byte
+	if sharedFd >= 0 {
+		rights = unix.UnixRights(sharedFd)
+	}
+	// The shared buffer's descriptor, if any, goes with the HELLO's bytes
+	// (SPEC.md §11.1).
+	if n, err := unix.SendmsgN(fd, hello, rights, nil, 0); err != nil || n != len(hello) {
+		return message.Hello{}, fmt.Errorf("sending HELLO: %d of %d bytes written: %v", n, len(hello), err)
 	}
 	h, payload, err := frame.NewReader(&readerOf{fd: fd, deadline: deadline}, maxFrameSize).ReadFrame()
 	if err != nil {

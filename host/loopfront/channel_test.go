@@ -277,7 +277,7 @@ func TestAHelloDribbledAByteAtATimeEndsAtTheDeadline(t *testing.T) {
 		}
 	}()
 	done := make(chan error, 1)
-	go func() { _, err := handshake(loopEnd, "test", time.Now().Add(time.Second)); done <- err }()
+	go func() { _, err := handshake(loopEnd, "test", time.Now().Add(time.Second), -1); done <- err }()
 	select {
 	case err := <-done:
 		if err == nil {
@@ -359,7 +359,7 @@ func TestAWorkersHelloAndGoAwayAreChecked(t *testing.T) {
 		if _, err := unix.Write(worker, appendFrame(nil, frame.TypeHello, 0, 0, h.Append(nil))); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := handshake(loopEnd, "test", time.Now().Add(5*time.Second)); err == nil {
+		if _, err := handshake(loopEnd, "test", time.Now().Add(5*time.Second), -1); err == nil {
 			t.Errorf("HELLO %+v taken", h)
 		}
 		unix.Close(loopEnd)

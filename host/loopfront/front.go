@@ -201,7 +201,7 @@ func (f *Front) Adopt(set *dataplane.Set, ch contract.WorkerChannel, conn *os.Fi
 	}
 	go func() {
 		log := f.log.With("worker", ch.Worker, "start", ch.Start)
-		fd, peer, err := greet(conn, f.opt.Agent)
+		fd, peer, shared, err := greet(conn, f.opt.Agent, log)
 		if err != nil {
 			log.Warn("worker channel: no HELLO from the worker", "err", err)
 			return
@@ -210,12 +210,13 @@ func (f *Front) Adopt(set *dataplane.Set, ch contract.WorkerChannel, conn *os.Fi
 		live := f.sets[set] && !f.stopped
 		if live {
 			// Queued under mu: a Forget of set comes after it.
-			f.commands = append(f.commands, func(l *loop) { l.addChannel(set, ch, fd, peer) })
+			f.commands = append(f.commands, func(l *loop) { l.addChannel(set, ch, fd, peer, shared) })
 			f.wakeLocked()
 		}
 		f.mu.Unlock()
 		if !live {
 			unix.Close(fd)
+			shared.close()
 			return
 		}
 		log.Debug("worker channel adopted by the event loop")
@@ -257,34 +258,51 @@ func (f *Front) setLive(set *dataplane.Set, n int) {
 
 // greet sends the host's HELLO on a worker channel and reads the
 // worker's, blocking with a time limit; it returns the channel's
-// descriptor, non-blocking, for the loop.
-func greet(conn *os.File, agent string) (int, message.Hello, error) {
+// descriptor, non-blocking, for the loop, and the channel's shared body
+// buffer if it has one (nil if not).
+func greet(conn *os.File, agent string, log *slog.Logger) (int, message.Hello, *sharedBuffer, error) {
 	fd, err := unix.Dup(int(conn.Fd()))
 	conn.Close()
 	if err != nil {
-		return -1, message.Hello{}, err
+		return -1, message.Hello{}, nil, err
 	}
 	unix.CloseOnExec(fd)
+	var shared *sharedBuffer
 	ok := false
 	defer func() {
 		if !ok {
 			unix.Close(fd)
+			shared.close()
 		}
 	}()
 	if err := unix.SetNonblock(fd, false); err != nil {
-		return -1, message.Hello{}, err
+		return -1, message.Hello{}, nil, err
 	}
 	tv := unix.NsecToTimeval(int64(dataplane.HandshakeTimeout / time.Nanosecond))
 	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return -1, message.Hello{}, err
+		return -1, message.Hello{}, nil, err
 	}
-	peer, err := handshake(fd, agent, time.Now().Add(dataplane.HandshakeTimeout))
+	// A unix channel (the sandbox) gets a shared body buffer, sent with
+	// the HELLO; a worker that does not take it closes it unread.
+	sharedFd := -1
+	if sa, err := unix.Getsockname(fd); err == nil {
+		if _, isUnix := sa.(*unix.SockaddrUnix); isUnix {
+			if shared, sharedFd, err = newSharedBuffer(); err != nil {
+				// The channel works without it: bodies go in DATA frames.
+				log.Warn("worker channel: no shared body buffer", "err", err)
+				shared, sharedFd = nil, -1
+			} else {
+				defer unix.Close(sharedFd)
+			}
+		}
+	}
+	peer, err := handshake(fd, agent, time.Now().Add(dataplane.HandshakeTimeout), sharedFd)
 	if err != nil {
-		return -1, message.Hello{}, err
+		return -1, message.Hello{}, nil, err
 	}
 	if err := unix.SetNonblock(fd, true); err != nil {
-		return -1, message.Hello{}, err
+		return -1, message.Hello{}, nil, err
 	}
 	ok = true
-	return fd, peer, nil
+	return fd, peer, shared, nil
 }

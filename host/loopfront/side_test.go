@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"strconv"
@@ -57,11 +58,11 @@ func newSideRigWith(t *testing.T, maxStreams uint32, handler func(*mux.Stream), 
 	}
 	r.worker = mux.Server(wconn, mux.Config{MaxStreams: maxStreams, Handler: handler})
 	t.Cleanup(func() { r.worker.Close() })
-	fd, peer, err := greet(os.NewFile(uintptr(loopEnd), "channel"), "test")
+	fd, peer, shared, err := greet(os.NewFile(uintptr(loopEnd), "channel"), "test", slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}
-	r.ch = &channel{fd: fd, streams: map[uint32]*client{}, next: 101, peer: peer}
+	r.ch = &channel{fd: fd, streams: map[uint32]*client{}, next: 101, peer: peer, shared: shared}
 	l.channels[fd] = r.ch
 	if err := l.watch(unix.EPOLL_CTL_ADD, fd, true, false); err != nil {
 		t.Fatal(err)

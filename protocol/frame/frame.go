@@ -47,13 +47,14 @@ const (
 	TypeWindowUpdate Type = 0x15
 	TypeWSMessage    Type = 0x16
 	TypeWSClose      Type = 0x17
+	TypeDataShared   Type = 0x18
 )
 
 var typeNames = map[Type]string{
 	TypeHello: "HELLO", TypePing: "PING", TypeGoAway: "GOAWAY", TypeConfig: "CONFIG",
 	TypeConfigResult: "CONFIG_RESULT", TypeLog: "LOG", TypeRequest: "REQUEST",
 	TypeResponse: "RESPONSE", TypeData: "DATA", TypeEnd: "END", TypeReset: "RESET",
-	TypeWindowUpdate: "WINDOW_UPDATE", TypeWSMessage: "WS_MESSAGE", TypeWSClose: "WS_CLOSE",
+	TypeWindowUpdate: "WINDOW_UPDATE", TypeWSMessage: "WS_MESSAGE", TypeWSClose: "WS_CLOSE", TypeDataShared: "DATA_SHARED",
 }
 
 func (t Type) String() string {
@@ -95,7 +96,7 @@ var validFlags = map[Type]Flags{
 	TypeHello: 0, TypePing: FlagAck, TypeGoAway: 0, TypeConfig: 0, TypeConfigResult: 0, TypeLog: 0,
 	TypeRequest: FlagFin, TypeResponse: FlagFin, TypeData: FlagFin | FlagCompressed,
 	TypeEnd: FlagFin, TypeReset: 0, TypeWindowUpdate: 0,
-	TypeWSMessage: FlagText | FlagMore | FlagCompressed, TypeWSClose: FlagFin,
+	TypeWSMessage: FlagText | FlagMore | FlagCompressed, TypeWSClose: FlagFin, TypeDataShared: FlagFin,
 }
 
 // Header is a decoded frame header.

@@ -60,6 +60,10 @@ func TestHostilePeerConnectionErrors(t *testing.T) {
 			p.hello(1 << 16)
 			p.send(frame.Header{Type: frame.TypePing, Flags: frame.FlagFin}, make([]byte, 8))
 		}, frame.CodeProtocol},
+		{"body in a shared buffer never given", func(p *rawPeer) {
+			p.hello(1 << 16)
+			p.send(frame.Header{Type: frame.TypeDataShared, StreamID: 1}, make([]byte, 12))
+		}, frame.CodeProtocol},
 		{"malformed goaway", func(p *rawPeer) { p.hello(1 << 16); p.send(frame.Header{Type: frame.TypeGoAway}, []byte{0xff}) }, frame.CodeProtocol},
 	}
 	for _, c := range cases {

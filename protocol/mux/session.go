@@ -722,6 +722,10 @@ func (s *Session) handleFrame(h frame.Header, p []byte) *frame.Error {
 		return nil
 	case frame.TypeRequest:
 		return s.handleRequest(h, p)
+	case frame.TypeDataShared:
+		// Only a host that sent a shared buffer takes it (SPEC.md §11.1);
+		// a session never sends one.
+		return frame.Errorf(frame.CodeProtocol, "DATA_SHARED, but no shared buffer was given")
 	}
 	s.mu.Lock()
 	st := s.streams[h.StreamID]

@@ -936,6 +936,115 @@ class AnAnswerAlone(OverARealSocket):
         self.assertEqual(self.answers_on_the_socket_when_sent(2), [False, False])
 
 
+class SharedBody(SessionCase):
+    """A big answer through the host's shared buffer (SPEC.md 11.1): the
+    bytes are copied into it and DATA_SHARED frames name them; what does
+    not fit goes in DATA frames, and nothing waits for room."""
+
+    def setUp(self):
+        super().setUp()
+        fd = os.memfd_create("test-shared")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, worker.SHARED_HEADER + (512 << 10))  # a 512 KiB ring
+        self.session.shared = worker.SharedBuffer(fd)
+        self.mem = self.session.shared.mem
+        self.turn()
+        self.session.peer_max_frame = 256 << 10  # as the host announces on a data channel
+        self.transport.data.clear()
+
+    def release(self, pos):
+        worker.SHARED_RELEASED.pack_into(self.mem, 0, pos)
+
+    def answer(self, sid, body):
+        async def app(scope, receive, send):
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": body})
+
+        self.session.app = app
+        self.session.data_received(worker.frame(worker.REQUEST, worker.FIN, sid, worker.encode("request", {"path": b"/"})))
+        self.turn()
+
+    def body_of(self, sid):
+        """The body the host gets on stream sid, and its frame types."""
+        body, kinds = b"", []
+        for t, fl, s, payload in self.transport.frames():
+            if s != sid or t not in (worker.DATA, worker.DATA_SHARED):
+                continue
+            kinds.append(t)
+            if t == worker.DATA_SHARED:
+                pos, n = worker.SHARED_REF.unpack(payload)
+                off = pos % (512 << 10)
+                body += self.mem[worker.SHARED_HEADER + off:worker.SHARED_HEADER + off + n]
+            else:
+                body += payload
+        return body, kinds
+
+    def test_a_big_body_goes_through_the_buffer_and_a_small_one_inline(self):
+        big = bytes(range(256)) * 800  # 200 KiB
+        self.answer(1, big)
+        self.answer(3, b"small")
+        self.assertEqual(self.body_of(1), (big, [worker.DATA_SHARED]))
+        self.assertEqual(self.body_of(3), (b"small", [worker.DATA]))
+
+    def test_a_full_buffer_falls_back_to_data_frames_and_wraps_once_released(self):
+        first, second = b"a" * (200 << 10), b"b" * (200 << 10)
+        self.answer(1, first)
+        self.answer(3, second)
+        self.answer(5, b"c" * (200 << 10))  # 600 KiB in a 512 KiB ring, nothing released
+        self.assertEqual(self.body_of(1), (first, [worker.DATA_SHARED]))
+        self.assertEqual(self.body_of(3), (second, [worker.DATA_SHARED]))
+        self.assertEqual(self.body_of(5)[1][0], worker.DATA)
+        self.assertEqual(self.body_of(5)[0], b"c" * (200 << 10))
+        # The host releases the first: the next piece does not fit before
+        # the ring's end (112 KiB left there), so it starts at its start.
+        self.release(200 << 10)
+        self.transport.data.clear()
+        fourth = b"d" * (150 << 10)
+        self.answer(7, fourth)
+        (t, _, _, payload), = [f for f in self.transport.frames() if f[2] == 7 and f[0] in (worker.DATA, worker.DATA_SHARED)]
+        self.assertEqual(t, worker.DATA_SHARED)
+        self.assertEqual(worker.SHARED_REF.unpack(payload), (512 << 10, 150 << 10))
+        self.assertEqual(self.body_of(7)[0], fourth)
+
+
+class SharedBufferFromTheHost(unittest.TestCase):
+    """The worker takes the buffer's descriptor sent with the host's HELLO,
+    without taking the HELLO's bytes, and works without one."""
+
+    def take(self, send):
+        a, b = socket.socketpair()
+        self.addCleanup(a.close)
+        self.addCleanup(b.close)
+        send(a)
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        shared = loop.run_until_complete(worker.take_shared(b))
+        b.setblocking(True)
+        return shared, b.recv(len(HOST_HELLO))
+
+    def test_a_descriptor_with_the_hello(self):
+        fd = os.memfd_create("test-shared")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, 1 << 20)
+        shared, hello = self.take(lambda a: a.sendmsg([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]))
+        self.assertIsNotNone(shared)
+        self.assertEqual(shared.size, (1 << 20) - worker.SHARED_HEADER)
+        self.assertEqual(hello, HOST_HELLO)
+
+    def test_no_descriptor(self):
+        shared, hello = self.take(lambda a: a.sendall(HOST_HELLO))
+        self.assertIsNone(shared)
+        self.assertEqual(hello, HOST_HELLO)
+
+    def test_a_buffer_too_small_is_not_used(self):
+        fd = os.memfd_create("test-shared")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, 4096)
+        shared, hello = self.take(lambda a: a.sendmsg([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]))
+        self.assertIsNone(shared)
+        self.assertEqual(hello, HOST_HELLO)
+
+
 class HeapThresholds(unittest.TestCase):
     """tune_malloc sets glibc's two thresholds unless the program's own
     GLIBC_TUNABLES does (TestUploadsReuseTheWorkersMemory, in Go, measures

@@ -33,6 +33,7 @@ import asyncio
 import importlib
 import inspect
 import json
+import mmap
 import os
 import signal
 import socket
@@ -47,6 +48,7 @@ PROTOCOL_VERSION = 1
 # Frame types (SPEC.md section 2.1).
 HELLO, PING, GOAWAY, CONFIG, CONFIG_RESULT, LOG = 0x01, 0x02, 0x03, 0x04, 0x05, 0x06
 REQUEST, RESPONSE, DATA, END, RESET, WINDOW_UPDATE, WS_MESSAGE, WS_CLOSE = range(0x10, 0x18)
+DATA_SHARED = 0x18
 TYPE_NAMES = {
     HELLO: "HELLO", PING: "PING", GOAWAY: "GOAWAY", CONFIG: "CONFIG",
     CONFIG_RESULT: "CONFIG_RESULT", LOG: "LOG", REQUEST: "REQUEST",
@@ -96,6 +98,14 @@ MY_MAX_STREAMS = 1024
 RECV_BUFFER = 256 << 10
 # The send buffer asked for on the data channel (widen_send_buffer).
 SEND_BUFFER = 1 << 20
+# A response body piece of SHARED_MIN bytes or more goes through the host's
+# shared buffer where there is one (SharedBuffer; SPEC.md 11.1).
+SHARED_MIN = 64 << 10
+SHARED_MAX = 64 << 20
+SHARED_HEADER = 64
+SHARED_RELEASED = struct.Struct("=Q")
+SHARED_REF = struct.Struct(">QI")  # a DATA_SHARED payload: position, length
+HELLO_TIMEOUT = 10  # seconds the host has to send its HELLO on a data channel
 # Linux's SO_SNDBUFFORCE, which the socket module does not name.
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 assert HEADER_SIZE + MY_MAX_FRAME <= RECV_BUFFER
@@ -712,7 +722,8 @@ class Stream:
             body = message.get("body", b"")
             head = self.pending_head
             if (not more and head is not None and body.__class__ is bytes
-                    and len(body) <= self.send_window and len(body) <= self.session.peer_max_frame):
+                    and len(body) <= self.send_window and len(body) <= self.session.peer_max_frame
+                    and (len(body) < SHARED_MIN or self.session.shared is None)):
                 # The common answer, a head and one body that fits: both
                 # frames in one piece, the way send_body would send them.
                 self.pending_head = None
@@ -757,7 +768,9 @@ class Stream:
 
     async def send_body(self, body, fin):
         """Sends body as DATA frames within the peer's window and frame size,
-        the pending head (if any) in the same write as the first frame."""
+        the pending head (if any) in the same write as the first frame;
+        pieces of SHARED_MIN bytes or more through the host's shared
+        buffer (DATA_SHARED) where there is one and it has room."""
         if body.__class__ is not bytes:
             # A bytearray (or other buffer) the app may change once send
             # returns: the frames must not point into it.
@@ -783,6 +796,18 @@ class Stream:
                 continue
             last = fin and n == len(view)
             self.send_window -= n
+            shared = self.session.shared
+            pos = shared.put(view[:n]) if shared is not None and n >= SHARED_MIN else None
+            if pos is not None:
+                # Copied into the host's shared buffer: the frame names
+                # the bytes instead of carrying them (SPEC.md 11.1).
+                self.session.write(self.take_head() + HEADER.pack(DATA_SHARED, FIN if last else 0, self.id, SHARED_REF.size)
+                                   + SHARED_REF.pack(pos, n))
+                view = view[n:]
+                if last:
+                    self.local_fin = True
+                    break
+                continue
             # The payload goes out as a view of the app's bytes: no copy
             # here, one vectored write in flush.
             self.session.write_payload(self.take_head() + HEADER.pack(DATA, FIN if last else 0, self.id, n), view[:n])
@@ -1081,8 +1106,9 @@ class Worker:
 
 
 class Session(asyncio.BufferedProtocol):
-    def __init__(self, worker_done, worker=None, data=False):
+    def __init__(self, worker_done, worker=None, data=False, shared=None):
         self.worker = worker if worker is not None else Worker(worker_done)
+        self.shared = shared      # SharedBuffer from the host, or None
         self.worker.sessions.append(self)
         self.data = data  # a data channel: streams only, no CONFIG, its loss is not the worker's end
         self.loop = asyncio.get_event_loop()
@@ -1724,6 +1750,73 @@ def widen_send_buffer(sock):
             pass
 
 
+class SharedBuffer:
+    """The host's shared body buffer on a data channel (SPEC.md 11.1): a
+    memory the host maps too, where the worker copies a big response body
+    and sends a DATA_SHARED frame naming the bytes, instead of a DATA
+    frame carrying them through the socket. Its first SHARED_HEADER bytes
+    are the host's: the position up to which it has taken what it was
+    given (8 bytes, native byte order); the rest is a ring that positions
+    wrap around. A body that does not fit in what is free goes in DATA
+    frames as before: the worker never waits for room."""
+
+    def __init__(self, fd):
+        size = os.fstat(fd).st_size
+        if not SHARED_HEADER + SHARED_MIN <= size <= SHARED_MAX:
+            raise ValueError("a shared buffer of %d bytes" % size)
+        self.mem = mmap.mmap(fd, size)
+        self.size = size - SHARED_HEADER
+        self.produced = 0  # the position after the last bytes put
+
+    def put(self, data):
+        """Copies data into the ring and returns its position, or None
+        if the ring has no room for it in one piece."""
+        n = len(data)
+        released = SHARED_RELEASED.unpack_from(self.mem, 0)[0]
+        pos = self.produced
+        off = pos % self.size
+        if off + n > self.size:  # it would wrap: it goes at the start
+            pos += self.size - off
+            off = 0
+        if pos + n - released > self.size:
+            return None
+        self.mem[SHARED_HEADER + off:SHARED_HEADER + off + n] = data
+        self.produced = pos + n
+        return pos
+
+
+async def take_shared(sock):
+    """Looks at the host's first bytes on a data channel, without taking
+    them, for the shared buffer's descriptor sent with its HELLO; returns
+    a SharedBuffer or None (no descriptor: another transport, or a host
+    that has none)."""
+    loop = asyncio.get_event_loop()
+    ready = loop.create_future()
+    loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
+    try:
+        await asyncio.wait_for(ready, HELLO_TIMEOUT)
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(4 * 4), socket.MSG_PEEK)
+    except (OSError, asyncio.TimeoutError):
+        return None  # (the session meets the same silence, or error)
+    finally:
+        loop.remove_reader(sock.fileno())
+    fds = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(struct.unpack("%di" % (len(data) // 4), data[:len(data) - len(data) % 4]))
+    shared = None
+    try:
+        if len(fds) == 1:
+            shared = SharedBuffer(fds[0])
+    except (OSError, ValueError) as e:
+        print("ferry worker: the host's shared buffer is unusable (%s); bodies go in DATA frames" % e,
+              file=sys.stderr, flush=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    return shared
+
+
 async def serve(fd, data_fd=None):
     loop = asyncio.get_event_loop()
     sock = socket.socket(fileno=fd)
@@ -1740,8 +1833,9 @@ async def serve(fd, data_fd=None):
     if data_fd is not None:
         data = socket.socket(fileno=data_fd)
         data.setblocking(False)
+        shared = await take_shared(data)
         widen_send_buffer(data)
-        await loop.connect_accepted_socket(lambda: Session(done, worker=session.worker, data=True), data)
+        await loop.connect_accepted_socket(lambda: Session(done, worker=session.worker, data=True, shared=shared), data)
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, lambda s=sig: loop.create_task(session.shutdown("signal %d" % s)))

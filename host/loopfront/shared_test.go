@@ -1,0 +1,161 @@
+package loopfront
+
+import (
+	"encoding/binary"
+	"math"
+	"strings"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ferry-vm/ferry/host/front"
+	"github.com/ferry-vm/ferry/host/lifecycle"
+	"github.com/ferry-vm/ferry/protocol/frame"
+	"github.com/ferry-vm/ferry/protocol/message"
+)
+
+// sharedRef is a DATA_SHARED payload.
+func sharedRef(pos uint64, n uint32) []byte {
+	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, pos), n)
+}
+
+// newTestShared is a shared buffer and the worker's own mapping of it.
+func newTestShared(t *testing.T) (*sharedBuffer, []byte, int) {
+	t.Helper()
+	b, fd, err := newSharedBuffer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.close(); unix.Close(fd) })
+	mem, err := unix.Mmap(fd, 0, sharedSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Munmap(mem) })
+	return b, mem, fd
+}
+
+// The worker holds the buffer's descriptor and may do what it likes with
+// it: it cannot change its size, which would make the loop's reads fault.
+func TestSharedBufferIsSealed(t *testing.T) {
+	_, _, fd := newTestShared(t)
+	for _, size := range []int64{0, sharedSize / 2, 2 * sharedSize} {
+		if err := unix.Ftruncate(fd, size); err == nil {
+			t.Errorf("the worker could resize the shared buffer to %d bytes", size)
+		}
+	}
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_ADD_SEALS, unix.F_SEAL_WRITE); err == nil {
+		t.Error("the worker could add a seal (F_SEAL_SEAL missing)")
+	}
+}
+
+// What a DATA_SHARED frame names is checked against the loop's own record
+// of what it released, never against what the worker wrote in the buffer.
+func TestSharedBufferRefusesReferencesOutsideIt(t *testing.T) {
+	b, mem, _ := newTestShared(t)
+	// The worker writes its own idea of the released position: ignored.
+	binary.NativeEndian.PutUint64(mem, math.MaxUint64/2)
+	if _, _, err := b.take(sharedRef(0, 1000)); err != nil {
+		t.Fatalf("a valid reference was refused: %v", err)
+	}
+	b.release(1000)
+	if got := binary.NativeEndian.Uint64(mem); got != 1000 {
+		t.Fatalf("the worker sees the released position %d, not 1000", got)
+	}
+	bad := map[string][]byte{
+		"a short payload":                  sharedRef(1000, 10)[:11],
+		"a long payload":                   append(sharedRef(1000, 10), 0),
+		"no bytes":                         sharedRef(1000, 0),
+		"more than a frame":                sharedRef(1000, maxFrameSize+1),
+		"before what was released":         sharedRef(999, 10),
+		"across the ring's end":            sharedRef(sharedData-10, 20),
+		"more than the ring ahead":         sharedRef(1000+sharedData, 10),
+		"a position that overflows":        sharedRef(math.MaxUint64-5, 10),
+		"past the end of the whole buffer": sharedRef(sharedSize, maxFrameSize),
+	}
+	for what, payload := range bad {
+		if p, _, err := b.take(payload); err == nil {
+			t.Errorf("%s: taken (%d bytes)", what, len(p))
+		}
+	}
+	// The ring wraps: a piece may start again at its beginning.
+	b.release(sharedData - 100)
+	p, end, err := b.take(sharedRef(sharedData, 5000))
+	if err != nil || len(p) != 5000 || &p[0] != &b.mem[sharedHeader] || end != sharedData+5000 {
+		t.Fatalf("a piece at the ring's start after a wrap: %d bytes, end %d, %v", len(p), end, err)
+	}
+}
+
+// A worker answers a big body through the shared buffer: the client gets
+// the bytes the worker put there, and the worker sees them released.
+// A reference outside the buffer closes the channel (a protocol error).
+func TestSharedBodyReachesTheClient(t *testing.T) {
+	l, ch, c, worker := channelWithRequest(t)
+	shared, mem, _ := newTestShared(t)
+	ch.shared = shared
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	delete(l.clients, c.fd)
+	c.fd = fds[0]
+	l.clients[c.fd] = c
+
+	body := strings.Repeat("shared body. ", 10<<10) // 130 KiB
+	copy(mem[sharedHeader+4096:], body)
+	rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte("133120")}}}
+	out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
+	out = appendFrame(out, frame.TypeDataShared, 0, 1, sharedRef(4096, uint32(len(body))))
+	if _, err := unix.Write(worker, out); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	l.flush()
+	if ch.fd < 0 {
+		t.Fatal("the channel was closed")
+	}
+	if got := binary.NativeEndian.Uint64(mem); got != 4096+uint64(len(body)) {
+		t.Fatalf("the worker sees the released position %d, not %d", got, 4096+len(body))
+	}
+	var got []byte
+	buf := make([]byte, 256<<10)
+	for len(got) < len(body) {
+		n, err := unix.Read(fds[1], buf)
+		if err != nil || n == 0 {
+			t.Fatalf("reading the answer: %v after %d bytes", err, len(got))
+		}
+		got = append(got, buf[:n]...)
+		l.flush()
+	}
+	_, rest, _ := strings.Cut(string(got), "\r\n\r\n")
+	if rest != body[:len(rest)] || len(rest) == 0 {
+		t.Fatalf("the client got %q... after the head", rest[:min(len(rest), 40)])
+	}
+
+	// The next one names bytes already released: refused, the channel closed.
+	c.req.inst, l.f.router = &lifecycle.Instance{}, &front.Router{}
+	c2 := &client{fd: -1, req: &request{stream: 3, on: ch, window: 256 << 10, declared: -1, gotHead: true, inst: &lifecycle.Instance{}}}
+	ch.streams[3], ch.next = c2, 5
+	if _, err := unix.Write(worker, appendFrame(nil, frame.TypeDataShared, 0, 3, sharedRef(0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	if ch.fd >= 0 {
+		t.Fatal("a DATA_SHARED naming released bytes left the channel open")
+	}
+}
+
+// A worker that sends DATA_SHARED on a channel with no shared buffer (a
+// transport that cannot pass one) breaks the protocol.
+func TestSharedFrameWithoutABufferClosesTheChannel(t *testing.T) {
+	l, ch, c, worker := channelWithRequest(t)
+	c.req.gotHead, c.req.inst, l.f.router = true, &lifecycle.Instance{}, &front.Router{}
+	if _, err := unix.Write(worker, appendFrame(nil, frame.TypeDataShared, 0, 1, sharedRef(0, 100))); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	if ch.fd >= 0 {
+		t.Fatal("DATA_SHARED without a shared buffer left the channel open")
+	}
+}
