@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -17,8 +18,10 @@ import (
 // dataPlaneApp is a plain ASGI app whose answers say which worker
 // (process) served them: /pid; /hold waits until /release (every worker
 // sees the VM's /tmp) and counts itself in /held; /die kills its worker
-// in the middle of answering; /stream sends five chunks; /ws echoes.
+// in the middle of answering; /stream sends five chunks; /big sends
+// dataPlaneBig in three pieces; /ws echoes.
 const dataPlaneApp = `import asyncio, os, signal, uuid
+BIG = bytes((i * 7 + i // 251) % 256 for i in range(1005 << 10))
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
@@ -47,6 +50,14 @@ async def app(scope, receive, send):
     elif path == "/die":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         os.kill(os.getpid(), signal.SIGKILL)
+    if path == "/big":  # 1005 KiB in three pieces: two big, one small
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+        at = 0
+        for size in (300 << 10, 5 << 10, 700 << 10):
+            await send({"type": "http.response.body", "body": BIG[at:at + size], "more_body": True})
+            at += size
+        await send({"type": "http.response.body", "body": b""})
+        return
     if path == "/stream":
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
         for i in range(5):
@@ -128,6 +139,15 @@ func get(url string) (int, string) {
 		return 0, err.Error()
 	}
 	return resp.StatusCode, string(b)
+}
+
+// dataPlaneBig is the body of dataPlaneApp's /big.
+func dataPlaneBig() []byte {
+	b := make([]byte, 1005<<10)
+	for i := range b {
+		b[i] = byte((i*7 + i/251) % 256)
+	}
+	return b
 }
 
 // getAll fetches url n times at once and returns the bodies of the
@@ -212,6 +232,36 @@ func testDataPlaneServesWorkersDirectly(t *testing.T, front string) {
 	}
 	t.Logf("init's CPU during %d requests: %d ticks", rounds*width, cpuTicks(t, init.pid)-initCPU)
 
+	// A big answer in pieces, the big ones through the shared body buffer
+	// under the loop front (SPEC.md §11.1): served by the loop, and by
+	// net/http (a TE field is not the loop's) through its side session.
+	// Each worker took the buffer the loop sent it; net/http sends none.
+	want := dataPlaneBig()
+	for _, te := range []string{"", "trailers"} {
+		req, _ := http.NewRequest("GET", url+"/big", nil)
+		if te != "" {
+			req.Header.Set("TE", te)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || !bytes.Equal(got, want) {
+			t.Fatalf("/big (TE %q): %d, %d bytes (want %d), equal %v, %v", te, resp.StatusCode, len(got), len(want), bytes.Equal(got, want), err)
+		}
+	}
+	for _, w := range workers {
+		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", w.pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has := strings.Contains(string(maps), "memfd:ferry-shared-body"); has != (front == "loop") {
+			t.Errorf("worker %d maps the shared body buffer: %v, under the %s front", w.pid, has, front)
+		}
+	}
+
 	// A streamed response, chunk by chunk.
 	if s, body := get(url + "/stream"); s != 200 || body != "chunk 0\nchunk 1\nchunk 2\nchunk 3\nchunk 4\n" {
 		t.Fatalf("stream: %d %q", s, body)
@@ -226,7 +276,7 @@ func testDataPlaneServesWorkersDirectly(t *testing.T, front string) {
 	// Under both fronts: the loop serves the plain requests itself and
 	// relays the stream and the websocket, which net/http serves, on
 	// the workers' channels (its side sessions).
-	direct, viaInit := int64(rounds*width+2), int64(0)
+	direct, viaInit := int64(rounds*width+4), int64(0) // (the two /big, /stream and /ws)
 	if n := after.Direct - before.Direct; n != direct {
 		t.Errorf("%d requests went to the workers directly, want %d (%+v -> %+v)", n, direct, before, after)
 	}

@@ -2,6 +2,7 @@ package loopfront
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math"
 	"sync/atomic"
@@ -39,6 +40,13 @@ const (
 // changes them while they are written only spoils its own answer. The
 // memfd is sealed against shrinking and growing, so that the loop's
 // mapping can never fault.
+//
+// Memory: a page of the buffer is charged to the process that first
+// touches it, the worker as it writes a body. A worker that names bytes
+// it never wrote makes the loop fault those pages in, charged to the
+// agent: at most sharedSize per channel, as the channel's queues are
+// bounded. Pages once written stay until the channel ends (up to
+// sharedSize per worker, like a heap that keeps its buffers).
 type sharedBuffer struct {
 	mem      []byte
 	released uint64 // the loop's own record; stored to the control area for the worker
@@ -76,6 +84,9 @@ func newSharedBuffer() (*sharedBuffer, int, error) {
 // the bytes it names and the position that releases them. An error is a
 // connection error: the worker broke the protocol.
 func (b *sharedBuffer) take(payload []byte) ([]byte, uint64, error) {
+	if b.mem == nil {
+		return nil, 0, errors.New("DATA_SHARED after the shared buffer was closed")
+	}
 	if len(payload) != sharedRefSize {
 		return nil, 0, fmt.Errorf("DATA_SHARED payload of %d bytes, not %d", len(payload), sharedRefSize)
 	}
@@ -95,6 +106,9 @@ func (b *sharedBuffer) take(payload []byte) ([]byte, uint64, error) {
 
 // release tells the worker that everything before end may be reused.
 func (b *sharedBuffer) release(end uint64) {
+	if b.mem == nil {
+		return // closed meanwhile: the worker is gone with its channel
+	}
 	b.released = end
 	atomic.StoreUint64((*uint64)(unsafe.Pointer(&b.mem[0])), end)
 }

@@ -10,6 +10,7 @@ import os
 import socket
 import struct
 import sys
+import threading
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -1029,6 +1030,20 @@ class SharedBufferFromTheHost(unittest.TestCase):
         shared, hello = self.take(lambda a: a.sendmsg([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]))
         self.assertIsNotNone(shared)
         self.assertEqual(shared.size, (1 << 20) - worker.SHARED_HEADER)
+        self.assertEqual(hello, HOST_HELLO)
+
+    def test_a_descriptor_that_comes_late(self):
+        # The host gets the channel only once the worker has answered its
+        # CONFIG (an app may take minutes to import): no time limit.
+        fd = os.memfd_create("test-shared")
+        self.addCleanup(os.close, fd)
+        os.ftruncate(fd, 1 << 20)
+
+        def later(a):
+            threading.Timer(0.3, a.sendmsg, ([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])).start()
+
+        shared, hello = self.take(later)
+        self.assertIsNotNone(shared)
         self.assertEqual(hello, HOST_HELLO)
 
     def test_no_descriptor(self):

@@ -105,7 +105,6 @@ SHARED_MAX = 64 << 20
 SHARED_HEADER = 64
 SHARED_RELEASED = struct.Struct("=Q")
 SHARED_REF = struct.Struct(">QI")  # a DATA_SHARED payload: position, length
-HELLO_TIMEOUT = 10  # seconds the host has to send its HELLO on a data channel
 # Linux's SO_SNDBUFFORCE, which the socket module does not name.
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 assert HEADER_SIZE + MY_MAX_FRAME <= RECV_BUFFER
@@ -1785,19 +1784,30 @@ class SharedBuffer:
         return pos
 
 
+async def connect_data(fd, done, worker):
+    """Serves the data channel on fd with a session of its own, once the
+    host's first bytes have come (with the shared buffer, if any)."""
+    loop = asyncio.get_event_loop()
+    data = socket.socket(fileno=fd)
+    data.setblocking(False)
+    shared = await take_shared(data)
+    widen_send_buffer(data)
+    await loop.connect_accepted_socket(lambda: Session(done, worker=worker, data=True, shared=shared), data)
+
+
 async def take_shared(sock):
-    """Looks at the host's first bytes on a data channel, without taking
-    them, for the shared buffer's descriptor sent with its HELLO; returns
-    a SharedBuffer or None (no descriptor: another transport, or a host
-    that has none)."""
+    """Waits for the host's first bytes on a data channel (or its end) and
+    looks at them, without taking them, for the shared buffer's descriptor
+    sent with its HELLO; returns a SharedBuffer or None (no descriptor:
+    another transport, or a host that has none)."""
     loop = asyncio.get_event_loop()
     ready = loop.create_future()
     loop.add_reader(sock.fileno(), lambda: ready.done() or ready.set_result(None))
     try:
-        await asyncio.wait_for(ready, HELLO_TIMEOUT)
-        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(4 * 4), socket.MSG_PEEK)
-    except (OSError, asyncio.TimeoutError):
-        return None  # (the session meets the same silence, or error)
+        await ready
+        _, ancillary, _, _ = sock.recvmsg(1, socket.CMSG_SPACE(4 * 4), socket.MSG_PEEK | socket.MSG_CMSG_CLOEXEC)
+    except OSError:
+        return None  # (the session meets the same error)
     finally:
         loop.remove_reader(sock.fileno())
     fds = []
@@ -1830,18 +1840,20 @@ async def serve(fd, data_fd=None):
         return session
 
     await loop.connect_accepted_socket(make, sock)
+    data_channel = None
     if data_fd is not None:
-        data = socket.socket(fileno=data_fd)
-        data.setblocking(False)
-        shared = await take_shared(data)
-        widen_send_buffer(data)
-        await loop.connect_accepted_socket(lambda: Session(done, worker=session.worker, data=True, shared=shared), data)
+        # A task of its own: the host gets the channel only once this worker
+        # has answered its CONFIG (init passes it then, SPEC.md 11), and
+        # the shared buffer comes with the host's HELLO on it.
+        data_channel = loop.create_task(connect_data(data_fd, done, session.worker))
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
             loop.add_signal_handler(sig, lambda s=sig: loop.create_task(session.shutdown("signal %d" % s)))
         except (NotImplementedError, RuntimeError):
             pass
     reason = await done
+    if data_channel is not None:
+        data_channel.cancel()
     for s in session.worker.sessions:
         if s.transport is not None:
             s.flush()
