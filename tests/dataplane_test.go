@@ -2,6 +2,8 @@ package tests
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -19,8 +21,9 @@ import (
 // (process) served them: /pid; /hold waits until /release (every worker
 // sees the VM's /tmp) and counts itself in /held; /die kills its worker
 // in the middle of answering; /stream sends five chunks; /big sends
-// dataPlaneBig in three pieces; /ws echoes.
-const dataPlaneApp = `import asyncio, os, signal, uuid
+// dataPlaneBig in three pieces; /upload answers its body's SHA-256; /ws
+// echoes.
+const dataPlaneApp = `import asyncio, hashlib, os, signal, uuid
 BIG = bytes((i * 7 + i // 251) % 256 for i in range(1005 << 10))
 async def app(scope, receive, send):
     if scope["type"] == "lifespan":
@@ -50,6 +53,14 @@ async def app(scope, receive, send):
     elif path == "/die":
         await send({"type": "http.response.start", "status": 200, "headers": []})
         os.kill(os.getpid(), signal.SIGKILL)
+    if path == "/upload":  # the body's SHA-256
+        digest = hashlib.sha256()
+        more = True
+        while more:
+            m = await receive()
+            digest.update(m.get("body", b""))
+            more = m.get("more_body", False)
+        body = digest.hexdigest().encode()
     if path == "/big":  # 1005 KiB in three pieces: two big, one small
         await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
         at = 0
@@ -252,6 +263,16 @@ func testDataPlaneServesWorkersDirectly(t *testing.T, front string) {
 			t.Fatalf("/big (TE %q): %d, %d bytes (want %d), equal %v, %v", te, resp.StatusCode, len(got), len(want), bytes.Equal(got, want), err)
 		}
 	}
+	// A big upload, through the request ring under the loop front.
+	resp, err := http.Post(url+"/upload", "application/octet-stream", bytes.NewReader(want))
+	if err != nil {
+		t.Fatal(err)
+	}
+	digest, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if sum := sha256.Sum256(want); err != nil || resp.StatusCode != 200 || string(digest) != hex.EncodeToString(sum[:]) {
+		t.Fatalf("/upload: %d %q, want the digest %x (%v)", resp.StatusCode, digest, sum, err)
+	}
 	for _, w := range workers {
 		maps, err := os.ReadFile(fmt.Sprintf("/proc/%d/maps", w.pid))
 		if err != nil {
@@ -276,7 +297,7 @@ func testDataPlaneServesWorkersDirectly(t *testing.T, front string) {
 	// Under both fronts: the loop serves the plain requests itself and
 	// relays the stream and the websocket, which net/http serves, on
 	// the workers' channels (its side sessions).
-	direct, viaInit := int64(rounds*width+4), int64(0) // (the two /big, /stream and /ws)
+	direct, viaInit := int64(rounds*width+5), int64(0) // (the two /big, /upload, /stream and /ws)
 	if n := after.Direct - before.Direct; n != direct {
 		t.Errorf("%d requests went to the workers directly, want %d (%+v -> %+v)", n, direct, before, after)
 	}

@@ -108,6 +108,7 @@ type loop struct {
 	fieldName    []byte               // a response field's name in lower case (takeHead)
 	chunk        [20]byte             // a chunk's size line
 	parts        [][]byte             // a direct write's pieces (writeOut)
+	ref          [sharedRefSize]byte  // a DATA_SHARED payload (sendData)
 	head         message.RequestHead  // reused for each request
 	response     message.ResponseHead // reused for each response
 	date         []byte

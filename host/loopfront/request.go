@@ -508,10 +508,18 @@ func (l *loop) progress(c *client) {
 	}
 }
 
-// sendData sends a DATA frame of a request body to ch: written at once,
-// header and payload together, when nothing is queued before it and the
-// payload is big enough, else queued.
+// sendData sends a piece of a request body to ch: a DATA_SHARED frame
+// when it is big and the channel's shared buffer has room, else a DATA
+// frame, written at once, header and payload together, when nothing is
+// queued before it and the payload is big enough, else queued.
 func (l *loop) sendData(ch *channel, flags frame.Flags, id uint32, p []byte) {
+	if ch.shared != nil && len(p) >= sharedRequestMin {
+		// Through the request ring where it has room (SPEC.md §11.1).
+		if pos, ok := ch.shared.putRequest(p); ok {
+			ch.out.sendFrame(frame.TypeDataShared, flags, id, appendSharedRef(l.ref[:0], pos, len(p)))
+			return
+		}
+	}
 	if ch.out.len() > 0 || len(p) < directWrite {
 		ch.out.sendFrame(frame.TypeData, flags, id, p)
 		return

@@ -53,6 +53,9 @@ func TestSharedBufferIsSealed(t *testing.T) {
 // of what it released, never against what the worker wrote in the buffer.
 func TestSharedBufferRefusesReferencesOutsideIt(t *testing.T) {
 	b, mem, _ := newTestShared(t)
+	if binary.NativeEndian.Uint64(mem[responseSizeAt:]) != responseRing || binary.NativeEndian.Uint64(mem[requestSizeAt:]) != requestRing {
+		t.Fatal("the control area does not give the rings' sizes")
+	}
 	// The worker writes its own idea of the released position: ignored.
 	binary.NativeEndian.PutUint64(mem, math.MaxUint64/2)
 	if _, _, err := b.take(sharedRef(0, 1000)); err != nil {
@@ -68,8 +71,8 @@ func TestSharedBufferRefusesReferencesOutsideIt(t *testing.T) {
 		"no bytes":                         sharedRef(1000, 0),
 		"more than a frame":                sharedRef(1000, maxFrameSize+1),
 		"before what was released":         sharedRef(999, 10),
-		"across the ring's end":            sharedRef(sharedData-10, 20),
-		"more than the ring ahead":         sharedRef(1000+sharedData, 10),
+		"across the ring's end":            sharedRef(responseRing-10, 20),
+		"more than the ring ahead":         sharedRef(1000+responseRing, 10),
 		"a position that overflows":        sharedRef(math.MaxUint64-5, 10),
 		"past the end of the whole buffer": sharedRef(sharedSize, maxFrameSize),
 	}
@@ -79,9 +82,9 @@ func TestSharedBufferRefusesReferencesOutsideIt(t *testing.T) {
 		}
 	}
 	// The ring wraps: a piece may start again at its beginning.
-	b.release(sharedData - 100)
-	p, end, err := b.take(sharedRef(sharedData, 5000))
-	if err != nil || len(p) != 5000 || &p[0] != &b.mem[sharedHeader] || end != sharedData+5000 {
+	b.release(responseRing - 100)
+	p, end, err := b.take(sharedRef(responseRing, 5000))
+	if err != nil || len(p) != 5000 || &p[0] != &b.mem[sharedHeader] || end != responseRing+5000 {
 		t.Fatalf("a piece at the ring's start after a wrap: %d bytes, end %d, %v", len(p), end, err)
 	}
 }
@@ -157,5 +160,76 @@ func TestSharedFrameWithoutABufferClosesTheChannel(t *testing.T) {
 	l.readChannel(ch)
 	if ch.fd >= 0 {
 		t.Fatal("DATA_SHARED without a shared buffer left the channel open")
+	}
+}
+
+// Request body pieces go into the request ring while it has room, in
+// DATA_SHARED frames; the worker's word on what it has taken counts only
+// when it is plausible.
+func TestSharedRequestRing(t *testing.T) {
+	b, mem, _ := newTestShared(t)
+	ring := mem[sharedHeader+responseRing:]
+	piece := func(c byte) []byte { return []byte(strings.Repeat(string(c), 768<<10)) }
+	for i, c := range []byte("ab") {
+		pos, ok := b.putRequest(piece(c))
+		if !ok || pos != uint64(i*(768<<10)) || ring[pos] != c || ring[pos+768<<10-1] != c {
+			t.Fatalf("piece %d: at %d, %v", i, pos, ok)
+		}
+	}
+	if _, ok := b.putRequest(piece('c')); ok {
+		t.Fatal("a third piece fit in a 2 MiB ring with nothing taken")
+	}
+	// A worker that says it took more than it was given: ignored.
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 10<<20)
+	if _, ok := b.putRequest(piece('c')); ok {
+		t.Fatal("a worker's claim past what it was given made room")
+	}
+	// It took the first piece: the third does not fit before the ring's
+	// end (512 KiB left there) and goes at its start.
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 768<<10)
+	pos, ok := b.putRequest(piece('c'))
+	if !ok || pos != requestRing || ring[0] != 'c' {
+		t.Fatalf("the third piece: at %d, %v", pos, ok)
+	}
+	// The ring is full (the skipped end counts), and going back on what
+	// it said changes nothing.
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 0)
+	if _, ok := b.putRequest([]byte("d")); ok || b.taken != 768<<10 {
+		t.Fatalf("after the worker went back on what it took: room %v, taken %d", ok, b.taken)
+	}
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], requestRing+768<<10)
+	if pos, ok := b.putRequest([]byte("d")); !ok || pos != requestRing+768<<10 {
+		t.Fatalf("a piece once all was taken: at %d, %v", pos, ok)
+	}
+}
+
+// The loop sends a big piece of request body as DATA_SHARED, a small one
+// as DATA.
+func TestSharedRequestBodyFrames(t *testing.T) {
+	l, ch, _, worker := channelWithRequest(t)
+	shared, mem, _ := newTestShared(t)
+	ch.shared = shared
+	big := []byte(strings.Repeat("upload ", 8<<10)) // 56 KiB
+	l.sendData(ch, 0, 1, big)
+	l.sendData(ch, frame.FlagFin, 1, []byte("end"))
+	l.writeChannel(ch)
+	got := make([]byte, 1<<10)
+	n, err := unix.Read(worker, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got = got[:n]
+	fh := frame.ParseHeader(got)
+	if fh.Type != frame.TypeDataShared || fh.Flags != 0 || fh.StreamID != 1 || fh.Length != sharedRefSize {
+		t.Fatalf("the big piece went as %v", fh)
+	}
+	pos, size := binary.BigEndian.Uint64(got[frame.HeaderSize:]), binary.BigEndian.Uint32(got[frame.HeaderSize+8:])
+	at := sharedHeader + responseRing + pos
+	if int(size) != len(big) || string(mem[at:at+uint64(size)]) != string(big) {
+		t.Fatalf("the ring holds %d bytes at %d, not the piece", size, pos)
+	}
+	rest := got[frame.HeaderSize+sharedRefSize:]
+	if fh := frame.ParseHeader(rest); fh.Type != frame.TypeData || fh.Flags != frame.FlagFin || string(rest[frame.HeaderSize:]) != "end" {
+		t.Fatalf("the small piece went as %v %q", fh, rest[frame.HeaderSize:])
 	}
 }

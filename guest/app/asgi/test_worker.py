@@ -937,6 +937,15 @@ class AnAnswerAlone(OverARealSocket):
         self.assertEqual(self.answers_on_the_socket_when_sent(2), [False, False])
 
 
+def shared_memfd(out_size, in_size):
+    """A shared buffer as the host makes one: its rings' sizes in the
+    control area."""
+    fd = os.memfd_create("test-shared")
+    os.ftruncate(fd, worker.SHARED_HEADER + out_size + in_size)
+    os.pwrite(fd, worker.SHARED_SIZES.pack(out_size, in_size), 16)
+    return fd
+
+
 class SharedBody(SessionCase):
     """A big answer through the host's shared buffer (SPEC.md 11.1): the
     bytes are copied into it and DATA_SHARED frames name them; what does
@@ -944,9 +953,8 @@ class SharedBody(SessionCase):
 
     def setUp(self):
         super().setUp()
-        fd = os.memfd_create("test-shared")
+        fd = shared_memfd(512 << 10, 256 << 10)
         self.addCleanup(os.close, fd)
-        os.ftruncate(fd, worker.SHARED_HEADER + (512 << 10))  # a 512 KiB ring
         self.session.shared = worker.SharedBuffer(fd)
         self.mem = self.session.shared.mem
         self.turn()
@@ -954,7 +962,7 @@ class SharedBody(SessionCase):
         self.transport.data.clear()
 
     def release(self, pos):
-        worker.SHARED_RELEASED.pack_into(self.mem, 0, pos)
+        worker.SHARED_WORD.pack_into(self.mem, 0, pos)
 
     def answer(self, sid, body):
         async def app(scope, receive, send):
@@ -1008,6 +1016,57 @@ class SharedBody(SessionCase):
         self.assertEqual(self.body_of(7)[0], fourth)
 
 
+class SharedRequestBody(SessionCase):
+    """Request body pieces the host sends through the request ring: copied
+    out as their frames come, and released."""
+
+    def setUp(self):
+        super().setUp()
+        fd = shared_memfd(256 << 10, 256 << 10)
+        self.addCleanup(os.close, fd)
+        self.session.shared = worker.SharedBuffer(fd)
+        self.mem = self.session.shared.mem
+        self.turn()
+        self.transport.data.clear()
+
+    def put(self, pos, data):
+        at = worker.SHARED_HEADER + (256 << 10) + pos % (256 << 10)
+        self.mem[at:at + len(data)] = data
+        return worker.SHARED_REF.pack(pos, len(data))
+
+    def test_pieces_reach_the_app_and_are_released(self):
+        got = []
+
+        async def app(scope, receive, send):
+            while True:
+                m = await receive()
+                got.append(m["body"])
+                if not m.get("more_body"):
+                    break
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"%d" % sum(map(len, got))})
+
+        self.session.app = app
+        first, second = b"x" * (40 << 10), b"y" * (30 << 10)
+        self.session.data_received(worker.frame(worker.REQUEST, 0, 1, worker.encode("request", {"path": b"/"}))
+                                   + worker.frame(worker.DATA_SHARED, 0, 1, self.put(0, first)))
+        # Released as soon as it is copied out, before the app has it.
+        self.assertEqual(worker.SHARED_WORD.unpack_from(self.mem, 8)[0], 40 << 10)
+        self.put(0, b"z" * (40 << 10))  # the host may reuse it now: the app's bytes stay
+        # The next one wraps to the ring's start (the position says so).
+        self.session.data_received(worker.frame(worker.DATA_SHARED, worker.FIN, 1, self.put(256 << 10, second)))
+        self.turn()
+        self.assertEqual(b"".join(got), first + second)
+        self.assertEqual(worker.SHARED_WORD.unpack_from(self.mem, 8)[0], (256 << 10) + (30 << 10))
+
+    def test_a_piece_outside_the_ring_is_a_protocol_error(self):
+        self.session.app = None
+        self.session.data_received(worker.frame(worker.REQUEST, 0, 1, worker.encode("request", {"path": b"/"}))
+                                   + worker.frame(worker.DATA_SHARED, 0, 1, worker.SHARED_REF.pack((256 << 10) - 10, 20)))
+        self.assertTrue(self.session.closed)
+        self.assertEqual(self.transport.frames()[-1][0], worker.GOAWAY)
+
+
 class SharedBufferFromTheHost(unittest.TestCase):
     """The worker takes the buffer's descriptor sent with the host's HELLO,
     without taking the HELLO's bytes, and works without one."""
@@ -1024,20 +1083,18 @@ class SharedBufferFromTheHost(unittest.TestCase):
         return shared, b.recv(len(HOST_HELLO))
 
     def test_a_descriptor_with_the_hello(self):
-        fd = os.memfd_create("test-shared")
+        fd = shared_memfd(1 << 20, 1 << 20)
         self.addCleanup(os.close, fd)
-        os.ftruncate(fd, 1 << 20)
         shared, hello = self.take(lambda a: a.sendmsg([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]))
         self.assertIsNotNone(shared)
-        self.assertEqual(shared.size, (1 << 20) - worker.SHARED_HEADER)
+        self.assertEqual((shared.out_size, shared.in_size), (1 << 20, 1 << 20))
         self.assertEqual(hello, HOST_HELLO)
 
     def test_a_descriptor_that_comes_late(self):
         # The host gets the channel only once the worker has answered its
         # CONFIG (an app may take minutes to import): no time limit.
-        fd = os.memfd_create("test-shared")
+        fd = shared_memfd(1 << 20, 1 << 20)
         self.addCleanup(os.close, fd)
-        os.ftruncate(fd, 1 << 20)
 
         def later(a):
             threading.Timer(0.3, a.sendmsg, ([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))])).start()
@@ -1051,10 +1108,10 @@ class SharedBufferFromTheHost(unittest.TestCase):
         self.assertIsNone(shared)
         self.assertEqual(hello, HOST_HELLO)
 
-    def test_a_buffer_too_small_is_not_used(self):
-        fd = os.memfd_create("test-shared")
+    def test_a_buffer_too_small_for_its_rings_is_not_used(self):
+        fd = shared_memfd(1 << 20, 1 << 20)
         self.addCleanup(os.close, fd)
-        os.ftruncate(fd, 4096)
+        os.ftruncate(fd, 1 << 20)
         shared, hello = self.take(lambda a: a.sendmsg([HOST_HELLO], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack("i", fd))]))
         self.assertIsNone(shared)
         self.assertEqual(hello, HOST_HELLO)

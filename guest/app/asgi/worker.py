@@ -54,11 +54,12 @@ TYPE_NAMES = {
     CONFIG_RESULT: "CONFIG_RESULT", LOG: "LOG", REQUEST: "REQUEST",
     RESPONSE: "RESPONSE", DATA: "DATA", END: "END", RESET: "RESET",
     WINDOW_UPDATE: "WINDOW_UPDATE", WS_MESSAGE: "WS_MESSAGE", WS_CLOSE: "WS_CLOSE",
+    DATA_SHARED: "DATA_SHARED",
 }
 ALLOWED_FLAGS = {
     HELLO: 0, PING: 0x04, GOAWAY: 0, CONFIG: 0, CONFIG_RESULT: 0, LOG: 0,
     REQUEST: 0x01, RESPONSE: 0x01, DATA: 0x03, END: 0x01, RESET: 0,
-    WINDOW_UPDATE: 0, WS_MESSAGE: 0x1A, WS_CLOSE: 0x01,
+    WINDOW_UPDATE: 0, WS_MESSAGE: 0x1A, WS_CLOSE: 0x01, DATA_SHARED: 0x01,
 }
 
 # Flags (section 2.2).
@@ -102,8 +103,9 @@ SEND_BUFFER = 1 << 20
 # shared buffer where there is one (SharedBuffer; SPEC.md 11.1).
 SHARED_MIN = 64 << 10
 SHARED_MAX = 64 << 20
-SHARED_HEADER = 64
-SHARED_RELEASED = struct.Struct("=Q")
+SHARED_HEADER = 4096
+SHARED_WORD = struct.Struct("=Q")  # a position in the control area
+SHARED_SIZES = struct.Struct("=QQ")  # the rings' sizes, at offset 16
 SHARED_REF = struct.Struct(">QI")  # a DATA_SHARED payload: position, length
 # Linux's SO_SNDBUFFORCE, which the socket module does not name.
 SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
@@ -1393,6 +1395,14 @@ class Session(asyncio.BufferedProtocol):
             st.send_window += inc
             st.wake_writer()
             return
+        if ftype == DATA_SHARED:
+            if self.shared is None:
+                raise ProtocolError(PROTOCOL_ERROR, "DATA_SHARED, but no shared buffer was given")
+            data = self.shared.take(payload)  # (released before anything else: the ring is in order)
+            st = self.data_start(flags, sid, len(data))
+            if st is not None and self.streams.get(sid) is st:
+                st.on_data(data, flags & FIN)
+            return
         if ftype == PING:
             if len(payload) != 8:
                 raise ProtocolError(FRAME_SIZE_ERROR, "PING payload must be 8 bytes")
@@ -1751,37 +1761,61 @@ def widen_send_buffer(sock):
 
 class SharedBuffer:
     """The host's shared body buffer on a data channel (SPEC.md 11.1): a
-    memory the host maps too, where the worker copies a big response body
-    and sends a DATA_SHARED frame naming the bytes, instead of a DATA
-    frame carrying them through the socket. Its first SHARED_HEADER bytes
-    are the host's: the position up to which it has taken what it was
-    given (8 bytes, native byte order); the rest is a ring that positions
-    wrap around. A body that does not fit in what is free goes in DATA
-    frames as before: the worker never waits for room."""
+    memory the host maps too, where a big body crosses instead of going
+    through the socket. Its first SHARED_HEADER bytes are the control
+    area: the response ring's released position (the host writes it),
+    the request ring's (the worker writes it), and the two rings' sizes;
+    then the response ring, then the request ring. Positions only grow
+    and wrap around their ring. The worker copies a big response body
+    piece into the response ring and sends DATA_SHARED naming it (put); a
+    piece that does not fit goes in DATA frames, and the worker never
+    waits for room. The host does the same with request bodies, which the
+    worker copies out of the request ring as their frames come (take)."""
 
     def __init__(self, fd):
         size = os.fstat(fd).st_size
-        if not SHARED_HEADER + SHARED_MIN <= size <= SHARED_MAX:
+        if not SHARED_HEADER <= size <= SHARED_MAX:
             raise ValueError("a shared buffer of %d bytes" % size)
         self.mem = mmap.mmap(fd, size)
-        self.size = size - SHARED_HEADER
-        self.produced = 0  # the position after the last bytes put
+        self.out_size, self.in_size = SHARED_SIZES.unpack_from(self.mem, 16)
+        if (self.out_size < SHARED_MIN or self.in_size < SHARED_MIN
+                or SHARED_HEADER + self.out_size + self.in_size > size):
+            self.mem.close()
+            raise ValueError("rings of %d and %d bytes in a buffer of %d" % (self.out_size, self.in_size, size))
+        self.in_at = SHARED_HEADER + self.out_size
+        self.produced = 0  # the response ring's position after the last piece put
+        self.taken = 0     # the request ring's position after the last piece taken
 
     def put(self, data):
-        """Copies data into the ring and returns its position, or None
-        if the ring has no room for it in one piece."""
+        """Copies data into the response ring and returns its position,
+        or None if the ring has no room for it in one piece."""
         n = len(data)
-        released = SHARED_RELEASED.unpack_from(self.mem, 0)[0]
+        released = SHARED_WORD.unpack_from(self.mem, 0)[0]
         pos = self.produced
-        off = pos % self.size
-        if off + n > self.size:  # it would wrap: it goes at the start
-            pos += self.size - off
+        off = pos % self.out_size
+        if off + n > self.out_size:  # it would wrap: it goes at the start
+            pos += self.out_size - off
             off = 0
-        if pos + n - released > self.size:
+        if pos + n - released > self.out_size:
             return None
         self.mem[SHARED_HEADER + off:SHARED_HEADER + off + n] = data
         self.produced = pos + n
         return pos
+
+    def take(self, payload):
+        """The request body bytes a DATA_SHARED frame from the host names,
+        copied out of the request ring, which are then released to the
+        host."""
+        if len(payload) != SHARED_REF.size:
+            raise ProtocolError(FRAME_SIZE_ERROR, "DATA_SHARED payload of %d bytes" % len(payload))
+        pos, n = SHARED_REF.unpack(payload)
+        off = pos % self.in_size
+        if not 0 < n <= MY_MAX_FRAME or pos < self.taken or off + n > self.in_size or pos + n - self.taken > self.in_size:
+            raise ProtocolError(PROTOCOL_ERROR, "DATA_SHARED of %d bytes at %d is not in the ring (taken: %d)" % (n, pos, self.taken))
+        data = self.mem[self.in_at + off:self.in_at + off + n]
+        self.taken = pos + n
+        SHARED_WORD.pack_into(self.mem, 8, self.taken)
+        return data
 
 
 async def connect_data(fd, done, worker):
