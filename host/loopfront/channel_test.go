@@ -422,3 +422,36 @@ func TestBigBodyWithItsLengthLeavesWithItsHead(t *testing.T) {
 		})
 	}
 }
+
+// An app that sends more than the length it gave, the first piece big:
+// the client gets the declared length, and the head says the connection
+// closes after it (the early head of a big body waits for that).
+func TestBigBodyBeyondItsLengthClosesTheConnection(t *testing.T) {
+	l, ch, c, worker := channelWithRequest(t)
+	l.f.router, c.req.inst = &front.Router{}, &lifecycle.Instance{}
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	delete(l.clients, c.fd)
+	c.fd = fds[0]
+	l.clients[c.fd] = c
+	rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte("20000")}}}
+	out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
+	out = appendFrame(out, frame.TypeData, 0, 1, make([]byte, 40000))
+	if _, err := unix.Write(worker, out); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
+	l.flush()
+	got := make([]byte, 64<<10)
+	n, err := unix.Read(fds[1], got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	head, rest, _ := strings.Cut(string(got[:n]), "\r\n\r\n")
+	if !strings.Contains(head, "Content-Length: 20000") || !strings.Contains(head, "Connection: close") || len(rest) != 20000 {
+		t.Fatalf("the client got the head %q and %d body bytes", head, len(rest))
+	}
+}

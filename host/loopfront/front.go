@@ -300,6 +300,12 @@ func greet(conn *os.File, agent string, log *slog.Logger) (int, message.Hello, *
 	if err != nil {
 		return -1, message.Hello{}, nil, err
 	}
+	if shared != nil && peer.SharedBuffer != 1 {
+		// The worker did not take it (another implementation, or it
+		// could not map it): bodies go in DATA frames both ways.
+		shared.close()
+		shared = nil
+	}
 	if err := unix.SetNonblock(fd, true); err != nil {
 		return -1, message.Hello{}, nil, err
 	}

@@ -672,7 +672,7 @@ func (l *loop) body(c *client, p []byte) {
 		p = p[:r.declared-r.sent]
 	}
 	r.sent += int64(len(p))
-	if r.waiting && len(r.pending) == 0 && len(p) >= directWrite && r.declared >= 0 {
+	if r.waiting && !excess && len(r.pending) == 0 && len(p) >= directWrite && r.declared >= 0 {
 		// A big body whose length the app gave: the head's framing is
 		// known, so it goes now, with the body in one write, instead of
 		// the body being copied to wait for sendHeads.

@@ -2,9 +2,13 @@ package loopfront
 
 import (
 	"encoding/binary"
+	"fmt"
+	"log/slog"
 	"math"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -231,5 +235,61 @@ func TestSharedRequestBodyFrames(t *testing.T) {
 	rest := got[frame.HeaderSize+sharedRefSize:]
 	if fh := frame.ParseHeader(rest); fh.Type != frame.TypeData || fh.Flags != frame.FlagFin || string(rest[frame.HeaderSize:]) != "end" {
 		t.Fatalf("the small piece went as %v %q", fh, rest[frame.HeaderSize:])
+	}
+}
+
+// The loop keeps the buffer only when the worker's HELLO says it took it:
+// a worker that did not (another implementation, or one that could not
+// map it) gets no DATA_SHARED.
+func TestGreetKeepsTheBufferOnlyIfTheWorkerTookIt(t *testing.T) {
+	for _, took := range []bool{false, true} {
+		loopEnd, workerEnd := socketPair(t)
+		done := make(chan error, 1)
+		go func() {
+			defer unix.Close(workerEnd)
+			buf, oob := make([]byte, 256), make([]byte, unix.CmsgSpace(4))
+			var got int
+			for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				n, oobn, _, _, err := unix.Recvmsg(workerEnd, buf, oob, 0)
+				if err == unix.EAGAIN {
+					continue
+				}
+				if err != nil || n == 0 {
+					done <- fmt.Errorf("reading the host's HELLO: %d bytes, %v", n, err)
+					return
+				}
+				msgs, _ := unix.ParseSocketControlMessage(oob[:oobn])
+				for _, m := range msgs {
+					fds, _ := unix.ParseUnixRights(&m)
+					for _, fd := range fds {
+						unix.Close(fd)
+						got++
+					}
+				}
+				break
+			}
+			if got != 1 {
+				done <- fmt.Errorf("the host's HELLO came with %d descriptors, not 1", got)
+				return
+			}
+			h := message.Hello{Version: 1, Role: 2, MaxFrameSize: 64 << 10, InitialWindow: 256 << 10, MaxStreams: 8}
+			if took {
+				h.SharedBuffer = 1
+			}
+			_, err := unix.Write(workerEnd, appendFrame(nil, frame.TypeHello, 0, 0, h.Append(nil)))
+			done <- err
+		}()
+		fd, _, shared, err := greet(os.NewFile(uintptr(loopEnd), "channel"), "test", slog.New(slog.DiscardHandler))
+		if werr := <-done; werr != nil {
+			t.Fatal(werr)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		unix.Close(fd)
+		if (shared != nil) != took {
+			t.Errorf("the worker took the buffer: %v; the loop kept it: %v", took, shared != nil)
+		}
+		shared.close()
 	}
 }

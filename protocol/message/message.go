@@ -33,6 +33,10 @@ type Hello struct {
 	MaxStreams    uint32 // field 5: concurrent peer-opened streams this side accepts
 	Compression   uint32 // field 6: bit set of algorithms this side can decode
 	Agent         []byte // field 7: implementation name and version, for logs
+	// SharedBuffer (field 8) is 1 in a worker's HELLO on a data channel
+	// when it took the shared body buffer sent with the host's HELLO
+	// (SPEC.md §11.1).
+	SharedBuffer uint32
 }
 
 // Append appends the encoding of h to b.
@@ -43,7 +47,11 @@ func (h *Hello) Append(b []byte) []byte {
 	b = AppendVarint(b, 4, uint64(h.InitialWindow))
 	b = AppendVarint(b, 5, uint64(h.MaxStreams))
 	b = AppendVarint(b, 6, uint64(h.Compression))
-	return AppendBytes(b, 7, h.Agent)
+	b = AppendBytes(b, 7, h.Agent)
+	if h.SharedBuffer != 0 {
+		b = AppendVarint(b, 8, uint64(h.SharedBuffer))
+	}
+	return b
 }
 
 // Unmarshal decodes b into h. Byte fields alias b.
@@ -68,6 +76,8 @@ func (h *Hello) Unmarshal(b []byte) error {
 			h.Compression, err = varint32(&f)
 		case 7:
 			h.Agent, err = bytesField(&f)
+		case 8:
+			h.SharedBuffer, err = varint32(&f)
 		}
 		if err != nil {
 			return err

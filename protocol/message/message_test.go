@@ -29,6 +29,28 @@ func TestRequestHeadRoundTrip(t *testing.T) {
 	}
 }
 
+// A worker's HELLO says whether it took the shared body buffer (field 8);
+// a HELLO without it (any other side's) encodes as before.
+func TestHelloSharedBuffer(t *testing.T) {
+	in := Hello{Version: 1, Role: 2, MaxFrameSize: 65536, InitialWindow: 262144, MaxStreams: 1024, Agent: []byte("w"), SharedBuffer: 1}
+	var out Hello
+	if err := out.Unmarshal(in.Append(nil)); err != nil || !reflect.DeepEqual(in, out) {
+		t.Fatalf("round trip: %+v, %v", out, err)
+	}
+	in.SharedBuffer = 0
+	without := in.Append(nil)
+	if err := out.Unmarshal(without); err != nil || out.SharedBuffer != 0 {
+		t.Fatalf("without field 8: %+v, %v", out, err)
+	}
+	it := NewFields(without)
+	var f Field
+	for it.Next(&f) {
+		if f.Num == 8 {
+			t.Fatal("a HELLO without a shared buffer carries field 8")
+		}
+	}
+}
+
 func TestUnknownFieldsAreSkipped(t *testing.T) {
 	b := (&ResponseHead{Status: 204}).Append(nil)
 	b = AppendVarint(b, 99, 7)

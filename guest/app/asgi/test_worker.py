@@ -1090,6 +1090,20 @@ class SharedBufferFromTheHost(unittest.TestCase):
         self.assertEqual((shared.out_size, shared.in_size), (1 << 20, 1 << 20))
         self.assertEqual(hello, HOST_HELLO)
 
+    def test_the_worker_says_in_its_hello_that_it_took_it(self):
+        fd = shared_memfd(1 << 20, 1 << 20)
+        self.addCleanup(os.close, fd)
+        loop = asyncio.new_event_loop()
+        self.addCleanup(loop.close)
+        asyncio.set_event_loop(loop)
+        self.addCleanup(asyncio.set_event_loop, None)
+        for shared in (worker.SharedBuffer(fd), None):
+            transport = FakeTransport()
+            worker.Session(loop.create_future(), data=True, shared=shared).connection_made(transport)
+            (t, _, _, payload), = transport.frames()
+            self.assertEqual(t, worker.HELLO)
+            self.assertEqual(worker.decode("hello", payload).get("shared_buffer"), 1 if shared else None)
+
     def test_a_descriptor_that_comes_late(self):
         # The host gets the channel only once the worker has answered its
         # CONFIG (an app may take minutes to import): no time limit.

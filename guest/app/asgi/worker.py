@@ -248,7 +248,7 @@ def _bytes(v):
 SCHEMAS = {
     "hello": {1: ("version", "u32"), 2: ("role", "u32"), 3: ("max_frame_size", "u32"),
               4: ("initial_window", "u32"), 5: ("max_streams", "u32"),
-              6: ("compression", "u32"), 7: ("agent", "bytes")},
+              6: ("compression", "u32"), 7: ("agent", "bytes"), 8: ("shared_buffer", "u32")},
     "request": {1: ("kind", "u32"), 2: ("http_version", "bytes"), 3: ("method", "bytes"),
                 4: ("scheme", "bytes"), 5: ("path", "bytes"), 6: ("raw_path", "bytes"),
                 7: ("query_string", "bytes"), 8: ("root_path", "bytes"),
@@ -1157,9 +1157,11 @@ class Session(asyncio.BufferedProtocol):
         if sock is not None:
             self.fd = sock.fileno()
         transport.set_write_buffer_limits(high=WRITE_AT)
-        transport.write(frame(HELLO, 0, 0, encode("hello", {
-            "version": PROTOCOL_VERSION, "role": 2, "max_frame_size": MY_MAX_FRAME,
-            "initial_window": MY_WINDOW, "max_streams": MY_MAX_STREAMS, "agent": AGENT})))
+        hello = {"version": PROTOCOL_VERSION, "role": 2, "max_frame_size": MY_MAX_FRAME,
+                 "initial_window": MY_WINDOW, "max_streams": MY_MAX_STREAMS, "agent": AGENT}
+        if self.shared is not None:
+            hello["shared_buffer"] = 1  # the host may send DATA_SHARED (SPEC.md 11.1)
+        transport.write(frame(HELLO, 0, 0, encode("hello", hello)))
 
     def connection_lost(self, exc):
         self.closed = True
