@@ -19,10 +19,18 @@ const (
 	// request ring's (the worker writes it); 16, 24: the rings' sizes
 	// (the host writes them before it sends the buffer).
 	sharedHeader = 4096
-	// responseRing carries response bodies, worker to host.
+	// responseRing carries response bodies, worker to host. The loop
+	// releases each piece as it handles its frame, but a smaller ring
+	// was slower (1 MiB: an eighth fewer 1 MiB answers side by side, and
+	// a ring started again from its start whenever empty a quarter
+	// fewer): the worker then soon writes again the lines the loop has
+	// just read on the other core (BENCHMARKS.md, session 29).
 	responseRing = 4 << 20
-	// requestRing carries request bodies, host to worker.
-	requestRing = 2 << 20
+	// requestRing carries request bodies, host to worker. The worker
+	// copies each piece out as its frame comes, so little of it is ever
+	// in use; 1 MiB uploaded as fast as 2 MiB side by side, and each
+	// page of it touched is resident in both processes.
+	requestRing = 1 << 20
 	// sharedSize is the whole buffer.
 	sharedSize = sharedHeader + responseRing + requestRing
 	// sharedRefSize is a DATA_SHARED payload: position and length.

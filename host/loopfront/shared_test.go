@@ -173,24 +173,25 @@ func TestSharedFrameWithoutABufferClosesTheChannel(t *testing.T) {
 func TestSharedRequestRing(t *testing.T) {
 	b, mem, _ := newTestShared(t)
 	ring := mem[sharedHeader+responseRing:]
-	piece := func(c byte) []byte { return []byte(strings.Repeat(string(c), 768<<10)) }
+	const size = requestRing * 3 / 8 // two fit, not three
+	piece := func(c byte) []byte { return []byte(strings.Repeat(string(c), size)) }
 	for i, c := range []byte("ab") {
 		pos, ok := b.putRequest(piece(c))
-		if !ok || pos != uint64(i*(768<<10)) || ring[pos] != c || ring[pos+768<<10-1] != c {
+		if !ok || pos != uint64(i*size) || ring[pos] != c || ring[pos+size-1] != c {
 			t.Fatalf("piece %d: at %d, %v", i, pos, ok)
 		}
 	}
 	if _, ok := b.putRequest(piece('c')); ok {
-		t.Fatal("a third piece fit in a 2 MiB ring with nothing taken")
+		t.Fatal("a third piece fit in the ring with nothing taken")
 	}
 	// A worker that says it took more than it was given: ignored.
-	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 10<<20)
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 10*requestRing)
 	if _, ok := b.putRequest(piece('c')); ok {
 		t.Fatal("a worker's claim past what it was given made room")
 	}
 	// It took the first piece: the third does not fit before the ring's
-	// end (512 KiB left there) and goes at its start.
-	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 768<<10)
+	// end and goes at its start.
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], size)
 	pos, ok := b.putRequest(piece('c'))
 	if !ok || pos != requestRing || ring[0] != 'c' {
 		t.Fatalf("the third piece: at %d, %v", pos, ok)
@@ -198,11 +199,11 @@ func TestSharedRequestRing(t *testing.T) {
 	// The ring is full (the skipped end counts), and going back on what
 	// it said changes nothing.
 	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], 0)
-	if _, ok := b.putRequest([]byte("d")); ok || b.taken != 768<<10 {
+	if _, ok := b.putRequest([]byte("d")); ok || b.taken != size {
 		t.Fatalf("after the worker went back on what it took: room %v, taken %d", ok, b.taken)
 	}
-	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], requestRing+768<<10)
-	if pos, ok := b.putRequest([]byte("d")); !ok || pos != requestRing+768<<10 {
+	binary.NativeEndian.PutUint64(mem[requestReleasedAt:], requestRing+size)
+	if pos, ok := b.putRequest([]byte("d")); !ok || pos != requestRing+size || ring[size] != 'd' {
 		t.Fatalf("a piece once all was taken: at %d, %v", pos, ok)
 	}
 }
