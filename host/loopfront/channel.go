@@ -42,7 +42,7 @@ type channel struct {
 	readingPaused bool
 	outstanding   int           // streams open on it: the loop's and its side session's
 	side          *side         // the net/http front's session, relayed (side.go)
-	shared        *sharedBuffer // big response bodies, on unix channels (shared.go)
+	shared        *sharedBuffer // big bodies, both ways, on unix channels (shared.go)
 	// lastRecv is when the worker last sent anything (the loop's clock,
 	// l.now); pinged, that a keepalive PING has gone unanswered since
 	// pingedAt (keepalive).
