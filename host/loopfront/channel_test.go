@@ -383,15 +383,7 @@ func TestBigBodyWithItsLengthLeavesWithItsHead(t *testing.T) {
 	for _, size := range []int{32 << 10, 64 << 10} {
 		t.Run(strconv.Itoa(size>>10)+"KiB", func(t *testing.T) {
 			l, ch, c, worker := channelWithRequest(t)
-			// The client's socket, with its far end kept for the test to read.
-			fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
-			delete(l.clients, c.fd)
-			c.fd = fds[0]
-			l.clients[c.fd] = c
+			far := readableClient(t, l, c)
 
 			body := []byte(strings.Repeat("0123456789abcdef", size/16))
 			length := strconv.Itoa(2 * size) // half of it now: more to come
@@ -408,7 +400,7 @@ func TestBigBodyWithItsLengthLeavesWithItsHead(t *testing.T) {
 				t.Fatalf("%d bytes were queued for the client; the head and body should have gone in one write", c.out.len())
 			}
 			got := make([]byte, 256<<10)
-			n, err := unix.Read(fds[1], got)
+			n, err := unix.Read(far, got)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -429,14 +421,7 @@ func TestBigBodyWithItsLengthLeavesWithItsHead(t *testing.T) {
 func TestBigBodyBeyondItsLengthClosesTheConnection(t *testing.T) {
 	l, ch, c, worker := channelWithRequest(t)
 	l.f.router, c.req.inst = &front.Router{}, &lifecycle.Instance{}
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
-	delete(l.clients, c.fd)
-	c.fd = fds[0]
-	l.clients[c.fd] = c
+	far := readableClient(t, l, c)
 	rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte("20000")}}}
 	out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
 	out = appendFrame(out, frame.TypeData, 0, 1, make([]byte, 40000))
@@ -446,7 +431,7 @@ func TestBigBodyBeyondItsLengthClosesTheConnection(t *testing.T) {
 	l.readChannel(ch)
 	l.flush()
 	got := make([]byte, 64<<10)
-	n, err := unix.Read(fds[1], got)
+	n, err := unix.Read(far, got)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -454,4 +439,20 @@ func TestBigBodyBeyondItsLengthClosesTheConnection(t *testing.T) {
 	if !strings.Contains(head, "Content-Length: 20000") || !strings.Contains(head, "Connection: close") || len(rest) != 20000 {
 		t.Fatalf("the client got the head %q and %d body bytes", head, len(rest))
 	}
+}
+
+// readableClient gives c a blocking socket whose far end the test reads,
+// in place of the one channelWithRequest made; both are closed when the
+// test ends.
+func readableClient(t *testing.T, l *loop, c *client) int {
+	t.Helper()
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
+	delete(l.clients, c.fd)
+	c.fd = fds[0]
+	l.clients[c.fd] = c
+	return fds[1]
 }

@@ -20,7 +20,7 @@ import (
 
 // sharedRef is a DATA_SHARED payload.
 func sharedRef(pos uint64, n uint32) []byte {
-	return binary.BigEndian.AppendUint32(binary.BigEndian.AppendUint64(nil, pos), n)
+	return appendSharedRef(nil, pos, int(n))
 }
 
 // newTestShared is a shared buffer and the worker's own mapping of it.
@@ -100,14 +100,7 @@ func TestSharedBodyReachesTheClient(t *testing.T) {
 	l, ch, c, worker := channelWithRequest(t)
 	shared, mem, _ := newTestShared(t)
 	ch.shared = shared
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fds[0]); unix.Close(fds[1]) })
-	delete(l.clients, c.fd)
-	c.fd = fds[0]
-	l.clients[c.fd] = c
+	far := readableClient(t, l, c)
 
 	body := strings.Repeat("shared body. ", 10<<10) // 130 KiB
 	copy(mem[sharedHeader+4096:], body)
@@ -128,7 +121,7 @@ func TestSharedBodyReachesTheClient(t *testing.T) {
 	var got []byte
 	buf := make([]byte, 256<<10)
 	for len(got) < len(body) {
-		n, err := unix.Read(fds[1], buf)
+		n, err := unix.Read(far, buf)
 		if err != nil || n == 0 {
 			t.Fatalf("reading the answer: %v after %d bytes", err, len(got))
 		}

@@ -946,20 +946,27 @@ def shared_memfd(out_size, in_size):
     return fd
 
 
-class SharedBody(SessionCase):
+class SharedSessionCase(SessionCase):
+    """A session that holds a shared buffer of the host's."""
+
+    def give_buffer(self, out_size, in_size):
+        fd = shared_memfd(out_size, in_size)
+        self.addCleanup(os.close, fd)
+        self.session.shared = worker.SharedBuffer(fd)
+        self.mem = self.session.shared.mem
+        self.turn()
+        self.transport.data.clear()
+
+
+class SharedBody(SharedSessionCase):
     """A big answer through the host's shared buffer (SPEC.md 11.1): the
     bytes are copied into it and DATA_SHARED frames name them; what does
     not fit goes in DATA frames, and nothing waits for room."""
 
     def setUp(self):
         super().setUp()
-        fd = shared_memfd(512 << 10, 256 << 10)
-        self.addCleanup(os.close, fd)
-        self.session.shared = worker.SharedBuffer(fd)
-        self.mem = self.session.shared.mem
-        self.turn()
+        self.give_buffer(512 << 10, 256 << 10)
         self.session.peer_max_frame = 256 << 10  # as the host announces on a data channel
-        self.transport.data.clear()
 
     def release(self, pos):
         worker.SHARED_WORD.pack_into(self.mem, 0, pos)
@@ -1016,18 +1023,13 @@ class SharedBody(SessionCase):
         self.assertEqual(self.body_of(7)[0], fourth)
 
 
-class SharedRequestBody(SessionCase):
+class SharedRequestBody(SharedSessionCase):
     """Request body pieces the host sends through the request ring: copied
     out as their frames come, and released."""
 
     def setUp(self):
         super().setUp()
-        fd = shared_memfd(256 << 10, 256 << 10)
-        self.addCleanup(os.close, fd)
-        self.session.shared = worker.SharedBuffer(fd)
-        self.mem = self.session.shared.mem
-        self.turn()
-        self.transport.data.clear()
+        self.give_buffer(256 << 10, 256 << 10)
 
     def put(self, pos, data):
         at = worker.SHARED_HEADER + (256 << 10) + pos % (256 << 10)
