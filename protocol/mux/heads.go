@@ -63,8 +63,12 @@ func (st *Stream) readResponseHead(ctx context.Context) ([]byte, error) {
 	}
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	for !st.headReceived {
+	for !st.headReceived || st.headHeld {
 		switch {
+		case st.headReceived:
+			// Applied, but the frames read with it are not yet: wait for
+			// wakeLateHeads, which the read loop runs before it reads again
+			// or ends.
 		case st.gotWSClose:
 			return nil, st.wsCloseErrorLocked()
 		case st.err != nil:

@@ -60,6 +60,7 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 		}
 		st.setHead(p)
 		st.headReceived = true
+		st.headHeld = st.s.holdHead()
 	case frame.TypeData:
 		violation = st.receivePayloadLocked(h, p, modeData)
 	case frame.TypeWSMessage:
@@ -79,8 +80,11 @@ func (st *Stream) handleFrame(h frame.Header, p []byte) *frame.Error {
 		st.remoteFin = true
 	}
 	fin := st.remoteFin
+	held := h.Type == frame.TypeResponse && st.headHeld
 	st.mu.Unlock()
-	if h.Type != frame.TypeResponse || !st.s.wakeHeadLater(st) {
+	if held {
+		st.s.holdLater(st)
+	} else {
 		st.signal(&st.readable)
 	}
 	if fin {

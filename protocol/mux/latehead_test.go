@@ -1,7 +1,7 @@
 package mux
 
 // The read loop holds back the wake of a RESPONSE head's reader while
-// more whole frames are buffered behind it (wakeHeadLater). These tests
+// more whole frames are buffered behind it (holdHead). These tests
 // play a peer that writes, in one write, a head followed by what could
 // keep that wake held for ever if the read loop got it wrong: a frame cut
 // short and then silence, a head with FIN, a reset, more heads than the
@@ -13,6 +13,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -267,5 +268,51 @@ func TestLateHeadOnTheServerSide(t *testing.T) {
 	readHead(t, st)
 	if got := st.Buffered(); got != len("answer") {
 		t.Fatalf("right after the head, %d bytes buffered, want the body sent with it", got)
+	}
+}
+
+// A reader that comes to ReadResponse without waiting, while the read loop
+// has applied the head but not yet the frames read with it, must not see
+// the head alone: the head is held, not only its wake-up. (CI once saw a
+// head without its body this way, on a loaded machine.) The peer writes,
+// in one write, stream A's head, thousands of small frames for stream B,
+// then A's body with FIN; A's reader polls without waiting meanwhile.
+func TestLateHeadIsHeldFromAReaderThatDoesNotWait(t *testing.T) {
+	c, p := rawServer(t)
+	polled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for round := range 20 {
+		sts := openN(t, c, p, 2, message.KindHTTP)
+		a, b := sts[0], sts[1]
+		var burst []byte
+		burst = append(burst, responseBytes(b.ID(), 200, 0)...)
+		burst = append(burst, responseBytes(a.ID(), 200, 0)...)
+		for range 4000 {
+			burst = append(burst, frameBytes(frame.Header{Type: frame.TypeData, StreamID: b.ID()}, []byte{'b'})...)
+		}
+		burst = append(burst, frameBytes(frame.Header{Type: frame.TypeData, StreamID: a.ID(), Flags: frame.FlagFin}, []byte("all of it"))...)
+
+		got := make(chan string, 1)
+		polling := make(chan struct{})
+		go func() {
+			close(polling)
+			var rh message.ResponseHead
+			deadline := time.Now().Add(lateWait)
+			for a.ReadResponse(polled, &rh) != nil {
+				if time.Now().After(deadline) {
+					got <- "no head"
+					return
+				}
+			}
+			buf := make([]byte, 64)
+			n, err := a.TryRead(buf)
+			got <- fmt.Sprintf("%q, %v", buf[:n], err)
+		}()
+		<-polling
+		p.sendRaw(burst)
+		if g, want := <-got, fmt.Sprintf("%q, %v", "all of it", io.EOF); g != want {
+			t.Fatalf("round %d: right after the head, TryRead gave %s; want %s", round, g, want)
+		}
+		b.Close()
 	}
 }

@@ -152,7 +152,7 @@ type Session struct {
 	goAwayRemote *ProtocolError // the peer's GOAWAY, once received
 
 	// Owned by the read loop: streams whose RESPONSE head was applied
-	// while more whole frames were already buffered (see wakeHeadLater).
+	// while more whole frames were already buffered (see holdHead).
 	moreBuffered bool
 	lateHeads    []*Stream
 
@@ -654,23 +654,27 @@ func wholeFrameBuffered(br *bufio.Reader) bool {
 	return uint64(br.Buffered()) >= uint64(frame.HeaderSize)+uint64(frame.ParseHeader(hdr).Length)
 }
 
-// wakeHeadLater is how a RESPONSE head wakes its reader when more whole
-// frames were read with it: only once they are applied too, so that a
-// reader of the head sees the body and END that the peer sent in the same
-// write (a relay then answers a whole small response with a
-// Content-Length every time, not only when it happened to lose the race
-// with the read loop). It reports false when the wake must happen now.
-func (s *Session) wakeHeadLater(st *Stream) bool {
-	if !s.moreBuffered {
-		return false
-	}
-	s.lateHeads = append(s.lateHeads, st)
-	return true
-}
+// holdHead reports whether a RESPONSE head being applied must wait for
+// the frames read with it: when more whole frames were already buffered,
+// its reader sees it only once they are applied too, so that it sees the
+// body and END that the peer sent in the same write (a relay then answers
+// a whole small response with a Content-Length every time, not only when
+// it happened to lose the race with the read loop). The head is held, not
+// only its wake-up: a reader that comes to ReadResponse without waiting
+// (it was still on its way when the head was applied) must not see it
+// early either. The caller holds st.mu and sets st.headHeld with the head.
+func (s *Session) holdHead() bool { return s.moreBuffered }
 
-// wakeLateHeads wakes the readers of the heads wakeHeadLater held back.
+// holdLater queues a held head for wakeLateHeads.
+func (s *Session) holdLater(st *Stream) { s.lateHeads = append(s.lateHeads, st) }
+
+// wakeLateHeads releases the heads holdHead held back and wakes their
+// readers.
 func (s *Session) wakeLateHeads() {
 	for i, st := range s.lateHeads {
+		st.mu.Lock()
+		st.headHeld = false
+		st.mu.Unlock()
 		st.signal(&st.readable)
 		s.lateHeads[i] = nil
 	}

@@ -46,6 +46,7 @@ type Stream struct {
 	head         []byte               // REQUEST (accepted streams) or RESPONSE (opened streams)
 	headInline   [inlineHeadSize]byte // holds head when it fits: one allocation less
 	headReceived bool
+	headHeld     bool // the head's reader waits for the frames read with it (Session.holdHead)
 	mode         int
 	buf          []byte  // received body bytes; unread part is buf[off:]
 	bufPooled    *[]byte // the pool's handle for buf, when buf came from it
