@@ -71,10 +71,7 @@ func TestWorkerFramingFieldsInAnyCaseFrameOnce(t *testing.T) {
 			rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte(name), Value: []byte(value)}}}
 			out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
 			out = appendFrame(out, frame.TypeData, 0, 1, []byte("hello")) // more to come: streamed
-			if _, err := unix.Write(worker, out); err != nil {
-				t.Fatal(err)
-			}
-			l.readChannel(ch)
+			fromWorker(t, l, ch, worker, out)
 			head, _, _ := strings.Cut(string(c.out.bytes()), "\r\n\r\n")
 			lower := strings.ToLower(head)
 			if strings.Count(lower, "content-length:")+strings.Count(lower, "transfer-encoding:") > 1 {
@@ -105,6 +102,16 @@ func channelWithRequest(t *testing.T) (*loop, *channel, *client, int) {
 	ch.streams[1] = c
 	ch.outstanding = 1
 	return l, ch, c, worker
+}
+
+// fromWorker writes b on the worker's end of ch, as the worker would, and
+// lets the loop read it.
+func fromWorker(t *testing.T, l *loop, ch *channel, worker int, b []byte) {
+	t.Helper()
+	if _, err := unix.Write(worker, b); err != nil {
+		t.Fatal(err)
+	}
+	l.readChannel(ch)
 }
 
 // socketPair returns the two ends of a non-blocking unix stream socket
@@ -236,10 +243,7 @@ func TestAnOversizedFrameHeaderSizesNoBuffer(t *testing.T) {
 	hdr := frame.AppendHeader(nil, frame.Header{Type: frame.TypeData, StreamID: 1, Length: 200 << 20})
 	copy(ch.in.tail(len(hdr)), hdr)
 	ch.in.commit(len(hdr))
-	if _, err := unix.Write(worker, []byte("x")); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, []byte("x"))
 	if c := cap(ch.in.b); c > 1<<20 {
 		t.Errorf("a header claiming 200 MiB made the loop allocate a %d MiB read buffer", c>>20)
 	}
@@ -310,10 +314,7 @@ func TestASilentWorkerChannelIsPingedThenClosed(t *testing.T) {
 	}
 	// The worker answers: the channel lives on, and is pinged again only
 	// after another interval of silence.
-	if _, err := unix.Write(worker, appendFrame(nil, frame.TypePing, frame.FlagAck, 0, buf[frame.HeaderSize:n])); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, appendFrame(nil, frame.TypePing, frame.FlagAck, 0, buf[frame.HeaderSize:n]))
 	if ch.pinged {
 		t.Fatal("a PING ACK did not count as a sign of life")
 	}
@@ -425,10 +426,7 @@ func TestBigBodyBeyondItsLengthClosesTheConnection(t *testing.T) {
 	rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte("20000")}}}
 	out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
 	out = appendFrame(out, frame.TypeData, 0, 1, make([]byte, 40000))
-	if _, err := unix.Write(worker, out); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, out)
 	l.flush()
 	got := make([]byte, 64<<10)
 	n, err := unix.Read(far, got)

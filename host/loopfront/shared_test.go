@@ -107,10 +107,7 @@ func TestSharedBodyReachesTheClient(t *testing.T) {
 	rh := message.ResponseHead{Status: 200, Headers: []message.HeaderField{{Name: []byte("content-length"), Value: []byte("133120")}}}
 	out := appendFrame(nil, frame.TypeResponse, 0, 1, rh.Append(nil))
 	out = appendFrame(out, frame.TypeDataShared, 0, 1, sharedRef(4096, uint32(len(body))))
-	if _, err := unix.Write(worker, out); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, out)
 	l.flush()
 	if ch.fd < 0 {
 		t.Fatal("the channel was closed")
@@ -137,10 +134,7 @@ func TestSharedBodyReachesTheClient(t *testing.T) {
 	c.req.inst, l.f.router = &lifecycle.Instance{}, &front.Router{}
 	c2 := &client{fd: -1, req: &request{stream: 3, on: ch, window: 256 << 10, declared: -1, gotHead: true, inst: &lifecycle.Instance{}}}
 	ch.streams[3], ch.next = c2, 5
-	if _, err := unix.Write(worker, appendFrame(nil, frame.TypeDataShared, 0, 3, sharedRef(0, 100))); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, appendFrame(nil, frame.TypeDataShared, 0, 3, sharedRef(0, 100)))
 	if ch.fd >= 0 {
 		t.Fatal("a DATA_SHARED naming released bytes left the channel open")
 	}
@@ -151,10 +145,7 @@ func TestSharedBodyReachesTheClient(t *testing.T) {
 func TestSharedFrameWithoutABufferClosesTheChannel(t *testing.T) {
 	l, ch, c, worker := channelWithRequest(t)
 	c.req.gotHead, c.req.inst, l.f.router = true, &lifecycle.Instance{}, &front.Router{}
-	if _, err := unix.Write(worker, appendFrame(nil, frame.TypeDataShared, 0, 1, sharedRef(0, 100))); err != nil {
-		t.Fatal(err)
-	}
-	l.readChannel(ch)
+	fromWorker(t, l, ch, worker, appendFrame(nil, frame.TypeDataShared, 0, 1, sharedRef(0, 100)))
 	if ch.fd >= 0 {
 		t.Fatal("DATA_SHARED without a shared buffer left the channel open")
 	}
